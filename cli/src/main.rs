@@ -1,0 +1,397 @@
+//! `medmesh`: the command line of a medmesh node.
+//!
+//! Every command that reads or changes a home takes `--home DIR` (or
+//! `MEDMESH_HOME`). The passphrase comes from `MEDMESH_PASSPHRASE`, else an
+//! interactive prompt; never from the command line.
+//!
+//! Output: human text by default; with `--json`, JSON Lines where every line
+//! is `{"type": ..., "data": ...}`. Progress bars only on a terminal and
+//! never with `--json`. Exit codes: 0 success, 1 a negative answer (files
+//! rejected, verification failed), 2 an error.
+#![forbid(unsafe_code)]
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use medmesh_node::dicom::export::ExportOutcome;
+use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent};
+use medmesh_node::home::Node;
+use medmesh_node::keystore::Passphrase;
+
+use crate::output::{Out, human_bytes};
+
+/// medmesh: federated, consent-scoped, end-to-end encrypted exchange of DICOM studies.
+#[derive(Parser, Debug)]
+#[command(name = "medmesh", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by commands that work on a node home.
+#[derive(Args, Debug, Clone)]
+struct HomeArgs {
+    /// The node's home directory.
+    #[arg(long, env = "MEDMESH_HOME", value_name = "DIR")]
+    home: PathBuf,
+    /// Print JSON Lines ({"type", "data"} per line) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a node home: identity keys, signed node record, master key, config, database.
+    ///
+    /// The passphrase that protects the master key is read from
+    /// MEDMESH_PASSPHRASE, else asked for twice on the terminal.
+    Init {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The institution that runs this node (shown to peers).
+        #[arg(long)]
+        institution: String,
+        /// ISO 3166-1 alpha-2 code of the node's jurisdiction, e.g. DE.
+        #[arg(long, value_name = "CC")]
+        jurisdiction: String,
+    },
+    /// Show this node's identity: peer id, X25519 key, institution, jurisdiction.
+    Id {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Also write the signed node record to FILE, for a consortium admin or a peer.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+    },
+    /// Import, list, show and export studies.
+    #[command(subcommand)]
+    Study(StudyCommand),
+    /// Check the store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum StudyCommand {
+    /// Import DICOM files and folders (recursively) into the encrypted store.
+    ///
+    /// Each file is parsed and validated; bad files are reported with the
+    /// reason and the others imported. Exit code 1 when any file was rejected.
+    Import {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Files and folders to import.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the stored studies.
+    List {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Only the studies of this patient (looked up by blind index).
+        #[arg(long, value_name = "ID")]
+        patient_id: Option<String>,
+        /// Issuer of Patient ID qualifying --patient-id.
+        #[arg(long, value_name = "ISSUER", default_value = "", requires = "patient_id")]
+        issuer: String,
+    },
+    /// Show one study: attributes, series, instances with their BLAKE3 hashes.
+    Show {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Study Instance UID.
+        study_uid: String,
+    },
+    /// Export a study: every object is verified (AEAD and BLAKE3) and written
+    /// byte-identical to the imported file, as OUT/<series UID>/<SOP UID>.dcm.
+    Export {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Study Instance UID.
+        study_uid: String,
+        /// Output folder (created if needed).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Overwrite files that already exist in the output folder.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Check the store: every index row has its blob and every blob its row;
+    /// with --deep, every blob is opened and its hash verified. Exit 1 if not clean.
+    Check {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Open and verify every stored object.
+        #[arg(long)]
+        deep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dicom_object=error,dicom_parser=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("medmesh: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn passphrase(confirm: bool) -> Result<Passphrase> {
+    if let Ok(p) = std::env::var("MEDMESH_PASSPHRASE") {
+        return Ok(Passphrase::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: set MEDMESH_PASSPHRASE or run on a terminal to be asked for it");
+    }
+    let first = rpassword::prompt_password("medmesh passphrase: ").context("reading the passphrase")?;
+    if confirm {
+        let second = rpassword::prompt_password("repeat passphrase: ").context("reading the passphrase")?;
+        if first != second {
+            bail!("the two passphrases differ");
+        }
+    }
+    Ok(Passphrase::new(first))
+}
+
+fn open(home: &Path) -> Result<Node> {
+    let pass = passphrase(false)?;
+    Node::open(home, &pass).with_context(|| format!("opening node home {}", home.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            home,
+            institution,
+            jurisdiction,
+        } => {
+            let out = Out::new(home.json);
+            let pass = passphrase(true)?;
+            let node = Node::init(&home.home, &institution, &jurisdiction, &pass)
+                .with_context(|| format!("creating node home {}", home.home.display()))?;
+            let info = Node::id_info(node.record());
+            out.emit("init", &info, || {
+                format!(
+                    "created node home {}\npeer id      {}\ninstitution  {}\njurisdiction {}\n",
+                    home.home.display(),
+                    info.peer_id,
+                    info.institution,
+                    info.jurisdiction
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Id { home, record } => {
+            let out = Out::new(home.json);
+            let rec =
+                Node::read_record(&home.home).with_context(|| format!("reading node home {}", home.home.display()))?;
+            if let Some(path) = &record {
+                let bytes = rec.envelope().to_bytes().context("encoding the node record")?;
+                std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+            let info = Node::id_info(&rec);
+            out.emit("id", &info, || {
+                let mut s = format!(
+                    "peer id      {}\nx25519       {}\ninstitution  {}\njurisdiction {}\ncreated      {}\n",
+                    info.peer_id, info.x25519, info.institution, info.jurisdiction, info.created
+                );
+                if let Some(p) = &record {
+                    s.push_str(&format!("signed node record written to {}\n", p.display()));
+                }
+                s
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Study(cmd) => study(cmd),
+        Command::Store(StoreCommand::Check { home, deep }) => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let report = node.store().check(deep).context("checking the store")?;
+            out.emit("store-check", &report, || {
+                format!(
+                    "studies {}, instances {}, blob files {}\nmissing blobs {}, orphan blobs {}, damaged {}, duplicates {}, pending {}\n{}\n",
+                    report.studies,
+                    report.instances,
+                    report.blob_files,
+                    report.missing_blobs.len(),
+                    report.orphan_blobs.len(),
+                    report.damaged.len(),
+                    report.duplicates,
+                    report.pending,
+                    if report.is_clean() { "store is consistent" } else { "STORE IS NOT CONSISTENT" }
+                )
+            })?;
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn study(cmd: StudyCommand) -> Result<ExitCode> {
+    match cmd {
+        StudyCommand::Import { home, paths } => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let bar = out.progress_bar();
+            let summary = node
+                .import(&paths, |event| match event {
+                    ImportEvent::Started { files, bytes } => bar.start(files, bytes),
+                    ImportEvent::File(outcome) => {
+                        if let FileOutcome::Imported { bytes, .. } = outcome {
+                            bar.advance(*bytes);
+                        } else {
+                            bar.advance(std::fs::metadata(outcome.path()).map(|m| m.len()).unwrap_or(0));
+                        }
+                        let line = match outcome {
+                            FileOutcome::Rejected { path, reason } => {
+                                Some(format!("rejected {}: {reason}", path.display()))
+                            }
+                            FileOutcome::Skipped { path, note } => Some(format!("skipped  {}: {note}", path.display())),
+                            _ => None,
+                        };
+                        if out.json {
+                            out.line("file", outcome);
+                        } else if let Some(line) = line {
+                            bar.println(&line);
+                        }
+                    }
+                })
+                .context("importing")?;
+            bar.finish();
+            out.emit("import-summary", &summary, || {
+                format!(
+                    "files {}: imported {}, already stored {}, skipped {}, rejected {}\nstudies {}, series {}, bytes {}\n",
+                    summary.files,
+                    summary.imported,
+                    summary.already_stored,
+                    summary.skipped,
+                    summary.rejected,
+                    summary.studies,
+                    summary.series,
+                    human_bytes(summary.bytes)
+                )
+            })?;
+            Ok(if summary.rejected > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        StudyCommand::List {
+            home,
+            patient_id,
+            issuer,
+        } => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let studies = node
+                .studies(patient_id.as_deref().map(|p| (p, issuer.as_str())))
+                .context("listing studies")?;
+            if out.json {
+                for s in &studies {
+                    out.line("study", s);
+                }
+            } else {
+                let mut table = output::Table::new(&[
+                    "STUDY UID",
+                    "PATIENT",
+                    "PATIENT ID",
+                    "DATE",
+                    "MODALITIES",
+                    "SERIES",
+                    "INSTANCES",
+                    "SIZE",
+                    "ORIGIN",
+                ]);
+                for s in &studies {
+                    table.row(vec![
+                        s.study_uid.clone(),
+                        s.patient_name.clone(),
+                        s.patient_id.clone(),
+                        s.study_date.clone(),
+                        s.modalities.join(","),
+                        s.series.to_string(),
+                        s.instances.to_string(),
+                        human_bytes(s.bytes),
+                        s.origin.clone(),
+                    ]);
+                }
+                out.text(&table.render())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StudyCommand::Show { home, study_uid } => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let d = node.study(&study_uid).context("showing the study")?;
+            out.emit("study", &d, || output::render_study(&d))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StudyCommand::Export {
+            home,
+            study_uid,
+            out: dir,
+            force,
+        } => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let mut failures = Vec::new();
+            let summary = node
+                .export(&study_uid, &dir, force, |outcome| {
+                    if out.json {
+                        out.line("object", outcome);
+                    }
+                    if let ExportOutcome::Failed { object, blob, reason } = outcome {
+                        failures.push(format!("object {object} (blob {blob}): {reason}"));
+                    }
+                })
+                .context("exporting the study")?;
+            if !out.json {
+                for f in &failures {
+                    eprintln!("medmesh: {f}");
+                }
+            }
+            out.emit("export-summary", &summary, || {
+                format!(
+                    "exported {} objects ({}) to {}{}\n",
+                    summary.written,
+                    human_bytes(summary.bytes),
+                    summary.out.display(),
+                    if summary.failed > 0 {
+                        format!("; {} FAILED verification and were not written", summary.failed)
+                    } else {
+                        String::new()
+                    }
+                )
+            })?;
+            Ok(if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The node's configuration file, `config.toml` in the home.
+//!
+//! Every setting has a default; `medmesh init` writes the file with every
+//! setting, its default and what it does ([`TEMPLATE`]). Unknown keys are an
+//! error, and cross-field checks run at load.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the configuration format.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The file `medmesh init` writes: every setting with its default, documented.
+pub const TEMPLATE: &str = r#"# medmesh node configuration.
+# Every setting is listed with its default value. Unknown keys are an error.
+# Identity (institution, jurisdiction) lives in the signed node record, not here.
+
+# Format version of this file.
+config_version = 1
+
+[store]
+# Plaintext bytes per sealed chunk for studies at rest: a power of two
+# between 4096 (4 KiB) and 16777216 (16 MiB).
+chunk_size = 65536
+# Files up to this many bytes are parsed completely on import (pixel data
+# included). Larger files are parsed up to the pixel data, whose declared
+# length is then checked against the file size; memory stays bounded.
+full_parse_limit = 268435456
+# Make every stored object and index change durable (fsync) before an import
+# batch is reported as stored. Turn off only for throwaway test homes.
+fsync = true
+# Files per import batch: each batch is one index transaction.
+batch_files = 256
+# Plaintext bytes per import batch (the batch closes at whichever limit comes first).
+batch_bytes = 268435456
+# Worker threads that parse and seal files during import; 0 = one per CPU core.
+import_threads = 0
+"#;
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config {path} is invalid: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why, with the key and line from the TOML parser.
+        reason: String,
+    },
+    /// A setting has an unacceptable value.
+    #[error("config {path}: {key} {reason}")]
+    Value {
+        /// The file.
+        path: String,
+        /// Which key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of the file.
+    #[serde(default = "default_version")]
+    pub config_version: u32,
+    /// Storage settings.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+fn default_version() -> u32 {
+    CONFIG_VERSION
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            config_version: CONFIG_VERSION,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Storage settings (`[store]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Plaintext bytes per sealed chunk at rest.
+    pub chunk_size: u32,
+    /// Files up to this size are parsed completely on import.
+    pub full_parse_limit: u64,
+    /// fsync stored objects and the index before reporting them stored.
+    pub fsync: bool,
+    /// Files per import batch.
+    pub batch_files: u32,
+    /// Plaintext bytes per import batch.
+    pub batch_bytes: u64,
+    /// Import worker threads; 0 = one per CPU core.
+    pub import_threads: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 65536,
+            full_parse_limit: 256 * 1024 * 1024,
+            fsync: true,
+            batch_files: 256,
+            batch_bytes: 256 * 1024 * 1024,
+            import_threads: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Loads and checks the configuration file. A missing file is an error,
+    /// never silent defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text (`path` is for messages).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let value = |key: &'static str, reason: String| ConfigError::Value {
+            path: path.display().to_string(),
+            key,
+            reason,
+        };
+        if self.config_version != CONFIG_VERSION {
+            return Err(value(
+                "config_version",
+                format!("is {}, this build reads version {CONFIG_VERSION}", self.config_version),
+            ));
+        }
+        let cs = self.store.chunk_size;
+        if !(medmesh_seal::MIN_CHUNK_SIZE..=medmesh_seal::MAX_CHUNK_SIZE).contains(&cs) || !cs.is_power_of_two() {
+            return Err(value(
+                "store.chunk_size",
+                format!("is {cs}: must be a power of two from 4096 to 16777216"),
+            ));
+        }
+        if self.store.batch_files == 0 {
+            return Err(value("store.batch_files", "must be at least 1".into()));
+        }
+        if self.store.batch_bytes < u64::from(cs) {
+            return Err(value("store.batch_bytes", "must be at least one chunk".into()));
+        }
+        if self.store.import_threads > 256 {
+            return Err(value("store.import_threads", "must be at most 256".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_the_default_and_documents_every_key() {
+        let parsed = Config::parse(Path::new("template"), TEMPLATE).unwrap();
+        assert_eq!(parsed, Config::default());
+        let table: toml::Table = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in &table {
+            match v.as_table() {
+                Some(t) => keys.extend(t.keys().cloned()),
+                None => keys.push(k.clone()),
+            }
+        }
+        for key in keys {
+            let line = TEMPLATE
+                .lines()
+                .position(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("{key} missing"));
+            let above = TEMPLATE.lines().nth(line - 1).unwrap();
+            assert!(above.starts_with('#'), "{key} has no comment above it");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse(Path::new("c.toml"), "[store]\nchunk_size = 1000\n").unwrap_err();
+        assert!(err.to_string().contains("store.chunk_size"), "{err}");
+        let err = Config::parse(Path::new("c.toml"), "[store]\nchunk_sise = 4096\n").unwrap_err();
+        assert!(err.to_string().contains("chunk_sise"), "{err}");
+        let err = Config::parse(Path::new("c.toml"), "config_version = 9\n").unwrap_err();
+        assert!(err.to_string().contains("config_version"), "{err}");
+        assert!(Config::load(Path::new("/nonexistent/config.toml")).is_err());
+    }
+}

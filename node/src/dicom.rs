@@ -1,0 +1,768 @@
+//! DICOM ingest and export: parse and validate files, group them into
+//! study / series / instance, and write them back out byte-identical.
+//!
+//! Validation on import (each failure names the file and the attribute):
+//! - the file is a DICOM Part 10 file (128-byte preamble, `DICM`, file meta
+//!   group), or a bare data set without file meta in Implicit VR Little
+//!   Endian, Explicit VR Little Endian or Explicit VR Big Endian (accepted
+//!   with a note: PS3.10 allows such streams on media of the ACR-NEMA era);
+//! - the transfer syntax is present in the file meta and known;
+//! - the whole data set parses with that transfer syntax (files above the
+//!   configured size are parsed up to Pixel Data, whose length is checked);
+//! - SOP Class UID, SOP Instance UID, Study Instance UID and Series Instance
+//!   UID are present and are valid UIDs (PS3.5 §9.1), and the file meta's
+//!   Media Storage SOP Class / Instance UID agree with the data set;
+//! - the Image Pixel attributes that size the pixel data (Rows, Columns,
+//!   Bits Allocated, Samples per Pixel, Number of Frames) are valid numbers,
+//!   native Pixel Data is as long as they say, and encapsulated Pixel Data
+//!   has at least one fragment per frame (or a fragment for a single frame).
+//!
+//! A DICOMDIR (Media Storage Directory) is not a study object: met while
+//! walking a folder it is skipped with a note, and named explicitly it is
+//! followed to the files it references.
+
+pub mod export;
+pub mod ingest;
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use dicom_core::header::HasLength;
+use dicom_core::value::Value;
+use dicom_core::{DataDictionary, Tag};
+use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use serde::{Deserialize, Serialize};
+
+/// Why a file was not accepted as a DICOM object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DicomError {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not DICOM at all.
+    #[error("not a DICOM file: {0}")]
+    NotDicom(String),
+    /// The file is DICOM but cannot be parsed.
+    #[error("malformed DICOM: {0}")]
+    Malformed(String),
+    /// A required attribute is missing or empty.
+    #[error("required attribute {0} is missing or empty")]
+    Missing(&'static str),
+    /// An attribute has a value that is not valid.
+    #[error("attribute {attribute} is invalid: {reason}")]
+    Invalid {
+        /// Attribute keyword and tag.
+        attribute: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Two places in the file disagree.
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
+    /// The file is a DICOMDIR and was named where a study object was expected.
+    #[error("a DICOMDIR is a media directory, not a study object")]
+    Dicomdir,
+}
+
+/// Explicit VR Big Endian (retired in PS3.5, but still met in archives).
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// Media Storage Directory Storage (DICOMDIR).
+pub const DICOMDIR_SOP_CLASS: &str = "1.2.840.10008.1.3.10";
+
+/// Everything import needs from one parsed file. Identifying values are
+/// kept only in memory and sealed before they reach disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// True for a Part 10 file (preamble, DICM, file meta).
+    pub part10: bool,
+    /// Transfer Syntax UID (from the file meta, or detected for a bare data set).
+    pub transfer_syntax: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Modality.
+    pub modality: String,
+    /// Series Number.
+    pub series_number: Option<i64>,
+    /// Series Description.
+    pub series_description: String,
+    /// Instance Number.
+    pub instance_number: Option<i64>,
+    /// Number of Frames (1 when absent).
+    pub frames: u32,
+    /// Patient-level and study-level identifying attributes.
+    pub study: StudyAttributes,
+    /// Notes about tolerated irregularities.
+    pub notes: Vec<String>,
+}
+
+/// Study-level attributes, all identifying: sealed at rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyAttributes {
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Issuer of Patient ID.
+    pub issuer_of_patient_id: String,
+    /// Patient's Birth Date.
+    pub birth_date: String,
+    /// Patient's Sex.
+    pub sex: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// Study ID.
+    pub study_id: String,
+    /// Study Date.
+    pub study_date: String,
+    /// Study Time.
+    pub study_time: String,
+    /// Study Description.
+    pub study_description: String,
+    /// Referring Physician's Name.
+    pub referring_physician: String,
+    /// Institution Name.
+    pub institution: String,
+}
+
+/// A parsed file: what it is, and its bytes when they were read whole.
+#[derive(Debug)]
+pub struct Parsed {
+    /// What import needs to know.
+    pub info: ObjectInfo,
+    /// The file's bytes, when it was small enough to be read whole.
+    pub bytes: Option<Vec<u8>>,
+    /// The file's length.
+    pub len: u64,
+}
+
+/// What a file turned out to be.
+#[derive(Debug)]
+pub enum Sniffed {
+    /// A DICOM object.
+    Object(Box<Parsed>),
+    /// A DICOMDIR, with the files it references (resolved, existing or not).
+    Dicomdir(Vec<PathBuf>),
+}
+
+/// Parses and validates one file. Files up to `full_parse_limit` bytes are
+/// read whole and parsed completely; larger ones are parsed up to Pixel Data.
+///
+/// # Errors
+/// A [`DicomError`] saying why the file is not an acceptable DICOM object.
+pub fn sniff_file(path: &Path, full_parse_limit: u64) -> Result<Sniffed, DicomError> {
+    let len = std::fs::metadata(path)?.len();
+    if len <= full_parse_limit {
+        let bytes = std::fs::read(path)?;
+        let obj = parse_bytes(&bytes)?;
+        sniff(obj, Some(bytes), len, path)
+    } else {
+        let mut file = BufReader::new(File::open(path)?);
+        let obj = parse_reader(&mut file, len)?;
+        sniff(obj, None, len, path)
+    }
+}
+
+fn sniff(parsed: ParsedDataset, bytes: Option<Vec<u8>>, len: u64, path: &Path) -> Result<Sniffed, DicomError> {
+    if parsed.sop_class_hint.as_deref() == Some(DICOMDIR_SOP_CLASS)
+        || str_of(&parsed.obj, tags::SOP_CLASS_UID).as_deref() == Some(DICOMDIR_SOP_CLASS)
+        || parsed.obj.get(tags::DIRECTORY_RECORD_SEQUENCE).is_some()
+    {
+        return Ok(Sniffed::Dicomdir(dicomdir_references(&parsed.obj, path)));
+    }
+    let info = validate(&parsed, len)?;
+    Ok(Sniffed::Object(Box::new(Parsed { info, bytes, len })))
+}
+
+/// Parses bytes already in memory (used by import and by the fuzz targets).
+///
+/// # Errors
+/// As [`sniff_file`].
+pub fn parse_and_validate(bytes: &[u8]) -> Result<ObjectInfo, DicomError> {
+    let parsed = parse_bytes(bytes)?;
+    validate(&parsed, bytes.len() as u64)
+}
+
+struct ParsedDataset {
+    obj: InMemDicomObject,
+    part10: bool,
+    transfer_syntax: String,
+    meta_sop_class: Option<String>,
+    meta_sop_instance: Option<String>,
+    sop_class_hint: Option<String>,
+    /// Bytes of the data set not parsed (header-only parse of a large file).
+    unparsed_tail: Option<u64>,
+    notes: Vec<String>,
+}
+
+/// How the bytes begin.
+enum Layout {
+    /// 128-byte preamble, then "DICM" and the file meta group.
+    Preamble,
+    /// "DICM" and the file meta group, no preamble.
+    MagicOnly,
+    /// File meta group without preamble or magic.
+    MetaOnly,
+    /// A bare data set in the given transfer syntax.
+    Bare(&'static str),
+}
+
+fn layout(head: &[u8]) -> Result<Layout, DicomError> {
+    if head.len() >= 132 && &head[128..132] == b"DICM" {
+        return Ok(Layout::Preamble);
+    }
+    if head.len() >= 4 && &head[..4] == b"DICM" {
+        return Ok(Layout::MagicOnly);
+    }
+    if head.len() < 8 {
+        return Err(DicomError::NotDicom("shorter than one data element".into()));
+    }
+    let group_le = u16::from_le_bytes([head[0], head[1]]);
+    let group_be = u16::from_be_bytes([head[0], head[1]]);
+    let vr_letters = head[4].is_ascii_uppercase() && head[5].is_ascii_uppercase();
+    if group_le == 0x0002 && vr_letters {
+        return Ok(Layout::MetaOnly);
+    }
+    // A bare data set starts with a low, even group: 0008 (identification) in
+    // practice; 0000..0028 are accepted.
+    let plausible = |g: u16| g <= 0x0028 && g.is_multiple_of(2);
+    if plausible(group_le) && group_le != 0 {
+        return Ok(Layout::Bare(if vr_letters {
+            uids::EXPLICIT_VR_LITTLE_ENDIAN
+        } else {
+            uids::IMPLICIT_VR_LITTLE_ENDIAN
+        }));
+    }
+    if plausible(group_be) && group_be != 0 && vr_letters {
+        return Ok(Layout::Bare(EXPLICIT_VR_BIG_ENDIAN));
+    }
+    Err(DicomError::NotDicom(
+        "no DICM marker at byte 128 or 0, and the first bytes are not a DICOM data element".into(),
+    ))
+}
+
+fn parse_bytes(bytes: &[u8]) -> Result<ParsedDataset, DicomError> {
+    match layout(bytes)? {
+        Layout::Preamble => parse_part10(&bytes[128..], None),
+        Layout::MagicOnly => parse_part10(bytes, None),
+        Layout::MetaOnly => {
+            let mut with_magic = Vec::with_capacity(bytes.len() + 4);
+            with_magic.extend_from_slice(b"DICM");
+            with_magic.extend_from_slice(bytes);
+            let mut p = parse_part10(&with_magic, None)?;
+            p.notes.push("file meta without the DICM marker".into());
+            Ok(p)
+        }
+        Layout::Bare(ts) => parse_bare(bytes, ts),
+    }
+}
+
+fn parse_reader(file: &mut BufReader<File>, _len: u64) -> Result<ParsedDataset, DicomError> {
+    let mut head = vec![0u8; 132];
+    let n = read_up_to(file, &mut head)?;
+    head.truncate(n);
+    let skip = match layout(&head)? {
+        Layout::Preamble => 128,
+        Layout::MagicOnly => 0,
+        Layout::MetaOnly | Layout::Bare(_) => {
+            return Err(DicomError::Malformed(
+                "a file without a Part 10 header must be small enough to parse whole (raise store.full_parse_limit)"
+                    .into(),
+            ));
+        }
+    };
+    file.seek(SeekFrom::Start(skip))?;
+    let reader = file.by_ref();
+    let p = parse_part10_reader(reader, Some(tags::PIXEL_DATA))?;
+    Ok(p)
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = r.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+fn parse_part10(bytes: &[u8], until: Option<Tag>) -> Result<ParsedDataset, DicomError> {
+    match parse_part10_reader(bytes, until) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            // Some writers pad files with a run of zero bytes after the data
+            // set; zeros parse as bogus group-0000 elements and fail at the end.
+            // When the file ends in zeros and everything up to and including
+            // Pixel Data parses, accept the object and say so.
+            let zeros = bytes.iter().rev().take_while(|b| **b == 0).count();
+            if until.is_none()
+                && zeros >= 8
+                && let Ok(mut p) = parse_part10_reader(bytes, Some(TO_PIXEL_DATA))
+                && p.obj.get(tags::PIXEL_DATA).is_some()
+            {
+                p.unparsed_tail = None;
+                p.notes.push(format!(
+                    "the file ends in {zeros} zero bytes of padding after the data set"
+                ));
+                return Ok(p);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Marker for [`parse_part10_reader`]: read up to and including Pixel Data.
+const TO_PIXEL_DATA: Tag = Tag(0x7FE1, 0x0000);
+
+fn parse_part10_reader<R: Read>(reader: R, until: Option<Tag>) -> Result<ParsedDataset, DicomError> {
+    let mut opts = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+    match until {
+        Some(TO_PIXEL_DATA) => opts = opts.read_to(tags::PIXEL_DATA),
+        Some(tag) => opts = opts.read_until(tag),
+        None => {}
+    }
+    let obj = opts
+        .from_reader(reader)
+        .map_err(|e| DicomError::Malformed(flatten_error(&e)))?;
+    let meta = obj.meta();
+    let transfer_syntax = trim_uid(meta.transfer_syntax()).to_string();
+    let meta_sop_class = Some(trim_uid(meta.media_storage_sop_class_uid()).to_string()).filter(|s| !s.is_empty());
+    let meta_sop_instance = Some(trim_uid(meta.media_storage_sop_instance_uid()).to_string()).filter(|s| !s.is_empty());
+    let mut notes = Vec::new();
+    if meta.information_group_length == 0 {
+        notes.push("file meta has no group length (0002,0000)".into());
+    }
+    let unparsed_tail = until.filter(|t| *t == tags::PIXEL_DATA).map(|_| 0);
+    Ok(ParsedDataset {
+        sop_class_hint: meta_sop_class.clone(),
+        obj: obj.into_inner(),
+        part10: true,
+        transfer_syntax,
+        meta_sop_class,
+        meta_sop_instance,
+        unparsed_tail,
+        notes,
+    })
+}
+
+fn parse_bare(bytes: &[u8], ts_uid: &'static str) -> Result<ParsedDataset, DicomError> {
+    let ts = TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| DicomError::Malformed(format!("transfer syntax {ts_uid} is not available")))?;
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| DicomError::Malformed(flatten_error(&e)))?;
+    Ok(ParsedDataset {
+        obj,
+        part10: false,
+        transfer_syntax: ts_uid.to_string(),
+        meta_sop_class: None,
+        meta_sop_instance: None,
+        sop_class_hint: None,
+        unparsed_tail: None,
+        notes: vec![format!("no Part 10 header: a bare data set, read as {}", ts.name())],
+    })
+}
+
+/// Joins an error with its sources into one line.
+fn flatten_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+fn trim_uid(s: &str) -> &str {
+    s.trim_end_matches(['\0', ' '])
+}
+
+fn str_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let elem = obj.get(tag)?;
+    let s: Cow<'_, str> = if elem.vr() == dicom_core::VR::UN {
+        // Value of a known attribute encoded as UN (for example by a converter
+        // that lost the VRs): its bytes are the attribute's text encoding.
+        let bytes = elem.to_bytes().ok()?;
+        Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect())
+    } else {
+        elem.to_str().ok()?
+    };
+    let t = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    Some(t.to_string())
+}
+
+fn keyword(tag: Tag) -> &'static str {
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.alias)
+        .unwrap_or("(unknown attribute)")
+}
+
+fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, DicomError> {
+    let value = str_of(obj, tag)
+        .filter(|s| !s.is_empty())
+        .ok_or(DicomError::Missing(name))?;
+    check_uid(&value).map_err(|reason| DicomError::Invalid {
+        attribute: name,
+        reason,
+    })?;
+    Ok(value)
+}
+
+/// Checks UID syntax (PS3.5 §9.1): at most 64 characters, dot-separated
+/// numeric components, no empty component. Leading zeros, which the standard
+/// forbids but some devices write, are tolerated.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn check_uid(uid: &str) -> Result<(), String> {
+    if uid.len() > 64 {
+        return Err(format!("{} characters, over the 64 allowed", uid.len()));
+    }
+    if uid.split('.').any(|c| c.is_empty()) {
+        return Err("has an empty component".into());
+    }
+    if let Some(c) = uid.chars().find(|c| !c.is_ascii_digit() && *c != '.') {
+        return Err(format!("contains {c:?}: a UID holds only digits and dots"));
+    }
+    Ok(())
+}
+
+fn optional_int(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<Option<i64>, DicomError> {
+    let Some(elem) = obj.get(tag) else {
+        return Ok(None);
+    };
+    if elem.is_empty() {
+        return Ok(None);
+    }
+    elem.to_int::<i64>().map(Some).map_err(|e| DicomError::Invalid {
+        attribute: name,
+        reason: format!("not a number ({e})"),
+    })
+}
+
+fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> {
+    let obj = &p.obj;
+    let mut notes = p.notes.clone();
+    if p.part10 {
+        if p.transfer_syntax.is_empty() {
+            return Err(DicomError::Missing("TransferSyntaxUID (0002,0010) in the file meta"));
+        }
+        if TransferSyntaxRegistry.get(&p.transfer_syntax).is_none() {
+            return Err(DicomError::Invalid {
+                attribute: "TransferSyntaxUID (0002,0010)",
+                reason: format!("{} is not a known transfer syntax", p.transfer_syntax),
+            });
+        }
+    }
+    let sop_class_uid = required_uid(obj, tags::SOP_CLASS_UID, "SOPClassUID (0008,0016)")?;
+    let sop_instance_uid = required_uid(obj, tags::SOP_INSTANCE_UID, "SOPInstanceUID (0008,0018)")?;
+    let study_uid = required_uid(obj, tags::STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)")?;
+    let series_uid = required_uid(obj, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)")?;
+    match &p.meta_sop_instance {
+        Some(m) if *m != sop_instance_uid => {
+            notes.push("MediaStorageSOPInstanceUID (0002,0003) differs from SOPInstanceUID (0008,0018); the data set's UID is used".into());
+        }
+        None if p.part10 => notes.push("file meta lacks MediaStorageSOPInstanceUID (0002,0003)".into()),
+        _ => {}
+    }
+    match &p.meta_sop_class {
+        Some(m) if *m != sop_class_uid => {
+            notes.push(
+                "MediaStorageSOPClassUID (0002,0002) differs from SOPClassUID (0008,0016); the data set's UID is used"
+                    .into(),
+            );
+        }
+        None if p.part10 => notes.push("file meta lacks MediaStorageSOPClassUID (0002,0002)".into()),
+        _ => {}
+    }
+    let frames = check_pixels(p, file_len)?;
+    let text = |tag| str_of(obj, tag).unwrap_or_default();
+    Ok(ObjectInfo {
+        part10: p.part10,
+        transfer_syntax: p.transfer_syntax.clone(),
+        sop_class_uid,
+        sop_instance_uid,
+        study_uid,
+        series_uid,
+        modality: text(tags::MODALITY),
+        series_number: optional_int(obj, tags::SERIES_NUMBER, "SeriesNumber (0020,0011)")?,
+        series_description: text(tags::SERIES_DESCRIPTION),
+        instance_number: optional_int(obj, tags::INSTANCE_NUMBER, "InstanceNumber (0020,0013)")?,
+        frames,
+        study: StudyAttributes {
+            patient_name: text(tags::PATIENT_NAME),
+            patient_id: text(tags::PATIENT_ID),
+            issuer_of_patient_id: text(tags::ISSUER_OF_PATIENT_ID),
+            birth_date: text(tags::PATIENT_BIRTH_DATE),
+            sex: text(tags::PATIENT_SEX),
+            accession_number: text(tags::ACCESSION_NUMBER),
+            study_id: text(tags::STUDY_ID),
+            study_date: text(tags::STUDY_DATE),
+            study_time: text(tags::STUDY_TIME),
+            study_description: text(tags::STUDY_DESCRIPTION),
+            referring_physician: text(tags::REFERRING_PHYSICIAN_NAME),
+            institution: text(tags::INSTITUTION_NAME),
+        },
+        notes,
+    })
+}
+
+/// Checks the attributes that size Pixel Data against Pixel Data itself;
+/// returns the number of frames.
+fn check_pixels(p: &ParsedDataset, file_len: u64) -> Result<u32, DicomError> {
+    let obj = &p.obj;
+    let int = |tag: Tag| -> Result<Option<u64>, DicomError> {
+        match optional_int(obj, tag, keyword(tag))? {
+            None => Ok(None),
+            Some(v) if v >= 0 => Ok(Some(v.unsigned_abs())),
+            Some(v) => Err(DicomError::Invalid {
+                attribute: keyword(tag),
+                reason: format!("{v} is negative"),
+            }),
+        }
+    };
+    let frames = int(tags::NUMBER_OF_FRAMES)?.unwrap_or(1).max(1);
+    let rows = int(tags::ROWS)?;
+    let cols = int(tags::COLUMNS)?;
+    let bits = int(tags::BITS_ALLOCATED)?;
+    let spp = int(tags::SAMPLES_PER_PIXEL)?.unwrap_or(1);
+    let frames32 = u32::try_from(frames).map_err(|_| DicomError::Invalid {
+        attribute: "NumberOfFrames",
+        reason: format!("{frames} frames is not plausible"),
+    })?;
+    let Some(pixel) = obj.get(tags::PIXEL_DATA) else {
+        if p.unparsed_tail.is_some() {
+            // Header-only parse of a large file: Pixel Data was not read.
+            // Its encoded length must fit in the rest of the file.
+            if let (Some(r), Some(c), Some(b)) = (rows, cols, bits) {
+                let need = r * c * frames * spp * b / 8;
+                if need > file_len {
+                    return Err(DicomError::Inconsistent(format!(
+                        "image attributes need {need} bytes of pixel data, the file has {file_len} bytes"
+                    )));
+                }
+            }
+        }
+        return Ok(frames32);
+    };
+    match pixel.value() {
+        Value::PixelSequence(seq) => {
+            let fragments = seq.fragments();
+            let Some(first) = fragments.first() else {
+                return Err(DicomError::Malformed("encapsulated Pixel Data has no fragments".into()));
+            };
+            // Every frame is encoded in one or more fragments (PS3.5 A.4), except
+            // in the video transfer syntaxes, where one stream holds all frames.
+            let video = VIDEO_TRANSFER_SYNTAXES.contains(&p.transfer_syntax.as_str());
+            if !video && (fragments.len() as u64) < frames {
+                return Err(DicomError::Inconsistent(format!(
+                    "NumberOfFrames is {frames} but encapsulated Pixel Data holds only {} fragments",
+                    fragments.len()
+                )));
+            }
+            if let (Some(r), Some(c)) = (rows, cols)
+                && let Some((h, w, n)) = codestream_dimensions(&p.transfer_syntax, first)?
+                && ((h != 0 && u64::from(h) != r) || u64::from(w) != c || u64::from(n) != spp)
+            {
+                return Err(DicomError::Inconsistent(format!(
+                    "the compressed frame header says {w}x{h} with {n} components, \
+                     but Columns x Rows is {c}x{r} with {spp} samples per pixel"
+                )));
+            }
+        }
+        Value::Primitive(v) => {
+            if let (Some(r), Some(c), Some(b)) = (rows, cols, bits) {
+                let need_bits = r * c * frames * spp * b;
+                let need = need_bits.div_ceil(8);
+                let have = v.calculate_byte_len() as u64;
+                if have < need {
+                    return Err(DicomError::Inconsistent(format!(
+                        "Pixel Data holds {have} bytes, but Rows x Columns x Frames x Samples x BitsAllocated need {need}"
+                    )));
+                }
+            }
+        }
+        Value::Sequence(_) => {
+            return Err(DicomError::Malformed("Pixel Data is a sequence of items".into()));
+        }
+    }
+    Ok(frames32)
+}
+
+/// MPEG-2, MPEG-4 and HEVC transfer syntaxes: one stream for all frames.
+const VIDEO_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.4.100",
+    "1.2.840.10008.1.2.4.100.1",
+    "1.2.840.10008.1.2.4.101",
+    "1.2.840.10008.1.2.4.101.1",
+    "1.2.840.10008.1.2.4.102",
+    "1.2.840.10008.1.2.4.102.1",
+    "1.2.840.10008.1.2.4.103",
+    "1.2.840.10008.1.2.4.103.1",
+    "1.2.840.10008.1.2.4.104",
+    "1.2.840.10008.1.2.4.104.1",
+    "1.2.840.10008.1.2.4.105",
+    "1.2.840.10008.1.2.4.105.1",
+    "1.2.840.10008.1.2.4.106",
+    "1.2.840.10008.1.2.4.106.1",
+    "1.2.840.10008.1.2.4.107",
+    "1.2.840.10008.1.2.4.108",
+];
+
+/// Reads (height, width, components) from the header of the first compressed
+/// frame: the SOF segment of JPEG (ITU T.81 B.2.2) and JPEG-LS (T.87 C.2.2),
+/// or the SIZ segment of a JPEG 2000 codestream (T.800 A.5.1). `None` when
+/// the transfer syntax is not one of those or the frame is wrapped in a JP2
+/// file format box.
+fn codestream_dimensions(ts: &str, frame: &[u8]) -> Result<Option<(u32, u32, u32)>, DicomError> {
+    let bad = |why: &str| DicomError::Malformed(format!("compressed pixel data: {why}"));
+    let be16 = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| u32::from(u16::from_be_bytes([s[0], s[1]])));
+    let be32 = |b: &[u8], i: usize| b.get(i..i + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+    let jpeg = ts.starts_with("1.2.840.10008.1.2.4.") && {
+        let last: u32 = ts.rsplit('.').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        (50..=81).contains(&last)
+    };
+    let j2k = matches!(
+        ts,
+        "1.2.840.10008.1.2.4.90"
+            | "1.2.840.10008.1.2.4.91"
+            | "1.2.840.10008.1.2.4.201"
+            | "1.2.840.10008.1.2.4.202"
+            | "1.2.840.10008.1.2.4.203"
+    );
+    if j2k {
+        if frame.starts_with(&[0, 0, 0, 0x0c, 0x6a, 0x50, 0x20, 0x20]) {
+            return Ok(None);
+        }
+        if !frame.starts_with(&[0xff, 0x4f, 0xff, 0x51]) {
+            return Err(bad("a JPEG 2000 frame does not start with the SOC and SIZ markers"));
+        }
+        let field = |i| be32(frame, i).ok_or_else(|| bad("truncated JPEG 2000 SIZ segment"));
+        let (xsiz, ysiz, xo, yo) = (field(8)?, field(12)?, field(16)?, field(20)?);
+        let csiz = be16(frame, 40).ok_or_else(|| bad("truncated JPEG 2000 SIZ segment"))?;
+        if xo > xsiz || yo > ysiz {
+            return Err(bad("JPEG 2000 image offset lies outside the image"));
+        }
+        return Ok(Some((ysiz - yo, xsiz - xo, csiz)));
+    }
+    if jpeg {
+        if !frame.starts_with(&[0xff, 0xd8]) {
+            return Err(bad("a JPEG frame does not start with the SOI marker"));
+        }
+        let mut i = 2usize;
+        while i + 4 <= frame.len() {
+            if frame[i] != 0xff {
+                return Err(bad("JPEG marker segments are out of sync"));
+            }
+            let marker = frame[i + 1];
+            if marker == 0xff {
+                i += 1;
+                continue;
+            }
+            let len = be16(frame, i + 2).ok_or_else(|| bad("truncated JPEG segment"))? as usize;
+            let is_sof = matches!(marker, 0xc0..=0xcf) && !matches!(marker, 0xc4 | 0xc8 | 0xcc) || marker == 0xf7;
+            if is_sof {
+                let h = be16(frame, i + 5).ok_or_else(|| bad("truncated JPEG SOF segment"))?;
+                let w = be16(frame, i + 7).ok_or_else(|| bad("truncated JPEG SOF segment"))?;
+                let n = frame
+                    .get(i + 9)
+                    .map(|b| u32::from(*b))
+                    .ok_or_else(|| bad("truncated JPEG SOF segment"))?;
+                return Ok(Some((h, w, n)));
+            }
+            if marker == 0xda {
+                break;
+            }
+            i += 2 + len;
+        }
+        return Err(bad("no JPEG frame header (SOF) before the scan data"));
+    }
+    Ok(None)
+}
+
+fn dicomdir_references(obj: &InMemDicomObject, path: &Path) -> Vec<PathBuf> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut out = Vec::new();
+    let Some(seq) = obj.get(tags::DIRECTORY_RECORD_SEQUENCE).and_then(|e| e.items()) else {
+        return out;
+    };
+    for item in seq {
+        let Some(id) = item.get(tags::REFERENCED_FILE_ID) else {
+            continue;
+        };
+        let Ok(parts) = id.to_multi_str() else {
+            continue;
+        };
+        let mut p = base.to_path_buf();
+        let mut ok = false;
+        for part in parts.iter() {
+            let part = part.trim();
+            if part.is_empty() || part == ".." || part.contains('/') {
+                ok = false;
+                break;
+            }
+            p.push(part);
+            ok = true;
+        }
+        if ok {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_syntax() {
+        assert!(check_uid("1.2.840.10008.5.1.4.1.1.2").is_ok());
+        assert!(check_uid("1.2.3.0").is_ok());
+        assert!(check_uid("1.2..3").is_err());
+        assert!(check_uid("1.2.3a").is_err());
+        assert!(check_uid(&"1.".repeat(40)).is_err());
+        assert!(check_uid("abcdef0123").is_err());
+    }
+
+    #[test]
+    fn layouts() {
+        assert!(matches!(layout(b"junk junk junk"), Err(DicomError::NotDicom(_))));
+        assert!(matches!(
+            layout(&[0x08, 0x00, 0x05, 0x00, b'C', b'S', 0x0a, 0x00]),
+            Ok(Layout::Bare(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        ));
+        assert!(matches!(
+            layout(&[0x08, 0x00, 0x05, 0x00, 0x0a, 0x00, 0x00, 0x00]),
+            Ok(Layout::Bare(uids::IMPLICIT_VR_LITTLE_ENDIAN))
+        ));
+        assert!(matches!(
+            layout(&[0x00, 0x08, 0x00, 0x05, b'C', b'S', 0x00, 0x0a]),
+            Ok(Layout::Bare(EXPLICIT_VR_BIG_ENDIAN))
+        ));
+        // A stray byte before the first element shifts the tag out of range.
+        assert!(layout(&[0x20, 0x08, 0x00, 0x05, 0x00, b'C', b'S', 0x0a]).is_err());
+    }
+}

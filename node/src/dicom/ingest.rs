@@ -1,0 +1,575 @@
+//! Import: walk the given paths, parse and validate each file, seal it under
+//! its study's data key, and commit batches to the store.
+//!
+//! Flow: the caller's paths are expanded into a sorted file list. Worker
+//! threads (one per core by default) take files in order, parse and validate
+//! them, skip SOP instances already stored, and seal the rest into temporary
+//! blobs; the calling thread gathers results and commits a batch every
+//! `batch_files` files or `batch_bytes` bytes. Memory stays bounded: each
+//! worker holds at most one file (files above `full_parse_limit` are
+//! streamed), and the channel to the committer holds only metadata.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+
+use medmesh_seal::DataKey;
+use serde::Serialize;
+
+use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
+use crate::store::{
+    InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta, StudyRef,
+    StudyRow, StudyUpdate,
+};
+
+/// Errors that stop an import as a whole (a bad file never does).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// A path given on the command line does not exist or cannot be read.
+    #[error("{path}: {source}")]
+    Path {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store failed; the current batch was not committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A worker thread panicked (a bug).
+    #[error("an import worker failed unexpectedly")]
+    Worker,
+}
+
+/// Import settings.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Worker threads (at least 1).
+    pub threads: usize,
+    /// Files up to this size are parsed whole.
+    pub full_parse_limit: u64,
+    /// Files per batch.
+    pub batch_files: usize,
+    /// Plaintext bytes per batch.
+    pub batch_bytes: u64,
+    /// Chunk size of sealed objects.
+    pub chunk_size: u32,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum FileOutcome {
+    /// Stored.
+    Imported {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// Notes about tolerated irregularities.
+        notes: Vec<String>,
+    },
+    /// Already stored, byte for byte: nothing new written.
+    AlreadyStored {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not a study object, passed over with a note (a DICOMDIR).
+    Skipped {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        note: String,
+    },
+    /// Refused, with the reason.
+    Rejected {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl FileOutcome {
+    /// The file this outcome is about.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        match self {
+            FileOutcome::Imported { path, .. }
+            | FileOutcome::AlreadyStored { path }
+            | FileOutcome::Skipped { path, .. }
+            | FileOutcome::Rejected { path, .. } => path,
+        }
+    }
+}
+
+/// Progress of an import, reported to the caller as it happens.
+#[derive(Debug)]
+pub enum ImportEvent<'a> {
+    /// The file list is known.
+    Started {
+        /// Number of files.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// One file is done (committed, skipped or rejected).
+    File(&'a FileOutcome),
+}
+
+/// Totals of an import.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Files looked at.
+    pub files: u64,
+    /// Files stored.
+    pub imported: u64,
+    /// Files already stored.
+    pub already_stored: u64,
+    /// Files skipped (DICOMDIR).
+    pub skipped: u64,
+    /// Files rejected.
+    pub rejected: u64,
+    /// Studies that received files in this import.
+    pub studies: u64,
+    /// Series that received files in this import.
+    pub series: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// A file to import, and whether it was met in a folder walk (a DICOMDIR
+/// met in a walk is skipped; one named explicitly is followed).
+struct Job {
+    path: PathBuf,
+    explicit: bool,
+}
+
+/// Expands paths into a sorted, de-duplicated file list.
+fn collect(paths: &[PathBuf]) -> Result<Vec<Job>, IngestError> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|source| IngestError::Path {
+            path: p.display().to_string(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            for entry in walkdir::WalkDir::new(p).follow_links(false).sort_by_file_name() {
+                let entry = entry.map_err(|e| IngestError::Path {
+                    path: e
+                        .path()
+                        .map(|x| x.display().to_string())
+                        .unwrap_or_else(|| p.display().to_string()),
+                    source: e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+                })?;
+                if entry.file_type().is_file() {
+                    files.push(entry.into_path());
+                }
+            }
+            for f in files {
+                if seen.insert(f.clone()) {
+                    out.push(Job {
+                        path: f,
+                        explicit: false,
+                    });
+                }
+            }
+        } else if seen.insert(p.clone()) {
+            out.push(Job {
+                path: p.clone(),
+                explicit: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The outcome of a worker on one file.
+enum Work {
+    Done(FileOutcome),
+    Staged {
+        outcome: FileOutcome,
+        staged: StagedObject,
+        info: Box<ObjectInfo>,
+        bytes: u64,
+    },
+    Follow(Vec<PathBuf>, FileOutcome),
+}
+
+/// Shared state of the workers: study keys and the instances claimed in this run.
+struct Shared<'s> {
+    store: &'s Store,
+    opts: &'s ImportOptions,
+    keys: Mutex<HashMap<StudyRef, DataKey>>,
+    claimed: Mutex<BTreeSet<[u8; 32]>>,
+}
+
+impl Shared<'_> {
+    /// The data key of a study: unwrapped from its row, or new for a study
+    /// not stored yet (wrapped into the row when its first batch commits).
+    fn study_key(&self, study: &StudyRef) -> Result<DataKey, StoreError> {
+        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(k) = keys.get(study) {
+            return Ok(k.clone());
+        }
+        let key = match self.store.study_key(study)? {
+            Some(k) => k,
+            None => DataKey::try_generate().map_err(|e| StoreError::BlobIo {
+                path: "random".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        };
+        keys.insert(*study, key.clone());
+        Ok(key)
+    }
+
+    fn process(&self, job: &Job) -> Work {
+        let path = job.path.clone();
+        let reject = |reason: String| {
+            Work::Done(FileOutcome::Rejected {
+                path: path.clone(),
+                reason,
+            })
+        };
+        let parsed = match sniff_file(&job.path, self.opts.full_parse_limit) {
+            Ok(Sniffed::Object(p)) => p,
+            Ok(Sniffed::Dicomdir(refs)) => {
+                return if job.explicit {
+                    Work::Follow(
+                        refs,
+                        FileOutcome::Skipped {
+                            path,
+                            note: "DICOMDIR: importing the files it references".into(),
+                        },
+                    )
+                } else {
+                    Work::Done(FileOutcome::Skipped {
+                        path,
+                        note: "DICOMDIR (a media directory, not a study object): skipped; the files it lists are imported from the folder".into(),
+                    })
+                };
+            }
+            Err(e) => return reject(e.to_string()),
+        };
+        let info = parsed.info;
+        let study = self.store.study_ref(&info.study_uid);
+        // Objects are keyed by content: the same file again is "already
+        // stored"; another encoding of the same SOP instance is a new object.
+        let content_hash = match &parsed.bytes {
+            Some(b) => blake3::hash(b),
+            None => match hash_file(&job.path) {
+                Ok(h) => h,
+                Err(e) => return reject(DicomError::Io(e).to_string()),
+            },
+        };
+        let address = self.store.blob_address(&content_hash);
+        {
+            let mut claimed = self.claimed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if claimed.contains(&address) {
+                return Work::Done(FileOutcome::AlreadyStored { path });
+            }
+            match self.store.has_blob(&address) {
+                Ok(true) => return Work::Done(FileOutcome::AlreadyStored { path }),
+                Ok(false) => {}
+                Err(e) => return reject(e.to_string()),
+            }
+            claimed.insert(address);
+        }
+        let key = match self.study_key(&study) {
+            Ok(k) => k,
+            Err(e) => return reject(e.to_string()),
+        };
+        let sealed = match &parsed.bytes {
+            Some(b) => self
+                .store
+                .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, b.as_slice()),
+            None => std::fs::File::open(&job.path)
+                .map_err(|source| StoreError::BlobIo {
+                    path: job.path.display().to_string(),
+                    source,
+                })
+                .and_then(|f| {
+                    self.store
+                        .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, BufReader::new(f))
+                }),
+        };
+        let (tmp, _header, hash) = match sealed {
+            Ok(s) => s,
+            Err(e) => return reject(e.to_string()),
+        };
+        if hash != content_hash {
+            let _ = std::fs::remove_file(&tmp);
+            return reject("the file changed while it was being imported".into());
+        }
+        let meta = InstanceMeta {
+            sop_class_uid: info.sop_class_uid.clone(),
+            sop_instance_uid: info.sop_instance_uid.clone(),
+            series_uid: info.series_uid.clone(),
+            instance_number: info.instance_number,
+            transfer_syntax: info.transfer_syntax.clone(),
+            blake3: hash.as_bytes().to_vec(),
+            part10: info.part10,
+            frames: info.frames,
+            notes: info.notes.clone(),
+        };
+        let sealed_meta = match self.store.seal_instance_meta(&study, &address, &key, &meta) {
+            Ok(m) => m,
+            Err(e) => return reject(e.to_string()),
+        };
+        Work::Staged {
+            outcome: FileOutcome::Imported {
+                path: path.clone(),
+                bytes: parsed.len,
+                notes: info.notes.clone(),
+            },
+            staged: StagedObject {
+                study,
+                address,
+                tmp,
+                row: InstanceRow {
+                    v: ROW_VERSION,
+                    blob: address.to_vec(),
+                    size: parsed.len,
+                    meta: sealed_meta,
+                },
+            },
+            info: Box::new(info),
+            bytes: parsed.len,
+        }
+    }
+}
+
+fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}
+
+/// One batch being gathered by the committer.
+#[derive(Default)]
+struct Batch {
+    objects: Vec<StagedObject>,
+    infos: Vec<ObjectInfo>,
+    outcomes: Vec<FileOutcome>,
+    bytes: u64,
+}
+
+/// Imports `paths` into `store`.
+///
+/// # Errors
+/// [`IngestError`] only for failures of the import as a whole (an unreadable
+/// command-line path, a store failure); bad files are reported per file.
+pub fn import(
+    store: &Store,
+    paths: &[PathBuf],
+    opts: &ImportOptions,
+    mut progress: impl FnMut(ImportEvent<'_>),
+) -> Result<ImportSummary, IngestError> {
+    let mut jobs = collect(paths)?;
+    let mut summary = ImportSummary::default();
+    let mut touched_studies = BTreeSet::new();
+    let mut touched_series = BTreeSet::new();
+    let shared = Shared {
+        store,
+        opts,
+        keys: Mutex::new(HashMap::new()),
+        claimed: Mutex::new(BTreeSet::new()),
+    };
+    // DICOMDIRs named explicitly add their references; loop until none are added.
+    loop {
+        let total: u64 = jobs
+            .iter()
+            .map(|j| std::fs::metadata(&j.path).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        progress(ImportEvent::Started {
+            files: jobs.len() as u64,
+            bytes: total,
+        });
+        let follow = run_round(
+            &shared,
+            &jobs,
+            &mut summary,
+            &mut touched_studies,
+            &mut touched_series,
+            &mut progress,
+        )?;
+        if follow.is_empty() {
+            break;
+        }
+        jobs = follow.into_iter().map(|path| Job { path, explicit: false }).collect();
+    }
+    summary.studies = touched_studies.len() as u64;
+    summary.series = touched_series.len() as u64;
+    Ok(summary)
+}
+
+fn run_round(
+    shared: &Shared<'_>,
+    jobs: &[Job],
+    summary: &mut ImportSummary,
+    studies: &mut BTreeSet<StudyRef>,
+    series: &mut BTreeSet<(StudyRef, String)>,
+    progress: &mut impl FnMut(ImportEvent<'_>),
+) -> Result<Vec<PathBuf>, IngestError> {
+    let next = AtomicUsize::new(0);
+    let threads = shared.opts.threads.max(1).min(jobs.len().max(1));
+    let (tx, rx) = mpsc::sync_channel::<(usize, Work)>(threads * 2);
+    let mut follow = Vec::new();
+    std::thread::scope(|scope| -> Result<(), IngestError> {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if tx.send((i, shared.process(job))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut batch = Batch::default();
+        let mut result = Ok(());
+        for (_, work) in rx {
+            if result.is_err() {
+                // Drain so the workers finish; discard their staged files.
+                if let Work::Staged { staged, .. } = work {
+                    let _ = std::fs::remove_file(&staged.tmp);
+                }
+                continue;
+            }
+            summary.files += 1;
+            match work {
+                Work::Done(outcome) => {
+                    count(summary, &outcome);
+                    progress(ImportEvent::File(&outcome));
+                }
+                Work::Follow(refs, outcome) => {
+                    count(summary, &outcome);
+                    progress(ImportEvent::File(&outcome));
+                    follow.extend(refs);
+                }
+                Work::Staged {
+                    outcome,
+                    staged,
+                    info,
+                    bytes,
+                } => {
+                    studies.insert(staged.study);
+                    series.insert((staged.study, info.series_uid.clone()));
+                    batch.bytes += bytes;
+                    batch.objects.push(staged);
+                    batch.infos.push(*info);
+                    batch.outcomes.push(outcome);
+                    if batch.objects.len() >= shared.opts.batch_files || batch.bytes >= shared.opts.batch_bytes {
+                        result = commit(shared, std::mem::take(&mut batch), summary, progress);
+                    }
+                }
+            }
+        }
+        result?;
+        commit(shared, batch, summary, progress)
+    })?;
+    Ok(follow)
+}
+
+fn count(summary: &mut ImportSummary, outcome: &FileOutcome) {
+    match outcome {
+        FileOutcome::Imported { bytes, .. } => {
+            summary.imported += 1;
+            summary.bytes += bytes;
+        }
+        FileOutcome::AlreadyStored { .. } => summary.already_stored += 1,
+        FileOutcome::Skipped { .. } => summary.skipped += 1,
+        FileOutcome::Rejected { .. } => summary.rejected += 1,
+    }
+}
+
+/// Builds the study rows touched by a batch and commits it.
+fn commit(
+    shared: &Shared<'_>,
+    batch: Batch,
+    summary: &mut ImportSummary,
+    progress: &mut impl FnMut(ImportEvent<'_>),
+) -> Result<(), IngestError> {
+    if batch.objects.is_empty() {
+        return Ok(());
+    }
+    let store = shared.store;
+    let now = chrono::Utc::now().timestamp();
+    let mut updates: HashMap<StudyRef, (StudyRow, StudyMeta, Option<[u8; 32]>)> = HashMap::new();
+    for (obj, info) in batch.objects.iter().zip(&batch.infos) {
+        let key = shared.study_key(&obj.study)?;
+        let (row, meta, _) = match updates.entry(obj.study) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (row, meta) = match store.study_row(&obj.study)? {
+                    Some(row) => {
+                        let meta = store.open_study_meta(&obj.study, &key, &row)?;
+                        (row, meta)
+                    }
+                    None => (
+                        StudyRow {
+                            v: ROW_VERSION,
+                            wrapped_key: store.wrap_study_key(&obj.study, &key)?,
+                            meta: Vec::new(),
+                            origin: Origin::Local,
+                            created: now,
+                            updated: now,
+                            instances: 0,
+                            bytes: 0,
+                        },
+                        StudyMeta {
+                            study_uid: info.study_uid.clone(),
+                            attrs: info.study.clone(),
+                            series: Default::default(),
+                        },
+                    ),
+                };
+                let patient = (!info.study.patient_id.is_empty())
+                    .then(|| store.patient_ref(&info.study.patient_id, &info.study.issuer_of_patient_id));
+                v.insert((row, meta, patient))
+            }
+        };
+        row.instances += 1;
+        row.bytes += obj.row.size;
+        row.updated = now;
+        let s = meta
+            .series
+            .entry(info.series_uid.clone())
+            .or_insert_with(|| SeriesMeta {
+                number: info.series_number,
+                description: info.series_description.clone(),
+                modality: info.modality.clone(),
+                instances: 0,
+            });
+        s.instances += 1;
+    }
+    let mut study_updates = Vec::with_capacity(updates.len());
+    for (study, (mut row, meta, patient)) in updates {
+        let key = shared.study_key(&study)?;
+        row.meta = store.seal_study_meta(&study, &key, &meta)?;
+        study_updates.push(StudyUpdate { study, row, patient });
+    }
+    let tmp_files: Vec<PathBuf> = batch.objects.iter().map(|o| o.tmp.clone()).collect();
+    if let Err(e) = store.commit_batch(batch.objects, study_updates) {
+        for t in tmp_files {
+            let _ = std::fs::remove_file(t);
+        }
+        return Err(e.into());
+    }
+    for outcome in &batch.outcomes {
+        count(summary, outcome);
+        progress(ImportEvent::File(outcome));
+    }
+    Ok(())
+}

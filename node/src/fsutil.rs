@@ -1,0 +1,62 @@
+//! Small file-system helpers: private files and directories, atomic writes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Creates `path` (which must not exist) with mode 0600, writes `bytes` and syncs it.
+///
+/// # Errors
+/// Any I/O error, including `AlreadyExists`.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    sync_parent(path)
+}
+
+/// Replaces `path` atomically with `bytes` (mode 0600): write a temporary
+/// sibling, sync it, rename it over, sync the directory.
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+/// Creates a directory with mode 0700 (parents too); an existing one is tightened to 0700.
+///
+/// # Errors
+/// Any I/O error.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+/// Syncs the directory holding `path`, so a create or rename in it is durable.
+///
+/// # Errors
+/// Any I/O error.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+/// Syncs a directory.
+///
+/// # Errors
+/// Any I/O error.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

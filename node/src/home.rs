@@ -1,0 +1,576 @@
+//! A node's home directory and the [`Node`] that opens it.
+//!
+//! ```text
+//! HOME/                 0700
+//!   config.toml         settings, every one documented (config::TEMPLATE)
+//!   node-record.cbor    the signed NodeRecord (public)
+//!   keys/               0700
+//!     master.key        master key wrapped under the passphrase (Argon2id), 0600
+//!     identity.key      Ed25519 identity secret, sealed under the master key, 0600
+//!     x25519.key        X25519 static secret, sealed under the master key, 0600
+//!   db/medmesh.redb     the index (redb), 0600
+//!   blobs/              sealed study objects, content-addressed, 0700
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{self, Config, ConfigError};
+use crate::dicom::StudyAttributes;
+use crate::dicom::export::{self, ExportError, ExportOutcome, ExportSummary};
+use crate::dicom::ingest::{self, ImportEvent, ImportOptions, ImportSummary, IngestError};
+use crate::fsutil;
+use crate::identity::{
+    Identity, IdentityError, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, check_jurisdiction,
+};
+use crate::keystore::{KeystoreError, MasterKey, Passphrase};
+use crate::store::{Origin, Store, StoreError, StudyRef};
+
+/// Errors of creating or opening a home.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HomeError {
+    /// The home already exists.
+    #[error("{0} already exists and is not empty: refusing to overwrite a node home")]
+    Exists(String),
+    /// The home does not exist or is not a medmesh home.
+    #[error("{path} is not a medmesh home ({reason}); create one with `medmesh init`")]
+    NotAHome {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file of the home could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The institution name is empty or too long.
+    #[error("institution name must be 1 to 200 characters")]
+    BadInstitution,
+    /// Keystore failure (wrong passphrase among them).
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// Identity failure.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Configuration failure.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Import failure.
+    #[error(transparent)]
+    Import(#[from] IngestError),
+    /// Export failure.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+}
+
+fn io(path: &Path, source: std::io::Error) -> HomeError {
+    HomeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The paths of a home.
+#[derive(Debug, Clone)]
+pub struct HomePaths {
+    /// The home directory.
+    pub root: PathBuf,
+}
+
+impl HomePaths {
+    /// Paths of the home at `root`.
+    #[must_use]
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+    /// `config.toml`.
+    #[must_use]
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `node-record.cbor`.
+    #[must_use]
+    pub fn record(&self) -> PathBuf {
+        self.root.join("node-record.cbor")
+    }
+    /// `keys/`.
+    #[must_use]
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// `keys/master.key`.
+    #[must_use]
+    pub fn master_key(&self) -> PathBuf {
+        self.keys().join("master.key")
+    }
+    /// `keys/identity.key`.
+    #[must_use]
+    pub fn identity_key(&self) -> PathBuf {
+        self.keys().join("identity.key")
+    }
+    /// `keys/x25519.key`.
+    #[must_use]
+    pub fn x25519_key(&self) -> PathBuf {
+        self.keys().join("x25519.key")
+    }
+    /// `db/medmesh.redb`.
+    #[must_use]
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db").join("medmesh.redb")
+    }
+    /// `blobs/`.
+    #[must_use]
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+}
+
+/// An opened node home: keys unlocked, store open.
+#[derive(Debug)]
+pub struct Node {
+    paths: HomePaths,
+    config: Config,
+    identity: Identity,
+    record: VerifiedNodeRecord,
+    store: Store,
+}
+
+/// Public facts about a node, for `medmesh id`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IdInfo {
+    /// libp2p PeerId.
+    pub peer_id: String,
+    /// X25519 public key, hex.
+    pub x25519: String,
+    /// Institution.
+    pub institution: String,
+    /// Jurisdiction.
+    pub jurisdiction: String,
+    /// Record creation time (RFC 3339).
+    pub created: String,
+}
+
+/// One study in `medmesh study list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StudySummary {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Study Date.
+    pub study_date: String,
+    /// Study Description.
+    pub description: String,
+    /// Modalities.
+    pub modalities: Vec<String>,
+    /// Number of series.
+    pub series: u64,
+    /// Number of instances.
+    pub instances: u64,
+    /// Total bytes.
+    pub bytes: u64,
+    /// Where it came from (`local`).
+    pub origin: String,
+}
+
+/// One series in `medmesh study show`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SeriesDetail {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Series Number.
+    pub number: Option<i64>,
+    /// Modality.
+    pub modality: String,
+    /// Series Description.
+    pub description: String,
+    /// Instances.
+    pub instances: Vec<InstanceDetail>,
+}
+
+/// One instance in `medmesh study show`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InstanceDetail {
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// Instance Number.
+    pub instance_number: Option<i64>,
+    /// Transfer Syntax UID.
+    pub transfer_syntax: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// BLAKE3 of the original bytes, hex.
+    pub blake3: String,
+    /// Frames.
+    pub frames: u32,
+    /// Notes recorded at import.
+    pub notes: Vec<String>,
+}
+
+/// Everything about a study, for `medmesh study show`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StudyDetail {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Patient and study attributes.
+    pub attributes: StudyAttributes,
+    /// Where it came from.
+    pub origin: String,
+    /// First stored (RFC 3339).
+    pub created: String,
+    /// Number of instances.
+    pub instances: u64,
+    /// Total bytes.
+    pub bytes: u64,
+    /// Series, by Series Number then UID.
+    pub series: Vec<SeriesDetail>,
+}
+
+fn rfc3339(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+fn origin_name(o: &Origin) -> String {
+    match o {
+        Origin::Local => "local".into(),
+    }
+}
+
+impl Node {
+    /// Creates a new home at `root`: keys, signed record, config, database.
+    /// The home is built in a hidden sibling folder and renamed into place, so
+    /// a failed init leaves nothing behind.
+    ///
+    /// # Errors
+    /// [`HomeError::Exists`] when `root` exists and is not empty; weak
+    /// passphrase, bad jurisdiction or institution; I/O errors.
+    pub fn init(
+        root: &Path,
+        institution: &str,
+        jurisdiction: &str,
+        passphrase: &Passphrase,
+    ) -> Result<Node, HomeError> {
+        if root.exists() {
+            let empty = fs::read_dir(root).map_err(|e| io(root, e))?.next().is_none();
+            if !empty {
+                return Err(HomeError::Exists(root.display().to_string()));
+            }
+        }
+        let institution = institution.trim();
+        if institution.is_empty() || institution.chars().count() > 200 {
+            return Err(HomeError::BadInstitution);
+        }
+        check_jurisdiction(jurisdiction)?;
+        let parent = match root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "home".into());
+        let mut rnd = [0u8; 6];
+        getrandom::fill(&mut rnd).map_err(|e| io(&parent, std::io::Error::other(e.to_string())))?;
+        let staging = parent.join(format!(".{name}.init-{}", hex::encode(rnd)));
+        let result = Self::build(&staging, institution, jurisdiction, passphrase);
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if root.exists() {
+            fs::remove_dir(root).map_err(|e| io(root, e))?;
+        }
+        if let Err(e) = fs::rename(&staging, root) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io(root, e));
+        }
+        fsutil::sync_parent(root).map_err(|e| io(root, e))?;
+        Self::open(root, passphrase)
+    }
+
+    fn build(dir: &Path, institution: &str, jurisdiction: &str, passphrase: &Passphrase) -> Result<(), HomeError> {
+        let paths = HomePaths::new(dir);
+        fsutil::create_private_dir(dir).map_err(|e| io(dir, e))?;
+        fsutil::create_private_dir(&paths.keys()).map_err(|e| io(&paths.keys(), e))?;
+        let db_dir = dir.join("db");
+        fsutil::create_private_dir(&db_dir).map_err(|e| io(&db_dir, e))?;
+        let master = MasterKey::create(&paths.master_key(), passphrase)?;
+        let identity = Identity::generate()?;
+        master.write_secret(
+            &paths.identity_key(),
+            "ed25519",
+            &identity.ed25519_public(),
+            &identity.ed25519_secret()[..],
+        )?;
+        master.write_secret(
+            &paths.x25519_key(),
+            "x25519",
+            &identity.x25519_public(),
+            &identity.x25519_secret()[..],
+        )?;
+        let record = NodeRecord {
+            v: NODE_RECORD_VERSION,
+            peer_id: identity.peer_id(),
+            ed25519: identity.ed25519_public().to_vec(),
+            x25519: identity.x25519_public().to_vec(),
+            institution: institution.into(),
+            jurisdiction: jurisdiction.into(),
+            addrs: Vec::new(),
+            created: chrono::Utc::now().timestamp(),
+        };
+        let bytes = record.sign(&identity)?.to_bytes()?;
+        fsutil::write_new_private(&paths.record(), &bytes).map_err(|e| io(&paths.record(), e))?;
+        fsutil::write_new_private(&paths.config(), config::TEMPLATE.as_bytes()).map_err(|e| io(&paths.config(), e))?;
+        let config = Config::load(&paths.config())?;
+        let store = Store::create(&paths.db(), &paths.blobs(), master, config.store.fsync)?;
+        drop(store);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(paths.db(), fs::Permissions::from_mode(0o600)).map_err(|e| io(&paths.db(), e))?;
+        Ok(())
+    }
+
+    /// Reads the public identity of a home without unlocking it.
+    ///
+    /// # Errors
+    /// [`HomeError::NotAHome`], identity errors for a damaged record.
+    pub fn read_record(root: &Path) -> Result<VerifiedNodeRecord, HomeError> {
+        let paths = HomePaths::new(root);
+        let bytes = fs::read(paths.record()).map_err(|e| HomeError::NotAHome {
+            path: root.display().to_string(),
+            reason: format!("cannot read {}: {e}", paths.record().display()),
+        })?;
+        Ok(VerifiedNodeRecord::from_bytes(&bytes)?)
+    }
+
+    /// Opens the home at `root` with the passphrase.
+    ///
+    /// # Errors
+    /// [`HomeError::NotAHome`], [`KeystoreError::WrongPassphrase`] (as
+    /// [`HomeError::Keystore`]), config and store errors.
+    pub fn open(root: &Path, passphrase: &Passphrase) -> Result<Node, HomeError> {
+        let paths = HomePaths::new(root);
+        if !paths.master_key().exists() {
+            return Err(HomeError::NotAHome {
+                path: root.display().to_string(),
+                reason: "no keys/master.key".into(),
+            });
+        }
+        let config = Config::load(&paths.config())?;
+        let record = Self::read_record(root)?;
+        let master = MasterKey::unlock(&paths.master_key(), passphrase)?;
+        let (ed_pub, ed) = master.read_secret(&paths.identity_key(), "ed25519")?;
+        let (_, x) = master.read_secret(&paths.x25519_key(), "x25519")?;
+        let identity = Identity::from_secrets(&ed, &x)?;
+        if identity.ed25519_public().as_slice() != ed_pub.as_slice() || record.record().ed25519 != ed_pub {
+            return Err(HomeError::Identity(IdentityError::Inconsistent(
+                "the identity key does not match node-record.cbor".into(),
+            )));
+        }
+        let store = Store::open(&paths.db(), &paths.blobs(), master, config.store.fsync)?;
+        Ok(Node {
+            paths,
+            config,
+            identity,
+            record,
+            store,
+        })
+    }
+
+    /// The home's paths.
+    #[must_use]
+    pub fn paths(&self) -> &HomePaths {
+        &self.paths
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The identity (secret keys).
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The signed node record.
+    #[must_use]
+    pub fn record(&self) -> &VerifiedNodeRecord {
+        &self.record
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Public facts about a record.
+    #[must_use]
+    pub fn id_info(record: &VerifiedNodeRecord) -> IdInfo {
+        let r = record.record();
+        IdInfo {
+            peer_id: r.peer_id.clone(),
+            x25519: hex::encode(&r.x25519),
+            institution: r.institution.clone(),
+            jurisdiction: r.jurisdiction.clone(),
+            created: rfc3339(r.created),
+        }
+    }
+
+    /// Import options from the configuration.
+    #[must_use]
+    pub fn import_options(&self) -> ImportOptions {
+        let s = &self.config.store;
+        let threads = if s.import_threads == 0 {
+            std::thread::available_parallelism().map(usize::from).unwrap_or(2)
+        } else {
+            s.import_threads as usize
+        };
+        ImportOptions {
+            threads,
+            full_parse_limit: s.full_parse_limit,
+            batch_files: s.batch_files as usize,
+            batch_bytes: s.batch_bytes,
+            chunk_size: s.chunk_size,
+        }
+    }
+
+    /// Imports files and folders.
+    ///
+    /// # Errors
+    /// See [`ingest::import`].
+    pub fn import(&self, paths: &[PathBuf], progress: impl FnMut(ImportEvent<'_>)) -> Result<ImportSummary, HomeError> {
+        Ok(ingest::import(&self.store, paths, &self.import_options(), progress)?)
+    }
+
+    /// Exports a study.
+    ///
+    /// # Errors
+    /// See [`export::export`].
+    pub fn export(
+        &self,
+        study_uid: &str,
+        out: &Path,
+        overwrite: bool,
+        progress: impl FnMut(&ExportOutcome),
+    ) -> Result<ExportSummary, HomeError> {
+        Ok(export::export(&self.store, study_uid, out, overwrite, progress)?)
+    }
+
+    /// All studies, decrypted, sorted by study date then UID. With
+    /// `patient_id`, only that patient's studies (found by blind index).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn studies(&self, patient_id: Option<(&str, &str)>) -> Result<Vec<StudySummary>, HomeError> {
+        let rows = match patient_id {
+            None => self.store.studies()?,
+            Some((id, issuer)) => {
+                let mut rows = Vec::new();
+                for s in self.store.studies_of_patient(&self.store.patient_ref(id, issuer))? {
+                    if let Some(row) = self.store.study_row(&s)? {
+                        rows.push((s, row));
+                    }
+                }
+                rows
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (study, row) in rows {
+            let key = self.store.unwrap_study_key(&study, &row)?;
+            let meta = self.store.open_study_meta(&study, &key, &row)?;
+            out.push(StudySummary {
+                study_uid: meta.study_uid.clone(),
+                patient_name: meta.attrs.patient_name.clone(),
+                patient_id: meta.attrs.patient_id.clone(),
+                study_date: meta.attrs.study_date.clone(),
+                description: meta.attrs.study_description.clone(),
+                modalities: meta.modalities().into_iter().collect(),
+                series: meta.series.len() as u64,
+                instances: row.instances,
+                bytes: row.bytes,
+                origin: origin_name(&row.origin),
+            });
+        }
+        out.sort_by(|a, b| (&a.study_date, &a.study_uid).cmp(&(&b.study_date, &b.study_uid)));
+        Ok(out)
+    }
+
+    /// Everything about one study.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownStudy`], store errors.
+    pub fn study(&self, study_uid: &str) -> Result<StudyDetail, HomeError> {
+        let study: StudyRef = self.store.study_ref(study_uid);
+        let row = self
+            .store
+            .study_row(&study)?
+            .ok_or_else(|| StoreError::UnknownStudy(study_uid.to_string()))?;
+        let key = self.store.unwrap_study_key(&study, &row)?;
+        let meta = self.store.open_study_meta(&study, &key, &row)?;
+        let mut series: Vec<SeriesDetail> = meta
+            .series
+            .iter()
+            .map(|(uid, s)| SeriesDetail {
+                series_uid: uid.clone(),
+                number: s.number,
+                modality: s.modality.clone(),
+                description: s.description.clone(),
+                instances: Vec::new(),
+            })
+            .collect();
+        for (address, irow) in self.store.instances(&study)? {
+            let m = self.store.open_instance_meta(&study, &address, &key, &irow)?;
+            let detail = InstanceDetail {
+                sop_instance_uid: m.sop_instance_uid,
+                sop_class_uid: m.sop_class_uid,
+                instance_number: m.instance_number,
+                transfer_syntax: m.transfer_syntax,
+                bytes: irow.size,
+                blake3: hex::encode(&m.blake3),
+                frames: m.frames,
+                notes: m.notes,
+            };
+            if let Some(s) = series.iter_mut().find(|s| s.series_uid == m.series_uid) {
+                s.instances.push(detail);
+            }
+        }
+        for s in &mut series {
+            s.instances.sort_by(|a, b| {
+                (a.instance_number, &a.sop_instance_uid).cmp(&(b.instance_number, &b.sop_instance_uid))
+            });
+        }
+        series.sort_by(|a, b| (a.number, &a.series_uid).cmp(&(b.number, &b.series_uid)));
+        Ok(StudyDetail {
+            study_uid: meta.study_uid.clone(),
+            attributes: meta.attrs.clone(),
+            origin: origin_name(&row.origin),
+            created: rfc3339(row.created),
+            instances: row.instances,
+            bytes: row.bytes,
+            series,
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! medmesh-node: the engine of a medmesh node.
+//!
+//! A node holds a site's DICOM studies in an encrypted store and (in later
+//! layers) exchanges them with trusted peers under patient consent. This
+//! crate is the library that the `medmesh` binary drives; every module owns
+//! one concern and its own error type:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`identity`] | Ed25519 identity (= libp2p PeerId), X25519 key, signed `NodeRecord`, signed envelopes |
+//! | [`keystore`] | master key from the passphrase (Argon2id), key wrapping, secret key files |
+//! | [`seal`] | the chunked AEAD sealed-object format (re-export of `medmesh-seal`) |
+//! | [`store`] | redb index and the encrypted, content-addressed blob store |
+//! | [`dicom`] | ingest (parse, validate, group), export |
+//! | [`home`] | the node home directory: create, open, the operations on it |
+//! | [`config`] | the TOML configuration |
+//!
+//! ```no_run
+//! use medmesh_node::{home::Node, keystore::Passphrase};
+//! let pass = Passphrase::new(std::env::var("MEDMESH_PASSPHRASE")?);
+//! let node = Node::open(std::path::Path::new("/var/lib/medmesh"), &pass)?;
+//! for study in node.studies(None)? {
+//!     println!("{} {} instances", study.study_uid, study.instances);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cbor;
+pub mod config;
+pub mod dicom;
+pub mod fsutil;
+pub mod home;
+pub mod identity;
+pub mod keystore;
+pub mod store;
+
+pub use medmesh_seal as seal;

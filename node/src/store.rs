@@ -1,0 +1,891 @@
+//! All persistent state: the redb index and the encrypted blob store.
+//!
+//! `store` is the only module that opens redb. Every multi-step change is one
+//! redb transaction, and the blob files it refers to are made durable first:
+//!
+//! 1. sealed objects are written to `blobs/tmp/` and synced;
+//! 2. a transaction records their addresses in `pending-v1` (an intent);
+//! 3. the files are renamed into place and their directories synced;
+//! 4. one transaction inserts the index rows and clears the intent.
+//!
+//! On open, any intent still recorded (a crash between 2 and 4) is rolled
+//! back: its files are removed unless an index row owns them, and `tmp/` is
+//! emptied. So after a crash at any point the store holds either the old or
+//! the new state, every index row has its blob, and no blob lacks its row.
+//!
+//! Nothing identifying is stored in the clear. Rows are keyed by keyed BLAKE3
+//! hashes (a blind index) of the UIDs and patient IDs; identifying attributes
+//! are sealed under the study's data key; blob file names are keyed hashes of
+//! the content hash, so a file's presence cannot be confirmed by hashing it.
+//!
+//! Tables (names carry their version):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta-v1` | `&str` | `&[u8]` (schema version) |
+//! | `studies-v1` | study ref `[u8; 32]` | CBOR [`StudyRow`] |
+//! | `instances-v1` | study ref ‖ blob address `[u8; 64]` | CBOR [`InstanceRow`] |
+//! | `blobs-v1` | blob address `[u8; 32]` | study ref `[u8; 32]` |
+//! | `patients-v1` (multimap) | patient ref `[u8; 32]` | study ref `[u8; 32]` |
+//! | `pending-v1` | blob address `[u8; 32]` | `()` |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use medmesh_seal::{DataKey, Header, WrappedKey, open_box, seal_box};
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::cbor::{self, CodecError};
+use crate::dicom::StudyAttributes;
+use crate::fsutil;
+use crate::keystore::{KeystoreError, MasterKey};
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta-v1");
+const STUDIES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("studies-v1");
+const INSTANCES: TableDefinition<'_, [u8; 64], &[u8]> = TableDefinition::new("instances-v1");
+const BLOBS: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("blobs-v1");
+const PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> = MultimapTableDefinition::new("patients-v1");
+const PENDING: TableDefinition<'_, [u8; 32], ()> = TableDefinition::new("pending-v1");
+
+/// Version of the store's schema.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the row formats.
+pub const ROW_VERSION: u32 = 1;
+const MAX_ROW_LEN: usize = 16 * 1024 * 1024;
+const INDEX_KEY_CONTEXT: &str = "medmesh/v1/blind index key";
+const ADDRESS_KEY_CONTEXT: &str = "medmesh/v1/blob address key";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened or used.
+    #[error("database {path}: {reason}")]
+    Database {
+        /// The database file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A blob file could not be read or written.
+    #[error("blob {path}: {source}")]
+    BlobIo {
+        /// The blob file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A row could not be decoded.
+    #[error("damaged index row in {table}: {source}")]
+    Row {
+        /// The table.
+        table: &'static str,
+        /// The cause.
+        source: CodecError,
+    },
+    /// A key could not be unwrapped, or a sealed record did not open.
+    #[error("{what} of study {study} does not open under this node's master key")]
+    Key {
+        /// What failed.
+        what: &'static str,
+        /// Short study reference.
+        study: String,
+    },
+    /// The keystore failed.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// A study is locked: its data key was destroyed.
+    #[error("study {0} is locked: its data key was destroyed")]
+    Locked(String),
+    /// Nothing is stored under that reference.
+    #[error("no study {0} in this store")]
+    UnknownStudy(String),
+}
+
+fn db_err(path: &Path, e: impl fmt::Display) -> StoreError {
+    StoreError::Database {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// A keyed reference to a study (blind index of its Study Instance UID).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StudyRef(pub [u8; 32]);
+
+impl StudyRef {
+    /// A short printable form (first 8 bytes, hex).
+    #[must_use]
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl fmt::Debug for StudyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StudyRef({})", self.short())
+    }
+}
+
+/// Where a study came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Origin {
+    /// Imported at this site.
+    Local,
+}
+
+/// Index row of a study.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudyRow {
+    /// Row format version.
+    pub v: u32,
+    /// The study's data key, wrapped under the master key (bound to the study ref).
+    #[serde(with = "serde_bytes")]
+    pub wrapped_key: Vec<u8>,
+    /// [`StudyMeta`], sealed under the study key.
+    #[serde(with = "serde_bytes")]
+    pub meta: Vec<u8>,
+    /// Where the study came from.
+    pub origin: Origin,
+    /// First stored, Unix seconds.
+    pub created: i64,
+    /// Last changed, Unix seconds.
+    pub updated: i64,
+    /// Number of instances.
+    pub instances: u64,
+    /// Total plaintext bytes.
+    pub bytes: u64,
+}
+
+/// Identifying study metadata: only ever stored sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyMeta {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Patient and study attributes.
+    pub attrs: StudyAttributes,
+    /// Series by Series Instance UID.
+    pub series: BTreeMap<String, SeriesMeta>,
+}
+
+impl StudyMeta {
+    /// Modalities present in the study.
+    #[must_use]
+    pub fn modalities(&self) -> BTreeSet<String> {
+        self.series
+            .values()
+            .map(|s| s.modality.clone())
+            .filter(|m| !m.is_empty())
+            .collect()
+    }
+}
+
+/// Series metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesMeta {
+    /// Series Number.
+    pub number: Option<i64>,
+    /// Series Description.
+    pub description: String,
+    /// Modality.
+    pub modality: String,
+    /// Number of instances stored.
+    pub instances: u64,
+}
+
+/// Index row of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// Row format version.
+    pub v: u32,
+    /// Address of the sealed blob.
+    #[serde(with = "serde_bytes")]
+    pub blob: Vec<u8>,
+    /// Plaintext length.
+    pub size: u64,
+    /// [`InstanceMeta`], sealed under the study key.
+    #[serde(with = "serde_bytes")]
+    pub meta: Vec<u8>,
+}
+
+/// Instance metadata: only ever stored sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Instance Number.
+    pub instance_number: Option<i64>,
+    /// Transfer Syntax UID.
+    pub transfer_syntax: String,
+    /// BLAKE3 of the original file bytes.
+    #[serde(with = "serde_bytes")]
+    pub blake3: Vec<u8>,
+    /// Whether the original was a Part 10 file.
+    pub part10: bool,
+    /// Number of frames.
+    pub frames: u32,
+    /// Notes from validation.
+    pub notes: Vec<String>,
+}
+
+/// A sealed object ready to be moved into the store.
+#[derive(Debug)]
+pub struct StagedObject {
+    /// Study it belongs to.
+    pub study: StudyRef,
+    /// Blob address (also the instance's key within the study).
+    pub address: [u8; 32],
+    /// The temporary file holding the sealed object.
+    pub tmp: PathBuf,
+    /// The index row.
+    pub row: InstanceRow,
+}
+
+/// A new or changed study row to write with a batch.
+#[derive(Debug)]
+pub struct StudyUpdate {
+    /// The study.
+    pub study: StudyRef,
+    /// Its row.
+    pub row: StudyRow,
+    /// Blind reference of its patient, for look-up by patient ID.
+    pub patient: Option<[u8; 32]>,
+}
+
+/// The store: index and blobs, with the keys derived for them.
+pub struct Store {
+    db: Database,
+    db_path: PathBuf,
+    blobs: PathBuf,
+    master: MasterKey,
+    index_key: DataKey,
+    address_key: DataKey,
+    fsync: bool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("db", &self.db_path)
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of [`Store::check`].
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Studies in the index.
+    pub studies: u64,
+    /// Instances in the index.
+    pub instances: u64,
+    /// Blob files found.
+    pub blob_files: u64,
+    /// Instances whose blob file is missing.
+    pub missing_blobs: Vec<String>,
+    /// Blob files that no index row owns.
+    pub orphan_blobs: Vec<String>,
+    /// Blobs that failed to open or whose hash differs.
+    pub damaged: Vec<String>,
+    /// Blobs referenced by more than one index row.
+    pub duplicates: u64,
+    /// Crash-recovery intents still recorded.
+    pub pending: u64,
+}
+
+impl CheckReport {
+    /// True when the store is consistent.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.missing_blobs.is_empty()
+            && self.orphan_blobs.is_empty()
+            && self.damaged.is_empty()
+            && self.duplicates == 0
+            && self.pending == 0
+    }
+}
+
+impl Store {
+    /// Creates a new, empty store.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the database cannot be created.
+    pub fn create(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
+        fsutil::create_private_dir(blobs).map_err(|source| blob_io(blobs, source))?;
+        fsutil::create_private_dir(&blobs.join("tmp")).map_err(|source| blob_io(blobs, source))?;
+        let db = Database::create(db_path).map_err(|e| db_err(db_path, e))?;
+        let store = Self::with_db(db, db_path, blobs, master, fsync);
+        let txn = store.db.begin_write().map_err(|e| db_err(db_path, e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| db_err(db_path, e))?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())
+                .map_err(|e| db_err(db_path, e))?;
+            txn.open_table(STUDIES).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(INSTANCES).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(BLOBS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(PENDING).map_err(|e| db_err(db_path, e))?;
+            txn.open_multimap_table(PATIENTS).map_err(|e| db_err(db_path, e))?;
+        }
+        txn.commit().map_err(|e| db_err(db_path, e))?;
+        Ok(store)
+    }
+
+    /// Opens an existing store and rolls back any interrupted batch.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the database cannot be opened (for
+    /// example because another process holds it) or has another schema.
+    pub fn open(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
+        if !db_path.exists() {
+            return Err(db_err(
+                db_path,
+                "does not exist (is this a medmesh home? run `medmesh init`)",
+            ));
+        }
+        let db = Database::create(db_path).map_err(|e| db_err(db_path, e))?;
+        let store = Self::with_db(db, db_path, blobs, master, fsync);
+        let read = store.db.begin_read().map_err(|e| store.err(e))?;
+        let meta = read.open_table(META).map_err(|e| store.err(e))?;
+        let version = meta
+            .get("schema_version")
+            .map_err(|e| store.err(e))?
+            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+            .map(u32::from_le_bytes);
+        if version != Some(SCHEMA_VERSION) {
+            return Err(store.err(format!("schema version {version:?}, this build reads {SCHEMA_VERSION}")));
+        }
+        drop(meta);
+        drop(read);
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn with_db(db: Database, db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Self {
+        let index_key = master.derive(INDEX_KEY_CONTEXT);
+        let address_key = master.derive(ADDRESS_KEY_CONTEXT);
+        Store {
+            db,
+            db_path: db_path.to_path_buf(),
+            blobs: blobs.to_path_buf(),
+            master,
+            index_key,
+            address_key,
+            fsync,
+        }
+    }
+
+    fn err(&self, e: impl fmt::Display) -> StoreError {
+        db_err(&self.db_path, e)
+    }
+
+    /// The master key (for wrapping keys outside the store).
+    #[must_use]
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    fn blind(&self, label: &str, value: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.index_key.expose_secret());
+        h.update(label.as_bytes());
+        h.update(&[0]);
+        h.update(value.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// The blind reference of a Study Instance UID.
+    #[must_use]
+    pub fn study_ref(&self, study_uid: &str) -> StudyRef {
+        StudyRef(self.blind("study-instance-uid", study_uid))
+    }
+
+    /// The blind reference (keyed pseudonym) of a patient: Patient ID
+    /// qualified by its issuer.
+    #[must_use]
+    pub fn patient_ref(&self, patient_id: &str, issuer: &str) -> [u8; 32] {
+        self.blind("patient-id", &format!("{issuer}\u{1f}{patient_id}"))
+    }
+
+    /// The blob address of content with the given BLAKE3 hash.
+    #[must_use]
+    pub fn blob_address(&self, content: &blake3::Hash) -> [u8; 32] {
+        *blake3::keyed_hash(self.address_key.expose_secret(), content.as_bytes()).as_bytes()
+    }
+
+    /// The path of a blob.
+    #[must_use]
+    pub fn blob_path(&self, address: &[u8; 32]) -> PathBuf {
+        let hex = hex::encode(address);
+        self.blobs.join(&hex[..2]).join(&hex)
+    }
+
+    /// A fresh temporary path for a blob being written.
+    ///
+    /// # Errors
+    /// [`StoreError::BlobIo`] if the OS RNG fails.
+    pub fn tmp_path(&self) -> Result<PathBuf, StoreError> {
+        let mut name = [0u8; 16];
+        getrandom::fill(&mut name).map_err(|e| blob_io(&self.blobs, io::Error::other(e.to_string())))?;
+        Ok(self.blobs.join("tmp").join(hex::encode(name)))
+    }
+
+    /// Seals `reader` (exactly `len` bytes) under `key` into a new temporary
+    /// blob; returns its path and the BLAKE3 hash of the plaintext.
+    ///
+    /// # Errors
+    /// [`StoreError::BlobIo`].
+    pub fn seal_to_tmp<R: Read>(
+        &self,
+        key: &DataKey,
+        chunk_size: u32,
+        len: u64,
+        reader: R,
+    ) -> Result<(PathBuf, Header, blake3::Hash), StoreError> {
+        let tmp = self.tmp_path()?;
+        let result = (|| {
+            let file = File::create_new(&tmp)?;
+            let mut w = BufWriter::with_capacity(256 * 1024, file);
+            let (header, hash) = medmesh_seal::seal_stream(key, 0, chunk_size, len, reader, &mut w)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            if self.fsync {
+                file.sync_data()?;
+            }
+            Ok::<_, io::Error>((header, hash))
+        })();
+        match result {
+            Ok((header, hash)) => Ok((tmp, header, hash)),
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                Err(blob_io(&tmp, source))
+            }
+        }
+    }
+
+    /// The data key of a study, if the study exists.
+    ///
+    /// # Errors
+    /// [`StoreError::Key`] when the wrapped key does not open.
+    pub fn study_key(&self, study: &StudyRef) -> Result<Option<DataKey>, StoreError> {
+        let Some(row) = self.study_row(study)? else {
+            return Ok(None);
+        };
+        self.unwrap_study_key(study, &row).map(Some)
+    }
+
+    /// Unwraps the data key held in a study row.
+    ///
+    /// # Errors
+    /// [`StoreError::Key`], [`StoreError::Locked`].
+    pub fn unwrap_study_key(&self, study: &StudyRef, row: &StudyRow) -> Result<DataKey, StoreError> {
+        if row.wrapped_key.is_empty() {
+            return Err(StoreError::Locked(study.short()));
+        }
+        let wrapped = WrappedKey::from_bytes(&row.wrapped_key).map_err(|_| key_err("data key", study))?;
+        self.master
+            .unwrap(&wrapped, &study.0)
+            .map_err(|_| key_err("data key", study))
+    }
+
+    /// Wraps a new study key for a study row.
+    ///
+    /// # Errors
+    /// [`StoreError::Keystore`] if the OS RNG fails.
+    pub fn wrap_study_key(&self, study: &StudyRef, key: &DataKey) -> Result<Vec<u8>, StoreError> {
+        Ok(self.master.wrap(key, &study.0)?.as_bytes().to_vec())
+    }
+
+    /// Reads a study row.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Row`].
+    pub fn study_row(&self, study: &StudyRef) -> Result<Option<StudyRow>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(STUDIES).map_err(|e| self.err(e))?;
+        let Some(v) = table.get(study.0).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        decode_row::<StudyRow>("studies-v1", v.value()).map(Some)
+    }
+
+    /// True when an object with this blob address is stored (in any study).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn has_blob(&self, address: &[u8; 32]) -> Result<bool, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(BLOBS).map_err(|e| self.err(e))?;
+        Ok(table.get(address).map_err(|e| self.err(e))?.is_some())
+    }
+
+    /// All studies, in reference order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Row`].
+    pub fn studies(&self) -> Result<Vec<(StudyRef, StudyRow)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(STUDIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push((StudyRef(k.value()), decode_row("studies-v1", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The studies of a patient (by the blind patient reference).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn studies_of_patient(&self, patient: &[u8; 32]) -> Result<Vec<StudyRef>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_multimap_table(PATIENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for v in table.get(patient).map_err(|e| self.err(e))? {
+            out.push(StudyRef(v.map_err(|e| self.err(e))?.value()));
+        }
+        Ok(out)
+    }
+
+    /// All instance rows of a study, in reference order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Row`].
+    pub fn instances(&self, study: &StudyRef) -> Result<Vec<([u8; 32], InstanceRow)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(INSTANCES).map_err(|e| self.err(e))?;
+        let lo = instance_key(study, &[0u8; 32]);
+        let hi = instance_key(study, &[0xffu8; 32]);
+        let mut out = Vec::new();
+        for item in table.range(lo..=hi).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = k.value();
+            let mut iref = [0u8; 32];
+            iref.copy_from_slice(&key[32..]);
+            out.push((iref, decode_row("instances-v1", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Opens a study's sealed metadata.
+    ///
+    /// # Errors
+    /// [`StoreError::Key`], [`StoreError::Row`].
+    pub fn open_study_meta(&self, study: &StudyRef, key: &DataKey, row: &StudyRow) -> Result<StudyMeta, StoreError> {
+        let plain = open_box(key, &study.0, &row.meta).map_err(|_| key_err("metadata", study))?;
+        decode_row("studies-v1 (sealed metadata)", &plain)
+    }
+
+    /// Seals a study's metadata for its row.
+    ///
+    /// # Errors
+    /// [`StoreError::Row`] (encoding), [`StoreError::Key`] (RNG).
+    pub fn seal_study_meta(&self, study: &StudyRef, key: &DataKey, meta: &StudyMeta) -> Result<Vec<u8>, StoreError> {
+        let plain = Zeroizing::new(cbor::encode("study metadata", meta).map_err(|source| StoreError::Row {
+            table: "studies-v1",
+            source,
+        })?);
+        seal_box(key, &study.0, &plain).map_err(|_| key_err("metadata", study))
+    }
+
+    /// Opens an instance's sealed metadata.
+    ///
+    /// # Errors
+    /// [`StoreError::Key`], [`StoreError::Row`].
+    pub fn open_instance_meta(
+        &self,
+        study: &StudyRef,
+        address: &[u8; 32],
+        key: &DataKey,
+        row: &InstanceRow,
+    ) -> Result<InstanceMeta, StoreError> {
+        let plain =
+            open_box(key, &instance_key(study, address), &row.meta).map_err(|_| key_err("instance metadata", study))?;
+        decode_row("instances-v1 (sealed metadata)", &plain)
+    }
+
+    /// Seals an instance's metadata for its row.
+    ///
+    /// # Errors
+    /// [`StoreError::Row`] (encoding), [`StoreError::Key`] (RNG).
+    pub fn seal_instance_meta(
+        &self,
+        study: &StudyRef,
+        address: &[u8; 32],
+        key: &DataKey,
+        meta: &InstanceMeta,
+    ) -> Result<Vec<u8>, StoreError> {
+        let plain = Zeroizing::new(
+            cbor::encode("instance metadata", meta).map_err(|source| StoreError::Row {
+                table: "instances-v1",
+                source,
+            })?,
+        );
+        seal_box(key, &instance_key(study, address), &plain).map_err(|_| key_err("instance metadata", study))
+    }
+
+    /// Moves a batch of staged objects into the store and writes their index
+    /// rows, crash-safely (see the module docs).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::BlobIo`]. On error nothing of
+    /// the batch is visible in the index.
+    pub fn commit_batch(&self, objects: Vec<StagedObject>, studies: Vec<StudyUpdate>) -> Result<(), StoreError> {
+        // 1. Record the intent.
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            for o in &objects {
+                pending.insert(o.address, ()).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        // 2. Move the blobs into place.
+        let mut dirs = BTreeSet::new();
+        for o in &objects {
+            let dest = self.blob_path(&o.address);
+            let dir = dest
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.blobs.clone());
+            if dirs.insert(dir.clone()) {
+                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+            }
+            fs::rename(&o.tmp, &dest).map_err(|source| blob_io(&dest, source))?;
+        }
+        if self.fsync {
+            for dir in &dirs {
+                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
+            }
+        }
+        // 3. Index rows and clear the intent, in one transaction.
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
+            let mut blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            for o in &objects {
+                let row = cbor::encode("instance row", &o.row).map_err(|source| StoreError::Row {
+                    table: "instances-v1",
+                    source,
+                })?;
+                instances
+                    .insert(instance_key(&o.study, &o.address), row.as_slice())
+                    .map_err(|e| self.err(e))?;
+                blobs.insert(o.address, o.study.0).map_err(|e| self.err(e))?;
+                pending.remove(o.address).map_err(|e| self.err(e))?;
+            }
+            let mut table = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
+            let mut patients = txn.open_multimap_table(PATIENTS).map_err(|e| self.err(e))?;
+            for s in &studies {
+                let row = cbor::encode("study row", &s.row).map_err(|source| StoreError::Row {
+                    table: "studies-v1",
+                    source,
+                })?;
+                table.insert(s.study.0, row.as_slice()).map_err(|e| self.err(e))?;
+                if let Some(p) = &s.patient {
+                    patients.insert(p, s.study.0).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
+        if !self.fsync {
+            txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back an interrupted batch: removes blobs recorded as pending that
+    /// no index row owns, and empties `tmp/`.
+    fn recover(&self) -> Result<(), StoreError> {
+        let tmp = self.blobs.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+            let mut addresses = Vec::new();
+            for item in pending.iter().map_err(|e| self.err(e))? {
+                addresses.push(item.map_err(|e| self.err(e))?.0.value());
+            }
+            for address in addresses {
+                if blobs.get(address).map_err(|e| self.err(e))?.is_none() {
+                    let path = self.blob_path(&address);
+                    match fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(blob = %hex::encode(&address[..8]), "removed a blob of an interrupted import")
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(blob_io(&path, source)),
+                    }
+                }
+                pending.remove(address).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Opens a blob file for reading.
+    ///
+    /// # Errors
+    /// [`StoreError::BlobIo`] naming the file.
+    pub fn open_blob(&self, address: &[u8; 32]) -> Result<File, StoreError> {
+        let path = self.blob_path(address);
+        File::open(&path).map_err(|source| blob_io(&path, source))
+    }
+
+    /// Checks the whole store: every index row has its blob, every blob has
+    /// its row and opens under its study key with the recorded hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the index cannot be read.
+    pub fn check(&self, deep: bool) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport::default();
+        let studies = self.studies()?;
+        report.studies = studies.len() as u64;
+        let mut owned = BTreeSet::new();
+
+        for (study, row) in &studies {
+            let key = self.unwrap_study_key(study, row).ok();
+            for (address, irow) in self.instances(study)? {
+                report.instances += 1;
+                if irow.blob.as_slice() != address.as_slice() {
+                    report.damaged.push(format!(
+                        "instance row {} names another blob",
+                        hex::encode(&address[..8])
+                    ));
+                    continue;
+                }
+                if !owned.insert(address) {
+                    report.duplicates += 1;
+                }
+                let path = self.blob_path(&address);
+                if !path.exists() {
+                    report.missing_blobs.push(hex::encode(address));
+                    continue;
+                }
+                if deep {
+                    let ok = key.as_ref().is_some_and(|k| {
+                        let meta = self.open_instance_meta(study, &address, k, &irow).ok();
+                        let opened = File::open(&path)
+                            .ok()
+                            .and_then(|f| medmesh_seal::open_stream(k, io::BufReader::new(f), io::sink()).ok());
+                        matches!((meta, opened), (Some(m), Some((_, h))) if h.as_bytes().as_slice() == m.blake3.as_slice())
+                    });
+                    if !ok {
+                        report.damaged.push(hex::encode(address));
+                    }
+                }
+            }
+        }
+        for shard in fs::read_dir(&self.blobs)
+            .map_err(|source| blob_io(&self.blobs, source))?
+            .flatten()
+        {
+            if shard.file_name() == "tmp" || !shard.path().is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path())
+                .map_err(|source| blob_io(&shard.path(), source))?
+                .flatten()
+            {
+                report.blob_files += 1;
+                let name = f.file_name().to_string_lossy().to_string();
+                let known = hex::decode(&name)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .is_some_and(|a| owned.contains(&a));
+                if !known {
+                    report.orphan_blobs.push(name);
+                }
+            }
+        }
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        report.pending = read
+            .open_table(PENDING)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        Ok(report)
+    }
+}
+
+fn instance_key(study: &StudyRef, instance_ref: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&study.0);
+    k[32..].copy_from_slice(instance_ref);
+    k
+}
+
+fn decode_row<T: serde::de::DeserializeOwned + Versioned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let row: T = cbor::decode(table, bytes, MAX_ROW_LEN).map_err(|source| StoreError::Row { table, source })?;
+    if let Some(v) = row.version() {
+        cbor::check_version(table, v, ROW_VERSION).map_err(|source| StoreError::Row { table, source })?;
+    }
+    Ok(row)
+}
+
+/// Rows that carry a format version.
+trait Versioned {
+    fn version(&self) -> Option<u32>;
+}
+
+impl Versioned for StudyRow {
+    fn version(&self) -> Option<u32> {
+        Some(self.v)
+    }
+}
+
+impl Versioned for InstanceRow {
+    fn version(&self) -> Option<u32> {
+        Some(self.v)
+    }
+}
+
+impl Versioned for StudyMeta {
+    fn version(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl Versioned for InstanceMeta {
+    fn version(&self) -> Option<u32> {
+        None
+    }
+}
+
+fn blob_io(path: &Path, source: io::Error) -> StoreError {
+    StoreError::BlobIo {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn key_err(what: &'static str, study: &StudyRef) -> StoreError {
+    StoreError::Key {
+        what,
+        study: study.short(),
+    }
+}

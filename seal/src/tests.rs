@@ -1,0 +1,365 @@
+#![allow(clippy::cast_possible_truncation)] // test data patterns: values are reduced mod 251 or < 32
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn key(byte: u8) -> DataKey {
+    DataKey::from_bytes([byte; 32])
+}
+
+fn sample(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+const CS: u32 = MIN_CHUNK_SIZE;
+
+#[test]
+fn round_trip_sizes() {
+    let k = key(1);
+    for len in [0usize, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 17] {
+        let plain = sample(len);
+        let sealed = seal_to_vec(&k, 5, CS, &plain).unwrap();
+        let header = Header::decode(&sealed).unwrap();
+        assert_eq!(header.sealed_len(), sealed.len() as u64, "len {len}");
+        assert_eq!(header.object_index, 5);
+        let (opened, hash) = open_to_vec(&k, &sealed).unwrap();
+        assert_eq!(opened, plain);
+        assert_eq!(hash, blake3::hash(&plain));
+    }
+}
+
+#[test]
+fn empty_object_has_one_chunk() {
+    let sealed = seal_to_vec(&key(1), 0, CS, b"").unwrap();
+    assert_eq!(sealed.len(), HEADER_LEN + TAG_LEN);
+}
+
+fn three_chunks() -> (DataKey, Vec<u8>, Vec<u8>) {
+    let k = key(9);
+    let plain = sample(2 * 4096 + 100);
+    let sealed = seal_to_vec(&k, 0, CS, &plain).unwrap();
+    (k, plain, sealed)
+}
+
+#[test]
+fn any_flipped_header_byte_is_detected() {
+    let (k, _, sealed) = three_chunks();
+    for i in 0..HEADER_LEN {
+        let mut bad = sealed.clone();
+        bad[i] ^= 0x01;
+        assert!(open_to_vec(&k, &bad).is_err(), "header byte {i} flip undetected");
+    }
+}
+
+#[test]
+fn flipped_ciphertext_and_tag_bytes_are_detected() {
+    let (k, _, sealed) = three_chunks();
+    for i in [
+        HEADER_LEN,
+        HEADER_LEN + 4095,
+        HEADER_LEN + 4096,
+        HEADER_LEN + 4096 + 15,
+        sealed.len() - 1,
+    ] {
+        let mut bad = sealed.clone();
+        bad[i] ^= 0x80;
+        match open_to_vec(&k, &bad) {
+            Err(SealError::Tampered { .. }) => {}
+            other => panic!("byte {i}: expected Tampered, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn truncation_and_extension_are_detected() {
+    let (k, _, sealed) = three_chunks();
+    // Drop the last chunk entirely.
+    let cut = HEADER_LEN + 2 * (4096 + TAG_LEN);
+    assert!(matches!(open_to_vec(&k, &sealed[..cut]), Err(SealError::Length { .. })));
+    // Streaming reader sees EOF before the last chunk.
+    assert!(matches!(
+        open_stream(&k, &sealed[..cut], Vec::new()),
+        Err(SealError::Length { .. })
+    ));
+    // One byte short, one byte extra.
+    assert!(open_to_vec(&k, &sealed[..sealed.len() - 1]).is_err());
+    let mut longer = sealed.clone();
+    longer.push(0);
+    assert!(matches!(
+        open_stream(&k, &longer[..], Vec::new()),
+        Err(SealError::Length { .. })
+    ));
+    // Header only.
+    assert!(open_to_vec(&k, &sealed[..HEADER_LEN]).is_err());
+    assert!(matches!(open_to_vec(&k, &sealed[..10]), Err(SealError::NotSealed)));
+}
+
+#[test]
+fn truncating_to_a_chunk_boundary_with_forged_length_is_detected() {
+    // An attacker shortens the object to its first chunk and rewrites the
+    // length: the header is authenticated by every chunk, and chunk 0 was not
+    // sealed as "last".
+    let (k, _, sealed) = three_chunks();
+    let mut bad = sealed[..HEADER_LEN + 4096 + TAG_LEN].to_vec();
+    bad[16..24].copy_from_slice(&4096u64.to_le_bytes());
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::Tampered { chunk: 0 })));
+}
+
+#[test]
+fn reordered_chunks_are_detected() {
+    let (k, _, sealed) = three_chunks();
+    let c = 4096 + TAG_LEN;
+    let mut bad = sealed.clone();
+    let (a, b) = (HEADER_LEN, HEADER_LEN + c);
+    let first = sealed[a..a + c].to_vec();
+    let second = sealed[b..b + c].to_vec();
+    bad[a..a + c].copy_from_slice(&second);
+    bad[b..b + c].copy_from_slice(&first);
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::Tampered { chunk: 0 })));
+}
+
+#[test]
+fn chunk_moved_between_objects_is_detected() {
+    let k = key(3);
+    let plain = sample(4096 * 2);
+    let a = seal_to_vec(&k, 0, CS, &plain).unwrap();
+    let b = seal_to_vec(&k, 1, CS, &plain).unwrap();
+    let mut bad = a.clone();
+    bad[HEADER_LEN..HEADER_LEN + 4096 + TAG_LEN].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + 4096 + TAG_LEN]);
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::Tampered { chunk: 0 })));
+    // Same object index, same key, different salt: still refused.
+    let c = seal_to_vec(&k, 0, CS, &plain).unwrap();
+    let mut bad = a.clone();
+    bad[HEADER_LEN..].copy_from_slice(&c[HEADER_LEN..]);
+    assert!(open_to_vec(&k, &bad).is_err());
+}
+
+#[test]
+fn wrong_key_is_detected() {
+    let (_, _, sealed) = three_chunks();
+    assert!(matches!(
+        open_to_vec(&key(10), &sealed),
+        Err(SealError::Tampered { chunk: 0 })
+    ));
+}
+
+#[test]
+fn unknown_version_and_flags_are_refused() {
+    let (k, _, sealed) = three_chunks();
+    let mut bad = sealed.clone();
+    bad[6] = 2;
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::UnsupportedVersion(2))));
+    let mut bad = sealed.clone();
+    bad[7] = 1;
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::BadHeader(_))));
+}
+
+#[test]
+fn bad_chunk_sizes_are_refused() {
+    for cs in [0u32, 1, 4095, 5000, 32 * 1024 * 1024] {
+        assert!(Header::new(cs, 0, 10).is_err(), "chunk size {cs}");
+    }
+}
+
+#[test]
+fn sealer_refuses_misuse() {
+    let header = Header::new(CS, 0, 10).unwrap();
+    let mut sealer = Sealer::new(&key(1), header);
+    assert!(sealer.seal_chunk(&mut [0u8; 9]).is_err());
+    sealer.seal_chunk(&mut [0u8; 10]).unwrap();
+    assert!(sealer.is_done());
+    assert!(matches!(sealer.seal_chunk(&mut [0u8; 10]), Err(SealError::Misuse(_))));
+}
+
+#[test]
+fn failed_open_zeroes_the_buffer() {
+    let header = Header::new(CS, 0, 5).unwrap();
+    let opener = Opener::new(&key(1), header);
+    let mut chunk = *b"hello";
+    assert!(opener.open_chunk(0, &mut chunk, &[0u8; TAG_LEN]).is_err());
+    assert_eq!(chunk, [0u8; 5]);
+}
+
+#[test]
+fn wrap_and_box_round_trip_and_bind_context() {
+    let kek = key(1);
+    let dk = key(2);
+    let w = wrap_key(&kek, &dk, b"study-1").unwrap();
+    assert_eq!(unwrap_key(&kek, &w, b"study-1").unwrap(), dk);
+    assert!(unwrap_key(&kek, &w, b"study-2").is_err());
+    assert!(unwrap_key(&key(3), &w, b"study-1").is_err());
+    let mut bytes = *w.as_bytes();
+    bytes[30] ^= 1;
+    assert!(unwrap_key(&kek, &WrappedKey::from_bytes(&bytes).unwrap(), b"study-1").is_err());
+    assert!(WrappedKey::from_bytes(&bytes[1..]).is_err());
+
+    let b = seal_box(&dk, b"meta", b"PATIENT^NAME").unwrap();
+    assert_eq!(&open_box(&dk, b"meta", &b).unwrap()[..], b"PATIENT^NAME");
+    assert!(open_box(&dk, b"other", &b).is_err());
+    let mut bad = b.clone();
+    bad[26] ^= 1;
+    assert!(open_box(&dk, b"meta", &bad).is_err());
+    assert!(open_box(&dk, b"meta", &b[..10]).is_err());
+}
+
+#[test]
+fn debug_never_prints_keys() {
+    let k = key(0xab);
+    assert_eq!(format!("{k:?}"), "DataKey(..)");
+    let w = wrap_key(&k, &k, b"").unwrap();
+    assert_eq!(format!("{w:?}"), "WrappedKey(..)");
+}
+
+proptest! {
+    #[test]
+    fn prop_round_trip(data in proptest::collection::vec(any::<u8>(), 0..20_000), idx in any::<u32>(), shift in 0u32..3) {
+        let k = key(4);
+        let cs = CS << shift;
+        let sealed = seal_to_vec(&k, idx, cs, &data).unwrap();
+        let (opened, hash) = open_to_vec(&k, &sealed).unwrap();
+        prop_assert_eq!(&opened, &data);
+        prop_assert_eq!(hash, blake3::hash(&data));
+        prop_assert_eq!(Header::decode(&sealed).unwrap().sealed_len(), sealed.len() as u64);
+    }
+
+    #[test]
+    fn prop_any_single_bit_flip_is_detected(len in 0usize..9000, pos in any::<proptest::sample::Index>(), bit in 0u8..8) {
+        let k = key(5);
+        let sealed = seal_to_vec(&k, 0, CS, &sample(len)).unwrap();
+        let mut bad = sealed.clone();
+        let i = pos.index(bad.len());
+        bad[i] ^= 1 << bit;
+        prop_assert!(open_to_vec(&k, &bad).is_err());
+    }
+
+    #[test]
+    fn prop_decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fuzzing::open_arbitrary(&data);
+    }
+}
+
+/// The published test vectors (docs/vectors/seal-v1.json, shown in docs/PROTOCOL.md).
+mod vectors {
+    use super::*;
+    use serde_json::Value;
+
+    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/seal-v1.json");
+    const PROTOCOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+
+    fn vector_key() -> DataKey {
+        DataKey::from_bytes(std::array::from_fn(|i| i as u8))
+    }
+
+    fn vector_header(len: usize) -> Header {
+        Header {
+            chunk_size: MIN_CHUNK_SIZE,
+            object_index: 3,
+            plaintext_len: len as u64,
+            salt: std::array::from_fn(|i| 0x20 + i as u8),
+        }
+    }
+
+    fn build() -> Value {
+        let k = vector_key();
+        let mut positives = Vec::new();
+        for (name, plain) in [
+            ("empty", Vec::new()),
+            ("short", b"medmesh".to_vec()),
+            ("two-chunks", sample(4096 + 100)),
+        ] {
+            let sealed = fuzzing::seal_with_salt(&k, vector_header(plain.len()), &plain).unwrap();
+            positives.push(serde_json::json!({
+                "name": name,
+                "plaintext": hex::encode(&plain),
+                "plaintext_blake3": blake3::hash(&plain).to_hex().to_string(),
+                "sealed": hex::encode(&sealed),
+                "sealed_blake3": blake3::hash(&sealed).to_hex().to_string(),
+                "expect": "ok",
+            }));
+        }
+        let two = fuzzing::seal_with_salt(&k, vector_header(4196), &sample(4196)).unwrap();
+        let c = 4096 + TAG_LEN;
+        let mut negatives = Vec::new();
+        let mut flip_len = two.clone();
+        flip_len[16] ^= 1;
+        negatives.push(("header-length-changed", flip_len, "length failure"));
+        let mut flip_tag = two.clone();
+        let last = flip_tag.len() - 1;
+        flip_tag[last] ^= 1;
+        negatives.push(("last-tag-flipped", flip_tag, "chunk 1 authentication failure"));
+        negatives.push(("last-chunk-dropped", two[..HEADER_LEN + c].to_vec(), "length failure"));
+        let mut swapped = two[..HEADER_LEN].to_vec();
+        swapped.extend_from_slice(&two[HEADER_LEN + c..]);
+        swapped.extend_from_slice(&two[HEADER_LEN..HEADER_LEN + c]);
+        negatives.push(("chunks-swapped", swapped, "chunk 0 authentication failure"));
+        let mut version = two.clone();
+        version[6] = 2;
+        negatives.push(("unknown-version", version, "unsupported version"));
+        let negatives: Vec<Value> = negatives
+            .into_iter()
+            .map(|(name, bytes, expect)| serde_json::json!({"name": name, "sealed": hex::encode(bytes), "expect": expect}))
+            .collect();
+        serde_json::json!({
+            "format": "medmesh sealed object v1",
+            "key": hex::encode(k.expose_secret()),
+            "chunk_size": MIN_CHUNK_SIZE,
+            "object_index": 3,
+            "salt": hex::encode(vector_header(0).salt),
+            "vectors": positives,
+            "negative": negatives,
+        })
+    }
+
+    fn classify(err: &SealError) -> String {
+        match err {
+            SealError::Length { .. } => "length failure".into(),
+            SealError::Tampered { chunk } => format!("chunk {chunk} authentication failure"),
+            SealError::UnsupportedVersion(_) => "unsupported version".into(),
+            other => format!("{other}"),
+        }
+    }
+
+    #[test]
+    fn vectors_match_the_published_file() {
+        let built = build();
+        if std::env::var_os("UPDATE_VECTORS").is_some() {
+            std::fs::write(PATH, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+        }
+        let text = std::fs::read_to_string(PATH).expect("docs/vectors/seal-v1.json (regenerate with UPDATE_VECTORS=1)");
+        let file: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            file, built,
+            "seal vectors changed: the format is frozen; regenerate only with a new version"
+        );
+
+        // Check the file independently of how it was built: open every positive, refuse every negative.
+        let k = DataKey::from_bytes(hex::decode(file["key"].as_str().unwrap()).unwrap().try_into().unwrap());
+        for v in file["vectors"].as_array().unwrap() {
+            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
+            let (plain, hash) = open_to_vec(&k, &sealed).unwrap();
+            assert_eq!(hex::encode(plain), v["plaintext"].as_str().unwrap());
+            assert_eq!(hash.to_hex().as_str(), v["plaintext_blake3"].as_str().unwrap());
+        }
+        for v in file["negative"].as_array().unwrap() {
+            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
+            let err = open_to_vec(&k, &sealed).unwrap_err();
+            assert_eq!(classify(&err), v["expect"].as_str().unwrap(), "vector {}", v["name"]);
+        }
+
+        // docs/PROTOCOL.md shows the short vector in full and the hash of the others.
+        let protocol = std::fs::read_to_string(PROTOCOL).unwrap();
+        for v in file["vectors"].as_array().unwrap() {
+            let shown = if v["name"] == "two-chunks" {
+                &v["sealed_blake3"]
+            } else {
+                &v["sealed"]
+            };
+            assert!(
+                protocol.contains(shown.as_str().unwrap()),
+                "docs/PROTOCOL.md lacks vector {}",
+                v["name"]
+            );
+        }
+    }
+}

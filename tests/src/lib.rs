@@ -1,0 +1,1 @@
+//! medmesh end-to-end tests live in tests/.
