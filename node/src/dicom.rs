@@ -255,14 +255,29 @@ fn layout(head: &[u8]) -> Result<Layout, DicomError> {
 }
 
 fn parse_bytes(bytes: &[u8]) -> Result<ParsedDataset, DicomError> {
-    match layout(bytes)? {
-        Layout::Preamble => parse_part10(&bytes[128..], None),
-        Layout::MagicOnly => parse_part10(bytes, None),
+    let layout = layout(bytes)?;
+    let meta_start = match layout {
+        Layout::Preamble => Some(132),
+        Layout::MagicOnly => Some(4),
+        Layout::MetaOnly => Some(0),
+        Layout::Bare(_) => None,
+    };
+    let pixel_end = match (meta_start, &layout) {
+        (Some(start), _) => match after_meta(bytes, start) {
+            Some((ds, ts)) => prescan(bytes, ds, (bytes.len() - ds) as u64, &ts)?,
+            None => None,
+        },
+        (None, Layout::Bare(ts)) => prescan(bytes, 0, bytes.len() as u64, ts)?,
+        _ => None,
+    };
+    match layout {
+        Layout::Preamble => parse_part10(bytes, 128, pixel_end),
+        Layout::MagicOnly => parse_part10(bytes, 0, pixel_end),
         Layout::MetaOnly => {
             let mut with_magic = Vec::with_capacity(bytes.len() + 4);
             with_magic.extend_from_slice(b"DICM");
             with_magic.extend_from_slice(bytes);
-            let mut p = parse_part10(&with_magic, None)?;
+            let mut p = parse_part10(&with_magic, 0, None)?;
             p.notes.push("file meta without the DICM marker".into());
             Ok(p)
         }
@@ -270,7 +285,7 @@ fn parse_bytes(bytes: &[u8]) -> Result<ParsedDataset, DicomError> {
     }
 }
 
-fn parse_reader(file: &mut BufReader<File>, _len: u64) -> Result<ParsedDataset, DicomError> {
+fn parse_reader(file: &mut BufReader<File>, len: u64) -> Result<ParsedDataset, DicomError> {
     let mut head = vec![0u8; 132];
     let n = read_up_to(file, &mut head)?;
     head.truncate(n);
@@ -284,6 +299,16 @@ fn parse_reader(file: &mut BufReader<File>, _len: u64) -> Result<ParsedDataset, 
             ));
         }
     };
+    // Check the structure of the first MiB (the header, in practice) against
+    // the file's length before the parser allocates anything.
+    let mut prefix = vec![0u8; 1024 * 1024];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut prefix)?;
+    prefix.truncate(n);
+    let meta_start = if skip == 128 { 132 } else { 4 };
+    if let Some((ds, ts)) = after_meta(&prefix, meta_start) {
+        prescan(&prefix, ds, len.saturating_sub(ds as u64), &ts)?;
+    }
     file.seek(SeekFrom::Start(skip))?;
     let reader = file.by_ref();
     let p = parse_part10_reader(reader, Some(tags::PIXEL_DATA))?;
@@ -302,23 +327,22 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-fn parse_part10(bytes: &[u8], until: Option<Tag>) -> Result<ParsedDataset, DicomError> {
-    match parse_part10_reader(bytes, until) {
+fn parse_part10(bytes: &[u8], skip: usize, pixel_end: Option<usize>) -> Result<ParsedDataset, DicomError> {
+    match parse_part10_reader(&bytes[skip..], None) {
         Ok(p) => Ok(p),
         Err(e) => {
             // Some writers pad files with a run of zero bytes after the data
             // set; zeros parse as bogus group-0000 elements and fail at the end.
-            // When the file ends in zeros and everything up to and including
-            // Pixel Data parses, accept the object and say so.
-            let zeros = bytes.iter().rev().take_while(|b| **b == 0).count();
-            if until.is_none()
-                && zeros >= 8
-                && let Ok(mut p) = parse_part10_reader(bytes, Some(TO_PIXEL_DATA))
-                && p.obj.get(tags::PIXEL_DATA).is_some()
+            // When everything after Pixel Data is zeros, parse up to there and
+            // say so (the stored bytes stay the original file's).
+            if let Some(end) = pixel_end
+                && end < bytes.len()
+                && bytes[end..].iter().all(|b| *b == 0)
+                && let Ok(mut p) = parse_part10_reader(&bytes[skip..end], None)
             {
-                p.unparsed_tail = None;
                 p.notes.push(format!(
-                    "the file ends in {zeros} zero bytes of padding after the data set"
+                    "the file ends in {} zero bytes of padding after the data set",
+                    bytes.len() - end
                 ));
                 return Ok(p);
             }
@@ -327,15 +351,10 @@ fn parse_part10(bytes: &[u8], until: Option<Tag>) -> Result<ParsedDataset, Dicom
     }
 }
 
-/// Marker for [`parse_part10_reader`]: read up to and including Pixel Data.
-const TO_PIXEL_DATA: Tag = Tag(0x7FE1, 0x0000);
-
 fn parse_part10_reader<R: Read>(reader: R, until: Option<Tag>) -> Result<ParsedDataset, DicomError> {
     let mut opts = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
-    match until {
-        Some(TO_PIXEL_DATA) => opts = opts.read_to(tags::PIXEL_DATA),
-        Some(tag) => opts = opts.read_until(tag),
-        None => {}
+    if let Some(tag) = until {
+        opts = opts.read_until(tag);
     }
     let obj = opts
         .from_reader(reader)
@@ -609,6 +628,287 @@ fn check_pixels(p: &ParsedDataset, file_len: u64) -> Result<u32, DicomError> {
         }
     }
     Ok(frames32)
+}
+
+/// Walks the element structure of the data set before the DICOM parser sees
+/// it, so that no declared length can make the parser allocate more than the
+/// file holds (a 700-byte file could otherwise ask for 4 GiB), and so that
+/// encodings the parser cannot read are refused with a clear reason.
+/// `bytes` may be a prefix of the file (large files); lengths are checked
+/// against `total`, the bytes the data set has in the file.
+fn prescan(bytes: &[u8], start: usize, total: u64, ts: &str) -> Result<Option<usize>, DicomError> {
+    let mode = match ts {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => Mode {
+            explicit: false,
+            big: false,
+        },
+        EXPLICIT_VR_BIG_ENDIAN => Mode {
+            explicit: true,
+            big: true,
+        },
+        // Deflated data sets are compressed: their structure is checked by the parser.
+        // and a missing transfer syntax is reported by the parser.
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | "1.2.840.10008.1.2.8.1" | "" => return Ok(None),
+        _ => Mode {
+            explicit: true,
+            big: false,
+        },
+    };
+    let total = total.saturating_add(start as u64);
+    let whole = bytes.len() as u64 >= total;
+    let mut w = Walker {
+        b: bytes,
+        pos: start,
+        total,
+        mode,
+        pixel_end: None,
+        whole,
+    };
+    w.elements(None, 0)?;
+    Ok(w.pixel_end)
+}
+
+#[derive(Clone, Copy)]
+struct Mode {
+    explicit: bool,
+    big: bool,
+}
+
+struct Walker<'a> {
+    b: &'a [u8],
+    pos: usize,
+    /// Length of the whole data set in the file (may exceed `b.len()`).
+    total: u64,
+    mode: Mode,
+    /// Where the top-level Pixel Data element ends.
+    pixel_end: Option<usize>,
+    /// True when `b` is the whole file (not a prefix of a large one).
+    whole: bool,
+}
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const MAX_DEPTH: usize = 32;
+
+impl Walker<'_> {
+    /// The bytes ran out inside a structure: an error for a whole file, the
+    /// end of what can be checked for a prefix.
+    fn ran_out(&self, inside: &str) -> Result<(), DicomError> {
+        if self.whole {
+            Err(DicomError::Malformed(format!(
+                "the file ends inside {inside} (no delimiter)"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u16(&self, at: usize, big: bool) -> Option<u16> {
+        let s = self.b.get(at..at + 2)?;
+        Some(if big {
+            u16::from_be_bytes([s[0], s[1]])
+        } else {
+            u16::from_le_bytes([s[0], s[1]])
+        })
+    }
+
+    fn u32(&self, at: usize, big: bool) -> Option<u32> {
+        let s = self.b.get(at..at + 4)?;
+        let a = [s[0], s[1], s[2], s[3]];
+        Some(if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        })
+    }
+
+    fn fits(&self, tag: (u16, u16), len: u32) -> Result<(), DicomError> {
+        if self.pos as u64 + u64::from(len) > self.total {
+            return Err(DicomError::Malformed(format!(
+                "element ({:04X},{:04X}) declares {len} bytes, but only {} remain in the file",
+                tag.0,
+                tag.1,
+                self.total.saturating_sub(self.pos as u64)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Walks elements until `end` (a defined-length item), an item
+    /// delimiter (undefined-length item), or the end of the data set.
+    fn elements(&mut self, end: Option<usize>, depth: usize) -> Result<(), DicomError> {
+        if depth > MAX_DEPTH {
+            return Err(DicomError::Malformed(format!(
+                "sequences nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mode = self.mode;
+        loop {
+            if end.is_some_and(|e| self.pos >= e) {
+                return Ok(());
+            }
+            let (Some(group), Some(elem)) = (self.u16(self.pos, mode.big), self.u16(self.pos + 2, mode.big)) else {
+                // The end of the data set (or of the prefix we were given);
+                // inside an undefined-length item it is a truncation.
+                return if depth > 0 && end.is_none() {
+                    self.ran_out("a sequence item")
+                } else {
+                    Ok(())
+                };
+            };
+            if group == 0xFFFE {
+                let (Some(_), true) = (self.u32(self.pos + 4, mode.big), elem == 0xE00D) else {
+                    return Err(DicomError::Malformed(format!(
+                        "unexpected item tag (FFFE,{elem:04X}) in a data set"
+                    )));
+                };
+                self.pos += 8; // item delimitation item
+                return Ok(());
+            }
+            let tag = (group, elem);
+            let (vr, len, header) = if mode.explicit {
+                let vr = [
+                    self.b.get(self.pos + 4).copied().unwrap_or(0),
+                    self.b.get(self.pos + 5).copied().unwrap_or(0),
+                ];
+                let long = matches!(
+                    &vr,
+                    b"OB"
+                        | b"OD"
+                        | b"OF"
+                        | b"OL"
+                        | b"OV"
+                        | b"OW"
+                        | b"SQ"
+                        | b"UC"
+                        | b"UN"
+                        | b"UR"
+                        | b"UT"
+                        | b"SV"
+                        | b"UV"
+                );
+                let len = if long {
+                    self.u32(self.pos + 8, mode.big)
+                } else {
+                    self.u16(self.pos + 6, mode.big).map(u32::from)
+                };
+                let Some(len) = len else { return Ok(()) };
+                (vr, len, if long { 12 } else { 8 })
+            } else {
+                let Some(len) = self.u32(self.pos + 4, mode.big) else {
+                    return Ok(());
+                };
+                (*b"??", len, 8)
+            };
+            self.pos += header;
+            let pixel = depth == 0 && tag == (0x7FE0, 0x0010);
+            if len != UNDEFINED {
+                self.fits(tag, len)?;
+                self.pos += len as usize;
+                if pixel {
+                    self.pixel_end = Some(self.pos);
+                }
+                continue;
+            }
+            if &vr == b"UN" {
+                return Err(DicomError::Malformed(format!(
+                    "element ({group:04X},{elem:04X}) is a sequence encoded as UN with undefined length, \
+                     which the DICOM parser of this build (dicom-rs 0.10) cannot read"
+                )));
+            }
+            if tag == (0x7FE0, 0x0010) {
+                self.fragments()?;
+                if pixel {
+                    self.pixel_end = Some(self.pos);
+                }
+            } else {
+                self.sequence(depth)?;
+            }
+        }
+    }
+
+    /// Items of an undefined-length sequence, up to its delimiter.
+    fn sequence(&mut self, depth: usize) -> Result<(), DicomError> {
+        let big = self.mode.big;
+        loop {
+            let (Some(g), Some(e), Some(len)) = (
+                self.u16(self.pos, big),
+                self.u16(self.pos + 2, big),
+                self.u32(self.pos + 4, big),
+            ) else {
+                return self.ran_out("a sequence");
+            };
+            self.pos += 8;
+            match (g, e) {
+                (0xFFFE, 0xE0DD) => return Ok(()),
+                (0xFFFE, 0xE000) if len == UNDEFINED => self.elements(None, depth + 1)?,
+                (0xFFFE, 0xE000) => {
+                    self.fits((g, e), len)?;
+                    let end = self.pos + len as usize;
+                    self.elements(Some(end), depth + 1)?;
+                    self.pos = end;
+                }
+                _ => {
+                    return Err(DicomError::Malformed(format!(
+                        "expected an item or a sequence delimiter, found ({g:04X},{e:04X})"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Fragments of encapsulated Pixel Data, up to the sequence delimiter.
+    fn fragments(&mut self) -> Result<(), DicomError> {
+        let big = self.mode.big;
+        loop {
+            let (Some(g), Some(e), Some(len)) = (
+                self.u16(self.pos, big),
+                self.u16(self.pos + 2, big),
+                self.u32(self.pos + 4, big),
+            ) else {
+                return self.ran_out("encapsulated Pixel Data");
+            };
+            self.pos += 8;
+            match (g, e) {
+                (0xFFFE, 0xE0DD) => return Ok(()),
+                (0xFFFE, 0xE000) if len != UNDEFINED => {
+                    self.fits((g, e), len)?;
+                    self.pos += len as usize;
+                }
+                _ => {
+                    return Err(DicomError::Malformed(format!(
+                        "encapsulated Pixel Data: expected a fragment or the sequence delimiter, found ({g:04X},{e:04X})"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Where the data set starts after the file meta group (explicit VR little
+/// endian, PS3.10 §7.1), and the transfer syntax the meta names.
+fn after_meta(bytes: &[u8], start: usize) -> Option<(usize, String)> {
+    let mut pos = start;
+    let mut ts = String::new();
+    loop {
+        let s = bytes.get(pos..pos + 8)?;
+        let group = u16::from_le_bytes([s[0], s[1]]);
+        let elem = u16::from_le_bytes([s[2], s[3]]);
+        if group != 0x0002 {
+            return Some((pos, ts));
+        }
+        let long = matches!(&s[4..6], b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR");
+        let (len, header) = if long {
+            let l = bytes.get(pos + 8..pos + 12)?;
+            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+        } else {
+            (usize::from(u16::from_le_bytes([s[6], s[7]])), 8)
+        };
+        let value = bytes.get(pos + header..pos + header + len)?;
+        if elem == 0x0010 {
+            ts = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
+        }
+        pos += header + len;
+    }
 }
 
 /// MPEG-2, MPEG-4 and HEVC transfer syntaxes: one stream for all frames.

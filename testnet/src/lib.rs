@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod r#gen;
+pub mod process;
 
 pub use r#gen::{
     GenError, GeneratedFile, GeneratedStudy, Modality, PatientOverrides, Phi, PixelRepresentation, Sex, SliceRef,

@@ -1,0 +1,927 @@
+//! Table tests for `evaluate`: one row per rule, the empty case included.
+//!
+//! Every row starts from the same request (treatment, peer `peer-a` of `Charité` in DE, member
+//! of `euro-imaging`, study `s-1` of episode `e-1` acquired 2025-06-01 with a CT and an MR
+//! series), the default policy of a German site, and `now` = 2026-03-01, and changes what it
+//! tests. Expected decisions are written out in full.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::evaluate;
+use crate::decision::{ApprovalReason, Decision, DenyReason, Grant, LevelRule, ScopePart};
+use crate::ids::{Modality, SeriesRef};
+use crate::policy::{GrantDays, SitePolicy};
+use crate::purpose::{Purpose, Role};
+use crate::record::{
+    ConsentDraft, ConsentRecord, ConsentedBy, Coverage, DataPeriod, DeidLevel, LegalBasis, ModalityScope, Provision,
+    Recipient, RecipientScope, Scope,
+};
+use crate::request::{SeriesFacts, StudyFacts, TransferRequest};
+use crate::testutil::{patient, t};
+
+use DeidLevel::{Anonymised, Identifiable, Pseudonymised};
+
+const NOW: &str = "2026-03-01T00:00:00Z";
+
+fn now() -> DateTime<Utc> {
+    t(NOW)
+}
+
+fn request() -> TransferRequest {
+    TransferRequest {
+        peer: "peer-a".parse().unwrap(),
+        institution: "Charité".parse().unwrap(),
+        jurisdiction: "DE".parse().unwrap(),
+        consortia: ["euro-imaging".parse().unwrap()].into(),
+        purpose: Purpose::Treatment,
+        role: Role::Clinician,
+        requested_level: None,
+        study: StudyFacts {
+            study: "s-1".parse().unwrap(),
+            patient: patient(1),
+            episode: Some("e-1".parse().unwrap()),
+            acquired_at: Some(t("2025-06-01T10:00:00Z")),
+            series: vec![
+                SeriesFacts {
+                    series: "se-ct".parse().unwrap(),
+                    modality: m("CT"),
+                },
+                SeriesFacts {
+                    series: "se-mr".parse().unwrap(),
+                    modality: m("MR"),
+                },
+            ],
+        },
+    }
+}
+
+fn m(s: &str) -> Modality {
+    s.parse().unwrap()
+}
+
+fn policy() -> SitePolicy {
+    SitePolicy::new("DE".parse().unwrap())
+}
+
+/// A treatment permit of patient 1 for anyone, every modality, the whole record, from
+/// 2026-01-01, identifiable.
+fn permit(id: &str) -> ConsentDraft {
+    ConsentDraft {
+        id: id.parse().unwrap(),
+        patient: patient(1),
+        consented_by: ConsentedBy::Patient,
+        provision: Provision::Permit { level: Identifiable },
+        scope: Scope {
+            purposes: [Purpose::Treatment].into(),
+            modalities: ModalityScope::All,
+            recipients: RecipientScope::Any,
+            coverage: Coverage::WholeRecord,
+            data_period: None,
+        },
+        valid_from: t("2026-01-01T00:00:00Z"),
+        valid_until: None,
+        withdrawn_at: None,
+        legal_basis: LegalBasis::new("GDPR-9.2.h", "").unwrap(),
+    }
+}
+
+/// As [`permit`], but a deny.
+fn deny(id: &str) -> ConsentDraft {
+    ConsentDraft {
+        provision: Provision::Deny,
+        ..permit(id)
+    }
+}
+
+fn rec(d: ConsentDraft) -> ConsentRecord {
+    ConsentRecord::new(d).unwrap()
+}
+
+fn with(d: ConsentDraft, f: impl FnOnce(&mut ConsentDraft)) -> ConsentRecord {
+    let mut d = d;
+    f(&mut d);
+    rec(d)
+}
+
+fn only(recipients: impl IntoIterator<Item = Recipient>) -> RecipientScope {
+    RecipientScope::Only(recipients.into_iter().collect())
+}
+
+fn grant(level: DeidLevel, expires_at: &str, series: &[&str], consents: &[&str]) -> Grant {
+    Grant {
+        level,
+        expires_at: t(expires_at),
+        series: series.iter().map(|s| s.parse::<SeriesRef>().unwrap()).collect(),
+        consents: consents.iter().map(|c| c.parse().unwrap()).collect(),
+    }
+}
+
+const IN_30_DAYS: &str = "2026-03-31T00:00:00Z";
+
+fn allow_all(consents: &[&str]) -> Decision {
+    Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct", "se-mr"], consents))
+}
+
+fn denied(reasons: Vec<DenyReason>) -> Decision {
+    Decision::Deny { reasons }
+}
+
+fn approval(purpose: Purpose, grant: Grant) -> Decision {
+    Decision::NeedsApproval {
+        why: vec![ApprovalReason::PurposeRequiresApproval { purpose }],
+        grant,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    consents: Vec<ConsentRecord>,
+    request: TransferRequest,
+    policy: SitePolicy,
+    expect: Decision,
+}
+
+fn case(name: &'static str, consents: Vec<ConsentRecord>, expect: Decision) -> Case {
+    Case {
+        name,
+        consents,
+        request: request(),
+        policy: policy(),
+        expect,
+    }
+}
+
+impl Case {
+    fn request(mut self, f: impl FnOnce(&mut TransferRequest)) -> Self {
+        f(&mut self.request);
+        self
+    }
+    fn policy(mut self, f: impl FnOnce(&mut SitePolicy)) -> Self {
+        f(&mut self.policy);
+        self
+    }
+}
+
+fn run(cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let got = evaluate(&c.request, &c.consents, &c.policy, now());
+        if got != c.expect {
+            failures.push(format!("{}:\n  expected {:?}\n  got      {:?}", c.name, c.expect, got));
+        }
+        // Order of consents never matters.
+        let mut reversed = c.consents.clone();
+        reversed.reverse();
+        assert_eq!(
+            evaluate(&c.request, &reversed, &c.policy, now()),
+            got,
+            "{}: order",
+            c.name
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn recipient_not_covered() -> DenyReason {
+    DenyReason::RecipientNotCovered {
+        peer: "peer-a".parse().unwrap(),
+        institution: "Charité".parse().unwrap(),
+        jurisdiction: "DE".parse().unwrap(),
+    }
+}
+
+#[test]
+fn basics_and_empty_cases() {
+    run(vec![
+        case("empty consent list", vec![], denied(vec![DenyReason::NoConsent])),
+        case("one matching permit", vec![rec(permit("c-1"))], allow_all(&["c-1"])),
+        case(
+            "consents of other patients are ignored",
+            vec![with(permit("c-1"), |d| d.patient = patient(2))],
+            denied(vec![DenyReason::NoConsent]),
+        ),
+        case(
+            "a study without series",
+            vec![rec(permit("c-1"))],
+            denied(vec![DenyReason::NoSeries]),
+        )
+        .request(|r| r.study.series.clear()),
+        case(
+            "two permits: both relied on",
+            vec![rec(permit("c-2")), rec(permit("c-1"))],
+            allow_all(&["c-1", "c-2"]),
+        ),
+    ]);
+}
+
+#[test]
+fn scope_parts() {
+    run(vec![
+        case(
+            "purpose not covered",
+            vec![rec(permit("c-1"))],
+            denied(vec![DenyReason::PurposeNotCovered {
+                purpose: Purpose::Quality,
+            }]),
+        )
+        .request(|r| r.purpose = Purpose::Quality),
+        case(
+            "treatment does not cover second opinion",
+            vec![rec(permit("c-1"))],
+            denied(vec![DenyReason::PurposeNotCovered {
+                purpose: Purpose::SecondOpinion,
+            }]),
+        )
+        .request(|r| r.purpose = Purpose::SecondOpinion),
+        case(
+            "modality not covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.modalities = ModalityScope::Only([m("US")].into())
+            })],
+            denied(vec![DenyReason::ModalityNotCovered {
+                modalities: [m("CT"), m("MR")].into(),
+            }]),
+        ),
+        case(
+            "modality partly covered: only those series",
+            vec![with(permit("c-1"), |d| {
+                d.scope.modalities = ModalityScope::Only([m("CT")].into())
+            })],
+            Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct"], &["c-1"])),
+        ),
+        case(
+            "recipient peer covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Peer("peer-a".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "recipient peer not covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Peer("peer-b".parse().unwrap())])
+            })],
+            denied(vec![recipient_not_covered()]),
+        ),
+        case(
+            "recipient institution covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Institution("Charité".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "recipient institution not covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Institution("Vivantes".parse().unwrap())])
+            })],
+            denied(vec![recipient_not_covered()]),
+        ),
+        case(
+            "recipient jurisdiction covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Jurisdiction("DE".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "recipient jurisdiction not covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Jurisdiction("FR".parse().unwrap())])
+            })],
+            denied(vec![recipient_not_covered()]),
+        ),
+        case(
+            "recipient consortium covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Consortium("euro-imaging".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "recipient consortium not covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Consortium("other".parse().unwrap())])
+            })],
+            denied(vec![recipient_not_covered()]),
+        ),
+        case(
+            "episode of care covered",
+            vec![with(permit("c-1"), |d| {
+                d.scope.coverage = Coverage::Episode("e-1".parse().unwrap())
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "another episode of care",
+            vec![with(permit("c-1"), |d| {
+                d.scope.coverage = Coverage::Episode("e-2".parse().unwrap())
+            })],
+            denied(vec![DenyReason::StudyNotCovered {
+                study: "s-1".parse().unwrap(),
+            }]),
+        ),
+        case(
+            "episode unknown for the study",
+            vec![with(permit("c-1"), |d| {
+                d.scope.coverage = Coverage::Episode("e-1".parse().unwrap())
+            })],
+            denied(vec![DenyReason::StudyNotCovered {
+                study: "s-1".parse().unwrap(),
+            }]),
+        )
+        .request(|r| r.study.episode = None),
+        case(
+            "given studies include the study",
+            vec![with(permit("c-1"), |d| {
+                d.scope.coverage = Coverage::Studies(["s-0".parse().unwrap(), "s-1".parse().unwrap()].into())
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "given studies exclude the study",
+            vec![with(permit("c-1"), |d| {
+                d.scope.coverage = Coverage::Studies(["s-2".parse().unwrap()].into())
+            })],
+            denied(vec![DenyReason::StudyNotCovered {
+                study: "s-1".parse().unwrap(),
+            }]),
+        ),
+        case(
+            "data period contains the acquisition time",
+            vec![with(permit("c-1"), |d| {
+                d.scope.data_period = Some(DataPeriod {
+                    from: Some(t("2025-01-01T00:00:00Z")),
+                    until: None,
+                })
+            })],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "data period excludes the acquisition time",
+            vec![with(permit("c-1"), |d| {
+                d.scope.data_period = Some(DataPeriod {
+                    from: None,
+                    until: Some(t("2025-01-01T00:00:00Z")),
+                })
+            })],
+            denied(vec![DenyReason::DataPeriodNotCovered {
+                study: "s-1".parse().unwrap(),
+            }]),
+        ),
+        case(
+            "data period and unknown acquisition time: a permit does not apply",
+            vec![with(permit("c-1"), |d| {
+                d.scope.data_period = Some(DataPeriod {
+                    from: Some(t("2025-01-01T00:00:00Z")),
+                    until: None,
+                })
+            })],
+            denied(vec![DenyReason::DataPeriodNotCovered {
+                study: "s-1".parse().unwrap(),
+            }]),
+        )
+        .request(|r| r.study.acquired_at = None),
+        case(
+            "several parts missing: each is named",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Jurisdiction("FR".parse().unwrap())]);
+                d.scope.modalities = ModalityScope::Only([m("US")].into());
+            })],
+            denied(vec![
+                recipient_not_covered(),
+                DenyReason::ModalityNotCovered {
+                    modalities: [m("CT"), m("MR")].into(),
+                },
+            ]),
+        ),
+        case(
+            "parts covered by different consents, by none together",
+            vec![
+                with(permit("c-1"), |d| {
+                    d.scope.purposes = [Purpose::Quality].into();
+                }),
+                with(permit("c-2"), |d| {
+                    d.scope.purposes = [Purpose::Treatment].into();
+                    d.scope.recipients = only([Recipient::Jurisdiction("FR".parse().unwrap())]);
+                }),
+            ],
+            denied(vec![
+                DenyReason::ConsentScope {
+                    consent: "c-1".parse().unwrap(),
+                    missing: [ScopePart::Purpose].into(),
+                },
+                DenyReason::ConsentScope {
+                    consent: "c-2".parse().unwrap(),
+                    missing: [ScopePart::Recipient].into(),
+                },
+            ]),
+        ),
+    ]);
+}
+
+#[test]
+fn time() {
+    run(vec![
+        case(
+            "expired",
+            vec![with(permit("c-1"), |d| d.valid_until = Some(t("2026-02-01T00:00:00Z")))],
+            denied(vec![DenyReason::ConsentExpired {
+                consent: "c-1".parse().unwrap(),
+                at: t("2026-02-01T00:00:00Z"),
+            }]),
+        ),
+        case(
+            "expires exactly now",
+            vec![with(permit("c-1"), |d| d.valid_until = Some(now()))],
+            denied(vec![DenyReason::ConsentExpired {
+                consent: "c-1".parse().unwrap(),
+                at: now(),
+            }]),
+        ),
+        case(
+            "not yet valid",
+            vec![with(permit("c-1"), |d| d.valid_from = t("2026-04-01T00:00:00Z"))],
+            denied(vec![DenyReason::ConsentNotYetValid {
+                consent: "c-1".parse().unwrap(),
+                from: t("2026-04-01T00:00:00Z"),
+            }]),
+        ),
+        case(
+            "valid from exactly now",
+            vec![with(permit("c-1"), |d| d.valid_from = now())],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "withdrawn before the request",
+            vec![with(permit("c-1"), |d| {
+                d.withdrawn_at = Some(t("2026-02-15T09:30:00Z"))
+            })],
+            denied(vec![DenyReason::ConsentWithdrawn {
+                consent: "c-1".parse().unwrap(),
+                at: t("2026-02-15T09:30:00Z"),
+            }]),
+        ),
+        case(
+            "withdrawn after the request: allowed until the withdrawal",
+            vec![with(permit("c-1"), |d| {
+                d.withdrawn_at = Some(t("2026-03-10T00:00:00Z"))
+            })],
+            Decision::Allow(grant(
+                Identifiable,
+                "2026-03-10T00:00:00Z",
+                &["se-ct", "se-mr"],
+                &["c-1"],
+            )),
+        ),
+        case(
+            "withdrawn and expired: withdrawal is named",
+            vec![with(permit("c-1"), |d| {
+                d.valid_until = Some(t("2026-02-01T00:00:00Z"));
+                d.withdrawn_at = Some(t("2026-01-15T00:00:00Z"));
+            })],
+            denied(vec![DenyReason::ConsentWithdrawn {
+                consent: "c-1".parse().unwrap(),
+                at: t("2026-01-15T00:00:00Z"),
+            }]),
+        ),
+        case(
+            "a withdrawn consent next to a valid one",
+            vec![
+                with(permit("c-1"), |d| d.withdrawn_at = Some(t("2026-02-01T00:00:00Z"))),
+                rec(permit("c-2")),
+            ],
+            allow_all(&["c-2"]),
+        ),
+        case(
+            "an expired consent and one for another purpose",
+            vec![
+                with(permit("c-1"), |d| d.valid_until = Some(t("2026-02-01T00:00:00Z"))),
+                with(permit("c-2"), |d| d.scope.purposes = [Purpose::Quality].into()),
+            ],
+            denied(vec![DenyReason::ConsentExpired {
+                consent: "c-1".parse().unwrap(),
+                at: t("2026-02-01T00:00:00Z"),
+            }]),
+        ),
+    ]);
+}
+
+#[test]
+fn deny_beats_permit() {
+    run(vec![
+        case(
+            "deny at the same scope",
+            vec![rec(permit("c-1")), rec(deny("c-2"))],
+            denied(vec![DenyReason::DeniedByConsent {
+                consent: "c-2".parse().unwrap(),
+            }]),
+        ),
+        case(
+            "deny at a wider scope",
+            vec![
+                with(permit("c-1"), |d| {
+                    d.scope.recipients = only([Recipient::Peer("peer-a".parse().unwrap())])
+                }),
+                with(deny("c-2"), |d| d.scope.purposes = Purpose::ALL.into()),
+            ],
+            denied(vec![DenyReason::DeniedByConsent {
+                consent: "c-2".parse().unwrap(),
+            }]),
+        ),
+        case(
+            "deny of one modality withholds those series only",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| {
+                    d.scope.modalities = ModalityScope::Only([m("MR")].into())
+                }),
+            ],
+            Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct"], &["c-1"])),
+        ),
+        case(
+            "deny for another recipient does not apply",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| {
+                    d.scope.recipients = only([Recipient::Jurisdiction("US".parse().unwrap())])
+                }),
+            ],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "deny of another patient is ignored",
+            vec![rec(permit("c-1")), with(deny("c-2"), |d| d.patient = patient(2))],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "withdrawn deny no longer applies",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| d.withdrawn_at = Some(t("2026-02-01T00:00:00Z"))),
+            ],
+            allow_all(&["c-1"]),
+        ),
+        case(
+            "deny that starts later ends the grant",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| d.valid_from = t("2026-03-10T00:00:00Z")),
+            ],
+            Decision::Allow(grant(
+                Identifiable,
+                "2026-03-10T00:00:00Z",
+                &["se-ct", "se-mr"],
+                &["c-1"],
+            )),
+        ),
+        case(
+            "deny only, no permit",
+            vec![rec(deny("c-2"))],
+            denied(vec![
+                DenyReason::NoConsent,
+                DenyReason::DeniedByConsent {
+                    consent: "c-2".parse().unwrap(),
+                },
+            ]),
+        ),
+        case(
+            "deny with data period and unknown acquisition time applies",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| {
+                    d.scope.data_period = Some(DataPeriod {
+                        from: Some(t("2020-01-01T00:00:00Z")),
+                        until: None,
+                    })
+                }),
+            ],
+            denied(vec![DenyReason::DeniedByConsent {
+                consent: "c-2".parse().unwrap(),
+            }]),
+        )
+        .request(|r| r.study.acquired_at = None),
+    ]);
+}
+
+#[test]
+fn levels() {
+    let us = |r: &mut TransferRequest| r.jurisdiction = "US".parse().unwrap();
+    run(vec![
+        case(
+            "the consent's level applies",
+            vec![with(permit("c-1"), |d| {
+                d.provision = Provision::Permit { level: Pseudonymised }
+            })],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        ),
+        case(
+            "the strongest consent level wins",
+            vec![
+                rec(permit("c-1")),
+                with(permit("c-2"), |d| d.provision = Provision::Permit { level: Anonymised }),
+            ],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1", "c-2"])),
+        ),
+        case(
+            "a stronger requested level is granted",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(|r| r.requested_level = Some(Pseudonymised)),
+        case(
+            "requested weaker than the consent requires",
+            vec![with(permit("c-1"), |d| {
+                d.provision = Provision::Permit { level: Pseudonymised }
+            })],
+            denied(vec![DenyReason::LevelBelowRequired {
+                requested: Identifiable,
+                required: Pseudonymised,
+                rule: LevelRule::Consent("c-1".parse().unwrap()),
+            }]),
+        )
+        .request(|r| r.requested_level = Some(Identifiable)),
+        case(
+            "cross-border: anonymised when no consent names the jurisdiction",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(us),
+        case(
+            "cross-border: the consent names the jurisdiction",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Jurisdiction("US".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        )
+        .request(us),
+        case(
+            "cross-border: the consent names the peer",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Peer("peer-a".parse().unwrap())])
+            })],
+            allow_all(&["c-1"]),
+        )
+        .request(us),
+        case(
+            "cross-border: naming the consortium is not enough",
+            vec![with(permit("c-1"), |d| {
+                d.scope.recipients = only([Recipient::Consortium("euro-imaging".parse().unwrap())])
+            })],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(us),
+        case(
+            "cross-border: identifiable asked explicitly is denied",
+            vec![rec(permit("c-1"))],
+            denied(vec![DenyReason::LevelBelowRequired {
+                requested: Identifiable,
+                required: Anonymised,
+                rule: LevelRule::CrossBorder("US".parse().unwrap()),
+            }]),
+        )
+        .request(us)
+        .request(|r| r.requested_level = Some(Identifiable)),
+        case(
+            "research needs at least pseudonymisation (and approval)",
+            vec![with(permit("c-1"), |d| d.scope.purposes = [Purpose::Research].into())],
+            approval(
+                Purpose::Research,
+                grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            ),
+        )
+        .request(|r| r.purpose = Purpose::Research),
+        case(
+            "identifiable data for research is denied with every rule it breaks",
+            vec![with(permit("c-1"), |d| d.scope.purposes = [Purpose::Research].into())],
+            denied(vec![
+                DenyReason::LevelBelowRequired {
+                    requested: Identifiable,
+                    required: Pseudonymised,
+                    rule: LevelRule::PurposeMinimum(Purpose::Research),
+                },
+                DenyReason::LevelBelowRequired {
+                    requested: Identifiable,
+                    required: Anonymised,
+                    rule: LevelRule::CrossBorder("US".parse().unwrap()),
+                },
+            ]),
+        )
+        .request(us)
+        .request(|r| {
+            r.purpose = Purpose::Research;
+            r.requested_level = Some(Identifiable);
+        }),
+    ]);
+}
+
+#[test]
+fn waivers() {
+    let waiver = |id: &str| {
+        with(permit(id), |d| {
+            d.consented_by = ConsentedBy::EthicsBoardWaiver;
+            d.scope.purposes = Purpose::ALL.into();
+        })
+    };
+    run(vec![
+        case(
+            "waiver allows research on anonymised data",
+            vec![waiver("w-1")],
+            approval(
+                Purpose::Research,
+                grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["w-1"]),
+            ),
+        )
+        .request(|r| r.purpose = Purpose::Research),
+        case(
+            "waiver with pseudonymised data asked explicitly",
+            vec![waiver("w-1")],
+            denied(vec![DenyReason::LevelBelowRequired {
+                requested: Pseudonymised,
+                required: Anonymised,
+                rule: LevelRule::Waiver("w-1".parse().unwrap()),
+            }]),
+        )
+        .request(|r| {
+            r.purpose = Purpose::Research;
+            r.requested_level = Some(Pseudonymised);
+        }),
+        case(
+            "waiver does not allow treatment",
+            vec![waiver("w-1")],
+            denied(vec![DenyReason::WaiverPurpose {
+                consent: "w-1".parse().unwrap(),
+                purpose: Purpose::Treatment,
+            }]),
+        ),
+        case(
+            "waiver accepted for teaching by policy",
+            vec![waiver("w-1")],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["w-1"])),
+        )
+        .request(|r| r.purpose = Purpose::Teaching)
+        .policy(|p| {
+            p.waiver_purposes.insert(Purpose::Teaching);
+            p.approval_required.clear();
+        }),
+        case(
+            "the patient's own consent plus a waiver: the waiver still binds the level",
+            vec![
+                with(permit("c-1"), |d| d.scope.purposes = [Purpose::Research].into()),
+                waiver("w-1"),
+            ],
+            approval(
+                Purpose::Research,
+                grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1", "w-1"]),
+            ),
+        )
+        .request(|r| r.purpose = Purpose::Research),
+    ]);
+}
+
+#[test]
+fn approval_and_expiry() {
+    run(vec![
+        case(
+            "teaching goes to a human",
+            vec![with(permit("c-1"), |d| d.scope.purposes = [Purpose::Teaching].into())],
+            approval(
+                Purpose::Teaching,
+                grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            ),
+        )
+        .request(|r| r.purpose = Purpose::Teaching),
+        case(
+            "treatment listed for approval",
+            vec![rec(permit("c-1"))],
+            approval(
+                Purpose::Treatment,
+                grant(Identifiable, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            ),
+        )
+        .policy(|p| {
+            p.approval_required.insert(Purpose::Treatment);
+        }),
+        case(
+            "no approval for a denied request",
+            vec![],
+            denied(vec![DenyReason::NoConsent]),
+        )
+        .request(|r| r.purpose = Purpose::Research),
+        case(
+            "research allowed without approval when the policy says so",
+            vec![with(permit("c-1"), |d| d.scope.purposes = [Purpose::Research].into())],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(|r| r.purpose = Purpose::Research)
+        .policy(|p| p.approval_required.clear()),
+        case(
+            "maximum grant duration caps a long consent",
+            vec![with(permit("c-1"), |d| d.valid_until = Some(t("2030-01-01T00:00:00Z")))],
+            Decision::Allow(grant(
+                Identifiable,
+                "2026-03-08T00:00:00Z",
+                &["se-ct", "se-mr"],
+                &["c-1"],
+            )),
+        )
+        .policy(|p| p.max_grant_days = GrantDays::new(7).unwrap()),
+        case(
+            "a consent ending sooner ends the grant",
+            vec![with(permit("c-1"), |d| d.valid_until = Some(t("2026-03-05T12:00:00Z")))],
+            Decision::Allow(grant(
+                Identifiable,
+                "2026-03-05T12:00:00Z",
+                &["se-ct", "se-mr"],
+                &["c-1"],
+            )),
+        ),
+        case(
+            "the earliest end of the consents relied on",
+            vec![
+                with(permit("c-1"), |d| d.valid_until = Some(t("2026-03-20T00:00:00Z"))),
+                with(permit("c-2"), |d| d.valid_until = Some(t("2026-03-15T00:00:00Z"))),
+            ],
+            Decision::Allow(grant(
+                Identifiable,
+                "2026-03-15T00:00:00Z",
+                &["se-ct", "se-mr"],
+                &["c-1", "c-2"],
+            )),
+        ),
+    ]);
+}
+
+#[test]
+fn reasons_have_stable_codes_and_words() {
+    let c: crate::ids::ConsentId = "c-17".parse().unwrap();
+    let table: Vec<(DenyReason, &str, &str)> = vec![
+        (DenyReason::NoSeries, "no-series", "the study has no series to send"),
+        (
+            DenyReason::NoConsent,
+            "no-consent",
+            "no consent of this patient that permits a transfer is on record",
+        ),
+        (
+            DenyReason::PurposeNotCovered {
+                purpose: Purpose::Research,
+            },
+            "purpose-not-covered",
+            "no consent of this patient covers purpose research",
+        ),
+        (
+            DenyReason::ConsentWithdrawn {
+                consent: c.clone(),
+                at: t("2026-11-02T00:00:00Z"),
+            },
+            "consent-withdrawn",
+            "consent c-17 was withdrawn on 2026-11-02 00:00 UTC",
+        ),
+        (
+            DenyReason::ModalityNotCovered {
+                modalities: [m("MR"), m("US")].into(),
+            },
+            "modality-not-covered",
+            "no consent of this patient covers modality MR, US",
+        ),
+        (
+            DenyReason::LevelBelowRequired {
+                requested: Identifiable,
+                required: Anonymised,
+                rule: LevelRule::CrossBorder("US".parse().unwrap()),
+            },
+            "level-below-required",
+            "identifiable data was requested, but site policy for transfers to US, which no consent names (policy.cross_border_level) requires at least anonymised",
+        ),
+        (
+            DenyReason::ConsentScope {
+                consent: c.clone(),
+                missing: [ScopePart::Recipient, ScopePart::Modality].into(),
+            },
+            "consent-scope",
+            "consent c-17 does not cover this request's recipient, modality",
+        ),
+        (
+            DenyReason::DeniedByConsent { consent: c },
+            "denied-by-consent",
+            "consent c-17 forbids this transfer (a deny provision in force)",
+        ),
+    ];
+    for (reason, code, words) in table {
+        assert_eq!(reason.code(), code);
+        assert_eq!(reason.to_string(), words);
+        let json = serde_json::to_value(&reason).unwrap();
+        assert_eq!(json["code"], code, "{json}");
+        assert_eq!(serde_json::from_value::<DenyReason>(json).unwrap(), reason);
+    }
+}
+
+#[test]
+fn far_future_now_does_not_overflow() {
+    let far = DateTime::<Utc>::MAX_UTC - TimeDelta::days(1);
+    let d = evaluate(&request(), &[rec(permit("c-1"))], &policy(), far);
+    assert_eq!(d.allowed().map(Grant::expires_at), Some(DateTime::<Utc>::MAX_UTC));
+    let _: BTreeSet<u8> = BTreeSet::new();
+}

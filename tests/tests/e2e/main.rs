@@ -1,0 +1,18 @@
+//! End-to-end tests of medmesh: real `medmesh` processes on real files.
+//!
+//! Table of contents:
+//! - `home`: `init` (permissions, refusing to overwrite, wrong passphrase), `id --record`.
+//! - `corpus`: the repository's DICOM corpus (`tests/data/corpus`): every
+//!   valid file imports and exports byte-identical, every malformed file is
+//!   rejected with its reason, re-import stores nothing new, DICOMDIR handling.
+//! - `privacy`: no patient data in plaintext anywhere under a home after import.
+//! - `integrity`: a changed byte in a stored blob fails export, naming the object.
+//! - `crash`: SIGKILL in the middle of a large import leaves a consistent store.
+#![forbid(unsafe_code)]
+
+mod corpus;
+mod crash;
+mod home;
+mod integrity;
+mod privacy;
+mod util;
