@@ -20,6 +20,7 @@
 
 pub mod r#gen;
 pub mod process;
+pub mod roundtrip;
 
 pub use r#gen::{
     GenError, GeneratedFile, GeneratedStudy, Modality, PatientOverrides, Phi, PixelRepresentation, Sex, SliceRef,

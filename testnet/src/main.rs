@@ -29,6 +29,27 @@ enum Command {
     /// Files are series-NNN/slice-NNNN.dcm, Explicit VR Little Endian, with fake patient data
     /// (names, IDs, dates, institution) in standard, nested and private attributes.
     GenStudy(GenStudyArgs),
+    /// Import the repository's DICOM corpus and a generated study into a new node,
+    /// export everything again and verify it byte for byte; also checks that a
+    /// damaged blob is refused and that no patient identifier is on disk.
+    /// Runs the real `medmesh` binary. Exit 1 if any step fails.
+    Roundtrip(RoundtripArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RoundtripArgs {
+    /// Folder for the node home and exports (default: a new folder under $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Keep the folder afterwards and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Slices of the generated 512x512 CT study.
+    #[arg(long, default_value_t = 50)]
+    slices: u32,
+    /// Print one JSON object {"steps": [{step, expected, observed, pass}], "pass": bool}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,7 +161,67 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::GenStudy(args) => gen_study(&args),
+        Command::Roundtrip(args) => roundtrip(&args),
     }
+}
+
+fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
+    let dir = match &args.dir {
+        Some(d) => {
+            check_out_dir(d, false)?;
+            d.clone()
+        }
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!("medmesh-roundtrip-{}-{nanos}", std::process::id()))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !args.json {
+        eprintln!(
+            "running the round trip in {} (this builds and runs the medmesh binary)",
+            dir.display()
+        );
+    }
+    let result = medmesh_testnet::roundtrip::run(&dir, args.slices);
+    if args.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let steps = result.context("running the round trip")?;
+    let pass = steps.iter().all(|s| s.pass);
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut stdout, &serde_json::json!({ "steps": steps, "pass": pass }))?;
+        writeln!(stdout)?;
+    } else {
+        for (i, s) in steps.iter().enumerate() {
+            writeln!(
+                stdout,
+                "{:>2}. [{}] {}",
+                i + 1,
+                if s.pass { "PASS" } else { "FAIL" },
+                s.step
+            )?;
+            writeln!(stdout, "    expected: {}", s.expected)?;
+            writeln!(stdout, "    observed: {}", s.observed)?;
+        }
+        writeln!(
+            stdout,
+            "\n{} of {} steps passed",
+            steps.iter().filter(|s| s.pass).count(),
+            steps.len()
+        )?;
+    }
+    stdout.flush()?;
+    if !pass {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn gen_study(args: &GenStudyArgs) -> anyhow::Result<()> {
@@ -238,7 +319,9 @@ mod tests {
             "--no-private",
         ])
         .unwrap();
-        let Command::GenStudy(args) = cli.command;
+        let Command::GenStudy(args) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
         assert_eq!(args.seed, 3);
         assert!(matches!(args.modality, ModalityArg::Mr));
         assert!(matches!(args.burned_in, Some(YesNo::Yes)));

@@ -9,10 +9,11 @@ use crate::util::*;
 #[test]
 fn sigkill_during_import_then_rerun_gives_a_consistent_store() {
     let (dir, home) = new_home("Klinikum Nord");
-    let slices = 400u64;
+    let slices: u32 = 400;
+    let total = u64::from(slices);
     let spec = StudySpec {
         seed: 9,
-        slices: slices as u32,
+        slices,
         rows: 256,
         cols: 256,
         series: 4,
@@ -58,7 +59,7 @@ fn sigkill_during_import_then_rerun_gives_a_consistent_store() {
     let report = &json_lines(&check.stdout)[0].1;
     let partial = report["instances"].as_u64().expect("instances");
     assert!(
-        partial < slices,
+        partial < total,
         "the kill landed mid-import ({partial} of {slices} stored)"
     );
 
@@ -71,7 +72,7 @@ fn sigkill_during_import_then_rerun_gives_a_consistent_store() {
         .1;
     assert_eq!(
         summary["imported"].as_u64().expect("n") + summary["already_stored"].as_u64().expect("n"),
-        slices
+        total
     );
     assert_eq!(
         summary["already_stored"].as_u64().expect("n"),
@@ -82,10 +83,10 @@ fn sigkill_during_import_then_rerun_gives_a_consistent_store() {
     let check = run(&home, &["store", "check", "--deep", "--json"]).expect("run");
     expect_code(&check, 0, "store check after the re-run");
     let report = &json_lines(&check.stdout)[0].1;
-    assert_eq!(report["instances"], slices);
-    assert_eq!(report["blob_files"], slices);
+    assert_eq!(report["instances"], total);
+    assert_eq!(report["blob_files"], total);
     let list = json_lines(&run(&home, &["study", "list", "--json"]).expect("run").stdout);
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0].1["instances"], slices);
+    assert_eq!(list[0].1["instances"], total);
     assert_eq!(list[0].1["series"], 4);
 }
