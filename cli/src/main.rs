@@ -364,8 +364,17 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                     if out.json {
                         out.line("object", outcome);
                     }
-                    if let ExportOutcome::Failed { object, blob, reason } = outcome {
-                        failures.push(format!("object {object} (blob {blob}): {reason}"));
+                    match outcome {
+                        ExportOutcome::Failed { object, blob, reason } => {
+                            failures.push(format!("object {object} (blob {blob}): {reason}"));
+                        }
+                        ExportOutcome::Exists { path } => {
+                            failures.push(format!(
+                                "{} already exists: not overwritten (use --force)",
+                                path.display()
+                            ));
+                        }
+                        ExportOutcome::Written { .. } => {}
                     }
                 })
                 .context("exporting the study")?;
@@ -376,7 +385,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             }
             out.emit("export-summary", &summary, || {
                 format!(
-                    "exported {} objects ({}) to {}{}\n",
+                    "exported {} objects ({}) to {}{}{}\n",
                     summary.written,
                     human_bytes(summary.bytes),
                     summary.out.display(),
@@ -384,10 +393,18 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                         format!("; {} FAILED verification and were not written", summary.failed)
                     } else {
                         String::new()
+                    },
+                    if summary.existing > 0 {
+                        format!(
+                            "; {} not written because their files exist (use --force)",
+                            summary.existing
+                        )
+                    } else {
+                        String::new()
                     }
                 )
             })?;
-            Ok(if summary.failed > 0 {
+            Ok(if summary.failed > 0 || summary.existing > 0 {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

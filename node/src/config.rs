@@ -26,9 +26,11 @@ chunk_size = 65536
 # Files up to this many bytes are parsed completely on import (pixel data
 # included). Larger files are parsed up to the pixel data, whose declared
 # length is then checked against the file size; memory stays bounded.
-full_parse_limit = 268435456
+full_parse_limit = 67108864
 # Make every stored object and index change durable (fsync) before an import
-# batch is reported as stored. Turn off only for throwaway test homes.
+# batch is reported as stored. Off, a power loss or OS crash can lose the
+# index changes of recent batches and leave blob files that no index row
+# names (`medmesh store check` lists them). Turn off only for throwaway homes.
 fsync = true
 # Files per import batch: each batch is one index transaction.
 batch_files = 256
@@ -117,7 +119,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             chunk_size: 65536,
-            full_parse_limit: 256 * 1024 * 1024,
+            full_parse_limit: 64 * 1024 * 1024,
             fsync: true,
             batch_files: 256,
             batch_bytes: 256 * 1024 * 1024,

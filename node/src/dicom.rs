@@ -572,16 +572,20 @@ fn check_pixels(p: &ParsedDataset, file_len: u64) -> Result<u32, DicomError> {
         reason: format!("{frames} frames is not plausible"),
     })?;
     let Some(pixel) = obj.get(tags::PIXEL_DATA) else {
-        if p.unparsed_tail.is_some() {
-            // Header-only parse of a large file: Pixel Data was not read.
-            // Its encoded length must fit in the rest of the file.
-            if let (Some(r), Some(c), Some(b)) = (rows, cols, bits) {
-                let need = r * c * frames * spp * b / 8;
-                if need > file_len {
-                    return Err(DicomError::Inconsistent(format!(
-                        "image attributes need {need} bytes of pixel data, the file has {file_len} bytes"
-                    )));
-                }
+        // Header-only parse of a large file: Pixel Data was not read. Native
+        // (uncompressed, not deflated) pixel data must fit in the file.
+        let native = TransferSyntaxRegistry.get(&p.transfer_syntax).is_some_and(|ts| {
+            !ts.is_encapsulated_pixel_data() && !p.transfer_syntax.starts_with("1.2.840.10008.1.2.1.99")
+        });
+        if p.unparsed_tail.is_some()
+            && native
+            && let (Some(r), Some(c), Some(b)) = (rows, cols, bits)
+        {
+            let need = r * c * frames * spp * b / 8;
+            if need > file_len {
+                return Err(DicomError::Inconsistent(format!(
+                    "image attributes need {need} bytes of pixel data, the file has {file_len} bytes"
+                )));
             }
         }
         return Ok(frames32);

@@ -370,19 +370,18 @@ impl VerifiedNodeRecord {
     }
 }
 
-/// Checks an ISO 3166-1 alpha-2 code (two upper-case ASCII letters).
+/// Checks an ISO 3166-1 alpha-2 code against the assigned codes (the same
+/// list consent decisions use).
 ///
 /// # Errors
 /// [`IdentityError::BadField`] otherwise.
 pub fn check_jurisdiction(code: &str) -> Result<(), IdentityError> {
-    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(IdentityError::BadField {
+    code.parse::<consent_schema::Jurisdiction>()
+        .map(|_| ())
+        .map_err(|e| IdentityError::BadField {
             field: "jurisdiction",
-            reason: format!("{code:?} is not an ISO 3166-1 alpha-2 code (two capital letters, e.g. DE, FR)"),
+            reason: format!("{code:?} is not an assigned ISO 3166-1 alpha-2 code such as DE or FR: {e}"),
         })
-    }
 }
 
 #[cfg(test)]
@@ -473,7 +472,7 @@ mod tests {
     #[test]
     fn jurisdictions() {
         assert!(check_jurisdiction("DE").is_ok());
-        for bad in ["de", "DEU", "", "D1"] {
+        for bad in ["de", "DEU", "", "D1", "XX", "UK"] {
             assert!(check_jurisdiction(bad).is_err(), "{bad}");
         }
     }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! passphrase --Argon2id(salt, m=64 MiB, t=3, p=1)--> KEK --unwrap--> master key
-//! master key --BLAKE3 derive_key("medmesh/v1/blind index")--> blind-index key
+//! master key --BLAKE3 derive_key("medmesh/v1/blind index key")--> blind-index key
 //! master key --wrap(context = study ref)--> study data key (one per study)
 //! master key --seal_box(context = "medmesh/v1/secret key/<kind>")--> identity secrets
 //! ```

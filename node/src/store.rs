@@ -35,7 +35,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use medmesh_seal::{DataKey, Header, WrappedKey, open_box, seal_box};
+use medmesh_seal::{DataKey, WrappedKey, open_box, seal_box};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -443,31 +443,49 @@ impl Store {
     }
 
     /// Seals `reader` (exactly `len` bytes) under `key` into a new temporary
-    /// blob; returns its path and the BLAKE3 hash of the plaintext.
+    /// blob and returns its path. With `expect`, the plaintext is hashed while
+    /// it is sealed and must have that BLAKE3 hash (for a file read a second
+    /// time, which could have changed in between); without, it is not hashed
+    /// again (the caller hashed the very bytes it passes).
     ///
     /// # Errors
-    /// [`StoreError::BlobIo`].
+    /// [`StoreError::BlobIo`], also when the hash differs from `expect`.
     pub fn seal_to_tmp<R: Read>(
         &self,
         key: &DataKey,
         chunk_size: u32,
         len: u64,
         reader: R,
-    ) -> Result<(PathBuf, Header, blake3::Hash), StoreError> {
+        expect: Option<&blake3::Hash>,
+    ) -> Result<PathBuf, StoreError> {
         let tmp = self.tmp_path()?;
         let result = (|| {
             let file = File::create_new(&tmp)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
-            let (header, hash) = medmesh_seal::seal_stream(key, 0, chunk_size, len, reader, &mut w)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let invalid = |e: medmesh_seal::SealError| io::Error::new(io::ErrorKind::InvalidData, e);
+            match expect {
+                Some(expected) => {
+                    let (_, hash) =
+                        medmesh_seal::seal_stream(key, 0, chunk_size, len, reader, &mut w).map_err(invalid)?;
+                    if hash != *expected {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the file changed while it was being imported",
+                        ));
+                    }
+                }
+                None => {
+                    medmesh_seal::seal_stream_unhashed(key, 0, chunk_size, len, reader, &mut w).map_err(invalid)?;
+                }
+            }
             let file = w.into_inner().map_err(|e| e.into_error())?;
             if self.fsync {
                 file.sync_data()?;
             }
-            Ok::<_, io::Error>((header, hash))
+            Ok::<_, io::Error>(())
         })();
         match result {
-            Ok((header, hash)) => Ok((tmp, header, hash)),
+            Ok(()) => Ok(tmp),
             Err(source) => {
                 let _ = fs::remove_file(&tmp);
                 Err(blob_io(&tmp, source))

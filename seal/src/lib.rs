@@ -458,19 +458,58 @@ pub fn seal_stream<R: Read, W: Write>(
     object_index: u32,
     chunk_size: u32,
     plaintext_len: u64,
+    reader: R,
+    writer: W,
+) -> Result<(Header, blake3::Hash), SealError> {
+    let mut hasher = blake3::Hasher::new();
+    let header = seal_inner(
+        key,
+        object_index,
+        chunk_size,
+        plaintext_len,
+        reader,
+        writer,
+        Some(&mut hasher),
+    )?;
+    Ok((header, hasher.finalize()))
+}
+
+/// As [`seal_stream`], without hashing the plaintext: for callers that
+/// hashed it already (one pass of BLAKE3 per byte instead of two).
+///
+/// # Errors
+/// As [`seal_stream`].
+pub fn seal_stream_unhashed<R: Read, W: Write>(
+    key: &DataKey,
+    object_index: u32,
+    chunk_size: u32,
+    plaintext_len: u64,
+    reader: R,
+    writer: W,
+) -> Result<Header, SealError> {
+    seal_inner(key, object_index, chunk_size, plaintext_len, reader, writer, None)
+}
+
+fn seal_inner<R: Read, W: Write>(
+    key: &DataKey,
+    object_index: u32,
+    chunk_size: u32,
+    plaintext_len: u64,
     mut reader: R,
     mut writer: W,
-) -> Result<(Header, blake3::Hash), SealError> {
+    mut hasher: Option<&mut blake3::Hasher>,
+) -> Result<Header, SealError> {
     let header = Header::new(chunk_size, object_index, plaintext_len)?;
     let mut sealer = Sealer::new(key, header);
     writer.write_all(&header.encode())?;
-    let mut hasher = blake3::Hasher::new();
     let mut buf = Zeroizing::new(vec![0u8; chunk_size as usize]);
     for index in 0..header.chunk_count() {
         let len = usize_of(header.chunk_plain_len(index))?;
         let chunk = &mut buf[..len];
         reader.read_exact(chunk)?;
-        hasher.update(chunk);
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(chunk);
+        }
         let tag = sealer.seal_chunk(chunk)?;
         writer.write_all(chunk)?;
         writer.write_all(&tag)?;
@@ -482,7 +521,7 @@ pub fn seal_stream<R: Read, W: Write>(
             "input is longer than the declared length",
         )));
     }
-    Ok((header, hasher.finalize()))
+    Ok(header)
 }
 
 /// Opens a sealed object from `reader`, checks every chunk, and writes the

@@ -8,14 +8,18 @@
 //! holds one SOP instance in several encodings (say, two transfer syntaxes),
 //! each gets the first 8 hex digits of its BLAKE3 hash before `.dcm`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
 use serde::Serialize;
 
-use crate::store::{Store, StoreError, StudyRef};
+use crate::store::{InstanceMeta, InstanceRow, Store, StoreError, StudyRef};
 
 /// Errors that stop an export as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,11 @@ pub enum ExportOutcome {
         /// Its size.
         bytes: u64,
     },
+    /// Not written: a file of that name exists and overwriting was not asked for.
+    Exists {
+        /// The file that exists.
+        path: PathBuf,
+    },
     /// Not written: the stored object failed verification.
     Failed {
         /// Which object (SOP Instance UID when its metadata opened, else the blob address).
@@ -66,6 +75,8 @@ pub struct ExportSummary {
     pub written: u64,
     /// Objects that failed verification.
     pub failed: u64,
+    /// Objects not written because their file exists.
+    pub existing: u64,
     /// Bytes written.
     pub bytes: u64,
     /// The output folder.
@@ -110,7 +121,7 @@ pub fn export_ref(
     // Open every object's metadata first, so that two encodings of one SOP
     // instance get distinct file names.
     let mut objects = Vec::new();
-    let mut names: std::collections::BTreeMap<(String, String), u32> = std::collections::BTreeMap::new();
+    let mut names: BTreeMap<(String, String), u32> = BTreeMap::new();
     for (address, irow) in store.instances(study)? {
         let meta = store.open_instance_meta(study, &address, &key, &irow);
         if let Ok(m) = &meta {
@@ -120,51 +131,91 @@ pub fn export_ref(
         }
         objects.push((address, irow, meta));
     }
-    for (address, irow, meta) in objects {
-        let blob = hex::encode(address);
-        let outcome = match meta {
-            Err(e) => ExportOutcome::Failed {
+    // Objects are opened, verified and written by one worker per core.
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(2)
+        .min(objects.len().max(1));
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::sync_channel::<ExportOutcome>(threads * 2);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, objects, names, key) = (&next, &objects, &names, &key);
+            scope.spawn(move || {
+                while let Some((address, irow, meta)) = objects.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let outcome = export_one(store, key, out, overwrite, names, address, irow, meta);
+                    if tx.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for outcome in rx {
+            match &outcome {
+                ExportOutcome::Written { bytes, .. } => {
+                    summary.written += 1;
+                    summary.bytes += bytes;
+                }
+                ExportOutcome::Failed { .. } => summary.failed += 1,
+                ExportOutcome::Exists { .. } => summary.existing += 1,
+            }
+            progress(&outcome);
+        }
+    });
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)] // the worker's whole context, passed by reference
+fn export_one(
+    store: &Store,
+    key: &medmesh_seal::DataKey,
+    out: &Path,
+    overwrite: bool,
+    names: &BTreeMap<(String, String), u32>,
+    address: &[u8; 32],
+    irow: &InstanceRow,
+    meta: &Result<InstanceMeta, StoreError>,
+) -> ExportOutcome {
+    let blob = hex::encode(address);
+    let meta = match meta {
+        Err(e) => {
+            return ExportOutcome::Failed {
                 object: format!("blob {blob}"),
                 blob,
                 reason: e.to_string(),
-            },
-            Ok(meta) => {
-                let dir = out.join(&meta.series_uid);
-                let shared = names
-                    .get(&(meta.series_uid.clone(), meta.sop_instance_uid.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    > 1;
-                let name = if shared {
-                    format!(
-                        "{}.{}.dcm",
-                        meta.sop_instance_uid,
-                        hex::encode(meta.blake3.get(..4).unwrap_or_default())
-                    )
-                } else {
-                    format!("{}.dcm", meta.sop_instance_uid)
-                };
-                let dest = dir.join(name);
-                match write_object(store, &key, &irow.blob, &meta.blake3, &dir, &dest, overwrite) {
-                    Ok(bytes) => ExportOutcome::Written { path: dest, bytes },
-                    Err(reason) => ExportOutcome::Failed {
-                        object: meta.sop_instance_uid.clone(),
-                        blob,
-                        reason,
-                    },
-                }
-            }
-        };
-        match &outcome {
-            ExportOutcome::Written { bytes, .. } => {
-                summary.written += 1;
-                summary.bytes += bytes;
-            }
-            ExportOutcome::Failed { .. } => summary.failed += 1,
+            };
         }
-        progress(&outcome);
+        Ok(m) => m,
+    };
+    let dir = out.join(&meta.series_uid);
+    let shared = names
+        .get(&(meta.series_uid.clone(), meta.sop_instance_uid.clone()))
+        .copied()
+        .unwrap_or(0)
+        > 1;
+    let name = if shared {
+        format!(
+            "{}.{}.dcm",
+            meta.sop_instance_uid,
+            hex::encode(meta.blake3.get(..4).unwrap_or_default())
+        )
+    } else {
+        format!("{}.dcm", meta.sop_instance_uid)
+    };
+    let dest = dir.join(name);
+    if dest.exists() && !overwrite {
+        return ExportOutcome::Exists { path: dest };
     }
-    Ok(summary)
+    match write_object(store, key, &irow.blob, &meta.blake3, &dir, &dest) {
+        Ok(bytes) => ExportOutcome::Written { path: dest, bytes },
+        Err(reason) => ExportOutcome::Failed {
+            object: meta.sop_instance_uid.clone(),
+            blob,
+            reason,
+        },
+    }
 }
 
 fn write_object(
@@ -174,14 +225,10 @@ fn write_object(
     expected: &[u8],
     dir: &Path,
     dest: &Path,
-    overwrite: bool,
 ) -> Result<u64, String> {
     let address: [u8; 32] = address
         .try_into()
         .map_err(|_| "the index row has a bad blob address".to_string())?;
-    if dest.exists() && !overwrite {
-        return Err(format!("{} already exists (use --force to overwrite)", dest.display()));
-    }
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let blob = store.open_blob(&address).map_err(|e| e.to_string())?;
     let tmp = dest.with_extension("dcm.partial");

@@ -3,7 +3,7 @@
 //!
 //! Flow: the caller's paths are expanded into a sorted file list. Worker
 //! threads (one per core by default) take files in order, parse and validate
-//! them, skip SOP instances already stored, and seal the rest into temporary
+//! them, skip files whose exact content is already stored, and seal the rest into temporary
 //! blobs; the calling thread gathers results and commits a batch every
 //! `batch_files` files or `batch_bytes` bytes. Memory stays bounded: each
 //! worker holds at most one file (files above `full_parse_limit` are
@@ -287,27 +287,31 @@ impl Shared<'_> {
             Err(e) => return reject(e.to_string()),
         };
         let sealed = match &parsed.bytes {
+            // The bytes in memory are the bytes just hashed: no second hash.
             Some(b) => self
                 .store
-                .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, b.as_slice()),
+                .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, b.as_slice(), None),
+            // A large file is read again: its hash must not have changed.
             None => std::fs::File::open(&job.path)
                 .map_err(|source| StoreError::BlobIo {
                     path: job.path.display().to_string(),
                     source,
                 })
                 .and_then(|f| {
-                    self.store
-                        .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, BufReader::new(f))
+                    self.store.seal_to_tmp(
+                        &key,
+                        self.opts.chunk_size,
+                        parsed.len,
+                        BufReader::new(f),
+                        Some(&content_hash),
+                    )
                 }),
         };
-        let (tmp, _header, hash) = match sealed {
-            Ok(s) => s,
+        let tmp = match sealed {
+            Ok(t) => t,
             Err(e) => return reject(e.to_string()),
         };
-        if hash != content_hash {
-            let _ = std::fs::remove_file(&tmp);
-            return reject("the file changed while it was being imported".into());
-        }
+        let hash = content_hash;
         let meta = InstanceMeta {
             sop_class_uid: info.sop_class_uid.clone(),
             sop_instance_uid: info.sop_instance_uid.clone(),

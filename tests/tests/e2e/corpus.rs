@@ -224,3 +224,45 @@ fn study_show_and_list_by_patient() {
     let missing = run(&home, &["study", "show", "1.2.3.4"]).expect("run");
     expect_code(&missing, 2, "unknown study");
 }
+
+#[test]
+fn files_above_the_full_parse_limit_stream_through_and_round_trip() {
+    let (dir, home) = new_home("Klinikum Nord");
+    // Every file of the folder is larger than this: all take the streaming path
+    // (header parsed up to Pixel Data, object sealed from the file in chunks).
+    let config = home.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("full_parse_limit = 67108864", "full_parse_limit = 4096"),
+    )
+    .expect("config");
+    let folder = corpus().join("transfer-syntax");
+    let out = run(&home, &["study", "import", "--json", folder.to_str().expect("utf8")]).expect("run");
+    expect_code(&out, 0, "import through the streaming path");
+    let mut originals = BTreeSet::new();
+    for f in files_under(&folder) {
+        originals.insert(blake3::hash(&std::fs::read(&f).expect("read")).to_hex().to_string());
+    }
+    let mut exported = BTreeSet::new();
+    for (i, (_, study)) in json_lines(&run(&home, &["study", "list", "--json"]).expect("run").stdout)
+        .into_iter()
+        .enumerate()
+    {
+        let target = dir.path().join(format!("out-{i}"));
+        let uid = study["study_uid"].as_str().expect("uid");
+        expect_code(
+            &run(
+                &home,
+                &["study", "export", uid, "--out", target.to_str().expect("utf8")],
+            )
+            .expect("run"),
+            0,
+            "export",
+        );
+        for f in files_under(&target) {
+            exported.insert(blake3::hash(&std::fs::read(&f).expect("read")).to_hex().to_string());
+        }
+    }
+    assert_eq!(exported, originals);
+}
