@@ -830,18 +830,25 @@ impl Walker<'_> {
         }
     }
 
+    /// Reads an item, item delimiter or sequence delimiter header (tag and
+    /// 32-bit length, in the data set's byte order) and moves past it.
+    fn item_header(&mut self) -> Option<(u16, u16, u32)> {
+        let big = self.mode.big;
+        let header = (
+            self.u16(self.pos, big)?,
+            self.u16(self.pos + 2, big)?,
+            self.u32(self.pos + 4, big)?,
+        );
+        self.pos += 8;
+        Some(header)
+    }
+
     /// Items of an undefined-length sequence, up to its delimiter.
     fn sequence(&mut self, depth: usize) -> Result<(), DicomError> {
-        let big = self.mode.big;
         loop {
-            let (Some(g), Some(e), Some(len)) = (
-                self.u16(self.pos, big),
-                self.u16(self.pos + 2, big),
-                self.u32(self.pos + 4, big),
-            ) else {
+            let Some((g, e, len)) = self.item_header() else {
                 return self.ran_out("a sequence");
             };
-            self.pos += 8;
             match (g, e) {
                 (0xFFFE, 0xE0DD) => return Ok(()),
                 (0xFFFE, 0xE000) if len == UNDEFINED => self.elements(None, depth + 1)?,
@@ -862,16 +869,10 @@ impl Walker<'_> {
 
     /// Fragments of encapsulated Pixel Data, up to the sequence delimiter.
     fn fragments(&mut self) -> Result<(), DicomError> {
-        let big = self.mode.big;
         loop {
-            let (Some(g), Some(e), Some(len)) = (
-                self.u16(self.pos, big),
-                self.u16(self.pos + 2, big),
-                self.u32(self.pos + 4, big),
-            ) else {
+            let Some((g, e, len)) = self.item_header() else {
                 return self.ran_out("encapsulated Pixel Data");
             };
-            self.pos += 8;
             match (g, e) {
                 (0xFFFE, 0xE0DD) => return Ok(()),
                 (0xFFFE, 0xE000) if len != UNDEFINED => {
