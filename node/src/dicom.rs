@@ -263,10 +263,10 @@ fn parse_bytes(bytes: &[u8]) -> Result<ParsedDataset, DicomError> {
         Layout::Bare(_) => None,
     };
     let pixel_end = match (meta_start, &layout) {
-        (Some(start), _) => match after_meta(bytes, start) {
-            Some((ds, ts)) => prescan(bytes, ds, (bytes.len() - ds) as u64, &ts)?,
-            None => None,
-        },
+        (Some(start), _) => {
+            let (ds, ts) = after_meta(bytes, start)?;
+            prescan(bytes, ds, (bytes.len() - ds) as u64, &ts)?
+        }
         (None, Layout::Bare(ts)) => prescan(bytes, 0, bytes.len() as u64, ts)?,
         _ => None,
     };
@@ -306,9 +306,8 @@ fn parse_reader(file: &mut BufReader<File>, len: u64) -> Result<ParsedDataset, D
     let n = read_up_to(file, &mut prefix)?;
     prefix.truncate(n);
     let meta_start = if skip == 128 { 132 } else { 4 };
-    if let Some((ds, ts)) = after_meta(&prefix, meta_start) {
-        prescan(&prefix, ds, len.saturating_sub(ds as u64), &ts)?;
-    }
+    let (ds, ts) = after_meta(&prefix, meta_start)?;
+    prescan(&prefix, ds, len.saturating_sub(ds as u64), &ts)?;
     file.seek(SeekFrom::Start(skip))?;
     let reader = file.by_ref();
     let p = parse_part10_reader(reader, Some(tags::PIXEL_DATA))?;
@@ -650,9 +649,19 @@ fn prescan(bytes: &[u8], start: usize, total: u64, ts: &str) -> Result<Option<us
             explicit: true,
             big: true,
         },
-        // Deflated data sets are compressed: their structure is checked by the parser.
-        // and a missing transfer syntax is reported by the parser.
-        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | "1.2.840.10008.1.2.8.1" | "" => return Ok(None),
+        // Deflated data sets are inflated (bounded) and checked as explicit VR LE.
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | "1.2.840.10008.1.2.8.1" => {
+            if (bytes.len() as u64) < total.saturating_add(start as u64) {
+                return Err(DicomError::Malformed(
+                    "a deflated data set must be small enough to parse whole (raise store.full_parse_limit)".into(),
+                ));
+            }
+            let inflated = inflate(&bytes[start..], MAX_INFLATED)?;
+            prescan(&inflated, 0, inflated.len() as u64, uids::EXPLICIT_VR_LITTLE_ENDIAN)?;
+            return Ok(None);
+        }
+        // A missing transfer syntax is reported by the parser.
+        "" => return Ok(None),
         _ => Mode {
             explicit: true,
             big: false,
@@ -691,6 +700,8 @@ struct Walker<'a> {
 }
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// Largest inflated size of a deflated data set (1 GiB).
+const MAX_INFLATED: u64 = 1 << 30;
 const MAX_DEPTH: usize = 32;
 
 impl Walker<'_> {
@@ -774,22 +785,7 @@ impl Walker<'_> {
                     self.b.get(self.pos + 4).copied().unwrap_or(0),
                     self.b.get(self.pos + 5).copied().unwrap_or(0),
                 ];
-                let long = matches!(
-                    &vr,
-                    b"OB"
-                        | b"OD"
-                        | b"OF"
-                        | b"OL"
-                        | b"OV"
-                        | b"OW"
-                        | b"SQ"
-                        | b"UC"
-                        | b"UN"
-                        | b"UR"
-                        | b"UT"
-                        | b"SV"
-                        | b"UV"
-                );
+                let long = has_long_length(vr);
                 let len = if long {
                     self.u32(self.pos + 8, mode.big)
                 } else {
@@ -889,31 +885,105 @@ impl Walker<'_> {
     }
 }
 
+/// VRs whose explicit-VR header has a 16-bit length (PS3.5 §7.1.2). Every
+/// other VR, unknown ones included, has two reserved bytes and a 32-bit
+/// length, which is also how the parser reads an unknown VR (as UN).
+fn has_long_length(vr: [u8; 2]) -> bool {
+    !matches!(
+        &vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    )
+}
+
 /// Where the data set starts after the file meta group (explicit VR little
-/// endian, PS3.10 §7.1), and the transfer syntax the meta names.
-fn after_meta(bytes: &[u8], start: usize) -> Option<(usize, String)> {
+/// endian, PS3.10 §7.1), and the transfer syntax the meta names. The group's
+/// end is taken from File Meta Information Group Length when present (as
+/// the parser does), else from the first element of another group.
+///
+/// # Errors
+/// [`DicomError::Malformed`] when the group cannot be walked.
+fn after_meta(bytes: &[u8], start: usize) -> Result<(usize, String), DicomError> {
+    let bad = |why: &str| DicomError::Malformed(format!("file meta group: {why}"));
     let mut pos = start;
     let mut ts = String::new();
+    let mut end: Option<usize> = None;
     loop {
-        let s = bytes.get(pos..pos + 8)?;
+        if end.is_some_and(|e| pos >= e) {
+            return match end {
+                Some(e) if pos == e => Ok((pos, ts)),
+                _ => Err(bad("elements overrun the group length")),
+            };
+        }
+        let s = bytes.get(pos..pos + 8).ok_or_else(|| bad("the file ends inside it"))?;
         let group = u16::from_le_bytes([s[0], s[1]]);
         let elem = u16::from_le_bytes([s[2], s[3]]);
         if group != 0x0002 {
-            return Some((pos, ts));
+            return match end {
+                None => Ok((pos, ts)),
+                Some(_) => Err(bad("an element of another group lies inside the declared group length")),
+            };
         }
-        let long = matches!(&s[4..6], b"OB" | b"OW" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR");
-        let (len, header) = if long {
-            let l = bytes.get(pos + 8..pos + 12)?;
+        let (len, header) = if has_long_length([s[4], s[5]]) {
+            let l = bytes
+                .get(pos + 8..pos + 12)
+                .ok_or_else(|| bad("the file ends inside it"))?;
             (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
         } else {
             (usize::from(u16::from_le_bytes([s[6], s[7]])), 8)
         };
-        let value = bytes.get(pos + header..pos + header + len)?;
-        if elem == 0x0010 {
-            ts = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string();
+        let value = bytes
+            .get(pos + header..(pos + header).saturating_add(len))
+            .ok_or_else(|| {
+                bad(&format!(
+                    "element (0002,{elem:04X}) declares {len} bytes past the end of the file"
+                ))
+            })?;
+        match elem {
+            0x0000 if pos == start && len == 4 => {
+                let v = u32::from_le_bytes([value[0], value[1], value[2], value[3]]) as usize;
+                end = Some((pos + header + len).saturating_add(v));
+            }
+            0x0010 => ts = String::from_utf8_lossy(value).trim_end_matches(['\0', ' ']).to_string(),
+            _ => {}
         }
         pos += header + len;
     }
+}
+
+/// Inflates a deflated data set (PS3.5 A.5: raw deflate, RFC 1951) for the
+/// structural pre-scan, refusing output beyond `limit` bytes.
+fn inflate(compressed: &[u8], limit: u64) -> Result<Vec<u8>, DicomError> {
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(compressed)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DicomError::Malformed(format!("deflated data set does not inflate: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(DicomError::Malformed(format!(
+            "deflated data set inflates to more than {limit} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// MPEG-2, MPEG-4 and HEVC transfer syntaxes: one stream for all frames.

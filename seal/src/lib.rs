@@ -236,6 +236,16 @@ impl Header {
         if self.chunk_count() - 1 > MAX_CHUNK_INDEX {
             return Err(SealError::BadHeader("object too large for the 56-bit chunk counter"));
         }
+        // The sealed length must be representable: every later length
+        // computation relies on it (found by fuzzing: a forged length wrapped).
+        let tags = self.chunk_count().checked_mul(TAG_LEN as u64);
+        if tags
+            .and_then(|t| t.checked_add(self.plaintext_len))
+            .and_then(|n| n.checked_add(HEADER_LEN as u64))
+            .is_none()
+        {
+            return Err(SealError::BadHeader("plaintext length too large"));
+        }
         Ok(())
     }
 

@@ -156,6 +156,37 @@ fn unknown_version_and_flags_are_refused() {
 }
 
 #[test]
+fn a_length_whose_sealed_size_overflows_is_refused() {
+    // Regression (cargo fuzz, seal_open): a header with plaintext_len near
+    // u64::MAX made sealed_len() wrap and open_to_vec reserve ~1.8e19 bytes.
+    for len in [u64::MAX, 0xff00_ff00_ff00_ff10, u64::MAX - 56] {
+        let mut bytes = Header {
+            chunk_size: MAX_CHUNK_SIZE,
+            object_index: 0,
+            plaintext_len: 0,
+            salt: [0; 32],
+        }
+        .encode()
+        .to_vec();
+        bytes[8..12].copy_from_slice(&4096u32.to_le_bytes());
+        bytes[16..24].copy_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
+        assert!(
+            matches!(Header::decode(&bytes), Err(SealError::BadHeader(_))),
+            "{len:#x}"
+        );
+        assert!(open_to_vec(&key(1), &bytes).is_err());
+    }
+    for f in ["seal-wrap-72.bin", "seal-sealed_len-overflow.bin"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/seal_open")
+            .join(f);
+        let data = std::fs::read(&path).expect("regression input in fuzz/corpus/seal_open");
+        fuzzing::open_arbitrary(&data);
+    }
+}
+
+#[test]
 fn bad_chunk_sizes_are_refused() {
     for cs in [0u32, 1, 4095, 5000, 32 * 1024 * 1024] {
         assert!(Header::new(cs, 0, 10).is_err(), "chunk size {cs}");
