@@ -195,6 +195,39 @@ pub fn peer_id_of(ed25519_public: &[u8; 32]) -> Result<String, IdentityError> {
     Ok(libp2p_identity::PublicKey::from(pk).to_peer_id().to_base58())
 }
 
+/// The Ed25519 public key of a 32-byte secret key.
+#[must_use]
+pub fn ed25519_public_of(secret: &[u8; 32]) -> [u8; 32] {
+    SigningKey::from_bytes(secret).verifying_key().to_bytes()
+}
+
+/// Signs `payload` as a message of kind `domain` with a raw Ed25519 secret
+/// key (consortium admin keys), over the same domain-separated input as
+/// [`SignedEnvelope`].
+#[must_use]
+pub fn sign_raw(secret: &[u8; 32], domain: &str, payload: &[u8]) -> [u8; 64] {
+    SigningKey::from_bytes(secret)
+        .sign(&signing_input(domain, payload))
+        .to_bytes()
+}
+
+/// Verifies a signature made by [`sign_raw`] (strict Ed25519 verification).
+///
+/// # Errors
+/// [`IdentityError::BadKey`] for a malformed key, [`IdentityError::BadSignature`].
+pub fn verify_raw(public: &[u8], domain: &str, payload: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+    let key: [u8; 32] = public.try_into().map_err(|_| bad_len("signer"))?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|e| IdentityError::BadKey {
+        what: "signer",
+        reason: e.to_string(),
+    })?;
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| IdentityError::BadSignature { domain: domain.into() })?;
+    key.verify_strict(&signing_input(domain, payload), &Signature::from_bytes(&sig))
+        .map_err(|_| IdentityError::BadSignature { domain: domain.into() })
+}
+
 fn signing_input(domain: &str, payload: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNATURE_LABEL.len() + domain.len() + payload.len() + 2);
     msg.extend_from_slice(SIGNATURE_LABEL);

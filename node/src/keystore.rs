@@ -119,9 +119,15 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// A key file locked by a passphrase: the master key (`kind` empty) or a
+/// consortium admin key (`kind` = "consortium-admin", with its public key).
 #[derive(Serialize, Deserialize)]
 struct MasterKeyFile {
     v: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    kind: String,
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    public: Vec<u8>,
     kdf: String,
     m_kib: u32,
     t: u32,
@@ -159,25 +165,8 @@ impl MasterKey {
     /// # Errors
     /// [`KeystoreError::WeakPassphrase`], I/O errors naming the file.
     pub fn create(path: &Path, passphrase: &Passphrase) -> Result<Self, KeystoreError> {
-        if passphrase.len() < MIN_PASSPHRASE_LEN {
-            return Err(KeystoreError::WeakPassphrase);
-        }
         let master = DataKey::try_generate()?;
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|e| SealError::Random(e.to_string()))?;
-        let kek = kek(passphrase, &salt, ARGON2_M_KIB, ARGON2_T, ARGON2_P)?;
-        let wrapped = wrap_key(&kek, &master, MASTER_WRAP_CONTEXT)?;
-        let file = MasterKeyFile {
-            v: KEYFILE_VERSION,
-            kdf: KDF_NAME.into(),
-            m_kib: ARGON2_M_KIB,
-            t: ARGON2_T,
-            p: ARGON2_P,
-            salt: salt.to_vec(),
-            wrapped: wrapped.as_bytes().to_vec(),
-        };
-        let bytes = cbor::encode("master key file", &file).map_err(|source| format_err(path, source))?;
-        fsutil::write_new_private(path, &bytes).map_err(|source| io_err(path, source))?;
+        create_locked(path, passphrase, "", &[], &master, MASTER_WRAP_CONTEXT)?;
         Ok(MasterKey(master))
     }
 
@@ -187,34 +176,7 @@ impl MasterKey {
     /// [`KeystoreError::WrongPassphrase`] when the passphrase does not unlock
     /// it; format and I/O errors naming the file.
     pub fn unlock(path: &Path, passphrase: &Passphrase) -> Result<Self, KeystoreError> {
-        let bytes = std::fs::read(path).map_err(|source| io_err(path, source))?;
-        let file: MasterKeyFile =
-            cbor::decode("master key file", &bytes, MAX_KEYFILE_LEN).map_err(|source| format_err(path, source))?;
-        cbor::check_version("master key file", file.v, KEYFILE_VERSION).map_err(|source| format_err(path, source))?;
-        if file.kdf != KDF_NAME {
-            return Err(unsupported(path, format!("unknown KDF {:?}", file.kdf)));
-        }
-        // Refuse parameters that would let a tampered file weaken the KDF or exhaust memory.
-        if file.m_kib < 19 * 1024
-            || file.m_kib > 4 * 1024 * 1024
-            || file.t < 2
-            || file.t > 64
-            || file.p == 0
-            || file.p > 64
-        {
-            return Err(unsupported(
-                path,
-                "Argon2id parameters out of the accepted range".into(),
-            ));
-        }
-        if file.salt.len() < 16 {
-            return Err(unsupported(path, "salt shorter than 16 bytes".into()));
-        }
-        let wrapped = WrappedKey::from_bytes(&file.wrapped).map_err(KeystoreError::Crypto)?;
-        let kek = kek(passphrase, &file.salt, file.m_kib, file.t, file.p)?;
-        let master = unwrap_key(&kek, &wrapped, MASTER_WRAP_CONTEXT).map_err(|_| KeystoreError::WrongPassphrase {
-            path: path.display().to_string(),
-        })?;
+        let (_, master) = unlock_locked(path, passphrase, "", MASTER_WRAP_CONTEXT)?;
         Ok(MasterKey(master))
     }
 
@@ -276,6 +238,106 @@ impl MasterKey {
             .map_err(|_| unsupported(path, "the secret key does not open under this home's master key".into()))?;
         Ok((file.public, secret))
     }
+}
+
+/// Writes a 32-byte secret locked by a passphrase (Argon2id, then a wrapped
+/// key bound to `context`), with its kind and public key in clear; mode
+/// 0600, refusing to overwrite. The master key and consortium admin keys use
+/// this format.
+///
+/// # Errors
+/// [`KeystoreError::WeakPassphrase`], I/O errors naming the file.
+pub fn create_locked(
+    path: &Path,
+    passphrase: &Passphrase,
+    kind: &str,
+    public: &[u8],
+    secret: &DataKey,
+    context: &[u8],
+) -> Result<(), KeystoreError> {
+    if passphrase.len() < MIN_PASSPHRASE_LEN {
+        return Err(KeystoreError::WeakPassphrase);
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| SealError::Random(e.to_string()))?;
+    let kek = kek(passphrase, &salt, ARGON2_M_KIB, ARGON2_T, ARGON2_P)?;
+    let wrapped = wrap_key(&kek, secret, context)?;
+    let file = MasterKeyFile {
+        v: KEYFILE_VERSION,
+        kind: kind.into(),
+        public: public.to_vec(),
+        kdf: KDF_NAME.into(),
+        m_kib: ARGON2_M_KIB,
+        t: ARGON2_T,
+        p: ARGON2_P,
+        salt: salt.to_vec(),
+        wrapped: wrapped.as_bytes().to_vec(),
+    };
+    let bytes = cbor::encode("passphrase-locked key file", &file).map_err(|source| format_err(path, source))?;
+    fsutil::write_new_private(path, &bytes).map_err(|source| io_err(path, source))
+}
+
+/// Reads the public key of a passphrase-locked key file of `kind` without unlocking it.
+///
+/// # Errors
+/// Format and I/O errors naming the file, or a file of another kind.
+pub fn locked_public(path: &Path, kind: &str) -> Result<Vec<u8>, KeystoreError> {
+    Ok(read_locked(path, kind)?.public)
+}
+
+fn read_locked(path: &Path, kind: &str) -> Result<MasterKeyFile, KeystoreError> {
+    let bytes = std::fs::read(path).map_err(|source| io_err(path, source))?;
+    let file: MasterKeyFile = cbor::decode("passphrase-locked key file", &bytes, MAX_KEYFILE_LEN)
+        .map_err(|source| format_err(path, source))?;
+    cbor::check_version("passphrase-locked key file", file.v, KEYFILE_VERSION)
+        .map_err(|source| format_err(path, source))?;
+    if file.kind != kind {
+        let what = |k: &str| {
+            if k.is_empty() {
+                "master".to_string()
+            } else {
+                k.to_string()
+            }
+        };
+        return Err(unsupported(
+            path,
+            format!("holds a {} key, expected a {} key", what(&file.kind), what(kind)),
+        ));
+    }
+    Ok(file)
+}
+
+/// Unlocks a passphrase-locked key file of `kind`; returns (public, secret).
+///
+/// # Errors
+/// [`KeystoreError::WrongPassphrase`]; format and I/O errors naming the file.
+pub fn unlock_locked(
+    path: &Path,
+    passphrase: &Passphrase,
+    kind: &str,
+    context: &[u8],
+) -> Result<(Vec<u8>, DataKey), KeystoreError> {
+    let file = read_locked(path, kind)?;
+    if file.kdf != KDF_NAME {
+        return Err(unsupported(path, format!("unknown KDF {:?}", file.kdf)));
+    }
+    // Refuse parameters that would let a tampered file weaken the KDF or exhaust memory.
+    if file.m_kib < 19 * 1024 || file.m_kib > 4 * 1024 * 1024 || file.t < 2 || file.t > 64 || file.p == 0 || file.p > 64
+    {
+        return Err(unsupported(
+            path,
+            "Argon2id parameters out of the accepted range".into(),
+        ));
+    }
+    if file.salt.len() < 16 {
+        return Err(unsupported(path, "salt shorter than 16 bytes".into()));
+    }
+    let wrapped = WrappedKey::from_bytes(&file.wrapped).map_err(KeystoreError::Crypto)?;
+    let kek = kek(passphrase, &file.salt, file.m_kib, file.t, file.p)?;
+    let secret = unwrap_key(&kek, &wrapped, context).map_err(|_| KeystoreError::WrongPassphrase {
+        path: path.display().to_string(),
+    })?;
+    Ok((file.public, secret))
 }
 
 fn secret_context(kind: &str) -> String {

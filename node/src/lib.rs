@@ -35,5 +35,6 @@ pub mod home;
 pub mod identity;
 pub mod keystore;
 pub mod store;
+pub mod trust;
 
 pub use medmesh_seal as seal;
