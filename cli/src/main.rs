@@ -10,6 +10,7 @@
 //! rejected, verification failed), 2 an error.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod output;
 
 use std::io::IsTerminal;
@@ -35,13 +36,13 @@ struct Cli {
 
 /// Options shared by commands that work on a node home.
 #[derive(Args, Debug, Clone)]
-struct HomeArgs {
+pub(crate) struct HomeArgs {
     /// The node's home directory.
     #[arg(long, env = "MEDMESH_HOME", value_name = "DIR")]
-    home: PathBuf,
+    pub(crate) home: PathBuf,
     /// Print JSON Lines ({"type", "data"} per line) instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +75,150 @@ enum Command {
     /// Check the store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Consortium administration (offline, on files).
+    #[command(subcommand)]
+    Consortium(ConsortiumCommand),
+    /// Peer trust: certificates and revocations (consortium admins, offline),
+    /// joining, bilateral trust, blocks (site admins, on a node home).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConsortiumCommand {
+    /// Create a consortium: its descriptor (id, name, admin public keys,
+    /// threshold) in OUT/consortium.cbor and one passphrase-locked key file per
+    /// admin, OUT/admin-N.key. Hand each key file to its admin.
+    ///
+    /// Admin passphrases come from MEDMESH_ADMIN_PASSPHRASE, else are asked
+    /// for on the terminal, one per key.
+    Init {
+        /// Name of the consortium.
+        #[arg(long)]
+        name: String,
+        /// Folder to create (must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Number of admins.
+        #[arg(long, default_value_t = 1)]
+        admins: u32,
+        /// Signatures of distinct admins a membership certificate needs.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options naming a consortium admin's key and consortium.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct AdminArgs {
+    /// The consortium folder (holding consortium.cbor) or the descriptor file.
+    #[arg(long, value_name = "DIR|FILE")]
+    consortium: PathBuf,
+    /// The admin's key file (passphrase from MEDMESH_ADMIN_PASSPHRASE or the terminal).
+    #[arg(long, value_name = "FILE")]
+    admin_key: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TrustCommand {
+    /// Sign a membership certificate for a node (consortium admin, offline).
+    Issue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's signed record (`medmesh id --record`).
+        #[arg(long, value_name = "NODE_RECORD")]
+        record: PathBuf,
+        /// Purposes the node is admitted for, comma-separated
+        /// (treatment, second-opinion, research, teaching, quality, public-health).
+        #[arg(long, value_delimiter = ',', required = true)]
+        purposes: Vec<String>,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u32,
+        /// Certificate file to write (must not exist).
+        #[arg(long, value_name = "CERT")]
+        out: PathBuf,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an admin's signature to a certificate, in place (consortium admin, offline).
+    Cosign {
+        /// The certificate file.
+        cert: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a revocation of a certificate serial or of a peer (consortium admin, offline).
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Certificate serial to revoke.
+        #[arg(long, conflicts_with = "peer", required_unless_present = "peer")]
+        serial: Option<u64>,
+        /// Peer id whose certificates to revoke.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Why (recorded and shown to every member; no patient data).
+        #[arg(long)]
+        reason: String,
+        /// Revocation file to write (must not exist).
+        #[arg(long, value_name = "REVOCATION")]
+        out: PathBuf,
+        /// Print JSON Lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a consortium descriptor and this node's certificate.
+    Join {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The consortium descriptor (consortium.cbor) or its folder.
+        descriptor: PathBuf,
+        /// This node's certificate.
+        cert: PathBuf,
+    },
+    /// Trust one peer directly (bilateral trust).
+    AddPeer {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The peer's signed node record.
+        record: PathBuf,
+        /// Purposes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        purposes: Vec<String>,
+        /// Days of validity from now (unlimited when absent).
+        #[arg(long)]
+        valid_days: Option<u32>,
+    },
+    /// Apply a signed revocation of a joined consortium.
+    Apply {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The revocation file.
+        revocation: PathBuf,
+    },
+    /// Block a peer, whatever its certificates say.
+    Block {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The peer id.
+        peer_id: String,
+        /// Why.
+        #[arg(long, default_value = "blocked by the site admin")]
+        reason: String,
+    },
+    /// List joined consortia (with this node's membership), bilateral peers, revocations and blocks.
+    List {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,7 +318,7 @@ fn passphrase(confirm: bool) -> Result<Passphrase> {
     Ok(Passphrase::new(first))
 }
 
-fn open(home: &Path) -> Result<Node> {
+pub(crate) fn open(home: &Path) -> Result<Node> {
     let pass = passphrase(false)?;
     Node::open(home, &pass).with_context(|| format!("opening node home {}", home.display()))
 }
@@ -223,6 +368,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Study(cmd) => study(cmd),
+        Command::Consortium(cmd) => admin::consortium(cmd),
+        Command::Trust(cmd) => admin::trust(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
             let node = open(&home.home)?;

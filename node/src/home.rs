@@ -12,6 +12,8 @@
 //!   blobs/              sealed study objects, content-addressed, 0700
 //! ```
 
+pub mod trust;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -72,6 +74,9 @@ pub enum HomeError {
     /// Export failure.
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// Trust operation failure.
+    #[error(transparent)]
+    Trust(#[from] trust::TrustOpError),
 }
 
 fn io(path: &Path, source: std::io::Error) -> HomeError {

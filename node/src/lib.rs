@@ -37,4 +37,5 @@ pub mod keystore;
 pub mod store;
 pub mod trust;
 
+pub use consent_schema;
 pub use medmesh_seal as seal;

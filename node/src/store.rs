@@ -28,6 +28,7 @@
 //! | `blobs-v1` | blob address `[u8; 32]` | study ref `[u8; 32]` |
 //! | `patients-v1` (multimap) | patient ref `[u8; 32]` | study ref `[u8; 32]` |
 //! | `pending-v1` | blob address `[u8; 32]` | `()` |
+//! | `trust-v1` | `kind/key` text | trust record bytes (consortia, certificates, bilateral peers, revocations, blocks) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -54,6 +55,7 @@ const INSTANCES: TableDefinition<'_, [u8; 64], &[u8]> = TableDefinition::new("in
 const BLOBS: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("blobs-v1");
 const PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> = MultimapTableDefinition::new("patients-v1");
 const PENDING: TableDefinition<'_, [u8; 32], ()> = TableDefinition::new("pending-v1");
+const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -338,6 +340,7 @@ impl Store {
             txn.open_table(INSTANCES).map_err(|e| db_err(db_path, e))?;
             txn.open_table(BLOBS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(PENDING).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(TRUST).map_err(|e| db_err(db_path, e))?;
             txn.open_multimap_table(PATIENTS).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
@@ -724,6 +727,53 @@ impl Store {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    /// Stores a trust record under `key` (`kind/id`), replacing any previous one.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn trust_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.open_table(TRUST)
+            .map_err(|e| self.err(e))?
+            .insert(key, value)
+            .map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Removes a trust record; true when it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn trust_remove(&self, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let existed = txn
+            .open_table(TRUST)
+            .map_err(|e| self.err(e))?
+            .remove(key)
+            .map_err(|e| self.err(e))?
+            .is_some();
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(existed)
+    }
+
+    /// All trust records whose key starts with `prefix`, in key order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn trust_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(TRUST).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
         if !self.fsync {
             txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
@@ -742,6 +792,8 @@ impl Store {
         }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
+            // Tables added after schema 1 was first written are created here.
+            txn.open_table(TRUST).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

@@ -846,5 +846,37 @@ pub fn decide(state: &TrustState, peer_id: &str, presented: &[Certificate], now:
     TrustDecision::Refuse(first_refusal.unwrap_or(Refusal::NoTrust))
 }
 
+/// Kind of a consortium admin key file (a passphrase-locked key file, see
+/// [`crate::keystore::create_locked`]).
+pub const ADMIN_KEY_KIND: &str = "consortium-admin";
+const ADMIN_KEY_CONTEXT: &[u8] = b"medmesh/v1/consortium admin key";
+
+/// Creates a new admin key and writes it locked by `passphrase` to `path`
+/// (0600, refusing to overwrite); returns its public key.
+///
+/// # Errors
+/// Keystore errors (weak passphrase, I/O naming the file).
+pub fn create_admin_key(
+    path: &std::path::Path,
+    passphrase: &crate::keystore::Passphrase,
+) -> Result<[u8; 32], crate::keystore::KeystoreError> {
+    let secret = medmesh_seal::DataKey::try_generate()?;
+    let public = identity::ed25519_public_of(secret.expose_secret());
+    crate::keystore::create_locked(path, passphrase, ADMIN_KEY_KIND, &public, &secret, ADMIN_KEY_CONTEXT)?;
+    Ok(public)
+}
+
+/// Unlocks an admin key file; the secret is zeroized on drop.
+///
+/// # Errors
+/// [`crate::keystore::KeystoreError::WrongPassphrase`], format and I/O errors naming the file.
+pub fn unlock_admin_key(
+    path: &std::path::Path,
+    passphrase: &crate::keystore::Passphrase,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, crate::keystore::KeystoreError> {
+    let (_, secret) = crate::keystore::unlock_locked(path, passphrase, ADMIN_KEY_KIND, ADMIN_KEY_CONTEXT)?;
+    Ok(zeroize::Zeroizing::new(*secret.expose_secret()))
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use medmesh_node::config::{Config, TEMPLATE};
 use medmesh_node::dicom::parse_and_validate;
 use medmesh_node::identity::{SignedEnvelope, VerifiedNodeRecord};
+use medmesh_node::trust::{Certificate, Consortium, Revocation};
 
 /// Every regular file of `fuzz/corpus/<target>/`, sorted; panics on an empty corpus, so a
 /// moved directory cannot make the test pass vacuously.
@@ -70,6 +71,15 @@ fn run_dicom_ingest(data: &[u8]) -> bool {
     true
 }
 
+/// `fuzz_targets/trust_decode.rs` (decoding; verification needs a consortium, so the target
+/// verifies only against a descriptor decoded from the same input).
+fn run_trust_decode(data: &[u8]) -> bool {
+    let c = Consortium::from_bytes(data).is_ok();
+    let cert = Certificate::from_bytes(data).is_ok();
+    let rev = Revocation::from_bytes(data).is_ok();
+    c || cert || rev
+}
+
 /// `fuzz_targets/config_toml.rs`.
 fn run_config_toml(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok_and(|text| Config::parse(Path::new("fuzz.toml"), text).is_ok())
@@ -102,4 +112,11 @@ fn config_toml_seeds() {
     assert!(run_config_toml(TEMPLATE.as_bytes()), "TEMPLATE does not parse");
     let accepted = for_each_seed("config_toml", run_config_toml);
     assert!(accepted >= 3, "only {accepted} config seeds parse");
+}
+
+#[test]
+fn trust_decode_seeds() {
+    // A descriptor, certificates and a revocation made with the medmesh CLI decode.
+    let accepted = for_each_seed("trust_decode", run_trust_decode);
+    assert!(accepted >= 3, "only {accepted} trust seeds decode");
 }

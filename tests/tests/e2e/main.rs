@@ -8,6 +8,7 @@
 //! - `privacy`: no patient data in plaintext anywhere under a home after import.
 //! - `integrity`: a changed byte in a stored blob fails export, naming the object.
 //! - `crash`: SIGKILL in the middle of a large import leaves a consistent store.
+//! - `trust`: consortium init, k-of-n certificates, join, revoke/apply, bilateral trust, blocks.
 #![forbid(unsafe_code)]
 
 mod corpus;
@@ -15,4 +16,5 @@ mod crash;
 mod home;
 mod integrity;
 mod privacy;
+mod trust;
 mod util;

@@ -1,0 +1,395 @@
+//! Trust operations on a node home: join a consortium, trust a peer
+//! directly, apply a revocation, block a peer, list what is trusted. Records
+//! live in the store's `trust-v1` table under `consortium/<id>`,
+//! `own-certificate/<id>`, `bilateral/<peer>`, `revocation/<hash>` and
+//! `blocked/<peer>`, each as the signed bytes received (re-verified on load).
+
+use consent_schema::Purpose;
+use serde::{Deserialize, Serialize};
+
+use super::{HomeError, Node};
+use crate::cbor;
+use crate::identity::VerifiedNodeRecord;
+use crate::trust::{
+    self, Bilateral, Certificate, Consortium, Refusal, Revocation, TrustError, TrustState, verify_certificate,
+    verify_revocation,
+};
+
+/// Errors of trust operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustOpError {
+    /// A record is malformed or inconsistent.
+    #[error(transparent)]
+    Record(#[from] TrustError),
+    /// The certificate does not admit this node.
+    #[error("the certificate does not admit this node: {0}")]
+    NotAdmitted(Refusal),
+    /// The certificate names another node.
+    #[error("the certificate is for peer {found}, this node is {own}")]
+    OtherNode {
+        /// The certificate's subject.
+        found: String,
+        /// This node.
+        own: String,
+    },
+    /// The revocation's consortium is not joined.
+    #[error("the revocation is for consortium {0}, which this node has not joined")]
+    UnknownConsortium(String),
+    /// A node record does not verify.
+    #[error("the node record does not verify: {0}")]
+    NodeRecord(#[from] crate::identity::IdentityError),
+    /// A value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct BilateralRow {
+    v: u32,
+    #[serde(with = "serde_bytes")]
+    record: Vec<u8>,
+    purposes: Vec<Purpose>,
+    until: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlockedRow {
+    v: u32,
+    reason: String,
+    time: i64,
+}
+
+/// What `medmesh trust list` shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TrustListing {
+    /// Joined consortia.
+    pub consortia: Vec<ConsortiumEntry>,
+    /// Peers trusted directly.
+    pub bilateral: Vec<BilateralEntry>,
+    /// Applied revocations.
+    pub revocations: Vec<RevocationEntry>,
+    /// Blocked peers.
+    pub blocked: Vec<BlockedEntry>,
+}
+
+/// A joined consortium and this node's membership.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConsortiumEntry {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Admins (hex keys).
+    pub admins: Vec<String>,
+    /// Threshold.
+    pub threshold: u32,
+    /// This node's certificate serial.
+    pub serial: Option<u64>,
+    /// Purposes this node is admitted for.
+    pub purposes: Vec<Purpose>,
+    /// This node's certificate expiry (RFC 3339).
+    pub expires: Option<String>,
+    /// Whether this node's certificate verifies now (or why not).
+    pub status: String,
+}
+
+/// A peer trusted directly.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BilateralEntry {
+    /// Peer id.
+    pub peer_id: String,
+    /// Institution.
+    pub institution: String,
+    /// Jurisdiction.
+    pub jurisdiction: String,
+    /// Purposes.
+    pub purposes: Vec<Purpose>,
+    /// Until (RFC 3339), if limited.
+    pub until: Option<String>,
+}
+
+/// An applied revocation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RevocationEntry {
+    /// Consortium id.
+    pub consortium: String,
+    /// What it revokes.
+    pub target: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+/// A blocked peer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BlockedEntry {
+    /// Peer id.
+    pub peer_id: String,
+    /// Why.
+    pub reason: String,
+    /// Since (RFC 3339).
+    pub since: String,
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_default()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Node {
+    /// Installs a consortium descriptor and this node's certificate, after
+    /// checking that the certificate verifies now and names this node.
+    ///
+    /// # Errors
+    /// [`TrustOpError`] (as [`HomeError::Trust`]) naming what is wrong.
+    pub fn join(&self, descriptor: &[u8], certificate: &[u8]) -> Result<ConsortiumEntry, HomeError> {
+        let consortium = Consortium::from_bytes(descriptor).map_err(TrustOpError::from)?;
+        let cert = Certificate::from_bytes(certificate).map_err(TrustOpError::from)?;
+        let verified = verify_certificate(&cert, &consortium, now()).map_err(TrustOpError::NotAdmitted)?;
+        let own = self.record.record().peer_id.clone();
+        if verified.payload().peer_id != own {
+            return Err(TrustOpError::OtherNode {
+                found: verified.payload().peer_id.clone(),
+                own,
+            }
+            .into());
+        }
+        self.store
+            .trust_put(&format!("consortium/{}", consortium.id), descriptor)?;
+        self.store
+            .trust_put(&format!("own-certificate/{}", consortium.id), certificate)?;
+        let listing = self.trust_listing()?;
+        listing
+            .consortia
+            .into_iter()
+            .find(|c| c.id == consortium.id)
+            .ok_or_else(|| TrustOpError::Invalid("the consortium was not stored".into()).into())
+    }
+
+    /// This node's certificates (one per joined consortium), to present to peers.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn own_certificates(&self) -> Result<Vec<Certificate>, HomeError> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.trust_records("own-certificate/")? {
+            out.push(Certificate::from_bytes(&bytes).map_err(TrustOpError::from)?);
+        }
+        Ok(out)
+    }
+
+    /// Trusts a peer directly (bilateral trust) for the given purposes.
+    ///
+    /// # Errors
+    /// [`TrustOpError`] when the record does not verify or no purpose is given.
+    pub fn add_peer(
+        &self,
+        record: &[u8],
+        purposes: Vec<Purpose>,
+        valid_days: Option<u32>,
+    ) -> Result<BilateralEntry, HomeError> {
+        if purposes.is_empty() {
+            return Err(TrustOpError::Invalid("give at least one purpose".into()).into());
+        }
+        let verified = VerifiedNodeRecord::from_bytes(record).map_err(TrustOpError::from)?;
+        let until = valid_days.map(|d| now() + i64::from(d) * 86_400);
+        let row = BilateralRow {
+            v: 1,
+            record: record.to_vec(),
+            purposes: purposes.clone(),
+            until,
+        };
+        let bytes = cbor::encode("bilateral trust", &row)
+            .map_err(TrustError::from)
+            .map_err(TrustOpError::from)?;
+        let r = verified.record();
+        self.store.trust_put(&format!("bilateral/{}", r.peer_id), &bytes)?;
+        Ok(BilateralEntry {
+            peer_id: r.peer_id.clone(),
+            institution: r.institution.clone(),
+            jurisdiction: r.jurisdiction.clone(),
+            purposes,
+            until: until.map(rfc3339),
+        })
+    }
+
+    /// Applies a signed revocation of a joined consortium.
+    ///
+    /// # Errors
+    /// [`TrustOpError`] for an unknown consortium or a bad signature.
+    pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry, HomeError> {
+        let rev = Revocation::from_bytes(revocation).map_err(TrustOpError::from)?;
+        let payload = rev.payload().map_err(TrustOpError::from)?;
+        let state = self.trust_state()?;
+        let consortium = state
+            .consortia
+            .iter()
+            .find(|c| c.id == payload.consortium)
+            .ok_or_else(|| TrustOpError::UnknownConsortium(payload.consortium.clone()))?;
+        verify_revocation(&rev, consortium).map_err(TrustOpError::from)?;
+        self.store
+            .trust_put(&format!("revocation/{}", blake3::hash(revocation).to_hex()), revocation)?;
+        Ok(RevocationEntry {
+            consortium: payload.consortium,
+            target: payload.target.to_string(),
+            reason: payload.reason,
+            time: rfc3339(payload.time),
+        })
+    }
+
+    /// Blocks a peer.
+    ///
+    /// # Errors
+    /// [`TrustOpError::Invalid`] for a string that is not a peer id.
+    pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry, HomeError> {
+        if !peer_id.starts_with("12D3KooW") || peer_id.len() < 46 || !peer_id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(TrustOpError::Invalid(format!("{peer_id:?} is not a medmesh peer id (12D3KooW...)")).into());
+        }
+        let time = now();
+        let row = BlockedRow {
+            v: 1,
+            reason: reason.into(),
+            time,
+        };
+        let bytes = cbor::encode("block", &row)
+            .map_err(TrustError::from)
+            .map_err(TrustOpError::from)?;
+        self.store.trust_put(&format!("blocked/{peer_id}"), &bytes)?;
+        Ok(BlockedEntry {
+            peer_id: peer_id.into(),
+            reason: reason.into(),
+            since: rfc3339(time),
+        })
+    }
+
+    /// Everything this node knows that bears on trust, verified again.
+    /// A stored record that no longer verifies is skipped with a warning.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn trust_state(&self) -> Result<TrustState, HomeError> {
+        let mut state = TrustState::default();
+        for (key, bytes) in self.store.trust_records("consortium/")? {
+            match Consortium::from_bytes(&bytes) {
+                Ok(c) => state.consortia.push(c),
+                Err(e) => tracing::warn!(record = %key, cause = %e, "skipping a damaged trust record"),
+            }
+        }
+        for (key, bytes) in self.store.trust_records("bilateral/")? {
+            let parsed = cbor::decode::<BilateralRow>("bilateral trust", &bytes, trust::MAX_TRUST_RECORD)
+                .ok()
+                .and_then(|row| VerifiedNodeRecord::from_bytes(&row.record).ok().map(|r| (row, r)));
+            match parsed {
+                Some((row, record)) => state.bilateral.push(Bilateral {
+                    record,
+                    purposes: row.purposes,
+                    until: row.until,
+                }),
+                None => tracing::warn!(record = %key, "skipping a damaged trust record"),
+            }
+        }
+        for (key, bytes) in self.store.trust_records("revocation/")? {
+            let verified = Revocation::from_bytes(&bytes).ok().and_then(|r| {
+                let p = r.payload().ok()?;
+                let c = state.consortia.iter().find(|c| c.id == p.consortium)?;
+                verify_revocation(&r, c).ok()
+            });
+            match verified {
+                Some(v) => state.revocations.push(v),
+                None => tracing::warn!(record = %key, "skipping a revocation that does not verify"),
+            }
+        }
+        for (key, bytes) in self.store.trust_records("blocked/")? {
+            let peer = key.trim_start_matches("blocked/").to_string();
+            let reason = cbor::decode::<BlockedRow>("block", &bytes, trust::MAX_TRUST_RECORD)
+                .map(|r| r.reason)
+                .unwrap_or_default();
+            state.blocked.push((peer, reason));
+        }
+        Ok(state)
+    }
+
+    /// What `medmesh trust list` shows.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn trust_listing(&self) -> Result<TrustListing, HomeError> {
+        let state = self.trust_state()?;
+        let certs = self.own_certificates()?;
+        let consortia = state
+            .consortia
+            .iter()
+            .map(|c| {
+                let own = certs.iter().find(|x| x.payload().is_ok_and(|p| p.consortium == c.id));
+                let payload = own.and_then(|x| x.payload().ok());
+                let status = match own
+                    .map(|x| trust::decide(&state, &self.record.record().peer_id, std::slice::from_ref(x), now()))
+                {
+                    Some(trust::TrustDecision::Trust(_)) => "member".to_string(),
+                    Some(trust::TrustDecision::Refuse(r)) => format!("not valid: {r}"),
+                    None => "no certificate".to_string(),
+                };
+                ConsortiumEntry {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    admins: c.admins.iter().map(hex::encode).collect(),
+                    threshold: c.threshold,
+                    serial: payload.as_ref().map(|p| p.serial),
+                    purposes: payload.as_ref().map(|p| p.purposes.clone()).unwrap_or_default(),
+                    expires: payload.as_ref().map(|p| rfc3339(p.not_after)),
+                    status,
+                }
+            })
+            .collect();
+        let bilateral = state
+            .bilateral
+            .iter()
+            .map(|b| {
+                let r = b.record.record();
+                BilateralEntry {
+                    peer_id: r.peer_id.clone(),
+                    institution: r.institution.clone(),
+                    jurisdiction: r.jurisdiction.clone(),
+                    purposes: b.purposes.clone(),
+                    until: b.until.map(rfc3339),
+                }
+            })
+            .collect();
+        let revocations = state
+            .revocations
+            .iter()
+            .map(|r| {
+                let p = r.payload();
+                RevocationEntry {
+                    consortium: p.consortium.clone(),
+                    target: p.target.to_string(),
+                    reason: p.reason.clone(),
+                    time: rfc3339(p.time),
+                }
+            })
+            .collect();
+        let mut blocked = Vec::new();
+        for (key, bytes) in self.store.trust_records("blocked/")? {
+            let row = cbor::decode::<BlockedRow>("block", &bytes, trust::MAX_TRUST_RECORD).ok();
+            blocked.push(BlockedEntry {
+                peer_id: key.trim_start_matches("blocked/").to_string(),
+                reason: row.as_ref().map(|r| r.reason.clone()).unwrap_or_default(),
+                since: row.map(|r| rfc3339(r.time)).unwrap_or_default(),
+            });
+        }
+        Ok(TrustListing {
+            consortia,
+            bilateral,
+            revocations,
+            blocked,
+        })
+    }
+}
