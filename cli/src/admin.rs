@@ -70,17 +70,9 @@ fn purposes(list: &[String]) -> Result<Vec<Purpose>> {
 
 fn random_serial() -> Result<u64> {
     let mut b = [0u8; 8];
-    getrandom_fill(&mut b)?;
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
     // Serials stay below 2^53 so that JSON readers keep them exact.
     Ok(u64::from_le_bytes(b) >> 11)
-}
-
-fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
-    let key = medmesh_node::seal::DataKey::try_generate().context("the OS random number generator failed")?;
-    for (o, k) in buf.iter_mut().zip(key.expose_secret()) {
-        *o = *k;
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

@@ -7,7 +7,7 @@
 use consent_schema::Purpose;
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node};
+use super::{HomeError, Node, rfc3339};
 use crate::cbor;
 use crate::identity::VerifiedNodeRecord;
 use crate::trust::{
@@ -131,12 +131,6 @@ pub struct BlockedEntry {
     pub reason: String,
     /// Since (RFC 3339).
     pub since: String,
-}
-
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.to_rfc3339())
-        .unwrap_or_default()
 }
 
 fn now() -> i64 {
