@@ -13,7 +13,8 @@ use medmesh_node::trust::{self, Certificate, Consortium, Revocation, RevocationT
 use serde::Serialize;
 
 use crate::output::Out;
-use crate::{ConsortiumCommand, TrustCommand, open};
+use crate::session::Session;
+use crate::{ConsortiumCommand, TrustCommand};
 
 fn admin_passphrase(what: &str) -> Result<Passphrase> {
     if let Ok(p) = std::env::var("MEDMESH_ADMIN_PASSPHRASE") {
@@ -300,7 +301,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Join { home, descriptor, cert } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let entry = node
                 .join(
                     &read(&descriptor_path(&descriptor), "consortium descriptor")?,
@@ -319,7 +320,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             valid_days,
         } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let entry = node
                 .add_peer(&read(&record, "node record")?, purposes(&list)?, valid_days)
                 .context("adding the peer")?;
@@ -333,7 +334,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Apply { home, revocation } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let entry = node
                 .apply_revocation(&read(&revocation, "revocation")?)
                 .context("applying the revocation")?;
@@ -344,14 +345,27 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Block { home, peer_id, reason } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let entry = node.block(&peer_id, &reason).context("blocking the peer")?;
             out.emit("blocked", &entry, || format!("blocked {}\n", entry.peer_id))?;
             Ok(ExitCode::SUCCESS)
         }
+        TrustCommand::Unblock { home, peer_id } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let u = node.unblock(&peer_id).context("unblocking the peer")?;
+            out.emit("unblocked", &u, || {
+                if u.was_blocked {
+                    format!("unblocked {}\n", u.peer_id)
+                } else {
+                    format!("{} was not blocked\n", u.peer_id)
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         TrustCommand::List { home } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let l = node.trust_listing().context("listing trust")?;
             if out.json {
                 for c in &l.consortia {

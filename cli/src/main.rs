@@ -12,6 +12,7 @@
 
 mod admin;
 mod output;
+mod session;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use medmesh_node::home::Node;
 use medmesh_node::keystore::Passphrase;
 
 use crate::output::{Out, human_bytes};
+use crate::session::Session;
 
 /// medmesh: federated, consent-scoped, end-to-end encrypted exchange of DICOM studies.
 #[derive(Parser, Debug)]
@@ -82,6 +84,29 @@ enum Command {
     /// joining, bilateral trust, blocks (site admins, on a node home).
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Run the node: listen on the configured addresses (TCP and QUIC), talk
+    /// to trusted peers only, serve the admin API on HOME/node.sock. Runs
+    /// until SIGINT (Ctrl-C) or SIGTERM.
+    ///
+    /// While it runs, every other command on this home goes through it (no
+    /// passphrase needed). Logs go to stderr (MEDMESH_LOG sets the filter,
+    /// default "info"); with --json a `running` record with the listen
+    /// addresses is printed on stdout once the node is up.
+    Run {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+    /// Show whether the home's node is running, its peer id and listen addresses.
+    Status {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+    /// List trusted peers (institution, jurisdiction, addresses, connected or
+    /// not, certificate expiry) and the peers refused recently with the reason.
+    Peers {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +239,13 @@ pub(crate) enum TrustCommand {
         #[arg(long, default_value = "blocked by the site admin")]
         reason: String,
     },
+    /// Lift a block.
+    Unblock {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The peer id.
+        peer_id: String,
+    },
     /// List joined consortia (with this node's membership), bilateral peers, revocations and blocks.
     List {
         #[command(flatten)]
@@ -282,13 +314,18 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = if matches!(cli.command, Command::Run { .. }) {
+        "info,libp2p_swarm=warn,libp2p_kad=warn,libp2p_mdns=warn,dicom_object=error,dicom_parser=error"
+    } else {
+        "warn,dicom_object=error,dicom_parser=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEDMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dicom_object=error,dicom_parser=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -368,12 +405,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Study(cmd) => study(cmd),
+        Command::Run { home } => {
+            let out = Out::new(home.json);
+            let node = open(&home.home)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(medmesh_node::daemon::run(node, |status| {
+                let _ = out.emit("running", status, || {
+                    let mut s = format!(
+                        "node {} running\nadmin API  {}\n",
+                        status.node.peer_id,
+                        status.socket.display()
+                    );
+                    for a in &status.net.listen {
+                        s.push_str(&format!("listening  {a}\n"));
+                    }
+                    s
+                });
+            }))
+            .context("running the node")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { home } => {
+            let out = Out::new(home.json);
+            let rec =
+                Node::read_record(&home.home).with_context(|| format!("reading node home {}", home.home.display()))?;
+            let status = match medmesh_node::api::client::Client::detect(&home.home) {
+                Some(_) => Session::open(&home.home)?.status()?,
+                None => None,
+            };
+            let info = Node::id_info(&rec);
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net) });
+            out.emit("status", &data, || match &status {
+                Some(s) => {
+                    let mut t = format!(
+                        "node {} ({}, {}) running since {}\ntrusted peers connected {}, connections {}\n",
+                        info.peer_id, info.institution, info.jurisdiction, s.net.started, s.net.trusted_connected, s.net.connections
+                    );
+                    for a in &s.net.listen {
+                        t.push_str(&format!("listening  {a}\n"));
+                    }
+                    t
+                }
+                None => format!("node {} ({}, {}) is not running\n", info.peer_id, info.institution, info.jurisdiction),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { home } => {
+            let out = Out::new(home.json);
+            let session = Session::open(&home.home)?;
+            let report = session.peers().context("listing peers")?;
+            if out.json {
+                for p in &report.peers {
+                    out.line("peer", p);
+                }
+                for r in &report.refused {
+                    out.line("refused", r);
+                }
+                for u in &report.unanswered {
+                    out.line("unanswered", u);
+                }
+            } else {
+                out.text(&output::render_peers(&report))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Consortium(cmd) => admin::consortium(cmd),
         Command::Trust(cmd) => admin::trust(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
-            let report = node.store().check(deep).context("checking the store")?;
+            let node = Session::open(&home.home)?;
+            let report = node.check(deep).context("checking the store")?;
             out.emit("store-check", &report, || {
                 format!(
                     "studies {}, instances {}, blob files {}\nmissing blobs {}, orphan blobs {}, damaged {}, duplicates {}, pending {}\n{}\n",
@@ -401,7 +505,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
     match cmd {
         StudyCommand::Import { home, paths } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let bar = out.progress_bar();
             let summary = node
                 .import(&paths, |event| match event {
@@ -453,7 +557,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             issuer,
         } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let studies = node
                 .studies(patient_id.as_deref().map(|p| (p, issuer.as_str())))
                 .context("listing studies")?;
@@ -492,7 +596,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         }
         StudyCommand::Show { home, study_uid } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let d = node.study(&study_uid).context("showing the study")?;
             out.emit("study", &d, || output::render_study(&d))?;
             Ok(ExitCode::SUCCESS)
@@ -504,7 +608,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             force,
         } => {
             let out = Out::new(home.json);
-            let node = open(&home.home)?;
+            let node = Session::open(&home.home)?;
             let mut failures = Vec::new();
             let summary = node
                 .export(&study_uid, &dir, force, |outcome| {

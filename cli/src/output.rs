@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use medmesh_node::home::StudyDetail;
+use medmesh_node::net::PeersReport;
 use serde::Serialize;
 
 /// Where a command's output goes, and in which form.
@@ -199,4 +200,53 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// `medmesh peers` as text.
+pub fn render_peers(r: &PeersReport) -> String {
+    let mut s = String::new();
+    if !r.running {
+        s.push_str("the node is not running: nobody is connected\n");
+    }
+    let mut table = Table::new(&[
+        "PEER ID",
+        "INSTITUTION",
+        "CC",
+        "CONNECTED",
+        "TRUST",
+        "EXPIRES",
+        "ADDRESSES",
+    ]);
+    for p in &r.peers {
+        table.row(vec![
+            p.peer_id.clone(),
+            p.institution.clone(),
+            p.jurisdiction.clone(),
+            if p.connected { "yes".into() } else { "no".into() },
+            if p.trusted { p.via.clone() } else { p.status.clone() },
+            p.expires.clone().unwrap_or_else(|| "-".into()),
+            p.addresses.join(" "),
+        ]);
+    }
+    if r.peers.is_empty() {
+        s.push_str("no trusted peers yet\n");
+    } else {
+        s.push_str(&table.render());
+    }
+    if !r.refused.is_empty() {
+        s.push_str("\nrefused recently:\n");
+        for x in &r.refused {
+            s.push_str(&format!(
+                "  {} {} [{}] x{}: {}\n",
+                x.time, x.peer_id, x.code, x.count, x.reason
+            ));
+        }
+    }
+    if !r.unanswered.is_empty() {
+        s.push_str("\ndid not accept this node:\n");
+        for x in &r.unanswered {
+            s.push_str(&format!("  {} {}: {}\n", x.time, x.peer_id, x.detail));
+        }
+    }
+    s
 }

@@ -38,6 +38,27 @@ batch_files = 256
 batch_bytes = 268435456
 # Worker threads that parse and seal files during import; 0 = one per CPU core.
 import_threads = 0
+
+[network]
+# Multiaddresses to listen on: TCP (Noise + Yamux) and QUIC. The default is
+# port 7460 on all interfaces, TCP and UDP. Port 0 picks a free port.
+listen = ["/ip4/0.0.0.0/tcp/7460", "/ip4/0.0.0.0/udp/7460/quic-v1"]
+# Peers to contact at start and to join the Kademlia network through: full
+# multiaddresses ending in /p2p/<peer id>, e.g.
+# "/dns4/pacs-gw.example.org/tcp/7460/p2p/12D3KooW...". They are dialled, and
+# talked to only once they prove trust like any other peer.
+bootstrap = []
+# Discover peers on the local network by mDNS (multicast). For LAN sites
+# only: never switch it on where the interface reaches networks you do not control.
+mdns = false
+# Seconds a connected peer has to present a valid hello (node record and
+# certificates) before it is disconnected.
+hello_timeout_secs = 10
+# Seconds an idle connection to a trusted peer stays open.
+idle_timeout_secs = 300
+# Seconds between checks that re-dial known and bootstrap peers and re-check
+# the trust of connected peers (certificate expiry).
+maintenance_secs = 30
 "#;
 
 /// Errors of loading the configuration.
@@ -82,6 +103,9 @@ pub struct Config {
     /// Storage settings.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Network settings.
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 fn default_version() -> u32 {
@@ -93,7 +117,75 @@ impl Default for Config {
         Self {
             config_version: CONFIG_VERSION,
             store: StoreConfig::default(),
+            network: NetworkConfig::default(),
         }
+    }
+}
+
+/// The default port, TCP and UDP (QUIC).
+pub const DEFAULT_PORT: u16 = 7460;
+
+/// Network settings (`[network]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Listen multiaddresses.
+    pub listen: Vec<String>,
+    /// Bootstrap peers: multiaddresses ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+    /// mDNS discovery on the LAN.
+    pub mdns: bool,
+    /// Seconds a peer has to present a valid hello.
+    pub hello_timeout_secs: u64,
+    /// Seconds an idle connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Seconds between re-dials and trust re-checks.
+    pub maintenance_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: false,
+            hello_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            maintenance_secs: 30,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The listen addresses, parsed.
+    ///
+    /// # Errors
+    /// The first address that does not parse, as a message.
+    pub fn listen_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, String> {
+        self.listen
+            .iter()
+            .map(|a| a.parse().map_err(|e| format!("{a:?}: {e}")))
+            .collect()
+    }
+
+    /// The bootstrap peers, parsed into peer id and address.
+    ///
+    /// # Errors
+    /// The first address that does not parse or lacks `/p2p/<peer id>`.
+    pub fn bootstrap_peers(&self) -> Result<Vec<(libp2p::PeerId, libp2p::Multiaddr)>, String> {
+        self.bootstrap
+            .iter()
+            .map(|a| {
+                let addr: libp2p::Multiaddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+                match addr.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
+                    _ => Err(format!("{a:?} does not end in /p2p/<peer id>")),
+                }
+            })
+            .collect()
     }
 }
 
@@ -183,6 +275,18 @@ impl Config {
         if self.store.import_threads > 256 {
             return Err(value("store.import_threads", "must be at most 256".into()));
         }
+        let n = &self.network;
+        n.listen_addrs().map_err(|e| value("network.listen", e))?;
+        n.bootstrap_peers().map_err(|e| value("network.bootstrap", e))?;
+        if !(1..=3600).contains(&n.hello_timeout_secs) {
+            return Err(value("network.hello_timeout_secs", "must be from 1 to 3600".into()));
+        }
+        if !(1..=86400).contains(&n.idle_timeout_secs) {
+            return Err(value("network.idle_timeout_secs", "must be from 1 to 86400".into()));
+        }
+        if !(1..=86400).contains(&n.maintenance_secs) {
+            return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
+        }
         Ok(())
     }
 }
@@ -221,6 +325,10 @@ mod tests {
         assert!(err.to_string().contains("chunk_sise"), "{err}");
         let err = Config::parse(Path::new("c.toml"), "config_version = 9\n").unwrap_err();
         assert!(err.to_string().contains("config_version"), "{err}");
+        let err = Config::parse(Path::new("c.toml"), "[network]\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n").unwrap_err();
+        assert!(err.to_string().contains("network.bootstrap") && err.to_string().contains("/p2p/"), "{err}");
+        let err = Config::parse(Path::new("c.toml"), "[network]\nlisten = [\"tcp:7460\"]\n").unwrap_err();
+        assert!(err.to_string().contains("network.listen"), "{err}");
         assert!(Config::load(Path::new("/nonexistent/config.toml")).is_err());
     }
 }

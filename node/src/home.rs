@@ -10,6 +10,7 @@
 //!     x25519.key        X25519 static secret, sealed under the master key, 0600
 //!   db/medmesh.redb     the index (redb), 0600
 //!   blobs/              sealed study objects, content-addressed, 0700
+//!   node.sock           admin API socket while `medmesh run` runs, 0600
 //! ```
 
 pub mod trust;
@@ -17,7 +18,7 @@ pub mod trust;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, ConfigError};
 use crate::dicom::StudyAttributes;
@@ -101,6 +102,11 @@ impl HomePaths {
             root: root.to_path_buf(),
         }
     }
+    /// `node.sock`: the admin API of the running node (0600).
+    #[must_use]
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("node.sock")
+    }
     /// `config.toml`.
     #[must_use]
     pub fn config(&self) -> PathBuf {
@@ -154,7 +160,7 @@ pub struct Node {
 }
 
 /// Public facts about a node, for `medmesh id`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdInfo {
     /// libp2p PeerId.
     pub peer_id: String,
@@ -169,7 +175,7 @@ pub struct IdInfo {
 }
 
 /// One study in `medmesh study list`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StudySummary {
     /// Study Instance UID.
     pub study_uid: String,
@@ -194,7 +200,7 @@ pub struct StudySummary {
 }
 
 /// One series in `medmesh study show`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SeriesDetail {
     /// Series Instance UID.
     pub series_uid: String,
@@ -209,7 +215,7 @@ pub struct SeriesDetail {
 }
 
 /// One instance in `medmesh study show`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceDetail {
     /// SOP Instance UID.
     pub sop_instance_uid: String,
@@ -230,7 +236,7 @@ pub struct InstanceDetail {
 }
 
 /// Everything about a study, for `medmesh study show`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StudyDetail {
     /// Study Instance UID.
     pub study_uid: String,
@@ -248,7 +254,7 @@ pub struct StudyDetail {
     pub series: Vec<SeriesDetail>,
 }
 
-fn rfc3339(ts: i64) -> String {
+pub(crate) fn rfc3339(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()

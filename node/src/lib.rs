@@ -27,13 +27,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cbor;
 pub mod config;
+pub mod daemon;
 pub mod dicom;
 pub mod fsutil;
 pub mod home;
 pub mod identity;
 pub mod keystore;
+pub mod net;
 pub mod store;
 pub mod trust;
 

@@ -289,7 +289,7 @@ impl fmt::Debug for Store {
 }
 
 /// Result of [`Store::check`].
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckReport {
     /// Studies in the index.
     pub studies: u64,

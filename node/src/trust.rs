@@ -459,7 +459,7 @@ impl Revocation {
 
 /// Why a peer, certificate or revocation is not accepted. Stable codes for
 /// logs and the ledger; `Display` is the sentence for an admin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Refusal {
@@ -511,6 +511,17 @@ pub enum Refusal {
         /// Why.
         detail: String,
     },
+    /// The hello (or the node record in it) cannot be read, does not verify
+    /// or is not the connected peer's.
+    BadHello {
+        /// Why.
+        detail: String,
+    },
+    /// The peer presented no valid hello in time.
+    NoHello {
+        /// Seconds it had.
+        secs: u64,
+    },
 }
 
 impl Refusal {
@@ -527,6 +538,8 @@ impl Refusal {
             Refusal::SubjectMismatch { .. } => "subject-mismatch",
             Refusal::Revoked { .. } => "revoked",
             Refusal::Malformed { .. } => "malformed",
+            Refusal::BadHello { .. } => "bad-hello",
+            Refusal::NoHello { .. } => "no-hello",
         }
     }
 }
@@ -568,6 +581,8 @@ impl fmt::Display for Refusal {
             Refusal::SubjectMismatch { detail } => write!(f, "the certificate does not belong to this peer: {detail}"),
             Refusal::Revoked { target, reason } => write!(f, "the consortium revoked {target}: {reason}"),
             Refusal::Malformed { detail } => write!(f, "the certificate cannot be read: {detail}"),
+            Refusal::BadHello { detail } => write!(f, "the peer's hello is not acceptable: {detail}"),
+            Refusal::NoHello { secs } => write!(f, "the peer sent no hello (node record and certificates) within {secs} s"),
         }
     }
 }
@@ -720,7 +735,7 @@ pub struct TrustState {
 }
 
 /// How a peer is trusted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "via", rename_all = "kebab-case")]
 pub enum Via {
     /// Through a certificate of a joined consortium.
@@ -735,7 +750,7 @@ pub enum Via {
 }
 
 /// A trusted peer: what it may do, until when, with which keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trusted {
     /// How.
     pub via: Via,

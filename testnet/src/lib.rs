@@ -1,5 +1,5 @@
-//! Test networks for medmesh: synthetic DICOM studies now; local multi-node networks and
-//! scenarios later.
+//! Test networks for medmesh: synthetic DICOM studies, local multi-node networks of real
+//! `medmesh run` processes ([`cluster`]), and scenarios.
 //!
 //! The `gen` module ([`generate`], [`SyntheticStudy`]) writes realistic, deterministic synthetic
 //! studies (same seed, same bytes), with fake patient data where real scanners put real patient
@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod r#gen;
 pub mod process;
 pub mod roundtrip;

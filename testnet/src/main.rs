@@ -34,6 +34,28 @@ enum Command {
     /// damaged blob is refused and that no patient identifier is on disk.
     /// Runs the real `medmesh` binary. Exit 1 if any step fails.
     Roundtrip(RoundtripArgs),
+    /// Start a local network: a consortium, N node homes with certificates
+    /// (DIR/node-1 ... DIR/node-N, each with its config.toml and node.log), and N
+    /// `medmesh run` processes on 127.0.0.1. Waits until every node sees every
+    /// other as a connected trusted peer, prints how to use the CLI against each,
+    /// and stops them all on Ctrl-C or SIGTERM.
+    ///
+    /// The passphrase of every home and of the admin key is MEDMESH_PASSPHRASE
+    /// when set, else "medmesh testnet passphrase".
+    Up(UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    nodes: u16,
+    /// Folder for the consortium and the homes (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Print JSON Lines: one `node` record per node, then `ready`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +162,77 @@ struct Envelope<'a, T> {
     data: T,
 }
 
+fn up(args: &UpArgs) -> anyhow::Result<()> {
+    use medmesh_testnet::cluster::Cluster;
+    if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
+        bail!("{} exists and is not empty", args.dir.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Install the handlers first, so that a signal during start-up stops the nodes too.
+    let mut term = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) })?;
+    let mut int = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })?;
+    let dir = std::path::absolute(&args.dir)?;
+    if !args.json {
+        eprintln!("creating a consortium and {} node homes in {}", args.nodes, dir.display());
+    }
+    let mut cluster = Cluster::create(&dir, usize::from(args.nodes)).context("creating the network")?;
+    if !args.json {
+        eprintln!("starting {} nodes", args.nodes);
+    }
+    cluster.start().context("starting the nodes")?;
+    cluster
+        .wait_mesh(std::time::Duration::from_secs(60))
+        .context("waiting for the nodes to see each other")?;
+    let bin = medmesh_testnet::process::medmesh_bin()?;
+    let mut out = io::stdout().lock();
+    for n in &cluster.nodes {
+        if args.json {
+            let rec = serde_json::json!({"type": "node", "data": {
+                "name": n.name, "home": n.home, "peer_id": n.peer_id, "institution": n.institution,
+                "jurisdiction": n.jurisdiction, "listen": n.listen, "pid": n.pid(),
+            }});
+            writeln!(out, "{rec}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {}  {}\n    {}\n    MEDMESH_HOME={} {} peers",
+                n.name,
+                n.institution,
+                n.peer_id,
+                n.listen.join(" "),
+                n.home.display(),
+                bin.display()
+            )?;
+        }
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::json!({"type": "ready", "data": {"nodes": cluster.nodes.len(), "dir": dir}}))?;
+    } else {
+        writeln!(
+            out,
+            "\nall {} nodes see each other. Logs: {}/node-*/node.log. Ctrl-C stops them.",
+            cluster.nodes.len(),
+            dir.display()
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    rt.block_on(async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
+    if !args.json {
+        eprintln!("stopping the nodes");
+    }
+    cluster.stop();
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -162,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::GenStudy(args) => gen_study(&args),
         Command::Roundtrip(args) => roundtrip(&args),
+        Command::Up(args) => up(&args),
     }
 }
 

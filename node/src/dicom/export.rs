@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{InstanceMeta, InstanceRow, Store, StoreError, StudyRef};
 
@@ -42,7 +42,7 @@ pub enum ExportError {
 }
 
 /// What happened to one object.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum ExportOutcome {
     /// Written and verified.
@@ -69,7 +69,7 @@ pub enum ExportOutcome {
 }
 
 /// Totals of an export.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExportSummary {
     /// Objects written.
     pub written: u64,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 
 use medmesh_seal::DataKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
 use crate::store::{
@@ -60,7 +60,7 @@ pub struct ImportOptions {
 }
 
 /// What happened to one file.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum FileOutcome {
     /// Stored.
@@ -121,7 +121,7 @@ pub enum ImportEvent<'a> {
 }
 
 /// Totals of an import.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImportSummary {
     /// Files looked at.
     pub files: u64,

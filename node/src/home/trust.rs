@@ -61,7 +61,7 @@ struct BlockedRow {
 }
 
 /// What `medmesh trust list` shows.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrustListing {
     /// Joined consortia.
     pub consortia: Vec<ConsortiumEntry>,
@@ -74,7 +74,7 @@ pub struct TrustListing {
 }
 
 /// A joined consortium and this node's membership.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsortiumEntry {
     /// Id.
     pub id: String,
@@ -95,7 +95,7 @@ pub struct ConsortiumEntry {
 }
 
 /// A peer trusted directly.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BilateralEntry {
     /// Peer id.
     pub peer_id: String,
@@ -110,7 +110,7 @@ pub struct BilateralEntry {
 }
 
 /// An applied revocation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RevocationEntry {
     /// Consortium id.
     pub consortium: String,
@@ -123,7 +123,7 @@ pub struct RevocationEntry {
 }
 
 /// A blocked peer.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlockedEntry {
     /// Peer id.
     pub peer_id: String,
@@ -262,6 +262,14 @@ impl Node {
             reason: reason.into(),
             since: rfc3339(time),
         })
+    }
+
+    /// Lifts a block; returns whether the peer was blocked.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn unblock(&self, peer_id: &str) -> Result<bool, HomeError> {
+        Ok(self.store.trust_remove(&format!("blocked/{peer_id}"))?)
     }
 
     /// Everything this node knows that bears on trust, verified again.

@@ -1,0 +1,260 @@
+//! A home, reached either through its running node's admin API or, when no
+//! node runs on it, on its files (which needs the passphrase). Every command
+//! that reads or changes a home goes through here, so it works the same
+//! either way.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use medmesh_node::api::client::{Client, ClientError};
+use medmesh_node::api::{
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ExportRequest, ImportRequest, JoinRequest, Line,
+    ListRequest, ShowRequest, Status, Unblocked,
+};
+use medmesh_node::consent_schema::Purpose;
+use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
+use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
+use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
+use medmesh_node::home::{Node, StudyDetail, StudySummary};
+use medmesh_node::net::PeersReport;
+use medmesh_node::store::CheckReport;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A home, local or through its running node.
+pub enum Session {
+    /// No node runs on the home: opened on its files.
+    Local(Box<Node>),
+    /// The home's node runs: through its admin API.
+    Remote {
+        client: Client,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+fn decode<T: DeserializeOwned>(line: Line) -> Result<T, ClientError> {
+    serde_json::from_value(line.data).map_err(|e| ClientError::Decode(format!("{} record: {e}", line.kind)))
+}
+
+impl Session {
+    /// Through the running node if one answers on the home's socket, else on
+    /// the files (asking for the passphrase).
+    pub fn open(home: &Path) -> Result<Self> {
+        if let Some(client) = Client::detect(home) {
+            tracing::debug!(home = %home.display(), "using the running node's admin API");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            return Ok(Self::Remote { client, rt });
+        }
+        Ok(Self::Local(Box::new(crate::open(home)?)))
+    }
+
+    fn get<T: DeserializeOwned>(client: &Client, rt: &tokio::runtime::Runtime, path: &str) -> Result<T> {
+        Ok(rt.block_on(client.get(path))?)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(
+        client: &Client,
+        rt: &tokio::runtime::Runtime,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        Ok(rt.block_on(client.post(path, body))?)
+    }
+
+    pub fn status(&self) -> Result<Option<Status>> {
+        match self {
+            Self::Local(_) => Ok(None),
+            Self::Remote { client, rt } => Self::get(client, rt, "/status").map(Some),
+        }
+    }
+
+    pub fn studies(&self, patient: Option<(&str, &str)>) -> Result<Vec<StudySummary>> {
+        match self {
+            Self::Local(node) => Ok(node.studies(patient)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/studies/list",
+                &ListRequest {
+                    patient: patient.map(|(p, i)| (p.to_string(), i.to_string())),
+                },
+            ),
+        }
+    }
+
+    pub fn study(&self, study_uid: &str) -> Result<StudyDetail> {
+        match self {
+            Self::Local(node) => Ok(node.study(study_uid)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/studies/show",
+                &ShowRequest {
+                    study_uid: study_uid.into(),
+                },
+            ),
+        }
+    }
+
+    pub fn check(&self, deep: bool) -> Result<CheckReport> {
+        match self {
+            Self::Local(node) => Ok(node.store().check(deep)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/store/check", &CheckRequest { deep }),
+        }
+    }
+
+    pub fn import(&self, paths: &[PathBuf], mut progress: impl FnMut(ImportEvent<'_>)) -> Result<ImportSummary> {
+        match self {
+            Self::Local(node) => Ok(node.import(paths, progress)?),
+            Self::Remote { client, rt } => {
+                // The node has its own working directory: send absolute paths.
+                let mut abs = Vec::new();
+                for p in paths {
+                    abs.push(std::path::absolute(p).with_context(|| format!("{}", p.display()))?);
+                }
+                let mut summary = None;
+                rt.block_on(client.post_lines("/studies/import", &ImportRequest { paths: abs }, |line| {
+                    match line.kind.as_str() {
+                        "started" => {
+                            let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            progress(ImportEvent::Started { files, bytes });
+                        }
+                        "file" => {
+                            let outcome: FileOutcome = decode(line)?;
+                            progress(ImportEvent::File(&outcome));
+                        }
+                        "import-summary" => summary = Some(decode::<ImportSummary>(line)?),
+                        _ => {}
+                    }
+                    Ok(())
+                }))?;
+                summary.context("the node ended the import without a summary")
+            }
+        }
+    }
+
+    pub fn export(
+        &self,
+        study_uid: &str,
+        out: &Path,
+        force: bool,
+        mut progress: impl FnMut(&ExportOutcome),
+    ) -> Result<ExportSummary> {
+        match self {
+            Self::Local(node) => Ok(node.export(study_uid, out, force, progress)?),
+            Self::Remote { client, rt } => {
+                let req = ExportRequest {
+                    study_uid: study_uid.into(),
+                    out: std::path::absolute(out).with_context(|| format!("{}", out.display()))?,
+                    force,
+                };
+                let mut summary = None;
+                rt.block_on(client.post_lines("/studies/export", &req, |line| {
+                    match line.kind.as_str() {
+                        "object" => progress(&decode::<ExportOutcome>(line)?),
+                        "export-summary" => summary = Some(decode::<ExportSummary>(line)?),
+                        _ => {}
+                    }
+                    Ok(())
+                }))?;
+                summary.context("the node ended the export without a summary")
+            }
+        }
+    }
+
+    pub fn join(&self, descriptor: &[u8], certificate: &[u8]) -> Result<ConsortiumEntry> {
+        match self {
+            Self::Local(node) => Ok(node.join(descriptor, certificate)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/trust/join",
+                &JoinRequest {
+                    descriptor: hex::encode(descriptor),
+                    certificate: hex::encode(certificate),
+                },
+            ),
+        }
+    }
+
+    pub fn add_peer(&self, record: &[u8], purposes: Vec<Purpose>, valid_days: Option<u32>) -> Result<BilateralEntry> {
+        match self {
+            Self::Local(node) => Ok(node.add_peer(record, purposes, valid_days)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/trust/add-peer",
+                &AddPeerRequest {
+                    record: hex::encode(record),
+                    purposes,
+                    valid_days,
+                },
+            ),
+        }
+    }
+
+    pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry> {
+        match self {
+            Self::Local(node) => Ok(node.apply_revocation(revocation)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/trust/apply",
+                &ApplyRequest {
+                    revocation: hex::encode(revocation),
+                },
+            ),
+        }
+    }
+
+    pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry> {
+        match self {
+            Self::Local(node) => Ok(node.block(peer_id, reason)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/trust/block",
+                &BlockRequest {
+                    peer_id: peer_id.into(),
+                    reason: reason.into(),
+                },
+            ),
+        }
+    }
+
+    pub fn unblock(&self, peer_id: &str) -> Result<Unblocked> {
+        match self {
+            Self::Local(node) => Ok(Unblocked {
+                peer_id: peer_id.into(),
+                was_blocked: node.unblock(peer_id)?,
+            }),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/trust/unblock",
+                &BlockRequest {
+                    peer_id: peer_id.into(),
+                    reason: String::new(),
+                },
+            ),
+        }
+    }
+
+    pub fn trust_listing(&self) -> Result<TrustListing> {
+        match self {
+            Self::Local(node) => Ok(node.trust_listing()?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/trust"),
+        }
+    }
+
+    pub fn peers(&self) -> Result<PeersReport> {
+        match self {
+            Self::Local(node) => Ok(medmesh_node::net::offline_peers(node)?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/peers"),
+        }
+    }
+}

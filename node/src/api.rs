@@ -1,0 +1,133 @@
+//! The local admin API of a running node: HTTP/1.1 with JSON bodies on the
+//! Unix socket `HOME/node.sock` (mode 0600, in the 0700 home: only the node's
+//! user reaches it, so it needs no further authentication).
+//!
+//! The CLI uses it for every command on a home whose node runs; `curl
+//! --unix-socket HOME/node.sock http://medmesh/v1/peers` works too. The
+//! routes are listed in docs/PROTOCOL.md ("Admin API"). Answers are JSON;
+//! long operations (import, export) answer with JSON Lines, one
+//! `{"type", "data"}` record per line as they progress, the last one being
+//! the summary or `{"type": "error", "data": {"message": ...}}`. Errors of
+//! other routes are HTTP 4xx/5xx with `{"error": message}`.
+
+pub mod client;
+pub mod server;
+
+use std::path::PathBuf;
+
+use consent_schema::Purpose;
+use serde::{Deserialize, Serialize};
+
+use crate::home::IdInfo;
+use crate::net::NetStatus;
+
+/// Version prefix of every route.
+pub const PREFIX: &str = "/v1";
+/// Largest request body accepted, bytes.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+
+/// `POST /v1/trust/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Consortium descriptor bytes, hex.
+    pub descriptor: String,
+    /// This node's certificate bytes, hex.
+    pub certificate: String,
+}
+
+/// `POST /v1/trust/add-peer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddPeerRequest {
+    /// The peer's signed node record, hex.
+    pub record: String,
+    /// Purposes.
+    pub purposes: Vec<Purpose>,
+    /// Days of validity, unlimited when absent.
+    pub valid_days: Option<u32>,
+}
+
+/// `POST /v1/trust/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The revocation bytes, hex.
+    pub revocation: String,
+}
+
+/// `POST /v1/trust/block` and `/v1/trust/unblock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// Peer id.
+    pub peer_id: String,
+    /// Why (block only).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /v1/studies/list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Patient ID and issuer to look up.
+    pub patient: Option<(String, String)>,
+}
+
+/// `POST /v1/studies/show`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShowRequest {
+    /// Study Instance UID.
+    pub study_uid: String,
+}
+
+/// `POST /v1/studies/import`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// Absolute paths of files and folders.
+    pub paths: Vec<PathBuf>,
+}
+
+/// `POST /v1/studies/export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportRequest {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Absolute output folder.
+    pub out: PathBuf,
+    /// Overwrite existing files.
+    pub force: bool,
+}
+
+/// `POST /v1/store/check`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// Open and verify every object.
+    pub deep: bool,
+}
+
+/// `POST /v1/trust/unblock` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unblocked {
+    /// Peer id.
+    pub peer_id: String,
+    /// Whether it was blocked.
+    pub was_blocked: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The node's identity.
+    pub node: IdInfo,
+    /// Its network.
+    pub net: NetStatus,
+    /// The admin API socket.
+    pub socket: PathBuf,
+}
+
+/// One record of a streamed answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Line {
+    /// Record type (`started`, `file`, `object`, `import-summary`, `export-summary`, `error`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its data.
+    pub data: serde_json::Value,
+}

@@ -1,0 +1,346 @@
+//! The admin API server (see the [module docs](super)).
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ExportRequest, ImportRequest, JoinRequest, ListRequest,
+    MAX_REQUEST, ShowRequest, Status, Unblocked,
+};
+use crate::dicom::ingest::ImportEvent;
+use crate::home::{HomeError, Node};
+use crate::net::NetHandle;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Errors of starting the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Another node answers on the socket.
+    #[error("a node is already running on {0}")]
+    Running(String),
+    /// The socket could not be made.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Api {
+    node: Arc<Node>,
+    net: NetHandle,
+    socket: PathBuf,
+}
+
+/// A bound API socket, removed again on drop.
+#[derive(Debug)]
+pub struct Bound {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the socket at `path` with mode 0600. A stale socket (nobody
+/// answering) is replaced; a live one is an error.
+///
+/// # Errors
+/// [`ServerError`].
+pub fn bind(path: &Path) -> Result<Bound, ServerError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::Running(path.display().to_string()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let err = |source| ServerError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(Bound {
+        listener,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Serves the API on `bound` until `shutdown` turns true.
+pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: watch::Receiver<bool>) {
+    let api = Arc::new(Api {
+        node,
+        net,
+        socket: bound.path.clone(),
+    });
+    loop {
+        tokio::select! {
+            accepted = bound.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let api = Arc::clone(&api);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let api = Arc::clone(&api);
+                            async move { Ok::<_, Infallible>(handle(&api, req).await) }
+                        });
+                        if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                            tracing::debug!(cause = %e, "admin API connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(cause = %e, "admin API accept failed"),
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(bound);
+}
+
+fn full(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(b) => full(StatusCode::OK, b),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the answer: {e}")),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    full(
+        status,
+        serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
+    )
+}
+
+/// An operation failed: the message names what and why.
+fn failed(e: &impl std::fmt::Display) -> Response<Body> {
+    error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#}"))
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading the request: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")))
+}
+
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, Response<Body>> {
+    hex::decode(s).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{what}: not hex: {e}")))
+}
+
+/// Runs a blocking operation on the node.
+async fn blocking<T, F>(api: &Api, f: F) -> Result<T, Response<Body>>
+where
+    T: Send + 'static,
+    F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
+{
+    let node = Arc::clone(&api.node);
+    match tokio::task::spawn_blocking(move || f(&node)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &format!("operation failed: {e}"))),
+    }
+}
+
+/// Runs a blocking operation that changes trust, then lets the network
+/// check its peers again before answering.
+async fn trust_change<T, F>(api: &Api, f: F) -> Response<Body>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
+{
+    match blocking(api, f).await {
+        Ok(v) => {
+            if let Err(e) = api.net.trust_changed().await {
+                tracing::error!(cause = %e, "the network did not take the trust change");
+            }
+            json(&v)
+        }
+        Err(r) => r,
+    }
+}
+
+/// A streamed JSON Lines answer fed by a blocking operation.
+fn stream<F>(api: &Api, f: F) -> Response<Body>
+where
+    F: FnOnce(&Node, &dyn Fn(&str, &dyn erased::Ser)) + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let node = Arc::clone(&api.node);
+    tokio::task::spawn_blocking(move || {
+        let send = |kind: &str, data: &dyn erased::Ser| {
+            let mut line = data.line(kind);
+            line.push(b'\n');
+            // A client that went away stops getting lines; the work goes on.
+            let _ = tx.blocking_send(Bytes::from(line));
+        };
+        f(&node, &send);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(lines).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/jsonl"),
+    );
+    r
+}
+
+mod erased {
+    /// A value that can be written as one JSON Lines record.
+    pub trait Ser {
+        fn line(&self, kind: &str) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn line(&self, kind: &str) -> Vec<u8> {
+            serde_json::to_vec(&serde_json::json!({ "type": kind, "data": self })).unwrap_or_default()
+        }
+    }
+}
+
+async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let Some(route) = path.strip_prefix(super::PREFIX) else {
+        return error(StatusCode::NOT_FOUND, &format!("no route {path}: routes start with /v1"));
+    };
+    let method = req.method().clone();
+    let result: Result<Response<Body>, Response<Body>> = async {
+        Ok(match (&method, route) {
+            (&Method::GET, "/status") => {
+                let net = api.net.status().await.map_err(|e| failed(&e))?;
+                json(&Status {
+                    node: Node::id_info(api.node.record()),
+                    net,
+                    socket: api.socket.clone(),
+                })
+            }
+            (&Method::GET, "/peers") => json(&api.net.peers().await.map_err(|e| failed(&e))?),
+            (&Method::GET, "/trust") => json(&blocking(api, Node::trust_listing).await?),
+            (&Method::POST, "/trust/join") => {
+                let r: JoinRequest = body(req).await?;
+                let (d, c) = (unhex("descriptor", &r.descriptor)?, unhex("certificate", &r.certificate)?);
+                trust_change(api, move |n| n.join(&d, &c)).await
+            }
+            (&Method::POST, "/trust/add-peer") => {
+                let r: AddPeerRequest = body(req).await?;
+                let rec = unhex("record", &r.record)?;
+                trust_change(api, move |n| n.add_peer(&rec, r.purposes, r.valid_days)).await
+            }
+            (&Method::POST, "/trust/apply") => {
+                let r: ApplyRequest = body(req).await?;
+                let rev = unhex("revocation", &r.revocation)?;
+                trust_change(api, move |n| n.apply_revocation(&rev)).await
+            }
+            (&Method::POST, "/trust/block") => {
+                let r: BlockRequest = body(req).await?;
+                trust_change(api, move |n| n.block(&r.peer_id, &r.reason)).await
+            }
+            (&Method::POST, "/trust/unblock") => {
+                let r: BlockRequest = body(req).await?;
+                trust_change(api, move |n| {
+                    n.unblock(&r.peer_id).map(|was_blocked| Unblocked {
+                        peer_id: r.peer_id,
+                        was_blocked,
+                    })
+                })
+                .await
+            }
+            (&Method::POST, "/studies/list") => {
+                let r: ListRequest = body(req).await?;
+                json(
+                    &blocking(api, move |n| {
+                        n.studies(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
+                    })
+                    .await?,
+                )
+            }
+            (&Method::POST, "/studies/show") => {
+                let r: ShowRequest = body(req).await?;
+                json(&blocking(api, move |n| n.study(&r.study_uid)).await?)
+            }
+            (&Method::POST, "/store/check") => {
+                let r: CheckRequest = body(req).await?;
+                json(&blocking(api, move |n| Ok(n.store().check(r.deep)?)).await?)
+            }
+            (&Method::POST, "/studies/import") => {
+                let r: ImportRequest = body(req).await?;
+                if let Some(p) = r.paths.iter().find(|p| !p.is_absolute()) {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{}: paths must be absolute", p.display()),
+                    ));
+                }
+                stream(api, move |n, send| {
+                    let result = n.import(&r.paths, |event| match event {
+                        ImportEvent::Started { files, bytes } => {
+                            send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
+                        }
+                        ImportEvent::File(outcome) => send("file", outcome),
+                    });
+                    match result {
+                        Ok(summary) => send("import-summary", &summary),
+                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
+                    }
+                })
+            }
+            (&Method::POST, "/studies/export") => {
+                let r: ExportRequest = body(req).await?;
+                if !r.out.is_absolute() {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{}: the output folder must be absolute", r.out.display()),
+                    ));
+                }
+                stream(api, move |n, send| {
+                    match n.export(&r.study_uid, &r.out, r.force, |o| send("object", o)) {
+                        Ok(summary) => send("export-summary", &summary),
+                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
+                    }
+                })
+            }
+            _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")),
+        })
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}

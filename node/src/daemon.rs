@@ -1,0 +1,69 @@
+//! `medmesh run`: the node as a service. Opens the admin API socket, starts
+//! the network, and runs until SIGINT or SIGTERM, then stops both and
+//! removes the socket.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::api::server::{self, ServerError};
+use crate::api::Status;
+use crate::home::Node;
+use crate::net::{self, NetError};
+
+/// Errors of running the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The admin API could not start.
+    #[error(transparent)]
+    Api(#[from] ServerError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the node until SIGINT or SIGTERM. `ready` is called once, when the
+/// API answers and the network listens, with the node's status.
+///
+/// # Errors
+/// [`DaemonError`] when something cannot start.
+pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let node = Arc::new(node);
+    let socket = node.paths().socket();
+    let bound = server::bind(&socket)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (net, net_task) = net::start(Arc::clone(&node), stop_rx.clone()).await?;
+    let api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
+    // Wait until every listen address is bound before reporting ready.
+    let want = node.config().network.listen.len();
+    let mut status = net.status().await?;
+    for _ in 0..100 {
+        if status.listen.len() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = net.status().await?;
+    }
+    ready(&Status {
+        node: Node::id_info(node.record()),
+        net: status,
+        socket: socket.clone(),
+    });
+    tracing::info!(socket = %socket.display(), "node running");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    let _ = net_task.await;
+    tracing::info!("node stopped");
+    Ok(())
+}

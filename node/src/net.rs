@@ -1,0 +1,964 @@
+//! The node on the network: a libp2p swarm (TCP + Noise + Yamux, QUIC,
+//! identify, ping, Kademlia, optional mDNS, `/medmesh/hello/1`) and the task
+//! that drives it.
+//!
+//! Gating, in order:
+//! 1. a peer the site admin blocked is denied at connection establishment;
+//! 2. every other connection must complete `/medmesh/hello/1` (node record and
+//!    certificates, checked by [`hello::evaluate`]) within
+//!    `network.hello_timeout_secs`; the listener answers a hello only when it
+//!    accepts the dialer, so an untrusted peer gets no answer;
+//! 3. until a peer is accepted, Kademlia hears nothing from it ([`gate::Gate`]):
+//!    its requests go unanswered and its answers are ignored;
+//! 4. a refused peer is disconnected, and the refusal is logged with its peer
+//!    id and reason code and kept for `medmesh peers`;
+//! 5. on every trust change (join, add-peer, revocation, block) and every
+//!    `network.maintenance_secs`, connected peers are checked again and those
+//!    no longer trusted are disconnected.
+
+pub mod codec;
+pub mod gate;
+pub mod hello;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, kad, mdns, noise, ping, request_response,
+    tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::codec::CborCodec;
+use self::gate::Gate;
+use self::hello::{Accepted, Hello};
+use crate::cbor;
+use crate::config::NetworkConfig;
+use crate::home::{HomeError, Node, rfc3339};
+use crate::trust::{Refusal, TrustState, Via};
+
+/// Kademlia protocol name: a private DHT of medmesh nodes.
+pub const KAD_PROTOCOL: &str = "/medmesh/kad/1";
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/medmesh/1";
+/// Refused peers remembered for `medmesh peers`.
+const REFUSED_KEPT: usize = 64;
+/// Trust-store key prefix of peers met (their last accepted hello).
+const KNOWN_PREFIX: &str = "known/";
+
+/// Errors of the network.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The home could not be read (trust records, identity).
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The swarm could not be built.
+    #[error("cannot start the network: {0}")]
+    Build(String),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// A trusted (or once trusted) peer, for `medmesh peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    /// Peer id.
+    pub peer_id: String,
+    /// Institution.
+    pub institution: String,
+    /// Jurisdiction.
+    pub jurisdiction: String,
+    /// How it is trusted: `consortium <id> serial <n>` or `bilateral`.
+    pub via: String,
+    /// Purposes it is trusted for.
+    pub purposes: Vec<consent_schema::Purpose>,
+    /// Addresses known for it.
+    pub addresses: Vec<String>,
+    /// Connected now.
+    pub connected: bool,
+    /// Trusted now (certificate or bilateral trust valid, not revoked or blocked).
+    pub trusted: bool,
+    /// `trusted`, or why not any more.
+    pub status: String,
+    /// When its certificate or bilateral trust ends (RFC 3339), if it does.
+    pub expires: Option<String>,
+    /// Last accepted hello (RFC 3339).
+    pub last_seen: Option<String>,
+}
+
+/// A peer this node refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedEntry {
+    /// Peer id.
+    pub peer_id: String,
+    /// Stable reason code (`expired`, `revoked`, `blocked`, ...).
+    pub code: String,
+    /// The reason, as a sentence.
+    pub reason: String,
+    /// The address it connected from or was dialled at.
+    pub address: Option<String>,
+    /// Last refusal (RFC 3339).
+    pub time: String,
+    /// Refusals since the node started.
+    pub count: u64,
+}
+
+/// A peer that did not answer this node's hello (it does not trust this node,
+/// or is not a medmesh node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnansweredEntry {
+    /// Peer id.
+    pub peer_id: String,
+    /// What happened.
+    pub detail: String,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+/// What `medmesh peers` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersReport {
+    /// Whether the node is running (else `connected` is false everywhere and
+    /// the refusal lists are empty).
+    pub running: bool,
+    /// Trusted and once-trusted peers.
+    pub peers: Vec<PeerEntry>,
+    /// Peers refused recently, most recent first.
+    pub refused: Vec<RefusedEntry>,
+    /// Peers that did not answer our hello recently, most recent first.
+    pub unanswered: Vec<UnansweredEntry>,
+}
+
+/// What `medmesh status` shows about the running node's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetStatus {
+    /// Peer id.
+    pub peer_id: String,
+    /// Addresses the node listens on, each ending in `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// Peers connected and trusted.
+    pub trusted_connected: u64,
+    /// Connections, all peers.
+    pub connections: u64,
+    /// Started at (RFC 3339).
+    pub started: String,
+}
+
+/// Commands to the network task.
+#[derive(Debug)]
+enum Command {
+    Peers(oneshot::Sender<PeersReport>),
+    Status(oneshot::Sender<NetStatus>),
+    TrustChanged(oneshot::Sender<()>),
+}
+
+/// A handle on the running network task.
+#[derive(Debug, Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl NetHandle {
+    /// The peers report.
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`].
+    pub async fn peers(&self) -> Result<PeersReport, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Peers(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Network status.
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`].
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Status(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Tells the network that trust records changed; returns once connected
+    /// peers have been checked again (and the untrusted disconnected).
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`].
+    pub async fn trust_changed(&self) -> Result<(), NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::TrustChanged(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
+}
+
+fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let keypair = node.identity().libp2p_keypair().map_err(HomeError::from)?;
+    let hello_timeout = Duration::from_secs(cfg.hello_timeout_secs);
+    let mdns_on = cfg.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+            kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+            if let Some(n) = NonZeroUsize::new(20) {
+                kad_cfg.set_kbucket_size(n);
+            }
+            let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                        .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                kad: Gate::new(kad),
+                mdns: Toggle::from(mdns),
+                hello: request_response::Behaviour::with_codec(
+                    CborCodec::default(),
+                    [(StreamProtocol::new(hello::PROTOCOL), request_response::ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(hello_timeout),
+                ),
+            })
+        })
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg.idle_timeout_secs)))
+        .build();
+    Ok(swarm)
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    /// Last accepted hello and what it gave.
+    hello: Option<Hello>,
+    accepted: Option<Accepted>,
+    /// Trusted on the current connections.
+    trusted: bool,
+    connections: HashSet<libp2p::swarm::ConnectionId>,
+    addrs: Vec<Multiaddr>,
+    /// Deadline for a valid hello on the current connections.
+    deadline: Option<Instant>,
+    hello_in_flight: bool,
+    last_seen: Option<i64>,
+    /// Last refusal, if the peer is not trusted any more.
+    refusal: Option<Refusal>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KnownRow {
+    v: u32,
+    #[serde(with = "serde_bytes")]
+    hello: Vec<u8>,
+    addrs: Vec<String>,
+    last_seen: i64,
+}
+
+/// The peers this node accepted before (from the trust store), with their addresses.
+fn load_known(node: &Node) -> Result<Vec<(PeerId, Hello, Vec<Multiaddr>, i64)>, HomeError> {
+    let mut out = Vec::new();
+    for (key, bytes) in node.store().trust_records(KNOWN_PREFIX)? {
+        let parsed = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
+            .ok()
+            .and_then(|row| {
+                let peer: PeerId = key.trim_start_matches(KNOWN_PREFIX).parse().ok()?;
+                let hello = Hello::from_bytes(&row.hello).ok()?;
+                let addrs = row.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                Some((peer, hello, addrs, row.last_seen))
+            });
+        match parsed {
+            Some(p) => out.push(p),
+            None => tracing::warn!(record = %key, "skipping a damaged known-peer record"),
+        }
+    }
+    Ok(out)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn via_text(via: &Via) -> String {
+    match via {
+        Via::Consortium { consortium, serial } => format!("consortium {consortium} serial {serial}"),
+        Via::Bilateral => "bilateral".into(),
+    }
+}
+
+/// The peers report of a home whose node is not running: bilateral peers and
+/// the peers met before, with trust decided now.
+///
+/// # Errors
+/// Store errors.
+pub fn offline_peers(node: &Node) -> Result<PeersReport, HomeError> {
+    let state = node.trust_state()?;
+    let t = now();
+    let mut peers = Vec::new();
+    let mut seen = HashSet::new();
+    for (peer, hello, addrs, last_seen) in load_known(node)? {
+        let peer_s = peer.to_string();
+        seen.insert(peer_s.clone());
+        peers.push(entry_for(
+            &state,
+            &peer_s,
+            &hello,
+            &addrs,
+            false,
+            Some(last_seen),
+            t,
+        ));
+    }
+    for b in &state.bilateral {
+        let r = b.record.record();
+        if seen.contains(&r.peer_id) {
+            continue;
+        }
+        let hello = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
+        peers.push(entry_for(&state, &r.peer_id, &hello, &[], false, None, t));
+    }
+    peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
+    Ok(PeersReport {
+        running: false,
+        peers,
+        refused: Vec::new(),
+        unanswered: Vec::new(),
+    })
+}
+
+fn entry_for(
+    state: &TrustState,
+    peer: &str,
+    hello: &Hello,
+    addrs: &[Multiaddr],
+    connected: bool,
+    last_seen: Option<i64>,
+    t: i64,
+) -> PeerEntry {
+    let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record).ok();
+    let (institution, jurisdiction) = record
+        .as_ref()
+        .map(|r| (r.record().institution.clone(), r.record().jurisdiction.clone()))
+        .unwrap_or_default();
+    let mut e = PeerEntry {
+        peer_id: peer.to_string(),
+        institution,
+        jurisdiction,
+        via: String::new(),
+        purposes: Vec::new(),
+        addresses: addrs.iter().map(ToString::to_string).collect(),
+        connected,
+        trusted: false,
+        status: String::new(),
+        expires: None,
+        last_seen: last_seen.map(rfc3339),
+    };
+    match hello::evaluate(state, peer, hello, t) {
+        Ok(a) => {
+            e.via = via_text(&a.trusted.via);
+            e.purposes = a.trusted.purposes;
+            e.expires = a.trusted.until.map(rfc3339);
+            e.trusted = true;
+            e.status = "trusted".into();
+        }
+        Err(r) => {
+            e.status = format!("not trusted: {r} [{}]", r.code());
+        }
+    }
+    e
+}
+
+/// Starts the network for `node`: listens, dials the bootstrap and known
+/// peers, and runs until `shutdown` turns true. Returns the handle and the
+/// task.
+///
+/// # Errors
+/// [`NetError`] when the swarm cannot be built, an address cannot be
+/// listened on, or the trust records cannot be read.
+pub async fn start(
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(NetHandle, tokio::task::JoinHandle<()>), NetError> {
+    let cfg = node.config().network.clone();
+    let mut swarm = build_swarm(&node, &cfg)?;
+    let listen = cfg.listen_addrs().map_err(|reason| NetError::Listen {
+        addr: "network.listen".into(),
+        reason,
+    })?;
+    for addr in listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    let bootstrap = cfg.bootstrap_peers().map_err(|reason| NetError::Listen {
+        addr: "network.bootstrap".into(),
+        reason,
+    })?;
+    let (tx, rx) = mpsc::channel(32);
+    let mut service = Service {
+        local: *swarm.local_peer_id(),
+        swarm,
+        node,
+        trust: TrustState::default(),
+        own_hello: Hello::new(Vec::new(), Vec::new()),
+        peers: HashMap::new(),
+        refused: VecDeque::new(),
+        unanswered: VecDeque::new(),
+        listen: Vec::new(),
+        bootstrap,
+        hello_timeout: Duration::from_secs(cfg.hello_timeout_secs),
+        maintenance: Duration::from_secs(cfg.maintenance_secs),
+        started: now(),
+        blocked_now: HashSet::new(),
+    };
+    service.reload_trust()?;
+    for (peer, hello, addrs, last_seen) in load_known(&service.node)? {
+        let st = service.peers.entry(peer).or_default();
+        st.hello = Some(hello);
+        st.addrs = addrs;
+        st.last_seen = Some(last_seen);
+    }
+    let task = tokio::spawn(service.run(rx, shutdown));
+    Ok((NetHandle { tx }, task))
+}
+
+struct Service {
+    local: PeerId,
+    swarm: Swarm<Behaviour>,
+    node: Arc<Node>,
+    trust: TrustState,
+    own_hello: Hello,
+    peers: HashMap<PeerId, PeerState>,
+    refused: VecDeque<RefusedEntry>,
+    unanswered: VecDeque<UnansweredEntry>,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    hello_timeout: Duration,
+    maintenance: Duration,
+    started: i64,
+    blocked_now: HashSet<PeerId>,
+}
+
+impl Service {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut maintenance = tokio::time::interval(self.maintenance);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => self.check_deadlines(),
+                _ = maintenance.tick() => self.maintain(),
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in connected {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Peers(tx) => {
+                let _ = tx.send(self.peers_report());
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(NetStatus {
+                    peer_id: self.local.to_string(),
+                    listen: self.listen.iter().map(ToString::to_string).collect(),
+                    trusted_connected: self
+                        .peers
+                        .values()
+                        .filter(|p| p.trusted && !p.connections.is_empty())
+                        .count() as u64,
+                    connections: self.swarm.network_info().num_peers() as u64,
+                    started: rfc3339(self.started),
+                });
+            }
+            Command::TrustChanged(tx) => {
+                if let Err(e) = self.reload_trust() {
+                    tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
+                }
+                self.recheck();
+                self.dial_known();
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Reads the trust records again, rebuilds this node's hello and the
+    /// connection-level block list.
+    fn reload_trust(&mut self) -> Result<(), HomeError> {
+        self.trust = self.node.trust_state()?;
+        let certs = self
+            .node
+            .own_certificates()?
+            .iter()
+            .filter_map(|c| c.to_bytes().ok())
+            .collect();
+        let record = self
+            .node
+            .record()
+            .envelope()
+            .to_bytes()
+            .map_err(HomeError::from)?;
+        self.own_hello = Hello::new(record, certs);
+        let want: HashSet<PeerId> = self
+            .trust
+            .blocked
+            .iter()
+            .filter_map(|(p, _)| p.parse().ok())
+            .collect();
+        for p in want.difference(&self.blocked_now) {
+            self.swarm.behaviour_mut().blocked.block_peer(*p);
+        }
+        for p in self.blocked_now.difference(&want) {
+            self.swarm.behaviour_mut().blocked.unblock_peer(*p);
+        }
+        self.blocked_now = want;
+        Ok(())
+    }
+
+    /// Checks every trusted peer again; disconnects those no longer trusted.
+    fn recheck(&mut self) {
+        let t = now();
+        let mut refuse = Vec::new();
+        for (peer, st) in &self.peers {
+            if !st.trusted {
+                continue;
+            }
+            let Some(h) = &st.hello else { continue };
+            if let Err(r) = hello::evaluate(&self.trust, &peer.to_string(), h, t) {
+                refuse.push((*peer, r));
+            }
+        }
+        for (peer, r) in refuse {
+            self.refuse(peer, r, None);
+        }
+    }
+
+    fn maintain(&mut self) {
+        self.recheck();
+        self.dial_known();
+        if self.peers.values().any(|p| p.trusted) {
+            let _ = self.swarm.behaviour_mut().kad.inner_mut().bootstrap();
+        }
+    }
+
+    /// Dials bootstrap peers and known trusted peers that are not connected.
+    fn dial_known(&mut self) {
+        let t = now();
+        let mut dials: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        for (peer, addr) in &self.bootstrap {
+            dials.push((*peer, vec![addr.clone()]));
+        }
+        for (peer, st) in &self.peers {
+            let still_trusted = st
+                .hello
+                .as_ref()
+                .is_some_and(|h| hello::evaluate(&self.trust, &peer.to_string(), h, t).is_ok());
+            if still_trusted && !st.addrs.is_empty() {
+                dials.push((*peer, st.addrs.clone()));
+            }
+        }
+        for (peer, addrs) in dials {
+            self.dial(peer, addrs);
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local || self.blocked_now.contains(&peer) || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(peer = %peer, cause = %e, "dial not started");
+        }
+    }
+
+    fn check_deadlines(&mut self) {
+        let now_i = Instant::now();
+        let late: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| !st.trusted && !st.connections.is_empty() && st.deadline.is_some_and(|d| d <= now_i))
+            .map(|(p, _)| *p)
+            .collect();
+        let secs = self.hello_timeout.as_secs();
+        for peer in late {
+            self.refuse(peer, Refusal::NoHello { secs }, None);
+        }
+    }
+
+    fn refuse(&mut self, peer: PeerId, refusal: Refusal, address: Option<String>) {
+        tracing::warn!(peer = %peer, code = refusal.code(), "refused peer {peer}: {refusal}");
+        let code = refusal.code().to_string();
+        let reason = refusal.to_string();
+        let st = self.peers.entry(peer).or_default();
+        st.trusted = false;
+        st.deadline = None;
+        st.refusal = Some(refusal);
+        let address = address.or_else(|| st.addrs.first().map(ToString::to_string));
+        self.swarm.behaviour_mut().kad.deny(&peer);
+        self.swarm.behaviour_mut().kad.inner_mut().remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        let time = rfc3339(now());
+        if let Some(pos) = self.refused.iter().position(|r| r.peer_id == peer.to_string()) {
+            if let Some(mut e) = self.refused.remove(pos) {
+                e.count += 1;
+                e.code = code;
+                e.reason = reason;
+                e.time = time;
+                e.address = address.or(e.address);
+                self.refused.push_front(e);
+            }
+        } else {
+            self.refused.push_front(RefusedEntry {
+                peer_id: peer.to_string(),
+                code,
+                reason,
+                address,
+                time,
+                count: 1,
+            });
+            self.refused.truncate(REFUSED_KEPT);
+        }
+    }
+
+    fn accept(&mut self, peer: PeerId, hello: Hello, accepted: Accepted) {
+        let t = now();
+        let via = via_text(&accepted.trusted.via);
+        let st = self.peers.entry(peer).or_default();
+        let first = !st.trusted;
+        st.trusted = true;
+        st.deadline = None;
+        st.refusal = None;
+        st.last_seen = Some(t);
+        st.hello = Some(hello.clone());
+        st.accepted = Some(accepted);
+        let addrs = st.addrs.clone();
+        self.swarm.behaviour_mut().kad.allow(peer);
+        for a in &addrs {
+            self.swarm.behaviour_mut().kad.inner_mut().add_address(&peer, a.clone());
+        }
+        if first {
+            tracing::info!(peer = %peer, via = %via, "peer trusted");
+        }
+        self.save_known(peer, &hello, &addrs, t);
+    }
+
+    fn save_known(&self, peer: PeerId, hello: &Hello, addrs: &[Multiaddr], t: i64) {
+        let Ok(hello_bytes) = hello.to_bytes() else { return };
+        let row = KnownRow {
+            v: 1,
+            hello: hello_bytes,
+            addrs: addrs.iter().map(ToString::to_string).collect(),
+            last_seen: t,
+        };
+        let Ok(bytes) = cbor::encode("known peer", &row) else { return };
+        let node = Arc::clone(&self.node);
+        let key = format!("{KNOWN_PREFIX}{peer}");
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = node.store().trust_put(&key, &bytes) {
+                tracing::warn!(peer = %peer, cause = %e, "cannot remember the peer");
+            }
+        });
+    }
+
+    fn note_unanswered(&mut self, peer: PeerId, detail: String) {
+        tracing::warn!(peer = %peer, "peer {peer} did not accept this node's hello: {detail}");
+        self.unanswered.retain(|u| u.peer_id != peer.to_string());
+        self.unanswered.push_front(UnansweredEntry {
+            peer_id: peer.to_string(),
+            detail,
+            time: rfc3339(now()),
+        });
+        self.unanswered.truncate(REFUSED_KEPT);
+    }
+
+    fn add_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let addr: Multiaddr = addr
+            .into_iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        let st = self.peers.entry(peer).or_default();
+        if !st.addrs.contains(&addr) {
+            st.addrs.push(addr.clone());
+            st.addrs.truncate(16);
+            if st.trusted {
+                self.swarm.behaviour_mut().kad.inner_mut().add_address(&peer, addr);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(self.local));
+                tracing::info!("listening on {full}");
+                self.listen.push(full);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.with(Protocol::P2p(self.local));
+                self.listen.retain(|a| a != &full);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.add_addr(peer_id, endpoint.get_remote_address().clone());
+                }
+                let deadline = Instant::now() + self.hello_timeout;
+                let st = self.peers.entry(peer_id).or_default();
+                st.connections.insert(connection_id);
+                if st.trusted {
+                    return;
+                }
+                st.deadline.get_or_insert(deadline);
+                if endpoint.is_dialer() && !st.hello_in_flight {
+                    st.hello_in_flight = true;
+                    let h = self.own_hello.clone();
+                    self.swarm.behaviour_mut().hello.send_request(&peer_id, h);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                let st = self.peers.entry(peer_id).or_default();
+                st.connections.remove(&connection_id);
+                if num_established == 0 {
+                    st.connections.clear();
+                    st.deadline = None;
+                    st.hello_in_flight = false;
+                    if st.trusted {
+                        st.trusted = false;
+                        tracing::info!(peer = %peer_id, "peer disconnected");
+                    }
+                    self.swarm.behaviour_mut().kad.deny(&peer_id);
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: libp2p::swarm::ListenError::Denied { .. },
+                send_back_addr,
+                ..
+            } => {
+                if let Some((_, reason)) = self.trust.blocked.iter().find(|(p, _)| *p == peer.to_string()) {
+                    let r = Refusal::Blocked { reason: reason.clone() };
+                    self.refuse(peer, r, Some(send_back_addr.to_string()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Hello(e) => self.on_hello(e),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for a in info.listen_addrs {
+                    if is_dialable(&a) {
+                        self.add_addr(peer_id, a);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(ok)),
+                ..
+            }) => {
+                for p in ok.peers {
+                    self.dial(p.peer_id, p.addrs);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(Ok(_)),
+                ..
+            }) => {
+                let local = self.local;
+                self.swarm.behaviour_mut().kad.inner_mut().get_closest_peers(local);
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                tracing::debug!(peer = %peer, "routing table updated");
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (p, a) in list {
+                    by_peer.entry(p).or_default().push(a);
+                }
+                for (p, addrs) in by_peer {
+                    tracing::info!(peer = %p, "discovered on the local network");
+                    self.dial(p, addrs);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Err(e), ..
+            }) => {
+                tracing::debug!(peer = %peer, cause = %e, "ping failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_hello(&mut self, e: request_response::Event<Hello, Hello>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message {
+                peer,
+                message: Message::Request { request, channel, .. },
+                ..
+            } => match hello::evaluate(&self.trust, &peer.to_string(), &request, now()) {
+                Ok(accepted) => {
+                    let answer = self.own_hello.clone();
+                    if self.swarm.behaviour_mut().hello.send_response(channel, answer).is_ok() {
+                        self.accept(peer, request, accepted);
+                    }
+                }
+                // The channel is dropped: no answer.
+                Err(r) => self.refuse(peer, r, None),
+            },
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.hello_in_flight = false;
+                }
+                match hello::evaluate(&self.trust, &peer.to_string(), &response, now()) {
+                    Ok(accepted) => self.accept(peer, response, accepted),
+                    Err(r) => self.refuse(peer, r, None),
+                }
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.hello_in_flight = false;
+                }
+                let trusted = self.peers.get(&peer).is_some_and(|s| s.trusted);
+                if !trusted {
+                    self.note_unanswered(peer, format!("no answer to hello ({error})"));
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound hello failed");
+                let trusted = self.peers.get(&peer).is_some_and(|s| s.trusted);
+                if !trusted && matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.refuse(
+                        peer,
+                        Refusal::BadHello {
+                            detail: error.to_string(),
+                        },
+                        None,
+                    );
+                }
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn peers_report(&self) -> PeersReport {
+        let t = now();
+        let mut peers = Vec::new();
+        let mut seen = HashSet::new();
+        for (peer, st) in &self.peers {
+            let Some(h) = &st.hello else { continue };
+            let connected = !st.connections.is_empty();
+            let mut e = entry_for(&self.trust, &peer.to_string(), h, &st.addrs, connected, st.last_seen, t);
+            if connected && !st.trusted {
+                e.status = "connected, hello not yet accepted".into();
+                e.trusted = false;
+            }
+            seen.insert(peer.to_string());
+            peers.push(e);
+        }
+        for b in &self.trust.bilateral {
+            let r = b.record.record();
+            if seen.contains(&r.peer_id) {
+                continue;
+            }
+            let h = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
+            peers.push(entry_for(&self.trust, &r.peer_id, &h, &[], false, None, t));
+        }
+        peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
+        PeersReport {
+            running: true,
+            peers,
+            refused: self.refused.iter().cloned().collect(),
+            unanswered: self.unanswered.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Whether an address advertised by a peer is worth dialling (not a
+/// wildcard or port 0).
+fn is_dialable(a: &Multiaddr) -> bool {
+    !a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        Protocol::Tcp(0) | Protocol::Udp(0) => true,
+        _ => false,
+    })
+}

@@ -1,0 +1,289 @@
+//! `/medmesh/hello/1`: the first thing said on a connection. The dialer sends
+//! its signed node record and its membership certificates; the listener
+//! checks them and answers with its own only when the dialer is trusted, so
+//! an untrusted peer learns nothing. The dialer checks the answer the same way.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::cbor;
+use crate::identity::VerifiedNodeRecord;
+use crate::trust::{self, Certificate, Refusal, TrustDecision, TrustState, Trusted};
+
+/// Protocol name.
+pub const PROTOCOL: &str = "/medmesh/hello/1";
+/// Version of the hello message.
+pub const HELLO_VERSION: u32 = 1;
+/// Largest hello accepted, bytes.
+pub const MAX_HELLO: usize = 64 * 1024;
+/// Most certificates a hello may carry.
+pub const MAX_CERTIFICATES: usize = 16;
+
+/// The hello message (request and response alike).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Format version ([`HELLO_VERSION`]).
+    pub v: u32,
+    /// The sender's signed node record (a `SignedEnvelope`, as signed).
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    /// The sender's membership certificates, each as issued.
+    pub certificates: Vec<ByteBuf>,
+}
+
+/// Errors of encoding or decoding a hello.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// CBOR or version error.
+    #[error(transparent)]
+    Codec(#[from] cbor::CodecError),
+    /// More certificates than allowed.
+    #[error("the hello carries {0} certificates, at most {MAX_CERTIFICATES} are accepted")]
+    TooManyCertificates(usize),
+}
+
+impl Hello {
+    /// A hello for this node.
+    #[must_use]
+    pub fn new(record: Vec<u8>, certificates: Vec<Vec<u8>>) -> Self {
+        Self {
+            v: HELLO_VERSION,
+            record,
+            certificates: certificates.into_iter().map(ByteBuf::from).collect(),
+        }
+    }
+
+    /// Encodes.
+    ///
+    /// # Errors
+    /// [`HelloError::Codec`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, HelloError> {
+        Ok(cbor::encode("hello", self)?)
+    }
+
+    /// Decodes and checks version and size.
+    ///
+    /// # Errors
+    /// [`HelloError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HelloError> {
+        let hello: Hello = cbor::decode("hello", bytes, MAX_HELLO)?;
+        cbor::check_version("hello", hello.v, HELLO_VERSION)?;
+        if hello.certificates.len() > MAX_CERTIFICATES {
+            return Err(HelloError::TooManyCertificates(hello.certificates.len()));
+        }
+        Ok(hello)
+    }
+}
+
+/// A peer whose hello was accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Its verified node record.
+    pub record: VerifiedNodeRecord,
+    /// The certificates it presented that decode (kept to re-check trust later).
+    pub certificates: Vec<Certificate>,
+    /// Why and for what it is trusted.
+    pub trusted: Trusted,
+}
+
+/// Checks the hello of the authenticated peer `peer_id` at `now`: the node
+/// record verifies and is that peer's, then [`trust::decide`] over the
+/// presented certificates, then the certified X25519 key is the record's.
+///
+/// # Errors
+/// The [`Refusal`], with a stable code, for the log and `medmesh peers`.
+pub fn evaluate(state: &TrustState, peer_id: &str, hello: &Hello, now: i64) -> Result<Accepted, Refusal> {
+    if let Some((_, reason)) = state.blocked.iter().find(|(p, _)| p == peer_id) {
+        return Err(Refusal::Blocked { reason: reason.clone() });
+    }
+    let record = VerifiedNodeRecord::from_bytes(&hello.record).map_err(|e| Refusal::BadHello {
+        detail: format!("node record: {e}"),
+    })?;
+    if record.record().peer_id != peer_id {
+        return Err(Refusal::BadHello {
+            detail: format!("the node record is of peer {}", record.record().peer_id),
+        });
+    }
+    let mut certificates = Vec::new();
+    let mut first_bad = None;
+    for bytes in &hello.certificates {
+        match Certificate::from_bytes(bytes) {
+            Ok(c) => certificates.push(c),
+            Err(e) => {
+                first_bad.get_or_insert(Refusal::Malformed { detail: e.to_string() });
+            }
+        }
+    }
+    let trusted = match trust::decide(state, peer_id, &certificates, now) {
+        TrustDecision::Trust(t) => t,
+        TrustDecision::Refuse(Refusal::NoTrust) if first_bad.is_some() => {
+            return Err(first_bad.unwrap_or(Refusal::NoTrust));
+        }
+        TrustDecision::Refuse(r) => return Err(r),
+    };
+    if trusted.x25519 != hex::encode(&record.record().x25519) {
+        return Err(Refusal::SubjectMismatch {
+            detail: "the X25519 key of the node record is not the trusted one".into(),
+        });
+    }
+    Ok(Accepted {
+        record,
+        certificates,
+        trusted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Identity, NodeRecord};
+    use crate::trust::{Bilateral, Consortium};
+    use consent_schema::Purpose;
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct World {
+        consortium: Consortium,
+        admin: [u8; 32],
+        other: Consortium,
+        other_admin: [u8; 32],
+    }
+
+    fn world() -> World {
+        let admin = [7u8; 32];
+        let other_admin = [9u8; 32];
+        World {
+            consortium: Consortium::new("c", vec![crate::identity::ed25519_public_of(&admin)], 1, NOW).unwrap(),
+            admin,
+            other: Consortium::new("d", vec![crate::identity::ed25519_public_of(&other_admin)], 1, NOW).unwrap(),
+            other_admin,
+        }
+    }
+
+    fn node(institution: &str) -> (Identity, VerifiedNodeRecord) {
+        let id = Identity::generate().unwrap();
+        let rec = NodeRecord {
+            v: crate::identity::NODE_RECORD_VERSION,
+            peer_id: id.peer_id(),
+            ed25519: id.ed25519_public().to_vec(),
+            x25519: id.x25519_public().to_vec(),
+            institution: institution.into(),
+            jurisdiction: "DE".into(),
+            addrs: vec![],
+            created: NOW,
+        };
+        let env = rec.sign(&id).unwrap();
+        let verified = VerifiedNodeRecord::from_envelope(env).unwrap();
+        (id, verified)
+    }
+
+    fn cert(c: &Consortium, admin: &[u8; 32], rec: &VerifiedNodeRecord, nb: i64, na: i64) -> Vec<u8> {
+        Certificate::issue(c, admin, rec, vec![Purpose::Treatment], nb, na, 42)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+    }
+
+    fn hello(rec: &VerifiedNodeRecord, certs: Vec<Vec<u8>>) -> Hello {
+        Hello::new(rec.envelope().to_bytes().unwrap(), certs)
+    }
+
+    #[test]
+    fn hello_decisions() {
+        let w = world();
+        let state = TrustState {
+            consortia: vec![w.consortium.clone()],
+            ..TrustState::default()
+        };
+        let (_, a) = node("A");
+        let (_, b) = node("B");
+        let pa = a.record().peer_id.clone();
+        let good = cert(&w.consortium, &w.admin, &a, NOW - 10, NOW + 100);
+        let mut flipped = Certificate::from_bytes(&good).unwrap();
+        flipped.signatures[0].sig[3] ^= 1;
+        let flipped = flipped.to_bytes().unwrap();
+        let cases: Vec<(&str, Hello, &str, Result<(), &str>)> = vec![
+            ("valid certificate", hello(&a, vec![good.clone()]), &pa, Ok(())),
+            ("no certificate", hello(&a, vec![]), &pa, Err("no-trust")),
+            (
+                "other consortium",
+                hello(&a, vec![cert(&w.other, &w.other_admin, &a, NOW - 10, NOW + 100)]),
+                &pa,
+                Err("unknown-consortium"),
+            ),
+            (
+                "expired",
+                hello(&a, vec![cert(&w.consortium, &w.admin, &a, NOW - 100, NOW - 10)]),
+                &pa,
+                Err("expired"),
+            ),
+            ("flipped signature bit", hello(&a, vec![flipped]), &pa, Err("below-threshold")),
+            (
+                "certificate of another peer",
+                hello(&a, vec![cert(&w.consortium, &w.admin, &b, NOW - 10, NOW + 100)]),
+                &pa,
+                Err("subject-mismatch"),
+            ),
+            ("record of another peer", hello(&b, vec![good.clone()]), &pa, Err("bad-hello")),
+            (
+                "garbage record",
+                Hello::new(vec![1, 2, 3], vec![good.clone()]),
+                &pa,
+                Err("bad-hello"),
+            ),
+            ("garbage certificate", hello(&a, vec![vec![0xff; 8]]), &pa, Err("malformed")),
+            (
+                "garbage then valid certificate",
+                hello(&a, vec![vec![0xff; 8], good.clone()]),
+                &pa,
+                Ok(()),
+            ),
+        ];
+        for (name, h, peer, want) in cases {
+            let got = evaluate(&state, peer, &h, NOW).map(|_| ()).map_err(|r| r.code());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn blocks_win_and_bilateral_needs_no_certificate() {
+        let w = world();
+        let (_, a) = node("A");
+        let pa = a.record().peer_id.clone();
+        let mut state = TrustState {
+            consortia: vec![w.consortium.clone()],
+            bilateral: vec![Bilateral {
+                record: a.clone(),
+                purposes: vec![Purpose::Research],
+                until: None,
+            }],
+            ..TrustState::default()
+        };
+        let ok = evaluate(&state, &pa, &hello(&a, vec![]), NOW).unwrap();
+        assert_eq!(ok.trusted.via, trust::Via::Bilateral);
+        state.blocked.push((pa.clone(), "gone".into()));
+        let good = cert(&w.consortium, &w.admin, &a, NOW - 10, NOW + 100);
+        assert_eq!(
+            evaluate(&state, &pa, &hello(&a, vec![good]), NOW).unwrap_err().code(),
+            "blocked"
+        );
+    }
+
+    #[test]
+    fn wire_form_is_checked() {
+        let (_, a) = node("A");
+        let h = hello(&a, vec![vec![1; 10]]);
+        let bytes = h.to_bytes().unwrap();
+        assert_eq!(Hello::from_bytes(&bytes).unwrap(), h);
+        let mut v2 = h.clone();
+        v2.v = 2;
+        assert!(Hello::from_bytes(&v2.to_bytes().unwrap()).unwrap_err().to_string().contains("version"));
+        let many = Hello::new(vec![], vec![vec![0]; MAX_CERTIFICATES + 1]);
+        assert!(matches!(
+            Hello::from_bytes(&many.to_bytes().unwrap()),
+            Err(HelloError::TooManyCertificates(_))
+        ));
+        assert!(Hello::from_bytes(&[0xff; 100]).is_err());
+    }
+}
