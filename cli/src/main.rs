@@ -325,6 +325,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -442,14 +443,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(s) => {
                     let mut t = format!(
                         "node {} ({}, {}) running since {}\ntrusted peers connected {}, connections {}\n",
-                        info.peer_id, info.institution, info.jurisdiction, s.net.started, s.net.trusted_connected, s.net.connections
+                        info.peer_id,
+                        info.institution,
+                        info.jurisdiction,
+                        s.net.started,
+                        s.net.trusted_connected,
+                        s.net.connections
                     );
                     for a in &s.net.listen {
                         t.push_str(&format!("listening  {a}\n"));
                     }
                     t
                 }
-                None => format!("node {} ({}, {}) is not running\n", info.peer_id, info.institution, info.jurisdiction),
+                None => format!(
+                    "node {} ({}, {}) is not running\n",
+                    info.peer_id, info.institution, info.jurisdiction
+                ),
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -116,22 +116,24 @@ impl Session {
                     abs.push(std::path::absolute(p).with_context(|| format!("{}", p.display()))?);
                 }
                 let mut summary = None;
-                rt.block_on(client.post_lines("/studies/import", &ImportRequest { paths: abs }, |line| {
-                    match line.kind.as_str() {
-                        "started" => {
-                            let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                            let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                            progress(ImportEvent::Started { files, bytes });
+                rt.block_on(
+                    client.post_lines("/studies/import", &ImportRequest { paths: abs }, |line| {
+                        match line.kind.as_str() {
+                            "started" => {
+                                let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                                let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                                progress(ImportEvent::Started { files, bytes });
+                            }
+                            "file" => {
+                                let outcome: FileOutcome = decode(line)?;
+                                progress(ImportEvent::File(&outcome));
+                            }
+                            "import-summary" => summary = Some(decode::<ImportSummary>(line)?),
+                            _ => {}
                         }
-                        "file" => {
-                            let outcome: FileOutcome = decode(line)?;
-                            progress(ImportEvent::File(&outcome));
-                        }
-                        "import-summary" => summary = Some(decode::<ImportSummary>(line)?),
-                        _ => {}
-                    }
-                    Ok(())
-                }))?;
+                        Ok(())
+                    }),
+                )?;
                 summary.context("the node ended the import without a summary")
             }
         }

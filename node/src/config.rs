@@ -326,7 +326,10 @@ mod tests {
         let err = Config::parse(Path::new("c.toml"), "config_version = 9\n").unwrap_err();
         assert!(err.to_string().contains("config_version"), "{err}");
         let err = Config::parse(Path::new("c.toml"), "[network]\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n").unwrap_err();
-        assert!(err.to_string().contains("network.bootstrap") && err.to_string().contains("/p2p/"), "{err}");
+        assert!(
+            err.to_string().contains("network.bootstrap") && err.to_string().contains("/p2p/"),
+            "{err}"
+        );
         let err = Config::parse(Path::new("c.toml"), "[network]\nlisten = [\"tcp:7460\"]\n").unwrap_err();
         assert!(err.to_string().contains("network.listen"), "{err}");
         assert!(Config::load(Path::new("/nonexistent/config.toml")).is_err());

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::api::server::{self, ServerError};
 use crate::api::Status;
+use crate::api::server::{self, ServerError};
 use crate::home::Node;
 use crate::net::{self, NetError};
 

@@ -257,7 +257,10 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                 mdns: Toggle::from(mdns),
                 hello: request_response::Behaviour::with_codec(
                     CborCodec::default(),
-                    [(StreamProtocol::new(hello::PROTOCOL), request_response::ProtocolSupport::Full)],
+                    [(
+                        StreamProtocol::new(hello::PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
                     request_response::Config::default().with_request_timeout(hello_timeout),
                 ),
             })
@@ -294,8 +297,11 @@ struct KnownRow {
     last_seen: i64,
 }
 
+/// A peer accepted before: its last hello, addresses, when.
+type Known = (PeerId, Hello, Vec<Multiaddr>, i64);
+
 /// The peers this node accepted before (from the trust store), with their addresses.
-fn load_known(node: &Node) -> Result<Vec<(PeerId, Hello, Vec<Multiaddr>, i64)>, HomeError> {
+fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
     let mut out = Vec::new();
     for (key, bytes) in node.store().trust_records(KNOWN_PREFIX)? {
         let parsed = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
@@ -338,15 +344,7 @@ pub fn offline_peers(node: &Node) -> Result<PeersReport, HomeError> {
     for (peer, hello, addrs, last_seen) in load_known(node)? {
         let peer_s = peer.to_string();
         seen.insert(peer_s.clone());
-        peers.push(entry_for(
-            &state,
-            &peer_s,
-            &hello,
-            &addrs,
-            false,
-            Some(last_seen),
-            t,
-        ));
+        peers.push(entry_for(&state, &peer_s, &hello, &addrs, false, Some(last_seen), t));
     }
     for b in &state.bilateral {
         let r = b.record.record();
@@ -545,19 +543,9 @@ impl Service {
             .iter()
             .filter_map(|c| c.to_bytes().ok())
             .collect();
-        let record = self
-            .node
-            .record()
-            .envelope()
-            .to_bytes()
-            .map_err(HomeError::from)?;
+        let record = self.node.record().envelope().to_bytes().map_err(HomeError::from)?;
         self.own_hello = Hello::new(record, certs);
-        let want: HashSet<PeerId> = self
-            .trust
-            .blocked
-            .iter()
-            .filter_map(|(p, _)| p.parse().ok())
-            .collect();
+        let want: HashSet<PeerId> = self.trust.blocked.iter().filter_map(|(p, _)| p.parse().ok()).collect();
         for p in want.difference(&self.blocked_now) {
             self.swarm.behaviour_mut().blocked.block_peer(*p);
         }
@@ -707,7 +695,9 @@ impl Service {
             addrs: addrs.iter().map(ToString::to_string).collect(),
             last_seen: t,
         };
-        let Ok(bytes) = cbor::encode("known peer", &row) else { return };
+        let Ok(bytes) = cbor::encode("known peer", &row) else {
+            return;
+        };
         let node = Arc::clone(&self.node);
         let key = format!("{KNOWN_PREFIX}{peer}");
         tokio::task::spawn_blocking(move || {
@@ -729,10 +719,7 @@ impl Service {
     }
 
     fn add_addr(&mut self, peer: PeerId, addr: Multiaddr) {
-        let addr: Multiaddr = addr
-            .into_iter()
-            .filter(|p| !matches!(p, Protocol::P2p(_)))
-            .collect();
+        let addr: Multiaddr = addr.into_iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
         let st = self.peers.entry(peer).or_default();
         if !st.addrs.contains(&addr) {
             st.addrs.push(addr.clone());
@@ -853,8 +840,7 @@ impl Service {
                 }
             }
             BehaviourEvent::Ping(ping::Event {
-                peer,
-                result: Err(e), ..
+                peer, result: Err(e), ..
             }) => {
                 tracing::debug!(peer = %peer, cause = %e, "ping failed");
             }

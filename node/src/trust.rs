@@ -582,7 +582,10 @@ impl fmt::Display for Refusal {
             Refusal::Revoked { target, reason } => write!(f, "the consortium revoked {target}: {reason}"),
             Refusal::Malformed { detail } => write!(f, "the certificate cannot be read: {detail}"),
             Refusal::BadHello { detail } => write!(f, "the peer's hello is not acceptable: {detail}"),
-            Refusal::NoHello { secs } => write!(f, "the peer sent no hello (node record and certificates) within {secs} s"),
+            Refusal::NoHello { secs } => write!(
+                f,
+                "the peer sent no hello (node record and certificates) within {secs} s"
+            ),
         }
     }
 }

@@ -75,6 +75,29 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// A node for an existing home (not started).
+    ///
+    /// # Errors
+    /// [`ClusterError::Command`] when `medmesh id` fails on it.
+    pub fn for_home(name: &str, home: &Path) -> Result<Self, ClusterError> {
+        let id = medmesh_ok(home, &["id", "--json"])?;
+        let data = process::json_lines(&id.stdout)
+            .into_iter()
+            .find(|(t, _)| t == "id")
+            .map(|(_, d)| d)
+            .unwrap_or_default();
+        let field = |k: &str| data[k].as_str().unwrap_or_default().to_string();
+        Ok(Self {
+            name: name.into(),
+            home: home.to_path_buf(),
+            institution: field("institution"),
+            jurisdiction: field("jurisdiction"),
+            peer_id: field("peer_id"),
+            listen: Vec::new(),
+            child: None,
+        })
+    }
+
     /// Whether its process runs.
     #[must_use]
     pub fn is_running(&self) -> bool {
@@ -133,7 +156,11 @@ pub fn medmesh_ok(home: &Path, args: &[&str]) -> Result<std::process::Output, Cl
 pub fn configure_loopback(home: &Path, bootstrap: &[String]) -> Result<(), ClusterError> {
     let path = home.join("config.toml");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let boot = bootstrap.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ");
+    let boot = bootstrap
+        .iter()
+        .map(|b| format!("{b:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut out = String::new();
     for line in text.lines() {
         let line = if line.starts_with("listen = ") {
@@ -184,12 +211,7 @@ impl Cluster {
             let jurisdiction = JURISDICTIONS[(i - 1) % JURISDICTIONS.len()].to_string();
             let institution = format!("Testnet Hospital {i} ({jurisdiction})");
             process::init_home(&home, &institution, &jurisdiction)?;
-            let id = medmesh_ok(&home, &["id", "--json"])?;
-            let peer_id = process::json_lines(&id.stdout)
-                .into_iter()
-                .find(|(t, _)| t == "id")
-                .and_then(|(_, d)| d["peer_id"].as_str().map(str::to_string))
-                .unwrap_or_default();
+            let node = ClusterNode::for_home(&name, &home)?;
             let cert = certs.join(format!("{name}.cert"));
             issue(
                 &consortium,
@@ -208,15 +230,7 @@ impl Cluster {
                 ],
             )?;
             configure_loopback(&home, &[])?;
-            nodes.push(ClusterNode {
-                name,
-                home,
-                institution,
-                jurisdiction,
-                peer_id,
-                listen: Vec::new(),
-                child: None,
-            });
+            nodes.push(node);
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -345,7 +359,10 @@ pub fn start_node(node: &mut ClusterNode) -> Result<(), ClusterError> {
         .map_err(io(&log_path))?;
     let mut child = process::medmesh(&node.home)?
         .args(["run", "--json"])
-        .env("MEDMESH_LOG", std::env::var("MEDMESH_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "MEDMESH_LOG",
+            std::env::var("MEDMESH_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -176,7 +176,11 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
     let mut int = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })?;
     let dir = std::path::absolute(&args.dir)?;
     if !args.json {
-        eprintln!("creating a consortium and {} node homes in {}", args.nodes, dir.display());
+        eprintln!(
+            "creating a consortium and {} node homes in {}",
+            args.nodes,
+            dir.display()
+        );
     }
     let mut cluster = Cluster::create(&dir, usize::from(args.nodes)).context("creating the network")?;
     if !args.json {
@@ -209,7 +213,11 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        writeln!(out, "{}", serde_json::json!({"type": "ready", "data": {"nodes": cluster.nodes.len(), "dir": dir}}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"type": "ready", "data": {"nodes": cluster.nodes.len(), "dir": dir}})
+        )?;
     } else {
         writeln!(
             out,

@@ -71,7 +71,12 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Vec<u8>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -96,12 +101,7 @@ impl Client {
         let resp = sender.send_request(req).await.map_err(|e| self.http(e))?;
         if resp.status() != StatusCode::OK {
             let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.http(e))?
-                .to_bytes();
+            let bytes = resp.into_body().collect().await.map_err(|e| self.http(e))?.to_bytes();
             let message = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
@@ -153,8 +153,7 @@ impl Client {
             pending.extend_from_slice(data);
             while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=pos).collect();
-                let line: Line =
-                    serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+                let line: Line = serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
                 if line.kind == "error" {
                     error = Some(
                         line.data

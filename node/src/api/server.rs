@@ -136,23 +136,33 @@ fn full(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 fn json<T: Serialize>(value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(b) => full(StatusCode::OK, b),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the answer: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the answer: {e}")).into_response(),
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    full(
-        status,
-        serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
-    )
+/// A failed request: HTTP status and the message for `{"error": ...}`.
+#[derive(Debug)]
+struct Fail(StatusCode, String);
+
+impl Fail {
+    fn into_response(self) -> Response<Body> {
+        full(
+            self.0,
+            serde_json::to_vec(&serde_json::json!({ "error": self.1 })).unwrap_or_default(),
+        )
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Fail {
+    Fail(status, message.to_string())
 }
 
 /// An operation failed: the message names what and why.
-fn failed(e: &impl std::fmt::Display) -> Response<Body> {
+fn failed(e: &impl std::fmt::Display) -> Fail {
     error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#}"))
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
     let bytes = Limited::new(req.into_body(), MAX_REQUEST)
         .collect()
         .await
@@ -161,12 +171,12 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
     serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")))
 }
 
-fn unhex(what: &str, s: &str) -> Result<Vec<u8>, Response<Body>> {
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, Fail> {
     hex::decode(s).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{what}: not hex: {e}")))
 }
 
 /// Runs a blocking operation on the node.
-async fn blocking<T, F>(api: &Api, f: F) -> Result<T, Response<Body>>
+async fn blocking<T, F>(api: &Api, f: F) -> Result<T, Fail>
 where
     T: Send + 'static,
     F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
@@ -175,7 +185,10 @@ where
     match tokio::task::spawn_blocking(move || f(&node)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(failed(&e)),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &format!("operation failed: {e}"))),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("operation failed: {e}"),
+        )),
     }
 }
 
@@ -193,7 +206,7 @@ where
             }
             json(&v)
         }
-        Err(r) => r,
+        Err(f) => f.into_response(),
     }
 }
 
@@ -214,9 +227,7 @@ where
         f(&node, &send);
     });
     let lines = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut r = Response::new(StreamBody::new(lines).boxed());
     r.headers_mut().insert(
@@ -241,10 +252,14 @@ mod erased {
 async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let Some(route) = path.strip_prefix(super::PREFIX) else {
-        return error(StatusCode::NOT_FOUND, &format!("no route {path}: routes start with /v1"));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no route {path}: routes start with /v1"),
+        )
+        .into_response();
     };
     let method = req.method().clone();
-    let result: Result<Response<Body>, Response<Body>> = async {
+    let result: Result<Response<Body>, Fail> = async {
         Ok(match (&method, route) {
             (&Method::GET, "/status") => {
                 let net = api.net.status().await.map_err(|e| failed(&e))?;
@@ -258,7 +273,10 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
             (&Method::GET, "/trust") => json(&blocking(api, Node::trust_listing).await?),
             (&Method::POST, "/trust/join") => {
                 let r: JoinRequest = body(req).await?;
-                let (d, c) = (unhex("descriptor", &r.descriptor)?, unhex("certificate", &r.certificate)?);
+                let (d, c) = (
+                    unhex("descriptor", &r.descriptor)?,
+                    unhex("certificate", &r.certificate)?,
+                );
                 trust_change(api, move |n| n.join(&d, &c)).await
             }
             (&Method::POST, "/trust/add-peer") => {
@@ -338,9 +356,9 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
                     }
                 })
             }
-            _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")),
+            _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),
         })
     }
     .await;
-    result.unwrap_or_else(|r| r)
+    result.unwrap_or_else(Fail::into_response)
 }

@@ -71,7 +71,9 @@ async fn read_one<T: Wire, S: AsyncRead + Unpin + Send>(io: &mut S) -> io::Resul
 }
 
 fn encode<T: Wire>(value: &T) -> io::Result<Vec<u8>> {
-    value.encode().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    value
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_bytes<S: AsyncWrite + Unpin + Send>(io: &mut S, bytes: io::Result<Vec<u8>>) -> io::Result<()> {

@@ -218,21 +218,36 @@ mod tests {
                 &pa,
                 Err("expired"),
             ),
-            ("flipped signature bit", hello(&a, vec![flipped]), &pa, Err("below-threshold")),
+            (
+                "flipped signature bit",
+                hello(&a, vec![flipped]),
+                &pa,
+                Err("below-threshold"),
+            ),
             (
                 "certificate of another peer",
                 hello(&a, vec![cert(&w.consortium, &w.admin, &b, NOW - 10, NOW + 100)]),
                 &pa,
                 Err("subject-mismatch"),
             ),
-            ("record of another peer", hello(&b, vec![good.clone()]), &pa, Err("bad-hello")),
+            (
+                "record of another peer",
+                hello(&b, vec![good.clone()]),
+                &pa,
+                Err("bad-hello"),
+            ),
             (
                 "garbage record",
                 Hello::new(vec![1, 2, 3], vec![good.clone()]),
                 &pa,
                 Err("bad-hello"),
             ),
-            ("garbage certificate", hello(&a, vec![vec![0xff; 8]]), &pa, Err("malformed")),
+            (
+                "garbage certificate",
+                hello(&a, vec![vec![0xff; 8]]),
+                &pa,
+                Err("malformed"),
+            ),
             (
                 "garbage then valid certificate",
                 hello(&a, vec![vec![0xff; 8], good.clone()]),
@@ -278,7 +293,12 @@ mod tests {
         assert_eq!(Hello::from_bytes(&bytes).unwrap(), h);
         let mut v2 = h.clone();
         v2.v = 2;
-        assert!(Hello::from_bytes(&v2.to_bytes().unwrap()).unwrap_err().to_string().contains("version"));
+        assert!(
+            Hello::from_bytes(&v2.to_bytes().unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("version")
+        );
         let many = Hello::new(vec![], vec![vec![0]; MAX_CERTIFICATES + 1]);
         assert!(matches!(
             Hello::from_bytes(&many.to_bytes().unwrap()),
