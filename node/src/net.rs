@@ -19,6 +19,8 @@
 pub mod codec;
 pub mod gate;
 pub mod hello;
+#[cfg(test)]
+mod vectors;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;

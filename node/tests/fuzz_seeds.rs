@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use medmesh_node::config::{Config, TEMPLATE};
 use medmesh_node::dicom::parse_and_validate;
 use medmesh_node::identity::{SignedEnvelope, VerifiedNodeRecord};
-use medmesh_node::trust::{Certificate, Consortium, Revocation};
+use medmesh_node::net::hello::{Hello, evaluate};
+use medmesh_node::trust::{Certificate, Consortium, Revocation, TrustState};
 
 /// Every regular file of `fuzz/corpus/<target>/`, sorted; panics on an empty corpus, so a
 /// moved directory cannot make the test pass vacuously.
@@ -80,6 +81,21 @@ fn run_trust_decode(data: &[u8]) -> bool {
     c || cert || rev
 }
 
+/// `fuzz_targets/hello_decode.rs`.
+fn run_hello_decode(data: &[u8]) -> bool {
+    let Ok(hello) = Hello::from_bytes(data) else {
+        return false;
+    };
+    let mut state = TrustState::default();
+    if let Ok(c) = Consortium::from_bytes(include_bytes!("../../fuzz/fuzz_targets/vector-consortium.cbor")) {
+        state.consortia.push(c);
+    }
+    evaluate(&state, VECTOR_PEER, &hello, 1_750_000_000).is_ok()
+}
+
+/// The peer of docs/vectors/trust-v1.json.
+const VECTOR_PEER: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
+
 /// `fuzz_targets/config_toml.rs`.
 fn run_config_toml(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok_and(|text| Config::parse(Path::new("fuzz.toml"), text).is_ok())
@@ -119,4 +135,12 @@ fn trust_decode_seeds() {
     // A descriptor, certificates and a revocation made with the medmesh CLI decode.
     let accepted = for_each_seed("trust_decode", run_trust_decode);
     assert!(accepted >= 3, "only {accepted} trust seeds decode");
+}
+
+#[test]
+fn hello_decode_seeds() {
+    // The vector hello is accepted (trusted) by a node of the vector consortium; the hello
+    // without certificates and the truncated one are not.
+    let accepted = for_each_seed("hello_decode", run_hello_decode);
+    assert_eq!(accepted, 1, "exactly the vector hello is trusted");
 }
