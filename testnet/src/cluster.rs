@@ -71,6 +71,8 @@ pub struct ClusterNode {
     pub peer_id: String,
     /// Listen addresses once running (each ending in /p2p/<peer id>).
     pub listen: Vec<String>,
+    /// Network namespace to run in (`ip netns exec`), for mDNS tests.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -94,6 +96,7 @@ impl ClusterNode {
             jurisdiction: field("jurisdiction"),
             peer_id: field("peer_id"),
             listen: Vec::new(),
+            netns: None,
             child: None,
         })
     }
@@ -357,7 +360,19 @@ pub fn start_node(node: &mut ClusterNode) -> Result<(), ClusterError> {
         .append(true)
         .open(&log_path)
         .map_err(io(&log_path))?;
-    let mut child = process::medmesh(&node.home)?
+    let mut cmd = process::medmesh(&node.home)?;
+    if let Some(ns) = &node.netns {
+        let mut wrapped = std::process::Command::new("ip");
+        wrapped.args(["netns", "exec", ns]).arg(cmd.get_program());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        cmd = wrapped;
+    }
+    let mut child = cmd
         .args(["run", "--json"])
         .env(
             "MEDMESH_LOG",

@@ -285,6 +285,53 @@ mod tests {
         );
     }
 
+    fn fixed_node(seed: u8) -> VerifiedNodeRecord {
+        let id = Identity::from_secrets(&[seed; 32], &[seed.wrapping_add(1); 32]).unwrap();
+        let rec = NodeRecord {
+            v: crate::identity::NODE_RECORD_VERSION,
+            peer_id: id.peer_id(),
+            ed25519: id.ed25519_public().to_vec(),
+            x25519: id.x25519_public().to_vec(),
+            institution: format!("node {seed}"),
+            jurisdiction: "NL".into(),
+            addrs: vec![],
+            created: NOW,
+        };
+        VerifiedNodeRecord::from_envelope(rec.sign(&id).unwrap()).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any single flipped bit of a certificate's signed payload or signature loses trust.
+        #[test]
+        fn a_flipped_certificate_bit_never_earns_trust(pos in 0usize..100_000, bit in 0u8..8) {
+            let w = world();
+            let state = TrustState { consortia: vec![w.consortium.clone()], ..TrustState::default() };
+            let a = fixed_node(40);
+            let mut c = Certificate::from_bytes(&cert(&w.consortium, &w.admin, &a, NOW - 10, NOW + 100)).unwrap();
+            let i = pos % (c.payload.len() + c.signatures[0].sig.len());
+            if i < c.payload.len() {
+                c.payload[i] ^= 1 << bit;
+            } else {
+                c.signatures[0].sig[i - c.payload.len()] ^= 1 << bit;
+            }
+            let h = hello(&a, vec![c.to_bytes().unwrap()]);
+            proptest::prop_assert!(evaluate(&state, &a.record().peer_id, &h, NOW).is_err());
+        }
+
+        /// A certificate admits its subject only, whoever presents it and with whatever record.
+        #[test]
+        fn a_certificate_admits_only_its_subject(subject in 1u8..60, presenter in 1u8..60, record_of in 1u8..60) {
+            let w = world();
+            let state = TrustState { consortia: vec![w.consortium.clone()], ..TrustState::default() };
+            let (s, p, r) = (fixed_node(subject), fixed_node(presenter), fixed_node(record_of));
+            let h = hello(&r, vec![cert(&w.consortium, &w.admin, &s, NOW - 10, NOW + 100)]);
+            let trusted = evaluate(&state, &p.record().peer_id, &h, NOW).is_ok();
+            proptest::prop_assert_eq!(trusted, subject == presenter && presenter == record_of);
+        }
+    }
+
     #[test]
     fn wire_form_is_checked() {
         let (_, a) = node("A");

@@ -89,7 +89,14 @@ fn trust_and_hello_vectors() {
         std::fs::write(FILE, serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
     }
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(FILE).unwrap()).unwrap();
-    for key in ["peer_id", "consortium", "node_record", "certificate", "revocation", "hello"] {
+    for key in [
+        "peer_id",
+        "consortium",
+        "node_record",
+        "certificate",
+        "revocation",
+        "hello",
+    ] {
         assert_eq!(file[key], json[key], "{key} differs from docs/vectors/trust-v1.json");
     }
     // Decode from the file's bytes and check the decisions.

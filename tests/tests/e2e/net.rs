@@ -544,3 +544,118 @@ fn blocked_bilateral_peer_is_refused_and_unblock_restores_it() {
         assert_eq!(cluster::stop_node(n), Stopped::Exited(Some(0)));
     }
 }
+
+/// A network namespace with a veth pair (10.213.N.1 and .2), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Result<Self, String> {
+        let name = format!("mm-test-{}-{}", std::process::id(), rand_suffix());
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &name, "link", "add", "mma", "type", "veth", "peer", "name", "mmb"])?;
+        ip(&["-n", &name, "addr", "add", "10.213.0.1/24", "dev", "mma"])?;
+        ip(&["-n", &name, "addr", "add", "10.213.0.2/24", "dev", "mmb"])?;
+        ip(&["-n", &name, "link", "set", "mma", "up"])?;
+        ip(&["-n", &name, "link", "set", "mmb", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// mDNS only ever runs inside a network namespace this test creates (a veth
+/// pair, no route out): two nodes with no bootstrap peers find each other.
+/// Needs root and iproute2; where a namespace cannot be created the test
+/// says so and checks nothing else.
+#[test]
+fn mdns_discovers_peers_inside_a_private_network_namespace() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("mdns test not run: cannot create a network namespace ({e})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    for (name, cc, addr) in [("east", "PL", "10.213.0.1"), ("west", "PT", "10.213.0.2")] {
+        let home = dir.path().join(name);
+        init_home(&home, &format!("Hospital {name}"), cc).expect("init");
+        let mut node = ClusterNode::for_home(name, &home).expect("node");
+        node.netns = Some(ns.0.clone());
+        cluster::configure_loopback(&home, &[]).expect("config");
+        let config = home.join("config.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text
+            .replace("mdns = false", "mdns = true")
+            .replace("/ip4/127.0.0.1/tcp/0", &format!("/ip4/{addr}/tcp/0"))
+            .replace("/ip4/127.0.0.1/udp/0/quic-v1", &format!("/ip4/{addr}/udp/0/quic-v1"));
+        std::fs::write(&config, text).expect("config");
+        nodes.push(node);
+    }
+    for (i, j) in [(0, 1), (1, 0)] {
+        let record = nodes[j].home.join("node-record.cbor");
+        expect_code(
+            &run(
+                &nodes[i].home,
+                &[
+                    "trust",
+                    "add-peer",
+                    record.to_str().expect("utf8"),
+                    "--purposes",
+                    "research",
+                ],
+            )
+            .expect("run"),
+            0,
+            "add-peer",
+        );
+    }
+    for n in &mut nodes {
+        cluster::start_node(n).expect("start in the namespace");
+        assert!(n.listen.iter().all(|a| a.contains("/ip4/10.213.0.")), "{:?}", n.listen);
+    }
+    let (east, west) = (nodes[0].home.clone(), nodes[1].home.clone());
+    let (east_id, west_id) = (nodes[0].peer_id.clone(), nodes[1].peer_id.clone());
+    wait_for("mDNS discovery and hello", Duration::from_secs(30), || {
+        connected(&east, &west_id) && connected(&west, &east_id)
+    });
+    let log = std::fs::read_to_string(east.join("node.log")).expect("log");
+    assert!(
+        log.contains("discovered on the local network"),
+        "east found west by mDNS"
+    );
+    for n in &mut nodes {
+        assert_eq!(cluster::stop_node(n), Stopped::Exited(Some(0)));
+    }
+}
