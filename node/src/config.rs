@@ -54,8 +54,9 @@ mdns = false
 # Seconds a connected peer has to present a valid hello (node record and
 # certificates) before it is disconnected.
 hello_timeout_secs = 10
-# Seconds an idle connection to a trusted peer stays open.
-idle_timeout_secs = 300
+# Seconds an idle connection to a trusted peer stays open (it is dialled
+# again by the maintenance check when it has closed).
+idle_timeout_secs = 3600
 # Seconds between checks that re-dial known and bootstrap peers and re-check
 # the trust of connected peers (certificate expiry).
 maintenance_secs = 30
@@ -153,7 +154,7 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: false,
             hello_timeout_secs: 10,
-            idle_timeout_secs: 300,
+            idle_timeout_secs: 3600,
             maintenance_secs: 30,
         }
     }

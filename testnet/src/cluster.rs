@@ -4,8 +4,9 @@
 //! `DIR/consortium`, and N node homes `DIR/node-1` … `DIR/node-N`, each with a
 //! membership certificate (`DIR/certs/node-i.cert`), joined, and a config that
 //! listens on 127.0.0.1 with free ports (TCP and QUIC). [`Cluster::start`]
-//! starts node-1, then the others with node-1 as their bootstrap peer, so they
-//! find each other through Kademlia. Each node's log is `DIR/node-i/node.log`.
+//! starts node-1, then the others with node-1 as their bootstrap peer (over
+//! TCP for even, QUIC for odd node numbers), so they find each other through
+//! Kademlia. Each node's log is `DIR/node-i/node.log`.
 //! Processes are stopped with SIGTERM (then SIGKILL after 10 s) by
 //! [`Cluster::stop`] or on drop.
 
@@ -111,6 +112,12 @@ impl ClusterNode {
     #[must_use]
     pub fn tcp_addr(&self) -> Option<&str> {
         self.listen.iter().map(String::as_str).find(|a| a.contains("/tcp/"))
+    }
+
+    /// Its QUIC listen address, once running.
+    #[must_use]
+    pub fn quic_addr(&self) -> Option<&str> {
+        self.listen.iter().map(String::as_str).find(|a| a.contains("/quic-v1"))
     }
 
     /// Its process id, once running.
@@ -248,16 +255,19 @@ impl Cluster {
     /// # Errors
     /// [`ClusterError`] when a node does not come up.
     pub fn start(&mut self) -> Result<(), ClusterError> {
-        let mut bootstrap: Option<String> = None;
+        // node-2, node-4, ... bootstrap over TCP, node-3, node-5, ... over QUIC.
+        let mut bootstrap: Option<(String, Option<String>)> = None;
         for i in 0..self.nodes.len() {
-            if let Some(b) = &bootstrap {
-                configure_loopback(&self.nodes[i].home, std::slice::from_ref(b))?;
+            if let Some((tcp, quic)) = &bootstrap {
+                let addr = if i % 2 == 0 { quic.as_ref().unwrap_or(tcp) } else { tcp };
+                configure_loopback(&self.nodes[i].home, std::slice::from_ref(addr))?;
             }
             if !self.nodes[i].is_running() {
                 start_node(&mut self.nodes[i])?;
             }
             if bootstrap.is_none() {
-                bootstrap = self.nodes[i].tcp_addr().map(str::to_string);
+                let n = &self.nodes[i];
+                bootstrap = n.tcp_addr().map(|t| (t.to_string(), n.quic_addr().map(str::to_string)));
             }
         }
         Ok(())
