@@ -233,6 +233,8 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Build(e.to_string()))?
         .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Build(format!("DNS resolver: {e}")))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
             let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
@@ -724,7 +726,8 @@ impl Service {
         let addr: Multiaddr = addr.into_iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
         let st = self.peers.entry(peer).or_default();
         if !st.addrs.contains(&addr) {
-            st.addrs.push(addr.clone());
+            // Newest first: dials try it first, and the oldest fall off.
+            st.addrs.insert(0, addr.clone());
             st.addrs.truncate(16);
             if st.trusted {
                 self.swarm.behaviour_mut().kad.inner_mut().add_address(&peer, addr);
