@@ -408,6 +408,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Study(cmd) => study(cmd),
         Command::Run { home } => {
             let out = Out::new(home.json);
+            if medmesh_node::api::client::Client::detect(&home.home).is_some() {
+                bail!(
+                    "a node is already running on {} (its admin API answers on {})",
+                    home.home.display(),
+                    medmesh_node::home::HomePaths::new(&home.home).socket().display()
+                );
+            }
             let node = open(&home.home)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
