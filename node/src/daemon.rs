@@ -21,6 +21,9 @@ pub enum DaemonError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A task of the node ended on its own (a bug): the node stopped.
+    #[error("{0}")]
+    TaskEnded(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -40,11 +43,12 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let bound = server::bind(&socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (net, net_task) = net::start(Arc::clone(&node), stop_rx.clone()).await?;
-    let api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
+    let mut api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
+    let mut net_task = net_task;
     // Wait until every listen address is bound before reporting ready.
     let want = node.config().network.listen.len();
     let mut status = net.status().await?;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if status.listen.len() >= want {
             break;
         }
@@ -57,13 +61,22 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         socket: socket.clone(),
     });
     tracing::info!(socket = %socket.display(), "node running");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
+    let died = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        r = &mut net_task => Some(format!("the network task ended: {r:?}")),
+        r = &mut api_task => Some(format!("the admin API task ended: {r:?}")),
+    };
     let _ = stop_tx.send(true);
-    let _ = api_task.await;
-    let _ = net_task.await;
+    if !api_task.is_finished() {
+        let _ = api_task.await;
+    }
+    if !net_task.is_finished() {
+        let _ = net_task.await;
+    }
     tracing::info!("node stopped");
-    Ok(())
+    match died {
+        Some(why) => Err(DaemonError::TaskEnded(why)),
+        None => Ok(()),
+    }
 }

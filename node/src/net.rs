@@ -33,8 +33,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, kad, mdns, noise, ping, request_response,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, kad, mdns, noise, ping,
+    request_response, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,6 +51,12 @@ use crate::trust::{Refusal, TrustState, Via};
 pub const KAD_PROTOCOL: &str = "/medmesh/kad/1";
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/medmesh/1";
+/// Incoming connections still in their handshake, at most.
+const MAX_PENDING_INCOMING: u32 = 128;
+/// Established incoming connections, at most.
+const MAX_ESTABLISHED_INCOMING: u32 = 1024;
+/// Connections per peer, at most (TCP and QUIC, both directions).
+const MAX_PER_PEER: u32 = 4;
 /// Refused peers remembered for `medmesh peers`.
 const REFUSED_KEPT: usize = 64;
 /// Trust-store key prefix of peers met (their last accepted hello).
@@ -77,6 +83,9 @@ pub enum NetError {
     /// The network task has stopped.
     #[error("the network task has stopped")]
     Stopped,
+    /// The trust records could not be read again.
+    #[error("the running node could not reload its trust records: {0}")]
+    Reload(String),
 }
 
 /// A trusted (or once trusted) peer, for `medmesh peers`.
@@ -169,7 +178,7 @@ pub struct NetStatus {
 enum Command {
     Peers(oneshot::Sender<PeersReport>),
     Status(oneshot::Sender<NetStatus>),
-    TrustChanged(oneshot::Sender<()>),
+    TrustChanged(oneshot::Sender<Result<(), String>>),
 }
 
 /// A handle on the running network task.
@@ -203,20 +212,22 @@ impl NetHandle {
     /// peers have been checked again (and the untrusted disconnected).
     ///
     /// # Errors
-    /// [`NetError::Stopped`].
+    /// [`NetError::Stopped`]; [`NetError::Reload`] when the records could not
+    /// be read again (the previous ones stay in force until the next reload).
     pub async fn trust_changed(&self) -> Result<(), NetError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::TrustChanged(tx))
             .await
             .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)
+        rx.await.map_err(|_| NetError::Stopped)?.map_err(NetError::Reload)
     }
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
@@ -252,6 +263,12 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
             };
             Ok(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                        .with_max_established_per_peer(Some(MAX_PER_PEER)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                         .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION"))),
@@ -265,7 +282,9 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                         StreamProtocol::new(hello::PROTOCOL),
                         request_response::ProtocolSupport::Full,
                     )],
-                    request_response::Config::default().with_request_timeout(hello_timeout),
+                    request_response::Config::default()
+                        .with_request_timeout(hello_timeout)
+                        .with_max_concurrent_streams(4),
                 ),
             })
         })
@@ -287,6 +306,8 @@ struct PeerState {
     /// Deadline for a valid hello on the current connections.
     deadline: Option<Instant>,
     hello_in_flight: bool,
+    /// The address of the latest connection, as seen by this node.
+    remote: Option<Multiaddr>,
     last_seen: Option<i64>,
     /// Last refusal, if the peer is not trusted any more.
     refusal: Option<Refusal>,
@@ -452,6 +473,7 @@ pub async fn start(
         maintenance: Duration::from_secs(cfg.maintenance_secs),
         started: now(),
         blocked_now: HashSet::new(),
+        bootstrapping: false,
     };
     service.reload_trust()?;
     for (peer, hello, addrs, last_seen) in load_known(&service.node)? {
@@ -479,6 +501,7 @@ struct Service {
     maintenance: Duration,
     started: i64,
     blocked_now: HashSet<PeerId>,
+    bootstrapping: bool,
 }
 
 impl Service {
@@ -527,12 +550,13 @@ impl Service {
                 });
             }
             Command::TrustChanged(tx) => {
-                if let Err(e) = self.reload_trust() {
+                let result = self.reload_trust().map_err(|e| {
                     tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
-                }
+                    e.to_string()
+                });
                 self.recheck();
                 self.dial_known();
-                let _ = tx.send(());
+                let _ = tx.send(result);
             }
         }
     }
@@ -540,7 +564,7 @@ impl Service {
     /// Reads the trust records again, rebuilds this node's hello and the
     /// connection-level block list.
     fn reload_trust(&mut self) -> Result<(), HomeError> {
-        self.trust = self.node.trust_state()?;
+        let trust = self.node.trust_state()?;
         let certs = self
             .node
             .own_certificates()?
@@ -548,6 +572,7 @@ impl Service {
             .filter_map(|c| c.to_bytes().ok())
             .collect();
         let record = self.node.record().envelope().to_bytes().map_err(HomeError::from)?;
+        self.trust = trust;
         self.own_hello = Hello::new(record, certs);
         let want: HashSet<PeerId> = self.trust.blocked.iter().filter_map(|(p, _)| p.parse().ok()).collect();
         for p in want.difference(&self.blocked_now) {
@@ -564,26 +589,41 @@ impl Service {
     fn recheck(&mut self) {
         let t = now();
         let mut refuse = Vec::new();
+        let mut forget = Vec::new();
         for (peer, st) in &self.peers {
-            if !st.trusted {
-                continue;
-            }
             let Some(h) = &st.hello else { continue };
             if let Err(r) = hello::evaluate(&self.trust, &peer.to_string(), h, t) {
-                refuse.push((*peer, r));
+                if st.trusted {
+                    refuse.push((*peer, r));
+                } else {
+                    forget.push(*peer);
+                }
             }
         }
         for (peer, r) in refuse {
             self.refuse(peer, r, None);
         }
+        // Not connected and no longer trusted: out of the routing table, so
+        // that no member learns its address from us and we do not dial it.
+        for peer in forget {
+            self.swarm.behaviour_mut().kad.inner_mut().remove_peer(&peer);
+        }
     }
 
     fn maintain(&mut self) {
+        // Reloading here too means a trust change whose notification was lost
+        // (say, the admin API client went away mid-call) still takes effect.
+        if let Err(e) = self.reload_trust() {
+            tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
+        }
         self.recheck();
         self.dial_known();
-        if self.peers.values().any(|p| p.trusted) {
-            let _ = self.swarm.behaviour_mut().kad.inner_mut().bootstrap();
+        if !self.bootstrapping && self.peers.values().any(|p| p.trusted) {
+            self.bootstrapping = self.swarm.behaviour_mut().kad.inner_mut().bootstrap().is_ok();
         }
+        // Forget peers that never got accepted and are gone.
+        self.peers
+            .retain(|_, st| st.hello.is_some() || !st.connections.is_empty());
     }
 
     /// Dials bootstrap peers and known trusted peers that are not connected.
@@ -591,7 +631,16 @@ impl Service {
         let t = now();
         let mut dials: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
         for (peer, addr) in &self.bootstrap {
-            dials.push((*peer, vec![addr.clone()]));
+            // A bootstrap peer we know to be revoked or blocked gets no more hellos.
+            let refused = self.peers.get(peer).and_then(|st| st.hello.as_ref()).is_some_and(|h| {
+                matches!(
+                    hello::evaluate(&self.trust, &peer.to_string(), h, t),
+                    Err(Refusal::Revoked { .. } | Refusal::Blocked { .. })
+                )
+            });
+            if !refused {
+                dials.push((*peer, vec![addr.clone()]));
+            }
         }
         for (peer, st) in &self.peers {
             let still_trusted = st
@@ -635,14 +684,23 @@ impl Service {
     }
 
     fn refuse(&mut self, peer: PeerId, refusal: Refusal, address: Option<String>) {
-        tracing::warn!(peer = %peer, code = refusal.code(), "refused peer {peer}: {refusal}");
         let code = refusal.code().to_string();
-        let reason = refusal.to_string();
+        // The reason may quote what the peer sent: no control characters, bounded.
+        let reason = sanitize(&refusal.to_string());
+        let count = self
+            .refused
+            .iter()
+            .find(|r| r.peer_id == peer.to_string())
+            .map_or(1, |r| r.count + 1);
+        // A peer retrying in a loop is logged at refusals 1, 2, 4, 8, ...
+        if count.is_power_of_two() {
+            tracing::warn!(peer = %peer, code = %code, count, "refused peer {peer}: {reason}");
+        }
         let st = self.peers.entry(peer).or_default();
         st.trusted = false;
         st.deadline = None;
         st.refusal = Some(refusal);
-        let address = address.or_else(|| st.addrs.first().map(ToString::to_string));
+        let address = address.or_else(|| st.remote.as_ref().map(ToString::to_string));
         self.swarm.behaviour_mut().kad.deny(&peer);
         self.swarm.behaviour_mut().kad.inner_mut().remove_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
@@ -758,6 +816,7 @@ impl Service {
                 let deadline = Instant::now() + self.hello_timeout;
                 let st = self.peers.entry(peer_id).or_default();
                 st.connections.insert(connection_id);
+                st.remote = Some(endpoint.get_remote_address().clone());
                 if st.trusted {
                     return;
                 }
@@ -783,6 +842,10 @@ impl Service {
                     if st.trusted {
                         st.trusted = false;
                         tracing::info!(peer = %peer_id, "peer disconnected");
+                    }
+                    if st.hello.is_none() {
+                        // Never accepted: keep nothing (its refusal stays in the bounded list).
+                        self.peers.remove(&peer_id);
                     }
                     self.swarm.behaviour_mut().kad.deny(&peer_id);
                 }
@@ -825,9 +888,11 @@ impl Service {
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::Bootstrap(Ok(_)),
+                result: kad::QueryResult::Bootstrap(_),
+                step,
                 ..
-            }) => {
+            }) if step.last => {
+                self.bootstrapping = false;
                 let local = self.local;
                 self.swarm.behaviour_mut().kad.inner_mut().get_closest_peers(local);
             }
@@ -943,6 +1008,26 @@ impl Service {
     }
 }
 
+/// Text that may come from a peer, made safe for logs and terminals: control
+/// characters escaped, at most 300 characters.
+fn sanitize(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .take(300)
+        .collect();
+    if out.len() < s.len() && s.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
 /// Whether an address advertised by a peer is worth dialling (not a
 /// wildcard or port 0).
 fn is_dialable(a: &Multiaddr) -> bool {
@@ -952,4 +1037,38 @@ fn is_dialable(a: &Multiaddr) -> bool {
         Protocol::Tcp(0) | Protocol::Udp(0) => true,
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_made_safe() {
+        let cases = [
+            ("plain", "plain"),
+            ("a\nb", "a\\nb"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("tab\there", "tab\\there"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sanitize(input), want, "{input:?}");
+        }
+        let long = "x".repeat(10_000);
+        let s = sanitize(&long);
+        assert_eq!(s.chars().count(), 301, "300 characters and an ellipsis");
+    }
+
+    #[test]
+    fn dialable_addresses() {
+        for (a, want) in [
+            ("/ip4/10.0.0.1/tcp/7460", true),
+            ("/ip4/0.0.0.0/tcp/7460", false),
+            ("/ip4/10.0.0.1/tcp/0", false),
+            ("/ip6/::/udp/7460/quic-v1", false),
+            ("/dns4/example.org/tcp/7460", true),
+        ] {
+            assert_eq!(is_dialable(&a.parse().unwrap()), want, "{a}");
+        }
+    }
 }

@@ -77,6 +77,12 @@ pub struct ClusterNode {
     child: Option<Child>,
 }
 
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        let _ = stop_node(self);
+    }
+}
+
 impl ClusterNode {
     /// A node for an existing home (not started).
     ///

@@ -111,7 +111,11 @@ pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: 
                         }
                     });
                 }
-                Err(e) => tracing::warn!(cause = %e, "admin API accept failed"),
+                Err(e) => {
+                    // Out of file descriptors, say: do not spin.
+                    tracing::warn!(cause = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             },
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -193,20 +197,23 @@ where
 }
 
 /// Runs a blocking operation that changes trust, then lets the network
-/// check its peers again before answering.
-async fn trust_change<T, F>(api: &Api, f: F) -> Response<Body>
+/// check its peers again before answering. Both run in their own task, so a
+/// client that goes away cannot leave the change stored but not applied.
+async fn trust_change<T, F>(api: &Arc<Api>, f: F) -> Response<Body>
 where
     T: Serialize + Send + 'static,
     F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
 {
-    match blocking(api, f).await {
-        Ok(v) => {
-            if let Err(e) = api.net.trust_changed().await {
-                tracing::error!(cause = %e, "the network did not take the trust change");
-            }
-            json(&v)
-        }
-        Err(f) => f.into_response(),
+    let api = Arc::clone(api);
+    let task = tokio::spawn(async move {
+        let v = blocking(&api, f).await?;
+        api.net.trust_changed().await.map_err(|e| failed(&e))?;
+        Ok::<_, Fail>(json(&v))
+    });
+    match task.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(f)) => f.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("operation failed: {e}")).into_response(),
     }
 }
 
@@ -249,7 +256,7 @@ mod erased {
     }
 }
 
-async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
+async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let Some(route) = path.strip_prefix(super::PREFIX) else {
         return error(
