@@ -420,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(medmesh_node::daemon::run(node, |status| {
+            let result = rt.block_on(medmesh_node::daemon::run(node, |status| {
                 let _ = out.emit("running", status, || {
                     let mut s = format!(
                         "node {} running\nadmin API  {}\n",
@@ -432,8 +432,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     s
                 });
-            }))
-            .context("running the node")?;
+            }));
+            // An import or export still running for an API client is cut off
+            // after 10 s (its committed batches stay; the store recovers the
+            // rest as after a crash) instead of holding the node open.
+            rt.shutdown_timeout(std::time::Duration::from_secs(10));
+            result.context("running the node")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { home } => {
