@@ -193,8 +193,12 @@ impl NetHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn peers(&self) -> Result<PeersReport, NetError> {
+        self.ask(Command::Peers).await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Peers(tx)).await.map_err(|_| NetError::Stopped)?;
+        self.tx.send(command(tx)).await.map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
@@ -203,9 +207,7 @@ impl NetHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn status(&self) -> Result<NetStatus, NetError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Status(tx)).await.map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)
+        self.ask(Command::Status).await
     }
 
     /// Tells the network that trust records changed; returns once connected
@@ -215,12 +217,7 @@ impl NetHandle {
     /// [`NetError::Stopped`]; [`NetError::Reload`] when the records could not
     /// be read again (the previous ones stay in force until the next reload).
     pub async fn trust_changed(&self) -> Result<(), NetError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::TrustChanged(tx))
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)?.map_err(NetError::Reload)
+        self.ask(Command::TrustChanged).await?.map_err(NetError::Reload)
     }
 }
 
@@ -298,7 +295,6 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
 struct PeerState {
     /// Last accepted hello and what it gave.
     hello: Option<Hello>,
-    accepted: Option<Accepted>,
     /// Trusted on the current connections.
     trusted: bool,
     connections: HashSet<libp2p::swarm::ConnectionId>,
@@ -309,8 +305,6 @@ struct PeerState {
     /// The address of the latest connection, as seen by this node.
     remote: Option<Multiaddr>,
     last_seen: Option<i64>,
-    /// Last refusal, if the peer is not trusted any more.
-    refusal: Option<Refusal>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -345,9 +339,7 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
     Ok(out)
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+use crate::home::trust::now;
 
 fn via_text(via: &Via) -> String {
     match via {
@@ -371,21 +363,27 @@ pub fn offline_peers(node: &Node) -> Result<PeersReport, HomeError> {
         seen.insert(peer_s.clone());
         peers.push(entry_for(&state, &peer_s, &hello, &addrs, false, Some(last_seen), t));
     }
-    for b in &state.bilateral {
-        let r = b.record.record();
-        if seen.contains(&r.peer_id) {
-            continue;
-        }
-        let hello = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
-        peers.push(entry_for(&state, &r.peer_id, &hello, &[], false, None, t));
-    }
-    peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
+    add_bilateral_unmet(&state, &seen, t, &mut peers);
     Ok(PeersReport {
         running: false,
         peers,
         refused: Vec::new(),
         unanswered: Vec::new(),
     })
+}
+
+/// Adds the bilaterally trusted peers not in `seen` (never met), then sorts
+/// the list by institution.
+fn add_bilateral_unmet(state: &TrustState, seen: &HashSet<String>, t: i64, peers: &mut Vec<PeerEntry>) {
+    for b in &state.bilateral {
+        let r = b.record.record();
+        if seen.contains(&r.peer_id) {
+            continue;
+        }
+        let hello = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
+        peers.push(entry_for(state, &r.peer_id, &hello, &[], false, None, t));
+    }
+    peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
 }
 
 fn entry_for(
@@ -687,11 +685,13 @@ impl Service {
         let code = refusal.code().to_string();
         // The reason may quote what the peer sent: no control characters, bounded.
         let reason = sanitize(&refusal.to_string());
-        let count = self
+        let peer_s = peer.to_string();
+        let previous = self
             .refused
             .iter()
-            .find(|r| r.peer_id == peer.to_string())
-            .map_or(1, |r| r.count + 1);
+            .position(|r| r.peer_id == peer_s)
+            .and_then(|pos| self.refused.remove(pos));
+        let count = previous.as_ref().map_or(1, |r| r.count + 1);
         // A peer retrying in a loop is logged at refusals 1, 2, 4, 8, ...
         if count.is_power_of_two() {
             tracing::warn!(peer = %peer, code = %code, count, "refused peer {peer}: {reason}");
@@ -699,32 +699,19 @@ impl Service {
         let st = self.peers.entry(peer).or_default();
         st.trusted = false;
         st.deadline = None;
-        st.refusal = Some(refusal);
         let address = address.or_else(|| st.remote.as_ref().map(ToString::to_string));
         self.swarm.behaviour_mut().kad.deny(&peer);
         self.swarm.behaviour_mut().kad.inner_mut().remove_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
-        let time = rfc3339(now());
-        if let Some(pos) = self.refused.iter().position(|r| r.peer_id == peer.to_string()) {
-            if let Some(mut e) = self.refused.remove(pos) {
-                e.count += 1;
-                e.code = code;
-                e.reason = reason;
-                e.time = time;
-                e.address = address.or(e.address);
-                self.refused.push_front(e);
-            }
-        } else {
-            self.refused.push_front(RefusedEntry {
-                peer_id: peer.to_string(),
-                code,
-                reason,
-                address,
-                time,
-                count: 1,
-            });
-            self.refused.truncate(REFUSED_KEPT);
-        }
+        self.refused.push_front(RefusedEntry {
+            peer_id: peer_s,
+            code,
+            reason,
+            address: address.or(previous.and_then(|e| e.address)),
+            time: rfc3339(now()),
+            count,
+        });
+        self.refused.truncate(REFUSED_KEPT);
     }
 
     fn accept(&mut self, peer: PeerId, hello: Hello, accepted: Accepted) {
@@ -734,10 +721,8 @@ impl Service {
         let first = !st.trusted;
         st.trusted = true;
         st.deadline = None;
-        st.refusal = None;
         st.last_seen = Some(t);
         st.hello = Some(hello.clone());
-        st.accepted = Some(accepted);
         let addrs = st.addrs.clone();
         self.swarm.behaviour_mut().kad.allow(peer);
         for a in &addrs {
@@ -990,15 +975,7 @@ impl Service {
             seen.insert(peer.to_string());
             peers.push(e);
         }
-        for b in &self.trust.bilateral {
-            let r = b.record.record();
-            if seen.contains(&r.peer_id) {
-                continue;
-            }
-            let h = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
-            peers.push(entry_for(&self.trust, &r.peer_id, &h, &[], false, None, t));
-        }
-        peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
+        add_bilateral_unmet(&self.trust, &seen, t, &mut peers);
         PeersReport {
             running: true,
             peers,
@@ -1014,15 +991,17 @@ fn sanitize(s: &str) -> String {
     let mut out: String = s
         .chars()
         .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
             } else {
                 vec![c]
-            }
+            };
+            escaped
         })
-        .take(300)
+        .take(301)
         .collect();
-    if out.len() < s.len() && s.chars().count() > 300 {
+    if out.chars().count() > 300 {
+        out.pop();
         out.push('…');
     }
     out

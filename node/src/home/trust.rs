@@ -133,7 +133,8 @@ pub struct BlockedEntry {
     pub since: String,
 }
 
-fn now() -> i64 {
+/// Now, in Unix seconds.
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 

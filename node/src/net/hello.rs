@@ -117,9 +117,8 @@ pub fn evaluate(state: &TrustState, peer_id: &str, hello: &Hello, now: i64) -> R
     }
     let trusted = match trust::decide(state, peer_id, &certificates, now) {
         TrustDecision::Trust(t) => t,
-        TrustDecision::Refuse(Refusal::NoTrust) if first_bad.is_some() => {
-            return Err(first_bad.unwrap_or(Refusal::NoTrust));
-        }
+        // With nothing usable presented, say why the first certificate was unreadable.
+        TrustDecision::Refuse(Refusal::NoTrust) => return Err(first_bad.unwrap_or(Refusal::NoTrust)),
         TrustDecision::Refuse(r) => return Err(r),
     };
     if trusted.x25519 != hex::encode(&record.record().x25519) {

@@ -233,10 +233,6 @@ fn probe(identity: &Identity, certs: Vec<Vec<u8>>, target: PeerId, addr: Multiad
                         if step.last {
                             seen.kad_successes = Some(stats.num_successes());
                             kad_done = true;
-                            if kad_after_hello && !hello_done {
-                                // The query ended before the hello was answered.
-                                kad_done = false;
-                            }
                         }
                     }
                     _ => {}
@@ -494,33 +490,36 @@ fn revocation_applied_to_a_running_node_disconnects_the_peer_within_5_seconds() 
     net.stop();
 }
 
+/// A new home `dir/name`, in no consortium.
+fn lone_node(dir: &Path, name: &str, cc: &str) -> ClusterNode {
+    let home = dir.join(name);
+    init_home(&home, &format!("Hospital {name}"), cc).expect("init");
+    ClusterNode::for_home(name, &home).expect("node")
+}
+
+/// Bilateral trust between two nodes, both ways, for `purposes`.
+fn trust_each_other(nodes: &[ClusterNode], purposes: &str) {
+    for (i, j) in [(0, 1), (1, 0)] {
+        let record = nodes[j].home.join("node-record.cbor");
+        let args = [
+            "trust",
+            "add-peer",
+            record.to_str().expect("utf8"),
+            "--purposes",
+            purposes,
+        ];
+        expect_code(&run(&nodes[i].home, &args).expect("run"), 0, "add-peer");
+    }
+}
+
 #[test]
 fn blocked_bilateral_peer_is_refused_and_unblock_restores_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nodes = Vec::new();
-    for (name, cc) in [("north", "DE"), ("south", "IT")] {
-        let home = dir.path().join(name);
-        init_home(&home, &format!("Hospital {name}"), cc).expect("init");
-        nodes.push(ClusterNode::for_home(name, &home).expect("node"));
-    }
-    for (i, j) in [(0, 1), (1, 0)] {
-        let record = nodes[j].home.join("node-record.cbor");
-        expect_code(
-            &run(
-                &nodes[i].home,
-                &[
-                    "trust",
-                    "add-peer",
-                    record.to_str().expect("utf8"),
-                    "--purposes",
-                    "treatment",
-                ],
-            )
-            .expect("run"),
-            0,
-            "add-peer",
-        );
-    }
+    let mut nodes = vec![
+        lone_node(dir.path(), "north", "DE"),
+        lone_node(dir.path(), "south", "IT"),
+    ];
+    trust_each_other(&nodes, "treatment");
     cluster::configure_loopback(&nodes[0].home, &[]).expect("config");
     cluster::start_node(&mut nodes[0]).expect("start north");
     let boot = nodes[0].tcp_addr().expect("addr").to_string();
@@ -629,9 +628,8 @@ fn mdns_discovers_peers_inside_a_private_network_namespace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     for (name, cc, addr) in [("east", "PL", "10.213.0.1"), ("west", "PT", "10.213.0.2")] {
-        let home = dir.path().join(name);
-        init_home(&home, &format!("Hospital {name}"), cc).expect("init");
-        let mut node = ClusterNode::for_home(name, &home).expect("node");
+        let mut node = lone_node(dir.path(), name, cc);
+        let home = node.home.clone();
         node.netns = Some(ns.0.clone());
         cluster::configure_loopback(&home, &[]).expect("config");
         let config = home.join("config.toml");
@@ -643,24 +641,7 @@ fn mdns_discovers_peers_inside_a_private_network_namespace() {
         std::fs::write(&config, text).expect("config");
         nodes.push(node);
     }
-    for (i, j) in [(0, 1), (1, 0)] {
-        let record = nodes[j].home.join("node-record.cbor");
-        expect_code(
-            &run(
-                &nodes[i].home,
-                &[
-                    "trust",
-                    "add-peer",
-                    record.to_str().expect("utf8"),
-                    "--purposes",
-                    "research",
-                ],
-            )
-            .expect("run"),
-            0,
-            "add-peer",
-        );
-    }
+    trust_each_other(&nodes, "research");
     for n in &mut nodes {
         cluster::start_node(n).expect("start in the namespace");
         assert!(n.listen.iter().all(|a| a.contains("/ip4/10.213.0.")), "{:?}", n.listen);
