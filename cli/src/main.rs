@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod consent;
 mod output;
 mod session;
 
@@ -84,6 +85,11 @@ enum Command {
     /// joining, bilateral trust, blocks (site admins, on a node home).
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Patient consent: record, import from HL7 FHIR, list, withdraw, and
+    /// check what the consent and the site policy ([policy] in config.toml)
+    /// allow for a study, a peer and a purpose.
+    #[command(subcommand)]
+    Consent(consent::ConsentCommand),
     /// Run the node: listen on the configured addresses (TCP and QUIC), talk
     /// to trusted peers only, serve the admin API on HOME/node.sock. Runs
     /// until SIGINT (Ctrl-C) or SIGTERM.
@@ -494,6 +500,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Consortium(cmd) => admin::consortium(cmd),
         Command::Trust(cmd) => admin::trust(cmd),
+        Command::Consent(cmd) => consent::consent(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
             let node = Session::open(&home.home)?;

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ExportRequest, ImportRequest, JoinRequest, Line,
-    ListRequest, ShowRequest, Status, Unblocked,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, ExportRequest, ImportRequest,
+    JoinRequest, Line, ListRequest, ShowRequest, Status, Unblocked, WithdrawRequest,
 };
 use medmesh_node::consent_schema::Purpose;
 use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
+use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
@@ -257,6 +258,56 @@ impl Session {
         match self {
             Self::Local(node) => Ok(medmesh_node::net::offline_peers(node)?),
             Self::Remote { client, rt } => Self::get(client, rt, "/peers"),
+        }
+    }
+
+    pub fn consents(&self, patient: Option<(&str, &str)>) -> Result<Vec<ConsentEntry>> {
+        match self {
+            Self::Local(node) => Ok(node.consents(patient)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/consents/list",
+                &ConsentListRequest {
+                    patient: patient.map(|(p, i)| (p.to_string(), i.to_string())),
+                },
+            ),
+        }
+    }
+
+    pub fn consent_add(&self, c: NewConsent) -> Result<ConsentEntry> {
+        match self {
+            Self::Local(node) => Ok(node.consent_add(c)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/consents/add", &c),
+        }
+    }
+
+    pub fn consent_import_fhir(&self, mut req: FhirImport) -> Result<Vec<ImportedConsent>> {
+        match self {
+            Self::Local(node) => Ok(node.consent_import_fhir(&req)?),
+            Self::Remote { client, rt } => {
+                // The node has its own working directory: send absolute paths.
+                for f in &mut req.files {
+                    *f = std::path::absolute(&*f).with_context(|| format!("{}", f.display()))?;
+                }
+                Self::post(client, rt, "/consents/import-fhir", &req)
+            }
+        }
+    }
+
+    pub fn consent_withdraw(&self, id: &str) -> Result<ConsentEntry> {
+        match self {
+            Self::Local(node) => Ok(node.consent_withdraw(id)?),
+            Self::Remote { client, rt } => {
+                Self::post(client, rt, "/consents/withdraw", &WithdrawRequest { id: id.into() })
+            }
+        }
+    }
+
+    pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck> {
+        match self {
+            Self::Local(node) => Ok(node.consent_check(q)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/consents/check", q),
         }
     }
 }

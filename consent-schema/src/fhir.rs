@@ -629,7 +629,9 @@ fn map_patient(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<PatientRef, Fhi
             None => None,
         },
     };
-    (ctx.pseudonymise)(&handle).ok_or_else(|| patient.refuse("the pseudonymiser does not know this patient"))
+    (ctx.pseudonymise)(&handle).ok_or_else(|| patient.refuse(
+        "the site cannot match this patient: give an identifier (identifier.value) it knows, or map the reference to a patient ID",
+    ))
 }
 
 fn map_performer(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<ConsentedBy, FhirError> {

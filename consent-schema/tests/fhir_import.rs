@@ -421,7 +421,7 @@ fn synthetic_refusals() {
             "unknown patient",
             |v| v["patient"] = json!({"reference": "Patient/unknown"}),
             "Consent.patient",
-            "the pseudonymiser does not know this patient",
+            "the site cannot match this patient: give an identifier (identifier.value) it knows, or map the reference to a patient ID",
         ),
         (
             "practitioner grantor",

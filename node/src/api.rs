@@ -102,6 +102,20 @@ pub struct CheckRequest {
     pub deep: bool,
 }
 
+/// `POST /v1/consents/list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConsentListRequest {
+    /// Patient ID and issuer whose consents to list; every consent when absent.
+    pub patient: Option<(String, String)>,
+}
+
+/// `POST /v1/consents/withdraw`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WithdrawRequest {
+    /// The consent id.
+    pub id: String,
+}
+
 /// `POST /v1/trust/unblock` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unblocked {

@@ -4,8 +4,10 @@
 //! setting, its default and what it does ([`TEMPLATE`]). Unknown keys are an
 //! error, and cross-field checks run at load.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, SitePolicy};
 use serde::{Deserialize, Serialize};
 
 /// Version of the configuration format.
@@ -60,6 +62,33 @@ idle_timeout_secs = 3600
 # Seconds between checks that re-dial known and bootstrap peers and re-check
 # the trust of connected peers (certificate expiry).
 maintenance_secs = 30
+
+[policy]
+# The site's own rules, applied on top of patient consent to every transfer
+# (`medmesh consent check` shows the decision for a study, a peer and a
+# purpose without sending anything). Levels, weakest to strongest:
+# "identifiable", "pseudonymised", "anonymised". Purposes: "treatment",
+# "second-opinion", "research", "teaching", "quality", "public-health".
+# The site's own jurisdiction is the one in its signed node record.
+#
+# Level required for a transfer to a peer in another jurisdiction, unless a
+# consent relied on names that jurisdiction, that peer or that institution
+# explicitly (naming a consortium is not enough).
+cross_border_level = "anonymised"
+# Minimum level per purpose, whatever the consent says. Purposes not listed
+# have no minimum; listing this table replaces the whole default.
+min_level = { research = "pseudonymised", teaching = "anonymised" }
+# Purposes for which an ethics-board waiver (`consent add --by waiver`)
+# stands in for patient consent; for any other purpose a waiver does not apply.
+waiver_purposes = ["research"]
+# Level required whenever an ethics-board waiver is relied on.
+waiver_level = "anonymised"
+# Purposes whose requests always go to a human, even when consent and the
+# rules above allow them.
+approval_required = ["research", "teaching"]
+# Longest a grant may last, in days (1 to 3650); a grant ends earlier when a
+# consent it relies on ends or is withdrawn.
+max_grant_days = 30
 "#;
 
 /// Errors of loading the configuration.
@@ -107,6 +136,9 @@ pub struct Config {
     /// Network settings.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The site's consent policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 fn default_version() -> u32 {
@@ -119,6 +151,60 @@ impl Default for Config {
             config_version: CONFIG_VERSION,
             store: StoreConfig::default(),
             network: NetworkConfig::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// The site policy (`[policy]`): every rule of [`SitePolicy`] but the home
+/// jurisdiction, which is the one of the signed node record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Level required for a transfer to another jurisdiction.
+    pub cross_border_level: DeidLevel,
+    /// Minimum level per purpose.
+    pub min_level: BTreeMap<Purpose, DeidLevel>,
+    /// Purposes an ethics-board waiver stands in for consent for.
+    pub waiver_purposes: BTreeSet<Purpose>,
+    /// Level required when a waiver is relied on.
+    pub waiver_level: DeidLevel,
+    /// Purposes that always go to a human.
+    pub approval_required: BTreeSet<Purpose>,
+    /// Longest grant, in days.
+    pub max_grant_days: GrantDays,
+}
+
+impl PolicyConfig {
+    /// The rules of `policy` for a site in `home`.
+    #[must_use]
+    pub fn site_policy(&self, home: Jurisdiction) -> SitePolicy {
+        SitePolicy {
+            home_jurisdiction: home,
+            cross_border_level: self.cross_border_level,
+            min_level: self.min_level.clone(),
+            waiver_purposes: self.waiver_purposes.clone(),
+            waiver_level: self.waiver_level,
+            approval_required: self.approval_required.clone(),
+            max_grant_days: self.max_grant_days,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    /// The defaults of [`SitePolicy::new`].
+    fn default() -> Self {
+        Self {
+            cross_border_level: DeidLevel::Anonymised,
+            min_level: [
+                (Purpose::Research, DeidLevel::Pseudonymised),
+                (Purpose::Teaching, DeidLevel::Anonymised),
+            ]
+            .into(),
+            waiver_purposes: [Purpose::Research].into(),
+            waiver_level: DeidLevel::Anonymised,
+            approval_required: [Purpose::Research, Purpose::Teaching].into(),
+            max_grant_days: GrantDays::default(),
         }
     }
 }
@@ -315,6 +401,34 @@ mod tests {
                 .unwrap_or_else(|| panic!("{key} missing"));
             let above = TEMPLATE.lines().nth(line - 1).unwrap();
             assert!(above.starts_with('#'), "{key} has no comment above it");
+        }
+    }
+
+    #[test]
+    fn policy_defaults_are_those_of_consent_schema() {
+        for cc in ["DE", "FR", "US"] {
+            let home: Jurisdiction = cc.parse().unwrap();
+            assert_eq!(PolicyConfig::default().site_policy(home), SitePolicy::new(home));
+        }
+        let text = "[policy]\ncross_border_level = \"pseudonymised\"\napproval_required = []\n\
+                    min_level = { quality = \"anonymised\" }\n";
+        let p = Config::parse(Path::new("c.toml"), text).unwrap().policy;
+        assert_eq!(p.cross_border_level, DeidLevel::Pseudonymised);
+        assert!(p.approval_required.is_empty());
+        assert_eq!(p.min_level.len(), 1, "min_level replaces the default table");
+        assert_eq!(
+            p.waiver_level,
+            DeidLevel::Anonymised,
+            "unlisted rules keep their default"
+        );
+        for (text, needle) in [
+            ("[policy]\nhome_jurisdiction = \"DE\"\n", "home_jurisdiction"),
+            ("[policy]\nmax_grant_days = 0\n", "max_grant_days"),
+            ("[policy]\napproval_required = [\"marketing\"]\n", "marketing"),
+            ("[policy]\nwaiver_level = \"secret\"\n", "secret"),
+        ] {
+            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
         }
     }
 

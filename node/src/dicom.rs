@@ -136,6 +136,10 @@ pub struct StudyAttributes {
     pub referring_physician: String,
     /// Institution Name.
     pub institution: String,
+    /// Admission ID (0038,0010): the hospital stay the study belongs to,
+    /// used as its episode of care for consent scoping.
+    #[serde(default)]
+    pub admission_id: String,
 }
 
 /// A parsed file: what it is, and its bytes when they were read whole.
@@ -542,6 +546,7 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
             study_description: text(tags::STUDY_DESCRIPTION),
             referring_physician: text(tags::REFERRING_PHYSICIAN_NAME),
             institution: text(tags::INSTITUTION_NAME),
+            admission_id: text(tags::ADMISSION_ID),
         },
         notes,
     })

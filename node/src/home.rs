@@ -13,6 +13,7 @@
 //!   node.sock           admin API socket while `medmesh run` runs, 0600
 //! ```
 
+pub mod consent;
 pub mod trust;
 
 use std::fs;
@@ -78,6 +79,9 @@ pub enum HomeError {
     /// Trust operation failure.
     #[error(transparent)]
     Trust(#[from] trust::TrustOpError),
+    /// Consent operation failure.
+    #[error(transparent)]
+    Consent(#[from] consent::ConsentOpError),
 }
 
 fn io(path: &Path, source: std::io::Error) -> HomeError {

@@ -29,6 +29,8 @@
 //! | `patients-v1` (multimap) | patient ref `[u8; 32]` | study ref `[u8; 32]` |
 //! | `pending-v1` | blob address `[u8; 32]` | `()` |
 //! | `trust-v1` | `kind/key` text | trust record bytes (consortia, certificates, bilateral peers, revocations, blocks) |
+//! | `consents-v1` | consent ref `[u8; 32]` (blind index of the consent id) | the consent record (CBOR), sealed |
+//! | `consent-patients-v1` (multimap) | patient ref `[u8; 32]` | consent ref `[u8; 32]` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,6 +38,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
+use consent_schema::{ConsentId, ConsentRecord};
 use medmesh_seal::{DataKey, WrappedKey, open_box, seal_box};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -56,6 +59,9 @@ const BLOBS: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("blo
 const PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> = MultimapTableDefinition::new("patients-v1");
 const PENDING: TableDefinition<'_, [u8; 32], ()> = TableDefinition::new("pending-v1");
 const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust-v1");
+const CONSENTS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("consents-v1");
+const CONSENT_PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> =
+    MultimapTableDefinition::new("consent-patients-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -64,6 +70,7 @@ pub const ROW_VERSION: u32 = 1;
 const MAX_ROW_LEN: usize = 16 * 1024 * 1024;
 const INDEX_KEY_CONTEXT: &str = "medmesh/v1/blind index key";
 const ADDRESS_KEY_CONTEXT: &str = "medmesh/v1/blob address key";
+const CONSENT_KEY_CONTEXT: &str = "medmesh/v1/consent record key";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,9 @@ pub enum StoreError {
     /// Nothing is stored under that reference.
     #[error("no study {0} in this store")]
     UnknownStudy(String),
+    /// A stored consent record does not open or decode.
+    #[error("consent record {0} in consents-v1 does not open under this node's master key or is damaged")]
+    Consent(String),
 }
 
 fn db_err(path: &Path, e: impl fmt::Display) -> StoreError {
@@ -276,6 +286,7 @@ pub struct Store {
     master: MasterKey,
     index_key: DataKey,
     address_key: DataKey,
+    consent_key: DataKey,
     fsync: bool,
 }
 
@@ -341,7 +352,10 @@ impl Store {
             txn.open_table(BLOBS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(PENDING).map_err(|e| db_err(db_path, e))?;
             txn.open_table(TRUST).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(CONSENTS).map_err(|e| db_err(db_path, e))?;
             txn.open_multimap_table(PATIENTS).map_err(|e| db_err(db_path, e))?;
+            txn.open_multimap_table(CONSENT_PATIENTS)
+                .map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -380,6 +394,7 @@ impl Store {
     fn with_db(db: Database, db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Self {
         let index_key = master.derive(INDEX_KEY_CONTEXT);
         let address_key = master.derive(ADDRESS_KEY_CONTEXT);
+        let consent_key = master.derive(CONSENT_KEY_CONTEXT);
         Store {
             db,
             db_path: db_path.to_path_buf(),
@@ -387,6 +402,7 @@ impl Store {
             master,
             index_key,
             address_key,
+            consent_key,
             fsync,
         }
     }
@@ -774,6 +790,106 @@ impl Store {
         Ok(out)
     }
 
+    /// The blind reference of a consent id (the key of its row).
+    #[must_use]
+    pub fn consent_ref(&self, id: &ConsentId) -> [u8; 32] {
+        self.blind("consent-id", id.as_str())
+    }
+
+    fn seal_consent(&self, key: &[u8; 32], record: &ConsentRecord) -> Result<Vec<u8>, StoreError> {
+        let plain = Zeroizing::new(record.to_cbor());
+        seal_box(&self.consent_key, key, &plain).map_err(|_| StoreError::Consent(hex::encode(&key[..8])))
+    }
+
+    fn open_consent(&self, key: &[u8; 32], sealed: &[u8]) -> Result<ConsentRecord, StoreError> {
+        let damaged = || StoreError::Consent(hex::encode(&key[..8]));
+        let plain = open_box(&self.consent_key, key, sealed).map_err(|_| damaged())?;
+        ConsentRecord::from_cbor(&plain).map_err(|_| damaged())
+    }
+
+    /// Stores consent records in one transaction, each sealed under the
+    /// node's consent key and indexed by its patient. A record whose id is
+    /// already stored replaces it (its patient index entry follows).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Consent`].
+    pub fn put_consents(&self, records: &[ConsentRecord]) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            let key = self.consent_ref(r.id());
+            rows.push((key, *r.patient().as_bytes(), self.seal_consent(&key, r)?));
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut table = txn.open_table(CONSENTS).map_err(|e| self.err(e))?;
+            let mut index = txn.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
+            for (key, patient, sealed) in &rows {
+                let old = table
+                    .insert(key, sealed.as_slice())
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value().to_vec());
+                if let Some(old) = old {
+                    let previous = self.open_consent(key, &old)?;
+                    index
+                        .remove(previous.patient().as_bytes(), key)
+                        .map_err(|e| self.err(e))?;
+                }
+                index.insert(patient, key).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The consent record with this id, if stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Consent`].
+    pub fn consent(&self, id: &ConsentId) -> Result<Option<ConsentRecord>, StoreError> {
+        let key = self.consent_ref(id);
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(CONSENTS).map_err(|e| self.err(e))?;
+        let Some(v) = table.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        self.open_consent(&key, v.value()).map(Some)
+    }
+
+    /// The consent records of a patient (by the blind patient reference).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Consent`].
+    pub fn consents_of_patient(&self, patient: &[u8; 32]) -> Result<Vec<ConsentRecord>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let index = read.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
+        let table = read.open_table(CONSENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for k in index.get(patient).map_err(|e| self.err(e))? {
+            let key = k.map_err(|e| self.err(e))?.value();
+            if let Some(v) = table.get(key).map_err(|e| self.err(e))? {
+                out.push(self.open_consent(&key, v.value())?);
+            }
+        }
+        out.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(out)
+    }
+
+    /// Every consent record, sorted by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Consent`].
+    pub fn consents(&self) -> Result<Vec<ConsentRecord>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(CONSENTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push(self.open_consent(&k.value(), v.value())?);
+        }
+        out.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(out)
+    }
+
     fn durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
         if !self.fsync {
             txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
@@ -794,6 +910,8 @@ impl Store {
         {
             // Tables added after schema 1 was first written are created here.
             txn.open_table(TRUST).map_err(|e| self.err(e))?;
+            txn.open_table(CONSENTS).map_err(|e| self.err(e))?;
+            txn.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

@@ -19,10 +19,11 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ExportRequest, ImportRequest, JoinRequest, ListRequest,
-    MAX_REQUEST, ShowRequest, Status, Unblocked,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, ExportRequest, ImportRequest,
+    JoinRequest, ListRequest, MAX_REQUEST, ShowRequest, Status, Unblocked, WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
+use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
 use crate::home::{HomeError, Node};
 use crate::net::NetHandle;
 
@@ -322,6 +323,37 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             (&Method::POST, "/studies/show") => {
                 let r: ShowRequest = body(req).await?;
                 json(&blocking(api, move |n| n.study(&r.study_uid)).await?)
+            }
+            (&Method::POST, "/consents/list") => {
+                let r: ConsentListRequest = body(req).await?;
+                json(
+                    &blocking(api, move |n| {
+                        n.consents(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
+                    })
+                    .await?,
+                )
+            }
+            (&Method::POST, "/consents/add") => {
+                let r: NewConsent = body(req).await?;
+                json(&blocking(api, move |n| n.consent_add(r)).await?)
+            }
+            (&Method::POST, "/consents/import-fhir") => {
+                let r: FhirImport = body(req).await?;
+                if let Some(p) = r.files.iter().find(|p| !p.is_absolute()) {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{}: paths must be absolute", p.display()),
+                    ));
+                }
+                json(&blocking(api, move |n| n.consent_import_fhir(&r)).await?)
+            }
+            (&Method::POST, "/consents/withdraw") => {
+                let r: WithdrawRequest = body(req).await?;
+                json(&blocking(api, move |n| n.consent_withdraw(&r.id)).await?)
+            }
+            (&Method::POST, "/consents/check") => {
+                let r: CheckQuery = body(req).await?;
+                json(&blocking(api, move |n| n.consent_check(&r)).await?)
             }
             (&Method::POST, "/store/check") => {
                 let r: CheckRequest = body(req).await?;

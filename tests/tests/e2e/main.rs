@@ -9,11 +9,14 @@
 //! - `integrity`: a changed byte in a stored blob fails export, naming the object.
 //! - `crash`: SIGKILL in the middle of a large import leaves a consistent store.
 //! - `trust`: consortium init, k-of-n certificates, join, revoke/apply, bilateral trust, blocks.
+//! - `consent`: `consent add / list / withdraw / check / import-fhir` on the files and
+//!   through a running node: allow, deny with reasons, approval, withdrawal, all-or-nothing FHIR import.
 //! - `net`: `medmesh run` nodes on 127.0.0.1: three nodes see each other, the CLI works
 //!   through the admin API, refused certificates get no answer, revocation and blocks
 //!   disconnect running peers, clean shutdown.
 #![forbid(unsafe_code)]
 
+mod consent;
 mod corpus;
 mod crash;
 mod home;

@@ -1,0 +1,1094 @@
+//! Patient consent on a node home: record (`consent add`), import from HL7
+//! FHIR (`consent import-fhir`), list, withdraw, and the decision for a
+//! study, a peer and a purpose (`consent check`), made by
+//! [`consent_schema::evaluate`] under the site policy of `[policy]`.
+//!
+//! Records live in the store's `consents-v1` table, sealed under a key
+//! derived from the master key, and are found through `consent-patients-v1`
+//! by the patient's keyed pseudonym: the same blind index of Patient ID and
+//! Issuer of Patient ID that finds the patient's studies. A raw patient
+//! identifier is hashed on entry and never stored. Studies are named in
+//! consents by their Study Instance UID, episodes of care by the Admission
+//! ID (0038,0010) of the studies.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeDelta, Utc};
+use consent_schema::fhir::{self, FhirError, FhirPatient, ImportContext};
+use consent_schema::{
+    ConsentDraft, ConsentError, ConsentId, ConsentRecord, ConsentedBy, ConsortiumId, Coverage, DataPeriod, Decision,
+    DeidLevel, EpisodeId, IdError, InstitutionId, Jurisdiction, LegalBasis, Modality, ModalityScope, PatientRef,
+    PeerId, Provision, Purpose, Recipient, RecipientScope, Role, Scope, SeriesFacts, SeriesRef, SitePolicy, StudyFacts,
+    StudyRef, TimeStatus, TransferRequest,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{HomeError, Node};
+use crate::net::{self, hello};
+use crate::store::{StoreError, StudyMeta};
+use crate::trust::{self, TrustDecision, Via};
+
+/// Errors of consent operations. Messages name the file, field or consent at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsentOpError {
+    /// A value given for a field is not acceptable.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field (CLI flag without dashes, or record field).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The record would be impossible.
+    #[error("consent {id}: {cause}")]
+    Record {
+        /// The consent id.
+        id: String,
+        /// The cause, naming the field.
+        cause: ConsentError,
+    },
+    /// A FHIR file could not be read.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// A FHIR resource could not be imported.
+    #[error("{path}: {cause}")]
+    Fhir {
+        /// The file.
+        path: String,
+        /// The cause, naming the element.
+        cause: FhirError,
+    },
+    /// A FHIR resource names a study that medmesh cannot match.
+    #[error(
+        "{path}: consent {id}: Consent.provision.data names the study {found:?}, which is not a Study Instance UID \
+         (medmesh matches imaging studies by the identifier urn:oid:<Study Instance UID>)"
+    )]
+    StudyReference {
+        /// The file.
+        path: String,
+        /// The consent id.
+        id: String,
+        /// The reference found.
+        found: String,
+    },
+    /// A FHIR resource names an episode by a reference that was not mapped.
+    #[error(
+        "{path}: consent {id}: Consent.provision.data names the episode {found:?} by reference; medmesh matches \
+         episodes by the Admission ID (0038,0010) of the studies: give the EpisodeOfCare's identifier, or map the \
+         reference with --episode REF=ADMISSION_ID"
+    )]
+    EpisodeReference {
+        /// The file.
+        path: String,
+        /// The consent id.
+        id: String,
+        /// The reference found.
+        found: String,
+    },
+    /// A consent with this id is already on record with other content.
+    #[error(
+        "{path}: consent {id} is already on record with other content; withdraw it, or import again with --replace"
+    )]
+    Exists {
+        /// The file.
+        path: String,
+        /// The consent id.
+        id: String,
+    },
+    /// A withdrawn consent would be replaced.
+    #[error("{path}: consent {id} was withdrawn; a withdrawn consent is never revived: import it under a new id")]
+    Withdrawn {
+        /// The file.
+        path: String,
+        /// The consent id.
+        id: String,
+    },
+    /// Two files or provisions of one import carry the same consent id.
+    #[error("{path}: consent {id} appears twice in this import")]
+    Duplicate {
+        /// The file.
+        path: String,
+        /// The consent id.
+        id: String,
+    },
+    /// No consent with this id.
+    #[error("no consent {0} on record")]
+    Unknown(String),
+}
+
+fn invalid(field: &'static str, reason: impl fmt::Display) -> HomeError {
+    HomeError::Consent(ConsentOpError::Invalid {
+        field,
+        reason: reason.to_string(),
+    })
+}
+
+fn parse_id<T: FromStr<Err = IdError>>(field: &'static str, s: &str) -> Result<T, HomeError> {
+    s.parse().map_err(|e: IdError| invalid(field, e))
+}
+
+/// A consent to record (`medmesh consent add`, `POST /v1/consents/add`).
+///
+/// The patient identifier is hashed into the node's keyed pseudonym on entry
+/// and dropped; `Debug` does not show it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsent {
+    /// Id of the record; a fresh `c-…` id when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Patient ID (0010,0020) as the site's PACS holds it.
+    pub patient_id: String,
+    /// Issuer of Patient ID (0010,0021) qualifying it; may be empty.
+    #[serde(default)]
+    pub issuer: String,
+    /// Who consented.
+    pub by: ConsentedBy,
+    /// A deny (an objection) rather than a permit.
+    #[serde(default)]
+    pub deny: bool,
+    /// The weakest level a permit accepts (required for a permit).
+    #[serde(default)]
+    pub level: Option<DeidLevel>,
+    /// Purposes covered (at least one).
+    pub purposes: Vec<Purpose>,
+    /// Recipient peers (libp2p peer ids).
+    #[serde(default)]
+    pub recipient_peers: Vec<String>,
+    /// Recipient institutions, as their certificates name them.
+    #[serde(default)]
+    pub recipient_institutions: Vec<String>,
+    /// Recipient jurisdictions (ISO 3166-1 alpha-2).
+    #[serde(default)]
+    pub recipient_jurisdictions: Vec<String>,
+    /// Recipient consortia (consortium ids).
+    #[serde(default)]
+    pub recipient_consortia: Vec<String>,
+    /// Modalities covered; all when empty.
+    #[serde(default)]
+    pub modalities: Vec<String>,
+    /// Studies covered (Study Instance UIDs); the whole record when empty and no episode.
+    #[serde(default)]
+    pub studies: Vec<String>,
+    /// The episode of care covered (Admission ID of its studies).
+    #[serde(default)]
+    pub episode: Option<String>,
+    /// Valid from (date or RFC 3339); now when absent.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Valid until (date: to the end of that day, or RFC 3339); until withdrawn when absent.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Only studies acquired from this date.
+    #[serde(default)]
+    pub data_from: Option<String>,
+    /// Only studies acquired until this date (to the end of that day).
+    #[serde(default)]
+    pub data_until: Option<String>,
+    /// Legal basis code (e.g. `GDPR-9.2.a`); a default for EU/EEA and US sites.
+    #[serde(default)]
+    pub legal_basis: Option<String>,
+    /// Legal basis text.
+    #[serde(default)]
+    pub legal_text: Option<String>,
+}
+
+impl fmt::Debug for NewConsent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewConsent")
+            .field("id", &self.id)
+            .field("by", &self.by)
+            .field("deny", &self.deny)
+            .field("level", &self.level)
+            .field("purposes", &self.purposes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A FHIR import (`medmesh consent import-fhir`, `POST /v1/consents/import-fhir`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirImport {
+    /// Files, each holding one FHIR R4 Consent resource (JSON).
+    pub files: Vec<PathBuf>,
+    /// Issuer of Patient ID (0010,0021) that the PACS uses for the patient
+    /// identifiers (`Consent.patient.identifier.value`) of these resources.
+    #[serde(default)]
+    pub issuer: String,
+    /// Patient references (`Patient/p-1001`) → the Patient ID (0010,0020) they
+    /// stand for, for resources whose patient has no identifier.
+    #[serde(default)]
+    pub patients: Vec<(String, String)>,
+    /// EpisodeOfCare references → the Admission ID (0038,0010) of the stay.
+    #[serde(default)]
+    pub episodes: Vec<(String, String)>,
+    /// References or identifier values that denote this site (custodian actors).
+    #[serde(default)]
+    pub custodians: Vec<String>,
+    /// Recipient actors: reference → recipient (`peer:ID`, `institution:NAME`,
+    /// `jurisdiction:CC`, `consortium:ID`).
+    #[serde(default)]
+    pub recipients: Vec<(String, String)>,
+    /// The level imported permits require; identifiable when absent.
+    #[serde(default)]
+    pub level: Option<DeidLevel>,
+    /// Who consented when `Consent.performer` is absent.
+    #[serde(default)]
+    pub assume_by: Option<ConsentedBy>,
+    /// Purposes for permits that name none (a narrowing of "every purpose").
+    #[serde(default)]
+    pub default_purposes: Vec<Purpose>,
+    /// UTC offset in which FHIR dates without a time are read (`+01:00`); UTC when absent.
+    #[serde(default)]
+    pub utc_offset: Option<String>,
+    /// Replace records already on record with the same id.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// One consent as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsentEntry {
+    /// Its id.
+    pub id: String,
+    /// `in-force`, `not-yet-valid`, `expired` or `withdrawn`, now.
+    pub status: String,
+    /// The record (its patient is the keyed pseudonym).
+    pub record: ConsentRecord,
+}
+
+/// What one imported record became.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportedConsent {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its id.
+    pub id: String,
+    /// `added`, `replaced` or `unchanged`.
+    pub outcome: String,
+    /// The record.
+    pub record: ConsentRecord,
+}
+
+/// A question for [`Node::consent_check`] (`POST /v1/consents/check`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// The receiving peer.
+    pub peer_id: String,
+    /// Why.
+    pub purpose: Purpose,
+    /// On whose behalf (recorded, not decided on); `clinician` when absent.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// The level asked for; the weakest allowed when absent.
+    #[serde(default)]
+    pub level: Option<DeidLevel>,
+}
+
+/// What this node knows of a peer for a decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerFacts {
+    /// Peer id.
+    pub peer_id: String,
+    /// Institution, from its verified certificate or bilateral record.
+    pub institution: String,
+    /// Jurisdiction, likewise.
+    pub jurisdiction: String,
+    /// Consortia it is a verified member of.
+    pub consortia: Vec<String>,
+    /// How it is trusted (`bilateral`, `consortium X serial N`).
+    pub via: Vec<String>,
+    /// Purposes it is trusted for.
+    pub purposes: Vec<Purpose>,
+}
+
+/// One reason of a decision, with its stable code and its text for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reason {
+    /// Stable machine code.
+    pub code: String,
+    /// The reason in words.
+    pub text: String,
+}
+
+/// The grant an allow (or an approval) would give.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantView {
+    /// De-identification level to apply.
+    pub level: DeidLevel,
+    /// When the grant ends (RFC 3339).
+    pub expires_at: DateTime<Utc>,
+    /// Series Instance UIDs that may be sent.
+    pub series: Vec<String>,
+    /// Consents relied on.
+    pub consents: Vec<String>,
+}
+
+/// The answer of [`Node::consent_check`]: trust first, then consent and policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsentCheck {
+    /// `allow`, `deny` or `needs-approval`.
+    pub decision: String,
+    /// The study.
+    pub study_uid: String,
+    /// The purpose.
+    pub purpose: Purpose,
+    /// The peer, when this node knows it.
+    pub peer: Option<PeerFacts>,
+    /// Why trust refuses the peer for this purpose (empty when it does not).
+    pub trust: Vec<Reason>,
+    /// Why consent or policy deny (empty unless they do).
+    pub reasons: Vec<Reason>,
+    /// Why a human must approve (empty unless needed).
+    pub approval: Vec<Reason>,
+    /// What would be granted (allow, or needs-approval once approved).
+    pub grant: Option<GrantView>,
+    /// Series left out because their Modality is missing or not a DICOM code.
+    pub excluded_series: Vec<String>,
+    /// Consents of the patient on record, whatever their state.
+    pub consents_on_record: usize,
+    /// When the decision was made.
+    pub at: DateTime<Utc>,
+}
+
+impl ConsentCheck {
+    /// True for an allow.
+    #[must_use]
+    pub fn allowed(&self) -> bool {
+        self.decision == "allow"
+    }
+}
+
+fn status_name(r: &ConsentRecord, now: DateTime<Utc>) -> &'static str {
+    match r.status_at(now) {
+        TimeStatus::Withdrawn { .. } => "withdrawn",
+        TimeStatus::Expired { .. } => "expired",
+        TimeStatus::NotYetValid { .. } => "not-yet-valid",
+        _ => "in-force",
+    }
+}
+
+fn entry(r: ConsentRecord, now: DateTime<Utc>) -> ConsentEntry {
+    ConsentEntry {
+        id: r.id().to_string(),
+        status: status_name(&r, now).into(),
+        record: r,
+    }
+}
+
+fn utc_now() -> DateTime<Utc> {
+    DateTime::from_timestamp(super::trust::now(), 0).unwrap_or_default()
+}
+
+/// Parses a date (`2026-03-01`, a UTC day) or an RFC 3339 instant. With
+/// `end_of_day`, a date means the end of that day (the next midnight).
+fn parse_time(field: &'static str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, HomeError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        invalid(
+            field,
+            format!("{s:?} is neither a date (2026-03-01) nor an RFC 3339 time (2026-03-01T08:00:00Z)"),
+        )
+    })?;
+    let start = d.and_time(NaiveTime::MIN).and_utc();
+    Ok(if end_of_day { start + TimeDelta::days(1) } else { start })
+}
+
+fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, HomeError> {
+    let (kind, value) = s.split_once(':').ok_or_else(|| {
+        invalid(
+            field,
+            format!("{s:?}: write peer:ID, institution:NAME, jurisdiction:CC or consortium:ID"),
+        )
+    })?;
+    Ok(match kind {
+        "peer" => Recipient::Peer(peer_id(field, value)?),
+        "institution" => Recipient::Institution(parse_id(field, value)?),
+        "jurisdiction" => Recipient::Jurisdiction(jurisdiction(field, value)?),
+        "consortium" => Recipient::Consortium(parse_id(field, value)?),
+        other => {
+            return Err(invalid(
+                field,
+                format!("{other:?} is not a recipient kind (peer, institution, jurisdiction, consortium)"),
+            ));
+        }
+    })
+}
+
+fn peer_id(field: &'static str, s: &str) -> Result<PeerId, HomeError> {
+    s.parse::<libp2p::PeerId>()
+        .map_err(|e| invalid(field, format!("{s:?} is not a peer id: {e}")))?;
+    parse_id(field, s)
+}
+
+fn jurisdiction(field: &'static str, s: &str) -> Result<Jurisdiction, HomeError> {
+    s.parse().map_err(|e: IdError| invalid(field, e))
+}
+
+/// Study Instance UIDs: 1 to 64 characters of digits and dots.
+fn study_uid(field: &'static str, s: &str) -> Result<StudyRef, HomeError> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !ok {
+        return Err(invalid(
+            field,
+            format!("{s:?} is not a Study Instance UID (digits and dots, at most 64)"),
+        ));
+    }
+    parse_id(field, s)
+}
+
+/// EU and EEA members: GDPR applies.
+const GDPR: [&str; 30] = [
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT",
+    "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+];
+
+/// The default legal basis of a consent recorded at a site in `home`.
+fn default_legal_basis(home: &str, by: ConsentedBy) -> Option<(&'static str, &'static str)> {
+    let waiver = by == ConsentedBy::EthicsBoardWaiver;
+    if GDPR.contains(&home) {
+        Some(if waiver {
+            (
+                "GDPR-9.2.j",
+                "research under an ethics-board waiver, with safeguards (GDPR Art. 9(2)(j))",
+            )
+        } else {
+            ("GDPR-9.2.a", "explicit consent (GDPR Art. 9(2)(a))")
+        })
+    } else if home == "US" {
+        Some(if waiver {
+            (
+                "HIPAA-164.512(i)",
+                "research under an IRB or privacy board waiver (45 CFR 164.512(i))",
+            )
+        } else {
+            ("HIPAA-164.508", "authorization by the individual (45 CFR 164.508)")
+        })
+    } else {
+        None
+    }
+}
+
+fn fresh_id() -> Result<ConsentId, HomeError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| invalid("id", format!("the OS random generator failed: {e}")))?;
+    parse_id("id", &format!("c-{}", hex::encode(b)))
+}
+
+/// The study facts of a stored study, and the series left out for want of a
+/// valid modality.
+fn study_facts(study: &StudyRef, patient: PatientRef, meta: &StudyMeta) -> (StudyFacts, Vec<String>) {
+    let mut series = Vec::new();
+    let mut excluded = Vec::new();
+    for (uid, s) in &meta.series {
+        match (SeriesRef::new(uid.as_str()), Modality::new(s.modality.as_str())) {
+            (Ok(series_ref), Ok(modality)) => series.push(SeriesFacts {
+                series: series_ref,
+                modality,
+            }),
+            _ => excluded.push(uid.clone()),
+        }
+    }
+    let episode = EpisodeId::new(meta.attrs.admission_id.trim()).ok();
+    let facts = StudyFacts {
+        study: study.clone(),
+        patient,
+        episode,
+        acquired_at: acquired_at(&meta.attrs.study_date, &meta.attrs.study_time),
+        series,
+    };
+    (facts, excluded)
+}
+
+/// Study Date and Time (DA, TM) as an instant, read as UTC.
+fn acquired_at(date: &str, time: &str) -> Option<DateTime<Utc>> {
+    let d = NaiveDate::parse_from_str(date.trim(), "%Y%m%d").ok()?;
+    let digits: String = time.trim().chars().take_while(char::is_ascii_digit).collect();
+    let part = |i: usize| digits.get(i..i + 2).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    let t = NaiveTime::from_hms_opt(part(0), part(2), part(4).min(59)).unwrap_or(NaiveTime::MIN);
+    Some(d.and_time(t).and_utc())
+}
+
+fn reason(code: &str, text: impl Into<String>) -> Reason {
+    Reason {
+        code: code.into(),
+        text: text.into(),
+    }
+}
+
+impl Node {
+    /// The site policy: `[policy]` with this node's own jurisdiction.
+    ///
+    /// # Errors
+    /// [`ConsentOpError::Invalid`] if the node record's jurisdiction does not parse.
+    pub fn site_policy(&self) -> Result<SitePolicy, HomeError> {
+        let home = jurisdiction("jurisdiction", &self.record().record().jurisdiction)?;
+        Ok(self.config().policy.site_policy(home))
+    }
+
+    fn patient_ref(&self, patient_id: &str, issuer: &str) -> PatientRef {
+        PatientRef::from_bytes(self.store().patient_ref(patient_id, issuer))
+    }
+
+    /// Records a consent and returns it.
+    ///
+    /// # Errors
+    /// [`ConsentOpError`] naming the field at fault, store errors.
+    pub fn consent_add(&self, c: NewConsent) -> Result<ConsentEntry, HomeError> {
+        let now = utc_now();
+        if c.patient_id.trim().is_empty() {
+            return Err(invalid("patient-id", "is empty"));
+        }
+        let id = match &c.id {
+            Some(id) => parse_id("id", id)?,
+            None => fresh_id()?,
+        };
+        if self.store().consent(&id)?.is_some() {
+            return Err(invalid("id", format!("consent {id} is already on record")));
+        }
+        let provision = match (c.deny, c.level) {
+            (true, None) => Provision::Deny,
+            (true, Some(_)) => return Err(invalid("level", "a deny has no level")),
+            (false, Some(level)) => Provision::Permit { level },
+            (false, None) => {
+                return Err(invalid(
+                    "level",
+                    "a permit needs the weakest level it accepts: identifiable, pseudonymised or anonymised",
+                ));
+            }
+        };
+        let mut recipients = BTreeSet::new();
+        for p in &c.recipient_peers {
+            recipients.insert(Recipient::Peer(peer_id("recipient-peer", p)?));
+        }
+        for i in &c.recipient_institutions {
+            recipients.insert(Recipient::Institution(parse_id("recipient-institution", i)?));
+        }
+        for j in &c.recipient_jurisdictions {
+            recipients.insert(Recipient::Jurisdiction(jurisdiction("recipient-jurisdiction", j)?));
+        }
+        for k in &c.recipient_consortia {
+            recipients.insert(Recipient::Consortium(parse_id("recipient-consortium", k)?));
+        }
+        let mut modalities = BTreeSet::new();
+        for m in &c.modalities {
+            modalities.insert(m.parse::<Modality>().map_err(|e| invalid("modality", e))?);
+        }
+        let coverage = match (&c.episode, c.studies.is_empty()) {
+            (Some(_), false) => return Err(invalid("episode", "give either studies or an episode, not both")),
+            (Some(e), true) => Coverage::Episode(parse_id("episode", e)?),
+            (None, false) => Coverage::Studies(
+                c.studies
+                    .iter()
+                    .map(|s| study_uid("study", s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            (None, true) => Coverage::WholeRecord,
+        };
+        let data_period = match (&c.data_from, &c.data_until) {
+            (None, None) => None,
+            (from, until) => Some(DataPeriod {
+                from: from.as_deref().map(|s| parse_time("data-from", s, false)).transpose()?,
+                until: until
+                    .as_deref()
+                    .map(|s| parse_time("data-until", s, true))
+                    .transpose()?,
+            }),
+        };
+        let home = &self.record().record().jurisdiction;
+        let (code, text) = match (&c.legal_basis, default_legal_basis(home, c.by)) {
+            (Some(code), _) => (code.clone(), c.legal_text.clone().unwrap_or_default()),
+            (None, Some((code, text))) => (code.to_string(), c.legal_text.clone().unwrap_or_else(|| text.into())),
+            (None, None) => {
+                return Err(invalid(
+                    "legal-basis",
+                    format!("no default legal basis for a site in {home}: give its code, e.g. a statute reference"),
+                ));
+            }
+        };
+        let legal_basis = LegalBasis::new(code, text).map_err(|source| record_err(&id, source))?;
+        let draft = ConsentDraft {
+            id: id.clone(),
+            patient: self.patient_ref(c.patient_id.trim(), c.issuer.trim()),
+            consented_by: c.by,
+            provision,
+            scope: Scope {
+                purposes: c.purposes.iter().copied().collect(),
+                modalities: if modalities.is_empty() {
+                    ModalityScope::All
+                } else {
+                    ModalityScope::Only(modalities)
+                },
+                recipients: if recipients.is_empty() {
+                    RecipientScope::Any
+                } else {
+                    RecipientScope::Only(recipients)
+                },
+                coverage,
+                data_period,
+            },
+            valid_from: c
+                .from
+                .as_deref()
+                .map(|s| parse_time("from", s, false))
+                .transpose()?
+                .unwrap_or(now),
+            valid_until: c.until.as_deref().map(|s| parse_time("until", s, true)).transpose()?,
+            withdrawn_at: None,
+            legal_basis,
+        };
+        let record = ConsentRecord::new(draft).map_err(|source| record_err(&id, source))?;
+        self.store().put_consents(std::slice::from_ref(&record))?;
+        tracing::info!(consent = %id, "consent recorded");
+        Ok(entry(record, now))
+    }
+
+    /// Imports FHIR R4 Consent resources, all or nothing: if any file fails,
+    /// nothing is stored.
+    ///
+    /// # Errors
+    /// [`ConsentOpError`] naming the file and the element, store errors.
+    pub fn consent_import_fhir(&self, req: &FhirImport) -> Result<Vec<ImportedConsent>, HomeError> {
+        let issuer = req.issuer.trim().to_string();
+        let pseudonymise = |p: &FhirPatient<'_>| {
+            let by_reference = || {
+                let reference = p.reference?;
+                req.patients
+                    .iter()
+                    .find(|(r, _)| r == reference)
+                    .map(|(_, id)| id.as_str())
+            };
+            p.identifier_value
+                .or_else(by_reference)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| self.patient_ref(v, &issuer))
+        };
+        let mut ctx = ImportContext::new(&pseudonymise).level(req.level.unwrap_or(DeidLevel::Identifiable));
+        for c in &req.custodians {
+            ctx = ctx.custodian(c.clone());
+        }
+        for (reference, recipient) in &req.recipients {
+            ctx = ctx.organization(reference.clone(), parse_recipient("recipient", recipient)?);
+        }
+        if let Some(by) = req.assume_by {
+            ctx = ctx.assume_consented_by(by);
+        }
+        if !req.default_purposes.is_empty() {
+            ctx = ctx.purposes_when_unspecified(req.default_purposes.iter().copied());
+        }
+        if let Some(o) = &req.utc_offset {
+            let offset = FixedOffset::from_str(o)
+                .map_err(|_| invalid("utc-offset", format!("{o:?} is not an offset such as +01:00")))?;
+            ctx = ctx.local_offset(offset);
+        }
+        let mut out: Vec<ImportedConsent> = Vec::new();
+        for file in &req.files {
+            let path = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|cause| {
+                HomeError::Consent(ConsentOpError::Io {
+                    path: path.clone(),
+                    cause,
+                })
+            })?;
+            let records = fhir::import_consent_str(&text, &ctx).map_err(|cause| {
+                HomeError::Consent(ConsentOpError::Fhir {
+                    path: path.clone(),
+                    cause,
+                })
+            })?;
+            for r in records {
+                let r = match_scope(&path, r, &req.episodes)?;
+                let id = r.id().to_string();
+                if out.iter().any(|o| o.id == id) {
+                    return Err(HomeError::Consent(ConsentOpError::Duplicate { path, id }));
+                }
+                let outcome = match self.store().consent(r.id())? {
+                    None => "added",
+                    Some(old) if old == r => "unchanged",
+                    Some(old) if old.withdrawn_at().is_some() => {
+                        return Err(HomeError::Consent(ConsentOpError::Withdrawn { path, id }));
+                    }
+                    Some(_) if req.replace => "replaced",
+                    Some(_) => return Err(HomeError::Consent(ConsentOpError::Exists { path, id })),
+                };
+                out.push(ImportedConsent {
+                    file: file.clone(),
+                    id,
+                    outcome: outcome.into(),
+                    record: r,
+                });
+            }
+        }
+        let changed: Vec<ConsentRecord> = out
+            .iter()
+            .filter(|o| o.outcome != "unchanged")
+            .map(|o| o.record.clone())
+            .collect();
+        self.store().put_consents(&changed)?;
+        tracing::info!(records = changed.len(), "FHIR consents imported");
+        Ok(out)
+    }
+
+    /// Every consent on record, or those of one patient.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn consents(&self, patient: Option<(&str, &str)>) -> Result<Vec<ConsentEntry>, HomeError> {
+        let now = utc_now();
+        let records = match patient {
+            Some((id, issuer)) => self
+                .store()
+                .consents_of_patient(self.patient_ref(id.trim(), issuer.trim()).as_bytes())?,
+            None => self.store().consents()?,
+        };
+        Ok(records.into_iter().map(|r| entry(r, now)).collect())
+    }
+
+    /// Withdraws a consent now: every later decision treats it as withdrawn.
+    /// An earlier withdrawal is kept.
+    ///
+    /// # Errors
+    /// [`ConsentOpError::Unknown`], store errors.
+    pub fn consent_withdraw(&self, id: &str) -> Result<ConsentEntry, HomeError> {
+        let now = utc_now();
+        let cid: ConsentId = parse_id("id", id)?;
+        let mut record = self
+            .store()
+            .consent(&cid)?
+            .ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
+        if record.withdrawn_at().is_none_or(|w| w > now) {
+            record.withdraw(now);
+            self.store().put_consents(std::slice::from_ref(&record))?;
+            tracing::info!(consent = %cid, "consent withdrawn");
+        }
+        Ok(entry(record, now))
+    }
+
+    /// What this node knows of `peer` now, and why trust refuses it for
+    /// `purpose` (empty when it does not).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn peer_facts(&self, peer: &str, purpose: Purpose) -> Result<(Option<PeerFacts>, Vec<Reason>), HomeError> {
+        let t = super::trust::now();
+        let Some(h) = net::peer_hello(self, peer)? else {
+            return Ok((
+                None,
+                vec![reason(
+                    "unknown-peer",
+                    format!(
+                        "peer {peer} has never connected to this node and is not trusted bilaterally: \
+                         its institution and jurisdiction are unknown"
+                    ),
+                )],
+            ));
+        };
+        let state = self.trust_state()?;
+        let accepted = match hello::evaluate(&state, peer, &h, t) {
+            Ok(a) => a,
+            Err(refusal) => {
+                return Ok((
+                    None,
+                    vec![reason(refusal.code(), format!("peer {peer} is not trusted: {refusal}"))],
+                ));
+            }
+        };
+        let mut facts = PeerFacts {
+            peer_id: peer.to_string(),
+            institution: accepted.trusted.institution.clone(),
+            jurisdiction: accepted.trusted.jurisdiction.clone(),
+            consortia: Vec::new(),
+            via: Vec::new(),
+            purposes: Vec::new(),
+        };
+        let add = |t: &trust::Trusted, facts: &mut PeerFacts| {
+            let via = match &t.via {
+                Via::Consortium { consortium, serial } => {
+                    if !facts.consortia.contains(consortium) {
+                        facts.consortia.push(consortium.clone());
+                    }
+                    format!("consortium {consortium} serial {serial}")
+                }
+                Via::Bilateral => "bilateral".into(),
+            };
+            if !facts.via.contains(&via) {
+                facts.via.push(via);
+            }
+            for p in &t.purposes {
+                if !facts.purposes.contains(p) {
+                    facts.purposes.push(*p);
+                }
+            }
+        };
+        add(&accepted.trusted, &mut facts);
+        for cert in &accepted.certificates {
+            if let TrustDecision::Trust(t) = trust::decide(&state, peer, std::slice::from_ref(cert), t) {
+                add(&t, &mut facts);
+            }
+        }
+        facts.purposes.sort();
+        let mut refusals = Vec::new();
+        if !facts.purposes.contains(&purpose) {
+            let list: Vec<&str> = facts.purposes.iter().map(|p| p.as_str()).collect();
+            refusals.push(reason(
+                "purpose-not-trusted",
+                format!(
+                    "peer {peer} is trusted for {} only, not for {purpose} ({})",
+                    list.join(", "),
+                    facts.via.join("; ")
+                ),
+            ));
+        }
+        Ok((Some(facts), refusals))
+    }
+
+    /// The decision on sending `study_uid` to `peer_id` for `purpose` now:
+    /// trust, then [`consent_schema::evaluate`] over the patient's consents
+    /// and the site policy. Nothing is sent.
+    ///
+    /// # Errors
+    /// An unknown or locked study, store errors.
+    pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck, HomeError> {
+        let now = utc_now();
+        let study = self.store().study_ref(&q.study_uid);
+        let row = self
+            .store()
+            .study_row(&study)?
+            .ok_or_else(|| StoreError::UnknownStudy(q.study_uid.clone()))?;
+        let key = self.store().unwrap_study_key(&study, &row)?;
+        let meta = self.store().open_study_meta(&study, &key, &row)?;
+        let patient = self.patient_ref(meta.attrs.patient_id.trim(), meta.attrs.issuer_of_patient_id.trim());
+        let consents = if meta.attrs.patient_id.trim().is_empty() {
+            Vec::new()
+        } else {
+            self.store().consents_of_patient(patient.as_bytes())?
+        };
+        let (facts, trust) = self.peer_facts(&q.peer_id, q.purpose)?;
+        let study_ref: StudyRef = study_uid("study", &q.study_uid)?;
+        let (study_facts, excluded_series) = study_facts(&study_ref, patient, &meta);
+        let mut report = ConsentCheck {
+            decision: "deny".into(),
+            study_uid: q.study_uid.clone(),
+            purpose: q.purpose,
+            peer: facts.clone(),
+            trust,
+            reasons: Vec::new(),
+            approval: Vec::new(),
+            grant: None,
+            excluded_series,
+            consents_on_record: consents.len(),
+            at: now,
+        };
+        let Some(facts) = facts else {
+            return Ok(report);
+        };
+        let institution: InstitutionId = parse_id("institution", &facts.institution)?;
+        let request = TransferRequest {
+            peer: parse_id("peer", &q.peer_id)?,
+            institution,
+            jurisdiction: jurisdiction("jurisdiction", &facts.jurisdiction)?,
+            consortia: facts
+                .consortia
+                .iter()
+                .map(|c| parse_id::<ConsortiumId>("consortium", c))
+                .collect::<Result<_, _>>()?,
+            purpose: q.purpose,
+            role: q.role.unwrap_or(Role::Clinician),
+            requested_level: q.level,
+            study: study_facts,
+        };
+        let policy = self.site_policy()?;
+        let view = |g: &consent_schema::Grant| GrantView {
+            level: g.level(),
+            expires_at: g.expires_at(),
+            series: g.series().iter().map(ToString::to_string).collect(),
+            consents: g.consents().iter().map(ToString::to_string).collect(),
+        };
+        match consent_schema::evaluate(&request, &consents, &policy, now) {
+            Decision::Allow(g) => {
+                report.grant = Some(view(&g));
+                if report.trust.is_empty() {
+                    report.decision = "allow".into();
+                }
+            }
+            Decision::Deny { reasons } => {
+                report.reasons = reasons.iter().map(|r| reason(r.code(), r.to_string())).collect();
+            }
+            Decision::NeedsApproval { why, grant } => {
+                report.grant = Some(view(&grant));
+                report.approval = why.iter().map(|r| reason(r.code(), r.to_string())).collect();
+                if report.trust.is_empty() {
+                    report.decision = "needs-approval".into();
+                }
+            }
+            _ => {}
+        }
+        Ok(report)
+    }
+}
+
+fn record_err(id: &ConsentId, cause: ConsentError) -> HomeError {
+    HomeError::Consent(ConsentOpError::Record {
+        id: id.to_string(),
+        cause,
+    })
+}
+
+/// Turns the studies and the episode an imported record names into what the
+/// store matches: Study Instance UIDs (`urn:oid:1.2.3` → `1.2.3`) and
+/// Admission IDs (an identifier value as is, a reference through
+/// `episodes`). A reference it cannot match is refused, never dropped: a
+/// deny that matches nothing would widen what is allowed.
+fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> Result<ConsentRecord, HomeError> {
+    let id = r.id().clone();
+    let coverage = match &r.scope().coverage {
+        Coverage::WholeRecord => return Ok(r),
+        Coverage::Studies(studies) => {
+            let mut uids = BTreeSet::new();
+            for s in studies {
+                let text = s.as_str();
+                let uid = text.strip_prefix("urn:oid:").unwrap_or(text);
+                let uid = study_uid("study", uid).map_err(|_| {
+                    HomeError::Consent(ConsentOpError::StudyReference {
+                        path: path.to_string(),
+                        id: id.to_string(),
+                        found: text.to_string(),
+                    })
+                })?;
+                uids.insert(uid);
+            }
+            Coverage::Studies(uids)
+        }
+        Coverage::Episode(e) if !e.as_str().contains('/') => return Ok(r),
+        Coverage::Episode(e) => {
+            let admission = episodes
+                .iter()
+                .find(|(reference, _)| reference == e.as_str())
+                .map(|(_, a)| a.as_str())
+                .ok_or_else(|| {
+                    HomeError::Consent(ConsentOpError::EpisodeReference {
+                        path: path.to_string(),
+                        id: id.to_string(),
+                        found: e.to_string(),
+                    })
+                })?;
+            Coverage::Episode(parse_id("episode", admission)?)
+        }
+    };
+    let mut draft = r.into_draft();
+    draft.scope.coverage = coverage;
+    ConsentRecord::new(draft).map_err(|cause| record_err(&id, cause))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dates_and_instants() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(
+            parse_time("from", "2026-03-01", false).unwrap(),
+            t("2026-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_time("until", "2026-03-01", true).unwrap(),
+            t("2026-03-02T00:00:00Z")
+        );
+        assert_eq!(
+            parse_time("from", "2026-03-01T08:00:00+01:00", false).unwrap(),
+            t("2026-03-01T07:00:00Z")
+        );
+        let err = parse_time("until", "01/03/2026", true).unwrap_err().to_string();
+        assert!(err.starts_with("until:"), "{err}");
+        assert_eq!(acquired_at("20240105", "134501.123"), Some(t("2024-01-05T13:45:01Z")));
+        assert_eq!(acquired_at("20240105", ""), Some(t("2024-01-05T00:00:00Z")));
+        assert_eq!(acquired_at("2024", "1200"), None);
+    }
+
+    #[test]
+    fn study_facts_carry_episode_time_and_valid_series_only() {
+        use crate::store::SeriesMeta;
+        let mut meta = StudyMeta::default();
+        meta.attrs.admission_id = " A-2026-17 ".into();
+        meta.attrs.study_date = "20260105".into();
+        meta.attrs.study_time = "0830".into();
+        for (uid, modality) in [("1.2.1", "CT"), ("1.2.2", ""), ("1.2.3", "ct scan"), ("1.2.4", "MR")] {
+            meta.series.insert(
+                uid.into(),
+                SeriesMeta {
+                    modality: modality.into(),
+                    ..SeriesMeta::default()
+                },
+            );
+        }
+        let study: StudyRef = "1.2".parse().unwrap();
+        let (facts, excluded) = study_facts(&study, PatientRef::from_bytes([7; 32]), &meta);
+        assert_eq!(facts.episode.as_ref().map(EpisodeId::as_str), Some("A-2026-17"));
+        assert_eq!(facts.acquired_at, Some("2026-01-05T08:30:00Z".parse().unwrap()));
+        let kept: Vec<&str> = facts.series.iter().map(|s| s.series.as_str()).collect();
+        assert_eq!(kept, ["1.2.1", "1.2.4"]);
+        assert_eq!(
+            excluded,
+            ["1.2.2", "1.2.3"],
+            "no modality, or not a DICOM code: never sent"
+        );
+        meta.attrs.admission_id.clear();
+        assert!(
+            study_facts(&study, PatientRef::from_bytes([7; 32]), &meta)
+                .0
+                .episode
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn recipients_and_uids() {
+        assert!(matches!(
+            parse_recipient("recipient", "jurisdiction:FR").unwrap(),
+            Recipient::Jurisdiction(_)
+        ));
+        for bad in ["FR", "country:FR", "peer:not-a-peer", "jurisdiction:UK"] {
+            let err = parse_recipient("recipient", bad).unwrap_err().to_string();
+            assert!(err.starts_with("recipient:"), "{bad}: {err}");
+        }
+        assert!(study_uid("study", "1.2.840.113619.2.1").is_ok());
+        assert!(study_uid("study", "ImagingStudy/42").is_err());
+    }
+
+    #[test]
+    fn legal_basis_defaults_by_jurisdiction() {
+        assert_eq!(default_legal_basis("DE", ConsentedBy::Patient).unwrap().0, "GDPR-9.2.a");
+        assert_eq!(
+            default_legal_basis("NO", ConsentedBy::EthicsBoardWaiver).unwrap().0,
+            "GDPR-9.2.j"
+        );
+        assert_eq!(
+            default_legal_basis("US", ConsentedBy::LegalGuardian).unwrap().0,
+            "HIPAA-164.508"
+        );
+        assert!(default_legal_basis("JP", ConsentedBy::Patient).is_none());
+        for (code, _) in [
+            default_legal_basis("FR", ConsentedBy::Patient).unwrap(),
+            default_legal_basis("US", ConsentedBy::EthicsBoardWaiver).unwrap(),
+        ] {
+            assert!(LegalBasis::new(code, "").is_ok(), "{code}");
+        }
+    }
+}
