@@ -333,11 +333,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                     replace,
                 })
                 .context("importing FHIR consents (nothing was stored)")?;
-            if out.json {
-                for i in &imported {
-                    out.line("consent-imported", i);
-                }
-            } else {
+            out.list("consent-imported", &imported, || {
                 let mut s = String::new();
                 for i in &imported {
                     s.push_str(&format!(
@@ -349,8 +345,8 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                     ));
                 }
                 s.push_str(&format!("{} consent records\n", imported.len()));
-                out.text(&s)?;
-            }
+                s
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::List {
@@ -363,13 +359,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let list = session
                 .consents(patient_id.as_deref().map(|p| (p, issuer.as_str())))
                 .context("listing consents")?;
-            if out.json {
-                for e in &list {
-                    out.line("consent", e);
-                }
-            } else {
-                out.text(&render_list(&list))?;
-            }
+            out.list("consent", &list, || render_list(&list))?;
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::Withdraw { home, id } => {

@@ -588,11 +588,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let studies = node
                 .studies(patient_id.as_deref().map(|p| (p, issuer.as_str())))
                 .context("listing studies")?;
-            if out.json {
-                for s in &studies {
-                    out.line("study", s);
-                }
-            } else {
+            out.list("study", &studies, || {
                 let mut table = output::Table::new(&[
                     "STUDY UID",
                     "PATIENT",
@@ -617,8 +613,8 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                         s.origin.clone(),
                     ]);
                 }
-                out.text(&table.render())?;
-            }
+                table.render()
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         StudyCommand::Show { home, study_uid } => {

@@ -37,6 +37,18 @@ impl Out {
         }
     }
 
+    /// A listing: one JSON Lines record per item in JSON mode, else the text.
+    pub fn list<T: Serialize>(&self, kind: &str, items: &[T], text: impl FnOnce() -> String) -> Result<()> {
+        if self.json {
+            for item in items {
+                self.line(kind, item);
+            }
+            Ok(())
+        } else {
+            self.text(&text())
+        }
+    }
+
     /// Plain text to stdout.
     pub fn text(&self, s: &str) -> Result<()> {
         let mut stdout = std::io::stdout().lock();
