@@ -71,7 +71,7 @@ fn mapping(s: &str) -> Result<(String, String), String> {
 }
 
 /// `medmesh consent add`.
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub(crate) struct AddArgs {
     #[command(flatten)]
     home: HomeArgs,
@@ -139,7 +139,7 @@ pub(crate) struct AddArgs {
     id: Option<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub(crate) enum ConsentCommand {
     /// Record a patient's consent (a permit, or with --deny an objection).
     ///
@@ -162,9 +162,16 @@ pub(crate) enum ConsentCommand {
         /// Files, each one Consent resource.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Issuer of Patient ID (0010,0021) your PACS uses for these patient identifiers.
+        /// Issuer of Patient ID (0010,0021) your PACS uses for these patient
+        /// identifiers (and for the IDs of --patient).
         #[arg(long, value_name = "ISSUER", default_value = "")]
         issuer: String,
+        /// Maps an identifier system to the Issuer of Patient ID it stands
+        /// for: SYSTEM=ISSUER (repeatable). When given, identifiers of any
+        /// other system are refused (a national or insurance number is not
+        /// the PACS's Patient ID).
+        #[arg(long, value_parser = mapping, value_name = "SYSTEM=ISSUER")]
+        issuer_for: Vec<(String, String)>,
         /// Maps a patient reference to the Patient ID it stands for, for
         /// resources whose patient has no identifier: REF=ID, e.g.
         /// Patient/p-1001=MRN-0042 (repeatable).
@@ -300,12 +307,19 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                 println!("{}", e.id);
                 eprintln!("recorded: {}", describe(&e.record));
             }
+            if e.studies == 0 {
+                eprintln!(
+                    "medmesh: warning: no study of this patient is on record yet; the consent matches studies whose \
+                     Patient ID and Issuer of Patient ID are exactly --patient-id and --issuer"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::ImportFhir {
             home,
             files,
             issuer,
+            issuer_for,
             patient,
             episode,
             custodian,
@@ -322,6 +336,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                 .consent_import_fhir(FhirImport {
                     files,
                     issuer,
+                    issuers: issuer_for,
                     patients: patient,
                     episodes: episode,
                     custodians: custodian,
@@ -333,6 +348,12 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                     replace,
                 })
                 .context("importing FHIR consents (nothing was stored)")?;
+            for i in imported.iter().filter(|i| i.studies == 0) {
+                eprintln!(
+                    "medmesh: warning: {}: no study of its patient is on record yet (check --issuer, --issuer-for, --patient)",
+                    i.id
+                );
+            }
             out.list("consent-imported", &imported, || {
                 let mut s = String::new();
                 for i in &imported {
@@ -474,6 +495,7 @@ fn render_list(list: &[ConsentEntry]) -> String {
         "ID",
         "STATUS",
         "PATIENT",
+        "STUDIES",
         "BY",
         "PROVISION",
         "PURPOSES",
@@ -489,6 +511,7 @@ fn render_list(list: &[ConsentEntry]) -> String {
             e.id.clone(),
             e.status.clone(),
             r.patient().to_string()[..12].to_string(),
+            e.studies.to_string(),
             by(r).into(),
             provision(r),
             purposes(r),

@@ -29,8 +29,11 @@ use medmesh_node::keystore::Passphrase;
 use crate::output::{Out, human_bytes};
 use crate::session::Session;
 
+// The command types do not derive `Debug`: they hold patient IDs, which
+// must never reach a log or a panic message.
+
 /// medmesh: federated, consent-scoped, end-to-end encrypted exchange of DICOM studies.
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(name = "medmesh", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
@@ -48,7 +51,7 @@ pub(crate) struct HomeArgs {
     pub(crate) json: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
     /// Create a node home: identity keys, signed node record, master key, config, database.
     ///
@@ -115,7 +118,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub(crate) enum ConsortiumCommand {
     /// Create a consortium: its descriptor (id, name, admin public keys,
     /// threshold) in OUT/consortium.cbor and one passphrase-locked key file per
@@ -153,7 +156,7 @@ pub(crate) struct AdminArgs {
     admin_key: PathBuf,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub(crate) enum TrustCommand {
     /// Sign a membership certificate for a node (consortium admin, offline).
     Issue {
@@ -259,7 +262,7 @@ pub(crate) enum TrustCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum StudyCommand {
     /// Import DICOM files and folders (recursively) into the encrypted store.
     ///
@@ -306,7 +309,7 @@ enum StudyCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum StoreCommand {
     /// Check the store: every index row has its blob and every blob its row;
     /// with --deep, every blob is opened and its hash verified. Exit 1 if not clean.

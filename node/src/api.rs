@@ -63,11 +63,19 @@ pub struct BlockRequest {
     pub reason: String,
 }
 
-/// `POST /v1/studies/list`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `POST /v1/studies/list`. `Debug` does not show the patient.
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ListRequest {
     /// Patient ID and issuer to look up.
     pub patient: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ListRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListRequest")
+            .field("patient", &self.patient.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `POST /v1/studies/show`.
@@ -102,11 +110,19 @@ pub struct CheckRequest {
     pub deep: bool,
 }
 
-/// `POST /v1/consents/list`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `POST /v1/consents/list`. `Debug` does not show the patient.
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ConsentListRequest {
     /// Patient ID and issuer whose consents to list; every consent when absent.
     pub patient: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ConsentListRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentListRequest")
+            .field("patient", &self.patient.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `POST /v1/consents/withdraw`.

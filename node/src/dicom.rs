@@ -137,9 +137,10 @@ pub struct StudyAttributes {
     /// Institution Name.
     pub institution: String,
     /// Admission ID (0038,0010): the hospital stay the study belongs to,
-    /// used as its episode of care for consent scoping.
+    /// used as its episode of care for consent scoping. `None` in rows
+    /// stored before it was recorded (unknown, not absent).
     #[serde(default)]
-    pub admission_id: String,
+    pub admission_id: Option<String>,
 }
 
 /// A parsed file: what it is, and its bytes when they were read whole.
@@ -546,7 +547,7 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
             study_description: text(tags::STUDY_DESCRIPTION),
             referring_physician: text(tags::REFERRING_PHYSICIAN_NAME),
             institution: text(tags::INSTITUTION_NAME),
-            admission_id: text(tags::ADMISSION_ID),
+            admission_id: Some(text(tags::ADMISSION_ID)),
         },
         notes,
     })

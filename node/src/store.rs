@@ -41,8 +41,8 @@ use std::path::{Path, PathBuf};
 use consent_schema::{ConsentId, ConsentRecord};
 use medmesh_seal::{DataKey, WrappedKey, open_box, seal_box};
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -318,6 +318,12 @@ pub struct CheckReport {
     pub duplicates: u64,
     /// Crash-recovery intents still recorded.
     pub pending: u64,
+    /// Consent records.
+    #[serde(default)]
+    pub consents: u64,
+    /// Consent rows that do not open, or whose patient index entry is wrong.
+    #[serde(default)]
+    pub damaged_consents: Vec<String>,
 }
 
 impl CheckReport {
@@ -329,6 +335,7 @@ impl CheckReport {
             && self.damaged.is_empty()
             && self.duplicates == 0
             && self.pending == 0
+            && self.damaged_consents.is_empty()
     }
 }
 
@@ -807,38 +814,51 @@ impl Store {
         ConsentRecord::from_cbor(&plain).map_err(|_| damaged())
     }
 
-    /// Stores consent records in one transaction, each sealed under the
-    /// node's consent key and indexed by its patient. A record whose id is
-    /// already stored replaces it (its patient index entry follows).
+    /// Changes consent records in one write transaction. For each id,
+    /// `decide(index, stored)` sees the record stored now (`None` if there
+    /// is none) and returns the record to store, `None` to leave it, or an
+    /// error that aborts the whole transaction. Because the decision is made
+    /// inside the (single) write transaction, a concurrent withdrawal cannot
+    /// be overwritten by a decision made on an older read. Each record is
+    /// sealed under the node's consent key and indexed by its patient.
     ///
     /// # Errors
-    /// [`StoreError::Database`], [`StoreError::Consent`].
-    pub fn put_consents(&self, records: &[ConsentRecord]) -> Result<(), StoreError> {
-        let mut rows = Vec::with_capacity(records.len());
-        for r in records {
-            let key = self.consent_ref(r.id());
-            rows.push((key, *r.patient().as_bytes(), self.seal_consent(&key, r)?));
-        }
+    /// The first error of `decide`, [`StoreError::Database`], [`StoreError::Consent`].
+    pub fn update_consents<E: From<StoreError>>(
+        &self,
+        ids: &[ConsentId],
+        mut decide: impl FnMut(usize, Option<ConsentRecord>) -> Result<Option<ConsentRecord>, E>,
+    ) -> Result<(), E> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         {
             let mut table = txn.open_table(CONSENTS).map_err(|e| self.err(e))?;
             let mut index = txn.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
-            for (key, patient, sealed) in &rows {
-                let old = table
-                    .insert(key, sealed.as_slice())
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value().to_vec());
-                if let Some(old) = old {
-                    let previous = self.open_consent(key, &old)?;
-                    index
-                        .remove(previous.patient().as_bytes(), key)
-                        .map_err(|e| self.err(e))?;
+            for (i, id) in ids.iter().enumerate() {
+                let key = self.consent_ref(id);
+                let stored = match table.get(key).map_err(|e| self.err(e))? {
+                    Some(v) => Some(self.open_consent(&key, v.value())?),
+                    None => None,
+                };
+                let previous_patient = stored.as_ref().map(|r| *r.patient().as_bytes());
+                let Some(record) = decide(i, stored)? else {
+                    continue;
+                };
+                if record.id() != id {
+                    return Err(StoreError::Consent(hex::encode(&key[..8])).into());
                 }
-                index.insert(patient, key).map_err(|e| self.err(e))?;
+                let sealed = self.seal_consent(&key, &record)?;
+                table.insert(key, sealed.as_slice()).map_err(|e| self.err(e))?;
+                if let Some(p) = previous_patient {
+                    index.remove(p, key).map_err(|e| self.err(e))?;
+                }
+                index
+                    .insert(record.patient().as_bytes(), key)
+                    .map_err(|e| self.err(e))?;
             }
         }
-        txn.commit().map_err(|e| self.err(e))
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The consent record with this id, if stored.
@@ -1010,6 +1030,7 @@ impl Store {
                 }
             }
         }
+        self.check_consents(&mut report)?;
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         report.pending = read
             .open_table(PENDING)
@@ -1017,6 +1038,43 @@ impl Store {
             .len()
             .map_err(|e| self.err(e))?;
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Every consent row opens under the consent key, and the patient index
+    /// names exactly the rows with their patient.
+    fn check_consents(&self, report: &mut CheckReport) -> Result<(), StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(CONSENTS).map_err(|e| self.err(e))?;
+        let index = read.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
+        let mut expected = BTreeSet::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = k.value();
+            report.consents += 1;
+            match self.open_consent(&key, v.value()) {
+                Ok(r) if self.consent_ref(r.id()) == key => {
+                    expected.insert((*r.patient().as_bytes(), key));
+                }
+                _ => report.damaged_consents.push(hex::encode(&key[..8])),
+            }
+        }
+        let mut indexed = BTreeSet::new();
+        for item in index.iter().map_err(|e| self.err(e))? {
+            let (patient, keys) = item.map_err(|e| self.err(e))?;
+            for k in keys {
+                indexed.insert((patient.value(), k.map_err(|e| self.err(e))?.value()));
+            }
+        }
+        let damaged: BTreeSet<String> = report.damaged_consents.iter().cloned().collect();
+        for (_, key) in indexed.symmetric_difference(&expected) {
+            let short = hex::encode(&key[..8]);
+            if !damaged.contains(&short) {
+                report.damaged_consents.push(format!("{short} (patient index)"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1075,5 +1133,108 @@ fn key_err(what: &'static str, study: &StudyRef) -> StoreError {
     StoreError::Key {
         what,
         study: study.short(),
+    }
+}
+
+#[cfg(test)]
+mod consent_tests {
+    #![allow(clippy::unwrap_used)]
+    use consent_schema::{
+        ConsentDraft, ConsentedBy, Coverage, DeidLevel, LegalBasis, ModalityScope, PatientRef, Provision, Purpose,
+        RecipientScope, Scope,
+    };
+
+    use super::*;
+    use crate::keystore::Passphrase;
+
+    fn store(dir: &Path) -> Store {
+        let master = MasterKey::create(
+            &dir.join("master.key"),
+            &Passphrase::new("correct horse battery".into()),
+        )
+        .unwrap();
+        Store::create(&dir.join("db.redb"), &dir.join("blobs"), master, false).unwrap()
+    }
+
+    fn record(id: &str, patient: u8) -> ConsentRecord {
+        ConsentRecord::new(ConsentDraft {
+            id: id.parse().unwrap(),
+            patient: PatientRef::from_bytes([patient; 32]),
+            consented_by: ConsentedBy::Patient,
+            provision: Provision::Permit {
+                level: DeidLevel::Identifiable,
+            },
+            scope: Scope {
+                purposes: [Purpose::Treatment].into(),
+                modalities: ModalityScope::All,
+                recipients: RecipientScope::Any,
+                coverage: Coverage::WholeRecord,
+                data_period: None,
+            },
+            valid_from: "2026-01-01T00:00:00Z".parse().unwrap(),
+            valid_until: None,
+            withdrawn_at: None,
+            legal_basis: LegalBasis::new("GDPR-9.2.a", "").unwrap(),
+        })
+        .unwrap()
+    }
+
+    fn put(s: &Store, r: &ConsentRecord) {
+        s.update_consents(std::slice::from_ref(r.id()), |_, _| {
+            Ok::<_, StoreError>(Some(r.clone()))
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn consents_are_sealed_indexed_by_patient_and_moved_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, &record("c-1", 1));
+        put(&s, &record("c-2", 1));
+        put(&s, &record("c-3", 2));
+        let ids = |v: Vec<ConsentRecord>| v.iter().map(|r| r.id().to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(s.consents_of_patient(&[1; 32]).unwrap()), ["c-1", "c-2"]);
+        // A record whose patient changes leaves the old patient's index.
+        put(&s, &record("c-2", 2));
+        assert_eq!(ids(s.consents_of_patient(&[1; 32]).unwrap()), ["c-1"]);
+        assert_eq!(ids(s.consents_of_patient(&[2; 32]).unwrap()), ["c-2", "c-3"]);
+        assert_eq!(ids(s.consents().unwrap()), ["c-1", "c-2", "c-3"]);
+        let report = s.check(false).unwrap();
+        assert_eq!((report.consents, report.is_clean()), (3, true), "{report:?}");
+        // Sealed: the id and the legal basis are nowhere in the file.
+        drop(s);
+        let db = std::fs::read(dir.path().join("db.redb")).unwrap();
+        assert!(!db.windows(10).any(|w| w == b"GDPR-9.2.a"));
+    }
+
+    #[test]
+    fn the_decision_sees_what_is_stored_and_an_error_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, &record("c-1", 1));
+        let mut withdrawn = record("c-1", 1);
+        withdrawn.withdraw("2026-02-01T00:00:00Z".parse().unwrap());
+        put(&s, &withdrawn);
+        // A later writer holding the old, unwithdrawn version sees the withdrawal.
+        let stale = record("c-1", 1);
+        let ids: Vec<ConsentId> = vec!["c-9".parse().unwrap(), "c-1".parse().unwrap()];
+        let result = s.update_consents(&ids, |i, stored| match (i, stored) {
+            (0, None) => Ok(Some(record("c-9", 3))),
+            (_, Some(old)) if old.withdrawn_at().is_some() => Err(StoreError::Consent("withdrawn".into())),
+            _ => Ok(Some(stale.clone())),
+        });
+        assert!(result.is_err());
+        assert!(
+            s.consent(&"c-9".parse().unwrap()).unwrap().is_none(),
+            "the whole update is void"
+        );
+        assert!(
+            s.consent(&"c-1".parse().unwrap())
+                .unwrap()
+                .unwrap()
+                .withdrawn_at()
+                .is_some()
+        );
     }
 }

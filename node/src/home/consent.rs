@@ -215,15 +215,22 @@ impl fmt::Debug for NewConsent {
 }
 
 /// A FHIR import (`medmesh consent import-fhir`, `POST /v1/consents/import-fhir`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `Debug` does not show the patient mappings.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FhirImport {
     /// Files, each holding one FHIR R4 Consent resource (JSON).
     pub files: Vec<PathBuf>,
     /// Issuer of Patient ID (0010,0021) that the PACS uses for the patient
-    /// identifiers (`Consent.patient.identifier.value`) of these resources.
+    /// identifiers (`Consent.patient.identifier.value`) of these resources,
+    /// whatever their system, when `issuers` is empty; also the issuer of
+    /// the Patient IDs in `patients`.
     #[serde(default)]
     pub issuer: String,
+    /// Identifier systems → the Issuer of Patient ID they stand for. When
+    /// given, an identifier of any other system is refused.
+    #[serde(default)]
+    pub issuers: Vec<(String, String)>,
     /// Patient references (`Patient/p-1001`) → the Patient ID (0010,0020) they
     /// stand for, for resources whose patient has no identifier.
     #[serde(default)]
@@ -255,6 +262,18 @@ pub struct FhirImport {
     pub replace: bool,
 }
 
+impl fmt::Debug for FhirImport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FhirImport")
+            .field("files", &self.files)
+            .field("issuers", &self.issuers)
+            .field("patients", &format_args!("{} mappings", self.patients.len()))
+            .field("episodes", &self.episodes.len())
+            .field("replace", &self.replace)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One consent as listed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsentEntry {
@@ -262,6 +281,9 @@ pub struct ConsentEntry {
     pub id: String,
     /// `in-force`, `not-yet-valid`, `expired` or `withdrawn`, now.
     pub status: String,
+    /// Studies of this patient on record (0 often means a mistyped Patient
+    /// ID or issuer: the consent then matches nothing).
+    pub studies: usize,
     /// The record (its patient is the keyed pseudonym).
     pub record: ConsentRecord,
 }
@@ -275,6 +297,8 @@ pub struct ImportedConsent {
     pub id: String,
     /// `added`, `replaced` or `unchanged`.
     pub outcome: String,
+    /// Studies of this patient on record.
+    pub studies: usize,
     /// The record.
     pub record: ConsentRecord,
 }
@@ -380,11 +404,18 @@ fn status_name(r: &ConsentRecord, now: DateTime<Utc>) -> &'static str {
     }
 }
 
-fn entry(r: ConsentRecord, now: DateTime<Utc>) -> ConsentEntry {
-    ConsentEntry {
-        id: r.id().to_string(),
-        status: status_name(&r, now).into(),
-        record: r,
+impl Node {
+    fn studies_of(&self, r: &ConsentRecord) -> Result<usize, HomeError> {
+        Ok(self.store().studies_of_patient(r.patient().as_bytes())?.len())
+    }
+
+    fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, HomeError> {
+        Ok(ConsentEntry {
+            id: r.id().to_string(),
+            status: status_name(&r, now).into(),
+            studies: self.studies_of(&r)?,
+            record: r,
+        })
     }
 }
 
@@ -441,11 +472,14 @@ fn jurisdiction(field: &'static str, s: &str) -> Result<Jurisdiction, HomeError>
 
 /// Study Instance UIDs: 1 to 64 characters of digits and dots.
 fn study_uid(field: &'static str, s: &str) -> Result<StudyRef, HomeError> {
-    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let ok = s.len() <= 64
+        && s.split('.').count() >= 2
+        && s.split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()));
     if !ok {
         return Err(invalid(
             field,
-            format!("{s:?} is not a Study Instance UID (digits and dots, at most 64)"),
+            format!("{s:?} is not a Study Instance UID (numbers separated by dots, at most 64 characters)"),
         ));
     }
     parse_id(field, s)
@@ -503,7 +537,11 @@ fn study_facts(study: &StudyRef, patient: PatientRef, meta: &StudyMeta) -> (Stud
             _ => excluded.push(uid.clone()),
         }
     }
-    let episode = EpisodeId::new(meta.attrs.admission_id.trim()).ok();
+    let episode = meta
+        .attrs
+        .admission_id
+        .as_deref()
+        .and_then(|a| EpisodeId::new(a.trim()).ok());
     let facts = StudyFacts {
         study: study.clone(),
         patient,
@@ -517,9 +555,21 @@ fn study_facts(study: &StudyRef, patient: PatientRef, meta: &StudyMeta) -> (Stud
 /// Study Date and Time (DA, TM) as an instant, read as UTC.
 fn acquired_at(date: &str, time: &str) -> Option<DateTime<Utc>> {
     let d = NaiveDate::parse_from_str(date.trim(), "%Y%m%d").ok()?;
-    let digits: String = time.trim().chars().take_while(char::is_ascii_digit).collect();
-    let part = |i: usize| digits.get(i..i + 2).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-    let t = NaiveTime::from_hms_opt(part(0), part(2), part(4).min(59)).unwrap_or(NaiveTime::MIN);
+    // TM is HH[MM[SS[.F{1,6}]]]; anything else makes the time unknown (never guessed).
+    let time = time.trim();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    if !hms.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let part = |i: usize| match hms.get(i..i + 2) {
+        Some(p) => p.parse::<u32>().ok(),
+        None if hms.len() <= i => Some(0),
+        None => None,
+    };
+    if ![0, 2, 4, 6].contains(&hms.len()) {
+        return None;
+    }
+    let t = NaiveTime::from_hms_opt(part(0)?, part(2)?, part(4)?)?;
     Some(d.and_time(t).and_utc())
 }
 
@@ -536,7 +586,10 @@ impl Node {
     /// # Errors
     /// [`ConsentOpError::Invalid`] if the node record's jurisdiction does not parse.
     pub fn site_policy(&self) -> Result<SitePolicy, HomeError> {
-        let home = jurisdiction("jurisdiction", &self.record().record().jurisdiction)?;
+        let own = &self.record().record().jurisdiction;
+        let home = own
+            .parse()
+            .map_err(|e: IdError| invalid("jurisdiction", format!("of this node's record, {own:?}: {e}")))?;
         Ok(self.config().policy.site_policy(home))
     }
 
@@ -557,9 +610,6 @@ impl Node {
             Some(id) => parse_id("id", id)?,
             None => fresh_id()?,
         };
-        if self.store().consent(&id)?.is_some() {
-            return Err(invalid("id", format!("consent {id} is already on record")));
-        }
         let provision = match (c.deny, c.level) {
             (true, None) => Provision::Deny,
             (true, Some(_)) => return Err(invalid("level", "a deny has no level")),
@@ -652,9 +702,13 @@ impl Node {
             legal_basis,
         };
         let record = ConsentRecord::new(draft).map_err(|source| record_err(&id, source))?;
-        self.store().put_consents(std::slice::from_ref(&record))?;
+        self.store()
+            .update_consents(std::slice::from_ref(&id), |_, stored| match stored {
+                Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
+                None => Ok(Some(record.clone())),
+            })?;
         tracing::info!(consent = %id, "consent recorded");
-        Ok(entry(record, now))
+        self.entry(record, now)
     }
 
     /// Imports FHIR R4 Consent resources, all or nothing: if any file fails,
@@ -663,20 +717,29 @@ impl Node {
     /// # Errors
     /// [`ConsentOpError`] naming the file and the element, store errors.
     pub fn consent_import_fhir(&self, req: &FhirImport) -> Result<Vec<ImportedConsent>, HomeError> {
-        let issuer = req.issuer.trim().to_string();
+        let issuer = req.issuer.trim();
         let pseudonymise = |p: &FhirPatient<'_>| {
+            let by_identifier = || {
+                let value = p.identifier_value?;
+                if req.issuers.is_empty() {
+                    return Some((value, issuer));
+                }
+                let system = p.identifier_system?;
+                let (_, mapped) = req.issuers.iter().find(|(s, _)| s == system)?;
+                Some((value, mapped.trim()))
+            };
             let by_reference = || {
                 let reference = p.reference?;
-                req.patients
-                    .iter()
-                    .find(|(r, _)| r == reference)
-                    .map(|(_, id)| id.as_str())
+                let (_, id) = req.patients.iter().find(|(r, _)| r == reference)?;
+                Some((id.as_str(), issuer))
             };
-            p.identifier_value
-                .or_else(by_reference)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| self.patient_ref(v, &issuer))
+            let (id, issuer) = if p.identifier_value.is_some() {
+                by_identifier()?
+            } else {
+                by_reference()?
+            };
+            let id = id.trim();
+            (!id.is_empty()).then(|| self.patient_ref(id, issuer))
         };
         let mut ctx = ImportContext::new(&pseudonymise).level(req.level.unwrap_or(DeidLevel::Identifiable));
         for c in &req.custodians {
@@ -717,30 +780,38 @@ impl Node {
                 if out.iter().any(|o| o.id == id) {
                     return Err(HomeError::Consent(ConsentOpError::Duplicate { path, id }));
                 }
-                let outcome = match self.store().consent(r.id())? {
-                    None => "added",
-                    Some(old) if old == r => "unchanged",
-                    Some(old) if old.withdrawn_at().is_some() => {
-                        return Err(HomeError::Consent(ConsentOpError::Withdrawn { path, id }));
-                    }
-                    Some(_) if req.replace => "replaced",
-                    Some(_) => return Err(HomeError::Consent(ConsentOpError::Exists { path, id })),
-                };
                 out.push(ImportedConsent {
                     file: file.clone(),
                     id,
-                    outcome: outcome.into(),
+                    outcome: String::new(),
+                    studies: self.studies_of(&r)?,
                     record: r,
                 });
             }
         }
-        let changed: Vec<ConsentRecord> = out
-            .iter()
-            .filter(|o| o.outcome != "unchanged")
-            .map(|o| o.record.clone())
-            .collect();
-        self.store().put_consents(&changed)?;
-        tracing::info!(records = changed.len(), "FHIR consents imported");
+        // The outcome is decided against what is stored inside the write
+        // transaction, so a concurrent withdrawal is never overwritten.
+        let ids: Vec<ConsentId> = out.iter().map(|o| o.record.id().clone()).collect();
+        let replace = req.replace;
+        self.store().update_consents(&ids, |i, stored| {
+            let o = &mut out[i];
+            let err = |e: fn(String, String) -> ConsentOpError| {
+                HomeError::Consent(e(o.file.display().to_string(), o.id.clone()))
+            };
+            let (outcome, write) = match stored {
+                None => ("added", true),
+                Some(old) if old == o.record => ("unchanged", false),
+                Some(old) if old.withdrawn_at().is_some() => {
+                    return Err(err(|path, id| ConsentOpError::Withdrawn { path, id }));
+                }
+                Some(_) if replace => ("replaced", true),
+                Some(_) => return Err(err(|path, id| ConsentOpError::Exists { path, id })),
+            };
+            o.outcome = outcome.into();
+            Ok(write.then(|| o.record.clone()))
+        })?;
+        let changed = out.iter().filter(|o| o.outcome != "unchanged").count();
+        tracing::info!(records = changed, "FHIR consents imported");
         Ok(out)
     }
 
@@ -756,7 +827,7 @@ impl Node {
                 .consents_of_patient(self.patient_ref(id.trim(), issuer.trim()).as_bytes())?,
             None => self.store().consents()?,
         };
-        Ok(records.into_iter().map(|r| entry(r, now)).collect())
+        records.into_iter().map(|r| self.entry(r, now)).collect()
     }
 
     /// Withdraws a consent now: every later decision treats it as withdrawn.
@@ -767,16 +838,19 @@ impl Node {
     pub fn consent_withdraw(&self, id: &str) -> Result<ConsentEntry, HomeError> {
         let now = utc_now();
         let cid: ConsentId = parse_id("id", id)?;
-        let mut record = self
-            .store()
-            .consent(&cid)?
-            .ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-        if record.withdrawn_at().is_none_or(|w| w > now) {
-            record.withdraw(now);
-            self.store().put_consents(std::slice::from_ref(&record))?;
-            tracing::info!(consent = %cid, "consent withdrawn");
-        }
-        Ok(entry(record, now))
+        let mut result = None;
+        self.store().update_consents(std::slice::from_ref(&cid), |_, stored| {
+            let mut record = stored.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
+            let change = record.withdrawn_at().is_none_or(|w| w > now);
+            if change {
+                record.withdraw(now);
+                tracing::info!(consent = %cid, "consent withdrawn");
+            }
+            result = Some(record.clone());
+            Ok::<_, HomeError>(change.then_some(record))
+        })?;
+        let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
+        self.entry(record, now)
     }
 
     /// What this node knows of `peer` now, and why trust refuses it for
@@ -865,6 +939,7 @@ impl Node {
     /// An unknown or locked study, store errors.
     pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck, HomeError> {
         let now = utc_now();
+        let requester = peer_id("peer", &q.peer_id)?;
         let study = self.store().study_ref(&q.study_uid);
         let row = self
             .store()
@@ -897,11 +972,12 @@ impl Node {
         let Some(facts) = facts else {
             return Ok(report);
         };
-        let institution: InstitutionId = parse_id("institution", &facts.institution)?;
+        let of_peer = |what: &str, e: IdError| invalid("peer", format!("{}: its certified {what}: {e}", q.peer_id));
+        let institution: InstitutionId = facts.institution.parse().map_err(|e| of_peer("institution", e))?;
         let request = TransferRequest {
-            peer: parse_id("peer", &q.peer_id)?,
+            peer: requester,
             institution,
-            jurisdiction: jurisdiction("jurisdiction", &facts.jurisdiction)?,
+            jurisdiction: facts.jurisdiction.parse().map_err(|e| of_peer("jurisdiction", e))?,
             consortia: facts
                 .consortia
                 .iter()
@@ -913,6 +989,23 @@ impl Node {
             study: study_facts,
         };
         let policy = self.site_policy()?;
+        // A study stored before Admission IDs were recorded has an unknown
+        // episode: an objection scoped to an episode may cover it, so it is
+        // withheld (as evaluate reads an unknown acquisition time).
+        if meta.attrs.admission_id.is_none()
+            && consents.iter().any(|c| {
+                c.provision() == Provision::Deny
+                    && matches!(c.scope().coverage, Coverage::Episode(_))
+                    && c.status_at(now) == TimeStatus::InForce
+            })
+        {
+            report.reasons.push(reason(
+                "episode-unknown",
+                "the study's episode of care is unknown (it was stored before medmesh recorded Admission IDs) \
+                 and an objection of this patient is scoped to an episode, so the study is withheld",
+            ));
+            return Ok(report);
+        }
         let view = |g: &consent_schema::Grant| GrantView {
             level: g.level(),
             expires_at: g.expires_at(),
@@ -920,21 +1013,18 @@ impl Node {
             consents: g.consents().iter().map(ToString::to_string).collect(),
         };
         match consent_schema::evaluate(&request, &consents, &policy, now) {
-            Decision::Allow(g) => {
+            // A trust refusal is final: no grant is shown for it.
+            Decision::Allow(g) if report.trust.is_empty() => {
                 report.grant = Some(view(&g));
-                if report.trust.is_empty() {
-                    report.decision = "allow".into();
-                }
+                report.decision = "allow".into();
             }
             Decision::Deny { reasons } => {
                 report.reasons = reasons.iter().map(|r| reason(r.code(), r.to_string())).collect();
             }
-            Decision::NeedsApproval { why, grant } => {
+            Decision::NeedsApproval { why, grant } if report.trust.is_empty() => {
                 report.grant = Some(view(&grant));
                 report.approval = why.iter().map(|r| reason(r.code(), r.to_string())).collect();
-                if report.trust.is_empty() {
-                    report.decision = "needs-approval".into();
-                }
+                report.decision = "needs-approval".into();
             }
             _ => {}
         }
@@ -947,6 +1037,12 @@ fn record_err(id: &ConsentId, cause: ConsentError) -> HomeError {
         id: id.to_string(),
         cause,
     })
+}
+
+/// A FHIR reference (`EpisodeOfCare/17`, `urn:uuid:…`, an absolute URL)
+/// rather than an identifier value.
+fn is_reference(s: &str) -> bool {
+    s.contains('/') || s.starts_with("urn:") || s.starts_with('#')
 }
 
 /// Turns the studies and the episode an imported record names into what the
@@ -974,7 +1070,7 @@ fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> R
             }
             Coverage::Studies(uids)
         }
-        Coverage::Episode(e) if !e.as_str().contains('/') => return Ok(r),
+        Coverage::Episode(e) if !is_reference(e.as_str()) => return Ok(r),
         Coverage::Episode(e) => {
             let admission = episodes
                 .iter()
@@ -1020,13 +1116,20 @@ mod tests {
         assert_eq!(acquired_at("20240105", "134501.123"), Some(t("2024-01-05T13:45:01Z")));
         assert_eq!(acquired_at("20240105", ""), Some(t("2024-01-05T00:00:00Z")));
         assert_eq!(acquired_at("2024", "1200"), None);
+        assert_eq!(
+            acquired_at("20240105", "2500"),
+            None,
+            "an invalid time is unknown, not guessed"
+        );
+        assert_eq!(acquired_at("20240105", "12:00"), None);
+        assert_eq!(acquired_at("20240105", "123"), None);
     }
 
     #[test]
     fn study_facts_carry_episode_time_and_valid_series_only() {
         use crate::store::SeriesMeta;
         let mut meta = StudyMeta::default();
-        meta.attrs.admission_id = " A-2026-17 ".into();
+        meta.attrs.admission_id = Some(" A-2026-17 ".into());
         meta.attrs.study_date = "20260105".into();
         meta.attrs.study_time = "0830".into();
         for (uid, modality) in [("1.2.1", "CT"), ("1.2.2", ""), ("1.2.3", "ct scan"), ("1.2.4", "MR")] {
@@ -1049,7 +1152,7 @@ mod tests {
             ["1.2.2", "1.2.3"],
             "no modality, or not a DICOM code: never sent"
         );
-        meta.attrs.admission_id.clear();
+        meta.attrs.admission_id = Some(String::new());
         assert!(
             study_facts(&study, PatientRef::from_bytes([7; 32]), &meta)
                 .0
@@ -1070,6 +1173,51 @@ mod tests {
         }
         assert!(study_uid("study", "1.2.840.113619.2.1").is_ok());
         assert!(study_uid("study", "ImagingStudy/42").is_err());
+        assert!(
+            study_uid("study", "20260117").is_err(),
+            "an accession number is not a UID"
+        );
+        assert!(study_uid("study", "1..2").is_err());
+        assert!(is_reference("EpisodeOfCare/17") && is_reference("urn:uuid:5f0e") && !is_reference("A-2026-17"));
+    }
+
+    #[test]
+    fn debug_never_shows_patient_ids() {
+        let c = NewConsent {
+            id: None,
+            patient_id: "MRN-SECRET-1".into(),
+            issuer: "ISSUER-SECRET".into(),
+            by: ConsentedBy::Patient,
+            deny: false,
+            level: Some(DeidLevel::Identifiable),
+            purposes: vec![Purpose::Treatment],
+            recipient_peers: vec![],
+            recipient_institutions: vec![],
+            recipient_jurisdictions: vec![],
+            recipient_consortia: vec![],
+            modalities: vec![],
+            studies: vec![],
+            episode: None,
+            from: None,
+            until: None,
+            data_from: None,
+            data_until: None,
+            legal_basis: None,
+            legal_text: None,
+        };
+        let f = FhirImport {
+            patients: vec![("Patient/p-1".into(), "MRN-SECRET-1".into())],
+            ..FhirImport::default()
+        };
+        let l = crate::api::ConsentListRequest {
+            patient: Some(("MRN-SECRET-1".into(), "ISSUER-SECRET".into())),
+        };
+        let s = crate::api::ListRequest {
+            patient: Some(("MRN-SECRET-1".into(), "ISSUER-SECRET".into())),
+        };
+        for text in [format!("{c:?}"), format!("{f:?}"), format!("{l:?}"), format!("{s:?}")] {
+            assert!(!text.contains("SECRET"), "{text}");
+        }
     }
 
     #[test]

@@ -210,6 +210,41 @@ fn consent_decides_what_may_leave_and_withdrawal_takes_effect() {
     // Nor on disk: the patient ID is hashed on entry, consents are sealed.
     let db = std::fs::read(holder.join("db/medmesh.redb")).expect("db");
     assert!(!db.windows(PATIENT_ID.len()).any(|w| w == PATIENT_ID.as_bytes()));
+
+    // The site policy in config.toml decides too: without approval for
+    // research and with pseudonymisation enough abroad, research is allowed.
+    let config = holder.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text
+        .replace(
+            "cross_border_level = \"anonymised\"",
+            "cross_border_level = \"pseudonymised\"",
+        )
+        .replace(
+            "approval_required = [\"research\", \"teaching\"]",
+            "approval_required = []",
+        );
+    std::fs::write(&config, text).expect("write config");
+    let (code, r) = check(&holder, &peer, "research", &[]);
+    assert_eq!((code, r["decision"].as_str()), (0, Some("allow")), "{r}");
+    assert_eq!(r["grant"]["level"], "pseudonymised", "{r}");
+    let err = stderr(
+        &run(
+            &holder,
+            &[
+                "consent",
+                "add",
+                "--patient-id",
+                "nobody-here",
+                "--purpose",
+                "treatment",
+                "--level",
+                "anonymised",
+            ],
+        )
+        .expect("run"),
+    );
+    assert!(err.contains("no study of this patient"), "{err}");
 }
 
 #[test]
@@ -325,6 +360,23 @@ fn bad_input_is_named_and_unknown_peers_and_studies_are_refused() {
     .expect("run");
     expect_code(&out, 2, "unknown study");
     assert!(stderr(&out).contains("1.2.3.4"), "{}", stderr(&out));
+    // A malformed peer id is a usage error, not a deny.
+    let out = run(
+        &holder,
+        &[
+            "consent",
+            "check",
+            "--study",
+            STUDY,
+            "--peer",
+            "hospital-x",
+            "--purpose",
+            "treatment",
+        ],
+    )
+    .expect("run");
+    expect_code(&out, 2, "malformed peer");
+    assert!(stderr(&out).contains("peer: \"hospital-x\""), "{}", stderr(&out));
     let out = run(&holder, &["consent", "withdraw", "c-nope"]).expect("run");
     expect_code(&out, 2, "unknown consent");
     assert!(stderr(&out).contains("c-nope"));
@@ -397,6 +449,34 @@ fn fhir_import_is_all_or_nothing_and_never_revives_a_withdrawal() {
     assert_eq!(
         listed(&holder, &["--patient-id", "MRN-0042", "--issuer", "KLINIKUM"]).len(),
         3
+    );
+
+    // A changed resource replaces the record only when asked to.
+    let mut changed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&research).expect("read")).expect("JSON");
+    changed["provision"]["period"]["end"] = "2029-12-31".into();
+    let changed_file = dir.path().join("research-v2.json");
+    std::fs::write(&changed_file, changed.to_string()).expect("write");
+    let out = import(&mapped, &[&changed_file]);
+    expect_code(&out, 2, "changed without --replace");
+    assert!(stderr(&out).contains("already on record"), "{}", stderr(&out));
+    let out = import(&[&mapped[..], &["--replace"]].concat(), &[&changed_file]);
+    expect_code(&out, 0, "--replace");
+    assert_eq!(json_lines(&out.stdout)[0].1["outcome"], "replaced");
+
+    // With --issuer-for, identifiers of other systems are refused.
+    let out = import(&["--issuer-for", "urn:oid:9.9.9=OTHER", "--replace"], &[&changed_file]);
+    expect_code(&out, 2, "identifier of an undeclared system");
+    assert!(stderr(&out).contains("cannot match this patient"), "{}", stderr(&out));
+    let out = import(
+        &["--issuer-for", "urn:oid:1.2.276.0.76.3.1.404=KLINIKUM", "--replace"],
+        &[&changed_file],
+    );
+    expect_code(&out, 0, "declared system");
+    assert_eq!(
+        json_lines(&out.stdout)[0].1["outcome"],
+        "unchanged",
+        "same issuer, same pseudonym"
     );
 
     // A withdrawn consent is not revived by importing it again.
@@ -480,4 +560,10 @@ fn consent_commands_go_through_a_running_node() {
     expect_code(&out, 0, "list via API");
     assert_eq!(json_lines(&out.stdout).len(), 2);
     cluster::stop_node(&mut node);
+    let log = std::fs::read_to_string(holder.join("node.log")).expect("node log");
+    assert!(
+        log.contains("consent recorded") && log.contains("consent withdrawn"),
+        "{log}"
+    );
+    assert!(!log.contains(PATIENT_ID), "the patient ID reached the node's log");
 }
