@@ -155,7 +155,8 @@ pub(crate) enum ConsentCommand {
     ///
     /// What cannot be mapped faithfully is refused with the element that
     /// stops it, and nothing of the import is stored. The patient is matched
-    /// by Consent.patient.identifier.value qualified by --issuer.
+    /// by Consent.patient.identifier.value qualified by --issuer (or
+    /// --issuer-for), or by a reference mapped with --patient.
     ImportFhir {
         #[command(flatten)]
         home: HomeArgs,

@@ -311,8 +311,9 @@ enum StudyCommand {
 
 #[derive(Subcommand)]
 enum StoreCommand {
-    /// Check the store: every index row has its blob and every blob its row;
-    /// with --deep, every blob is opened and its hash verified. Exit 1 if not clean.
+    /// Check the store: every index row has its blob and every blob its row,
+    /// every consent record opens and is indexed under its patient; with
+    /// --deep, every blob is opened and its hash verified. Exit 1 if not clean.
     Check {
         #[command(flatten)]
         home: HomeArgs,
@@ -510,15 +511,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = node.check(deep).context("checking the store")?;
             out.emit("store-check", &report, || {
                 format!(
-                    "studies {}, instances {}, blob files {}\nmissing blobs {}, orphan blobs {}, damaged {}, duplicates {}, pending {}\n{}\n",
+                    "studies {}, instances {}, blob files {}, consents {}\nmissing blobs {}, orphan blobs {}, damaged {}, duplicates {}, pending {}, damaged consents {}\n{}\n",
                     report.studies,
                     report.instances,
                     report.blob_files,
+                    report.consents,
                     report.missing_blobs.len(),
                     report.orphan_blobs.len(),
                     report.damaged.len(),
                     report.duplicates,
                     report.pending,
+                    report.damaged_consents.len(),
                     if report.is_clean() { "store is consistent" } else { "STORE IS NOT CONSISTENT" }
                 )
             })?;
