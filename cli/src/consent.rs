@@ -10,9 +10,9 @@ use medmesh_node::consent_schema::{
 };
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, NewConsent};
 
-use crate::HomeArgs;
 use crate::output::{Out, Table};
 use crate::session::Session;
+use crate::{HomeArgs, PatientFilter};
 
 /// De-identification level, weakest to strongest.
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -212,12 +212,8 @@ pub(crate) enum ConsentCommand {
     List {
         #[command(flatten)]
         home: HomeArgs,
-        /// Only this patient's consents.
-        #[arg(long, value_name = "ID")]
-        patient_id: Option<String>,
-        /// Issuer of Patient ID qualifying --patient-id.
-        #[arg(long, value_name = "ISSUER", default_value = "", requires = "patient_id")]
-        issuer: String,
+        #[command(flatten)]
+        patient: PatientFilter,
     },
     /// Withdraw a consent now: every later request is decided without it.
     Withdraw {
@@ -371,16 +367,10 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        ConsentCommand::List {
-            home,
-            patient_id,
-            issuer,
-        } => {
+        ConsentCommand::List { home, patient } => {
             let out = Out::new(home.json);
             let session = Session::open(&home.home)?;
-            let list = session
-                .consents(patient_id.as_deref().map(|p| (p, issuer.as_str())))
-                .context("listing consents")?;
+            let list = session.consents(patient.get()).context("listing consents")?;
             out.list("consent", &list, || render_list(&list))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -539,11 +529,7 @@ fn render_check(r: &ConsentCheck) -> String {
     if let Some(g) = &r.grant {
         s.push_str(&format!(
             "  {} level {}, until {}, {} series; consents {}\n",
-            if r.decision == "allow" {
-                "grant:"
-            } else {
-                "would grant:"
-            },
+            if r.allowed() { "grant:" } else { "would grant:" },
             g.level,
             g.expires_at.to_rfc3339(),
             g.series.len(),

@@ -51,6 +51,24 @@ pub(crate) struct HomeArgs {
     pub(crate) json: bool,
 }
 
+/// Only one patient's records, found by the blind index of Patient ID and issuer.
+#[derive(Args, Clone)]
+pub(crate) struct PatientFilter {
+    /// Only this patient's records (Patient ID, 0010,0020).
+    #[arg(long, value_name = "ID")]
+    patient_id: Option<String>,
+    /// Issuer of Patient ID (0010,0021) qualifying --patient-id.
+    #[arg(long, value_name = "ISSUER", default_value = "", requires = "patient_id")]
+    issuer: String,
+}
+
+impl PatientFilter {
+    /// (Patient ID, issuer) when a patient was named.
+    pub(crate) fn get(&self) -> Option<(&str, &str)> {
+        self.patient_id.as_deref().map(|p| (p, self.issuer.as_str()))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a node home: identity keys, signed node record, master key, config, database.
@@ -279,12 +297,8 @@ enum StudyCommand {
     List {
         #[command(flatten)]
         home: HomeArgs,
-        /// Only the studies of this patient (looked up by blind index).
-        #[arg(long, value_name = "ID")]
-        patient_id: Option<String>,
-        /// Issuer of Patient ID qualifying --patient-id.
-        #[arg(long, value_name = "ISSUER", default_value = "", requires = "patient_id")]
-        issuer: String,
+        #[command(flatten)]
+        patient: PatientFilter,
     },
     /// Show one study: attributes, series, instances with their BLAKE3 hashes.
     Show {
@@ -584,16 +598,10 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        StudyCommand::List {
-            home,
-            patient_id,
-            issuer,
-        } => {
+        StudyCommand::List { home, patient } => {
             let out = Out::new(home.json);
             let node = Session::open(&home.home)?;
-            let studies = node
-                .studies(patient_id.as_deref().map(|p| (p, issuer.as_str())))
-                .context("listing studies")?;
+            let studies = node.studies(patient.get()).context("listing studies")?;
             out.list("study", &studies, || {
                 let mut table = output::Table::new(&[
                     "STUDY UID",

@@ -340,20 +340,18 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
 }
 
 /// The last hello a peer presented (from its `known/` row), else a hello
-/// made of its bilateral node record; `None` for a peer this node has never
-/// met and does not trust directly.
+/// made of its bilateral node record in `state`; `None` for a peer this node
+/// has never met and does not trust directly.
 ///
 /// # Errors
 /// Store errors.
-pub fn peer_hello(node: &Node, peer: &str) -> Result<Option<Hello>, HomeError> {
-    let key = format!("{KNOWN_PREFIX}{peer}");
-    if let Some((_, bytes)) = node.store().trust_records(&key)?.into_iter().find(|(k, _)| *k == key)
+pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, HomeError> {
+    if let Some(bytes) = node.store().trust_get(&format!("{KNOWN_PREFIX}{peer}"))?
         && let Ok(row) = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
         && let Ok(h) = Hello::from_bytes(&row.hello)
     {
         return Ok(Some(h));
     }
-    let state = node.trust_state()?;
     Ok(state
         .bilateral
         .iter()

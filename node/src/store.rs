@@ -779,6 +779,16 @@ impl Store {
         Ok(existed)
     }
 
+    /// The trust record stored under `key`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn trust_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(TRUST).map_err(|e| self.err(e))?;
+        Ok(table.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+    }
+
     /// All trust records whose key starts with `prefix`, in key order.
     ///
     /// # Errors

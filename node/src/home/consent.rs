@@ -363,8 +363,8 @@ pub struct GrantView {
 /// The answer of [`Node::consent_check`]: trust first, then consent and policy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsentCheck {
-    /// `allow`, `deny` or `needs-approval`.
-    pub decision: String,
+    /// The outcome.
+    pub decision: Verdict,
     /// The study.
     pub study_uid: String,
     /// The purpose.
@@ -387,11 +387,33 @@ pub struct ConsentCheck {
     pub at: DateTime<Utc>,
 }
 
+/// The outcome of a [`ConsentCheck`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The transfer may go ahead.
+    Allow,
+    /// Trust, consent or policy refuse it.
+    Deny,
+    /// Consent and policy allow it once a human approves.
+    NeedsApproval,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::NeedsApproval => "needs-approval",
+        })
+    }
+}
+
 impl ConsentCheck {
     /// True for an allow.
     #[must_use]
     pub fn allowed(&self) -> bool {
-        self.decision == "allow"
+        self.decision == Verdict::Allow
     }
 }
 
@@ -860,7 +882,8 @@ impl Node {
     /// Store errors.
     pub fn peer_facts(&self, peer: &str, purpose: Purpose) -> Result<(Option<PeerFacts>, Vec<Reason>), HomeError> {
         let t = super::trust::now();
-        let Some(h) = net::peer_hello(self, peer)? else {
+        let state = self.trust_state()?;
+        let Some(h) = net::peer_hello(self, &state, peer)? else {
             return Ok((
                 None,
                 vec![reason(
@@ -872,7 +895,6 @@ impl Node {
                 )],
             ));
         };
-        let state = self.trust_state()?;
         let accepted = match hello::evaluate(&state, peer, &h, t) {
             Ok(a) => a,
             Err(refusal) => {
@@ -957,7 +979,7 @@ impl Node {
         let study_ref: StudyRef = study_uid("study", &q.study_uid)?;
         let (study_facts, excluded_series) = study_facts(&study_ref, patient, &meta);
         let mut report = ConsentCheck {
-            decision: "deny".into(),
+            decision: Verdict::Deny,
             study_uid: q.study_uid.clone(),
             purpose: q.purpose,
             peer: facts.clone(),
@@ -1016,7 +1038,7 @@ impl Node {
             // A trust refusal is final: no grant is shown for it.
             Decision::Allow(g) if report.trust.is_empty() => {
                 report.grant = Some(view(&g));
-                report.decision = "allow".into();
+                report.decision = Verdict::Allow;
             }
             Decision::Deny { reasons } => {
                 report.reasons = reasons.iter().map(|r| reason(r.code(), r.to_string())).collect();
@@ -1024,7 +1046,7 @@ impl Node {
             Decision::NeedsApproval { why, grant } if report.trust.is_empty() => {
                 report.grant = Some(view(&grant));
                 report.approval = why.iter().map(|r| reason(r.code(), r.to_string())).collect();
-                report.decision = "needs-approval".into();
+                report.decision = Verdict::NeedsApproval;
             }
             _ => {}
         }
