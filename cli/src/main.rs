@@ -14,6 +14,7 @@ mod admin;
 mod consent;
 mod output;
 mod session;
+mod transfer;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,25 @@ enum Command {
     /// allow for a study, a peer and a purpose.
     #[command(subcommand)]
     Consent(consent::ConsentCommand),
+    /// Ask a peer for a study (`/medmesh/transfer/1`). The holder checks
+    /// trust, consent and its policy and grants, denies, or queues the request
+    /// for a person; a granted study streams end-to-end encrypted, verified
+    /// chunk by chunk, resuming by itself after a disconnect or restart, and
+    /// is stored sealed here under its grant (`study list` shows it as
+    /// received; it is locked when the grant ends). Needs the running node.
+    /// Exit 0 granted (with --wait: landed and verified), 1 denied, pending
+    /// (with --wait) or failed, 2 error.
+    Request(transfer::AskArgs),
+    /// Send a study to a peer on this node's initiative (a referral, a second
+    /// opinion), under the same checks as a request. Exit 0 granted (with
+    /// --wait: delivered and verified), 1 denied or failed, 2 error.
+    Share(transfer::AskArgs),
+    /// Requests that wait for a person at this node: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(transfer::ApprovalsCommand),
+    /// Transfers of this node, both directions: list, show, watch.
+    #[command(subcommand)]
+    Transfers(transfer::TransfersCommand),
     /// Run the node: listen on the configured addresses (TCP and QUIC), talk
     /// to trusted peers only, serve the admin API on HOME/node.sock. Runs
     /// until SIGINT (Ctrl-C) or SIGTERM.
@@ -519,6 +539,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Consortium(cmd) => admin::consortium(cmd),
         Command::Trust(cmd) => admin::trust(cmd),
         Command::Consent(cmd) => consent::consent(cmd),
+        Command::Request(args) => transfer::request(args, false),
+        Command::Share(args) => transfer::request(args, true),
+        Command::Approvals(cmd) => transfer::approvals(cmd),
+        Command::Transfers(cmd) => transfer::transfers(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
             let node = Session::open(&home.home)?;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, ExportRequest, ImportRequest,
-    JoinRequest, Line, ListRequest, ShowRequest, Status, Unblocked, WithdrawRequest,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DenyRequest, ExportRequest,
+    IdRequest, ImportRequest, JoinRequest, Line, ListRequest, ShowRequest, Status, TransferAsk, Unblocked,
+    WithdrawRequest,
 };
 use medmesh_node::consent_schema::Purpose;
 use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
@@ -19,6 +20,7 @@ use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, R
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
 use medmesh_node::store::CheckReport;
+use medmesh_node::transfer::TransferView;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -302,6 +304,74 @@ impl Session {
                 Self::post(client, rt, "/consents/withdraw", &WithdrawRequest { id: id.into() })
             }
         }
+    }
+
+    pub fn transfers(&self) -> Result<Vec<TransferView>> {
+        match self {
+            Self::Local(node) => Ok(node.transfers()?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/transfers"),
+        }
+    }
+
+    pub fn transfer_show(&self, id: &str) -> Result<TransferView> {
+        match self {
+            Self::Local(node) => Ok(node.transfer_show(id)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/transfers/show", &IdRequest { id: id.into() }),
+        }
+    }
+
+    /// Asks the holder for a study: needs the running node (the network).
+    pub fn request(&self, ask: &TransferAsk) -> Result<TransferView> {
+        match self {
+            Self::Local(_) => anyhow::bail!(
+                "requesting a study needs this home's node to be running (`medmesh run`): it talks to the holder"
+            ),
+            Self::Remote { client, rt } => Self::post(client, rt, "/transfers/request", ask),
+        }
+    }
+
+    /// Shares a study; on the files, the decision is recorded and the node
+    /// streams it once it runs.
+    pub fn share(&self, ask: &TransferAsk) -> Result<TransferView> {
+        match self {
+            Self::Local(node) => Ok(node.share(&ask.peer_id, &ask.study_uid, ask.purpose, ask.role, ask.level)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/transfers/share", ask),
+        }
+    }
+
+    pub fn approvals(&self) -> Result<Vec<TransferView>> {
+        match self {
+            Self::Local(node) => Ok(node.approvals()?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/approvals"),
+        }
+    }
+
+    pub fn approve(&self, id: &str) -> Result<TransferView> {
+        match self {
+            Self::Local(node) => Ok(node.approve(id)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/approvals/approve", &IdRequest { id: id.into() }),
+        }
+    }
+
+    /// Denies a pending request; on the files the requester is not told
+    /// (it is, when the node runs).
+    pub fn deny(&self, id: &str, reason: &str) -> Result<TransferView> {
+        match self {
+            Self::Local(node) => Ok(node.deny_approval(id, reason)?.0),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/approvals/deny",
+                &DenyRequest {
+                    id: id.into(),
+                    reason: reason.into(),
+                },
+            ),
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
     }
 
     pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck> {

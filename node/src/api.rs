@@ -161,3 +161,34 @@ pub struct Line {
     /// Its data.
     pub data: serde_json::Value,
 }
+
+/// `POST /v1/transfers/request` and `/v1/transfers/share`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferAsk {
+    /// The other node.
+    pub peer_id: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// Role.
+    pub role: consent_schema::Role,
+    /// Level asked for; the weakest allowed when absent.
+    pub level: Option<consent_schema::DeidLevel>,
+}
+
+/// `POST /v1/transfers/show` and `/v1/approvals/approve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdRequest {
+    /// Transfer id.
+    pub id: String,
+}
+
+/// `POST /v1/approvals/deny`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DenyRequest {
+    /// Transfer id.
+    pub id: String,
+    /// Why (told to the requester).
+    pub reason: String,
+}

@@ -89,6 +89,17 @@ approval_required = ["research", "teaching"]
 # Longest a grant may last, in days (1 to 3650); a grant ends earlier when a
 # consent it relies on ends or is withdrawn.
 max_grant_days = 30
+
+[transfer]
+# Objects of a study streamed at once to a peer, each on its own stream
+# (1 to 16). Memory per transfer is about streams x 5 x 256 KiB.
+streams = 3
+# Cap on the bytes per second this node sends, per transfer, in MB/s
+# (10^6 bytes); 0 = no cap. For sites that share a thin link with clinical traffic.
+max_rate_mb_s = 0
+# Seconds between attempts to reach a peer again for an unfinished transfer
+# (a transfer resumes by itself after a dropped connection or a restart).
+retry_secs = 2
 "#;
 
 /// Errors of loading the configuration.
@@ -139,6 +150,9 @@ pub struct Config {
     /// The site's consent policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Transfer settings.
+    #[serde(default)]
+    pub transfer: TransferConfig,
 }
 
 fn default_version() -> u32 {
@@ -152,6 +166,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             network: NetworkConfig::default(),
             policy: PolicyConfig::default(),
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -205,6 +220,28 @@ impl Default for PolicyConfig {
             waiver_level: DeidLevel::Anonymised,
             approval_required: [Purpose::Research, Purpose::Teaching].into(),
             max_grant_days: GrantDays::default(),
+        }
+    }
+}
+
+/// Transfer settings (`[transfer]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Objects streamed at once per transfer.
+    pub streams: u8,
+    /// Send-rate cap per transfer in MB/s; 0 = none.
+    pub max_rate_mb_s: u32,
+    /// Seconds between attempts to resume an unfinished transfer.
+    pub retry_secs: u64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            streams: 3,
+            max_rate_mb_s: 0,
+            retry_secs: 2,
         }
     }
 }
@@ -374,6 +411,13 @@ impl Config {
         if !(1..=86400).contains(&n.maintenance_secs) {
             return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
         }
+        let t = &self.transfer;
+        if !(1..=16).contains(&t.streams) {
+            return Err(value("transfer.streams", "must be from 1 to 16".into()));
+        }
+        if !(1..=3600).contains(&t.retry_secs) {
+            return Err(value("transfer.retry_secs", "must be from 1 to 3600".into()));
+        }
         Ok(())
     }
 }
@@ -424,6 +468,8 @@ mod tests {
         for (text, needle) in [
             ("[policy]\nhome_jurisdiction = \"DE\"\n", "home_jurisdiction"),
             ("[policy]\nmax_grant_days = 0\n", "max_grant_days"),
+            ("[transfer]\nstreams = 0\n", "transfer.streams"),
+            ("[transfer]\nretry_secs = 0\n", "transfer.retry_secs"),
             ("[policy]\napproval_required = [\"marketing\"]\n", "marketing"),
             ("[policy]\nwaiver_level = \"secret\"\n", "secret"),
         ] {

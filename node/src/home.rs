@@ -82,6 +82,9 @@ pub enum HomeError {
     /// Consent operation failure.
     #[error(transparent)]
     Consent(#[from] consent::ConsentOpError),
+    /// Transfer failure.
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
 }
 
 fn io(path: &Path, source: std::io::Error) -> HomeError {
@@ -161,6 +164,7 @@ pub struct Node {
     identity: Identity,
     record: VerifiedNodeRecord,
     store: Store,
+    live: crate::transfer::Live,
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -199,8 +203,14 @@ pub struct StudySummary {
     pub instances: u64,
     /// Total bytes.
     pub bytes: u64,
-    /// Where it came from (`local`).
+    /// Where it came from (`local`, `received`).
     pub origin: String,
+    /// For a received study: the grant it is held under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<ReceivedInfo>,
+    /// True when its data key was destroyed (grant ended): only the grant is shown.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 /// One series in `medmesh study show`.
@@ -248,6 +258,9 @@ pub struct StudyDetail {
     pub attributes: StudyAttributes,
     /// Where it came from.
     pub origin: String,
+    /// For a received study: the grant it is held under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<ReceivedInfo>,
     /// First stored (RFC 3339).
     pub created: String,
     /// Number of instances.
@@ -267,6 +280,44 @@ pub(crate) fn rfc3339(ts: i64) -> String {
 fn origin_name(o: &Origin) -> String {
     match o {
         Origin::Local => "local".into(),
+        Origin::Received(_) => "received".into(),
+    }
+}
+
+/// The grant a received study is held under, for listings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceivedInfo {
+    /// Transfer id.
+    pub transfer_id: String,
+    /// The holder that sent it.
+    pub from_peer: String,
+    /// Its institution.
+    pub from_institution: String,
+    /// Purpose of the grant.
+    pub purpose: consent_schema::Purpose,
+    /// Level it was sent at.
+    pub level: consent_schema::DeidLevel,
+    /// When the grant ends (RFC 3339).
+    pub expires: String,
+    /// When it was received (RFC 3339).
+    pub received: String,
+    /// When it was locked (RFC 3339), if it is.
+    pub locked: Option<String>,
+}
+
+fn received_info(o: &Origin) -> Option<ReceivedInfo> {
+    match o {
+        Origin::Local => None,
+        Origin::Received(g) => Some(ReceivedInfo {
+            transfer_id: g.transfer_id.clone(),
+            from_peer: g.peer.clone(),
+            from_institution: g.institution.clone(),
+            purpose: g.purpose,
+            level: g.level,
+            expires: rfc3339(g.expires),
+            received: rfc3339(g.received),
+            locked: g.locked.map(rfc3339),
+        }),
     }
 }
 
@@ -408,7 +459,14 @@ impl Node {
             identity,
             record,
             store,
+            live: crate::transfer::Live::default(),
         })
+    }
+
+    /// Live progress of the transfers this process runs.
+    #[must_use]
+    pub fn live(&self) -> &crate::transfer::Live {
+        &self.live
     }
 
     /// The home's paths.
@@ -491,6 +549,7 @@ impl Node {
         overwrite: bool,
         progress: impl FnMut(&ExportOutcome),
     ) -> Result<ExportSummary, HomeError> {
+        self.enforce_expiry()?;
         Ok(export::export(&self.store, study_uid, out, overwrite, progress)?)
     }
 
@@ -500,6 +559,7 @@ impl Node {
     /// # Errors
     /// Store errors.
     pub fn studies(&self, patient_id: Option<(&str, &str)>) -> Result<Vec<StudySummary>, HomeError> {
+        self.enforce_expiry()?;
         let rows = match patient_id {
             None => self.store.studies()?,
             Some((id, issuer)) => {
@@ -514,6 +574,24 @@ impl Node {
         };
         let mut out = Vec::with_capacity(rows.len());
         for (study, row) in rows {
+            if row.wrapped_key.is_empty() {
+                // Locked: nothing but its grant can be shown.
+                out.push(StudySummary {
+                    study_uid: String::new(),
+                    patient_name: String::new(),
+                    patient_id: String::new(),
+                    study_date: String::new(),
+                    description: format!("locked study {} (data key destroyed)", study.short()),
+                    modalities: Vec::new(),
+                    series: 0,
+                    instances: row.instances,
+                    bytes: row.bytes,
+                    origin: origin_name(&row.origin),
+                    received: received_info(&row.origin),
+                    locked: true,
+                });
+                continue;
+            }
             let key = self.store.unwrap_study_key(&study, &row)?;
             let meta = self.store.open_study_meta(&study, &key, &row)?;
             out.push(StudySummary {
@@ -527,6 +605,8 @@ impl Node {
                 instances: row.instances,
                 bytes: row.bytes,
                 origin: origin_name(&row.origin),
+                received: received_info(&row.origin),
+                locked: false,
             });
         }
         out.sort_by(|a, b| (&a.study_date, &a.study_uid).cmp(&(&b.study_date, &b.study_uid)));
@@ -538,6 +618,7 @@ impl Node {
     /// # Errors
     /// [`StoreError::UnknownStudy`], store errors.
     pub fn study(&self, study_uid: &str) -> Result<StudyDetail, HomeError> {
+        self.enforce_expiry()?;
         let study: StudyRef = self.store.study_ref(study_uid);
         let row = self
             .store
@@ -582,6 +663,7 @@ impl Node {
             study_uid: meta.study_uid.clone(),
             attributes: meta.attrs.clone(),
             origin: origin_name(&row.origin),
+            received: received_info(&row.origin),
             created: rfc3339(row.created),
             instances: row.instances,
             bytes: row.bytes,

@@ -38,6 +38,7 @@ pub mod identity;
 pub mod keystore;
 pub mod net;
 pub mod store;
+pub mod transfer;
 pub mod trust;
 
 pub use consent_schema;

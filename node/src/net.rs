@@ -45,6 +45,7 @@ use self::hello::{Accepted, Hello};
 use crate::cbor;
 use crate::config::NetworkConfig;
 use crate::home::{HomeError, Node, rfc3339};
+use crate::transfer::wire::{Answer as TransferAnswer, Msg as TransferMsg};
 use crate::trust::{Refusal, TrustState, Via};
 
 /// Kademlia protocol name: a private DHT of medmesh nodes.
@@ -83,6 +84,14 @@ pub enum NetError {
     /// The network task has stopped.
     #[error("the network task has stopped")]
     Stopped,
+    /// A peer could not be reached or did not answer.
+    #[error("peer {peer}: {reason}")]
+    Peer {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
     /// The trust records could not be read again.
     #[error("the running node could not reload its trust records: {0}")]
     Reload(String),
@@ -179,12 +188,24 @@ enum Command {
     Peers(oneshot::Sender<PeersReport>),
     Status(oneshot::Sender<NetStatus>),
     TrustChanged(oneshot::Sender<Result<(), String>>),
+    /// Send a `/medmesh/transfer/1` message once the peer is connected and trusted.
+    Transfer(PeerId, TransferMsg, oneshot::Sender<Result<TransferAnswer, String>>),
+    /// Whether a peer is connected and trusted now.
+    Ready(PeerId, oneshot::Sender<bool>),
+    /// Dial a known peer.
+    Dial(PeerId),
+}
+
+/// Work finished off the network task, handed back to it.
+enum Internal {
+    Respond(request_response::ResponseChannel<TransferAnswer>, TransferAnswer),
 }
 
 /// A handle on the running network task.
 #[derive(Debug, Clone)]
 pub struct NetHandle {
     tx: mpsc::Sender<Command>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl NetHandle {
@@ -219,7 +240,40 @@ impl NetHandle {
     pub async fn trust_changed(&self) -> Result<(), NetError> {
         self.ask(Command::TrustChanged).await?.map_err(NetError::Reload)
     }
+
+    /// Sends a `/medmesh/transfer/1` message to `peer` (dialling it and
+    /// waiting until it is trusted, at most [`SEND_WAIT`]) and returns the answer.
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`]; [`NetError::Peer`] when the peer cannot be
+    /// reached or did not answer.
+    pub async fn transfer_message(&self, peer: PeerId, msg: TransferMsg) -> Result<TransferAnswer, NetError> {
+        self.ask(|tx| Command::Transfer(peer, msg, tx))
+            .await?
+            .map_err(|reason| NetError::Peer {
+                peer: peer.to_string(),
+                reason,
+            })
+    }
+
+    /// Whether `peer` is connected and trusted now.
+    pub async fn is_ready(&self, peer: PeerId) -> bool {
+        self.ask(|tx| Command::Ready(peer, tx)).await.unwrap_or(false)
+    }
+
+    /// Dials `peer` at its known addresses (no-op when connected).
+    pub async fn dial(&self, peer: PeerId) {
+        let _ = self.tx.send(Command::Dial(peer)).await;
+    }
+
+    /// Wakes the transfer engine (a transfer was granted or approved).
+    pub fn wake_transfers(&self) {
+        self.wake.notify_one();
+    }
 }
+
+/// How long a transfer message waits for its peer to be connected and trusted.
+pub const SEND_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -230,6 +284,8 @@ struct Behaviour {
     kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
+    transfer: request_response::Behaviour<CborCodec<TransferMsg, TransferAnswer>>,
+    stream: libp2p_stream::Behaviour,
 }
 
 fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
@@ -283,6 +339,17 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                         .with_request_timeout(hello_timeout)
                         .with_max_concurrent_streams(4),
                 ),
+                transfer: request_response::Behaviour::with_codec(
+                    CborCodec::default(),
+                    [(
+                        StreamProtocol::new(crate::transfer::wire::PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(32),
+                ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| NetError::Build(e.to_string()))?
@@ -477,7 +544,14 @@ pub async fn start(
         reason,
     })?;
     let (tx, rx) = mpsc::channel(32);
+    let (internal_tx, internal_rx) = mpsc::channel(64);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let control = swarm.behaviour().stream.new_control();
     let mut service = Service {
+        internal: internal_tx,
+        wake: Some(Arc::clone(&wake)),
+        waiting: HashMap::new(),
+        outbound: HashMap::new(),
         local: *swarm.local_peer_id(),
         swarm,
         node,
@@ -501,11 +575,29 @@ pub async fn start(
         st.addrs = addrs;
         st.last_seen = Some(last_seen);
     }
-    let task = tokio::spawn(service.run(rx, shutdown));
-    Ok((NetHandle { tx }, task))
+    let engine_shutdown = shutdown.clone();
+    let engine_node = Arc::clone(&service.node);
+    let task = tokio::spawn(service.run(rx, internal_rx, shutdown));
+    let handle = NetHandle {
+        tx,
+        wake: Arc::clone(&wake),
+    };
+    let engine = crate::transfer::engine::start(engine_node, handle.clone(), control, wake, engine_shutdown);
+    let task = tokio::spawn(async move {
+        let _ = task.await;
+        engine.abort();
+    });
+    Ok((handle, task))
 }
 
+/// A transfer message waiting for its peer.
+type Waiting = (TransferMsg, oneshot::Sender<Result<TransferAnswer, String>>, Instant);
+
 struct Service {
+    internal: mpsc::Sender<Internal>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+    waiting: HashMap<PeerId, Vec<Waiting>>,
+    outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<TransferAnswer, String>>>,
     local: PeerId,
     swarm: Swarm<Behaviour>,
     node: Arc<Node>,
@@ -524,7 +616,12 @@ struct Service {
 }
 
 impl Service {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut internal: mpsc::Receiver<Internal>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
         loop {
@@ -534,6 +631,9 @@ impl Service {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
+                Some(Internal::Respond(channel, answer)) = internal.recv() => {
+                    let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
+                }
                 _ = tick.tick() => self.check_deadlines(),
                 _ = maintenance.tick() => self.maintain(),
                 changed = shutdown.changed() => {
@@ -577,6 +677,55 @@ impl Service {
                 self.dial_known();
                 let _ = tx.send(result);
             }
+            Command::Transfer(peer, msg, tx) => {
+                if self.is_ready(&peer) {
+                    let id = self.swarm.behaviour_mut().transfer.send_request(&peer, msg);
+                    self.outbound.insert(id, tx);
+                } else {
+                    self.waiting
+                        .entry(peer)
+                        .or_default()
+                        .push((msg, tx, Instant::now() + SEND_WAIT));
+                    self.dial_peer(peer);
+                }
+            }
+            Command::Ready(peer, tx) => {
+                let _ = tx.send(self.is_ready(&peer));
+            }
+            Command::Dial(peer) => self.dial_peer(peer),
+        }
+    }
+
+    fn is_ready(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|st| st.trusted && !st.connections.is_empty())
+    }
+
+    /// Dials a peer at the addresses known for it.
+    fn dial_peer(&mut self, peer: PeerId) {
+        let addrs = self.peers.get(&peer).map(|st| st.addrs.clone()).unwrap_or_default();
+        let addrs = if addrs.is_empty() {
+            self.bootstrap
+                .iter()
+                .filter(|(p, _)| *p == peer)
+                .map(|(_, a)| a.clone())
+                .collect()
+        } else {
+            addrs
+        };
+        if addrs.is_empty() {
+            tracing::debug!(peer = %peer, "no address known for the peer");
+            return;
+        }
+        self.dial(peer, addrs);
+    }
+
+    /// Sends the messages that waited for `peer` to be trusted.
+    fn flush_waiting(&mut self, peer: PeerId) {
+        for (msg, tx, _) in self.waiting.remove(&peer).unwrap_or_default() {
+            let id = self.swarm.behaviour_mut().transfer.send_request(&peer, msg);
+            self.outbound.insert(id, tx);
         }
     }
 
@@ -700,6 +849,17 @@ impl Service {
         for peer in late {
             self.refuse(peer, Refusal::NoHello { secs }, None);
         }
+        for list in self.waiting.values_mut() {
+            let (gone, keep): (Vec<Waiting>, Vec<Waiting>) = list.drain(..).partition(|(_, _, d)| *d <= now_i);
+            *list = keep;
+            for (_, tx, _) in gone {
+                let _ = tx.send(Err(format!(
+                    "not connected and trusted within {} s (is it running, reachable and trusting this node?)",
+                    SEND_WAIT.as_secs()
+                )));
+            }
+        }
+        self.waiting.retain(|_, l| !l.is_empty());
     }
 
     fn refuse(&mut self, peer: PeerId, refusal: Refusal, address: Option<String>) {
@@ -753,6 +913,10 @@ impl Service {
             tracing::info!(peer = %peer, via = %via, "peer trusted");
         }
         self.save_known(peer, &hello, &addrs, t);
+        self.flush_waiting(peer);
+        if first {
+            self.wake_engine();
+        }
     }
 
     fn save_known(&self, peer: PeerId, hello: &Hello, addrs: &[Multiaddr], t: i64) {
@@ -878,6 +1042,7 @@ impl Service {
     fn on_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Hello(e) => self.on_hello(e),
+            BehaviourEvent::Transfer(e) => self.on_transfer(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for a in info.listen_addrs {
                     if is_dialable(&a) {
@@ -981,6 +1146,74 @@ impl Service {
         }
     }
 
+    fn wake_engine(&self) {
+        // The engine holds the other end; a notify with nobody waiting is kept.
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
+    }
+
+    fn on_transfer(&mut self, e: request_response::Event<TransferMsg, TransferAnswer>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message {
+                peer,
+                message: Message::Request { request, channel, .. },
+                ..
+            } => {
+                // Zero trust: only a peer accepted now is answered at all.
+                if !self.is_ready(&peer) {
+                    tracing::warn!(peer = %peer, "transfer message from a peer that is not trusted: no answer");
+                    return;
+                }
+                let node = Arc::clone(&self.node);
+                let internal = self.internal.clone();
+                let wake = self.wake.clone();
+                tokio::spawn(async move {
+                    let peer_s = peer.to_string();
+                    let answer = tokio::task::spawn_blocking(move || answer_transfer(&node, &peer_s, request)).await;
+                    let body = match answer {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(e)) => {
+                            tracing::error!(peer = %peer, cause = %e, "cannot answer a transfer message");
+                            crate::transfer::wire::AnswerBody::Refused {
+                                code: "internal".into(),
+                                text: "the holder could not decide; try again later".into(),
+                            }
+                        }
+                        Err(_) => return,
+                    };
+                    let granted = matches!(body, crate::transfer::wire::AnswerBody::Granted { .. });
+                    let answer = TransferAnswer {
+                        v: crate::transfer::wire::WIRE_VERSION,
+                        body,
+                    };
+                    let _ = internal.send(Internal::Respond(channel, answer)).await;
+                    if granted && let Some(w) = wake {
+                        w.notify_one();
+                    }
+                });
+            }
+            Event::Message {
+                message: Message::Response { request_id, response },
+                ..
+            } => {
+                if let Some(tx) = self.outbound.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(tx) = self.outbound.remove(&request_id) {
+                    let _ = tx.send(Err(format!("no answer: {error}")));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound transfer message failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn peers_report(&self) -> PeersReport {
         let t = now();
         let mut peers = Vec::new();
@@ -1003,6 +1236,36 @@ impl Service {
             refused: self.refused.iter().cloned().collect(),
             unanswered: self.unanswered.iter().cloned().collect(),
         }
+    }
+}
+
+/// The node's answer to a transfer message from a trusted peer.
+fn answer_transfer(node: &Node, peer: &str, msg: TransferMsg) -> Result<crate::transfer::wire::AnswerBody, HomeError> {
+    use crate::transfer::wire::{AnswerBody, MsgBody, WIRE_VERSION};
+    if msg.v != WIRE_VERSION {
+        return Ok(AnswerBody::Refused {
+            code: "version".into(),
+            text: format!("message version {} (this node speaks {WIRE_VERSION})", msg.v),
+        });
+    }
+    match msg.body {
+        MsgBody::Request {
+            request_id,
+            study_uid,
+            purpose,
+            role,
+            level,
+        } => {
+            if crate::transfer::parse_id(&request_id).is_err() || crate::dicom::check_uid(&study_uid).is_err() {
+                return Ok(AnswerBody::Refused {
+                    code: "bad-request".into(),
+                    text: "request id or Study Instance UID malformed".into(),
+                });
+            }
+            node.answer_request(peer, &request_id, &study_uid, purpose, role, level)
+        }
+        MsgBody::Decided { transfer_id, reasons } => node.note_decided(peer, &transfer_id, reasons),
+        MsgBody::Receipt { receipt } => node.accept_receipt(peer, &receipt),
     }
 }
 

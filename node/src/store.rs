@@ -31,6 +31,14 @@
 //! | `trust-v1` | `kind/key` text | trust record bytes (consortia, certificates, bilateral peers, revocations, blocks) |
 //! | `consents-v1` | consent ref `[u8; 32]` (blind index of the consent id) | the consent record (CBOR), sealed |
 //! | `consent-patients-v1` (multimap) | patient ref `[u8; 32]` | consent ref `[u8; 32]` |
+//! | `transfers-v1` | transfer id `[u8; 16]` | the transfer record (CBOR), sealed |
+//! | `transfer-docs-v1` | transfer id ‖ kind `[u8; 17]` | signed manifest (kind 1), wrapped transfer key (kind 2) |
+//! | `transfer-chunks-v1` | transfer id ‖ object index (BE) `[u8; 20]` | chunks received and verified, in order (`u64`) |
+//!
+//! Objects of a transfer being received are written to
+//! `blobs/incoming/<transfer id>/<object index>` as they arrive, in the
+//! sealed-object format (sealed to this node by the sender), and moved into
+//! place when the whole study has been verified (see [`Store::land_study`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -52,6 +60,10 @@ use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 
+mod transfers;
+pub use transfers::LandedObject;
+pub(crate) use transfers::{DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS};
+
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta-v1");
 const STUDIES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("studies-v1");
 const INSTANCES: TableDefinition<'_, [u8; 64], &[u8]> = TableDefinition::new("instances-v1");
@@ -62,6 +74,9 @@ const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust-v1")
 const CONSENTS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("consents-v1");
 const CONSENT_PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> =
     MultimapTableDefinition::new("consent-patients-v1");
+const TRANSFERS: TableDefinition<'_, [u8; 16], &[u8]> = TableDefinition::new("transfers-v1");
+const TRANSFER_DOCS: TableDefinition<'_, [u8; 17], &[u8]> = TableDefinition::new("transfer-docs-v1");
+const TRANSFER_CHUNKS: TableDefinition<'_, [u8; 20], u64> = TableDefinition::new("transfer-chunks-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -114,6 +129,9 @@ pub enum StoreError {
     /// A study is locked: its data key was destroyed.
     #[error("study {0} is locked: its data key was destroyed")]
     Locked(String),
+    /// The change would overwrite something it must not.
+    #[error("{0}")]
+    Conflict(String),
     /// Nothing is stored under that reference.
     #[error("no study {0} in this store")]
     UnknownStudy(String),
@@ -154,6 +172,33 @@ impl fmt::Debug for StudyRef {
 pub enum Origin {
     /// Imported at this site.
     Local,
+    /// Received from a peer under a grant.
+    Received(ReceivedGrant),
+}
+
+/// The grant a received study is held under (no patient data: it is kept
+/// in the clear in the study row, so a locked study still shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedGrant {
+    /// The transfer id (hex).
+    pub transfer_id: String,
+    /// The holder that sent it (peer id).
+    pub peer: String,
+    /// Its institution, as certified.
+    pub institution: String,
+    /// Purpose of the grant.
+    pub purpose: consent_schema::Purpose,
+    /// De-identification level it was sent at.
+    pub level: consent_schema::DeidLevel,
+    /// When the grant ends (Unix seconds): the study is locked then.
+    pub expires: i64,
+    /// BLAKE3 of the signed grant (hex).
+    pub grant_hash: String,
+    /// When it was received (Unix seconds).
+    pub received: i64,
+    /// When it was locked (Unix seconds), once it is.
+    #[serde(default)]
+    pub locked: Option<i64>,
 }
 
 /// Index row of a study.
@@ -363,6 +408,9 @@ impl Store {
             txn.open_multimap_table(PATIENTS).map_err(|e| db_err(db_path, e))?;
             txn.open_multimap_table(CONSENT_PATIENTS)
                 .map_err(|e| db_err(db_path, e))?;
+            txn.open_table(TRANSFERS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(TRANSFER_DOCS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(TRANSFER_CHUNKS).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -942,6 +990,9 @@ impl Store {
             txn.open_table(TRUST).map_err(|e| self.err(e))?;
             txn.open_table(CONSENTS).map_err(|e| self.err(e))?;
             txn.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
+            txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
+            txn.open_table(TRANSFER_DOCS).map_err(|e| self.err(e))?;
+            txn.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();
@@ -1022,7 +1073,7 @@ impl Store {
             .map_err(|source| blob_io(&self.blobs, source))?
             .flatten()
         {
-            if shard.file_name() == "tmp" || !shard.path().is_dir() {
+            if shard.file_name() == "tmp" || shard.file_name() == "incoming" || !shard.path().is_dir() {
                 continue;
             }
             for f in fs::read_dir(shard.path())

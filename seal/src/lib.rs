@@ -392,6 +392,22 @@ impl Sealer {
         Ok(tag.into())
     }
 
+    /// Seals chunk `index` in place, out of order, and returns its tag; the
+    /// counter moves on to `index + 1`. For resuming a transfer: the chunk
+    /// must be the very plaintext sealed under this header before (the
+    /// caller checks its hash against the signed manifest), so the same
+    /// nonce never seals different plaintext.
+    ///
+    /// # Errors
+    /// [`SealError::Misuse`] for an index past the last chunk or a wrong length.
+    pub fn seal_chunk_at(&mut self, index: u64, chunk: &mut [u8]) -> Result<[u8; TAG_LEN], SealError> {
+        if index >= self.header.chunk_count() {
+            return Err(SealError::Misuse("sealing a chunk after the last one"));
+        }
+        self.next = index;
+        self.seal_chunk(chunk)
+    }
+
     /// True when every chunk has been sealed.
     #[must_use]
     pub fn is_done(&self) -> bool {
@@ -582,6 +598,133 @@ pub fn open_stream<R: Read, W: Write>(
         });
     }
     Ok((header, hasher.finalize()))
+}
+
+/// Reads the plaintext of a sealed object, one chunk at a time, each
+/// authenticated before any of its bytes are returned. Memory use is one
+/// chunk. [`OpenReader::seek_chunk`] starts at any chunk (resuming a
+/// transfer); the plaintext's hash is the caller's business (it may read
+/// only part of the object).
+pub struct OpenReader<R> {
+    inner: R,
+    opener: Opener,
+    buf: Zeroizing<Vec<u8>>,
+    /// Next chunk to open.
+    next: u64,
+    /// Plaintext of the current chunk: `buf[pos..len]` not yet returned.
+    pos: usize,
+    len: usize,
+}
+
+impl<R> fmt::Debug for OpenReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenReader")
+            .field("header", self.opener.header())
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> OpenReader<R> {
+    /// Reads and checks the header of the sealed object in `inner`.
+    ///
+    /// # Errors
+    /// [`SealError::NotSealed`], [`SealError::UnsupportedVersion`], [`SealError::BadHeader`].
+    pub fn new(key: &DataKey, mut inner: R) -> Result<Self, SealError> {
+        let mut header_bytes = [0u8; HEADER_LEN];
+        read_exact_or(&mut inner, &mut header_bytes, SealError::NotSealed)?;
+        let header = Header::decode(&header_bytes)?;
+        let buf = Zeroizing::new(vec![0u8; usize_of(u64::from(header.chunk_size))? + TAG_LEN]);
+        Ok(OpenReader {
+            inner,
+            opener: Opener::new(key, header),
+            buf,
+            next: 0,
+            pos: 0,
+            len: 0,
+        })
+    }
+
+    /// The object's header.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        self.opener.header()
+    }
+
+    fn fill(&mut self) -> Result<bool, SealError> {
+        let header = *self.opener.header();
+        if self.next >= header.chunk_count() {
+            return Ok(false);
+        }
+        let len = usize_of(header.chunk_plain_len(self.next))?;
+        let sealed = &mut self.buf[..len + TAG_LEN];
+        read_exact_or(
+            &mut self.inner,
+            sealed,
+            SealError::Length {
+                expected: header.sealed_len(),
+                found: 0,
+            },
+        )?;
+        let (chunk, tag) = sealed.split_at_mut(len);
+        let tag: [u8; TAG_LEN] = le_array(tag);
+        self.opener.open_chunk(self.next, chunk, &tag)?;
+        self.next += 1;
+        self.pos = 0;
+        self.len = len;
+        Ok(true)
+    }
+}
+
+impl<R: Read + io::Seek> OpenReader<R> {
+    /// Moves to the start of chunk `index`'s plaintext.
+    ///
+    /// # Errors
+    /// [`SealError::Misuse`] past the end; [`SealError::Io`].
+    pub fn seek_chunk(&mut self, index: u64) -> Result<(), SealError> {
+        let header = *self.opener.header();
+        if index > header.chunk_count() {
+            return Err(SealError::Misuse("seeking past the last chunk"));
+        }
+        let offset = HEADER_LEN as u64 + index * (u64::from(header.chunk_size) + TAG_LEN as u64);
+        self.inner.seek(io::SeekFrom::Start(offset))?;
+        self.next = index;
+        self.pos = 0;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Moves to plaintext offset `offset` (opening the chunk that holds it).
+    ///
+    /// # Errors
+    /// As [`OpenReader::seek_chunk`], and tampering of that chunk.
+    pub fn seek_plain(&mut self, offset: u64) -> Result<(), SealError> {
+        let size = u64::from(self.opener.header().chunk_size);
+        self.seek_chunk(offset / size)?;
+        let skip = usize_of(offset % size)?;
+        if skip > 0 {
+            self.fill()?;
+            self.pos = skip.min(self.len);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for OpenReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.len {
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(SealError::Io(e)) => return Err(e),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn read_exact_or<R: Read>(reader: &mut R, buf: &mut [u8], err: SealError) -> Result<(), SealError> {

@@ -22,7 +22,8 @@ pub enum ProcessError {
 
 /// The `medmesh` binary in the running executable's target folder. The
 /// first call runs `cargo build -p medmesh` (a no-op when it is up to date),
-/// so tests never run a stale binary; `MEDMESH_BIN` overrides the path.
+/// so tests never run a stale binary (debug builds with the `fault-injection`
+/// feature); `MEDMESH_BIN` overrides the path.
 ///
 /// # Errors
 /// [`ProcessError::Binary`] when it can be neither found nor built.
@@ -45,6 +46,10 @@ pub fn medmesh_bin() -> Result<PathBuf, ProcessError> {
             cmd.args(["build", "--quiet", "--locked", "-p", "medmesh"]);
             if release {
                 cmd.arg("--release");
+            } else {
+                // Debug builds for tests carry the fault-injection hooks
+                // (inactive unless MEDMESH_FAULT is set); release builds never do.
+                cmd.args(["--features", "fault-injection"]);
             }
             let status = cmd.status().map_err(|e| e.to_string())?;
             if !status.success() || !bin.exists() {

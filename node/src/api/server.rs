@@ -19,8 +19,9 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, ExportRequest, ImportRequest,
-    JoinRequest, ListRequest, MAX_REQUEST, ShowRequest, Status, Unblocked, WithdrawRequest,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DenyRequest, ExportRequest,
+    IdRequest, ImportRequest, JoinRequest, ListRequest, MAX_REQUEST, ShowRequest, Status, TransferAsk, Unblocked,
+    WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
@@ -257,6 +258,60 @@ mod erased {
     }
 }
 
+/// Sends a transfer request to the holder and records its answer.
+async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::TransferView, Fail> {
+    let peer: libp2p::PeerId = r.peer_id.parse().map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("peer {:?}: not a peer id: {e}", r.peer_id),
+        )
+    })?;
+    crate::dicom::check_uid(&r.study_uid)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("study UID {:?}: {e}", r.study_uid)))?;
+    let uid = r.study_uid.clone();
+    let held = blocking(api, move |n| {
+        let study = n.store().study_ref(&uid);
+        Ok(n.store()
+            .study_row(&study)?
+            .is_some_and(|row| matches!(row.origin, crate::store::Origin::Local)))
+    })
+    .await?;
+    if held {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("study {}: this node holds it already (imported here)", r.study_uid),
+        ));
+    }
+    let mut rid = [0u8; 16];
+    getrandom::fill(&mut rid).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let request_id = hex::encode(rid);
+    let msg = crate::transfer::wire::Msg {
+        v: crate::transfer::wire::WIRE_VERSION,
+        body: crate::transfer::wire::MsgBody::Request {
+            request_id: request_id.clone(),
+            study_uid: r.study_uid.clone(),
+            purpose: r.purpose,
+            role: r.role,
+            level: r.level,
+        },
+    };
+    let answer = api.net.transfer_message(peer, msg).await.map_err(|e| failed(&e))?;
+    let view = blocking(api, move |n| {
+        n.note_answer(
+            &r.peer_id,
+            &request_id,
+            &r.study_uid,
+            r.purpose,
+            r.role,
+            r.level,
+            &answer.body,
+        )
+    })
+    .await?;
+    api.net.wake_transfers();
+    Ok(view)
+}
+
 async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let Some(route) = path.strip_prefix(super::PREFIX) else {
@@ -394,6 +449,45 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                         Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
                     }
                 })
+            }
+            (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
+            (&Method::POST, "/transfers/show") => {
+                let r: IdRequest = body(req).await?;
+                json(&blocking(api, move |n| n.transfer_show(&r.id)).await?)
+            }
+            (&Method::POST, "/transfers/request") => {
+                let r: TransferAsk = body(req).await?;
+                json(&request_transfer(api, r).await?)
+            }
+            (&Method::POST, "/transfers/share") => {
+                let r: TransferAsk = body(req).await?;
+                let view = blocking(api, move |n| {
+                    n.share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)
+                })
+                .await?;
+                api.net.wake_transfers();
+                json(&view)
+            }
+            (&Method::GET, "/approvals") => json(&blocking(api, Node::approvals).await?),
+            (&Method::POST, "/approvals/approve") => {
+                let r: IdRequest = body(req).await?;
+                let view = blocking(api, move |n| n.approve(&r.id)).await?;
+                api.net.wake_transfers();
+                json(&view)
+            }
+            (&Method::POST, "/approvals/deny") => {
+                let r: DenyRequest = body(req).await?;
+                let (view, msg) = blocking(api, move |n| n.deny_approval(&r.id, &r.reason)).await?;
+                if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
+                    // The requester is told when it can be reached; the denial stands either way.
+                    let net = api.net.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = net.transfer_message(peer, msg).await {
+                            tracing::info!(peer = %peer, cause = %e, "could not tell the requester of the denial");
+                        }
+                    });
+                }
+                json(&view)
             }
             _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),
         })

@@ -219,8 +219,13 @@ impl Shared<'_> {
         if let Some(k) = keys.get(study) {
             return Ok(k.clone());
         }
-        let key = match self.store.study_key(study)? {
-            Some(k) => k,
+        let key = match self.store.study_row(study)? {
+            Some(row) if !matches!(row.origin, crate::store::Origin::Local) => {
+                return Err(StoreError::Conflict(
+                    "this study was received from another site under a grant: files are not imported into it".into(),
+                ));
+            }
+            Some(row) => self.store.unwrap_study_key(study, &row)?,
             None => DataKey::try_generate().map_err(|e| StoreError::BlobIo {
                 path: "random".into(),
                 source: std::io::Error::other(e.to_string()),

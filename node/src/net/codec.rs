@@ -39,6 +39,28 @@ impl Wire for super::hello::Hello {
     }
 }
 
+impl Wire for crate::transfer::wire::Msg {
+    const WHAT: &'static str = "transfer message";
+    const MAX: usize = crate::transfer::wire::MAX_MESSAGE;
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::transfer::wire::encode(Self::WHAT, self).map_err(|e| e.to_string())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::transfer::wire::decode(Self::WHAT, bytes, Self::MAX).map_err(|e| e.to_string())
+    }
+}
+
+impl Wire for crate::transfer::wire::Answer {
+    const WHAT: &'static str = "transfer answer";
+    const MAX: usize = crate::transfer::wire::MAX_MESSAGE;
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::transfer::wire::encode(Self::WHAT, self).map_err(|e| e.to_string())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::transfer::wire::decode(Self::WHAT, bytes, Self::MAX).map_err(|e| e.to_string())
+    }
+}
+
 /// The codec for request type `Q` and response type `R`.
 #[derive(Debug)]
 pub struct CborCodec<Q, R> {

@@ -1,0 +1,2006 @@
+//! Consent-scoped transfers of studies between nodes.
+//!
+//! 1. Negotiation (`/medmesh/transfer/1`): a requester asks for a study; the
+//!    holder checks trust, then consent and site policy
+//!    ([`Node::consent_check`]), and answers with a signed [`wire::Grant`],
+//!    a denial, or "pending" (queued for `medmesh approvals`). A holder may
+//!    also share a study on its own, under the same checks.
+//! 2. Preparation: the holder reads every object once (checking it against
+//!    the hash recorded at import), hashes it per chunk, picks an ephemeral
+//!    X25519 key, derives the transfer key from X25519(ephemeral, recipient)
+//!    and signs a [`wire::Manifest`] that names the grant by its hash.
+//! 3. Streaming (`/medmesh/stream/1`, see [`engine`]): chunks sealed with the
+//!    transfer key in the sealed-object format (ChaCha20-Poly1305, STREAM
+//!    nonces); the recipient checks each chunk's tag and BLAKE3 before it
+//!    writes it, each object's hash at its end, and keeps the chunks as they
+//!    arrived (already sealed to it): the transfer key becomes the study's
+//!    data key, wrapped under the recipient's master key.
+//! 4. Resume: the recipient records verified chunks per object; a new
+//!    session sends only what is missing.
+//! 5. Landing and receipt: the recipient stores the study with its grant
+//!    and sends a signed [`wire::Receipt`]; the holder's transfer is complete
+//!    only with it. A received study is locked (its key destroyed) when its
+//!    grant expires.
+
+pub mod engine;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use consent_schema::{DeidLevel, Purpose, Role};
+use medmesh_seal::{DataKey, HEADER_LEN, Header, Opener, TAG_LEN, open_box, seal_box};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use self::wire::{
+    AnswerBody, CHUNK_SIZE, GRANT_DOMAIN, Grant, KEY_CONTEXT, MANIFEST_DOMAIN, MAX_MANIFEST, MAX_MESSAGE, Manifest,
+    ManifestObject, ObjectKind, Open, RECEIPT_DOMAIN, Receipt, Refuse, StudyIndex, WIRE_VERSION,
+};
+use crate::cbor;
+use crate::home::consent::{CheckQuery, Reason, Verdict};
+use crate::home::trust::now;
+use crate::home::{HomeError, Node, rfc3339};
+use crate::identity::peer_id_of;
+use crate::store::{DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS};
+use crate::store::{
+    InstanceMeta, InstanceRow, LandedObject, Origin, ROW_VERSION, ReceivedGrant, StoreError, StudyRef, StudyRow,
+};
+
+/// BLAKE3 `derive_key` context of the key that seals transfer records.
+const RECORD_CONTEXT: &str = "medmesh/v1/transfer record key";
+/// Version of the transfer record format.
+const RECORD_VERSION: u32 = 1;
+/// Largest sealed transfer record, bytes.
+const MAX_RECORD: usize = 1024 * 1024;
+/// Bytes received between two durable progress records, per object.
+const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+
+/// A transfer id.
+pub type TransferId = [u8; 16];
+
+/// Errors of transfers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// No transfer with that id.
+    #[error("no transfer {0} at this node")]
+    Unknown(String),
+    /// The id is not 32 hex digits.
+    #[error("transfer id {0:?}: expected 32 hex digits")]
+    BadId(String),
+    /// The operation does not fit the transfer's state.
+    #[error("transfer {id}: {reason}")]
+    State {
+        /// The transfer.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stored record or document could not be read.
+    #[error("transfer {id}: damaged record: {reason}")]
+    Damaged {
+        /// The transfer.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file of the transfer could not be read or written.
+    #[error("transfer {id}: {path}: {cause}")]
+    Io {
+        /// The transfer.
+        id: String,
+        /// The file.
+        path: String,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// A stored object failed verification while being prepared.
+    #[error("transfer {id}: stored object {object} failed verification: {reason}")]
+    Integrity {
+        /// The transfer.
+        id: String,
+        /// The object (SOP Instance UID).
+        object: String,
+        /// Why.
+        reason: String,
+    },
+    /// The network is not running (transfers need `medmesh run`).
+    #[error("{0}")]
+    Network(String),
+}
+
+/// Which side of a transfer this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// This node holds the study and sends it.
+    Outgoing,
+    /// This node receives it.
+    Incoming,
+}
+
+/// How a transfer started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Initiated {
+    /// The recipient asked (`medmesh request`).
+    Request,
+    /// The holder pushed (`medmesh share`).
+    Share,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Waiting for a person at the holder.
+    Pending,
+    /// Refused (by trust, consent, policy or a person).
+    Denied,
+    /// Granted; the data has not started to flow.
+    Granted,
+    /// Data flowing (or waiting to resume).
+    Streaming,
+    /// Holder: every chunk acknowledged; waiting for the receipt.
+    AwaitingReceipt,
+    /// Recipient: stored; the holder has not yet acknowledged the receipt.
+    Landed,
+    /// Done: the holder holds the signed receipt (and the recipient knows it).
+    Complete,
+    /// Stopped for good; see `error`.
+    Failed,
+}
+
+impl State {
+    /// The spelling used in listings.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Denied => "denied",
+            State::Granted => "granted",
+            State::Streaming => "streaming",
+            State::AwaitingReceipt => "awaiting-receipt",
+            State::Landed => "landed",
+            State::Complete => "complete",
+            State::Failed => "failed",
+        }
+    }
+
+    /// True when nothing more will happen.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Denied | State::Complete | State::Failed)
+    }
+}
+
+/// A transfer as this node records it (sealed at rest: it names the study).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRecord {
+    /// [`RECORD_VERSION`].
+    pub v: u32,
+    /// The transfer id (hex).
+    pub id: String,
+    /// Which side this node is.
+    pub direction: Direction,
+    /// How it started.
+    pub initiated: Initiated,
+    /// The other node (peer id).
+    pub peer: String,
+    /// Its institution, as certified.
+    pub institution: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// Requesting role.
+    pub role: Role,
+    /// Level asked for.
+    pub requested_level: Option<DeidLevel>,
+    /// Level granted.
+    pub level: Option<DeidLevel>,
+    /// Where it stands.
+    pub state: State,
+    /// Why it was denied, is pending, or failed (at the holder, in full).
+    pub reasons: Vec<Reason>,
+    /// The requester's request id.
+    pub request_id: Option<String>,
+    /// The signed grant (envelope CBOR), once granted.
+    #[serde(with = "serde_bytes")]
+    pub grant: Vec<u8>,
+    /// The signed receipt (envelope CBOR), once delivered.
+    #[serde(with = "serde_bytes")]
+    pub receipt: Vec<u8>,
+    /// Created (Unix seconds).
+    pub created: i64,
+    /// Last changed (Unix seconds).
+    pub updated: i64,
+    /// Grant end (Unix seconds).
+    pub expires: Option<i64>,
+    /// Objects in the manifest (the index object included).
+    pub objects: u64,
+    /// Plaintext bytes in the manifest.
+    pub bytes: u64,
+    /// Holder: bytes sent, resends included.
+    pub bytes_sent: u64,
+    /// Holder: sessions started.
+    pub sessions: u32,
+    /// Last error (a failed session, a refusal by the recipient).
+    pub error: Option<String>,
+}
+
+/// A transfer for listings (`medmesh transfers list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferView {
+    /// Transfer id.
+    pub id: String,
+    /// `outgoing` (this node sends) or `incoming`.
+    pub direction: Direction,
+    /// `request` or `share`.
+    pub initiated: Initiated,
+    /// State.
+    pub state: State,
+    /// The other node.
+    pub peer: String,
+    /// Its institution.
+    pub institution: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// Role.
+    pub role: Role,
+    /// Level granted.
+    pub level: Option<DeidLevel>,
+    /// Created (RFC 3339).
+    pub created: String,
+    /// Last changed (RFC 3339).
+    pub updated: String,
+    /// Grant end (RFC 3339).
+    pub expires: Option<String>,
+    /// Objects (the study index included).
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Objects received and verified (as far as this node knows).
+    pub done_objects: u64,
+    /// Bytes received and verified (as far as this node knows).
+    pub done_bytes: u64,
+    /// Holder: bytes sent, resends included.
+    pub bytes_sent: u64,
+    /// Holder: sessions started.
+    pub sessions: u32,
+    /// Reasons (denied, pending, failed).
+    pub reasons: Vec<Reason>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Whether the signed delivery receipt is held.
+    pub receipt: bool,
+}
+
+/// Live progress of transfers in this process (for `transfers watch`).
+#[derive(Debug, Default)]
+pub struct Live {
+    map: Mutex<HashMap<TransferId, Progress>>,
+}
+
+/// Progress of one transfer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Objects verified by the recipient.
+    pub done_objects: u64,
+    /// Bytes verified by the recipient.
+    pub done_bytes: u64,
+    /// Bytes sent (holder), resends included.
+    pub bytes_sent: u64,
+}
+
+impl Live {
+    /// Changes the progress of `id`.
+    pub fn update(&self, id: &TransferId, f: impl FnOnce(&mut Progress)) {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(map.entry(*id).or_default());
+    }
+
+    /// The progress of `id`, if any this run.
+    #[must_use]
+    pub fn get(&self, id: &TransferId) -> Option<Progress> {
+        let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(id).copied()
+    }
+
+    /// Forgets `id`.
+    pub fn remove(&self, id: &TransferId) {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(id);
+    }
+}
+
+/// Parses a transfer id.
+///
+/// # Errors
+/// [`TransferError::BadId`].
+pub fn parse_id(s: &str) -> Result<TransferId, TransferError> {
+    let bytes = hex::decode(s.trim()).map_err(|_| TransferError::BadId(s.to_string()))?;
+    <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| TransferError::BadId(s.to_string()))
+}
+
+fn new_id() -> Result<TransferId, TransferError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))?;
+    Ok(id)
+}
+
+fn reason(code: &str, text: impl Into<String>) -> Reason {
+    Reason {
+        code: code.into(),
+        text: text.into(),
+    }
+}
+
+/// The answer a requester gets for a study the holder does not have, and
+/// for one it may not learn of (consent or policy refuse): the same.
+fn not_available() -> Reason {
+    reason(
+        "not-available",
+        "the holder has no study with that UID that it can send to you for this purpose",
+    )
+}
+
+fn refuse(code: &str, text: impl Into<String>, permanent: bool) -> Refuse {
+    Refuse {
+        v: WIRE_VERSION,
+        code: code.into(),
+        text: text.into(),
+        permanent,
+    }
+}
+
+fn damaged(id: &str, reason: impl Into<String>) -> TransferError {
+    TransferError::Damaged {
+        id: id.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The transfer key: BLAKE3 `derive_key` over the X25519 shared secret, both
+/// public keys and the transfer id.
+fn transfer_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], id: &TransferId) -> DataKey {
+    let mut material = Zeroizing::new([0u8; 32 * 3 + 16]);
+    material[..32].copy_from_slice(shared);
+    material[32..64].copy_from_slice(ephemeral);
+    material[64..96].copy_from_slice(recipient);
+    material[96..].copy_from_slice(id);
+    DataKey::from_bytes(blake3::derive_key(KEY_CONTEXT, &material[..]))
+}
+
+fn key32(v: &[u8]) -> Option<[u8; 32]> {
+    <[u8; 32]>::try_from(v).ok()
+}
+
+/// Everything the recipient needs to take chunks of an accepted stream.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The transfer.
+    pub id: TransferId,
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// The transfer key.
+    pub key: DataKey,
+    /// Chunks verified so far, per object.
+    pub have: Vec<u64>,
+}
+
+/// Everything the holder needs to stream a prepared transfer.
+#[derive(Debug)]
+pub struct SendPlan {
+    /// The transfer.
+    pub id: TransferId,
+    /// The recipient.
+    pub peer: String,
+    /// Signed grant bytes.
+    pub grant: Vec<u8>,
+    /// Signed manifest bytes.
+    pub manifest_bytes: Vec<u8>,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The transfer key.
+    pub key: DataKey,
+    /// Where each object's plaintext comes from.
+    pub sources: Vec<Source>,
+}
+
+/// Where the plaintext of an object comes from.
+pub enum Source {
+    /// A stored blob, sealed under its study key.
+    Blob {
+        /// The blob address.
+        address: [u8; 32],
+        /// The blob file.
+        path: PathBuf,
+        /// The study's data key.
+        key: DataKey,
+    },
+    /// The index object, in memory.
+    Memory(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Blob { address, .. } => write!(f, "Blob({})", hex::encode(&address[..8])),
+            Source::Memory(b) => write!(f, "Memory({} bytes)", b.len()),
+        }
+    }
+}
+
+impl Node {
+    fn record_key(&self) -> DataKey {
+        self.store().master().derive(RECORD_CONTEXT)
+    }
+
+    fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, HomeError> {
+        let id = parse_id(&rec.id)?;
+        let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e.to_string()))?);
+        Ok(seal_box(&self.record_key(), &id, &plain).map_err(|e| damaged(&rec.id, e.to_string()))?)
+    }
+
+    fn open_record(&self, id: &TransferId, sealed: &[u8]) -> Result<TransferRecord, TransferError> {
+        let idh = hex::encode(id);
+        let plain = open_box(&self.record_key(), id, sealed).map_err(|e| damaged(&idh, e.to_string()))?;
+        let rec: TransferRecord =
+            cbor::decode("transfer record", &plain, MAX_RECORD).map_err(|e| damaged(&idh, e.to_string()))?;
+        cbor::check_version("transfer record", rec.v, RECORD_VERSION).map_err(|e| damaged(&idh, e.to_string()))?;
+        Ok(rec)
+    }
+
+    /// A transfer record.
+    ///
+    /// # Errors
+    /// [`TransferError::Unknown`], store errors.
+    pub fn transfer(&self, id: &TransferId) -> Result<TransferRecord, HomeError> {
+        let sealed = self
+            .store()
+            .transfer_get(id)?
+            .ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+        Ok(self.open_record(id, &sealed)?)
+    }
+
+    fn save(&self, rec: &mut TransferRecord) -> Result<(), HomeError> {
+        rec.updated = now();
+        let id = parse_id(&rec.id)?;
+        let sealed = self.seal_record(rec)?;
+        self.store().transfer_update::<HomeError>(&id, |_| Ok(Some(sealed)))?;
+        Ok(())
+    }
+
+    /// Changes a transfer record in one transaction; `change` may refuse.
+    fn update_transfer<T>(
+        &self,
+        id: &TransferId,
+        change: impl FnOnce(&mut TransferRecord) -> Result<T, HomeError>,
+    ) -> Result<(TransferRecord, T), HomeError> {
+        let mut out = None;
+        self.store().transfer_update::<HomeError>(id, |current| {
+            let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+            let mut rec = self.open_record(id, sealed)?;
+            let t = change(&mut rec)?;
+            rec.updated = now();
+            let bytes = self.seal_record(&rec)?;
+            out = Some((rec, t));
+            Ok(Some(bytes))
+        })?;
+        out.ok_or_else(|| HomeError::from(TransferError::Unknown(hex::encode(id))))
+    }
+
+    /// Every transfer record, newest first.
+    ///
+    /// # Errors
+    /// Store errors; a damaged record is an error naming it.
+    pub fn transfer_records(&self) -> Result<Vec<TransferRecord>, HomeError> {
+        let mut out = Vec::new();
+        for (id, sealed) in self.store().transfers()? {
+            out.push(self.open_record(&id, &sealed)?);
+        }
+        out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// A record for listings, with progress.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn transfer_view(&self, rec: &TransferRecord) -> Result<TransferView, HomeError> {
+        let id = parse_id(&rec.id)?;
+        let live = self.live().get(&id);
+        let (mut done_objects, mut done_bytes) = (0, 0);
+        if matches!(rec.state, State::Complete | State::Landed | State::AwaitingReceipt) {
+            done_objects = rec.objects;
+            done_bytes = rec.bytes;
+        } else if rec.direction == Direction::Incoming && rec.state == State::Streaming {
+            if let Some(doc) = self.store().transfer_doc(&id, DOC_MANIFEST)?
+                && let Ok((_, m)) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &doc, MAX_MANIFEST)
+            {
+                for (obj, count) in self.store().chunks_done(&id)? {
+                    if let Some(o) = m.objects.get(obj as usize) {
+                        let n = o.size.div_ceil(u64::from(m.chunk_size)).max(1);
+                        done_bytes += (count * u64::from(m.chunk_size)).min(o.size);
+                        if count >= n {
+                            done_objects += 1;
+                        }
+                    }
+                }
+            }
+            if let Some(l) = live {
+                done_bytes = done_bytes.max(l.done_bytes);
+                done_objects = done_objects.max(l.done_objects);
+            }
+        } else if let Some(l) = live {
+            done_bytes = l.done_bytes;
+            done_objects = l.done_objects;
+        }
+        Ok(TransferView {
+            id: rec.id.clone(),
+            direction: rec.direction,
+            initiated: rec.initiated,
+            state: rec.state,
+            peer: rec.peer.clone(),
+            institution: rec.institution.clone(),
+            study_uid: rec.study_uid.clone(),
+            purpose: rec.purpose,
+            role: rec.role,
+            level: rec.level,
+            created: rfc3339(rec.created),
+            updated: rfc3339(rec.updated),
+            expires: rec.expires.map(rfc3339),
+            objects: rec.objects,
+            bytes: rec.bytes,
+            done_objects,
+            done_bytes,
+            bytes_sent: live.map_or(rec.bytes_sent, |l| l.bytes_sent.max(rec.bytes_sent)),
+            sessions: rec.sessions,
+            reasons: rec.reasons.clone(),
+            error: rec.error.clone(),
+            receipt: !rec.receipt.is_empty(),
+        })
+    }
+
+    /// Every transfer, newest first, for listings.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn transfers(&self) -> Result<Vec<TransferView>, HomeError> {
+        self.transfer_records()?.iter().map(|r| self.transfer_view(r)).collect()
+    }
+
+    /// One transfer, for `transfers watch`.
+    ///
+    /// # Errors
+    /// [`TransferError::Unknown`], [`TransferError::BadId`], store errors.
+    pub fn transfer_show(&self, id: &str) -> Result<TransferView, HomeError> {
+        let rec = self.transfer(&parse_id(id)?)?;
+        self.transfer_view(&rec)
+    }
+
+    // ----- holder -----
+
+    /// The holder's decision on a request from `peer` (trust, then consent
+    /// and policy); records the transfer and returns the answer to send.
+    ///
+    /// # Errors
+    /// Store errors (the requester then gets no answer).
+    pub fn answer_request(
+        &self,
+        peer: &str,
+        request_id: &str,
+        study_uid: &str,
+        purpose: Purpose,
+        role: Role,
+        level: Option<DeidLevel>,
+    ) -> Result<AnswerBody, HomeError> {
+        let id = new_id()?;
+        let t = now();
+        let mut rec = TransferRecord {
+            v: RECORD_VERSION,
+            id: hex::encode(id),
+            direction: Direction::Outgoing,
+            initiated: Initiated::Request,
+            peer: peer.to_string(),
+            institution: String::new(),
+            study_uid: study_uid.to_string(),
+            purpose,
+            role,
+            requested_level: level,
+            level: None,
+            state: State::Denied,
+            reasons: Vec::new(),
+            request_id: Some(request_id.to_string()),
+            grant: Vec::new(),
+            receipt: Vec::new(),
+            created: t,
+            updated: t,
+            expires: None,
+            objects: 0,
+            bytes: 0,
+            bytes_sent: 0,
+            sessions: 0,
+            error: None,
+        };
+        let shown = self.decide(&mut rec, false)?;
+        self.save(&mut rec)?;
+        tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
+        Ok(match rec.state {
+            State::Granted => AnswerBody::Granted {
+                transfer_id: rec.id.clone(),
+                grant: rec.grant.clone(),
+            },
+            State::Pending => AnswerBody::Pending {
+                transfer_id: rec.id.clone(),
+                reasons: rec.reasons.clone(),
+            },
+            _ => AnswerBody::Denied {
+                transfer_id: Some(rec.id.clone()),
+                reasons: shown,
+            },
+        })
+    }
+
+    /// Decides `rec` (trust, study, consent and policy) and sets its state,
+    /// reasons and grant. `approved`: a person approved it (a needs-approval
+    /// outcome is then a grant). Returns the reasons the requester may see.
+    fn decide(&self, rec: &mut TransferRecord, approved: bool) -> Result<Vec<Reason>, HomeError> {
+        // 1. Trust (checked again on every request: zero trust).
+        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        if let Some(f) = &facts {
+            rec.institution.clone_from(&f.institution);
+        }
+        if !trust.is_empty() || facts.is_none() {
+            rec.state = State::Denied;
+            rec.reasons.clone_from(&trust);
+            return Ok(trust);
+        }
+        // 2. The study: held here, imported here, not locked.
+        let study = self.store().study_ref(&rec.study_uid);
+        let available = match self.store().study_row(&study)? {
+            None => Err("no such study here"),
+            Some(row) if !matches!(row.origin, Origin::Local) => {
+                Err("the study was received from another site; it is not passed on")
+            }
+            Some(row) if row.wrapped_key.is_empty() => Err("the study is locked"),
+            Some(_) => Ok(()),
+        };
+        if let Err(why) = available {
+            rec.state = State::Denied;
+            rec.reasons = vec![reason("not-available", why)];
+            return Ok(vec![not_available()]);
+        }
+        // 3. Consent and policy.
+        let check = self.consent_check(&CheckQuery {
+            study_uid: rec.study_uid.clone(),
+            peer_id: rec.peer.clone(),
+            purpose: rec.purpose,
+            role: Some(rec.role),
+            level: rec.requested_level,
+        })?;
+        match (check.decision, check.grant) {
+            (Verdict::Allow, Some(g)) | (Verdict::NeedsApproval, Some(g))
+                if check.decision == Verdict::Allow || approved =>
+            {
+                if g.level != DeidLevel::Identifiable {
+                    rec.state = State::Denied;
+                    let r = reason(
+                        "level-unavailable",
+                        format!(
+                            "the transfer would have to be {}, and this node cannot de-identify yet",
+                            g.level.as_str()
+                        ),
+                    );
+                    rec.reasons = vec![r.clone()];
+                    return Ok(vec![r]);
+                }
+                self.issue_grant(rec, g.level, g.series, g.consents, g.expires_at.timestamp())?;
+                Ok(Vec::new())
+            }
+            (Verdict::NeedsApproval, _) => {
+                rec.state = State::Pending;
+                rec.reasons = check.approval;
+                Ok(rec.reasons.clone())
+            }
+            _ => {
+                rec.state = State::Denied;
+                rec.reasons = check.trust.into_iter().chain(check.reasons).collect();
+                if rec.reasons.is_empty() {
+                    rec.reasons.push(reason("denied", "consent and policy do not allow it"));
+                }
+                Ok(vec![not_available()])
+            }
+        }
+    }
+
+    fn issue_grant(
+        &self,
+        rec: &mut TransferRecord,
+        level: DeidLevel,
+        series: Vec<String>,
+        consents: Vec<String>,
+        expires: i64,
+    ) -> Result<(), HomeError> {
+        let state = self.trust_state()?;
+        let hello = crate::net::peer_hello(self, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
+            id: rec.id.clone(),
+            reason: "the recipient's node record is unknown".into(),
+        })?;
+        let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record)?;
+        let grant = Grant {
+            v: WIRE_VERSION,
+            transfer_id: rec.id.clone(),
+            request_id: rec.request_id.clone(),
+            holder: self.identity().peer_id(),
+            recipient: rec.peer.clone(),
+            recipient_x25519: record.record().x25519.clone(),
+            study_uid: rec.study_uid.clone(),
+            purpose: rec.purpose,
+            role: rec.role,
+            level,
+            series,
+            consents,
+            issued: now(),
+            expires,
+        };
+        let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e.to_string()))?;
+        rec.grant = self.identity().sign(GRANT_DOMAIN, payload).to_bytes()?;
+        rec.level = Some(level);
+        rec.expires = Some(expires);
+        rec.state = State::Granted;
+        rec.reasons.clear();
+        Ok(())
+    }
+
+    /// Shares a study with `peer` on this node's initiative, under the same
+    /// checks as a request.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn share(
+        &self,
+        peer: &str,
+        study_uid: &str,
+        purpose: Purpose,
+        role: Role,
+        level: Option<DeidLevel>,
+    ) -> Result<TransferView, HomeError> {
+        crate::dicom::check_uid(study_uid).map_err(|e| TransferError::State {
+            id: String::new(),
+            reason: format!("study UID {study_uid:?}: {e}"),
+        })?;
+        let id = new_id()?;
+        let t = now();
+        let mut rec = TransferRecord {
+            v: RECORD_VERSION,
+            id: hex::encode(id),
+            direction: Direction::Outgoing,
+            initiated: Initiated::Share,
+            peer: peer.to_string(),
+            institution: String::new(),
+            study_uid: study_uid.to_string(),
+            purpose,
+            role,
+            requested_level: level,
+            level: None,
+            state: State::Denied,
+            reasons: Vec::new(),
+            request_id: None,
+            grant: Vec::new(),
+            receipt: Vec::new(),
+            created: t,
+            updated: t,
+            expires: None,
+            objects: 0,
+            bytes: 0,
+            bytes_sent: 0,
+            sessions: 0,
+            error: None,
+        };
+        self.decide(&mut rec, false)?;
+        self.save(&mut rec)?;
+        self.transfer_view(&rec)
+    }
+
+    /// Transfers waiting for a person at this node.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn approvals(&self) -> Result<Vec<TransferView>, HomeError> {
+        Ok(self
+            .transfers()?
+            .into_iter()
+            .filter(|t| t.direction == Direction::Outgoing && t.state == State::Pending)
+            .collect())
+    }
+
+    /// Approves a pending transfer: trust, consent and policy are checked
+    /// again, and a grant is issued unless they now refuse.
+    ///
+    /// # Errors
+    /// [`TransferError::State`] when it is not pending; store errors.
+    pub fn approve(&self, id: &str) -> Result<TransferView, HomeError> {
+        let tid = parse_id(id)?;
+        let (rec, ()) = self.update_transfer(&tid, |rec| {
+            if rec.direction != Direction::Outgoing || rec.state != State::Pending {
+                return Err(TransferError::State {
+                    id: rec.id.clone(),
+                    reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
+                }
+                .into());
+            }
+            self.decide(rec, true)?;
+            Ok(())
+        })?;
+        tracing::info!(transfer = %rec.id, state = rec.state.as_str(), "approval decided");
+        self.transfer_view(&rec)
+    }
+
+    /// Denies a pending transfer. Returns the record and, for a request,
+    /// the message that tells the requester.
+    ///
+    /// # Errors
+    /// [`TransferError::State`] when it is not pending; store errors.
+    pub fn deny_approval(&self, id: &str, why: &str) -> Result<(TransferView, Option<wire::Msg>), HomeError> {
+        let tid = parse_id(id)?;
+        let why = why.trim();
+        if why.is_empty() {
+            return Err(TransferError::State {
+                id: id.to_string(),
+                reason: "a denial needs a reason (--reason)".into(),
+            }
+            .into());
+        }
+        let (rec, ()) = self.update_transfer(&tid, |rec| {
+            if rec.direction != Direction::Outgoing || rec.state != State::Pending {
+                return Err(TransferError::State {
+                    id: rec.id.clone(),
+                    reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
+                }
+                .into());
+            }
+            rec.state = State::Denied;
+            rec.reasons = vec![reason("denied-by-approver", why)];
+            Ok(())
+        })?;
+        let msg = (rec.initiated == Initiated::Request).then(|| wire::Msg {
+            v: WIRE_VERSION,
+            body: wire::MsgBody::Decided {
+                transfer_id: rec.id.clone(),
+                reasons: rec.reasons.clone(),
+            },
+        });
+        Ok((self.transfer_view(&rec)?, msg))
+    }
+
+    /// Prepares a granted transfer: reads and checks every object, hashes
+    /// it per chunk, derives the transfer key and signs the manifest.
+    /// Idempotent: a transfer already prepared is left as it is.
+    ///
+    /// # Errors
+    /// [`TransferError::Integrity`] for a stored object that fails its
+    /// check; store and file errors.
+    pub fn prepare(&self, id: &TransferId) -> Result<(), HomeError> {
+        let rec = self.transfer(id)?;
+        if rec.state != State::Granted || rec.direction != Direction::Outgoing {
+            return Ok(());
+        }
+        let idh = rec.id.clone();
+        let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
+            .map_err(|e| damaged(&idh, e.to_string()))?;
+        let study = self.store().study_ref(&rec.study_uid);
+        let row = self
+            .store()
+            .study_row(&study)?
+            .ok_or_else(|| StoreError::UnknownStudy(rec.study_uid.clone()))?;
+        let study_key = self.store().unwrap_study_key(&study, &row)?;
+        let mut meta = self.store().open_study_meta(&study, &study_key, &row)?;
+        meta.series.retain(|uid, _| grant.series.contains(uid));
+        let mut items: Vec<([u8; 32], InstanceRow, InstanceMeta)> = Vec::new();
+        for (address, irow) in self.store().instances(&study)? {
+            let m = self.store().open_instance_meta(&study, &address, &study_key, &irow)?;
+            if grant.series.contains(&m.series_uid) {
+                items.push((address, irow, m));
+            }
+        }
+        items.sort_by(|a, b| {
+            (&a.2.series_uid, a.2.instance_number, &a.2.sop_instance_uid).cmp(&(
+                &b.2.series_uid,
+                b.2.instance_number,
+                &b.2.sop_instance_uid,
+            ))
+        });
+        for s in meta.series.values_mut() {
+            s.instances = 0;
+        }
+        for (_, _, m) in &items {
+            if let Some(s) = meta.series.get_mut(&m.series_uid) {
+                s.instances += 1;
+            }
+        }
+        // Hash every object per chunk, checking it against its import hash.
+        let hashed = hash_objects(self, &study_key, &items, &idh)?;
+        let index = StudyIndex {
+            v: WIRE_VERSION,
+            study: meta,
+            instances: items.iter().map(|(_, _, m)| m.clone()).collect(),
+        };
+        let index_bytes =
+            Zeroizing::new(wire::encode("study index", &index).map_err(|e| damaged(&idh, e.to_string()))?);
+        let mut objects = Vec::with_capacity(items.len() + 1);
+        for (chunks, size, whole) in hashed {
+            let salt = random32(&idh)?;
+            objects.push(ManifestObject {
+                kind: ObjectKind::Dicom,
+                size,
+                blake3: whole.to_vec(),
+                salt: salt.to_vec(),
+                chunks,
+            });
+        }
+        let mut index_chunks = Vec::new();
+        for c in index_bytes.chunks(CHUNK_SIZE as usize) {
+            index_chunks.extend_from_slice(blake3::hash(c).as_bytes());
+        }
+        if index_bytes.is_empty() {
+            index_chunks.extend_from_slice(blake3::hash(&[]).as_bytes());
+        }
+        objects.push(ManifestObject {
+            kind: ObjectKind::Index,
+            size: index_bytes.len() as u64,
+            blake3: blake3::hash(&index_bytes).as_bytes().to_vec(),
+            salt: random32(&idh)?.to_vec(),
+            chunks: index_chunks,
+        });
+        // The transfer key, from a fresh ephemeral key and the recipient's.
+        let recipient = key32(&grant.recipient_x25519).ok_or_else(|| damaged(&idh, "recipient key is not 32 bytes"))?;
+        let mut eph_bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut eph_bytes[..]).map_err(|e| damaged(&idh, format!("random: {e}")))?;
+        let eph = x25519_dalek::StaticSecret::from(*eph_bytes);
+        let eph_pub = x25519_dalek::PublicKey::from(&eph).to_bytes();
+        let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(recipient));
+        if !shared.was_contributory() {
+            return Err(damaged(&idh, "the recipient's X25519 key is a low-order point").into());
+        }
+        let key = transfer_key(shared.as_bytes(), &eph_pub, &recipient, id);
+        drop(eph);
+        let manifest = Manifest {
+            v: WIRE_VERSION,
+            transfer_id: idh.clone(),
+            grant_hash: blake3::hash(&rec.grant).as_bytes().to_vec(),
+            holder: self.identity().peer_id(),
+            recipient: rec.peer.clone(),
+            recipient_x25519: recipient.to_vec(),
+            ephemeral_x25519: eph_pub.to_vec(),
+            chunk_size: CHUNK_SIZE,
+            objects,
+            created: now(),
+        };
+        wire::check_manifest(&manifest).map_err(|e| damaged(&idh, e.to_string()))?;
+        let total: u64 = manifest.objects.iter().map(|o| o.size).sum();
+        let count = manifest.objects.len() as u64;
+        let payload = wire::encode("manifest", &manifest).map_err(|e| damaged(&idh, e.to_string()))?;
+        let env = self.identity().sign(MANIFEST_DOMAIN, payload).to_bytes()?;
+        let wrapped = self.store().master().wrap(&key, id)?;
+        let mut addresses = Vec::with_capacity(items.len() * 32);
+        for (a, _, _) in &items {
+            addresses.extend_from_slice(a);
+        }
+        let sealed_index = seal_box(&key, id, &index_bytes).map_err(|e| damaged(&idh, e.to_string()))?;
+        self.store().transfer_doc_put(id, DOC_KEY, wrapped.as_bytes())?;
+        self.store().transfer_doc_put(id, DOC_OBJECTS, &addresses)?;
+        self.store().transfer_doc_put(id, DOC_INDEX, &sealed_index)?;
+        self.store().transfer_doc_put(id, DOC_MANIFEST, &env)?;
+        self.update_transfer(id, |r| {
+            if r.state == State::Granted {
+                r.state = State::Streaming;
+                r.objects = count;
+                r.bytes = total;
+            }
+            Ok(())
+        })?;
+        tracing::info!(transfer = %idh, objects = count, bytes = total, "transfer prepared");
+        Ok(())
+    }
+
+    /// The plan for streaming a prepared transfer.
+    ///
+    /// # Errors
+    /// A damaged record or document, store errors.
+    pub fn send_plan(&self, id: &TransferId) -> Result<SendPlan, HomeError> {
+        let rec = self.transfer(id)?;
+        let idh = rec.id.clone();
+        let doc = |kind| -> Result<Vec<u8>, HomeError> {
+            Ok(self
+                .store()
+                .transfer_doc(id, kind)?
+                .ok_or_else(|| damaged(&idh, format!("document {kind} is missing")))?)
+        };
+        let manifest_bytes = doc(DOC_MANIFEST)?;
+        let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
+            .map_err(|e| damaged(&idh, e.to_string()))?;
+        let wrapped = medmesh_seal::WrappedKey::from_bytes(&doc(DOC_KEY)?).map_err(|e| damaged(&idh, e.to_string()))?;
+        let key = self.store().master().unwrap(&wrapped, id)?;
+        let addresses = doc(DOC_OBJECTS)?;
+        let index = open_box(&key, id, &doc(DOC_INDEX)?).map_err(|e| damaged(&idh, e.to_string()))?;
+        let study = self.store().study_ref(&rec.study_uid);
+        let row = self
+            .store()
+            .study_row(&study)?
+            .ok_or_else(|| StoreError::UnknownStudy(rec.study_uid.clone()))?;
+        let study_key = self.store().unwrap_study_key(&study, &row)?;
+        let mut sources = Vec::with_capacity(manifest.objects.len());
+        for a in addresses.chunks_exact(32) {
+            let address = key32(a).ok_or_else(|| damaged(&idh, "bad object address"))?;
+            sources.push(Source::Blob {
+                address,
+                path: self.store().blob_path(&address),
+                key: study_key.clone(),
+            });
+        }
+        sources.push(Source::Memory(index));
+        if sources.len() != manifest.objects.len() {
+            return Err(damaged(&idh, "the object list does not match the manifest").into());
+        }
+        Ok(SendPlan {
+            id: *id,
+            peer: rec.peer,
+            grant: rec.grant,
+            manifest_bytes,
+            manifest,
+            key,
+            sources,
+        })
+    }
+
+    /// Records the outcome of a holder's session.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn note_session(
+        &self,
+        id: &TransferId,
+        sent: u64,
+        all_acknowledged: bool,
+        error: Option<String>,
+    ) -> Result<(), HomeError> {
+        self.update_transfer(id, |r| {
+            r.bytes_sent += sent;
+            r.sessions += 1;
+            if let Some(e) = &error {
+                r.error = Some(e.clone());
+            }
+            if all_acknowledged && r.state == State::Streaming {
+                r.state = State::AwaitingReceipt;
+                r.error = None;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Marks a transfer failed for good.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn fail_transfer(&self, id: &TransferId, why: &str) -> Result<(), HomeError> {
+        self.update_transfer(id, |r| {
+            if !r.state.is_final() {
+                r.state = State::Failed;
+                r.error = Some(why.to_string());
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The holder takes a delivery receipt from `peer`.
+    ///
+    /// # Errors
+    /// Store errors; a bad receipt is an answer, not an error.
+    pub fn accept_receipt(&self, peer: &str, bytes: &[u8]) -> Result<AnswerBody, HomeError> {
+        let refused = |code: &str, text: String| AnswerBody::Refused {
+            code: code.into(),
+            text,
+        };
+        let (signer, receipt) = match wire::open_signed::<Receipt>("receipt", RECEIPT_DOMAIN, bytes, MAX_MESSAGE) {
+            Ok(r) => r,
+            Err(e) => return Ok(refused("bad-receipt", e.to_string())),
+        };
+        if peer_id_of(&signer).ok().as_deref() != Some(peer) || receipt.recipient != peer {
+            return Ok(refused(
+                "bad-receipt",
+                "the receipt is not signed by the peer that sent it".into(),
+            ));
+        }
+        let Ok(id) = parse_id(&receipt.transfer_id) else {
+            return Ok(refused("unknown-transfer", "bad transfer id".into()));
+        };
+        let rec = match self.transfer(&id) {
+            Ok(r) if r.direction == Direction::Outgoing && r.peer == peer => r,
+            Ok(_) | Err(HomeError::Transfer(TransferError::Unknown(_))) => {
+                return Ok(refused(
+                    "unknown-transfer",
+                    format!("no transfer {} to you", receipt.transfer_id),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.state == State::Complete {
+            return Ok(AnswerBody::Ack);
+        }
+        let Some(manifest_bytes) = self.store().transfer_doc(&id, DOC_MANIFEST)? else {
+            return Ok(refused("unknown-transfer", "the transfer was never prepared".into()));
+        };
+        let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
+            .map_err(|e| damaged(&rec.id, e.to_string()))?;
+        if receipt.manifest_hash != blake3::hash(&manifest_bytes).as_bytes()
+            || receipt.objects_root != wire::objects_root(&manifest.objects)
+        {
+            return Ok(refused(
+                "receipt-mismatch",
+                "the receipt names another manifest or other objects".into(),
+            ));
+        }
+        let receipt_bytes = bytes.to_vec();
+        self.update_transfer(&id, |r| {
+            r.receipt = receipt_bytes;
+            r.state = State::Complete;
+            r.error = None;
+            Ok(())
+        })?;
+        self.live().remove(&id);
+        tracing::info!(transfer = %rec.id, peer = %peer, "delivery receipt received: transfer complete");
+        Ok(AnswerBody::Ack)
+    }
+
+    // ----- recipient -----
+
+    /// Records the answer to a request this node sent.
+    ///
+    /// # Errors
+    /// Store errors; a grant that does not verify is recorded as failed.
+    #[allow(clippy::too_many_arguments)] // the request, as sent
+    pub fn note_answer(
+        &self,
+        peer: &str,
+        request_id: &str,
+        study_uid: &str,
+        purpose: Purpose,
+        role: Role,
+        level: Option<DeidLevel>,
+        answer: &AnswerBody,
+    ) -> Result<TransferView, HomeError> {
+        let t = now();
+        let (id, state, reasons, grant) = match answer {
+            AnswerBody::Granted { transfer_id, grant } => {
+                (transfer_id.clone(), State::Granted, Vec::new(), grant.clone())
+            }
+            AnswerBody::Pending { transfer_id, reasons } => {
+                (transfer_id.clone(), State::Pending, reasons.clone(), Vec::new())
+            }
+            AnswerBody::Denied { transfer_id, reasons } => (
+                transfer_id
+                    .clone()
+                    .unwrap_or_else(|| hex::encode(new_id().unwrap_or_default())),
+                State::Denied,
+                reasons.clone(),
+                Vec::new(),
+            ),
+            AnswerBody::Ack | AnswerBody::Refused { .. } => (
+                hex::encode(new_id()?),
+                State::Failed,
+                vec![reason("refused", format!("{answer:?}"))],
+                Vec::new(),
+            ),
+        };
+        let tid = parse_id(&id)?;
+        let mut rec = TransferRecord {
+            v: RECORD_VERSION,
+            id,
+            direction: Direction::Incoming,
+            initiated: Initiated::Request,
+            peer: peer.to_string(),
+            institution: String::new(),
+            study_uid: study_uid.to_string(),
+            purpose,
+            role,
+            requested_level: level,
+            level: None,
+            state,
+            reasons,
+            request_id: Some(request_id.to_string()),
+            grant,
+            receipt: Vec::new(),
+            created: t,
+            updated: t,
+            expires: None,
+            objects: 0,
+            bytes: 0,
+            bytes_sent: 0,
+            sessions: 0,
+            error: None,
+        };
+        if let Ok((facts, _)) = self.peer_facts(peer, purpose)
+            && let Some(f) = facts
+        {
+            rec.institution = f.institution;
+        }
+        if rec.state == State::Granted {
+            match self.check_grant(peer, &rec.grant) {
+                Ok(g)
+                    if g.study_uid == study_uid
+                        && g.request_id.as_deref() == Some(request_id)
+                        && g.transfer_id == rec.id =>
+                {
+                    rec.level = Some(g.level);
+                    rec.expires = Some(g.expires);
+                }
+                Ok(_) => {
+                    rec.state = State::Failed;
+                    rec.error = Some("the grant does not answer this request".into());
+                }
+                Err(r) => {
+                    rec.state = State::Failed;
+                    rec.error = Some(format!("{} [{}]", r.text, r.code));
+                }
+            }
+        }
+        // A record under this id already (a replayed answer) is not overwritten.
+        if self.store().transfer_get(&tid)?.is_some() {
+            return Err(TransferError::State {
+                id: rec.id,
+                reason: "already recorded".into(),
+            }
+            .into());
+        }
+        self.save(&mut rec)?;
+        self.transfer_view(&rec)
+    }
+
+    /// The requester learns that a pending request was denied by a person.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn note_decided(&self, peer: &str, transfer_id: &str, reasons: Vec<Reason>) -> Result<AnswerBody, HomeError> {
+        let Ok(id) = parse_id(transfer_id) else {
+            return Ok(AnswerBody::Refused {
+                code: "unknown-transfer".into(),
+                text: "bad transfer id".into(),
+            });
+        };
+        match self.update_transfer(&id, |r| {
+            if r.peer != peer || r.direction != Direction::Incoming {
+                return Err(TransferError::Unknown(r.id.clone()).into());
+            }
+            if r.state == State::Pending {
+                r.state = State::Denied;
+                r.reasons = reasons;
+            }
+            Ok(())
+        }) {
+            Ok(_) => Ok(AnswerBody::Ack),
+            Err(HomeError::Transfer(TransferError::Unknown(_))) => Ok(AnswerBody::Refused {
+                code: "unknown-transfer".into(),
+                text: format!("no transfer {transfer_id} from you"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verifies a grant from `peer` for this node.
+    fn check_grant(&self, peer: &str, grant_bytes: &[u8]) -> Result<Grant, Refuse> {
+        let (signer, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, grant_bytes, MAX_MESSAGE)
+            .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
+        if peer_id_of(&signer).ok().as_deref() != Some(peer) || grant.holder != peer {
+            return Err(refuse(
+                "bad-grant",
+                "the grant is not signed by the peer that sent it",
+                true,
+            ));
+        }
+        if grant.recipient != self.identity().peer_id() || grant.recipient_x25519 != self.identity().x25519_public() {
+            return Err(refuse(
+                "wrong-recipient",
+                "the grant is for another recipient or key",
+                true,
+            ));
+        }
+        if grant.expires <= now() {
+            return Err(refuse("grant-expired", "the grant has expired", true));
+        }
+        Ok(grant)
+    }
+
+    /// The recipient checks the opening of a stream from `peer`: grant,
+    /// manifest, and what it already holds of the transfer.
+    ///
+    /// # Errors
+    /// The [`Refuse`] to send back.
+    pub fn accept_stream(&self, peer: &str, open: &Open) -> Result<Accepted, Refuse> {
+        let internal = |e: HomeError| refuse("internal", format!("the recipient failed: {e}"), false);
+        let grant = self.check_grant(peer, &open.grant)?;
+        // Trust, checked again for this stream.
+        let (_, trust) = self.peer_facts(peer, grant.purpose).map_err(internal)?;
+        if let Some(r) = trust.first() {
+            return Err(refuse("untrusted", format!("{} [{}]", r.text, r.code), true));
+        }
+        let (msigner, manifest) =
+            wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, MAX_MANIFEST)
+                .map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        if peer_id_of(&msigner).ok().as_deref() != Some(peer) || manifest.holder != peer {
+            return Err(refuse(
+                "bad-manifest",
+                "the manifest is not signed by the peer that sent it",
+                true,
+            ));
+        }
+        if manifest.recipient != self.identity().peer_id()
+            || manifest.recipient_x25519 != self.identity().x25519_public()
+        {
+            return Err(refuse(
+                "wrong-recipient",
+                "the manifest is sealed to another recipient or key",
+                true,
+            ));
+        }
+        if manifest.transfer_id != grant.transfer_id || manifest.grant_hash != blake3::hash(&open.grant).as_bytes() {
+            return Err(refuse(
+                "grant-mismatch",
+                "the manifest was not made for the grant sent with it",
+                true,
+            ));
+        }
+        wire::check_manifest(&manifest).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        let id = parse_id(&manifest.transfer_id).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        let study = self.store().study_ref(&grant.study_uid);
+        if let Ok(Some(row)) = self.store().study_row(&study)
+            && matches!(row.origin, Origin::Local)
+        {
+            return Err(refuse(
+                "held-locally",
+                "the recipient holds this study already (imported there)",
+                true,
+            ));
+        }
+        let manifest_hash = blake3::hash(&open.manifest);
+        let existing = match self.transfer(&id) {
+            Ok(r) => Some(r),
+            Err(HomeError::Transfer(TransferError::Unknown(_))) => None,
+            Err(e) => return Err(internal(e)),
+        };
+        match existing {
+            Some(rec) if rec.direction != Direction::Incoming || rec.peer != peer => {
+                return Err(refuse("unknown-transfer", "no such transfer from you", true));
+            }
+            Some(rec) if matches!(rec.state, State::Landed | State::Complete) => {
+                return Err(refuse(
+                    "replayed",
+                    "this transfer is complete; a manifest sent again is refused",
+                    true,
+                ));
+            }
+            Some(rec) if matches!(rec.state, State::Denied | State::Failed) => {
+                return Err(refuse(
+                    "closed",
+                    format!("this transfer is {}", rec.state.as_str()),
+                    true,
+                ));
+            }
+            Some(rec) if rec.state == State::Streaming => {
+                let stored = self
+                    .store()
+                    .transfer_doc(&id, DOC_MANIFEST)
+                    .map_err(|e| internal(e.into()))?;
+                if stored.as_deref().map(blake3::hash) != Some(manifest_hash) {
+                    return Err(refuse(
+                        "manifest-mismatch",
+                        "this transfer started under another manifest; a different or replayed one is refused",
+                        true,
+                    ));
+                }
+            }
+            Some(rec) => {
+                // Granted or pending (approved since): this grant must answer our request.
+                if grant.request_id != rec.request_id || grant.study_uid != rec.study_uid {
+                    return Err(refuse("grant-mismatch", "the grant does not answer our request", true));
+                }
+                self.start_incoming(&id, &grant, &open.grant, &open.manifest, &manifest)
+                    .map_err(internal)?;
+            }
+            None => {
+                if grant.request_id.is_some() {
+                    return Err(refuse("unknown-transfer", "no request of ours has this id", true));
+                }
+                let t = now();
+                let mut rec = TransferRecord {
+                    v: RECORD_VERSION,
+                    id: manifest.transfer_id.clone(),
+                    direction: Direction::Incoming,
+                    initiated: Initiated::Share,
+                    peer: peer.to_string(),
+                    institution: self
+                        .peer_facts(peer, grant.purpose)
+                        .ok()
+                        .and_then(|(f, _)| f)
+                        .map(|f| f.institution)
+                        .unwrap_or_default(),
+                    study_uid: grant.study_uid.clone(),
+                    purpose: grant.purpose,
+                    role: grant.role,
+                    requested_level: None,
+                    level: Some(grant.level),
+                    state: State::Granted,
+                    reasons: Vec::new(),
+                    request_id: None,
+                    grant: open.grant.clone(),
+                    receipt: Vec::new(),
+                    created: t,
+                    updated: t,
+                    expires: Some(grant.expires),
+                    objects: 0,
+                    bytes: 0,
+                    bytes_sent: 0,
+                    sessions: 0,
+                    error: None,
+                };
+                self.save(&mut rec).map_err(internal)?;
+                self.start_incoming(&id, &grant, &open.grant, &open.manifest, &manifest)
+                    .map_err(internal)?;
+            }
+        }
+        let eph = key32(&manifest.ephemeral_x25519).ok_or_else(|| refuse("bad-manifest", "ephemeral key", true))?;
+        let secret = x25519_dalek::StaticSecret::from(*self.identity().x25519_secret());
+        let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(eph));
+        if !shared.was_contributory() {
+            return Err(refuse("bad-manifest", "the ephemeral key is a low-order point", true));
+        }
+        let key = transfer_key(shared.as_bytes(), &eph, &self.identity().x25519_public(), &id);
+        let mut have = vec![0u64; manifest.objects.len()];
+        for (obj, count) in self.store().chunks_done(&id).map_err(|e| internal(e.into()))? {
+            if let Some(h) = have.get_mut(obj as usize) {
+                *h = count;
+            }
+        }
+        Ok(Accepted {
+            id,
+            manifest,
+            key,
+            have,
+        })
+    }
+
+    fn start_incoming(
+        &self,
+        id: &TransferId,
+        grant: &Grant,
+        grant_bytes: &[u8],
+        manifest_bytes: &[u8],
+        manifest: &Manifest,
+    ) -> Result<(), HomeError> {
+        self.store().clear_chunks(id)?;
+        self.store().transfer_doc_put(id, DOC_MANIFEST, manifest_bytes)?;
+        let total: u64 = manifest.objects.iter().map(|o| o.size).sum();
+        let count = manifest.objects.len() as u64;
+        let (grant_bytes, level, expires) = (grant_bytes.to_vec(), grant.level, grant.expires);
+        self.update_transfer(id, |r| {
+            r.state = State::Streaming;
+            r.grant = grant_bytes;
+            r.level = Some(level);
+            r.expires = Some(expires);
+            r.objects = count;
+            r.bytes = total;
+            Ok(())
+        })?;
+        tracing::info!(transfer = %hex::encode(id), objects = count, bytes = total, "receiving a transfer");
+        Ok(())
+    }
+
+    /// Lands a fully received transfer: checks the index object, moves the
+    /// objects into the store under the grant, marks it landed. Idempotent.
+    ///
+    /// # Errors
+    /// Store and file errors; a bad index fails the transfer.
+    pub fn land(&self, accepted: &Accepted) -> Result<(), HomeError> {
+        let id = &accepted.id;
+        let rec = self.transfer(id)?;
+        let idh = rec.id.clone();
+        if matches!(rec.state, State::Landed | State::Complete) {
+            return Ok(());
+        }
+        let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
+            .map_err(|e| damaged(&idh, e.to_string()))?;
+        let study = self.store().study_ref(&grant.study_uid);
+        let already = self
+            .store()
+            .study_row(&study)?
+            .is_some_and(|r| matches!(&r.origin, Origin::Received(g) if g.transfer_id == idh));
+        if !already {
+            self.land_objects(accepted, &rec, &grant, &study)?;
+        }
+        self.store().clear_chunks(id)?;
+        self.update_transfer(id, |r| {
+            r.state = State::Landed;
+            Ok(())
+        })?;
+        tracing::info!(transfer = %idh, "study received, verified and stored");
+        Ok(())
+    }
+
+    fn land_objects(
+        &self,
+        a: &Accepted,
+        rec: &TransferRecord,
+        grant: &Grant,
+        study: &StudyRef,
+    ) -> Result<(), HomeError> {
+        let idh = &rec.id;
+        let dir = self.store().incoming_dir(&a.id);
+        let last = a.manifest.objects.len() - 1;
+        let index_path = dir.join(last.to_string());
+        let file = File::open(&index_path).map_err(|cause| io_err(idh, &index_path, cause))?;
+        let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
+        let mut bytes = Zeroizing::new(Vec::new());
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|cause| io_err(idh, &index_path, cause))?;
+        let index: StudyIndex =
+            wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))?;
+        if index.instances.len() != last || index.study.study_uid != grant.study_uid {
+            return Err(damaged(idh, "the study index does not describe the objects sent").into());
+        }
+        let mut objects = Vec::with_capacity(last);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut total = 0u64;
+        for (i, m) in index.instances.iter().enumerate() {
+            let o = &a.manifest.objects[i];
+            if m.blake3 != o.blake3 || !grant.series.contains(&m.series_uid) {
+                return Err(damaged(idh, format!("the study index does not describe object {i}")).into());
+            }
+            let hash = blake3::Hash::from_bytes(key32(&o.blake3).ok_or_else(|| damaged(idh, "hash"))?);
+            let address = self.store().blob_address(&hash);
+            let path = dir.join(i.to_string());
+            if !seen.insert(address) {
+                // The same bytes twice: stored once.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            total += o.size;
+            objects.push(LandedObject {
+                address,
+                file: path,
+                row: InstanceRow {
+                    v: ROW_VERSION,
+                    blob: address.to_vec(),
+                    size: o.size,
+                    meta: self.store().seal_instance_meta(study, &address, &a.key, m)?,
+                },
+            });
+        }
+        let t = now();
+        let grant_hash = blake3::hash(&rec.grant);
+        let row = StudyRow {
+            v: ROW_VERSION,
+            wrapped_key: self.store().wrap_study_key(study, &a.key)?,
+            meta: self.store().seal_study_meta(study, &a.key, &index.study)?,
+            origin: Origin::Received(ReceivedGrant {
+                transfer_id: idh.clone(),
+                peer: rec.peer.clone(),
+                institution: rec.institution.clone(),
+                purpose: grant.purpose,
+                level: grant.level,
+                expires: grant.expires,
+                grant_hash: grant_hash.to_hex().to_string(),
+                received: t,
+                locked: None,
+            }),
+            created: t,
+            updated: t,
+            instances: objects.len() as u64,
+            bytes: total,
+        };
+        let attrs = &index.study.attrs;
+        let patient = (!attrs.patient_id.trim().is_empty()).then(|| {
+            self.store()
+                .patient_ref(attrs.patient_id.trim(), attrs.issuer_of_patient_id.trim())
+        });
+        self.store().land_study(study, &row, patient, objects)?;
+        Ok(())
+    }
+
+    /// The signed delivery receipt of a landed transfer (made once, then
+    /// sent again as it is).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn receipt(&self, id: &TransferId) -> Result<Vec<u8>, HomeError> {
+        let rec = self.transfer(id)?;
+        if !rec.receipt.is_empty() {
+            return Ok(rec.receipt);
+        }
+        let manifest_bytes = self
+            .store()
+            .transfer_doc(id, DOC_MANIFEST)?
+            .ok_or_else(|| damaged(&rec.id, "manifest missing"))?;
+        let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
+            .map_err(|e| damaged(&rec.id, e.to_string()))?;
+        let receipt = Receipt {
+            v: WIRE_VERSION,
+            transfer_id: rec.id.clone(),
+            manifest_hash: blake3::hash(&manifest_bytes).as_bytes().to_vec(),
+            objects_root: wire::objects_root(&manifest.objects).to_vec(),
+            holder: rec.peer.clone(),
+            recipient: self.identity().peer_id(),
+            received: now(),
+        };
+        let payload = wire::encode("receipt", &receipt).map_err(|e| damaged(&rec.id, e.to_string()))?;
+        let bytes = self.identity().sign(RECEIPT_DOMAIN, payload).to_bytes()?;
+        let keep = bytes.clone();
+        let (rec, ()) = self.update_transfer(id, |r| {
+            if r.receipt.is_empty() {
+                r.receipt = keep;
+            }
+            Ok(())
+        })?;
+        Ok(rec.receipt)
+    }
+
+    /// The recipient notes that the holder acknowledged the receipt.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn receipt_acknowledged(&self, id: &TransferId) -> Result<(), HomeError> {
+        self.update_transfer(id, |r| {
+            if r.state == State::Landed {
+                r.state = State::Complete;
+            }
+            Ok(())
+        })?;
+        self.live().remove(id);
+        Ok(())
+    }
+
+    /// Locks every received study whose grant has ended: its data key is
+    /// destroyed. Returns how many were locked.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn enforce_expiry(&self) -> Result<u64, HomeError> {
+        let t = now();
+        let mut locked = 0;
+        for (study, row) in self.store().studies()? {
+            if let Origin::Received(g) = &row.origin
+                && g.expires <= t
+                && !row.wrapped_key.is_empty()
+            {
+                let done = self.store().lock_study(&study, |r| {
+                    if let Origin::Received(g) = &mut r.origin {
+                        g.locked = Some(t);
+                    }
+                })?;
+                if done {
+                    locked += 1;
+                    tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
+                }
+            }
+        }
+        Ok(locked)
+    }
+}
+
+fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferError {
+    TransferError::Io {
+        id: id.to_string(),
+        path: path.display().to_string(),
+        cause,
+    }
+}
+
+fn random32(id: &str) -> Result<[u8; 32], TransferError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| damaged(id, format!("random: {e}")))?;
+    Ok(b)
+}
+
+/// Per-chunk hashes, size and whole hash of each object, read once and
+/// checked against the hash recorded at import. Two threads.
+#[allow(clippy::type_complexity)]
+fn hash_objects(
+    node: &Node,
+    key: &DataKey,
+    items: &[([u8; 32], InstanceRow, InstanceMeta)],
+    idh: &str,
+) -> Result<Vec<(Vec<u8>, u64, [u8; 32])>, HomeError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<(Vec<u8>, u64, [u8; 32]), HomeError>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((address, _, meta)) = items.get(i) else { break };
+                    let r = hash_one(node, key, address, meta, idh);
+                    let mut res = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(slot) = res.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let res = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    res.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(damaged(idh, "an object was not hashed").into())))
+        .collect()
+}
+
+fn hash_one(
+    node: &Node,
+    key: &DataKey,
+    address: &[u8; 32],
+    meta: &InstanceMeta,
+    idh: &str,
+) -> Result<(Vec<u8>, u64, [u8; 32]), HomeError> {
+    let integrity = |reason: String| TransferError::Integrity {
+        id: idh.to_string(),
+        object: meta.sop_instance_uid.clone(),
+        reason,
+    };
+    let file = node.store().open_blob(address)?;
+    let mut reader = medmesh_seal::OpenReader::new(key, std::io::BufReader::with_capacity(256 * 1024, file))
+        .map_err(|e| integrity(e.to_string()))?;
+    let size = reader.header().plaintext_len;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::with_capacity(usize::try_from(size / u64::from(CHUNK_SIZE) + 1).unwrap_or(0) * 32);
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
+    let mut left = size;
+    loop {
+        let want = usize::try_from(left.min(u64::from(CHUNK_SIZE))).unwrap_or(0);
+        reader
+            .read_exact(&mut buf[..want])
+            .map_err(|e| integrity(e.to_string()))?;
+        whole.update(&buf[..want]);
+        chunks.extend_from_slice(blake3::hash(&buf[..want]).as_bytes());
+        left -= want as u64;
+        if left == 0 {
+            break;
+        }
+    }
+    let whole = *whole.finalize().as_bytes();
+    if whole.as_slice() != meta.blake3.as_slice() {
+        return Err(integrity("its BLAKE3 differs from the one recorded at import".into()).into());
+    }
+    Ok((chunks, size, whole))
+}
+
+/// Writes the chunks of one object being received: verifies each chunk's
+/// tag and hash before writing it, the object's hash at its end, and
+/// records progress durably every few MiB.
+pub struct ObjectWriter {
+    id: TransferId,
+    object: u32,
+    path: PathBuf,
+    file: File,
+    opener: Opener,
+    header: Header,
+    hasher: blake3::Hasher,
+    next: u64,
+    unsynced: u64,
+    scratch: Zeroizing<Vec<u8>>,
+    fsync: bool,
+}
+
+impl std::fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("object", &self.object)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a chunk was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("object {object} chunk {chunk}: {reason}")]
+pub struct ChunkError {
+    /// Object index.
+    pub object: u32,
+    /// Chunk index.
+    pub chunk: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl ObjectWriter {
+    /// Opens object `object` of an accepted transfer for writing from the
+    /// chunks already verified (re-reading them to resume the object hash).
+    ///
+    /// # Errors
+    /// File errors; a stored prefix that no longer verifies starts over.
+    pub fn open(node: &Node, a: &Accepted, object: u32) -> Result<Self, TransferError> {
+        let idh = hex::encode(a.id);
+        let o = a
+            .manifest
+            .objects
+            .get(object as usize)
+            .ok_or_else(|| damaged(&idh, format!("no object {object}")))?;
+        let header = Header {
+            chunk_size: a.manifest.chunk_size,
+            object_index: object,
+            plaintext_len: o.size,
+            salt: key32(&o.salt).ok_or_else(|| damaged(&idh, "salt"))?,
+        };
+        let dir = node.store().incoming_dir(&a.id);
+        crate::fsutil::create_private_dir(&dir.parent().map(PathBuf::from).unwrap_or_default())
+            .and_then(|()| crate::fsutil::create_private_dir(&dir))
+            .map_err(|cause| io_err(&idh, &dir, cause))?;
+        let path = dir.join(object.to_string());
+        let have = a.have.get(object as usize).copied().unwrap_or(0);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|cause| io_err(&idh, &path, cause))?;
+        let mut w = ObjectWriter {
+            id: a.id,
+            object,
+            path,
+            file,
+            opener: Opener::new(&a.key, header),
+            header,
+            hasher: blake3::Hasher::new(),
+            next: 0,
+            unsynced: 0,
+            scratch: Zeroizing::new(vec![0u8; a.manifest.chunk_size as usize]),
+            fsync: node.store().fsync(),
+        };
+        if w.resume(have).is_err() {
+            w.resume(0).map_err(|cause| io_err(&idh, &w.path, cause))?;
+        }
+        Ok(w)
+    }
+
+    /// Re-reads the first `have` chunks (feeding the hash) and truncates the
+    /// file after them.
+    fn resume(&mut self, have: u64) -> std::io::Result<()> {
+        self.hasher = blake3::Hasher::new();
+        self.next = 0;
+        let sealed_chunk = u64::from(self.header.chunk_size) + TAG_LEN as u64;
+        let end = HEADER_LEN as u64 + have * sealed_chunk;
+        if have > 0 {
+            let full = have.min(self.header.chunk_count());
+            self.file.seek(SeekFrom::Start(0))?;
+            let mut head = [0u8; HEADER_LEN];
+            self.file.read_exact(&mut head)?;
+            if head != self.header.encode() {
+                return Err(std::io::Error::other("header differs"));
+            }
+            let mut sealed = vec![0u8; usize::try_from(sealed_chunk).unwrap_or(0)];
+            for i in 0..full {
+                let len = usize::try_from(self.header.chunk_plain_len(i)).unwrap_or(0);
+                let buf = &mut sealed[..len + TAG_LEN];
+                self.file.read_exact(buf)?;
+                let (c, tag) = buf.split_at_mut(len);
+                let mut t = [0u8; TAG_LEN];
+                t.copy_from_slice(tag);
+                self.opener
+                    .open_chunk(i, c, &t)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.hasher.update(c);
+            }
+            self.next = full;
+        }
+        let end = if have == 0 {
+            HEADER_LEN as u64
+        } else {
+            end.min(self.header.sealed_len())
+        };
+        self.file.set_len(end)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&self.header.encode())?;
+        self.file.seek(SeekFrom::Start(end))?;
+        Ok(())
+    }
+
+    /// Chunks verified so far.
+    #[must_use]
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// True when every chunk is in.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.next == self.header.chunk_count()
+    }
+
+    /// Verifies and writes chunk `index` (`sealed` is ciphertext ‖ tag).
+    /// Returns the plaintext bytes it added. On a refused chunk nothing is
+    /// written and the object continues from the same chunk.
+    ///
+    /// # Errors
+    /// [`ChunkError`] for a chunk out of order, of the wrong length, failing
+    /// its tag or its hash, or an object failing its hash at the end (which
+    /// then starts over); file errors as `ChunkError` too.
+    pub fn write_chunk(&mut self, index: u64, sealed: &[u8], manifest: &Manifest) -> Result<u64, ChunkError> {
+        let object = self.object;
+        let err = |reason: String| ChunkError {
+            object,
+            chunk: index,
+            reason,
+        };
+        if index != self.next {
+            return Err(err(format!("out of order (expected chunk {})", self.next)));
+        }
+        if index >= self.header.chunk_count() {
+            return Err(err("past the last chunk".into()));
+        }
+        let len = usize::try_from(self.header.chunk_plain_len(index)).unwrap_or(0);
+        if sealed.len() != len + TAG_LEN {
+            return Err(err(format!("{} bytes, expected {}", sealed.len(), len + TAG_LEN)));
+        }
+        let (ct, tag) = sealed.split_at(len);
+        let plain = &mut self.scratch[..len];
+        plain.copy_from_slice(ct);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
+        self.opener
+            .open_chunk(index, plain, &t)
+            .map_err(|_| err("authentication failed (altered, or sealed for another transfer or object)".into()))?;
+        let o = &manifest.objects[self.object as usize];
+        let at = usize::try_from(index * 32).unwrap_or(usize::MAX);
+        let expected = o.chunks.get(at..at + 32).unwrap_or_default();
+        if blake3::hash(plain).as_bytes().as_slice() != expected {
+            return Err(err("BLAKE3 differs from the manifest".into()));
+        }
+        self.hasher.update(plain);
+        self.file
+            .write_all(sealed)
+            .map_err(|e| err(format!("{}: {e}", self.path.display())))?;
+        self.next += 1;
+        self.unsynced += len as u64;
+        if self.is_complete() {
+            let whole = self.hasher.finalize();
+            if whole.as_bytes().as_slice() != o.blake3.as_slice() {
+                let _ = self.resume(0);
+                return Err(err(
+                    "the object's BLAKE3 differs from the manifest; it starts over".into()
+                ));
+            }
+        }
+        Ok(len as u64)
+    }
+
+    /// Makes the chunks written so far durable and records them, when
+    /// enough have accumulated or `force`.
+    ///
+    /// # Errors
+    /// File and store errors, as text.
+    pub fn checkpoint(&mut self, node: &Node, force: bool) -> Result<(), String> {
+        if self.unsynced == 0 || (!force && self.unsynced < SYNC_EVERY) {
+            return Ok(());
+        }
+        if self.fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        }
+        node.store()
+            .set_chunks_done(&self.id, self.object, self.next)
+            .map_err(|e| e.to_string())?;
+        self.unsynced = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,860 @@
+//! The transfer engine of a running node: streams prepared transfers to
+//! their recipients (`/medmesh/stream/1`), takes streams from holders,
+//! resumes what is unfinished, sends delivery receipts, and locks received
+//! studies whose grant ended.
+//!
+//! A holder's *session* opens up to `transfer.streams` streams to the
+//! recipient. Each sends [`Open`] (grant and manifest) and gets [`Have`]
+//! (chunks verified per object); objects still missing are shared out
+//! between the streams, each object's chunks in order from where the
+//! recipient stands. After [`frame::DONE`] the recipient answers with
+//! [`Have`] again. A session that ends early (a dropped connection, a chunk
+//! the recipient refused, a restart of either side) is followed by another
+//! after `transfer.retry_secs`, which sends only what is missing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use medmesh_seal::{Header, OpenReader, Sealer, TAG_LEN};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
+use super::{Accepted, Direction, ObjectWriter, SendPlan, Source, State, TransferId};
+use crate::home::Node;
+use crate::net::NetHandle;
+
+/// Largest frame accepted (an [`Open`] with the largest manifest).
+const MAX_FRAME: usize = MAX_MANIFEST + MAX_MESSAGE + 4096;
+/// Frames queued per stream between the sealing thread and the network.
+const QUEUE: usize = 4;
+/// Seconds between checks for expired grants.
+const EXPIRY_EVERY: Duration = Duration::from_secs(10);
+/// A peer that does not answer a frame within this time is given up on (the session is retried).
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Stream = libp2p::Stream;
+
+fn io_other(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len() + 1).map_err(io_other)?;
+    let mut head = [0u8; frame::HEADER];
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4] = kind;
+    s.write_all(&head).await?;
+    s.write_all(body).await
+}
+
+async fn read_frame(s: &mut Stream, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; frame::HEADER];
+    s.read_exact(&mut head).await?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&head[..4]);
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes (at most {max})"),
+        ));
+    }
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).await?;
+    Ok((head[4], body))
+}
+
+async fn timed<T>(what: &str, f: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no progress in {} s", IO_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+/// Shared state of the engine.
+struct Engine {
+    node: Arc<Node>,
+    net: NetHandle,
+    control: libp2p_stream::Control,
+    /// Holder sessions running.
+    sending: Mutex<HashSet<TransferId>>,
+    /// Receipts being sent.
+    receipts: Mutex<HashSet<TransferId>>,
+    /// Recipient side: objects being written, per transfer.
+    busy: Mutex<HashMap<TransferId, HashSet<u32>>>,
+    /// Recipient side: transfers being landed.
+    landing: Mutex<HashSet<TransferId>>,
+    wake: Arc<Notify>,
+}
+
+/// Starts the engine; it stops when `shutdown` turns true.
+pub fn start(
+    node: Arc<Node>,
+    net: NetHandle,
+    mut control: libp2p_stream::Control,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let incoming = control.accept(StreamProtocol::new(wire::STREAM_PROTOCOL));
+    let engine = Arc::new(Engine {
+        node,
+        net,
+        control,
+        sending: Mutex::new(HashSet::new()),
+        receipts: Mutex::new(HashSet::new()),
+        busy: Mutex::new(HashMap::new()),
+        landing: Mutex::new(HashSet::new()),
+        wake,
+    });
+    tokio::spawn(async move {
+        let mut incoming = match incoming {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot take transfer streams");
+                return;
+            }
+        };
+        let retry = Duration::from_secs(engine.node.config().transfer.retry_secs);
+        let mut tick = tokio::time::interval(retry);
+        let mut expiry = tokio::time::interval(EXPIRY_EVERY);
+        loop {
+            tokio::select! {
+                next = incoming.next() => match next {
+                    Some((peer, stream)) => {
+                        let e = Arc::clone(&engine);
+                        tokio::spawn(async move { e.receive(peer, stream).await });
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => engine.clone().round().await,
+                () = engine.wake.notified() => engine.clone().round().await,
+                _ = expiry.tick() => {
+                    let node = Arc::clone(&engine.node);
+                    match tokio::task::spawn_blocking(move || node.enforce_expiry()).await {
+                        Ok(Err(e)) => tracing::warn!(cause = %e, "cannot check grant expiry"),
+                        Err(e) => tracing::warn!(cause = %e, "grant expiry check failed"),
+                        Ok(Ok(_)) => {}
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Engine {
+    /// One pass over the transfer records: start what can start.
+    async fn round(self: Arc<Self>) {
+        let node = Arc::clone(&self.node);
+        let records = match tokio::task::spawn_blocking(move || node.transfer_records()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "cannot read transfer records");
+                return;
+            }
+            Err(_) => return,
+        };
+        for rec in records {
+            let Ok(id) = super::parse_id(&rec.id) else { continue };
+            let Ok(peer) = rec.peer.parse::<PeerId>() else { continue };
+            match (rec.direction, rec.state) {
+                (Direction::Outgoing, State::Granted | State::Streaming) => {
+                    if lock(&self.sending).contains(&id) {
+                        continue;
+                    }
+                    if !self.net.is_ready(peer).await {
+                        self.net.dial(peer).await;
+                        continue;
+                    }
+                    lock(&self.sending).insert(id);
+                    let e = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        e.send(id, peer).await;
+                        lock(&e.sending).remove(&id);
+                    });
+                }
+                (Direction::Incoming, State::Landed) => {
+                    if !lock(&self.receipts).insert(id) {
+                        continue;
+                    }
+                    let e = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        e.deliver_receipt(id, peer).await;
+                        lock(&e.receipts).remove(&id);
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn deliver_receipt(&self, id: TransferId, peer: PeerId) {
+        let node = Arc::clone(&self.node);
+        let receipt = match tokio::task::spawn_blocking(move || node.receipt(&id)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot make the delivery receipt");
+                return;
+            }
+            Err(_) => return,
+        };
+        let msg = wire::Msg {
+            v: WIRE_VERSION,
+            body: wire::MsgBody::Receipt { receipt },
+        };
+        match self.net.transfer_message(peer, msg).await {
+            Ok(wire::Answer {
+                body: wire::AnswerBody::Ack,
+                ..
+            }) => {
+                let node = Arc::clone(&self.node);
+                let _ = tokio::task::spawn_blocking(move || node.receipt_acknowledged(&id)).await;
+                tracing::info!(transfer = %hex::encode(id), "delivery receipt acknowledged: transfer complete");
+            }
+            Ok(other) => {
+                tracing::warn!(transfer = %hex::encode(id), answer = ?other.body, "the holder did not take the delivery receipt");
+            }
+            Err(e) => tracing::debug!(transfer = %hex::encode(id), cause = %e, "receipt not delivered yet"),
+        }
+    }
+
+    /// Holder: prepares (once) and runs one session of a transfer.
+    async fn send(&self, id: TransferId, peer: PeerId) {
+        let idh = hex::encode(id);
+        let node = Arc::clone(&self.node);
+        let plan = tokio::task::spawn_blocking(move || {
+            node.prepare(&id)?;
+            node.send_plan(&id)
+        })
+        .await;
+        let plan = match plan {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(e)) => {
+                tracing::error!(transfer = %idh, cause = %e, "cannot prepare the transfer");
+                let node = Arc::clone(&self.node);
+                let why = e.to_string();
+                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let sent = Arc::new(AtomicU64::new(0));
+        let outcome = self.session(&plan, peer, &sent).await;
+        let sent_now = sent.load(Ordering::Relaxed);
+        let node = Arc::clone(&self.node);
+        let result = match outcome {
+            Ok(done) => {
+                if done {
+                    tracing::info!(transfer = %idh, "every chunk verified by the recipient; waiting for its receipt");
+                }
+                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, done, None)).await
+            }
+            Err(SessionError::Refused(r)) if r.permanent => {
+                tracing::warn!(transfer = %idh, code = %r.code, "the recipient refused the transfer: {}", r.text);
+                let why = format!("refused by the recipient: {} [{}]", r.text, r.code);
+                tokio::task::spawn_blocking(move || {
+                    node.note_session(&id, sent_now, false, None)?;
+                    node.fail_transfer(&id, &why)
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::info!(transfer = %idh, cause = %e, "transfer session ended early; it resumes");
+                let why = e.to_string();
+                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, false, Some(why))).await
+            }
+        };
+        if let Ok(Err(e)) = result {
+            tracing::warn!(transfer = %idh, cause = %e, "cannot record the transfer session");
+        }
+    }
+
+    async fn open(&self, plan: &SendPlan, peer: PeerId, session: u64) -> Result<(Stream, Vec<u64>), SessionError> {
+        let mut control = self.control.clone();
+        let mut s = control
+            .open_stream(peer, StreamProtocol::new(wire::STREAM_PROTOCOL))
+            .await
+            .map_err(|e| SessionError::Io(io_other(e)))?;
+        let open = Open {
+            v: WIRE_VERSION,
+            session,
+            grant: plan.grant.clone(),
+            manifest: plan.manifest_bytes.clone(),
+        };
+        let body = wire::encode("open", &open).map_err(|e| SessionError::Io(io_other(e)))?;
+        timed("open", write_frame(&mut s, frame::OPEN, &body)).await?;
+        let have = read_have(&mut s, plan.manifest.objects.len()).await?;
+        Ok((s, have))
+    }
+
+    /// One session: returns true when the recipient holds every chunk.
+    async fn session(&self, plan: &Arc<SendPlan>, peer: PeerId, sent: &Arc<AtomicU64>) -> Result<bool, SessionError> {
+        let mut session = [0u8; 8];
+        getrandom::fill(&mut session).map_err(|e| SessionError::Io(io_other(e)))?;
+        let session = u64::from_le_bytes(session);
+        let (first, have) = self.open(plan, peer, session).await?;
+        let counts: Vec<u64> = plan
+            .manifest
+            .objects
+            .iter()
+            .map(|o| o.size.div_ceil(u64::from(plan.manifest.chunk_size)).max(1))
+            .collect();
+        let done = |have: &[u64]| have.iter().zip(&counts).all(|(h, n)| h >= n);
+        report_progress(&self.node, plan, &have, &counts);
+        if done(&have) {
+            return Ok(true);
+        }
+        let queue: VecDeque<(u32, u64)> = have
+            .iter()
+            .zip(&counts)
+            .enumerate()
+            .filter(|(_, (h, n))| h < n)
+            .filter_map(|(i, (h, _))| u32::try_from(i).ok().map(|i| (i, *h)))
+            .collect();
+        let streams = usize::from(self.node.config().transfer.streams).min(queue.len()).max(1);
+        let queue = Arc::new(Mutex::new(queue));
+        let rate = Arc::new(Rate::new(self.node.config().transfer.max_rate_mb_s));
+        let mut tasks = Vec::new();
+        let mut first = Some(first);
+        for _ in 0..streams {
+            let stream = match first.take() {
+                Some(s) => s,
+                None => self.open(plan, peer, session).await?.0,
+            };
+            let (plan, queue, sent, rate, node) = (
+                Arc::clone(plan),
+                Arc::clone(&queue),
+                Arc::clone(sent),
+                Arc::clone(&rate),
+                Arc::clone(&self.node),
+            );
+            tasks.push(tokio::spawn(async move {
+                send_stream(stream, &plan, &queue, &sent, &rate, &node).await
+            }));
+        }
+        let mut last = have;
+        let mut error = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(h)) => {
+                    for (l, n) in last.iter_mut().zip(h) {
+                        *l = (*l).max(n);
+                    }
+                }
+                Ok(Err(e)) => error = Some(e),
+                Err(e) => error = Some(SessionError::Io(io_other(e))),
+            }
+        }
+        report_progress(&self.node, plan, &last, &counts);
+        if done(&last) {
+            return Ok(true);
+        }
+        Err(error.unwrap_or_else(|| SessionError::Io(io_other("the recipient is still missing chunks"))))
+    }
+
+    /// Recipient: one incoming stream.
+    async fn receive(self: Arc<Self>, peer: PeerId, mut s: Stream) {
+        let result = self.receive_inner(peer, &mut s).await;
+        if let Err(e) = result {
+            tracing::info!(peer = %peer, cause = %e, "incoming transfer stream ended early");
+        }
+        let _ = s.close().await;
+    }
+
+    async fn receive_inner(self: &Arc<Self>, peer: PeerId, s: &mut Stream) -> Result<(), SessionError> {
+        let (kind, body) = timed("open", read_frame(s, MAX_FRAME)).await?;
+        if kind != frame::OPEN {
+            return Err(SessionError::Io(io_other("the stream does not start with OPEN")));
+        }
+        let open: Open = match wire::decode("open", &body, MAX_FRAME) {
+            Ok(o) => o,
+            Err(e) => {
+                let r = super::refuse("bad-open", e.to_string(), true);
+                send_refuse(s, &r).await;
+                return Err(SessionError::Refused(r));
+            }
+        };
+        let node = Arc::clone(&self.node);
+        let peer_s = peer.to_string();
+        let accepted = tokio::task::spawn_blocking(move || node.accept_stream(&peer_s, &open))
+            .await
+            .map_err(|e| SessionError::Io(io_other(e)))?;
+        let accepted = match accepted {
+            Ok(a) => Arc::new(a),
+            Err(r) => {
+                tracing::warn!(peer = %peer, code = %r.code, "refused a transfer stream: {}", r.text);
+                send_refuse(s, &r).await;
+                return Err(SessionError::Refused(r));
+            }
+        };
+        let have = Have {
+            v: WIRE_VERSION,
+            chunks: accepted.have.clone(),
+        };
+        let body = wire::encode("have", &have).map_err(|e| SessionError::Io(io_other(e)))?;
+        timed("have", write_frame(s, frame::HAVE, &body)).await?;
+        // Chunks go to a blocking worker that verifies and writes them.
+        let (tx, rx) = mpsc::channel::<Work>(QUEUE);
+        let failed = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (e, a, failed) = (Arc::clone(self), Arc::clone(&accepted), Arc::clone(&failed));
+            tokio::task::spawn_blocking(move || e.write_worker(&a, rx, &failed))
+        };
+        let result = async {
+            loop {
+                if failed.load(Ordering::Relaxed) {
+                    return Err(SessionError::Io(io_other(
+                        "a chunk was refused; the holder sends it again",
+                    )));
+                }
+                let (kind, body) = timed(
+                    "chunk",
+                    read_frame(s, frame::CHUNK_PREFIX + wire::CHUNK_SIZE as usize + TAG_LEN + 1),
+                )
+                .await?;
+                match kind {
+                    frame::CHUNK => {
+                        if tx.send(Work::Chunk(body)).await.is_err() {
+                            return Err(SessionError::Io(io_other("the writer stopped")));
+                        }
+                    }
+                    frame::DONE => {
+                        let (reply, answer) = oneshot::channel();
+                        if tx.send(Work::Done(reply)).await.is_err() {
+                            return Err(SessionError::Io(io_other("the writer stopped")));
+                        }
+                        let have = answer
+                            .await
+                            .map_err(|_| SessionError::Io(io_other("the writer stopped")))?;
+                        let complete = have
+                            .iter()
+                            .zip(&accepted.manifest.objects)
+                            .all(|(h, o)| *h >= o.size.div_ceil(u64::from(accepted.manifest.chunk_size)).max(1));
+                        if complete {
+                            self.land(&accepted).await;
+                        }
+                        let body = wire::encode(
+                            "have",
+                            &Have {
+                                v: WIRE_VERSION,
+                                chunks: have,
+                            },
+                        )
+                        .map_err(|e| SessionError::Io(io_other(e)))?;
+                        timed("have", write_frame(s, frame::HAVE, &body)).await?;
+                        return Ok(());
+                    }
+                    other => return Err(SessionError::Io(io_other(format!("unexpected frame type {other}")))),
+                }
+            }
+        }
+        .await;
+        drop(tx);
+        let _ = worker.await;
+        result
+    }
+
+    async fn land(self: &Arc<Self>, accepted: &Arc<Accepted>) {
+        if !lock(&self.landing).insert(accepted.id) {
+            return;
+        }
+        let (node, a) = (Arc::clone(&self.node), Arc::clone(accepted));
+        let r = tokio::task::spawn_blocking(move || node.land(&a)).await;
+        lock(&self.landing).remove(&accepted.id);
+        match r {
+            Ok(Ok(())) => self.wake.notify_one(),
+            Ok(Err(e)) => {
+                tracing::error!(transfer = %hex::encode(accepted.id), cause = %e, "cannot store the received study");
+                let node = Arc::clone(&self.node);
+                let (id, why) = (accepted.id, e.to_string());
+                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The blocking side of a receiving stream.
+    fn write_worker(&self, a: &Accepted, mut rx: mpsc::Receiver<Work>, failed: &AtomicBool) {
+        let mut writers: HashMap<u32, ObjectWriter> = HashMap::new();
+        let idh = hex::encode(a.id);
+        let release = |writers: &mut HashMap<u32, ObjectWriter>| {
+            for (obj, mut w) in writers.drain() {
+                if let Err(e) = w.checkpoint(&self.node, true) {
+                    tracing::warn!(transfer = %idh, cause = %e, "cannot record received chunks");
+                }
+                if let Some(set) = lock(&self.busy).get_mut(&a.id) {
+                    set.remove(&obj);
+                }
+            }
+        };
+        while let Some(work) = rx.blocking_recv() {
+            match work {
+                Work::Chunk(body) => {
+                    if failed.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if let Err(e) = self.take_chunk(a, &mut writers, &body) {
+                        tracing::warn!(transfer = %idh, "refused a chunk: {e}");
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                }
+                Work::Done(reply) => {
+                    release(&mut writers);
+                    let mut have = vec![0u64; a.manifest.objects.len()];
+                    if let Ok(done) = self.node.store().chunks_done(&a.id) {
+                        for (obj, n) in done {
+                            if let Some(h) = have.get_mut(obj as usize) {
+                                *h = n;
+                            }
+                        }
+                    }
+                    let _ = reply.send(have);
+                }
+            }
+        }
+        release(&mut writers);
+    }
+
+    fn take_chunk(&self, a: &Accepted, writers: &mut HashMap<u32, ObjectWriter>, body: &[u8]) -> Result<(), String> {
+        if body.len() < frame::CHUNK_PREFIX {
+            return Err("short chunk frame".into());
+        }
+        let mut o = [0u8; 4];
+        o.copy_from_slice(&body[..4]);
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&body[4..12]);
+        let (object, chunk) = (u32::from_be_bytes(o), u64::from_be_bytes(c));
+        if object as usize >= a.manifest.objects.len() {
+            return Err(format!("object {object} is not in the manifest"));
+        }
+        if !writers.contains_key(&object) {
+            // Finish the objects this stream wrote before (one at a time per stream).
+            let done: Vec<u32> = writers
+                .iter()
+                .filter(|(_, w)| w.is_complete())
+                .map(|(k, _)| *k)
+                .collect();
+            for k in done {
+                if let Some(mut w) = writers.remove(&k) {
+                    w.checkpoint(&self.node, true)?;
+                }
+                if let Some(set) = lock(&self.busy).get_mut(&a.id) {
+                    set.remove(&k);
+                }
+            }
+            if !lock(&self.busy).entry(a.id).or_default().insert(object) {
+                return Err(format!("object {object} is being received on another stream"));
+            }
+            let mut a_now = Accepted {
+                id: a.id,
+                manifest: a.manifest.clone(),
+                key: a.key.clone(),
+                have: a.have.clone(),
+            };
+            // What is durable now, not what was when the stream opened.
+            if let Ok(done) = self.node.store().chunks_done(&a.id) {
+                for (obj, n) in done {
+                    if let Some(h) = a_now.have.get_mut(obj as usize) {
+                        *h = n;
+                    }
+                }
+            }
+            match ObjectWriter::open(&self.node, &a_now, object) {
+                Ok(w) => {
+                    writers.insert(object, w);
+                }
+                Err(e) => {
+                    if let Some(set) = lock(&self.busy).get_mut(&a.id) {
+                        set.remove(&object);
+                    }
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let w = writers
+            .get_mut(&object)
+            .ok_or_else(|| format!("object {object}: no writer"))?;
+        let added = w
+            .write_chunk(chunk, &body[frame::CHUNK_PREFIX..], &a.manifest)
+            .map_err(|e| e.to_string())?;
+        let complete = w.is_complete();
+        w.checkpoint(&self.node, complete)?;
+        self.node.live().update(&a.id, |p| {
+            p.done_bytes += added;
+            if complete {
+                p.done_objects += 1;
+            }
+        });
+        Ok(())
+    }
+}
+
+enum Work {
+    Chunk(Vec<u8>),
+    Done(oneshot::Sender<Vec<u64>>),
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("refused: {} [{}]", .0.text, .0.code)]
+    Refused(Refuse),
+}
+
+async fn send_refuse(s: &mut Stream, r: &Refuse) {
+    if let Ok(body) = wire::encode("refuse", r) {
+        let _ = timed("refuse", write_frame(s, frame::REFUSE, &body)).await;
+    }
+}
+
+async fn read_have(s: &mut Stream, objects: usize) -> Result<Vec<u64>, SessionError> {
+    let (kind, body) = timed("have", read_frame(s, MAX_MESSAGE + objects * 10)).await?;
+    match kind {
+        frame::HAVE => {
+            let have: Have = wire::decode("have", &body, MAX_MESSAGE + objects * 10).map_err(io_other)?;
+            if have.chunks.len() != objects {
+                return Err(SessionError::Io(io_other("HAVE names another number of objects")));
+            }
+            Ok(have.chunks)
+        }
+        frame::REFUSE => {
+            let r: Refuse = wire::decode("refuse", &body, MAX_MESSAGE).map_err(io_other)?;
+            Err(SessionError::Refused(r))
+        }
+        other => Err(SessionError::Io(io_other(format!("unexpected frame type {other}")))),
+    }
+}
+
+fn report_progress(node: &Node, plan: &SendPlan, have: &[u64], counts: &[u64]) {
+    let cs = u64::from(plan.manifest.chunk_size);
+    let mut bytes = 0;
+    let mut objects = 0;
+    for ((h, n), o) in have.iter().zip(counts).zip(&plan.manifest.objects) {
+        bytes += (h * cs).min(o.size);
+        if h >= n {
+            objects += 1;
+        }
+    }
+    node.live().update(&plan.id, |p| {
+        p.done_bytes = bytes;
+        p.done_objects = objects;
+    });
+}
+
+/// A send-rate cap shared by the streams of a session.
+struct Rate {
+    bytes_per_sec: u64,
+    start: Instant,
+    sent: AtomicU64,
+}
+
+impl Rate {
+    fn new(mb_s: u32) -> Self {
+        Rate {
+            bytes_per_sec: u64::from(mb_s) * 1_000_000,
+            start: Instant::now(),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    async fn pace(&self, n: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let total = self.sent.fetch_add(n, Ordering::Relaxed) + n;
+        let due = Duration::from_secs_f64(total as f64 / self.bytes_per_sec as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// One stream of a session: takes objects from the queue until it is
+/// empty, then DONE, then the recipient's final HAVE.
+async fn send_stream(
+    mut s: Stream,
+    plan: &Arc<SendPlan>,
+    queue: &Mutex<VecDeque<(u32, u64)>>,
+    sent: &AtomicU64,
+    rate: &Rate,
+    node: &Arc<Node>,
+) -> Result<Vec<u64>, SessionError> {
+    loop {
+        let next = lock(queue).pop_front();
+        let Some((object, from)) = next else { break };
+        let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
+        let p = Arc::clone(plan);
+        let producer = tokio::task::spawn_blocking(move || produce(&p, object, from, &tx));
+        while let Some(item) = rx.recv().await {
+            let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
+            timed("chunk", s.write_all(&f)).await?;
+            let n = f.len() as u64;
+            sent.fetch_add(n, Ordering::Relaxed);
+            node.live().update(&plan.id, |p| p.bytes_sent += n);
+            rate.pace(n).await;
+        }
+        let _ = producer.await;
+    }
+    timed("done", write_frame(&mut s, frame::DONE, &[])).await?;
+    timed("flush", s.flush()).await?;
+    let have = read_have(&mut s, plan.manifest.objects.len()).await?;
+    let _ = s.close().await;
+    Ok(have)
+}
+
+/// Reads, checks and seals the chunks of one object from chunk `from` on,
+/// as ready-to-send frames.
+fn produce(plan: &SendPlan, object: u32, from: u64, tx: &mpsc::Sender<Result<Vec<u8>, String>>) {
+    if let Err(e) = produce_inner(plan, object, from, tx) {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+fn produce_inner(
+    plan: &SendPlan,
+    object: u32,
+    from: u64,
+    tx: &mpsc::Sender<Result<Vec<u8>, String>>,
+) -> Result<(), String> {
+    let o = plan
+        .manifest
+        .objects
+        .get(object as usize)
+        .ok_or_else(|| format!("no object {object}"))?;
+    let salt: [u8; 32] = o.salt.as_slice().try_into().map_err(|_| "bad salt".to_string())?;
+    let header = Header {
+        chunk_size: plan.manifest.chunk_size,
+        object_index: object,
+        plaintext_len: o.size,
+        salt,
+    };
+    let mut sealer = Sealer::new(&plan.key, header);
+    let cs = u64::from(plan.manifest.chunk_size);
+    let mut reader: Box<dyn Read + Send> = match plan.sources.get(object as usize) {
+        Some(Source::Blob {
+            address,
+            path: file_path,
+            key,
+        }) => {
+            let path = format!("blob {}", hex::encode(&address[..8]));
+            let file = std::fs::File::open(file_path).map_err(|e| format!("{path}: {e}"))?;
+            let mut r =
+                OpenReader::new(key, BufReader::with_capacity(512 * 1024, file)).map_err(|e| format!("{path}: {e}"))?;
+            r.seek_plain(from * cs).map_err(|e| format!("{path}: {e}"))?;
+            Box::new(r)
+        }
+        Some(Source::Memory(bytes)) => {
+            let start = usize::try_from((from * cs).min(bytes.len() as u64)).unwrap_or(0);
+            Box::new(std::io::Cursor::new(bytes[start..].to_vec()))
+        }
+        None => return Err(format!("no source for object {object}")),
+    };
+    for index in from..header.chunk_count() {
+        let len = usize::try_from(header.chunk_plain_len(index)).map_err(|e| e.to_string())?;
+        let body_len = 1 + frame::CHUNK_PREFIX + len + TAG_LEN;
+        let mut f = vec![0u8; 4 + body_len];
+        f[..4].copy_from_slice(&u32::try_from(body_len).map_err(|e| e.to_string())?.to_be_bytes());
+        f[4] = frame::CHUNK;
+        f[5..9].copy_from_slice(&object.to_be_bytes());
+        f[9..17].copy_from_slice(&index.to_be_bytes());
+        let start = frame::HEADER + frame::CHUNK_PREFIX;
+        let plain = &mut f[start..start + len];
+        reader.read_exact(plain).map_err(|e| format!("object {object}: {e}"))?;
+        // Sealing again at an index is safe only for the same plaintext: check it.
+        let at = usize::try_from(index * 32).map_err(|e| e.to_string())?;
+        if Some(blake3::hash(plain).as_bytes().as_slice()) != o.chunks.get(at..at + 32) {
+            return Err(format!(
+                "object {object} chunk {index}: the stored data changed since the manifest was signed"
+            ));
+        }
+        let tag = sealer.seal_chunk_at(index, plain).map_err(|e| e.to_string())?;
+        f[start + len..].copy_from_slice(&tag);
+        #[cfg(feature = "fault-injection")]
+        fault::apply(plan, object, index, &mut f[start..]);
+        if tx.blocking_send(Ok(f)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Fault injection for tests (cargo feature `fault-injection`, never in
+/// release builds): `MEDMESH_FAULT=corrupt:OBJECT:CHUNK` flips a byte of that
+/// sealed chunk, `MEDMESH_FAULT=foreign:OBJECT:CHUNK` replaces it with the
+/// same chunk sealed under another transfer's key; each only the first time
+/// the chunk is sent by this process.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static USED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn apply(plan: &super::SendPlan, object: u32, index: u64, sealed: &mut [u8]) {
+        let Ok(spec) = std::env::var("MEDMESH_FAULT") else {
+            return;
+        };
+        let mut parts = spec.split(':');
+        let (Some(kind), Some(o), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        if o.parse::<u32>().ok() != Some(object) || c.parse::<u64>().ok() != Some(index) {
+            return;
+        }
+        if USED.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            object,
+            chunk = index,
+            kind,
+            "fault injection: altering a chunk on the wire"
+        );
+        match kind {
+            "corrupt" => {
+                if let Some(b) = sealed.get_mut(7) {
+                    *b ^= 0x40;
+                }
+            }
+            "foreign" => {
+                // The same position sealed under a key of another transfer.
+                let other = medmesh_seal::DataKey::generate();
+                let o = &plan.manifest.objects[object as usize];
+                let mut salt = [0u8; 32];
+                salt.copy_from_slice(&o.salt);
+                let header = medmesh_seal::Header {
+                    chunk_size: plan.manifest.chunk_size,
+                    object_index: object,
+                    plaintext_len: o.size,
+                    salt,
+                };
+                let mut s = medmesh_seal::Sealer::new(&other, header);
+                let len = sealed.len() - medmesh_seal::TAG_LEN;
+                let (body, tag) = sealed.split_at_mut(len);
+                // Re-seal garbage of the right length: what a chunk of another transfer looks like here.
+                if let Ok(t) = s.seal_chunk_at(index, body) {
+                    tag.copy_from_slice(&t);
+                }
+            }
+            _ => {}
+        }
+    }
+}
