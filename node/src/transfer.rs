@@ -23,6 +23,10 @@
 //!    grant expires.
 
 pub mod engine;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod vectors;
 pub mod wire;
 
 use std::collections::HashMap;

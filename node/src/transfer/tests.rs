@@ -1,0 +1,1 @@
+//! Table tests of the recipient's checks (grant, manifest, chunks).
