@@ -95,6 +95,8 @@ timed() {
   echo "$name sender $(tail -1 "$WORK/t")" >> "$WORK/rss"
   echo "  $name run $r: $(tail -1 "$WORK/times" | cut -d' ' -f2) s" >&2
 }
+# quiet CMD...: run CMD, showing its output only when it fails
+quiet() { "$@" >"$WORK/qout" 2>&1 || { echo "failed: $*" >&2; cat "$WORK/qout" >&2; exit 2; }; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # tree_stats DIR: "files bytes" of the regular files under DIR
 tree_stats() { find "$1" -type f -printf '%s\n' | awk '{n++; s+=$1} END {print n+0, s+0}'; }
@@ -134,6 +136,7 @@ wait_for() {
 warm() { find "$study" -type f -print0 | xargs -0 cat > /dev/null; }
 
 : > "$WORK/times"; : > "$WORK/rss"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 study="$WORK/study"
 "$GEN" gen-study --out "$study" --slices "$SLICES" --rows 512 --cols 512 --seed 7 --json > "$WORK/gen.json"
 read -r STUDY_UID PATIENT_ID ISSUER < <(perl -MJSON::PP -0777 -ne '
@@ -228,6 +231,7 @@ node_field() {
 vm_hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 if want medmesh; then
   [ -x "$MM" ] || fail "no medmesh binary at $MM (set MM)"
+  hwm_reset=1
   for r in $(seq "$RUNS"); do
     net="$WORK/net-$r"
     "$GEN" up --nodes 2 --dir "$net" --json > "$WORK/up.jsonl" 2> "$WORK/up.log" &
@@ -241,11 +245,10 @@ if want medmesh; then
     for v in "$home1" "$home2" "$peer1" "$peer2" "$pid1" "$pid2"; do
       [ -n "$v" ] || fail "node records incomplete: $(cat "$WORK/up.jsonl")"
     done
-    "$MM" study import --home "$home1" "$study" > /dev/null
-    "$MM" consent add --home "$home1" --patient-id "$PATIENT_ID" --issuer "$ISSUER" --purpose treatment \
-      --recipient-peer "$peer2" --level identifiable > /dev/null
+    quiet "$MM" study import --home "$home1" "$study"
+    quiet "$MM" consent add --home "$home1" --patient-id "$PATIENT_ID" --issuer "$ISSUER" --purpose treatment \
+      --recipient-peer "$peer2" --level identifiable
     # The import ran in node-1: reset the high-water marks so they cover the transfer only.
-    hwm_reset=1
     for p in "$pid1" "$pid2"; do { echo 5 > "/proc/$p/clear_refs"; } 2>/dev/null || hwm_reset=""; done
     timed medmesh "$MM" request --home "$home2" --peer "$peer1" --study "$STUDY_UID" --purpose treatment --wait --json
     sed -i '$d' "$WORK/rss"   # the CLI's own RSS is not a side of the transfer; VmHWM of the nodes is
@@ -263,6 +266,7 @@ fi
 {
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(uname -sr)"
   echo "Study: $NFILES CT files, $(awk -v b="$BYTES" 'BEGIN {printf "%.0f", b/1e6}') MB, over 127.0.0.1."
+  echo "Load average: $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (anything else running skews the figures)."
   echo "Runs: $RUNS per row, median; warm page cache on the sender; peak RSS is the largest of the runs."
   want scp && echo "scp: $(ssh -V 2>&1 | cut -d, -f1), -c chacha20-poly1305@openssh.com, SFTP protocol; receiver RSS is the private sshd -D (max of its processes and sftp-server)."
   want dcmtk && echo "dcmtk: $(storescu --version | awk 'NR==1 {print $2, $3}'), no TLS, TCP_NODELAY=1, max PDU $DCMTK_PDU, storescp +B."

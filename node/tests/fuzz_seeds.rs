@@ -13,6 +13,11 @@ use medmesh_node::config::{Config, TEMPLATE};
 use medmesh_node::dicom::parse_and_validate;
 use medmesh_node::identity::{SignedEnvelope, VerifiedNodeRecord};
 use medmesh_node::net::hello::{Hello, evaluate};
+use medmesh_node::transfer::parse_id;
+use medmesh_node::transfer::wire::{
+    self, Answer, AnswerBody, GRANT_DOMAIN, Grant, Have, MANIFEST_DOMAIN, MAX_INDEX, MAX_MANIFEST, MAX_MESSAGE,
+    Manifest, Msg, MsgBody, Open, RECEIPT_DOMAIN, Receipt, Refuse, StudyIndex,
+};
 use medmesh_node::trust::{Certificate, Consortium, Revocation, TrustState};
 
 /// Every regular file of `fuzz/corpus/<target>/`, sorted; panics on an empty corpus, so a
@@ -96,6 +101,106 @@ fn run_hello_decode(data: &[u8]) -> bool {
 /// The peer of docs/vectors/trust-v1.json.
 const VECTOR_PEER: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
 
+/// `fuzz_targets/transfer_msg.rs`; true when the input is a message or an answer.
+fn run_transfer_msg(data: &[u8]) -> bool {
+    let mut accepted = false;
+    if let Ok(msg) = wire::decode::<Msg>("transfer message", data, MAX_MESSAGE) {
+        match &msg.body {
+            MsgBody::Request {
+                request_id, study_uid, ..
+            } => {
+                let _ = parse_id(request_id);
+                let _ = medmesh_node::dicom::check_uid(study_uid);
+            }
+            MsgBody::Decided { transfer_id, .. } => {
+                let _ = parse_id(transfer_id);
+            }
+            MsgBody::Receipt { receipt } => {
+                let _ = wire::open_signed::<Receipt>("receipt", RECEIPT_DOMAIN, receipt, MAX_MESSAGE);
+            }
+        }
+        let again = wire::encode("transfer message", &msg).expect("a decoded message encodes");
+        let back = wire::decode::<Msg>("transfer message", &again, usize::MAX).expect("its encoding decodes");
+        assert_eq!(back, msg, "the message changed in a round trip");
+        accepted = true;
+    }
+    if let Ok(answer) = wire::decode::<Answer>("transfer answer", data, MAX_MESSAGE) {
+        match &answer.body {
+            AnswerBody::Granted { transfer_id, grant } => {
+                let _ = parse_id(transfer_id);
+                let _ = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, grant, MAX_MESSAGE);
+            }
+            AnswerBody::Denied { transfer_id, .. } => {
+                if let Some(id) = transfer_id {
+                    let _ = parse_id(id);
+                }
+            }
+            AnswerBody::Pending { transfer_id, .. } => {
+                let _ = parse_id(transfer_id);
+            }
+            AnswerBody::Ack | AnswerBody::Refused { .. } => {}
+        }
+        let again = wire::encode("transfer answer", &answer).expect("a decoded answer encodes");
+        let back = wire::decode::<Answer>("transfer answer", &again, usize::MAX).expect("its encoding decodes");
+        assert_eq!(back, answer, "the answer changed in a round trip");
+        accepted = true;
+    }
+    accepted
+}
+
+/// The body of `check` in `fuzz_targets/transfer_manifest.rs`; true when the manifest passes.
+fn check_transfer_manifest(m: &Manifest) -> bool {
+    if wire::check_manifest(m).is_err() {
+        return false;
+    }
+    let _ = wire::objects_root(&m.objects);
+    for (i, o) in m.objects.iter().enumerate() {
+        let header = medmesh_seal::Header {
+            chunk_size: m.chunk_size,
+            object_index: u32::try_from(i).expect("check_manifest bounds the object count"),
+            plaintext_len: o.size,
+            salt: o
+                .salt
+                .as_slice()
+                .try_into()
+                .expect("check_manifest checks the salt length"),
+        };
+        let decoded = medmesh_seal::Header::decode(&header.encode()).expect("check_manifest accepted this header");
+        assert_eq!(decoded, header);
+        assert_eq!(
+            o.chunks.len() as u64,
+            header.chunk_count() * 32,
+            "chunk hashes of object {i}"
+        );
+        let _ = header.sealed_len();
+    }
+    true
+}
+
+fn signed_transfer_manifest(bytes: &[u8]) -> bool {
+    wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, bytes, MAX_MANIFEST)
+        .is_ok_and(|(_, m)| check_transfer_manifest(&m))
+}
+
+/// `fuzz_targets/transfer_manifest.rs`; true when some decoder accepts the input (for a
+/// manifest: it also passes `check_manifest`).
+fn run_transfer_manifest(data: &[u8]) -> bool {
+    let mut accepted = signed_transfer_manifest(data);
+    if let Ok(m) = wire::decode::<Manifest>("manifest", data, MAX_MANIFEST) {
+        accepted |= check_transfer_manifest(&m);
+    }
+    accepted |= wire::open_signed::<Grant>("grant", GRANT_DOMAIN, data, MAX_MESSAGE).is_ok();
+    accepted |= wire::open_signed::<Receipt>("receipt", RECEIPT_DOMAIN, data, MAX_MESSAGE).is_ok();
+    if let Ok(open) = wire::decode::<Open>("open", data, MAX_MANIFEST + MAX_MESSAGE + 4096) {
+        let grant = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE).is_ok();
+        accepted |= grant && signed_transfer_manifest(&open.manifest);
+    }
+    accepted |= wire::decode::<Have>("have", data, MAX_MESSAGE).is_ok();
+    accepted |= wire::decode::<Refuse>("refuse", data, MAX_MESSAGE).is_ok();
+    accepted |= wire::decode::<StudyIndex>("study index", data, MAX_INDEX).is_ok();
+    accepted
+}
+
 /// `fuzz_targets/config_toml.rs`.
 fn run_config_toml(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok_and(|text| Config::parse(Path::new("fuzz.toml"), text).is_ok())
@@ -143,4 +248,19 @@ fn hello_decode_seeds() {
     // without certificates and the truncated one are not.
     let accepted = for_each_seed("hello_decode", run_hello_decode);
     assert_eq!(accepted, 1, "exactly the vector hello is trusted");
+}
+
+#[test]
+fn transfer_msg_seeds() {
+    // The eight messages of docs/vectors/transfer-v1.json decode; the four bad-* seeds do not.
+    let accepted = for_each_seed("transfer_msg", run_transfer_msg);
+    assert_eq!(accepted, 8, "exactly the vector messages decode");
+}
+
+#[test]
+fn transfer_manifest_seeds() {
+    // The vector documents, frame bodies and index decode (an OPEN with its grant and
+    // manifest); the eight bad-* seeds are refused.
+    let accepted = for_each_seed("transfer_manifest", run_transfer_manifest);
+    assert_eq!(accepted, 9, "exactly the vector seeds are accepted");
 }

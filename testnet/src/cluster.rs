@@ -74,6 +74,8 @@ pub struct ClusterNode {
     pub listen: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for mDNS tests.
     pub netns: Option<String>,
+    /// Extra environment of its `medmesh run` process (e.g. `MEDMESH_FAULT` in tests).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -104,6 +106,7 @@ impl ClusterNode {
             peer_id: field("peer_id"),
             listen: Vec::new(),
             netns: None,
+            env: Vec::new(),
             child: None,
         })
     }
@@ -164,6 +167,17 @@ pub fn medmesh_ok(home: &Path, args: &[&str]) -> Result<std::process::Output, Cl
     Ok(out)
 }
 
+/// Turns `store.fsync` off in a home's config: for throwaway test homes
+/// only (a crash of the process can then lose recent index changes).
+///
+/// # Errors
+/// [`ClusterError::Io`].
+pub fn throwaway_store(home: &Path) -> Result<(), ClusterError> {
+    let path = home.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    std::fs::write(&path, text.replace("\nfsync = true\n", "\nfsync = false\n")).map_err(io(&path))
+}
+
 /// Sets the `[network]` of a home's config for a loopback test network:
 /// 127.0.0.1 with free ports, the given bootstrap peers, short timers.
 ///
@@ -187,8 +201,6 @@ pub fn configure_loopback(home: &Path, bootstrap: &[String]) -> Result<(), Clust
             "maintenance_secs = 2".to_string()
         } else if line.starts_with("hello_timeout_secs = ") {
             "hello_timeout_secs = 5".to_string()
-        } else if line.starts_with("fsync = ") {
-            "fsync = false".to_string()
         } else {
             line.to_string()
         };
@@ -246,6 +258,7 @@ impl Cluster {
                 ],
             )?;
             configure_loopback(&home, &[])?;
+            throwaway_store(&home)?;
             nodes.push(node);
         }
         Ok(Self {
@@ -388,6 +401,7 @@ pub fn start_node(node: &mut ClusterNode) -> Result<(), ClusterError> {
         }
         cmd = wrapped;
     }
+    cmd.envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut child = cmd
         .args(["run", "--json"])
         .env(
@@ -467,7 +481,15 @@ pub enum Stopped {
     Killed,
 }
 
-/// Stops a node's process: SIGTERM, then SIGKILL after 10 s.
+/// Kills a node with SIGKILL (a crash: no clean shutdown) and reaps it.
+pub fn kill_node(node: &mut ClusterNode) {
+    if let Some(mut child) = node.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Stops a node: SIGTERM, then SIGKILL after 10 s.
 pub fn stop_node(node: &mut ClusterNode) -> Stopped {
     let Some(mut child) = node.child.take() else {
         return Stopped::NotRunning;

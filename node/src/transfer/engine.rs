@@ -419,6 +419,12 @@ impl Engine {
         let result = async {
             loop {
                 if failed.load(Ordering::Relaxed) {
+                    let r = super::refuse(
+                        "chunk-refused",
+                        "a chunk failed verification and was not written; send it again",
+                        false,
+                    );
+                    send_refuse(s, &r).await;
                     return Err(SessionError::Io(io_other(
                         "a chunk was refused; the holder sends it again",
                     )));
@@ -689,36 +695,102 @@ impl Rate {
 }
 
 /// One stream of a session: takes objects from the queue until it is
-/// empty, then DONE, then the recipient's final HAVE.
+/// empty, then DONE, then the recipient's final HAVE. The recipient's frames
+/// are read while chunks are written, so a refusal (a chunk it did not
+/// accept) ends the stream at once; the next session sends the rest.
 async fn send_stream(
-    mut s: Stream,
+    s: Stream,
     plan: &Arc<SendPlan>,
     queue: &Mutex<VecDeque<(u32, u64)>>,
     sent: &AtomicU64,
     rate: &Rate,
     node: &Arc<Node>,
 ) -> Result<Vec<u64>, SessionError> {
-    loop {
-        let next = lock(queue).pop_front();
-        let Some((object, from)) = next else { break };
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
-        let p = Arc::clone(plan);
-        let producer = tokio::task::spawn_blocking(move || produce(&p, object, from, &tx));
-        while let Some(item) = rx.recv().await {
-            let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
-            timed("chunk", s.write_all(&f)).await?;
-            let n = f.len() as u64;
-            sent.fetch_add(n, Ordering::Relaxed);
-            node.live().update(&plan.id, |p| p.bytes_sent += n);
-            rate.pace(n).await;
+    let (mut rd, mut wr) = s.split();
+    let objects = plan.manifest.objects.len();
+    let reply = async move {
+        let (kind, body) = read_frame_half(&mut rd, MAX_MESSAGE + objects * 10).await?;
+        match kind {
+            frame::HAVE => {
+                let have: Have = wire::decode("have", &body, MAX_MESSAGE + objects * 10).map_err(io_other)?;
+                if have.chunks.len() != objects {
+                    return Err(SessionError::Io(io_other("HAVE names another number of objects")));
+                }
+                Ok(have.chunks)
+            }
+            frame::REFUSE => {
+                let r: Refuse = wire::decode("refuse", &body, MAX_MESSAGE).map_err(io_other)?;
+                Err(SessionError::Refused(r))
+            }
+            other => Err(SessionError::Io(io_other(format!("unexpected frame type {other}")))),
         }
-        let _ = producer.await;
-    }
-    timed("done", write_frame(&mut s, frame::DONE, &[])).await?;
-    timed("flush", s.flush()).await?;
-    let have = read_have(&mut s, plan.manifest.objects.len()).await?;
-    let _ = s.close().await;
+    };
+    let write = async {
+        loop {
+            let next = lock(queue).pop_front();
+            let Some((object, from)) = next else { break };
+            let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
+            let p = Arc::clone(plan);
+            let producer = tokio::task::spawn_blocking(move || produce(&p, object, from, &tx));
+            while let Some(item) = rx.recv().await {
+                let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
+                timed("chunk", wr.write_all(&f)).await?;
+                let n = f.len() as u64;
+                sent.fetch_add(n, Ordering::Relaxed);
+                node.live().update(&plan.id, |p| p.bytes_sent += n);
+                rate.pace(n).await;
+            }
+            let _ = producer.await;
+        }
+        let len = 1u32.to_be_bytes();
+        timed("done", wr.write_all(&[len[0], len[1], len[2], len[3], frame::DONE])).await?;
+        timed("flush", wr.flush()).await?;
+        Ok::<_, SessionError>(wr)
+    };
+    tokio::pin!(reply);
+    let mut wr = tokio::select! {
+        // The recipient spoke before DONE: a refusal (or a protocol error).
+        early = &mut reply => {
+            return match early {
+                Ok(_) => Err(SessionError::Io(io_other("the recipient answered before the end of the stream"))),
+                Err(e) => Err(e),
+            };
+        }
+        written = write => written?,
+    };
+    let have = timed_session("have", reply).await?;
+    let _ = wr.close().await;
     Ok(have)
+}
+
+async fn read_frame_half<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> Result<(u8, Vec<u8>), SessionError> {
+    let mut head = [0u8; frame::HEADER];
+    s.read_exact(&mut head).await?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&head[..4]);
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > max {
+        return Err(SessionError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes (at most {max})"),
+        )));
+    }
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).await?;
+    Ok((head[4], body))
+}
+
+async fn timed_session<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no answer in {} s", IO_TIMEOUT.as_secs()),
+        ))),
+    }
 }
 
 /// Reads, checks and seals the chunks of one object from chunk `from` on,
@@ -799,62 +871,79 @@ fn produce_inner(
 
 /// Fault injection for tests (cargo feature `fault-injection`, never in
 /// release builds): `MEDMESH_FAULT=corrupt:OBJECT:CHUNK` flips a byte of that
-/// sealed chunk, `MEDMESH_FAULT=foreign:OBJECT:CHUNK` replaces it with the
-/// same chunk sealed under another transfer's key; each only the first time
-/// the chunk is sent by this process.
+/// sealed chunk on the wire, `foreign:OBJECT:CHUNK` replaces it with the
+/// same chunk sealed under another transfer's key; several, comma-separated;
+/// each only the first time the chunk is sent by this process.
 #[cfg(feature = "fault-injection")]
 mod fault {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
 
-    static USED: AtomicBool = AtomicBool::new(false);
+    static USED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
     pub(super) fn apply(plan: &super::SendPlan, object: u32, index: u64, sealed: &mut [u8]) {
-        let Ok(spec) = std::env::var("MEDMESH_FAULT") else {
+        let Ok(specs) = std::env::var("MEDMESH_FAULT") else {
             return;
         };
-        let mut parts = spec.split(':');
-        let (Some(kind), Some(o), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
+        for spec in specs.split(',') {
+            let mut parts = spec.trim().split(':');
+            let (Some(kind), Some(o), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if o.parse::<u32>().ok() != Some(object) || c.parse::<u64>().ok() != Some(index) {
+                continue;
+            }
+            {
+                let mut used = USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !used.get_or_insert_with(HashSet::new).insert(spec.trim().to_string()) {
+                    continue;
+                }
+            }
+            tracing::warn!(
+                object,
+                chunk = index,
+                kind,
+                "fault injection: altering a chunk on the wire"
+            );
+            match kind {
+                "corrupt" => {
+                    if let Some(b) = sealed.get_mut(7) {
+                        *b ^= 0x40;
+                    }
+                }
+                "foreign" => foreign(plan, object, index, sealed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Replaces the chunk with the same position of another transfer: the
+    /// same plaintext sealed under another transfer key.
+    fn foreign(plan: &super::SendPlan, object: u32, index: u64, sealed: &mut [u8]) {
+        let Some(o) = plan.manifest.objects.get(object as usize) else {
             return;
         };
-        if o.parse::<u32>().ok() != Some(object) || c.parse::<u64>().ok() != Some(index) {
+        let mut salt = [0u8; 32];
+        salt.copy_from_slice(&o.salt);
+        let header = medmesh_seal::Header {
+            chunk_size: plan.manifest.chunk_size,
+            object_index: object,
+            plaintext_len: o.size,
+            salt,
+        };
+        let len = sealed.len() - medmesh_seal::TAG_LEN;
+        let (body, tag) = sealed.split_at_mut(len);
+        // Back to plaintext under this transfer's key, then sealed under another.
+        let ours = medmesh_seal::Opener::new(&plan.key, header);
+        let mut t = [0u8; medmesh_seal::TAG_LEN];
+        t.copy_from_slice(tag);
+        if ours.open_chunk(index, body, &t).is_err() {
             return;
         }
-        if USED.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        tracing::warn!(
-            object,
-            chunk = index,
-            kind,
-            "fault injection: altering a chunk on the wire"
-        );
-        match kind {
-            "corrupt" => {
-                if let Some(b) = sealed.get_mut(7) {
-                    *b ^= 0x40;
-                }
-            }
-            "foreign" => {
-                // The same position sealed under a key of another transfer.
-                let other = medmesh_seal::DataKey::generate();
-                let o = &plan.manifest.objects[object as usize];
-                let mut salt = [0u8; 32];
-                salt.copy_from_slice(&o.salt);
-                let header = medmesh_seal::Header {
-                    chunk_size: plan.manifest.chunk_size,
-                    object_index: object,
-                    plaintext_len: o.size,
-                    salt,
-                };
-                let mut s = medmesh_seal::Sealer::new(&other, header);
-                let len = sealed.len() - medmesh_seal::TAG_LEN;
-                let (body, tag) = sealed.split_at_mut(len);
-                // Re-seal garbage of the right length: what a chunk of another transfer looks like here.
-                if let Ok(t) = s.seal_chunk_at(index, body) {
-                    tag.copy_from_slice(&t);
-                }
-            }
-            _ => {}
+        let other = medmesh_seal::DataKey::generate();
+        let mut s = medmesh_seal::Sealer::new(&other, header);
+        if let Ok(t) = s.seal_chunk_at(index, body) {
+            tag.copy_from_slice(&t);
         }
     }
 }

@@ -23,5 +23,6 @@ mod home;
 mod integrity;
 mod net;
 mod privacy;
+mod transfer;
 mod trust;
 mod util;
