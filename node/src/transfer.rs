@@ -1331,12 +1331,14 @@ impl Node {
     /// The [`Refuse`] to send back.
     pub fn accept_stream(&self, peer: &str, open: &Open) -> Result<Accepted, Refuse> {
         let internal = |e: HomeError| refuse("internal", format!("the recipient failed: {e}"), false);
-        let grant = self.check_grant(peer, &open.grant)?;
-        // Trust, checked again for this stream.
-        let (_, trust) = self.peer_facts(peer, grant.purpose).map_err(internal)?;
+        // Trust first, checked again for this stream, for the grant's purpose.
+        let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)
+            .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
+        let (_, trust) = self.peer_facts(peer, unchecked.purpose).map_err(internal)?;
         if let Some(r) = trust.first() {
             return Err(refuse("untrusted", format!("{} [{}]", r.text, r.code), true));
         }
+        let grant = self.check_grant(peer, &open.grant)?;
         let (msigner, manifest) =
             wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, MAX_MANIFEST)
                 .map_err(|e| refuse("bad-manifest", e.to_string(), true))?;

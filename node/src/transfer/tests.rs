@@ -1,1 +1,348 @@
-//! Table tests of the recipient's checks (grant, manifest, chunks).
+//! Table tests of the recipient's checks on real homes (no network): the
+//! grant and manifest of a stream (wrong recipient, replayed or different
+//! manifest, mismatched grant, untrusted holder) and the chunks (altered,
+//! from another transfer, out of order), and of the holder's decision.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
+
+use super::wire::{self, MANIFEST_DOMAIN, Manifest, Open, WIRE_VERSION};
+use super::*;
+use crate::home::consent::NewConsent;
+use crate::keystore::Passphrase;
+
+const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
+const STUDY: &str = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322";
+
+fn corpus(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/corpus")
+        .join(file)
+}
+
+fn home(dir: &Path, name: &str, cc: &str) -> Node {
+    let pass = Passphrase::new("correct horse battery staple transfer".into());
+    let mut node = Node::init(&dir.join(name), &format!("Hospital {name}"), cc, &pass).unwrap();
+    let _ = &mut node;
+    node
+}
+
+fn record(n: &Node) -> Vec<u8> {
+    n.record().envelope().to_bytes().unwrap()
+}
+
+fn trust(a: &Node, b: &Node) {
+    a.add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
+}
+
+/// Holder (with the CT study and a consent for `recipient`), its grant and
+/// the stream opening it would send.
+fn granted(holder: &Node, recipient: &Node) -> (TransferId, Open) {
+    let answer = holder
+        .answer_request(
+            &recipient.identity().peer_id(),
+            &hex::encode([7u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            None,
+        )
+        .unwrap();
+    let AnswerBody::Granted { transfer_id, grant } = answer else {
+        panic!("not granted: {answer:?}");
+    };
+    let id = parse_id(&transfer_id).unwrap();
+    holder.prepare(&id).unwrap();
+    let plan = holder.send_plan(&id).unwrap();
+    let open = Open {
+        v: WIRE_VERSION,
+        session: 1,
+        grant,
+        manifest: plan.manifest_bytes.clone(),
+    };
+    (id, open)
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    holder: Node,
+    recipient: Node,
+    other: Node,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = home(dir.path(), "holder", "DE");
+    let recipient = home(dir.path(), "recipient", "DE");
+    let other = home(dir.path(), "other", "DE");
+    for (a, b) in [
+        (&holder, &recipient),
+        (&recipient, &holder),
+        (&other, &holder),
+        (&holder, &other),
+        (&recipient, &other),
+    ] {
+        trust(a, b);
+    }
+    holder.import(&[corpus(CT)], |_| {}).unwrap();
+    let d = holder.study(STUDY).unwrap();
+    holder
+        .consent_add(NewConsent {
+            id: None,
+            patient_id: d.attributes.patient_id.clone(),
+            issuer: d.attributes.issuer_of_patient_id.clone(),
+            by: ConsentedBy::Patient,
+            deny: false,
+            level: Some(DeidLevel::Identifiable),
+            purposes: vec![Purpose::Treatment],
+            recipient_peers: vec![recipient.identity().peer_id(), other.identity().peer_id()],
+            recipient_institutions: Vec::new(),
+            recipient_jurisdictions: Vec::new(),
+            recipient_consortia: Vec::new(),
+            modalities: Vec::new(),
+            studies: Vec::new(),
+            episode: None,
+            from: None,
+            until: None,
+            data_from: None,
+            data_until: None,
+            legal_basis: None,
+            legal_text: None,
+        })
+        .unwrap();
+    World {
+        _dir: dir,
+        holder,
+        recipient,
+        other,
+    }
+}
+
+/// The recipient's answer to a stream as a refusal code, or "accepted".
+fn verdict(n: &Node, peer: &str, open: &Open) -> String {
+    match n.accept_stream(peer, open) {
+        Ok(_) => "accepted".into(),
+        Err(r) => r.code,
+    }
+}
+
+#[test]
+fn the_recipient_refuses_streams_it_must_not_take() {
+    let w = world();
+    let holder_peer = w.holder.identity().peer_id();
+    let recipient_peer = w.recipient.identity().peer_id();
+    let (id, open) = granted(&w.holder, &w.recipient);
+    // A stream for a request the recipient never made is refused.
+    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "unknown-transfer");
+    // Recorded as requested (as `medmesh request` does when the grant comes back).
+    let AnswerBody::Granted { .. } = w
+        .holder
+        .answer_request(
+            &recipient_peer,
+            &hex::encode([8u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            None,
+        )
+        .unwrap()
+    else {
+        panic!("second grant")
+    };
+    w.recipient
+        .note_answer(
+            &holder_peer,
+            &hex::encode([7u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            None,
+            &AnswerBody::Granted {
+                transfer_id: hex::encode(id),
+                grant: open.grant.clone(),
+            },
+        )
+        .unwrap();
+
+    // The same opening sent to another node: sealed to another recipient.
+    assert_eq!(verdict(&w.other, &holder_peer, &open), "wrong-recipient");
+    // From a peer that did not sign it.
+    assert_eq!(verdict(&w.recipient, &w.other.identity().peer_id(), &open), "bad-grant");
+    // A manifest not made for this grant (another transfer's manifest).
+    let (_, other_open) = granted(&w.holder, &w.recipient);
+    let mixed = Open {
+        manifest: other_open.manifest.clone(),
+        ..open.clone()
+    };
+    assert_eq!(verdict(&w.recipient, &holder_peer, &mixed), "grant-mismatch");
+    // A manifest whose signature does not hold.
+    let mut forged = open.clone();
+    let n = forged.manifest.len();
+    forged.manifest[n - 3] ^= 1;
+    assert_eq!(verdict(&w.recipient, &holder_peer, &forged), "bad-manifest");
+    // The real one is accepted, and again (resume) as long as it is the same.
+    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
+    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
+    // Another manifest for the same transfer, validly signed: refused.
+    let (_, m) =
+        wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, wire::MAX_MANIFEST).unwrap();
+    let mut m2 = m.clone();
+    m2.created += 1;
+    let resigned = w
+        .holder
+        .identity()
+        .sign(MANIFEST_DOMAIN, wire::encode("manifest", &m2).unwrap())
+        .to_bytes()
+        .unwrap();
+    let replay = Open {
+        manifest: resigned,
+        ..open.clone()
+    };
+    assert_eq!(verdict(&w.recipient, &holder_peer, &replay), "manifest-mismatch");
+    // Once complete, the manifest sent again (a replay) is refused.
+    w.recipient
+        .update_transfer(&id, |r| {
+            r.state = State::Complete;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "replayed");
+    // A holder no longer trusted: refused whatever it sends.
+    w.other.block(&holder_peer, "test").unwrap();
+    assert_eq!(verdict(&w.other, &holder_peer, &open), "untrusted");
+}
+
+#[test]
+fn chunks_are_verified_before_they_are_written() {
+    let w = world();
+    let holder_peer = w.holder.identity().peer_id();
+    let (id, open) = granted(&w.holder, &w.recipient);
+    w.recipient
+        .note_answer(
+            &holder_peer,
+            &hex::encode([7u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            None,
+            &AnswerBody::Granted {
+                transfer_id: hex::encode(id),
+                grant: open.grant.clone(),
+            },
+        )
+        .unwrap();
+    let accepted = w.recipient.accept_stream(&holder_peer, &open).unwrap();
+    let plan = w.holder.send_plan(&id).unwrap();
+    let m = &accepted.manifest;
+    // Seal chunk `index` of object 0 under `key`.
+    let o = &m.objects[0];
+    let header = Header {
+        chunk_size: m.chunk_size,
+        object_index: 0,
+        plaintext_len: o.size,
+        salt: key32(&o.salt).unwrap(),
+    };
+    let Source::Blob { path, key, .. } = &plan.sources[0] else {
+        panic!("object 0 is a blob")
+    };
+    let mut reader = medmesh_seal::OpenReader::new(key, File::open(path).unwrap()).unwrap();
+    let mut plain = Vec::new();
+    reader.read_to_end(&mut plain).unwrap();
+    let seal = |key: &DataKey, index: u64| {
+        let start = usize::try_from(index * u64::from(m.chunk_size)).unwrap();
+        let len = usize::try_from(header.chunk_plain_len(index)).unwrap();
+        let mut c = plain[start..start + len].to_vec();
+        let tag = medmesh_seal::Sealer::new(key, header)
+            .seal_chunk_at(index, &mut c)
+            .unwrap();
+        c.extend_from_slice(&tag);
+        c
+    };
+    let mut writer = ObjectWriter::open(&w.recipient, &accepted, 0).unwrap();
+    let good = seal(&plan.key, 0);
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        (
+            "altered",
+            {
+                let mut c = good.clone();
+                c[3] ^= 1;
+                c
+            },
+            0,
+        ),
+        ("from another transfer", seal(&DataKey::generate(), 0), 0),
+        ("truncated", good[..good.len() - 1].to_vec(), 0),
+        ("out of order", good.clone(), 1),
+    ];
+    for (what, chunk, index) in cases {
+        let before = std::fs::metadata(&writer.path).unwrap().len();
+        let err = writer.write_chunk(index, &chunk, m).unwrap_err();
+        assert_eq!(err.chunk, index, "{what}");
+        assert_eq!(
+            std::fs::metadata(&writer.path).unwrap().len(),
+            before,
+            "{what}: nothing written"
+        );
+        assert_eq!(writer.next(), 0, "{what}");
+    }
+    // The genuine chunks go in, and the object verifies at its end.
+    let n = header.chunk_count();
+    for i in 0..n {
+        writer.write_chunk(i, &seal(&plan.key, i), m).unwrap();
+    }
+    assert!(writer.is_complete());
+    writer.checkpoint(&w.recipient, true).unwrap();
+    assert_eq!(w.recipient.store().chunks_done(&id).unwrap(), vec![(0, n)]);
+    // A new writer resumes after the recorded chunks (re-reading them).
+    let resumed = ObjectWriter::open(
+        &w.recipient,
+        &Accepted {
+            have: vec![n, 0],
+            ..accepted
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(resumed.next(), n);
+}
+
+#[test]
+fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
+    let w = world();
+    let recipient_peer = w.recipient.identity().peer_id();
+    let ask = |uid: &str, purpose: Purpose| {
+        w.holder
+            .answer_request(
+                &recipient_peer,
+                &hex::encode([1u8; 16]),
+                uid,
+                purpose,
+                Role::Clinician,
+                None,
+            )
+            .unwrap()
+    };
+    let codes = |a: &AnswerBody| match a {
+        AnswerBody::Denied { reasons, .. } => reasons.iter().map(|r| r.code.clone()).collect::<Vec<_>>(),
+        other => panic!("not denied: {other:?}"),
+    };
+    // Not trusted for research (bilateral trust for treatment only): trust answers first.
+    assert_eq!(codes(&ask(STUDY, Purpose::Research)), vec!["purpose-not-trusted"]);
+    // Unknown study and a study with no consent for this peer look the same.
+    let unknown = codes(&ask("1.2.3.4", Purpose::Treatment));
+    assert_eq!(unknown, vec!["not-available"]);
+    w.holder
+        .consent_withdraw(&w.holder.consents(None).unwrap()[0].id)
+        .unwrap();
+    assert_eq!(codes(&ask(STUDY, Purpose::Treatment)), unknown);
+    // The holder's own record says why in full.
+    let recs = w.holder.transfer_records().unwrap();
+    assert!(recs.iter().all(|r| r.state == State::Denied && r.bytes_sent == 0));
+    assert!(recs.iter().any(|r| {
+        r.reasons
+            .iter()
+            .any(|x| x.code != "not-available" && x.code != "purpose-not-trusted")
+    }));
+}
