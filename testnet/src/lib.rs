@@ -1,5 +1,5 @@
 //! Test networks for medmesh: synthetic DICOM studies, local multi-node networks of real
-//! `medmesh run` processes ([`cluster`]), and scenarios.
+//! `medmesh run` processes ([`cluster`]), and scenarios run against them ([`scenario`]).
 //!
 //! The `gen` module ([`generate`], [`SyntheticStudy`]) writes realistic, deterministic synthetic
 //! studies (same seed, same bytes), with fake patient data where real scanners put real patient
@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod r#gen;
 pub mod process;
 pub mod roundtrip;
+pub mod scenario;
 
 pub use r#gen::{
     GenError, GeneratedFile, GeneratedStudy, Modality, PatientOverrides, Phi, PixelRepresentation, Sex, SliceRef,

@@ -1,7 +1,12 @@
-//! `medmesh-testnet`: generate synthetic studies now; start local networks and run scenarios
-//! later (`up`, `demo`, `scenario` will be further subcommands).
+//! `medmesh-testnet`: generate synthetic studies (`gen-study`), check one node's store end to end
+//! (`roundtrip`), start a local network (`up`), and run scenarios against a local network of real
+//! `medmesh` processes (`scenario transfer`; `scenario` is a group that further scenarios join).
 //!
-//! Exit codes: 0 success, 2 error (the error chain is printed to stderr).
+//! `roundtrip` and `scenario ...` report every step as expected, observed, PASS/FAIL, or with
+//! `--json` as one object `{"steps": [{step, expected, observed, pass}], "pass": bool}`.
+//!
+//! Exit codes: 0 success, 1 a step of `roundtrip` or a scenario failed, 2 error (the error chain
+//! is printed to stderr).
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
@@ -43,6 +48,34 @@ enum Command {
     /// The passphrase of every home and of the admin key is MEDMESH_PASSPHRASE
     /// when set, else "medmesh testnet passphrase".
     Up(UpArgs),
+    /// Run a scenario against a local network of real `medmesh run` processes on
+    /// 127.0.0.1 and report each step. Exit 1 if any step fails.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ScenarioCommand {
+    /// Transfers between two nodes in two jurisdictions (node-1 DE holds, node-2 FR asks):
+    /// a consented request arrives byte-identical and is receipted; one without consent
+    /// is denied and sends nothing; one that needs an approval waits for it, then streams;
+    /// the recipient killed (SIGKILL) half-way through a ~60 MB study resumes after a
+    /// restart, and the holder resends at most 60% of it. Takes about a minute.
+    Transfer(ScenarioArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScenarioArgs {
+    /// Folder for the network (consortium, node homes and logs, studies, exports);
+    /// must be empty or absent (default: a new folder under $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Keep the folder afterwards (node logs: DIR/node-*/node.log) and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object {"steps": [{step, expected, observed, pass}], "pass": bool}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -264,23 +297,91 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenStudy(args) => gen_study(&args),
         Command::Roundtrip(args) => roundtrip(&args),
         Command::Up(args) => up(&args),
+        Command::Scenario(ScenarioCommand::Transfer(args)) => scenario_transfer(&args),
     }
 }
 
-fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
-    let dir = match &args.dir {
+/// `--dir`, checked to be empty or absent, or a new folder under $TMPDIR named after `name`.
+fn work_dir(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    match dir {
         Some(d) => {
             check_out_dir(d, false)?;
-            d.clone()
+            Ok(d.to_path_buf())
         }
         None => {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            std::env::temp_dir().join(format!("medmesh-roundtrip-{}-{nanos}", std::process::id()))
+            Ok(std::env::temp_dir().join(format!("medmesh-{name}-{}-{nanos}", std::process::id())))
         }
+    }
+}
+
+fn scenario_transfer(args: &ScenarioArgs) -> anyhow::Result<()> {
+    use medmesh_testnet::scenario::Step;
+    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "scenario-transfer")?)?;
+    if !args.json {
+        eprintln!(
+            "running the transfer scenario in {} (2 nodes on 127.0.0.1; this builds and runs the medmesh binary)",
+            dir.display()
+        );
+    }
+    // In text mode each step is printed as soon as it is decided: one line, the
+    // observation; a failed step adds what was expected.
+    let mut n = 0;
+    let mut print = |s: &Step| {
+        if args.json {
+            return;
+        }
+        n += 1;
+        let mut out = io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{n:>2}. {}  {}: {}",
+            if s.pass { "PASS" } else { "FAIL" },
+            s.step,
+            s.observed
+        );
+        if !s.pass {
+            let _ = writeln!(out, "        expected: {}", s.expected);
+        }
+        let _ = out.flush();
     };
+    let result = medmesh_testnet::scenario::transfer(&dir, &mut print);
+    if args.keep {
+        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let steps = result.context("running the transfer scenario")?;
+    let pass = steps.iter().all(|s| s.pass);
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut stdout, &serde_json::json!({ "steps": steps, "pass": pass }))?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(
+            stdout,
+            "\n{} of {} steps passed{}",
+            steps.iter().filter(|s| s.pass).count(),
+            steps.len(),
+            if pass || args.keep {
+                ""
+            } else {
+                " (run again with --keep to read the node logs)"
+            }
+        )?;
+    }
+    stdout.flush()?;
+    if !pass {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
+    let dir = work_dir(args.dir.as_deref(), "roundtrip")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if !args.json {
         eprintln!(
@@ -428,5 +529,15 @@ mod tests {
         assert!(matches!(args.modality, ModalityArg::Mr));
         assert!(matches!(args.burned_in, Some(YesNo::Yes)));
         assert!(args.no_private);
+    }
+
+    #[test]
+    fn parses_scenario_transfer() {
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "transfer", "--keep", "--json"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Transfer(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert!(args.keep && args.json && args.dir.is_none());
+        assert!(Cli::try_parse_from(["medmesh-testnet", "scenario"]).is_err());
     }
 }
