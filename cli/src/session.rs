@@ -348,7 +348,7 @@ impl Session {
 
     pub fn approve(&self, id: &str) -> Result<TransferView> {
         match self {
-            Self::Local(node) => Ok(node.approve(id)?),
+            Self::Local(node) => Ok(node.approve(id)?.0),
             Self::Remote { client, rt } => Self::post(client, rt, "/approvals/approve", &IdRequest { id: id.into() }),
         }
     }

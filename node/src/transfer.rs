@@ -703,8 +703,8 @@ impl Node {
                             g.level.as_str()
                         ),
                     );
-                    rec.reasons = vec![r.clone()];
-                    return Ok(vec![r]);
+                    rec.reasons = vec![r];
+                    return Ok(vec![not_available()]);
                 }
                 self.issue_grant(rec, g.level, g.series, g.consents, g.expires_at.timestamp())?;
                 Ok(Vec::new())
@@ -827,11 +827,12 @@ impl Node {
     }
 
     /// Approves a pending transfer: trust, consent and policy are checked
-    /// again, and a grant is issued unless they now refuse.
+    /// again, and a grant is issued unless they now refuse (then the
+    /// message for the requester is returned too).
     ///
     /// # Errors
     /// [`TransferError::State`] when it is not pending; store errors.
-    pub fn approve(&self, id: &str) -> Result<TransferView, HomeError> {
+    pub fn approve(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), HomeError> {
         let tid = parse_id(id)?;
         let (rec, ()) = self.update_transfer(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
@@ -845,7 +846,15 @@ impl Node {
             Ok(())
         })?;
         tracing::info!(transfer = %rec.id, state = rec.state.as_str(), "approval decided");
-        self.transfer_view(&rec)
+        // Checked again and now refused (a consent withdrawn meanwhile): the requester is told.
+        let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
+            v: WIRE_VERSION,
+            body: wire::MsgBody::Decided {
+                transfer_id: rec.id.clone(),
+                reasons: vec![not_available()],
+            },
+        });
+        Ok((self.transfer_view(&rec)?, msg))
     }
 
     /// Denies a pending transfer. Returns the record and, for a request,
@@ -1119,7 +1128,10 @@ impl Node {
             Ok(r) => r,
             Err(e) => return Ok(refused("bad-receipt", e.to_string())),
         };
-        if peer_id_of(&signer).ok().as_deref() != Some(peer) || receipt.recipient != peer {
+        if peer_id_of(&signer).ok().as_deref() != Some(peer)
+            || receipt.recipient != peer
+            || receipt.holder != self.identity().peer_id()
+        {
             return Ok(refused(
                 "bad-receipt",
                 "the receipt is not signed by the peer that sent it".into(),
@@ -1693,6 +1705,11 @@ impl Node {
                     }
                 })?;
                 if done {
+                    // The manifest's ephemeral key and the node's X25519 key would
+                    // derive the data key again: the transfer's documents go too.
+                    if let Ok(id) = parse_id(&g.transfer_id) {
+                        self.store().transfer_docs_remove(&id)?;
+                    }
                     locked += 1;
                     tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
                 }
@@ -1873,7 +1890,12 @@ impl ObjectWriter {
             fsync: node.store().fsync(),
         };
         if w.resume(have).is_err() {
+            // The stored prefix no longer verifies: the object starts over,
+            // and the record says so (else every session would resume past it).
             w.resume(0).map_err(|cause| io_err(&idh, &w.path, cause))?;
+            node.store()
+                .set_chunks_done(&a.id, object, 0)
+                .map_err(|e| damaged(&idh, e.to_string()))?;
         }
         Ok(w)
     }
@@ -1995,7 +2017,7 @@ impl ObjectWriter {
     /// # Errors
     /// File and store errors, as text.
     pub fn checkpoint(&mut self, node: &Node, force: bool) -> Result<(), String> {
-        if self.unsynced == 0 || (!force && self.unsynced < SYNC_EVERY) {
+        if !force && self.unsynced < SYNC_EVERY {
             return Ok(());
         }
         if self.fsync {

@@ -258,6 +258,19 @@ mod erased {
     }
 }
 
+/// Tells a requester that its pending request was denied, when it can be
+/// reached; the denial stands either way.
+fn tell_requester(api: &Api, view: &crate::transfer::TransferView, msg: Option<crate::transfer::wire::Msg>) {
+    if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
+        let net = api.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net.transfer_message(peer, msg).await {
+                tracing::info!(peer = %peer, cause = %e, "could not tell the requester of the denial");
+            }
+        });
+    }
+}
+
 /// Sends a transfer request to the holder and records its answer.
 async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::TransferView, Fail> {
     let peer: libp2p::PeerId = r.peer_id.parse().map_err(|e| {
@@ -471,22 +484,15 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             (&Method::GET, "/approvals") => json(&blocking(api, Node::approvals).await?),
             (&Method::POST, "/approvals/approve") => {
                 let r: IdRequest = body(req).await?;
-                let view = blocking(api, move |n| n.approve(&r.id)).await?;
+                let (view, msg) = blocking(api, move |n| n.approve(&r.id)).await?;
                 api.net.wake_transfers();
+                tell_requester(api, &view, msg);
                 json(&view)
             }
             (&Method::POST, "/approvals/deny") => {
                 let r: DenyRequest = body(req).await?;
                 let (view, msg) = blocking(api, move |n| n.deny_approval(&r.id, &r.reason)).await?;
-                if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
-                    // The requester is told when it can be reached; the denial stands either way.
-                    let net = api.net.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = net.transfer_message(peer, msg).await {
-                            tracing::info!(peer = %peer, cause = %e, "could not tell the requester of the denial");
-                        }
-                    });
-                }
+                tell_requester(api, &view, msg);
                 json(&view)
             }
             _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),

@@ -140,6 +140,20 @@ impl super::Store {
             .map(|v| v.value().to_vec()))
     }
 
+    /// Removes every document of a transfer (manifest, keys, index).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn transfer_docs_remove(&self, id: &[u8; 16]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        txn.open_table(TRANSFER_DOCS)
+            .map_err(|e| self.err(e))?
+            .retain_in(doc_key(id, 0)..=doc_key(id, u8::MAX), |_, _| false)
+            .map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
     /// Chunks received and verified so far, per object of transfer `id`
     /// (objects not started are absent).
     ///

@@ -265,6 +265,10 @@ impl Engine {
                 }
                 tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, done, None)).await
             }
+            Err(SessionError::Refused(r)) if r.code == "replayed" => {
+                // The recipient has landed it already (its last HAVE was lost): wait for the receipt.
+                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, true, None)).await
+            }
             Err(SessionError::Refused(r)) if r.permanent => {
                 tracing::warn!(transfer = %idh, code = %r.code, "the recipient refused the transfer: {}", r.text);
                 let why = format!("refused by the recipient: {} [{}]", r.text, r.code);
@@ -378,6 +382,10 @@ impl Engine {
     }
 
     async fn receive_inner(self: &Arc<Self>, peer: PeerId, s: &mut Stream) -> Result<(), SessionError> {
+        // Nothing is read from a peer whose hello this node has not accepted.
+        if !self.net.is_ready(peer).await {
+            return Err(SessionError::Io(io_other("stream from a peer that is not trusted")));
+        }
         let (kind, body) = timed("open", read_frame(s, MAX_FRAME)).await?;
         if kind != frame::OPEN {
             return Err(SessionError::Io(io_other("the stream does not start with OPEN")));

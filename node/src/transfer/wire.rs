@@ -249,7 +249,7 @@ pub struct StudyIndex {
     pub instances: Vec<crate::store::InstanceMeta>,
 }
 
-/// The root a receipt names: BLAKE3 (keyed by [`ROOT_CONTEXT`]) of the
+/// The root a receipt names: BLAKE3 in derive-key mode ([`ROOT_CONTEXT`]) over the
 /// objects' hashes in manifest order.
 #[must_use]
 pub fn objects_root(objects: &[ManifestObject]) -> [u8; 32] {
