@@ -236,9 +236,12 @@ if want medmesh; then
     net="$WORK/net-$r"
     "$GEN" up --nodes 2 --dir "$net" --json > "$WORK/up.jsonl" 2> "$WORK/up.log" &
     UP_PID=$!
-    wait_for 180 grep -q '"type":"ready"' "$WORK/up.jsonl" \
-      || { cat "$WORK/up.log" >&2; fail "medmesh-testnet up: no ready record"; }
-    kill -0 "$UP_PID" || { cat "$WORK/up.log" >&2; fail "medmesh-testnet up exited"; }
+    end=$(( $(now_ms) + 180000 ))
+    until grep -qs '"type":"ready"' "$WORK/up.jsonl"; do
+      kill -0 "$UP_PID" 2>/dev/null || { cat "$WORK/up.log" >&2; fail "medmesh-testnet up exited before its ready record"; }
+      [ "$(now_ms)" -lt "$end" ] || { cat "$WORK/up.log" >&2; fail "medmesh-testnet up: no ready record in 180 s"; }
+      sleep 0.2
+    done
     home1=$(node_field node-1 home); home2=$(node_field node-2 home)
     peer1=$(node_field node-1 peer_id); peer2=$(node_field node-2 peer_id)
     pid1=$(node_field node-1 pid); pid2=$(node_field node-2 pid)
