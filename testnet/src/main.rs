@@ -60,7 +60,7 @@ enum ScenarioCommand {
     /// a consented request arrives byte-identical and is receipted; one without consent
     /// is denied and sends nothing; one that needs an approval waits for it, then streams;
     /// the recipient killed (SIGKILL) half-way through a ~60 MB study resumes after a
-    /// restart, and the holder resends at most 60% of it. Takes about a minute.
+    /// restart, and the holder resends at most 60% of it. Takes under a minute.
     Transfer(ScenarioArgs),
 }
 
@@ -305,7 +305,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn work_dir(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     match dir {
         Some(d) => {
-            check_out_dir(d, false)?;
+            if d.exists() && std::fs::read_dir(d)?.next().is_some() {
+                bail!("{} is not empty; choose an empty or new directory", d.display());
+            }
             Ok(d.to_path_buf())
         }
         None => {

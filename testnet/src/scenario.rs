@@ -138,7 +138,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn code(out: &Output) -> String {
+fn exit_of(out: &Output) -> String {
     exit(out.status.code())
 }
 
@@ -146,8 +146,11 @@ fn exit(code: Option<i32>) -> String {
     code.map_or_else(|| "by a signal".into(), |c| c.to_string())
 }
 
-/// The last line of stderr, for observations of failed commands.
+/// The last line of stderr of a failed command (empty when it succeeded), for observations.
 fn stderr_tail(out: &Output) -> String {
+    if out.status.success() {
+        return String::new();
+    }
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .rev()
@@ -236,11 +239,14 @@ fn import_study(
         .and_then(|(_, d)| d["imported"].as_u64())
         .unwrap_or(0);
     let ok = r.check(
-        &format!("node-1 imports study {n} ({slices} CT slices of {size}x{size}, patient {})", g.phi.patient_id),
+        &format!(
+            "node-1 imports study {n} ({slices} CT slices of {size}x{size}, patient {})",
+            g.phi.patient_id
+        ),
         &format!("exit 0, {slices} imported"),
         format!(
             "exit {}, {imported} imported, {}{}",
-            code(&out),
+            exit_of(&out),
             mb(g.total_bytes),
             stderr_tail(&out)
         ),
@@ -285,7 +291,7 @@ fn consent(r: &mut Recorder<'_>, pair: &Pair, n: u64, study: &Study, purpose: &s
     Ok(r.check(
         &format!("node-1 records the consent of study {n}'s patient: {purpose}, to node-2, identifiable"),
         "exit 0",
-        format!("exit {}{}", code(&out), stderr_tail(&out)),
+        format!("exit {}{}", exit_of(&out), stderr_tail(&out)),
         out.status.success(),
     ))
 }
@@ -314,7 +320,14 @@ fn request(
     let start = Instant::now();
     let out = process::run(&pair.recipient, &args)?;
     let took = start.elapsed();
-    Ok((out.status.code(), last_record(&out), took, stderr_tail(&out)))
+    let record = last_record(&out);
+    // Exit 1 with a record is an answer (denied, pending); anything else is worth its stderr.
+    let err = if record.is_null() || !matches!(out.status.code(), Some(0 | 1)) {
+        stderr_tail(&out)
+    } else {
+        String::new()
+    };
+    Ok((out.status.code(), record, took, err))
 }
 
 /// Exports the study at node-2 and compares every file with the generated one.
@@ -326,7 +339,10 @@ fn check_export(r: &mut Recorder<'_>, pair: &Pair, dir: &Path, n: u64, study: &S
     )?;
     let mut got = BTreeMap::new();
     for f in files_under(&out_dir) {
-        let name = f.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         got.insert(name, blake3::hash(&std::fs::read(&f).map_err(io(&f))?));
     }
     let same = study.hashes.iter().filter(|(uid, h)| got.get(*uid) == Some(h)).count();
@@ -336,7 +352,7 @@ fn check_export(r: &mut Recorder<'_>, pair: &Pair, dir: &Path, n: u64, study: &S
         "exit 0, every file byte-identical, none missing or extra",
         format!(
             "exit {}, {same} of {} identical, {extra} extra{}",
-            code(&out),
+            exit_of(&out),
             study.hashes.len(),
             stderr_tail(&out)
         ),
@@ -435,7 +451,7 @@ fn consented(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenar
         "node-1's record of the transfer",
         "state complete, signed receipt held",
         format!(
-            "state {}, receipt {}, {} sent in {} session(s), after {:.1} s",
+            "state {}, receipt {}, {} sent in {} session(s); waited {:.1} s for it",
             str_of(&held, "state"),
             held["receipt"],
             mb(held["bytes_sent"].as_u64().unwrap_or(0)),
@@ -519,7 +535,12 @@ fn approval(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenari
                 str_of(d, "purpose"),
                 reason(d)
             ),
-            None => format!("not listed ({} waiting), exit {}{}", waiting.len(), code(&out), stderr_tail(&out)),
+            None => format!(
+                "not listed ({} waiting), exit {}{}",
+                waiting.len(),
+                exit_of(&out),
+                stderr_tail(&out)
+            ),
         },
         listed.is_some_and(|d| reason(d) == "purpose-requires-approval"),
     );
@@ -533,7 +554,7 @@ fn approval(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenari
         "exit 0, granted",
         format!(
             "exit {}, state {}{}",
-            code(&out),
+            exit_of(&out),
             str_of(&approved, "state"),
             stderr_tail(&out)
         ),
@@ -573,11 +594,7 @@ fn kill_and_resume(r: &mut Recorder<'_>, net: &mut Cluster, pair: &Pair, dir: &P
     let ok = r.check(
         "node-2 requests study 4 for treatment (no --wait); node-1 sends at most 20 MB/s",
         "exit 0, granted",
-        format!(
-            "exit {}, state {}{err}",
-            exit(code),
-            str_of(&v, "state")
-        ),
+        format!("exit {}, state {}{err}", exit(code), str_of(&v, "state")),
         code == Some(0) && matches!(v["state"].as_str(), Some("granted" | "streaming")),
     );
     let Some(id) = v["id"].as_str().filter(|_| ok) else {
