@@ -729,6 +729,36 @@ impl Store {
         seal_box(key, &instance_key(study, address), &plain).map_err(|_| key_err("instance metadata", study))
     }
 
+    /// Steps 1 and 2 of a batch (see the module docs): records the blobs'
+    /// addresses as pending, then renames their files into place and syncs
+    /// the directories. The caller writes the rows and clears the intent.
+    fn place_blobs<'a>(&self, files: impl Iterator<Item = ([u8; 32], &'a Path)> + Clone) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            for (address, _) in files.clone() {
+                pending.insert(address, ()).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        let mut dirs = BTreeSet::new();
+        for (address, file) in files {
+            let dest = self.blob_path(&address);
+            let dir = dest.parent().map_or_else(|| self.blobs.clone(), Path::to_path_buf);
+            if dirs.insert(dir.clone()) {
+                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+            }
+            fs::rename(file, &dest).map_err(|source| blob_io(&dest, source))?;
+        }
+        if self.fsync {
+            for dir in &dirs {
+                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a batch of staged objects into the store and writes their index
     /// rows, crash-safely (see the module docs).
     ///
@@ -736,34 +766,7 @@ impl Store {
     /// [`StoreError::Database`], [`StoreError::BlobIo`]. On error nothing of
     /// the batch is visible in the index.
     pub fn commit_batch(&self, objects: Vec<StagedObject>, studies: Vec<StudyUpdate>) -> Result<(), StoreError> {
-        // 1. Record the intent.
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
-        {
-            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
-            for o in &objects {
-                pending.insert(o.address, ()).map_err(|e| self.err(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e))?;
-        // 2. Move the blobs into place.
-        let mut dirs = BTreeSet::new();
-        for o in &objects {
-            let dest = self.blob_path(&o.address);
-            let dir = dest
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.blobs.clone());
-            if dirs.insert(dir.clone()) {
-                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
-            }
-            fs::rename(&o.tmp, &dest).map_err(|source| blob_io(&dest, source))?;
-        }
-        if self.fsync {
-            for dir in &dirs {
-                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
-            }
-        }
+        self.place_blobs(objects.iter().map(|o| (o.address, o.tmp.as_path())))?;
         // 3. Index rows and clear the intent, in one transaction.
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;

@@ -237,6 +237,47 @@ pub struct TransferRecord {
     pub error: Option<String>,
 }
 
+impl TransferRecord {
+    /// A new record: denied until decided, nothing granted, sent or received.
+    fn new(
+        id: TransferId,
+        direction: Direction,
+        initiated: Initiated,
+        peer: &str,
+        study_uid: &str,
+        purpose: Purpose,
+        role: Role,
+    ) -> Self {
+        let t = now();
+        TransferRecord {
+            v: RECORD_VERSION,
+            id: hex::encode(id),
+            direction,
+            initiated,
+            peer: peer.to_string(),
+            institution: String::new(),
+            study_uid: study_uid.to_string(),
+            purpose,
+            role,
+            requested_level: None,
+            level: None,
+            state: State::Denied,
+            reasons: Vec::new(),
+            request_id: None,
+            grant: Vec::new(),
+            receipt: Vec::new(),
+            created: t,
+            updated: t,
+            expires: None,
+            objects: 0,
+            bytes: 0,
+            bytes_sent: 0,
+            sessions: 0,
+            error: None,
+        }
+    }
+}
+
 /// A transfer for listings (`medmesh transfers list`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {
@@ -607,33 +648,17 @@ impl Node {
         level: Option<DeidLevel>,
     ) -> Result<AnswerBody, HomeError> {
         let id = new_id()?;
-        let t = now();
-        let mut rec = TransferRecord {
-            v: RECORD_VERSION,
-            id: hex::encode(id),
-            direction: Direction::Outgoing,
-            initiated: Initiated::Request,
-            peer: peer.to_string(),
-            institution: String::new(),
-            study_uid: study_uid.to_string(),
+        let mut rec = TransferRecord::new(
+            id,
+            Direction::Outgoing,
+            Initiated::Request,
+            peer,
+            study_uid,
             purpose,
             role,
-            requested_level: level,
-            level: None,
-            state: State::Denied,
-            reasons: Vec::new(),
-            request_id: Some(request_id.to_string()),
-            grant: Vec::new(),
-            receipt: Vec::new(),
-            created: t,
-            updated: t,
-            expires: None,
-            objects: 0,
-            bytes: 0,
-            bytes_sent: 0,
-            sessions: 0,
-            error: None,
-        };
+        );
+        rec.requested_level = level;
+        rec.request_id = Some(request_id.to_string());
         let shown = self.decide(&mut rec, false)?;
         self.save(&mut rec)?;
         tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
@@ -782,33 +807,16 @@ impl Node {
             reason: format!("study UID {study_uid:?}: {e}"),
         })?;
         let id = new_id()?;
-        let t = now();
-        let mut rec = TransferRecord {
-            v: RECORD_VERSION,
-            id: hex::encode(id),
-            direction: Direction::Outgoing,
-            initiated: Initiated::Share,
-            peer: peer.to_string(),
-            institution: String::new(),
-            study_uid: study_uid.to_string(),
+        let mut rec = TransferRecord::new(
+            id,
+            Direction::Outgoing,
+            Initiated::Share,
+            peer,
+            study_uid,
             purpose,
             role,
-            requested_level: level,
-            level: None,
-            state: State::Denied,
-            reasons: Vec::new(),
-            request_id: None,
-            grant: Vec::new(),
-            receipt: Vec::new(),
-            created: t,
-            updated: t,
-            expires: None,
-            objects: 0,
-            bytes: 0,
-            bytes_sent: 0,
-            sessions: 0,
-            error: None,
-        };
+        );
+        rec.requested_level = level;
         self.decide(&mut rec, false)?;
         self.save(&mut rec)?;
         self.transfer_view(&rec)
@@ -1195,7 +1203,6 @@ impl Node {
         level: Option<DeidLevel>,
         answer: &AnswerBody,
     ) -> Result<TransferView, HomeError> {
-        let t = now();
         let (id, state, reasons, grant) = match answer {
             AnswerBody::Granted { transfer_id, grant } => {
                 (transfer_id.clone(), State::Granted, Vec::new(), grant.clone())
@@ -1219,32 +1226,20 @@ impl Node {
             ),
         };
         let tid = parse_id(&id)?;
-        let mut rec = TransferRecord {
-            v: RECORD_VERSION,
-            id,
-            direction: Direction::Incoming,
-            initiated: Initiated::Request,
-            peer: peer.to_string(),
-            institution: String::new(),
-            study_uid: study_uid.to_string(),
+        let mut rec = TransferRecord::new(
+            tid,
+            Direction::Incoming,
+            Initiated::Request,
+            peer,
+            study_uid,
             purpose,
             role,
-            requested_level: level,
-            level: None,
-            state,
-            reasons,
-            request_id: Some(request_id.to_string()),
-            grant,
-            receipt: Vec::new(),
-            created: t,
-            updated: t,
-            expires: None,
-            objects: 0,
-            bytes: 0,
-            bytes_sent: 0,
-            sessions: 0,
-            error: None,
-        };
+        );
+        rec.requested_level = level;
+        rec.state = state;
+        rec.reasons = reasons;
+        rec.request_id = Some(request_id.to_string());
+        rec.grant = grant;
         if let Ok((facts, _)) = self.peer_facts(peer, purpose)
             && let Some(f) = facts
         {
@@ -1438,38 +1433,25 @@ impl Node {
                 if grant.request_id.is_some() {
                     return Err(refuse("unknown-transfer", "no request of ours has this id", true));
                 }
-                let t = now();
-                let mut rec = TransferRecord {
-                    v: RECORD_VERSION,
-                    id: manifest.transfer_id.clone(),
-                    direction: Direction::Incoming,
-                    initiated: Initiated::Share,
-                    peer: peer.to_string(),
-                    institution: self
-                        .peer_facts(peer, grant.purpose)
-                        .ok()
-                        .and_then(|(f, _)| f)
-                        .map(|f| f.institution)
-                        .unwrap_or_default(),
-                    study_uid: grant.study_uid.clone(),
-                    purpose: grant.purpose,
-                    role: grant.role,
-                    requested_level: None,
-                    level: Some(grant.level),
-                    state: State::Granted,
-                    reasons: Vec::new(),
-                    request_id: None,
-                    grant: open.grant.clone(),
-                    receipt: Vec::new(),
-                    created: t,
-                    updated: t,
-                    expires: Some(grant.expires),
-                    objects: 0,
-                    bytes: 0,
-                    bytes_sent: 0,
-                    sessions: 0,
-                    error: None,
-                };
+                let mut rec = TransferRecord::new(
+                    id,
+                    Direction::Incoming,
+                    Initiated::Share,
+                    peer,
+                    &grant.study_uid,
+                    grant.purpose,
+                    grant.role,
+                );
+                rec.institution = self
+                    .peer_facts(peer, grant.purpose)
+                    .ok()
+                    .and_then(|(f, _)| f)
+                    .map(|f| f.institution)
+                    .unwrap_or_default();
+                rec.level = Some(grant.level);
+                rec.state = State::Granted;
+                rec.grant = open.grant.clone();
+                rec.expires = Some(grant.expires);
                 self.save(&mut rec).map_err(internal)?;
                 self.start_incoming(&id, &grant, &open.grant, &open.manifest, &manifest)
                     .map_err(internal)?;

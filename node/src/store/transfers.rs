@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -10,7 +10,6 @@ use super::{
     BLOBS, INSTANCES, InstanceRow, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, TRANSFER_CHUNKS,
     TRANSFER_DOCS, TRANSFERS, blob_io, cbor, instance_key,
 };
-use crate::fsutil;
 
 /// Kind of a transfer document: the signed manifest.
 pub(crate) const DOC_MANIFEST: u8 = 1;
@@ -237,31 +236,7 @@ impl super::Store {
                 study.short()
             )));
         }
-        // 1. Intent.
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
-        {
-            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
-            for o in &objects {
-                pending.insert(o.address, ()).map_err(|e| self.err(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e))?;
-        // 2. Files into place.
-        let mut dirs = BTreeSet::new();
-        for o in &objects {
-            let dest = self.blob_path(&o.address);
-            let dir = dest.parent().map_or_else(|| self.blobs.clone(), Path::to_path_buf);
-            if dirs.insert(dir.clone()) {
-                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
-            }
-            fs::rename(&o.file, &dest).map_err(|source| blob_io(&dest, source))?;
-        }
-        if self.fsync {
-            for dir in &dirs {
-                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
-            }
-        }
+        self.place_blobs(objects.iter().map(|o| (o.address, o.file.as_path())))?;
         // 3. Rows, replacing an earlier received copy, in one transaction.
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;

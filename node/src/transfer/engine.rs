@@ -52,7 +52,7 @@ async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<(
     s.write_all(body).await
 }
 
-async fn read_frame(s: &mut Stream, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
+async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; frame::HEADER];
     s.read_exact(&mut head).await?;
     let mut len = [0u8; 4];
@@ -303,7 +303,7 @@ impl Engine {
         };
         let body = wire::encode("open", &open).map_err(|e| SessionError::Io(io_other(e)))?;
         timed("open", write_frame(&mut s, frame::OPEN, &body)).await?;
-        let have = read_have(&mut s, plan.manifest.objects.len()).await?;
+        let have = timed_session("have", read_have(&mut s, plan.manifest.objects.len())).await?;
         Ok((s, have))
     }
 
@@ -639,11 +639,12 @@ async fn send_refuse(s: &mut Stream, r: &Refuse) {
     }
 }
 
-async fn read_have(s: &mut Stream, objects: usize) -> Result<Vec<u64>, SessionError> {
-    let (kind, body) = timed("have", read_frame(s, MAX_MESSAGE + objects * 10)).await?;
+async fn read_have<R: futures::AsyncRead + Unpin>(s: &mut R, objects: usize) -> Result<Vec<u64>, SessionError> {
+    let max = MAX_MESSAGE + objects * 10;
+    let (kind, body) = read_frame(s, max).await?;
     match kind {
         frame::HAVE => {
-            let have: Have = wire::decode("have", &body, MAX_MESSAGE + objects * 10).map_err(io_other)?;
+            let have: Have = wire::decode("have", &body, max).map_err(io_other)?;
             if have.chunks.len() != objects {
                 return Err(SessionError::Io(io_other("HAVE names another number of objects")));
             }
@@ -716,23 +717,7 @@ async fn send_stream(
 ) -> Result<Vec<u64>, SessionError> {
     let (mut rd, mut wr) = s.split();
     let objects = plan.manifest.objects.len();
-    let reply = async move {
-        let (kind, body) = read_frame_half(&mut rd, MAX_MESSAGE + objects * 10).await?;
-        match kind {
-            frame::HAVE => {
-                let have: Have = wire::decode("have", &body, MAX_MESSAGE + objects * 10).map_err(io_other)?;
-                if have.chunks.len() != objects {
-                    return Err(SessionError::Io(io_other("HAVE names another number of objects")));
-                }
-                Ok(have.chunks)
-            }
-            frame::REFUSE => {
-                let r: Refuse = wire::decode("refuse", &body, MAX_MESSAGE).map_err(io_other)?;
-                Err(SessionError::Refused(r))
-            }
-            other => Err(SessionError::Io(io_other(format!("unexpected frame type {other}")))),
-        }
-    };
+    let reply = async move { read_have(&mut rd, objects).await };
     let write = async {
         loop {
             let next = lock(queue).pop_front();
@@ -769,23 +754,6 @@ async fn send_stream(
     let have = timed_session("have", reply).await?;
     let _ = wr.close().await;
     Ok(have)
-}
-
-async fn read_frame_half<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> Result<(u8, Vec<u8>), SessionError> {
-    let mut head = [0u8; frame::HEADER];
-    s.read_exact(&mut head).await?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&head[..4]);
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > max {
-        return Err(SessionError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes (at most {max})"),
-        )));
-    }
-    let mut body = vec![0u8; len - 1];
-    s.read_exact(&mut body).await?;
-    Ok((head[4], body))
 }
 
 async fn timed_session<T>(
