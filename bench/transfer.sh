@@ -24,14 +24,19 @@
 # storescp, and of the private `sshd -D` (max of the listener, the connection
 # processes and sftp-server, over all runs); for medmesh VmHWM of both
 # `medmesh run` processes, reset after import and consent, read after the
-# transfer. Writes bench/out/transfer.md; paste it into BENCHMARKS.md.
+# transfer. CPU: user + system seconds of each side per run (GNU time %U+%S
+# for the clients and for sshd/storescp over all runs; /proc/PID/stat for
+# each medmesh node over the request). Writes bench/out/transfer.md; paste
+# it into BENCHMARKS.md.
 #
 # Needs: dcmtk, openssh-server, openssh-client, GNU time, perl
 #   (apt-get install dcmtk openssh-server openssh-client time).
 # Env: RUNS (3), TOOLS ("scp dcmtk medmesh"), SLICES (2000), DCMTK_PDU (16384),
 #   MM and GEN (medmesh and medmesh-testnet binaries; when unset they are built
 #   into ${CARGO_TARGET_DIR:-target}/release), BENCH_OUT (bench/out),
-#   BENCH_WORK (a new temp dir; removed at exit).
+#   BENCH_WORK (a new temp dir; removed at exit), PERF_OUT (when set, `perf
+#   record` samples each node during medmesh run 1 and the flat profiles are
+#   written to $PERF_OUT/{sender,receiver}.txt; needs linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
@@ -84,15 +89,17 @@ export MEDMESH_BIN="$MM"   # the medmesh that `medmesh-testnet up` runs
 fail() { echo "$*" >&2; exit 2; }
 # now_ms: wall clock in milliseconds
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-# timed NAME CMD...: run CMD; append "NAME seconds" to $WORK/times and
-# "NAME sender maxrss_kib" (GNU time %M) to $WORK/rss; stdout in $WORK/out
+# timed NAME CMD...: run CMD; append "NAME seconds" to $WORK/times,
+# "NAME sender maxrss_kib" (GNU time %M) to $WORK/rss and "NAME sender
+# cpu_seconds" (user + system, children included) to $WORK/cpu; stdout in $WORK/out
 timed() {
   local name=$1 t0 t1; shift
   t0=$(now_ms)
-  /usr/bin/time -f "%M" -o "$WORK/t" "$@" >"$WORK/out" 2>"$WORK/err" || { echo "$name failed:" >&2; cat "$WORK/err" >&2; exit 2; }
+  /usr/bin/time -f "%M %U %S" -o "$WORK/t" "$@" >"$WORK/out" 2>"$WORK/err" || { echo "$name failed:" >&2; cat "$WORK/err" >&2; exit 2; }
   t1=$(now_ms)
   awk -v n="$name" -v ms=$((t1 - t0)) 'BEGIN {printf "%s %.3f\n", n, ms/1000}' >> "$WORK/times"
-  echo "$name sender $(tail -1 "$WORK/t")" >> "$WORK/rss"
+  echo "$name sender $(tail -1 "$WORK/t" | cut -d' ' -f1)" >> "$WORK/rss"
+  echo "$name sender $(tail -1 "$WORK/t" | awk '{print $2 + $3}')" >> "$WORK/cpu"
   echo "  $name run $r: $(tail -1 "$WORK/times" | cut -d' ' -f2) s" >&2
 }
 # quiet CMD...: run CMD, showing its output only when it fails
@@ -135,7 +142,7 @@ wait_for() {
 }
 warm() { find "$study" -type f -print0 | xargs -0 cat > /dev/null; }
 
-: > "$WORK/times"; : > "$WORK/rss"
+: > "$WORK/times"; : > "$WORK/rss"; : > "$WORK/cpu"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 study="$WORK/study"
 "$GEN" gen-study --out "$study" --slices "$SLICES" --rows 512 --cols 512 --seed 7 --json > "$WORK/gen.json"
@@ -178,7 +185,7 @@ EOF
   # A root sshd needs its privilege separation directory (packaged sshd makes it at service start).
   if [ "$(id -u)" -eq 0 ] && [ ! -d /run/sshd ]; then mkdir -m 0755 /run/sshd; MADE_PRIVSEP=1; fi
   /usr/sbin/sshd -t -f "$S/sshd_config" || fail "sshd rejects $S/sshd_config"
-  /usr/bin/time -f "%M" -o "$S/sshd.rss" /usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/sshd.log" &
+  /usr/bin/time -f "%M %U %S" -o "$S/sshd.rss" /usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/sshd.log" &
   SSHD_TIME_PID=$!
   SSH_OPTS=(-F /dev/null -i "$S/id" -o IdentitiesOnly=yes -o BatchMode=yes
     -o UserKnownHostsFile="$S/known_hosts" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes
@@ -196,14 +203,16 @@ EOF
   sshd_pid=$(cat "$S/sshd.pid")
   wait_for 10 sh -c "! pgrep -P $sshd_pid" || true
   kill -TERM "$sshd_pid"; wait "$SSHD_TIME_PID" || true; SSHD_TIME_PID=""; rm -f "$S/sshd.pid"
-  echo "scp receiver $(tail -1 "$S/sshd.rss")" >> "$WORK/rss"
+  echo "scp receiver $(tail -1 "$S/sshd.rss" | cut -d' ' -f1)" >> "$WORK/rss"
+  # sshd's CPU over all runs (and one `ssh true` probe), per run
+  echo "scp receiver $(tail -1 "$S/sshd.rss" | awk -v r="$RUNS" '{print ($2 + $3) / r}')" >> "$WORK/cpu"
 fi
 
 # --- dcmtk storescu -> storescp ------------------------------------------------
 if want dcmtk; then
   DCM_PORT=$(free_port); rcv="$WORK/storescp"; mkdir "$rcv"
   read -r _ SRC_PIX SRC_MD5 < <(pixel_stats "$study"/*/*.dcm)
-  TCP_NODELAY=1 /usr/bin/time -f "%M" -o "$WORK/storescp.rss" \
+  TCP_NODELAY=1 /usr/bin/time -f "%M %U %S" -o "$WORK/storescp.rss" \
     storescp -od "$rcv" +B +xe -dhl -pdu "$DCMTK_PDU" "$DCM_PORT" 2>"$WORK/storescp.log" &
   STORESCP_TIME_PID=$!
   wait_for 10 echoscu -to 1 127.0.0.1 "$DCM_PORT" \
@@ -218,7 +227,9 @@ if want dcmtk; then
   done
   find "$rcv" -mindepth 1 -delete
   kill -TERM $(pgrep -P "$STORESCP_TIME_PID"); wait "$STORESCP_TIME_PID" || true; STORESCP_TIME_PID=""
-  echo "dcmtk receiver $(tail -1 "$WORK/storescp.rss")" >> "$WORK/rss"
+  echo "dcmtk receiver $(tail -1 "$WORK/storescp.rss" | cut -d' ' -f1)" >> "$WORK/rss"
+  # storescp's CPU over all runs (and the echoscu probes), per run
+  echo "dcmtk receiver $(tail -1 "$WORK/storescp.rss" | awk -v r="$RUNS" '{print ($2 + $3) / r}')" >> "$WORK/cpu"
 fi
 
 # --- medmesh: node-2 requests the study from node-1 ---------------------------
@@ -229,6 +240,9 @@ node_field() {
     print "$j->{data}{$f}\n" if $j->{type} eq "node" && $j->{data}{name} eq $n' "$1" "$2" "$WORK/up.jsonl"
 }
 vm_hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# cpu_ticks PID: user + system clock ticks of a process so far
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
 if want medmesh; then
   [ -x "$MM" ] || fail "no medmesh binary at $MM (set MM)"
   hwm_reset=1
@@ -253,7 +267,29 @@ if want medmesh; then
       --recipient-peer "$peer2" --level identifiable
     # The import ran in node-1: reset the high-water marks so they cover the transfer only.
     for p in "$pid1" "$pid2"; do { echo 5 > "/proc/$p/clear_refs"; } 2>/dev/null || hwm_reset=""; done
+    perf_pids=()
+    if [ -n "${PERF_OUT:-}" ] && [ "$r" -eq 1 ]; then
+      command -v perf >/dev/null || fail "PERF_OUT is set but perf is missing (apt-get install linux-perf)"
+      mkdir -p "$PERF_OUT"
+      for side in sender:$pid1 receiver:$pid2; do
+        perf record -q -F 997 -o "$PERF_OUT/${side%%:*}.data" -p "${side#*:}" 2>>"$WORK/perf.log" &
+        perf_pids+=($!)
+      done
+      sleep 0.5
+    fi
+    c1=$(cpu_ticks "$pid1"); c2=$(cpu_ticks "$pid2")
     timed medmesh "$MM" request --home "$home2" --peer "$peer1" --study "$STUDY_UID" --purpose treatment --wait --json
+    sed -i '$d' "$WORK/cpu"   # as for RSS: the nodes' CPU, not the CLI's
+    echo "medmesh sender $(( $(cpu_ticks "$pid1") - c1 )) $TICK" | awk '{print $1, $2, $3 / $4}' >> "$WORK/cpu"
+    echo "medmesh receiver $(( $(cpu_ticks "$pid2") - c2 )) $TICK" | awk '{print $1, $2, $3 / $4}' >> "$WORK/cpu"
+    if [ ${#perf_pids[@]} -gt 0 ]; then
+      kill -INT "${perf_pids[@]}"; wait "${perf_pids[@]}" || true
+      for side in sender receiver; do
+        perf report -q -i "$PERF_OUT/$side.data" --no-children --sort comm,dso,sym --percent-limit 0.5 \
+          > "$PERF_OUT/$side.txt" 2>>"$WORK/perf.log"
+      done
+      echo "  perf profiles in $PERF_OUT/{sender,receiver}.txt" >&2
+    fi
     sed -i '$d' "$WORK/rss"   # the CLI's own RSS is not a side of the transfer; VmHWM of the nodes is
     echo "medmesh sender $(vm_hwm "$pid1")" >> "$WORK/rss"
     echo "medmesh receiver $(vm_hwm "$pid2")" >> "$WORK/rss"
@@ -270,24 +306,26 @@ fi
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(uname -sr)"
   echo "Study: $NFILES CT files, $(awk -v b="$BYTES" 'BEGIN {printf "%.0f", b/1e6}') MB, over 127.0.0.1."
   echo "Load average: $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (anything else running skews the figures)."
-  echo "Runs: $RUNS per row, median; warm page cache on the sender; peak RSS is the largest of the runs."
+  echo "Runs: $RUNS per row, median; warm page cache on the sender; peak RSS is the largest of the runs; CPU s is user + system time per run (client: median of runs, children included; sshd and storescp: their total over all runs divided by the runs; medmesh: each node process over the request)."
   want scp && echo "scp: $(ssh -V 2>&1 | cut -d, -f1), -c chacha20-poly1305@openssh.com, SFTP protocol; receiver RSS is the private sshd -D (max of its processes and sftp-server)."
   want dcmtk && echo "dcmtk: $(storescu --version | awk 'NR==1 {print $2, $3}'), no TLS, TCP_NODELAY=1, max PDU $DCMTK_PDU, storescp +B."
   want medmesh && echo "medmesh: $("$MM" --version 2>/dev/null || echo "$MM"); 2 testnet nodes, fsync off; peak RSS is VmHWM of each node process over the transfer${hwm_reset:+ (reset after import)}."
   echo
-  echo "| tool | median s | MB/s | sender peak RSS MiB | receiver peak RSS MiB |"
-  echo "|---|---|---|---|---|"
+  echo "| tool | median s | MB/s | sender CPU s | receiver CPU s | sender peak RSS MiB | receiver peak RSS MiB |"
+  echo "|---|---|---|---|---|---|---|"
   for name in scp dcmtk medmesh; do
     want "$name" || continue
     secs=$(awk -v n="$name" '$1==n {print $2}' "$WORK/times" | median)
     snd=$(awk -v n="$name" '$1==n && $2=="sender" {print $3}' "$WORK/rss" | sort -n | tail -1)
     rcv=$(awk -v n="$name" '$1==n && $2=="receiver" {print $3}' "$WORK/rss" | sort -n | tail -1)
+    csnd=$(awk -v n="$name" '$1==n && $2=="sender" {print $3}' "$WORK/cpu" | median)
+    crcv=$(awk -v n="$name" '$1==n && $2=="receiver" {print $3}' "$WORK/cpu" | median)
     label=$(case $name in
       scp) echo 'scp -r (scp+ssh → sshd+sftp-server)';;
       dcmtk) echo 'dcmtk storescu → storescp (C-STORE)';;
       medmesh) echo '**medmesh request --wait** (node-1 → node-2)';; esac)
-    printf '| %s | %.2f | %.0f | %.0f | %.0f |\n' "$label" "$secs" \
-      "$(awk -v b="$BYTES" -v s="$secs" 'BEGIN {print (s>0 ? b/s/1e6 : 0)}')" \
+    printf '| %s | %.2f | %.0f | %.2f | %.2f | %.0f | %.0f |\n' "$label" "$secs" \
+      "$(awk -v b="$BYTES" -v s="$secs" 'BEGIN {print (s>0 ? b/s/1e6 : 0)}')" "${csnd:-0}" "${crcv:-0}" \
       "$(awk -v k="${snd:-0}" 'BEGIN {print k/1024}')" "$(awk -v k="${rcv:-0}" 'BEGIN {print k/1024}')"
   done
 } > "$OUT/transfer.md"

@@ -297,6 +297,12 @@ pub struct InstanceMeta {
     pub frames: u32,
     /// Notes from validation.
     pub notes: Vec<String>,
+    /// BLAKE3 of each 256 KiB piece of the original bytes (the transfer
+    /// chunk size), concatenated: computed at import so a transfer manifest
+    /// needs no second pass over the data. Empty in rows written before it
+    /// existed (a transfer then hashes the object).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_bytes")]
+    pub chunks: Vec<u8>,
 }
 
 /// A sealed object ready to be moved into the store.

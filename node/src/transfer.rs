@@ -947,7 +947,8 @@ impl Node {
                 s.instances += 1;
             }
         }
-        // Hash every object per chunk, checking it against its import hash.
+        // Per-chunk hashes recorded at import (objects imported before they
+        // were recorded are read and hashed now, against their import hash).
         let hashed = hash_objects(self, &study_key, &items, &idh)?;
         let index = StudyIndex {
             v: WIRE_VERSION,
@@ -967,13 +968,7 @@ impl Node {
                 chunks,
             });
         }
-        let mut index_chunks = Vec::new();
-        for c in index_bytes.chunks(CHUNK_SIZE as usize) {
-            index_chunks.extend_from_slice(blake3::hash(c).as_bytes());
-        }
-        if index_bytes.is_empty() {
-            index_chunks.extend_from_slice(blake3::hash(&[]).as_bytes());
-        }
+        let index_chunks = wire::chunk_hashes(&index_bytes);
         objects.push(ManifestObject {
             kind: ObjectKind::Index,
             size: index_bytes.len() as u64,
@@ -1715,8 +1710,10 @@ fn random32(id: &str) -> Result<[u8; 32], TransferError> {
     Ok(b)
 }
 
-/// Per-chunk hashes, size and whole hash of each object, read once and
-/// checked against the hash recorded at import. Two threads.
+/// Per-chunk hashes, size and whole hash of each object: those recorded at
+/// import, or (for objects imported before per-chunk hashes were recorded)
+/// read once and checked against the hash recorded at import. Up to four
+/// threads.
 #[allow(clippy::type_complexity)]
 fn hash_objects(
     node: &Node,
@@ -1733,8 +1730,16 @@ fn hash_objects(
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((address, _, meta)) = items.get(i) else { break };
-                    let r = hash_one(node, key, address, meta, idh);
+                    let Some((address, row, meta)) = items.get(i) else {
+                        break;
+                    };
+                    let chunks = row.size.div_ceil(u64::from(CHUNK_SIZE)).max(1);
+                    let r = match key32(&meta.blake3) {
+                        Some(whole) if meta.chunks.len() as u64 == chunks * 32 => {
+                            Ok((meta.chunks.clone(), row.size, whole))
+                        }
+                        _ => hash_one(node, key, address, meta, idh),
+                    };
                     let mut res = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Some(slot) = res.get_mut(i) {
                         *slot = Some(r);
@@ -1801,7 +1806,6 @@ pub struct ObjectWriter {
     hasher: blake3::Hasher,
     next: u64,
     unsynced: u64,
-    scratch: Zeroizing<Vec<u8>>,
     fsync: bool,
 }
 
@@ -1827,12 +1831,13 @@ pub struct ChunkError {
 }
 
 impl ObjectWriter {
-    /// Opens object `object` of an accepted transfer for writing from the
-    /// chunks already verified (re-reading them to resume the object hash).
+    /// Opens object `object` of an accepted transfer for writing after its
+    /// first `have` chunks, verified before (re-reading them to resume the
+    /// object hash).
     ///
     /// # Errors
     /// File errors; a stored prefix that no longer verifies starts over.
-    pub fn open(node: &Node, a: &Accepted, object: u32) -> Result<Self, TransferError> {
+    pub fn open(node: &Node, a: &Accepted, object: u32, have: u64) -> Result<Self, TransferError> {
         let idh = hex::encode(a.id);
         let o = a
             .manifest
@@ -1850,7 +1855,6 @@ impl ObjectWriter {
             .and_then(|()| crate::fsutil::create_private_dir(&dir))
             .map_err(|cause| io_err(&idh, &dir, cause))?;
         let path = dir.join(object.to_string());
-        let have = a.have.get(object as usize).copied().unwrap_or(0);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1868,7 +1872,6 @@ impl ObjectWriter {
             hasher: blake3::Hasher::new(),
             next: 0,
             unsynced: 0,
-            scratch: Zeroizing::new(vec![0u8; a.manifest.chunk_size as usize]),
             fsync: node.store().fsync(),
         };
         if w.resume(have).is_err() {
@@ -1944,7 +1947,15 @@ impl ObjectWriter {
     /// [`ChunkError`] for a chunk out of order, of the wrong length, failing
     /// its tag or its hash, or an object failing its hash at the end (which
     /// then starts over); file errors as `ChunkError` too.
-    pub fn write_chunk(&mut self, index: u64, sealed: &[u8], manifest: &Manifest) -> Result<u64, ChunkError> {
+    /// `scratch` holds the plaintext while it is checked (it grows to the
+    /// chunk's length; one buffer serves every object of a stream).
+    pub fn write_chunk(
+        &mut self,
+        index: u64,
+        sealed: &[u8],
+        manifest: &Manifest,
+        scratch: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<u64, ChunkError> {
         let object = self.object;
         let err = |reason: String| ChunkError {
             object,
@@ -1962,7 +1973,10 @@ impl ObjectWriter {
             return Err(err(format!("{} bytes, expected {}", sealed.len(), len + TAG_LEN)));
         }
         let (ct, tag) = sealed.split_at(len);
-        let plain = &mut self.scratch[..len];
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let plain = &mut scratch[..len];
         plain.copy_from_slice(ct);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(tag);

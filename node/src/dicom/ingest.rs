@@ -10,7 +10,7 @@
 //! streamed), and the channel to the committer holds only metadata.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -23,6 +23,7 @@ use crate::store::{
     InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta, StudyRef,
     StudyRow, StudyUpdate,
 };
+use crate::transfer::wire::{CHUNK_SIZE, chunk_hashes};
 
 /// Errors that stop an import as a whole (a bad file never does).
 #[derive(Debug, thiserror::Error)]
@@ -267,8 +268,8 @@ impl Shared<'_> {
         let study = self.store.study_ref(&info.study_uid);
         // Objects are keyed by content: the same file again is "already
         // stored"; another encoding of the same SOP instance is a new object.
-        let content_hash = match &parsed.bytes {
-            Some(b) => blake3::hash(b),
+        let (content_hash, chunks) = match &parsed.bytes {
+            Some(b) => (blake3::hash(b), chunk_hashes(b)),
             None => match hash_file(&job.path) {
                 Ok(h) => h,
                 Err(e) => return reject(DicomError::Io(e).to_string()),
@@ -327,6 +328,7 @@ impl Shared<'_> {
             part10: info.part10,
             frames: info.frames,
             notes: info.notes.clone(),
+            chunks,
         };
         let sealed_meta = match self.store.seal_instance_meta(&study, &address, &key, &meta) {
             Ok(m) => m,
@@ -355,10 +357,32 @@ impl Shared<'_> {
     }
 }
 
-fn hash_file(path: &Path) -> std::io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize())
+/// The BLAKE3 of a file and of each of its transfer-chunk-sized pieces
+/// (see [`chunk_hashes`]), in one read.
+fn hash_file(path: &Path) -> std::io::Result<(blake3::Hash, Vec<u8>)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n > 0 || chunks.is_empty() {
+            whole.update(&buf[..n]);
+            chunks.extend_from_slice(blake3::hash(&buf[..n]).as_bytes());
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok((whole.finalize(), chunks))
 }
 
 /// One batch being gathered by the committer.
@@ -581,4 +605,27 @@ fn commit(
         progress(ImportEvent::File(outcome));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The per-chunk hashes import records for a file read from disk are
+    /// those of the same bytes in memory, at every boundary case.
+    #[test]
+    fn file_and_memory_chunk_hashes_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = CHUNK_SIZE as usize;
+        for len in [0, 1, cs - 1, cs, cs + 1, 2 * cs, 2 * cs + 17] {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &data).unwrap();
+            let (whole, chunks) = hash_file(&path).unwrap();
+            assert_eq!(whole, blake3::hash(&data), "{len}");
+            assert_eq!(chunks, chunk_hashes(&data), "{len}");
+            assert_eq!(chunks.len(), 32 * len.div_ceil(cs).max(1), "{len}");
+        }
+    }
 }

@@ -175,6 +175,19 @@ impl super::Store {
         Ok(out)
     }
 
+    /// Chunks of `object` received and verified so far (0 when none).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn chunk_done(&self, id: &[u8; 16], object: u32) -> Result<u64, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = read.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
+        Ok(table
+            .get(chunk_key(id, object))
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value()))
+    }
+
     /// Records that the first `count` chunks of `object` are received and
     /// verified (the caller made the file durable first).
     ///

@@ -22,6 +22,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use medmesh_seal::{Header, OpenReader, Sealer, TAG_LEN};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use zeroize::Zeroizing;
 
 use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
 use super::{Accepted, Direction, ObjectWriter, SendPlan, Source, State, TransferId};
@@ -349,7 +350,7 @@ impl Engine {
                 Arc::clone(&self.node),
             );
             tasks.push(tokio::spawn(async move {
-                send_stream(stream, &plan, &queue, &sent, &rate, &node).await
+                send_stream(stream, session, &plan, &queue, &sent, &rate, &node).await
             }));
         }
         let mut last = have;
@@ -506,6 +507,7 @@ impl Engine {
     /// The blocking side of a receiving stream.
     fn write_worker(&self, a: &Accepted, mut rx: mpsc::Receiver<Work>, failed: &AtomicBool) {
         let mut writers: HashMap<u32, ObjectWriter> = HashMap::new();
+        let mut scratch = Zeroizing::new(Vec::new());
         let idh = hex::encode(a.id);
         let release = |writers: &mut HashMap<u32, ObjectWriter>| {
             for (obj, mut w) in writers.drain() {
@@ -523,7 +525,7 @@ impl Engine {
                     if failed.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if let Err(e) = self.take_chunk(a, &mut writers, &body) {
+                    if let Err(e) = self.take_chunk(a, &mut writers, &body, &mut scratch) {
                         tracing::warn!(transfer = %idh, "refused a chunk: {e}");
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -545,7 +547,13 @@ impl Engine {
         release(&mut writers);
     }
 
-    fn take_chunk(&self, a: &Accepted, writers: &mut HashMap<u32, ObjectWriter>, body: &[u8]) -> Result<(), String> {
+    fn take_chunk(
+        &self,
+        a: &Accepted,
+        writers: &mut HashMap<u32, ObjectWriter>,
+        body: &[u8],
+        scratch: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<(), String> {
         if body.len() < frame::CHUNK_PREFIX {
             return Err("short chunk frame".into());
         }
@@ -575,21 +583,9 @@ impl Engine {
             if !lock(&self.busy).entry(a.id).or_default().insert(object) {
                 return Err(format!("object {object} is being received on another stream"));
             }
-            let mut a_now = Accepted {
-                id: a.id,
-                manifest: a.manifest.clone(),
-                key: a.key.clone(),
-                have: a.have.clone(),
-            };
             // What is durable now, not what was when the stream opened.
-            if let Ok(done) = self.node.store().chunks_done(&a.id) {
-                for (obj, n) in done {
-                    if let Some(h) = a_now.have.get_mut(obj as usize) {
-                        *h = n;
-                    }
-                }
-            }
-            match ObjectWriter::open(&self.node, &a_now, object) {
+            let have = self.node.store().chunk_done(&a.id, object).map_err(|e| e.to_string())?;
+            match ObjectWriter::open(&self.node, a, object, have) {
                 Ok(w) => {
                     writers.insert(object, w);
                 }
@@ -605,7 +601,7 @@ impl Engine {
             .get_mut(&object)
             .ok_or_else(|| format!("object {object}: no writer"))?;
         let added = w
-            .write_chunk(chunk, &body[frame::CHUNK_PREFIX..], &a.manifest)
+            .write_chunk(chunk, &body[frame::CHUNK_PREFIX..], &a.manifest, scratch)
             .map_err(|e| e.to_string())?;
         let complete = w.is_complete();
         w.checkpoint(&self.node, complete)?;
@@ -709,6 +705,7 @@ impl Rate {
 /// accept) ends the stream at once; the next session sends the rest.
 async fn send_stream(
     s: Stream,
+    session: u64,
     plan: &Arc<SendPlan>,
     queue: &Mutex<VecDeque<(u32, u64)>>,
     sent: &AtomicU64,
@@ -724,7 +721,7 @@ async fn send_stream(
             let Some((object, from)) = next else { break };
             let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
             let p = Arc::clone(plan);
-            let producer = tokio::task::spawn_blocking(move || produce(&p, object, from, &tx));
+            let producer = tokio::task::spawn_blocking(move || produce(&p, session, object, from, &tx));
             while let Some(item) = rx.recv().await {
                 let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
                 timed("chunk", wr.write_all(&f)).await?;
@@ -771,14 +768,15 @@ async fn timed_session<T>(
 
 /// Reads, checks and seals the chunks of one object from chunk `from` on,
 /// as ready-to-send frames.
-fn produce(plan: &SendPlan, object: u32, from: u64, tx: &mpsc::Sender<Result<Vec<u8>, String>>) {
-    if let Err(e) = produce_inner(plan, object, from, tx) {
+fn produce(plan: &SendPlan, session: u64, object: u32, from: u64, tx: &mpsc::Sender<Result<Vec<u8>, String>>) {
+    if let Err(e) = produce_inner(plan, session, object, from, tx) {
         let _ = tx.blocking_send(Err(e));
     }
 }
 
 fn produce_inner(
     plan: &SendPlan,
+    session: u64,
     object: u32,
     from: u64,
     tx: &mpsc::Sender<Result<Vec<u8>, String>>,
@@ -837,7 +835,9 @@ fn produce_inner(
         let tag = sealer.seal_chunk_at(index, plain).map_err(|e| e.to_string())?;
         f[start + len..].copy_from_slice(&tag);
         #[cfg(feature = "fault-injection")]
-        fault::apply(plan, object, index, &mut f[start..]);
+        fault::apply(plan, session, object, index, &mut f[start..]);
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = session;
         if tx.blocking_send(Ok(f)).is_err() {
             return Ok(());
         }
@@ -848,48 +848,52 @@ fn produce_inner(
 /// Fault injection for tests (cargo feature `fault-injection`, never in
 /// release builds): `MEDMESH_FAULT=corrupt:OBJECT:CHUNK` flips a byte of that
 /// sealed chunk on the wire, `foreign:OBJECT:CHUNK` replaces it with the
-/// same chunk sealed under another transfer's key; several, comma-separated;
-/// each only the first time the chunk is sent by this process.
+/// same chunk sealed under another transfer's key; several, comma-separated,
+/// fire one after the other: each once, the first time its chunk is sent in
+/// a session later than the one where the spec before it fired (a session
+/// cut short by a refusal may never have shown the recipient the chunks
+/// behind the refused one, so two faults never share a session).
 #[cfg(feature = "fault-injection")]
 mod fault {
-    use std::collections::HashSet;
     use std::sync::Mutex;
 
-    static USED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    /// The session each spec fired in, in the order of the specs.
+    static FIRED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
-    pub(super) fn apply(plan: &super::SendPlan, object: u32, index: u64, sealed: &mut [u8]) {
+    pub(super) fn apply(plan: &super::SendPlan, session: u64, object: u32, index: u64, sealed: &mut [u8]) {
         let Ok(specs) = std::env::var("MEDMESH_FAULT") else {
             return;
         };
-        for spec in specs.split(',') {
-            let mut parts = spec.trim().split(':');
-            let (Some(kind), Some(o), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
-            };
-            if o.parse::<u32>().ok() != Some(object) || c.parse::<u64>().ok() != Some(index) {
-                continue;
-            }
-            {
-                let mut used = USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if !used.get_or_insert_with(HashSet::new).insert(spec.trim().to_string()) {
-                    continue;
+        let mut fired = FIRED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(spec) = specs.split(',').nth(fired.len()) else {
+            return;
+        };
+        if fired.last() == Some(&session) {
+            return;
+        }
+        let mut parts = spec.trim().split(':');
+        let (Some(kind), Some(o), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        if o.parse::<u32>().ok() != Some(object) || c.parse::<u64>().ok() != Some(index) {
+            return;
+        }
+        fired.push(session);
+        drop(fired);
+        tracing::warn!(
+            object,
+            chunk = index,
+            kind,
+            "fault injection: altering a chunk on the wire"
+        );
+        match kind {
+            "corrupt" => {
+                if let Some(b) = sealed.get_mut(7) {
+                    *b ^= 0x40;
                 }
             }
-            tracing::warn!(
-                object,
-                chunk = index,
-                kind,
-                "fault injection: altering a chunk on the wire"
-            );
-            match kind {
-                "corrupt" => {
-                    if let Some(b) = sealed.get_mut(7) {
-                        *b ^= 0x40;
-                    }
-                }
-                "foreign" => foreign(plan, object, index, sealed),
-                _ => {}
-            }
+            "foreign" => foreign(plan, object, index, sealed),
+            _ => {}
         }
     }
 

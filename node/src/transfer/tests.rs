@@ -260,7 +260,8 @@ fn chunks_are_verified_before_they_are_written() {
         c.extend_from_slice(&tag);
         c
     };
-    let mut writer = ObjectWriter::open(&w.recipient, &accepted, 0).unwrap();
+    let mut writer = ObjectWriter::open(&w.recipient, &accepted, 0, 0).unwrap();
+    let mut scratch = zeroize::Zeroizing::new(Vec::new());
     let good = seal(&plan.key, 0);
     let cases: Vec<(&str, Vec<u8>, u64)> = vec![
         (
@@ -278,7 +279,7 @@ fn chunks_are_verified_before_they_are_written() {
     ];
     for (what, chunk, index) in cases {
         let before = std::fs::metadata(&writer.path).unwrap().len();
-        let err = writer.write_chunk(index, &chunk, m).unwrap_err();
+        let err = writer.write_chunk(index, &chunk, m, &mut scratch).unwrap_err();
         assert_eq!(err.chunk, index, "{what}");
         assert_eq!(
             std::fs::metadata(&writer.path).unwrap().len(),
@@ -290,21 +291,13 @@ fn chunks_are_verified_before_they_are_written() {
     // The genuine chunks go in, and the object verifies at its end.
     let n = header.chunk_count();
     for i in 0..n {
-        writer.write_chunk(i, &seal(&plan.key, i), m).unwrap();
+        writer.write_chunk(i, &seal(&plan.key, i), m, &mut scratch).unwrap();
     }
     assert!(writer.is_complete());
     writer.checkpoint(&w.recipient, true).unwrap();
     assert_eq!(w.recipient.store().chunks_done(&id).unwrap(), vec![(0, n)]);
     // A new writer resumes after the recorded chunks (re-reading them).
-    let resumed = ObjectWriter::open(
-        &w.recipient,
-        &Accepted {
-            have: vec![n, 0],
-            ..accepted
-        },
-        0,
-    )
-    .unwrap();
+    let resumed = ObjectWriter::open(&w.recipient, &accepted, 0, n).unwrap();
     assert_eq!(resumed.next(), n);
 }
 
@@ -345,4 +338,62 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
             .iter()
             .any(|x| x.code != "not-available" && x.code != "purpose-not-trusted")
     }));
+}
+
+#[test]
+fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objects() {
+    let w = world();
+    let (id, _) = granted(&w.holder, &w.recipient);
+    let plan = w.holder.send_plan(&id).unwrap();
+    let bytes = std::fs::read(corpus(CT)).unwrap();
+    let dicom = &plan.manifest.objects[0];
+    assert_eq!(dicom.blake3, blake3::hash(&bytes).as_bytes().to_vec());
+    assert_eq!(dicom.chunks, wire::chunk_hashes(&bytes));
+    // An object imported before per-chunk hashes were recorded is read and
+    // hashed, with the same result.
+    let store = w.holder.store();
+    let study = store.study_ref(STUDY);
+    let row = store.study_row(&study).unwrap().unwrap();
+    let key = store.unwrap_study_key(&study, &row).unwrap();
+    let items: Vec<_> = store
+        .instances(&study)
+        .unwrap()
+        .into_iter()
+        .map(|(address, irow)| {
+            let m = store.open_instance_meta(&study, &address, &key, &irow).unwrap();
+            (address, irow, m)
+        })
+        .collect();
+    let recorded = hash_objects(&w.holder, &key, &items, "t").unwrap();
+    let older: Vec<_> = items
+        .iter()
+        .cloned()
+        .map(|(a, r, m)| {
+            (
+                a,
+                r,
+                InstanceMeta {
+                    chunks: Vec::new(),
+                    ..m
+                },
+            )
+        })
+        .collect();
+    assert_eq!(hash_objects(&w.holder, &key, &older, "t").unwrap(), recorded);
+    assert_eq!(recorded[0].0, wire::chunk_hashes(&bytes));
+    // A recorded object hash that the data does not match fails when hashed.
+    let wrong: Vec<_> = older
+        .into_iter()
+        .map(|(a, r, m)| {
+            (
+                a,
+                r,
+                InstanceMeta {
+                    blake3: vec![0; 32],
+                    ..m
+                },
+            )
+        })
+        .collect();
+    assert!(hash_objects(&w.holder, &key, &wrong, "t").is_err());
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::wire::{
     self, Answer, AnswerBody, CHUNK_SIZE, GRANT_DOMAIN, Grant, Have, KEY_CONTEXT, MANIFEST_DOMAIN, MAX_MANIFEST,
     MAX_MESSAGE, Manifest, ManifestObject, Msg, MsgBody, ObjectKind, Open, RECEIPT_DOMAIN, ROOT_CONTEXT, Receipt,
-    Refuse, StudyIndex, WIRE_VERSION, frame,
+    Refuse, StudyIndex, WIRE_VERSION, chunk_hashes, frame,
 };
 use crate::dicom::StudyAttributes;
 use crate::home::consent::Reason;
@@ -113,21 +113,10 @@ fn study_index(objects: &[Vec<u8>]) -> StudyIndex {
                 part10: true,
                 frames: 1,
                 notes: Vec::new(),
+                chunks: chunk_hashes(o),
             })
             .collect(),
     }
-}
-
-/// BLAKE3 of each `CHUNK_SIZE` chunk (one empty chunk for an empty object).
-fn chunk_hashes(plain: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in plain.chunks(CHUNK_SIZE as usize) {
-        out.extend_from_slice(blake3::hash(c).as_bytes());
-    }
-    if plain.is_empty() {
-        out.extend_from_slice(blake3::hash(&[]).as_bytes());
-    }
-    out
 }
 
 fn header(i: usize, plain: &[u8]) -> Header {

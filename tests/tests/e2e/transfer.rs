@@ -18,10 +18,16 @@ fn s(p: &Path) -> &str {
 /// A two-node consortium network (node-1 in DE holds, node-2 in FR
 /// receives), with `edit` applied to node-1's config before start.
 fn network(dir: &Path, edit: impl Fn(&str) -> String) -> Cluster {
+    network_with(dir, edit, |_| {})
+}
+
+/// As [`network`], with `prepare` applied to the cluster before start.
+fn network_with(dir: &Path, edit: impl Fn(&str) -> String, prepare: impl FnOnce(&mut Cluster)) -> Cluster {
     let mut net = Cluster::create(dir, 2).expect("create");
     let cfg = net.nodes[0].home.join("config.toml");
     let text = std::fs::read_to_string(&cfg).expect("config");
     std::fs::write(&cfg, edit(&text)).expect("config");
+    prepare(&mut net);
     net.start().expect("start");
     net.wait_mesh(Duration::from_secs(60)).expect("mesh");
     net
@@ -339,12 +345,16 @@ fn receiver_killed_half_way_resumes_and_the_holder_resends_little() {
 #[test]
 fn altered_and_foreign_chunks_are_refused_never_written_and_fetched_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut net = Cluster::create(dir.path(), 2).expect("create");
-    net.nodes[0]
-        .env
-        .push(("MEDMESH_FAULT".into(), "corrupt:1:0,foreign:2:1".into()));
-    net.start().expect("start");
-    net.wait_mesh(Duration::from_secs(60)).expect("mesh");
+    // One stream, so the two faults meet the recipient in two sessions, in order.
+    let one_stream = |c: &str| {
+        assert!(c.contains("streams = 3"), "{c}");
+        c.replace("streams = 3", "streams = 1")
+    };
+    let mut net = network_with(dir.path(), one_stream, |net| {
+        net.nodes[0]
+            .env
+            .push(("MEDMESH_FAULT".into(), "corrupt:1:0,foreign:2:1".into()));
+    });
     let (holder, recipient) = (net.nodes[0].home.clone(), net.nodes[1].home.clone());
     let (holder_peer, recipient_peer) = (net.nodes[0].peer_id.clone(), net.nodes[1].peer_id.clone());
     let study = import_study(&holder, dir.path(), 15, 5, 512);
