@@ -22,9 +22,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use medmesh_node::consent_schema::DeidLevel;
+use medmesh_node::deid::DeidOption;
 use medmesh_node::dicom::export::ExportOutcome;
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent};
 use medmesh_node::home::Node;
+use medmesh_node::home::deid::{DeidEvent, DeidOutcome};
 use medmesh_node::keystore::Passphrase;
 
 use crate::output::{Out, human_bytes};
@@ -341,6 +344,63 @@ enum StudyCommand {
         #[arg(long)]
         force: bool,
     },
+    /// De-identify DICOM files and folders (recursively) outside any
+    /// transfer, e.g. for a research export: the PS3.15 Annex E Basic
+    /// Application Level Confidentiality Profile with the options of the
+    /// config's [deid] section and --option. Output files go to
+    /// OUT/<new study UID>/<new SOP instance UID>.dcm. Objects that may show
+    /// identifiers in their pixels (Burned In Annotation YES; US, XC, ES, OT
+    /// or secondary capture without it) are refused, naming the file and the
+    /// reason, unless a [[deid.mask]] rule covers them. Exit code 1 when any
+    /// file was refused or failed.
+    Deid {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Files and folders to de-identify.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Output folder (created if needed; existing files are never overwritten).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// `pseudonymised`: the patient becomes this site's keyed pseudonym,
+        /// recorded in the encrypted re-link map (`study relink`);
+        /// `anonymised`: keys fresh for this run, nothing kept.
+        #[arg(long, value_parser = parse_deid_level)]
+        level: DeidLevel,
+        /// A profile option on top of the configured ones (repeatable):
+        /// retain-safe-private, retain-uids, retain-device-identity,
+        /// retain-institution-identity, retain-patient-characteristics,
+        /// retain-long-full-dates, retain-long-modified-dates,
+        /// clean-descriptors, clean-structured-content, clean-graphics.
+        #[arg(long = "option", value_name = "OPTION", value_parser = parse_deid_option)]
+        options: Vec<DeidOption>,
+    },
+    /// Show what a pseudonym made by this node's pseudonymised exports or
+    /// transfers stands for (patient ID, issuer, name, original study UIDs).
+    /// Holder only; every call is logged.
+    Relink {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// The pseudonym (PSN-...).
+        pseudonym: String,
+    },
+}
+
+fn parse_deid_level(s: &str) -> Result<DeidLevel, String> {
+    match s {
+        "pseudonymised" => Ok(DeidLevel::Pseudonymised),
+        "anonymised" => Ok(DeidLevel::Anonymised),
+        _ => Err(format!("{s:?}: the level is pseudonymised or anonymised")),
+    }
+}
+
+fn parse_deid_option(s: &str) -> Result<DeidOption, String> {
+    DeidOption::from_name(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not an option; one of: {}",
+            DeidOption::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -652,6 +712,86 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                     ]);
                 }
                 table.render()
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StudyCommand::Deid {
+            home,
+            paths,
+            out: dir,
+            level,
+            options,
+        } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let bar = out.progress_bar();
+            let summary = node
+                .deid(&paths, &dir, level, &options, |event| match event {
+                    DeidEvent::Started { files, bytes } => bar.start(files, bytes),
+                    DeidEvent::File(outcome) => {
+                        let path = match outcome {
+                            DeidOutcome::Written { path, .. }
+                            | DeidOutcome::Refused { path, .. }
+                            | DeidOutcome::Failed { path, .. } => path,
+                        };
+                        bar.advance(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+                        if out.json {
+                            out.line("file", outcome);
+                        } else {
+                            match outcome {
+                                DeidOutcome::Refused { path, reason } => {
+                                    bar.println(&format!("refused  {}: {reason}", path.display()));
+                                }
+                                DeidOutcome::Failed { path, reason } => {
+                                    bar.println(&format!("failed   {}: {reason}", path.display()));
+                                }
+                                DeidOutcome::Written { .. } => {}
+                            }
+                        }
+                    }
+                })
+                .context("de-identifying")?;
+            bar.finish();
+            out.emit("deid-summary", &summary, || {
+                format!(
+                    "files {}: written {}, refused {}, failed {} ({} level{}{})\npatients {}{}, {} in, {} out, to {}\n",
+                    summary.files,
+                    summary.written,
+                    summary.refused,
+                    summary.failed,
+                    summary.level,
+                    if summary.options.is_empty() { "" } else { "; options " },
+                    summary.options.iter().map(|o| o.name()).collect::<Vec<_>>().join(", "),
+                    summary.patients,
+                    if summary.relinkable > 0 {
+                        format!(" ({} in the re-link map)", summary.relinkable)
+                    } else {
+                        String::new()
+                    },
+                    human_bytes(summary.bytes_in),
+                    human_bytes(summary.bytes_out),
+                    summary.out.display()
+                )
+            })?;
+            Ok(if summary.refused > 0 || summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        StudyCommand::Relink { home, pseudonym } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let v = node.relink(&pseudonym).context("re-linking")?;
+            out.emit("relink", &v, || {
+                let mut s = format!(
+                    "pseudonym     {}\npatient id    {}\nissuer        {}\npatient name  {}\n",
+                    v.pseudonym, v.patient_id, v.issuer, v.patient_name
+                );
+                for (new, old) in &v.studies {
+                    s.push_str(&format!("study         {new} = {old}\n"));
+                }
+                s
             })?;
             Ok(ExitCode::SUCCESS)
         }

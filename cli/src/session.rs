@@ -8,14 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DenyRequest, ExportRequest,
-    IdRequest, ImportRequest, JoinRequest, Line, ListRequest, ShowRequest, Status, TransferAsk, Unblocked,
-    WithdrawRequest,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, RelinkRequest, ShowRequest, Status,
+    TransferAsk, Unblocked, WithdrawRequest,
 };
-use medmesh_node::consent_schema::Purpose;
+use medmesh_node::consent_schema::{DeidLevel, Purpose};
+use medmesh_node::deid::DeidOption;
 use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
+use medmesh_node::home::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
@@ -139,6 +141,63 @@ impl Session {
                 )?;
                 summary.context("the node ended the import without a summary")
             }
+        }
+    }
+
+    pub fn deid(
+        &self,
+        paths: &[PathBuf],
+        out: &Path,
+        level: DeidLevel,
+        options: &[DeidOption],
+        mut progress: impl FnMut(DeidEvent<'_>),
+    ) -> Result<DeidSummary> {
+        match self {
+            Self::Local(node) => Ok(node.deid(paths, out, level, options, progress)?),
+            Self::Remote { client, rt } => {
+                let mut abs = Vec::new();
+                for p in paths {
+                    abs.push(std::path::absolute(p).with_context(|| format!("{}", p.display()))?);
+                }
+                let req = DeidRequest {
+                    paths: abs,
+                    out: std::path::absolute(out).with_context(|| format!("{}", out.display()))?,
+                    level,
+                    options: options.to_vec(),
+                };
+                let mut summary = None;
+                rt.block_on(client.post_lines("/studies/deid", &req, |line| {
+                    match line.kind.as_str() {
+                        "started" => {
+                            let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            progress(DeidEvent::Started { files, bytes });
+                        }
+                        "file" => {
+                            let outcome: DeidOutcome = decode(line)?;
+                            progress(DeidEvent::File(&outcome));
+                        }
+                        "deid-summary" => summary = Some(decode::<DeidSummary>(line)?),
+                        _ => {}
+                    }
+                    Ok(())
+                }))?;
+                summary.context("the node ended de-identification without a summary")
+            }
+        }
+    }
+
+    pub fn relink(&self, pseudonym: &str) -> Result<RelinkView> {
+        match self {
+            Self::Local(node) => Ok(node.relink(pseudonym)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/studies/relink",
+                &RelinkRequest {
+                    pseudonym: pseudonym.into(),
+                },
+            ),
         }
     }
 

@@ -103,6 +103,26 @@ pub struct ExportRequest {
     pub force: bool,
 }
 
+/// `POST /v1/studies/deid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeidRequest {
+    /// Absolute paths of files and folders.
+    pub paths: Vec<PathBuf>,
+    /// Absolute output folder.
+    pub out: PathBuf,
+    /// `pseudonymised` or `anonymised`.
+    pub level: consent_schema::DeidLevel,
+    /// Options on top of the configured ones.
+    pub options: Vec<crate::deid::DeidOption>,
+}
+
+/// `POST /v1/studies/relink`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelinkRequest {
+    /// The pseudonym to resolve.
+    pub pseudonym: String,
+}
+
 /// `POST /v1/store/check`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckRequest {

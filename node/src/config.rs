@@ -100,6 +100,32 @@ max_rate_mb_s = 0
 # Seconds between attempts to reach a peer again for an unfinished transfer
 # (a transfer resumes by itself after a dropped connection or a restart).
 retry_secs = 2
+
+[deid]
+# De-identification (PS3.15 Annex E, Basic Application Level Confidentiality
+# Profile). Options applied to every de-identified transfer and by default to
+# `medmesh study deid`: any of "retain-safe-private", "retain-uids"
+# (pseudonymised only), "retain-device-identity",
+# "retain-institution-identity", "retain-patient-characteristics",
+# "retain-long-full-dates", "retain-long-modified-dates" (dates shifted by a
+# keyed per-patient number of days), "clean-descriptors",
+# "clean-structured-content", "clean-graphics".
+options = []
+# Pixel-masking rules. An object with Burned In Annotation (0028,0301) YES, or
+# of a kind that often shows text in its pixels (US, XC, ES, OT, secondary
+# capture) without that attribute, is not de-identified unless a rule covers
+# it: the first rule whose modality ("*" for any), manufacturer (contained,
+# any case), rows and columns match blanks its rectangles ([x, y, width,
+# height] from the top left, in every frame of uncompressed pixel data).
+# A rule with `rects = []` declares that kind of image free of burned-in text.
+# No rules: `mask = []`. To add rules, replace that line with tables such as
+#   [[deid.mask]]
+#   modality = "US"
+#   manufacturer = "Acme"
+#   rows = 600
+#   columns = 800
+#   rects = [[0, 0, 800, 48]]
+mask = []
 "#;
 
 /// Errors of loading the configuration.
@@ -153,6 +179,9 @@ pub struct Config {
     /// Transfer settings.
     #[serde(default)]
     pub transfer: TransferConfig,
+    /// De-identification settings.
+    #[serde(default)]
+    pub deid: DeidConfig,
 }
 
 fn default_version() -> u32 {
@@ -167,6 +196,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             policy: PolicyConfig::default(),
             transfer: TransferConfig::default(),
+            deid: DeidConfig::default(),
         }
     }
 }
@@ -244,6 +274,16 @@ impl Default for TransferConfig {
             retry_secs: 2,
         }
     }
+}
+
+/// De-identification settings (`[deid]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeidConfig {
+    /// Options of the profile applied to de-identified transfers and exports.
+    pub options: Vec<crate::deid::DeidOption>,
+    /// Pixel-masking rules for objects with burned-in identifiers.
+    pub mask: Vec<crate::deid::MaskRule>,
 }
 
 /// The default port, TCP and UDP (QUIC).
@@ -410,6 +450,29 @@ impl Config {
         }
         if !(1..=86400).contains(&n.maintenance_secs) {
             return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
+        }
+        let d = &self.deid;
+        if d.options.contains(&crate::deid::DeidOption::RetainLongFullDates)
+            && d.options.contains(&crate::deid::DeidOption::RetainLongModifiedDates)
+        {
+            return Err(value(
+                "deid.options",
+                "retain-long-full-dates and retain-long-modified-dates exclude each other".into(),
+            ));
+        }
+        for (i, m) in d.mask.iter().enumerate() {
+            if m.modality.trim().is_empty() {
+                return Err(value(
+                    "deid.mask",
+                    format!("rule {}: modality is empty (\"*\" for any)", i + 1),
+                ));
+            }
+            if m.rects.iter().any(|r| r[2] == 0 || r[3] == 0) {
+                return Err(value(
+                    "deid.mask",
+                    format!("rule {}: a rectangle has no width or height", i + 1),
+                ));
+            }
         }
         let t = &self.transfer;
         if !(1..=16).contains(&t.streams) {

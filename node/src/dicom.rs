@@ -259,6 +259,27 @@ fn layout(head: &[u8]) -> Result<Layout, DicomError> {
     ))
 }
 
+/// Parses the part of a Part 10 file before its Pixel Data (see
+/// [`pixel_span`]). Returns the data set and its transfer syntax UID.
+///
+/// # Errors
+/// [`DicomError::Malformed`] for bytes that do not parse.
+pub fn parse_before_pixels(bytes: &[u8], span: &PixelSpan) -> Result<(InMemDicomObject, String), DicomError> {
+    let p = parse_part10_reader(&bytes[span.skip..span.start], None)?;
+    Ok((p.obj, p.transfer_syntax))
+}
+
+/// Parses a whole object in memory (pixel data included), as import reads
+/// it: a Part 10 file (with or without preamble) or a bare data set. Returns
+/// the data set and its transfer syntax UID.
+///
+/// # Errors
+/// [`DicomError::Malformed`] for bytes that do not parse.
+pub fn parse_whole(bytes: &[u8]) -> Result<(InMemDicomObject, String), DicomError> {
+    let p = parse_bytes(bytes)?;
+    Ok((p.obj, p.transfer_syntax))
+}
+
 fn parse_bytes(bytes: &[u8]) -> Result<ParsedDataset, DicomError> {
     let layout = layout(bytes)?;
     let meta_start = match layout {
@@ -681,10 +702,75 @@ fn prescan(bytes: &[u8], start: usize, total: u64, ts: &str) -> Result<Option<us
         total,
         mode,
         pixel_end: None,
+        pixel_start: None,
         whole,
     };
     w.elements(None, 0)?;
     Ok(w.pixel_end)
+}
+
+/// Where the top-level Pixel Data element of a Part 10 file is, when it is
+/// the last element (only zero padding after it) and the data set is not
+/// deflated: the data set's transfer syntax, the file offset after the
+/// preamble (where the "DICM" magic starts), and the element's byte range
+/// (header included). A de-identifier can then parse and rewrite what comes
+/// before it and copy the pixel data element as it is.
+#[must_use]
+pub fn pixel_span(bytes: &[u8]) -> Option<PixelSpan> {
+    let skip = match layout(bytes).ok()? {
+        Layout::Preamble => 128,
+        Layout::MagicOnly => 0,
+        Layout::MetaOnly | Layout::Bare(_) => return None,
+    };
+    let (ds, ts) = after_meta(bytes, skip + 4).ok()?;
+    let mode = match ts.as_str() {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => Mode {
+            explicit: false,
+            big: false,
+        },
+        EXPLICIT_VR_BIG_ENDIAN => Mode {
+            explicit: true,
+            big: true,
+        },
+        uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | "1.2.840.10008.1.2.8.1" | "" => return None,
+        _ => Mode {
+            explicit: true,
+            big: false,
+        },
+    };
+    let mut w = Walker {
+        b: bytes,
+        pos: ds,
+        total: bytes.len() as u64,
+        mode,
+        pixel_end: None,
+        pixel_start: None,
+        whole: true,
+    };
+    w.elements(None, 0).ok()?;
+    let (start, end) = (w.pixel_start?, w.pixel_end?);
+    if !bytes[end..].iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(PixelSpan {
+        transfer_syntax: ts,
+        skip,
+        start,
+        end,
+    })
+}
+
+/// See [`pixel_span`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PixelSpan {
+    /// Transfer syntax UID of the data set.
+    pub transfer_syntax: String,
+    /// Bytes before the "DICM" magic (128, or 0 without a preamble).
+    pub skip: usize,
+    /// Offset of the Pixel Data element (its tag).
+    pub start: usize,
+    /// Offset just after it.
+    pub end: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -701,6 +787,8 @@ struct Walker<'a> {
     mode: Mode,
     /// Where the top-level Pixel Data element ends.
     pixel_end: Option<usize>,
+    /// Where the top-level Pixel Data element's header starts.
+    pixel_start: Option<usize>,
     /// True when `b` is the whole file (not a prefix of a large one).
     whole: bool,
 }
@@ -721,6 +809,15 @@ impl Walker<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// Fewer bytes than an element header left: zero padding at the end of
+    /// the data set is allowed, anything else in a whole file is cut short.
+    fn short_header(&self, depth: usize) -> Result<(), DicomError> {
+        if depth == 0 && self.b.get(self.pos..).is_some_and(|rest| rest.iter().all(|b| *b == 0)) {
+            return Ok(());
+        }
+        self.ran_out("an element header")
     }
 
     fn u16(&self, at: usize, big: bool) -> Option<u16> {
@@ -777,7 +874,9 @@ impl Walker<'_> {
                 };
             };
             if group == 0xFFFE {
-                let (Some(_), true) = (self.u32(self.pos + 4, mode.big), elem == 0xE00D) else {
+                // An item delimiter ends an undefined-length item, and nothing else.
+                let inside_item = depth > 0 && end.is_none();
+                let (Some(_), true) = (self.u32(self.pos + 4, mode.big), elem == 0xE00D && inside_item) else {
                     return Err(DicomError::Malformed(format!(
                         "unexpected item tag (FFFE,{elem:04X}) in a data set"
                     )));
@@ -797,16 +896,21 @@ impl Walker<'_> {
                 } else {
                     self.u16(self.pos + 6, mode.big).map(u32::from)
                 };
-                let Some(len) = len else { return Ok(()) };
+                let Some(len) = len else {
+                    return self.short_header(depth);
+                };
                 (vr, len, if long { 12 } else { 8 })
             } else {
                 let Some(len) = self.u32(self.pos + 4, mode.big) else {
-                    return Ok(());
+                    return self.short_header(depth);
                 };
                 (*b"??", len, 8)
             };
-            self.pos += header;
             let pixel = depth == 0 && tag == (0x7FE0, 0x0010);
+            if pixel {
+                self.pixel_start = Some(self.pos);
+            }
+            self.pos += header;
             if len != UNDEFINED {
                 self.fits(tag, len)?;
                 self.pos += len as usize;

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod consent;
+pub mod deid;
 pub mod trust;
 
 use std::fs;
@@ -76,6 +77,9 @@ pub enum HomeError {
     /// Export failure.
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// De-identification cannot run as asked.
+    #[error("{0}")]
+    Deid(String),
     /// Trust operation failure.
     #[error(transparent)]
     Trust(#[from] trust::TrustOpError),

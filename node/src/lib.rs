@@ -12,6 +12,7 @@
 //! | [`seal`] | the chunked AEAD sealed-object format (re-export of `medmesh-seal`) |
 //! | [`store`] | redb index and the encrypted, content-addressed blob store |
 //! | [`dicom`] | ingest (parse, validate, group), export |
+//! | [`deid`] | de-identification: PS3.15 Annex E profile and options, UID remap, date shift, pixel masking |
 //! | [`home`] | the node home directory: create, open, the operations on it |
 //! | [`config`] | the TOML configuration |
 //!
@@ -31,6 +32,7 @@ pub mod api;
 pub mod cbor;
 pub mod config;
 pub mod daemon;
+pub mod deid;
 pub mod dicom;
 pub mod fsutil;
 pub mod home;

@@ -60,7 +60,9 @@ use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 
+mod relink;
 mod transfers;
+pub use relink::{RELINK_VERSION, RelinkRecord};
 pub use transfers::LandedObject;
 pub(crate) use transfers::{DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS};
 
@@ -77,6 +79,7 @@ const CONSENT_PATIENTS: MultimapTableDefinition<'_, [u8; 32], [u8; 32]> =
 const TRANSFERS: TableDefinition<'_, [u8; 16], &[u8]> = TableDefinition::new("transfers-v1");
 const TRANSFER_DOCS: TableDefinition<'_, [u8; 17], &[u8]> = TableDefinition::new("transfer-docs-v1");
 const TRANSFER_CHUNKS: TableDefinition<'_, [u8; 20], u64> = TableDefinition::new("transfer-chunks-v1");
+const RELINK: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("relink-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -86,6 +89,8 @@ const MAX_ROW_LEN: usize = 16 * 1024 * 1024;
 const INDEX_KEY_CONTEXT: &str = "medmesh/v1/blind index key";
 const ADDRESS_KEY_CONTEXT: &str = "medmesh/v1/blob address key";
 const CONSENT_KEY_CONTEXT: &str = "medmesh/v1/consent record key";
+const RELINK_KEY_CONTEXT: &str = "medmesh/v1/relink record key";
+const DEID_SECRET_CONTEXT: &str = "medmesh/v1/deid site secret";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +143,9 @@ pub enum StoreError {
     /// A stored consent record does not open or decode.
     #[error("consent record {0} in consents-v1 does not open under this node's master key or is damaged")]
     Consent(String),
+    /// A re-link record does not open.
+    #[error("re-link record of pseudonym {0} in relink-v1 does not open under this node's master key or is damaged")]
+    Relink(String),
 }
 
 fn db_err(path: &Path, e: impl fmt::Display) -> StoreError {
@@ -417,6 +425,7 @@ impl Store {
             txn.open_table(TRANSFERS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(TRANSFER_DOCS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(TRANSFER_CHUNKS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(RELINK).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -470,6 +479,14 @@ impl Store {
 
     fn err(&self, e: impl fmt::Display) -> StoreError {
         db_err(&self.db_path, e)
+    }
+
+    /// The site's de-identification keys (UID map, pseudonyms, date
+    /// shifts), derived from the master key: the same input gives the same
+    /// output on this node every time.
+    #[must_use]
+    pub fn deid_keys(&self) -> crate::deid::DeidKeys {
+        crate::deid::DeidKeys::from_secret(self.master.derive(DEID_SECRET_CONTEXT).expose_secret())
     }
 
     /// The master key (for wrapping keys outside the store).
@@ -1002,6 +1019,7 @@ impl Store {
             txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
             txn.open_table(TRANSFER_DOCS).map_err(|e| self.err(e))?;
             txn.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
+            txn.open_table(RELINK).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

@@ -10,7 +10,9 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use medmesh_node::config::{Config, TEMPLATE};
-use medmesh_node::dicom::parse_and_validate;
+use medmesh_node::consent_schema::DeidLevel;
+use medmesh_node::deid::{DeidKeys, DeidOption, Profile, deidentify};
+use medmesh_node::dicom::{parse_and_validate, parse_whole};
 use medmesh_node::identity::{SignedEnvelope, VerifiedNodeRecord};
 use medmesh_node::net::hello::{Hello, evaluate};
 use medmesh_node::transfer::parse_id;
@@ -74,6 +76,26 @@ fn run_dicom_ingest(data: &[u8]) -> bool {
     };
     let again = parse_and_validate(data).expect("accepted once, refused the second time");
     assert_eq!(info, again, "parsing the same bytes twice gave different ObjectInfo");
+    true
+}
+
+/// `fuzz_targets/deid.rs`: an output parses again and says the identity was removed.
+fn run_deid(data: &[u8]) -> bool {
+    let keys = DeidKeys::from_secret(&[1u8; 32]);
+    let profile = Profile::new(
+        DeidLevel::Pseudonymised,
+        &[DeidOption::RetainLongModifiedDates, DeidOption::CleanDescriptors],
+        Vec::new(),
+    )
+    .expect("a valid profile");
+    let Ok(out) = deidentify(data, &profile, &keys) else {
+        return false;
+    };
+    let (obj, _) = parse_whole(&out.bytes).expect("the output parses");
+    let removed = obj
+        .get(dicom_dictionary_std::tags::PATIENT_IDENTITY_REMOVED)
+        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()));
+    assert_eq!(removed.as_deref(), Some("YES"));
     true
 }
 
@@ -224,6 +246,13 @@ fn dicom_ingest_seeds() {
     // The corpus mixes valid objects with malformed ones; most must be accepted.
     let accepted = for_each_seed("dicom_ingest", run_dicom_ingest);
     assert!(accepted >= 10, "only {accepted} DICOM seeds were accepted");
+}
+
+#[test]
+fn deid_seeds() {
+    // A CT slice is de-identified; the burned-in ultrasound and the regression inputs are refused.
+    let accepted = for_each_seed("deid", run_deid);
+    assert_eq!(accepted, 1, "only the CT seed de-identifies");
 }
 
 #[test]

@@ -19,12 +19,13 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DenyRequest, ExportRequest,
-    IdRequest, ImportRequest, JoinRequest, ListRequest, MAX_REQUEST, ShowRequest, Status, TransferAsk, Unblocked,
-    WithdrawRequest,
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, MAX_REQUEST, RelinkRequest, ShowRequest, Status,
+    TransferAsk, Unblocked, WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
+use crate::home::deid::DeidEvent;
 use crate::home::{HomeError, Node};
 use crate::net::NetHandle;
 
@@ -462,6 +463,31 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                         Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
                     }
                 })
+            }
+            (&Method::POST, "/studies/deid") => {
+                let r: DeidRequest = body(req).await?;
+                if let Some(p) = r.paths.iter().chain([&r.out]).find(|p| !p.is_absolute()) {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{}: paths must be absolute", p.display()),
+                    ));
+                }
+                stream(api, move |n, send| {
+                    let result = n.deid(&r.paths, &r.out, r.level, &r.options, |event| match event {
+                        DeidEvent::Started { files, bytes } => {
+                            send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
+                        }
+                        DeidEvent::File(outcome) => send("file", outcome),
+                    });
+                    match result {
+                        Ok(summary) => send("deid-summary", &summary),
+                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
+                    }
+                })
+            }
+            (&Method::POST, "/studies/relink") => {
+                let r: RelinkRequest = body(req).await?;
+                json(&blocking(api, move |n| n.relink(&r.pseudonym)).await?)
             }
             (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
             (&Method::POST, "/transfers/show") => {

@@ -149,6 +149,15 @@ struct Job {
     explicit: bool,
 }
 
+/// Expands files and folders (recursively, sorted) into the list of files,
+/// as import does.
+///
+/// # Errors
+/// [`IngestError::Path`] for a path that cannot be read.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IngestError> {
+    Ok(collect(paths)?.into_iter().map(|j| j.path).collect())
+}
+
 /// Expands paths into a sorted, de-duplicated file list.
 fn collect(paths: &[PathBuf]) -> Result<Vec<Job>, IngestError> {
     let mut out = Vec::new();

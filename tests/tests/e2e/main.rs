@@ -19,6 +19,7 @@
 mod consent;
 mod corpus;
 mod crash;
+mod deid;
 mod home;
 mod integrity;
 mod net;

@@ -1,0 +1,352 @@
+//! `medmesh study deid` and `medmesh study relink`: de-identifying files
+//! outside any transfer (a research export), and resolving a pseudonym on
+//! the holder that made it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use consent_schema::DeidLevel;
+use serde::{Deserialize, Serialize};
+
+use super::{HomeError, Node};
+use crate::deid::{self, DeidError, DeidKeys, DeidOption, Profile};
+use crate::store::{RELINK_VERSION, RelinkRecord};
+
+/// What happened to one input file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum DeidOutcome {
+    /// Written de-identified.
+    Written {
+        /// The input.
+        path: PathBuf,
+        /// The output file.
+        output: PathBuf,
+        /// The patient pseudonym written into it.
+        pseudonym: String,
+        /// Whether a masking rule blanked part of its pixels.
+        masked: bool,
+    },
+    /// Not written: it may show identifiers in its pixels and no masking rule covers it.
+    Refused {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Not written: unreadable input, a masking rule that cannot be applied, or an output error.
+    Failed {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Progress of a de-identification run.
+#[derive(Debug)]
+pub enum DeidEvent<'a> {
+    /// The files were found: how many, and their bytes.
+    Started {
+        /// Files.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// One file is done.
+    File(&'a DeidOutcome),
+}
+
+/// The result of a de-identification run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeidSummary {
+    /// Input files.
+    pub files: u64,
+    /// Files written.
+    pub written: u64,
+    /// Files refused for possible burned-in identifiers.
+    pub refused: u64,
+    /// Files that failed.
+    pub failed: u64,
+    /// Bytes of the written files' inputs.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// The level.
+    pub level: String,
+    /// The options applied.
+    pub options: Vec<DeidOption>,
+    /// Distinct patients (pseudonyms) in the output.
+    pub patients: u64,
+    /// Pseudonyms recorded in the re-link map (pseudonymised level).
+    pub relinkable: u64,
+    /// The output folder.
+    pub out: PathBuf,
+}
+
+/// What a pseudonym stands for, as `study relink` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelinkView {
+    /// The pseudonym asked about.
+    pub pseudonym: String,
+    /// Patient ID of the source data.
+    pub patient_id: String,
+    /// Issuer of Patient ID of the source data.
+    pub issuer: String,
+    /// Patient's Name of the source data.
+    pub patient_name: String,
+    /// De-identified Study Instance UID → original.
+    pub studies: BTreeMap<String, String>,
+}
+
+/// The pseudonymised level's keys are the site's; the anonymised level's are
+/// fresh for every run and dropped after it.
+fn keys_for(node: &Node, level: DeidLevel) -> Result<DeidKeys, HomeError> {
+    Ok(match level {
+        DeidLevel::Pseudonymised => node.store().deid_keys(),
+        _ => DeidKeys::random().map_err(|e| HomeError::Deid(e.to_string()))?,
+    })
+}
+
+impl Node {
+    /// The profile of this node for `level`, with the configured options and
+    /// `extra` ones, and the configured masking rules.
+    ///
+    /// # Errors
+    /// [`HomeError::Deid`] for a level or options that do not go together.
+    pub fn deid_profile(&self, level: DeidLevel, extra: &[DeidOption]) -> Result<Profile, HomeError> {
+        let mut options = self.config().deid.options.clone();
+        options.extend_from_slice(extra);
+        Profile::new(level, &options, self.config().deid.mask.clone()).map_err(|e| HomeError::Deid(e.to_string()))
+    }
+
+    /// De-identifies the DICOM files under `paths` into `out` (created if
+    /// needed; files go to `out/<study>/<instance>.dcm`, named by the new
+    /// UIDs, never overwriting). At the pseudonymised level the pseudonyms
+    /// are recorded in the re-link map. Files that may show identifiers in
+    /// their pixels without a masking rule are refused, naming the reason.
+    ///
+    /// # Errors
+    /// [`HomeError::Deid`] for the profile, [`HomeError::Import`] for an
+    /// input path that cannot be read, [`HomeError::Io`] for the output
+    /// folder, store errors for the re-link map.
+    pub fn deid(
+        &self,
+        paths: &[PathBuf],
+        out: &Path,
+        level: DeidLevel,
+        options: &[DeidOption],
+        mut progress: impl FnMut(DeidEvent<'_>),
+    ) -> Result<DeidSummary, HomeError> {
+        let profile = self.deid_profile(level, options)?;
+        let keys = keys_for(self, level)?;
+        let files = crate::dicom::ingest::collect_files(paths)?;
+        let total: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        progress(DeidEvent::Started {
+            files: files.len() as u64,
+            bytes: total,
+        });
+        crate::fsutil::create_private_dir(out).map_err(|source| HomeError::Io {
+            path: out.display().to_string(),
+            source,
+        })?;
+        let mut summary = DeidSummary {
+            files: files.len() as u64,
+            level: level.as_str().to_string(),
+            options: profile.options().to_vec(),
+            out: out.to_path_buf(),
+            ..DeidSummary::default()
+        };
+        let threads = self.import_options().threads.clamp(1, 64).min(files.len().max(1));
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = mpsc::sync_channel::<(DeidOutcome, u64, u64, Option<(deid::PatientLink, (String, String))>)>(64);
+        let mut relink: BTreeMap<String, RelinkRecord> = BTreeMap::new();
+        let mut patients = std::collections::BTreeSet::new();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (tx, files, next, profile, keys) = (tx.clone(), &files, &next, &profile, &keys);
+                s.spawn(move || {
+                    // One input and one output buffer per worker, reused.
+                    let (mut input, mut output) = (Vec::new(), Vec::new());
+                    let mut made = std::collections::HashSet::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = files.get(i) else { break };
+                        let r = deid_one(path, out, profile, keys, &mut input, &mut output, &mut made);
+                        if tx.send(r).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (outcome, bytes_in, bytes_out, link) in rx {
+                match &outcome {
+                    DeidOutcome::Written { pseudonym, .. } => {
+                        summary.written += 1;
+                        summary.bytes_in += bytes_in;
+                        summary.bytes_out += bytes_out;
+                        patients.insert(pseudonym.clone());
+                    }
+                    DeidOutcome::Refused { .. } => summary.refused += 1,
+                    DeidOutcome::Failed { .. } => summary.failed += 1,
+                }
+                if let (DeidLevel::Pseudonymised, Some((p, (old_study, new_study)))) = (level, link) {
+                    let r = relink.entry(p.pseudonym.clone()).or_insert_with(|| RelinkRecord {
+                        v: RELINK_VERSION,
+                        patient_id: p.patient_id.clone(),
+                        issuer: p.issuer.clone(),
+                        patient_name: p.patient_name.clone(),
+                        studies: BTreeMap::new(),
+                    });
+                    r.studies.insert(new_study, old_study);
+                }
+                progress(DeidEvent::File(&outcome));
+            }
+        });
+        summary.patients = patients.len() as u64;
+        summary.relinkable = relink.len() as u64;
+        self.store().relink_merge(&relink)?;
+        let _ = crate::fsutil::sync_dir(out);
+        tracing::info!(
+            level = level.as_str(),
+            written = summary.written,
+            refused = summary.refused,
+            failed = summary.failed,
+            "de-identified files"
+        );
+        Ok(summary)
+    }
+
+    /// What a pseudonym made by this node stands for. Every call is logged
+    /// (the pseudonym only).
+    ///
+    /// # Errors
+    /// [`HomeError::Deid`] when this node has no record of the pseudonym.
+    pub fn relink(&self, pseudonym: &str) -> Result<RelinkView, HomeError> {
+        let pseudonym = pseudonym.trim();
+        let found = self.store().relink_get(pseudonym)?;
+        tracing::warn!(pseudonym, found = found.is_some(), "re-link of a pseudonym requested");
+        let r = found.ok_or_else(|| {
+            HomeError::Deid(format!(
+                "no re-link record for pseudonym {pseudonym} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"
+            ))
+        })?;
+        Ok(RelinkView {
+            pseudonym: pseudonym.to_string(),
+            patient_id: r.patient_id,
+            issuer: r.issuer,
+            patient_name: r.patient_name,
+            studies: r.studies,
+        })
+    }
+}
+
+/// Creates `path` (mode 0600) with `bytes`; `AlreadyExists` when it exists.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+type OneResult = (DeidOutcome, u64, u64, Option<(deid::PatientLink, (String, String))>);
+
+fn deid_one(
+    path: &Path,
+    out: &Path,
+    profile: &Profile,
+    keys: &DeidKeys,
+    bytes: &mut Vec<u8>,
+    output: &mut Vec<u8>,
+    made: &mut std::collections::HashSet<String>,
+) -> OneResult {
+    let failed = |reason: String| {
+        (
+            DeidOutcome::Failed {
+                path: path.to_path_buf(),
+                reason,
+            },
+            0,
+            0,
+            None,
+        )
+    };
+    bytes.clear();
+    if let Err(e) = std::fs::File::open(path).and_then(|mut f| f.read_to_end(bytes)) {
+        return failed(e.to_string());
+    }
+    let d = match deid::deidentify_into(bytes, profile, keys, output) {
+        Ok(d) => d,
+        Err(DeidError::BurnedIn(reason)) => {
+            return (
+                DeidOutcome::Refused {
+                    path: path.to_path_buf(),
+                    reason: format!("may carry burned-in identifiers ({reason}) and no masking rule covers it"),
+                },
+                0,
+                0,
+                None,
+            );
+        }
+        Err(e) => return failed(e.to_string()),
+    };
+    let dir = out.join(&d.study_uid.1);
+    if !made.contains(&d.study_uid.1) {
+        if let Err(e) = crate::fsutil::create_private_dir(&dir) {
+            return failed(format!("{}: {e}", dir.display()));
+        }
+        made.insert(d.study_uid.1.clone());
+    }
+    // Another encoding of the same instance gets the output's hash in its
+    // name; the same output again (the same input twice) is left as it is.
+    let first = format!("{}.dcm", d.sop_instance_uid);
+    let mut dest = None;
+    for i in 0..2 {
+        let name = if i == 0 {
+            first.clone()
+        } else {
+            format!("{}.{}.dcm", d.sop_instance_uid, &blake3::hash(output).to_hex()[..8])
+        };
+        let path = dir.join(name);
+        match write_new(&path, output) {
+            Ok(()) => {
+                dest = Some(path);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if std::fs::read(&path).is_ok_and(|b| b == *output) {
+                    dest = Some(path);
+                    break;
+                }
+            }
+            Err(e) => return failed(format!("{}: {e}", path.display())),
+        }
+    }
+    let Some(dest) = dest else {
+        return failed(format!(
+            "{}: exists with other content (not overwritten)",
+            dir.join(&first).display()
+        ));
+    };
+    (
+        DeidOutcome::Written {
+            path: path.to_path_buf(),
+            output: dest,
+            pseudonym: d.patient.pseudonym.clone(),
+            masked: d.masked,
+        },
+        bytes.len() as u64,
+        output.len() as u64,
+        Some((d.patient, d.study_uid)),
+    )
+}
