@@ -184,6 +184,52 @@ pub fn render_study(d: &StudyDetail) -> String {
         d.instances,
         human_bytes(d.bytes)
     );
+    if let Some(r) = &d.received {
+        s.push_str(&format!(
+            "received     from {} ({}), transfer {}
+grant        {} at level {}, until {}{}
+",
+            r.from_institution,
+            r.from_peer,
+            r.transfer_id,
+            r.purpose,
+            r.level.as_str(),
+            r.expires,
+            r.locked.as_ref().map(|l| format!(", LOCKED {l}")).unwrap_or_default()
+        ));
+        match &r.attestation {
+            Some(a) => {
+                s.push_str(&format!(
+                    "attestation  level {}, signed by {} at {}, {} objects
+",
+                    a.level.as_str(),
+                    a.holder,
+                    a.created,
+                    a.objects
+                ));
+                if !a.table_version.is_empty() {
+                    s.push_str(&format!(
+                        "  table      {}
+",
+                        a.table_version
+                    ));
+                }
+                for code in &a.profile {
+                    s.push_str(&format!(
+                        "  applied    {code}
+"
+                    ));
+                }
+                for (before, after) in &a.hashes {
+                    s.push_str(&format!(
+                        "  object     before {before}  after {after}
+"
+                    ));
+                }
+            }
+            None => s.push_str("attestation  none\n"),
+        }
+    }
     for series in &d.series {
         s.push_str(&format!(
             "\nseries {} {} {} ({} instances)\n  {}\n",

@@ -241,6 +241,12 @@ impl Profile {
         &self.options
     }
 
+    /// The masking rules.
+    #[must_use]
+    pub fn masks(&self) -> &[MaskRule] {
+        &self.masks
+    }
+
     fn has(&self, o: DeidOption) -> bool {
         self.options.contains(&o)
     }
@@ -376,10 +382,35 @@ fn trim_value(s: &str) -> &str {
 }
 
 fn str_at(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| trim_value(&s).to_string())
-        .unwrap_or_default()
+    crate::dicom::str_of(obj, tag).unwrap_or_default()
+}
+
+/// A known attribute encoded as UN (a converter that lost the VRs) gets its
+/// dictionary VR back when that VR is text, so its action applies to its
+/// value; anything else stays as it is.
+fn retype_un(elem: DataElement<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    if elem.vr() != VR::UN {
+        return elem;
+    }
+    let tag = elem.tag();
+    let Some(VirtualVr::Exact(vr)) = dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(DataDictionaryEntry::vr)
+    else {
+        return elem;
+    };
+    if !is_text_vr(vr) {
+        return elem;
+    }
+    let Ok(bytes) = elem.to_bytes() else { return elem };
+    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+    let values: Vec<String> = text
+        .trim_matches(|c: char| c == '\0' || c == ' ')
+        .split('\\')
+        .map(str::to_string)
+        .collect();
+    DataElement::new(tag, vr, strs(values))
 }
 
 /// The standard's own UIDs (SOP classes, transfer syntaxes, coding schemes…)
@@ -517,7 +548,7 @@ impl Walk<'_> {
             }
             path.push(tag);
             let action = self.action(tag, path);
-            let next = self.element(elem, action, path);
+            let next = self.element(retype_un(elem), action, path);
             path.pop();
             if let Some(e) = next {
                 out.push(e);

@@ -442,7 +442,9 @@ fn trim_uid(s: &str) -> &str {
     s.trim_end_matches(['\0', ' '])
 }
 
-fn str_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+/// The text of an attribute, trimmed; a known attribute encoded as UN is
+/// read as its text.
+pub(crate) fn str_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let elem = obj.get(tag)?;
     let s: Cow<'_, str> = if elem.vr() == dicom_core::VR::UN {
         // Value of a known attribute encoded as UN (for example by a converter

@@ -307,6 +307,55 @@ pub struct ReceivedInfo {
     pub received: String,
     /// When it was locked (RFC 3339), if it is.
     pub locked: Option<String>,
+    /// The holder's de-identification attestation, verified.
+    pub attestation: Option<AttestationInfo>,
+}
+
+/// A received study's de-identification attestation, as `study show` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttestationInfo {
+    /// Level applied.
+    pub level: consent_schema::DeidLevel,
+    /// Profile and option codes (CID 7050): "value (scheme) meaning".
+    pub profile: Vec<String>,
+    /// Option names.
+    pub options: Vec<String>,
+    /// Annex E table version.
+    pub table_version: String,
+    /// Objects attested.
+    pub objects: usize,
+    /// BLAKE3 of each object before and after (hex).
+    pub hashes: Vec<(String, String)>,
+    /// Signed by (peer id).
+    pub holder: String,
+    /// When (RFC 3339).
+    pub created: String,
+}
+
+fn attestation_info(bytes: &[u8]) -> Option<AttestationInfo> {
+    use crate::transfer::wire::{ATTESTATION_DOMAIN, Attestation, MAX_MANIFEST, open_signed};
+    let (signer, a) = open_signed::<Attestation>("attestation", ATTESTATION_DOMAIN, bytes, MAX_MANIFEST).ok()?;
+    if crate::identity::peer_id_of(&signer).ok()? != a.holder {
+        return None;
+    }
+    Some(AttestationInfo {
+        level: a.level,
+        profile: a
+            .profile
+            .iter()
+            .map(|c| format!("{} ({}) {}", c.value, c.scheme, c.meaning))
+            .collect(),
+        options: a.options,
+        table_version: a.table_version,
+        objects: a.objects.len(),
+        hashes: a
+            .objects
+            .iter()
+            .map(|o| (hex::encode(&o.before), hex::encode(&o.after)))
+            .collect(),
+        holder: a.holder,
+        created: rfc3339(a.created),
+    })
 }
 
 fn received_info(o: &Origin) -> Option<ReceivedInfo> {
@@ -321,6 +370,7 @@ fn received_info(o: &Origin) -> Option<ReceivedInfo> {
             expires: rfc3339(g.expires),
             received: rfc3339(g.received),
             locked: g.locked.map(rfc3339),
+            attestation: attestation_info(&g.attestation),
         }),
     }
 }

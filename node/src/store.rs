@@ -64,7 +64,7 @@ mod relink;
 mod transfers;
 pub use relink::{RELINK_VERSION, RelinkRecord};
 pub use transfers::LandedObject;
-pub(crate) use transfers::{DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS};
+pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta-v1");
 const STUDIES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("studies-v1");
@@ -207,6 +207,9 @@ pub struct ReceivedGrant {
     /// When it was locked (Unix seconds), once it is.
     #[serde(default)]
     pub locked: Option<i64>,
+    /// The holder's signed de-identification attestation (PROTOCOL.md §12.3).
+    #[serde(default, with = "serde_bytes")]
+    pub attestation: Vec<u8>,
 }
 
 /// Index row of a study.

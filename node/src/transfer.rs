@@ -22,6 +22,7 @@
 //!    only with it. A received study is locked (its key destroyed) when its
 //!    grant expires.
 
+mod deid;
 pub mod engine;
 #[cfg(test)]
 mod tests;
@@ -49,10 +50,13 @@ use crate::home::consent::{CheckQuery, Reason, Verdict};
 use crate::home::trust::now;
 use crate::home::{HomeError, Node, rfc3339};
 use crate::identity::peer_id_of;
-use crate::store::{DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS};
+use crate::store::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
 use crate::store::{
     InstanceMeta, InstanceRow, LandedObject, Origin, ROW_VERSION, ReceivedGrant, StoreError, StudyRef, StudyRow,
 };
+
+/// Largest signed attestation read from a manifest (bytes).
+const MAX_MANIFEST_ATTESTATION: usize = wire::MAX_MANIFEST;
 
 /// BLAKE3 `derive_key` context of the key that seals transfer records.
 const RECORD_CONTEXT: &str = "medmesh/v1/transfer record key";
@@ -719,19 +723,25 @@ impl Node {
             (Verdict::Allow, Some(g)) | (Verdict::NeedsApproval, Some(g))
                 if check.decision == Verdict::Allow || approved =>
             {
+                // 4. Burned-in identifiers: a de-identified transfer leaves out
+                // every series with an object that may show identifiers in its
+                // pixels and that no masking rule covers.
+                let mut series = g.series;
+                let mut notes = Vec::new();
                 if g.level != DeidLevel::Identifiable {
-                    rec.state = State::Denied;
-                    let r = reason(
-                        "level-unavailable",
-                        format!(
-                            "the transfer would have to be {}, and this node cannot de-identify yet",
-                            g.level.as_str()
-                        ),
-                    );
-                    rec.reasons = vec![r];
-                    return Ok(vec![not_available()]);
+                    let profile = self.deid_profile(g.level, &[])?;
+                    for (uid, why) in self.burned_in_screen(&rec.study_uid, &series, &profile)? {
+                        series.retain(|s| *s != uid);
+                        notes.push(reason("burned-in", format!("series {uid} left out: {why}")));
+                    }
+                    if series.is_empty() {
+                        rec.state = State::Denied;
+                        rec.reasons = notes;
+                        return Ok(vec![not_available()]);
+                    }
                 }
-                self.issue_grant(rec, g.level, g.series, g.consents, g.expires_at.timestamp())?;
+                self.issue_grant(rec, g.level, series, g.consents, g.expires_at.timestamp())?;
+                rec.reasons = notes;
                 Ok(Vec::new())
             }
             (Verdict::NeedsApproval, _) => {
@@ -947,13 +957,28 @@ impl Node {
                 s.instances += 1;
             }
         }
-        // Per-chunk hashes recorded at import (objects imported before they
-        // were recorded are read and hashed now, against their import hash).
-        let hashed = hash_objects(self, &study_key, &items, &idh)?;
-        let index = StudyIndex {
-            v: WIRE_VERSION,
-            study: meta,
-            instances: items.iter().map(|(_, _, m)| m.clone()).collect(),
+        // At the identifiable level the objects go as held: per-chunk hashes
+        // recorded at import (objects imported before they were recorded are
+        // read and hashed now, against their import hash). Below it, every
+        // object is de-identified now and the index describes the outputs.
+        let (hashed, index, prep, attestation) = if grant.level == DeidLevel::Identifiable {
+            let hashed = hash_objects(self, &study_key, &items, &idh)?;
+            let hashes: Vec<[u8; 32]> = hashed.iter().map(|h| h.2).collect();
+            let attestation = self.identity_attestation(id, &hashes)?;
+            let index = StudyIndex {
+                v: WIRE_VERSION,
+                study: meta,
+                instances: items.iter().map(|(_, _, m)| m.clone()).collect(),
+            };
+            (hashed, index, None, attestation)
+        } else {
+            let p = self.prepare_deid(id, &grant, &study_key, &items)?;
+            let index = StudyIndex {
+                v: WIRE_VERSION,
+                study: p.study,
+                instances: p.instances,
+            };
+            (p.hashed, index, Some(p.key), p.attestation)
         };
         let index_bytes =
             Zeroizing::new(wire::encode("study index", &index).map_err(|e| damaged(&idh, e.to_string()))?);
@@ -999,6 +1024,7 @@ impl Node {
             chunk_size: CHUNK_SIZE,
             objects,
             created: now(),
+            attestation: attestation.clone(),
         };
         wire::check_manifest(&manifest).map_err(|e| damaged(&idh, e.to_string()))?;
         let total: u64 = manifest.objects.iter().map(|o| o.size).sum();
@@ -1014,6 +1040,11 @@ impl Node {
         self.store().transfer_doc_put(id, DOC_KEY, wrapped.as_bytes())?;
         self.store().transfer_doc_put(id, DOC_OBJECTS, &addresses)?;
         self.store().transfer_doc_put(id, DOC_INDEX, &sealed_index)?;
+        if let Some(k) = &prep {
+            let wrapped = self.store().master().wrap(k, id)?;
+            self.store().transfer_doc_put(id, DOC_PREP_KEY, wrapped.as_bytes())?;
+        }
+        self.store().transfer_doc_put(id, DOC_ATTESTATION, &attestation)?;
         self.store().transfer_doc_put(id, DOC_MANIFEST, &env)?;
         self.update_transfer(id, |r| {
             if r.state == State::Granted {
@@ -1053,13 +1084,29 @@ impl Node {
             .study_row(&study)?
             .ok_or_else(|| StoreError::UnknownStudy(rec.study_uid.clone()))?;
         let study_key = self.store().unwrap_study_key(&study, &row)?;
+        // De-identified objects were sealed into blobs/outgoing/<id>/ under
+        // the preparation key; identifiable ones are sent from their blobs.
+        let prep = match self.store().transfer_doc(id, DOC_PREP_KEY)? {
+            Some(w) => {
+                let w = medmesh_seal::WrappedKey::from_bytes(&w).map_err(|e| damaged(&idh, e.to_string()))?;
+                Some(self.store().master().unwrap(&w, id)?)
+            }
+            None => None,
+        };
         let mut sources = Vec::with_capacity(manifest.objects.len());
-        for a in addresses.chunks_exact(32) {
+        for (i, a) in addresses.chunks_exact(32).enumerate() {
             let address = key32(a).ok_or_else(|| damaged(&idh, "bad object address"))?;
-            sources.push(Source::Blob {
-                address,
-                path: self.store().blob_path(&address),
-                key: study_key.clone(),
+            sources.push(match &prep {
+                Some(k) => Source::Blob {
+                    address,
+                    path: self.store().outgoing_dir(id).join(i.to_string()),
+                    key: k.clone(),
+                },
+                None => Source::Blob {
+                    address,
+                    path: self.store().blob_path(&address),
+                    key: study_key.clone(),
+                },
             });
         }
         sources.push(Source::Memory(index));
@@ -1115,7 +1162,19 @@ impl Node {
             }
             Ok(())
         })?;
+        self.remove_outgoing(id);
         Ok(())
+    }
+
+    /// Deletes the de-identified copies of an outgoing transfer that ended
+    /// (they are sealed; their key is in the transfer's documents).
+    fn remove_outgoing(&self, id: &TransferId) {
+        let dir = self.store().outgoing_dir(id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the de-identified copies");
+        }
     }
 
     /// The holder takes a delivery receipt from `peer`.
@@ -1177,6 +1236,7 @@ impl Node {
             Ok(())
         })?;
         self.live().remove(&id);
+        self.remove_outgoing(&id);
         tracing::info!(transfer = %rec.id, peer = %peer, "delivery receipt received: transfer complete");
         Ok(AnswerBody::Ack)
     }
@@ -1368,9 +1428,11 @@ impl Node {
             ));
         }
         wire::check_manifest(&manifest).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        deid::check_attestation(peer, &grant, &manifest)?;
         let id = parse_id(&manifest.transfer_id).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
         let study = self.store().study_ref(&grant.study_uid);
-        if let Ok(Some(row)) = self.store().study_row(&study)
+        if grant.level == DeidLevel::Identifiable
+            && let Ok(Some(row)) = self.store().study_row(&study)
             && matches!(row.origin, Origin::Local)
         {
             return Err(refuse(
@@ -1513,13 +1575,20 @@ impl Node {
         }
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
-        let study = self.store().study_ref(&grant.study_uid);
+        let index = self.read_index(accepted, &idh)?;
+        // A de-identified study lands under its new Study Instance UID.
+        let landed_uid = if grant.level == DeidLevel::Identifiable {
+            grant.study_uid.clone()
+        } else {
+            index.study.study_uid.clone()
+        };
+        let study = self.store().study_ref(&landed_uid);
         let already = self
             .store()
             .study_row(&study)?
             .is_some_and(|r| matches!(&r.origin, Origin::Received(g) if g.transfer_id == idh));
         if !already {
-            self.land_objects(accepted, &rec, &grant, &study)?;
+            self.land_objects(accepted, &rec, &grant, &study, &index)?;
         }
         self.store().clear_chunks(id)?;
         self.update_transfer(id, |r| {
@@ -1536,20 +1605,16 @@ impl Node {
         rec: &TransferRecord,
         grant: &Grant,
         study: &StudyRef,
+        index: &StudyIndex,
     ) -> Result<(), HomeError> {
         let idh = &rec.id;
         let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
-        let index_path = dir.join(last.to_string());
-        let file = File::open(&index_path).map_err(|cause| io_err(idh, &index_path, cause))?;
-        let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
-        let mut bytes = Zeroizing::new(Vec::new());
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|cause| io_err(idh, &index_path, cause))?;
-        let index: StudyIndex =
-            wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))?;
-        if index.instances.len() != last || index.study.study_uid != grant.study_uid {
+        let identifiable = grant.level == DeidLevel::Identifiable;
+        if index.instances.len() != last
+            || (identifiable && index.study.study_uid != grant.study_uid)
+            || crate::dicom::check_uid(&index.study.study_uid).is_err()
+        {
             return Err(damaged(idh, "the study index does not describe the objects sent").into());
         }
         let mut objects = Vec::with_capacity(last);
@@ -1557,7 +1622,8 @@ impl Node {
         let mut total = 0u64;
         for (i, m) in index.instances.iter().enumerate() {
             let o = &a.manifest.objects[i];
-            if m.blake3 != o.blake3 || !grant.series.contains(&m.series_uid) {
+            // De-identified series have new UIDs; the attestation ties them to the grant.
+            if m.blake3 != o.blake3 || (identifiable && !grant.series.contains(&m.series_uid)) {
                 return Err(damaged(idh, format!("the study index does not describe object {i}")).into());
             }
             let hash = blake3::Hash::from_bytes(key32(&o.blake3).ok_or_else(|| damaged(idh, "hash"))?);
@@ -1596,6 +1662,7 @@ impl Node {
                 grant_hash: grant_hash.to_hex().to_string(),
                 received: t,
                 locked: None,
+                attestation: a.manifest.attestation.clone(),
             }),
             created: t,
             updated: t,
@@ -1609,6 +1676,20 @@ impl Node {
         });
         self.store().land_study(study, &row, patient, objects)?;
         Ok(())
+    }
+
+    /// The study index object of a received transfer (the last object).
+    fn read_index(&self, a: &Accepted, idh: &str) -> Result<StudyIndex, HomeError> {
+        let dir = self.store().incoming_dir(&a.id);
+        let last = a.manifest.objects.len() - 1;
+        let index_path = dir.join(last.to_string());
+        let file = File::open(&index_path).map_err(|cause| io_err(idh, &index_path, cause))?;
+        let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
+        let mut bytes = Zeroizing::new(Vec::new());
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|cause| io_err(idh, &index_path, cause))?;
+        Ok(wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))?)
     }
 
     /// The signed delivery receipt of a landed transfer (made once, then

@@ -19,6 +19,12 @@ pub(crate) const DOC_KEY: u8 = 2;
 pub(crate) const DOC_OBJECTS: u8 = 3;
 /// Kind of a transfer document (holder): the index object, sealed under the transfer key.
 pub(crate) const DOC_INDEX: u8 = 4;
+/// Kind of a transfer document (holder, de-identified levels): the key the
+/// de-identified objects in `blobs/outgoing/<id>/` are sealed under, wrapped
+/// under the master key.
+pub(crate) const DOC_PREP_KEY: u8 = 5;
+/// Kind of a transfer document: the signed de-identification attestation.
+pub(crate) const DOC_ATTESTATION: u8 = 6;
 
 /// A transfer id with its sealed record.
 pub type SealedTransfer = ([u8; 16], Vec<u8>);
@@ -53,6 +59,13 @@ impl super::Store {
     #[must_use]
     pub fn incoming_dir(&self, id: &[u8; 16]) -> PathBuf {
         self.blobs.join("incoming").join(hex::encode(id))
+    }
+
+    /// The folder holding the de-identified objects of outgoing transfer
+    /// `id`, sealed under its preparation key, until it ends.
+    #[must_use]
+    pub fn outgoing_dir(&self, id: &[u8; 16]) -> PathBuf {
+        self.blobs.join("outgoing").join(hex::encode(id))
     }
 
     /// Whether the store writes durably (fsync).

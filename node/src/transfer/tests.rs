@@ -182,12 +182,61 @@ fn the_recipient_refuses_streams_it_must_not_take() {
     let n = forged.manifest.len();
     forged.manifest[n - 3] ^= 1;
     assert_eq!(verdict(&w.recipient, &holder_peer, &forged), "bad-manifest");
+    // Attestations that do not hold: missing, signed by another node, at
+    // another level than the grant's, or naming other objects.
+    let (_, m) =
+        wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, wire::MAX_MANIFEST).unwrap();
+    let (_, att) = wire::open_signed::<wire::Attestation>(
+        "attestation",
+        wire::ATTESTATION_DOMAIN,
+        &m.attestation,
+        wire::MAX_MANIFEST,
+    )
+    .unwrap();
+    let sign_att = |by: &Node, a: &wire::Attestation| {
+        by.identity()
+            .sign(wire::ATTESTATION_DOMAIN, wire::encode("attestation", a).unwrap())
+            .to_bytes()
+            .unwrap()
+    };
+    let with = |attestation: Vec<u8>| {
+        let m2 = Manifest {
+            attestation,
+            ..m.clone()
+        };
+        Open {
+            manifest: w
+                .holder
+                .identity()
+                .sign(MANIFEST_DOMAIN, wire::encode("manifest", &m2).unwrap())
+                .to_bytes()
+                .unwrap(),
+            ..open.clone()
+        }
+    };
+    let other_level = wire::Attestation {
+        level: DeidLevel::Pseudonymised,
+        ..att.clone()
+    };
+    let mut other_hash = att.clone();
+    other_hash.objects[0].after[0] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("missing", Vec::new()),
+        ("signed by another node", sign_att(&w.other, &att)),
+        ("another level", sign_att(&w.holder, &other_level)),
+        ("other objects", sign_att(&w.holder, &other_hash)),
+    ];
+    for (what, bytes) in cases {
+        assert_eq!(
+            verdict(&w.recipient, &holder_peer, &with(bytes)),
+            "bad-attestation",
+            "{what}"
+        );
+    }
     // The real one is accepted, and again (resume) as long as it is the same.
     assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
     assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
     // Another manifest for the same transfer, validly signed: refused.
-    let (_, m) =
-        wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, wire::MAX_MANIFEST).unwrap();
     let mut m2 = m.clone();
     m2.created += 1;
     let resigned = w
@@ -396,4 +445,112 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
         })
         .collect();
     assert!(hash_objects(&w.holder, &key, &wrong, "t").is_err());
+}
+
+/// A consent at `level` for `recipient` for the patient of `study_uid`.
+fn consent_at(holder: &Node, study_uid: &str, recipient: &Node, level: DeidLevel) {
+    let d = holder.study(study_uid).unwrap();
+    holder
+        .consent_add(NewConsent {
+            id: None,
+            patient_id: d.attributes.patient_id.clone(),
+            issuer: d.attributes.issuer_of_patient_id.clone(),
+            by: ConsentedBy::Patient,
+            deny: false,
+            level: Some(level),
+            purposes: vec![Purpose::Treatment],
+            recipient_peers: vec![recipient.identity().peer_id()],
+            recipient_institutions: Vec::new(),
+            recipient_jurisdictions: Vec::new(),
+            recipient_consortia: Vec::new(),
+            modalities: Vec::new(),
+            studies: Vec::new(),
+            episode: None,
+            from: None,
+            until: None,
+            data_from: None,
+            data_until: None,
+            legal_basis: None,
+            legal_text: None,
+        })
+        .unwrap();
+}
+
+#[test]
+fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixels() {
+    let w = world();
+    w.holder
+        .import(&[corpus("us/us_philips_burned-in-annotation-yes.dcm")], |_| {})
+        .unwrap();
+    let us = w
+        .holder
+        .studies(None)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.study_uid != STUDY)
+        .unwrap()
+        .study_uid;
+    consent_at(&w.holder, &us, &w.recipient, DeidLevel::Pseudonymised);
+    consent_at(&w.holder, STUDY, &w.recipient, DeidLevel::Pseudonymised);
+    let ask = |uid: &str| {
+        w.holder
+            .answer_request(
+                &w.recipient.identity().peer_id(),
+                &hex::encode([9u8; 16]),
+                uid,
+                Purpose::Treatment,
+                Role::Clinician,
+                Some(DeidLevel::Pseudonymised),
+            )
+            .unwrap()
+    };
+    // (study, granted?, reason the holder records)
+    let cases = [
+        (us.as_str(), false, "Burned In Annotation (0028,0301) is YES"),
+        (STUDY, true, ""),
+    ];
+    for (uid, granted, why) in cases {
+        let answer = ask(uid);
+        let records = w.holder.transfer_records().unwrap();
+        let rec = records.iter().find(|r| r.study_uid == uid).unwrap();
+        match answer {
+            AnswerBody::Granted { .. } => {
+                assert!(granted, "{uid} was granted");
+                assert!(rec.reasons.is_empty(), "{:?}", rec.reasons);
+            }
+            AnswerBody::Denied { reasons, .. } => {
+                assert!(!granted, "{uid} was denied: {reasons:?}");
+                // The requester learns nothing; the holder sees why.
+                assert_eq!(reasons[0].code, "not-available");
+                assert_eq!(rec.reasons[0].code, "burned-in");
+                assert!(rec.reasons[0].text.contains(why), "{:?}", rec.reasons);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The de-identified CT transfer prepares: outputs are not the originals.
+    let rec = w
+        .holder
+        .transfer_records()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.study_uid == STUDY && r.state == State::Granted)
+        .unwrap();
+    let id = parse_id(&rec.id).unwrap();
+    w.holder.prepare(&id).unwrap();
+    let plan = w.holder.send_plan(&id).unwrap();
+    let original = blake3::hash(&std::fs::read(corpus(CT)).unwrap());
+    assert_ne!(plan.manifest.objects[0].blake3, original.as_bytes().to_vec());
+    let a = super::deid::check_attestation(
+        &w.holder.identity().peer_id(),
+        &{
+            let (_, g) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE).unwrap();
+            g
+        },
+        &plan.manifest,
+    )
+    .unwrap();
+    assert_eq!(a.objects[0].before, original.as_bytes().to_vec());
+    assert_eq!(a.level, DeidLevel::Pseudonymised);
+    assert!(w.holder.store().outgoing_dir(&id).join("0").exists());
 }

@@ -219,6 +219,27 @@ fn generate() -> Value {
         .collect();
     let root = wire::objects_root(&objects);
 
+    // The identifiable transfer's attestation: no profile, hashes unchanged.
+    let attestation = wire::Attestation {
+        v: WIRE_VERSION,
+        transfer_id: hex::encode(id),
+        holder: holder.peer_id(),
+        level: DeidLevel::Identifiable,
+        profile: Vec::new(),
+        options: Vec::new(),
+        table_version: String::new(),
+        objects: objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Dicom)
+            .map(|o| wire::AttestedObject {
+                before: o.blake3.clone(),
+                after: o.blake3.clone(),
+            })
+            .collect(),
+        created: CREATED,
+    };
+    let attestation_env = sign(&holder, wire::ATTESTATION_DOMAIN, &enc(&attestation));
+
     // Manifest.
     let manifest = Manifest {
         v: WIRE_VERSION,
@@ -231,6 +252,7 @@ fn generate() -> Value {
         chunk_size: CHUNK_SIZE,
         objects: objects.clone(),
         created: CREATED,
+        attestation: attestation_env.clone(),
     };
     let manifest_payload = enc(&manifest);
     let manifest_env = sign(&holder, MANIFEST_DOMAIN, &manifest_payload);
@@ -709,6 +731,28 @@ fn transfer_vectors() {
     assert_eq!(manifest.ephemeral_x25519, eph_pub);
     assert_eq!(manifest.chunk_size, 256 * 1024);
     assert_eq!(manifest.created, CREATED);
+    // The attestation of an identifiable transfer: signed by the holder, no
+    // profile, every DICOM object with its hash unchanged.
+    let (asigner, att) = wire::open_signed::<wire::Attestation>(
+        "attestation",
+        wire::ATTESTATION_DOMAIN,
+        &manifest.attestation,
+        MAX_MANIFEST,
+    )
+    .unwrap();
+    assert_eq!(asigner, holder.ed25519_public());
+    assert_eq!(att.transfer_id, manifest.transfer_id);
+    assert_eq!(att.level, DeidLevel::Identifiable);
+    assert!(att.profile.is_empty() && att.table_version.is_empty());
+    let dicom: Vec<_> = manifest
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Dicom)
+        .collect();
+    assert_eq!(att.objects.len(), dicom.len());
+    for (a, o) in att.objects.iter().zip(&dicom) {
+        assert_eq!((&a.before, &a.after), (&o.blake3, &o.blake3));
+    }
 
     // Objects: plaintext → manifest entry; sealed → header, opens under the key, seals again identically.
     let objects = file["objects"].as_array().unwrap();

@@ -21,6 +21,8 @@ pub const WIRE_VERSION: u32 = 1;
 pub const GRANT_DOMAIN: &str = "medmesh/v1/transfer-grant";
 /// Signature domain of a manifest.
 pub const MANIFEST_DOMAIN: &str = "medmesh/v1/transfer-manifest";
+/// Signature domain of a de-identification attestation.
+pub const ATTESTATION_DOMAIN: &str = "medmesh/v1/deid-attestation";
 /// Signature domain of a delivery receipt.
 pub const RECEIPT_DOMAIN: &str = "medmesh/v1/transfer-receipt";
 /// Largest request-response message, bytes.
@@ -228,6 +230,58 @@ pub struct Manifest {
     pub objects: Vec<ManifestObject>,
     /// Made (Unix seconds).
     pub created: i64,
+    /// The holder's signed de-identification attestation of this transfer
+    /// ([`Attestation`] under [`ATTESTATION_DOMAIN`]).
+    #[serde(default, with = "serde_bytes")]
+    pub attestation: Vec<u8>,
+}
+
+/// A coded concept of an attestation (CID 7050).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedCode {
+    /// Code Value.
+    pub value: String,
+    /// Coding Scheme Designator.
+    pub scheme: String,
+    /// Code Meaning.
+    pub meaning: String,
+}
+
+/// One DICOM object of a transfer, before and after de-identification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedObject {
+    /// BLAKE3 of the object as held.
+    #[serde(with = "serde_bytes")]
+    pub before: Vec<u8>,
+    /// BLAKE3 of the object as sent (the manifest object's hash).
+    #[serde(with = "serde_bytes")]
+    pub after: Vec<u8>,
+}
+
+/// What the holder did to the objects of a transfer, signed by it
+/// ([`ATTESTATION_DOMAIN`]): level, profile and options with their codes,
+/// table version, and each DICOM object's hash before and after, in
+/// manifest order. At the identifiable level: no profile, hashes equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// [`WIRE_VERSION`].
+    pub v: u32,
+    /// The transfer.
+    pub transfer_id: String,
+    /// Holder peer id.
+    pub holder: String,
+    /// The granted level applied.
+    pub level: DeidLevel,
+    /// CID 7050 codes of the profile and options applied (empty at the identifiable level).
+    pub profile: Vec<AttestedCode>,
+    /// Option names (as in `[deid] options`).
+    pub options: Vec<String>,
+    /// The Annex E table version (empty at the identifiable level).
+    pub table_version: String,
+    /// The DICOM objects, in manifest order.
+    pub objects: Vec<AttestedObject>,
+    /// Made (Unix seconds).
+    pub created: i64,
 }
 
 /// A delivery receipt, signed by the recipient ([`RECEIPT_DOMAIN`]).
@@ -323,7 +377,7 @@ pub trait Versioned {
 macro_rules! versioned {
     ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u32 { self.v } })*};
 }
-versioned!(Msg, Answer, Grant, Manifest, Receipt, StudyIndex);
+versioned!(Msg, Answer, Grant, Manifest, Receipt, StudyIndex, Attestation);
 
 /// Opens a signed document: decodes the envelope (at most `max` bytes),
 /// checks domain and signature, decodes the payload. Returns the signer's

@@ -504,3 +504,97 @@ fn a_received_study_is_locked_when_its_grant_ends() {
 fn chrono_now_plus(secs: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[test]
+fn a_pseudonymised_transfer_arrives_de_identified_with_its_attestation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut net = network(dir.path(), str::to_string);
+    let (holder, recipient) = (net.nodes[0].home.clone(), net.nodes[1].home.clone());
+    let (holder_peer, recipient_peer) = (net.nodes[0].peer_id.clone(), net.nodes[1].peer_id.clone());
+    let study = import_study(&holder, dir.path(), 21, 4, 128);
+    let out = run(
+        &holder,
+        &[
+            "consent",
+            "add",
+            "--patient-id",
+            &study.patient,
+            "--issuer",
+            &study.issuer,
+            "--purpose",
+            "treatment",
+            "--recipient-peer",
+            &recipient_peer,
+            "--level",
+            "pseudonymised",
+        ],
+    )
+    .expect("run");
+    expect_code(&out, 0, "consent add");
+    let (code, done) = request(&recipient, &holder_peer, &study.uid, true);
+    assert_eq!(code, 0, "{done}");
+    assert_eq!(done["level"], "pseudonymised", "{done}");
+    // The recipient holds it under a new Study Instance UID, as a pseudonym.
+    let out = run(&recipient, &["study", "list", "--json"]).expect("run");
+    let studies: Vec<serde_json::Value> = json_lines(&out.stdout)
+        .into_iter()
+        .filter(|(k, _)| k == "study")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(studies.len(), 1, "{studies:?}");
+    let landed = &studies[0];
+    let uid = landed["study_uid"].as_str().expect("uid").to_string();
+    assert_ne!(uid, study.uid);
+    assert!(uid.starts_with("2.25."), "{uid}");
+    let pseudonym = landed["patient_id"].as_str().expect("patient").to_string();
+    assert!(pseudonym.starts_with("PSN-"), "{landed}");
+    // Its attestation: the level, the profile's codes, every object.
+    let out = run(&recipient, &["study", "show", &uid, "--json"]).expect("run");
+    expect_code(&out, 0, "study show");
+    let detail = json_lines(&out.stdout).remove(0).1;
+    let att = &detail["received"]["attestation"];
+    assert_eq!(att["level"], "pseudonymised", "{detail}");
+    assert_eq!(att["objects"], 4);
+    assert!(
+        att["profile"][0].as_str().unwrap_or("").starts_with("113100 (DCM)"),
+        "{att}"
+    );
+    assert!(att["table_version"].as_str().unwrap_or("").contains("Table E.1-1"));
+    // No identifier of the holder's files in what was sent.
+    let export = dir.path().join("export-deid");
+    expect_code(
+        &run(&recipient, &["study", "export", &uid, "--out", s(&export)]).expect("run"),
+        0,
+        "export",
+    );
+    let files = files_under(&export);
+    assert_eq!(files.len(), 4);
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        for needle in [&study.patient, &study.uid] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in {}",
+                f.display()
+            );
+        }
+        assert!(
+            !study.hashes.values().any(|h| *h == blake3::hash(&bytes)),
+            "an original object was sent"
+        );
+    }
+    // Only the holder re-links the pseudonym.
+    let out = run(&holder, &["study", "relink", &pseudonym, "--json"]).expect("run");
+    expect_code(&out, 0, "relink on the holder");
+    assert_eq!(json_lines(&out.stdout).remove(0).1["patient_id"], study.patient);
+    expect_code(
+        &run(&recipient, &["study", "relink", &pseudonym]).expect("run"),
+        2,
+        "relink on the recipient",
+    );
+    // The holder's de-identified copies are gone once the receipt is in.
+    let id = done["id"].as_str().expect("id");
+    wait_state(&holder, id, &["complete"], Duration::from_secs(30));
+    assert!(!holder.join("blobs/outgoing").join(id).exists());
+    net.stop();
+}
