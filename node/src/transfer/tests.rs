@@ -87,31 +87,7 @@ fn world() -> World {
         trust(a, b);
     }
     holder.import(&[corpus(CT)], |_| {}).unwrap();
-    let d = holder.study(STUDY).unwrap();
-    holder
-        .consent_add(NewConsent {
-            id: None,
-            patient_id: d.attributes.patient_id.clone(),
-            issuer: d.attributes.issuer_of_patient_id.clone(),
-            by: ConsentedBy::Patient,
-            deny: false,
-            level: Some(DeidLevel::Identifiable),
-            purposes: vec![Purpose::Treatment],
-            recipient_peers: vec![recipient.identity().peer_id(), other.identity().peer_id()],
-            recipient_institutions: Vec::new(),
-            recipient_jurisdictions: Vec::new(),
-            recipient_consortia: Vec::new(),
-            modalities: Vec::new(),
-            studies: Vec::new(),
-            episode: None,
-            from: None,
-            until: None,
-            data_from: None,
-            data_until: None,
-            legal_basis: None,
-            legal_text: None,
-        })
-        .unwrap();
+    consent_at(&holder, STUDY, &[&recipient, &other], DeidLevel::Identifiable);
     World {
         _dir: dir,
         holder,
@@ -447,8 +423,8 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
     assert!(hash_objects(&w.holder, &key, &wrong, "t").is_err());
 }
 
-/// A consent at `level` for `recipient` for the patient of `study_uid`.
-fn consent_at(holder: &Node, study_uid: &str, recipient: &Node, level: DeidLevel) {
+/// A treatment consent at `level` for `recipients` for the patient of `study_uid`.
+fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], level: DeidLevel) {
     let d = holder.study(study_uid).unwrap();
     holder
         .consent_add(NewConsent {
@@ -459,7 +435,7 @@ fn consent_at(holder: &Node, study_uid: &str, recipient: &Node, level: DeidLevel
             deny: false,
             level: Some(level),
             purposes: vec![Purpose::Treatment],
-            recipient_peers: vec![recipient.identity().peer_id()],
+            recipient_peers: recipients.iter().map(|r| r.identity().peer_id()).collect(),
             recipient_institutions: Vec::new(),
             recipient_jurisdictions: Vec::new(),
             recipient_consortia: Vec::new(),
@@ -490,8 +466,8 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
         .find(|s| s.study_uid != STUDY)
         .unwrap()
         .study_uid;
-    consent_at(&w.holder, &us, &w.recipient, DeidLevel::Pseudonymised);
-    consent_at(&w.holder, STUDY, &w.recipient, DeidLevel::Pseudonymised);
+    consent_at(&w.holder, &us, &[&w.recipient], DeidLevel::Pseudonymised);
+    consent_at(&w.holder, STUDY, &[&w.recipient], DeidLevel::Pseudonymised);
     let ask = |uid: &str| {
         w.holder
             .answer_request(

@@ -68,6 +68,11 @@ fn import_study(home: &Path, dir: &Path, seed: u64, slices: u32, size: u16) -> S
 }
 
 fn consent(holder: &Path, study: &Study, recipient: &str, extra: &[&str]) {
+    consent_at(holder, study, recipient, "identifiable", extra);
+}
+
+/// As [`consent`], at `level`.
+fn consent_at(holder: &Path, study: &Study, recipient: &str, level: &str, extra: &[&str]) {
     let mut args = vec![
         "consent",
         "add",
@@ -80,7 +85,7 @@ fn consent(holder: &Path, study: &Study, recipient: &str, extra: &[&str]) {
         "--recipient-peer",
         recipient,
         "--level",
-        "identifiable",
+        level,
     ];
     args.extend_from_slice(extra);
     expect_code(&run(holder, &args).expect("run"), 0, "consent add");
@@ -512,25 +517,7 @@ fn a_pseudonymised_transfer_arrives_de_identified_with_its_attestation() {
     let (holder, recipient) = (net.nodes[0].home.clone(), net.nodes[1].home.clone());
     let (holder_peer, recipient_peer) = (net.nodes[0].peer_id.clone(), net.nodes[1].peer_id.clone());
     let study = import_study(&holder, dir.path(), 21, 4, 128);
-    let out = run(
-        &holder,
-        &[
-            "consent",
-            "add",
-            "--patient-id",
-            &study.patient,
-            "--issuer",
-            &study.issuer,
-            "--purpose",
-            "treatment",
-            "--recipient-peer",
-            &recipient_peer,
-            "--level",
-            "pseudonymised",
-        ],
-    )
-    .expect("run");
-    expect_code(&out, 0, "consent add");
+    consent_at(&holder, &study, &recipient_peer, "pseudonymised", &[]);
     let (code, done) = request(&recipient, &holder_peer, &study.uid, true);
     assert_eq!(code, 0, "{done}");
     assert_eq!(done["level"], "pseudonymised", "{done}");
