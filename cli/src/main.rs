@@ -12,6 +12,7 @@
 
 mod admin;
 mod consent;
+mod ledger;
 mod output;
 mod session;
 mod transfer;
@@ -103,6 +104,9 @@ enum Command {
     /// Check the store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The access ledger: signed, chained feeds of what every node did.
+    #[command(subcommand)]
+    Log(ledger::LogCommand),
     /// Consortium administration (offline, on files).
     #[command(subcommand)]
     Consortium(ConsortiumCommand),
@@ -602,6 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Request(args) => transfer::request(args, false),
         Command::Share(args) => transfer::request(args, true),
         Command::Approvals(cmd) => transfer::approvals(cmd),
+        Command::Log(cmd) => ledger::run(cmd),
         Command::Transfers(cmd) => transfer::transfers(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, RelinkRequest, ShowRequest, Status,
-    TransferAsk, Unblocked, WithdrawRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest, RelinkRequest,
+    ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use medmesh_node::consent_schema::{DeidLevel, Purpose};
 use medmesh_node::deid::DeidOption;
@@ -18,6 +18,7 @@ use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use medmesh_node::home::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
+use medmesh_node::home::ledger::{EntryView, VerifyReport};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
@@ -362,6 +363,27 @@ impl Session {
             Self::Remote { client, rt } => {
                 Self::post(client, rt, "/consents/withdraw", &WithdrawRequest { id: id.into() })
             }
+        }
+    }
+
+    pub fn log_tail(&self, limit: usize) -> Result<Vec<EntryView>> {
+        match self {
+            Self::Local(node) => Ok(node.log_tail(limit)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/log/tail", &LogTailRequest { limit }),
+        }
+    }
+
+    pub fn log_show(&self, id: &str) -> Result<EntryView> {
+        match self {
+            Self::Local(node) => Ok(node.log_show(id)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/log/show", &IdRequest { id: id.into() }),
+        }
+    }
+
+    pub fn log_verify(&self) -> Result<VerifyReport> {
+        match self {
+            Self::Local(node) => Ok(node.log_verify()?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/log/verify"),
         }
     }
 

@@ -116,6 +116,13 @@ pub struct DeidRequest {
     pub options: Vec<crate::deid::DeidOption>,
 }
 
+/// `POST /v1/log/tail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogTailRequest {
+    /// How many entries.
+    pub limit: usize,
+}
+
 /// `POST /v1/studies/relink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelinkRequest {

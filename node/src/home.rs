@@ -15,6 +15,7 @@
 
 pub mod consent;
 pub mod deid;
+pub mod ledger;
 pub mod trust;
 
 use std::fs;
@@ -80,6 +81,9 @@ pub enum HomeError {
     /// De-identification cannot run as asked.
     #[error("{0}")]
     Deid(String),
+    /// A ledger lookup failed.
+    #[error("{0}")]
+    Ledger(String),
     /// Trust operation failure.
     #[error(transparent)]
     Trust(#[from] trust::TrustOpError),
@@ -604,7 +608,27 @@ impl Node {
         progress: impl FnMut(&ExportOutcome),
     ) -> Result<ExportSummary, HomeError> {
         self.enforce_expiry()?;
-        Ok(export::export(&self.store, study_uid, out, overwrite, progress)?)
+        let summary = export::export(&self.store, study_uid, out, overwrite, progress)?;
+        self.log(crate::ledger::Event::Accessed {
+            action: "export".into(),
+            study: Some(self.ledger_study(study_uid)?),
+            objects: summary.written,
+            role: ledger::ADMIN_ROLE.into(),
+        })?;
+        Ok(summary)
+    }
+
+    /// The commitment entries name a study of this node by: the holder's,
+    /// from the grant, for a received study; this node's own otherwise.
+    fn ledger_study(&self, study_uid: &str) -> Result<String, HomeError> {
+        let study = self.store.study_ref(study_uid);
+        if let Some(row) = self.store.study_row(&study)?
+            && let Origin::Received(g) = &row.origin
+            && !g.study_ref.is_empty()
+        {
+            return Ok(hex::encode(&g.study_ref));
+        }
+        Ok(hex::encode(self.study_commitment(study_uid)?))
     }
 
     /// All studies, decrypted, sorted by study date then UID. With

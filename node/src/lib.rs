@@ -15,6 +15,7 @@
 //! | [`deid`] | de-identification: PS3.15 Annex E profile and options, UID remap, date shift, pixel masking |
 //! | [`home`] | the node home directory: create, open, the operations on it |
 //! | [`config`] | the TOML configuration |
+//! | [`ledger`] | the signed, chained access ledger: entries, feeds, study commitments |
 //!
 //! ```no_run
 //! use medmesh_node::{home::Node, keystore::Passphrase};
@@ -38,6 +39,7 @@ pub mod fsutil;
 pub mod home;
 pub mod identity;
 pub mod keystore;
+pub mod ledger;
 pub mod net;
 pub mod store;
 pub mod transfer;

@@ -60,6 +60,7 @@ use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 
+mod ledger;
 mod relink;
 mod transfers;
 pub use relink::{RELINK_VERSION, RelinkRecord};
@@ -80,6 +81,10 @@ const TRANSFERS: TableDefinition<'_, [u8; 16], &[u8]> = TableDefinition::new("tr
 const TRANSFER_DOCS: TableDefinition<'_, [u8; 17], &[u8]> = TableDefinition::new("transfer-docs-v1");
 const TRANSFER_CHUNKS: TableDefinition<'_, [u8; 20], u64> = TableDefinition::new("transfer-chunks-v1");
 const RELINK: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("relink-v1");
+const LEDGER_ENTRIES: TableDefinition<'_, [u8; 40], &[u8]> = TableDefinition::new("ledger-entries-v1");
+const LEDGER_IDS: TableDefinition<'_, [u8; 32], [u8; 40]> = TableDefinition::new("ledger-ids-v1");
+const LEDGER_STUDIES: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("ledger-studies-v1");
+const LEDGER_COMMITS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("ledger-commitments-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -90,6 +95,7 @@ const INDEX_KEY_CONTEXT: &str = "medmesh/v1/blind index key";
 const ADDRESS_KEY_CONTEXT: &str = "medmesh/v1/blob address key";
 const CONSENT_KEY_CONTEXT: &str = "medmesh/v1/consent record key";
 const RELINK_KEY_CONTEXT: &str = "medmesh/v1/relink record key";
+const LEDGER_COMMIT_KEY_CONTEXT: &str = "medmesh/v1/ledger commitment key";
 const DEID_SECRET_CONTEXT: &str = "medmesh/v1/deid site secret";
 
 /// Errors of the store.
@@ -143,6 +149,9 @@ pub enum StoreError {
     /// A stored consent record does not open or decode.
     #[error("consent record {0} in consents-v1 does not open under this node's master key or is damaged")]
     Consent(String),
+    /// A ledger entry cannot be made.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// A re-link record does not open.
     #[error("re-link record of pseudonym {0} in relink-v1 does not open under this node's master key or is damaged")]
     Relink(String),
@@ -210,6 +219,9 @@ pub struct ReceivedGrant {
     /// The holder's signed de-identification attestation (PROTOCOL.md §12.3).
     #[serde(default, with = "serde_bytes")]
     pub attestation: Vec<u8>,
+    /// The holder's ledger commitment of the study (from the grant).
+    #[serde(default, with = "serde_bytes")]
+    pub study_ref: Vec<u8>,
 }
 
 /// Index row of a study.
@@ -429,6 +441,10 @@ impl Store {
             txn.open_table(TRANSFER_DOCS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(TRANSFER_CHUNKS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(RELINK).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_ENTRIES).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_IDS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_STUDIES).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_COMMITS).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -1023,6 +1039,10 @@ impl Store {
             txn.open_table(TRANSFER_DOCS).map_err(|e| self.err(e))?;
             txn.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
             txn.open_table(RELINK).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_IDS).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_COMMITS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

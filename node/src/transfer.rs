@@ -50,6 +50,7 @@ use crate::home::consent::{CheckQuery, Reason, Verdict};
 use crate::home::trust::now;
 use crate::home::{HomeError, Node, rfc3339};
 use crate::identity::peer_id_of;
+use crate::ledger::Event;
 use crate::store::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
 use crate::store::{
     InstanceMeta, InstanceRow, LandedObject, Origin, ROW_VERSION, ReceivedGrant, StoreError, StudyRef, StudyRow,
@@ -665,6 +666,15 @@ impl Node {
         rec.request_id = Some(request_id.to_string());
         let shown = self.decide(&mut rec, false)?;
         self.save(&mut rec)?;
+        self.log(Event::TransferRequested {
+            transfer: rec.id.clone(),
+            peer: peer.to_string(),
+            purpose: purpose.to_string(),
+            role: role.to_string(),
+            direction: "received".into(),
+            study: None,
+        })?;
+        self.log_decision(&rec)?;
         tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
         Ok(match rec.state {
             State::Granted => AnswerBody::Granted {
@@ -680,6 +690,33 @@ impl Node {
                 reasons: shown,
             },
         })
+    }
+
+    /// Writes the holder's decision on `rec` to the ledger.
+    fn log_decision(&self, rec: &TransferRecord) -> Result<(), HomeError> {
+        let event = match rec.state {
+            State::Granted => Event::TransferGranted {
+                transfer: rec.id.clone(),
+                peer: rec.peer.clone(),
+                purpose: rec.purpose.to_string(),
+                level: rec.level.map_or("", DeidLevel::as_str).to_string(),
+                study: hex::encode(self.study_commitment(&rec.study_uid)?),
+                expires: rec.expires.unwrap_or(0),
+            },
+            State::Pending => Event::TransferPending {
+                transfer: rec.id.clone(),
+                peer: rec.peer.clone(),
+                purpose: rec.purpose.to_string(),
+            },
+            State::Denied => Event::TransferDenied {
+                transfer: rec.id.clone(),
+                peer: rec.peer.clone(),
+                purpose: rec.purpose.to_string(),
+                codes: rec.reasons.iter().map(|r| r.code.clone()).collect(),
+            },
+            _ => return Ok(()),
+        };
+        self.log(event)
     }
 
     /// Decides `rec` (trust, study, consent and policy) and sets its state,
@@ -789,6 +826,7 @@ impl Node {
             consents,
             issued: now(),
             expires,
+            study_ref: self.study_commitment(&rec.study_uid)?.to_vec(),
         };
         let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e.to_string()))?;
         rec.grant = self.identity().sign(GRANT_DOMAIN, payload).to_bytes()?;
@@ -829,6 +867,7 @@ impl Node {
         rec.requested_level = level;
         self.decide(&mut rec, false)?;
         self.save(&mut rec)?;
+        self.log_decision(&rec)?;
         self.transfer_view(&rec)
     }
 
@@ -852,6 +891,12 @@ impl Node {
     /// [`TransferError::State`] when it is not pending; store errors.
     pub fn approve(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), HomeError> {
         let tid = parse_id(id)?;
+        // The grant names the study by its commitment: made now, outside the
+        // record's write transaction (redb has one writer at a time).
+        let pending = self.transfer(&tid)?;
+        if pending.direction == Direction::Outgoing && pending.state == State::Pending {
+            self.study_commitment(&pending.study_uid)?;
+        }
         let (rec, ()) = self.update_transfer(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(TransferError::State {
@@ -863,6 +908,13 @@ impl Node {
             self.decide(rec, true)?;
             Ok(())
         })?;
+        if rec.state == State::Granted {
+            self.log(Event::TransferApproved {
+                transfer: rec.id.clone(),
+                peer: rec.peer.clone(),
+            })?;
+        }
+        self.log_decision(&rec)?;
         tracing::info!(transfer = %rec.id, state = rec.state.as_str(), "approval decided");
         // Checked again and now refused (a consent withdrawn meanwhile): the requester is told.
         let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
@@ -902,6 +954,7 @@ impl Node {
             rec.reasons = vec![reason("denied-by-approver", why)];
             Ok(())
         })?;
+        self.log_decision(&rec)?;
         let msg = (rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
@@ -1237,6 +1290,14 @@ impl Node {
         })?;
         self.live().remove(&id);
         self.remove_outgoing(&id);
+        self.log(Event::TransferSent {
+            transfer: rec.id.clone(),
+            peer: peer.to_string(),
+            study: hex::encode(self.study_commitment(&rec.study_uid)?),
+            objects: manifest.objects.len() as u64,
+            bytes: manifest.objects.iter().map(|o| o.size).sum(),
+            level: rec.level.map_or("", DeidLevel::as_str).to_string(),
+        })?;
         tracing::info!(transfer = %rec.id, peer = %peer, "delivery receipt received: transfer complete");
         Ok(AnswerBody::Ack)
     }
@@ -1329,6 +1390,18 @@ impl Node {
             .into());
         }
         self.save(&mut rec)?;
+        let study = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
+            .ok()
+            .map(|(_, g)| hex::encode(g.study_ref))
+            .filter(|s| !s.is_empty());
+        self.log(Event::TransferRequested {
+            transfer: rec.id.clone(),
+            peer: peer.to_string(),
+            purpose: purpose.to_string(),
+            role: role.to_string(),
+            direction: "sent".into(),
+            study,
+        })?;
         self.transfer_view(&rec)
     }
 
@@ -1595,6 +1668,14 @@ impl Node {
             r.state = State::Landed;
             Ok(())
         })?;
+        // (A transfer already landed returned above: this is logged once.)
+        self.log(Event::TransferReceived {
+            transfer: idh.clone(),
+            peer: rec.peer.clone(),
+            study: hex::encode(&grant.study_ref),
+            objects: (accepted.manifest.objects.len() - 1) as u64,
+            level: grant.level.as_str().to_string(),
+        })?;
         tracing::info!(transfer = %idh, "study received, verified and stored");
         Ok(())
     }
@@ -1663,6 +1744,7 @@ impl Node {
                 received: t,
                 locked: None,
                 attestation: a.manifest.attestation.clone(),
+                study_ref: grant.study_ref.clone(),
             }),
             created: t,
             updated: t,
@@ -1768,6 +1850,9 @@ impl Node {
                     if let Ok(id) = parse_id(&g.transfer_id) {
                         self.store().transfer_docs_remove(&id)?;
                     }
+                    self.log(Event::StudyLocked {
+                        study: hex::encode(&g.study_ref),
+                    })?;
                     locked += 1;
                     tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
                 }

@@ -99,6 +99,17 @@ fn run_deid(data: &[u8]) -> bool {
     true
 }
 
+/// `fuzz_targets/ledger_entry.rs`.
+fn run_ledger_entry(data: &[u8]) -> bool {
+    let Ok(e) = medmesh_node::ledger::open_entry(data) else {
+        return false;
+    };
+    assert_eq!(e.bytes, data, "an entry that opens is kept as received");
+    assert_eq!(&e.id, blake3::hash(data).as_bytes());
+    assert!(e.entry.seq >= 1);
+    true
+}
+
 /// `fuzz_targets/trust_decode.rs` (decoding; verification needs a consortium, so the target
 /// verifies only against a descriptor decoded from the same input).
 fn run_trust_decode(data: &[u8]) -> bool {
@@ -253,6 +264,14 @@ fn deid_seeds() {
     // A CT slice is de-identified; the burned-in ultrasound and the regression inputs are refused.
     let accepted = for_each_seed("deid", run_deid);
     assert_eq!(accepted, 1, "only the CT seed de-identifies");
+}
+
+#[test]
+fn ledger_entry_seeds() {
+    // The three vector entries and the entry that names no previous one open
+    // (the chain is checked elsewhere); the flipped signature does not.
+    let accepted = for_each_seed("ledger_entry", run_ledger_entry);
+    assert_eq!(accepted, 4);
 }
 
 #[test]

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, MAX_REQUEST, RelinkRequest, ShowRequest, Status,
-    TransferAsk, Unblocked, WithdrawRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST, RelinkRequest,
+    ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
@@ -489,6 +489,15 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 let r: RelinkRequest = body(req).await?;
                 json(&blocking(api, move |n| n.relink(&r.pseudonym)).await?)
             }
+            (&Method::POST, "/log/tail") => {
+                let r: LogTailRequest = body(req).await?;
+                json(&blocking(api, move |n| n.log_tail(r.limit)).await?)
+            }
+            (&Method::POST, "/log/show") => {
+                let r: IdRequest = body(req).await?;
+                json(&blocking(api, move |n| n.log_show(&r.id)).await?)
+            }
+            (&Method::GET, "/log/verify") => json(&blocking(api, Node::log_verify).await?),
             (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
             (&Method::POST, "/transfers/show") => {
                 let r: IdRequest = body(req).await?;

@@ -730,6 +730,9 @@ impl Node {
                 None => Ok(Some(record.clone())),
             })?;
         tracing::info!(consent = %id, "consent recorded");
+        self.log(crate::ledger::Event::ConsentAdded {
+            consent: id.as_str().to_string(),
+        })?;
         self.entry(record, now)
     }
 
@@ -872,6 +875,9 @@ impl Node {
             Ok::<_, HomeError>(change.then_some(record))
         })?;
         let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
+        self.log(crate::ledger::Event::ConsentWithdrawn {
+            consent: id.to_string(),
+        })?;
         self.entry(record, now)
     }
 

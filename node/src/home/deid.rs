@@ -214,6 +214,12 @@ impl Node {
         summary.patients = patients.len() as u64;
         summary.relinkable = relink.len() as u64;
         self.store().relink_merge(&relink)?;
+        self.log(crate::ledger::Event::Accessed {
+            action: "deid-export".into(),
+            study: None,
+            objects: summary.written,
+            role: super::ledger::ADMIN_ROLE.into(),
+        })?;
         let _ = crate::fsutil::sync_dir(out);
         tracing::info!(
             level = level.as_str(),
@@ -234,6 +240,12 @@ impl Node {
         let pseudonym = pseudonym.trim();
         let found = self.store().relink_get(pseudonym)?;
         tracing::warn!(pseudonym, found = found.is_some(), "re-link of a pseudonym requested");
+        self.log(crate::ledger::Event::Accessed {
+            action: "relink".into(),
+            study: None,
+            objects: 0,
+            role: super::ledger::ADMIN_ROLE.into(),
+        })?;
         let r = found.ok_or_else(|| {
             HomeError::Deid(format!(
                 "no re-link record for pseudonym {pseudonym} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"

@@ -161,6 +161,9 @@ impl Node {
         self.store
             .trust_put(&format!("own-certificate/{}", consortium.id), certificate)?;
         let listing = self.trust_listing()?;
+        self.log(crate::ledger::Event::TrustJoined {
+            consortium: consortium.id.clone(),
+        })?;
         listing
             .consortia
             .into_iter()
@@ -206,6 +209,9 @@ impl Node {
             .map_err(TrustOpError::from)?;
         let r = verified.record();
         self.store.trust_put(&format!("bilateral/{}", r.peer_id), &bytes)?;
+        self.log(crate::ledger::Event::PeerAdded {
+            peer: r.peer_id.clone(),
+        })?;
         Ok(BilateralEntry {
             peer_id: r.peer_id.clone(),
             institution: r.institution.clone(),
@@ -237,6 +243,12 @@ impl Node {
             reason: payload.reason,
             time: rfc3339(payload.time),
         })
+        .and_then(|entry| {
+            self.log(crate::ledger::Event::PeerRevoked {
+                peer: entry.target.clone(),
+            })?;
+            Ok(entry)
+        })
     }
 
     /// Blocks a peer.
@@ -258,6 +270,7 @@ impl Node {
             .map_err(TrustError::from)
             .map_err(TrustOpError::from)?;
         self.store.trust_put(&format!("blocked/{peer_id}"), &bytes)?;
+        self.log(crate::ledger::Event::PeerBlocked { peer: peer_id.into() })?;
         Ok(BlockedEntry {
             peer_id: peer_id.into(),
             reason: reason.into(),

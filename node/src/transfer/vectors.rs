@@ -169,6 +169,8 @@ fn grant_doc(holder: &Identity, recipient: &Identity) -> Grant {
         consents: vec!["c-0123456789abcdef".into()],
         issued: ISSUED,
         expires: EXPIRES,
+        // The holder's ledger commitment of the study, from salt 32 x 0x5a.
+        study_ref: crate::ledger::commitment(&[0x5a; 32], STUDY_UID).to_vec(),
     }
 }
 

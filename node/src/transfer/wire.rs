@@ -174,6 +174,10 @@ pub struct Grant {
     pub issued: i64,
     /// Ends (Unix seconds): the recipient locks the study then.
     pub expires: i64,
+    /// The holder's ledger commitment of the study (PROTOCOL.md §14), which
+    /// both sides' ledger entries name it by.
+    #[serde(default, with = "serde_bytes")]
+    pub study_ref: Vec<u8>,
 }
 
 /// What an object of a manifest is.

@@ -222,6 +222,39 @@ fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
     }
     let out = run(&recipient, &["store", "check"]).expect("run");
     expect_code(&out, 0, "store check after landing");
+    // Both ledgers record the transfer, name the study by the same
+    // commitment (the holder's), verify, and hold no identifier.
+    let kinds = |home: &Path| -> Vec<(String, serde_json::Value)> {
+        let out = run(home, &["log", "tail", "--limit", "100", "--json"]).expect("run");
+        json_lines(&out.stdout)
+            .into_iter()
+            .map(|(_, e)| (e["kind"].as_str().unwrap_or("").to_string(), e["event"].clone()))
+            .collect()
+    };
+    let held = kinds(&holder);
+    let got = kinds(&recipient);
+    let find = |list: &[(String, serde_json::Value)], kind: &str| {
+        list.iter()
+            .find(|(k, e)| k == kind && e["transfer"] == done["id"])
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| panic!("no {kind} entry: {list:?}"))
+    };
+    let granted_entry = find(&held, "transfer-granted");
+    let sent = find(&held, "transfer-sent");
+    let received = find(&got, "transfer-received");
+    assert_eq!(find(&held, "transfer-requested")["direction"], "received");
+    assert_eq!(find(&got, "transfer-requested")["direction"], "sent");
+    assert_eq!(granted_entry["study"], sent["study"]);
+    assert_eq!(received["study"], sent["study"]);
+    for home in [&holder, &recipient] {
+        let out = run(home, &["log", "verify", "--json"]).expect("run");
+        expect_code(&out, 0, "log verify");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &format!("{held:?}{got:?}");
+        assert!(
+            !text.contains(&study.patient) && !text.contains(&study.uid),
+            "an identifier in the ledger"
+        );
+    }
     net.stop();
 }
 

@@ -1,0 +1,151 @@
+//! `medmesh log tail|show|verify`: the access ledger this node holds.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use medmesh_node::home::ledger::EntryView;
+
+use crate::HomeArgs;
+use crate::output::Out;
+use crate::session::Session;
+
+#[derive(Subcommand)]
+pub(crate) enum LogCommand {
+    /// The latest entries of every feed this node holds, oldest first: author,
+    /// seq, kind and what (studies as commitments, never patient data).
+    Tail {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// How many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing new entries as they are written (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// One entry by its id (or at least 8 of its first hex digits). On the
+    /// node that made a study commitment, the study it names is shown too.
+    Show {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Entry id.
+        entry: String,
+    },
+    /// Verify every feed: each entry's signature and author, and the chain
+    /// (1, 2, ... each naming the one before). Prints each author's head.
+    /// Exit code 1 when a feed does not verify.
+    Verify {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+}
+
+fn line(e: &EntryView) -> String {
+    let what = serde_json::to_value(&e.event)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "kind")
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    format!(
+        "{}  {}  {:>4}  {:<18} {}  [{}]\n",
+        e.time,
+        &e.author[e.author.len().saturating_sub(8)..],
+        e.seq,
+        e.kind,
+        what,
+        &e.id[..12]
+    )
+}
+
+pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
+    match cmd {
+        LogCommand::Tail { home, limit, follow } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let mut seen = HashSet::new();
+            loop {
+                for e in node.log_tail(if follow && !seen.is_empty() { 1000 } else { limit })? {
+                    if seen.insert(e.id.clone()) {
+                        out.emit("entry", &e, || line(&e))?;
+                    }
+                }
+                if !follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        LogCommand::Show { home, entry } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let e = node.log_show(&entry).context("showing the entry")?;
+            out.emit("entry", &e, || {
+                let mut s = format!(
+                    "entry   {}\nauthor  {}\nseq     {}\nprev    {}\ntime    {}\nkind    {}\n",
+                    e.id, e.author, e.seq, e.prev, e.time, e.kind
+                );
+                s.push_str(&format!(
+                    "event   {}\n",
+                    serde_json::to_string(&e.event).unwrap_or_default()
+                ));
+                if let Some(uid) = &e.study_uid {
+                    s.push_str(&format!(
+                        "study   {uid} (resolved here: this node made the commitment)\n"
+                    ));
+                }
+                s
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Verify { home } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let report = node.log_verify().context("verifying the ledger")?;
+            for f in &report.feeds {
+                out.emit("feed", f, || {
+                    let mut s = format!(
+                        "{}  {} entries, head {} {}  {}\n",
+                        f.author,
+                        f.entries,
+                        f.head_seq,
+                        f.head_id.get(..16).unwrap_or(""),
+                        if f.problems.is_empty() { "ok" } else { "FAILS" }
+                    );
+                    for p in &f.problems {
+                        s.push_str(&format!("  {p}\n"));
+                    }
+                    s
+                })?;
+            }
+            out.emit(
+                "log-verify",
+                &serde_json::json!({ "ok": report.ok, "feeds": report.feeds.len() }),
+                || {
+                    format!(
+                        "{} feeds: {}\n",
+                        report.feeds.len(),
+                        if report.ok {
+                            "every feed verifies"
+                        } else {
+                            "SOME FEEDS DO NOT VERIFY"
+                        }
+                    )
+                },
+            )?;
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

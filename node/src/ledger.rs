@@ -1,0 +1,386 @@
+//! The access ledger: every node appends what it did (requests, grants,
+//! denials, transfers, accesses, consent and trust changes, locks) to its own
+//! feed of entries, each signed by the node and chained to the one before,
+//! so a feed can be verified by anyone who has it and cannot be changed
+//! without the change showing. Entries carry no patient data: a study is
+//! named by a salted commitment only its holder can resolve
+//! ([`commitment`]), people by role and site.
+//!
+//! Entry: CBOR `{v, author, seq, prev, time, event}` in a signed envelope
+//! ([`ENTRY_DOMAIN`]); its id is the BLAKE3 of the envelope bytes; `prev` is
+//! the id of the author's entry `seq - 1` (32 zero bytes for seq 1). See
+//! docs/PROTOCOL.md §14.
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod vectors;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cbor;
+use crate::identity::{Identity, SignedEnvelope, peer_id_of};
+
+/// Version of the entry format.
+pub const LEDGER_VERSION: u32 = 1;
+/// Signature domain of an entry.
+pub const ENTRY_DOMAIN: &str = "medmesh/v1/ledger-entry";
+/// Largest entry envelope (bytes).
+pub const MAX_ENTRY: usize = 64 * 1024;
+/// Context of the salted study commitment.
+pub const COMMITMENT_CONTEXT: &str = "medmesh/v1/ledger study commitment";
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// An entry does not decode or verify.
+    #[error("ledger entry {entry}: {reason}")]
+    Invalid {
+        /// Which entry (author and seq, or its id).
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A feed breaks its chain.
+    #[error("feed of {author}: {reason}")]
+    Chain {
+        /// The author's peer id.
+        author: String,
+        /// Where and how.
+        reason: String,
+    },
+}
+
+/// What an entry records. Studies are [`commitment`]s (hex), transfers their
+/// id (hex), peers their peer id; no patient data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// A transfer request this node sent or received.
+    TransferRequested {
+        /// Transfer id (hex).
+        transfer: String,
+        /// The other side.
+        peer: String,
+        /// Purpose.
+        purpose: String,
+        /// Requesting role.
+        role: String,
+        /// `sent` (this node asked) or `received` (this node holds the study).
+        direction: String,
+        /// The study's commitment (the holder's), when known to the author.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        study: Option<String>,
+    },
+    /// The holder granted a transfer.
+    TransferGranted {
+        /// Transfer id.
+        transfer: String,
+        /// Recipient.
+        peer: String,
+        /// Purpose.
+        purpose: String,
+        /// Granted level.
+        level: String,
+        /// Study commitment.
+        study: String,
+        /// Grant end (Unix seconds).
+        expires: i64,
+    },
+    /// The holder denied a transfer.
+    TransferDenied {
+        /// Transfer id.
+        transfer: String,
+        /// Requester.
+        peer: String,
+        /// Purpose.
+        purpose: String,
+        /// Reason codes.
+        codes: Vec<String>,
+    },
+    /// The holder queued a transfer for a person's approval.
+    TransferPending {
+        /// Transfer id.
+        transfer: String,
+        /// Requester.
+        peer: String,
+        /// Purpose.
+        purpose: String,
+    },
+    /// A person at the holder approved a pending transfer.
+    TransferApproved {
+        /// Transfer id.
+        transfer: String,
+        /// Requester.
+        peer: String,
+    },
+    /// The holder's transfer is complete (the recipient's receipt is in).
+    TransferSent {
+        /// Transfer id.
+        transfer: String,
+        /// Recipient.
+        peer: String,
+        /// Study commitment.
+        study: String,
+        /// Objects sent.
+        objects: u64,
+        /// Bytes sent.
+        bytes: u64,
+        /// Level sent at.
+        level: String,
+    },
+    /// The recipient landed a transfer.
+    TransferReceived {
+        /// Transfer id.
+        transfer: String,
+        /// Holder.
+        peer: String,
+        /// The holder's study commitment (from the grant).
+        study: String,
+        /// Objects received.
+        objects: u64,
+        /// Level received at.
+        level: String,
+    },
+    /// Data was opened at this node.
+    Accessed {
+        /// `export`, `deid-export` or `relink`.
+        action: String,
+        /// The study's commitment, when it is one study of this node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        study: Option<String>,
+        /// Objects concerned.
+        objects: u64,
+        /// Who, as a role at this site.
+        role: String,
+    },
+    /// A consent was recorded (pseudonymous: its id only).
+    ConsentAdded {
+        /// Consent id.
+        consent: String,
+    },
+    /// A consent was withdrawn.
+    ConsentWithdrawn {
+        /// Consent id.
+        consent: String,
+    },
+    /// This node joined a consortium.
+    TrustJoined {
+        /// Consortium id.
+        consortium: String,
+    },
+    /// This node trusted a peer bilaterally.
+    PeerAdded {
+        /// The peer.
+        peer: String,
+    },
+    /// A revocation was applied.
+    PeerRevoked {
+        /// The peer revoked.
+        peer: String,
+    },
+    /// A peer was blocked.
+    PeerBlocked {
+        /// The peer.
+        peer: String,
+    },
+    /// A received study was locked (its key destroyed) at grant expiry.
+    StudyLocked {
+        /// The holder's study commitment.
+        study: String,
+    },
+}
+
+impl Event {
+    /// The kind, as written in the entry.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::TransferRequested { .. } => "transfer-requested",
+            Event::TransferGranted { .. } => "transfer-granted",
+            Event::TransferDenied { .. } => "transfer-denied",
+            Event::TransferPending { .. } => "transfer-pending",
+            Event::TransferApproved { .. } => "transfer-approved",
+            Event::TransferSent { .. } => "transfer-sent",
+            Event::TransferReceived { .. } => "transfer-received",
+            Event::Accessed { .. } => "accessed",
+            Event::ConsentAdded { .. } => "consent-added",
+            Event::ConsentWithdrawn { .. } => "consent-withdrawn",
+            Event::TrustJoined { .. } => "trust-joined",
+            Event::PeerAdded { .. } => "peer-added",
+            Event::PeerRevoked { .. } => "peer-revoked",
+            Event::PeerBlocked { .. } => "peer-blocked",
+            Event::StudyLocked { .. } => "study-locked",
+        }
+    }
+
+    /// The study commitment the event names, if any.
+    #[must_use]
+    pub fn study(&self) -> Option<&str> {
+        match self {
+            Event::TransferGranted { study, .. }
+            | Event::TransferSent { study, .. }
+            | Event::TransferReceived { study, .. }
+            | Event::StudyLocked { study } => Some(study),
+            Event::TransferRequested { study, .. } | Event::Accessed { study, .. } => study.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// [`LEDGER_VERSION`].
+    pub v: u32,
+    /// The author's Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub author: Vec<u8>,
+    /// Position in the author's feed, from 1.
+    pub seq: u64,
+    /// Id of entry `seq - 1` (32 zero bytes for the first).
+    #[serde(with = "serde_bytes")]
+    pub prev: Vec<u8>,
+    /// When (Unix seconds).
+    pub time: i64,
+    /// What.
+    pub event: Event,
+}
+
+/// An entry with its envelope bytes and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEntry {
+    /// The entry.
+    pub entry: Entry,
+    /// Its signed envelope, as stored and sent.
+    pub bytes: Vec<u8>,
+    /// BLAKE3 of `bytes`.
+    pub id: [u8; 32],
+}
+
+impl SignedEntry {
+    /// The author's peer id.
+    #[must_use]
+    pub fn author_peer(&self) -> String {
+        <[u8; 32]>::try_from(self.entry.author.as_slice())
+            .ok()
+            .and_then(|k| peer_id_of(&k).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Makes and signs the entry that follows `head` ((seq, id) of the author's
+/// last entry, or `None` for the first).
+///
+/// # Errors
+/// [`LedgerError::Invalid`] when encoding fails.
+pub fn make_entry(
+    identity: &Identity,
+    head: Option<(u64, [u8; 32])>,
+    time: i64,
+    event: Event,
+) -> Result<SignedEntry, LedgerError> {
+    let (seq, prev) = match head {
+        Some((s, id)) => (s + 1, id),
+        None => (1, [0u8; 32]),
+    };
+    let entry = Entry {
+        v: LEDGER_VERSION,
+        author: identity.ed25519_public().to_vec(),
+        seq,
+        prev: prev.to_vec(),
+        time,
+        event,
+    };
+    let invalid = |reason: String| LedgerError::Invalid {
+        entry: format!("seq {seq}"),
+        reason,
+    };
+    let payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.to_string()))?;
+    let bytes = identity
+        .sign(ENTRY_DOMAIN, payload)
+        .to_bytes()
+        .map_err(|e| invalid(e.to_string()))?;
+    let id = *blake3::hash(&bytes).as_bytes();
+    Ok(SignedEntry { entry, bytes, id })
+}
+
+/// Opens an entry: envelope (at most [`MAX_ENTRY`]), domain, signature, the
+/// entry (version 1), the signer is the entry's author, and envelope and
+/// entry are in the one encoding this crate writes.
+///
+/// # Errors
+/// [`LedgerError::Invalid`] saying why.
+pub fn open_entry(bytes: &[u8]) -> Result<SignedEntry, LedgerError> {
+    let id = *blake3::hash(bytes).as_bytes();
+    let invalid = |reason: String| LedgerError::Invalid {
+        entry: hex::encode(&id[..8]),
+        reason,
+    };
+    if bytes.len() > MAX_ENTRY {
+        return Err(invalid(format!("{} bytes, over {MAX_ENTRY}", bytes.len())));
+    }
+    let env = SignedEnvelope::from_bytes(bytes).map_err(|e| invalid(e.to_string()))?;
+    let (signer, payload) = env.verify(ENTRY_DOMAIN).map_err(|e| invalid(e.to_string()))?;
+    let entry: Entry = cbor::decode("ledger entry", payload, MAX_ENTRY).map_err(|e| invalid(e.to_string()))?;
+    cbor::check_version("ledger entry", entry.v, LEDGER_VERSION).map_err(|e| invalid(e.to_string()))?;
+    if entry.author != signer {
+        return Err(invalid("not signed by its author".into()));
+    }
+    // One encoding per entry: the id names the content, so a relayed copy
+    // re-encoded differently (CBOR allows it) cannot pass for another entry
+    // of the same author and seq (a false equivocation).
+    let canonical_payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.to_string()))?;
+    if canonical_payload != payload || env.to_bytes().map_err(|e| invalid(e.to_string()))? != bytes {
+        return Err(invalid("not in the canonical encoding".into()));
+    }
+    if entry.seq == 0 || entry.prev.len() != 32 {
+        return Err(invalid("seq 0 or a previous id that is not 32 bytes".into()));
+    }
+    if entry.seq == 1 && entry.prev != [0u8; 32] {
+        return Err(invalid("the first entry names a previous one".into()));
+    }
+    Ok(SignedEntry {
+        entry,
+        bytes: bytes.to_vec(),
+        id,
+    })
+}
+
+/// Checks that `next` follows `prev` in one author's feed.
+///
+/// # Errors
+/// [`LedgerError::Chain`] naming the break.
+pub fn check_link(prev: &SignedEntry, next: &SignedEntry) -> Result<(), LedgerError> {
+    let chain = |reason: String| LedgerError::Chain {
+        author: next.author_peer(),
+        reason,
+    };
+    if next.entry.author != prev.entry.author {
+        return Err(chain("entries of two authors".into()));
+    }
+    if next.entry.seq != prev.entry.seq + 1 {
+        return Err(chain(format!(
+            "seq {} follows seq {} (a gap)",
+            next.entry.seq, prev.entry.seq
+        )));
+    }
+    if next.entry.prev != prev.id {
+        return Err(chain(format!(
+            "entry {} does not name entry {} as its previous one",
+            next.entry.seq, prev.entry.seq
+        )));
+    }
+    Ok(())
+}
+
+/// The salted commitment of a study: `BLAKE3-derive_key(COMMITMENT_CONTEXT,
+/// salt || study UID)`. Only a node holding the salt can tell which study it
+/// names; erasing the salt makes every reference to it meaningless.
+#[must_use]
+pub fn commitment(salt: &[u8; 32], study_uid: &str) -> [u8; 32] {
+    let mut material = Vec::with_capacity(32 + study_uid.len());
+    material.extend_from_slice(salt);
+    material.extend_from_slice(study_uid.as_bytes());
+    blake3::derive_key(COMMITMENT_CONTEXT, &material)
+}

@@ -1,0 +1,193 @@
+//! The ledger's tables: every entry of every feed this node holds, an index
+//! by entry id, and the study commitments this node made (with their salts,
+//! sealed), so that only this node can say which study a commitment names.
+
+use medmesh_seal::{open_box, seal_box};
+use redb::{ReadableDatabase, ReadableTable};
+use zeroize::Zeroizing;
+
+use super::{LEDGER_COMMITS, LEDGER_ENTRIES, LEDGER_IDS, LEDGER_STUDIES, StoreError, StudyRef};
+use crate::identity::Identity;
+use crate::ledger::{self, Event, SignedEntry};
+
+/// A stored entry: author key, seq, envelope bytes.
+pub type StoredEntry = ([u8; 32], u64, Vec<u8>);
+
+fn entry_key(author: &[u8; 32], seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(author);
+    k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl super::Store {
+    fn commit_key(&self) -> medmesh_seal::DataKey {
+        self.master.derive(super::LEDGER_COMMIT_KEY_CONTEXT)
+    }
+
+    /// The commitment that names `study` in this node's entries: made (with
+    /// a new random salt) the first time.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn study_commitment(&self, study: &StudyRef, study_uid: &str) -> Result<[u8; 32], StoreError> {
+        {
+            let read = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = read.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
+            if let Some(v) = t.get(study.0).map_err(|e| self.err(e))? {
+                return Ok(v.value());
+            }
+        }
+        let mut salt = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut salt[..]).map_err(|e| self.err(format!("random: {e}")))?;
+        let c = ledger::commitment(&salt, study_uid);
+        let mut plain = Zeroizing::new(salt.to_vec());
+        plain.extend_from_slice(study_uid.as_bytes());
+        let sealed = seal_box(&self.commit_key(), &c, &plain).map_err(|e| self.err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let c = {
+            let mut studies = txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
+            // Another writer may have made one meanwhile: keep the first.
+            let existing = studies.get(study.0).map_err(|e| self.err(e))?.map(|v| v.value());
+            match existing {
+                Some(c) => c,
+                None => {
+                    studies.insert(study.0, c).map_err(|e| self.err(e))?;
+                    txn.open_table(LEDGER_COMMITS)
+                        .map_err(|e| self.err(e))?
+                        .insert(c, sealed.as_slice())
+                        .map_err(|e| self.err(e))?;
+                    c
+                }
+            }
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(c)
+    }
+
+    /// The Study Instance UID a commitment of this node names, if this node
+    /// made it and its salt is not erased.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; a row that does not open.
+    pub fn resolve_commitment(&self, c: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_COMMITS).map_err(|e| self.err(e))?;
+        let Some(v) = t.get(c).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let plain = open_box(&self.commit_key(), c, v.value())
+            .map_err(|_| self.err(format!("commitment {} does not open", hex::encode(&c[..8]))))?;
+        if plain.len() < 32 {
+            return Err(self.err("a commitment row is too short"));
+        }
+        let uid = String::from_utf8_lossy(&plain[32..]).to_string();
+        let mut salt = [0u8; 32];
+        salt.copy_from_slice(&plain[..32]);
+        if ledger::commitment(&salt, &uid) != *c {
+            return Err(self.err("a commitment row does not match its commitment"));
+        }
+        Ok(Some(uid))
+    }
+
+    /// Erases the salt of a study's commitment: every entry naming it, here
+    /// and at every other node, still verifies but names nothing any more.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn erase_commitment(&self, study: &StudyRef) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let erased = {
+            let mut studies = txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
+            let c = studies.remove(study.0).map_err(|e| self.err(e))?.map(|v| v.value());
+            match c {
+                Some(c) => {
+                    txn.open_table(LEDGER_COMMITS)
+                        .map_err(|e| self.err(e))?
+                        .remove(c)
+                        .map_err(|e| self.err(e))?;
+                    true
+                }
+                None => false,
+            }
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(erased)
+    }
+
+    /// Appends `event` to this node's own feed, in one write transaction
+    /// (the head is read inside it, so two appends never share a seq).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Ledger`].
+    pub fn ledger_append(&self, identity: &Identity, time: i64, event: Event) -> Result<SignedEntry, StoreError> {
+        let author = identity.ed25519_public();
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let entry = {
+            let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+            let head = match entries
+                .range(entry_key(&author, 0)..=entry_key(&author, u64::MAX))
+                .map_err(|e| self.err(e))?
+                .next_back()
+            {
+                Some(item) => {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&k.value()[32..]);
+                    Some((u64::from_be_bytes(seq), *blake3::hash(v.value()).as_bytes()))
+                }
+                None => None,
+            };
+            let entry =
+                ledger::make_entry(identity, head, time, event).map_err(|e| StoreError::Ledger(e.to_string()))?;
+            entries
+                .insert(entry_key(&author, entry.entry.seq), entry.bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_IDS)
+                .map_err(|e| self.err(e))?
+                .insert(entry.id, entry_key(&author, entry.entry.seq))
+                .map_err(|e| self.err(e))?;
+            entry
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(entry)
+    }
+
+    /// Every entry this node holds, as stored (envelope bytes), by author
+    /// then seq.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_entries(&self) -> Result<Vec<StoredEntry>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let k = k.value();
+            let mut author = [0u8; 32];
+            author.copy_from_slice(&k[..32]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[32..]);
+            out.push((author, u64::from_be_bytes(seq), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The entry with id `id`, if this node holds it.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_entry(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let ids = read.open_table(LEDGER_IDS).map_err(|e| self.err(e))?;
+        let Some(key) = ids.get(id).map_err(|e| self.err(e))?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        Ok(t.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+    }
+}
