@@ -452,6 +452,13 @@ impl Config {
             return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
         }
         let d = &self.deid;
+        if d.options.contains(&crate::deid::DeidOption::RetainUids) {
+            return Err(value(
+                "deid.options",
+                "retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option"
+                    .into(),
+            ));
+        }
         if d.options.contains(&crate::deid::DeidOption::RetainLongFullDates)
             && d.options.contains(&crate::deid::DeidOption::RetainLongModifiedDates)
         {

@@ -385,6 +385,16 @@ fn str_at(obj: &InMemDicomObject, tag: Tag) -> String {
     crate::dicom::str_of(obj, tag).unwrap_or_default()
 }
 
+/// Whether a UN element of `tag` can be handled: its dictionary VR is known
+/// and is not a sequence (whose items, kept as bytes, would escape the walk).
+fn un_is_walkable(tag: Tag) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    matches!(
+        dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(DataDictionaryEntry::vr),
+        Some(VirtualVr::Exact(vr)) if vr != VR::SQ
+    )
+}
+
 /// A known attribute encoded as UN (a converter that lost the VRs) gets its
 /// dictionary VR back when that VR is text, so its action applies to its
 /// value; anything else stays as it is.
@@ -546,6 +556,11 @@ impl Walk<'_> {
                 }
                 continue;
             }
+            // A UN element that is a sequence, or of an attribute the
+            // dictionary does not know, cannot be walked: removed.
+            if elem.vr() == VR::UN && !un_is_walkable(tag) {
+                continue;
+            }
             path.push(tag);
             let action = self.action(tag, path);
             let next = self.element(retype_un(elem), action, path);
@@ -699,17 +714,17 @@ fn strs(values: Vec<String>) -> PrimitiveValue {
     }
 }
 
-/// Case-insensitive replacement of ASCII-case-folded `needle` in `hay`.
+/// Replaces every occurrence of `needle` in `hay`, ignoring ASCII case when
+/// both are ASCII (positions then map one to one); otherwise exact matches only.
 fn replace_ignore_case(hay: &str, needle: &str, with: &str) -> String {
     if needle.is_empty() {
         return hay.to_string();
     }
-    let lower = hay.to_lowercase();
-    let n = needle.to_lowercase();
-    if lower.len() != hay.len() || !lower.contains(&n) {
-        // Lower-casing changed byte lengths (non-ASCII): exact matches only.
+    if !hay.is_ascii() || !needle.is_ascii() {
         return hay.replace(needle, with);
     }
+    let lower = hay.to_ascii_lowercase();
+    let n = needle.to_ascii_lowercase();
     let mut out = String::with_capacity(hay.len());
     let mut i = 0;
     while let Some(pos) = lower[i..].find(&n) {
@@ -914,13 +929,27 @@ pub fn deidentify_into(
     }
     let patient_id = str_at(&obj, tags::PATIENT_ID);
     let issuer = str_at(&obj, tags::ISSUER_OF_PATIENT_ID);
+    // Without a Patient ID, the patient is told apart by name and birth date
+    // (else every such patient would share one pseudonym and date shift).
+    let (key_issuer, key_id) = if patient_id.is_empty() {
+        (
+            "\u{1}no patient id".to_string(),
+            format!(
+                "{}\u{0}{}",
+                str_at(&obj, tags::PATIENT_NAME),
+                str_at(&obj, tags::PATIENT_BIRTH_DATE)
+            ),
+        )
+    } else {
+        (issuer.clone(), patient_id.clone())
+    };
     let prefix = if profile.level == DeidLevel::Pseudonymised {
         "PSN-"
     } else {
         "ANON-"
     };
     let link = PatientLink {
-        pseudonym: keys.pseudonym(prefix, &issuer, &patient_id),
+        pseudonym: keys.pseudonym(prefix, &key_issuer, &key_id),
         patient_id: patient_id.clone(),
         issuer: issuer.clone(),
         patient_name: str_at(&obj, tags::PATIENT_NAME),
@@ -931,7 +960,7 @@ pub fn deidentify_into(
         keys,
         tables,
         ciod: tables.ciod(&sop_class),
-        shift_days: keys.date_shift(&issuer, &patient_id),
+        shift_days: keys.date_shift(&key_issuer, &key_id),
         scrub: identifying_strings(&obj),
     };
     let mut out = walk.data_set(obj, &mut Vec::new());

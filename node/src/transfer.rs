@@ -893,19 +893,31 @@ impl Node {
         let tid = parse_id(id)?;
         // The grant names the study by its commitment: made now, outside the
         // record's write transaction (redb has one writer at a time).
-        let pending = self.transfer(&tid)?;
-        if pending.direction == Direction::Outgoing && pending.state == State::Pending {
-            self.study_commitment(&pending.study_uid)?;
+        // Decided outside the record's write transaction (the decision reads
+        // the study and makes its commitment; redb has one writer at a time),
+        // then stored only if the request is still pending.
+        let mut draft = self.transfer(&tid)?;
+        let not_pending = |rec: &TransferRecord| -> HomeError {
+            TransferError::State {
+                id: rec.id.clone(),
+                reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
+            }
+            .into()
+        };
+        if draft.direction != Direction::Outgoing || draft.state != State::Pending {
+            return Err(not_pending(&draft));
         }
+        self.decide(&mut draft, true)?;
         let (rec, ()) = self.update_transfer(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
-                return Err(TransferError::State {
-                    id: rec.id.clone(),
-                    reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
-                }
-                .into());
+                return Err(not_pending(rec));
             }
-            self.decide(rec, true)?;
+            rec.state = draft.state;
+            rec.reasons.clone_from(&draft.reasons);
+            rec.grant.clone_from(&draft.grant);
+            rec.level = draft.level;
+            rec.expires = draft.expires;
+            rec.institution.clone_from(&draft.institution);
             Ok(())
         })?;
         if rec.state == State::Granted {
@@ -1648,19 +1660,22 @@ impl Node {
         }
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
-        let index = self.read_index(accepted, &idh)?;
-        // A de-identified study lands under its new Study Instance UID.
-        let landed_uid = if grant.level == DeidLevel::Identifiable {
-            grant.study_uid.clone()
-        } else {
-            index.study.study_uid.clone()
-        };
-        let study = self.store().study_ref(&landed_uid);
+        // Landed before (a retry after a crash between storing the study and
+        // recording it): the incoming folder, index included, may be gone.
         let already = self
             .store()
-            .study_row(&study)?
-            .is_some_and(|r| matches!(&r.origin, Origin::Received(g) if g.transfer_id == idh));
+            .studies()?
+            .iter()
+            .any(|(_, r)| matches!(&r.origin, Origin::Received(g) if g.transfer_id == idh));
         if !already {
+            let index = self.read_index(accepted, &idh)?;
+            // A de-identified study lands under its new Study Instance UID.
+            let landed_uid = if grant.level == DeidLevel::Identifiable {
+                grant.study_uid.clone()
+            } else {
+                index.study.study_uid.clone()
+            };
+            let study = self.store().study_ref(&landed_uid);
             self.land_objects(accepted, &rec, &grant, &study, &index)?;
         }
         self.store().clear_chunks(id)?;

@@ -134,12 +134,23 @@ pub fn apply(obj: &mut InMemDicomObject, rule: &MaskRule, ts: &str) -> Result<()
         _ => return Err(DeidError::Mask("pixel data of an unexpected type".into())),
     };
     let bpp = bits / 8;
-    let frame_len = rows * cols * spp * bpp;
-    if data.len() < frame_len * frames {
+    if rows == 0 || cols == 0 {
+        return Err(DeidError::Mask("an image of zero rows or columns".into()));
+    }
+    let frame_len = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(spp))
+        .and_then(|n| n.checked_mul(bpp))
+        .ok_or_else(|| DeidError::Mask("image dimensions too large".into()))?;
+    let need = frame_len
+        .checked_mul(frames)
+        .ok_or_else(|| DeidError::Mask("image dimensions too large".into()))?;
+    // Exactly the declared frames (one pad byte allowed): frames beyond
+    // Number of Frames would otherwise go out unmasked.
+    if data.len() != need && data.len() != need + 1 {
         return Err(DeidError::Mask(format!(
-            "pixel data has {} bytes, the image needs {}",
-            data.len(),
-            frame_len * frames
+            "pixel data has {} bytes, the image attributes describe {need}",
+            data.len()
         )));
     }
     for f in 0..frames {

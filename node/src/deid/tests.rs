@@ -790,3 +790,60 @@ proptest! {
         prop_assert_eq!((pa - a).num_days(), shift);
     }
 }
+
+#[test]
+fn cleaning_text_never_panics_on_case_folding_that_changes_lengths() {
+    // Lower-casing "İ" changes its byte length; ASCII folding applies only to ASCII text.
+    assert_eq!(super::replace_ignore_case("İabcΩ", "abc", "*"), "İ*Ω");
+    assert_eq!(super::replace_ignore_case("Dr DOE and doe", "Doe", "*"), "Dr * and *");
+    assert_eq!(super::replace_ignore_case("ÅSE", "åse", "*"), "ÅSE");
+}
+
+#[test]
+fn masking_refuses_impossible_or_inconsistent_images() {
+    let rule = MaskRule {
+        modality: "US".into(),
+        manufacturer: None,
+        rows: None,
+        columns: None,
+        rects: vec![[0, 0, 1, 1]],
+    };
+    let image = |rows: u16, cols: u16, bits: u16, frames: &str, data: usize| {
+        let mut o = InMemDicomObject::new_empty();
+        for (tag, v) in [
+            (tags::ROWS, rows),
+            (tags::COLUMNS, cols),
+            (tags::SAMPLES_PER_PIXEL, 3),
+            (tags::BITS_ALLOCATED, bits),
+        ] {
+            o.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+        }
+        o.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(frames),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(vec![9u8; data].into_iter().collect()),
+        ));
+        o
+    };
+    let ts = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+    // Dimensions whose product overflows: an error, not a panic.
+    let mut huge = image(65535, 65535, 32, "4294967295", 16);
+    assert!(matches!(pixels::apply(&mut huge, &rule, ts), Err(DeidError::Mask(_))));
+    // More pixel data than the declared frames: refused (the rest would go unmasked).
+    let mut extra = image(2, 2, 8, "1", 2 * 2 * 3 * 2);
+    assert!(matches!(pixels::apply(&mut extra, &rule, ts), Err(DeidError::Mask(_))));
+    // Zero rows: refused.
+    let mut empty = image(0, 2, 8, "1", 0);
+    assert!(matches!(pixels::apply(&mut empty, &rule, ts), Err(DeidError::Mask(_))));
+    // The declared size: masked.
+    let mut ok = image(2, 2, 8, "1", 2 * 2 * 3);
+    pixels::apply(&mut ok, &rule, ts).unwrap();
+    let px = ok.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
+    assert_eq!(&px[..3], &[0, 0, 0]);
+    assert!(px[3..].iter().all(|b| *b == 9));
+}

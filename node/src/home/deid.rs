@@ -312,6 +312,11 @@ fn deid_one(
         }
         Err(e) => return failed(e.to_string()),
     };
+    // The folder is named by the (new) Study Instance UID: it must be one,
+    // never a path (with retain-uids it is the input's own value).
+    if let Err(e) = crate::dicom::check_uid(&d.study_uid.1) {
+        return failed(format!("Study Instance UID (0020,000D) {e}: not written"));
+    }
     let dir = out.join(&d.study_uid.1);
     if !made.contains(&d.study_uid.1) {
         if let Err(e) = crate::fsutil::create_private_dir(&dir) {

@@ -31,6 +31,31 @@ const NATIVE: [&str; 4] = [
     "1.2.840.10008.1.2.1.99",
 ];
 
+/// The key of an attestation's `before` hashes: keyed BLAKE3 under a key
+/// derived from the holder's master key and the transfer id, so the
+/// recipient (or anyone holding the original file) cannot confirm which
+/// original an anonymised object came from, while the holder can recompute
+/// and show it to an auditor.
+pub(super) struct BeforeKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl BeforeKey {
+    /// The key of transfer `id` on `node`.
+    pub(super) fn new(node: &Node, id: &[u8; 16]) -> Self {
+        let k = node.store().master().derive(BEFORE_KEY_CONTEXT);
+        BeforeKey(zeroize::Zeroizing::new(
+            *blake3::keyed_hash(k.expose_secret(), id).as_bytes(),
+        ))
+    }
+
+    /// The keyed hash of an original object.
+    pub(super) fn keyed(&self, original: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, original).as_bytes()
+    }
+}
+
+/// Context of [`BeforeKey`]'s derivation from the master key.
+const BEFORE_KEY_CONTEXT: &str = "medmesh/v1/attestation before key";
+
 /// The objects of a study, de-identified for one transfer.
 pub(super) struct Prepared {
     /// Per DICOM object: (chunk hashes, size, BLAKE3) of the output.
@@ -135,6 +160,7 @@ impl Node {
             source,
         })?;
         let prep_key = DataKey::try_generate().map_err(|e| HomeError::Deid(e.to_string()))?;
+        let before_key = BeforeKey::new(self, id);
         let (mut input, mut output) = (Vec::new(), Vec::new());
         let mut hashed = Vec::with_capacity(items.len());
         let mut instances = Vec::with_capacity(items.len());
@@ -174,7 +200,7 @@ impl Node {
             .map_err(|e| fail(e.to_string()))?;
             hashed.push((wire::chunk_hashes(&output), output.len() as u64, after));
             objects.push(AttestedObject {
-                before: meta.blake3.clone(),
+                before: before_key.keyed(&input).to_vec(),
                 after: after.to_vec(),
             });
             let s = study.get_or_insert_with(|| StudyMeta {

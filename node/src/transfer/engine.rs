@@ -253,7 +253,14 @@ impl Engine {
                 let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
                 return;
             }
-            Err(_) => return,
+            Err(e) => {
+                // A panic while preparing would repeat on every round: the transfer fails.
+                tracing::error!(transfer = %idh, cause = %e, "preparing the transfer stopped");
+                let node = Arc::clone(&self.node);
+                let why = format!("preparing stopped: {e}");
+                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+                return;
+            }
         };
         let sent = Arc::new(AtomicU64::new(0));
         let outcome = self.session(&plan, peer, &sent).await;
