@@ -11,6 +11,7 @@
 //! the id of the author's entry `seq - 1` (32 zero bytes for seq 1). See
 //! docs/PROTOCOL.md §14.
 
+pub mod sync;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

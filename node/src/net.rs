@@ -45,6 +45,7 @@ use self::hello::{Accepted, Hello};
 use crate::cbor;
 use crate::config::NetworkConfig;
 use crate::home::{HomeError, Node, rfc3339};
+use crate::ledger::sync::{SyncRequest, SyncResponse};
 use crate::transfer::wire::{Answer as TransferAnswer, Msg as TransferMsg};
 use crate::trust::{Refusal, TrustState, Via};
 
@@ -199,6 +200,12 @@ enum Command {
 /// Work finished off the network task, handed back to it.
 enum Internal {
     Respond(request_response::ResponseChannel<TransferAnswer>, TransferAnswer),
+    /// Answer a ledger sync request.
+    LedgerRespond(request_response::ResponseChannel<SyncResponse>, SyncResponse),
+    /// Send a ledger sync request (the ranges a heads answer showed missing).
+    LedgerSend(PeerId, SyncRequest),
+    /// A ledger exchange with a peer is over.
+    LedgerDone(PeerId),
 }
 
 /// A handle on the running network task.
@@ -285,6 +292,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
     transfer: request_response::Behaviour<CborCodec<TransferMsg, TransferAnswer>>,
+    ledger: request_response::Behaviour<CborCodec<SyncRequest, SyncResponse>>,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -348,6 +356,16 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(32),
+                ),
+                ledger: request_response::Behaviour::with_codec(
+                    CborCodec::default(),
+                    [(
+                        StreamProtocol::new(crate::ledger::sync::SYNC_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(16),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
             })
@@ -552,6 +570,8 @@ pub async fn start(
         wake: Some(Arc::clone(&wake)),
         waiting: HashMap::new(),
         outbound: HashMap::new(),
+        ledger_pending: HashMap::new(),
+        ledger_busy: HashSet::new(),
         local: *swarm.local_peer_id(),
         swarm,
         node,
@@ -598,6 +618,10 @@ struct Service {
     wake: Option<Arc<tokio::sync::Notify>>,
     waiting: HashMap<PeerId, Vec<Waiting>>,
     outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<TransferAnswer, String>>>,
+    /// Ledger sync requests in flight, by request.
+    ledger_pending: HashMap<request_response::OutboundRequestId, PeerId>,
+    /// Peers with a ledger exchange under way (one at a time per peer).
+    ledger_busy: HashSet<PeerId>,
     local: PeerId,
     swarm: Swarm<Behaviour>,
     node: Arc<Node>,
@@ -624,6 +648,7 @@ impl Service {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
+        let mut ledger_tick = tokio::time::interval(LEDGER_SYNC);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
@@ -631,9 +656,24 @@ impl Service {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                Some(Internal::Respond(channel, answer)) = internal.recv() => {
-                    let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
-                }
+                Some(msg) = internal.recv() => match msg {
+                    Internal::Respond(channel, answer) => {
+                        let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
+                    }
+                    Internal::LedgerRespond(channel, answer) => {
+                        let _ = self.swarm.behaviour_mut().ledger.send_response(channel, answer);
+                    }
+                    Internal::LedgerSend(peer, req) => {
+                        if self.is_ready(&peer) {
+                            let id = self.swarm.behaviour_mut().ledger.send_request(&peer, req);
+                            self.ledger_pending.insert(id, peer);
+                        }
+                    }
+                    Internal::LedgerDone(peer) => {
+                        self.ledger_busy.remove(&peer);
+                    }
+                },
+                _ = ledger_tick.tick() => self.ledger_round(),
                 _ = tick.tick() => self.check_deadlines(),
                 _ = maintenance.tick() => self.maintain(),
                 changed = shutdown.changed() => {
@@ -1043,6 +1083,7 @@ impl Service {
         match ev {
             BehaviourEvent::Hello(e) => self.on_hello(e),
             BehaviourEvent::Transfer(e) => self.on_transfer(e),
+            BehaviourEvent::Ledger(e) => self.on_ledger(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for a in info.listen_addrs {
                     if is_dialable(&a) {
@@ -1235,6 +1276,120 @@ impl Service {
             peers,
             refused: self.refused.iter().cloned().collect(),
             unanswered: self.unanswered.iter().cloned().collect(),
+        }
+    }
+}
+
+/// How often a node compares feed heads with each trusted peer.
+const LEDGER_SYNC: Duration = Duration::from_secs(2);
+
+impl Service {
+    /// Asks every trusted peer not already in an exchange for its feed heads.
+    fn ledger_round(&mut self) {
+        let ready: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, st)| st.trusted && !st.connections.is_empty() && !self.ledger_busy.contains(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in ready {
+            self.ledger_busy.insert(peer);
+            let id = self.swarm.behaviour_mut().ledger.send_request(
+                &peer,
+                SyncRequest::Heads {
+                    v: crate::ledger::LEDGER_VERSION,
+                },
+            );
+            self.ledger_pending.insert(id, peer);
+        }
+    }
+
+    fn on_ledger(&mut self, e: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        let v = crate::ledger::LEDGER_VERSION;
+        match e {
+            Event::Message {
+                peer,
+                message: Message::Request { request, channel, .. },
+                ..
+            } => {
+                if !self.is_ready(&peer) {
+                    tracing::warn!(peer = %peer, "ledger request from a peer that is not trusted: no answer");
+                    return;
+                }
+                let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
+                tokio::spawn(async move {
+                    let answer = tokio::task::spawn_blocking(move || match request {
+                        SyncRequest::Heads { .. } => node.ledger_heads().map(|heads| SyncResponse::Heads { v, heads }),
+                        SyncRequest::Range {
+                            author, from, limit, ..
+                        } => node.ledger_range(&author, from, limit).map(|e| SyncResponse::Entries {
+                            v,
+                            entries: e.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                        }),
+                    })
+                    .await;
+                    let answer = match answer {
+                        Ok(Ok(a)) => a,
+                        Ok(Err(e)) => SyncResponse::Refused { v, text: e.to_string() },
+                        Err(_) => return,
+                    };
+                    let _ = internal.send(Internal::LedgerRespond(channel, answer)).await;
+                });
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { request_id, response },
+                ..
+            } => {
+                self.ledger_pending.remove(&request_id);
+                let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
+                tokio::spawn(async move {
+                    let peer_s = peer.to_string();
+                    let next = tokio::task::spawn_blocking(move || match response {
+                        SyncResponse::Heads { heads, .. } => node.ledger_wants(&heads).map(|w| {
+                            w.into_iter()
+                                .map(|(author, from, limit)| SyncRequest::Range { v, author, from, limit })
+                                .collect::<Vec<_>>()
+                        }),
+                        SyncResponse::Entries { entries, .. } => {
+                            let entries: Vec<Vec<u8>> =
+                                entries.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
+                            node.ledger_accept(&peer_s, &entries).map(|_| Vec::new())
+                        }
+                        SyncResponse::Refused { text, .. } => {
+                            tracing::debug!(peer = %peer_s, text, "ledger request refused");
+                            Ok(Vec::new())
+                        }
+                    })
+                    .await;
+                    match next {
+                        Ok(Ok(reqs)) if !reqs.is_empty() => {
+                            for r in reqs {
+                                let _ = internal.send(Internal::LedgerSend(peer, r)).await;
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!(peer = %peer, cause = %e, "ledger sync failed"),
+                        _ => {}
+                    }
+                    // Ranges asked for here end the exchange when their answers are in.
+                    let _ = internal.send(Internal::LedgerDone(peer)).await;
+                });
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.ledger_pending.remove(&request_id);
+                self.ledger_busy.remove(&peer);
+                tracing::debug!(peer = %peer, cause = %error, "ledger request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer = %peer, cause = %error, "inbound ledger request failed");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 }

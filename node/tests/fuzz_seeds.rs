@@ -101,6 +101,8 @@ fn run_deid(data: &[u8]) -> bool {
 
 /// `fuzz_targets/ledger_entry.rs`.
 fn run_ledger_entry(data: &[u8]) -> bool {
+    let _ = medmesh_node::ledger::sync::decode_request(data);
+    let _ = medmesh_node::ledger::sync::decode_response(data);
     let Ok(e) = medmesh_node::ledger::open_entry(data) else {
         return false;
     };

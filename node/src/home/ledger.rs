@@ -210,9 +210,172 @@ impl Node {
                 problems,
             });
         }
+        // Equivocations: a second entry of a seq, kept as evidence.
+        for (author, seq, bytes) in self.store().ledger_forks()? {
+            let id = hex::encode(blake3::hash(&bytes).as_bytes());
+            let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+            let problem = format!(
+                "equivocation: a second entry {seq} ({}) signed by the author",
+                &id[..16]
+            );
+            match out.iter_mut().find(|f| f.author == peer) {
+                Some(f) => f.problems.push(problem),
+                None => out.push(FeedReport {
+                    author: peer,
+                    entries: 0,
+                    head_seq: 0,
+                    head_id: String::new(),
+                    problems: vec![problem],
+                }),
+            }
+        }
         Ok(VerifyReport {
             ok: out.iter().all(|f| f.problems.is_empty()),
             feeds: out,
         })
+    }
+}
+
+/// What [`Node::ledger_accept`] did with a batch of entries from a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptReport {
+    /// Stored.
+    pub added: u64,
+    /// Held already.
+    pub duplicates: u64,
+    /// Equivocations found (kept as evidence).
+    pub forks: u64,
+    /// Refused, with why (bad signature or encoding, unknown author, broken chain, gap).
+    pub rejected: Vec<String>,
+}
+
+impl Node {
+    /// Whether entries by `author` (Ed25519 key) are kept here: this node's
+    /// own (never taken from others), or a peer this node trusts now.
+    fn author_trusted(&self, author: &[u8; 32]) -> Result<bool, HomeError> {
+        let Ok(peer) = crate::identity::peer_id_of(author) else {
+            return Ok(false);
+        };
+        let state = self.trust_state()?;
+        let Some(h) = crate::net::peer_hello(self, &state, &peer)? else {
+            return Ok(false);
+        };
+        Ok(crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok())
+    }
+
+    /// The heads of the feeds held here, for `/medmesh/ledger/1`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_heads(&self) -> Result<Vec<ledger::sync::Head>, HomeError> {
+        Ok(self
+            .store()
+            .ledger_heads()?
+            .into_iter()
+            .map(|(a, seq, id)| ledger::sync::Head {
+                author: a.to_vec(),
+                seq,
+                id: id.to_vec(),
+            })
+            .collect())
+    }
+
+    /// Entries of a feed held here, for `/medmesh/ledger/1`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_range(&self, author: &[u8], from: u64, limit: u64) -> Result<Vec<Vec<u8>>, HomeError> {
+        let Ok(author) = <[u8; 32]>::try_from(author) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .store()
+            .ledger_range(&author, from, limit.min(ledger::sync::BATCH))?)
+    }
+
+    /// Which ranges to ask a peer for, given its heads: every trusted
+    /// author's entries after the head held here (a batch each).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_wants(&self, heads: &[ledger::sync::Head]) -> Result<Vec<(Vec<u8>, u64, u64)>, HomeError> {
+        let own = self.identity().ed25519_public();
+        let mine: BTreeMap<[u8; 32], u64> = self
+            .store()
+            .ledger_heads()?
+            .into_iter()
+            .map(|(a, s, _)| (a, s))
+            .collect();
+        let mut out = Vec::new();
+        for h in heads {
+            let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
+                continue;
+            };
+            let held = mine.get(&author).copied().unwrap_or(0);
+            if author == own || h.seq <= held || !self.author_trusted(&author)? {
+                continue;
+            }
+            out.push((h.author.clone(), held + 1, (h.seq - held).min(ledger::sync::BATCH)));
+        }
+        Ok(out)
+    }
+
+    /// Takes entries sent by `from`: each must open, be by a trusted author
+    /// other than this node, and extend the feed held here; a different
+    /// entry of a seq held already is kept as evidence of equivocation and
+    /// raised as an alert. The sender of a refused entry is logged.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_accept(&self, from: &str, entries: &[Vec<u8>]) -> Result<AcceptReport, HomeError> {
+        let own = self.identity().ed25519_public();
+        let mut r = AcceptReport::default();
+        for bytes in entries {
+            let e = match ledger::open_entry(bytes) {
+                Ok(e) => e,
+                Err(err) => {
+                    r.rejected.push(err.to_string());
+                    continue;
+                }
+            };
+            let Ok(author) = <[u8; 32]>::try_from(e.entry.author.as_slice()) else {
+                r.rejected.push("author key is not 32 bytes".into());
+                continue;
+            };
+            if author == own {
+                continue;
+            }
+            if !self.author_trusted(&author)? {
+                r.rejected
+                    .push(format!("entry by {}: not a trusted author", e.author_peer()));
+                continue;
+            }
+            match self.store().ledger_insert_foreign(&e)? {
+                crate::store::Inserted::Added => r.added += 1,
+                crate::store::Inserted::Duplicate => r.duplicates += 1,
+                crate::store::Inserted::Fork => {
+                    r.forks += 1;
+                    tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "equivocation: two different entries of one author and seq; both kept as evidence");
+                }
+                crate::store::Inserted::Gap => {
+                    r.rejected.push(format!(
+                        "entry {} of {}: not the next one held here",
+                        e.entry.seq,
+                        e.author_peer()
+                    ));
+                }
+                crate::store::Inserted::Broken => {
+                    r.rejected.push(format!(
+                        "entry {} of {}: does not name the entry before it held here",
+                        e.entry.seq,
+                        e.author_peer()
+                    ));
+                }
+            }
+        }
+        if !r.rejected.is_empty() {
+            tracing::warn!(peer = %from, refused = r.rejected.len(), first = %r.rejected[0], "ledger entries refused from this peer");
+        }
+        Ok(r)
     }
 }

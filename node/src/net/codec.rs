@@ -61,6 +61,28 @@ impl Wire for crate::transfer::wire::Answer {
     }
 }
 
+impl Wire for crate::ledger::sync::SyncRequest {
+    const WHAT: &'static str = "ledger sync request";
+    const MAX: usize = crate::ledger::sync::MAX_SYNC;
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::cbor::encode(Self::WHAT, self).map_err(|e| e.to_string())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::ledger::sync::decode_request(bytes)
+    }
+}
+
+impl Wire for crate::ledger::sync::SyncResponse {
+    const WHAT: &'static str = "ledger sync response";
+    const MAX: usize = crate::ledger::sync::MAX_SYNC;
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        crate::cbor::encode(Self::WHAT, self).map_err(|e| e.to_string())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::ledger::sync::decode_response(bytes)
+    }
+}
+
 /// The codec for request type `Q` and response type `R`.
 #[derive(Debug)]
 pub struct CborCodec<Q, R> {

@@ -6,12 +6,14 @@ use medmesh_seal::{open_box, seal_box};
 use redb::{ReadableDatabase, ReadableTable};
 use zeroize::Zeroizing;
 
-use super::{LEDGER_COMMITS, LEDGER_ENTRIES, LEDGER_IDS, LEDGER_STUDIES, StoreError, StudyRef};
+use super::{LEDGER_COMMITS, LEDGER_ENTRIES, LEDGER_FORKS, LEDGER_IDS, LEDGER_STUDIES, StoreError, StudyRef};
 use crate::identity::Identity;
 use crate::ledger::{self, Event, SignedEntry};
 
 /// A stored entry: author key, seq, envelope bytes.
 pub type StoredEntry = ([u8; 32], u64, Vec<u8>);
+/// A feed head: author key, seq, entry id.
+pub type FeedHead = ([u8; 32], u64, [u8; 32]);
 
 fn entry_key(author: &[u8; 32], seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
@@ -189,5 +191,134 @@ impl super::Store {
         };
         let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
         Ok(t.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// What became of an entry received from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored: it follows the author's head held here.
+    Added,
+    /// Held already.
+    Duplicate,
+    /// Another entry of the same author and seq is held: both kept as evidence.
+    Fork,
+    /// It does not follow the head held here (a gap); not stored.
+    Gap,
+    /// Its `prev` is not the id of the entry before it held here; not stored.
+    Broken,
+}
+
+impl super::Store {
+    /// The head (seq, id) of every feed held here.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_heads(&self) -> Result<Vec<FeedHead>, StoreError> {
+        let mut heads: std::collections::BTreeMap<[u8; 32], (u64, [u8; 32])> = std::collections::BTreeMap::new();
+        for (author, seq, bytes) in self.ledger_entries()? {
+            heads.insert(author, (seq, *blake3::hash(&bytes).as_bytes()));
+        }
+        Ok(heads.into_iter().map(|(a, (s, id))| (a, s, id)).collect())
+    }
+
+    /// Entries `from ..` of `author`'s feed, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_range(&self, author: &[u8; 32], from: u64, limit: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t
+            .range(entry_key(author, from.max(1))..=entry_key(author, u64::MAX))
+            .map_err(|e| self.err(e))?
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            out.push(item.map_err(|e| self.err(e))?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Stores an entry of another author (already opened and its author
+    /// found trusted) if it extends the feed held here; keeps a different
+    /// entry of a seq held already as evidence of equivocation.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_insert_foreign(&self, e: &SignedEntry) -> Result<Inserted, StoreError> {
+        let Ok(author) = <[u8; 32]>::try_from(e.entry.author.as_slice()) else {
+            return Ok(Inserted::Broken);
+        };
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let outcome = {
+            let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+            let held = entries
+                .get(entry_key(&author, e.entry.seq))
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec());
+            let head = entries
+                .range(entry_key(&author, 0)..=entry_key(&author, u64::MAX))
+                .map_err(|e| self.err(e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| self.err(e))?
+                .map(|(k, v)| {
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&k.value()[32..]);
+                    (u64::from_be_bytes(seq), *blake3::hash(v.value()).as_bytes())
+                });
+            match (held, head) {
+                (Some(bytes), _) if *blake3::hash(&bytes).as_bytes() == e.id => Inserted::Duplicate,
+                (Some(_), _) => {
+                    let mut forks = txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+                    let mut key = [0u8; 72];
+                    key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
+                    key[40..].copy_from_slice(&e.id);
+                    forks.insert(key, e.bytes.as_slice()).map_err(|e| self.err(e))?;
+                    Inserted::Fork
+                }
+                (None, head) => {
+                    let (head_seq, head_id) = head.unwrap_or((0, [0u8; 32]));
+                    if e.entry.seq != head_seq + 1 {
+                        Inserted::Gap
+                    } else if e.entry.prev != head_id {
+                        Inserted::Broken
+                    } else {
+                        entries
+                            .insert(entry_key(&author, e.entry.seq), e.bytes.as_slice())
+                            .map_err(|e| self.err(e))?;
+                        txn.open_table(LEDGER_IDS)
+                            .map_err(|e| self.err(e))?
+                            .insert(e.id, entry_key(&author, e.entry.seq))
+                            .map_err(|e| self.err(e))?;
+                        Inserted::Added
+                    }
+                }
+            }
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(outcome)
+    }
+
+    /// The second entries of equivocations kept as evidence: (author, seq, envelope).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_forks(&self) -> Result<Vec<StoredEntry>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let k = k.value();
+            let mut author = [0u8; 32];
+            author.copy_from_slice(&k[..32]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[32..40]);
+            out.push((author, u64::from_be_bytes(seq), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }

@@ -536,3 +536,56 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     assert_eq!(a.level, DeidLevel::Pseudonymised);
     assert!(w.holder.store().outgoing_dir(&id).join("0").exists());
 }
+
+#[test]
+fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() {
+    use crate::ledger::{self, Event};
+    let w = world();
+    // The recipient writes two entries; the holder (which trusts it) takes them.
+    let ev = |i: u64| Event::ConsentAdded {
+        consent: format!("c-{i:016x}"),
+    };
+    w.recipient.log(ev(1)).unwrap();
+    w.recipient.log(ev(2)).unwrap();
+    let author = w.recipient.identity().ed25519_public();
+    let theirs = w.recipient.ledger_range(&author, 1, 10).unwrap();
+    // What the holder lacks of the recipient's feed.
+    let heads = w.recipient.ledger_heads().unwrap();
+    let wants = w.holder.ledger_wants(&heads).unwrap();
+    assert!(
+        wants.iter().any(|(a, from, _)| a.as_slice() == author && *from == 1),
+        "{wants:?}"
+    );
+    // Tampered, forged and out-of-order entries are refused, the genuine ones kept.
+    let mut flipped = theirs[0].clone();
+    let n = flipped.len();
+    flipped[n - 1] ^= 1;
+    let h = &w.holder;
+    let r = h.ledger_accept("peer", &[flipped, theirs[1].clone()]).unwrap();
+    assert_eq!((r.added, r.rejected.len()), (0, 2), "{r:?}");
+    // (The recipient's feed also holds the peer-added entries of world().)
+    let n = theirs.len() as u64;
+    let r = h.ledger_accept("peer", &theirs).unwrap();
+    assert_eq!((r.added, r.duplicates, r.forks), (n, 0, 0), "{r:?}");
+    let r = h.ledger_accept("peer", &theirs).unwrap();
+    assert_eq!(r.duplicates, n);
+    // An author this node does not trust: refused.
+    let stranger = crate::identity::Identity::from_secrets(&[0x77; 32], &[0x78; 32]).unwrap();
+    let foreign = ledger::make_entry(&stranger, None, 1, ev(3)).unwrap();
+    let r = h.ledger_accept("peer", &[foreign.bytes]).unwrap();
+    assert!(r.rejected[0].contains("not a trusted author"), "{r:?}");
+    // The recipient signs a second entry 2 (a fork): kept as evidence, and verify reports it.
+    let first = ledger::open_entry(&theirs[0]).unwrap();
+    let fork = ledger::make_entry(w.recipient.identity(), Some((1, first.id)), 5, ev(99)).unwrap();
+    let r = h.ledger_accept("peer", &[fork.bytes]).unwrap();
+    assert_eq!(r.forks, 1, "{r:?}");
+    let report = h.log_verify().unwrap();
+    assert!(!report.ok);
+    let feed = report
+        .feeds
+        .iter()
+        .find(|f| f.author == w.recipient.identity().peer_id())
+        .unwrap();
+    assert_eq!(feed.head_seq, n);
+    assert!(feed.problems.iter().any(|p| p.contains("equivocation")), "{feed:?}");
+}

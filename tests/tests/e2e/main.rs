@@ -22,6 +22,7 @@ mod crash;
 mod deid;
 mod home;
 mod integrity;
+mod ledger;
 mod net;
 mod privacy;
 mod transfer;
