@@ -149,3 +149,27 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         }
     }
 }
+
+pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
+    let out = Out::new(home.json);
+    let node = Session::open(&home.home)?;
+    let list = node.notifications(unread).context("listing notifications")?;
+    for n in &list {
+        out.emit("notification", n, || {
+            format!(
+                "{}  {:<18} study {}  by {} (entry {} #{}){}\n",
+                n.time,
+                n.kind,
+                n.study_uid,
+                n.author,
+                &n.entry[..12],
+                n.seq,
+                if n.read { "" } else { "  NEW" }
+            )
+        })?;
+    }
+    if list.is_empty() && !home.json {
+        println!("no {}notifications", if unread { "unread " } else { "" });
+    }
+    Ok(ExitCode::SUCCESS)
+}

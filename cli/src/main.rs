@@ -107,6 +107,16 @@ enum Command {
     /// The access ledger: signed, chained feeds of what every node did.
     #[command(subcommand)]
     Log(ledger::LogCommand),
+    /// What other sites did with this site's studies (requested, granted,
+    /// sent, received, opened), from their ledger entries; oldest first.
+    /// Listing marks them read.
+    Notifications {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Only those not shown before.
+        #[arg(long)]
+        unread: bool,
+    },
     /// Consortium administration (offline, on files).
     #[command(subcommand)]
     Consortium(ConsortiumCommand),
@@ -607,6 +617,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Share(args) => transfer::request(args, true),
         Command::Approvals(cmd) => transfer::approvals(cmd),
         Command::Log(cmd) => ledger::run(cmd),
+        Command::Notifications { home, unread } => ledger::notifications(&home, unread),
         Command::Transfers(cmd) => transfer::transfers(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest, RelinkRequest,
-    ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest, NotificationsRequest,
+    RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use medmesh_node::consent_schema::{DeidLevel, Purpose};
 use medmesh_node::deid::DeidOption;
@@ -18,7 +18,7 @@ use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use medmesh_node::home::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
-use medmesh_node::home::ledger::{EntryView, VerifyReport};
+use medmesh_node::home::ledger::{EntryView, NotificationView, VerifyReport};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
@@ -377,6 +377,13 @@ impl Session {
         match self {
             Self::Local(node) => Ok(node.log_show(id)?),
             Self::Remote { client, rt } => Self::post(client, rt, "/log/show", &IdRequest { id: id.into() }),
+        }
+    }
+
+    pub fn notifications(&self, unread: bool) -> Result<Vec<NotificationView>> {
+        match self {
+            Self::Local(node) => Ok(node.notifications(unread)?),
+            Self::Remote { client, rt } => Self::post(client, rt, "/notifications", &NotificationsRequest { unread }),
         }
     }
 

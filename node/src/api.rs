@@ -116,6 +116,13 @@ pub struct DeidRequest {
     pub options: Vec<crate::deid::DeidOption>,
 }
 
+/// `POST /v1/notifications`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationsRequest {
+    /// Only those not shown before.
+    pub unread: bool,
+}
+
 /// `POST /v1/log/tail`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogTailRequest {

@@ -63,7 +63,7 @@ use crate::keystore::{KeystoreError, MasterKey};
 mod ledger;
 mod relink;
 mod transfers;
-pub use ledger::Inserted;
+pub use ledger::{Inserted, NotificationRow};
 pub use relink::{RELINK_VERSION, RelinkRecord};
 pub use transfers::LandedObject;
 pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
@@ -87,6 +87,7 @@ const LEDGER_IDS: TableDefinition<'_, [u8; 32], [u8; 40]> = TableDefinition::new
 const LEDGER_STUDIES: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition::new("ledger-studies-v1");
 const LEDGER_COMMITS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("ledger-commitments-v1");
 const LEDGER_FORKS: TableDefinition<'_, [u8; 72], &[u8]> = TableDefinition::new("ledger-forks-v1");
+const NOTIFICATIONS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("notifications-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -448,6 +449,7 @@ impl Store {
             txn.open_table(LEDGER_STUDIES).map_err(|e| db_err(db_path, e))?;
             txn.open_table(LEDGER_COMMITS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(LEDGER_FORKS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(NOTIFICATIONS).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -1047,6 +1049,7 @@ impl Store {
             txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
             txn.open_table(LEDGER_COMMITS).map_err(|e| self.err(e))?;
             txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+            txn.open_table(NOTIFICATIONS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

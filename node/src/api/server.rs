@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST, RelinkRequest,
-    ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
+    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST,
+    NotificationsRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
@@ -498,6 +498,10 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 json(&blocking(api, move |n| n.log_show(&r.id)).await?)
             }
             (&Method::GET, "/log/verify") => json(&blocking(api, Node::log_verify).await?),
+            (&Method::POST, "/notifications") => {
+                let r: NotificationsRequest = body(req).await?;
+                json(&blocking(api, move |n| n.notifications(r.unread)).await?)
+            }
             (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
             (&Method::POST, "/transfers/show") => {
                 let r: IdRequest = body(req).await?;

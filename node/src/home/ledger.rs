@@ -236,6 +236,27 @@ impl Node {
     }
 }
 
+/// A notification as `medmesh notifications` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationView {
+    /// The entry's id (hex).
+    pub entry: String,
+    /// Its author (peer id).
+    pub author: String,
+    /// Its seq.
+    pub seq: u64,
+    /// What happened (the entry's kind).
+    pub kind: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// The study of this site it concerns (resolved here).
+    pub study_uid: String,
+    /// Taken by this node (RFC 3339).
+    pub noted: String,
+    /// Shown before.
+    pub read: bool,
+}
+
 /// What [`Node::ledger_accept`] did with a batch of entries from a peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptReport {
@@ -351,7 +372,10 @@ impl Node {
                 continue;
             }
             match self.store().ledger_insert_foreign(&e)? {
-                crate::store::Inserted::Added => r.added += 1,
+                crate::store::Inserted::Added => {
+                    r.added += 1;
+                    self.notify_if_ours(&e)?;
+                }
                 crate::store::Inserted::Duplicate => r.duplicates += 1,
                 crate::store::Inserted::Fork => {
                     r.forks += 1;
@@ -377,5 +401,64 @@ impl Node {
             tracing::warn!(peer = %from, refused = r.rejected.len(), first = %r.rejected[0], "ledger entries refused from this peer");
         }
         Ok(r)
+    }
+}
+
+impl Node {
+    /// Records a notification when an entry of another node names a study
+    /// whose commitment this node made (its study was requested, granted,
+    /// sent, received or opened elsewhere).
+    fn notify_if_ours(&self, e: &SignedEntry) -> Result<(), HomeError> {
+        let Some(study) = e.entry.event.study() else {
+            return Ok(());
+        };
+        let Some(c) = hex::decode(study).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+            return Ok(());
+        };
+        if self.store().resolve_commitment(&c)?.is_none() {
+            return Ok(());
+        }
+        let row = crate::store::NotificationRow {
+            v: 1,
+            author: e.author_peer(),
+            seq: e.entry.seq,
+            kind: e.entry.event.kind().to_string(),
+            time: e.entry.time,
+            study: study.to_string(),
+            noted: super::trust::now(),
+            read: false,
+        };
+        self.store().notification_put(&e.id, &row)?;
+        tracing::info!(author = %row.author, kind = %row.kind, "notification: an entry of another site concerns a study of this one");
+        Ok(())
+    }
+
+    /// The notifications of this site, oldest first (with `unread_only`,
+    /// those not shown before); shown ones are marked read.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn notifications(&self, unread_only: bool) -> Result<Vec<NotificationView>, HomeError> {
+        let mut out = Vec::new();
+        for (id, r) in self.store().notifications_take(unread_only)? {
+            let study_uid = hex::decode(&r.study)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(|c| self.store().resolve_commitment(&c))
+                .transpose()?
+                .flatten()
+                .unwrap_or_else(|| "(erased)".into());
+            out.push(NotificationView {
+                entry: hex::encode(id),
+                author: r.author,
+                seq: r.seq,
+                kind: r.kind,
+                time: rfc3339(r.time),
+                study_uid,
+                noted: rfc3339(r.noted),
+                read: r.read,
+            });
+        }
+        Ok(out)
     }
 }

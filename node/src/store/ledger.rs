@@ -322,3 +322,79 @@ impl super::Store {
         Ok(out)
     }
 }
+
+/// A notification: an entry of another node that names a study of this one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NotificationRow {
+    /// Row version (1).
+    pub v: u32,
+    /// The entry's author (peer id).
+    pub author: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its kind.
+    pub kind: String,
+    /// When it was written (Unix seconds).
+    pub time: i64,
+    /// The study commitment it names (hex).
+    pub study: String,
+    /// When this node took it (Unix seconds).
+    pub noted: i64,
+    /// Shown to a person already.
+    pub read: bool,
+}
+
+impl super::Store {
+    /// Records a notification for entry `id` (once).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn notification_put(&self, id: &[u8; 32], row: &NotificationRow) -> Result<(), StoreError> {
+        let bytes = super::cbor::encode("notification", row).map_err(|e| self.err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut t = txn.open_table(super::NOTIFICATIONS).map_err(|e| self.err(e))?;
+            if t.get(id).map_err(|e| self.err(e))?.is_none() {
+                t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Every notification (entry id, row), and marks them read, in one
+    /// write transaction; with `unread_only`, only those not read before.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], a row that does not decode.
+    pub fn notifications_take(&self, unread_only: bool) -> Result<Vec<([u8; 32], NotificationRow)>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let mut out = Vec::new();
+        {
+            let mut t = txn.open_table(super::NOTIFICATIONS).map_err(|e| self.err(e))?;
+            let mut rows = Vec::new();
+            for item in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let row: NotificationRow =
+                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(|e| self.err(e))?;
+                rows.push((k.value(), row));
+            }
+            for (id, mut row) in rows {
+                if unread_only && row.read {
+                    continue;
+                }
+                let shown = row.clone();
+                if !row.read {
+                    row.read = true;
+                    let bytes = super::cbor::encode("notification", &row).map_err(|e| self.err(e))?;
+                    t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+                }
+                out.push((id, shown));
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        out.sort_by_key(|(_, r)| (r.time, r.seq));
+        Ok(out)
+    }
+}

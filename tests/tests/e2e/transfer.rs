@@ -255,6 +255,27 @@ fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
             "an identifier in the ledger"
         );
     }
+    // The holder is told: the recipient's entries about its study reach it
+    // (catch-up every 2 s) and become notifications, resolved to the study.
+    let start = Instant::now();
+    loop {
+        let out = run(&holder, &["notifications", "--json"]).expect("run");
+        let seen: Vec<serde_json::Value> = json_lines(&out.stdout).into_iter().map(|(_, n)| n).collect();
+        if let Some(n) = seen.iter().find(|n| n["kind"] == "transfer-received") {
+            assert_eq!(n["study_uid"], study.uid.as_str());
+            assert_eq!(n["author"], recipient_peer.as_str());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no notification: {seen:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = run(&holder, &["notifications", "--unread", "--json"]).expect("run");
+    assert!(
+        json_lines(&out.stdout)
+            .iter()
+            .all(|(_, n)| n["kind"] != "transfer-received"),
+        "shown notifications are read"
+    );
     net.stop();
 }
 
