@@ -38,6 +38,12 @@ pub enum Session {
     },
 }
 
+/// Files and bytes of a `started` line (import, de-identification).
+fn started(line: &Line) -> (u64, u64) {
+    let n = |k: &str| line.data.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    (n("files"), n("bytes"))
+}
+
 fn decode<T: DeserializeOwned>(line: Line) -> Result<T, ClientError> {
     serde_json::from_value(line.data).map_err(|e| ClientError::Decode(format!("{} record: {e}", line.kind)))
 }
@@ -126,8 +132,7 @@ impl Session {
                     client.post_lines("/studies/import", &ImportRequest { paths: abs }, |line| {
                         match line.kind.as_str() {
                             "started" => {
-                                let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                                let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                                let (files, bytes) = started(&line);
                                 progress(ImportEvent::Started { files, bytes });
                             }
                             "file" => {
@@ -170,8 +175,7 @@ impl Session {
                 rt.block_on(client.post_lines("/studies/deid", &req, |line| {
                     match line.kind.as_str() {
                         "started" => {
-                            let files = line.data.get("files").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                            let bytes = line.data.get("bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            let (files, bytes) = started(&line);
                             progress(DeidEvent::Started { files, bytes });
                         }
                         "file" => {

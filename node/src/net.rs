@@ -296,6 +296,21 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
 }
 
+/// A request-response behaviour speaking one CBOR protocol (both ways).
+fn cbor_protocol<Q: codec::Wire, R: codec::Wire>(
+    protocol: &'static str,
+    timeout: Duration,
+    streams: usize,
+) -> request_response::Behaviour<CborCodec<Q, R>> {
+    request_response::Behaviour::with_codec(
+        CborCodec::default(),
+        [(StreamProtocol::new(protocol), request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(streams),
+    )
+}
+
 fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
     let keypair = node.identity().libp2p_keypair().map_err(HomeError::from)?;
     let hello_timeout = Duration::from_secs(cfg.hello_timeout_secs);
@@ -337,36 +352,9 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                 ping: ping::Behaviour::default(),
                 kad: Gate::new(kad),
                 mdns: Toggle::from(mdns),
-                hello: request_response::Behaviour::with_codec(
-                    CborCodec::default(),
-                    [(
-                        StreamProtocol::new(hello::PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(hello_timeout)
-                        .with_max_concurrent_streams(4),
-                ),
-                transfer: request_response::Behaviour::with_codec(
-                    CborCodec::default(),
-                    [(
-                        StreamProtocol::new(crate::transfer::wire::PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60))
-                        .with_max_concurrent_streams(32),
-                ),
-                ledger: request_response::Behaviour::with_codec(
-                    CborCodec::default(),
-                    [(
-                        StreamProtocol::new(crate::ledger::sync::SYNC_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
-                        .with_max_concurrent_streams(16),
-                ),
+                hello: cbor_protocol(hello::PROTOCOL, hello_timeout, 4),
+                transfer: cbor_protocol(crate::transfer::wire::PROTOCOL, Duration::from_secs(60), 32),
+                ledger: cbor_protocol(crate::ledger::sync::SYNC_PROTOCOL, Duration::from_secs(30), 16),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })

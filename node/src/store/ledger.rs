@@ -22,6 +22,28 @@ fn entry_key(author: &[u8; 32], seq: u64) -> [u8; 40] {
     k
 }
 
+/// (author, seq) of a key that starts with an [`entry_key`].
+fn split_key(k: &[u8]) -> ([u8; 32], u64) {
+    let mut author = [0u8; 32];
+    author.copy_from_slice(&k[..32]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&k[32..40]);
+    (author, u64::from_be_bytes(seq))
+}
+
+/// The head (seq, id) of `author`'s feed in an entries table: only its last
+/// entry is read.
+fn feed_head(
+    table: &impl ReadableTable<[u8; 40], &'static [u8]>,
+    author: &[u8; 32],
+) -> Result<Option<(u64, [u8; 32])>, redb::StorageError> {
+    Ok(table
+        .range(entry_key(author, 0)..=entry_key(author, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, v)| (split_key(&k.value()).1, *blake3::hash(v.value()).as_bytes())))
+}
+
 impl super::Store {
     fn commit_key(&self) -> medmesh_seal::DataKey {
         self.master.derive(super::LEDGER_COMMIT_KEY_CONTEXT)
@@ -130,19 +152,7 @@ impl super::Store {
         self.durability(&mut txn)?;
         let entry = {
             let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
-            let head = match entries
-                .range(entry_key(&author, 0)..=entry_key(&author, u64::MAX))
-                .map_err(|e| self.err(e))?
-                .next_back()
-            {
-                Some(item) => {
-                    let (k, v) = item.map_err(|e| self.err(e))?;
-                    let mut seq = [0u8; 8];
-                    seq.copy_from_slice(&k.value()[32..]);
-                    Some((u64::from_be_bytes(seq), *blake3::hash(v.value()).as_bytes()))
-                }
-                None => None,
-            };
+            let head = feed_head(&entries, &author).map_err(|e| self.err(e))?;
             let entry =
                 ledger::make_entry(identity, head, time, event).map_err(|e| StoreError::Ledger(e.to_string()))?;
             entries
@@ -169,12 +179,8 @@ impl super::Store {
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let k = k.value();
-            let mut author = [0u8; 32];
-            author.copy_from_slice(&k[..32]);
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&k[32..]);
-            out.push((author, u64::from_be_bytes(seq), v.value().to_vec()));
+            let (author, seq) = split_key(&k.value());
+            out.push((author, seq, v.value().to_vec()));
         }
         Ok(out)
     }
@@ -215,11 +221,21 @@ impl super::Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub fn ledger_heads(&self) -> Result<Vec<FeedHead>, StoreError> {
-        let mut heads: std::collections::BTreeMap<[u8; 32], (u64, [u8; 32])> = std::collections::BTreeMap::new();
-        for (author, seq, bytes) in self.ledger_entries()? {
-            heads.insert(author, (seq, *blake3::hash(&bytes).as_bytes()));
+        // Asked every few seconds by every peer: the authors from the keys,
+        // then only each feed's last entry is read and hashed.
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        let mut authors = std::collections::BTreeSet::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            authors.insert(split_key(&item.map_err(|e| self.err(e))?.0.value()).0);
         }
-        Ok(heads.into_iter().map(|(a, (s, id))| (a, s, id)).collect())
+        let mut out = Vec::with_capacity(authors.len());
+        for author in authors {
+            if let Some((seq, id)) = feed_head(&t, &author).map_err(|e| self.err(e))? {
+                out.push((author, seq, id));
+            }
+        }
+        Ok(out)
     }
 
     /// Entries `from ..` of `author`'s feed, at most `limit`.
@@ -258,17 +274,7 @@ impl super::Store {
                 .get(entry_key(&author, e.entry.seq))
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value().to_vec());
-            let head = entries
-                .range(entry_key(&author, 0)..=entry_key(&author, u64::MAX))
-                .map_err(|e| self.err(e))?
-                .next_back()
-                .transpose()
-                .map_err(|e| self.err(e))?
-                .map(|(k, v)| {
-                    let mut seq = [0u8; 8];
-                    seq.copy_from_slice(&k.value()[32..]);
-                    (u64::from_be_bytes(seq), *blake3::hash(v.value()).as_bytes())
-                });
+            let head = feed_head(&entries, &author).map_err(|e| self.err(e))?;
             match (held, head) {
                 (Some(bytes), _) if *blake3::hash(&bytes).as_bytes() == e.id => Inserted::Duplicate,
                 (Some(_), _) => {
@@ -312,12 +318,8 @@ impl super::Store {
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let k = k.value();
-            let mut author = [0u8; 32];
-            author.copy_from_slice(&k[..32]);
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&k[32..40]);
-            out.push((author, u64::from_be_bytes(seq), v.value().to_vec()));
+            let (author, seq) = split_key(&k.value());
+            out.push((author, seq, v.value().to_vec()));
         }
         Ok(out)
     }
