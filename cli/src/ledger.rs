@@ -113,11 +113,12 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
             for f in &report.feeds {
                 out.emit("feed", f, || {
                     let mut s = format!(
-                        "{}  {} entries, head {} {}  {}\n",
+                        "{}  {} entries, head {} {}  countersigned by {}  {}\n",
                         f.author,
                         f.entries,
                         f.head_seq,
                         f.head_id.get(..16).unwrap_or(""),
+                        f.countersigned,
                         if f.problems.is_empty() { "ok" } else { "FAILS" }
                     );
                     for p in &f.problems {
@@ -171,5 +172,42 @@ pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
     if list.is_empty() && !home.json {
         println!("no {}notifications", if unread { "unread " } else { "" });
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn notify_status(home: &HomeArgs) -> Result<ExitCode> {
+    let out = Out::new(home.json);
+    let node = Session::open(&home.home)?;
+    let list = node.notify_status().context("reading notification delivery")?;
+    out.list("notify-status", &list, || {
+        let mut text = String::new();
+        for s in &list {
+            if !s.configured {
+                text.push_str(&format!(
+                    "{:<8} off  ({} notifications recorded; delivered up to {})\n",
+                    s.sink, s.head, s.delivered
+                ));
+                continue;
+            }
+            text.push_str(&format!(
+                "{:<8} {}  delivered up to {} of {}, {} pending",
+                s.sink, s.target, s.delivered, s.head, s.pending
+            ));
+            if let Some(at) = &s.delivered_at {
+                text.push_str(&format!(", last delivery {at}"));
+            }
+            text.push('\n');
+            if s.failures > 0 {
+                text.push_str(&format!(
+                    "         {} failed attempt(s); last error ({}): {}; next attempt {}\n",
+                    s.failures,
+                    s.last_error_at.as_deref().unwrap_or("?"),
+                    s.last_error.as_deref().unwrap_or("?"),
+                    s.next_attempt.as_deref().unwrap_or("?"),
+                ));
+            }
+        }
+        text
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -109,13 +109,18 @@ enum Command {
     Log(ledger::LogCommand),
     /// What other sites did with this site's studies (requested, granted,
     /// sent, received, opened), from their ledger entries; oldest first.
-    /// Listing marks them read.
+    /// Listing marks them read. With --status: how far delivery to the
+    /// webhook and the syslog collector of `[notify]` has got.
     Notifications {
         #[command(flatten)]
         home: HomeArgs,
         /// Only those not shown before.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "status")]
         unread: bool,
+        /// Show delivery per sink (delivered up to, pending, last error,
+        /// next attempt) instead of listing; marks nothing read.
+        #[arg(long)]
+        status: bool,
     },
     /// Consortium administration (offline, on files).
     #[command(subcommand)]
@@ -617,7 +622,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Share(args) => transfer::request(args, true),
         Command::Approvals(cmd) => transfer::approvals(cmd),
         Command::Log(cmd) => ledger::run(cmd),
-        Command::Notifications { home, unread } => ledger::notifications(&home, unread),
+        Command::Notifications { home, status: true, .. } => ledger::notify_status(&home),
+        Command::Notifications { home, unread, .. } => ledger::notifications(&home, unread),
         Command::Transfers(cmd) => transfer::transfers(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);

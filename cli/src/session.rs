@@ -22,6 +22,7 @@ use medmesh_node::home::ledger::{EntryView, NotificationView, VerifyReport};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
+use medmesh_node::notify::SinkStatus;
 use medmesh_node::store::CheckReport;
 use medmesh_node::transfer::TransferView;
 use serde::Serialize;
@@ -388,6 +389,13 @@ impl Session {
         match self {
             Self::Local(node) => Ok(node.notifications(unread)?),
             Self::Remote { client, rt } => Self::post(client, rt, "/notifications", &NotificationsRequest { unread }),
+        }
+    }
+
+    pub fn notify_status(&self) -> Result<Vec<SinkStatus>> {
+        match self {
+            Self::Local(node) => Ok(node.notify_status()?),
+            Self::Remote { client, rt } => Self::get(client, rt, "/notifications/status"),
         }
     }
 

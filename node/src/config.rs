@@ -126,6 +126,52 @@ options = []
 #   columns = 800
 #   rects = [[0, 0, 800, 48]]
 mask = []
+
+[notify.webhook]
+# Notifications (an entry of another site concerns a study of this one, and
+# ledger alerts) can be posted to a webhook as JSON (docs/PROTOCOL.md §14.5):
+# one HTTP POST per notification, in order, retried with backoff until the
+# server answers 2xx. Every notification recorded since the node first ran
+# is delivered, the backlog included. "" = off. http:// or https://
+# (certificates checked against the Mozilla roots, or against ca_file).
+url = ""
+# Secret sent with every POST (in the header below); "" = none. Keep this
+# file readable by the node's user only when it holds one.
+token = ""
+# Header that carries the token: "authorization" sends "Bearer <token>",
+# any other header name sends the token as it is.
+token_header = "authorization"
+# Seconds a POST may take before it counts as failed and is retried.
+timeout_secs = 10
+# Send the Study Instance UID (resolved on this node) instead of only the
+# ledger's study commitment. Never patient names or IDs.
+study_uid = false
+# PEM file of the CA certificates to trust for https:// instead of the
+# Mozilla roots; "" = the Mozilla roots.
+ca_file = ""
+
+[notify.syslog]
+# Notifications sent to a syslog collector (an IHE ATNA audit record
+# repository) as DICOM audit messages (PS3.15 A.5) in RFC 5424 syslog
+# messages, in order, retried with backoff. "" = off; otherwise host:port,
+# e.g. "audit.example.org:6514".
+address = ""
+# "udp" (RFC 5426: fire and forget, no acknowledgement), "tcp" (RFC 6587
+# octet counting) or "tls" (RFC 5425, what ATNA requires).
+transport = "tls"
+# Syslog facility: "authpriv" (10), "auth" (4) or "local0" to "local7".
+facility = "authpriv"
+# Put the Study Instance UID (resolved on this node) in the audit messages
+# instead of the ledger's study commitment. Never patient names or IDs.
+study_uid = false
+# PEM file of the CA certificates that sign the collector's certificate
+# (tls); "" = the Mozilla roots.
+ca_file = ""
+# PEM files of this node's client certificate chain and private key, for
+# collectors that authenticate nodes (ATNA mutual TLS); "" = none.
+cert_file = ""
+# The private key of cert_file (PEM, PKCS#8, PKCS#1 or SEC1).
+key_file = ""
 "#;
 
 /// Errors of loading the configuration.
@@ -182,6 +228,9 @@ pub struct Config {
     /// De-identification settings.
     #[serde(default)]
     pub deid: DeidConfig,
+    /// Delivery of notifications to a webhook and a syslog collector.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 fn default_version() -> u32 {
@@ -197,6 +246,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             transfer: TransferConfig::default(),
             deid: DeidConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -284,6 +334,208 @@ pub struct DeidConfig {
     pub options: Vec<crate::deid::DeidOption>,
     /// Pixel-masking rules for objects with burned-in identifiers.
     pub mask: Vec<crate::deid::MaskRule>,
+}
+
+/// A secret from the configuration (a webhook token): zeroized on drop,
+/// never shown by `Debug` and never serialized.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    /// The secret.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(zeroize::Zeroizing::new(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(none)"
+        } else {
+            "Secret(redacted)"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "(redacted)" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret(zeroize::Zeroizing::new(String::deserialize(d)?)))
+    }
+}
+
+/// Delivery of notifications (`[notify]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The webhook.
+    pub webhook: WebhookConfig,
+    /// The syslog collector.
+    pub syslog: SyslogConfig,
+}
+
+/// The webhook (`[notify.webhook]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL; empty = off.
+    pub url: String,
+    /// Secret sent in `token_header`; empty = none.
+    pub token: Secret,
+    /// Header carrying the token (`authorization` = `Bearer <token>`).
+    pub token_header: String,
+    /// Seconds a POST may take.
+    pub timeout_secs: u64,
+    /// Send the Study Instance UID instead of the commitment.
+    pub study_uid: bool,
+    /// PEM CA certificates for https (empty = Mozilla roots).
+    pub ca_file: String,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: Secret::default(),
+            token_header: "authorization".into(),
+            timeout_secs: 10,
+            study_uid: false,
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// Transport to a syslog collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    /// RFC 5426.
+    Udp,
+    /// RFC 6587, octet counting.
+    Tcp,
+    /// RFC 5425.
+    Tls,
+}
+
+/// The syslog collector (`[notify.syslog]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyslogConfig {
+    /// `host:port`; empty = off.
+    pub address: String,
+    /// Transport.
+    pub transport: SyslogTransport,
+    /// Facility name.
+    pub facility: String,
+    /// Send the Study Instance UID instead of the commitment.
+    pub study_uid: bool,
+    /// PEM CA certificates for tls (empty = Mozilla roots).
+    pub ca_file: String,
+    /// PEM client certificate chain (empty = none).
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            transport: SyslogTransport::Tls,
+            facility: "authpriv".into(),
+            study_uid: false,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+        }
+    }
+}
+
+impl SyslogConfig {
+    /// The facility's number, if the name is one of those accepted.
+    #[must_use]
+    pub fn facility_code(&self) -> Option<u8> {
+        match self.facility.as_str() {
+            "auth" => Some(4),
+            "authpriv" => Some(10),
+            f => f
+                .strip_prefix("local")
+                .and_then(|n| n.parse::<u8>().ok())
+                .filter(|n| *n <= 7)
+                .map(|n| 16 + n),
+        }
+    }
+}
+
+impl NotifyConfig {
+    fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let w = &self.webhook;
+        if !w.url.is_empty() {
+            crate::notify::WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e))?;
+        }
+        if !(1..=300).contains(&w.timeout_secs) {
+            return Err(value("notify.webhook.timeout_secs", "must be from 1 to 300".into()));
+        }
+        if w.token_header.parse::<hyper::header::HeaderName>().is_err() {
+            return Err(value(
+                "notify.webhook.token_header",
+                format!("{:?} is not a header name", w.token_header),
+            ));
+        }
+        if hyper::header::HeaderValue::from_str(w.token.expose()).is_err()
+            || w.token.expose().trim() != w.token.expose()
+        {
+            return Err(value(
+                "notify.webhook.token",
+                "holds characters a header cannot carry (control characters, or spaces at either end)".into(),
+            ));
+        }
+        let l = &self.syslog;
+        if l.facility_code().is_none() {
+            return Err(value(
+                "notify.syslog.facility",
+                format!(
+                    "is {:?}: must be \"authpriv\", \"auth\" or \"local0\" to \"local7\"",
+                    l.facility
+                ),
+            ));
+        }
+        if !l.address.is_empty() {
+            crate::notify::split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e))?;
+        }
+        if l.cert_file.is_empty() != l.key_file.is_empty() {
+            return Err(value(
+                "notify.syslog.key_file",
+                "cert_file and key_file go together: give both or neither".into(),
+            ));
+        }
+        if l.transport != SyslogTransport::Tls && !(l.ca_file.is_empty() && l.cert_file.is_empty()) {
+            return Err(value(
+                "notify.syslog.transport",
+                "is not \"tls\", but ca_file or cert_file is set".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The default port, TCP and UDP (QUIC).
@@ -488,6 +740,7 @@ impl Config {
         if !(1..=3600).contains(&t.retry_secs) {
             return Err(value("transfer.retry_secs", "must be from 1 to 3600".into()));
         }
+        self.notify.check(&value)?;
         Ok(())
     }
 }
@@ -504,6 +757,12 @@ mod tests {
         let mut keys = Vec::new();
         for (k, v) in &table {
             match v.as_table() {
+                // A section of sections ([notify.webhook], [notify.syslog]).
+                Some(t) if !t.is_empty() && t.values().all(toml::Value::is_table) => {
+                    for sub in t.values().filter_map(toml::Value::as_table) {
+                        keys.extend(sub.keys().cloned());
+                    }
+                }
                 Some(t) => keys.extend(t.keys().cloned()),
                 None => keys.push(k.clone()),
             }
@@ -564,5 +823,38 @@ mod tests {
         let err = Config::parse(Path::new("c.toml"), "[network]\nlisten = [\"tcp:7460\"]\n").unwrap_err();
         assert!(err.to_string().contains("network.listen"), "{err}");
         assert!(Config::load(Path::new("/nonexistent/config.toml")).is_err());
+    }
+
+    #[test]
+    fn notify_settings_are_checked() {
+        let text = "[notify.webhook]\nurl = \"https://hooks.example.org/m\"\ntoken = \"abc\"\n\
+                    [notify.syslog]\naddress = \"127.0.0.1:514\"\ntransport = \"udp\"\nfacility = \"local4\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.notify.syslog.facility_code(), Some(20));
+        assert_eq!(c.notify.webhook.token.expose(), "abc");
+        assert!(!format!("{c:?}").contains("abc"), "the token is not in Debug");
+        assert!(!toml::to_string(&c).unwrap().contains("abc"), "nor serialized");
+        for (text, needle) in [
+            ("[notify.webhook]\nurl = \"ftp://x/\"\n", "notify.webhook.url"),
+            ("[notify.webhook]\nurl = \"http://u:p@x/\"\n", "notify.webhook.url"),
+            ("[notify.webhook]\ntimeout_secs = 0\n", "notify.webhook.timeout_secs"),
+            (
+                "[notify.webhook]\ntoken_header = \"a b\"\n",
+                "notify.webhook.token_header",
+            ),
+            ("[notify.webhook]\ntoken = \"a\\nb\"\n", "notify.webhook.token"),
+            ("[notify.syslog]\naddress = \"collector\"\n", "notify.syslog.address"),
+            ("[notify.syslog]\ntransport = \"carrier-pigeon\"\n", "carrier-pigeon"),
+            ("[notify.syslog]\nfacility = \"local9\"\n", "notify.syslog.facility"),
+            ("[notify.syslog]\ncert_file = \"c.pem\"\n", "notify.syslog.key_file"),
+            (
+                "[notify.syslog]\ntransport = \"tcp\"\nca_file = \"ca.pem\"\n",
+                "notify.syslog.transport",
+            ),
+            ("[notify.syslog]\nhost = \"x\"\n", "host"),
+        ] {
+            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

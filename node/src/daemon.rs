@@ -1,6 +1,6 @@
 //! `medmesh run`: the node as a service. Opens the admin API socket, starts
-//! the network, and runs until SIGINT or SIGTERM, then stops both and
-//! removes the socket.
+//! the network and notification delivery, and runs until SIGINT or SIGTERM,
+//! then stops them and removes the socket.
 
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let bound = server::bind(&socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (net, net_task) = net::start(Arc::clone(&node), stop_rx.clone()).await?;
+    // Notification delivery (webhook, syslog): returns at once when none is configured.
+    let notify_task = tokio::spawn(crate::notify::run(Arc::clone(&node), stop_rx.clone()));
     let mut api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
     let mut net_task = net_task;
     // Wait until every listen address is bound before reporting ready.
@@ -74,6 +76,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     if !net_task.is_finished() {
         let _ = net_task.await;
     }
+    let _ = notify_task.await;
     tracing::info!("node stopped");
     match died {
         Some(why) => Err(DaemonError::TaskEnded(why)),

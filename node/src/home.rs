@@ -173,6 +173,8 @@ pub struct Node {
     record: VerifiedNodeRecord,
     store: Store,
     live: crate::transfer::Live,
+    /// The seq of this node's last ledger entry (the network publishes what follows what it sent).
+    ledger_seq: tokio::sync::watch::Sender<u64>,
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -511,6 +513,7 @@ impl Node {
             )));
         }
         let store = Store::open(&paths.db(), &paths.blobs(), master, config.store.fsync)?;
+        let own_seq = store.ledger_heads_of(&identity.ed25519_public())?.map_or(0, |(s, _)| s);
         Ok(Node {
             paths,
             config,
@@ -518,7 +521,14 @@ impl Node {
             record,
             store,
             live: crate::transfer::Live::default(),
+            ledger_seq: tokio::sync::watch::Sender::new(own_seq),
         })
+    }
+
+    /// Watches the seq of this node's last ledger entry.
+    #[must_use]
+    pub fn ledger_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ledger_seq.subscribe()
     }
 
     /// Live progress of the transfers this process runs.

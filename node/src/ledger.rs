@@ -11,6 +11,7 @@
 //! the id of the author's entry `seq - 1` (32 zero bytes for seq 1). See
 //! docs/PROTOCOL.md §14.
 
+pub mod gossip;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -39,6 +40,12 @@ pub enum LedgerError {
     Invalid {
         /// Which entry (author and seq, or its id).
         entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A witness does not decode or verify.
+    #[error("ledger witness: {reason}")]
+    Witness {
         /// Why.
         reason: String,
     },

@@ -41,6 +41,7 @@ pub mod identity;
 pub mod keystore;
 pub mod ledger;
 pub mod net;
+pub mod notify;
 pub mod store;
 pub mod transfer;
 pub mod trust;

@@ -9,7 +9,8 @@
 //!    `network.hello_timeout_secs`; the listener answers a hello only when it
 //!    accepts the dialer, so an untrusted peer gets no answer;
 //! 3. until a peer is accepted, Kademlia hears nothing from it ([`gate::Gate`]):
-//!    its requests go unanswered and its answers are ignored;
+//!    its requests go unanswered and its answers are ignored; what it says on
+//!    the ledger's gossip topic is held until it is accepted, dropped if not;
 //! 4. a refused peer is disconnected, and the refusal is logged with its peer
 //!    id and reason code and kept for `medmesh peers`;
 //! 5. on every trust change (join, add-peer, revocation, block) and every
@@ -33,8 +34,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, kad, mdns, noise, ping,
-    request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns,
+    noise, ping, request_response, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -206,6 +207,15 @@ enum Internal {
     LedgerSend(PeerId, SyncRequest),
     /// A ledger exchange with a peer is over.
     LedgerDone(PeerId),
+    /// A peer served invalid entries of this author's feed.
+    LedgerInvalid(PeerId, Vec<u8>),
+    /// The verdict on a gossip message, and the ranges to ask its sender for.
+    GossipVerdict(
+        gossipsub::MessageId,
+        PeerId,
+        gossipsub::MessageAcceptance,
+        Vec<SyncRequest>,
+    ),
 }
 
 /// A handle on the running network task.
@@ -293,7 +303,28 @@ struct Behaviour {
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
     transfer: request_response::Behaviour<CborCodec<TransferMsg, TransferAnswer>>,
     ledger: request_response::Behaviour<CborCodec<SyncRequest, SyncResponse>>,
+    gossip: Gate<gossipsub::Behaviour>,
     stream: libp2p_stream::Behaviour,
+}
+
+/// Events a gossip peer may send before its hello is accepted (its
+/// subscriptions, as a connection opens), held until then.
+const GOSSIP_HELD: usize = 16;
+
+/// The ledger's gossipsub: messages are self-authenticating (signed
+/// entries and witnesses), so gossipsub adds no signature of its own; a
+/// message is named by the BLAKE3 of its bytes, and every message is
+/// judged by the node before it is passed on.
+fn ledger_gossip() -> Result<gossipsub::Behaviour, String> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+        .max_transmit_size(crate::ledger::gossip::MAX_GOSSIP + 4096)
+        .validate_messages()
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|e| e.to_string())?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config).map_err(ToString::to_string)
 }
 
 /// A request-response behaviour speaking one CBOR protocol (both ways).
@@ -355,6 +386,7 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                 hello: cbor_protocol(hello::PROTOCOL, hello_timeout, 4),
                 transfer: cbor_protocol(crate::transfer::wire::PROTOCOL, Duration::from_secs(60), 32),
                 ledger: cbor_protocol(crate::ledger::sync::SYNC_PROTOCOL, Duration::from_secs(30), 16),
+                gossip: Gate::holding(ledger_gossip()?, GOSSIP_HELD),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -425,12 +457,20 @@ pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<
     {
         return Ok(Some(h));
     }
-    Ok(state
+    if let Some(h) = state
         .bilateral
         .iter()
         .find(|b| b.record.record().peer_id == peer)
         .and_then(|b| b.record.envelope().to_bytes().ok())
-        .map(|record| Hello::new(record, Vec::new())))
+        .map(|record| Hello::new(record, Vec::new()))
+    {
+        return Ok(Some(h));
+    }
+    // A member never met, whose hello came relayed with its ledger entries.
+    Ok(node
+        .store()
+        .trust_get(&format!("{}{peer}", crate::home::ledger::LEDGER_AUTHOR_PREFIX))?
+        .and_then(|bytes| Hello::from_bytes(&bytes).ok()))
 }
 
 use crate::home::trust::now;
@@ -553,6 +593,14 @@ pub async fn start(
     let (internal_tx, internal_rx) = mpsc::channel(64);
     let wake = Arc::new(tokio::sync::Notify::new());
     let control = swarm.behaviour().stream.new_control();
+    swarm
+        .behaviour_mut()
+        .gossip
+        .inner_mut()
+        .subscribe(&gossipsub::IdentTopic::new(crate::ledger::gossip::TOPIC))
+        .map_err(|e| NetError::Build(format!("ledger gossip topic: {e}")))?;
+    let ledger_watch = node.ledger_watch();
+    let published = *ledger_watch.borrow();
     let mut service = Service {
         internal: internal_tx,
         wake: Some(Arc::clone(&wake)),
@@ -560,6 +608,10 @@ pub async fn start(
         outbound: HashMap::new(),
         ledger_pending: HashMap::new(),
         ledger_busy: HashSet::new(),
+        ledger_shunned: HashMap::new(),
+        published,
+        witnessed: Vec::new(),
+        witnessed_at: None,
         local: *swarm.local_peer_id(),
         swarm,
         node,
@@ -607,9 +659,17 @@ struct Service {
     waiting: HashMap<PeerId, Vec<Waiting>>,
     outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<TransferAnswer, String>>>,
     /// Ledger sync requests in flight, by request.
-    ledger_pending: HashMap<request_response::OutboundRequestId, PeerId>,
+    ledger_pending: HashMap<request_response::OutboundRequestId, (PeerId, Option<Vec<u8>>)>,
     /// Peers with a ledger exchange under way (one at a time per peer).
     ledger_busy: HashSet<PeerId>,
+    /// Peers that served invalid entries of a feed: not asked for it again
+    /// until the instant, then with the delay doubled if they do again.
+    ledger_shunned: HashMap<(PeerId, Vec<u8>), (Instant, Duration)>,
+    /// The seq of this node's last entry published on the gossip topic.
+    published: u64,
+    /// The heads of the last witness published, and when.
+    witnessed: Vec<crate::ledger::sync::Head>,
+    witnessed_at: Option<Instant>,
     local: PeerId,
     swarm: Swarm<Behaviour>,
     node: Arc<Node>,
@@ -634,6 +694,8 @@ impl Service {
         mut internal: mpsc::Receiver<Internal>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut ledger_watch = self.node.ledger_watch();
+        let mut witness_tick = tokio::time::interval(WITNESS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
         let mut ledger_tick = tokio::time::interval(LEDGER_SYNC);
@@ -651,16 +713,32 @@ impl Service {
                     Internal::LedgerRespond(channel, answer) => {
                         let _ = self.swarm.behaviour_mut().ledger.send_response(channel, answer);
                     }
-                    Internal::LedgerSend(peer, req) => {
-                        if self.is_ready(&peer) {
-                            let id = self.swarm.behaviour_mut().ledger.send_request(&peer, req);
-                            self.ledger_pending.insert(id, peer);
-                        }
-                    }
+                    Internal::LedgerSend(peer, req) => self.ledger_request(peer, req),
                     Internal::LedgerDone(peer) => {
                         self.ledger_busy.remove(&peer);
                     }
+                    Internal::LedgerInvalid(peer, author) => {
+                        let delay = self
+                            .ledger_shunned
+                            .get(&(peer, author.clone()))
+                            .map_or(SHUN_FIRST, |(_, d)| (*d * 2).min(SHUN_MAX));
+                        tracing::debug!(peer = %peer, secs = delay.as_secs(), "a peer served invalid ledger entries: not asked for that feed for a while");
+                        self.ledger_shunned.insert((peer, author), (Instant::now() + delay, delay));
+                    }
+                    Internal::GossipVerdict(id, source, verdict, follow) => {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .gossip
+                            .inner_mut()
+                            .report_message_validation_result(&id, &source, verdict);
+                        for r in follow {
+                            self.ledger_request(source, r);
+                        }
+                    }
                 },
+                Ok(()) = ledger_watch.changed() => self.publish_own(),
+                _ = witness_tick.tick() => self.publish_witness(),
                 _ = ledger_tick.tick() => self.ledger_round(),
                 _ = tick.tick() => self.check_deadlines(),
                 _ = maintenance.tick() => self.maintain(),
@@ -911,6 +989,7 @@ impl Service {
         let address = address.or_else(|| st.remote.as_ref().map(ToString::to_string));
         self.swarm.behaviour_mut().kad.deny(&peer);
         self.swarm.behaviour_mut().kad.inner_mut().remove_peer(&peer);
+        self.swarm.behaviour_mut().gossip.deny(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
         self.refused.push_front(RefusedEntry {
             peer_id: peer_s,
@@ -934,6 +1013,7 @@ impl Service {
         st.hello = Some(hello.clone());
         let addrs = st.addrs.clone();
         self.swarm.behaviour_mut().kad.allow(peer);
+        self.swarm.behaviour_mut().gossip.allow(peer);
         for a in &addrs {
             self.swarm.behaviour_mut().kad.inner_mut().add_address(&peer, a.clone());
         }
@@ -1046,6 +1126,7 @@ impl Service {
                         self.peers.remove(&peer_id);
                     }
                     self.swarm.behaviour_mut().kad.deny(&peer_id);
+                    self.swarm.behaviour_mut().gossip.deny(&peer_id);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -1072,6 +1153,7 @@ impl Service {
             BehaviourEvent::Hello(e) => self.on_hello(e),
             BehaviourEvent::Transfer(e) => self.on_transfer(e),
             BehaviourEvent::Ledger(e) => self.on_ledger(e),
+            BehaviourEvent::Gossip(e) => self.on_gossip(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for a in info.listen_addrs {
                     if is_dialable(&a) {
@@ -1270,8 +1352,164 @@ impl Service {
 
 /// How often a node compares feed heads with each trusted peer.
 const LEDGER_SYNC: Duration = Duration::from_secs(2);
+/// How long a peer that served invalid entries of a feed is not asked for
+/// it again, the first time; doubled each time after, up to [`SHUN_MAX`].
+const SHUN_FIRST: Duration = Duration::from_secs(30);
+/// The longest such pause.
+const SHUN_MAX: Duration = Duration::from_secs(15 * 60);
+/// How often a node countersigns the feed heads it holds, when they changed.
+const WITNESS_EVERY: Duration = Duration::from_secs(3);
+/// How often it does so even when they did not (for peers that joined since).
+const WITNESS_AGAIN: Duration = Duration::from_secs(60);
+
+/// Test builds only (cargo feature `fault-injection`): with
+/// `MEDMESH_GOSSIP_TRACE=FILE`, every ledger gossip message this node sends
+/// or receives is appended to FILE as a line `sent|received HEX`, so tests can
+/// look at exactly what went over the topic.
+#[cfg(feature = "fault-injection")]
+fn trace_gossip(direction: &str, bytes: &[u8]) {
+    use std::io::Write;
+    let Ok(path) = std::env::var("MEDMESH_GOSSIP_TRACE") else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{direction} {}", hex::encode(bytes));
+    }
+}
+
+/// Sync requests for ranges (author key, first seq, how many).
+fn ranges(r: Vec<(Vec<u8>, u64, u64)>) -> Vec<SyncRequest> {
+    r.into_iter()
+        .map(|(author, from, limit)| SyncRequest::Range {
+            v: crate::ledger::LEDGER_VERSION,
+            author,
+            from,
+            limit,
+        })
+        .collect()
+}
 
 impl Service {
+    fn gossip_publish(&mut self, msg: &crate::ledger::gossip::GossipMsg) {
+        let bytes = match msg.to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(cause = %e, "ledger gossip message not encoded");
+                return;
+            }
+        };
+        #[cfg(feature = "fault-injection")]
+        trace_gossip("sent", &bytes);
+        let topic = gossipsub::IdentTopic::new(crate::ledger::gossip::TOPIC);
+        match self.swarm.behaviour_mut().gossip.inner_mut().publish(topic, bytes) {
+            Ok(_) => {}
+            // Nobody to tell now: catch-up by feed heads brings it to them later.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::debug!(cause = %e, "ledger gossip not published"),
+        }
+    }
+
+    /// Publishes this node's entries written since the last published.
+    fn publish_own(&mut self) {
+        let head = *self.node.ledger_watch().borrow();
+        let own = self.node.identity().ed25519_public();
+        while self.published < head {
+            let batch = match self
+                .node
+                .ledger_range(&own, self.published + 1, crate::ledger::sync::BATCH)
+            {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "own ledger entries not read for gossip");
+                    return;
+                }
+            };
+            for bytes in batch {
+                self.published += 1;
+                self.gossip_publish(&crate::ledger::gossip::GossipMsg::Entry {
+                    v: crate::ledger::LEDGER_VERSION,
+                    entry: serde_bytes::ByteBuf::from(bytes),
+                });
+            }
+        }
+        self.published = self.published.max(head);
+    }
+
+    /// Countersigns the feed heads held here, when they changed (or every
+    /// [`WITNESS_AGAIN`]), on the gossip topic.
+    fn publish_witness(&mut self) {
+        let heads = match self.node.ledger_heads() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(cause = %e, "ledger heads not read for a witness");
+                return;
+            }
+        };
+        let stale = self.witnessed_at.is_none_or(|t| t.elapsed() >= WITNESS_AGAIN);
+        if heads.is_empty() || (heads == self.witnessed && !stale) {
+            return;
+        }
+        let mut mine = heads.clone();
+        mine.truncate(crate::ledger::gossip::MAX_WITNESS_HEADS);
+        match crate::ledger::gossip::make_witness(self.node.identity(), now(), mine) {
+            Ok(w) => {
+                self.gossip_publish(&crate::ledger::gossip::GossipMsg::Witness {
+                    v: crate::ledger::LEDGER_VERSION,
+                    witness: serde_bytes::ByteBuf::from(w.bytes),
+                });
+                self.witnessed = heads;
+                self.witnessed_at = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(cause = %e, "witness not made"),
+        }
+    }
+
+    fn on_gossip(&mut self, e: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source: source,
+            message_id,
+            message,
+        } = e
+        else {
+            return;
+        };
+        #[cfg(feature = "fault-injection")]
+        trace_gossip("received", &message.data);
+        if !self.is_ready(&source) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossip
+                .inner_mut()
+                .report_message_validation_result(&message_id, &source, gossipsub::MessageAcceptance::Ignore);
+            return;
+        }
+        let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
+        tokio::spawn(async move {
+            let from = source.to_string();
+            let outcome = tokio::task::spawn_blocking(move || node.ledger_gossip(&from, &message.data)).await;
+            let (verdict, follow) = match outcome {
+                Ok(Ok(o)) => (
+                    match o.verdict {
+                        crate::home::ledger::Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                        crate::home::ledger::Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                        crate::home::ledger::Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    },
+                    ranges(o.follow),
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %source, cause = %e, "ledger gossip not taken");
+                    (gossipsub::MessageAcceptance::Ignore, Vec::new())
+                }
+                Err(_) => (gossipsub::MessageAcceptance::Ignore, Vec::new()),
+            };
+            let _ = internal
+                .send(Internal::GossipVerdict(message_id, source, verdict, follow))
+                .await;
+        });
+    }
+
     /// Asks every trusted peer not already in an exchange for its feed heads.
     fn ledger_round(&mut self) {
         let ready: Vec<PeerId> = self
@@ -1288,7 +1526,28 @@ impl Service {
                     v: crate::ledger::LEDGER_VERSION,
                 },
             );
-            self.ledger_pending.insert(id, peer);
+            self.ledger_pending.insert(id, (peer, None));
+        }
+    }
+
+    /// Sends a ledger sync request to `peer` when it is connected and
+    /// trusted, and not shunned for the feed asked for.
+    fn ledger_request(&mut self, peer: PeerId, req: SyncRequest) {
+        let author = match &req {
+            SyncRequest::Range { author, .. } => Some(author.clone()),
+            SyncRequest::Heads { .. } => None,
+        };
+        if let Some(a) = &author
+            && self
+                .ledger_shunned
+                .get(&(peer, a.clone()))
+                .is_some_and(|(until, _)| Instant::now() < *until)
+        {
+            return;
+        }
+        if self.is_ready(&peer) {
+            let id = self.swarm.behaviour_mut().ledger.send_request(&peer, req);
+            self.ledger_pending.insert(id, (peer, author));
         }
     }
 
@@ -1311,9 +1570,12 @@ impl Service {
                         SyncRequest::Heads { .. } => node.ledger_heads().map(|heads| SyncResponse::Heads { v, heads }),
                         SyncRequest::Range {
                             author, from, limit, ..
-                        } => node.ledger_range(&author, from, limit).map(|e| SyncResponse::Entries {
-                            v,
-                            entries: e.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                        } => node.ledger_range(&author, from, limit).and_then(|e| {
+                            Ok(SyncResponse::Entries {
+                                v,
+                                entries: e.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                                credentials: node.ledger_credentials(&author)?.map(serde_bytes::ByteBuf::from),
+                            })
                         }),
                     })
                     .await;
@@ -1330,20 +1592,26 @@ impl Service {
                 message: Message::Response { request_id, response },
                 ..
             } => {
-                self.ledger_pending.remove(&request_id);
+                let asked = self.ledger_pending.remove(&request_id).and_then(|(_, author)| author);
                 let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
                 tokio::spawn(async move {
                     let peer_s = peer.to_string();
+                    let invalid_tx = internal.clone();
                     let next = tokio::task::spawn_blocking(move || match response {
-                        SyncResponse::Heads { heads, .. } => node.ledger_wants(&heads).map(|w| {
-                            w.into_iter()
-                                .map(|(author, from, limit)| SyncRequest::Range { v, author, from, limit })
-                                .collect::<Vec<_>>()
-                        }),
-                        SyncResponse::Entries { entries, .. } => {
+                        SyncResponse::Heads { heads, .. } => node.ledger_wants(&heads).map(ranges),
+                        SyncResponse::Entries {
+                            entries, credentials, ..
+                        } => {
                             let entries: Vec<Vec<u8>> =
                                 entries.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
-                            node.ledger_accept(&peer_s, &entries).map(|_| Vec::new())
+                            let r =
+                                node.ledger_accept(&peer_s, &entries, credentials.as_deref().map(|c| c.as_slice()))?;
+                            if r.invalid
+                                && let Some(author) = asked
+                            {
+                                let _ = invalid_tx.blocking_send(Internal::LedgerInvalid(peer, author));
+                            }
+                            Ok(ranges(r.follow))
                         }
                         SyncResponse::Refused { text, .. } => {
                             tracing::debug!(peer = %peer_s, text, "ledger request refused");

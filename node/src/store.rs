@@ -61,9 +61,11 @@ use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 
 mod ledger;
+mod notify;
 mod relink;
 mod transfers;
 pub use ledger::{Inserted, NotificationRow};
+pub use notify::{OutboxItem, SinkState};
 pub use relink::{RELINK_VERSION, RelinkRecord};
 pub use transfers::LandedObject;
 pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
@@ -88,6 +90,10 @@ const LEDGER_STUDIES: TableDefinition<'_, [u8; 32], [u8; 32]> = TableDefinition:
 const LEDGER_COMMITS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("ledger-commitments-v1");
 const LEDGER_FORKS: TableDefinition<'_, [u8; 72], &[u8]> = TableDefinition::new("ledger-forks-v1");
 const NOTIFICATIONS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("notifications-v1");
+/// Latest witness (countersigned feed heads) of each witness key.
+const LEDGER_WITNESSES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("ledger-witnesses-v1");
+/// Witnesses that named another entry than the one held here: author ‖ seq ‖ witness → witness envelope.
+const LEDGER_SPLITS: TableDefinition<'_, [u8; 72], &[u8]> = TableDefinition::new("ledger-splits-v1");
 
 /// Version of the store's schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -365,6 +371,8 @@ pub struct Store {
     address_key: DataKey,
     consent_key: DataKey,
     fsync: bool,
+    /// The outbox's last sequence, sent whenever a notification is added (wakes delivery).
+    outbox_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for Store {
@@ -450,6 +458,10 @@ impl Store {
             txn.open_table(LEDGER_COMMITS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(LEDGER_FORKS).map_err(|e| db_err(db_path, e))?;
             txn.open_table(NOTIFICATIONS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(notify::OUTBOX).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(notify::SINKS).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_WITNESSES).map_err(|e| db_err(db_path, e))?;
+            txn.open_table(LEDGER_SPLITS).map_err(|e| db_err(db_path, e))?;
         }
         txn.commit().map_err(|e| db_err(db_path, e))?;
         Ok(store)
@@ -498,6 +510,7 @@ impl Store {
             address_key,
             consent_key,
             fsync,
+            outbox_tx: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -1050,6 +1063,8 @@ impl Store {
             txn.open_table(LEDGER_COMMITS).map_err(|e| self.err(e))?;
             txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
             txn.open_table(NOTIFICATIONS).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_WITNESSES).map_err(|e| self.err(e))?;
+            txn.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();

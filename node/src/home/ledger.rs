@@ -45,8 +45,13 @@ pub struct FeedReport {
     pub head_seq: u64,
     /// Head id (hex).
     pub head_id: String,
-    /// What is wrong (bad signature, broken chain, gap); empty when it verifies.
+    /// What is wrong (bad signature, broken chain, gap, equivocation, split
+    /// view); empty when it verifies.
     pub problems: Vec<String>,
+    /// Peers whose latest countersignature (witness) names an entry of this
+    /// feed that is the one held here.
+    #[serde(default)]
+    pub countersigned: u64,
 }
 
 /// `log verify`: every feed this node holds.
@@ -82,6 +87,11 @@ impl Node {
             .store()
             .ledger_append(self.identity(), super::trust::now(), event)?;
         tracing::debug!(seq = e.entry.seq, kind, "ledger entry written");
+        self.ledger_seq.send_if_modified(|s| {
+            let newer = e.entry.seq > *s;
+            *s = (*s).max(e.entry.seq);
+            newer
+        });
         Ok(())
     }
 
@@ -208,6 +218,7 @@ impl Node {
                 head_seq: head.0,
                 head_id: head.1,
                 problems,
+                countersigned: 0,
             });
         }
         // Equivocations: a second entry of a seq, kept as evidence.
@@ -226,7 +237,46 @@ impl Node {
                     head_seq: 0,
                     head_id: String::new(),
                     problems: vec![problem],
+                    countersigned: 0,
                 }),
+            }
+        }
+        // Split views: a peer countersigned another entry than the one held here.
+        for (author, seq, _, bytes) in self.store().ledger_splits()? {
+            let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+            let witness = ledger::gossip::open_witness(&bytes).map_or_else(|_| "(unreadable)".into(), |w| w.peer());
+            let problem = format!("split view: {witness} countersigned another entry {seq} than the one held here");
+            match out.iter_mut().find(|f| f.author == peer) {
+                Some(f) => f.problems.push(problem),
+                None => out.push(FeedReport {
+                    author: peer,
+                    entries: 0,
+                    head_seq: 0,
+                    head_id: String::new(),
+                    problems: vec![problem],
+                    countersigned: 0,
+                }),
+            }
+        }
+        // Countersignatures that agree with the feeds held here.
+        for bytes in self.store().ledger_witnesses()? {
+            let Ok(w) = ledger::gossip::open_witness(&bytes) else {
+                continue;
+            };
+            for h in &w.witness.heads {
+                let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
+                    continue;
+                };
+                if self
+                    .store()
+                    .ledger_id_at(&author, h.seq)?
+                    .is_some_and(|id| id.as_slice() == h.id.as_slice())
+                {
+                    let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+                    if let Some(f) = out.iter_mut().find(|f| f.author == peer) {
+                        f.countersigned += 1;
+                    }
+                }
             }
         }
         Ok(VerifyReport {
@@ -268,20 +318,114 @@ pub struct AcceptReport {
     pub forks: u64,
     /// Refused, with why (bad signature or encoding, unknown author, broken chain, gap).
     pub rejected: Vec<String>,
+    /// Ranges to ask the same peer for next (author key, first seq, how
+    /// many): the rest of a feed after a full batch, or what a gap left out.
+    pub follow: Vec<(Vec<u8>, u64, u64)>,
+    /// Whether the peer sent an invalid entry (bad signature or encoding,
+    /// broken chain): it is not asked for that feed again for a while.
+    pub invalid: bool,
 }
 
+/// What to do with a gossip message (gossipsub's validation verdict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Valid: keep passing it on.
+    Accept,
+    /// Not for this node to judge (an author or witness it does not know, its own entry): do not pass it on.
+    Ignore,
+    /// Invalid: do not pass it on, and count it against the peer that sent it.
+    Reject,
+}
+
+/// What [`Node::ledger_gossip`] made of a gossip message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipOutcome {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Ranges to ask the sending peer for (author key, first seq, how many).
+    pub follow: Vec<(Vec<u8>, u64, u64)>,
+}
+
+/// What became of one entry from a peer.
+enum Taken {
+    Added,
+    Duplicate,
+    Fork,
+    /// This node's own entry, held as is.
+    Own,
+    /// By an author this node does not trust (or does not know yet).
+    Untrusted(String),
+    /// Not next in the feed held here, whose head is this seq.
+    Gap(u64),
+    /// Invalid: why.
+    Refused(String),
+}
+
+/// Trust decisions within one batch, by author key.
+type TrustCache = BTreeMap<[u8; 32], bool>;
+
+/// The trust-table key of a hello learned through the ledger, for an author never met.
+pub(crate) const LEDGER_AUTHOR_PREFIX: &str = "ledger-author/";
+
 impl Node {
-    /// Whether entries by `author` (Ed25519 key) are kept here: this node's
-    /// own (never taken from others), or a peer this node trusts now.
-    fn author_trusted(&self, author: &[u8; 32]) -> Result<bool, HomeError> {
+    /// Whether entries by `author` (Ed25519 key) are kept here: a peer this
+    /// node trusts now (met, bilateral, or learned from relayed credentials).
+    fn author_trusted(&self, author: &[u8; 32], cache: &mut TrustCache) -> Result<bool, HomeError> {
+        if let Some(t) = cache.get(author) {
+            return Ok(*t);
+        }
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
         let state = self.trust_state()?;
-        let Some(h) = crate::net::peer_hello(self, &state, &peer)? else {
+        let trusted = match crate::net::peer_hello(self, &state, &peer)? {
+            Some(h) => crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
+            None => false,
+        };
+        cache.insert(*author, trusted);
+        Ok(trusted)
+    }
+
+    /// Takes `credentials` (a hello relayed with entries of an author this
+    /// node never met) when they are that author's, valid, and trusted
+    /// here; they are kept so that later entries need none.
+    fn learn_author(&self, author: &[u8; 32], credentials: &[u8], cache: &mut TrustCache) -> Result<bool, HomeError> {
+        let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
-        Ok(crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok())
+        let Ok(h) = crate::net::hello::Hello::from_bytes(credentials) else {
+            return Ok(false);
+        };
+        let state = self.trust_state()?;
+        if crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+            return Ok(false);
+        }
+        self.store()
+            .trust_put(&format!("{LEDGER_AUTHOR_PREFIX}{peer}"), credentials)?;
+        cache.insert(*author, true);
+        tracing::info!(author = %peer, "ledger author learned from relayed credentials");
+        Ok(true)
+    }
+
+    /// The credentials (hello) this node would relay with entries of
+    /// `author`, when it holds them; none for its own feed (whoever asks
+    /// has met this node).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_credentials(&self, author: &[u8]) -> Result<Option<Vec<u8>>, HomeError> {
+        let Ok(author) = <[u8; 32]>::try_from(author) else {
+            return Ok(None);
+        };
+        if author == self.identity().ed25519_public() {
+            return Ok(None);
+        }
+        let Ok(peer) = crate::identity::peer_id_of(&author) else {
+            return Ok(None);
+        };
+        let state = self.trust_state()?;
+        Ok(crate::net::peer_hello(self, &state, &peer)?.and_then(|h| h.to_bytes().ok()))
     }
 
     /// The heads of the feeds held here, for `/medmesh/ledger/1`.
@@ -315,7 +459,9 @@ impl Node {
     }
 
     /// Which ranges to ask a peer for, given its heads: every trusted
-    /// author's entries after the head held here (a batch each).
+    /// author's entries after the head held here (a batch each), and the
+    /// peer's head entry itself when it is another entry than the one held
+    /// here at that seq (an equivocation to take as evidence).
     ///
     /// # Errors
     /// Store errors.
@@ -327,81 +473,317 @@ impl Node {
             .into_iter()
             .map(|(a, s, _)| (a, s))
             .collect();
+        let mut cache = TrustCache::new();
         let mut out = Vec::new();
         for h in heads {
             let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
                 continue;
             };
             let held = mine.get(&author).copied().unwrap_or(0);
-            if author == own || h.seq <= held || !self.author_trusted(&author)? {
+            if h.seq <= held {
+                let differs = self
+                    .store()
+                    .ledger_id_at(&author, h.seq)?
+                    .is_some_and(|id| id.as_slice() != h.id.as_slice());
+                if differs && (author == own || self.author_trusted(&author, &mut cache)?) {
+                    out.push((h.author.clone(), h.seq, 1));
+                }
                 continue;
             }
+            if author == own {
+                continue;
+            }
+            // Authors never met are asked for too: the answer carries their credentials.
             out.push((h.author.clone(), held + 1, (h.seq - held).min(ledger::sync::BATCH)));
         }
         Ok(out)
     }
 
-    /// Takes entries sent by `from`: each must open, be by a trusted author
-    /// other than this node, and extend the feed held here; a different
-    /// entry of a seq held already is kept as evidence of equivocation and
-    /// raised as an alert. The sender of a refused entry is logged.
+    /// Takes entries sent by `from` (with the author's relayed
+    /// `credentials`, if any): each must open, be by a trusted author, and
+    /// extend the feed held here; a different entry of a seq held already is
+    /// kept as evidence of equivocation and raised as an alert. A refused
+    /// entry is logged and raised as an alert naming the sender.
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_accept(&self, from: &str, entries: &[Vec<u8>]) -> Result<AcceptReport, HomeError> {
-        let own = self.identity().ed25519_public();
+    pub fn ledger_accept(
+        &self,
+        from: &str,
+        entries: &[Vec<u8>],
+        credentials: Option<&[u8]>,
+    ) -> Result<AcceptReport, HomeError> {
         let mut r = AcceptReport::default();
+        let mut cache = TrustCache::new();
+        let mut last: Option<([u8; 32], u64)> = None;
         for bytes in entries {
-            let e = match ledger::open_entry(bytes) {
-                Ok(e) => e,
-                Err(err) => {
-                    r.rejected.push(err.to_string());
-                    continue;
-                }
-            };
-            let Ok(author) = <[u8; 32]>::try_from(e.entry.author.as_slice()) else {
-                r.rejected.push("author key is not 32 bytes".into());
-                continue;
-            };
-            if author == own {
-                continue;
-            }
-            if !self.author_trusted(&author)? {
-                r.rejected
-                    .push(format!("entry by {}: not a trusted author", e.author_peer()));
-                continue;
-            }
-            match self.store().ledger_insert_foreign(&e)? {
-                crate::store::Inserted::Added => {
+            match self.take_entry(from, bytes, credentials, &mut cache)? {
+                (Taken::Added, e) => {
                     r.added += 1;
-                    self.notify_if_ours(&e)?;
+                    last = e.map(|e| (author_key(&e), e.entry.seq));
                 }
-                crate::store::Inserted::Duplicate => r.duplicates += 1,
-                crate::store::Inserted::Fork => {
-                    r.forks += 1;
-                    tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "equivocation: two different entries of one author and seq; both kept as evidence");
+                (Taken::Duplicate | Taken::Own, e) => {
+                    r.duplicates += 1;
+                    last = e.map(|e| (author_key(&e), e.entry.seq));
                 }
-                crate::store::Inserted::Gap => {
+                (Taken::Fork, _) => r.forks += 1,
+                (Taken::Untrusted(why), _) => r.rejected.push(why),
+                (Taken::Refused(why), _) => {
+                    r.invalid = true;
+                    r.rejected.push(why);
+                }
+                (Taken::Gap(held), Some(e)) => {
                     r.rejected.push(format!(
-                        "entry {} of {}: not the next one held here",
+                        "entry {} of {}: not the next one held here ({held})",
                         e.entry.seq,
                         e.author_peer()
                     ));
                 }
-                crate::store::Inserted::Broken => {
-                    r.rejected.push(format!(
-                        "entry {} of {}: does not name the entry before it held here",
-                        e.entry.seq,
-                        e.author_peer()
-                    ));
-                }
+                (Taken::Gap(_), None) => {}
             }
+        }
+        // A full batch that all fitted: there may be more.
+        if entries.len() as u64 >= ledger::sync::BATCH
+            && r.rejected.is_empty()
+            && let Some((author, seq)) = last
+        {
+            r.follow.push((author.to_vec(), seq + 1, ledger::sync::BATCH));
         }
         if !r.rejected.is_empty() {
             tracing::warn!(peer = %from, refused = r.rejected.len(), first = %r.rejected[0], "ledger entries refused from this peer");
         }
         Ok(r)
     }
+
+    /// Judges a message of the ledger's gossip topic sent by `from`: a new
+    /// entry is taken as [`Node::ledger_accept`] would; a witness is kept,
+    /// and every head it names that differs from the entry held here is
+    /// kept as evidence of a split view and raised as an alert.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ledger_gossip(&self, from: &str, data: &[u8]) -> Result<GossipOutcome, HomeError> {
+        let reject = |node: &Self, why: String| -> Result<GossipOutcome, HomeError> {
+            node.alert("alert-refused-entry", from, 0, &why, data)?;
+            Ok(GossipOutcome {
+                verdict: Verdict::Reject,
+                follow: Vec::new(),
+            })
+        };
+        let msg = match ledger::gossip::GossipMsg::from_bytes(data) {
+            Ok(m) => m,
+            Err(why) => return reject(self, format!("gossip message from {from}: {why}")),
+        };
+        let mut cache = TrustCache::new();
+        match msg {
+            ledger::gossip::GossipMsg::Entry { entry, .. } => {
+                let (taken, e) = self.take_entry(from, &entry, None, &mut cache)?;
+                let (verdict, follow) = match (taken, e) {
+                    (Taken::Added | Taken::Duplicate | Taken::Fork, _) => (Verdict::Accept, Vec::new()),
+                    (Taken::Own | Taken::Untrusted(_), _) => (Verdict::Ignore, Vec::new()),
+                    // Valid and trusted, but entries before it are missing here: pass it on, fetch them.
+                    (Taken::Gap(held), Some(e)) => (
+                        Verdict::Accept,
+                        vec![(
+                            e.entry.author.clone(),
+                            held + 1,
+                            (e.entry.seq - held).min(ledger::sync::BATCH),
+                        )],
+                    ),
+                    (Taken::Gap(_), None) => (Verdict::Ignore, Vec::new()),
+                    (Taken::Refused(_), _) => (Verdict::Reject, Vec::new()),
+                };
+                Ok(GossipOutcome { verdict, follow })
+            }
+            ledger::gossip::GossipMsg::Witness { witness, .. } => {
+                let w = match ledger::gossip::open_witness(&witness) {
+                    Ok(w) => w,
+                    Err(why) => return reject(self, format!("witness from {from}: {why}")),
+                };
+                let own = self.identity().ed25519_public();
+                if w.key() == own || !self.author_trusted(&w.key(), &mut cache)? {
+                    return Ok(GossipOutcome {
+                        verdict: Verdict::Ignore,
+                        follow: Vec::new(),
+                    });
+                }
+                let follow = self.take_witness(&w, &mut cache)?;
+                Ok(GossipOutcome {
+                    verdict: Verdict::Accept,
+                    follow,
+                })
+            }
+        }
+    }
+
+    /// Keeps witness `w` and compares the heads it names with the feeds
+    /// held here; returns the ranges to fetch (the conflicting entry of a
+    /// split view, or what this node lacks).
+    fn take_witness(
+        &self,
+        w: &ledger::gossip::SignedWitness,
+        cache: &mut TrustCache,
+    ) -> Result<Vec<(Vec<u8>, u64, u64)>, HomeError> {
+        self.store().ledger_witness_put(w)?;
+        let own = self.identity().ed25519_public();
+        let heads: BTreeMap<[u8; 32], u64> = self
+            .store()
+            .ledger_heads()?
+            .into_iter()
+            .map(|(a, s, _)| (a, s))
+            .collect();
+        let mut follow = Vec::new();
+        for h in &w.witness.heads {
+            let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
+                continue;
+            };
+            let held = heads.get(&author).copied().unwrap_or(0);
+            match self.store().ledger_id_at(&author, h.seq)? {
+                Some(id) if id.as_slice() != h.id.as_slice() => {
+                    if author != own && !self.author_trusted(&author, cache)? {
+                        continue;
+                    }
+                    let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+                    if self.store().ledger_split_put(&author, h.seq, w)? {
+                        let what = if author == own {
+                            format!(
+                                "{} holds another entry {} of this node's own feed (restored from an old backup?)",
+                                w.peer(),
+                                h.seq
+                            )
+                        } else {
+                            format!(
+                                "split view: {} countersigned another entry {} of {peer} than the one held here",
+                                w.peer(),
+                                h.seq
+                            )
+                        };
+                        tracing::error!(author = %peer, seq = h.seq, witness = %w.peer(), "{what}");
+                        let mut key = author.to_vec();
+                        key.extend_from_slice(&h.seq.to_be_bytes());
+                        key.extend_from_slice(&w.key());
+                        self.alert("alert-split-view", &peer, h.seq, &what, &key)?;
+                    }
+                    if author != own {
+                        follow.push((h.author.clone(), h.seq, 1));
+                    }
+                }
+                Some(_) => {}
+                None if h.seq > held && author != own => {
+                    follow.push((h.author.clone(), held + 1, (h.seq - held).min(ledger::sync::BATCH)));
+                }
+                None => {}
+            }
+        }
+        Ok(follow)
+    }
+
+    /// Takes one entry from `from`.
+    fn take_entry(
+        &self,
+        from: &str,
+        bytes: &[u8],
+        credentials: Option<&[u8]>,
+        cache: &mut TrustCache,
+    ) -> Result<(Taken, Option<SignedEntry>), HomeError> {
+        let e = match ledger::open_entry(bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                let why = err.to_string();
+                self.alert("alert-refused-entry", from, 0, &why, bytes)?;
+                return Ok((Taken::Refused(why), None));
+            }
+        };
+        let author = author_key(&e);
+        let own = self.identity().ed25519_public();
+        if author == own {
+            return match self.store().ledger_id_at(&own, e.entry.seq)? {
+                Some(id) if id != e.id => {
+                    let what = format!(
+                        "{from} sent another entry {} of this node's own feed (restored from an old backup?)",
+                        e.entry.seq
+                    );
+                    tracing::error!(seq = e.entry.seq, from, "{what}");
+                    self.alert("alert-equivocation", from, e.entry.seq, &what, &e.id)?;
+                    Ok((Taken::Fork, Some(e)))
+                }
+                _ => Ok((Taken::Own, Some(e))),
+            };
+        }
+        let trusted = self.author_trusted(&author, cache)?
+            || match credentials {
+                Some(c) => self.learn_author(&author, c, cache)?,
+                None => false,
+            };
+        if !trusted {
+            return Ok((
+                Taken::Untrusted(format!("entry by {}: not a trusted author", e.author_peer())),
+                Some(e),
+            ));
+        }
+        let taken = match self.store().ledger_insert_foreign(&e)? {
+            crate::store::Inserted::Added => {
+                self.notify_if_ours(&e)?;
+                Taken::Added
+            }
+            crate::store::Inserted::Duplicate => Taken::Duplicate,
+            crate::store::Inserted::Fork => {
+                let what = format!(
+                    "equivocation: {} signed two different entries {}; both kept as evidence",
+                    e.author_peer(),
+                    e.entry.seq
+                );
+                tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
+                self.alert("alert-equivocation", &e.author_peer(), e.entry.seq, &what, &e.id)?;
+                Taken::Fork
+            }
+            crate::store::Inserted::Gap => {
+                let held = self.store().ledger_heads_of(&author)?.map_or(0, |(s, _)| s);
+                Taken::Gap(held)
+            }
+            crate::store::Inserted::Broken => {
+                let why = format!(
+                    "entry {} of {}: does not name the entry before it held here",
+                    e.entry.seq,
+                    e.author_peer()
+                );
+                self.alert("alert-refused-entry", from, e.entry.seq, &why, bytes)?;
+                Taken::Refused(why)
+            }
+        };
+        Ok((taken, Some(e)))
+    }
+
+    /// Raises an alert: a notification row of `kind` (`alert-…`) naming
+    /// `peer`, recorded once per `evidence` (its BLAKE3 names the row).
+    fn alert(&self, kind: &str, peer: &str, seq: u64, what: &str, evidence: &[u8]) -> Result<(), HomeError> {
+        let mut h = blake3::Hasher::new();
+        h.update(kind.as_bytes());
+        h.update(evidence);
+        let t = super::trust::now();
+        let row = crate::store::NotificationRow {
+            v: 1,
+            author: peer.to_string(),
+            seq,
+            kind: kind.to_string(),
+            time: t,
+            study: String::new(),
+            noted: t,
+            read: false,
+        };
+        tracing::debug!(kind, peer, detail = %what, "alert recorded");
+        self.store().notification_put(h.finalize().as_bytes(), &row)?;
+        Ok(())
+    }
+}
+
+/// An entry's author key (open_entry checked that the signer is the author, 32 bytes).
+fn author_key(e: &SignedEntry) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    if e.entry.author.len() == 32 {
+        k.copy_from_slice(&e.entry.author);
+    }
+    k
 }
 
 impl Node {
@@ -447,7 +829,13 @@ impl Node {
                 .map(|c| self.store().resolve_commitment(&c))
                 .transpose()?
                 .flatten()
-                .unwrap_or_else(|| "(erased)".into());
+                .unwrap_or_else(|| {
+                    if r.study.is_empty() {
+                        String::new()
+                    } else {
+                        "(erased)".into()
+                    }
+                });
             out.push(NotificationView {
                 entry: hex::encode(id),
                 author: r.author,

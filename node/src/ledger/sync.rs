@@ -70,6 +70,11 @@ pub enum SyncResponse {
         v: u32,
         /// The envelopes.
         entries: Vec<serde_bytes::ByteBuf>,
+        /// The author's hello (signed node record and membership
+        /// certificates) when the responder holds it, so that a node can
+        /// take entries of a member it never met (PROTOCOL.md §14.4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<serde_bytes::ByteBuf>,
     },
     /// Not answered.
     Refused {

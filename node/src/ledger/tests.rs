@@ -161,3 +161,105 @@ proptest! {
         check_link(&more[f.len() - 1], &more[f.len()]).unwrap();
     }
 }
+
+fn heads_of(feeds: &[Vec<SignedEntry>]) -> Vec<sync::Head> {
+    feeds
+        .iter()
+        .filter_map(|f| f.last())
+        .map(|e| sync::Head {
+            author: e.entry.author.clone(),
+            seq: e.entry.seq,
+            id: e.id.to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_witness_opens_only_as_signed_by_its_witness() {
+    let w = identity(9);
+    let heads = heads_of(&[feed(&identity(1), 3), feed(&identity(2), 1)]);
+    let signed = gossip::make_witness(&w, 1_700_000_000, heads.clone()).unwrap();
+    let opened = gossip::open_witness(&signed.bytes).unwrap();
+    assert_eq!(opened.witness.witness, w.ed25519_public().to_vec());
+    assert_eq!(opened.key(), w.ed25519_public());
+    // Heads are kept sorted by author, whatever order they were given in.
+    let mut sorted = heads.clone();
+    sorted.sort_by(|a, b| a.author.cmp(&b.author));
+    assert_eq!(opened.witness.heads, sorted);
+
+    let resign_witness = |x: &gossip::Witness| {
+        w.sign(gossip::WITNESS_DOMAIN, cbor::encode("w", x).unwrap())
+            .to_bytes()
+            .unwrap()
+    };
+    let mut flipped = signed.bytes.clone();
+    let n = flipped.len();
+    flipped[n - 1] ^= 1;
+    let mut other_witness = opened.witness.clone();
+    other_witness.witness = identity(3).ed25519_public().to_vec();
+    let mut unsorted = opened.witness.clone();
+    unsorted.heads.reverse();
+    let mut short_id = opened.witness.clone();
+    short_id.heads[0].id.truncate(31);
+    let mut seq0 = opened.witness.clone();
+    seq0.heads[0].seq = 0;
+    let mut v2 = opened.witness.clone();
+    v2.v = 2;
+    let entry_domain = w
+        .sign(ENTRY_DOMAIN, cbor::encode("w", &opened.witness).unwrap())
+        .to_bytes()
+        .unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("flipped signature bit", flipped, "signature"),
+        (
+            "signed by another key",
+            resign_witness(&other_witness),
+            "not signed by its witness",
+        ),
+        ("authors out of order", resign_witness(&unsorted), "ascending"),
+        ("id of 31 bytes", resign_witness(&short_id), "32 bytes"),
+        ("seq 0", resign_witness(&seq0), "seq at least 1"),
+        ("version 2", resign_witness(&v2), "version"),
+        (
+            "an entry's signature domain",
+            entry_domain,
+            "found a signed medmesh/v1/ledger-entry",
+        ),
+        ("not CBOR", vec![0xff; 10], "witness"),
+    ];
+    for (name, bytes, want) in cases {
+        let err = gossip::open_witness(&bytes).expect_err(name).to_string();
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    let too_many: Vec<sync::Head> = (0..=gossip::MAX_WITNESS_HEADS)
+        .map(|i| sync::Head {
+            author: blake3::hash(&i.to_be_bytes()).as_bytes().to_vec(),
+            seq: 1,
+            id: vec![0; 32],
+        })
+        .collect();
+    assert!(gossip::make_witness(&w, 1, too_many).is_err());
+}
+
+#[test]
+fn gossip_messages_carry_a_version_and_a_bounded_size() {
+    let e = feed(&identity(1), 1).remove(0);
+    let msg = gossip::GossipMsg::Entry {
+        v: LEDGER_VERSION,
+        entry: serde_bytes::ByteBuf::from(e.bytes.clone()),
+    };
+    let bytes = msg.to_bytes().unwrap();
+    assert_eq!(gossip::GossipMsg::from_bytes(&bytes).unwrap(), msg);
+    let v9 = gossip::GossipMsg::Entry {
+        v: 9,
+        entry: serde_bytes::ByteBuf::from(e.bytes),
+    };
+    let err = gossip::GossipMsg::from_bytes(&v9.to_bytes().unwrap()).unwrap_err();
+    assert!(err.contains("version"), "{err}");
+    let huge = gossip::GossipMsg::Entry {
+        v: LEDGER_VERSION,
+        entry: serde_bytes::ByteBuf::from(vec![0u8; gossip::MAX_GOSSIP]),
+    };
+    assert!(gossip::GossipMsg::from_bytes(&huge.to_bytes().unwrap()).is_err());
+    assert!(gossip::GossipMsg::from_bytes(b"\xa1\x64kind\x63bad").is_err());
+}

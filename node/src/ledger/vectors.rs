@@ -83,7 +83,7 @@ fn generate() -> Value {
             "heads_request": hex::encode(cbor::encode("s", &sync::SyncRequest::Heads { v: LEDGER_VERSION }).unwrap()),
             "range_request": hex::encode(cbor::encode("s", &sync::SyncRequest::Range { v: LEDGER_VERSION, author: a.ed25519_public().to_vec(), from: 2, limit: 2 }).unwrap()),
             "heads_response": hex::encode(cbor::encode("s", &sync::SyncResponse::Heads { v: LEDGER_VERSION, heads: vec![sync::Head { author: a.ed25519_public().to_vec(), seq: 3, id: f[2].id.to_vec() }] }).unwrap()),
-            "entries_response": hex::encode(cbor::encode("s", &sync::SyncResponse::Entries { v: LEDGER_VERSION, entries: f[1..].iter().map(|e| serde_bytes::ByteBuf::from(e.bytes.clone())).collect() }).unwrap()),
+            "entries_response": hex::encode(cbor::encode("s", &sync::SyncResponse::Entries { v: LEDGER_VERSION, entries: f[1..].iter().map(|e| serde_bytes::ByteBuf::from(e.bytes.clone())).collect(), credentials: None }).unwrap()),
         },
         "invalid": [
             { "what": "entry 2 with its last signature byte flipped", "envelope": hex::encode(flipped), "error": "signature" },

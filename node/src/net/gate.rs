@@ -3,8 +3,13 @@
 //! are dropped before the inner behaviour sees them, so an inbound request
 //! of that protocol (a Kademlia `FIND_NODE`, say) is never answered, and the
 //! answers such a peer gives to our queries are never believed.
+//!
+//! A gate may instead *hold* a bounded number of events per undecided peer
+//! ([`Gate::holding`]): gossipsub says which topics a peer reads once, as a
+//! connection opens, before the hello has proved anything; held events are
+//! handed on if the peer is accepted and dropped if it is refused or leaves.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
@@ -14,30 +19,56 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+/// Events held for one undecided peer.
+type Held<B> = VecDeque<(ConnectionId, THandlerOutEvent<B>)>;
+
 /// A behaviour that only hears allowed peers.
-#[derive(Debug)]
-pub struct Gate<B> {
+pub struct Gate<B: NetworkBehaviour> {
     inner: B,
     allowed: HashSet<PeerId>,
+    /// Most events held per undecided peer (0: none, they are dropped).
+    hold: usize,
+    held: HashMap<PeerId, Held<B>>,
 }
 
-impl<B> Gate<B> {
-    /// Wraps `inner`; nobody is allowed yet.
+impl<B: NetworkBehaviour> std::fmt::Debug for Gate<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("allowed", &self.allowed.len())
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: NetworkBehaviour> Gate<B> {
+    /// Wraps `inner`; nobody is allowed yet, and what undecided peers say is dropped.
     pub fn new(inner: B) -> Self {
+        Self::holding(inner, 0)
+    }
+
+    /// Wraps `inner`, holding up to `hold` events per undecided peer until
+    /// it is allowed (then handed on, in order) or denied (then dropped).
+    pub fn holding(inner: B, hold: usize) -> Self {
         Self {
             inner,
             allowed: HashSet::new(),
+            hold,
+            held: HashMap::new(),
         }
     }
 
-    /// Lets `peer` be heard.
+    /// Lets `peer` be heard, handing on what it said while undecided.
     pub fn allow(&mut self, peer: PeerId) {
         self.allowed.insert(peer);
+        for (connection, event) in self.held.remove(&peer).unwrap_or_default() {
+            self.inner.on_connection_handler_event(peer, connection, event);
+        }
     }
 
-    /// Stops hearing `peer`.
+    /// Stops hearing `peer` (and drops what it said while undecided).
     pub fn deny(&mut self, peer: &PeerId) {
         self.allowed.remove(peer);
+        self.held.remove(peer);
     }
 
     /// Whether `peer` is heard.
@@ -100,6 +131,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        if let FromSwarm::ConnectionClosed(c) = &event
+            && let Some(held) = self.held.get_mut(&c.peer_id)
+        {
+            held.retain(|(id, _)| *id != c.connection_id);
+        }
         self.inner.on_swarm_event(event);
     }
 
@@ -111,6 +147,13 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
     ) {
         if self.allowed.contains(&peer_id) {
             self.inner.on_connection_handler_event(peer_id, connection_id, event);
+        } else if self.hold > 0 {
+            let held = self.held.entry(peer_id).or_default();
+            if held.len() < self.hold {
+                held.push_back((connection_id, event));
+            } else {
+                tracing::debug!(peer = %peer_id, "dropped a protocol event from an undecided peer: too many held");
+            }
         } else {
             tracing::debug!(peer = %peer_id, "dropped a protocol event from a peer that is not trusted");
         }

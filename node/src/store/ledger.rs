@@ -6,7 +6,10 @@ use medmesh_seal::{open_box, seal_box};
 use redb::{ReadableDatabase, ReadableTable};
 use zeroize::Zeroizing;
 
-use super::{LEDGER_COMMITS, LEDGER_ENTRIES, LEDGER_FORKS, LEDGER_IDS, LEDGER_STUDIES, StoreError, StudyRef};
+use super::{
+    LEDGER_COMMITS, LEDGER_ENTRIES, LEDGER_FORKS, LEDGER_IDS, LEDGER_SPLITS, LEDGER_STUDIES, LEDGER_WITNESSES,
+    StoreError, StudyRef,
+};
 use crate::identity::Identity;
 use crate::ledger::{self, Event, SignedEntry};
 
@@ -325,6 +328,153 @@ impl super::Store {
     }
 }
 
+/// A witness statement kept as evidence of a split view: the author and seq
+/// it concerns, the witness key, and the witness envelope.
+pub type SplitRow = ([u8; 32], u64, [u8; 32], Vec<u8>);
+
+impl super::Store {
+    /// Keeps `w` as its witness's latest statement, unless a later one is
+    /// held. Returns whether it was kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_witness_put(&self, w: &ledger::gossip::SignedWitness) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let kept = {
+            let mut t = txn.open_table(LEDGER_WITNESSES).map_err(|e| self.err(e))?;
+            let newer = match t.get(w.key()).map_err(|e| self.err(e))? {
+                Some(v) => {
+                    ledger::gossip::open_witness(v.value()).map_or(true, |old| old.witness.time < w.witness.time)
+                }
+                None => true,
+            };
+            if newer {
+                t.insert(w.key(), w.bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+            newer
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(kept)
+    }
+
+    /// The latest witness envelope of every witness heard from.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_witnesses(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_WITNESSES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            out.push(item.map_err(|e| self.err(e))?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Keeps witness `w` as evidence that it saw another entry `seq` of
+    /// `author` than the one held here (once per author, seq and witness).
+    /// Returns whether it is new.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_split_put(
+        &self,
+        author: &[u8; 32],
+        seq: u64,
+        w: &ledger::gossip::SignedWitness,
+    ) -> Result<bool, StoreError> {
+        let mut key = [0u8; 72];
+        key[..40].copy_from_slice(&entry_key(author, seq));
+        key[40..].copy_from_slice(&w.key());
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let new = {
+            let mut t = txn.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
+            let new = t.get(key).map_err(|e| self.err(e))?.is_none();
+            if new {
+                t.insert(key, w.bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+            new
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(new)
+    }
+
+    /// Every split-view statement kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_splits(&self) -> Result<Vec<SplitRow>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let k = k.value();
+            let (author, seq) = split_key(&k);
+            let mut witness = [0u8; 32];
+            witness.copy_from_slice(&k[40..]);
+            out.push((author, seq, witness, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Overwrites the stored bytes of `author`'s entry `seq` (and drops the
+    /// entries after it), as someone with write access to the database file
+    /// could. Nothing in the node calls this: it exists so that
+    /// `medmesh-testnet scenario ledger` and the tests can drill what peers do
+    /// with a tampered or forged feed (they refuse it, or keep it as evidence).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_tamper(&self, author: &[u8; 32], seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+            let mut ids = txn.open_table(LEDGER_IDS).map_err(|e| self.err(e))?;
+            let later: Vec<([u8; 40], [u8; 32])> = entries
+                .range(entry_key(author, seq)..=entry_key(author, u64::MAX))
+                .map_err(|e| self.err(e))?
+                .map(|item| item.map(|(k, v)| (k.value(), *blake3::hash(v.value()).as_bytes())))
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.err(e))?;
+            for (k, id) in later {
+                entries.remove(k).map_err(|e| self.err(e))?;
+                ids.remove(id).map_err(|e| self.err(e))?;
+            }
+            entries.insert(entry_key(author, seq), bytes).map_err(|e| self.err(e))?;
+            ids.insert(*blake3::hash(bytes).as_bytes(), entry_key(author, seq))
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The head (seq, id) of `author`'s feed held here.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_heads_of(&self, author: &[u8; 32]) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        feed_head(&t, author).map_err(|e| self.err(e))
+    }
+
+    /// The id of `author`'s entry `seq`, if held.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_id_at(&self, author: &[u8; 32], seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        Ok(t.get(entry_key(author, seq))
+            .map_err(|e| self.err(e))?
+            .map(|v| *blake3::hash(v.value()).as_bytes()))
+    }
+}
+
 /// A notification: an entry of another node that names a study of this one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NotificationRow {
@@ -347,7 +497,9 @@ pub struct NotificationRow {
 }
 
 impl super::Store {
-    /// Records a notification for entry `id` (once).
+    /// Records a notification for entry `id` (once), and in the same
+    /// transaction gives it the next sequence of the delivery outbox
+    /// (`notify-outbox-v1`); delivery workers are woken after the commit.
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -355,13 +507,23 @@ impl super::Store {
         let bytes = super::cbor::encode("notification", row).map_err(|e| self.err(e))?;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        {
+        let added = {
             let mut t = txn.open_table(super::NOTIFICATIONS).map_err(|e| self.err(e))?;
             if t.get(id).map_err(|e| self.err(e))?.is_none() {
                 t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+                let mut outbox = txn.open_table(super::notify::OUTBOX).map_err(|e| self.err(e))?;
+                let seq = super::notify::outbox_next(&outbox).map_err(|e| self.err(e))?;
+                outbox.insert(seq, id).map_err(|e| self.err(e))?;
+                Some(seq)
+            } else {
+                None
             }
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        if let Some(seq) = added {
+            self.outbox_added(seq);
         }
-        txn.commit().map_err(|e| self.err(e))
+        Ok(())
     }
 
     /// Every notification (entry id, row), and marks them read, in one

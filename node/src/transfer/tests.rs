@@ -561,23 +561,23 @@ fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() 
     let n = flipped.len();
     flipped[n - 1] ^= 1;
     let h = &w.holder;
-    let r = h.ledger_accept("peer", &[flipped, theirs[1].clone()]).unwrap();
+    let r = h.ledger_accept("peer", &[flipped, theirs[1].clone()], None).unwrap();
     assert_eq!((r.added, r.rejected.len()), (0, 2), "{r:?}");
     // (The recipient's feed also holds the peer-added entries of world().)
     let n = theirs.len() as u64;
-    let r = h.ledger_accept("peer", &theirs).unwrap();
+    let r = h.ledger_accept("peer", &theirs, None).unwrap();
     assert_eq!((r.added, r.duplicates, r.forks), (n, 0, 0), "{r:?}");
-    let r = h.ledger_accept("peer", &theirs).unwrap();
+    let r = h.ledger_accept("peer", &theirs, None).unwrap();
     assert_eq!(r.duplicates, n);
     // An author this node does not trust: refused.
     let stranger = crate::identity::Identity::from_secrets(&[0x77; 32], &[0x78; 32]).unwrap();
     let foreign = ledger::make_entry(&stranger, None, 1, ev(3)).unwrap();
-    let r = h.ledger_accept("peer", &[foreign.bytes]).unwrap();
+    let r = h.ledger_accept("peer", &[foreign.bytes], None).unwrap();
     assert!(r.rejected[0].contains("not a trusted author"), "{r:?}");
     // The recipient signs a second entry 2 (a fork): kept as evidence, and verify reports it.
     let first = ledger::open_entry(&theirs[0]).unwrap();
     let fork = ledger::make_entry(w.recipient.identity(), Some((1, first.id)), 5, ev(99)).unwrap();
-    let r = h.ledger_accept("peer", &[fork.bytes]).unwrap();
+    let r = h.ledger_accept("peer", &[fork.bytes], None).unwrap();
     assert_eq!(r.forks, 1, "{r:?}");
     let report = h.log_verify().unwrap();
     assert!(!report.ok);
@@ -588,4 +588,144 @@ fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() 
         .unwrap();
     assert_eq!(feed.head_seq, n);
     assert!(feed.problems.iter().any(|p| p.contains("equivocation")), "{feed:?}");
+}
+
+#[test]
+fn gossip_messages_are_judged_before_they_are_passed_on() {
+    use crate::home::ledger::Verdict;
+    use crate::ledger::gossip::{GossipMsg, make_witness};
+    use crate::ledger::sync::Head;
+    use crate::ledger::{self, Event, LEDGER_VERSION};
+    let w = world();
+    let ev = |i: u64| Event::ConsentAdded {
+        consent: format!("c-{i:016x}"),
+    };
+    let entry_msg = |bytes: &[u8]| {
+        GossipMsg::Entry {
+            v: LEDGER_VERSION,
+            entry: serde_bytes::ByteBuf::from(bytes.to_vec()),
+        }
+        .to_bytes()
+        .unwrap()
+    };
+    let witness_msg = |id: &crate::identity::Identity, heads: Vec<Head>| {
+        GossipMsg::Witness {
+            v: LEDGER_VERSION,
+            witness: serde_bytes::ByteBuf::from(make_witness(id, 1_700_000_000, heads).unwrap().bytes),
+        }
+        .to_bytes()
+        .unwrap()
+    };
+    let (h, r) = (&w.holder, &w.recipient);
+    let author = r.identity().ed25519_public();
+    let stranger = crate::identity::Identity::from_secrets(&[0x77; 32], &[0x78; 32]).unwrap();
+    // Bring the holder up to date with the recipient's feed so far.
+    let so_far = r.ledger_range(&author, 1, 64).unwrap();
+    h.ledger_accept("peer", &so_far, None).unwrap();
+    let n = so_far.len() as u64;
+    let next = ledger::make_entry(r.identity(), r.store().ledger_heads_of(&author).unwrap(), 10, ev(1)).unwrap();
+    let after_gap = ledger::make_entry(r.identity(), Some((n + 1, next.id)), 11, ev(2)).unwrap();
+    let held_last = ledger::open_entry(&so_far[so_far.len() - 1]).unwrap();
+    let fork = ledger::make_entry(
+        r.identity(),
+        Some((n - 1, held_last.entry.prev.clone().try_into().unwrap())),
+        12,
+        ev(3),
+    )
+    .unwrap();
+    let own = h.ledger_range(&h.identity().ed25519_public(), 1, 1).unwrap().remove(0);
+    let own_rewritten = ledger::make_entry(h.identity(), None, 13, ev(4)).unwrap();
+    let foreign = ledger::make_entry(&stranger, None, 14, ev(5)).unwrap();
+    let mut flipped = next.bytes.clone();
+    let len = flipped.len();
+    flipped[len - 1] ^= 1;
+
+    let head = |seq: u64, id: [u8; 32]| Head {
+        author: author.to_vec(),
+        seq,
+        id: id.to_vec(),
+    };
+    type Case = (&'static str, Vec<u8>, Verdict, Vec<(Vec<u8>, u64, u64)>);
+    let cases: Vec<Case> = vec![
+        ("a bad signature", entry_msg(&flipped), Verdict::Reject, vec![]),
+        ("not a gossip message", b"junk".to_vec(), Verdict::Reject, vec![]),
+        (
+            "an entry after a gap",
+            entry_msg(&after_gap.bytes),
+            Verdict::Accept,
+            vec![(author.to_vec(), n + 1, 2)],
+        ),
+        ("the next entry", entry_msg(&next.bytes), Verdict::Accept, vec![]),
+        ("the next entry again", entry_msg(&next.bytes), Verdict::Accept, vec![]),
+        ("this node's own entry", entry_msg(&own), Verdict::Ignore, vec![]),
+        (
+            "another entry of this node's own feed",
+            entry_msg(&own_rewritten.bytes),
+            Verdict::Accept,
+            vec![],
+        ),
+        (
+            "an author not trusted",
+            entry_msg(&foreign.bytes),
+            Verdict::Ignore,
+            vec![],
+        ),
+        ("an equivocation", entry_msg(&fork.bytes), Verdict::Accept, vec![]),
+        (
+            "a witness that agrees",
+            witness_msg(r.identity(), vec![head(n + 1, next.id)]),
+            Verdict::Accept,
+            vec![],
+        ),
+        (
+            "a witness a head ahead",
+            witness_msg(w.other.identity(), vec![head(n + 2, after_gap.id)]),
+            Verdict::Accept,
+            vec![(author.to_vec(), n + 2, 1)],
+        ),
+        (
+            "a witness of another entry",
+            witness_msg(w.other.identity(), vec![head(n, fork.id)]),
+            Verdict::Accept,
+            vec![(author.to_vec(), n, 1)],
+        ),
+        (
+            "a witness not trusted",
+            witness_msg(&stranger, vec![head(n, fork.id)]),
+            Verdict::Ignore,
+            vec![],
+        ),
+    ];
+    for (name, data, verdict, follow) in cases {
+        let o = h.ledger_gossip("12D3KooWsender", &data).unwrap();
+        assert_eq!((o.verdict, &o.follow), (verdict, &follow), "{name}");
+    }
+    let report = h.log_verify().unwrap();
+    let feed = report
+        .feeds
+        .iter()
+        .find(|f| f.author == r.identity().peer_id())
+        .unwrap();
+    assert_eq!(feed.head_seq, n + 1);
+    assert!(feed.problems.iter().any(|p| p.contains("equivocation")), "{feed:?}");
+    assert!(feed.problems.iter().any(|p| p.contains("split view")), "{feed:?}");
+    assert_eq!(feed.countersigned, 1, "{feed:?}");
+    // Alerts name the peer that sent a refused message and the author that equivocated.
+    let alerts: Vec<(String, String)> = h
+        .notifications(false)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind.starts_with("alert-"))
+        .map(|a| (a.kind, a.author))
+        .collect();
+    for want in [
+        ("alert-refused-entry", "12D3KooWsender".to_string()),
+        ("alert-equivocation", r.identity().peer_id()),
+        ("alert-split-view", r.identity().peer_id()),
+    ] {
+        assert!(
+            alerts.iter().any(|a| a.0 == want.0 && a.1 == want.1),
+            "{want:?} in {alerts:?}"
+        );
+    }
 }

@@ -14,6 +14,8 @@
 //! - `net`: `medmesh run` nodes on 127.0.0.1: three nodes see each other, the CLI works
 //!   through the admin API, refused certificates get no answer, revocation and blocks
 //!   disconnect running peers, clean shutdown.
+//! - `notify`: a transfer's notification delivered by a running holder to a webhook and a
+//!   syslog collector (DICOM audit message), without the study's identifiers.
 #![forbid(unsafe_code)]
 
 mod consent;
@@ -24,6 +26,7 @@ mod home;
 mod integrity;
 mod ledger;
 mod net;
+mod notify;
 mod privacy;
 mod transfer;
 mod trust;

@@ -38,6 +38,7 @@ fn network_with(dir: &Path, edit: impl Fn(&str) -> String, prepare: impl FnOnce(
 struct Study {
     uid: String,
     patient: String,
+    name: String,
     issuer: String,
     hashes: BTreeMap<String, blake3::Hash>,
     bytes: u64,
@@ -61,6 +62,7 @@ fn import_study(home: &Path, dir: &Path, seed: u64, slices: u32, size: u16) -> S
     Study {
         uid: g.study_uid,
         patient: g.phi.patient_id,
+        name: g.phi.patient_name,
         issuer: g.phi.issuer_of_patient_id,
         hashes,
         bytes: g.total_bytes,
@@ -160,7 +162,14 @@ fn log(node: &ClusterNode) -> String {
 #[test]
 fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut net = network(dir.path(), str::to_string);
+    // Every ledger gossip message each node sends or receives is traced (test builds only).
+    let trace = |i: usize| dir.path().join(format!("gossip-{i}.trace"));
+    let mut net = network_with(dir.path(), str::to_string, |net| {
+        for (i, n) in net.nodes.iter_mut().enumerate() {
+            n.env
+                .push(("MEDMESH_GOSSIP_TRACE".into(), trace(i).to_string_lossy().into_owned()));
+        }
+    });
     let (holder, recipient) = (net.nodes[0].home.clone(), net.nodes[1].home.clone());
     let (holder_peer, recipient_peer) = (net.nodes[0].peer_id.clone(), net.nodes[1].peer_id.clone());
     let study = import_study(&holder, dir.path(), 11, 12, 256);
@@ -224,15 +233,17 @@ fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
     expect_code(&out, 0, "store check after landing");
     // Both ledgers record the transfer, name the study by the same
     // commitment (the holder's), verify, and hold no identifier.
-    let kinds = |home: &Path| -> Vec<(String, serde_json::Value)> {
+    // (Each node's own entries: by now it holds the other's too.)
+    let kinds = |home: &Path, author: &str| -> Vec<(String, serde_json::Value)> {
         let out = run(home, &["log", "tail", "--limit", "100", "--json"]).expect("run");
         json_lines(&out.stdout)
             .into_iter()
+            .filter(|(_, e)| e["author"] == author)
             .map(|(_, e)| (e["kind"].as_str().unwrap_or("").to_string(), e["event"].clone()))
             .collect()
     };
-    let held = kinds(&holder);
-    let got = kinds(&recipient);
+    let held = kinds(&holder, &holder_peer);
+    let got = kinds(&recipient, &recipient_peer);
     let find = |list: &[(String, serde_json::Value)], kind: &str| {
         list.iter()
             .find(|(k, e)| k == kind && e["transfer"] == done["id"])
@@ -277,6 +288,86 @@ fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
         "shown notifications are read"
     );
     net.stop();
+    // The bytes of every ledger table and of every gossip message hold no
+    // identifier of the study: not the patient's name, ID or issuer, nor the
+    // Study Instance UID.
+    let phi = [
+        study.patient.as_bytes(),
+        study.issuer.as_bytes(),
+        study.uid.as_bytes(),
+        study.name.as_bytes(),
+    ];
+    let holds_phi = |bytes: &[u8]| phi.iter().any(|p| bytes.windows(p.len()).any(|w| w == *p));
+    for i in 0..2 {
+        let text = std::fs::read_to_string(trace(i)).expect("gossip trace");
+        let mut directions = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let (direction, hex) = line.split_once(' ').expect("direction and bytes");
+            let bytes = hex_decode(hex);
+            medmesh_node::ledger::gossip::GossipMsg::from_bytes(&bytes).expect("a ledger gossip message");
+            assert!(
+                !holds_phi(&bytes),
+                "an identifier in a gossip message of node-{}",
+                i + 1
+            );
+            directions.insert(direction.to_string());
+        }
+        assert_eq!(
+            directions.len(),
+            2,
+            "node-{} sent and received gossip: {directions:?}",
+            i + 1
+        );
+    }
+    for home in [&holder, &recipient] {
+        for (table, bytes) in ledger_table_bytes(home) {
+            if table == "ledger-entries-v1" {
+                assert!(!bytes.is_empty(), "entries at {}", home.display());
+            }
+            assert!(!holds_phi(&bytes), "an identifier in {table} at {}", home.display());
+        }
+    }
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The raw bytes (keys and values) of every table of a stopped node's
+/// database that the ledger and its notifications write.
+fn ledger_table_bytes(home: &Path) -> Vec<(String, Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    fn dump<K: redb::Key + 'static, V: redb::Value + 'static>(
+        read: &redb::ReadTransaction,
+        def: TableDefinition<'_, K, V>,
+    ) -> (String, Vec<u8>) {
+        use redb::TableHandle;
+        let name = def.name().to_string();
+        let table = read.open_table(def).expect("table");
+        let mut out = Vec::new();
+        for item in table.iter().expect("iter") {
+            let (k, v) = item.expect("row");
+            out.extend_from_slice(K::as_bytes(&k.value()).as_ref());
+            out.extend_from_slice(V::as_bytes(&v.value()).as_ref());
+        }
+        (name, out)
+    }
+    let db = redb::Database::open(home.join("db").join("medmesh.redb")).expect("open the database");
+    let read = db.begin_read().expect("read");
+    vec![
+        dump(&read, TableDefinition::<[u8; 40], &[u8]>::new("ledger-entries-v1")),
+        dump(&read, TableDefinition::<[u8; 32], [u8; 40]>::new("ledger-ids-v1")),
+        dump(&read, TableDefinition::<[u8; 32], [u8; 32]>::new("ledger-studies-v1")),
+        dump(&read, TableDefinition::<[u8; 32], &[u8]>::new("ledger-commitments-v1")),
+        dump(&read, TableDefinition::<[u8; 72], &[u8]>::new("ledger-forks-v1")),
+        dump(&read, TableDefinition::<[u8; 32], &[u8]>::new("ledger-witnesses-v1")),
+        dump(&read, TableDefinition::<[u8; 72], &[u8]>::new("ledger-splits-v1")),
+        dump(&read, TableDefinition::<[u8; 32], &[u8]>::new("notifications-v1")),
+        dump(&read, TableDefinition::<u64, [u8; 32]>::new("notify-outbox-v1")),
+    ]
 }
 
 #[test]

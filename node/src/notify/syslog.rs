@@ -1,0 +1,222 @@
+//! Syslog delivery: RFC 5424 messages carrying a DICOM audit message, over
+//! UDP (RFC 5426), TCP with octet counting (RFC 6587) or TLS (RFC 5425).
+
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::{Notice, Origin};
+use crate::config::{SyslogConfig, SyslogTransport};
+
+/// APP-NAME of every message.
+pub const APP_NAME: &str = "medmesh";
+/// MSGID of every message: the IHE ATNA convention for DICOM audit messages.
+pub const MSG_ID: &str = "IHE+RFC-3881";
+/// Severity of alerts (warning).
+pub const SEVERITY_ALERT: u8 = 4;
+/// Severity of other notifications (notice).
+pub const SEVERITY_NOTICE: u8 = 5;
+/// Seconds to connect to the collector.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The RFC 5424 message (without transport framing) for a notification:
+/// `<PRI>1 TIMESTAMP HOSTNAME medmesh PROCID IHE+RFC-3881 - BOM XML`.
+///
+/// # Errors
+/// The audit message could not be written (never in practice).
+pub fn message(
+    n: &Notice,
+    origin: &Origin,
+    facility: u8,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::io::Result<Vec<u8>> {
+    let severity = if super::is_alert(&n.row.kind) {
+        SEVERITY_ALERT
+    } else {
+        SEVERITY_NOTICE
+    };
+    let pri = u16::from(facility) * 8 + u16::from(severity);
+    let header = format!(
+        "<{pri}>1 {} {} {APP_NAME} {} {MSG_ID} - \u{feff}",
+        now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        origin.hostname,
+        std::process::id(),
+    );
+    let mut out = header.into_bytes();
+    out.extend_from_slice(&super::audit::audit_message(n, origin)?);
+    Ok(out)
+}
+
+/// This machine's host name for the HOSTNAME field, or `-` (RFC 5424 NILVALUE).
+#[must_use]
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "-".into())
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Tcp(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// False when the collector has closed the connection (a collector
+    /// never sends anything, so readable data or end of stream means it is gone).
+    fn alive(&self) -> bool {
+        let mut buf = [0u8; 1];
+        self.tcp().peek(&mut buf).now_or_never().is_none()
+    }
+
+    async fn write(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => {
+                s.write_all(frame).await?;
+                s.flush().await
+            }
+            Conn::Tls(s) => {
+                s.write_all(frame).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+/// A configured syslog collector.
+pub struct Syslog {
+    host: String,
+    port: u16,
+    transport: SyslogTransport,
+    facility: u8,
+    tls: Option<tokio_rustls::TlsConnector>,
+    conn: Option<Conn>,
+}
+
+impl std::fmt::Debug for Syslog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syslog")
+            .field("target", &self.shown())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Syslog {
+    /// The collector of `[notify.syslog]`, if an address is set.
+    ///
+    /// # Errors
+    /// A bad address, facility or certificate file, as a message.
+    pub fn from_config(c: &SyslogConfig) -> Result<Option<Self>, String> {
+        if c.address.is_empty() {
+            return Ok(None);
+        }
+        let (host, port) = super::split_host_port(&c.address)?;
+        let facility = c
+            .facility_code()
+            .ok_or_else(|| format!("unknown facility {:?}", c.facility))?;
+        let tls = if c.transport == SyslogTransport::Tls {
+            let client = (!c.cert_file.is_empty()).then_some((c.cert_file.as_str(), c.key_file.as_str()));
+            Some(tokio_rustls::TlsConnector::from(super::tls::client_config(
+                &c.ca_file, client,
+            )?))
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            host,
+            port,
+            transport: c.transport,
+            facility,
+            tls,
+            conn: None,
+        }))
+    }
+
+    /// The facility number.
+    #[must_use]
+    pub fn facility(&self) -> u8 {
+        self.facility
+    }
+
+    /// `transport://host:port`, for status and logs.
+    #[must_use]
+    pub fn shown(&self) -> String {
+        let t = match self.transport {
+            SyslogTransport::Udp => "udp",
+            SyslogTransport::Tcp => "tcp",
+            SyslogTransport::Tls => "tls",
+        };
+        if self.host.contains(':') {
+            format!("{t}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{t}://{}:{}", self.host, self.port)
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| format!("connect {}: timed out", self.shown()))?
+            .map_err(|e| format!("connect {}: {e}", self.shown()))?;
+        match &self.tls {
+            None => Ok(Conn::Tcp(tcp)),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| format!("{}: {e}", self.host))?;
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| "TLS handshake: timed out".to_string())?
+                    .map_err(|e| format!("TLS: {e}"))?;
+                Ok(Conn::Tls(Box::new(s)))
+            }
+        }
+    }
+
+    /// Sends one syslog message (RFC 5424 bytes).
+    ///
+    /// # Errors
+    /// Why it could not be sent; a stream connection is dropped and made
+    /// again at the next attempt.
+    pub async fn send(&mut self, msg: &[u8]) -> Result<(), String> {
+        if self.transport == SyslogTransport::Udp {
+            let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| format!("{}: {e}", self.shown()))?
+                .next()
+                .ok_or_else(|| format!("{}: no address", self.shown()))?;
+            let local: std::net::SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = UdpSocket::bind(local).await.map_err(|e| format!("UDP: {e}"))?;
+            sock.send_to(msg, addr).await.map_err(|e| format!("UDP {addr}: {e}"))?;
+            return Ok(());
+        }
+        // RFC 6587 octet counting (also RFC 5425 over TLS): "LEN SP MSG".
+        let mut frame = format!("{} ", msg.len()).into_bytes();
+        frame.extend_from_slice(msg);
+        if self.conn.as_ref().is_some_and(|c| !c.alive()) {
+            self.conn = None;
+        }
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        conn.write(&frame)
+            .await
+            .map_err(|e| format!("write {}: {e}", self.shown()))?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+}
