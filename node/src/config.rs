@@ -129,7 +129,7 @@ mask = []
 
 [notify.webhook]
 # Notifications (an entry of another site concerns a study of this one, and
-# ledger alerts) can be posted to a webhook as JSON (docs/PROTOCOL.md §14.5):
+# ledger alerts) can be posted to a webhook as JSON (docs/PROTOCOL.md §14.7):
 # one HTTP POST per notification, in order, retried with backoff until the
 # server answers 2xx. Every notification recorded since the node first ran
 # is delivered, the backlog included. "" = off. http:// or https://

@@ -289,7 +289,13 @@ pub fn make_entry(
     event: Event,
 ) -> Result<SignedEntry, LedgerError> {
     let (seq, prev) = match head {
-        Some((s, id)) => (s + 1, id),
+        Some((s, id)) => (
+            s.checked_add(1).ok_or_else(|| LedgerError::Invalid {
+                entry: format!("seq {s}"),
+                reason: "the feed is at the largest seq".into(),
+            })?,
+            id,
+        ),
         None => (1, [0u8; 32]),
     };
     let entry = Entry {
@@ -367,7 +373,7 @@ pub fn check_link(prev: &SignedEntry, next: &SignedEntry) -> Result<(), LedgerEr
     if next.entry.author != prev.entry.author {
         return Err(chain("entries of two authors".into()));
     }
-    if next.entry.seq != prev.entry.seq + 1 {
+    if prev.entry.seq.checked_add(1) != Some(next.entry.seq) {
         return Err(chain(format!(
             "seq {} follows seq {} (a gap)",
             next.entry.seq, prev.entry.seq

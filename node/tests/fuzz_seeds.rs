@@ -101,8 +101,15 @@ fn run_deid(data: &[u8]) -> bool {
 
 /// `fuzz_targets/ledger_entry.rs`.
 fn run_ledger_entry(data: &[u8]) -> bool {
+    use medmesh_node::ledger::gossip::{GossipMsg, MAX_WITNESS_HEADS, open_witness};
     let _ = medmesh_node::ledger::sync::decode_request(data);
     let _ = medmesh_node::ledger::sync::decode_response(data);
+    let _ = GossipMsg::from_bytes(data);
+    if let Ok(w) = open_witness(data) {
+        assert!(w.witness.heads.len() <= MAX_WITNESS_HEADS);
+        assert!(w.witness.heads.windows(2).all(|p| p[0].author < p[1].author));
+        return true;
+    }
     let Ok(e) = medmesh_node::ledger::open_entry(data) else {
         return false;
     };
@@ -271,9 +278,10 @@ fn deid_seeds() {
 #[test]
 fn ledger_entry_seeds() {
     // The three vector entries and the entry that names no previous one open
-    // (the chain is checked elsewhere); the flipped signature does not.
+    // (the chain is checked elsewhere), and the vector witness; the flipped
+    // signature and the messages do not.
     let accepted = for_each_seed("ledger_entry", run_ledger_entry);
-    assert_eq!(accepted, 4);
+    assert_eq!(accepted, 5);
 }
 
 #[test]

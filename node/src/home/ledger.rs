@@ -547,7 +547,8 @@ impl Node {
             && r.rejected.is_empty()
             && let Some((author, seq)) = last
         {
-            r.follow.push((author.to_vec(), seq + 1, ledger::sync::BATCH));
+            r.follow
+                .push((author.to_vec(), seq.saturating_add(1), ledger::sync::BATCH));
         }
         if !r.rejected.is_empty() {
             tracing::warn!(peer = %from, refused = r.rejected.len(), first = %r.rejected[0], "ledger entries refused from this peer");
@@ -586,8 +587,8 @@ impl Node {
                         Verdict::Accept,
                         vec![(
                             e.entry.author.clone(),
-                            held + 1,
-                            (e.entry.seq - held).min(ledger::sync::BATCH),
+                            held.saturating_add(1),
+                            e.entry.seq.saturating_sub(held).min(ledger::sync::BATCH),
                         )],
                     ),
                     (Taken::Gap(_), None) => (Verdict::Ignore, Vec::new()),

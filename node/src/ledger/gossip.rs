@@ -1,4 +1,4 @@
-//! The gossipsub side of `/medmesh/ledger/1` (PROTOCOL.md §14.6): new
+//! The gossipsub side of `/medmesh/ledger/1` (PROTOCOL.md §14.5): new
 //! entries go out to every member as soon as they are written, and each node
 //! countersigns, every few seconds, the feed heads it holds (a *witness*),
 //! so that an author showing one history to some peers and another to

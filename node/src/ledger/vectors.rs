@@ -67,6 +67,16 @@ fn generate() -> Value {
         .sign(ENTRY_DOMAIN, cbor::encode("e", &broken).unwrap())
         .to_bytes()
         .unwrap();
+    let witness = gossip::make_witness(
+        &a,
+        1_767_229_200,
+        vec![sync::Head {
+            author: a.ed25519_public().to_vec(),
+            seq: 3,
+            id: f[2].id.to_vec(),
+        }],
+    )
+    .unwrap();
     json!({
         "description": "medmesh ledger, version 1 (docs/PROTOCOL.md section 14): a feed of three entries by the author with Ed25519 secret 32 x 0x61 (X25519 32 x 0x62), times from 2026-01-01T00:00:00Z, a study commitment from salt 32 x 0x5a, and two entries that must be refused as the successor of entry 1 or 2. Checked by node/src/ledger/vectors.rs; rewrite with MEDMESH_WRITE_VECTORS=1 after a deliberate format change.",
         "author": { "ed25519_secret": hex::encode(AUTHOR_ED25519), "ed25519": hex::encode(a.ed25519_public()), "peer_id": a.peer_id() },
@@ -84,6 +94,15 @@ fn generate() -> Value {
             "range_request": hex::encode(cbor::encode("s", &sync::SyncRequest::Range { v: LEDGER_VERSION, author: a.ed25519_public().to_vec(), from: 2, limit: 2 }).unwrap()),
             "heads_response": hex::encode(cbor::encode("s", &sync::SyncResponse::Heads { v: LEDGER_VERSION, heads: vec![sync::Head { author: a.ed25519_public().to_vec(), seq: 3, id: f[2].id.to_vec() }] }).unwrap()),
             "entries_response": hex::encode(cbor::encode("s", &sync::SyncResponse::Entries { v: LEDGER_VERSION, entries: f[1..].iter().map(|e| serde_bytes::ByteBuf::from(e.bytes.clone())).collect(), credentials: None }).unwrap()),
+        },
+        "gossip": {
+            "topic": gossip::TOPIC,
+            "entry_message": hex::encode(gossip::GossipMsg::Entry { v: LEDGER_VERSION, entry: serde_bytes::ByteBuf::from(f[2].bytes.clone()) }.to_bytes().unwrap()),
+            "witness": {
+                "what": "the author countersigns its own head at 2026-01-01T01:00:00Z (any member may; a node ignores its own)",
+                "envelope": hex::encode(&witness.bytes),
+                "message": hex::encode(gossip::GossipMsg::Witness { v: LEDGER_VERSION, witness: serde_bytes::ByteBuf::from(witness.bytes.clone()) }.to_bytes().unwrap()),
+            },
         },
         "invalid": [
             { "what": "entry 2 with its last signature byte flipped", "envelope": hex::encode(flipped), "error": "signature" },
@@ -138,6 +157,19 @@ fn ledger_vectors() {
         };
         assert!(err.contains(v["error"].as_str().unwrap()), "{}: {err}", v["what"]);
     }
+    // The gossip messages decode, and the witness opens as the author's, naming entry 3.
+    let g = &file["gossip"];
+    match gossip::GossipMsg::from_bytes(&unhex(&g["entry_message"])).unwrap() {
+        gossip::GossipMsg::Entry { entry, .. } => assert_eq!(open_entry(&entry).unwrap().id, entries[2].id),
+        other => panic!("not an entry message: {other:?}"),
+    }
+    let w = gossip::open_witness(&unhex(&g["witness"]["envelope"])).unwrap();
+    assert_eq!(w.witness.witness, author_key);
+    assert_eq!(w.witness.heads[0].id, entries[2].id.to_vec());
+    assert!(matches!(
+        gossip::GossipMsg::from_bytes(&unhex(&g["witness"]["message"])).unwrap(),
+        gossip::GossipMsg::Witness { .. }
+    ));
     assert_eq!(
         file, generated,
         "docs/vectors/ledger-v1.json differs from this build's output"

@@ -10,7 +10,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event as Xml
 use super::{Notice, Origin};
 use crate::ledger::Event;
 
-/// The DICOM audit event a notification kind maps to (docs/PROTOCOL.md §14.6).
+/// The DICOM audit event a notification kind maps to (docs/PROTOCOL.md §14.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditEvent {
     /// EventID code (DCM).

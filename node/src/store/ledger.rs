@@ -290,7 +290,7 @@ impl super::Store {
                 }
                 (None, head) => {
                     let (head_seq, head_id) = head.unwrap_or((0, [0u8; 32]));
-                    if e.entry.seq != head_seq + 1 {
+                    if head_seq.checked_add(1) != Some(e.entry.seq) {
                         Inserted::Gap
                     } else if e.entry.prev != head_id {
                         Inserted::Broken

@@ -729,3 +729,61 @@ fn gossip_messages_are_judged_before_they_are_passed_on() {
         );
     }
 }
+
+#[test]
+fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
+    use crate::ledger::Event;
+    use crate::trust::{Certificate, Consortium};
+    let dir = tempfile::tempdir().unwrap();
+    let t = crate::home::trust::now();
+    let admin = [0x42u8; 32];
+    let c = Consortium::new(
+        "ledger relay",
+        vec![crate::identity::ed25519_public_of(&admin)],
+        1,
+        t - 60,
+    )
+    .unwrap();
+    let member = |name: &str| {
+        let n = home(dir.path(), name, "DE");
+        let cert = Certificate::issue(&c, &admin, n.record(), vec![Purpose::Treatment], t - 60, t + 86_400, 1).unwrap();
+        n.join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
+        (n, cert.to_bytes().unwrap())
+    };
+    let (reader, _) = member("reader");
+    let (author, author_cert) = member("author");
+    let stranger_node = home(dir.path(), "stranger", "DE");
+    author
+        .log(Event::ConsentAdded {
+            consent: "c-0000000000000001".into(),
+        })
+        .unwrap();
+    let key = author.identity().ed25519_public();
+    let entries = author.ledger_range(&key, 1, 64).unwrap();
+    let credentials = crate::net::hello::Hello::new(record(&author), vec![author_cert.clone()])
+        .to_bytes()
+        .unwrap();
+    let wrong = crate::net::hello::Hello::new(record(&stranger_node), vec![author_cert])
+        .to_bytes()
+        .unwrap();
+    // Never met, no credentials, or another node's: not a trusted author.
+    for (name, creds) in [("none", None), ("another node's", Some(wrong.as_slice()))] {
+        let r = reader.ledger_accept("relay", &entries, creds).unwrap();
+        assert_eq!(r.added, 0, "{name}: {r:?}");
+        assert!(r.rejected[0].contains("not a trusted author"), "{name}: {r:?}");
+    }
+    // The author's own hello, relayed: taken, and kept for later batches.
+    let r = reader.ledger_accept("relay", &entries, Some(&credentials)).unwrap();
+    assert_eq!(r.added, entries.len() as u64, "{r:?}");
+    author
+        .log(Event::ConsentAdded {
+            consent: "c-0000000000000002".into(),
+        })
+        .unwrap();
+    let next = author.ledger_range(&key, entries.len() as u64 + 1, 64).unwrap();
+    let r = reader.ledger_accept("relay", &next, None).unwrap();
+    assert_eq!(r.added, 1, "{r:?}");
+    // And the reader relays them on in turn.
+    assert_eq!(reader.ledger_credentials(&key).unwrap(), Some(credentials));
+    assert!(reader.log_verify().unwrap().ok);
+}
