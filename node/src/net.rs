@@ -308,8 +308,11 @@ struct Behaviour {
 }
 
 /// Events a gossip peer may send before its hello is accepted (its
-/// subscriptions, as a connection opens), held until then.
-const GOSSIP_HELD: usize = 16;
+/// subscriptions, as a connection opens), held until then, and for how many
+/// undecided peers at once: at most 4 × 32 messages of at most
+/// [`crate::ledger::gossip::MAX_GOSSIP`] bytes (about 25 MiB) whoever connects.
+const GOSSIP_HELD: usize = 4;
+const GOSSIP_HELD_PEERS: usize = 32;
 
 /// The ledger's gossipsub: messages are self-authenticating (signed
 /// entries and witnesses), so gossipsub adds no signature of its own; a
@@ -386,7 +389,7 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                 hello: cbor_protocol(hello::PROTOCOL, hello_timeout, 4),
                 transfer: cbor_protocol(crate::transfer::wire::PROTOCOL, Duration::from_secs(60), 32),
                 ledger: cbor_protocol(crate::ledger::sync::SYNC_PROTOCOL, Duration::from_secs(30), 16),
-                gossip: Gate::holding(ledger_gossip()?, GOSSIP_HELD),
+                gossip: Gate::holding(ledger_gossip()?, GOSSIP_HELD, GOSSIP_HELD_PEERS),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -457,20 +460,12 @@ pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<
     {
         return Ok(Some(h));
     }
-    if let Some(h) = state
+    Ok(state
         .bilateral
         .iter()
         .find(|b| b.record.record().peer_id == peer)
         .and_then(|b| b.record.envelope().to_bytes().ok())
-        .map(|record| Hello::new(record, Vec::new()))
-    {
-        return Ok(Some(h));
-    }
-    // A member never met, whose hello came relayed with its ledger entries.
-    Ok(node
-        .store()
-        .trust_get(&format!("{}{peer}", crate::home::ledger::LEDGER_AUTHOR_PREFIX))?
-        .and_then(|bytes| Hello::from_bytes(&bytes).ok()))
+        .map(|record| Hello::new(record, Vec::new())))
 }
 
 use crate::home::trust::now;
@@ -717,7 +712,7 @@ impl Service {
                     Internal::LedgerDone(peer) => {
                         self.ledger_busy.remove(&peer);
                     }
-                    Internal::LedgerInvalid(peer, author) => {
+                    Internal::LedgerInvalid(peer, author) if self.ledger_shunned.len() < MAX_SHUNNED => {
                         let delay = self
                             .ledger_shunned
                             .get(&(peer, author.clone()))
@@ -725,6 +720,7 @@ impl Service {
                         tracing::debug!(peer = %peer, secs = delay.as_secs(), "a peer served invalid ledger entries: not asked for that feed for a while");
                         self.ledger_shunned.insert((peer, author), (Instant::now() + delay, delay));
                     }
+                    Internal::LedgerInvalid(..) => {}
                     Internal::GossipVerdict(id, source, verdict, follow) => {
                         let _ = self
                             .swarm
@@ -885,6 +881,9 @@ impl Service {
     }
 
     fn maintain(&mut self) {
+        // Pauses that ran out are forgotten (a pause doubles only while the peer keeps at it).
+        let now_i = Instant::now();
+        self.ledger_shunned.retain(|_, (until, delay)| *until + *delay > now_i);
         // Reloading here too means a trust change whose notification was lost
         // (say, the admin API client went away mid-call) still takes effect.
         if let Err(e) = self.reload_trust() {
@@ -1357,6 +1356,8 @@ const LEDGER_SYNC: Duration = Duration::from_secs(2);
 const SHUN_FIRST: Duration = Duration::from_secs(30);
 /// The longest such pause.
 const SHUN_MAX: Duration = Duration::from_secs(15 * 60);
+/// Most (peer, feed) pauses remembered.
+const MAX_SHUNNED: usize = 4096;
 /// How often a node countersigns the feed heads it holds, when they changed.
 const WITNESS_EVERY: Duration = Duration::from_secs(3);
 /// How often it does so even when they did not (for peers that joined since).

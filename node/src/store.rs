@@ -92,7 +92,7 @@ const LEDGER_FORKS: TableDefinition<'_, [u8; 72], &[u8]> = TableDefinition::new(
 const NOTIFICATIONS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("notifications-v1");
 /// Latest witness (countersigned feed heads) of each witness key.
 const LEDGER_WITNESSES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("ledger-witnesses-v1");
-/// Witnesses that named another entry than the one held here: author ‖ seq ‖ witness → witness envelope.
+/// Witnesses that named another entry than the one held here: witness ‖ author ‖ seq → witness envelope.
 const LEDGER_SPLITS: TableDefinition<'_, [u8; 72], &[u8]> = TableDefinition::new("ledger-splits-v1");
 
 /// Version of the store's schema.
@@ -439,6 +439,9 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(|e| db_err(db_path, e))?;
             meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())
                 .map_err(|e| db_err(db_path, e))?;
+            // A new store has no notification from before the outbox.
+            meta.insert(notify::OUTBOX_MIGRATED, [1u8].as_slice())
+                .map_err(|e| db_err(db_path, e))?;
             txn.open_table(STUDIES).map_err(|e| db_err(db_path, e))?;
             txn.open_table(INSTANCES).map_err(|e| db_err(db_path, e))?;
             txn.open_table(BLOBS).map_err(|e| db_err(db_path, e))?;
@@ -494,6 +497,8 @@ impl Store {
         drop(meta);
         drop(read);
         store.recover()?;
+        // Before anything else can write a notification.
+        store.outbox_migrate()?;
         Ok(store)
     }
 

@@ -358,9 +358,14 @@ enum Taken {
     Untrusted(String),
     /// Not next in the feed held here, whose head is this seq.
     Gap(u64),
+    /// Next in seq but naming another previous entry (kept as evidence).
+    OtherBranch,
     /// Invalid: why.
     Refused(String),
 }
+
+/// Most ranges asked for after one witness.
+const MAX_FOLLOW: usize = 64;
 
 /// Trust decisions within one batch, by author key.
 type TrustCache = BTreeMap<[u8; 32], bool>;
@@ -379,12 +384,38 @@ impl Node {
             return Ok(false);
         };
         let state = self.trust_state()?;
-        let trusted = match crate::net::peer_hello(self, &state, &peer)? {
+        let trusted = match self.author_hello(&state, &peer)? {
             Some(h) => crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
             None => false,
         };
         cache.insert(*author, trusted);
         Ok(trusted)
+    }
+
+    /// Whether this node holds a hello or record of `author` (met, bilateral or relayed).
+    fn author_known(&self, author: &[u8; 32]) -> Result<bool, HomeError> {
+        let Ok(peer) = crate::identity::peer_id_of(author) else {
+            return Ok(true);
+        };
+        let state = self.trust_state()?;
+        Ok(self.author_hello(&state, &peer)?.is_some())
+    }
+
+    /// The hello by which ledger entries of `peer` are judged: the one met
+    /// or the bilateral record, else one relayed with its entries (used for
+    /// the ledger only, never for transfers).
+    fn author_hello(
+        &self,
+        state: &crate::trust::TrustState,
+        peer: &str,
+    ) -> Result<Option<crate::net::hello::Hello>, HomeError> {
+        if let Some(h) = crate::net::peer_hello(self, state, peer)? {
+            return Ok(Some(h));
+        }
+        Ok(self
+            .store()
+            .trust_get(&format!("{LEDGER_AUTHOR_PREFIX}{peer}"))?
+            .and_then(|bytes| crate::net::hello::Hello::from_bytes(&bytes).ok()))
     }
 
     /// Takes `credentials` (a hello relayed with entries of an author this
@@ -408,9 +439,11 @@ impl Node {
         Ok(true)
     }
 
-    /// The credentials (hello) this node would relay with entries of
-    /// `author`, when it holds them; none for its own feed (whoever asks
-    /// has met this node).
+    /// The credentials (hello) this node relays with entries of `author`:
+    /// a hello with certificates that it accepts now; none for its own feed
+    /// (whoever asks has met this node), for a bilateral-only peer (its
+    /// record would tell others its addresses, and only sites trusting it
+    /// bilaterally take it anyway) or for a peer it refuses.
     ///
     /// # Errors
     /// Store errors.
@@ -425,7 +458,13 @@ impl Node {
             return Ok(None);
         };
         let state = self.trust_state()?;
-        Ok(crate::net::peer_hello(self, &state, &peer)?.and_then(|h| h.to_bytes().ok()))
+        let Some(h) = self.author_hello(&state, &peer)? else {
+            return Ok(None);
+        };
+        if h.certificates.is_empty() || crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+            return Ok(None);
+        }
+        Ok(h.to_bytes().ok())
     }
 
     /// The heads of the feeds held here, for `/medmesh/ledger/1`.
@@ -493,8 +532,16 @@ impl Node {
             if author == own {
                 continue;
             }
-            // Authors never met are asked for too: the answer carries their credentials.
-            out.push((h.author.clone(), held + 1, (h.seq - held).min(ledger::sync::BATCH)));
+            let limit = if self.author_trusted(&author, &mut cache)? {
+                (h.seq - held).min(ledger::sync::BATCH)
+            } else if self.author_known(&author)? {
+                // Known and refused (revoked, blocked, expired): not asked for.
+                continue;
+            } else {
+                // Never met: one entry, whose answer carries the author's credentials.
+                1
+            };
+            out.push((h.author.clone(), held + 1, limit));
         }
         Ok(out)
     }
@@ -527,6 +574,18 @@ impl Node {
                     last = e.map(|e| (author_key(&e), e.entry.seq));
                 }
                 (Taken::Fork, _) => r.forks += 1,
+                (Taken::OtherBranch, Some(e)) => {
+                    r.forks += 1;
+                    r.rejected.push(format!(
+                        "entry {} of {}: names another previous entry than the one held here",
+                        e.entry.seq,
+                        e.author_peer()
+                    ));
+                    // The peer may hold the other branch: ask it for the entry before.
+                    r.follow
+                        .push((e.entry.author.clone(), e.entry.seq.saturating_sub(1).max(1), 1));
+                }
+                (Taken::OtherBranch, None) => {}
                 (Taken::Untrusted(why), _) => r.rejected.push(why),
                 (Taken::Refused(why), _) => {
                     r.invalid = true;
@@ -565,7 +624,7 @@ impl Node {
     /// Store errors.
     pub fn ledger_gossip(&self, from: &str, data: &[u8]) -> Result<GossipOutcome, HomeError> {
         let reject = |node: &Self, why: String| -> Result<GossipOutcome, HomeError> {
-            node.alert("alert-refused-entry", from, 0, &why, data)?;
+            node.refused(from, 0, &why)?;
             Ok(GossipOutcome {
                 verdict: Verdict::Reject,
                 follow: Vec::new(),
@@ -581,6 +640,11 @@ impl Node {
                 let (taken, e) = self.take_entry(from, &entry, None, &mut cache)?;
                 let (verdict, follow) = match (taken, e) {
                     (Taken::Added | Taken::Duplicate | Taken::Fork, _) => (Verdict::Accept, Vec::new()),
+                    (Taken::OtherBranch, Some(e)) => (
+                        Verdict::Accept,
+                        vec![(e.entry.author.clone(), e.entry.seq.saturating_sub(1).max(1), 1)],
+                    ),
+                    (Taken::OtherBranch, None) => (Verdict::Accept, Vec::new()),
                     (Taken::Own | Taken::Untrusted(_), _) => (Verdict::Ignore, Vec::new()),
                     // Valid and trusted, but entries before it are missing here: pass it on, fetch them.
                     (Taken::Gap(held), Some(e)) => (
@@ -660,8 +724,8 @@ impl Node {
                             )
                         };
                         tracing::error!(author = %peer, seq = h.seq, witness = %w.peer(), "{what}");
+                        // One alert per witness and author, however many seqs it names.
                         let mut key = author.to_vec();
-                        key.extend_from_slice(&h.seq.to_be_bytes());
                         key.extend_from_slice(&w.key());
                         self.alert("alert-split-view", &peer, h.seq, &what, &key)?;
                     }
@@ -676,6 +740,7 @@ impl Node {
                 None => {}
             }
         }
+        follow.truncate(MAX_FOLLOW);
         Ok(follow)
     }
 
@@ -691,7 +756,7 @@ impl Node {
             Ok(e) => e,
             Err(err) => {
                 let why = err.to_string();
-                self.alert("alert-refused-entry", from, 0, &why, bytes)?;
+                self.refused(from, 0, &why)?;
                 return Ok((Taken::Refused(why), None));
             }
         };
@@ -743,16 +808,27 @@ impl Node {
                 Taken::Gap(held)
             }
             crate::store::Inserted::Broken => {
-                let why = format!(
-                    "entry {} of {}: does not name the entry before it held here",
-                    e.entry.seq,
-                    e.author_peer()
+                // The author signed it: the author is at fault, not the peer that relayed it.
+                let what = format!(
+                    "equivocation: {} signed an entry {} naming another previous entry than the one held here; kept as evidence",
+                    e.author_peer(),
+                    e.entry.seq
                 );
-                self.alert("alert-refused-entry", from, e.entry.seq, &why, bytes)?;
-                Taken::Refused(why)
+                tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
+                self.alert("alert-equivocation", &e.author_peer(), e.entry.seq, &what, &e.id)?;
+                Taken::OtherBranch
             }
         };
         Ok((taken, Some(e)))
+    }
+
+    /// Raises `alert-refused-entry` naming `from`, the peer that sent an
+    /// invalid entry or message: at most one per peer and hour, so a faulty
+    /// peer cannot flood the notifications (every refusal is logged).
+    fn refused(&self, from: &str, seq: u64, why: &str) -> Result<(), HomeError> {
+        let hour = super::trust::now().div_euclid(3600);
+        let evidence = format!("{from}/{hour}");
+        self.alert("alert-refused-entry", from, seq, why, evidence.as_bytes())
     }
 
     /// Raises an alert: a notification row of `kind` (`alert-…`) naming

@@ -28,6 +28,8 @@ pub struct Gate<B: NetworkBehaviour> {
     allowed: HashSet<PeerId>,
     /// Most events held per undecided peer (0: none, they are dropped).
     hold: usize,
+    /// Most undecided peers held for at once.
+    hold_peers: usize,
     held: HashMap<PeerId, Held<B>>,
 }
 
@@ -43,16 +45,19 @@ impl<B: NetworkBehaviour> std::fmt::Debug for Gate<B> {
 impl<B: NetworkBehaviour> Gate<B> {
     /// Wraps `inner`; nobody is allowed yet, and what undecided peers say is dropped.
     pub fn new(inner: B) -> Self {
-        Self::holding(inner, 0)
+        Self::holding(inner, 0, 0)
     }
 
-    /// Wraps `inner`, holding up to `hold` events per undecided peer until
-    /// it is allowed (then handed on, in order) or denied (then dropped).
-    pub fn holding(inner: B, hold: usize) -> Self {
+    /// Wraps `inner`, holding up to `hold` events for each of up to
+    /// `hold_peers` undecided peers until the peer is allowed (then handed
+    /// on, in order) or denied (then dropped); beyond that they are dropped.
+    /// Memory held is bounded by `hold × hold_peers` events.
+    pub fn holding(inner: B, hold: usize, hold_peers: usize) -> Self {
         Self {
             inner,
             allowed: HashSet::new(),
             hold,
+            hold_peers,
             held: HashMap::new(),
         }
     }
@@ -135,6 +140,9 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
             && let Some(held) = self.held.get_mut(&c.peer_id)
         {
             held.retain(|(id, _)| *id != c.connection_id);
+            if held.is_empty() {
+                self.held.remove(&c.peer_id);
+            }
         }
         self.inner.on_swarm_event(event);
     }
@@ -147,7 +155,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gate<B> {
     ) {
         if self.allowed.contains(&peer_id) {
             self.inner.on_connection_handler_event(peer_id, connection_id, event);
-        } else if self.hold > 0 {
+        } else if self.hold > 0 && (self.held.contains_key(&peer_id) || self.held.len() < self.hold_peers) {
             let held = self.held.entry(peer_id).or_default();
             if held.len() < self.hold {
                 held.push_back((connection_id, event));

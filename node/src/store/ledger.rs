@@ -226,17 +226,33 @@ impl super::Store {
     pub fn ledger_heads(&self) -> Result<Vec<FeedHead>, StoreError> {
         // Asked every few seconds by every peer: the authors from the keys,
         // then only each feed's last entry is read and hashed.
+        // Skip from feed to feed: one lookup for the next author, one for its head.
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
-        let mut authors = std::collections::BTreeSet::new();
-        for item in t.iter().map_err(|e| self.err(e))? {
-            authors.insert(split_key(&item.map_err(|e| self.err(e))?.0.value()).0);
-        }
-        let mut out = Vec::with_capacity(authors.len());
-        for author in authors {
+        let mut out = Vec::new();
+        let mut from = [0u8; 40];
+        loop {
+            let Some(item) = t.range(from..).map_err(|e| self.err(e))?.next() else {
+                break;
+            };
+            let author = split_key(&item.map_err(|e| self.err(e))?.0.value()).0;
             if let Some((seq, id)) = feed_head(&t, &author).map_err(|e| self.err(e))? {
                 out.push((author, seq, id));
             }
+            // The smallest key of the next author: author + 1 (big-endian), seq 0.
+            let mut next = author;
+            let mut carry = true;
+            for b in next.iter_mut().rev() {
+                if carry {
+                    let (v, c) = b.overflowing_add(1);
+                    *b = v;
+                    carry = c;
+                }
+            }
+            if carry {
+                break;
+            }
+            from = entry_key(&next, 0);
         }
         Ok(out)
     }
@@ -293,6 +309,13 @@ impl super::Store {
                     if head_seq.checked_add(1) != Some(e.entry.seq) {
                         Inserted::Gap
                     } else if e.entry.prev != head_id {
+                        // Signed by the author, naming another previous entry
+                        // than the one held: evidence that it forked earlier.
+                        let mut forks = txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+                        let mut key = [0u8; 72];
+                        key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
+                        key[40..].copy_from_slice(&e.id);
+                        forks.insert(key, e.bytes.as_slice()).map_err(|e| self.err(e))?;
                         Inserted::Broken
                     } else {
                         entries
@@ -331,6 +354,9 @@ impl super::Store {
 /// A witness statement kept as evidence of a split view: the author and seq
 /// it concerns, the witness key, and the witness envelope.
 pub type SplitRow = ([u8; 32], u64, [u8; 32], Vec<u8>);
+
+/// Most split-view statements kept per witness.
+pub const MAX_SPLITS_PER_WITNESS: usize = 64;
 
 impl super::Store {
     /// Keeps `w` as its witness's latest statement, unless a later one is
@@ -373,8 +399,10 @@ impl super::Store {
     }
 
     /// Keeps witness `w` as evidence that it saw another entry `seq` of
-    /// `author` than the one held here (once per author, seq and witness).
-    /// Returns whether it is new.
+    /// `author` than the one held here (once per witness, author and seq, and
+    /// at most [`MAX_SPLITS_PER_WITNESS`] per witness, so that one member
+    /// cannot fill the store with its own statements). Returns whether it
+    /// was kept.
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -384,14 +412,24 @@ impl super::Store {
         seq: u64,
         w: &ledger::gossip::SignedWitness,
     ) -> Result<bool, StoreError> {
+        let witness = w.key();
         let mut key = [0u8; 72];
-        key[..40].copy_from_slice(&entry_key(author, seq));
-        key[40..].copy_from_slice(&w.key());
+        key[..32].copy_from_slice(&witness);
+        key[32..].copy_from_slice(&entry_key(author, seq));
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         let new = {
             let mut t = txn.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
-            let new = t.get(key).map_err(|e| self.err(e))?.is_none();
+            let mut low = [0u8; 72];
+            low[..32].copy_from_slice(&witness);
+            let mut high = [0xffu8; 72];
+            high[..32].copy_from_slice(&witness);
+            let held = t
+                .range(low..=high)
+                .map_err(|e| self.err(e))?
+                .take(MAX_SPLITS_PER_WITNESS)
+                .count();
+            let new = held < MAX_SPLITS_PER_WITNESS && t.get(key).map_err(|e| self.err(e))?.is_none();
             if new {
                 t.insert(key, w.bytes.as_slice()).map_err(|e| self.err(e))?;
             }
@@ -412,9 +450,9 @@ impl super::Store {
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let k = k.value();
-            let (author, seq) = split_key(&k);
+            let (author, seq) = split_key(&k[32..]);
             let mut witness = [0u8; 32];
-            witness.copy_from_slice(&k[40..]);
+            witness.copy_from_slice(&k[..32]);
             out.push((author, seq, witness, v.value().to_vec()));
         }
         Ok(out)
