@@ -34,6 +34,14 @@ pub(crate) enum LogCommand {
         /// Entry id.
         entry: String,
     },
+    /// Each feed's head as held here, one line per author: peer id, seq and
+    /// id of its last entry. Cheap (reads one entry per feed, verifies
+    /// nothing): for watching feeds converge across nodes; `verify` checks
+    /// them.
+    Heads {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
     /// Verify every feed: each entry's signature and author, and the chain
     /// (1, 2, ... each naming the one before). Prints each author's head.
     /// Exit code 1 when a feed does not verify.
@@ -104,6 +112,20 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
                 }
                 s
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Heads { home } => {
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let heads = node.log_heads().context("reading the feed heads")?;
+            for h in &heads {
+                out.emit("head", h, || {
+                    format!("{}  {:>6}  {}\n", h.author, h.seq, h.id.get(..16).unwrap_or(""))
+                })?;
+            }
+            if heads.is_empty() && !home.json {
+                println!("no feeds held");
+            }
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Verify { home } => {

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest, NotificationsRequest,
-    RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
+    ExportRequest, HeadView, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest,
+    NotificationsRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use medmesh_node::consent_schema::{DeidLevel, Purpose};
 use medmesh_node::deid::DeidOption;
@@ -396,6 +396,13 @@ impl Session {
         match self {
             Self::Local(node) => Ok(node.notify_status()?),
             Self::Remote { client, rt } => Self::get(client, rt, "/notifications/status"),
+        }
+    }
+
+    pub fn log_heads(&self) -> Result<Vec<HeadView>> {
+        match self {
+            Self::Local(node) => Ok(HeadView::list(&node.ledger_heads()?)),
+            Self::Remote { client, rt } => Self::get(client, rt, "/log/heads"),
         }
     }
 

@@ -130,6 +130,42 @@ pub struct LogTailRequest {
     pub limit: usize,
 }
 
+/// One feed's head, as `GET /v1/log/heads` answers it (and `medmesh log
+/// heads --json` prints it): the last entry of that author held here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadView {
+    /// Author peer id.
+    pub author: String,
+    /// Author Ed25519 key (hex).
+    pub key: String,
+    /// Its last seq held here.
+    pub seq: u64,
+    /// That entry's id (hex).
+    pub id: String,
+}
+
+impl HeadView {
+    /// The views of `heads` (from [`crate::home::Node::ledger_heads`]), in
+    /// the same order. An author key that is not a valid Ed25519 key (none
+    /// is stored: entries are verified before they are kept) gets an empty
+    /// peer id.
+    #[must_use]
+    pub fn list(heads: &[crate::ledger::sync::Head]) -> Vec<Self> {
+        heads
+            .iter()
+            .map(|h| Self {
+                author: <[u8; 32]>::try_from(h.author.as_slice())
+                    .ok()
+                    .and_then(|k| crate::identity::peer_id_of(&k).ok())
+                    .unwrap_or_default(),
+                key: hex::encode(&h.author),
+                seq: h.seq,
+                id: hex::encode(&h.id),
+            })
+            .collect()
+    }
+}
+
 /// `POST /v1/studies/relink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelinkRequest {

@@ -136,7 +136,8 @@ mask = []
 # (certificates checked against the Mozilla roots, or against ca_file).
 url = ""
 # Secret sent with every POST (in the header below); "" = none. Keep this
-# file readable by the node's user only when it holds one.
+# file readable by the node's user only when it holds one. A token needs an
+# https:// url (plain http:// only to 127.0.0.1, ::1 or localhost).
 token = ""
 # Header that carries the token: "authorization" sends "Bearer <token>",
 # any other header name sends the token as it is.
@@ -393,8 +394,9 @@ pub struct NotifyConfig {
     pub syslog: SyslogConfig,
 }
 
-/// The webhook (`[notify.webhook]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The webhook (`[notify.webhook]`). Its `Debug` shows the URL without
+/// user information and query (which may hold a secret) and no token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL; empty = off.
@@ -409,6 +411,19 @@ pub struct WebhookConfig {
     pub study_uid: bool,
     /// PEM CA certificates for https (empty = Mozilla roots).
     pub ca_file: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &crate::notify::redact_url(&self.url))
+            .field("token", &self.token)
+            .field("token_header", &self.token_header)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("study_uid", &self.study_uid)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl Default for WebhookConfig {
@@ -490,7 +505,18 @@ impl NotifyConfig {
     fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
         let w = &self.webhook;
         if !w.url.is_empty() {
-            crate::notify::WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e))?;
+            let target = crate::notify::WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e))?;
+            if target.check_token(&w.token).is_err() {
+                return Err(value(
+                    "notify.webhook.token",
+                    format!(
+                        "is set but notify.webhook.url ({}) is plain http://: the token would cross the network \
+                         in clear text. Use an https:// URL (http:// with a token is accepted only to 127.0.0.1, \
+                         ::1 or localhost), or remove the token",
+                        target.shown()
+                    ),
+                ));
+            }
         }
         if !(1..=300).contains(&w.timeout_secs) {
             return Err(value("notify.webhook.timeout_secs", "must be from 1 to 300".into()));
@@ -856,5 +882,59 @@ mod tests {
             let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn webhook_url_secrets_are_not_shown() {
+        let text = "[notify.webhook]\nurl = \"https://hooks.example.org/m?key=s3cr3t&x=1#frag\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("frag"), "{shown}");
+        assert!(shown.contains("https://hooks.example.org/m?(redacted)"), "{shown}");
+        let shown = format!("{:#?}", c.notify);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        // Nor in an error about the URL (query or user information).
+        for text in [
+            "[notify.webhook]\nurl = \"ftp://hooks.example.org/m?key=s3cr3t\"\n",
+            "[notify.webhook]\nurl = \"https://u:s3cr3t@hooks.example.org/m\"\n",
+            "[notify.webhook]\nurl = \"https://hooks.example.org/m?key=s3cr3t\"\ntoken_header = \"a b\"\n",
+            "[notify.webhook]\nurl = \"http:///m?key=s3cr3t\"\n",
+            "[notify.webhook]\nurl = \"http://hooks.example.org/m?key=s3cr3t\"\ntoken = \"t0ken\"\n",
+        ] {
+            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(!err.contains("s3cr3t") && !err.contains("t0ken"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_this_machine() {
+        let parse = |url: &str, token: &str| {
+            let text = format!("[notify.webhook]\nurl = \"{url}\"\ntoken = \"{token}\"\n");
+            Config::parse(Path::new("c.toml"), &text).map(|_| ())
+        };
+        let err = parse("http://hooks.example.org/m", "abc").unwrap_err().to_string();
+        assert!(
+            err.contains("notify.webhook.token") && err.contains("clear text") && err.contains("https://"),
+            "{err}"
+        );
+        assert!(parse("http://10.0.0.5:8080/m", "abc").is_err());
+        for url in [
+            "https://hooks.example.org/m",
+            "http://127.0.0.1:8080/m",
+            "http://[::1]:8080/m",
+            "http://localhost/m",
+            "http://LOCALHOST:9/m",
+        ] {
+            parse(url, "abc").unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        parse("http://hooks.example.org/m", "").unwrap();
+        // The same rule when the sink is built from a configuration made in code.
+        let w = WebhookConfig {
+            url: "http://hooks.example.org/m".into(),
+            token: Secret::from("abc"),
+            ..WebhookConfig::default()
+        };
+        let err = crate::notify::Webhook::from_config(&w).unwrap_err();
+        assert!(err.contains("notify.webhook.token"), "{err}");
     }
 }

@@ -10,7 +10,10 @@
 //! order, none skipped, across restarts; the receiver deduplicates by the
 //! entry id (the webhook's `Idempotency-Key`). A sink configured for the
 //! first time delivers the whole backlog. An unconfigured sink delivers
-//! nothing and its cursor stays.
+//! nothing and its cursor stays. Notifications recorded before the outbox
+//! existed were given sequences when the store opened (a one-time
+//! migration, whether or not a sink is configured), so a sink configured
+//! later delivers them too.
 
 mod audit;
 mod syslog;
@@ -25,7 +28,7 @@ use tokio::sync::watch;
 
 pub use audit::{AuditEvent, audit_event, audit_message, is_alert};
 pub use syslog::{APP_NAME, MSG_ID, Syslog, hostname, message as syslog_message};
-pub use webhook::{WEBHOOK_VERSION, Webhook, WebhookTarget, webhook_json};
+pub use webhook::{WEBHOOK_VERSION, Webhook, WebhookTarget, redact_url, webhook_json};
 
 use crate::config::NotifyConfig;
 use crate::home::{HomeError, Node, rfc3339};
@@ -413,13 +416,6 @@ pub async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
     };
     if sinks.is_empty() {
         return;
-    }
-    let n = Arc::clone(&node);
-    match tokio::task::spawn_blocking(move || n.store().outbox_backfill()).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(added)) => tracing::info!(added, "notifications recorded before delivery existed are queued"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot queue earlier notifications"),
-        Err(e) => tracing::warn!(error = %e, "cannot queue earlier notifications"),
     }
     let origin = Origin {
         peer_id: Node::id_info(node.record()).peer_id,

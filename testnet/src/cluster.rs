@@ -323,6 +323,28 @@ impl Cluster {
         }
     }
 
+    /// Starts `self.nodes[i]` with the running `self.nodes[via]` as its only
+    /// bootstrap peer: a restarted node listens on new ports, so addresses
+    /// met before are stale.
+    ///
+    /// # Errors
+    /// [`ClusterError::Timeout`] when `via` does not run; [`ClusterError`]
+    /// when node `i` does not start.
+    pub fn start_via(&mut self, i: usize, via: usize) -> Result<(), ClusterError> {
+        let addr = self
+            .nodes
+            .get(via)
+            .and_then(ClusterNode::tcp_addr)
+            .map(str::to_string)
+            .ok_or_else(|| ClusterError::Timeout(format!("node {} does not run", via + 1)))?;
+        let node = self
+            .nodes
+            .get_mut(i)
+            .ok_or_else(|| ClusterError::Timeout(format!("no node {}", i + 1)))?;
+        configure_loopback(&node.home, &[addr])?;
+        start_node(node)
+    }
+
     /// Stops every node (SIGTERM, SIGKILL after 10 s).
     pub fn stop(&mut self) {
         for n in &mut self.nodes {

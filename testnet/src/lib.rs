@@ -18,11 +18,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cluster;
+pub mod feeds;
 pub mod r#gen;
 pub mod process;
 pub mod roundtrip;
 pub mod scenario;
+pub mod stats;
 
 pub use r#gen::{
     GenError, GeneratedFile, GeneratedStudy, Modality, PatientOverrides, Phi, PixelRepresentation, Sex, SliceRef,

@@ -1,6 +1,7 @@
 //! `medmesh-testnet`: generate synthetic studies (`gen-study`), check one node's store end to end
-//! (`roundtrip`), start a local network (`up`), and run scenarios against a local network of real
-//! `medmesh` processes (`scenario transfer`; `scenario` is a group that further scenarios join).
+//! (`roundtrip`), start a local network (`up`), run scenarios against a local network of real
+//! `medmesh` processes (`scenario transfer`, `scenario ledger`, `scenario scale`), and time the
+//! ledger on one thread (`bench-ledger`).
 //!
 //! `roundtrip` and `scenario ...` report every step as expected, observed, PASS/FAIL, or with
 //! `--json` as one object `{"steps": [{step, expected, observed, pass}], "pass": bool}`.
@@ -52,6 +53,27 @@ enum Command {
     /// 127.0.0.1 and report each step. Exit 1 if any step fails.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
+    /// Time the access ledger on one thread: entries made and signed, then
+    /// opened and linked (signature, encoding, chain), per second; with --home,
+    /// also a node appending them to its feed and verifying it (`log verify`).
+    /// Build with --release for figures.
+    BenchLedger(BenchLedgerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchLedgerArgs {
+    /// Entries.
+    #[arg(long, default_value_t = 20_000)]
+    entries: u64,
+    /// Also create a node home here (must not exist; fsync off), append the
+    /// entries to its feed and verify it; the home is kept, so that
+    /// `medmesh log verify` can be timed on it (passphrase: MEDMESH_PASSPHRASE
+    /// or "medmesh testnet passphrase").
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print one JSON object with the figures.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +84,51 @@ enum ScenarioCommand {
     /// the recipient killed (SIGKILL) half-way through a ~60 MB study resumes after a
     /// restart, and the holder resends at most 60% of it. Takes under a minute.
     Transfer(ScenarioArgs),
+    /// The shared access ledger across N nodes: every node records consents and
+    /// all converge to the same feed heads; a node stopped while others write
+    /// catches up after its restart; an entry tampered with in a peer's store
+    /// is refused (alert-refused-entry naming that peer); a fork signed by the
+    /// author, placed in one node's store, is detected (`log verify` exits 1
+    /// with equivocation, alert-equivocation). Reports how long each wait took.
+    Ledger(LedgerArgs),
+    /// How fast a ledger entry reaches every node of a larger network: starts N
+    /// nodes, waits for the trusted connections to settle, writes K entries at
+    /// random nodes one after another and polls every node's heads
+    /// (GET /v1/log/heads) until all hold each; reports the time to the last
+    /// node (median, p90, max), trusted connections, memory (VmRSS, VmHWM) and
+    /// CPU seconds per node. Fails if an entry does not reach every node within 30 s.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LedgerArgs {
+    /// Number of nodes (at least 4: an author, a node serving a tampered copy,
+    /// one serving a fork, and the node they are served to).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(4..=64))]
+    nodes: u16,
+    #[command(flatten)]
+    common: ScenarioArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(2..=128))]
+    nodes: u16,
+    /// Entries to time.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    entries: u16,
+    /// At most one write every this many milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    spacing_ms: u64,
+    /// Poll every node's heads every this many milliseconds (the resolution of the times).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..))]
+    poll_ms: u64,
+    /// Seed of the choice of writers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    common: ScenarioArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,7 +140,8 @@ struct ScenarioArgs {
     /// Keep the folder afterwards (node logs: DIR/node-*/node.log) and print its path.
     #[arg(long)]
     keep: bool,
-    /// Print one JSON object {"steps": [{step, expected, observed, pass}], "pass": bool}.
+    /// Print one JSON object {"steps": [{step, expected, observed, pass}], "pass": bool}
+    /// (`ledger` adds "timings", `scale` "figures").
     #[arg(long)]
     json: bool,
 }
@@ -298,7 +366,188 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Roundtrip(args) => roundtrip(&args),
         Command::Up(args) => up(&args),
         Command::Scenario(ScenarioCommand::Transfer(args)) => scenario_transfer(&args),
+        Command::Scenario(ScenarioCommand::Ledger(args)) => scenario_ledger(&args),
+        Command::Scenario(ScenarioCommand::Scale(args)) => scenario_scale(&args),
+        Command::BenchLedger(args) => bench_ledger(&args),
     }
+}
+
+fn bench_ledger(args: &BenchLedgerArgs) -> anyhow::Result<()> {
+    if let Some(h) = &args.home
+        && h.exists()
+    {
+        bail!("{} exists; give a path to create", h.display());
+    }
+    if !args.json {
+        eprintln!("making and verifying {} ledger entries on one thread", args.entries);
+    }
+    let b = medmesh_testnet::bench::ledger(args.entries, args.home.as_deref()).context("benchmarking the ledger")?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &b)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "entries            {} ({} bytes each on average)",
+            b.entries, b.entry_bytes
+        )?;
+        writeln!(out, "made and signed    {:.0} /s", b.make_per_s)?;
+        writeln!(out, "opened and linked  {:.0} /s", b.verify_per_s)?;
+        if let (Some(a), Some(v), Some(s)) = (b.append_per_s, b.log_verify_per_s, b.log_verify_s) {
+            writeln!(out, "appended (node)    {a:.0} /s")?;
+            writeln!(out, "log verify (node)  {v:.0} /s ({s:.2} s)")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A spinner on stderr for long runs; hidden with --json or when stderr is
+/// not a terminal.
+fn spinner(json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+/// Prints a step as soon as it is decided (text mode): one line, the
+/// observation; a failed step adds what was expected.
+fn print_step(n: &mut usize, s: &medmesh_testnet::scenario::Step) {
+    *n += 1;
+    let mut out = io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{n:>2}. {}  {}: {}",
+        if s.pass { "PASS" } else { "FAIL" },
+        s.step,
+        s.observed
+    );
+    if !s.pass {
+        let _ = writeln!(out, "        expected: {}", s.expected);
+    }
+    let _ = out.flush();
+}
+
+/// Removes (or keeps) the folder, prints the summary or the JSON object
+/// (`extra` merged into it), exits 1 when a step failed.
+fn finish_scenario(
+    args: &ScenarioArgs,
+    dir: &Path,
+    steps: &[medmesh_testnet::scenario::Step],
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    let pass = steps.iter().all(|s| s.pass);
+    let mut stdout = io::stdout().lock();
+    if args.json {
+        let mut v = serde_json::json!({ "steps": steps, "pass": pass });
+        if let (Some(o), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            o.extend(extra);
+        }
+        serde_json::to_writer(&mut stdout, &v)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(
+            stdout,
+            "\n{} of {} steps passed{}",
+            steps.iter().filter(|s| s.pass).count(),
+            steps.len(),
+            if pass || args.keep {
+                String::new()
+            } else {
+                format!(" (run again with --keep to read the node logs in {})", dir.display())
+            }
+        )?;
+    }
+    stdout.flush()?;
+    if !pass {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn scenario_ledger(args: &LedgerArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-ledger")?)?;
+    if !common.json {
+        eprintln!(
+            "running the ledger scenario in {} ({} nodes on 127.0.0.1; this builds and runs the medmesh binary)",
+            dir.display(),
+            args.nodes
+        );
+    }
+    let pb = spinner(common.json);
+    pb.set_message("creating and starting the nodes");
+    let mut n = 0;
+    let mut print = |s: &medmesh_testnet::scenario::Step| {
+        if !common.json {
+            pb.suspend(|| print_step(&mut n, s));
+        }
+    };
+    let result = medmesh_testnet::scenario::ledger::run(&dir, usize::from(args.nodes), &mut print);
+    pb.finish_and_clear();
+    if common.keep {
+        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result.context("running the ledger scenario")?;
+    if !common.json {
+        let t: Vec<String> = report.timings.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("\ntimings (s): {}", t.join(", "));
+    }
+    finish_scenario(
+        common,
+        &dir,
+        &report.steps,
+        serde_json::json!({ "timings": report.timings }),
+    )
+}
+
+fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-scale")?)?;
+    if !common.json {
+        eprintln!(
+            "running the scale scenario in {} ({} nodes on 127.0.0.1, {} entries)",
+            dir.display(),
+            args.nodes,
+            args.entries
+        );
+    }
+    let opts = medmesh_testnet::scenario::scale::ScaleOptions {
+        nodes: usize::from(args.nodes),
+        entries: usize::from(args.entries),
+        spacing: std::time::Duration::from_millis(args.spacing_ms),
+        poll: std::time::Duration::from_millis(args.poll_ms),
+        seed: args.seed,
+    };
+    let pb = spinner(common.json);
+    let mut n = 0;
+    let mut print = |s: &medmesh_testnet::scenario::Step| {
+        if !common.json {
+            pb.suspend(|| print_step(&mut n, s));
+        }
+    };
+    let mut progress = |m: &str| pb.set_message(m.to_string());
+    let result = medmesh_testnet::scenario::scale::run(&dir, &opts, &mut print, &mut progress);
+    pb.finish_and_clear();
+    if common.keep {
+        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result.context("running the scale scenario")?;
+    finish_scenario(
+        common,
+        &dir,
+        &report.steps,
+        serde_json::json!({ "figures": report.figures }),
+    )
 }
 
 /// `--dir`, checked to be empty or absent, or a new folder under $TMPDIR named after `name`.
@@ -541,5 +790,20 @@ mod tests {
         };
         assert!(args.keep && args.json && args.dir.is_none());
         assert!(Cli::try_parse_from(["medmesh-testnet", "scenario"]).is_err());
+    }
+
+    #[test]
+    fn parses_scenario_ledger_and_scale() {
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "ledger", "--json"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Ledger(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert!(args.nodes == 4 && args.common.json);
+        assert!(Cli::try_parse_from(["medmesh-testnet", "scenario", "ledger", "--nodes", "3"]).is_err());
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "scale", "--nodes", "8"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Scale(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!((args.nodes, args.entries, args.poll_ms), (8, 20, 50));
     }
 }

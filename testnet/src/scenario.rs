@@ -13,6 +13,14 @@
 //! 4. the recipient killed with SIGKILL half-way through a ~60 MB study
 //!    (the holder capped at 20 MB/s, the recipient writing durably):
 //!    restarted, it resumes, and the holder resends at most 60 % of the study.
+//!
+//! [`ledger::run`] drills the shared access ledger across N nodes (feeds
+//! converge, a node that was down catches up, a tampered entry is refused, a
+//! forged fork is detected); [`scale::run`] times how fast an entry reaches
+//! every node of a larger network and what each node costs.
+
+pub mod ledger;
+pub mod scale;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +45,9 @@ pub enum ScenarioError {
     /// Creating, starting or connecting the network failed.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// Reading or altering feeds failed.
+    #[error(transparent)]
+    Feed(#[from] crate::feeds::FeedError),
     /// Generating a synthetic study failed.
     #[error(transparent)]
     Gen(#[from] crate::GenError),

@@ -498,6 +498,9 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 json(&blocking(api, move |n| n.log_show(&r.id)).await?)
             }
             (&Method::GET, "/log/verify") => json(&blocking(api, Node::log_verify).await?),
+            (&Method::GET, "/log/heads") => {
+                json(&blocking(api, |n| n.ledger_heads().map(|h| super::HeadView::list(&h))).await?)
+            }
             (&Method::GET, "/notifications/status") => json(&blocking(api, Node::notify_status).await?),
             (&Method::POST, "/notifications") => {
                 let r: NotificationsRequest = body(req).await?;

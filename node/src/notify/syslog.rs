@@ -20,6 +20,8 @@ pub const SEVERITY_ALERT: u8 = 4;
 pub const SEVERITY_NOTICE: u8 = 5;
 /// Seconds to connect to the collector.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds to close a connection cleanly.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The RFC 5424 message (without transport framing) for a notification:
 /// `<PRI>1 TIMESTAMP HOSTNAME medmesh PROCID IHE+RFC-3881 - BOM XML`.
@@ -65,18 +67,34 @@ enum Conn {
 }
 
 impl Conn {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Tcp(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
+    /// Reads, without waiting, whatever the collector sent: false when it
+    /// closed the connection (end of stream, TLS close_notify or alert, an
+    /// error). Over TLS this goes through the TLS layer, which consumes
+    /// what a TLS 1.3 server sends after the handshake (session tickets):
+    /// those are not a sign of a dead connection, and reading them leaves
+    /// no unread data that would make closing the socket reset it. A
+    /// collector sends no syslog data; anything else is read and dropped.
+    fn alive(&mut self) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 4096];
+        // Bounded: a collector that keeps sending cannot hold the worker here.
+        for _ in 0..64 {
+            let read = match self {
+                Conn::Tcp(s) => match s.try_read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                    r => r,
+                },
+                Conn::Tls(s) => match s.read(&mut buf).now_or_never() {
+                    None => return true,
+                    Some(r) => r,
+                },
+            };
+            match read {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
         }
-    }
-
-    /// False when the collector has closed the connection (a collector
-    /// never sends anything, so readable data or end of stream means it is gone).
-    fn alive(&self) -> bool {
-        let mut buf = [0u8; 1];
-        self.tcp().peek(&mut buf).now_or_never().is_none()
+        true
     }
 
     async fn write(&mut self, frame: &[u8]) -> std::io::Result<()> {
@@ -90,6 +108,20 @@ impl Conn {
                 s.flush().await
             }
         }
+    }
+
+    /// Closes the connection cleanly: reads what the collector sent (so the
+    /// close is not a reset, which could discard messages it has not read
+    /// yet), then TLS close_notify and TCP shutdown.
+    async fn close(mut self) {
+        self.alive();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            match &mut self {
+                Conn::Tcp(s) => s.shutdown().await,
+                Conn::Tls(s) => s.shutdown().await,
+            }
+        })
+        .await;
     }
 }
 
@@ -182,11 +214,13 @@ impl Syslog {
         }
     }
 
-    /// Sends one syslog message (RFC 5424 bytes).
+    /// Sends one syslog message (RFC 5424 bytes). Over TCP and TLS the
+    /// connection is kept for the next messages; when writing to a kept
+    /// connection fails, the message is sent again over a new one.
     ///
     /// # Errors
-    /// Why it could not be sent; a stream connection is dropped and made
-    /// again at the next attempt.
+    /// Why it could not be sent; the connection is dropped and made again
+    /// at the next attempt.
     pub async fn send(&mut self, msg: &[u8]) -> Result<(), String> {
         if self.transport == SyslogTransport::Udp {
             let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -206,16 +240,36 @@ impl Syslog {
         // RFC 6587 octet counting (also RFC 5425 over TLS): "LEN SP MSG".
         let mut frame = format!("{} ", msg.len()).into_bytes();
         frame.extend_from_slice(msg);
-        if self.conn.as_ref().is_some_and(|c| !c.alive()) {
-            self.conn = None;
-        }
-        let mut conn = match self.conn.take() {
+        // The connection is kept from message to message; one the collector
+        // closed is closed here too, cleanly, and made again.
+        let kept = match self.conn.take() {
+            Some(mut c) => {
+                if c.alive() {
+                    Some(c)
+                } else {
+                    c.close().await;
+                    None
+                }
+            }
+            None => None,
+        };
+        let reused = kept.is_some();
+        let mut conn = match kept {
             Some(c) => c,
             None => self.connect().await?,
         };
-        conn.write(&frame)
-            .await
-            .map_err(|e| format!("write {}: {e}", self.shown()))?;
+        if let Err(e) = conn.write(&frame).await {
+            drop(conn);
+            if !reused {
+                return Err(format!("write {}: {e}", self.shown()));
+            }
+            // The kept connection broke: this one message again, over a new one.
+            tracing::debug!(target = %self.shown(), error = %e, "syslog connection lost; reconnecting");
+            conn = self.connect().await?;
+            conn.write(&frame)
+                .await
+                .map_err(|e| format!("write {}: {e}", self.shown()))?;
+        }
         self.conn = Some(conn);
         Ok(())
     }

@@ -333,6 +333,73 @@ fn host_port_and_urls() {
 }
 
 #[test]
+fn webhook_secrets_stay_out_of_debug_and_errors() {
+    for (url, want) in [
+        (
+            "https://hooks.example.org/m?key=secret",
+            "https://hooks.example.org/m?(redacted)",
+        ),
+        (
+            "https://u:secret@hooks.example.org/m",
+            "https://(redacted)@hooks.example.org/m",
+        ),
+        (
+            "http://u:secret@h:8080?key=secret#x",
+            "http://(redacted)@h:8080?(redacted)",
+        ),
+        ("https://h/m#secret", "https://h/m#(redacted)"),
+        ("ftp://h/m?secret", "ftp://h/m?(redacted)"),
+        ("not a url ?secret", "not a url ?(redacted)"),
+        ("https://h/m", "https://h/m"),
+        ("", ""),
+    ] {
+        assert_eq!(redact_url(url), want, "{url}");
+    }
+    let t = WebhookTarget::parse("https://hooks.example.org/medmesh?key=secret").unwrap();
+    assert!(!format!("{t:?}").contains("secret"), "{t:?}");
+    for bad in [
+        "ftp://x/m?key=secret",
+        "http://user:secret@x/",
+        "/relative?key=secret",
+        "http:///m?key=secret",
+        "https://x y/?key=secret",
+    ] {
+        let err = WebhookTarget::parse(bad).unwrap_err();
+        assert!(!err.contains("secret"), "{bad}: {err}");
+    }
+    let config = WebhookConfig {
+        url: "https://hooks.example.org/medmesh?key=secret".into(),
+        token: Secret::from("t0ken"),
+        ..WebhookConfig::default()
+    };
+    let hook = Webhook::from_config(&config).unwrap().unwrap();
+    let shown = format!("{hook:?} {:?} {}", config, hook.shown());
+    assert!(!shown.contains("secret") && !shown.contains("t0ken"), "{shown}");
+    // A token over plain http only to this machine.
+    let plain = WebhookConfig {
+        url: "http://hooks.example.org/medmesh?key=secret".into(),
+        ..config.clone()
+    };
+    let err = sinks(&NotifyConfig {
+        webhook: plain,
+        ..NotifyConfig::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("notify.webhook.token") && err.contains("https://") && !err.contains("secret"),
+        "{err}"
+    );
+    for url in ["http://127.0.0.1:9/h", "http://[::1]:9/h", "http://localhost:9/h"] {
+        let local = WebhookConfig {
+            url: url.into(),
+            ..config.clone()
+        };
+        assert!(Webhook::from_config(&local).unwrap().is_some(), "{url}");
+    }
+}
+
+#[test]
 fn backoff_doubles_up_to_the_cap_with_jitter() {
     let b = Backoff::DEFAULT;
     for (failures, full) in [(1u32, 1u64), (2, 2), (3, 4), (9, 256), (10, 300), (1000, 300)] {
@@ -639,7 +706,7 @@ async fn syslog_over_udp_carries_valid_audit_messages_for_every_kind() {
 }
 
 /// Reads RFC 6587 octet-counted frames from `stream` until `want` frames or EOF.
-async fn read_frames(stream: &mut tokio::net::TcpStream, want: usize, out: &mut Vec<Vec<u8>>) {
+async fn read_frames(stream: &mut (impl tokio::io::AsyncRead + Unpin), want: usize, out: &mut Vec<Vec<u8>>) {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -718,6 +785,125 @@ async fn syslog_over_tcp_frames_by_octet_counting_and_reconnects() {
         .unwrap()
         .unwrap();
     assert_eq!(store.sink_state(SYSLOG).unwrap().unwrap().delivered, count + 2);
+}
+
+/// A TLS 1.3 server configuration for 127.0.0.1 whose certificate is
+/// signed by a CA written to `dir/ca.pem` (returned).
+fn tls_collector_config(dir: &std::path::Path) -> (String, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "medmesh test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    // What made a kept connection look dead: data from the server after the handshake.
+    assert!(
+        config.send_tls13_tickets > 0,
+        "the collector sends TLS 1.3 session tickets"
+    );
+    (ca_file.to_string_lossy().into_owned(), Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_keeps_one_connection_and_closes_it_cleanly() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(new_store(dir.path()));
+    let count = fill_every_kind(&store);
+    let (ca_file, server) = tls_collector_config(dir.path());
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = SyslogConfig {
+        address: listener.local_addr().unwrap().to_string(),
+        transport: SyslogTransport::Tls,
+        ca_file,
+        ..SyslogConfig::default()
+    };
+    let log = Syslog::from_config(&config).unwrap().unwrap();
+    assert!(log.shown().starts_with("tls://127.0.0.1:"));
+    let sink = Sink::Syslog { log, study_uid: false };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(run_sink(Arc::clone(&store), origin(), sink, fast(), stop_rx));
+    let accept = async || {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("a connection")
+            .unwrap();
+        acceptor.accept(tcp).await.unwrap()
+    };
+    // Every message over one connection, in order, each a valid audit message.
+    let mut first = accept().await;
+    let want = usize::try_from(count).unwrap();
+    let mut msgs = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read_frames(&mut first, want, &mut msgs))
+        .await
+        .expect("every message on the first connection");
+    check_syslog_messages(&msgs, count, false);
+    for n in count + 1..=count + 3 {
+        store
+            .notification_put(&id(n), &row(n, "transfer-received", ""))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut more = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read_frames(&mut first, 3, &mut more))
+        .await
+        .expect("later messages on the same connection");
+    for (m, n) in more.iter().zip(count + 1..) {
+        let (_, xml) = parse_5424(m);
+        validate(xml.as_bytes()).unwrap();
+        assert!(xml.contains(&hex::encode(id(n))), "entry {n} in order");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_err(),
+        "no second connection while the first one is open"
+    );
+    // The collector closes (close_notify); the node closes its side cleanly
+    // (close_notify, not a reset) and sends the next message over a new connection.
+    first.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = count + 4;
+    store
+        .notification_put(&id(next), &row(next, "transfer-received", ""))
+        .unwrap();
+    let mut second = accept().await;
+    let mut last = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read_frames(&mut second, 1, &mut last))
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert!(parse_5424(&last[0]).1.contains(&hex::encode(id(next))));
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .expect("the node closed the first connection");
+    assert_eq!(end.unwrap(), 0, "closed with close_notify, nothing more sent");
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.sink_state(SYSLOG).unwrap().unwrap().delivered, next);
 }
 
 #[test]

@@ -17,8 +17,45 @@ use crate::config::{Secret, WebhookConfig};
 /// Version of the webhook document.
 pub const WEBHOOK_VERSION: u32 = 1;
 
+/// `url` fit for logs, `Debug` and error messages: its user information
+/// (`user:password@`) and its query and fragment (which may hold a secret,
+/// `?key=...`) replaced by `(redacted)`. Works on any text, URL or not.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let mut out = String::with_capacity(url.len());
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            out.push_str("(redacted)@");
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    match tail.find(['?', '#']) {
+        Some(at) => {
+            let (path, rest) = tail.split_at(at);
+            out.push_str(path);
+            out.push_str(if rest.starts_with('?') {
+                "?(redacted)"
+            } else {
+                "#(redacted)"
+            });
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
 /// A parsed webhook URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookTarget {
     /// https (else http).
     pub https: bool,
@@ -32,27 +69,41 @@ pub struct WebhookTarget {
     pub path: String,
 }
 
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("https", &self.https)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("authority", &self.authority)
+            .field("path", &redact_url(&self.path))
+            .finish()
+    }
+}
+
 impl WebhookTarget {
-    /// Parses an `http://` or `https://` URL.
+    /// Parses an `http://` or `https://` URL. Error messages show it
+    /// without its user information and query ([`redact_url`]).
     ///
     /// # Errors
     /// Why the URL is not acceptable.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let shown = redact_url(url);
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{url:?}: the scheme must be http:// or https://")),
+            _ => return Err(format!("{shown:?}: the scheme must be http:// or https://")),
         };
         let Some(auth) = uri.authority() else {
-            return Err(format!("{url:?} has no host"));
+            return Err(format!("{shown:?} has no host"));
         };
         if auth.as_str().contains('@') {
             return Err("must not hold credentials (user:password@): use token".into());
         }
         let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
+            return Err(format!("{shown:?} has no host"));
         }
         Ok(Self {
             https,
@@ -63,6 +114,31 @@ impl WebhookTarget {
                 .path_and_query()
                 .map_or_else(|| "/".into(), |p| p.as_str().to_string()),
         })
+    }
+
+    /// True when the host is this machine (`localhost`, 127.0.0.0/8, `::1`).
+    #[must_use]
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Whether a token may be sent to this URL: over https://, or over
+    /// plain http:// only to this machine (a token sent in clear text over
+    /// the network can be read on the way).
+    ///
+    /// # Errors
+    /// Why not, naming `notify.webhook.token`.
+    pub fn check_token(&self, token: &Secret) -> Result<(), String> {
+        if token.is_empty() || self.https || self.is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "notify.webhook.token is set but the URL {} is plain http://: the token would cross the network \
+             in clear text; use an https:// URL (http:// with a token is accepted only to 127.0.0.1, ::1 or \
+             localhost)",
+            self.shown()
+        ))
     }
 
     /// The URL without its query (which may hold a secret), for status and logs.
@@ -136,6 +212,7 @@ impl Webhook {
             return Ok(None);
         }
         let target = WebhookTarget::parse(&c.url)?;
+        target.check_token(&c.token)?;
         let tls = if target.https {
             Some(tokio_rustls::TlsConnector::from(super::tls::client_config(
                 &c.ca_file, None,

@@ -9,6 +9,10 @@
 //! |---|---|---|
 //! | `notify-outbox-v1` | sequence `u64` (from 1, contiguous) | entry id `[u8; 32]` (the key of `notifications-v1`) |
 //! | `notify-sinks-v1` | sink name (`webhook`, `syslog`) | CBOR [`SinkState`] |
+//!
+//! Notifications recorded before the outbox existed are given sequences
+//! once, when the store opens (`meta-v1` key `notify_outbox_migrated`
+//! marks it done), so every sink, configured now or later, delivers them.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
@@ -17,6 +21,10 @@ use super::{NOTIFICATIONS, NotificationRow, StoreError};
 
 pub(super) const OUTBOX: TableDefinition<'_, u64, [u8; 32]> = TableDefinition::new("notify-outbox-v1");
 pub(super) const SINKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("notify-sinks-v1");
+
+/// Key in `meta-v1` recording that the notifications recorded before the
+/// outbox existed were given sequences ([`super::Store::outbox_migrate`]).
+pub(super) const OUTBOX_MIGRATED: &str = "notify_outbox_migrated";
 
 const MAX_SINK_ROW: usize = 64 * 1024;
 /// Longest error text kept in a sink's state.
@@ -126,43 +134,66 @@ impl super::Store {
         Ok(out)
     }
 
-    /// Gives every notification recorded before the outbox existed a
-    /// sequence (oldest first), once: only when the outbox is empty.
+    /// The one-time migration run when the store opens (before anything
+    /// else can write a notification): gives every notification that has
+    /// no outbox sequence yet (recorded before the outbox existed) one,
+    /// oldest first, after the sequences already given, then records
+    /// [`OUTBOX_MIGRATED`] in `meta-v1` in the same transaction. Runs
+    /// whether or not a sink is configured and whatever the outbox holds:
+    /// the marker, not an empty outbox, says it is done. Idempotent: a
+    /// notification that has a sequence is never given a second one.
     /// Returns how many were added.
     ///
     /// # Errors
     /// [`StoreError::Database`], a notification row that does not decode.
-    pub fn outbox_backfill(&self) -> Result<u64, StoreError> {
-        if self.outbox_head()? > 0 {
-            return Ok(0);
+    pub(super) fn outbox_migrate(&self) -> Result<u64, StoreError> {
+        {
+            let read = self.db.begin_read().map_err(|e| self.err(e))?;
+            let meta = read.open_table(super::META).map_err(|e| self.err(e))?;
+            if meta.get(OUTBOX_MIGRATED).map_err(|e| self.err(e))?.is_some() {
+                return Ok(0);
+            }
         }
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        let added = {
+        let (added, head) = {
+            let mut meta = txn.open_table(super::META).map_err(|e| self.err(e))?;
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
-            if outbox.last().map_err(|e| self.err(e))?.is_some() {
-                0
-            } else {
-                let rows = txn.open_table(NOTIFICATIONS).map_err(|e| self.err(e))?;
-                let mut all = Vec::new();
-                for item in rows.iter().map_err(|e| self.err(e))? {
-                    let (k, v) = item.map_err(|e| self.err(e))?;
-                    let row: NotificationRow =
-                        super::cbor::decode("notification", v.value(), 64 * 1024).map_err(|e| self.err(e))?;
-                    all.push((row.time, row.seq, k.value()));
-                }
-                all.sort_unstable();
-                let mut seq = 0u64;
-                for (_, _, id) in all {
-                    seq += 1;
-                    outbox.insert(seq, id).map_err(|e| self.err(e))?;
-                }
-                seq
+            let mut numbered = std::collections::HashSet::new();
+            for item in outbox.iter().map_err(|e| self.err(e))? {
+                let (_, v) = item.map_err(|e| self.err(e))?;
+                numbered.insert(v.value());
             }
+            let rows = txn.open_table(NOTIFICATIONS).map_err(|e| self.err(e))?;
+            let mut missing = Vec::new();
+            for item in rows.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if numbered.contains(&k.value()) {
+                    continue;
+                }
+                let row: NotificationRow =
+                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(|e| self.err(e))?;
+                missing.push((row.time, row.seq, k.value()));
+            }
+            missing.sort_unstable();
+            let mut seq = outbox_next(&outbox).map_err(|e| self.err(e))?;
+            let mut added = 0u64;
+            for (_, _, id) in missing {
+                outbox.insert(seq, id).map_err(|e| self.err(e))?;
+                seq = seq.saturating_add(1);
+                added += 1;
+            }
+            meta.insert(OUTBOX_MIGRATED, [1u8].as_slice())
+                .map_err(|e| self.err(e))?;
+            (added, seq.saturating_sub(1))
         };
         txn.commit().map_err(|e| self.err(e))?;
         if added > 0 {
-            self.outbox_added(added);
+            self.outbox_added(head);
+            tracing::info!(
+                added,
+                "notifications recorded before the outbox existed are queued for delivery"
+            );
         }
         Ok(added)
     }
@@ -379,25 +410,91 @@ mod tests {
         assert_eq!(s.outbox_head().unwrap(), 5, "sequences continue after a restart");
     }
 
-    #[test]
-    fn backfill_numbers_old_notifications_oldest_first_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        // Rows written without outbox rows, as before the outbox existed.
+    /// Writes notification rows without outbox rows and removes the
+    /// migration marker: a store as the version before the outbox left it.
+    fn write_old_rows(s: &Store, rows: &[(u64, i64)], unmark: bool) {
+        let txn = s.db.begin_write().unwrap();
         {
-            let txn = s.db.begin_write().unwrap();
-            {
-                let mut t = txn.open_table(NOTIFICATIONS).unwrap();
-                for (n, time) in [(1u64, 30i64), (2, 10), (3, 20)] {
-                    let bytes = super::super::cbor::encode("notification", &row(n, time)).unwrap();
-                    t.insert(id(n), bytes.as_slice()).unwrap();
-                }
+            let mut t = txn.open_table(NOTIFICATIONS).unwrap();
+            for (n, time) in rows {
+                let bytes = super::super::cbor::encode("notification", &row(*n, *time)).unwrap();
+                t.insert(id(*n), bytes.as_slice()).unwrap();
             }
-            txn.commit().unwrap();
+            if unmark {
+                let mut meta = txn.open_table(super::super::META).unwrap();
+                meta.remove(OUTBOX_MIGRATED).unwrap();
+            }
         }
-        assert_eq!(s.outbox_backfill().unwrap(), 3);
-        assert_eq!(s.outbox_backfill().unwrap(), 0, "only once");
-        let order: Vec<[u8; 32]> = s.outbox_batch(0, 10).unwrap().iter().map(|i| i.entry).collect();
-        assert_eq!(order, [id(2), id(3), id(1)]);
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn opening_numbers_old_notifications_oldest_first_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            write_old_rows(&s, &[(1, 30), (2, 10), (3, 20)], true);
+            assert_eq!(s.outbox_head().unwrap(), 0);
+        }
+        // The upgrade: no sink configured, nothing delivered; opening the store numbers them.
+        {
+            let s = store(dir.path());
+            let order: Vec<(u64, [u8; 32])> = s
+                .outbox_batch(0, 10)
+                .unwrap()
+                .iter()
+                .map(|i| (i.seq, i.entry))
+                .collect();
+            assert_eq!(order, [(1, id(2)), (2, id(3)), (3, id(1))], "oldest first");
+            assert_eq!(*s.outbox_watch().borrow(), 3, "delivery is woken");
+            assert_eq!(s.outbox_migrate().unwrap(), 0, "only once");
+            s.notification_put(&id(4), &row(4, 5)).unwrap();
+            assert_eq!(s.outbox_head().unwrap(), 4, "a new notification gets the next number");
+        }
+        // Opening again changes nothing.
+        let s = store(dir.path());
+        let seqs: Vec<(u64, [u8; 32])> = s
+            .outbox_batch(0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| (i.seq, i.entry))
+            .collect();
+        assert_eq!(seqs, [(1, id(2)), (2, id(3)), (3, id(1)), (4, id(4))]);
+    }
+
+    #[test]
+    fn opening_numbers_old_notifications_even_when_the_outbox_is_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            write_old_rows(&s, &[(1, 30), (2, 10)], true);
+            // A notification that arrived (and was numbered) before the old ones were.
+            s.notification_put(&id(3), &row(3, 40)).unwrap();
+            assert_eq!(s.outbox_head().unwrap(), 1);
+        }
+        let s = store(dir.path());
+        let order: Vec<(u64, [u8; 32])> = s
+            .outbox_batch(0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| (i.seq, i.entry))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, id(3)), (2, id(2)), (3, id(1))],
+            "none numbered twice, none left out"
+        );
+    }
+
+    #[test]
+    fn a_new_store_is_marked_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            // Rows without outbox rows but with the marker: not numbered again at opening.
+            write_old_rows(&s, &[(1, 30)], false);
+        }
+        let s = store(dir.path());
+        assert_eq!(s.outbox_head().unwrap(), 0);
     }
 }
