@@ -182,7 +182,7 @@ impl Node {
         }
         let mut out = Vec::new();
         for (author, entries) in feeds {
-            let author_peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+            let author_peer = peer_text(&author);
             let mut problems = Vec::new();
             let mut prev: Option<SignedEntry> = None;
             let mut head = (0, String::new());
@@ -224,39 +224,19 @@ impl Node {
         // Equivocations: a second entry of a seq, kept as evidence.
         for (author, seq, bytes) in self.store().ledger_forks()? {
             let id = hex::encode(blake3::hash(&bytes).as_bytes());
-            let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+            let peer = peer_text(&author);
             let problem = format!(
                 "equivocation: a second entry {seq} ({}) signed by the author",
                 &id[..16]
             );
-            match out.iter_mut().find(|f| f.author == peer) {
-                Some(f) => f.problems.push(problem),
-                None => out.push(FeedReport {
-                    author: peer,
-                    entries: 0,
-                    head_seq: 0,
-                    head_id: String::new(),
-                    problems: vec![problem],
-                    countersigned: 0,
-                }),
-            }
+            add_problem(&mut out, peer, problem);
         }
         // Split views: a peer countersigned another entry than the one held here.
         for (author, seq, _, bytes) in self.store().ledger_splits()? {
-            let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+            let peer = peer_text(&author);
             let witness = ledger::gossip::open_witness(&bytes).map_or_else(|_| "(unreadable)".into(), |w| w.peer());
             let problem = format!("split view: {witness} countersigned another entry {seq} than the one held here");
-            match out.iter_mut().find(|f| f.author == peer) {
-                Some(f) => f.problems.push(problem),
-                None => out.push(FeedReport {
-                    author: peer,
-                    entries: 0,
-                    head_seq: 0,
-                    head_id: String::new(),
-                    problems: vec![problem],
-                    countersigned: 0,
-                }),
-            }
+            add_problem(&mut out, peer, problem);
         }
         // Countersignatures that agree with the feeds held here.
         for bytes in self.store().ledger_witnesses()? {
@@ -272,7 +252,7 @@ impl Node {
                     .ledger_id_at(&author, h.seq)?
                     .is_some_and(|id| id.as_slice() == h.id.as_slice())
                 {
-                    let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+                    let peer = peer_text(&author);
                     if let Some(f) = out.iter_mut().find(|f| f.author == peer) {
                         f.countersigned += 1;
                     }
@@ -532,16 +512,13 @@ impl Node {
             if author == own {
                 continue;
             }
-            let limit = if self.author_trusted(&author, &mut cache)? {
-                (h.seq - held).min(ledger::sync::BATCH)
-            } else if self.author_known(&author)? {
-                // Known and refused (revoked, blocked, expired): not asked for.
-                continue;
-            } else {
+            if self.author_trusted(&author, &mut cache)? {
+                out.push(catch_up(&h.author, held, h.seq));
+            } else if !self.author_known(&author)? {
                 // Never met: one entry, whose answer carries the author's credentials.
-                1
-            };
-            out.push((h.author.clone(), held + 1, limit));
+                out.push((h.author.clone(), held + 1, 1));
+            }
+            // (Known and refused: revoked, blocked, expired: not asked for.)
         }
         Ok(out)
     }
@@ -647,14 +624,9 @@ impl Node {
                     (Taken::OtherBranch, None) => (Verdict::Accept, Vec::new()),
                     (Taken::Own | Taken::Untrusted(_), _) => (Verdict::Ignore, Vec::new()),
                     // Valid and trusted, but entries before it are missing here: pass it on, fetch them.
-                    (Taken::Gap(held), Some(e)) => (
-                        Verdict::Accept,
-                        vec![(
-                            e.entry.author.clone(),
-                            held.saturating_add(1),
-                            e.entry.seq.saturating_sub(held).min(ledger::sync::BATCH),
-                        )],
-                    ),
+                    (Taken::Gap(held), Some(e)) => {
+                        (Verdict::Accept, vec![catch_up(&e.entry.author, held, e.entry.seq)])
+                    }
                     (Taken::Gap(_), None) => (Verdict::Ignore, Vec::new()),
                     (Taken::Refused(_), _) => (Verdict::Reject, Vec::new()),
                 };
@@ -708,7 +680,7 @@ impl Node {
                     if author != own && !self.author_trusted(&author, cache)? {
                         continue;
                     }
-                    let peer = crate::identity::peer_id_of(&author).unwrap_or_else(|_| hex::encode(author));
+                    let peer = peer_text(&author);
                     if self.store().ledger_split_put(&author, h.seq, w)? {
                         let what = if author == own {
                             format!(
@@ -735,7 +707,7 @@ impl Node {
                 }
                 Some(_) => {}
                 None if h.seq > held && author != own => {
-                    follow.push((h.author.clone(), held + 1, (h.seq - held).min(ledger::sync::BATCH)));
+                    follow.push(catch_up(&h.author, held, h.seq));
                 }
                 None => {}
             }
@@ -852,6 +824,36 @@ impl Node {
         self.store().notification_put(h.finalize().as_bytes(), &row)?;
         Ok(())
     }
+}
+
+/// The range to ask for after `held` of `author`'s feed, towards `seq`: one batch at most.
+fn catch_up(author: &[u8], held: u64, seq: u64) -> (Vec<u8>, u64, u64) {
+    (
+        author.to_vec(),
+        held.saturating_add(1),
+        seq.saturating_sub(held).min(ledger::sync::BATCH),
+    )
+}
+
+/// A problem of `peer`'s feed in a verification, on its report (made when
+/// this node holds no entry of that feed).
+fn add_problem(out: &mut Vec<FeedReport>, peer: String, problem: String) {
+    match out.iter_mut().find(|f| f.author == peer) {
+        Some(f) => f.problems.push(problem),
+        None => out.push(FeedReport {
+            author: peer,
+            entries: 0,
+            head_seq: 0,
+            head_id: String::new(),
+            problems: vec![problem],
+            countersigned: 0,
+        }),
+    }
+}
+
+/// An author key as text: its peer id, or hex when it is not a valid key.
+fn peer_text(author: &[u8; 32]) -> String {
+    crate::identity::peer_id_of(author).unwrap_or_else(|_| hex::encode(author))
 }
 
 /// An entry's author key (open_entry checked that the signer is the author, 32 bytes).

@@ -294,16 +294,9 @@ impl super::Store {
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value().to_vec());
             let head = feed_head(&entries, &author).map_err(|e| self.err(e))?;
-            match (held, head) {
+            let outcome = match (held, head) {
                 (Some(bytes), _) if *blake3::hash(&bytes).as_bytes() == e.id => Inserted::Duplicate,
-                (Some(_), _) => {
-                    let mut forks = txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
-                    let mut key = [0u8; 72];
-                    key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
-                    key[40..].copy_from_slice(&e.id);
-                    forks.insert(key, e.bytes.as_slice()).map_err(|e| self.err(e))?;
-                    Inserted::Fork
-                }
+                (Some(_), _) => Inserted::Fork,
                 (None, head) => {
                     let (head_seq, head_id) = head.unwrap_or((0, [0u8; 32]));
                     if head_seq.checked_add(1) != Some(e.entry.seq) {
@@ -311,11 +304,6 @@ impl super::Store {
                     } else if e.entry.prev != head_id {
                         // Signed by the author, naming another previous entry
                         // than the one held: evidence that it forked earlier.
-                        let mut forks = txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
-                        let mut key = [0u8; 72];
-                        key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
-                        key[40..].copy_from_slice(&e.id);
-                        forks.insert(key, e.bytes.as_slice()).map_err(|e| self.err(e))?;
                         Inserted::Broken
                     } else {
                         entries
@@ -328,7 +316,17 @@ impl super::Store {
                         Inserted::Added
                     }
                 }
+            };
+            if matches!(outcome, Inserted::Fork | Inserted::Broken) {
+                let mut key = [0u8; 72];
+                key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
+                key[40..].copy_from_slice(&e.id);
+                txn.open_table(LEDGER_FORKS)
+                    .map_err(|e| self.err(e))?
+                    .insert(key, e.bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
             }
+            outcome
         };
         txn.commit().map_err(|e| self.err(e))?;
         Ok(outcome)

@@ -428,6 +428,15 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// The outbox as (sequence, notification id), in order.
+    fn numbered(s: &Store) -> Vec<(u64, [u8; 32])> {
+        s.outbox_batch(0, 10)
+            .unwrap()
+            .iter()
+            .map(|i| (i.seq, i.entry))
+            .collect()
+    }
+
     #[test]
     fn opening_numbers_old_notifications_oldest_first_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -439,12 +448,7 @@ mod tests {
         // The upgrade: no sink configured, nothing delivered; opening the store numbers them.
         {
             let s = store(dir.path());
-            let order: Vec<(u64, [u8; 32])> = s
-                .outbox_batch(0, 10)
-                .unwrap()
-                .iter()
-                .map(|i| (i.seq, i.entry))
-                .collect();
+            let order = numbered(&s);
             assert_eq!(order, [(1, id(2)), (2, id(3)), (3, id(1))], "oldest first");
             assert_eq!(*s.outbox_watch().borrow(), 3, "delivery is woken");
             assert_eq!(s.outbox_migrate().unwrap(), 0, "only once");
@@ -453,12 +457,7 @@ mod tests {
         }
         // Opening again changes nothing.
         let s = store(dir.path());
-        let seqs: Vec<(u64, [u8; 32])> = s
-            .outbox_batch(0, 10)
-            .unwrap()
-            .iter()
-            .map(|i| (i.seq, i.entry))
-            .collect();
+        let seqs = numbered(&s);
         assert_eq!(seqs, [(1, id(2)), (2, id(3)), (3, id(1)), (4, id(4))]);
     }
 
@@ -473,12 +472,7 @@ mod tests {
             assert_eq!(s.outbox_head().unwrap(), 1);
         }
         let s = store(dir.path());
-        let order: Vec<(u64, [u8; 32])> = s
-            .outbox_batch(0, 10)
-            .unwrap()
-            .iter()
-            .map(|i| (i.seq, i.entry))
-            .collect();
+        let order = numbered(&s);
         assert_eq!(
             order,
             [(1, id(3)), (2, id(2)), (3, id(1))],
