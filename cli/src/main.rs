@@ -29,6 +29,7 @@ use medmesh_node::dicom::export::ExportOutcome;
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent};
 use medmesh_node::home::Node;
 use medmesh_node::home::deid::{DeidEvent, DeidOutcome};
+use medmesh_node::home::retention::PurgeReason;
 use medmesh_node::keystore::Passphrase;
 
 use crate::output::{Out, human_bytes};
@@ -348,6 +349,26 @@ enum StudyCommand {
         home: HomeArgs,
         /// Study Instance UID.
         study_uid: String,
+    },
+    /// Purge a study for good, for retention or a patient's erasure request:
+    /// a `study-purged` ledger entry is written first, then its rows, blob
+    /// files and data key are deleted, its re-link map entries and the study
+    /// UID in its transfer records removed, and last the salt of its ledger
+    /// commitment erased, so every entry that named it still verifies but
+    /// names nothing any more. Irreversible: asks for --yes.
+    Purge {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Study Instance UID, or 16 or more hex digits of a locked study's
+        /// reference (as `study list` shows it).
+        study: String,
+        /// Why: `retention` (its retention period ended) or `erasure` (the
+        /// patient's right to erasure).
+        #[arg(long, value_parser = clap::value_parser!(PurgeReason))]
+        reason: PurgeReason,
+        /// Confirm that the study is to be deleted irreversibly.
+        #[arg(long)]
+        yes: bool,
     },
     /// Export a study: every object is verified (AEAD and BLAKE3) and written
     /// byte-identical to the imported file, as OUT/<series UID>/<SOP UID>.dcm.
@@ -822,6 +843,44 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let node = Session::open(&home.home)?;
             let d = node.study(&study_uid).context("showing the study")?;
             out.emit("study", &d, || output::render_study(&d))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StudyCommand::Purge {
+            home,
+            study,
+            reason,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "refusing to purge study {study}: its data, keys and re-link entries are deleted irreversibly; \
+                     run again with --yes"
+                );
+            }
+            let out = Out::new(home.json);
+            let node = Session::open(&home.home)?;
+            let r = node
+                .purge(&study, reason)
+                .with_context(|| format!("purging study {study}"))?;
+            out.emit("purged", &r, || {
+                format!(
+                    "purged study {} ({}): {} instances, {} in {} files; {} transfer records and {} re-link entries cleared\n\
+                     ledger: study-purged naming {}{}\n",
+                    r.study,
+                    r.reason,
+                    r.instances,
+                    human_bytes(r.bytes),
+                    r.files,
+                    r.transfers,
+                    r.relinks,
+                    r.commitment,
+                    if r.salt_erased {
+                        "; its salt is erased, so no entry resolves to the study any more"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         StudyCommand::Export {

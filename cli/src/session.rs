@@ -10,7 +10,7 @@ use medmesh_node::api::client::{Client, ClientError};
 use medmesh_node::api::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
     ExportRequest, HeadView, IdRequest, ImportRequest, JoinRequest, Line, ListRequest, LogTailRequest,
-    NotificationsRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
+    NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use medmesh_node::consent_schema::{DeidLevel, Purpose};
 use medmesh_node::deid::DeidOption;
@@ -19,6 +19,7 @@ use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use medmesh_node::home::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
 use medmesh_node::home::ledger::{EntryView, NotificationView, VerifyReport};
+use medmesh_node::home::retention::{PurgeReason, PurgeReport};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 use medmesh_node::home::{Node, StudyDetail, StudySummary};
 use medmesh_node::net::PeersReport;
@@ -107,6 +108,21 @@ impl Session {
                 "/studies/show",
                 &ShowRequest {
                     study_uid: study_uid.into(),
+                },
+            ),
+        }
+    }
+
+    pub fn purge(&self, study: &str, reason: PurgeReason) -> Result<PurgeReport> {
+        match self {
+            Self::Local(node) => Ok(node.purge_study(study, reason)?),
+            Self::Remote { client, rt } => Self::post(
+                client,
+                rt,
+                "/studies/purge",
+                &PurgeRequest {
+                    study: study.into(),
+                    reason,
                 },
             ),
         }

@@ -195,6 +195,15 @@ impl std::fmt::Debug for ConsentListRequest {
     }
 }
 
+/// `POST /v1/studies/purge`: answered with a [`crate::home::retention::PurgeReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeRequest {
+    /// A Study Instance UID, or 16+ hex digits of a locked study's reference.
+    pub study: String,
+    /// Why.
+    pub reason: crate::home::retention::PurgeReason,
+}
+
 /// `POST /v1/consents/withdraw`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WithdrawRequest {

@@ -101,6 +101,14 @@ max_rate_mb_s = 0
 # (a transfer resumes by itself after a dropped connection or a restart).
 retry_secs = 2
 
+[retention]
+# Days after which a received study locked at the end of its grant (its data
+# key destroyed, so nothing of it can be read) is purged: its rows and files
+# deleted and a study-purged entry (reason retention) written, which tells its
+# holder. 0 = keep locked copies. A study imported at this site is only ever
+# purged by `medmesh study purge`.
+locked_days = 30
+
 [deid]
 # De-identification (PS3.15 Annex E, Basic Application Level Confidentiality
 # Profile). Options applied to every de-identified transfer and by default to
@@ -226,6 +234,9 @@ pub struct Config {
     /// Transfer settings.
     #[serde(default)]
     pub transfer: TransferConfig,
+    /// Disposal of locked received copies.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// De-identification settings.
     #[serde(default)]
     pub deid: DeidConfig,
@@ -246,6 +257,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             policy: PolicyConfig::default(),
             transfer: TransferConfig::default(),
+            retention: RetentionConfig::default(),
             deid: DeidConfig::default(),
             notify: NotifyConfig::default(),
         }
@@ -324,6 +336,20 @@ impl Default for TransferConfig {
             max_rate_mb_s: 0,
             retry_secs: 2,
         }
+    }
+}
+
+/// Disposal settings (`[retention]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days after its lock that a locked received study is purged; 0 = never.
+    pub locked_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { locked_days: 30 }
     }
 }
 
@@ -766,6 +792,9 @@ impl Config {
         if !(1..=3600).contains(&t.retry_secs) {
             return Err(value("transfer.retry_secs", "must be from 1 to 3600".into()));
         }
+        if self.retention.locked_days > 36_500 {
+            return Err(value("retention.locked_days", "must be from 0 to 36500".into()));
+        }
         self.notify.check(&value)?;
         Ok(())
     }
@@ -825,6 +854,8 @@ mod tests {
             ("[policy]\nmax_grant_days = 0\n", "max_grant_days"),
             ("[transfer]\nstreams = 0\n", "transfer.streams"),
             ("[transfer]\nretry_secs = 0\n", "transfer.retry_secs"),
+            ("[retention]\nlocked_days = 40000\n", "retention.locked_days"),
+            ("[retention]\nlocked_days = -1\n", "locked_days"),
             ("[policy]\napproval_required = [\"marketing\"]\n", "marketing"),
             ("[policy]\nwaiver_level = \"secret\"\n", "secret"),
         ] {

@@ -16,6 +16,7 @@
 pub mod consent;
 pub mod deid;
 pub mod ledger;
+pub mod retention;
 pub mod trust;
 
 use std::fs;
@@ -221,6 +222,9 @@ pub struct StudySummary {
     /// True when its data key was destroyed (grant ended): only the grant is shown.
     #[serde(default)]
     pub locked: bool,
+    /// Its reference in this store (16 hex digits; names a locked study, e.g. to `study purge`).
+    #[serde(default)]
+    pub reference: String,
 }
 
 /// One series in `medmesh study show`.
@@ -677,6 +681,7 @@ impl Node {
                     origin: origin_name(&row.origin),
                     received: received_info(&row.origin),
                     locked: true,
+                    reference: study.short(),
                 });
                 continue;
             }
@@ -695,6 +700,7 @@ impl Node {
                 origin: origin_name(&row.origin),
                 received: received_info(&row.origin),
                 locked: false,
+                reference: study.short(),
             });
         }
         out.sort_by(|a, b| (&a.study_date, &a.study_uid).cmp(&(&b.study_date, &b.study_uid)));

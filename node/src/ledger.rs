@@ -197,6 +197,15 @@ pub enum Event {
         /// The holder's study commitment.
         study: String,
     },
+    /// A study was purged here (its rows, files and data key deleted) and,
+    /// for this node's own study, its commitment salt erased right after
+    /// this entry was written.
+    StudyPurged {
+        /// The study's commitment: this node's, or the holder's for a received copy.
+        study: String,
+        /// `retention` or `erasure`.
+        reason: String,
+    },
 }
 
 impl Event {
@@ -219,6 +228,7 @@ impl Event {
             Event::PeerRevoked { .. } => "peer-revoked",
             Event::PeerBlocked { .. } => "peer-blocked",
             Event::StudyLocked { .. } => "study-locked",
+            Event::StudyPurged { .. } => "study-purged",
         }
     }
 
@@ -229,7 +239,8 @@ impl Event {
             Event::TransferGranted { study, .. }
             | Event::TransferSent { study, .. }
             | Event::TransferReceived { study, .. }
-            | Event::StudyLocked { study } => Some(study),
+            | Event::StudyLocked { study }
+            | Event::StudyPurged { study, .. } => Some(study),
             Event::TransferRequested { study, .. } | Event::Accessed { study, .. } => study.as_deref(),
             _ => None,
         }

@@ -62,10 +62,12 @@ use crate::keystore::{KeystoreError, MasterKey};
 
 mod ledger;
 mod notify;
+mod purge;
 mod relink;
 mod transfers;
 pub use ledger::{Inserted, NotificationRow};
 pub use notify::{OutboxItem, SinkState};
+pub use purge::Purged;
 pub use relink::{RELINK_VERSION, RelinkRecord};
 pub use transfers::LandedObject;
 pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};

@@ -1231,6 +1231,34 @@ impl Node {
         Ok(())
     }
 
+    /// Clears a transfer of a purged study: it fails if unfinished, its
+    /// record no longer names the study, and the documents that would derive
+    /// its keys, its chunk progress and its de-identified copies are deleted.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn scrub_transfer(&self, id: &TransferId) -> Result<(), HomeError> {
+        self.update_transfer(id, |r| {
+            if !r.state.is_final() {
+                r.state = State::Failed;
+                r.error = Some("the study was purged at this site".into());
+            }
+            r.study_uid.clear();
+            Ok(())
+        })?;
+        self.live().remove(id);
+        self.store().transfer_docs_remove(id)?;
+        self.store().clear_chunks(id)?;
+        self.remove_outgoing(id);
+        let incoming = self.store().incoming_dir(id);
+        if incoming.exists()
+            && let Err(e) = std::fs::remove_dir_all(&incoming)
+        {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the objects received so far");
+        }
+        Ok(())
+    }
+
     /// Deletes the de-identified copies of an outgoing transfer that ended
     /// (they are sealed; their key is in the transfer's documents).
     fn remove_outgoing(&self, id: &TransferId) {
@@ -1842,7 +1870,8 @@ impl Node {
     }
 
     /// Locks every received study whose grant has ended: its data key is
-    /// destroyed. Returns how many were locked.
+    /// destroyed. Returns how many were locked. Then applies the retention
+    /// policy to locked copies ([`Node::enforce_retention`]).
     ///
     /// # Errors
     /// Store errors.
@@ -1873,6 +1902,7 @@ impl Node {
                 }
             }
         }
+        self.enforce_retention(t)?;
         Ok(locked)
     }
 }

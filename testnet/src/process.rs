@@ -21,9 +21,10 @@ pub enum ProcessError {
 }
 
 /// The `medmesh` binary in the running executable's target folder. The
-/// first call runs `cargo build -p medmesh` (a no-op when it is up to date),
-/// so tests never run a stale binary (debug builds with the `fault-injection`
-/// feature); `MEDMESH_BIN` overrides the path.
+/// first call runs `cargo build` (a no-op when it is up to date), so tests
+/// never run a stale binary (tests build it with the `fault-injection`
+/// feature, as `scripts/test.sh` builds the workspace); `MEDMESH_BIN`
+/// overrides the path.
 ///
 /// # Errors
 /// [`ProcessError::Binary`] when it can be neither found nor built.
@@ -36,20 +37,31 @@ pub fn medmesh_bin() -> Result<PathBuf, ProcessError> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // target/<profile>/deps/<test> or target/<profile>/<bin>
         let mut dir = exe.parent().map(Path::to_path_buf).ok_or("no parent folder")?;
-        if dir.ends_with("deps") {
+        let test = dir.ends_with("deps");
+        if test {
             dir.pop();
         }
         let bin = dir.join("medmesh");
         if std::env::var_os("CARGO").is_some() || !bin.exists() {
             let release = dir.ends_with("release");
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["build", "--quiet", "--locked", "-p", "medmesh"]);
+            cmd.args(["build", "--quiet", "--locked"]);
             if release {
-                cmd.arg("--release");
+                cmd.args(["-p", "medmesh", "--release"]);
+            } else if test {
+                // A test: the binary carries the fault-injection hooks (inactive
+                // unless MEDMESH_FAULT is set), built with the very features of
+                // the workspace's test build (`scripts/test.sh`), so that no
+                // dependency is compiled a second time with others.
+                cmd.args([
+                    "--workspace",
+                    "--bins",
+                    "--tests",
+                    "--features",
+                    "medmesh/fault-injection",
+                ]);
             } else {
-                // Debug builds for tests carry the fault-injection hooks
-                // (inactive unless MEDMESH_FAULT is set); release builds never do.
-                cmd.args(["--features", "fault-injection"]);
+                cmd.args(["-p", "medmesh"]);
             }
             let status = cmd.status().map_err(|e| e.to_string())?;
             if !status.success() || !bin.exists() {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
     ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST,
-    NotificationsRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
+    NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
@@ -392,6 +392,10 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             (&Method::POST, "/studies/show") => {
                 let r: ShowRequest = body(req).await?;
                 json(&blocking(api, move |n| n.study(&r.study_uid)).await?)
+            }
+            (&Method::POST, "/studies/purge") => {
+                let r: PurgeRequest = body(req).await?;
+                json(&blocking(api, move |n| n.purge_study(&r.study, r.reason)).await?)
             }
             (&Method::POST, "/consents/list") => {
                 let r: ConsentListRequest = body(req).await?;

@@ -55,7 +55,7 @@ pub fn audit_event(kind: &str, event: Option<&Event>) -> AuditEvent {
             }
             _ => ev("110103", "DICOM Instances Accessed", "R", "0"),
         },
-        "study-locked" => ev("110105", "DICOM Study Deleted", "D", "0"),
+        "study-locked" | "study-purged" => ev("110105", "DICOM Study Deleted", "D", "0"),
         "consent-added" | "consent-withdrawn" => ev("110110", "Patient Record", "U", "0"),
         "alert-equivocation" | "alert-split-view" => ev("110113", "Security Alert", "E", "8"),
         k if is_alert(k) => ev("110113", "Security Alert", "E", "4"),

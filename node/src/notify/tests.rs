@@ -171,6 +171,10 @@ fn every_kind() -> Vec<(String, Option<Event>, String)> {
         Event::PeerRevoked { peer: peer.clone() },
         Event::PeerBlocked { peer },
         Event::StudyLocked { study: c.clone() },
+        Event::StudyPurged {
+            study: c.clone(),
+            reason: "erasure".into(),
+        },
     ];
     let mut out: Vec<(String, Option<Event>, String)> = events
         .into_iter()
@@ -278,6 +282,7 @@ fn the_mapping_table() {
         ("accessed", Some(&export), ("110106", "R", "0")),
         ("accessed", Some(&relink), ("110103", "R", "0")),
         ("study-locked", None, ("110105", "D", "0")),
+        ("study-purged", None, ("110105", "D", "0")),
         ("alert-equivocation", None, ("110113", "E", "8")),
         ("alert-split-view", None, ("110113", "E", "8")),
         ("alert-refused-entry", None, ("110113", "E", "4")),

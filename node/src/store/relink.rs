@@ -87,6 +87,50 @@ impl super::Store {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    /// Forgets a purged study in the map: every pseudonymised study UID that
+    /// stands for `original` is removed, and a pseudonym left with no study
+    /// is removed with its patient. Returns how many study links went.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Relink`] for a record that does not open.
+    pub fn relink_forget_study(&self, original: &str) -> Result<u64, StoreError> {
+        let key = self.relink_key();
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let mut removed = 0u64;
+        {
+            let mut table = txn.open_table(RELINK).map_err(|e| self.err(e))?;
+            let mut changed = Vec::new();
+            for item in table.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let pseudonym = k.value().to_string();
+                let mut record = open_record(&key, &pseudonym, v.value())?;
+                let before = record.studies.len();
+                record.studies.retain(|_, o| o != original);
+                if record.studies.len() != before {
+                    removed += (before - record.studies.len()) as u64;
+                    changed.push((pseudonym, record));
+                }
+            }
+            for (pseudonym, record) in changed {
+                if record.studies.is_empty() {
+                    table.remove(pseudonym.as_str()).map_err(|e| self.err(e))?;
+                    continue;
+                }
+                let plain = Zeroizing::new(
+                    cbor::encode("re-link record", &record).map_err(|_| StoreError::Relink(pseudonym.clone()))?,
+                );
+                let sealed =
+                    seal_box(&key, pseudonym.as_bytes(), &plain).map_err(|_| StoreError::Relink(pseudonym.clone()))?;
+                table
+                    .insert(pseudonym.as_str(), sealed.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(removed)
+    }
+
     /// The record of a pseudonym, if this node made it.
     ///
     /// # Errors

@@ -787,3 +787,168 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
     assert_eq!(reader.ledger_credentials(&key).unwrap(), Some(credentials));
     assert!(reader.log_verify().unwrap().ok);
 }
+
+#[test]
+fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_nothing() {
+    use crate::home::retention::PurgeReason;
+    use crate::ledger::Event;
+    let w = world();
+    let h = &w.holder;
+    consent_at(h, STUDY, &[&w.recipient], DeidLevel::Pseudonymised);
+    let answer = h
+        .answer_request(
+            &w.recipient.identity().peer_id(),
+            &hex::encode([5u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            Some(DeidLevel::Pseudonymised),
+        )
+        .unwrap();
+    let AnswerBody::Granted { transfer_id, .. } = answer else {
+        panic!("not granted: {answer:?}");
+    };
+    let id = parse_id(&transfer_id).unwrap();
+    h.prepare(&id).unwrap();
+    assert!(h.store().outgoing_dir(&id).exists());
+    let granted = h
+        .log_tail(100)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "transfer-granted")
+        .unwrap();
+    assert_eq!(h.log_show(&granted.id).unwrap().study_uid.as_deref(), Some(STUDY));
+    let commitment = granted.event.study().unwrap().to_string();
+    let files_before = h.store().check(false).unwrap().blob_files;
+    assert!(files_before > 0);
+
+    // Refused without a study it can name; the store is untouched.
+    for bad in ["", "1.2.3.4", "PSN-123", "abcdef", "0123456789abcdef0123"] {
+        let e = h.purge_study(bad, PurgeReason::Erasure).unwrap_err().to_string();
+        assert!(e.contains("no study"), "{bad:?}: {e}");
+    }
+    assert_eq!(h.store().check(false).unwrap().blob_files, files_before);
+
+    let r = h.purge_study(STUDY, PurgeReason::Erasure).unwrap();
+    assert_eq!(r.commitment, commitment);
+    assert_eq!((r.received, r.transfers, r.salt_erased), (false, 1, true), "{r:?}");
+    assert!(r.instances >= 1 && r.files == r.instances && r.relinks >= 1, "{r:?}");
+    // Nothing of the study is left: rows, files, re-link entries, transfer
+    // documents and de-identified copies; the store checks clean.
+    assert!(h.studies(None).unwrap().is_empty());
+    assert!(h.study(STUDY).is_err());
+    let check = h.store().check(true).unwrap();
+    assert!(check.is_clean(), "{check:?}");
+    assert_eq!((check.studies, check.instances, check.blob_files), (0, 0, 0));
+    assert_eq!(h.store().relink_forget_study(STUDY).unwrap(), 0);
+    assert!(!h.store().outgoing_dir(&id).exists());
+    let rec = h.transfer(&id).unwrap();
+    assert!(rec.study_uid.is_empty());
+    // The purge is in the ledger, every feed still verifies, and no entry
+    // resolves to the study any more.
+    let purged = h.log_tail(1).unwrap().remove(0);
+    assert_eq!(
+        purged.event,
+        Event::StudyPurged {
+            study: commitment.clone(),
+            reason: "erasure".into()
+        }
+    );
+    assert!(h.log_verify().unwrap().ok);
+    assert_eq!(h.log_show(&granted.id).unwrap().study_uid, None);
+    assert_eq!(h.log_show(&purged.id).unwrap().study_uid, None);
+    // A peer that takes the holder's feed verifies it too.
+    let author = h.identity().ed25519_public();
+    let feed = h.ledger_range(&author, 1, 1000).unwrap();
+    let r = w.recipient.ledger_accept("holder", &feed, None).unwrap();
+    assert!(r.rejected.is_empty(), "{r:?}");
+    assert!(w.recipient.log_verify().unwrap().ok);
+    // Purged twice: there is nothing left to purge.
+    assert!(h.purge_study(STUDY, PurgeReason::Erasure).is_err());
+    // Imported again, the study gets a new commitment (the old one stays meaningless).
+    h.import(&[corpus(CT)], |_| {}).unwrap();
+    assert_ne!(hex::encode(h.study_commitment(STUDY).unwrap()), commitment);
+}
+
+/// A received copy locked at `locked` (no key, no objects), as a grant's end leaves it.
+fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
+    use crate::store::{Origin, ReceivedGrant, StudyRow};
+    let study = n.store().study_ref(uid);
+    let row = StudyRow {
+        v: crate::store::ROW_VERSION,
+        wrapped_key: Vec::new(),
+        meta: Vec::new(),
+        origin: Origin::Received(ReceivedGrant {
+            transfer_id: hex::encode([3u8; 16]),
+            peer: "12D3KooWholder".into(),
+            institution: "Hospital holder".into(),
+            purpose: Purpose::Treatment,
+            level: DeidLevel::Identifiable,
+            expires: locked,
+            grant_hash: hex::encode([4u8; 32]),
+            received: locked - 100,
+            locked: Some(locked),
+            attestation: Vec::new(),
+            study_ref: vec![0x5a; 32],
+        }),
+        created: locked - 100,
+        updated: locked,
+        instances: 0,
+        bytes: 0,
+    };
+    n.store().land_study(&study, &row, None, Vec::new()).unwrap();
+    study
+}
+
+#[test]
+fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
+    use crate::home::retention::PurgeReason;
+    use crate::ledger::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let n = home(dir.path(), "recipient", "DE");
+    let day = 86_400;
+    let t0 = 1_700_000_000;
+    let a = locked_copy(&n, "1.2.3.1", t0);
+    let b = locked_copy(&n, "1.2.3.2", t0 + 5 * day);
+    // (now, studies left) with the default of 30 days.
+    assert_eq!(n.config().retention.locked_days, 30);
+    for (now, left, purged) in [
+        (t0 + 30 * day - 1, 2, 0),
+        (t0 + 30 * day, 1, 1),
+        (t0 + 35 * day - 1, 1, 0),
+        (t0 + 35 * day, 0, 1),
+    ] {
+        assert_eq!(n.enforce_retention(now).unwrap(), purged, "at {now}");
+        assert_eq!(n.store().studies().unwrap().len(), left, "at {now}");
+    }
+    assert!(n.store().study_row(&a).unwrap().is_none() && n.store().study_row(&b).unwrap().is_none());
+    // Each purge names the holder's commitment with reason retention.
+    let purges: Vec<Event> = n
+        .log_tail(100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "study-purged")
+        .map(|e| e.event)
+        .collect();
+    let want = Event::StudyPurged {
+        study: hex::encode([0x5a; 32]),
+        reason: PurgeReason::Retention.as_str().into(),
+    };
+    assert_eq!(purges, vec![want.clone(), want]);
+    // locked_days = 0 keeps locked copies for ever; a locked copy is purged by its reference.
+    let root = n.paths().root.clone();
+    drop(n);
+    let config = root.join("config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("locked_days = 30", "locked_days = 0");
+    std::fs::write(&config, text).unwrap();
+    let pass = Passphrase::new("correct horse battery staple transfer".into());
+    let n = Node::open(&root, &pass).unwrap();
+    let c = locked_copy(&n, "1.2.3.3", t0);
+    assert_eq!(n.enforce_retention(t0 + 10_000 * day).unwrap(), 0);
+    let r = n.purge_study(&c.short(), PurgeReason::Erasure).unwrap();
+    assert_eq!((r.received, r.instances, r.transfers), (true, 0, 0), "{r:?}");
+    assert!(n.store().studies().unwrap().is_empty());
+    assert!(n.log_verify().unwrap().ok);
+}

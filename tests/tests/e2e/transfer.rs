@@ -647,6 +647,51 @@ fn a_received_study_is_locked_when_its_grant_ends() {
     assert_eq!(row["locked"], true, "{row}");
     assert_eq!(row["study_uid"], "", "a locked study shows nothing but its grant");
     assert!(row["received"]["locked"].is_string(), "{row}");
+    // Disposal: the locked copy is purged by its reference (retention); the
+    // holder is told, and every feed still verifies at both.
+    let reference = row["reference"].as_str().expect("reference").to_string();
+    assert_eq!(reference.len(), 16, "{row}");
+    let out = run(&recipient, &["study", "purge", &reference, "--reason", "retention"]).expect("run");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    let out = run(
+        &recipient,
+        &["study", "purge", &reference, "--reason", "retention", "--yes", "--json"],
+    )
+    .expect("run");
+    expect_code(&out, 0, "study purge");
+    let purged = json_lines(&out.stdout).remove(0).1;
+    assert_eq!(purged["received"], true, "{purged}");
+    assert_eq!(purged["reason"], "retention", "{purged}");
+    assert_eq!(purged["files"], 3, "{purged}");
+    let out = run(&recipient, &["study", "list", "--json"]).expect("run");
+    assert!(
+        json_lines(&out.stdout).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&recipient, &["store", "check", "--json"]).expect("run");
+    expect_code(&out, 0, "store check");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&holder, &["notifications", "--json"]).expect("run");
+        let kinds: Vec<String> = json_lines(&out.stdout)
+            .into_iter()
+            .filter_map(|(_, v)| v["kind"].as_str().map(str::to_string))
+            .collect();
+        if kinds.iter().any(|k| k == "study-purged") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder was not told of the purge: {kinds:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for home in [&holder, &recipient] {
+        let out = run(home, &["log", "verify", "--json"]).expect("run");
+        expect_code(&out, 0, "log verify");
+    }
     net.stop();
 }
 

@@ -1,0 +1,236 @@
+//! Disposal: purging a study for retention or a patient's erasure request,
+//! and the retention policy that purges locked received copies on its own.
+//!
+//! A purge is written to the ledger first (`study-purged`, naming the study
+//! by its commitment), then the study's rows, files and data key are
+//! deleted, its links in the re-link map and in transfer records removed,
+//! and last this node's commitment salt is erased: every entry that ever
+//! named the study, here and at every other node, still verifies but names
+//! nothing any more.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{HomeError, Node};
+use crate::ledger::Event;
+use crate::store::{Origin, StoreError, StudyRef};
+use crate::transfer::parse_id;
+
+/// Why a study is purged (the `reason` of its `study-purged` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PurgeReason {
+    /// Its retention period ended (a site's disposal policy).
+    Retention,
+    /// The patient exercised a right to erasure.
+    Erasure,
+}
+
+impl PurgeReason {
+    /// The spelling in entries and on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeReason::Retention => "retention",
+            PurgeReason::Erasure => "erasure",
+        }
+    }
+}
+
+impl fmt::Display for PurgeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PurgeReason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "retention" => Ok(PurgeReason::Retention),
+            "erasure" => Ok(PurgeReason::Erasure),
+            _ => Err(format!("{s:?}: the reason is retention or erasure")),
+        }
+    }
+}
+
+/// What a purge did (no patient data: the study by reference and commitment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    /// The study's reference in this store (short form, as `study list` shows locked studies).
+    pub study: String,
+    /// The commitment its `study-purged` entry names.
+    pub commitment: String,
+    /// Why.
+    pub reason: PurgeReason,
+    /// Whether it was received from a peer (else imported here).
+    pub received: bool,
+    /// Instances deleted.
+    pub instances: u64,
+    /// Plaintext bytes they held.
+    pub bytes: u64,
+    /// Blob files deleted.
+    pub files: u64,
+    /// Transfer records that named the study (their study UID is cleared,
+    /// their key documents and de-identified copies deleted).
+    pub transfers: u64,
+    /// Re-link map entries removed.
+    pub relinks: u64,
+    /// Whether this node's commitment salt was erased (false when it never made one).
+    pub salt_erased: bool,
+}
+
+/// Shortest study reference prefix accepted (hex digits).
+const MIN_REF_PREFIX: usize = 16;
+
+impl Node {
+    /// The study `which` names: a Study Instance UID, or (for a locked study,
+    /// whose UID can no longer be read) at least 16 hex digits of its
+    /// reference as `study list` shows it.
+    fn find_study(&self, which: &str) -> Result<StudyRef, HomeError> {
+        let which = which.trim();
+        let hex_ref =
+            which.len() >= MIN_REF_PREFIX && which.len() <= 64 && which.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ref {
+            if which.is_empty() || which.contains(|c: char| !(c.is_ascii_digit() || c == '.')) {
+                return Err(HomeError::Store(StoreError::UnknownStudy(format!(
+                    "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
+                ))));
+            }
+            let study = self.store().study_ref(which);
+            return match self.store().study_row(&study)? {
+                Some(_) => Ok(study),
+                None => Err(HomeError::Store(StoreError::UnknownStudy(which.to_string()))),
+            };
+        }
+        let prefix = which.to_ascii_lowercase();
+        let matches: Vec<StudyRef> = self
+            .store()
+            .studies()?
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| hex::encode(s.0).starts_with(&prefix))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(HomeError::Store(StoreError::UnknownStudy(format!(
+                "with reference {prefix}"
+            )))),
+            _ => Err(HomeError::Store(StoreError::UnknownStudy(format!(
+                "with reference {prefix} alone: {} studies start with it; give more digits",
+                matches.len()
+            )))),
+        }
+    }
+
+    /// Purges a study (see the module docs). `which` is a Study Instance UID
+    /// or a locked study's reference.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownStudy`]; store and ledger errors. The entry is
+    /// written before anything is deleted, so a purge that fails half-way
+    /// is logged and can be run again.
+    pub fn purge_study(&self, which: &str, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
+        let study = self.find_study(which)?;
+        self.purge(study, reason)
+    }
+
+    /// Purges the study with reference `study`.
+    ///
+    /// # Errors
+    /// As [`Node::purge_study`].
+    pub(crate) fn purge(&self, study: StudyRef, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
+        let row = self
+            .store()
+            .study_row(&study)?
+            .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
+        // The UID, when the study still opens (a locked copy's is gone with its key).
+        let uid = match self.store().unwrap_study_key(&study, &row) {
+            Ok(key) => Some(self.store().open_study_meta(&study, &key, &row)?.study_uid),
+            Err(StoreError::Locked(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        // This node's own commitment (made now if it never named the study;
+        // a locked copy of an old row without the holder's is committed by
+        // its reference, which names nothing once the salt is erased below).
+        let own = || -> Result<String, HomeError> {
+            let named = uid.clone().unwrap_or_else(|| format!("ref:{}", hex::encode(study.0)));
+            Ok(hex::encode(self.store().study_commitment(&study, &named)?))
+        };
+        let (received, commitment, grant_transfer) = match &row.origin {
+            Origin::Received(g) if !g.study_ref.is_empty() => {
+                (true, hex::encode(&g.study_ref), Some(g.transfer_id.clone()))
+            }
+            Origin::Received(g) => (true, own()?, Some(g.transfer_id.clone())),
+            _ => (false, own()?, None),
+        };
+        self.log(Event::StudyPurged {
+            study: commitment.clone(),
+            reason: reason.as_str().into(),
+        })?;
+        let purged = self.store().purge_study(&study)?.unwrap_or_default();
+        let transfers = self.forget_study_in_transfers(uid.as_deref(), grant_transfer.as_deref())?;
+        let relinks = match &uid {
+            Some(u) => self.store().relink_forget_study(u)?,
+            None => 0,
+        };
+        let salt_erased = self.store().erase_commitment(&study)?;
+        tracing::info!(study = %study.short(), %reason, instances = purged.instances, "study purged");
+        Ok(PurgeReport {
+            study: study.short(),
+            commitment,
+            reason,
+            received,
+            instances: purged.instances,
+            bytes: purged.bytes,
+            files: purged.files,
+            transfers,
+            relinks,
+            salt_erased,
+        })
+    }
+
+    /// The retention policy: purges every received study locked more than
+    /// `[retention] locked_days` ago (none when 0). Returns how many.
+    ///
+    /// # Errors
+    /// Store and ledger errors.
+    pub fn enforce_retention(&self, now: i64) -> Result<u64, HomeError> {
+        let days = i64::from(self.config().retention.locked_days);
+        if days == 0 {
+            return Ok(0);
+        }
+        let mut purged = 0;
+        for (study, row) in self.store().studies()? {
+            if let Origin::Received(g) = &row.origin
+                && let Some(locked) = g.locked
+                && locked.saturating_add(days * 86_400) <= now
+            {
+                let r = self.purge(study, PurgeReason::Retention)?;
+                tracing::info!(study = %r.study, files = r.files, "retention: a locked received study purged");
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Clears a purged study out of the transfer records that name it (by
+    /// UID, or the grant's transfer for a locked copy): an unfinished one
+    /// fails, the study UID is cleared, and the documents that would derive
+    /// its keys and the de-identified copies prepared for it are deleted.
+    fn forget_study_in_transfers(&self, uid: Option<&str>, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
+        let mut n = 0;
+        for rec in self.transfer_records()? {
+            let named = uid.is_some_and(|u| !u.is_empty() && rec.study_uid == u) || grant_transfer == Some(&rec.id);
+            if !named {
+                continue;
+            }
+            let id = parse_id(&rec.id)?;
+            self.scrub_transfer(&id)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
