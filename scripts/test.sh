@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command of the README (and of CI, through .ci/run).
 # Formatting, lints with warnings as errors, then every test of the workspace.
-# No system packages are needed beyond a Rust toolchain with rustfmt and clippy.
+# Beyond a Rust toolchain with rustfmt and clippy, the tests need iproute2's
+# `ip` and root (network namespaces): scripts/system-deps.sh installs `ip` if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # A CI machine builds once from scratch: incremental caches would only take disk.
 if [ "${CI:-}" = true ]; then

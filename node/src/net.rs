@@ -62,6 +62,11 @@ const MAX_ESTABLISHED_INCOMING: u32 = 1024;
 const MAX_PER_PEER: u32 = 4;
 /// Refused peers remembered for `medmesh peers`.
 const REFUSED_KEPT: usize = 64;
+/// Every connection is pinged this often.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A ping unanswered this long closes its connection (a cut link is noticed
+/// within PING_EVERY + PING_TIMEOUT, over TCP as over QUIC).
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Trust-store key prefix of peers met (their last accepted hello).
 const KNOWN_PREFIX: &str = "known/";
 
@@ -383,7 +388,7 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                     identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                         .with_agent_version(format!("medmesh/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT)),
                 kad: Gate::new(kad),
                 mdns: Toggle::from(mdns),
                 hello: cbor_protocol(hello::PROTOCOL, hello_timeout, 4),
@@ -1189,6 +1194,19 @@ impl Service {
                     tracing::info!(peer = %p, "discovered on the local network");
                     self.dial(p, addrs);
                 }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) if !matches!(e, ping::Failure::Unsupported) => {
+                // A connection that stops answering is closed (libp2p-ping no
+                // longer does it): over TCP nothing else would notice a cut
+                // link for the kernel's ~15 minutes of retransmissions, and a
+                // transfer on it would stall instead of resuming once the peer
+                // is dialled again. (A peer that does not speak ping is left alone.)
+                tracing::info!(peer = %peer, cause = %e, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
             }
             BehaviourEvent::Ping(ping::Event {
                 peer, result: Err(e), ..

@@ -30,7 +30,7 @@ mod tests;
 mod vectors;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -336,6 +336,27 @@ pub struct TransferView {
 #[derive(Debug, Default)]
 pub struct Live {
     map: Mutex<HashMap<TransferId, Progress>>,
+    /// Request ids sent to a holder whose answer is not recorded yet.
+    asking: Mutex<HashSet<String>>,
+}
+
+/// A request sent to a holder whose answer is not recorded yet ([`Live::asking`]);
+/// dropped once it is recorded (or will not be).
+#[derive(Debug)]
+pub struct Asking<'a> {
+    live: &'a Live,
+    request_id: String,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .live
+            .asking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.remove(&self.request_id);
+    }
 }
 
 /// Progress of one transfer.
@@ -361,6 +382,26 @@ impl Live {
     pub fn get(&self, id: &TransferId) -> Option<Progress> {
         let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(id).copied()
+    }
+
+    /// Notes that request `request_id` is being sent, until the guard is
+    /// dropped: a holder may grant it and open its stream before the answer is
+    /// recorded here, and such a stream is then refused for now, not for good.
+    #[must_use]
+    pub fn asking(&self, request_id: &str) -> Asking<'_> {
+        let mut set = self.asking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(request_id.to_string());
+        Asking {
+            live: self,
+            request_id: request_id.to_string(),
+        }
+    }
+
+    /// Whether the answer to request `request_id` is still to be recorded.
+    #[must_use]
+    pub fn is_asking(&self, request_id: &str) -> bool {
+        let set = self.asking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.contains(request_id)
     }
 
     /// Forgets `id`.
@@ -1600,7 +1641,15 @@ impl Node {
                     .map_err(internal)?;
             }
             None => {
-                if grant.request_id.is_some() {
+                if let Some(rid) = &grant.request_id {
+                    // The holder may stream before our record of its answer is written.
+                    if self.live().is_asking(rid) {
+                        return Err(refuse(
+                            "not-yet",
+                            "the answer to this request is still being recorded; try again",
+                            false,
+                        ));
+                    }
                     return Err(refuse("unknown-transfer", "no request of ours has this id", true));
                 }
                 let mut rec = TransferRecord::new(

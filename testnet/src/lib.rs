@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cluster;
 pub mod feeds;
 pub mod r#gen;
+pub mod netns;
 pub mod process;
 pub mod roundtrip;
 pub mod scenario;

@@ -30,6 +30,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system on one machine, step by step: a consortium with three
+    /// admins (two must sign a certificate), three sites (two in Germany, one
+    /// in France) running real `medmesh run` processes on 127.0.0.1, real DICOM
+    /// from the repository's corpus and a generated study, consents; then a
+    /// treatment transfer within Germany (identifiable, byte-identical), a
+    /// cross-border research request approved and sent anonymised because the
+    /// site policy requires it, a request without consent denied, a consent
+    /// withdrawn and the next request denied, a revoked site refused, the
+    /// holder's notifications, and `log verify` agreeing at every site. Ends
+    /// with a table (step, expected, observed, pass); exit 1 if a step failed.
+    Demo(ScenarioArgs),
     /// Write a deterministic synthetic DICOM study (same seed and options, same bytes).
     ///
     /// Files are series-NNN/slice-NNNN.dcm, Explicit VR Little Endian, with fake patient data
@@ -78,6 +89,12 @@ struct BenchLedgerArgs {
 
 #[derive(Debug, Subcommand)]
 enum ScenarioCommand {
+    /// Every scenario (transfer, ledger, scale, partition, load), one after
+    /// another, each in its own folder, with one report: every step prefixed
+    /// by its scenario, then a line per scenario (pass, time); `--json` prints
+    /// {"scenarios": [{name, pass, seconds, steps, figures, error?}], "steps", "pass"}.
+    /// Takes several minutes (the full scale and load sizes); exit 1 if any step failed.
+    All(AllArgs),
     /// Transfers between two nodes in two jurisdictions (node-1 DE holds, node-2 FR asks):
     /// a consented request arrives byte-identical and is receipted; one without consent
     /// is denied and sends nothing; one that needs an approval waits for it, then streams;
@@ -98,6 +115,30 @@ enum ScenarioCommand {
     /// node (median, p90, max), trusted connections, memory (VmRSS, VmHWM) and
     /// CPU seconds per node. Fails if an entry does not reach every node within 30 s.
     Scale(ScaleArgs),
+    /// A node's network cut for real and restored while ledger entries are
+    /// written and a transfer streams (needs root and iproute2). node-1 (DE) and
+    /// node-2 (FR) run in one network namespace, node-3 (NL) in another, joined by
+    /// a veth pair. node-1 imports a ~42 MB CT study, records its patient's consent
+    /// to node-3, and sends it at most 5 MB/s to node-3, which requested it;
+    /// part-way, node-3's link goes down: the scenario times until the nodes no
+    /// longer list each other as connected, has all three write ledger entries,
+    /// and checks that node-3 gets none of node-1's and node-2's (nor they
+    /// node-3's) while node-1 and node-2 exchange theirs. The link comes back:
+    /// time to reconnect, to the same feed heads everywhere, and to the transfer's
+    /// end (it resumes by itself); node-3's export is byte-identical, node-1's
+    /// bytes_sent before and after the restore, `log verify` at every node.
+    Partition(ScenarioArgs),
+    /// Many studies requested at once by two sites: node-1 (DE) imports N small
+    /// generated CT studies of a few patients and records their consents; node-2
+    /// (FR) and node-3 (NL) each request every study at the same time (a few
+    /// requests in flight each) and their transfers are polled until all land.
+    /// Reports the wall time from the first request to the last landing,
+    /// studies/s and MB/s, per-transfer latency (median, p90, max), failures,
+    /// peak memory (VmHWM, reset after the import) and CPU seconds of each node;
+    /// checks every study landed once at each recipient, a sample exports
+    /// byte-identical, `log verify` passes everywhere and node-1 is notified of
+    /// every transfer. Fails if any transfer fails.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +147,21 @@ struct LedgerArgs {
     /// one serving a fork, and the node they are served to).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(4..=64))]
     nodes: u16,
+    #[command(flatten)]
+    common: ScenarioArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Studies (each requested by node-2 and by node-3).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    studies: u16,
+    /// Slices (files) per study, of 128x128 pixels (about 35 KB each).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    slices: u32,
+    /// Requests outstanding at once per requesting node.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    in_flight: u16,
     #[command(flatten)]
     common: ScenarioArgs,
 }
@@ -132,6 +188,22 @@ struct ScaleArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct AllArgs {
+    /// Nodes of `scale`.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(2..=128))]
+    scale_nodes: u16,
+    /// Studies of `load`.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    load_studies: u16,
+    /// The sizes a 2-core CI machine runs (scale 8 nodes and 5 entries, load 30
+    /// studies); overrides --scale-nodes and --load-studies.
+    #[arg(long)]
+    reduced: bool,
+    #[command(flatten)]
+    common: ScenarioArgs,
+}
+
+#[derive(Debug, clap::Args)]
 struct ScenarioArgs {
     /// Folder for the network (consortium, node homes and logs, studies, exports);
     /// must be empty or absent (default: a new folder under $TMPDIR).
@@ -141,7 +213,7 @@ struct ScenarioArgs {
     #[arg(long)]
     keep: bool,
     /// Print one JSON object {"steps": [{step, expected, observed, pass}], "pass": bool}
-    /// (`ledger` adds "timings", `scale` "figures").
+    /// (`ledger` adds "timings", `scale` and `load` "figures").
     #[arg(long)]
     json: bool,
 }
@@ -363,11 +435,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::GenStudy(args) => gen_study(&args),
+        Command::Demo(args) => demo(&args),
         Command::Roundtrip(args) => roundtrip(&args),
         Command::Up(args) => up(&args),
+        Command::Scenario(ScenarioCommand::All(args)) => scenario_all(&args),
         Command::Scenario(ScenarioCommand::Transfer(args)) => scenario_transfer(&args),
         Command::Scenario(ScenarioCommand::Ledger(args)) => scenario_ledger(&args),
         Command::Scenario(ScenarioCommand::Scale(args)) => scenario_scale(&args),
+        Command::Scenario(ScenarioCommand::Partition(args)) => scenario_partition(&args),
+        Command::Scenario(ScenarioCommand::Load(args)) => scenario_load(&args),
         Command::BenchLedger(args) => bench_ledger(&args),
     }
 }
@@ -508,6 +584,43 @@ fn scenario_ledger(args: &LedgerArgs) -> anyhow::Result<()> {
     )
 }
 
+fn scenario_partition(args: &ScenarioArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "scenario-partition")?)?;
+    if !args.json {
+        eprintln!(
+            "running the partition scenario in {} (3 nodes in two network namespaces joined by a veth pair; needs \
+             root and iproute2; this builds and runs the medmesh binary)",
+            dir.display()
+        );
+    }
+    let pb = spinner(args.json);
+    pb.set_message("creating and starting the nodes");
+    let mut n = 0;
+    let mut print = |s: &medmesh_testnet::scenario::Step| {
+        if !args.json {
+            pb.suspend(|| print_step(&mut n, s));
+        }
+    };
+    let result = medmesh_testnet::scenario::partition::run(&dir, &mut print);
+    pb.finish_and_clear();
+    if args.keep {
+        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result.context("running the partition scenario")?;
+    if !args.json {
+        let f: Vec<String> = report.figures.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("\nfigures: {}", f.join(", "));
+    }
+    finish_scenario(
+        args,
+        &dir,
+        &report.steps,
+        serde_json::json!({ "figures": report.figures }),
+    )
+}
+
 fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let common = &args.common;
     let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-scale")?)?;
@@ -550,6 +663,53 @@ fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     )
 }
 
+fn scenario_load(args: &LoadArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-load")?)?;
+    if !common.json {
+        eprintln!(
+            "running the load scenario in {} (3 nodes on 127.0.0.1, {} studies of {} slices requested by 2 nodes)",
+            dir.display(),
+            args.studies,
+            args.slices
+        );
+    }
+    let opts = medmesh_testnet::scenario::load::LoadOptions {
+        studies: usize::from(args.studies),
+        slices: args.slices,
+        in_flight: usize::from(args.in_flight),
+        ..medmesh_testnet::scenario::load::LoadOptions::default()
+    };
+    let pb = spinner(common.json);
+    pb.set_message("creating and starting the nodes, generating and importing the studies");
+    let mut n = 0;
+    let mut print = |s: &medmesh_testnet::scenario::Step| {
+        if !common.json {
+            pb.suspend(|| print_step(&mut n, s));
+        }
+    };
+    let result = medmesh_testnet::scenario::load::run(&dir, &opts, &mut print);
+    pb.finish_and_clear();
+    if common.keep {
+        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result.context("running the load scenario")?;
+    if !common.json {
+        println!("\nfigures:");
+        for (k, v) in &report.figures {
+            println!("  {k:<22} {v:.3}");
+        }
+    }
+    finish_scenario(
+        common,
+        &dir,
+        &report.steps,
+        serde_json::json!({ "figures": report.figures }),
+    )
+}
+
 /// `--dir`, checked to be empty or absent, or a new folder under $TMPDIR named after `name`.
 fn work_dir(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     match dir {
@@ -567,6 +727,190 @@ fn work_dir(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
             Ok(std::env::temp_dir().join(format!("medmesh-{name}-{}-{nanos}", std::process::id())))
         }
     }
+}
+
+fn scenario_all(args: &AllArgs) -> anyhow::Result<()> {
+    use medmesh_testnet::scenario::all::{self, AllOptions};
+    let common = &args.common;
+    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-all")?)?;
+    let opts = if args.reduced {
+        AllOptions::reduced()
+    } else {
+        let mut o = AllOptions::full();
+        o.scale.nodes = usize::from(args.scale_nodes);
+        o.load.studies = usize::from(args.load_studies);
+        o
+    };
+    if !common.json {
+        eprintln!(
+            "running every scenario in {} ({}; scale {} nodes, load {} studies)",
+            dir.display(),
+            all::NAMES.join(", "),
+            opts.scale.nodes,
+            opts.load.studies
+        );
+    }
+    let pb = spinner(common.json);
+    let mut n = 0;
+    let mut print = |name: &str, s: &medmesh_testnet::scenario::Step| {
+        if !common.json {
+            pb.set_message(format!("scenario {name}"));
+            let shown = medmesh_testnet::scenario::Step {
+                step: format!("[{name}] {}", s.step),
+                ..s.clone()
+            };
+            pb.suspend(|| print_step(&mut n, &shown));
+        }
+    };
+    let runs = all::run(&dir, &opts, &mut print);
+    pb.finish_and_clear();
+    if common.keep {
+        eprintln!(
+            "kept {} (one folder per scenario; node logs: */node-*/node.log)",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let steps: Vec<medmesh_testnet::scenario::Step> = runs
+        .iter()
+        .flat_map(|r| {
+            let error = r.error.as_ref().map(|e| medmesh_testnet::scenario::Step {
+                step: format!("[{}] runs", r.name),
+                expected: "the scenario runs".into(),
+                observed: e.clone(),
+                pass: false,
+            });
+            r.steps
+                .iter()
+                .map(|s| medmesh_testnet::scenario::Step {
+                    step: format!("[{}] {}", r.name, s.step),
+                    ..s.clone()
+                })
+                .chain(error)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !common.json {
+        println!();
+        for r in &runs {
+            println!(
+                "{:<10} {}  {} steps, {:.0} s{}",
+                r.name,
+                if r.pass { "PASS" } else { "FAIL" },
+                r.steps.len(),
+                r.seconds,
+                r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+    }
+    finish_scenario(common, &dir, &steps, serde_json::json!({ "scenarios": runs }))
+}
+
+fn demo(args: &ScenarioArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "demo")?)?;
+    if !args.json {
+        eprintln!(
+            "medmesh demo in {} (3 sites on 127.0.0.1; this builds and runs the medmesh binary)\n",
+            dir.display()
+        );
+    }
+    let pb = spinner(args.json);
+    pb.set_message("setting up the consortium");
+    let mut n = 0;
+    let mut print = |s: &medmesh_testnet::scenario::Step| {
+        if !args.json {
+            pb.suspend(|| print_step(&mut n, s));
+        }
+    };
+    let result = medmesh_testnet::scenario::demo::run(&dir, &mut print);
+    pb.finish_and_clear();
+    if args.keep {
+        eprintln!(
+            "kept {} (site homes and node logs: nord/, sued/, lumiere/)",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let steps = result.context("running the demo")?;
+    if !args.json {
+        let mut out = io::stdout().lock();
+        writeln!(out)?;
+        write!(out, "{}", step_table(&steps))?;
+    }
+    finish_scenario(args, &dir, &steps, serde_json::Value::Null)
+}
+
+/// The steps as a text table: step, expected, observed, pass, each column
+/// wrapped to its width.
+fn step_table(steps: &[medmesh_testnet::scenario::Step]) -> String {
+    const W: [usize; 3] = [40, 36, 48];
+    let rule = format!(
+        "+-----+{}+{}+{}+------+\n",
+        "-".repeat(W[0] + 2),
+        "-".repeat(W[1] + 2),
+        "-".repeat(W[2] + 2)
+    );
+    let row = |no: &str, cells: [&str; 3], pass: &str| {
+        let wrapped: Vec<Vec<String>> = cells.iter().zip(W).map(|(c, w)| wrap(c, w)).collect();
+        let lines = wrapped.iter().map(Vec::len).max().unwrap_or(1);
+        let mut out = String::new();
+        for i in 0..lines {
+            let cell = |k: usize| wrapped[k].get(i).map_or("", String::as_str);
+            let (no, pass) = if i == 0 { (no, pass) } else { ("", "") };
+            out.push_str(&format!(
+                "| {no:>3} | {:<w0$} | {:<w1$} | {:<w2$} | {pass:<4} |\n",
+                cell(0),
+                cell(1),
+                cell(2),
+                w0 = W[0],
+                w1 = W[1],
+                w2 = W[2]
+            ));
+        }
+        out
+    };
+    let mut t = rule.clone();
+    t.push_str(&row("#", ["step", "expected", "observed"], "pass"));
+    t.push_str(&rule);
+    for (i, s) in steps.iter().enumerate() {
+        t.push_str(&row(
+            &(i + 1).to_string(),
+            [&s.step, &s.expected, &s.observed],
+            if s.pass { "PASS" } else { "FAIL" },
+        ));
+        t.push_str(&rule);
+    }
+    t
+}
+
+/// Splits `text` into lines of at most `width` characters, at spaces where it can.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        while word.len() > width {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            lines.push(word.drain(..width).collect());
+        }
+        let word: String = word.into_iter().collect();
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn scenario_transfer(args: &ScenarioArgs) -> anyhow::Result<()> {
@@ -805,5 +1149,50 @@ mod tests {
             panic!("parsed as another subcommand")
         };
         assert_eq!((args.nodes, args.entries, args.poll_ms), (8, 20, 50));
+    }
+
+    #[test]
+    fn parses_scenario_partition() {
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "partition", "--keep", "--json"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Partition(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert!(args.keep && args.json && args.dir.is_none());
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "partition", "--dir", "/tmp/p"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Partition(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!(args.dir.as_deref(), Some(Path::new("/tmp/p")));
+        assert!(!args.keep && !args.json);
+        assert!(Cli::try_parse_from(["medmesh-testnet", "scenario", "partition", "--nodes", "4"]).is_err());
+    }
+
+    #[test]
+    fn parses_scenario_load() {
+        let cli = Cli::try_parse_from(["medmesh-testnet", "scenario", "load", "--json"]).unwrap();
+        let Command::Scenario(ScenarioCommand::Load(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!((args.studies, args.slices, args.in_flight), (200, 3, 8));
+        assert!(args.common.json && !args.common.keep && args.common.dir.is_none());
+        let cli = Cli::try_parse_from([
+            "medmesh-testnet",
+            "scenario",
+            "load",
+            "--studies",
+            "40",
+            "--slices",
+            "2",
+            "--dir",
+            "/tmp/x",
+            "--keep",
+        ])
+        .unwrap();
+        let Command::Scenario(ScenarioCommand::Load(args)) = cli.command else {
+            panic!("parsed as another subcommand")
+        };
+        assert_eq!((args.studies, args.slices), (40, 2));
+        assert!(args.common.keep && args.common.dir.is_some());
+        assert!(Cli::try_parse_from(["medmesh-testnet", "scenario", "load", "--studies", "0"]).is_err());
     }
 }

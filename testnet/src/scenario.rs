@@ -19,7 +19,11 @@
 //! forged fork is detected); [`scale::run`] times how fast an entry reaches
 //! every node of a larger network and what each node costs.
 
+pub mod all;
+pub mod demo;
 pub mod ledger;
+pub mod load;
+pub mod partition;
 pub mod scale;
 
 use std::collections::BTreeMap;
@@ -59,6 +63,11 @@ pub enum ScenarioError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A network namespace could not be made, or a link cut or restored
+    /// (`scenario partition` needs root and iproute2): the `ip` command and
+    /// its stderr.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     /// A config file did not hold the line to change.
     #[error("{path}: no {line:?} to change")]
     Config {

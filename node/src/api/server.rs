@@ -309,6 +309,8 @@ async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::
             level: r.level,
         },
     };
+    // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
+    let _asking = api.node.live().asking(&request_id);
     let answer = api.net.transfer_message(peer, msg).await.map_err(|e| failed(&e))?;
     let view = blocking(api, move |n| {
         n.note_answer(

@@ -123,18 +123,26 @@ pub fn start(
                 return;
             }
         };
+        // Inbound streams are taken by a task that does nothing else:
+        // libp2p-stream hands them over through a channel with room for one
+        // and drops (silently, at debug level) a stream that finds it full.
+        // Taken in the loop below, every stream that arrived while a round
+        // ran was dropped, and its holder retried after `retry_secs`.
+        let mut accept = {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                while let Some((peer, stream)) = incoming.next().await {
+                    let e = Arc::clone(&engine);
+                    tokio::spawn(async move { e.receive(peer, stream).await });
+                }
+            })
+        };
         let retry = Duration::from_secs(engine.node.config().transfer.retry_secs);
         let mut tick = tokio::time::interval(retry);
         let mut expiry = tokio::time::interval(EXPIRY_EVERY);
         loop {
             tokio::select! {
-                next = incoming.next() => match next {
-                    Some((peer, stream)) => {
-                        let e = Arc::clone(&engine);
-                        tokio::spawn(async move { e.receive(peer, stream).await });
-                    }
-                    None => break,
-                },
+                _ = &mut accept => break,
                 _ = tick.tick() => engine.clone().round().await,
                 () = engine.wake.notified() => engine.clone().round().await,
                 _ = expiry.tick() => {
@@ -152,6 +160,7 @@ pub fn start(
                 }
             }
         }
+        accept.abort();
     })
 }
 

@@ -105,6 +105,24 @@ fn verdict(n: &Node, peer: &str, open: &Open) -> String {
 }
 
 #[test]
+fn a_stream_that_beats_the_answer_is_refused_for_now_not_for_good() {
+    let w = world();
+    let holder_peer = w.holder.identity().peer_id();
+    let (_, open) = granted(&w.holder, &w.recipient);
+    // The request (id [7; 16]) is on its way: its answer is not recorded yet.
+    let asking = w.recipient.live().asking(&hex::encode([7u8; 16]));
+    let r = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    assert_eq!((r.code.as_str(), r.permanent), ("not-yet", false));
+    // Another request in flight does not make this one known.
+    let other = w.recipient.live().asking(&hex::encode([9u8; 16]));
+    drop(asking);
+    let r = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    assert_eq!((r.code.as_str(), r.permanent), ("unknown-transfer", true));
+    drop(other);
+    assert!(!w.recipient.live().is_asking(&hex::encode([9u8; 16])));
+}
+
+#[test]
 fn the_recipient_refuses_streams_it_must_not_take() {
     let w = world();
     let holder_peer = w.holder.identity().peer_id();

@@ -16,6 +16,7 @@
 //!   disconnect running peers, clean shutdown.
 //! - `notify`: a transfer's notification delivered by a running holder to a webhook and a
 //!   syslog collector (DICOM audit message), without the study's identifiers.
+//! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
 mod consent;
@@ -28,6 +29,7 @@ mod ledger;
 mod net;
 mod notify;
 mod privacy;
+mod testnet;
 mod transfer;
 mod trust;
 mod util;
