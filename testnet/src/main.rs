@@ -1,12 +1,13 @@
-//! `medmesh-testnet`: generate synthetic studies (`gen-study`), check one node's store end to end
+//! `medmesh-testnet`: the demo of a consortium exchanging studies (`demo`, the README's main
+//! command), generate synthetic studies (`gen-study`), check one node's store end to end
 //! (`roundtrip`), start a local network (`up`), run scenarios against a local network of real
-//! `medmesh` processes (`scenario transfer`, `scenario ledger`, `scenario scale`), and time the
+//! `medmesh` processes (`scenario transfer|ledger|scale|partition|load|all`), and time the
 //! ledger on one thread (`bench-ledger`).
 //!
-//! `roundtrip` and `scenario ...` report every step as expected, observed, PASS/FAIL, or with
+//! `demo`, `roundtrip` and `scenario ...` report every step as expected, observed, PASS/FAIL, or with
 //! `--json` as one object `{"steps": [{step, expected, observed, pass}], "pass": bool}`.
 //!
-//! Exit codes: 0 success, 1 a step of `roundtrip` or a scenario failed, 2 error (the error chain
+//! Exit codes: 0 success, 1 a step of the demo, `roundtrip` or a scenario failed, 2 error (the error chain
 //! is printed to stderr).
 #![forbid(unsafe_code)]
 
