@@ -174,6 +174,9 @@ pub struct Node {
     record: VerifiedNodeRecord,
     store: Store,
     live: crate::transfer::Live,
+    /// Held while a study is purged: purges (by a person, and by the
+    /// retention policy from several places) never run at once.
+    purging: std::sync::Mutex<()>,
     /// The seq of this node's last ledger entry (the network publishes what follows what it sent).
     ledger_seq: tokio::sync::watch::Sender<u64>,
 }
@@ -525,6 +528,7 @@ impl Node {
             record,
             store,
             live: crate::transfer::Live::default(),
+            purging: std::sync::Mutex::new(()),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
         })
     }

@@ -1273,18 +1273,25 @@ impl Node {
     }
 
     /// Clears a transfer of a purged study: it fails if unfinished, its
-    /// record no longer names the study, and the documents that would derive
-    /// its keys, its chunk progress and its de-identified copies are deleted.
+    /// record no longer names the study (UID, signed grant, reasons), and the
+    /// documents that would derive its keys, its chunk progress and its
+    /// de-identified copies are deleted.
     ///
     /// # Errors
     /// Store errors.
     pub fn scrub_transfer(&self, id: &TransferId) -> Result<(), HomeError> {
         self.update_transfer(id, |r| {
-            if !r.state.is_final() {
+            // The signed grant names the study and its series, and reasons
+            // and errors may name UIDs: only the record of the exchange stays.
+            r.error = if r.state.is_final() {
+                None
+            } else {
                 r.state = State::Failed;
-                r.error = Some("the study was purged at this site".into());
-            }
+                Some("the study was purged at this site".into())
+            };
             r.study_uid.clear();
+            r.grant.clear();
+            r.reasons.clear();
             Ok(())
         })?;
         self.live().remove(id);

@@ -2,11 +2,12 @@
 //! and the retention policy that purges locked received copies on its own.
 //!
 //! A purge is written to the ledger first (`study-purged`, naming the study
-//! by its commitment), then the study's rows, files and data key are
-//! deleted, its links in the re-link map and in transfer records removed,
-//! and last this node's commitment salt is erased: every entry that ever
-//! named the study, here and at every other node, still verifies but names
-//! nothing any more.
+//! by its commitment); then the transfer records and the re-link map stop
+//! naming the study, this node's commitment salt is erased (every entry that
+//! ever named the study, here and at every other node, still verifies but
+//! names nothing any more), and last the study's rows, data key and files
+//! are deleted. Until that last step the study is still there to purge
+//! again, and every step before it can run twice.
 
 use std::fmt;
 
@@ -137,20 +138,32 @@ impl Node {
         self.purge(study, reason)
     }
 
-    /// Purges the study with reference `study`.
+    /// Purges the study with reference `study`. Every step before the rows
+    /// go can run again: a purge that fails part-way is run again by name,
+    /// and the study's rows are deleted last (their files then, or at the
+    /// next start from the intent recorded with the deletion).
     ///
     /// # Errors
     /// As [`Node::purge_study`].
     pub(crate) fn purge(&self, study: StudyRef, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
+        let _one_at_a_time = self.purging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let row = self
             .store()
             .study_row(&study)?
             .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
-        // The UID, when the study still opens (a locked copy's is gone with its key).
-        let uid = match self.store().unwrap_study_key(&study, &row) {
-            Ok(key) => Some(self.store().open_study_meta(&study, &key, &row)?.study_uid),
+        // The UID, when the study still opens (a locked copy's went with its
+        // key; a damaged row is purged all the same, by its reference).
+        let uid = match self
+            .store()
+            .unwrap_study_key(&study, &row)
+            .and_then(|key| self.store().open_study_meta(&study, &key, &row))
+        {
+            Ok(meta) => Some(meta.study_uid),
             Err(StoreError::Locked(_)) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(study = %study.short(), cause = %e, "purging a study whose metadata does not open");
+                None
+            }
         };
         // This node's own commitment (made now if it never named the study;
         // a locked copy of an old row without the holder's is committed by
@@ -170,13 +183,10 @@ impl Node {
             study: commitment.clone(),
             reason: reason.as_str().into(),
         })?;
-        let purged = self.store().purge_study(&study)?.unwrap_or_default();
-        let transfers = self.forget_study_in_transfers(uid.as_deref(), grant_transfer.as_deref())?;
-        let relinks = match &uid {
-            Some(u) => self.store().relink_forget_study(u)?,
-            None => 0,
-        };
+        let transfers = self.forget_study_in_transfers(&study, grant_transfer.as_deref())?;
+        let relinks = self.store().relink_forget_study(&study)?;
         let salt_erased = self.store().erase_commitment(&study)?;
+        let purged = self.store().purge_study(&study)?.unwrap_or_default();
         tracing::info!(study = %study.short(), %reason, instances = purged.instances, "study purged");
         Ok(PurgeReport {
             study: study.short(),
@@ -208,22 +218,33 @@ impl Node {
                 && let Some(locked) = g.locked
                 && locked.saturating_add(days * 86_400) <= now
             {
-                let r = self.purge(study, PurgeReason::Retention)?;
-                tracing::info!(study = %r.study, files = r.files, "retention: a locked received study purged");
-                purged += 1;
+                // One study that cannot be purged (or that another caller
+                // purged meanwhile) does not hold up the others.
+                match self.purge(study, PurgeReason::Retention) {
+                    Ok(r) => {
+                        tracing::info!(study = %r.study, files = r.files, "retention: a locked received study purged");
+                        purged += 1;
+                    }
+                    Err(HomeError::Store(StoreError::UnknownStudy(_))) => {}
+                    Err(e) => {
+                        tracing::error!(study = %study.short(), cause = %e, "retention: cannot purge a locked received study");
+                    }
+                }
             }
         }
         Ok(purged)
     }
 
     /// Clears a purged study out of the transfer records that name it (by
-    /// UID, or the grant's transfer for a locked copy): an unfinished one
-    /// fails, the study UID is cleared, and the documents that would derive
-    /// its keys and the de-identified copies prepared for it are deleted.
-    fn forget_study_in_transfers(&self, uid: Option<&str>, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
+    /// reference, so a locked copy's too, or the grant's transfer): an
+    /// unfinished one fails, the study is no longer named, and the documents
+    /// that would derive its keys and the de-identified copies prepared for
+    /// it are deleted.
+    fn forget_study_in_transfers(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
         let mut n = 0;
         for rec in self.transfer_records()? {
-            let named = uid.is_some_and(|u| !u.is_empty() && rec.study_uid == u) || grant_transfer == Some(&rec.id);
+            let named = (!rec.study_uid.is_empty() && self.store().study_ref(&rec.study_uid) == *study)
+                || grant_transfer == Some(&rec.id);
             if !named {
                 continue;
             }

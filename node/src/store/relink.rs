@@ -88,12 +88,13 @@ impl super::Store {
     }
 
     /// Forgets a purged study in the map: every pseudonymised study UID that
-    /// stands for `original` is removed, and a pseudonym left with no study
-    /// is removed with its patient. Returns how many study links went.
+    /// stands for an original UID with reference `study` is removed (so the
+    /// study's UID need not be known), and a pseudonym left with no study is
+    /// removed with its patient. Returns how many study links went.
     ///
     /// # Errors
     /// [`StoreError::Database`], [`StoreError::Relink`] for a record that does not open.
-    pub fn relink_forget_study(&self, original: &str) -> Result<u64, StoreError> {
+    pub fn relink_forget_study(&self, study: &super::StudyRef) -> Result<u64, StoreError> {
         let key = self.relink_key();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
@@ -106,7 +107,7 @@ impl super::Store {
                 let pseudonym = k.value().to_string();
                 let mut record = open_record(&key, &pseudonym, v.value())?;
                 let before = record.studies.len();
-                record.studies.retain(|_, o| o != original);
+                record.studies.retain(|_, o| self.study_ref(o) != *study);
                 if record.studies.len() != before {
                     removed += (before - record.studies.len()) as u64;
                     changed.push((pseudonym, record));
