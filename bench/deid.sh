@@ -62,6 +62,7 @@
 #   new temp dir; removed at exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RUNS="${RUNS:-3}"
 TOOLS="${TOOLS:-gdcmanon pydicom medmesh}"
 DATASETS="${DATASETS:-corpus study}"
@@ -98,7 +99,6 @@ perl -MJSON::PP -e 1 2>/dev/null || { echo "missing perl JSON::PP: $HINT" >&2; e
 
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
-fail() { echo "$*" >&2; exit 2; }
 
 build=()
 has_ds study && [ -z "${GEN:-}" ] && build+=(-p medmesh-testnet)
@@ -162,10 +162,6 @@ EOF
 fi
 
 # --- helpers -------------------------------------------------------------------
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-# tree_stats DIR: "files bytes" of the regular files under DIR
-tree_stats() { find "$1" -type f -printf '%s\n' | awk '{n++; s+=$1} END {print n+0, s+0}'; }
 # part10_count DIR: regular files under DIR with "DICM" at byte 128
 part10_count() {
   perl -MFile::Find -e 'my $n = 0;

@@ -9,6 +9,7 @@
 # Needs: b3sum, openssl, GNU time (apt-get install b3sum openssl time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RUNS="${RUNS:-3}"
 OUT="${BENCH_OUT:-bench/out}"
 WORK="${BENCH_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/medmesh-bench.XXXXXX")}"
@@ -30,7 +31,6 @@ run() {
   echo "$name $(cat "$WORK/t")" >> "$WORK/times"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 KEY=$(printf '%064d' 0); IV=$(printf '%032d' 0)
 : > "$WORK/times"

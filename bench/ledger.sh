@@ -24,6 +24,7 @@
 #   BENCH_OUT (bench/out), BENCH_WORK (a new temp dir; removed at exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RUNS="${RUNS:-3}"
 ENTRIES="${ENTRIES:-20000}"
 NODES="${NODES:-8 16 32}"
@@ -39,18 +40,8 @@ cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 mkdir -p "$OUT"
 
-build=()
-[ -n "${GEN:-}" ] || build+=(-p medmesh-testnet)
-[ -n "${MM:-}" ] || build+=(-p medmesh)
-[ ${#build[@]} -eq 0 ] || cargo build --release --locked -q "${build[@]}"
-GEN="${GEN:-${CARGO_TARGET_DIR:-target}/release/medmesh-testnet}"
-MM="${MM:-${CARGO_TARGET_DIR:-target}/release/medmesh}"
-export MEDMESH_PASSPHRASE="medmesh benchmark passphrase"
-export MEDMESH_LOG=error
-export MEDMESH_BIN="$MM"   # the medmesh that the scenarios run
+release_bins
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # secs CMD...: wall seconds of CMD (which must succeed), output discarded
 secs() {
   local t0 t1

@@ -32,6 +32,7 @@
 #   (bench/out), BENCH_WORK (a new temp dir; removed at exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 STUDIES="${STUDIES:-200}"
 SLICES="${SLICES:-3}"
 IN_FLIGHT="${IN_FLIGHT:-8}"
@@ -56,54 +57,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$OUT"
 
-build=()
-[ -n "${GEN:-}" ] || build+=(-p medmesh-testnet)
-[ -n "${MM:-}" ] || build+=(-p medmesh)
-[ ${#build[@]} -eq 0 ] || cargo build --release --locked -q "${build[@]}"
-GEN="${GEN:-${CARGO_TARGET_DIR:-target}/release/medmesh-testnet}"
-MM="${MM:-${CARGO_TARGET_DIR:-target}/release/medmesh}"
-export MEDMESH_PASSPHRASE="medmesh benchmark passphrase"
-export MEDMESH_LOG=error
-export MEDMESH_BIN="$MM"   # the medmesh that the scenario runs
-
-fail() { echo "$*" >&2; exit 2; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-# tree_stats DIR: "files bytes" of the regular files under DIR
-tree_stats() { find "$1" -type f -printf '%s\n' | awk '{n++; s+=$1} END {print n+0, s+0}'; }
-# pixel_stats FILE...: "files pixel_bytes md5" -- Pixel Data (7FE0,0010) of each
-# Explicit VR LE file, the last element; md5 over the sorted per-file MD5s
-pixel_stats() {
-  perl -MDigest::MD5=md5_hex -e '
-    my ($n, $bytes, @d) = (0, 0);
-    for my $f (@ARGV) {
-      open my $h, "<:raw", $f or die "$f: $!\n";
-      my $data = do { local $/; <$h> };
-      my $p = rindex($data, "\xe0\x7f\x10\x00OW\0\0");
-      $p = rindex($data, "\xe0\x7f\x10\x00OB\0\0") if $p < 0;
-      die "$f: no Pixel Data\n" if $p < 0;
-      my $len = unpack("V", substr($data, $p + 8, 4));
-      die "$f: Pixel Data is not the last element\n" if $p + 12 + $len != length $data;
-      $n++; $bytes += $len; push @d, md5_hex(substr($data, $p + 12));
-    }
-    print "$n $bytes ", md5_hex(join "", sort @d), "\n"' "$@"
-}
-# free_port: a TCP port on 127.0.0.1 that nothing listens on
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-# wait_for SECONDS CMD...: retry CMD every 0.1 s until it succeeds
-wait_for() {
-  local end=$(( $(now_ms) + $1 * 1000 )); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$(now_ms)" -lt "$end" ] || return 1
-    sleep 0.1
-  done
-}
+release_bins
 
 START_MS=$(now_ms)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

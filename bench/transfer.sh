@@ -39,6 +39,7 @@
 #   written to $PERF_OUT/{sender,receiver}.txt; needs linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 RUNS="${RUNS:-3}"
 TOOLS="${TOOLS:-scp dcmtk medmesh}"
 SLICES="${SLICES:-2000}"
@@ -86,9 +87,6 @@ export MEDMESH_PASSPHRASE="medmesh benchmark passphrase"
 export MEDMESH_LOG=error
 export MEDMESH_BIN="$MM"   # the medmesh that `medmesh-testnet up` runs
 
-fail() { echo "$*" >&2; exit 2; }
-# now_ms: wall clock in milliseconds
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # timed NAME CMD...: run CMD; append "NAME seconds" to $WORK/times,
 # "NAME sender maxrss_kib" (GNU time %M) to $WORK/rss and "NAME sender
 # cpu_seconds" (user + system, children included) to $WORK/cpu; stdout in $WORK/out
@@ -104,42 +102,6 @@ timed() {
 }
 # quiet CMD...: run CMD, showing its output only when it fails
 quiet() { "$@" >"$WORK/qout" 2>&1 || { echo "failed: $*" >&2; cat "$WORK/qout" >&2; exit 2; }; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-# tree_stats DIR: "files bytes" of the regular files under DIR
-tree_stats() { find "$1" -type f -printf '%s\n' | awk '{n++; s+=$1} END {print n+0, s+0}'; }
-# pixel_stats FILE...: "files pixel_bytes md5" -- Pixel Data (7FE0,0010) of each
-# Explicit VR LE file, the last element; md5 over the sorted per-file MD5s
-pixel_stats() {
-  perl -MDigest::MD5=md5_hex -e '
-    my ($n, $bytes, @d) = (0, 0);
-    for my $f (@ARGV) {
-      open my $h, "<:raw", $f or die "$f: $!\n";
-      my $data = do { local $/; <$h> };
-      my $p = rindex($data, "\xe0\x7f\x10\x00OW\0\0");
-      $p = rindex($data, "\xe0\x7f\x10\x00OB\0\0") if $p < 0;
-      die "$f: no Pixel Data\n" if $p < 0;
-      my $len = unpack("V", substr($data, $p + 8, 4));
-      die "$f: Pixel Data is not the last element\n" if $p + 12 + $len != length $data;
-      $n++; $bytes += $len; push @d, md5_hex(substr($data, $p + 12));
-    }
-    print "$n $bytes ", md5_hex(join "", sort @d), "\n"' "$@"
-}
-# free_port: a TCP port on 127.0.0.1 that nothing listens on
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-# wait_for SECONDS CMD...: retry CMD every 0.1 s until it succeeds
-wait_for() {
-  local end=$(( $(now_ms) + $1 * 1000 )); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$(now_ms)" -lt "$end" ] || return 1
-    sleep 0.1
-  done
-}
 warm() { find "$study" -type f -print0 | xargs -0 cat > /dev/null; }
 
 : > "$WORK/times"; : > "$WORK/rss"; : > "$WORK/cpu"

@@ -547,38 +547,73 @@ fn finish_scenario(
     Ok(())
 }
 
-fn scenario_ledger(args: &LedgerArgs) -> anyhow::Result<()> {
-    let common = &args.common;
-    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-ledger")?)?;
+/// Runs a scenario in a new folder (`--dir`, or one under $TMPDIR named
+/// after `name`): says what runs where, shows a spinner (`message`, then what
+/// the scenario reports) and prints each step as it is decided (text mode),
+/// then keeps the folder (saying what `kept` it holds) or removes it.
+fn in_work_dir<T>(
+    common: &ScenarioArgs,
+    name: &str,
+    what: &str,
+    message: &str,
+    kept: &str,
+    run: impl FnOnce(
+        &Path,
+        &mut dyn FnMut(&medmesh_testnet::scenario::Step),
+        &mut dyn FnMut(&str),
+    ) -> Result<T, medmesh_testnet::scenario::ScenarioError>,
+) -> anyhow::Result<(PathBuf, T)> {
+    let dir = std::path::absolute(work_dir(common.dir.as_deref(), name)?)?;
     if !common.json {
         eprintln!(
-            "running the ledger scenario in {} ({} nodes on 127.0.0.1; this builds and runs the medmesh binary)",
-            dir.display(),
-            args.nodes
+            "running {what} in {} (this builds and runs the medmesh binary)",
+            dir.display()
         );
     }
     let pb = spinner(common.json);
-    pb.set_message("creating and starting the nodes");
+    pb.set_message(message.to_string());
     let mut n = 0;
     let mut print = |s: &medmesh_testnet::scenario::Step| {
         if !common.json {
             pb.suspend(|| print_step(&mut n, s));
         }
     };
-    let result = medmesh_testnet::scenario::ledger::run(&dir, usize::from(args.nodes), &mut print);
+    let mut progress = |m: &str| pb.set_message(m.to_string());
+    let result = run(&dir, &mut print, &mut progress);
     pb.finish_and_clear();
     if common.keep {
-        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
+        eprintln!("kept {} ({kept})", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = result.context("running the ledger scenario")?;
-    if !common.json {
-        let t: Vec<String> = report.timings.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        println!("\ntimings (s): {}", t.join(", "));
+    let out = result.with_context(|| format!("running {what}"))?;
+    Ok((dir, out))
+}
+
+/// Prints named figures, one per line (text mode).
+fn print_figures(json: bool, title: &str, figures: &std::collections::BTreeMap<String, f64>) {
+    if !json {
+        println!("\n{title}:");
+        for (k, v) in figures {
+            println!("  {k:<24} {v:.3}");
+        }
     }
+}
+
+const NODE_LOGS: &str = "node logs: node-*/node.log";
+
+fn scenario_ledger(args: &LedgerArgs) -> anyhow::Result<()> {
+    let (dir, report) = in_work_dir(
+        &args.common,
+        "scenario-ledger",
+        &format!("the ledger scenario ({} nodes on 127.0.0.1)", args.nodes),
+        "creating and starting the nodes",
+        NODE_LOGS,
+        |dir, print, _| medmesh_testnet::scenario::ledger::run(dir, usize::from(args.nodes), print),
+    )?;
+    print_figures(args.common.json, "timings (s)", &report.timings);
     finish_scenario(
-        common,
+        &args.common,
         &dir,
         &report.steps,
         serde_json::json!({ "timings": report.timings }),
@@ -586,34 +621,15 @@ fn scenario_ledger(args: &LedgerArgs) -> anyhow::Result<()> {
 }
 
 fn scenario_partition(args: &ScenarioArgs) -> anyhow::Result<()> {
-    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "scenario-partition")?)?;
-    if !args.json {
-        eprintln!(
-            "running the partition scenario in {} (3 nodes in two network namespaces joined by a veth pair; needs \
-             root and iproute2; this builds and runs the medmesh binary)",
-            dir.display()
-        );
-    }
-    let pb = spinner(args.json);
-    pb.set_message("creating and starting the nodes");
-    let mut n = 0;
-    let mut print = |s: &medmesh_testnet::scenario::Step| {
-        if !args.json {
-            pb.suspend(|| print_step(&mut n, s));
-        }
-    };
-    let result = medmesh_testnet::scenario::partition::run(&dir, &mut print);
-    pb.finish_and_clear();
-    if args.keep {
-        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let report = result.context("running the partition scenario")?;
-    if !args.json {
-        let f: Vec<String> = report.figures.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        println!("\nfigures: {}", f.join(", "));
-    }
+    let (dir, report) = in_work_dir(
+        args,
+        "scenario-partition",
+        "the partition scenario (3 nodes in two network namespaces joined by a veth pair; needs root and iproute2)",
+        "creating and starting the nodes",
+        NODE_LOGS,
+        |dir, print, _| medmesh_testnet::scenario::partition::run(dir, print),
+    )?;
+    print_figures(args.json, "figures", &report.figures);
     finish_scenario(
         args,
         &dir,
@@ -623,16 +639,6 @@ fn scenario_partition(args: &ScenarioArgs) -> anyhow::Result<()> {
 }
 
 fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
-    let common = &args.common;
-    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-scale")?)?;
-    if !common.json {
-        eprintln!(
-            "running the scale scenario in {} ({} nodes on 127.0.0.1, {} entries)",
-            dir.display(),
-            args.nodes,
-            args.entries
-        );
-    }
     let opts = medmesh_testnet::scenario::scale::ScaleOptions {
         nodes: usize::from(args.nodes),
         entries: usize::from(args.entries),
@@ -640,24 +646,19 @@ fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
         poll: std::time::Duration::from_millis(args.poll_ms),
         seed: args.seed,
     };
-    let pb = spinner(common.json);
-    let mut n = 0;
-    let mut print = |s: &medmesh_testnet::scenario::Step| {
-        if !common.json {
-            pb.suspend(|| print_step(&mut n, s));
-        }
-    };
-    let mut progress = |m: &str| pb.set_message(m.to_string());
-    let result = medmesh_testnet::scenario::scale::run(&dir, &opts, &mut print, &mut progress);
-    pb.finish_and_clear();
-    if common.keep {
-        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let report = result.context("running the scale scenario")?;
+    let (dir, report) = in_work_dir(
+        &args.common,
+        "scenario-scale",
+        &format!(
+            "the scale scenario ({} nodes on 127.0.0.1, {} entries)",
+            args.nodes, args.entries
+        ),
+        "creating and starting the nodes",
+        NODE_LOGS,
+        |dir, print, progress| medmesh_testnet::scenario::scale::run(dir, &opts, print, progress),
+    )?;
     finish_scenario(
-        common,
+        &args.common,
         &dir,
         &report.steps,
         serde_json::json!({ "figures": report.figures }),
@@ -665,46 +666,26 @@ fn scenario_scale(args: &ScaleArgs) -> anyhow::Result<()> {
 }
 
 fn scenario_load(args: &LoadArgs) -> anyhow::Result<()> {
-    let common = &args.common;
-    let dir = std::path::absolute(work_dir(common.dir.as_deref(), "scenario-load")?)?;
-    if !common.json {
-        eprintln!(
-            "running the load scenario in {} (3 nodes on 127.0.0.1, {} studies of {} slices requested by 2 nodes)",
-            dir.display(),
-            args.studies,
-            args.slices
-        );
-    }
     let opts = medmesh_testnet::scenario::load::LoadOptions {
         studies: usize::from(args.studies),
         slices: args.slices,
         in_flight: usize::from(args.in_flight),
         ..medmesh_testnet::scenario::load::LoadOptions::default()
     };
-    let pb = spinner(common.json);
-    pb.set_message("creating and starting the nodes, generating and importing the studies");
-    let mut n = 0;
-    let mut print = |s: &medmesh_testnet::scenario::Step| {
-        if !common.json {
-            pb.suspend(|| print_step(&mut n, s));
-        }
-    };
-    let result = medmesh_testnet::scenario::load::run(&dir, &opts, &mut print);
-    pb.finish_and_clear();
-    if common.keep {
-        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let report = result.context("running the load scenario")?;
-    if !common.json {
-        println!("\nfigures:");
-        for (k, v) in &report.figures {
-            println!("  {k:<22} {v:.3}");
-        }
-    }
+    let (dir, report) = in_work_dir(
+        &args.common,
+        "scenario-load",
+        &format!(
+            "the load scenario (3 nodes on 127.0.0.1, {} studies of {} slices requested by 2 nodes)",
+            args.studies, args.slices
+        ),
+        "creating and starting the nodes, generating and importing the studies",
+        NODE_LOGS,
+        |dir, print, _| medmesh_testnet::scenario::load::run(dir, &opts, print),
+    )?;
+    print_figures(args.common.json, "figures", &report.figures);
     finish_scenario(
-        common,
+        &args.common,
         &dir,
         &report.steps,
         serde_json::json!({ "figures": report.figures }),
@@ -809,32 +790,14 @@ fn scenario_all(args: &AllArgs) -> anyhow::Result<()> {
 }
 
 fn demo(args: &ScenarioArgs) -> anyhow::Result<()> {
-    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "demo")?)?;
-    if !args.json {
-        eprintln!(
-            "medmesh demo in {} (3 sites on 127.0.0.1; this builds and runs the medmesh binary)\n",
-            dir.display()
-        );
-    }
-    let pb = spinner(args.json);
-    pb.set_message("setting up the consortium");
-    let mut n = 0;
-    let mut print = |s: &medmesh_testnet::scenario::Step| {
-        if !args.json {
-            pb.suspend(|| print_step(&mut n, s));
-        }
-    };
-    let result = medmesh_testnet::scenario::demo::run(&dir, &mut print);
-    pb.finish_and_clear();
-    if args.keep {
-        eprintln!(
-            "kept {} (site homes and node logs: nord/, sued/, lumiere/)",
-            dir.display()
-        );
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let steps = result.context("running the demo")?;
+    let (dir, steps) = in_work_dir(
+        args,
+        "demo",
+        "the medmesh demo (3 sites on 127.0.0.1)",
+        "setting up the consortium",
+        "site homes and node logs: nord/, sued/, lumiere/",
+        |dir, print, _| medmesh_testnet::scenario::demo::run(dir, print),
+    )?;
     if !args.json {
         let mut out = io::stdout().lock();
         writeln!(out)?;
@@ -915,65 +878,15 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 fn scenario_transfer(args: &ScenarioArgs) -> anyhow::Result<()> {
-    use medmesh_testnet::scenario::Step;
-    let dir = std::path::absolute(work_dir(args.dir.as_deref(), "scenario-transfer")?)?;
-    if !args.json {
-        eprintln!(
-            "running the transfer scenario in {} (2 nodes on 127.0.0.1; this builds and runs the medmesh binary)",
-            dir.display()
-        );
-    }
-    // In text mode each step is printed as soon as it is decided: one line, the
-    // observation; a failed step adds what was expected.
-    let mut n = 0;
-    let mut print = |s: &Step| {
-        if args.json {
-            return;
-        }
-        n += 1;
-        let mut out = io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "{n:>2}. {}  {}: {}",
-            if s.pass { "PASS" } else { "FAIL" },
-            s.step,
-            s.observed
-        );
-        if !s.pass {
-            let _ = writeln!(out, "        expected: {}", s.expected);
-        }
-        let _ = out.flush();
-    };
-    let result = medmesh_testnet::scenario::transfer(&dir, &mut print);
-    if args.keep {
-        eprintln!("kept {} (node logs: node-*/node.log)", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let steps = result.context("running the transfer scenario")?;
-    let pass = steps.iter().all(|s| s.pass);
-    let mut stdout = io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut stdout, &serde_json::json!({ "steps": steps, "pass": pass }))?;
-        writeln!(stdout)?;
-    } else {
-        writeln!(
-            stdout,
-            "\n{} of {} steps passed{}",
-            steps.iter().filter(|s| s.pass).count(),
-            steps.len(),
-            if pass || args.keep {
-                ""
-            } else {
-                " (run again with --keep to read the node logs)"
-            }
-        )?;
-    }
-    stdout.flush()?;
-    if !pass {
-        std::process::exit(1);
-    }
-    Ok(())
+    let (dir, steps) = in_work_dir(
+        args,
+        "scenario-transfer",
+        "the transfer scenario (2 nodes on 127.0.0.1)",
+        "creating and starting the nodes",
+        NODE_LOGS,
+        |dir, print, _| medmesh_testnet::scenario::transfer(dir, print),
+    )?;
+    finish_scenario(args, &dir, &steps, serde_json::Value::Null)
 }
 
 fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {

@@ -275,10 +275,7 @@ fn import_study(
     if !ok {
         return Ok(None);
     }
-    let mut hashes = BTreeMap::new();
-    for (f, uid) in g.files.iter().zip(&g.sop_instance_uids) {
-        hashes.insert(uid.clone(), blake3::hash(&std::fs::read(f).map_err(io(f))?));
-    }
+    let hashes = file_hashes(&g)?;
     Ok(Some(Study {
         uid: g.study_uid,
         patient: g.phi.patient_id,
@@ -288,9 +285,17 @@ fn import_study(
     }))
 }
 
-/// Records the patient's consent at the holder: `purpose`, to node-2 by its
-/// peer id (naming the peer allows the cross-border transfer), identifiable.
-fn consent(r: &mut Recorder<'_>, pair: &Pair, n: u64, study: &Study, purpose: &str) -> Result<bool, ScenarioError> {
+/// Records a patient's consent at the holder (node-1): `purpose`, to the
+/// recipient by its peer id (naming the peer allows a cross-border
+/// transfer), identifiable. `patient` and `recipient` name them in the step.
+fn consent(
+    r: &mut Recorder<'_>,
+    pair: &Pair,
+    patient: &str,
+    recipient: &str,
+    study: &Study,
+    purpose: &str,
+) -> Result<bool, ScenarioError> {
     let out = process::run(
         &pair.holder,
         &[
@@ -309,11 +314,33 @@ fn consent(r: &mut Recorder<'_>, pair: &Pair, n: u64, study: &Study, purpose: &s
         ],
     )?;
     Ok(r.check(
-        &format!("node-1 records the consent of study {n}'s patient: {purpose}, to node-2, identifiable"),
+        &format!("node-1 records the consent of {patient}: {purpose}, to {recipient} (by peer id), identifiable"),
         "exit 0",
         format!("exit {}{}", exit_of(&out), stderr_tail(&out)),
         out.status.success(),
     ))
+}
+
+/// `medmesh consent add` at `home` for a made-up pseudonymous patient of
+/// `issuer` (treatment, to FR, identifiable): an entry in `home`'s feed.
+fn made_up_consent(home: &Path, issuer: &str, patient: &str) -> Result<Output, ScenarioError> {
+    Ok(process::run(
+        home,
+        &[
+            "consent",
+            "add",
+            "--patient-id",
+            patient,
+            "--issuer",
+            issuer,
+            "--purpose",
+            "treatment",
+            "--recipient-jurisdiction",
+            "FR",
+            "--level",
+            "identifiable",
+        ],
+    )?)
 }
 
 /// `request --json [--wait --timeout 120]` at node-2: exit code, the last
@@ -350,33 +377,83 @@ fn request(
     Ok((out.status.code(), record, took, err))
 }
 
-/// Exports the study at node-2 and compares every file with the generated one.
-fn check_export(r: &mut Recorder<'_>, pair: &Pair, dir: &Path, n: u64, study: &Study) -> Result<bool, ScenarioError> {
-    let out_dir = dir.join("exports").join(format!("study-{n}"));
-    let out = process::run(
-        &pair.recipient,
-        &["study", "export", &study.uid, "--out", &out_dir.to_string_lossy()],
-    )?;
+/// BLAKE3 of every file of a generated study, by SOP Instance UID (the name
+/// an export gives each file).
+fn file_hashes(g: &crate::GeneratedStudy) -> Result<BTreeMap<String, blake3::Hash>, ScenarioError> {
+    let mut hashes = BTreeMap::new();
+    for (f, uid) in g.files.iter().zip(&g.sop_instance_uids) {
+        hashes.insert(uid.clone(), blake3::hash(&std::fs::read(f).map_err(io(f))?));
+    }
+    Ok(hashes)
+}
+
+/// A study exported at a node, compared file by file with the generated one.
+struct Compared {
+    /// The `study export` run.
+    out: Output,
+    /// Files identical to the generated one of the same SOP Instance UID.
+    same: usize,
+    /// Files exported.
+    got: usize,
+    /// Exported files the generated study does not have.
+    extra: usize,
+}
+
+impl Compared {
+    /// Export succeeded, every one of `want` files identical, none missing or extra.
+    fn identical(&self, want: usize) -> bool {
+        self.out.status.success() && self.same == want && self.got == want
+    }
+}
+
+/// Exports study `uid` at `home` into `out_dir` and compares every file,
+/// by SOP Instance UID (its file stem), with `want`.
+fn export_compare(
+    home: &Path,
+    uid: &str,
+    out_dir: &Path,
+    want: &BTreeMap<String, blake3::Hash>,
+) -> Result<Compared, ScenarioError> {
+    let out = process::run(home, &["study", "export", uid, "--out", &out_dir.to_string_lossy()])?;
     let mut got = BTreeMap::new();
-    for f in files_under(&out_dir) {
+    for f in files_under(out_dir) {
         let name = f
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
         got.insert(name, blake3::hash(&std::fs::read(&f).map_err(io(&f))?));
     }
-    let same = study.hashes.iter().filter(|(uid, h)| got.get(*uid) == Some(h)).count();
-    let extra = got.keys().filter(|k| !study.hashes.contains_key(*k)).count();
+    Ok(Compared {
+        same: want.iter().filter(|(uid, h)| got.get(*uid) == Some(h)).count(),
+        extra: got.keys().filter(|k| !want.contains_key(*k)).count(),
+        got: got.len(),
+        out,
+    })
+}
+
+/// `who` (at `home`) exports `study` (`what`, for the step) into `out_dir`;
+/// every file must be identical to the generated one.
+fn check_export(
+    r: &mut Recorder<'_>,
+    home: &Path,
+    who: &str,
+    what: &str,
+    out_dir: &Path,
+    study: &Study,
+) -> Result<bool, ScenarioError> {
+    let c = export_compare(home, &study.uid, out_dir, &study.hashes)?;
     Ok(r.check(
-        &format!("node-2 exports study {n}; BLAKE3 of every file against the generated one"),
+        &format!("{who} exports {what}; BLAKE3 of every file against the generated one"),
         "exit 0, every file byte-identical, none missing or extra",
         format!(
-            "exit {}, {same} of {} identical, {extra} extra{}",
-            exit_of(&out),
+            "exit {}, {} of {} identical, {} extra{}",
+            exit_of(&c.out),
+            c.same,
             study.hashes.len(),
-            stderr_tail(&out)
+            c.extra,
+            stderr_tail(&c.out)
         ),
-        out.status.success() && same == study.hashes.len() && got.len() == study.hashes.len(),
+        c.identical(study.hashes.len()),
     ))
 }
 
@@ -439,7 +516,7 @@ fn consented(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenar
     let Some(study) = import_study(r, pair, dir, 1, 40, 256)? else {
         return Ok(());
     };
-    if !consent(r, pair, 1, &study, "treatment")? {
+    if !consent(r, pair, "study 1's patient", "node-2", &study, "treatment")? {
         return Ok(());
     }
     let (code, v, took, err) = request(pair, &study, "treatment", true)?;
@@ -463,7 +540,14 @@ fn consented(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenar
     if !ok {
         return Ok(());
     }
-    check_export(r, pair, dir, 1, &study)?;
+    check_export(
+        r,
+        &pair.recipient,
+        "node-2",
+        "study 1",
+        &dir.join("exports").join("study-1"),
+        &study,
+    )?;
     let id = str_of(&v, "id");
     let start = Instant::now();
     let (held, done) = wait_state(&pair.holder, &id, &["complete"], Duration::from_secs(30))?;
@@ -524,7 +608,7 @@ fn approval(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenari
     let Some(study) = import_study(r, pair, dir, 3, 20, 256)? else {
         return Ok(());
     };
-    if !consent(r, pair, 3, &study, "second-opinion")? {
+    if !consent(r, pair, "study 3's patient", "node-2", &study, "second-opinion")? {
         return Ok(());
     }
     let (code, v, _, err) = request(pair, &study, "second-opinion", true)?;
@@ -597,7 +681,14 @@ fn approval(r: &mut Recorder<'_>, pair: &Pair, dir: &Path) -> Result<(), Scenari
         done,
     );
     if ok {
-        check_export(r, pair, dir, 3, &study)?;
+        check_export(
+            r,
+            &pair.recipient,
+            "node-2",
+            "study 3",
+            &dir.join("exports").join("study-3"),
+            &study,
+        )?;
     }
     Ok(())
 }
@@ -607,7 +698,7 @@ fn kill_and_resume(r: &mut Recorder<'_>, net: &mut Cluster, pair: &Pair, dir: &P
     let Some(study) = import_study(r, pair, dir, 4, 120, 512)? else {
         return Ok(());
     };
-    if !consent(r, pair, 4, &study, "treatment")? {
+    if !consent(r, pair, "study 4's patient", "node-2", &study, "treatment")? {
         return Ok(());
     }
     let (code, v, _, err) = request(pair, &study, "treatment", false)?;
@@ -709,6 +800,13 @@ fn kill_and_resume(r: &mut Recorder<'_>, net: &mut Cluster, pair: &Pair, dir: &P
         ),
         done && held["receipt"] == true && after * 10 <= study.bytes * 6,
     );
-    check_export(r, pair, dir, 4, &study)?;
+    check_export(
+        r,
+        &pair.recipient,
+        "node-2",
+        "study 4",
+        &dir.join("exports").join("study-4"),
+        &study,
+    )?;
     Ok(())
 }

@@ -35,6 +35,32 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
+/// A spread as text: "median 1.23 s, p90 …, max … (min …, n …)", or "none".
+#[must_use]
+pub fn describe(s: Option<&Spread>, unit: &str, digits: usize) -> String {
+    s.map_or_else(
+        || "none".into(),
+        |s| {
+            format!(
+                "median {:.d$}{unit}, p90 {:.d$}, max {:.d$} (min {:.d$}, n {})",
+                s.median,
+                s.p90,
+                s.max,
+                s.min,
+                s.n,
+                d = digits
+            )
+        },
+    )
+}
+
+/// KiB (as `/proc` gives them) in MiB, for display.
+#[must_use]
+pub fn mib(kib: u64) -> f64 {
+    // Display only.
+    kib as f64 / 1024.0
+}
+
 /// What a process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProcFigures {

@@ -177,15 +177,7 @@ impl super::Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub fn ledger_entries(&self) -> Result<Vec<StoredEntry>, StoreError> {
-        let read = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let (author, seq) = split_key(&k.value());
-            out.push((author, seq, v.value().to_vec()));
-        }
-        Ok(out)
+        self.stored_entries(LEDGER_ENTRIES)
     }
 
     /// The entry with id `id`, if this node holds it.
@@ -337,8 +329,16 @@ impl super::Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub fn ledger_forks(&self) -> Result<Vec<StoredEntry>, StoreError> {
+        self.stored_entries(LEDGER_FORKS)
+    }
+
+    /// Every row of a table keyed by author ‖ seq (‖ more) holding envelopes.
+    fn stored_entries<const N: usize>(
+        &self,
+        table: redb::TableDefinition<'_, [u8; N], &[u8]>,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = read.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+        let t = read.open_table(table).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;

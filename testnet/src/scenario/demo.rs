@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Recorder, ScenarioError, Step, exit_of, files_under, io, last_record, reason, stderr_tail, wait_state};
+use super::{
+    Recorder, ScenarioError, Step, exit_of, export_compare, file_hashes, files_under, io, last_record, reason,
+    stderr_tail, wait_state,
+};
 use crate::cluster::{self, Cluster, ClusterNode};
 use crate::feeds::HeadsPoller;
 use crate::process::{self, json_lines};
@@ -113,19 +116,6 @@ fn consent_add(home: &Path, args: &[&str]) -> Result<(std::process::Output, Stri
         .unwrap_or_default()
         .to_string();
     Ok((out, id))
-}
-
-/// BLAKE3 of every file under `dir`, by file stem (the SOP Instance UID of an export).
-fn hashes_by_stem(dir: &Path) -> Result<BTreeMap<String, blake3::Hash>, ScenarioError> {
-    let mut out = BTreeMap::new();
-    for f in files_under(dir) {
-        let stem = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        out.insert(stem, blake3::hash(&std::fs::read(&f).map_err(io(&f))?));
-    }
-    Ok(out)
 }
 
 /// Whether any file under `dir` contains `needle`.
@@ -317,10 +307,7 @@ fn import(r: &mut Recorder<'_>, c: &Cluster, dir: &Path) -> Result<Option<Genera
     ) {
         return Ok(None);
     }
-    let mut hashes = BTreeMap::new();
-    for (f, uid) in g.files.iter().zip(&g.sop_instance_uids) {
-        hashes.insert(uid.clone(), blake3::hash(&std::fs::read(f).map_err(io(f))?));
-    }
+    let hashes = file_hashes(&g)?;
     Ok(Some(Generated {
         uid: g.study_uid,
         patient: g.phi.patient_id,
@@ -438,32 +425,22 @@ fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &s
     let (done, landed) = wait_state(&sued, &id, &["landed", "complete", "failed"], TRANSFER_WAIT)?;
     let landed = landed && done["state"] != "failed";
     let export = dir.join("exports").join("sued-treatment");
-    let out = process::run(&sued, &["study", "export", &generated.uid, "--out", &s(&export)])?;
-    let got = hashes_by_stem(&export)?;
-    let same = generated
-        .hashes
-        .iter()
-        .filter(|(uid, h)| got.get(*uid) == Some(h))
-        .count();
+    let exported = export_compare(&sued, &generated.uid, &export, &generated.hashes)?;
     r.check(
         "Universitätsklinikum Süd (DE) asks Klinikum Nord (DE) for the generated CT, for treatment",
         "granted identifiable within the country; arrives and exports byte-identical",
         format!(
-            "exit {}, {} at level {}, {} in {:.1} s; export exit {}: {same} of {} files identical{err}",
+            "exit {}, {} at level {}, {} in {:.1} s; export exit {}: {} of {} files identical{err}",
             code.map_or_else(|| "?".into(), |c| c.to_string()),
             rec["state"].as_str().unwrap_or("?"),
             rec["level"].as_str().unwrap_or("?"),
             done["state"].as_str().unwrap_or("?"),
             t0.elapsed().as_secs_f64(),
-            exit_of(&out),
+            exit_of(&exported.out),
+            exported.same,
             generated.hashes.len()
         ),
-        code == Some(0)
-            && rec["level"] == "identifiable"
-            && landed
-            && out.status.success()
-            && same == generated.hashes.len()
-            && got.len() == generated.hashes.len(),
+        code == Some(0) && rec["level"] == "identifiable" && landed && exported.identical(generated.hashes.len()),
     );
 
     // Cross-border research: anonymised by policy, after a person's approval.

@@ -24,11 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Recorder, ScenarioError, Step, exit_of, stderr_tail};
+use super::{Recorder, ScenarioError, Step, exit_of, made_up_consent, stderr_tail};
 use crate::cluster::{self, Cluster};
 use crate::feeds::{self, Heads, HeadsPoller};
 use crate::process::{self, json_lines};
 
+/// Issuer of the made-up patients whose consents make the entries.
+const ISSUER: &str = "SCENARIO-LEDGER";
 /// How often heads are polled while waiting.
 const EVERY: Duration = Duration::from_millis(100);
 /// How long any one wait may take.
@@ -41,27 +43,6 @@ pub struct LedgerReport {
     pub steps: Vec<Step>,
     /// Seconds each wait took, by name (`mesh_s`, `converge_s`, ...).
     pub timings: BTreeMap<String, f64>,
-}
-
-/// `medmesh consent add` at `home` for a made-up pseudonymous patient.
-fn consent(home: &Path, patient: &str) -> Result<std::process::Output, ScenarioError> {
-    Ok(process::run(
-        home,
-        &[
-            "consent",
-            "add",
-            "--patient-id",
-            patient,
-            "--issuer",
-            "SCENARIO-LEDGER",
-            "--purpose",
-            "treatment",
-            "--recipient-jurisdiction",
-            "FR",
-            "--level",
-            "identifiable",
-        ],
-    )?)
 }
 
 /// The alerts in `home`'s `medmesh notifications --json`: (kind, author).
@@ -133,7 +114,7 @@ pub fn run(dir: &Path, n: usize, on_step: &mut dyn FnMut(&Step)) -> Result<Ledge
     let mut failed = Vec::new();
     for (i, h) in homes.iter().enumerate() {
         for k in 1..=2 {
-            let out = consent(h, &format!("PSEUDO-{}-{k}", i + 1))?;
+            let out = made_up_consent(h, ISSUER, &format!("PSEUDO-{}-{k}", i + 1))?;
             if !out.status.success() {
                 failed.push(format!("node-{}: exit {}{}", i + 1, exit_of(&out), stderr_tail(&out)));
             }
@@ -187,8 +168,11 @@ pub fn run(dir: &Path, n: usize, on_step: &mut dyn FnMut(&Step)) -> Result<Ledge
     // 2. A node down while others write catches up after its restart.
     cluster::stop_node(&mut net.nodes[last]);
     let t = Instant::now();
-    let mut outs = vec![consent(&homes[0], "PSEUDO-1-3")?, consent(&homes[0], "PSEUDO-1-4")?];
-    outs.push(consent(&homes[1], "PSEUDO-2-3")?);
+    let mut outs = vec![
+        made_up_consent(&homes[0], ISSUER, "PSEUDO-1-3")?,
+        made_up_consent(&homes[0], ISSUER, "PSEUDO-1-4")?,
+    ];
+    outs.push(made_up_consent(&homes[1], ISSUER, "PSEUDO-2-3")?);
     let written = outs.iter().all(|o| o.status.success());
     let running = HeadsPoller::new(&homes[..last])?;
     let want = own_heads(&running, &peers[..last]);
@@ -236,7 +220,7 @@ pub fn run(dir: &Path, n: usize, on_step: &mut dyn FnMut(&Step)) -> Result<Ledge
 
     // 3. A tampered entry served by a peer is refused.
     cluster::stop_node(&mut net.nodes[last]);
-    let out = consent(&homes[0], "PSEUDO-FORK")?;
+    let out = made_up_consent(&homes[0], ISSUER, "PSEUDO-FORK")?;
     let seq = running.poll()[0]
         .as_ref()
         .and_then(|h| h.get(&peers[0]).copied())

@@ -32,7 +32,7 @@ use medmesh_node::consent_schema::{Purpose, Role};
 use medmesh_node::transfer::{Direction, State, TransferView};
 use serde::Serialize;
 
-use super::{Recorder, ScenarioError, Step, exit_of, files_under, io, mb, stderr_tail};
+use super::{Recorder, ScenarioError, Step, exit_of, export_compare, file_hashes, mb, stderr_tail};
 use crate::cluster::{self, Cluster};
 use crate::feeds;
 use crate::process::{self, json_lines};
@@ -125,32 +125,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn mib(kib: u64) -> f64 {
-    // Display only.
-    kib as f64 / 1024.0
-}
-
 /// A count or size as a figure.
 fn fig(n: u64) -> f64 {
     // Display only: precision loss above 2^53 does not matter.
     n as f64
-}
-
-fn fmt_spread(s: Option<&Spread>, unit: &str, digits: usize) -> String {
-    s.map_or_else(
-        || "none".into(),
-        |s| {
-            format!(
-                "median {:.d$}{unit}, p90 {:.d$}, max {:.d$} (min {:.d$}, n {})",
-                s.median,
-                s.p90,
-                s.max,
-                s.min,
-                s.n,
-                d = digits
-            )
-        },
-    )
 }
 
 fn put_spread(figures: &mut BTreeMap<String, f64>, name: &str, s: Option<&Spread>) {
@@ -210,12 +188,11 @@ fn generate_all(root: &Path, opts: &LoadOptions) -> Result<Vec<Planned>, Scenari
         let g = generate(&spec(seed), &root.join(format!("study-{k:04}")))?;
         seed = seed.wrapping_add(1);
         issuers[p].get_or_insert_with(|| g.phi.issuer_of_patient_id.clone());
-        let mut hashes = BTreeMap::new();
-        if keep.contains(&k) {
-            for (f, uid) in g.files.iter().zip(&g.sop_instance_uids) {
-                hashes.insert(uid.clone(), blake3::hash(&std::fs::read(f).map_err(io(f))?));
-            }
-        }
+        let hashes = if keep.contains(&k) {
+            file_hashes(&g)?
+        } else {
+            BTreeMap::new()
+        };
         planned.push(Planned {
             uid: g.study_uid,
             patient_id: g.phi.patient_id,
@@ -371,30 +348,19 @@ fn check_sample(
     for &k in picks {
         let Some(study) = planned.get(k) else { continue };
         let out_dir = dir.join(format!("study-{k:04}"));
-        let out = process::run(
-            home,
-            &["study", "export", &study.uid, "--out", &out_dir.to_string_lossy()],
-        )?;
-        let mut got = BTreeMap::new();
-        for f in files_under(&out_dir) {
-            let name = f
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            got.insert(name, blake3::hash(&std::fs::read(&f).map_err(io(&f))?));
-        }
-        let same = study.hashes.iter().filter(|(uid, h)| got.get(*uid) == Some(h)).count();
+        let c = export_compare(home, &study.uid, &out_dir, &study.hashes)?;
         files += study.hashes.len();
-        same_files += same;
-        if out.status.success() && same == study.hashes.len() && got.len() == study.hashes.len() {
+        same_files += c.same;
+        if c.identical(study.hashes.len()) {
             studies += 1;
         } else {
             problems.push(format!(
-                "study {k}: exit {}, {same} of {} identical, {} files{}",
-                exit_of(&out),
+                "study {k}: exit {}, {} of {} identical, {} files{}",
+                exit_of(&c.out),
+                c.same,
                 study.hashes.len(),
-                got.len(),
-                stderr_tail(&out)
+                c.got,
+                stderr_tail(&c.out)
             ));
         }
     }
@@ -621,7 +587,7 @@ pub fn run(dir: &Path, opts: &LoadOptions, on_step: &mut dyn FnMut(&Step)) -> Re
                 .join(", "),
             errors.len(),
             errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
-            fmt_spread(answer_spread.as_ref(), " ms", 0)
+            stats::describe(answer_spread.as_ref(), " ms", 0)
         ),
         granted == transfers,
     );
@@ -688,7 +654,7 @@ pub fn run(dir: &Path, opts: &LoadOptions, on_step: &mut dyn FnMut(&Step)) -> Re
             per_s(fig(landed as u64)),
             per_s(fig(moved) / 1e6),
             mb(moved),
-            fmt_spread(latency_spread.as_ref(), " s", 2)
+            stats::describe(latency_spread.as_ref(), " s", 2)
         ),
         landed == transfers,
     );
@@ -724,13 +690,13 @@ pub fn run(dir: &Path, opts: &LoadOptions, on_step: &mut dyn FnMut(&Step)) -> Re
         let cpu = b.map_or(a.cpu_secs(), |b| {
             fig(a.cpu_ticks.saturating_sub(b.cpu_ticks)) / fig(stats::USER_HZ)
         });
-        figures.insert(format!("{name}_hwm_mib"), mib(a.hwm_kib));
-        figures.insert(format!("{name}_rss_mib"), mib(a.rss_kib));
+        figures.insert(format!("{name}_hwm_mib"), stats::mib(a.hwm_kib));
+        figures.insert(format!("{name}_rss_mib"), stats::mib(a.rss_kib));
         figures.insert(format!("{name}_cpu_s"), cpu);
         used.push(format!(
             "{name} VmHWM {:.1} MiB, VmRSS {:.1} MiB, CPU {cpu:.2} s",
-            mib(a.hwm_kib),
-            mib(a.rss_kib)
+            stats::mib(a.hwm_kib),
+            stats::mib(a.rss_kib)
         ));
     }
     r.check(

@@ -42,14 +42,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    Pair, Recorder, ScenarioError, Step, Study, edit_config, exit, exit_of, files_under, import_study, io, mb, percent,
-    request, show, stderr_tail, str_of, wait_state,
+    Pair, Recorder, ScenarioError, Step, check_export, consent, edit_config, exit, exit_of, import_study,
+    made_up_consent, mb, percent, request, show, stderr_tail, str_of, wait_state,
 };
 use crate::cluster::{self, Cluster};
 use crate::feeds::{Heads, HeadsPoller};
 use crate::netns::{self, Netns, Side};
 use crate::process;
 
+/// Issuer of the made-up patients whose consents make the entries.
+const ISSUER: &str = "SCENARIO-PARTITION";
 /// How often heads and peers are polled while waiting.
 const EVERY: Duration = Duration::from_millis(100);
 /// How long the mesh, a reconnection or a convergence may take.
@@ -172,27 +174,6 @@ fn transports(net: &Cluster, ns: &Netns) -> (String, [usize; 2]) {
     (text, tcp)
 }
 
-/// `medmesh consent add` at `home` for a made-up pseudonymous patient.
-fn pseudo_consent(home: &Path, patient: &str) -> Result<std::process::Output, ScenarioError> {
-    Ok(process::run(
-        home,
-        &[
-            "consent",
-            "add",
-            "--patient-id",
-            patient,
-            "--issuer",
-            "SCENARIO-PARTITION",
-            "--purpose",
-            "treatment",
-            "--recipient-jurisdiction",
-            "FR",
-            "--level",
-            "identifiable",
-        ],
-    )?)
-}
-
 /// `author`'s seq at node `i` of a poll.
 fn seq_at(poll: &[Option<Heads>], i: usize, author: &str) -> Option<u64> {
     poll.get(i)
@@ -296,7 +277,7 @@ fn drill(
         return Ok(());
     };
     figures.insert("study_mb".into(), megabytes(study.bytes));
-    if !consent(r, &pair, &study)? {
+    if !consent(r, &pair, "the patient", "node-3", &study, "treatment")? {
         return Ok(());
     }
     let (code, v, _, err) = request(&pair, &study, "treatment", false)?;
@@ -349,7 +330,7 @@ fn drill(
     ns.cut(Side::B)?;
     let cut = Instant::now();
     figures.insert("verified_at_cut_mb".into(), megabytes(verified_at_cut));
-    let first = pseudo_consent(&homes[0], "PSEUDO-CUT-1-1")?;
+    let first = made_up_consent(&homes[0], ISSUER, "PSEUDO-CUT-1-1")?;
     // node-1's head now is that entry (or later): node-3 must hold node-1's feed below it.
     let first_seq = seq_at(&all.poll(), 0, &peers[0]);
     let mut gone: BTreeMap<(usize, usize), Duration> = BTreeMap::new();
@@ -401,9 +382,9 @@ fn drill(
 
     // Writes on both sides of the cut.
     let outs = [
-        ("node-1", pseudo_consent(&homes[0], "PSEUDO-CUT-1-2")?),
-        ("node-2", pseudo_consent(&homes[1], "PSEUDO-CUT-2-1")?),
-        ("node-3", pseudo_consent(&homes[2], "PSEUDO-CUT-3-1")?),
+        ("node-1", made_up_consent(&homes[0], ISSUER, "PSEUDO-CUT-1-2")?),
+        ("node-2", made_up_consent(&homes[1], ISSUER, "PSEUDO-CUT-2-1")?),
+        ("node-3", made_up_consent(&homes[2], ISSUER, "PSEUDO-CUT-3-1")?),
     ];
     let failed: Vec<String> = outs
         .iter()
@@ -588,7 +569,14 @@ fn drill(
         ),
         done && held["receipt"] == true && after < study.bytes,
     );
-    check_export(r, &pair, dir, &study)?;
+    check_export(
+        r,
+        &pair.recipient,
+        "node-3",
+        "the study",
+        &dir.join("exports").join("study-1"),
+        &study,
+    )?;
 
     // 5. Every ledger verifies.
     let mut exits = Vec::new();
@@ -607,62 +595,4 @@ fn drill(
         exits.iter().all(|(_, c, _)| *c == Some(0)),
     );
     Ok(())
-}
-
-/// Records the study's patient's consent at node-1: treatment, to node-3 by
-/// its peer id (naming the peer allows the cross-border transfer), identifiable.
-fn consent(r: &mut Recorder<'_>, pair: &Pair, study: &Study) -> Result<bool, ScenarioError> {
-    let out = process::run(
-        &pair.holder,
-        &[
-            "consent",
-            "add",
-            "--patient-id",
-            &study.patient,
-            "--issuer",
-            &study.issuer,
-            "--purpose",
-            "treatment",
-            "--recipient-peer",
-            &pair.recipient_peer,
-            "--level",
-            "identifiable",
-        ],
-    )?;
-    Ok(r.check(
-        "node-1 records the patient's consent: treatment, to node-3 (by peer id), identifiable",
-        "exit 0",
-        format!("exit {}{}", exit_of(&out), stderr_tail(&out)),
-        out.status.success(),
-    ))
-}
-
-/// Exports the study at node-3 and compares every file with the generated one.
-fn check_export(r: &mut Recorder<'_>, pair: &Pair, dir: &Path, study: &Study) -> Result<bool, ScenarioError> {
-    let out_dir = dir.join("exports").join("study-1");
-    let out = process::run(
-        &pair.recipient,
-        &["study", "export", &study.uid, "--out", &out_dir.to_string_lossy()],
-    )?;
-    let mut got = BTreeMap::new();
-    for f in files_under(&out_dir) {
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
-        got.insert(name, blake3::hash(&std::fs::read(&f).map_err(io(&f))?));
-    }
-    let same = study.hashes.iter().filter(|(uid, h)| got.get(*uid) == Some(h)).count();
-    let extra = got.keys().filter(|k| !study.hashes.contains_key(*k)).count();
-    Ok(r.check(
-        "node-3 exports the study; BLAKE3 of every file against the generated one",
-        "exit 0, every file byte-identical, none missing or extra",
-        format!(
-            "exit {}, {same} of {} identical, {extra} extra{}",
-            exit_of(&out),
-            study.hashes.len(),
-            stderr_tail(&out)
-        ),
-        out.status.success() && same == study.hashes.len() && got.len() == study.hashes.len(),
-    ))
 }

@@ -173,28 +173,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn mib(kib: u64) -> f64 {
-    // Display only.
-    kib as f64 / 1024.0
-}
-
-fn fmt_spread(s: Option<&Spread>, unit: &str, digits: usize) -> String {
-    s.map_or_else(
-        || "none".into(),
-        |s| {
-            format!(
-                "median {:.d$}{unit}, p90 {:.d$}, max {:.d$} (min {:.d$}, n {})",
-                s.median,
-                s.p90,
-                s.max,
-                s.min,
-                s.n,
-                d = digits
-            )
-        },
-    )
-}
-
 /// Trusted connected peers of each running node, by index (`None`: no answer).
 async fn mesh(clients: &[Client], peer_index: &BTreeMap<String, usize>) -> Vec<Option<Vec<usize>>> {
     let mut set = tokio::task::JoinSet::new();
@@ -325,7 +303,7 @@ pub fn run(
             } else {
                 "NOT CONNECTED"
             },
-            fmt_spread(stats::spread(&counts).as_ref(), "", 0)
+            stats::describe(stats::spread(&counts).as_ref(), "", 0)
         ),
         is_connected,
     );
@@ -460,15 +438,15 @@ pub fn run(
             "{} of {} reached every node; time to the last node: {}",
             arrivals.len(),
             opts.entries,
-            fmt_spread(arrival_ms.as_ref(), " ms", 0)
+            stats::describe(arrival_ms.as_ref(), " ms", 0)
         ),
         arrivals.len() == opts.entries,
     );
 
     // What the nodes use.
     let figs: Vec<Option<stats::ProcFigures>> = pids.iter().map(|p| p.and_then(stats::proc_figures)).collect();
-    let rss: Vec<f64> = figs.iter().flatten().map(|f| mib(f.rss_kib)).collect();
-    let hwm: Vec<f64> = figs.iter().flatten().map(|f| mib(f.hwm_kib)).collect();
+    let rss: Vec<f64> = figs.iter().flatten().map(|f| stats::mib(f.rss_kib)).collect();
+    let hwm: Vec<f64> = figs.iter().flatten().map(|f| stats::mib(f.hwm_kib)).collect();
     let cpu: Vec<f64> = figs.iter().flatten().map(stats::ProcFigures::cpu_secs).collect();
     let cpu_writes: Vec<f64> = figs
         .iter()
@@ -506,11 +484,11 @@ pub fn run(
         format!(
             "VmRSS {}; VmHWM {}; CPU over the whole run {}; CPU during the {writes_s:.0} s of writes {}; trusted \
              connections {}",
-            fmt_spread(figures.rss_mib.as_ref(), " MiB", 1),
-            fmt_spread(figures.hwm_mib.as_ref(), " MiB", 1),
-            fmt_spread(figures.cpu_s.as_ref(), " s", 2),
-            fmt_spread(figures.cpu_writes_s.as_ref(), " s", 2),
-            fmt_spread(figures.connections.as_ref(), "", 0)
+            stats::describe(figures.rss_mib.as_ref(), " MiB", 1),
+            stats::describe(figures.hwm_mib.as_ref(), " MiB", 1),
+            stats::describe(figures.cpu_s.as_ref(), " s", 2),
+            stats::describe(figures.cpu_writes_s.as_ref(), " s", 2),
+            stats::describe(figures.connections.as_ref(), "", 0)
         ),
         rss.len() == n,
     );
