@@ -150,6 +150,18 @@ pub enum Event {
         /// Level received at.
         level: String,
     },
+    /// A transfer that had not completed was ended because the decision,
+    /// taken again, no longer allows it (consent withdrawn, grant expired,
+    /// peer revoked or blocked, purpose removed, ...), or because the holder
+    /// said so (at the recipient).
+    TransferEnded {
+        /// Transfer id.
+        transfer: String,
+        /// The other side.
+        peer: String,
+        /// Reason code (`consent-withdrawn`, `grant-expired`, `peer-revoked`, ...).
+        code: String,
+    },
     /// Data was opened at this node.
     Accessed {
         /// `export`, `deid-export` or `relink`.
@@ -220,6 +232,7 @@ impl Event {
             Event::TransferApproved { .. } => "transfer-approved",
             Event::TransferSent { .. } => "transfer-sent",
             Event::TransferReceived { .. } => "transfer-received",
+            Event::TransferEnded { .. } => "transfer-ended",
             Event::Accessed { .. } => "accessed",
             Event::ConsentAdded { .. } => "consent-added",
             Event::ConsentWithdrawn { .. } => "consent-withdrawn",

@@ -940,6 +940,17 @@ impl Service {
         if peer == self.local || self.blocked_now.contains(&peer) || self.swarm.is_connected(&peer) {
             return;
         }
+        // A peer known to be revoked or blocked is never dialled (and so gets no hello).
+        let t = now();
+        if self.peers.get(&peer).and_then(|st| st.hello.as_ref()).is_some_and(|h| {
+            matches!(
+                hello::evaluate(&self.trust, &peer.to_string(), h, t),
+                Err(Refusal::Revoked { .. } | Refusal::Blocked { .. })
+            )
+        }) {
+            tracing::debug!(peer = %peer, "not dialling a revoked or blocked peer");
+            return;
+        }
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)

@@ -240,6 +240,29 @@ pub struct TransferRecord {
     pub sessions: u32,
     /// Last error (a failed session, a refusal by the recipient).
     pub error: Option<String>,
+    /// Holder: the transfer was ended (see [`Node::end_affected_transfers`])
+    /// and the recipient has not yet been told (a permanent refusal).
+    #[serde(default)]
+    pub tell: bool,
+    /// Holder: objects of the granted series left out of the manifest
+    /// because they are outside the consent's object-level scope (a
+    /// reference to the object, never its UID, and why).
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// An object left out of a transfer's manifest, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// The object's reference: the first 16 hex digits of its content address
+    /// (`study show` and `store check` name objects the same way).
+    pub object: String,
+    /// Its Modality (0008,0060), as stored.
+    pub modality: String,
+    /// Stable reason code (`modality-not-covered`, `sop-class-not-covered`, `denied-by-consent`, ...).
+    pub code: String,
+    /// Why, in words.
+    pub text: String,
 }
 
 impl TransferRecord {
@@ -279,6 +302,8 @@ impl TransferRecord {
             bytes_sent: 0,
             sessions: 0,
             error: None,
+            tell: false,
+            left_out: Vec::new(),
         }
     }
 }
@@ -330,6 +355,10 @@ pub struct TransferView {
     pub error: Option<String>,
     /// Whether the signed delivery receipt is held.
     pub receipt: bool,
+    /// Holder: objects left out of the manifest (outside the consent's
+    /// object-level scope), by reference, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
 }
 
 /// Live progress of transfers in this process (for `transfers watch`).
@@ -338,6 +367,9 @@ pub struct Live {
     map: Mutex<HashMap<TransferId, Progress>>,
     /// Request ids sent to a holder whose answer is not recorded yet.
     asking: Mutex<HashSet<String>>,
+    /// Transfers ended while a session may be streaming them: the session
+    /// stops before its next frame.
+    ended: Mutex<HashSet<TransferId>>,
 }
 
 /// A request sent to a holder whose answer is not recorded yet ([`Live::asking`]);
@@ -404,6 +436,19 @@ impl Live {
         set.contains(request_id)
     }
 
+    /// Notes that `id` was ended: a running session stops.
+    pub fn end(&self, id: &TransferId) {
+        let mut set = self.ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(*id);
+    }
+
+    /// Whether `id` was ended while this process runs.
+    #[must_use]
+    pub fn is_ended(&self, id: &TransferId) -> bool {
+        let set = self.ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.contains(id)
+    }
+
     /// Forgets `id`.
     pub fn remove(&self, id: &TransferId) {
         let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -448,6 +493,49 @@ fn refuse(code: &str, text: impl Into<String>, permanent: bool) -> Refuse {
         code: code.into(),
         text: text.into(),
         permanent,
+    }
+}
+
+/// The reason code a transfer ends with when the recipient's trust fails
+/// (codes of [`crate::trust::Refusal`] and of the purpose check).
+fn ended_trust_code(code: &str) -> &'static str {
+    match code {
+        "revoked" => "peer-revoked",
+        "blocked" => "peer-blocked",
+        "purpose-not-trusted" => "purpose-removed",
+        "expired" => "certificate-expired",
+        _ => "peer-untrusted",
+    }
+}
+
+/// The reason a transfer ends with when consent and policy now deny it.
+fn ended_consent_reason(reasons: &[Reason]) -> Reason {
+    let has = |code: &str| reasons.iter().find(|r| r.code == code);
+    let (code, text) = if let Some(r) = has("consent-withdrawn") {
+        ("consent-withdrawn", r.text.clone())
+    } else if let Some(r) = has("consent-expired") {
+        ("consent-expired", r.text.clone())
+    } else {
+        let codes: Vec<&str> = reasons.iter().map(|r| r.code.as_str()).collect();
+        (
+            "consent-denied",
+            format!("consent and policy no longer allow it ({})", codes.join(", ")),
+        )
+    };
+    reason(code, text)
+}
+
+/// A reason code sent by a peer, kept only if it looks like one.
+fn peer_code(code: &str) -> String {
+    if !code.is_empty()
+        && code.len() <= 40
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        code.to_string()
+    } else {
+        "ended-by-holder".into()
     }
 }
 
@@ -657,6 +745,7 @@ impl Node {
             reasons: rec.reasons.clone(),
             error: rec.error.clone(),
             receipt: !rec.receipt.is_empty(),
+            left_out: rec.left_out.clone(),
         })
     }
 
@@ -1030,6 +1119,11 @@ impl Node {
         if rec.state != State::Granted || rec.direction != Direction::Outgoing {
             return Ok(());
         }
+        // The decision, taken again before anything is read or sealed.
+        if let Some(why) = self.recheck(&rec)? {
+            self.end_transfer(id, &why)?;
+            return Ok(());
+        }
         let idh = rec.id.clone();
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
@@ -1244,7 +1338,9 @@ impl Node {
         self.update_transfer(id, |r| {
             r.bytes_sent += sent;
             r.sessions += 1;
-            if let Some(e) = &error {
+            if let Some(e) = &error
+                && !r.state.is_final()
+            {
                 r.error = Some(e.clone());
             }
             if all_acknowledged && r.state == State::Streaming {
@@ -1269,6 +1365,231 @@ impl Node {
             Ok(())
         })?;
         self.remove_outgoing(id);
+        Ok(())
+    }
+
+    /// The holder's decision on an outgoing transfer, taken again now as at
+    /// the grant: the grant's expiry, the recipient's trust and certified
+    /// purposes, the study, consent and site policy (level and series).
+    /// `None`: it may go on; otherwise the reason it must end.
+    ///
+    /// # Errors
+    /// Store errors, and a damaged record.
+    pub fn recheck(&self, rec: &TransferRecord) -> Result<Option<Reason>, HomeError> {
+        if rec.expires.is_some_and(|e| e <= now()) {
+            return Ok(Some(reason("grant-expired", "the grant has expired")));
+        }
+        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        if let Some(r) = trust.first() {
+            return Ok(Some(reason(ended_trust_code(&r.code), r.text.clone())));
+        }
+        if facts.is_none() {
+            return Ok(Some(reason("peer-untrusted", "the recipient is no longer trusted")));
+        }
+        let study = self.store().study_ref(&rec.study_uid);
+        match self.store().study_row(&study)? {
+            Some(row) if matches!(row.origin, Origin::Local) && !row.wrapped_key.is_empty() => {}
+            _ => {
+                return Ok(Some(reason(
+                    "study-unavailable",
+                    "the study is no longer held here, or is locked",
+                )));
+            }
+        }
+        let check = self.consent_check(&CheckQuery {
+            study_uid: rec.study_uid.clone(),
+            peer_id: rec.peer.clone(),
+            purpose: rec.purpose,
+            role: Some(rec.role),
+            level: rec.requested_level,
+        })?;
+        if let Some(r) = check.trust.first() {
+            return Ok(Some(reason(ended_trust_code(&r.code), r.text.clone())));
+        }
+        let Some(now_grant) = check.grant.filter(|_| check.decision != Verdict::Deny) else {
+            return Ok(Some(ended_consent_reason(&check.reasons)));
+        };
+        if rec.level.is_some_and(|l| now_grant.level > l) {
+            return Ok(Some(reason(
+                "level-raised",
+                format!(
+                    "consent and policy now require the {} level, stronger than the one granted",
+                    now_grant.level.as_str()
+                ),
+            )));
+        }
+        if !rec.grant.is_empty() {
+            let (_, granted) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
+                .map_err(|e| damaged(&rec.id, e.to_string()))?;
+            let dropped = granted.series.iter().filter(|s| !now_grant.series.contains(s)).count();
+            if dropped > 0 {
+                return Ok(Some(reason(
+                    "scope-narrowed",
+                    format!("consent now covers {dropped} fewer of the granted series"),
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Before a holder's session (or its preparation): the decision taken
+    /// again. True: the session may run; false: the transfer has ended (it
+    /// had, or it ends now, with its reason).
+    ///
+    /// # Errors
+    /// Store errors (the session does not run).
+    pub fn session_check(&self, id: &TransferId) -> Result<bool, HomeError> {
+        let rec = self.transfer(id)?;
+        if rec.direction != Direction::Outgoing || !matches!(rec.state, State::Granted | State::Streaming) {
+            return Ok(false);
+        }
+        match self.recheck(&rec)? {
+            None => Ok(true),
+            Some(why) => {
+                self.end_transfer(id, &why)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Ends every transfer that has not completed and that the decision,
+    /// taken again now, no longer allows: the one step every change of
+    /// consent or trust runs (consent withdrawn or imported, revocation
+    /// applied, peer blocked or trusted again with other purposes, own
+    /// certificate changed) and the engine's periodic check (grant expiry).
+    /// Outgoing transfers are decided again ([`Node::recheck`]); incoming
+    /// ones end at their grant's expiry. Returns the transfers ended, with
+    /// their reason codes.
+    ///
+    /// # Errors
+    /// Store errors reading the records; a transfer that cannot be decided
+    /// again is logged and left for the next check.
+    pub fn end_affected_transfers(&self) -> Result<Vec<(String, String)>, HomeError> {
+        let mut ended = Vec::new();
+        for rec in self.transfer_records()? {
+            let why = match (rec.direction, rec.state) {
+                (Direction::Outgoing, State::Pending | State::Granted | State::Streaming) => match self.recheck(&rec) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(transfer = %rec.id, cause = %e, "cannot decide the transfer again");
+                        continue;
+                    }
+                },
+                (Direction::Incoming, State::Granted | State::Streaming) if rec.expires.is_some_and(|e| e <= now()) => {
+                    Some(reason("grant-expired", "the grant has expired"))
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                let id = parse_id(&rec.id)?;
+                if self.end_transfer(&id, &why)? {
+                    ended.push((rec.id, why.code));
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// [`Node::end_affected_transfers`] after a change of consent or trust
+    /// that is already stored: a failure is logged, not returned (the change
+    /// stands; the engine's periodic check runs the step again).
+    pub fn end_affected_transfers_after(&self, change: &str) {
+        match self.end_affected_transfers() {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::info!(
+                    change,
+                    count = ended.len(),
+                    "transfers ended by a change of consent or trust"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(change, cause = %e, "cannot check transfers against the change"),
+        }
+    }
+
+    /// Ends one unfinished transfer for good with `why`: failed with its
+    /// reason, written to the ledger (`transfer-ended`), a running session
+    /// stopped before its next frame. At the holder, the de-identified
+    /// copies are deleted and the recipient is told (a permanent refusal,
+    /// when it is next connected); at the recipient, what it received of it
+    /// (parts, chunk records, manifest) is deleted. False when it had
+    /// already finished.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn end_transfer(&self, id: &TransferId, why: &Reason) -> Result<bool, HomeError> {
+        let (rec, ended) = self.update_transfer(id, |r| {
+            if !matches!(r.state, State::Pending | State::Granted | State::Streaming) {
+                return Ok(false);
+            }
+            r.state = State::Failed;
+            r.error = Some(format!("ended: {} [{}]", why.text, why.code));
+            r.reasons = vec![why.clone()];
+            r.tell = r.direction == Direction::Outgoing;
+            Ok(true)
+        })?;
+        if !ended {
+            return Ok(false);
+        }
+        self.live().end(id);
+        self.live().remove(id);
+        self.log(Event::TransferEnded {
+            transfer: rec.id.clone(),
+            peer: rec.peer.clone(),
+            code: why.code.clone(),
+        })?;
+        match rec.direction {
+            Direction::Outgoing => self.remove_outgoing(id),
+            Direction::Incoming => self.discard_incoming(id)?,
+        }
+        tracing::warn!(transfer = %rec.id, peer = %rec.peer, code = %why.code, "transfer ended");
+        Ok(true)
+    }
+
+    /// Recipient: deletes what was received of a transfer that will not
+    /// land (parts, chunk records, manifest and key documents).
+    fn discard_incoming(&self, id: &TransferId) -> Result<(), HomeError> {
+        self.store().transfer_docs_remove(id)?;
+        self.store().clear_chunks(id)?;
+        let incoming = self.store().incoming_dir(id);
+        if incoming.exists()
+            && let Err(e) = std::fs::remove_dir_all(&incoming)
+        {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the objects received so far");
+        }
+        Ok(())
+    }
+
+    /// Holder: the message that tells the recipient that `rec` was ended
+    /// (a permanent refusal: it deletes what it received of it), if it is
+    /// still to be told.
+    #[must_use]
+    pub fn ended_message(&self, rec: &TransferRecord) -> Option<wire::Msg> {
+        if !rec.tell || rec.direction != Direction::Outgoing || rec.state != State::Failed {
+            return None;
+        }
+        let code = rec.reasons.first().map_or("ended", |r| r.code.as_str());
+        Some(wire::Msg {
+            v: WIRE_VERSION,
+            body: wire::MsgBody::Decided {
+                transfer_id: rec.id.clone(),
+                reasons: vec![reason(
+                    code,
+                    format!("the holder ended this transfer ({code}); delete what you received of it"),
+                )],
+            },
+        })
+    }
+
+    /// Holder: the recipient was told that the transfer ended.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn ended_told(&self, id: &TransferId) -> Result<(), HomeError> {
+        self.update_transfer(id, |r| {
+            r.tell = false;
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -1493,7 +1814,10 @@ impl Node {
         self.transfer_view(&rec)
     }
 
-    /// The requester learns that a pending request was denied by a person.
+    /// The recipient learns the holder's decision on a transfer: a pending
+    /// request denied by a person, or a granted transfer the holder ended
+    /// (its decision taken again no longer allows it). An ended transfer
+    /// fails for good here too, and what arrived of it is deleted.
     ///
     /// # Errors
     /// Store errors.
@@ -1504,23 +1828,37 @@ impl Node {
                 text: "bad transfer id".into(),
             });
         };
-        match self.update_transfer(&id, |r| {
+        let first = reasons.first().map(|r| {
+            let code = peer_code(&r.code);
+            reason(&code, format!("the holder ended this transfer [{code}]"))
+        });
+        let ended = match self.update_transfer(&id, |r| {
             if r.peer != peer || r.direction != Direction::Incoming {
                 return Err(TransferError::Unknown(r.id.clone()).into());
             }
             if r.state == State::Pending {
                 r.state = State::Denied;
                 r.reasons = reasons;
+                return Ok(false);
             }
-            Ok(())
+            Ok(matches!(r.state, State::Granted | State::Streaming))
         }) {
-            Ok(_) => Ok(AnswerBody::Ack),
-            Err(HomeError::Transfer(TransferError::Unknown(_))) => Ok(AnswerBody::Refused {
-                code: "unknown-transfer".into(),
-                text: format!("no transfer {transfer_id} from you"),
-            }),
-            Err(e) => Err(e),
+            Ok((_, ended)) => ended,
+            Err(HomeError::Transfer(TransferError::Unknown(_))) => {
+                return Ok(AnswerBody::Refused {
+                    code: "unknown-transfer".into(),
+                    text: format!("no transfer {transfer_id} from you"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        // A granted transfer the holder ended (consent withdrawn, grant
+        // expired, ...): a permanent refusal; what arrived of it is deleted.
+        if ended {
+            let why = first.unwrap_or_else(|| reason("ended-by-holder", "the holder ended this transfer"));
+            self.end_transfer(&id, &why)?;
         }
+        Ok(AnswerBody::Ack)
     }
 
     /// Verifies a grant from `peer` for this node.

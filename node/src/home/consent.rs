@@ -733,6 +733,8 @@ impl Node {
         self.log(crate::ledger::Event::ConsentAdded {
             consent: id.as_str().to_string(),
         })?;
+        // An objection (a deny) may end transfers under way.
+        self.end_affected_transfers_after("consent added");
         self.entry(record, now)
     }
 
@@ -837,6 +839,7 @@ impl Node {
         })?;
         let changed = out.iter().filter(|o| o.outcome != "unchanged").count();
         tracing::info!(records = changed, "FHIR consents imported");
+        self.end_affected_transfers_after("FHIR consents imported");
         Ok(out)
     }
 
@@ -878,6 +881,7 @@ impl Node {
         self.log(crate::ledger::Event::ConsentWithdrawn {
             consent: id.to_string(),
         })?;
+        self.end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)
     }
 

@@ -164,6 +164,7 @@ impl Node {
         self.log(crate::ledger::Event::TrustJoined {
             consortium: consortium.id.clone(),
         })?;
+        self.end_affected_transfers_after("certificate changed");
         listing
             .consortia
             .into_iter()
@@ -212,6 +213,7 @@ impl Node {
         self.log(crate::ledger::Event::PeerAdded {
             peer: r.peer_id.clone(),
         })?;
+        self.end_affected_transfers_after("bilateral trust changed");
         Ok(BilateralEntry {
             peer_id: r.peer_id.clone(),
             institution: r.institution.clone(),
@@ -247,6 +249,7 @@ impl Node {
             self.log(crate::ledger::Event::PeerRevoked {
                 peer: entry.target.clone(),
             })?;
+            self.end_affected_transfers_after("revocation applied");
             Ok(entry)
         })
     }
@@ -271,6 +274,7 @@ impl Node {
             .map_err(TrustOpError::from)?;
         self.store.trust_put(&format!("blocked/{peer_id}"), &bytes)?;
         self.log(crate::ledger::Event::PeerBlocked { peer: peer_id.into() })?;
+        self.end_affected_transfers_after("peer blocked");
         Ok(BlockedEntry {
             peer_id: peer_id.into(),
             reason: reason.into(),

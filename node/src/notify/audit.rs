@@ -46,6 +46,7 @@ pub fn audit_event(kind: &str, event: Option<&Event>) -> AuditEvent {
     match kind {
         "transfer-requested" | "transfer-pending" => ev("110112", "Query", "E", "0"),
         "transfer-denied" => ev("110112", "Query", "E", "4"),
+        "transfer-ended" => ev("110104", "DICOM Instances Transferred", "E", "4"),
         "transfer-granted" | "transfer-approved" => ev("110102", "Begin Transferring DICOM Instances", "E", "0"),
         "transfer-sent" => ev("110104", "DICOM Instances Transferred", "R", "0"),
         "transfer-received" => ev("110104", "DICOM Instances Transferred", "C", "0"),

@@ -147,7 +147,14 @@ pub fn start(
                 () = engine.wake.notified() => engine.clone().round().await,
                 _ = expiry.tick() => {
                     let node = Arc::clone(&engine.node);
-                    match tokio::task::spawn_blocking(move || node.enforce_expiry()).await {
+                    match tokio::task::spawn_blocking(move || {
+                        // Grants that ended, consent or trust that changed without a
+                        // call (a record that expired): every affected transfer ends.
+                        node.end_affected_transfers_after("periodic check");
+                        node.enforce_expiry()
+                    })
+                    .await
+                    {
                         Ok(Err(e)) => tracing::warn!(cause = %e, "cannot check grant expiry"),
                         Err(e) => tracing::warn!(cause = %e, "grant expiry check failed"),
                         Ok(Ok(_)) => {}
@@ -199,6 +206,23 @@ impl Engine {
                         lock(&e.sending).remove(&id);
                     });
                 }
+                (Direction::Outgoing, State::Failed) if rec.tell => {
+                    // Ended: the recipient is told once it is connected (a
+                    // revoked or blocked peer is never dialled).
+                    if !lock(&self.receipts).insert(id) {
+                        continue;
+                    }
+                    if !self.net.is_ready(peer).await {
+                        self.net.dial(peer).await;
+                        lock(&self.receipts).remove(&id);
+                        continue;
+                    }
+                    let e = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        e.tell_ended(id, peer).await;
+                        lock(&e.receipts).remove(&id);
+                    });
+                }
                 (Direction::Incoming, State::Landed) => {
                     if !lock(&self.receipts).insert(id) {
                         continue;
@@ -244,17 +268,50 @@ impl Engine {
         }
     }
 
-    /// Holder: prepares (once) and runs one session of a transfer.
+    /// Holder: tells the recipient that a transfer was ended.
+    async fn tell_ended(&self, id: TransferId, peer: PeerId) {
+        let node = Arc::clone(&self.node);
+        let msg = match tokio::task::spawn_blocking(move || node.transfer(&id).map(|r| node.ended_message(&r))).await {
+            Ok(Ok(Some(m))) => m,
+            _ => return,
+        };
+        match self.net.transfer_message(peer, msg).await {
+            Ok(wire::Answer {
+                body: wire::AnswerBody::Ack | wire::AnswerBody::Refused { .. },
+                ..
+            }) => {
+                let node = Arc::clone(&self.node);
+                let _ = tokio::task::spawn_blocking(move || node.ended_told(&id)).await;
+                tracing::info!(transfer = %hex::encode(id), "the recipient was told that the transfer ended");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(transfer = %hex::encode(id), cause = %e, "end of transfer not told yet"),
+        }
+    }
+
+    /// Holder: decides again, prepares (once) and runs one session of a transfer.
     async fn send(&self, id: TransferId, peer: PeerId) {
         let idh = hex::encode(id);
         let node = Arc::clone(&self.node);
         let plan = tokio::task::spawn_blocking(move || {
+            // The whole decision, taken again before every session (each resume included).
+            if !node.session_check(&id)? {
+                return Ok(None);
+            }
             node.prepare(&id)?;
-            node.send_plan(&id)
+            if !node.session_check(&id)? {
+                return Ok(None);
+            }
+            node.send_plan(&id).map(Some)
         })
         .await;
         let plan = match plan {
-            Ok(Ok(p)) => Arc::new(p),
+            Ok(Ok(Some(p))) => Arc::new(p),
+            Ok(Ok(None)) => {
+                tracing::info!(transfer = %idh, "the transfer has ended; no session");
+                self.wake.notify_one();
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::error!(transfer = %idh, cause = %e, "cannot prepare the transfer");
                 let node = Arc::clone(&self.node);
@@ -281,6 +338,11 @@ impl Engine {
                     tracing::info!(transfer = %idh, "every chunk verified by the recipient; waiting for its receipt");
                 }
                 tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, done, None)).await
+            }
+            Err(SessionError::Ended) => {
+                tracing::info!(transfer = %idh, "session stopped: the transfer was ended");
+                self.wake.notify_one();
+                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, false, None)).await
             }
             Err(SessionError::Refused(r)) if r.code == "replayed" => {
                 // The recipient has landed it already (its last HAVE was lost): wait for the receipt.
@@ -643,6 +705,9 @@ enum SessionError {
     Io(#[from] std::io::Error),
     #[error("refused: {} [{}]", .0.text, .0.code)]
     Refused(Refuse),
+    /// The holder ended the transfer while the session ran.
+    #[error("the transfer was ended")]
+    Ended,
 }
 
 async fn send_refuse(s: &mut Stream, r: &Refuse) {
@@ -739,6 +804,9 @@ async fn send_stream(
             let p = Arc::clone(plan);
             let producer = tokio::task::spawn_blocking(move || produce(&p, session, object, from, &tx));
             while let Some(item) = rx.recv().await {
+                if node.live().is_ended(&plan.id) {
+                    return Err(SessionError::Ended);
+                }
                 let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
                 timed("chunk", wr.write_all(&f)).await?;
                 let n = f.len() as u64;
