@@ -1466,19 +1466,24 @@ impl Node {
     /// again is logged and left for the next check.
     pub fn end_affected_transfers(&self) -> Result<Vec<(String, String)>, HomeError> {
         let mut ended = Vec::new();
+        let mut own_revoked = None;
         for rec in self.transfer_records()? {
             let why = match (rec.direction, rec.state) {
-                (Direction::Outgoing, State::Pending | State::Granted | State::Streaming) => match self.recheck(&rec) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(transfer = %rec.id, cause = %e, "cannot decide the transfer again");
-                        continue;
+                (Direction::Outgoing, State::Pending | State::Granted | State::Streaming) => self.recheck(&rec),
+                (Direction::Incoming, State::Granted | State::Streaming) => {
+                    if own_revoked.is_none() {
+                        own_revoked = Some(self.own_revocation()?);
                     }
-                },
-                (Direction::Incoming, State::Granted | State::Streaming) if rec.expires.is_some_and(|e| e <= now()) => {
-                    Some(reason("grant-expired", "the grant has expired"))
+                    self.recheck_incoming(&rec, own_revoked.clone().flatten())
                 }
-                _ => None,
+                _ => Ok(None),
+            };
+            let why = match why {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(transfer = %rec.id, cause = %e, "cannot decide the transfer again");
+                    continue;
+                }
             };
             if let Some(why) = why {
                 let id = parse_id(&rec.id)?;
@@ -1488,6 +1493,42 @@ impl Node {
             }
         }
         Ok(ended)
+    }
+
+    /// Recipient: why an incoming transfer must end, if it must: its grant
+    /// expired, the holder is no longer trusted here, or this node's own
+    /// membership was revoked (`own_revoked`).
+    fn recheck_incoming(&self, rec: &TransferRecord, own_revoked: Option<Reason>) -> Result<Option<Reason>, HomeError> {
+        if rec.expires.is_some_and(|e| e <= now()) {
+            return Ok(Some(reason("grant-expired", "the grant has expired")));
+        }
+        if let Some(r) = own_revoked {
+            return Ok(Some(r));
+        }
+        let (_, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        Ok(trust
+            .into_iter()
+            .find(|r| matches!(r.code.as_str(), "revoked" | "blocked"))
+            .map(|r| reason(ended_trust_code(&r.code), r.text)))
+    }
+
+    /// This node's own membership revoked (every certificate it holds is),
+    /// as the reason its incoming transfers end.
+    fn own_revocation(&self) -> Result<Option<Reason>, HomeError> {
+        let certs = self.own_certificates()?;
+        if certs.is_empty() {
+            return Ok(None);
+        }
+        let state = self.trust_state()?;
+        Ok(
+            match crate::trust::decide(&state, &self.identity().peer_id(), &certs, now()) {
+                crate::trust::TrustDecision::Refuse(crate::trust::Refusal::Revoked { .. }) => Some(reason(
+                    "peer-revoked",
+                    "this node's membership was revoked; transfers granted to it end",
+                )),
+                _ => None,
+            },
+        )
     }
 
     /// [`Node::end_affected_transfers`] after a change of consent or trust

@@ -16,6 +16,8 @@
 //!   disconnect running peers, clean shutdown.
 //! - `notify`: a transfer's notification delivered by a running holder to a webhook and a
 //!   syslog collector (DICOM audit message), without the study's identifiers.
+//! - `recheck`: the holder decides again at every step: a consent withdrawn, a revocation
+//!   or a grant expiry while the recipient is away ends the transfer on both sides.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -29,6 +31,7 @@ mod ledger;
 mod net;
 mod notify;
 mod privacy;
+mod recheck;
 mod testnet;
 mod transfer;
 mod trust;

@@ -11,7 +11,7 @@ use medmesh_testnet::{StudySpec, generate};
 
 use crate::util::*;
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf8")
 }
 
@@ -35,16 +35,16 @@ fn network_with(dir: &Path, edit: impl Fn(&str) -> String, prepare: impl FnOnce(
 
 /// A generated CT study imported at `home`: (study UID, patient id, issuer,
 /// BLAKE3 of every file by SOP Instance UID, total bytes).
-struct Study {
-    uid: String,
-    patient: String,
-    name: String,
-    issuer: String,
-    hashes: BTreeMap<String, blake3::Hash>,
-    bytes: u64,
+pub(crate) struct Study {
+    pub(crate) uid: String,
+    pub(crate) patient: String,
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) hashes: BTreeMap<String, blake3::Hash>,
+    pub(crate) bytes: u64,
 }
 
-fn import_study(home: &Path, dir: &Path, seed: u64, slices: u32, size: u16) -> Study {
+pub(crate) fn import_study(home: &Path, dir: &Path, seed: u64, slices: u32, size: u16) -> Study {
     let out = dir.join(format!("study-{seed}"));
     let spec = StudySpec {
         seed,
@@ -94,13 +94,13 @@ fn consent_at(holder: &Path, study: &Study, recipient: &str, level: &str, extra:
 }
 
 /// `transfers show ID --json` on `home`.
-fn show(home: &Path, id: &str) -> serde_json::Value {
+pub(crate) fn show(home: &Path, id: &str) -> serde_json::Value {
     let out = run(home, &["transfers", "show", id, "--json"]).expect("run");
     expect_code(&out, 0, "transfers show");
     json_lines(&out.stdout).remove(0).1
 }
 
-fn wait_state(home: &Path, id: &str, states: &[&str], timeout: Duration) -> serde_json::Value {
+pub(crate) fn wait_state(home: &Path, id: &str, states: &[&str], timeout: Duration) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let v = show(home, id);
@@ -117,7 +117,7 @@ fn wait_state(home: &Path, id: &str, states: &[&str], timeout: Duration) -> serd
 }
 
 /// `request --json [--wait]`: exit code and the transfer record.
-fn request(home: &Path, holder: &str, study: &str, wait: bool) -> (i32, serde_json::Value) {
+pub(crate) fn request(home: &Path, holder: &str, study: &str, wait: bool) -> (i32, serde_json::Value) {
     let mut args = vec![
         "request",
         "--peer",
@@ -696,7 +696,7 @@ fn a_received_study_is_locked_when_its_grant_ends() {
 }
 
 /// Now plus `secs`, as RFC 3339 (UTC).
-fn chrono_now_plus(secs: i64) -> String {
+pub(crate) fn chrono_now_plus(secs: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
