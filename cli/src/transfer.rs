@@ -104,7 +104,8 @@ pub(crate) enum TransfersCommand {
         #[command(flatten)]
         home: HomeArgs,
     },
-    /// One transfer in full (reasons, errors, sessions, bytes sent).
+    /// One transfer in full (reasons, errors, sessions, bytes sent, and the
+    /// objects left out of the manifest as outside the consent's scope).
     Show {
         #[command(flatten)]
         home: HomeArgs,
@@ -220,6 +221,15 @@ fn render_one(v: &TransferView) -> String {
     ));
     for r in &v.reasons {
         s.push_str(&format!("  reason    {} [{}]\n", r.text, r.code));
+    }
+    for o in &v.left_out {
+        s.push_str(&format!(
+            "  left out  object {} ({}): {} [{}]\n",
+            o.object,
+            if o.modality.is_empty() { "no modality" } else { &o.modality },
+            o.text,
+            o.code
+        ));
     }
     if let Some(e) = &v.error {
         s.push_str(&format!("  error     {e}\n"));

@@ -64,6 +64,10 @@ pub struct Grant {
     pub(crate) expires_at: DateTime<Utc>,
     pub(crate) series: Vec<SeriesRef>,
     pub(crate) consents: Vec<ConsentId>,
+    /// Decided per object at preparation ([`crate::ObjectScope::admit`]); not part of the
+    /// serialized decision.
+    #[serde(skip)]
+    pub(crate) objects: crate::object::ObjectScope,
 }
 
 impl Grant {
@@ -89,6 +93,12 @@ impl Grant {
     #[must_use]
     pub fn consents(&self) -> &[ConsentId] {
         &self.consents
+    }
+    /// The object-level scope: each object of the granted series is admitted or left out on its
+    /// own Modality and SOP Class ([`crate::ObjectScope::admit`]).
+    #[must_use]
+    pub fn objects(&self) -> &crate::object::ObjectScope {
+        &self.objects
     }
 }
 
@@ -394,6 +404,7 @@ mod tests {
             expires_at: "2026-03-31T00:00:00Z".parse().unwrap(),
             series: vec!["se-1".parse().unwrap()],
             consents: vec!["c-1".parse().unwrap()],
+            objects: crate::object::ObjectScope::default(),
         };
         assert_eq!(
             serde_json::to_value(Decision::Allow(grant.clone())).unwrap(),

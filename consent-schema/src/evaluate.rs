@@ -19,7 +19,9 @@
 //! 5. An ethics-board waiver applies only for purposes in `policy.waiver_purposes`.
 //! 6. Deny beats permit: every series covered by an applying deny consent is withheld, whatever
 //!    permits it. The series sent are those covered by an applying permit and by no applying deny.
-//!    If none remain, the request is denied.
+//!    If none remain, the request is denied. Within the series sent, each object is decided
+//!    again on its own Modality and SOP Class ([`crate::ObjectScope::admit`], from
+//!    [`crate::Grant::objects`]).
 //! 7. The permits *relied on* are all applying permits (also one whose series a deny withheld).
 //!    Level: the strongest of the requested level, the level of each permit relied on, the
 //!    policy minimum for the purpose, the cross-border level when the peer is in another
@@ -48,6 +50,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use crate::decision::{ApprovalReason, Decision, DenyReason, Grant, LevelRule, ScopePart};
+use crate::object::ObjectScope;
 use crate::policy::SitePolicy;
 use crate::record::{
     ConsentRecord, ConsentedBy, Coverage, DeidLevel, Provision, Recipient, RecipientScope, TimeStatus,
@@ -161,7 +164,29 @@ pub fn evaluate(
         }
     }
 
+    // Object-level scope (decided per object at preparation): the modality scopes of the
+    // permits relied on, and of every deny in force that applies but for the modality (its
+    // modalities may match an object in a series of another modality).
+    // Sorted by consent id: the order of the consents never matters.
+    let mut permits: Vec<_> = relied
+        .iter()
+        .map(|a| (a.record.id().clone(), a.record.scope().modalities.clone()))
+        .collect();
+    permits.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut object_denies: Vec<_> = assessed
+        .iter()
+        .filter(|a| {
+            a.is_deny() && a.status == TimeStatus::InForce && a.misses.iter().all(|m| *m == ScopePart::Modality)
+        })
+        .map(|a| (a.record.id().clone(), a.record.scope().modalities.clone()))
+        .collect();
+    object_denies.sort_by(|a, b| a.0.cmp(&b.0));
+    let objects = ObjectScope {
+        permits,
+        denies: object_denies,
+    };
     let grant = Grant {
+        objects,
         level,
         expires_at,
         series: granted

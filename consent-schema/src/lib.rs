@@ -78,6 +78,7 @@ mod decision;
 mod evaluate;
 pub mod fhir;
 mod ids;
+mod object;
 mod policy;
 pub mod purpose;
 mod record;
@@ -96,6 +97,7 @@ pub use ids::{
     ConsentId, ConsortiumId, EpisodeId, IdError, InstitutionId, Jurisdiction, Modality, PatientRef, PeerId, SeriesRef,
     StudyRef,
 };
+pub use object::{ObjectExclusion, ObjectFacts, ObjectScope, implied_modality};
 pub use policy::{GrantDays, PolicyError, SitePolicy};
 pub use purpose::{ActReasonError, Purpose, PurposeError, Role};
 pub use record::{

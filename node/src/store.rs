@@ -337,6 +337,11 @@ pub struct InstanceMeta {
     /// existed (a transfer then hashes the object).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_bytes")]
     pub chunks: Vec<u8>,
+    /// The object's own Modality (0008,0060), recorded at import so that a
+    /// consent's modality scope is decided per object, not per series.
+    /// `None` in rows written before it existed (the series' is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modality: Option<String>,
 }
 
 /// A sealed object ready to be moved into the store.

@@ -36,7 +36,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use consent_schema::{DeidLevel, Purpose, Role};
+use consent_schema::{DeidLevel, ObjectFacts, ObjectScope, Purpose, Role};
 use medmesh_seal::{DataKey, HEADER_LEN, Header, Opener, TAG_LEN, open_box, seal_box};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -1120,10 +1120,13 @@ impl Node {
             return Ok(());
         }
         // The decision, taken again before anything is read or sealed.
-        if let Some(why) = self.recheck(&rec)? {
-            self.end_transfer(id, &why)?;
-            return Ok(());
-        }
+        let objects = match self.redecide(&rec)? {
+            Ok(o) => o,
+            Err(why) => {
+                self.end_transfer(id, &why)?;
+                return Ok(());
+            }
+        };
         let idh = rec.id.clone();
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
@@ -1141,6 +1144,47 @@ impl Node {
             if grant.series.contains(&m.series_uid) {
                 items.push((address, irow, m));
             }
+        }
+        // Scope per object: each object of the granted series on its own
+        // Modality (the series' for objects stored before it was recorded)
+        // and SOP Class; those outside it are left out and named by reference.
+        let mut left_out = Vec::new();
+        items.retain(|(address, _, m)| {
+            let modality = m
+                .modality
+                .clone()
+                .or_else(|| meta.series.get(&m.series_uid).map(|s| s.modality.clone()))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+            let facts = ObjectFacts {
+                modality: modality.as_deref().and_then(|s| s.parse().ok()),
+                sop_class: m.sop_class_uid.clone(),
+            };
+            match objects.admit(&facts) {
+                Ok(()) => true,
+                Err(e) => {
+                    left_out.push(LeftOut {
+                        object: hex::encode(&address[..8]),
+                        modality: modality.unwrap_or_default(),
+                        code: e.code().to_string(),
+                        text: e.to_string(),
+                    });
+                    false
+                }
+            }
+        });
+        if !left_out.is_empty() {
+            tracing::info!(transfer = %idh, objects = left_out.len(), "objects outside the consent's scope left out");
+        }
+        if items.is_empty() {
+            self.end_transfer(
+                id,
+                &reason(
+                    "nothing-in-scope",
+                    "no object of the granted series is within the consent's scope",
+                ),
+            )?;
+            return Ok(());
         }
         items.sort_by(|a, b| {
             (&a.2.series_uid, a.2.instance_number, &a.2.sop_instance_uid).cmp(&(
@@ -1251,6 +1295,7 @@ impl Node {
                 r.state = State::Streaming;
                 r.objects = count;
                 r.bytes = total;
+                r.left_out = left_out;
             }
             Ok(())
         })?;
@@ -1376,21 +1421,27 @@ impl Node {
     /// # Errors
     /// Store errors, and a damaged record.
     pub fn recheck(&self, rec: &TransferRecord) -> Result<Option<Reason>, HomeError> {
+        Ok(self.redecide(rec)?.err())
+    }
+
+    /// [`Node::recheck`], giving the decision's object-level scope when the
+    /// transfer may go on.
+    fn redecide(&self, rec: &TransferRecord) -> Result<Result<ObjectScope, Reason>, HomeError> {
         if rec.expires.is_some_and(|e| e <= now()) {
-            return Ok(Some(reason("grant-expired", "the grant has expired")));
+            return Ok(Err(reason("grant-expired", "the grant has expired")));
         }
         let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
         if let Some(r) = trust.first() {
-            return Ok(Some(reason(ended_trust_code(&r.code), r.text.clone())));
+            return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
         if facts.is_none() {
-            return Ok(Some(reason("peer-untrusted", "the recipient is no longer trusted")));
+            return Ok(Err(reason("peer-untrusted", "the recipient is no longer trusted")));
         }
         let study = self.store().study_ref(&rec.study_uid);
         match self.store().study_row(&study)? {
             Some(row) if matches!(row.origin, Origin::Local) && !row.wrapped_key.is_empty() => {}
             _ => {
-                return Ok(Some(reason(
+                return Ok(Err(reason(
                     "study-unavailable",
                     "the study is no longer held here, or is locked",
                 )));
@@ -1404,13 +1455,13 @@ impl Node {
             level: rec.requested_level,
         })?;
         if let Some(r) = check.trust.first() {
-            return Ok(Some(reason(ended_trust_code(&r.code), r.text.clone())));
+            return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
         let Some(now_grant) = check.grant.filter(|_| check.decision != Verdict::Deny) else {
-            return Ok(Some(ended_consent_reason(&check.reasons)));
+            return Ok(Err(ended_consent_reason(&check.reasons)));
         };
         if rec.level.is_some_and(|l| now_grant.level > l) {
-            return Ok(Some(reason(
+            return Ok(Err(reason(
                 "level-raised",
                 format!(
                     "consent and policy now require the {} level, stronger than the one granted",
@@ -1423,13 +1474,13 @@ impl Node {
                 .map_err(|e| damaged(&rec.id, e.to_string()))?;
             let dropped = granted.series.iter().filter(|s| !now_grant.series.contains(s)).count();
             if dropped > 0 {
-                return Ok(Some(reason(
+                return Ok(Err(reason(
                     "scope-narrowed",
                     format!("consent now covers {dropped} fewer of the granted series"),
                 )));
             }
         }
-        Ok(None)
+        Ok(Ok(now_grant.objects))
     }
 
     /// Before a holder's session (or its preparation): the decision taken

@@ -410,6 +410,15 @@ pub enum GenError {
         #[source]
         source: io::Error,
     },
+    /// Reading a DICOM file failed.
+    #[error("reading {file}")]
+    ReadFile {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        #[source]
+        source: Box<dicom_object::ReadError>,
+    },
     /// Writing an output file failed.
     #[error("writing {file}")]
     WriteFile {
@@ -419,6 +428,46 @@ pub enum GenError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Writes a copy of the generated object `src` to `dest` as an object of another kind filed
+/// in the same series (same Study and Series Instance UIDs): its Modality, its SOP Class and a
+/// new SOP Instance UID, in the data set and in the file meta group. Tests of the per-object
+/// consent scope use it for an OT or SR object carrying a CT series' UID.
+///
+/// # Errors
+/// [`GenError::ReadFile`] when `src` cannot be read, [`GenError::Encode`] when `dest` cannot
+/// be written.
+pub fn restyle(
+    src: &Path,
+    dest: &Path,
+    modality: &str,
+    sop_class: &str,
+    sop_instance_uid: &str,
+) -> Result<(), GenError> {
+    let mut obj = dicom_object::open_file(src).map_err(|source| GenError::ReadFile {
+        file: src.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    obj.put(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from(modality)));
+    obj.put(DataElement::new(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(sop_class),
+    ));
+    obj.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(sop_instance_uid),
+    ));
+    obj.update_meta(|m| {
+        m.media_storage_sop_class_uid = sop_class.to_string();
+        m.media_storage_sop_instance_uid = sop_instance_uid.to_string();
+    });
+    obj.write_to_file(dest).map_err(|source| GenError::Encode {
+        file: dest.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// Generates the study described by `spec` into `out_dir`, creating it if needed.

@@ -30,5 +30,5 @@ pub mod stats;
 
 pub use r#gen::{
     GenError, GeneratedFile, GeneratedStudy, Modality, PatientOverrides, Phi, PixelRepresentation, Sex, SliceRef,
-    StudySpec, SyntheticStudy, generate, generate_to_vec, latin1,
+    StudySpec, SyntheticStudy, generate, generate_to_vec, latin1, restyle,
 };

@@ -338,6 +338,7 @@ impl Shared<'_> {
             frames: info.frames,
             notes: info.notes.clone(),
             chunks,
+            modality: Some(info.modality.trim().to_string()).filter(|m| !m.is_empty()),
         };
         let sealed_meta = match self.store.seal_instance_meta(&study, &address, &key, &meta) {
             Ok(m) => m,

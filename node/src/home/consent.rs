@@ -358,6 +358,10 @@ pub struct GrantView {
     pub series: Vec<String>,
     /// Consents relied on.
     pub consents: Vec<String>,
+    /// The object-level scope: each object of the series is decided on its
+    /// own Modality and SOP Class when a transfer is prepared.
+    #[serde(skip)]
+    pub objects: consent_schema::ObjectScope,
 }
 
 /// The answer of [`Node::consent_check`]: trust first, then consent and policy.
@@ -1043,6 +1047,7 @@ impl Node {
             expires_at: g.expires_at(),
             series: g.series().iter().map(ToString::to_string).collect(),
             consents: g.consents().iter().map(ToString::to_string).collect(),
+            objects: g.objects().clone(),
         };
         match consent_schema::evaluate(&request, &consents, &policy, now) {
             // A trust refusal is final: no grant is shown for it.

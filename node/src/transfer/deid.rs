@@ -229,6 +229,7 @@ impl Node {
                 frames: parsed.frames,
                 notes: Vec::new(),
                 chunks: Vec::new(),
+                modality: Some(parsed.modality.trim().to_string()).filter(|m| !m.is_empty()),
             });
             if grant.level == DeidLevel::Pseudonymised {
                 let p = info.patient;

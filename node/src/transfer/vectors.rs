@@ -114,6 +114,7 @@ fn study_index(objects: &[Vec<u8>]) -> StudyIndex {
                 frames: 1,
                 notes: Vec::new(),
                 chunks: chunk_hashes(o),
+                modality: None,
             })
             .collect(),
     }

@@ -18,6 +18,8 @@
 //!   syslog collector (DICOM audit message), without the study's identifiers.
 //! - `recheck`: the holder decides again at every step: a consent withdrawn, a revocation
 //!   or a grant expiry while the recipient is away ends the transfer on both sides.
+//! - `scope`: scope decided per object: an OT object filed in a CT series is left out under a
+//!   CT-only consent and named (by reference) in the holder's `transfers show`.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ mod net;
 mod notify;
 mod privacy;
 mod recheck;
+mod scope;
 mod testnet;
 mod transfer;
 mod trust;

@@ -17,7 +17,7 @@ pub(crate) fn s(p: &Path) -> &str {
 
 /// A two-node consortium network (node-1 in DE holds, node-2 in FR
 /// receives), with `edit` applied to node-1's config before start.
-fn network(dir: &Path, edit: impl Fn(&str) -> String) -> Cluster {
+pub(crate) fn network(dir: &Path, edit: impl Fn(&str) -> String) -> Cluster {
     network_with(dir, edit, |_| {})
 }
 
@@ -143,7 +143,7 @@ pub(crate) fn request(home: &Path, holder: &str, study: &str, wait: bool) -> (i3
 }
 
 /// Exports `uid` from `home` and checks every file against the originals.
-fn assert_byte_identical(home: &Path, dir: &Path, study: &Study) {
+pub(crate) fn assert_byte_identical(home: &Path, dir: &Path, study: &Study) {
     let out_dir = dir.join(format!("export-{}", &study.uid[study.uid.len() - 6..]));
     let out = run(home, &["study", "export", &study.uid, "--out", s(&out_dir)]).expect("run");
     expect_code(&out, 0, "export of the received study");
