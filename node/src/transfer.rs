@@ -1660,15 +1660,21 @@ impl Node {
         if !rec.tell || rec.direction != Direction::Outgoing || rec.state != State::Failed {
             return None;
         }
-        let code = rec.reasons.first().map_or("ended", |r| r.code.as_str());
+        // A request never granted learns no more than a denial would tell it.
+        let why = if rec.grant.is_empty() {
+            not_available()
+        } else {
+            let code = rec.reasons.first().map_or("ended-by-holder", |r| r.code.as_str());
+            reason(
+                code,
+                format!("the holder ended this transfer ({code}); delete what you received of it"),
+            )
+        };
         Some(wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
                 transfer_id: rec.id.clone(),
-                reasons: vec![reason(
-                    code,
-                    format!("the holder ended this transfer ({code}); delete what you received of it"),
-                )],
+                reasons: vec![why],
             },
         })
     }

@@ -973,3 +973,156 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
     assert!(n.store().studies().unwrap().is_empty());
     assert!(n.log_verify().unwrap().ok);
 }
+
+/// The holder's transfer to the recipient, granted, prepared and accepted
+/// by the recipient (which holds a `streaming` record of it).
+fn streaming(w: &World) -> (TransferId, Open) {
+    let holder_peer = w.holder.identity().peer_id();
+    let (id, open) = granted(&w.holder, &w.recipient);
+    w.recipient
+        .note_answer(
+            &holder_peer,
+            &hex::encode([7u8; 16]),
+            STUDY,
+            Purpose::Treatment,
+            Role::Clinician,
+            None,
+            &AnswerBody::Granted {
+                transfer_id: hex::encode(id),
+                grant: open.grant.clone(),
+            },
+        )
+        .unwrap();
+    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
+    (id, open)
+}
+
+fn ended_codes(n: &Node, id: &TransferId) -> Vec<String> {
+    n.log_tail(1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            crate::ledger::Event::TransferEnded { transfer, code, .. } if transfer == hex::encode(id) => Some(code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every change of consent or trust ends, at once and through the one
+/// shared step, each unfinished transfer the decision (taken again) no
+/// longer allows: failed with the reason code, written to the ledger; the
+/// recipient, told, fails it too and deletes what it received.
+#[test]
+fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() {
+    type Change = Box<dyn Fn(&World)>;
+    let objection = |w: &World| {
+        let d = w.holder.study(STUDY).unwrap();
+        w.holder
+            .consent_add(NewConsent {
+                id: None,
+                patient_id: d.attributes.patient_id.clone(),
+                issuer: d.attributes.issuer_of_patient_id.clone(),
+                by: ConsentedBy::Patient,
+                deny: true,
+                level: None,
+                purposes: vec![Purpose::Treatment],
+                recipient_peers: Vec::new(),
+                recipient_institutions: Vec::new(),
+                recipient_jurisdictions: Vec::new(),
+                recipient_consortia: Vec::new(),
+                modalities: Vec::new(),
+                studies: Vec::new(),
+                episode: None,
+                from: None,
+                until: None,
+                data_from: None,
+                data_until: None,
+                legal_basis: None,
+                legal_text: None,
+            })
+            .unwrap();
+    };
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "consent withdrawn",
+            Box::new(|w: &World| {
+                for c in w.holder.consents(None).unwrap() {
+                    w.holder.consent_withdraw(&c.id).unwrap();
+                }
+            }),
+            "consent-withdrawn",
+        ),
+        ("objection added", Box::new(objection), "consent-denied"),
+        (
+            "peer blocked",
+            Box::new(|w: &World| {
+                w.holder.block(&w.recipient.identity().peer_id(), "test").unwrap();
+            }),
+            "peer-blocked",
+        ),
+        (
+            "purpose removed",
+            Box::new(|w: &World| {
+                w.holder
+                    .add_peer(&record(&w.recipient), vec![Purpose::Research], None)
+                    .unwrap();
+            }),
+            "purpose-removed",
+        ),
+    ];
+    for (name, change, code) in cases {
+        let w = world();
+        let holder_peer = w.holder.identity().peer_id();
+        let (id, open) = streaming(&w);
+        // Not affected yet: the step ends nothing.
+        assert!(w.holder.end_affected_transfers().unwrap().is_empty(), "{name}");
+        assert!(w.holder.session_check(&id).unwrap(), "{name}");
+        change(&w);
+        // Ended by the change itself (no periodic check ran).
+        let rec = w.holder.transfer(&id).unwrap();
+        assert_eq!(rec.state, State::Failed, "{name}");
+        assert_eq!(rec.reasons[0].code, code, "{name}");
+        assert!(rec.tell, "{name}: the recipient is to be told");
+        assert!(w.holder.live().is_ended(&id), "{name}: a running session stops");
+        assert_eq!(ended_codes(&w.holder, &id), vec![code.to_string()], "{name}");
+        assert!(!w.holder.session_check(&id).unwrap(), "{name}: no session again");
+        // The recipient is told: it fails the transfer with the code and
+        // deletes what it had received; a stream is then refused.
+        let msg = w.holder.ended_message(&rec).unwrap();
+        let wire::MsgBody::Decided { transfer_id, reasons } = msg.body else {
+            panic!("{name}: not decided")
+        };
+        assert_eq!(reasons[0].code, code, "{name}");
+        assert_eq!(
+            w.recipient.note_decided(&holder_peer, &transfer_id, reasons).unwrap(),
+            AnswerBody::Ack
+        );
+        let got = w.recipient.transfer(&id).unwrap();
+        assert_eq!((got.state, got.reasons[0].code.as_str()), (State::Failed, code), "{name}");
+        assert_eq!(ended_codes(&w.recipient, &id), vec![code.to_string()], "{name}");
+        assert!(w.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_none(), "{name}");
+        assert!(w.recipient.store().chunks_done(&id).unwrap().is_empty(), "{name}");
+        assert!(!w.recipient.store().incoming_dir(&id).exists(), "{name}");
+        assert_eq!(verdict(&w.recipient, &holder_peer, &open), "closed", "{name}");
+        w.holder.ended_told(&id).unwrap();
+        assert!(w.holder.ended_message(&w.holder.transfer(&id).unwrap()).is_none());
+    }
+}
+
+/// A grant's end ends the transfer on both sides at the periodic check.
+#[test]
+fn a_grant_that_ends_ends_the_transfer_on_both_sides() {
+    let w = world();
+    let (id, _) = streaming(&w);
+    for n in [&w.holder, &w.recipient] {
+        n.update_transfer(&id, |r| {
+            r.expires = Some(now() - 1);
+            Ok(())
+        })
+        .unwrap();
+        let ended = n.end_affected_transfers().unwrap();
+        assert_eq!(ended, vec![(hex::encode(id), "grant-expired".to_string())]);
+        assert_eq!(n.transfer(&id).unwrap().state, State::Failed);
+    }
+    assert!(!w.recipient.store().incoming_dir(&id).exists());
+}
