@@ -290,7 +290,17 @@ pub fn scrub(s: &str, needles: &[&Needles], keys: Option<&DeidKeys>) -> Option<S
     if keys.is_some() {
         uid_spans(s, &mut spans);
     }
+    let uids = spans.len();
     needle_spans(s, needles, &mut spans);
+    // A needle that is exactly a UID-like token (a date written 07.12.1963)
+    // is masked, not mapped.
+    let (uid_part, needle_part) = spans.split_at(uids);
+    let exact: Vec<(usize, usize)> = needle_part
+        .iter()
+        .filter(|n| uid_part.iter().any(|u| u.start == n.start && u.end == n.end))
+        .map(|n| (n.start, n.end))
+        .collect();
+    spans.retain(|sp| !(sp.uid && exact.contains(&(sp.start, sp.end))));
     if spans.is_empty() {
         return None;
     }

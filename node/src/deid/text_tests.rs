@@ -911,6 +911,11 @@ fn text_matching_folds_case_beyond_ascii_and_never_panics_on_length_changes() {
         format!("see {} and 1.2.840.10008.5.1.4.1.1.2", keys.map_uid("1.2.3.4.5.6"))
     );
     assert_eq!(text::scrub("version 3.6.2, 1.5 mm", &[&none], Some(&keys)), None);
+    // A date that looks like a UID token is masked as the date it is.
+    assert_eq!(
+        text::scrub("born 07.12.1963.", &[&needles(&["07.12.1963"])], Some(&keys)).unwrap(),
+        "born *."
+    );
     // An IP address of the site goes too.
     assert!(
         !text::scrub("host 10.20.0.15:104", &[&none], Some(&keys))
