@@ -119,6 +119,14 @@ locked_days = 30
 # keyed per-patient number of days), "clean-descriptors",
 # "clean-structured-content", "clean-graphics".
 options = []
+# Names of this site that must not survive de-identification: the host
+# names (and IP addresses) of its PACS, RIS and web viewers, its AE titles,
+# other names of the institution. Wherever a kept text or link (SR text,
+# comments, descriptions, URLs) holds one, ignoring case, it is replaced by
+# "*" (a link becomes "http://anonymized.invalid"). The institution name of
+# this node's record is always added. Each name has 3 to 200 characters.
+# Example: site_names = ["pacs01.klinikum-nord.example", "10.20.0.15", "KNPACS"]
+site_names = []
 # Pixel-masking rules. An object with Burned In Annotation (0028,0301) YES, or
 # of a kind that often shows text in its pixels (US, XC, ES, OT, secondary
 # capture) without that attribute, is not de-identified unless a rule covers
@@ -134,14 +142,6 @@ options = []
 #   columns = 800
 #   rects = [[0, 0, 800, 48]]
 mask = []
-# Names of this site that must not survive de-identification: the host
-# names (and IP addresses) of its PACS, RIS and web viewers, its AE titles,
-# other names of the institution. Wherever a kept text or link (SR text,
-# comments, descriptions, URLs) holds one, ignoring case, it is replaced by
-# "*" (a link becomes "http://anonymized.invalid"). The institution name of
-# this node's record is always added. Each name has 3 to 200 characters.
-# Example: site_names = ["pacs01.klinikum-nord.example", "10.20.0.15", "KNPACS"]
-site_names = []
 
 [notify.webhook]
 # Notifications (an entry of another site concerns a study of this one, and

@@ -226,14 +226,14 @@ fn identifying(obj: &dicom_object::InMemDicomObject, out: &mut Vec<String>) {
             }
             continue;
         }
-        let vr = e.header().vr;
+        let vr = format!("{:?}", e.header().vr);
         for v in text(e) {
-            if vr == dicom_object::mem::VR::PN {
+            if vr == "PN" {
                 for comp in v.split('^').take(3) {
                     out.push(comp.to_string());
                     out.extend(comp.split([' ', '-']).map(str::to_string));
                 }
-            } else if vr == dicom_object::mem::VR::UI {
+            } else if vr == "UI" {
                 if !v.starts_with("1.2.840.10008.") && v.len() > 8 {
                     out.push(v);
                 }
