@@ -119,6 +119,14 @@ locked_days = 30
 # keyed per-patient number of days), "clean-descriptors",
 # "clean-structured-content", "clean-graphics".
 options = []
+# Names of this site that must not survive de-identification: the host
+# names (and IP addresses) of its PACS, RIS and web viewers, its AE titles,
+# other names of the institution. Wherever a kept text or link (SR text,
+# comments, descriptions, URLs) holds one, ignoring case, it is replaced by
+# "*" (a link becomes "http://anonymized.invalid"). The institution name of
+# this node's record is always added. Each name has 3 to 200 characters.
+# Example: site_names = ["pacs01.klinikum-nord.example", "10.20.0.15", "KNPACS"]
+site_names = []
 # Pixel-masking rules. An object with Burned In Annotation (0028,0301) YES, or
 # of a kind that often shows text in its pixels (US, XC, ES, OT, secondary
 # capture) without that attribute, is not de-identified unless a rule covers
@@ -361,6 +369,9 @@ pub struct DeidConfig {
     pub options: Vec<crate::deid::DeidOption>,
     /// Pixel-masking rules for objects with burned-in identifiers.
     pub mask: Vec<crate::deid::MaskRule>,
+    /// The site's host names and other names, removed from free text and
+    /// links (the node's institution name is added to them).
+    pub site_names: Vec<String>,
 }
 
 /// A secret from the configuration (a webhook token): zeroized on drop,
@@ -770,6 +781,18 @@ impl Config {
                 "deid.options",
                 "retain-long-full-dates and retain-long-modified-dates exclude each other".into(),
             ));
+        }
+        for (i, n) in d.site_names.iter().enumerate() {
+            let len = n.trim().chars().count();
+            if !(3..=200).contains(&len) {
+                return Err(value(
+                    "deid.site_names",
+                    format!(
+                        "name {}: must have 3 to 200 characters (a shorter one would hit common words)",
+                        i + 1
+                    ),
+                ));
+            }
         }
         for (i, m) in d.mask.iter().enumerate() {
             if m.modality.trim().is_empty() {

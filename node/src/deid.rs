@@ -27,6 +27,9 @@ pub mod pixels;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod text;
+#[cfg(test)]
+mod text_tests;
 #[cfg(test)]
 mod vectors;
 
@@ -197,6 +200,9 @@ pub struct Profile {
     level: DeidLevel,
     options: Vec<DeidOption>,
     masks: Vec<MaskRule>,
+    /// The site's names (host names of its PACS and other systems, its
+    /// institution's name), removed from free text and links.
+    site: text::Needles,
 }
 
 impl Profile {
@@ -226,7 +232,20 @@ impl Profile {
             level,
             options: set.into_iter().collect(),
             masks,
+            site: text::Needles::default(),
         })
+    }
+
+    /// This profile, also removing `names` (the site's host names and
+    /// institution name) from every free text and link it keeps. Names of
+    /// fewer than three characters are ignored.
+    #[must_use]
+    pub fn with_site_names<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        for n in names {
+            self.site.add_value(n.as_ref());
+        }
+        self.site.finish();
+        self
     }
 
     /// The level.
@@ -502,7 +521,7 @@ struct Walk<'a> {
     ciod: Option<&'a str>,
     shift_days: i64,
     /// Identifying strings of this object, for cleaning free text.
-    scrub: Vec<String>,
+    needles: text::Needles,
 }
 
 impl Walk<'_> {
@@ -599,6 +618,7 @@ impl Walk<'_> {
         path: &mut Vec<Tag>,
     ) -> Option<DataElement<InMemDicomObject>> {
         let (tag, vr) = (elem.tag(), elem.vr());
+        let listed = action.is_some();
         let action = match action {
             Some(a) => a,
             // Not in the table: kept, but a UID that is not the standard's is
@@ -622,7 +642,10 @@ impl Walk<'_> {
         }
         match action {
             Action::Remove => None,
-            Action::Keep => Some(elem),
+            // Kept by the table (an option's K): as it is.
+            Action::Keep if listed => Some(elem),
+            // Not in the table: kept, its text cleaned of identifying strings.
+            Action::Keep => Some(self.clean_unlisted(elem)),
             Action::Zero => Some(DataElement::new(tag, vr, PrimitiveValue::Empty)),
             Action::Dummy => Some(DataElement::new(
                 tag,
@@ -674,36 +697,73 @@ impl Walk<'_> {
             VR::TM => Some(elem),
             VR::DA | VR::DT => Some(DataElement::new(tag, vr, dummy(vr))),
             VR::UI => Some(DataElement::new(tag, vr, self.uids(&elem))),
-            v if is_text_vr(v) => {
-                let values: Vec<String> = elem
-                    .to_multi_str()
-                    .map(|v| v.to_vec())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|s| self.scrub_text(vr, s))
-                    .collect();
-                Some(DataElement::new(tag, vr, strs(values)))
-            }
+            v if is_scrubbed_vr(v) => Some(self.clean_unlisted(elem)),
+            // Numbers and ages identify no one.
+            v if is_text_vr(v) => Some(elem),
             // Binary content (overlay bits, waveforms) cannot be cleaned: removed.
             _ => None,
         }
     }
 
-    /// Removes every identifying string of the object from free text.
-    fn scrub_text(&self, vr: VR, s: &str) -> String {
-        let mut out = s.to_string();
-        for needle in &self.scrub {
-            out = replace_ignore_case(&out, needle, "*");
+    /// An element the table does not list: its text values cleaned (see
+    /// [`Walk::scrub_values`]), anything else as it is.
+    fn clean_unlisted(&self, elem: DataElement<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+        if !is_scrubbed_vr(elem.vr()) {
+            return elem;
         }
-        if let Some(max) = max_len(vr) {
-            let mut cut = out.len().min(max);
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
+        match self.scrub_values(&elem) {
+            Some(v) => DataElement::new(elem.tag(), elem.vr(), v),
+            None => elem,
         }
-        out
     }
+
+    /// The values of a text element with every identifying string of the
+    /// object and of the site replaced by `*` and every UID-like token by
+    /// its mapping (unless Retain UIDs); a code (CS, AE) or link (UR) that
+    /// held any becomes a dummy, as what is left of it means nothing.
+    /// `None` when nothing was found.
+    fn scrub_values(&self, elem: &DataElement<InMemDicomObject>) -> Option<PrimitiveValue> {
+        let vr = elem.vr();
+        let values: Vec<String> = elem.to_multi_str().map(|v| v.to_vec()).unwrap_or_default();
+        let keys = (!self.profile.has(DeidOption::RetainUids)).then_some(self.keys);
+        let needles = [&self.needles, &self.profile.site];
+        let mut changed = false;
+        let out: Vec<String> = values
+            .iter()
+            .map(|v| match text::scrub(v, &needles, keys) {
+                None => v.clone(),
+                Some(s) => {
+                    changed = true;
+                    match vr {
+                        VR::UR => "http://anonymized.invalid".to_string(),
+                        VR::CS | VR::AE => "ANONYMIZED".to_string(),
+                        _ => truncate(s, max_len(vr)),
+                    }
+                }
+            })
+            .collect();
+        changed.then(|| strs(out))
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut s: String, max: Option<usize>) -> String {
+    if let Some(max) = max {
+        let mut cut = s.len().min(max);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// String VRs whose values can hold identifying text.
+fn is_scrubbed_vr(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE | VR::CS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::UC | VR::UR | VR::UT
+    )
 }
 
 fn strs(values: Vec<String>) -> PrimitiveValue {
@@ -714,49 +774,56 @@ fn strs(values: Vec<String>) -> PrimitiveValue {
     }
 }
 
-/// Replaces every occurrence of `needle` in `hay`, ignoring ASCII case when
-/// both are ASCII (positions then map one to one); otherwise exact matches only.
-fn replace_ignore_case(hay: &str, needle: &str, with: &str) -> String {
-    if needle.is_empty() {
-        return hay.to_string();
-    }
-    if !hay.is_ascii() || !needle.is_ascii() {
-        return hay.replace(needle, with);
-    }
-    let lower = hay.to_ascii_lowercase();
-    let n = needle.to_ascii_lowercase();
-    let mut out = String::with_capacity(hay.len());
-    let mut i = 0;
-    while let Some(pos) = lower[i..].find(&n) {
-        out.push_str(&hay[i..i + pos]);
-        out.push_str(with);
-        i += pos + n.len();
-    }
-    out.push_str(&hay[i..]);
-    out
-}
-
-/// A DA or DT value (or a range of them) moved by `days`; a value that is
-/// not a full date becomes empty (it cannot be shifted by days).
+/// A DA or DT value (or a range of them: both ends move by the same days)
+/// moved by `days`; a value that is not a full date becomes empty (it cannot
+/// be shifted by days).
 fn shift_value(vr: VR, v: &str, days: i64) -> String {
     if v.is_empty() {
         return String::new();
     }
-    if let Some((a, b)) = v.split_once('-')
-        && vr == VR::DA
-    {
-        let a = if a.is_empty() {
+    let one = |x: &str| {
+        if x.is_empty() {
             String::new()
         } else {
-            shift_value(vr, a, days)
-        };
-        let b = if b.is_empty() {
-            String::new()
-        } else {
-            shift_value(vr, b, days)
-        };
-        return format!("{a}-{b}");
+            shift_one(x, days)
+        }
+    };
+    match split_range(vr, v) {
+        Some((a, b)) => format!("{}-{}", one(a), one(b)),
+        None => shift_one(v, days),
     }
+}
+
+/// The two ends of a DA or DT range (PS3.4 C.2.2.2.5), either possibly
+/// empty; `None` for a single value. In a DT, a `-` that starts a UTC offset
+/// (four digits, hours up to 14 and minutes up to 59, at the end of the
+/// value or before the range's own `-`) separates nothing.
+fn split_range(vr: VR, v: &str) -> Option<(&str, &str)> {
+    match vr {
+        VR::DA => v.split_once('-'),
+        VR::DT => v
+            .match_indices('-')
+            .map(|(i, _)| i)
+            .find(|&i| !is_utc_offset(&v[i + 1..]))
+            .map(|i| (&v[..i], &v[i + 1..])),
+        _ => None,
+    }
+}
+
+/// Whether `rest` (what follows a `-` in a DT) is a UTC offset `HHMM`,
+/// alone or followed by a range's `-`.
+fn is_utc_offset(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    if b.len() < 4 || !b[..4].iter().all(u8::is_ascii_digit) || (b.len() > 4 && b[4] != b'-') {
+        return false;
+    }
+    let hh = u32::from(b[0] - b'0') * 10 + u32::from(b[1] - b'0');
+    let mm = u32::from(b[2] - b'0') * 10 + u32::from(b[3] - b'0');
+    hh <= 14 && mm < 60
+}
+
+/// One DA or DT value moved by `days` (what follows the date is kept).
+fn shift_one(v: &str, days: i64) -> String {
     let Some(date) = v
         .get(..8)
         .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y%m%d").ok())
@@ -767,71 +834,6 @@ fn shift_value(vr: VR, v: &str, days: i64) -> String {
         return String::new();
     };
     format!("{}{}", moved.format("%Y%m%d"), v.get(8..).unwrap_or(""))
-}
-
-/// Strings of the object that identify someone, for cleaning free text
-/// (retired attributes included: old files still carry them).
-#[allow(deprecated)]
-fn identifying_strings(obj: &InMemDicomObject) -> Vec<String> {
-    let mut out = Vec::new();
-    let whole = [
-        tags::PATIENT_ID,
-        tags::OTHER_PATIENT_I_DS,
-        tags::ISSUER_OF_PATIENT_ID,
-        tags::PATIENT_BIRTH_DATE,
-        tags::ACCESSION_NUMBER,
-        tags::INSTITUTION_NAME,
-        tags::INSTITUTION_ADDRESS,
-        tags::INSTITUTIONAL_DEPARTMENT_NAME,
-        tags::STATION_NAME,
-        tags::DEVICE_SERIAL_NUMBER,
-        tags::STUDY_ID,
-        tags::MEDICAL_RECORD_LOCATOR,
-        tags::PATIENT_ADDRESS,
-        tags::PATIENT_TELEPHONE_NUMBERS,
-        tags::ADMISSION_ID,
-    ];
-    for t in whole {
-        if let Some(vals) = obj.get(t).and_then(|e| e.to_multi_str().ok()) {
-            for v in vals.iter() {
-                let v = trim_value(v);
-                if v.len() >= 3 {
-                    out.push(v.to_string());
-                }
-            }
-        }
-    }
-    let names = [
-        tags::PATIENT_NAME,
-        tags::OTHER_PATIENT_NAMES,
-        tags::PATIENT_BIRTH_NAME,
-        tags::PATIENT_MOTHER_BIRTH_NAME,
-        tags::REFERRING_PHYSICIAN_NAME,
-        tags::PERFORMING_PHYSICIAN_NAME,
-        tags::NAME_OF_PHYSICIANS_READING_STUDY,
-        tags::OPERATORS_NAME,
-        tags::PHYSICIANS_OF_RECORD,
-        tags::REQUESTING_PHYSICIAN,
-    ];
-    for t in names {
-        if let Some(vals) = obj.get(t).and_then(|e| e.to_multi_str().ok()) {
-            for v in vals.iter() {
-                let v = trim_value(v);
-                if v.len() >= 3 {
-                    out.push(v.to_string());
-                }
-                for part in v.split(['^', ' ', '=', ',']) {
-                    if part.len() >= 3 {
-                        out.push(part.to_string());
-                    }
-                }
-            }
-        }
-    }
-    // Longest first, so a full name goes before its parts.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out.dedup();
-    out
 }
 
 /// Implementation Class UID written into de-identified files' meta.
@@ -961,7 +963,7 @@ pub fn deidentify_into(
         tables,
         ciod: tables.ciod(&sop_class),
         shift_days: keys.date_shift(&key_issuer, &key_id),
-        scrub: identifying_strings(&obj),
+        needles: text::identifying_strings(&obj),
     };
     let mut out = walk.data_set(obj, &mut Vec::new());
     // The patient: the pseudonym as name and ID (Z allows a dummy value).

@@ -9,7 +9,10 @@
 //!   X/D, Z/D, X/Z/D, X/Z/U*), their Type in that IOD at each nesting path,
 //!   which decides the action as PS3.15 E.1.1 says;
 //! - `safe-private.csv`: PS3.15 Table E.3.10-1, the private attributes that
-//!   Retain Safe Private keeps.
+//!   Retain Safe Private keeps;
+//! - `medmesh-additions.csv`: medmesh's own rows, in the same columns, for
+//!   attributes the table does not list but that carry identifying content
+//!   (Text Value of content items, Retrieve URL and Retrieve URI).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -22,6 +25,7 @@ const ANNEX_E: &str = include_str!("../../data/deid/annex-e.csv");
 const SOP_CLASSES: &str = include_str!("../../data/deid/sop-classes.csv");
 const IOD_TYPES: &str = include_str!("../../data/deid/iod-types.csv");
 const SAFE_PRIVATE: &str = include_str!("../../data/deid/safe-private.csv");
+const ADDITIONS: &str = include_str!("../../data/deid/medmesh-additions.csv");
 
 /// An action of Table E.1-1, after combined codes are resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,6 +203,8 @@ impl Row {
 #[derive(Debug)]
 pub struct Tables {
     exact: HashMap<Tag, Row>,
+    /// medmesh's rows for attributes Table E.1-1 does not list.
+    additions: HashMap<Tag, Row>,
     curve: Option<Row>,
     overlay: HashMap<u16, Row>,
     private: Option<Row>,
@@ -289,9 +295,32 @@ fn parse_pattern(file: &str, line: usize, tag: &str) -> Result<Pattern, DeidErro
     Ok(Pattern::Exact(Tag(hex16(file, line, g)?, hex16(file, line, e)?)))
 }
 
+/// One row of Table E.1-1 (or of medmesh's additions, same columns).
+fn parse_row(file: &str, line: usize, m: &HashMap<String, String>) -> Result<Row, DeidError> {
+    let pattern = parse_pattern(file, line, col(file, line, m, "tag")?)?;
+    let basic_s = col(file, line, m, "basic_profile")?;
+    let basic = Basic::parse(basic_s).ok_or_else(|| table_err(file, line, format!("action {basic_s:?}")))?;
+    let mut options = Vec::new();
+    for (name, opt) in OPTION_COLUMNS {
+        match col(file, line, m, name)? {
+            "" => {}
+            "K" => options.push((opt, Action::Keep)),
+            "C" => options.push((opt, Action::Clean)),
+            other => return Err(table_err(file, line, format!("{name}: {other:?} is not K or C"))),
+        }
+    }
+    Ok(Row {
+        pattern,
+        keyword: col(file, line, m, "keyword")?.to_string(),
+        basic,
+        options,
+    })
+}
+
 fn load() -> Result<Tables, DeidError> {
     let mut t = Tables {
         exact: HashMap::new(),
+        additions: HashMap::new(),
         curve: None,
         overlay: HashMap::new(),
         private: None,
@@ -303,26 +332,9 @@ fn load() -> Result<Tables, DeidError> {
     };
     const F: &str = "annex-e.csv";
     for (line, m) in records(F, ANNEX_E)? {
-        let pattern = parse_pattern(F, line, col(F, line, &m, "tag")?)?;
-        let basic_s = col(F, line, &m, "basic_profile")?;
-        let basic = Basic::parse(basic_s).ok_or_else(|| table_err(F, line, format!("action {basic_s:?}")))?;
-        let mut options = Vec::new();
-        for (name, opt) in OPTION_COLUMNS {
-            match col(F, line, &m, name)? {
-                "" => {}
-                "K" => options.push((opt, Action::Keep)),
-                "C" => options.push((opt, Action::Clean)),
-                other => return Err(table_err(F, line, format!("{name}: {other:?} is not K or C"))),
-            }
-        }
-        let row = Row {
-            pattern,
-            keyword: col(F, line, &m, "keyword")?.to_string(),
-            basic,
-            options,
-        };
+        let row = parse_row(F, line, &m)?;
         t.rows += 1;
-        match pattern {
+        match row.pattern {
             Pattern::Exact(tag) => {
                 if t.exact.insert(tag, row).is_some() {
                     return Err(table_err(F, line, format!("tag {tag} twice")));
@@ -333,6 +345,16 @@ fn load() -> Result<Tables, DeidError> {
                 t.overlay.insert(e, row);
             }
             Pattern::Private => t.private = Some(row),
+        }
+    }
+    const A: &str = "medmesh-additions.csv";
+    for (line, m) in records(A, ADDITIONS)? {
+        let row = parse_row(A, line, &m)?;
+        let Pattern::Exact(tag) = row.pattern else {
+            return Err(table_err(A, line, "an addition names one tag"));
+        };
+        if t.exact.contains_key(&tag) || t.additions.insert(tag, row).is_some() {
+            return Err(table_err(A, line, format!("tag {tag} is already in a table")));
         }
     }
     const S: &str = "sop-classes.csv";
@@ -363,9 +385,11 @@ fn load() -> Result<Tables, DeidError> {
             .insert((creator_key(col(P, line, &m, "creator")?), group, offset));
     }
     let hash = blake3::hash(ANNEX_E.as_bytes()).to_hex();
+    let added = blake3::hash(ADDITIONS.as_bytes()).to_hex();
     t.version = format!(
-        "PS3.15 Table E.1-1 2024b with the 2026c rows; annex-e.csv BLAKE3 {}",
-        &hash[..16]
+        "PS3.15 Table E.1-1 2024b with the 2026c rows; annex-e.csv BLAKE3 {}; medmesh-additions.csv BLAKE3 {}",
+        &hash[..16],
+        &added[..16]
     );
     Ok(t)
 }
@@ -395,10 +419,11 @@ pub fn tables() -> Result<&'static Tables, DeidError> {
 }
 
 impl Tables {
-    /// The row of Table E.1-1 for `tag`, if any.
+    /// The row of Table E.1-1 for `tag`, or else medmesh's addition for
+    /// it (`medmesh-additions.csv`), if any.
     #[must_use]
     pub fn row(&self, tag: Tag) -> Option<&Row> {
-        if let Some(r) = self.exact.get(&tag) {
+        if let Some(r) = self.exact.get(&tag).or_else(|| self.additions.get(&tag)) {
             return Some(r);
         }
         let g = tag.group();
@@ -414,9 +439,14 @@ impl Tables {
         None
     }
 
-    /// Every row with its own tag (wildcard rows excluded).
+    /// Every row of Table E.1-1 with its own tag (wildcard rows excluded).
     pub fn exact_rows(&self) -> impl Iterator<Item = (&Tag, &Row)> {
         self.exact.iter()
+    }
+
+    /// medmesh's rows for attributes that Table E.1-1 does not list.
+    pub fn additions(&self) -> impl Iterator<Item = (&Tag, &Row)> {
+        self.additions.iter()
     }
 
     /// The Composite IOD of a SOP class, when the tables know it.

@@ -114,14 +114,20 @@ fn keys_for(node: &Node, level: DeidLevel) -> Result<DeidKeys, HomeError> {
 
 impl Node {
     /// The profile of this node for `level`, with the configured options and
-    /// `extra` ones, and the configured masking rules.
+    /// `extra` ones, the configured masking rules, and the site's names
+    /// (`[deid] site_names` and the institution of this node's record),
+    /// which free text and links lose.
     ///
     /// # Errors
     /// [`HomeError::Deid`] for a level or options that do not go together.
     pub fn deid_profile(&self, level: DeidLevel, extra: &[DeidOption]) -> Result<Profile, HomeError> {
         let mut options = self.config().deid.options.clone();
         options.extend_from_slice(extra);
-        Profile::new(level, &options, self.config().deid.mask.clone()).map_err(|e| HomeError::Deid(e.to_string()))
+        let mut names = self.config().deid.site_names.clone();
+        names.push(self.record().record().institution.clone());
+        Ok(Profile::new(level, &options, self.config().deid.mask.clone())
+            .map_err(|e| HomeError::Deid(e.to_string()))?
+            .with_site_names(&names))
     }
 
     /// De-identifies the DICOM files under `paths` into `out` (created if

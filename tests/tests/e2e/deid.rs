@@ -187,3 +187,141 @@ fn deid_and_relink_go_through_a_running_node() {
     assert!(!log.contains(&str_of(&ct.join("ct_ge_small_explicit-le.dcm"), tags::PATIENT_ID)));
     net.stop();
 }
+
+/// Every value of every element of a DICOM file, at every depth (string
+/// values as text, others as Latin-1 bytes; pixel data left out).
+fn all_values(obj: &dicom_object::InMemDicomObject, out: &mut Vec<String>) {
+    for e in obj.iter() {
+        if let Some(items) = e.items() {
+            for i in items {
+                all_values(i, out);
+            }
+        } else if e.header().tag != tags::PIXEL_DATA {
+            match e.to_multi_str() {
+                Ok(v) => out.extend(v.iter().cloned()),
+                Err(_) => {
+                    if let Ok(b) = e.to_bytes() {
+                        out.push(b.iter().map(|&c| char::from(c)).collect());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The identifying strings of an input, read with dicom-object: every part
+/// of every person name at any depth, the patient's IDs, address, birth
+/// date, accession number, institution, and every original UID.
+fn identifying(obj: &dicom_object::InMemDicomObject, out: &mut Vec<String>) {
+    use dicom_object::mem::InMemElement;
+    let text = |e: &InMemElement| -> Vec<String> {
+        e.to_multi_str()
+            .map(|v| v.iter().map(|s| s.trim_matches(['\0', ' ']).to_string()).collect())
+            .unwrap_or_default()
+    };
+    for e in obj.iter() {
+        if let Some(items) = e.items() {
+            for i in items {
+                identifying(i, out);
+            }
+            continue;
+        }
+        let vr = format!("{:?}", e.header().vr);
+        for v in text(e) {
+            if vr == "PN" {
+                for comp in v.split('^').take(3) {
+                    out.push(comp.to_string());
+                    out.extend(comp.split([' ', '-']).map(str::to_string));
+                }
+            } else if vr == "UI" {
+                if !v.starts_with("1.2.840.10008.") && v.len() > 8 {
+                    out.push(v);
+                }
+            } else if [
+                tags::PATIENT_ID,
+                tags::PATIENT_BIRTH_DATE,
+                tags::PATIENT_ADDRESS,
+                tags::ACCESSION_NUMBER,
+                tags::INSTITUTION_NAME,
+            ]
+            .contains(&e.header().tag)
+            {
+                out.push(v);
+            }
+        }
+    }
+}
+
+/// Whether `needle` is in `hay`, ignoring case; an ID of digits only counts
+/// when no digit touches it, a two-letter name part only as a word.
+fn occurs(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.to_lowercase(), needle.to_lowercase());
+    let numeric = !n.chars().any(char::is_alphabetic);
+    let short = n.chars().count() < 3;
+    h.match_indices(&n).any(|(a, _)| {
+        let (before, after) = (h[..a].chars().next_back(), h[a + n.len()..].chars().next());
+        let touches = |f: fn(&char) -> bool| before.as_ref().is_some_and(f) || after.as_ref().is_some_and(f);
+        !(numeric && touches(char::is_ascii_digit) || short && touches(|c| c.is_alphanumeric()))
+    })
+}
+
+#[test]
+fn deid_leaves_no_identifying_text_link_or_site_name_in_structured_reports() {
+    let (dir, home) = new_home("Klinikum Nord Hamburg");
+    let host = "pacs01.klinikum-nord.example";
+    let cfg = home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    assert!(text.contains("site_names = []\n"), "the template lists site_names");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "site_names = []\n",
+            &format!("site_names = [\"{host}\", \"KNPACS01\"]\n"),
+        ),
+    )
+    .expect("config");
+    let sr = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/deid/sr_phi-narrative.dcm");
+    for (level, option, name) in [
+        ("anonymised", None, "anon"),
+        ("pseudonymised", Some("clean-structured-content"), "csc"),
+    ] {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "study".to_string(),
+            "deid".into(),
+            sr.display().to_string(),
+            corpus().join("sr").display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--level".into(),
+            level.into(),
+            "--json".into(),
+        ];
+        if let Some(o) = option {
+            args.extend(["--option".to_string(), o.to_string()]);
+        }
+        let r = run(&home, &args.iter().map(String::as_str).collect::<Vec<_>>()).expect("run");
+        expect_code(&r, 0, "structured reports are de-identified");
+        let (written, _, summary) = outcomes(&r.stdout);
+        assert_eq!(written.len(), 3, "{summary}");
+        for w in &written {
+            let input = dicom_object::open_file(w["path"].as_str().expect("path")).expect("input");
+            let output = dicom_object::open_file(w["output"].as_str().expect("output")).expect("output");
+            let mut needles = vec![host.to_string(), "KNPACS01".to_string()];
+            identifying(&input, &mut needles);
+            needles.retain(|n| n.chars().count() >= 2 && !"anonymized".contains(&n.to_lowercase()));
+            let mut values = Vec::new();
+            all_values(&output, &mut values);
+            for n in &needles {
+                let hit: Vec<&String> = values.iter().filter(|v| occurs(v, n)).collect();
+                assert!(hit.is_empty(), "{level}: {n:?} survives in {}: {hit:?}", w["path"]);
+            }
+            assert!(output.element(tags::RETRIEVE_URL).is_err(), "Retrieve URL removed");
+            if w["path"].as_str() == Some(&sr.display().to_string()) {
+                let report = values.join("\n");
+                let kept = report.contains("A 12 mm nodule in the right upper lobe.");
+                assert_eq!(kept, option.is_some(), "{level}: the clinical text {report}");
+            }
+        }
+    }
+}
