@@ -559,6 +559,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     medmesh_node::home::HomePaths::new(&home.home).socket().display()
                 );
             }
+            // Before the passphrase: a home others can read is refused at once.
+            medmesh_node::home::HomePaths::new(&home.home)
+                .check_private()
+                .context("refusing to run")?;
             let node = open(&home.home)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
