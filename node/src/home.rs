@@ -59,7 +59,7 @@ pub enum HomeError {
         source: std::io::Error,
     },
     /// The institution name is empty or too long.
-    #[error("institution name must be 1 to 200 characters")]
+    #[error("institution name must be 1 to 200 characters, without control characters")]
     BadInstitution,
     /// Keystore failure (wrong passphrase among them).
     #[error(transparent)]
@@ -456,7 +456,7 @@ impl Node {
             }
         }
         let institution = institution.trim();
-        if institution.is_empty() || institution.chars().count() > 200 {
+        if institution.is_empty() || institution.chars().count() > 200 || institution.chars().any(crate::text::is_unsafe) {
             return Err(HomeError::BadInstitution);
         }
         check_jurisdiction(jurisdiction)?;

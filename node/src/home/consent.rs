@@ -341,9 +341,11 @@ pub struct PeerFacts {
 /// One reason of a decision, with its stable code and its text for people.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reason {
-    /// Stable machine code.
+    /// Stable machine code (cleaned on decoding, as it may come from a peer).
+    #[serde(deserialize_with = "crate::text::de::code")]
     pub code: String,
-    /// The reason in words.
+    /// The reason in words (cleaned and capped on decoding: [`crate::text::clean`]).
+    #[serde(deserialize_with = "crate::text::de::reason")]
     pub text: String,
 }
 
@@ -615,6 +617,15 @@ impl Node {
         Ok(self.config().policy.site_policy(home))
     }
 
+    /// The consent's keyed reference (`consent-` and 32 hex digits): what
+    /// gossiped ledger entries and logs name instead of its id, which for a
+    /// FHIR Consent is the hospital's own resource id. Only this node can
+    /// tell which consent it stands for.
+    #[must_use]
+    pub fn consent_ref(&self, consent_id: &ConsentId) -> String {
+        format!("consent-{}", hex::encode(&self.store().consent_ref(consent_id)[..16]))
+    }
+
     fn patient_ref(&self, patient_id: &str, issuer: &str) -> PatientRef {
         PatientRef::from_bytes(self.store().patient_ref(patient_id, issuer))
     }
@@ -729,9 +740,9 @@ impl Node {
                 Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
                 None => Ok(Some(record.clone())),
             })?;
-        tracing::info!(consent = %id, "consent recorded");
+        tracing::info!(consent = %self.consent_ref(&id), "consent recorded");
         self.log(crate::ledger::Event::ConsentAdded {
-            consent: id.as_str().to_string(),
+            consent: self.consent_ref(&id),
         })?;
         self.entry(record, now)
     }
@@ -869,14 +880,14 @@ impl Node {
             let change = record.withdrawn_at().is_none_or(|w| w > now);
             if change {
                 record.withdraw(now);
-                tracing::info!(consent = %cid, "consent withdrawn");
+                tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
             }
             result = Some(record.clone());
             Ok::<_, HomeError>(change.then_some(record))
         })?;
         let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
         self.log(crate::ledger::Event::ConsentWithdrawn {
-            consent: id.to_string(),
+            consent: self.consent_ref(&cid),
         })?;
         self.entry(record, now)
     }
