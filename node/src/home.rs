@@ -208,7 +208,11 @@ impl HomePaths {
                 open.push((path.display().to_string(), mode));
             }
         }
-        if open.is_empty() { Ok(()) } else { Err(HomeError::Exposed(open)) }
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(HomeError::Exposed(open))
+        }
     }
 }
 
@@ -456,7 +460,10 @@ impl Node {
             }
         }
         let institution = institution.trim();
-        if institution.is_empty() || institution.chars().count() > 200 || institution.chars().any(crate::text::is_unsafe) {
+        if institution.is_empty()
+            || institution.chars().count() > 200
+            || institution.chars().any(crate::text::is_unsafe)
+        {
             return Err(HomeError::BadInstitution);
         }
         check_jurisdiction(jurisdiction)?;
@@ -873,13 +880,22 @@ mod tests {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let e = paths.check_private().unwrap_err();
             let text = e.to_string();
-            assert!(matches!(&e, HomeError::Exposed(v) if v.len() == 1 && v[0].1 == mode), "{text}");
+            assert!(
+                matches!(&e, HomeError::Exposed(v) if v.len() == 1 && v[0].1 == mode),
+                "{text}"
+            );
             assert!(text.contains(&format!("mode {mode:04o}")), "{text}");
             let quoted = shell_quote(&path.display().to_string());
             assert!(text.contains(&format!("chmod go-rwx {quoted}")), "{text}");
             // The command printed fixes it.
             let cmd = format!("chmod go-rwx {quoted}");
-            assert!(std::process::Command::new("sh").args(["-c", &cmd]).status().unwrap().success());
+            assert!(
+                std::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
             paths.check_private().unwrap();
         }
     }

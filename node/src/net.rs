@@ -1604,7 +1604,10 @@ impl Service {
                         Ok(Ok(a)) => a,
                         Ok(Err(e)) => {
                             tracing::warn!(peer = %peer, cause = %e, "cannot answer a ledger request");
-                            SyncResponse::Refused { v, text: "the node could not answer; try again later".into() }
+                            SyncResponse::Refused {
+                                v,
+                                text: "the node could not answer; try again later".into(),
+                            }
                         }
                         Err(_) => return,
                     };

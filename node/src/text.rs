@@ -150,6 +150,86 @@ mod tests {
         assert!(matches!(escape("DOE^JOHN"), Cow::Borrowed(_)));
     }
 
+    /// What a peer sends: 10 kB of text with terminal escapes, newlines and
+    /// a right-to-left override.
+    fn hostile() -> String {
+        let mut s = String::from("denied\u{1b}[2J\u{1b}]0;pwned\u{7}\nFAKE LOG LINE level=ERROR\u{202e}");
+        while s.len() < 10_000 {
+            s.push_str("x\u{0}\r");
+        }
+        s
+    }
+
+    fn assert_clean(text: &str, max: usize) {
+        assert!(!text.chars().any(is_unsafe), "{text:?}");
+        assert!(text.chars().count() <= max, "{} characters", text.chars().count());
+        assert!(text.starts_with("denied\\u{1b}[2J"), "{}", &text[..40.min(text.len())]);
+    }
+
+    #[test]
+    fn a_peers_reasons_are_clean_and_capped_once_decoded() {
+        use crate::transfer::wire::{self, Answer, AnswerBody, Refuse, WIRE_VERSION};
+        let reason = crate::home::consent::Reason {
+            code: "x\u{1b}[1m".repeat(50),
+            text: hostile(),
+        };
+        for body in [
+            AnswerBody::Denied {
+                transfer_id: None,
+                reasons: vec![reason.clone()],
+            },
+            AnswerBody::Refused {
+                code: reason.code.clone(),
+                text: reason.text.clone(),
+            },
+        ] {
+            let bytes = wire::encode("answer", &Answer { v: WIRE_VERSION, body }).unwrap();
+            let got: Answer = wire::decode("answer", &bytes, wire::MAX_MESSAGE).unwrap();
+            let (code, text) = match got.body {
+                AnswerBody::Denied { reasons, .. } => (reasons[0].code.clone(), reasons[0].text.clone()),
+                AnswerBody::Refused { code, text } => (code, text),
+                other => panic!("{other:?}"),
+            };
+            assert_clean(&text, MAX_REASON);
+            assert!(
+                !code.chars().any(is_unsafe) && code.chars().count() <= MAX_CODE,
+                "{code:?}"
+            );
+        }
+        let refuse = Refuse {
+            v: WIRE_VERSION,
+            code: "bad".into(),
+            text: hostile(),
+            permanent: true,
+        };
+        let bytes = wire::encode("refuse", &refuse).unwrap();
+        let got: Refuse = wire::decode("refuse", &bytes, wire::MAX_MESSAGE).unwrap();
+        assert_clean(&got.text, MAX_REASON);
+        // What is stored is what was decoded: a record holding the reasons
+        // keeps them clean through its own encoding.
+        let stored = crate::cbor::encode("reasons", &vec![reason]).unwrap();
+        let back: Vec<crate::home::consent::Reason> = crate::cbor::decode("reasons", &stored, 1 << 20).unwrap();
+        assert_clean(&back[0].text, MAX_REASON);
+    }
+
+    #[test]
+    fn a_peers_institution_name_is_clean_and_capped_once_decoded() {
+        let id = crate::identity::Identity::generate().unwrap();
+        let record = crate::identity::NodeRecord {
+            v: crate::identity::NODE_RECORD_VERSION,
+            peer_id: id.peer_id(),
+            ed25519: id.ed25519_public().to_vec(),
+            x25519: id.x25519_public().to_vec(),
+            institution: hostile(),
+            jurisdiction: "DE".into(),
+            addrs: Vec::new(),
+            created: 0,
+        };
+        let bytes = record.sign(&id).unwrap().to_bytes().unwrap();
+        let got = crate::identity::VerifiedNodeRecord::from_bytes(&bytes).unwrap();
+        assert_clean(&got.record().institution, MAX_NAME);
+    }
+
     proptest! {
         #[test]
         fn never_unsafe_never_long(s in "\\PC*|[\\x00-\\x1f\\x7f-\\u{9f}\\u{200b}-\\u{202e}a-z]{0,300}", max in 0usize..120) {

@@ -1556,7 +1556,11 @@ impl Node {
         let internal = |e: HomeError| {
             // The cause stays here: a peer gets a code and a fixed sentence.
             tracing::error!(peer, cause = %e, "cannot check an incoming transfer stream");
-            refuse("internal", "the recipient could not check the stream; it will be tried again", false)
+            refuse(
+                "internal",
+                "the recipient could not check the stream; it will be tried again",
+                false,
+            )
         };
         // Trust first, checked again for this stream, for the grant's purpose.
         let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)

@@ -674,7 +674,10 @@ mod tests {
         assert_eq!(admitted(&stream, 0), Err(Some(65534)), "nobody is not the home's owner");
         assert_eq!(admitted(&stream, 65534), Ok(65534), "unless it owns the home");
         drop(stream);
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.success());
     }
 }

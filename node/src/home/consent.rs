@@ -429,8 +429,28 @@ fn status_name(r: &ConsentRecord, now: DateTime<Utc>) -> &'static str {
 }
 
 impl Node {
+    /// How many stored studies of the patient the consent's scope covers
+    /// (its studies or episode, data period and modalities); a locked study
+    /// is not counted.
     fn studies_of(&self, r: &ConsentRecord) -> Result<usize, HomeError> {
-        Ok(self.store().studies_of_patient(r.patient().as_bytes())?.len())
+        let mut n = 0;
+        for study in self.store().studies_of_patient(r.patient().as_bytes())? {
+            let Some(row) = self.store().study_row(&study)? else {
+                continue;
+            };
+            let Ok(key) = self.store().unwrap_study_key(&study, &row) else {
+                continue;
+            };
+            let meta = self.store().open_study_meta(&study, &key, &row)?;
+            let Ok(uid) = study_uid("study", &meta.study_uid) else {
+                continue;
+            };
+            let (facts, _) = study_facts(&uid, *r.patient(), &meta);
+            if scope_covers(r.scope(), &facts) {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, HomeError> {
@@ -576,6 +596,22 @@ fn study_facts(study: &StudyRef, patient: PatientRef, meta: &StudyMeta) -> (Stud
     (facts, excluded)
 }
 
+/// Whether a consent's scope covers a study at all (whatever the purpose
+/// and recipient): its coverage, data period and at least one modality.
+fn scope_covers(scope: &Scope, study: &StudyFacts) -> bool {
+    let covered = match &scope.coverage {
+        Coverage::WholeRecord => true,
+        Coverage::Studies(set) => set.contains(&study.study),
+        Coverage::Episode(e) => study.episode.as_ref() == Some(e),
+    };
+    let in_period = match (&scope.data_period, study.acquired_at) {
+        (None, _) => true,
+        (Some(p), Some(t)) => p.contains(t),
+        (Some(_), None) => false,
+    };
+    covered && in_period && study.series.iter().any(|s| scope.modalities.covers(&s.modality))
+}
+
 /// Study Date and Time (DA, TM) as an instant, read as UTC.
 fn acquired_at(date: &str, time: &str) -> Option<DateTime<Utc>> {
     let d = NaiveDate::parse_from_str(date.trim(), "%Y%m%d").ok()?;
@@ -704,6 +740,26 @@ impl Node {
             }
         };
         let legal_basis = LegalBasis::new(code, text).map_err(|source| record_err(&id, source))?;
+        let valid_from = c
+            .from
+            .as_deref()
+            .map(|s| parse_time("from", s, false))
+            .transpose()?
+            .unwrap_or(now);
+        let valid_until = c.until.as_deref().map(|s| parse_time("until", s, true)).transpose()?;
+        if let (Some(until), Some(typed)) = (valid_until, c.until.as_deref())
+            && until <= valid_from
+        {
+            // Said in the user's terms: the option and the date as typed.
+            let from = c
+                .from
+                .as_deref()
+                .map_or_else(|| "now".to_string(), |f| format!("--from {f}"));
+            return Err(invalid(
+                "until",
+                format!("{typed} is not after {from}: the consent would never be valid"),
+            ));
+        }
         let draft = ConsentDraft {
             id: id.clone(),
             patient: self.patient_ref(c.patient_id.trim(), c.issuer.trim()),
@@ -724,13 +780,8 @@ impl Node {
                 coverage,
                 data_period,
             },
-            valid_from: c
-                .from
-                .as_deref()
-                .map(|s| parse_time("from", s, false))
-                .transpose()?
-                .unwrap_or(now),
-            valid_until: c.until.as_deref().map(|s| parse_time("until", s, true)).transpose()?,
+            valid_from,
+            valid_until,
             withdrawn_at: None,
             legal_basis,
         };
