@@ -612,6 +612,8 @@ fn consent_ids_never_reach_the_ledger() {
             "treatment",
             "--recipient-peer",
             &peer,
+            "--level",
+            "identifiable",
         ],
     )
     .expect("run");
@@ -663,6 +665,8 @@ fn consent_add_speaks_the_users_terms() {
             "treatment",
             "--recipient-peer",
             &peer,
+            "--level",
+            "identifiable",
         ];
         args.extend_from_slice(extra);
         run(&holder, &args).expect("run")
