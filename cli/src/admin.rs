@@ -301,7 +301,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Join { home, descriptor, cert } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let entry = node
                 .join(
                     &read(&descriptor_path(&descriptor), "consortium descriptor")?,
@@ -320,7 +320,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             valid_days,
         } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let entry = node
                 .add_peer(&read(&record, "node record")?, purposes(&list)?, valid_days)
                 .context("adding the peer")?;
@@ -334,7 +334,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Apply { home, revocation } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let entry = node
                 .apply_revocation(&read(&revocation, "revocation")?)
                 .context("applying the revocation")?;
@@ -345,14 +345,14 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::Block { home, peer_id, reason } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let entry = node.block(&peer_id, &reason).context("blocking the peer")?;
             out.emit("blocked", &entry, || format!("blocked {}\n", entry.peer_id))?;
             Ok(ExitCode::SUCCESS)
         }
         TrustCommand::Unblock { home, peer_id } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let u = node.unblock(&peer_id).context("unblocking the peer")?;
             out.emit("unblocked", &u, || {
                 if u.was_blocked {
@@ -365,7 +365,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         }
         TrustCommand::List { home } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let l = node.trust_listing().context("listing trust")?;
             if out.json {
                 for c in &l.consortia {

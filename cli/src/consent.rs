@@ -97,8 +97,9 @@ pub(crate) struct AddArgs {
     /// Every member of a consortium, by consortium id (repeatable).
     #[arg(long, value_delimiter = ',', value_name = "ID")]
     recipient_consortium: Vec<String>,
-    /// Modalities covered, comma-separated DICOM codes (CT, MR, ...).
-    #[arg(long, value_delimiter = ',', value_name = "M[,M]")]
+    /// Modalities covered, comma-separated defined terms of Modality
+    /// (0008,0060), PS3.3 C.7.3.1.1.1 (CT, MR, US, SR, ...), any case.
+    #[arg(long, value_delimiter = ',', value_name = "M[,M]", value_parser = parse_modality)]
     modality: Vec<String>,
     /// Only this study, by Study Instance UID (repeatable).
     #[arg(long, value_delimiter = ',', value_name = "UID")]
@@ -273,7 +274,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
                 legal_text,
                 id,
             } = *args;
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let e = session
                 .consent_add(NewConsent {
                     id,
@@ -306,8 +307,9 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             }
             if e.studies == 0 {
                 eprintln!(
-                    "medmesh: warning: no study of this patient is on record yet; the consent matches studies whose \
-                     Patient ID and Issuer of Patient ID are exactly --patient-id and --issuer"
+                    "medmesh: warning: no stored study is covered by this consent yet; it covers studies whose \
+                     Patient ID and Issuer of Patient ID are exactly --patient-id and --issuer, within its \
+                     studies or episode, data period and modalities"
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -328,7 +330,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             replace,
         } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let imported = session
                 .consent_import_fhir(FhirImport {
                     files,
@@ -369,14 +371,14 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
         }
         ConsentCommand::List { home, patient } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let list = session.consents(patient.get()).context("listing consents")?;
             out.list("consent", &list, || render_list(&list))?;
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::Withdraw { home, id } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let e = session.consent_withdraw(&id).context("withdrawing the consent")?;
             out.emit("consent", &e, || {
                 format!(
@@ -396,7 +398,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             level,
         } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let report = session
                 .consent_check(&CheckQuery {
                     study_uid: study,
@@ -547,4 +549,11 @@ fn render_check(r: &ConsentCheck) -> String {
         r.consents_on_record
     ));
     s
+}
+
+/// `--modality`: a defined term, in any case; stored upper case.
+fn parse_modality(s: &str) -> Result<String, String> {
+    medmesh_node::consent_schema::Modality::defined(s)
+        .map(|m| m.as_str().to_string())
+        .map_err(|e| e.to_string())
 }

@@ -78,7 +78,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
     match cmd {
         LogCommand::Tail { home, limit, follow } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let mut seen = HashSet::new();
             loop {
                 for e in node.log_tail(if follow && !seen.is_empty() { 1000 } else { limit })? {
@@ -94,7 +94,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         }
         LogCommand::Show { home, entry } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let e = node.log_show(&entry).context("showing the entry")?;
             out.emit("entry", &e, || {
                 let mut s = format!(
@@ -116,7 +116,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         }
         LogCommand::Heads { home } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let heads = node.log_heads().context("reading the feed heads")?;
             for h in &heads {
                 out.emit("head", h, || {
@@ -130,7 +130,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         }
         LogCommand::Verify { home } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let report = node.log_verify().context("verifying the ledger")?;
             for f in &report.feeds {
                 out.emit("feed", f, || {
@@ -175,7 +175,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
 
 pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
     let out = Out::new(home.json);
-    let node = Session::open(&home.home)?;
+    let node = Session::open(home.dir()?)?;
     let list = node.notifications(unread).context("listing notifications")?;
     for n in &list {
         out.emit("notification", n, || {
@@ -199,7 +199,7 @@ pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
 
 pub(crate) fn notify_status(home: &HomeArgs) -> Result<ExitCode> {
     let out = Out::new(home.json);
-    let node = Session::open(&home.home)?;
+    let node = Session::open(home.dir()?)?;
     let list = node.notify_status().context("reading notification delivery")?;
     out.list("notify-status", &list, || {
         let mut text = String::new();

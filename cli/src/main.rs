@@ -42,19 +42,36 @@ use crate::session::Session;
 #[derive(Parser)]
 #[command(name = "medmesh", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// `--home` and `--json` before the subcommand (`medmesh --home H study
+    /// list`); each subcommand sees them as its own.
+    #[command(flatten)]
+    _global: HomeArgs,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Options shared by commands that work on a node home.
+/// Options shared by commands that work on a node home. Both are global:
+/// they may come before or after the subcommand, as with git and cargo.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct HomeArgs {
-    /// The node's home directory.
-    #[arg(long, env = "MEDMESH_HOME", value_name = "DIR")]
-    pub(crate) home: PathBuf,
+    /// The node's home directory (or MEDMESH_HOME); before or after the subcommand.
+    #[arg(long, env = "MEDMESH_HOME", value_name = "DIR", global = true)]
+    home: Option<PathBuf>,
     /// Print JSON Lines ({"type", "data"} per line) instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+impl HomeArgs {
+    /// The home directory.
+    ///
+    /// # Errors
+    /// When neither `--home` nor `MEDMESH_HOME` names one.
+    pub(crate) fn dir(&self) -> Result<&Path> {
+        self.home
+            .as_deref()
+            .context("no node home: give --home DIR (before or after the command) or set MEDMESH_HOME")
+    }
 }
 
 /// Only one patient's records, found by the blind index of Patient ID and issuer.
@@ -328,7 +345,10 @@ enum StudyCommand {
     /// Import DICOM files and folders (recursively) into the encrypted store.
     ///
     /// Each file is parsed and validated; bad files are reported with the
-    /// reason and the others imported. Exit code 1 when any file was rejected.
+    /// reason and the others imported. Files met in a folder that are not
+    /// DICOM at all (a README, a licence; not named .dcm) are reported as
+    /// skipped. Exit code 1 when any file was rejected, or when no DICOM file
+    /// was found at all (an empty folder, a wrong path).
     Import {
         #[command(flatten)]
         home: HomeArgs,
@@ -477,10 +497,25 @@ fn main() -> ExitCode {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("medmesh: error: {e:#}");
+            eprintln!("medmesh: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: library errors
+/// often show their cause in their own message too (`PATH: CAUSE`), which
+/// `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|p| p.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 fn passphrase(confirm: bool) -> Result<Passphrase> {
@@ -508,19 +543,20 @@ pub(crate) fn open(home: &Path) -> Result<Node> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init {
-            home,
+            home: args,
             institution,
             jurisdiction,
         } => {
-            let out = Out::new(home.json);
+            let out = Out::new(args.json);
+            let home = args.dir()?;
             let pass = passphrase(true)?;
-            let node = Node::init(&home.home, &institution, &jurisdiction, &pass)
-                .with_context(|| format!("creating node home {}", home.home.display()))?;
+            let node = Node::init(home, &institution, &jurisdiction, &pass)
+                .with_context(|| format!("creating node home {}", home.display()))?;
             let info = Node::id_info(node.record());
             out.emit("init", &info, || {
                 format!(
                     "created node home {}\npeer id      {}\ninstitution  {}\njurisdiction {}\n",
-                    home.home.display(),
+                    home.display(),
                     info.peer_id,
                     info.institution,
                     info.jurisdiction
@@ -528,10 +564,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Id { home, record } => {
-            let out = Out::new(home.json);
-            let rec =
-                Node::read_record(&home.home).with_context(|| format!("reading node home {}", home.home.display()))?;
+        Command::Id { home: args, record } => {
+            let out = Out::new(args.json);
+            let home = args.dir()?;
+            let rec = Node::read_record(home).with_context(|| format!("reading node home {}", home.display()))?;
             if let Some(path) = &record {
                 let bytes = rec.envelope().to_bytes().context("encoding the node record")?;
                 std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -550,16 +586,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Study(cmd) => study(cmd),
-        Command::Run { home } => {
-            let out = Out::new(home.json);
-            if medmesh_node::api::client::Client::detect(&home.home).is_some() {
+        Command::Run { home: args } => {
+            let out = Out::new(args.json);
+            let home = args.dir()?;
+            if medmesh_node::api::client::Client::detect(home).is_some() {
                 bail!(
                     "a node is already running on {} (its admin API answers on {})",
-                    home.home.display(),
-                    medmesh_node::home::HomePaths::new(&home.home).socket().display()
+                    home.display(),
+                    medmesh_node::home::HomePaths::new(home).socket().display()
                 );
             }
-            let node = open(&home.home)?;
+            // Before the passphrase: a home others can read is refused at once.
+            medmesh_node::home::HomePaths::new(home)
+                .check_private()
+                .context("refusing to run")?;
+            let node = open(home)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -584,12 +625,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             result.context("running the node")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { home } => {
-            let out = Out::new(home.json);
-            let rec =
-                Node::read_record(&home.home).with_context(|| format!("reading node home {}", home.home.display()))?;
-            let status = match medmesh_node::api::client::Client::detect(&home.home) {
-                Some(_) => Session::open(&home.home)?.status()?,
+        Command::Status { home: args } => {
+            let out = Out::new(args.json);
+            let home = args.dir()?;
+            let rec = Node::read_record(home).with_context(|| format!("reading node home {}", home.display()))?;
+            let status = match medmesh_node::api::client::Client::detect(home) {
+                Some(_) => Session::open(home)?.status()?,
                 None => None,
             };
             let info = Node::id_info(&rec);
@@ -619,7 +660,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Peers { home } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let report = session.peers().context("listing peers")?;
             if out.json {
                 for p in &report.peers {
@@ -648,7 +689,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Transfers(cmd) => transfer::transfers(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let report = node.check(deep).context("checking the store")?;
             out.emit("store-check", &report, || {
                 format!(
@@ -679,7 +720,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
     match cmd {
         StudyCommand::Import { home, paths } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let bar = out.progress_bar();
             let summary = node
                 .import(&paths, |event| match event {
@@ -706,6 +747,18 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                 })
                 .context("importing")?;
             bar.finish();
+            let nothing = summary.imported + summary.already_stored + summary.rejected == 0;
+            if nothing && !out.json {
+                eprintln!(
+                    "medmesh: warning: nothing imported: no DICOM file found in {}{}",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if summary.files == 0 { " (no files at all)" } else { "" }
+                );
+            }
             out.emit("import-summary", &summary, || {
                 format!(
                     "files {}: imported {}, already stored {}, skipped {}, rejected {}\nstudies {}, series {}, bytes {}\n",
@@ -719,7 +772,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                     human_bytes(summary.bytes)
                 )
             })?;
-            Ok(if summary.rejected > 0 {
+            Ok(if summary.rejected > 0 || nothing {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
@@ -727,7 +780,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         }
         StudyCommand::List { home, patient } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let studies = node.studies(patient.get()).context("listing studies")?;
             out.list("study", &studies, || {
                 let mut table = output::Table::new(&[
@@ -746,7 +799,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                         s.study_uid.clone(),
                         s.patient_name.clone(),
                         s.patient_id.clone(),
-                        s.study_date.clone(),
+                        output::date(&s.study_date),
                         s.modalities.join(","),
                         s.series.to_string(),
                         s.instances.to_string(),
@@ -766,7 +819,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             options,
         } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let bar = out.progress_bar();
             let summary = node
                 .deid(&paths, &dir, level, &options, |event| match event {
@@ -824,7 +877,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         }
         StudyCommand::Relink { home, pseudonym } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let v = node.relink(&pseudonym).context("re-linking")?;
             out.emit("relink", &v, || {
                 let mut s = format!(
@@ -840,7 +893,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         }
         StudyCommand::Show { home, study_uid } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let d = node.study(&study_uid).context("showing the study")?;
             out.emit("study", &d, || output::render_study(&d))?;
             Ok(ExitCode::SUCCESS)
@@ -851,14 +904,29 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             reason,
             yes,
         } => {
+            let out = Out::new(home.json);
+            let node = Session::open(home.dir()?)?;
             if !yes {
+                // An unknown study is said first: --yes would not help.
+                let studies = node.studies(None).context("listing studies")?;
+                let wanted = study.trim().to_ascii_lowercase();
+                let known = studies.iter().any(|s| {
+                    s.study_uid == study.trim()
+                        || (wanted.len() >= 16
+                            && wanted.bytes().all(|b| b.is_ascii_hexdigit())
+                            && s.reference.starts_with(&wanted))
+                });
+                if !known {
+                    anyhow::bail!(
+                        "no study {} in this store (`medmesh study list` shows the stored studies and their references)",
+                        output::esc(&study)
+                    );
+                }
                 anyhow::bail!(
                     "refusing to purge study {study}: its data, keys and re-link entries are deleted irreversibly; \
                      run again with --yes"
                 );
             }
-            let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
             let r = node
                 .purge(&study, reason)
                 .with_context(|| format!("purging study {study}"))?;
@@ -890,7 +958,7 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             force,
         } => {
             let out = Out::new(home.json);
-            let node = Session::open(&home.home)?;
+            let node = Session::open(home.dir()?)?;
             let mut failures = Vec::new();
             let summary = node
                 .export(&study_uid, &dir, force, |outcome| {
@@ -943,5 +1011,61 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        #[derive(Debug)]
+        struct PathError {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for PathError {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "/nonexistent: {}", self.source)
+            }
+        }
+        impl std::error::Error for PathError {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let e = anyhow::Error::new(PathError { source: io }).context("importing");
+        assert_eq!(
+            error_chain(&e),
+            "importing: /nonexistent: No such file or directory (os error 2)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&plain), "outer: inner");
+    }
+
+    #[test]
+    fn home_and_json_go_before_or_after_the_subcommand() {
+        use clap::Parser;
+        for args in [
+            &["medmesh", "--home", "H", "--json", "study", "list"][..],
+            &["medmesh", "study", "list", "--home", "H", "--json"],
+            &["medmesh", "--home", "H", "study", "list", "--json"],
+            &["medmesh", "--json", "study", "--home", "H", "list"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Study(StudyCommand::List { home, .. }) = cli.command else {
+                panic!("{args:?}: not study list");
+            };
+            assert_eq!(home.dir().unwrap(), Path::new("H"), "{args:?}");
+            assert!(home.json, "{args:?}");
+        }
+        // After the subcommand wins over before it.
+        let cli = Cli::try_parse_from(["medmesh", "--home", "A", "status", "--home", "B"]).unwrap();
+        let Command::Status { home } = cli.command else {
+            panic!()
+        };
+        assert_eq!(home.dir().unwrap(), Path::new("B"));
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -66,6 +66,35 @@ impl Out {
     }
 }
 
+/// Binary byte units, and an eta only once it means something: from the
+/// average rate since the start (not the first burst), after a second and
+/// some progress; "-" before.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {steady_eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "steady_eta",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&steady_eta(state.elapsed(), state.pos(), state.len().unwrap_or(0)));
+            },
+        )
+}
+
+/// The eta shown by the progress bar: `-` until a second has passed and
+/// something was done, then the time left at the average rate so far.
+pub fn steady_eta(elapsed: std::time::Duration, pos: u64, len: u64) -> String {
+    if elapsed < std::time::Duration::from_secs(1) || pos == 0 || len == 0 {
+        return "-".into();
+    }
+    let left = len.saturating_sub(pos) as f64 * elapsed.as_secs_f64() / pos as f64;
+    let secs = left.round() as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
 /// A progress bar that may be disabled.
 pub struct Bar {
     bar: Option<ProgressBar>,
@@ -74,13 +103,12 @@ pub struct Bar {
 impl Bar {
     pub fn start(&self, _files: u64, bytes: u64) {
         if let Some(b) = &self.bar {
-            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            // Style first, then drawing: the first frame already shows
+            // units, not raw byte counts.
+            b.set_style(bar_style());
             b.set_length(bytes);
             b.set_position(0);
-            b.set_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
     }
 
@@ -118,8 +146,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; every cell is escaped ([`medmesh_node::text::escape`]):
+    /// cells show DICOM text and text from peers.
     pub fn row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
+        self.rows.push(row.into_iter().map(|c| esc(&c)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -163,22 +193,70 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// `medmesh study show` as text.
+/// Text from a DICOM file or a peer, control and escape characters shown
+/// escaped ([`medmesh_node::text::escape`]).
+pub fn esc(s: &str) -> String {
+    medmesh_node::text::escape(s).into_owned()
+}
+
+/// A DICOM date (DA, `YYYYMMDD`) as `YYYY-MM-DD`; anything else escaped as is.
+pub fn date(da: &str) -> String {
+    let d = da.trim();
+    if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..])
+    } else {
+        esc(d)
+    }
+}
+
+/// A DICOM time (TM, `HHMMSS.FFFFFF`, `HHMM`, `HH`) as `HH:MM:SS`; anything else escaped.
+pub fn time(tm: &str) -> String {
+    let t = tm.trim();
+    let whole = t.split('.').next().unwrap_or("");
+    if !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return esc(t);
+    }
+    match whole.len() {
+        6 => format!("{}:{}:{}", &whole[..2], &whole[2..4], &whole[4..]),
+        4 => format!("{}:{}", &whole[..2], &whole[2..]),
+        _ => esc(t),
+    }
+}
+
+/// `medmesh study show` as text. Values come from DICOM files (and a
+/// peer's, for a received study): escaped; empty ones left out.
 pub fn render_study(d: &StudyDetail) -> String {
     let a = &d.attributes;
+    let or_dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
+    let mut who = Vec::new();
+    for (label, value) in [
+        ("id", esc(&a.patient_id)),
+        ("born", date(&a.birth_date)),
+        ("sex", esc(&a.sex)),
+    ] {
+        if !value.trim().is_empty() {
+            who.push(format!("{label} {value}"));
+        }
+    }
+    let patient = match (esc(&a.patient_name), who.is_empty()) {
+        (n, true) => or_dash(n),
+        (n, false) if n.is_empty() => format!("({})", who.join(", ")),
+        (n, false) => format!("{n} ({})", who.join(", ")),
+    };
+    let when = [date(&a.study_date), time(&a.study_time)]
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut s = format!(
-        "study        {}\npatient      {} (id {}, born {}, sex {})\naccession    {}\ndate         {} {}\ndescription  {}\nreferring    {}\ninstitution  {}\norigin       {}\nstored       {}\ninstances    {} ({})\n",
-        d.study_uid,
-        a.patient_name,
-        a.patient_id,
-        a.birth_date,
-        a.sex,
-        a.accession_number,
-        a.study_date,
-        a.study_time,
-        a.study_description,
-        a.referring_physician,
-        a.institution,
+        "study        {}\npatient      {}\naccession    {}\ndate         {}\ndescription  {}\nreferring    {}\ninstitution  {}\norigin       {}\nstored       {}\ninstances    {} ({})\n",
+        esc(&d.study_uid),
+        patient,
+        or_dash(esc(&a.accession_number)),
+        or_dash(when),
+        or_dash(esc(&a.study_description)),
+        or_dash(esc(&a.referring_physician)),
+        or_dash(esc(&a.institution)),
         d.origin,
         d.created,
         d.instances,
@@ -189,7 +267,7 @@ pub fn render_study(d: &StudyDetail) -> String {
             "received     from {} ({}), transfer {}
 grant        {} at level {}, until {}{}
 ",
-            r.from_institution,
+            esc(&r.from_institution),
             r.from_peer,
             r.transfer_id,
             r.purpose,
@@ -234,16 +312,16 @@ grant        {} at level {}, until {}{}
         s.push_str(&format!(
             "\nseries {} {} {} ({} instances)\n  {}\n",
             series.number.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-            series.modality,
-            series.description,
+            esc(&series.modality),
+            esc(&series.description),
             series.instances.len(),
-            series.series_uid
+            esc(&series.series_uid)
         ));
         for i in &series.instances {
             s.push_str(&format!(
                 "  {:>5}  {}  {}  blake3 {}\n",
                 i.instance_number.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-                i.sop_instance_uid,
+                esc(&i.sop_instance_uid),
                 human_bytes(i.bytes),
                 i.blake3
             ));
@@ -296,15 +374,124 @@ pub fn render_peers(r: &PeersReport) -> String {
         for x in &r.refused {
             s.push_str(&format!(
                 "  {} {} [{}] x{}: {}\n",
-                x.time, x.peer_id, x.code, x.count, x.reason
+                x.time,
+                x.peer_id,
+                esc(&x.code),
+                x.count,
+                esc(&x.reason)
             ));
         }
     }
     if !r.unanswered.is_empty() {
         s.push_str("\ndid not accept this node:\n");
         for x in &r.unanswered {
-            s.push_str(&format!("  {} {}: {}\n", x.time, x.peer_id, x.detail));
+            s.push_str(&format!("  {} {}: {}\n", x.time, x.peer_id, esc(&x.detail)));
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use medmesh_node::dicom::StudyAttributes;
+
+    use super::*;
+
+    fn detail(a: StudyAttributes) -> StudyDetail {
+        StudyDetail {
+            study_uid: "1.2.3".into(),
+            attributes: a,
+            origin: "local".into(),
+            received: None,
+            created: "2026-12-07T00:00:00+00:00".into(),
+            instances: 1,
+            bytes: 10,
+            series: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn study_show_escapes_dicom_text() {
+        let d = detail(StudyAttributes {
+            patient_name: "EVIL\u{1b}[2J\u{1b}]0;owned\u{7}^NAME\nforged line".into(),
+            study_description: "CT\u{9b}31m head\u{202e}".into(),
+            ..StudyAttributes::default()
+        });
+        let text = render_study(&d);
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{9b}'));
+        assert!(!text.contains('\u{202e}'));
+        assert!(
+            text.contains("EVIL\\u{1b}[2J\\u{1b}]0;owned\\u{7}^NAME\\nforged line"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 10, "no line forged:\n{text}");
+    }
+
+    #[test]
+    fn study_show_leaves_out_empty_values_and_formats_dates() {
+        let full = render_study(&detail(StudyAttributes {
+            patient_name: "DOE^JANE".into(),
+            patient_id: "P1".into(),
+            birth_date: "19700102".into(),
+            sex: "F".into(),
+            study_date: "20040119".into(),
+            study_time: "072730.123".into(),
+            ..StudyAttributes::default()
+        }));
+        assert!(
+            full.contains("patient      DOE^JANE (id P1, born 1970-01-02, sex F)\n"),
+            "{full}"
+        );
+        assert!(full.contains("date         2004-01-19 07:27:30\n"), "{full}");
+        let bare = render_study(&detail(StudyAttributes {
+            patient_name: "DOE^JANE".into(),
+            patient_id: "P1".into(),
+            ..StudyAttributes::default()
+        }));
+        assert!(bare.contains("patient      DOE^JANE (id P1)\n"), "{bare}");
+        assert!(!bare.contains("born ,") && !bare.contains("sex )"), "{bare}");
+        assert!(bare.contains("date         -\n"), "{bare}");
+        let none = render_study(&detail(StudyAttributes::default()));
+        assert!(none.contains("patient      -\n"), "{none}");
+    }
+
+    #[test]
+    fn dates_and_times() {
+        for (da, want) in [
+            ("20040119", "2004-01-19"),
+            ("", ""),
+            ("2004", "2004"),
+            ("2004\u{1b}", "2004\\u{1b}"),
+        ] {
+            assert_eq!(date(da), want);
+        }
+        for (tm, want) in [
+            ("072730", "07:27:30"),
+            ("072730.5", "07:27:30"),
+            ("0727", "07:27"),
+            ("", ""),
+            ("7", "7"),
+        ] {
+            assert_eq!(time(tm), want);
+        }
+    }
+
+    #[test]
+    fn table_cells_are_escaped() {
+        let mut t = Table::new(&["A", "B"]);
+        t.row(vec!["x\u{1b}[1m".into(), "a\nb".into()]);
+        let r = t.render();
+        assert_eq!(r.lines().count(), 2, "{r}");
+        assert!(r.contains("x\\u{1b}[1m") && r.contains("a\\nb"), "{r}");
+    }
+
+    #[test]
+    fn eta_waits_for_a_steady_rate() {
+        use std::time::Duration;
+        assert_eq!(steady_eta(Duration::from_millis(200), 10, 100), "-");
+        assert_eq!(steady_eta(Duration::from_secs(5), 0, 100), "-");
+        assert_eq!(steady_eta(Duration::from_secs(2), 50, 100), "2s");
+        assert_eq!(steady_eta(Duration::from_secs(60), 25, 100), "3m00s");
+        assert_eq!(steady_eta(Duration::from_secs(3600), 1, 3), "2h00m");
+    }
 }

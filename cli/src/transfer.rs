@@ -157,7 +157,7 @@ fn render_list(items: &[TransferView]) -> String {
             v.purpose.as_str().into(),
             v.level.map_or("-".into(), |l| l.as_str().to_string()),
             if v.bytes > 0 {
-                format!("{}/{}", human_bytes(v.done_bytes), human_bytes(v.bytes))
+                format!("{}/{}", human_bytes(shown_progress(v)), human_bytes(v.bytes))
             } else {
                 "-".into()
             },
@@ -204,7 +204,7 @@ fn render_one(v: &TransferView) -> String {
             "  progress  {}/{} objects, {}/{}\n",
             v.done_objects,
             v.objects,
-            human_bytes(v.done_bytes),
+            human_bytes(shown_progress(v)),
             human_bytes(v.bytes)
         ));
     }
@@ -288,7 +288,7 @@ fn follow(session: &Session, out: &Out, id: &str, timeout: Duration) -> Result<T
             .with_context(|| format!("reading transfer {id}"))?;
         if let Some(b) = &bar {
             b.set_length(v.bytes);
-            b.set_position(v.done_bytes);
+            b.set_position(shown_progress(&v));
             b.set_message(format!("{}/{} objects", v.done_objects, v.objects));
         }
         if arrived(&v) || matches!(v.state, State::Denied | State::Failed) || start.elapsed() >= timeout {
@@ -303,7 +303,7 @@ fn follow(session: &Session, out: &Out, id: &str, timeout: Duration) -> Result<T
 
 pub(crate) fn request(args: AskArgs, share: bool) -> Result<ExitCode> {
     let out = Out::new(args.home.json);
-    let session = Session::open(&args.home.home)?;
+    let session = Session::open(args.home.dir()?)?;
     let ask = args.ask();
     let view = if share {
         session.share(&ask).context("sharing the study")?
@@ -353,7 +353,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
     match cmd {
         ApprovalsCommand::List { home } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let items = session.approvals().context("listing approvals")?;
             out.list("approval", &items, || {
                 if items.is_empty() {
@@ -377,7 +377,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
         }
         ApprovalsCommand::Approve { home, id } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let v = session.approve(&id).context("approving")?;
             out.emit("transfer", &v, || decision_line(&v))?;
             Ok(if v.state == State::Denied {
@@ -388,7 +388,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
         }
         ApprovalsCommand::Deny { home, id, reason } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let v = session.deny(&id, &reason).context("denying")?;
             out.emit("transfer", &v, || decision_line(&v))?;
             Ok(ExitCode::SUCCESS)
@@ -400,21 +400,21 @@ pub(crate) fn transfers(cmd: TransfersCommand) -> Result<ExitCode> {
     match cmd {
         TransfersCommand::List { home } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let items = session.transfers().context("listing transfers")?;
             out.list("transfer", &items, || render_list(&items))?;
             Ok(ExitCode::SUCCESS)
         }
         TransfersCommand::Show { home, id } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let v = session.transfer_show(&id).context("reading the transfer")?;
             out.emit("transfer", &v, || render_one(&v))?;
             Ok(ExitCode::SUCCESS)
         }
         TransfersCommand::Watch { home, id } => {
             let out = Out::new(home.json);
-            let session = Session::open(&home.home)?;
+            let session = Session::open(home.dir()?)?;
             let v = follow(&session, &out, &id, Duration::from_secs(u64::MAX / 4))?;
             out.emit("transfer", &v, || render_one(&v))?;
             Ok(if arrived(&v) || v.state == State::AwaitingReceipt {
@@ -423,5 +423,16 @@ pub(crate) fn transfers(cmd: TransfersCommand) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// The bytes a transfer has got through: what the recipient verified; at
+/// the holder while it streams, what it has sent so far (the recipient's
+/// count comes only at the end of each stream).
+fn shown_progress(v: &TransferView) -> u64 {
+    if v.direction == Direction::Outgoing && v.state == State::Streaming {
+        v.done_bytes.max(v.bytes_sent.min(v.bytes))
+    } else {
+        v.done_bytes
     }
 }

@@ -71,6 +71,17 @@ pub enum IdError {
         /// The rejected text.
         found: String,
     },
+    /// Not a defined term of Modality (0008,0060).
+    #[error(
+        "{found:?} is not a DICOM modality (a defined term of Modality (0008,0060), PS3.3 C.7.3.1.1.1){}",
+        if near.is_empty() { String::new() } else { format!("; did you mean {}?", near.join(", ")) }
+    )]
+    UndefinedModality {
+        /// The rejected text.
+        found: String,
+        /// The nearest defined terms.
+        near: Vec<String>,
+    },
 }
 
 const TOKEN_MAX: usize = 128;
@@ -513,6 +524,54 @@ impl Modality {
         let s = self.0.as_str();
         MODALITY_DEFINED_TERMS.binary_search(&s).is_ok()
     }
+
+    /// Parses what a person typed: one of the defined terms of Modality
+    /// (0008,0060), PS3.3 C.7.3.1.1.1, in any case (`ct` is `CT`).
+    ///
+    /// # Errors
+    /// [`IdError::UndefinedModality`] with the defined terms nearest to the input.
+    pub fn defined(s: &str) -> Result<Self, IdError> {
+        let up = s.trim().to_ascii_uppercase();
+        if MODALITY_DEFINED_TERMS.binary_search(&up.as_str()).is_ok() {
+            return Ok(Self(up));
+        }
+        Err(IdError::UndefinedModality {
+            found: s.to_string(),
+            near: near_modalities(&up),
+        })
+    }
+
+    /// The defined terms of Modality (0008,0060), sorted.
+    #[must_use]
+    pub fn defined_terms() -> &'static [&'static str] {
+        MODALITY_DEFINED_TERMS
+    }
+}
+
+/// Up to five defined terms within edit distance 2 of `s` (or sharing its
+/// first two letters), nearest first.
+fn near_modalities(s: &str) -> Vec<String> {
+    let mut scored: Vec<(usize, &str)> = MODALITY_DEFINED_TERMS
+        .iter()
+        .map(|t| (edit_distance(s, t), *t))
+        .filter(|(d, t)| *d <= 2 || (s.len() >= 2 && t.starts_with(&s[..2])))
+        .collect();
+    scored.sort();
+    scored.into_iter().take(5).map(|(_, t)| t.to_string()).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 impl FromStr for Modality {
@@ -570,6 +629,32 @@ mod tests {
                 .iter()
                 .all(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
         );
+    }
+
+    #[test]
+    fn defined_modalities() {
+        for (input, want) in [
+            ("CT", Some("CT")),
+            ("ct", Some("CT")),
+            (" mr ", Some("MR")),
+            ("Sr", Some("SR")),
+            ("CTT", None),
+            ("XX", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                Modality::defined(input).ok().map(|m| m.as_str().to_string()).as_deref(),
+                want,
+                "{input:?}"
+            );
+        }
+        let e = Modality::defined("CTT").unwrap_err().to_string();
+        assert!(
+            e.contains("\"CTT\" is not a DICOM modality") && e.contains("did you mean CT"),
+            "{e}"
+        );
+        let e = Modality::defined("mrr").unwrap_err().to_string();
+        assert!(e.contains("MR"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum DaemonError {
     /// A task of the node ended on its own (a bug): the node stopped.
     #[error("{0}")]
     TaskEnded(String),
+    /// The home, its keys or the socket's folder are open to others.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -33,8 +36,11 @@ pub enum DaemonError {
 /// API answers and the network listens, with the node's status.
 ///
 /// # Errors
-/// [`DaemonError`] when something cannot start.
+/// [`DaemonError`] when something cannot start, [`DaemonError::Home`] among
+/// them when the home, its keys or the socket's folder are open to the group
+/// or others ([`crate::home::HomePaths::check_private`]).
 pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonError> {
+    node.paths().check_private()?;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

@@ -52,8 +52,8 @@ pub enum DicomError {
     /// The file is DICOM but cannot be parsed.
     #[error("malformed DICOM: {0}")]
     Malformed(String),
-    /// A required attribute is missing or empty.
-    #[error("required attribute {0} is missing or empty")]
+    /// A required attribute is missing (an empty one is [`DicomError::Invalid`]).
+    #[error("has no {0}")]
     Missing(&'static str),
     /// An attribute has a value that is not valid.
     #[error("attribute {attribute} is invalid: {reason}")]
@@ -466,9 +466,7 @@ fn keyword(tag: Tag) -> &'static str {
 }
 
 fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, DicomError> {
-    let value = str_of(obj, tag)
-        .filter(|s| !s.is_empty())
-        .ok_or(DicomError::Missing(name))?;
+    let value = str_of(obj, tag).ok_or(DicomError::Missing(name))?;
     check_uid(&value).map_err(|reason| DicomError::Invalid {
         attribute: name,
         reason,
@@ -483,6 +481,9 @@ fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<
 /// # Errors
 /// A sentence saying what is wrong.
 pub fn check_uid(uid: &str) -> Result<(), String> {
+    if uid.is_empty() {
+        return Err("is empty".into());
+    }
     if uid.len() > 64 {
         return Err(format!("{} characters, over the 64 allowed", uid.len()));
     }
@@ -513,7 +514,7 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
     let mut notes = p.notes.clone();
     if p.part10 {
         if p.transfer_syntax.is_empty() {
-            return Err(DicomError::Missing("TransferSyntaxUID (0002,0010) in the file meta"));
+            return Err(DicomError::Missing("Transfer Syntax UID (0002,0010) in the file meta"));
         }
         if TransferSyntaxRegistry.get(&p.transfer_syntax).is_none() {
             return Err(DicomError::Invalid {
@@ -522,10 +523,10 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
             });
         }
     }
-    let sop_class_uid = required_uid(obj, tags::SOP_CLASS_UID, "SOPClassUID (0008,0016)")?;
-    let sop_instance_uid = required_uid(obj, tags::SOP_INSTANCE_UID, "SOPInstanceUID (0008,0018)")?;
-    let study_uid = required_uid(obj, tags::STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)")?;
-    let series_uid = required_uid(obj, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)")?;
+    let sop_class_uid = required_uid(obj, tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?;
+    let sop_instance_uid = required_uid(obj, tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
+    let study_uid = required_uid(obj, tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
+    let series_uid = required_uid(obj, tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
     match &p.meta_sop_instance {
         Some(m) if *m != sop_instance_uid => {
             notes.push("MediaStorageSOPInstanceUID (0002,0003) differs from SOPInstanceUID (0008,0018); the data set's UID is used".into());
@@ -543,7 +544,7 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
         None if p.part10 => notes.push("file meta lacks MediaStorageSOPClassUID (0002,0002)".into()),
         _ => {}
     }
-    let frames = check_pixels(p, file_len)?;
+    let frames = check_pixels(p, file_len, &mut notes)?;
     let text = |tag| str_of(obj, tag).unwrap_or_default();
     Ok(ObjectInfo {
         part10: p.part10,
@@ -578,7 +579,7 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
 
 /// Checks the attributes that size Pixel Data against Pixel Data itself;
 /// returns the number of frames.
-fn check_pixels(p: &ParsedDataset, file_len: u64) -> Result<u32, DicomError> {
+fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Result<u32, DicomError> {
     let obj = &p.obj;
     let int = |tag: Tag| -> Result<Option<u64>, DicomError> {
         match optional_int(obj, tag, keyword(tag))? {
@@ -648,7 +649,13 @@ fn check_pixels(p: &ParsedDataset, file_len: u64) -> Result<u32, DicomError> {
                 let need_bits = r * c * frames * spp * b;
                 let need = need_bits.div_ceil(8);
                 let have = v.calculate_byte_len() as u64;
-                if have < need {
+                if have == 0 && need > 0 {
+                    // What dcmtk and Orthanc store too: the site keeps what it
+                    // has, as it is, and is told.
+                    notes.push(format!(
+                        "WARNING: Pixel Data is empty although Rows x Columns x Frames x Samples x BitsAllocated need {need} bytes; stored as it is"
+                    ));
+                } else if have < need {
                     return Err(DicomError::Inconsistent(format!(
                         "Pixel Data holds {have} bytes, but Rows x Columns x Frames x Samples x BitsAllocated need {need}"
                     )));

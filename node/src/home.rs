@@ -59,7 +59,7 @@ pub enum HomeError {
         source: std::io::Error,
     },
     /// The institution name is empty or too long.
-    #[error("institution name must be 1 to 200 characters")]
+    #[error("institution name must be 1 to 200 characters, without control characters")]
     BadInstitution,
     /// Keystore failure (wrong passphrase among them).
     #[error(transparent)]
@@ -94,6 +94,28 @@ pub enum HomeError {
     /// Transfer failure.
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
+    /// The home, its keys or the socket's folder are open to the group or
+    /// others: `medmesh run` refuses to start.
+    #[error(
+        "{}: open to the group or others; only the home's owner may read it. Fix with: chmod go-rwx {}",
+        .0.iter().map(|(p, m)| format!("{p} (mode {m:04o})")).collect::<Vec<_>>().join(", "),
+        .0.iter().map(|(p, _)| shell_quote(p)).collect::<Vec<_>>().join(" ")
+    )]
+    Exposed(Vec<(String, u32)>),
+}
+
+/// Whether a file mode gives the group or others any access.
+#[must_use]
+pub fn exposed(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn io(path: &Path, source: std::io::Error) -> HomeError {
@@ -162,6 +184,35 @@ impl HomePaths {
     #[must_use]
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// Checks that the home (the socket's folder), `keys/` and the key files
+    /// give the group and others no access, as `medmesh init` made them.
+    ///
+    /// # Errors
+    /// [`HomeError::Exposed`] naming every such path with its mode and the
+    /// `chmod` command that fixes them; [`HomeError::Io`] when one cannot be read.
+    pub fn check_private(&self) -> Result<(), HomeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let socket_dir = match self.socket().parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut wanted = vec![socket_dir, self.root.clone(), self.keys()];
+        wanted.extend([self.master_key(), self.identity_key(), self.x25519_key()]);
+        wanted.dedup();
+        let mut open = Vec::new();
+        for path in wanted {
+            let mode = fs::metadata(&path).map_err(|e| io(&path, e))?.permissions().mode() & 0o7777;
+            if exposed(mode) {
+                open.push((path.display().to_string(), mode));
+            }
+        }
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(HomeError::Exposed(open))
+        }
     }
 }
 
@@ -409,7 +460,10 @@ impl Node {
             }
         }
         let institution = institution.trim();
-        if institution.is_empty() || institution.chars().count() > 200 {
+        if institution.is_empty()
+            || institution.chars().count() > 200
+            || institution.chars().any(crate::text::is_unsafe)
+        {
             return Err(HomeError::BadInstitution);
         }
         check_jurisdiction(jurisdiction)?;
@@ -767,5 +821,82 @@ impl Node {
             bytes: row.bytes,
             series,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn exposed_modes() {
+        for (mode, open) in [
+            (0o700, false),
+            (0o600, false),
+            (0o400, false),
+            (0o500, false),
+            (0o710, true),
+            (0o701, true),
+            (0o750, true),
+            (0o755, true),
+            (0o640, true),
+            (0o604, true),
+            (0o777, true),
+            (0o1700, false),
+        ] {
+            assert_eq!(exposed(mode), open, "mode {mode:o}");
+        }
+    }
+
+    fn fake_home() -> (tempfile::TempDir, HomePaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("h o'me");
+        let paths = HomePaths::new(&root);
+        fsutil::create_private_dir(&paths.keys()).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        for f in [paths.master_key(), paths.identity_key(), paths.x25519_key()] {
+            fsutil::write_new_private(&f, b"k").unwrap();
+        }
+        (dir, paths)
+    }
+
+    #[test]
+    fn a_private_home_passes() {
+        let (_dir, paths) = fake_home();
+        paths.check_private().unwrap();
+    }
+
+    #[test]
+    fn an_open_home_or_key_is_refused_with_the_fix() {
+        for (what, mode) in [("root", 0o755), ("keys", 0o750), ("key", 0o644), ("key", 0o660)] {
+            let (_dir, paths) = fake_home();
+            let path = match what {
+                "root" => paths.root.clone(),
+                "keys" => paths.keys(),
+                _ => paths.identity_key(),
+            };
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = paths.check_private().unwrap_err();
+            let text = e.to_string();
+            assert!(
+                matches!(&e, HomeError::Exposed(v) if v.len() == 1 && v[0].1 == mode),
+                "{text}"
+            );
+            assert!(text.contains(&format!("mode {mode:04o}")), "{text}");
+            let quoted = shell_quote(&path.display().to_string());
+            assert!(text.contains(&format!("chmod go-rwx {quoted}")), "{text}");
+            // The command printed fixes it.
+            let cmd = format!("chmod go-rwx {quoted}");
+            assert!(
+                std::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            paths.check_private().unwrap();
+        }
     }
 }

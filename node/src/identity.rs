@@ -322,7 +322,8 @@ pub struct NodeRecord {
     /// X25519 static public key for end-to-end encryption.
     #[serde(with = "serde_bytes")]
     pub x25519: Vec<u8>,
-    /// Institution running the node.
+    /// Institution running the node (cleaned on decoding: [`crate::text::clean`]).
+    #[serde(deserialize_with = "crate::text::de::name")]
     pub institution: String,
     /// ISO 3166-1 alpha-2 jurisdiction of the node.
     pub jurisdiction: String,

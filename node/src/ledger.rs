@@ -174,14 +174,14 @@ pub enum Event {
         /// Who, as a role at this site.
         role: String,
     },
-    /// A consent was recorded (pseudonymous: its id only).
+    /// A consent was recorded (pseudonymous: its keyed reference only).
     ConsentAdded {
-        /// Consent id.
+        /// The consent's keyed reference (`Node::consent_ref`), never its id.
         consent: String,
     },
     /// A consent was withdrawn.
     ConsentWithdrawn {
-        /// Consent id.
+        /// The consent's keyed reference (`Node::consent_ref`), never its id.
         consent: String,
     },
     /// This node joined a consortium.

@@ -16,6 +16,7 @@
 //! | [`home`] | the node home directory: create, open, the operations on it |
 //! | [`config`] | the TOML configuration |
 //! | [`ledger`] | the signed, chained access ledger: entries, feeds, study commitments |
+//! | [`text`] | text from peers and files made safe to store and print (control characters escaped, length capped) |
 //!
 //! ```no_run
 //! use medmesh_node::{home::Node, keystore::Passphrase};
@@ -43,6 +44,7 @@ pub mod ledger;
 pub mod net;
 pub mod notify;
 pub mod store;
+pub mod text;
 pub mod transfer;
 pub mod trust;
 

@@ -1613,7 +1613,13 @@ impl Service {
                     .await;
                     let answer = match answer {
                         Ok(Ok(a)) => a,
-                        Ok(Err(e)) => SyncResponse::Refused { v, text: e.to_string() },
+                        Ok(Err(e)) => {
+                            tracing::warn!(peer = %peer, cause = %e, "cannot answer a ledger request");
+                            SyncResponse::Refused {
+                                v,
+                                text: "the node could not answer; try again later".into(),
+                            }
+                        }
                         Err(_) => return,
                     };
                     let _ = internal.send(Internal::LedgerRespond(channel, answer)).await;

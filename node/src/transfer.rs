@@ -112,7 +112,7 @@ pub enum TransferError {
     Integrity {
         /// The transfer.
         id: String,
-        /// The object (SOP Instance UID).
+        /// The object (its blob's short address; never a UID, as this is logged).
         object: String,
         /// Why.
         reason: String,
@@ -1989,7 +1989,15 @@ impl Node {
     /// # Errors
     /// The [`Refuse`] to send back.
     pub fn accept_stream(&self, peer: &str, open: &Open) -> Result<Accepted, Refuse> {
-        let internal = |e: HomeError| refuse("internal", format!("the recipient failed: {e}"), false);
+        let internal = |e: HomeError| {
+            // The cause stays here: a peer gets a code and a fixed sentence.
+            tracing::error!(peer, cause = %e, "cannot check an incoming transfer stream");
+            refuse(
+                "internal",
+                "the recipient could not check the stream; it will be tried again",
+                false,
+            )
+        };
         // Trust first, checked again for this stream, for the grant's purpose.
         let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)
             .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
@@ -2466,7 +2474,8 @@ fn hash_one(
 ) -> Result<(Vec<u8>, u64, [u8; 32]), HomeError> {
     let integrity = |reason: String| TransferError::Integrity {
         id: idh.to_string(),
-        object: meta.sop_instance_uid.clone(),
+        // The blob's short address, not the SOP Instance UID: this error is logged.
+        object: format!("blob {}", hex::encode(&address[..8])),
         reason,
     };
     let file = node.store().open_blob(address)?;

@@ -214,7 +214,8 @@ pub struct CertificatePayload {
     /// Subject X25519 key.
     #[serde(with = "serde_bytes")]
     pub x25519: Vec<u8>,
-    /// Subject institution.
+    /// Subject institution (cleaned on decoding: [`crate::text::clean`]).
+    #[serde(deserialize_with = "crate::text::de::name")]
     pub institution: String,
     /// Subject jurisdiction.
     pub jurisdiction: String,

@@ -1,7 +1,7 @@
 //! The admin API server (see the [module docs](super)).
 
 use std::convert::Infallible;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,6 +71,10 @@ impl Drop for Bound {
 /// Binds the socket at `path` with mode 0600. A stale socket (nobody
 /// answering) is replaced; a live one is an error.
 ///
+/// The socket is created under the umask 077, so it is never, not even
+/// between `bind` and `chmod`, open to the group or others (it also lives in
+/// the 0700 home, which `medmesh run` checks first).
+///
 /// # Errors
 /// [`ServerError`].
 pub fn bind(path: &Path) -> Result<Bound, ServerError> {
@@ -84,12 +88,41 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
         path: path.display().to_string(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(err)?;
+    // 077, not 177: another thread creating a directory meanwhile still gets
+    // its owner's search bit. The umask is process-wide; restored at once.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(Bound {
         listener,
         path: path.to_path_buf(),
     })
+}
+
+/// Whether the process at the other end of an admin connection may use the
+/// API: only the owner of the home (`owner`, the uid owning the socket's
+/// folder) and root are admitted. `Err` carries the refused uid (or `None`
+/// when the credentials cannot be read, which is refused too).
+///
+/// # Errors
+/// The connecting uid when it is refused.
+pub fn admitted(stream: &tokio::net::UnixStream, owner: u32) -> Result<u32, Option<u32>> {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == owner || cred.uid() == 0 => Ok(cred.uid()),
+        Ok(cred) => Err(Some(cred.uid())),
+        Err(_) => Err(None),
+    }
+}
+
+/// The uid owning the folder of the socket at `path` (the home's owner).
+fn home_owner(path: &Path) -> Option<u32> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::metadata(dir).ok().map(|m| m.uid())
 }
 
 /// Serves the API on `bound` until `shutdown` turns true.
@@ -99,10 +132,21 @@ pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: 
         net,
         socket: bound.path.clone(),
     });
+    // Root when the owner cannot be read: then only root is admitted.
+    let owner = home_owner(&bound.path).unwrap_or(0);
     loop {
         tokio::select! {
             accepted = bound.listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if let Err(uid) = admitted(&stream, owner) {
+                        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                        match uid {
+                            Some(uid) => tracing::warn!(uid, ?pid, owner, "admin API: refused a connection from uid {uid}: only the home's owner (uid {owner}) and root may use it"),
+                            None => tracing::warn!("admin API: refused a connection whose credentials cannot be read"),
+                        }
+                        drop(stream);
+                        continue;
+                    }
                     let api = Arc::clone(&api);
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
@@ -549,4 +593,91 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
     }
     .await;
     result.unwrap_or_else(Fail::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// Env var telling [`connect_helper`] which socket to connect to.
+    const HELPER_SOCKET: &str = "MEDMESH_TEST_ADMIN_SOCKET";
+
+    /// Not a test by itself: run as another uid by
+    /// `another_uid_is_refused`, it connects and waits for the server to close.
+    #[test]
+    #[ignore = "helper process of another_uid_is_refused"]
+    fn connect_helper() {
+        use std::io::Read;
+        let Some(path) = std::env::var_os(HELPER_SOCKET) else {
+            return;
+        };
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.sock");
+        let bound = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(bound);
+        assert!(!path.exists(), "the socket is removed on drop");
+    }
+
+    #[tokio::test]
+    async fn the_owner_and_root_are_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.sock");
+        let bound = bind(&path).unwrap();
+        let me = std::fs::metadata(dir.path()).unwrap().uid();
+        assert_eq!(home_owner(&path), Some(me));
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (stream, _) = bound.listener.accept().await.unwrap();
+        assert_eq!(admitted(&stream, me), Ok(me), "the home's owner");
+        // Root is admitted whoever owns the home; anyone else is not.
+        let other = if me == 0 { Ok(0) } else { Err(Some(me)) };
+        assert_eq!(admitted(&stream, me.wrapping_add(4242)), other);
+    }
+
+    /// A process of another uid (nobody) reaching the socket is refused by
+    /// its credentials (SO_PEERCRED), even with the file made world-writable.
+    #[tokio::test]
+    async fn another_uid_is_refused() {
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+        if me != 0 {
+            eprintln!("skipped: running a client as another uid needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("node.sock");
+        let bound = bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut child = std::process::Command::new(exe)
+            .args(["--exact", "api::server::tests::connect_helper", "--ignored", "--quiet"])
+            .env(HELPER_SOCKET, &path)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(20), bound.listener.accept()).await;
+        let (stream, _) = accepted.expect("the helper connects").unwrap();
+        assert_eq!(admitted(&stream, 0), Err(Some(65534)), "nobody is not the home's owner");
+        assert_eq!(admitted(&stream, 65534), Ok(65534), "unless it owns the home");
+        drop(stream);
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
 }

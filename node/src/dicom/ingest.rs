@@ -78,7 +78,9 @@ pub enum FileOutcome {
         /// The file.
         path: PathBuf,
     },
-    /// Not a study object, passed over with a note (a DICOMDIR).
+    /// Not a study object, passed over with a note: a DICOMDIR, or a file
+    /// met in a folder that is not DICOM at all (a README, a licence) and
+    /// not named `.dcm`/`.dicom`.
     Skipped {
         /// The file.
         path: PathBuf,
@@ -130,7 +132,7 @@ pub struct ImportSummary {
     pub imported: u64,
     /// Files already stored.
     pub already_stored: u64,
-    /// Files skipped (DICOMDIR).
+    /// Files skipped (DICOMDIR, and non-DICOM files met in a folder).
     pub skipped: u64,
     /// Files rejected.
     pub rejected: u64,
@@ -147,6 +149,13 @@ pub struct ImportSummary {
 struct Job {
     path: PathBuf,
     explicit: bool,
+}
+
+/// Whether a file's name says it is DICOM (`.dcm`, `.dicom`, `.dic`, any case).
+fn dicom_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["dcm", "dicom", "dic"].iter().any(|d| e.eq_ignore_ascii_case(d)))
 }
 
 /// Expands files and folders (recursively, sorted) into the list of files,
@@ -270,6 +279,15 @@ impl Shared<'_> {
                         note: "DICOMDIR (a media directory, not a study object): skipped; the files it lists are imported from the folder".into(),
                     })
                 };
+            }
+            // A PACS export folder holds READMEs and licences next to the
+            // objects: passed over, unless named like a DICOM file (then it
+            // is a damaged one) or named on the command line.
+            Err(DicomError::NotDicom(why)) if !job.explicit && !dicom_name(&path) => {
+                return Work::Done(FileOutcome::Skipped {
+                    path,
+                    note: format!("not DICOM ({why}): skipped"),
+                });
             }
             Err(e) => return reject(e.to_string()),
         };

@@ -341,9 +341,11 @@ pub struct PeerFacts {
 /// One reason of a decision, with its stable code and its text for people.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Reason {
-    /// Stable machine code.
+    /// Stable machine code (cleaned on decoding, as it may come from a peer).
+    #[serde(deserialize_with = "crate::text::de::code")]
     pub code: String,
-    /// The reason in words.
+    /// The reason in words (cleaned and capped on decoding: [`crate::text::clean`]).
+    #[serde(deserialize_with = "crate::text::de::reason")]
     pub text: String,
 }
 
@@ -431,8 +433,28 @@ fn status_name(r: &ConsentRecord, now: DateTime<Utc>) -> &'static str {
 }
 
 impl Node {
+    /// How many stored studies of the patient the consent's scope covers
+    /// (its studies or episode, data period and modalities); a locked study
+    /// is not counted.
     fn studies_of(&self, r: &ConsentRecord) -> Result<usize, HomeError> {
-        Ok(self.store().studies_of_patient(r.patient().as_bytes())?.len())
+        let mut n = 0;
+        for study in self.store().studies_of_patient(r.patient().as_bytes())? {
+            let Some(row) = self.store().study_row(&study)? else {
+                continue;
+            };
+            let Ok(key) = self.store().unwrap_study_key(&study, &row) else {
+                continue;
+            };
+            let meta = self.store().open_study_meta(&study, &key, &row)?;
+            let Ok(uid) = study_uid("study", &meta.study_uid) else {
+                continue;
+            };
+            let (facts, _) = study_facts(&uid, *r.patient(), &meta);
+            if scope_covers(r.scope(), &facts) {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, HomeError> {
@@ -578,6 +600,22 @@ fn study_facts(study: &StudyRef, patient: PatientRef, meta: &StudyMeta) -> (Stud
     (facts, excluded)
 }
 
+/// Whether a consent's scope covers a study at all (whatever the purpose
+/// and recipient): its coverage, data period and at least one modality.
+fn scope_covers(scope: &Scope, study: &StudyFacts) -> bool {
+    let covered = match &scope.coverage {
+        Coverage::WholeRecord => true,
+        Coverage::Studies(set) => set.contains(&study.study),
+        Coverage::Episode(e) => study.episode.as_ref() == Some(e),
+    };
+    let in_period = match (&scope.data_period, study.acquired_at) {
+        (None, _) => true,
+        (Some(p), Some(t)) => p.contains(t),
+        (Some(_), None) => false,
+    };
+    covered && in_period && study.series.iter().any(|s| scope.modalities.covers(&s.modality))
+}
+
 /// Study Date and Time (DA, TM) as an instant, read as UTC.
 fn acquired_at(date: &str, time: &str) -> Option<DateTime<Utc>> {
     let d = NaiveDate::parse_from_str(date.trim(), "%Y%m%d").ok()?;
@@ -617,6 +655,15 @@ impl Node {
             .parse()
             .map_err(|e: IdError| invalid("jurisdiction", format!("of this node's record, {own:?}: {e}")))?;
         Ok(self.config().policy.site_policy(home))
+    }
+
+    /// The consent's keyed reference (`consent-` and 32 hex digits): what
+    /// gossiped ledger entries and logs name instead of its id, which for a
+    /// FHIR Consent is the hospital's own resource id. Only this node can
+    /// tell which consent it stands for.
+    #[must_use]
+    pub fn consent_ref(&self, consent_id: &ConsentId) -> String {
+        format!("consent-{}", hex::encode(&self.store().consent_ref(consent_id)[..16]))
     }
 
     fn patient_ref(&self, patient_id: &str, issuer: &str) -> PatientRef {
@@ -697,6 +744,26 @@ impl Node {
             }
         };
         let legal_basis = LegalBasis::new(code, text).map_err(|source| record_err(&id, source))?;
+        let valid_from = c
+            .from
+            .as_deref()
+            .map(|s| parse_time("from", s, false))
+            .transpose()?
+            .unwrap_or(now);
+        let valid_until = c.until.as_deref().map(|s| parse_time("until", s, true)).transpose()?;
+        if let (Some(until), Some(typed)) = (valid_until, c.until.as_deref())
+            && until <= valid_from
+        {
+            // Said in the user's terms: the option and the date as typed.
+            let from = c
+                .from
+                .as_deref()
+                .map_or_else(|| "now".to_string(), |f| format!("--from {f}"));
+            return Err(invalid(
+                "until",
+                format!("{typed} is not after {from}: the consent would never be valid"),
+            ));
+        }
         let draft = ConsentDraft {
             id: id.clone(),
             patient: self.patient_ref(c.patient_id.trim(), c.issuer.trim()),
@@ -717,13 +784,8 @@ impl Node {
                 coverage,
                 data_period,
             },
-            valid_from: c
-                .from
-                .as_deref()
-                .map(|s| parse_time("from", s, false))
-                .transpose()?
-                .unwrap_or(now),
-            valid_until: c.until.as_deref().map(|s| parse_time("until", s, true)).transpose()?,
+            valid_from,
+            valid_until,
             withdrawn_at: None,
             legal_basis,
         };
@@ -733,9 +795,9 @@ impl Node {
                 Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
                 None => Ok(Some(record.clone())),
             })?;
-        tracing::info!(consent = %id, "consent recorded");
+        tracing::info!(consent = %self.consent_ref(&id), "consent recorded");
         self.log(crate::ledger::Event::ConsentAdded {
-            consent: id.as_str().to_string(),
+            consent: self.consent_ref(&id),
         })?;
         // An objection (a deny) may end transfers under way.
         self.end_affected_transfers_after("consent added");
@@ -876,14 +938,14 @@ impl Node {
             let change = record.withdrawn_at().is_none_or(|w| w > now);
             if change {
                 record.withdraw(now);
-                tracing::info!(consent = %cid, "consent withdrawn");
+                tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
             }
             result = Some(record.clone());
             Ok::<_, HomeError>(change.then_some(record))
         })?;
         let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
         self.log(crate::ledger::Event::ConsentWithdrawn {
-            consent: id.to_string(),
+            consent: self.consent_ref(&cid),
         })?;
         self.end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)

@@ -80,7 +80,8 @@ pub enum SyncResponse {
     Refused {
         /// [`LEDGER_VERSION`].
         v: u32,
-        /// Why.
+        /// Why (cleaned and capped on decoding: [`crate::text::clean`]).
+        #[serde(deserialize_with = "crate::text::de::reason")]
         text: String,
     },
 }

@@ -136,8 +136,10 @@ pub enum AnswerBody {
     /// The message itself was refused (malformed, unknown transfer, bad signature).
     Refused {
         /// Stable code.
+        #[serde(deserialize_with = "crate::text::de::code")]
         code: String,
-        /// Why.
+        /// Why (cleaned and capped on decoding: [`crate::text::clean`]).
+        #[serde(deserialize_with = "crate::text::de::reason")]
         text: String,
     },
 }
@@ -502,8 +504,10 @@ pub struct Refuse {
     /// [`WIRE_VERSION`].
     pub v: u32,
     /// Stable code.
+    #[serde(deserialize_with = "crate::text::de::code")]
     pub code: String,
-    /// Why.
+    /// Why (cleaned and capped on decoding: [`crate::text::clean`]).
+    #[serde(deserialize_with = "crate::text::de::reason")]
     pub text: String,
     /// True when trying again cannot help (the holder gives up).
     pub permanent: bool,

@@ -567,3 +567,139 @@ fn consent_commands_go_through_a_running_node() {
     );
     assert!(!log.contains(PATIENT_ID), "the patient ID reached the node's log");
 }
+
+/// Issue 16 item 8: a FHIR Consent's id (the hospital's own resource id)
+/// and a consent id typed with --id never reach a ledger entry: entries name
+/// the consent's keyed reference.
+#[test]
+fn consent_ids_never_reach_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (holder, _recipient, peer) = holder_and_recipient(dir.path());
+    let research = fhir("synthetic/imaging-research-permit.json");
+    let out = run(
+        &holder,
+        &[
+            "consent",
+            "import-fhir",
+            "--issuer",
+            "KLINIKUM",
+            "--custodian",
+            "Organization/site",
+            "--patient",
+            "Patient/p-1001=MRN-0042",
+            "--episode",
+            "EpisodeOfCare/stay-2026-17=A-2026-17",
+            s(&research),
+        ],
+    )
+    .expect("run");
+    expect_code(&out, 0, "import-fhir");
+    expect_code(
+        &run(&holder, &["consent", "withdraw", "mm-research-7"]).expect("run"),
+        0,
+        "withdraw the FHIR consent",
+    );
+    let out = run(
+        &holder,
+        &[
+            "consent",
+            "add",
+            "--id",
+            "c-typed-by-hand",
+            "--patient-id",
+            PATIENT_ID,
+            "--purpose",
+            "treatment",
+            "--recipient-peer",
+            &peer,
+            "--level",
+            "identifiable",
+        ],
+    )
+    .expect("run");
+    expect_code(&out, 0, "consent add --id");
+    expect_code(
+        &run(&holder, &["consent", "withdraw", "c-typed-by-hand"]).expect("run"),
+        0,
+        "withdraw",
+    );
+    let out = run(&holder, &["log", "tail", "--limit", "1000", "--json"]).expect("run");
+    expect_code(&out, 0, "log tail");
+    let entries = json_lines(&out.stdout);
+    let consent_entries: Vec<_> = entries
+        .iter()
+        .filter(|(_, d)| d.to_string().contains("consent-"))
+        .collect();
+    assert!(consent_entries.len() >= 3, "consent entries written: {entries:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in ["mm-research-7", "c-typed-by-hand"] {
+        assert!(!text.contains(id), "the ledger names consent {id}:\n{text}");
+    }
+    // Nor does any file of the home hold it in plaintext (the ledger rows included).
+    for f in files_under(&holder) {
+        let bytes = std::fs::read(&f).expect("read");
+        for id in ["mm-research-7", "c-typed-by-hand"] {
+            assert!(
+                !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{} holds {id}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// Issue 16 item 10: `--modality` takes the defined terms in any case and
+/// refuses others with near matches; `--until` errors name the option and
+/// the date as typed; `consent list` counts the studies the consent covers.
+#[test]
+fn consent_add_speaks_the_users_terms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (holder, _recipient, peer) = holder_and_recipient(dir.path());
+    let base = |extra: &[&str]| {
+        let mut args = vec![
+            "consent",
+            "add",
+            "--patient-id",
+            PATIENT_ID,
+            "--purpose",
+            "treatment",
+            "--recipient-peer",
+            &peer,
+            "--level",
+            "identifiable",
+        ];
+        args.extend_from_slice(extra);
+        run(&holder, &args).expect("run")
+    };
+    let out = base(&["--modality", "CTT"]);
+    expect_code(&out, 2, "CTT");
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"CTT\" is not a DICOM modality") && err.contains("CT"),
+        "{err}"
+    );
+    let out = base(&["--modality", "mr", "--id", "c-mr"]);
+    expect_code(&out, 0, "lower case");
+    assert!(stderr(&out).contains("MR"), "{}", stderr(&out));
+
+    let out = base(&["--from", "2026-03-05", "--until", "2026-03-01"]);
+    expect_code(&out, 2, "until before from");
+    let err = stderr(&out);
+    assert!(
+        err.contains("until: 2026-03-01 is not after --from 2026-03-05"),
+        "{err}"
+    );
+    assert!(!err.contains("valid_until") && !err.contains("2026-03-02"), "{err}");
+
+    // The CT study of the patient: an MR-only consent covers none of it.
+    let out = run(&holder, &["consent", "list", "--json"]).expect("run");
+    let listed = json_lines(&out.stdout);
+    let mr = listed.iter().find(|(_, d)| d["id"] == "c-mr").expect("c-mr listed");
+    assert_eq!(mr.1["studies"], 0, "{}", mr.1);
+    let out = base(&["--modality", "ct", "--id", "c-ct"]);
+    expect_code(&out, 0, "ct");
+    let out = run(&holder, &["consent", "list", "--json"]).expect("run");
+    let listed = json_lines(&out.stdout);
+    let ct = listed.iter().find(|(_, d)| d["id"] == "c-ct").expect("c-ct listed");
+    assert_eq!(ct.1["studies"], 1, "{}", ct.1);
+}

@@ -9,10 +9,10 @@ use crate::util::*;
 /// data-set fragments and non-patient objects such as Color Palettes), or it
 /// uses an encoding the DICOM parser cannot read. Each is said in the reason.
 const NOT_A_STUDY_OBJECT: &[&str] = &[
-    "required attribute SOPClassUID (0008,0016) is missing",
-    "required attribute SOPInstanceUID (0008,0018) is missing",
-    "required attribute StudyInstanceUID (0020,000D) is missing",
-    "required attribute SeriesInstanceUID (0020,000E) is missing",
+    "has no SOP Class UID (0008,0016)",
+    "has no SOP Instance UID (0008,0018)",
+    "has no Study Instance UID (0020,000D)",
+    "has no Series Instance UID (0020,000E)",
     "encoded as UN with undefined length",
 ];
 
