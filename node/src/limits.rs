@@ -116,7 +116,11 @@ impl RequestLimiter {
         b.entry(peer.to_string())
             .or_insert_with(|| TokenBucket::new(self.burst, self.per_minute, now))
             .take(now)
-            .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
+            .map_err(|wait| {
+                u64::try_from(wait.as_millis().div_ceil(1000))
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            })
     }
 
     /// Peers tracked now.

@@ -327,7 +327,8 @@ fn the_approvals_and_share_decisions() {
     };
     let gib = 1024 * 1024 * 1024;
     // (config, peer, pending, pending bytes, bytes) → refusal code and permanence, or accepted.
-    let cases: Vec<(&LimitsConfig, &str, u32, u64, u64, Option<(&str, bool)>)> = vec![
+    type Case<'a> = (&'a LimitsConfig, &'a str, u32, u64, u64, Option<(&'a str, bool)>);
+    let cases: Vec<Case<'_>> = vec![
         (&cfg, "anyone", 0, 0, 1, None),
         (&cfg, "anyone", 3, 0, 1, None),
         (&cfg, "anyone", 4, 0, 1, Some(("share-quota", false))),
@@ -609,7 +610,9 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
         entry.into_vec()
     })
     .unwrap();
-    let rep = h.ledger_accept("peer", &[fork.bytes.clone()], None).unwrap();
+    let rep = h
+        .ledger_accept("peer", std::slice::from_ref(&fork.bytes), None)
+        .unwrap();
     assert_eq!(rep.forks, 0, "{rep:?}");
     // One alert for the author this hour.
     let alerts = h

@@ -16,6 +16,8 @@
 //!   disconnect running peers, clean shutdown.
 //! - `notify`: a transfer's notification delivered by a running holder to a webhook and a
 //!   syslog collector (DICOM audit message), without the study's identifiers.
+//! - `limits`: a trusted peer that floods a running node with requests is answered
+//!   retry-later beyond its burst, and nothing of the excess is recorded.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -26,6 +28,7 @@ mod deid;
 mod home;
 mod integrity;
 mod ledger;
+mod limits;
 mod net;
 mod notify;
 mod privacy;
