@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
             AnswerBody::Pending { transfer_id, .. } => {
                 let _ = parse_id(transfer_id);
             }
-            AnswerBody::Ack | AnswerBody::Refused { .. } => {}
+            AnswerBody::Ack | AnswerBody::Refused { .. } | AnswerBody::RetryLater { .. } => {}
         }
         let again = wire::encode("transfer answer", &answer).expect("a decoded answer encodes");
         let back = wire::decode::<Answer>("transfer answer", &again, usize::MAX).expect("its encoding decodes");

@@ -143,6 +143,39 @@ site_names = []
 #   rects = [[0, 0, 800, 48]]
 mask = []
 
+[limits]
+# What a peer (however trusted) can make this node spend. Each limit is
+# enforced before the resource is spent; docs/OPERATIONS.md lists them all.
+#
+# Unsolicited shares (a peer sends a study this node did not request):
+# "trusted" takes them from any peer this site trusts for the share's
+# purpose, "listed" only from the peers in share_peers (trusted as well),
+# "none" refuses every unsolicited share.
+shares_from = "trusted"
+# Peer ids whose unsolicited shares are taken when shares_from = "listed".
+share_peers = []
+# Unsolicited shares from one peer not yet landed (granted or streaming), at
+# most; a further share is refused for now (the holder tries again later).
+pending_shares_per_peer = 4
+# Plaintext bytes of the unsolicited shares from one peer not yet landed, at
+# most (the new share's manifest included).
+pending_share_bytes_per_peer = 68719476736
+# Seconds an incoming transfer (shared or requested) may go without
+# receiving anything before it is failed as stale and its parts deleted.
+incoming_stale_secs = 604800
+# Inbound /medmesh/stream/1 streams open at once from one peer; a further
+# stream is reset before anything of it is read.
+streams_per_peer = 32
+# Transfer requests taken from one peer: a token bucket of request_burst
+# requests refilled at requests_per_minute. A request over it is answered
+# retry-later with the seconds to wait, before anything is recorded.
+requests_per_minute = 30
+# Requests one peer may send at once before the rate above applies.
+request_burst = 10
+# Requests from one peer waiting for a person here (`medmesh approvals`), at
+# most; a further one is answered retry-later until some are decided.
+pending_approvals_per_peer = 50
+
 [notify.webhook]
 # Notifications (an entry of another site concerns a study of this one, and
 # ledger alerts) can be posted to a webhook as JSON (docs/PROTOCOL.md §14.7):
@@ -251,6 +284,9 @@ pub struct Config {
     /// Delivery of notifications to a webhook and a syslog collector.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// What a peer can make this node spend.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_version() -> u32 {
@@ -268,6 +304,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             deid: DeidConfig::default(),
             notify: NotifyConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -601,6 +638,111 @@ impl NotifyConfig {
     }
 }
 
+/// From whom unsolicited shares are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharesFrom {
+    /// Any peer this site trusts for the share's purpose.
+    Trusted,
+    /// Only the peers in `share_peers` (trusted as well).
+    Listed,
+    /// Nobody.
+    None,
+}
+
+/// What a peer can make this node spend (`[limits]`, docs/OPERATIONS.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// From whom unsolicited shares are taken.
+    pub shares_from: SharesFrom,
+    /// The peers of `SharesFrom::Listed`.
+    pub share_peers: Vec<String>,
+    /// Unsolicited shares per peer not yet landed.
+    pub pending_shares_per_peer: u32,
+    /// Plaintext bytes of those shares.
+    pub pending_share_bytes_per_peer: u64,
+    /// Seconds without data before an incoming transfer is failed as stale.
+    pub incoming_stale_secs: u64,
+    /// Inbound transfer streams at once per peer.
+    pub streams_per_peer: u32,
+    /// Transfer requests per minute per peer.
+    pub requests_per_minute: u32,
+    /// Requests at once before the rate applies.
+    pub request_burst: u32,
+    /// Requests per peer waiting for a person.
+    pub pending_approvals_per_peer: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            shares_from: SharesFrom::Trusted,
+            share_peers: Vec::new(),
+            pending_shares_per_peer: 4,
+            pending_share_bytes_per_peer: 64 * 1024 * 1024 * 1024,
+            incoming_stale_secs: 7 * 86400,
+            streams_per_peer: 32,
+            requests_per_minute: 30,
+            request_burst: 10,
+            pending_approvals_per_peer: 50,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+        for p in &self.share_peers {
+            if p.parse::<libp2p::PeerId>().is_err() {
+                return Err(value("limits.share_peers", format!("{p:?} is not a peer id")));
+            }
+        }
+        if self.shares_from == SharesFrom::Listed && self.share_peers.is_empty() {
+            return Err(value(
+                "limits.share_peers",
+                "is empty but shares_from is \"listed\": list the peers, or set shares_from = \"none\"".into(),
+            ));
+        }
+        if self.shares_from != SharesFrom::Listed && !self.share_peers.is_empty() {
+            return Err(value(
+                "limits.share_peers",
+                "is set but shares_from is not \"listed\": the list would be ignored".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.pending_shares_per_peer) {
+            return Err(value("limits.pending_shares_per_peer", "must be from 1 to 1000".into()));
+        }
+        if self.pending_share_bytes_per_peer < 1024 * 1024 {
+            return Err(value(
+                "limits.pending_share_bytes_per_peer",
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if !(60..=31_536_000).contains(&self.incoming_stale_secs) {
+            return Err(value(
+                "limits.incoming_stale_secs",
+                "must be from 60 to 31536000 (a year)".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.streams_per_peer) {
+            return Err(value("limits.streams_per_peer", "must be from 1 to 1024".into()));
+        }
+        if !(1..=60_000).contains(&self.requests_per_minute) {
+            return Err(value("limits.requests_per_minute", "must be from 1 to 60000".into()));
+        }
+        if !(1..=10_000).contains(&self.request_burst) {
+            return Err(value("limits.request_burst", "must be from 1 to 10000".into()));
+        }
+        if !(1..=100_000).contains(&self.pending_approvals_per_peer) {
+            return Err(value(
+                "limits.pending_approvals_per_peer",
+                "must be from 1 to 100000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The default port, TCP and UDP (QUIC).
 pub const DEFAULT_PORT: u16 = 7460;
 
@@ -819,6 +961,17 @@ impl Config {
             return Err(value("retention.locked_days", "must be from 0 to 36500".into()));
         }
         self.notify.check(&value)?;
+        self.limits.check(&value)?;
+        if self.limits.streams_per_peer < u32::from(t.streams) {
+            return Err(value(
+                "limits.streams_per_peer",
+                format!(
+                    "is {}, less than transfer.streams ({}): a peer sending with these settings would have \
+                     streams of every session refused",
+                    self.limits.streams_per_peer, t.streams
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -881,6 +1034,49 @@ mod tests {
             ("[retention]\nlocked_days = -1\n", "locked_days"),
             ("[policy]\napproval_required = [\"marketing\"]\n", "marketing"),
             ("[policy]\nwaiver_level = \"secret\"\n", "secret"),
+        ] {
+            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "[limits]\nshares_from = \"listed\"\nshare_peers = [\"12D3KooWGzBVhRDNzSvHqYGZbGrnRXtBmUQLZYGh5YAyhXyW6Poc\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.shares_from, SharesFrom::Listed);
+        for (text, needle) in [
+            ("[limits]\nshares_from = \"everyone\"\n", "everyone"),
+            ("[limits]\nshares_from = \"listed\"\n", "limits.share_peers"),
+            (
+                "[limits]\nshare_peers = [\"12D3KooWGzBVhRDNzSvHqYGZbGrnRXtBmUQLZYGh5YAyhXyW6Poc\"]\n",
+                "limits.share_peers",
+            ),
+            (
+                "[limits]\nshares_from = \"listed\"\nshare_peers = [\"bob\"]\n",
+                "limits.share_peers",
+            ),
+            (
+                "[limits]\npending_shares_per_peer = 0\n",
+                "limits.pending_shares_per_peer",
+            ),
+            (
+                "[limits]\npending_share_bytes_per_peer = 10\n",
+                "limits.pending_share_bytes_per_peer",
+            ),
+            ("[limits]\nincoming_stale_secs = 5\n", "limits.incoming_stale_secs"),
+            ("[limits]\nstreams_per_peer = 0\n", "limits.streams_per_peer"),
+            ("[limits]\nstreams_per_peer = 2\n", "transfer.streams"),
+            ("[limits]\nrequests_per_minute = 0\n", "limits.requests_per_minute"),
+            ("[limits]\nrequest_burst = 0\n", "limits.request_burst"),
+            (
+                "[limits]\npending_approvals_per_peer = 0\n",
+                "limits.pending_approvals_per_peer",
+            ),
+            ("[limits]\nmax_streams = 3\n", "max_streams"),
         ] {
             let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -41,6 +41,7 @@ pub mod home;
 pub mod identity;
 pub mod keystore;
 pub mod ledger;
+pub mod limits;
 pub mod net;
 pub mod notify;
 pub mod store;

@@ -603,6 +603,7 @@ pub async fn start(
         .map_err(|e| NetError::Build(format!("ledger gossip topic: {e}")))?;
     let ledger_watch = node.ledger_watch();
     let published = *ledger_watch.borrow();
+    let requests = crate::limits::RequestLimiter::new(&node.config().limits);
     let mut service = Service {
         internal: internal_tx,
         wake: Some(Arc::clone(&wake)),
@@ -629,6 +630,7 @@ pub async fn start(
         started: now(),
         blocked_now: HashSet::new(),
         bootstrapping: false,
+        requests,
     };
     service.reload_trust()?;
     for (peer, hello, addrs, last_seen) in load_known(&service.node)? {
@@ -687,6 +689,8 @@ struct Service {
     started: i64,
     blocked_now: HashSet<PeerId>,
     bootstrapping: bool,
+    /// Transfer requests per peer (`[limits]`).
+    requests: crate::limits::RequestLimiter,
 }
 
 impl Service {
@@ -1307,6 +1311,16 @@ impl Service {
                     tracing::warn!(peer = %peer, "transfer message from a peer that is not trusted: no answer");
                     return;
                 }
+                // Over its request rate: answered at once, nothing recorded.
+                if let Some(body) = self.requests.admit(&peer.to_string(), &request.body, Instant::now()) {
+                    tracing::warn!(peer = %peer, "transfer request over the peer's rate: answered retry-later");
+                    let answer = TransferAnswer {
+                        v: crate::transfer::wire::WIRE_VERSION,
+                        body,
+                    };
+                    let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
+                    return;
+                }
                 let node = Arc::clone(&self.node);
                 let internal = self.internal.clone();
                 let wake = self.wake.clone();
@@ -1689,7 +1703,11 @@ impl Service {
 }
 
 /// The node's answer to a transfer message from a trusted peer.
-fn answer_transfer(node: &Node, peer: &str, msg: TransferMsg) -> Result<crate::transfer::wire::AnswerBody, HomeError> {
+pub(crate) fn answer_transfer(
+    node: &Node,
+    peer: &str,
+    msg: TransferMsg,
+) -> Result<crate::transfer::wire::AnswerBody, HomeError> {
     use crate::transfer::wire::{AnswerBody, MsgBody, WIRE_VERSION};
     if msg.v != WIRE_VERSION {
         return Ok(AnswerBody::Refused {
@@ -1710,6 +1728,9 @@ fn answer_transfer(node: &Node, peer: &str, msg: TransferMsg) -> Result<crate::t
                     code: "bad-request".into(),
                     text: "request id or Study Instance UID malformed".into(),
                 });
+            }
+            if let Some(busy) = node.admit_request(peer)? {
+                return Ok(busy);
             }
             node.answer_request(peer, &request_id, &study_uid, purpose, role, level)
         }

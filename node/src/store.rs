@@ -65,7 +65,7 @@ mod notify;
 mod purge;
 mod relink;
 mod transfers;
-pub use ledger::{Inserted, NotificationRow};
+pub use ledger::{Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
 pub use relink::{RELINK_VERSION, RelinkRecord};

@@ -1841,7 +1841,7 @@ impl Node {
                 reasons.clone(),
                 Vec::new(),
             ),
-            AnswerBody::Ack | AnswerBody::Refused { .. } => (
+            AnswerBody::Ack | AnswerBody::Refused { .. } | AnswerBody::RetryLater { .. } => (
                 hex::encode(new_id()?),
                 State::Failed,
                 vec![reason("refused", format!("{answer:?}"))],
@@ -2103,6 +2103,7 @@ impl Node {
                     }
                     return Err(refuse("unknown-transfer", "no request of ours has this id", true));
                 }
+                self.admit_share(peer, &manifest)?;
                 let mut rec = TransferRecord::new(
                     id,
                     Direction::Incoming,

@@ -180,7 +180,7 @@ fn run_transfer_msg(data: &[u8]) -> bool {
             AnswerBody::Pending { transfer_id, .. } => {
                 let _ = parse_id(transfer_id);
             }
-            AnswerBody::Ack | AnswerBody::Refused { .. } => {}
+            AnswerBody::Ack | AnswerBody::Refused { .. } | AnswerBody::RetryLater { .. } => {}
         }
         let again = wire::encode("transfer answer", &answer).expect("a decoded answer encodes");
         let back = wire::decode::<Answer>("transfer answer", &again, usize::MAX).expect("its encoding decodes");

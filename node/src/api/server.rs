@@ -355,7 +355,15 @@ async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::
     };
     // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
     let _asking = api.node.live().asking(&request_id);
-    let answer = api.net.transfer_message(peer, msg).await.map_err(|e| failed(&e))?;
+    let answer = crate::limits::send_honouring_retry_after(|| api.net.transfer_message(peer, msg.clone()))
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|(secs, text)| {
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("the holder asks to wait {secs} s before asking again: {text}"),
+            )
+        })?;
     let view = blocking(api, move |n| {
         n.note_answer(
             &r.peer_id,

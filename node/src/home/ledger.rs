@@ -340,6 +340,9 @@ enum Taken {
     Gap(u64),
     /// Next in seq but naming another previous entry (kept as evidence).
     OtherBranch,
+    /// Evidence of equivocation held already, or over the author's cap
+    /// ([`crate::store::MAX_FORKS_PER_AUTHOR`]): not kept, alerted nor relayed.
+    ForkKnown,
     /// Invalid: why.
     Refused(String),
 }
@@ -551,6 +554,7 @@ impl Node {
                     last = e.map(|e| (author_key(&e), e.entry.seq));
                 }
                 (Taken::Fork, _) => r.forks += 1,
+                (Taken::ForkKnown, _) => {}
                 (Taken::OtherBranch, Some(e)) => {
                     r.forks += 1;
                     r.rejected.push(format!(
@@ -622,7 +626,8 @@ impl Node {
                         vec![(e.entry.author.clone(), e.entry.seq.saturating_sub(1).max(1), 1)],
                     ),
                     (Taken::OtherBranch, None) => (Verdict::Accept, Vec::new()),
-                    (Taken::Own | Taken::Untrusted(_), _) => (Verdict::Ignore, Vec::new()),
+                    // Evidence relayed once, when first kept here.
+                    (Taken::Own | Taken::Untrusted(_) | Taken::ForkKnown, _) => (Verdict::Ignore, Vec::new()),
                     // Valid and trusted, but entries before it are missing here: pass it on, fetch them.
                     (Taken::Gap(held), Some(e)) => {
                         (Verdict::Accept, vec![catch_up(&e.entry.author, held, e.entry.seq)])
@@ -742,7 +747,7 @@ impl Node {
                         e.entry.seq
                     );
                     tracing::error!(seq = e.entry.seq, from, "{what}");
-                    self.alert("alert-equivocation", from, e.entry.seq, &what, &e.id)?;
+                    self.alert("alert-equivocation", from, e.entry.seq, &what, &hourly(&own))?;
                     Ok((Taken::Fork, Some(e)))
                 }
                 _ => Ok((Taken::Own, Some(e))),
@@ -772,7 +777,13 @@ impl Node {
                     e.entry.seq
                 );
                 tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
-                self.alert("alert-equivocation", &e.author_peer(), e.entry.seq, &what, &e.id)?;
+                self.alert(
+                    "alert-equivocation",
+                    &e.author_peer(),
+                    e.entry.seq,
+                    &what,
+                    &hourly(&author),
+                )?;
                 Taken::Fork
             }
             crate::store::Inserted::Gap => {
@@ -787,9 +798,16 @@ impl Node {
                     e.entry.seq
                 );
                 tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
-                self.alert("alert-equivocation", &e.author_peer(), e.entry.seq, &what, &e.id)?;
+                self.alert(
+                    "alert-equivocation",
+                    &e.author_peer(),
+                    e.entry.seq,
+                    &what,
+                    &hourly(&author),
+                )?;
                 Taken::OtherBranch
             }
+            crate::store::Inserted::ForkKnown => Taken::ForkKnown,
         };
         Ok((taken, Some(e)))
     }
@@ -824,6 +842,14 @@ impl Node {
         self.store().notification_put(h.finalize().as_bytes(), &row)?;
         Ok(())
     }
+}
+
+/// The evidence key of an alert about `author`: one per author and hour
+/// (every piece of evidence is logged; notifications are not flooded).
+fn hourly(author: &[u8; 32]) -> Vec<u8> {
+    let mut key = author.to_vec();
+    key.extend_from_slice(&super::trust::now().div_euclid(3600).to_be_bytes());
+    key
 }
 
 /// The range to ask for after `held` of `author`'s feed, towards `seq`: one batch at most.

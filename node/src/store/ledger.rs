@@ -208,7 +208,16 @@ pub enum Inserted {
     Gap,
     /// Its `prev` is not the id of the entry before it held here; not stored.
     Broken,
+    /// Evidence of equivocation held already, or the author has
+    /// [`MAX_FORKS_PER_AUTHOR`] pieces of evidence kept: not stored again,
+    /// not alerted, not relayed.
+    ForkKnown,
 }
+
+/// Most pieces of equivocation evidence kept per author: one is proof
+/// enough, and an author signing conflicting entries without end must not
+/// fill the store.
+pub const MAX_FORKS_PER_AUTHOR: usize = 64;
 
 impl super::Store {
     /// The head (seq, id) of every feed held here.
@@ -313,12 +322,25 @@ impl super::Store {
                 let mut key = [0u8; 72];
                 key[..40].copy_from_slice(&entry_key(&author, e.entry.seq));
                 key[40..].copy_from_slice(&e.id);
-                txn.open_table(LEDGER_FORKS)
+                let mut forks = txn.open_table(LEDGER_FORKS).map_err(|e| self.err(e))?;
+                let mut low = [0u8; 72];
+                low[..32].copy_from_slice(&author);
+                let mut high = [0xffu8; 72];
+                high[..32].copy_from_slice(&author);
+                let held = forks
+                    .range(low..=high)
                     .map_err(|e| self.err(e))?
-                    .insert(key, e.bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
+                    .take(MAX_FORKS_PER_AUTHOR)
+                    .count();
+                if held >= MAX_FORKS_PER_AUTHOR || forks.get(key).map_err(|e| self.err(e))?.is_some() {
+                    Inserted::ForkKnown
+                } else {
+                    forks.insert(key, e.bytes.as_slice()).map_err(|e| self.err(e))?;
+                    outcome
+                }
+            } else {
+                outcome
             }
-            outcome
         };
         txn.commit().map_err(|e| self.err(e))?;
         Ok(outcome)

@@ -53,7 +53,7 @@ async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<(
     s.write_all(body).await
 }
 
-async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
+pub(crate) async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; frame::HEADER];
     s.read_exact(&mut head).await?;
     let mut len = [0u8; 4];
@@ -65,8 +65,8 @@ async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std
             format!("frame of {len} bytes (at most {max})"),
         ));
     }
-    let mut body = vec![0u8; len - 1];
-    s.read_exact(&mut body).await?;
+    // Allocated as the bytes arrive, not at the length the peer announced.
+    let body = crate::limits::read_body(s, len - 1).await?;
     Ok((head[4], body))
 }
 
@@ -131,9 +131,19 @@ pub fn start(
         let mut accept = {
             let engine = Arc::clone(&engine);
             tokio::spawn(async move {
+                let slots = crate::limits::StreamSlots::new(engine.node.config().limits.streams_per_peer);
                 while let Some((peer, stream)) = incoming.next().await {
+                    // At most `streams_per_peer` at once: another is reset unread.
+                    let Some(slot) = slots.acquire(&peer.to_string()) else {
+                        tracing::warn!(peer = %peer, "too many transfer streams open from this peer: one reset unread");
+                        drop(stream);
+                        continue;
+                    };
                     let e = Arc::clone(&engine);
-                    tokio::spawn(async move { e.receive(peer, stream).await });
+                    tokio::spawn(async move {
+                        e.receive(peer, stream).await;
+                        drop(slot);
+                    });
                 }
             })
         };
@@ -147,14 +157,14 @@ pub fn start(
                 () = engine.wake.notified() => engine.clone().round().await,
                 _ = expiry.tick() => {
                     let node = Arc::clone(&engine.node);
-                    match tokio::task::spawn_blocking(move || {
+                    let swept = move || {
                         // Grants that ended, consent or trust that changed without a
                         // call (a record that expired): every affected transfer ends.
                         node.end_affected_transfers_after("periodic check");
+                        node.sweep_stale_incoming(crate::home::trust::now())?;
                         node.enforce_expiry()
-                    })
-                    .await
-                    {
+                    };
+                    match tokio::task::spawn_blocking(swept).await {
                         Ok(Err(e)) => tracing::warn!(cause = %e, "cannot check grant expiry"),
                         Err(e) => tracing::warn!(cause = %e, "grant expiry check failed"),
                         Ok(Ok(_)) => {}

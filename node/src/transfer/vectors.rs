@@ -374,6 +374,15 @@ fn generate() -> Value {
                 text: "the receipt names another manifest or other objects".into(),
             }),
         ),
+        (
+            "retry-later",
+            "answer",
+            answer(AnswerBody::RetryLater {
+                code: "rate-limited".into(),
+                text: "more than 30 transfer requests a minute from this peer; try again in 2 s".into(),
+                retry_after_secs: 2,
+            }),
+        ),
     ];
 
     json!({
@@ -890,7 +899,7 @@ fn transfer_vectors() {
 
     // Messages: decode, and re-encode to the same bytes.
     let messages = file["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 8);
+    assert_eq!(messages.len(), 9);
     for v in messages {
         let name = v["name"].as_str().unwrap();
         let bytes = unhex(&v["cbor"]);
@@ -907,6 +916,12 @@ fn transfer_vectors() {
                 assert_eq!(enc(&a), bytes, "{name}");
                 if let AnswerBody::Granted { grant, transfer_id } = &a.body {
                     assert_eq!((grant, transfer_id.as_str()), (&grant_env, hex::encode(id).as_str()));
+                }
+                if let AnswerBody::RetryLater {
+                    code, retry_after_secs, ..
+                } = &a.body
+                {
+                    assert_eq!((code.as_str(), *retry_after_secs), ("rate-limited", 2));
                 }
             }
             other => panic!("{name}: unknown decoder {other}"),

@@ -142,6 +142,17 @@ pub enum AnswerBody {
         #[serde(deserialize_with = "crate::text::de::reason")]
         text: String,
     },
+    /// Not taken now, nothing recorded: the sender is over a limit of the
+    /// holder (`rate-limited`, `approvals-full`) and sends it again no
+    /// sooner than `retry_after_secs` from now (PROTOCOL.md §12.1).
+    RetryLater {
+        /// Stable code.
+        code: String,
+        /// Why.
+        text: String,
+        /// Seconds to wait before sending it again (at least 1).
+        retry_after_secs: u64,
+    },
 }
 
 /// A grant, signed by the holder ([`GRANT_DOMAIN`]).

@@ -20,6 +20,8 @@
 //!   or a grant expiry while the recipient is away ends the transfer on both sides.
 //! - `scope`: scope decided per object: an OT object filed in a CT series is left out under a
 //!   CT-only consent and named (by reference) in the holder's `transfers show`.
+//! - `limits`: a trusted peer that floods a running node with requests is answered
+//!   retry-later beyond its burst, and nothing of the excess is recorded.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ mod deid;
 mod home;
 mod integrity;
 mod ledger;
+mod limits;
 mod net;
 mod notify;
 mod privacy;
