@@ -917,7 +917,12 @@ fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
         instances: 0,
         bytes: 0,
     };
-    n.store().land_study(&study, &row, None, Vec::new()).unwrap();
+    let update = crate::store::StudyUpdate {
+        study,
+        row,
+        patient: None,
+    };
+    n.store().commit_batch(Vec::new(), vec![update]).unwrap();
     study
 }
 
