@@ -25,6 +25,8 @@
 mod deid;
 pub mod engine;
 #[cfg(test)]
+mod landing_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod vectors;

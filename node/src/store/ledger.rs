@@ -195,6 +195,7 @@ impl super::Store {
         author: &Author<'_>,
         event: Event,
     ) -> Result<SignedEntry, StoreError> {
+        self.crash_point("ledger: append")?;
         let key = author.identity.ed25519_public();
         let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
         let head = feed_head(&entries, &key).map_err(|e| self.err(e))?;
