@@ -50,6 +50,7 @@ impl super::Store {
         author: &Author<'_>,
         event: Event,
     ) -> Result<Option<(Purged, SignedEntry)>, StoreError> {
+        self.crash_point("purge: rows")?;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         let mut addresses = Vec::new();

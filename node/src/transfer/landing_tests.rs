@@ -277,11 +277,18 @@ fn chunk_hashes(plain: &[u8], chunk: u32) -> Vec<u8> {
 fn an_object_of_another_study_in_the_stream_is_refused_as_bad_object() {
     let s = sites();
     let (id, open, plan) = requested(&s.holder, &s.recipient, 1);
-    // A holder that slips another study's object in under the grant, with
-    // an index, manifest and attestation made (and signed) to match it.
+    // A holder that slips another study's object in under the grant (the
+    // same series and instance, another Study Instance UID), with an index,
+    // manifest and attestation made (and signed) to match it.
     let mut plain = plaintexts(&plan);
     let last = plain.len() - 1;
-    plain[0] = std::fs::read(corpus(OTHER)).unwrap();
+    let other_uid = format!("{}9", &STUDY[..STUDY.len() - 1]);
+    assert_ne!(other_uid, STUDY);
+    let at = plain[0]
+        .windows(STUDY.len())
+        .position(|w| w == STUDY.as_bytes())
+        .unwrap();
+    plain[0][at..at + STUDY.len()].copy_from_slice(other_uid.as_bytes());
     let mut index: StudyIndex = wire::decode("study index", &plain[last], wire::MAX_INDEX).unwrap();
     index.instances[0].blake3 = blake3::hash(&plain[0]).as_bytes().to_vec();
     plain[last] = wire::encode("study index", &index).unwrap();
@@ -543,10 +550,14 @@ fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash()
     let n = home(dir.path(), "site", "DE");
     n.import(&[corpus(CT)], |_| {}).unwrap();
     let study = n.store().study_ref(STUDY);
-    n.store().crash_at(APPEND);
-    assert!(n.purge_study(STUDY, PurgeReason::Erasure).is_err());
-    assert!(n.store().study_row(&study).unwrap().is_some());
-    assert_eq!(entries(&n, "study-purged"), 0);
+    // Stopped before the rows go (or as the entry is appended): neither
+    // the entry nor the deletion is there.
+    for step in ["purge: rows", APPEND] {
+        n.store().crash_at(step);
+        assert!(n.purge_study(STUDY, PurgeReason::Erasure).is_err(), "{step}");
+        assert!(n.store().study_row(&study).unwrap().is_some(), "{step}");
+        assert_eq!(entries(&n, "study-purged"), 0, "{step}");
+    }
     // The commitment still names the study (the salt goes with the rows).
     assert_eq!(
         n.store()
