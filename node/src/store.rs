@@ -37,8 +37,14 @@
 //!
 //! Objects of a transfer being received are written to
 //! `blobs/incoming/<transfer id>/<object index>` as they arrive, in the
-//! sealed-object format (sealed to this node by the sender), and moved into
+//! sealed-object format (sealed to this node by the sender), and linked into
 //! place when the whole study has been verified (see [`Store::land_study`]).
+//! No batch, import or landing, ever renames or links over a blob a row owns
+//! or another batch claims, nor changes a blob's owner.
+//!
+//! A change that has a ledger entry appends it in its own write transaction
+//! (`append_in`, with an [`Author`]): the change and its entry are committed
+//! together or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
