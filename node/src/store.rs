@@ -37,8 +37,14 @@
 //!
 //! Objects of a transfer being received are written to
 //! `blobs/incoming/<transfer id>/<object index>` as they arrive, in the
-//! sealed-object format (sealed to this node by the sender), and moved into
+//! sealed-object format (sealed to this node by the sender), and linked into
 //! place when the whole study has been verified (see [`Store::land_study`]).
+//! No batch, import or landing, ever renames or links over a blob a row owns
+//! or another batch claims, nor changes a blob's owner.
+//!
+//! A change that has a ledger entry appends it in its own write transaction
+//! (`append_in`, with an [`Author`]): the change and its entry are committed
+//! together or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -59,18 +65,19 @@ use crate::cbor::{self, CodecError};
 use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
+use crate::ledger::{Event, SignedEntry};
 
 mod ledger;
 mod notify;
 mod purge;
 mod relink;
 mod transfers;
-pub use ledger::{Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
+pub use ledger::{Author, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
 pub use relink::{RELINK_VERSION, RelinkRecord};
-pub use transfers::LandedObject;
 pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
+pub use transfers::{LandedObject, Landing};
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta-v1");
 const STUDIES: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("studies-v1");
@@ -380,6 +387,9 @@ pub struct Store {
     fsync: bool,
     /// The outbox's last sequence, sent whenever a notification is added (wakes delivery).
     outbox_tx: tokio::sync::watch::Sender<u64>,
+    /// Tests: the step of a multi-step change at which to stop as a crash would.
+    #[cfg(test)]
+    crash_at: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl fmt::Debug for Store {
@@ -523,7 +533,31 @@ impl Store {
             consent_key,
             fsync,
             outbox_tx: tokio::sync::watch::Sender::new(0),
+            #[cfg(test)]
+            crash_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Tests: the next multi-step change that reaches `step` stops there,
+    /// as if the process died (nothing after it runs, not even clean-up).
+    #[cfg(test)]
+    pub(crate) fn crash_at(&self, step: &'static str) {
+        *self.crash_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(step);
+    }
+
+    /// Where a test may stop a multi-step change ([`Store::crash_at`]).
+    #[allow(clippy::unnecessary_wraps, clippy::unused_self)] // a no-op outside tests
+    fn crash_point(&self, step: &'static str) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            let mut at = self.crash_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *at == Some(step) {
+                *at = None;
+                return Err(StoreError::Conflict(format!("crash injected at {step}")));
+            }
+        }
+        let _ = step;
+        Ok(())
     }
 
     fn err(&self, e: impl fmt::Display) -> StoreError {
@@ -804,12 +838,23 @@ impl Store {
     /// Steps 1 and 2 of a batch (see the module docs): records the blobs'
     /// addresses as pending, then renames their files into place and syncs
     /// the directories. The caller writes the rows and clears the intent.
+    /// An address a row owns or another batch claims (a landing, a purge)
+    /// refuses the batch: a batch never renames over a blob the store holds.
     fn place_blobs<'a>(&self, files: impl Iterator<Item = ([u8; 32], &'a Path)> + Clone) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         {
+            let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             for (address, _) in files.clone() {
+                if blobs.get(address).map_err(|e| self.err(e))?.is_some()
+                    || pending.get(address).map_err(|e| self.err(e))?.is_some()
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "object {} is held or being stored already; it is not stored again",
+                        hex::encode(&address[..8])
+                    )));
+                }
                 pending.insert(address, ()).map_err(|e| self.err(e))?;
             }
         }
@@ -962,8 +1007,27 @@ impl Store {
         ids: &[ConsentId],
         mut decide: impl FnMut(usize, Option<ConsentRecord>) -> Result<Option<ConsentRecord>, E>,
     ) -> Result<(), E> {
+        self.update_consents_logged(ids, None, |i, stored| Ok::<_, E>((decide(i, stored)?, Vec::new())))?;
+        Ok(())
+    }
+
+    /// As [`Store::update_consents`], and appends the ledger entries each
+    /// decision returns (signed by `author`) in the same write transaction:
+    /// a consent change and its entry are committed together or not at all.
+    /// Returns the entries appended.
+    ///
+    /// # Errors
+    /// As [`Store::update_consents`]; [`StoreError::Ledger`] (also for entries
+    /// without an author).
+    pub fn update_consents_logged<E: From<StoreError>>(
+        &self,
+        ids: &[ConsentId],
+        author: Option<&Author<'_>>,
+        mut decide: impl FnMut(usize, Option<ConsentRecord>) -> Result<(Option<ConsentRecord>, Vec<Event>), E>,
+    ) -> Result<Vec<SignedEntry>, E> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
+        let mut events = Vec::new();
         {
             let mut table = txn.open_table(CONSENTS).map_err(|e| self.err(e))?;
             let mut index = txn.open_multimap_table(CONSENT_PATIENTS).map_err(|e| self.err(e))?;
@@ -974,7 +1038,9 @@ impl Store {
                     None => None,
                 };
                 let previous_patient = stored.as_ref().map(|r| *r.patient().as_bytes());
-                let Some(record) = decide(i, stored)? else {
+                let (record, more) = decide(i, stored)?;
+                events.extend(more);
+                let Some(record) = record else {
                     continue;
                 };
                 if record.id() != id {
@@ -990,8 +1056,13 @@ impl Store {
                     .map_err(|e| self.err(e))?;
             }
         }
+        let entries = match author {
+            Some(a) => self.append_all_in(&txn, a, events)?,
+            None if events.is_empty() => Vec::new(),
+            None => return Err(StoreError::Ledger("an entry to append has no author".into()).into()),
+        };
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(entries)
     }
 
     /// The consent record with this id, if stored.

@@ -25,6 +25,8 @@
 mod deid;
 pub mod engine;
 #[cfg(test)]
+mod landing_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod vectors;
@@ -120,6 +122,16 @@ pub enum TransferError {
     /// The network is not running (transfers need `medmesh run`).
     #[error("{0}")]
     Network(String),
+    /// A received study was refused at landing (nothing of it is stored).
+    #[error("transfer {id}: {reason} [{code}]")]
+    Refused {
+        /// The transfer.
+        id: String,
+        /// The reason code (`bad-object`, `already-held`, ...).
+        code: &'static str,
+        /// Why (no patient data: objects by index, studies by reference).
+        reason: String,
+    },
 }
 
 /// Which side of a transfer this node is.
@@ -650,10 +662,18 @@ impl Node {
     }
 
     fn save(&self, rec: &mut TransferRecord) -> Result<(), HomeError> {
+        self.save_logged(rec, Vec::new())
+    }
+
+    /// Stores `rec` and appends `events` in one write transaction.
+    fn save_logged(&self, rec: &mut TransferRecord, events: Vec<Event>) -> Result<(), HomeError> {
         rec.updated = now();
         let id = parse_id(&rec.id)?;
         let sealed = self.seal_record(rec)?;
-        self.store().transfer_update::<HomeError>(&id, |_| Ok(Some(sealed)))?;
+        let (_, entries) = self
+            .store()
+            .transfer_update_logged::<HomeError>(&id, Some(&self.author()), |_| Ok((Some(sealed), events)))?;
+        self.logged(&entries);
         Ok(())
     }
 
@@ -663,16 +683,31 @@ impl Node {
         id: &TransferId,
         change: impl FnOnce(&mut TransferRecord) -> Result<T, HomeError>,
     ) -> Result<(TransferRecord, T), HomeError> {
+        self.update_transfer_logged(id, |rec| Ok((change(rec)?, Vec::new())))
+    }
+
+    /// Changes a transfer record and appends the entries `change` returns,
+    /// in one transaction; `change` may refuse. `change` runs inside the
+    /// write transaction: it must not write to the store itself (make a
+    /// study commitment before).
+    fn update_transfer_logged<T>(
+        &self,
+        id: &TransferId,
+        change: impl FnOnce(&mut TransferRecord) -> Result<(T, Vec<Event>), HomeError>,
+    ) -> Result<(TransferRecord, T), HomeError> {
         let mut out = None;
-        self.store().transfer_update::<HomeError>(id, |current| {
-            let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
-            let mut rec = self.open_record(id, sealed)?;
-            let t = change(&mut rec)?;
-            rec.updated = now();
-            let bytes = self.seal_record(&rec)?;
-            out = Some((rec, t));
-            Ok(Some(bytes))
-        })?;
+        let (_, entries) = self
+            .store()
+            .transfer_update_logged::<HomeError>(id, Some(&self.author()), |current| {
+                let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+                let mut rec = self.open_record(id, sealed)?;
+                let (t, events) = change(&mut rec)?;
+                rec.updated = now();
+                let bytes = self.seal_record(&rec)?;
+                out = Some((rec, t));
+                Ok((Some(bytes), events))
+            })?;
+        self.logged(&entries);
         out.ok_or_else(|| HomeError::from(TransferError::Unknown(hex::encode(id))))
     }
 
@@ -795,16 +830,17 @@ impl Node {
         rec.requested_level = level;
         rec.request_id = Some(request_id.to_string());
         let shown = self.decide(&mut rec, false)?;
-        self.save(&mut rec)?;
-        self.log(Event::TransferRequested {
+        // The record (with its grant) and its entries in one transaction.
+        let mut events = vec![Event::TransferRequested {
             transfer: rec.id.clone(),
             peer: peer.to_string(),
             purpose: purpose.to_string(),
             role: role.to_string(),
             direction: "received".into(),
             study: None,
-        })?;
-        self.log_decision(&rec)?;
+        }];
+        events.extend(self.decision_event(&rec)?);
+        self.save_logged(&mut rec, events)?;
         tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
         Ok(match rec.state {
             State::Granted => AnswerBody::Granted {
@@ -822,9 +858,11 @@ impl Node {
         })
     }
 
-    /// Writes the holder's decision on `rec` to the ledger.
-    fn log_decision(&self, rec: &TransferRecord) -> Result<(), HomeError> {
-        let event = match rec.state {
+    /// The entry of the holder's decision on `rec`, written with the record
+    /// that carries it. A grant names the study by its commitment (made now
+    /// if it is the first): call it before a write transaction.
+    fn decision_event(&self, rec: &TransferRecord) -> Result<Option<Event>, HomeError> {
+        Ok(Some(match rec.state {
             State::Granted => Event::TransferGranted {
                 transfer: rec.id.clone(),
                 peer: rec.peer.clone(),
@@ -844,9 +882,8 @@ impl Node {
                 purpose: rec.purpose.to_string(),
                 codes: rec.reasons.iter().map(|r| r.code.clone()).collect(),
             },
-            _ => return Ok(()),
-        };
-        self.log(event)
+            _ => return Ok(None),
+        }))
     }
 
     /// Decides `rec` (trust, study, consent and policy) and sets its state,
@@ -996,8 +1033,8 @@ impl Node {
         );
         rec.requested_level = level;
         self.decide(&mut rec, false)?;
-        self.save(&mut rec)?;
-        self.log_decision(&rec)?;
+        let events = self.decision_event(&rec)?.into_iter().collect();
+        self.save_logged(&mut rec, events)?;
         self.transfer_view(&rec)
     }
 
@@ -1038,7 +1075,16 @@ impl Node {
             return Err(not_pending(&draft));
         }
         self.decide(&mut draft, true)?;
-        let (rec, ()) = self.update_transfer(&tid, |rec| {
+        // The decision and its entries in one transaction.
+        let mut events = Vec::new();
+        if draft.state == State::Granted {
+            events.push(Event::TransferApproved {
+                transfer: draft.id.clone(),
+                peer: draft.peer.clone(),
+            });
+        }
+        events.extend(self.decision_event(&draft)?);
+        let (rec, ()) = self.update_transfer_logged(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(not_pending(rec));
             }
@@ -1048,15 +1094,8 @@ impl Node {
             rec.level = draft.level;
             rec.expires = draft.expires;
             rec.institution.clone_from(&draft.institution);
-            Ok(())
+            Ok(((), events))
         })?;
-        if rec.state == State::Granted {
-            self.log(Event::TransferApproved {
-                transfer: rec.id.clone(),
-                peer: rec.peer.clone(),
-            })?;
-        }
-        self.log_decision(&rec)?;
         tracing::info!(transfer = %rec.id, state = rec.state.as_str(), "approval decided");
         // Checked again and now refused (a consent withdrawn meanwhile): the requester is told.
         let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
@@ -1084,7 +1123,7 @@ impl Node {
             }
             .into());
         }
-        let (rec, ()) = self.update_transfer(&tid, |rec| {
+        let (rec, ()) = self.update_transfer_logged(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(TransferError::State {
                     id: rec.id.clone(),
@@ -1094,9 +1133,10 @@ impl Node {
             }
             rec.state = State::Denied;
             rec.reasons = vec![reason("denied-by-approver", why)];
-            Ok(())
+            // A denial names no study: its entry needs no commitment.
+            let event = self.decision_event(rec)?;
+            Ok(((), event.into_iter().collect()))
         })?;
-        self.log_decision(&rec)?;
         let msg = (rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
@@ -1789,22 +1829,27 @@ impl Node {
             ));
         }
         let receipt_bytes = bytes.to_vec();
-        self.update_transfer(&id, |r| {
-            r.receipt = receipt_bytes;
-            r.state = State::Complete;
-            r.error = None;
-            Ok(())
-        })?;
-        self.live().remove(&id);
-        self.remove_outgoing(&id);
-        self.log(Event::TransferSent {
+        let event = Event::TransferSent {
             transfer: rec.id.clone(),
             peer: peer.to_string(),
             study: hex::encode(self.study_commitment(&rec.study_uid)?),
             objects: manifest.objects.len() as u64,
             bytes: manifest.objects.iter().map(|o| o.size).sum(),
             level: rec.level.map_or("", DeidLevel::as_str).to_string(),
+        };
+        // The completion and its entry in one transaction (once: a receipt
+        // sent twice completes the transfer once).
+        self.update_transfer_logged(&id, |r| {
+            if r.state == State::Complete {
+                return Ok(((), Vec::new()));
+            }
+            r.receipt = receipt_bytes;
+            r.state = State::Complete;
+            r.error = None;
+            Ok(((), vec![event]))
         })?;
+        self.live().remove(&id);
+        self.remove_outgoing(&id);
         tracing::info!(transfer = %rec.id, peer = %peer, "delivery receipt received: transfer complete");
         Ok(AnswerBody::Ack)
     }
@@ -1896,19 +1941,19 @@ impl Node {
             }
             .into());
         }
-        self.save(&mut rec)?;
         let study = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .ok()
             .map(|(_, g)| hex::encode(g.study_ref))
             .filter(|s| !s.is_empty());
-        self.log(Event::TransferRequested {
+        let event = Event::TransferRequested {
             transfer: rec.id.clone(),
             peer: peer.to_string(),
             purpose: purpose.to_string(),
             role: role.to_string(),
             direction: "sent".into(),
             study,
-        })?;
+        };
+        self.save_logged(&mut rec, vec![event])?;
         self.transfer_view(&rec)
     }
 
@@ -2175,55 +2220,95 @@ impl Node {
         Ok(())
     }
 
-    /// Lands a fully received transfer: checks the index object, moves the
-    /// objects into the store under the grant, marks it landed. Idempotent.
+    /// Lands a fully received transfer: checks the index object and that
+    /// every object belongs to the granted study, then moves the objects
+    /// into the store under the grant, marks the transfer landed and writes
+    /// its `transfer-received` entry, all in one transaction
+    /// ([`crate::store::Store::land_study`]). Never replaces or deletes
+    /// anything the site holds. Idempotent.
     ///
     /// # Errors
-    /// Store and file errors; a bad index fails the transfer.
+    /// [`TransferError::Refused`] (`bad-object`: an object of another study
+    /// or not as the index describes it; `already-held`: the study or an
+    /// object is held here already); store and file errors; a bad index
+    /// fails the transfer.
     pub fn land(&self, accepted: &Accepted) -> Result<(), HomeError> {
         let id = &accepted.id;
         let rec = self.transfer(id)?;
         let idh = rec.id.clone();
         if matches!(rec.state, State::Landed | State::Complete) {
+            // Landed before (a crash before the received copies were removed).
+            self.store().clear_chunks(id)?;
             return Ok(());
+        }
+        if rec.state != State::Streaming {
+            return Err(TransferError::State {
+                id: idh,
+                reason: format!("is {}, not being received", rec.state.as_str()),
+            }
+            .into());
         }
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
-        // Landed before (a retry after a crash between storing the study and
-        // recording it): the incoming folder, index included, may be gone.
-        let already = self
-            .store()
-            .studies()?
-            .iter()
-            .any(|(_, r)| matches!(&r.origin, Origin::Received(g) if g.transfer_id == idh));
-        if !already {
-            let index = self.read_index(accepted, &idh)?;
-            // A de-identified study lands under its new Study Instance UID.
-            let landed_uid = if grant.level == DeidLevel::Identifiable {
-                grant.study_uid.clone()
-            } else {
-                index.study.study_uid.clone()
-            };
-            let study = self.store().study_ref(&landed_uid);
-            self.land_objects(accepted, &rec, &grant, &study, &index)?;
-        }
-        self.store().clear_chunks(id)?;
-        self.update_transfer(id, |r| {
-            r.state = State::Landed;
-            Ok(())
-        })?;
-        // (A transfer already landed returned above: this is logged once.)
-        self.log(Event::TransferReceived {
+        let index = self.read_index(accepted, &idh)?;
+        // A de-identified study lands under its new Study Instance UID (the
+        // index's: the holder signed its hash in the manifest).
+        let landed_uid = if grant.level == DeidLevel::Identifiable {
+            grant.study_uid.clone()
+        } else {
+            index.study.study_uid.clone()
+        };
+        let study = self.store().study_ref(&landed_uid);
+        let (objects, row, patient) = self.land_objects(accepted, &rec, &grant, &study, &index, &landed_uid)?;
+        let event = Event::TransferReceived {
             transfer: idh.clone(),
             peer: rec.peer.clone(),
             study: hex::encode(&grant.study_ref),
             objects: (accepted.manifest.objects.len() - 1) as u64,
             level: grant.level.as_str().to_string(),
-        })?;
+        };
+        let landing = crate::store::Landing {
+            transfer: id,
+            study: &study,
+            row: &row,
+            patient,
+            objects,
+        };
+        let result = self.store().land_study(landing, &self.author(), |current| {
+            // Inside the landing's transaction: a transfer ended meanwhile
+            // (failed, scrubbed) does not land.
+            let sealed = current.ok_or_else(|| TransferError::Unknown(idh.clone()))?;
+            let mut r = self.open_record(id, sealed)?;
+            if r.state != State::Streaming {
+                return Err(HomeError::from(TransferError::State {
+                    id: idh.clone(),
+                    reason: format!("became {} while it was landing", r.state.as_str()),
+                }));
+            }
+            r.state = State::Landed;
+            r.updated = now();
+            Ok((self.seal_record(&r)?, vec![event]))
+        });
+        let entries = match result {
+            Ok(entries) => entries,
+            Err(HomeError::Store(StoreError::Conflict(why))) => {
+                return Err(TransferError::Refused {
+                    id: idh,
+                    code: "already-held",
+                    reason: why,
+                }
+                .into());
+            }
+            Err(e) => return Err(e),
+        };
+        self.logged(&entries);
         tracing::info!(transfer = %idh, "study received, verified and stored");
         Ok(())
     }
 
+    /// Checks every received object against the index and the granted study
+    /// and makes the study's rows.
+    #[allow(clippy::type_complexity)]
     fn land_objects(
         &self,
         a: &Accepted,
@@ -2231,7 +2316,8 @@ impl Node {
         grant: &Grant,
         study: &StudyRef,
         index: &StudyIndex,
-    ) -> Result<(), HomeError> {
+        landed_uid: &str,
+    ) -> Result<(Vec<LandedObject>, StudyRow, Option<[u8; 32]>), HomeError> {
         let idh = &rec.id;
         let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
@@ -2242,6 +2328,14 @@ impl Node {
         {
             return Err(damaged(idh, "the study index does not describe the objects sent").into());
         }
+        let bad_object = |i: usize, why: &str| -> HomeError {
+            TransferError::Refused {
+                id: idh.clone(),
+                code: "bad-object",
+                reason: format!("object {i} {why}"),
+            }
+            .into()
+        };
         let mut objects = Vec::with_capacity(last);
         let mut seen = std::collections::BTreeSet::new();
         let mut total = 0u64;
@@ -2251,9 +2345,19 @@ impl Node {
             if m.blake3 != o.blake3 || (identifiable && !grant.series.contains(&m.series_uid)) {
                 return Err(damaged(idh, format!("the study index does not describe object {i}")).into());
             }
+            let path = dir.join(i.to_string());
+            // The object itself must say it is of the granted study (and be
+            // the instance the index names): a holder cannot slip another
+            // study's object in under this grant.
+            let uids = object_uids(&path, &a.key, m.part10, o.size).map_err(|why| bad_object(i, &why))?;
+            if uids.study != landed_uid {
+                return Err(bad_object(i, "is not of the granted study"));
+            }
+            if uids.series != m.series_uid || uids.sop != m.sop_instance_uid {
+                return Err(bad_object(i, "is not the instance the study index names"));
+            }
             let hash = blake3::Hash::from_bytes(key32(&o.blake3).ok_or_else(|| damaged(idh, "hash"))?);
             let address = self.store().blob_address(&hash);
-            let path = dir.join(i.to_string());
             if !seen.insert(address) {
                 // The same bytes twice: stored once.
                 let _ = std::fs::remove_file(&path);
@@ -2300,8 +2404,7 @@ impl Node {
             self.store()
                 .patient_ref(attrs.patient_id.trim(), attrs.issuer_of_patient_id.trim())
         });
-        self.store().land_study(study, &row, patient, objects)?;
-        Ok(())
+        Ok((objects, row, patient))
     }
 
     /// The study index object of a received transfer (the last object).
@@ -2371,8 +2474,12 @@ impl Node {
     }
 
     /// Locks every received study whose grant has ended: its data key is
-    /// destroyed. Returns how many were locked. Then applies the retention
-    /// policy to locked copies ([`Node::enforce_retention`]).
+    /// destroyed, the transfer's documents that would derive it again go,
+    /// and its `study-locked` entry is written, in one transaction. Returns
+    /// how many were locked. A locked study whose documents are still there
+    /// (locked by an older version that deleted them in a second step) has
+    /// them deleted now. Then applies the retention policy to locked copies
+    /// ([`Node::enforce_retention`]).
     ///
     /// # Errors
     /// Store errors.
@@ -2380,32 +2487,97 @@ impl Node {
         let t = now();
         let mut locked = 0;
         for (study, row) in self.store().studies()? {
-            if let Origin::Received(g) = &row.origin
-                && g.expires <= t
-                && !row.wrapped_key.is_empty()
-            {
-                let done = self.store().lock_study(&study, |r| {
+            let Origin::Received(g) = &row.origin else {
+                continue;
+            };
+            if g.expires > t {
+                continue;
+            }
+            // The manifest's ephemeral key and the node's X25519 key would
+            // derive the data key again: the transfer's documents go too.
+            let transfer = parse_id(&g.transfer_id).ok();
+            if row.wrapped_key.is_empty() {
+                if let Some(id) = transfer
+                    && (self.store().transfer_doc(&id, DOC_MANIFEST)?.is_some()
+                        || self.store().transfer_doc(&id, DOC_KEY)?.is_some())
+                {
+                    self.store().transfer_docs_remove(&id)?;
+                    tracing::info!(transfer = %g.transfer_id, "the key documents of a locked study deleted");
+                }
+                continue;
+            }
+            let event = Event::StudyLocked {
+                study: hex::encode(&g.study_ref),
+            };
+            let entry = self
+                .store()
+                .lock_study(&study, transfer.as_ref(), &self.author(), event, |r| {
                     if let Origin::Received(g) = &mut r.origin {
                         g.locked = Some(t);
                     }
                 })?;
-                if done {
-                    // The manifest's ephemeral key and the node's X25519 key would
-                    // derive the data key again: the transfer's documents go too.
-                    if let Ok(id) = parse_id(&g.transfer_id) {
-                        self.store().transfer_docs_remove(&id)?;
-                    }
-                    self.log(Event::StudyLocked {
-                        study: hex::encode(&g.study_ref),
-                    })?;
-                    locked += 1;
-                    tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
-                }
+            if let Some(entry) = entry {
+                self.logged(std::slice::from_ref(&entry));
+                locked += 1;
+                tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
             }
         }
         self.enforce_retention(t)?;
         Ok(locked)
     }
+}
+
+/// The UIDs a received object carries.
+struct ObjectUids {
+    study: String,
+    series: String,
+    sop: String,
+}
+
+/// Largest received object read whole to find its UIDs when it is not a
+/// Part 10 file (a Part 10 file is read up to its Pixel Data).
+const MAX_BARE_OBJECT: u64 = 64 * 1024 * 1024;
+
+/// Reads the Study, Series and SOP Instance UIDs of a received object (a
+/// sealed file under the transfer key). Errors are texts without UIDs.
+fn object_uids(path: &std::path::Path, key: &DataKey, part10: bool, size: u64) -> Result<ObjectUids, String> {
+    use dicom_dictionary_std::tags;
+    use dicom_object::file::ReadPreamble;
+    let file = File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut reader =
+        medmesh_seal::OpenReader::new(key, std::io::BufReader::new(file)).map_err(|e| format!("does not open: {e}"))?;
+    let obj = if part10 {
+        dicom_object::OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Auto)
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(&mut reader)
+            .map(dicom_object::FileDicomObject::into_inner)
+            .map_err(|_| "is not a DICOM object that parses".to_string())?
+    } else {
+        if size > MAX_BARE_OBJECT {
+            return Err("is a bare data set too large to check".into());
+        }
+        let mut bytes = Zeroizing::new(Vec::new());
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("does not open: {e}"))?;
+        crate::dicom::parse_whole(&bytes)
+            .map_err(|_| "is not a DICOM object that parses".to_string())?
+            .0
+    };
+    let uid = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.trim_end_matches(['\0', ' ']).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| "lacks a Study, Series or SOP Instance UID".to_string())
+    };
+    Ok(ObjectUids {
+        study: uid(tags::STUDY_INSTANCE_UID)?,
+        series: uid(tags::SERIES_INSTANCE_UID)?,
+        sop: uid(tags::SOP_INSTANCE_UID)?,
+    })
 }
 
 fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferError {

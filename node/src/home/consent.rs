@@ -666,6 +666,13 @@ impl Node {
         format!("consent-{}", hex::encode(&self.store().consent_ref(consent_id)[..16]))
     }
 
+    /// The `consent-added` entry of a consent: named by its keyed reference, never its id.
+    fn consent_added(&self, id: &ConsentId) -> crate::ledger::Event {
+        crate::ledger::Event::ConsentAdded {
+            consent: self.consent_ref(id),
+        }
+    }
+
     fn patient_ref(&self, patient_id: &str, issuer: &str) -> PatientRef {
         PatientRef::from_bytes(self.store().patient_ref(patient_id, issuer))
     }
@@ -790,15 +797,19 @@ impl Node {
             legal_basis,
         };
         let record = ConsentRecord::new(draft).map_err(|source| record_err(&id, source))?;
-        self.store()
-            .update_consents(std::slice::from_ref(&id), |_, stored| match stored {
-                Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
-                None => Ok(Some(record.clone())),
-            })?;
+        // The record and its entry in one transaction.
+        let entries =
+            self.store()
+                .update_consents_logged(
+                    std::slice::from_ref(&id),
+                    Some(&self.author()),
+                    |_, stored| match stored {
+                        Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
+                        None => Ok((Some(record.clone()), vec![self.consent_added(&id)])),
+                    },
+                )?;
+        self.logged(&entries);
         tracing::info!(consent = %self.consent_ref(&id), "consent recorded");
-        self.log(crate::ledger::Event::ConsentAdded {
-            consent: self.consent_ref(&id),
-        })?;
         // An objection (a deny) may end transfers under way.
         self.end_affected_transfers_after("consent added");
         self.entry(record, now)
@@ -886,23 +897,37 @@ impl Node {
         // transaction, so a concurrent withdrawal is never overwritten.
         let ids: Vec<ConsentId> = out.iter().map(|o| o.record.id().clone()).collect();
         let replace = req.replace;
-        self.store().update_consents(&ids, |i, stored| {
-            let o = &mut out[i];
-            let err = |e: fn(String, String) -> ConsentOpError| {
-                HomeError::Consent(e(o.file.display().to_string(), o.id.clone()))
-            };
-            let (outcome, write) = match stored {
-                None => ("added", true),
-                Some(old) if old == o.record => ("unchanged", false),
-                Some(old) if old.withdrawn_at().is_some() => {
-                    return Err(err(|path, id| ConsentOpError::Withdrawn { path, id }));
+        // Each record written and its entry (`consent-added`, and
+        // `consent-withdrawn` for one imported as withdrawn) in one transaction.
+        let entries = self
+            .store()
+            .update_consents_logged(&ids, Some(&self.author()), |i, stored| {
+                let o = &mut out[i];
+                let err = |e: fn(String, String) -> ConsentOpError| {
+                    HomeError::Consent(e(o.file.display().to_string(), o.id.clone()))
+                };
+                let (outcome, write) = match stored {
+                    None => ("added", true),
+                    Some(old) if old == o.record => ("unchanged", false),
+                    Some(old) if old.withdrawn_at().is_some() => {
+                        return Err(err(|path, id| ConsentOpError::Withdrawn { path, id }));
+                    }
+                    Some(_) if replace => ("replaced", true),
+                    Some(_) => return Err(err(|path, id| ConsentOpError::Exists { path, id })),
+                };
+                o.outcome = outcome.into();
+                if !write {
+                    return Ok((None, Vec::new()));
                 }
-                Some(_) if replace => ("replaced", true),
-                Some(_) => return Err(err(|path, id| ConsentOpError::Exists { path, id })),
-            };
-            o.outcome = outcome.into();
-            Ok(write.then(|| o.record.clone()))
-        })?;
+                let mut events = vec![self.consent_added(o.record.id())];
+                if o.record.withdrawn_at().is_some() {
+                    events.push(crate::ledger::Event::ConsentWithdrawn {
+                        consent: self.consent_ref(o.record.id()),
+                    });
+                }
+                Ok((Some(o.record.clone()), events))
+            })?;
+        self.logged(&entries);
         let changed = out.iter().filter(|o| o.outcome != "unchanged").count();
         tracing::info!(records = changed, "FHIR consents imported");
         self.end_affected_transfers_after("FHIR consents imported");
@@ -933,20 +958,25 @@ impl Node {
         let now = utc_now();
         let cid: ConsentId = parse_id("id", id)?;
         let mut result = None;
-        self.store().update_consents(std::slice::from_ref(&cid), |_, stored| {
-            let mut record = stored.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-            let change = record.withdrawn_at().is_none_or(|w| w > now);
-            if change {
-                record.withdraw(now);
-                tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
-            }
-            result = Some(record.clone());
-            Ok::<_, HomeError>(change.then_some(record))
-        })?;
+        // The withdrawal and its entry in one transaction.
+        let entries =
+            self.store()
+                .update_consents_logged(std::slice::from_ref(&cid), Some(&self.author()), |_, stored| {
+                    let mut record =
+                        stored.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
+                    let change = record.withdrawn_at().is_none_or(|w| w > now);
+                    if change {
+                        record.withdraw(now);
+                        tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
+                    }
+                    result = Some(record.clone());
+                    let event = crate::ledger::Event::ConsentWithdrawn {
+                        consent: self.consent_ref(&cid),
+                    };
+                    Ok::<_, HomeError>((change.then_some(record), vec![event]))
+                })?;
+        self.logged(&entries);
         let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-        self.log(crate::ledger::Event::ConsentWithdrawn {
-            consent: self.consent_ref(&cid),
-        })?;
         self.end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)
     }
@@ -1130,6 +1160,8 @@ impl Node {
         Ok(report)
     }
 }
+
+/// The entry of a consent put on record (added, or replaced by an import).
 
 fn record_err(id: &ConsentId, cause: ConsentError) -> HomeError {
     HomeError::Consent(ConsentOpError::Record {

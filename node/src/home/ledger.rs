@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{HomeError, Node, rfc3339};
 use crate::ledger::{self, Event, SignedEntry};
+use crate::store::Author;
 
 /// Who does what at a site, as entries name people: by role and site only.
 pub const ADMIN_ROLE: &str = "site-admin";
@@ -81,18 +82,40 @@ impl Node {
     ///
     /// # Errors
     /// Store errors: the caller's operation fails rather than go unrecorded.
+    ///
+    /// An action that changes state writes its entry with the change, in the
+    /// same write transaction (see [`Node::author`]); this is for entries
+    /// that record what changes no state here (an export, a request sent).
     pub fn log(&self, event: Event) -> Result<(), HomeError> {
-        let kind = event.kind();
         let e = self
             .store()
             .ledger_append(self.identity(), super::trust::now(), event)?;
-        tracing::debug!(seq = e.entry.seq, kind, "ledger entry written");
-        self.ledger_seq.send_if_modified(|s| {
-            let newer = e.entry.seq > *s;
-            *s = (*s).max(e.entry.seq);
-            newer
-        });
+        self.logged(std::slice::from_ref(&e));
         Ok(())
+    }
+
+    /// Who signs the entries a change appends in its own write transaction
+    /// (the store's `…_logged` calls, `land_study`, `lock_study`,
+    /// `purge_study`): this node, now.
+    #[must_use]
+    pub fn author(&self) -> Author<'_> {
+        Author {
+            identity: self.identity(),
+            time: super::trust::now(),
+        }
+    }
+
+    /// Notes entries appended (and committed) with a change: wakes the
+    /// ledger's publication.
+    pub fn logged(&self, entries: &[SignedEntry]) {
+        for e in entries {
+            tracing::debug!(seq = e.entry.seq, kind = e.entry.event.kind(), "ledger entry written");
+            self.ledger_seq.send_if_modified(|s| {
+                let newer = e.entry.seq > *s;
+                *s = (*s).max(e.entry.seq);
+                newer
+            });
+        }
     }
 
     /// This node's commitment of a study (made on first use).

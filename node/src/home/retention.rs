@@ -1,13 +1,15 @@
 //! Disposal: purging a study for retention or a patient's erasure request,
 //! and the retention policy that purges locked received copies on its own.
 //!
-//! A purge is written to the ledger first (`study-purged`, naming the study
-//! by its commitment); then the transfer records and the re-link map stop
-//! naming the study, this node's commitment salt is erased (every entry that
-//! ever named the study, here and at every other node, still verifies but
-//! names nothing any more), and last the study's rows, data key and files
-//! are deleted. Until that last step the study is still there to purge
-//! again, and every step before it can run twice.
+//! A purge first makes the transfer records and the re-link map stop naming
+//! the study; then one write transaction deletes the study's rows and data
+//! key, erases this node's commitment salt (every entry that ever named the
+//! study, here and at every other node, still verifies but names nothing
+//! any more) and appends the `study-purged` entry (naming the study by its
+//! commitment), so the entry exists exactly when the study is gone; last the
+//! files are deleted (or, after a crash, at the next start, from the intent
+//! recorded in that transaction). Until that transaction the study is still
+//! there to purge again, and every step before it can run twice.
 
 use std::fmt;
 
@@ -131,8 +133,8 @@ impl Node {
     ///
     /// # Errors
     /// [`StoreError::UnknownStudy`]; store and ledger errors. The entry is
-    /// written before anything is deleted, so a purge that fails half-way
-    /// is logged and can be run again.
+    /// written in the transaction that deletes the rows, so a purge that
+    /// fails before it is neither logged nor done, and can be run again.
     pub fn purge_study(&self, which: &str, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
         let study = self.find_study(which)?;
         self.purge(study, reason)
@@ -179,14 +181,19 @@ impl Node {
             Origin::Received(g) => (true, own()?, Some(g.transfer_id.clone())),
             _ => (false, own()?, None),
         };
-        self.log(Event::StudyPurged {
-            study: commitment.clone(),
-            reason: reason.as_str().into(),
-        })?;
         let transfers = self.forget_study_in_transfers(&study, grant_transfer.as_deref())?;
         let relinks = self.store().relink_forget_study(&study)?;
-        let salt_erased = self.store().erase_commitment(&study)?;
-        let purged = self.store().purge_study(&study)?.unwrap_or_default();
+        // Rows, salt and entry in one transaction.
+        let event = Event::StudyPurged {
+            study: commitment.clone(),
+            reason: reason.as_str().into(),
+        };
+        let (purged, entry) = self
+            .store()
+            .purge_study(&study, &self.author(), event)?
+            .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
+        self.logged(std::slice::from_ref(&entry));
+        let salt_erased = purged.salt_erased;
         tracing::info!(study = %study.short(), %reason, instances = purged.instances, "study purged");
         Ok(PurgeReport {
             study: study.short(),

@@ -13,6 +13,24 @@ use super::{
 use crate::identity::Identity;
 use crate::ledger::{self, Event, SignedEntry};
 
+/// Who signs the entries a change appends in its own write transaction,
+/// and when (`Store::append_in`).
+#[derive(Clone, Copy)]
+pub struct Author<'a> {
+    /// This node's identity (signs the entries).
+    pub identity: &'a Identity,
+    /// The entries' time (Unix seconds).
+    pub time: i64,
+}
+
+impl std::fmt::Debug for Author<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Author")
+            .field("time", &self.time)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A stored entry: author key, seq, envelope bytes.
 pub type StoredEntry = ([u8; 32], u64, Vec<u8>);
 /// A feed head: author key, seq, entry id.
@@ -126,22 +144,29 @@ impl super::Store {
     pub fn erase_commitment(&self, study: &StudyRef) -> Result<bool, StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        let erased = {
-            let mut studies = txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
-            let c = studies.remove(study.0).map_err(|e| self.err(e))?.map(|v| v.value());
-            match c {
-                Some(c) => {
-                    txn.open_table(LEDGER_COMMITS)
-                        .map_err(|e| self.err(e))?
-                        .remove(c)
-                        .map_err(|e| self.err(e))?;
-                    true
-                }
-                None => false,
-            }
-        };
+        let erased = self.erase_commitment_in(&txn, study)?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(erased)
+    }
+
+    /// As `erase_commitment`, inside the caller's write transaction.
+    pub(super) fn erase_commitment_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        study: &StudyRef,
+    ) -> Result<bool, StoreError> {
+        let mut studies = txn.open_table(LEDGER_STUDIES).map_err(|e| self.err(e))?;
+        let c = studies.remove(study.0).map_err(|e| self.err(e))?.map(|v| v.value());
+        match c {
+            Some(c) => {
+                txn.open_table(LEDGER_COMMITS)
+                    .map_err(|e| self.err(e))?
+                    .remove(c)
+                    .map_err(|e| self.err(e))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Appends `event` to this node's own feed, in one write transaction
@@ -150,25 +175,53 @@ impl super::Store {
     /// # Errors
     /// [`StoreError::Database`], [`StoreError::Ledger`].
     pub fn ledger_append(&self, identity: &Identity, time: i64, event: Event) -> Result<SignedEntry, StoreError> {
-        let author = identity.ed25519_public();
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        let entry = {
-            let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
-            let head = feed_head(&entries, &author).map_err(|e| self.err(e))?;
-            let entry =
-                ledger::make_entry(identity, head, time, event).map_err(|e| StoreError::Ledger(e.to_string()))?;
-            entries
-                .insert(entry_key(&author, entry.entry.seq), entry.bytes.as_slice())
-                .map_err(|e| self.err(e))?;
-            txn.open_table(LEDGER_IDS)
-                .map_err(|e| self.err(e))?
-                .insert(entry.id, entry_key(&author, entry.entry.seq))
-                .map_err(|e| self.err(e))?;
-            entry
-        };
+        let entry = self.append_in(&txn, &Author { identity, time }, event)?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(entry)
+    }
+
+    /// Appends `event` to this node's own feed inside the caller's write
+    /// transaction: the entry is committed with the caller's change, or
+    /// neither is (the head is read inside it, so two appends never share a
+    /// seq).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Ledger`].
+    pub(super) fn append_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        author: &Author<'_>,
+        event: Event,
+    ) -> Result<SignedEntry, StoreError> {
+        self.crash_point("ledger: append")?;
+        let key = author.identity.ed25519_public();
+        let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
+        let head = feed_head(&entries, &key).map_err(|e| self.err(e))?;
+        let entry = ledger::make_entry(author.identity, head, author.time, event)
+            .map_err(|e| StoreError::Ledger(e.to_string()))?;
+        entries
+            .insert(entry_key(&key, entry.entry.seq), entry.bytes.as_slice())
+            .map_err(|e| self.err(e))?;
+        txn.open_table(LEDGER_IDS)
+            .map_err(|e| self.err(e))?
+            .insert(entry.id, entry_key(&key, entry.entry.seq))
+            .map_err(|e| self.err(e))?;
+        Ok(entry)
+    }
+
+    /// Appends each of `events`, in order, inside the caller's write transaction.
+    ///
+    /// # Errors
+    /// As `Store::append_in`.
+    pub(super) fn append_all_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        author: &Author<'_>,
+        events: Vec<Event>,
+    ) -> Result<Vec<SignedEntry>, StoreError> {
+        events.into_iter().map(|e| self.append_in(txn, author, e)).collect()
     }
 
     /// Every entry this node holds, as stored (envelope bytes), by author

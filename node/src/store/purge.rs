@@ -1,9 +1,11 @@
 //! Purging a study: its rows and blob files go for good (retention or a
 //! patient's right to erasure). The same crash-safety as an import, in
-//! reverse: one transaction removes the rows and records the blob addresses
-//! as an intent in `pending-v1`; the files are then deleted and the intent
-//! cleared. A crash in between leaves the intent, and [`Store::open`]'s
-//! recovery removes the files no row owns any more.
+//! reverse: one transaction removes the rows, erases this node's commitment
+//! salt of the study, appends the `study-purged` entry and records the blob
+//! addresses as an intent in `pending-v1`; the files are then deleted and the
+//! intent cleared. A crash in between leaves the intent, and [`Store::open`]'s
+//! recovery removes the files no row owns any more. The entry and the rows'
+//! removal are one transaction: neither is ever seen without the other.
 
 use std::fs;
 use std::io;
@@ -11,7 +13,10 @@ use std::io;
 use redb::{ReadableMultimapTable, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::{BLOBS, INSTANCES, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, blob_io, instance_key};
+use super::{
+    Author, BLOBS, INSTANCES, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, blob_io, instance_key,
+};
+use crate::ledger::{Event, SignedEntry};
 
 /// What [`Store::purge_study`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,19 +27,30 @@ pub struct Purged {
     pub bytes: u64,
     /// Blob files deleted.
     pub files: u64,
+    /// Whether this node's commitment salt of the study was erased.
+    #[serde(default)]
+    pub salt_erased: bool,
 }
 
 impl super::Store {
     /// Removes a study: its row, its instance rows, their blob index
-    /// entries, its patient index entries, and then its blob files. The
-    /// wrapped data key goes with the row, so nothing of the study can be
-    /// opened again even from a backup of the blob files. Returns `None`
-    /// when the study is unknown.
+    /// entries, its patient index entries and this node's commitment salt,
+    /// appends `event` (in the same transaction), and then deletes its blob
+    /// files. The wrapped data key goes with the row, so nothing of the study
+    /// can be opened again even from a backup of the blob files. Returns
+    /// `None` when the study is unknown (nothing is written then).
     ///
     /// # Errors
-    /// [`StoreError::Database`]; [`StoreError::BlobIo`] when a file cannot
-    /// be deleted (its row is gone already; the next open removes it).
-    pub fn purge_study(&self, study: &StudyRef) -> Result<Option<Purged>, StoreError> {
+    /// [`StoreError::Database`], [`StoreError::Ledger`]; [`StoreError::BlobIo`]
+    /// when a file cannot be deleted (its row is gone already; the next open
+    /// removes it).
+    pub fn purge_study(
+        &self,
+        study: &StudyRef,
+        author: &Author<'_>,
+        event: Event,
+    ) -> Result<Option<(Purged, SignedEntry)>, StoreError> {
+        self.crash_point("purge: rows")?;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         let mut addresses = Vec::new();
@@ -88,7 +104,10 @@ impl super::Store {
             }
             bytes
         };
+        let salt_erased = self.erase_commitment_in(&txn, study)?;
+        let entry = self.append_in(&txn, author, event)?;
         txn.commit().map_err(|e| self.err(e))?;
+        self.crash_point("purge: rows committed")?;
         let mut files = 0;
         for a in &doomed {
             let path = self.blob_path(a);
@@ -107,10 +126,14 @@ impl super::Store {
             }
         }
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(Some(Purged {
-            instances: addresses.len() as u64,
-            bytes,
-            files,
-        }))
+        Ok(Some((
+            Purged {
+                instances: addresses.len() as u64,
+                bytes,
+                files,
+                salt_erased,
+            },
+            entry,
+        )))
     }
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    BLOBS, INSTANCES, InstanceRow, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, TRANSFER_CHUNKS,
-    TRANSFER_DOCS, TRANSFERS, blob_io, cbor, instance_key,
+    Author, BLOBS, INSTANCES, InstanceRow, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, TRANSFER_CHUNKS,
+    TRANSFER_DOCS, TRANSFERS, blob_io, cbor, fsutil, instance_key,
 };
+use crate::ledger::{Event, SignedEntry};
 
 /// Kind of a transfer document: the signed manifest.
 pub(crate) const DOC_MANIFEST: u8 = 1;
@@ -110,19 +111,42 @@ impl super::Store {
         id: &[u8; 16],
         change: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Option<Vec<u8>>, E> {
+        let (new, _) = self.transfer_update_logged(id, None, |current| Ok::<_, E>((change(current)?, Vec::new())))?;
+        Ok(new)
+    }
+
+    /// As [`Store::transfer_update`], and appends the ledger entries
+    /// `change` returns (signed by `author`) in the same write transaction:
+    /// the new record and its entries are committed together or not at all.
+    /// Returns the new record and the entries appended.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Ledger`] (also for entries
+    /// without an author), or the error of `change` (nothing is written).
+    pub fn transfer_update_logged<E: From<StoreError>>(
+        &self,
+        id: &[u8; 16],
+        author: Option<&Author<'_>>,
+        change: impl FnOnce(Option<&[u8]>) -> Result<(Option<Vec<u8>>, Vec<Event>), E>,
+    ) -> Result<(Option<Vec<u8>>, Vec<SignedEntry>), E> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        let new = {
+        let (new, events) = {
             let mut table = txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
             let current = table.get(id).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
-            let new = change(current.as_deref())?;
+            let (new, events) = change(current.as_deref())?;
             if let Some(bytes) = &new {
                 table.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
             }
-            new
+            (new, events)
+        };
+        let entries = match author {
+            Some(a) => self.append_all_in(&txn, a, events)?,
+            None if events.is_empty() => Vec::new(),
+            None => return Err(StoreError::Ledger("an entry to append has no author".into()).into()),
         };
         txn.commit().map_err(|e| self.err(e))?;
-        Ok(new)
+        Ok((new, entries))
     }
 
     /// Stores a document of a transfer (manifest, wrapped key).
@@ -239,56 +263,190 @@ impl super::Store {
         }
     }
 
-    /// Moves the verified objects of a received study into the store and
-    /// writes its rows, replacing an earlier received copy of the same study
-    /// (whose blobs are removed afterwards). The same crash-safety steps as
-    /// an import batch: intent, rename, one index transaction.
+    /// Lands a received study: moves its verified objects into the store,
+    /// writes its rows, and in the same write transaction changes the
+    /// transfer's record (`record` gets the current sealed record and returns
+    /// the new one with the ledger entries to append), forgets its chunk
+    /// progress and appends the entries. Returns the entries appended.
+    ///
+    /// Nothing the store holds is ever replaced or deleted: a study with this
+    /// reference already held (imported here, or received from any peer or
+    /// transfer, locked or not) or an object whose blob address is held or
+    /// claimed by another batch refuses the landing. The steps are crash-safe
+    /// (see the module docs of `store`):
+    ///
+    /// 1. one transaction checks that and records the blob addresses as
+    ///    pending (the intent);
+    /// 2. each received file is hard-linked to its blob path (a link never
+    ///    replaces a file; the received copy stays in `blobs/incoming/`), and
+    ///    the directories are synced;
+    /// 3. one transaction writes the rows, clears the intent, changes the
+    ///    transfer record, forgets its chunk progress and appends the entries;
+    /// 4. `blobs/incoming/<id>/` is removed.
+    ///
+    /// A crash before 3 commits leaves the intent: the next open removes the
+    /// links (no row owns them), and the received files are still in place
+    /// with their progress, so the landing runs again. An error before 3
+    /// commits does the same at once.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when a study with that reference was imported
-    /// at this site (it is never replaced); database and file errors.
-    pub fn land_study(
+    /// [`StoreError::Conflict`] naming what is held already; the error of
+    /// `record`; database and file errors. On error the store holds what it
+    /// held before.
+    pub fn land_study<E: From<StoreError>>(
         &self,
-        study: &StudyRef,
-        row: &StudyRow,
-        patient: Option<[u8; 32]>,
-        objects: Vec<LandedObject>,
-    ) -> Result<(), StoreError> {
-        if let Some(existing) = self.study_row(study)?
-            && matches!(existing.origin, super::Origin::Local)
+        landing: Landing<'_>,
+        author: &Author<'_>,
+        record: impl FnOnce(Option<&[u8]>) -> Result<(Vec<u8>, Vec<Event>), E>,
+    ) -> Result<Vec<SignedEntry>, E> {
+        let Landing {
+            transfer,
+            study,
+            row,
+            patient,
+            objects,
+        } = landing;
+        let addresses: Vec<[u8; 32]> = objects.iter().map(|o| o.address).collect();
+        if addresses.iter().collect::<BTreeSet<_>>().len() != addresses.len() {
+            return Err(StoreError::Conflict("the same blob address twice in one landing".into()).into());
+        }
+        // 1. The intent, after checking that nothing held would be touched.
         {
+            let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            self.durability(&mut txn)?;
+            {
+                self.check_not_held(&txn, study, &addresses)?;
+                let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+                for a in &addresses {
+                    pending.insert(a, ()).map_err(|e| self.err(e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.err(e))?;
+        }
+        self.crash_point("landing: intent recorded")?;
+        // 2. Links, never over a file the store holds.
+        if let Err(e) = self.link_blobs(&objects) {
+            self.release(&addresses);
+            return Err(e.into());
+        }
+        self.crash_point("landing: blobs linked")?;
+        // 3. Rows, record, progress and entries in one transaction.
+        let entries = match self.land_rows(transfer, study, row, patient, &objects, author, record) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.release(&addresses);
+                return Err(e);
+            }
+        };
+        self.crash_point("landing: rows committed")?;
+        // 4. The received copies (each linked into place) go.
+        let dir = self.incoming_dir(transfer);
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(transfer = %hex::encode(transfer), cause = %e, "cannot remove the received copies of a landed study");
+        }
+        Ok(entries)
+    }
+
+    /// Refuses (inside `txn`) a landing of `study` when a study with that
+    /// reference is held, or when one of `addresses` is held by a study or
+    /// claimed by another batch.
+    fn check_not_held(
+        &self,
+        txn: &redb::WriteTransaction,
+        study: &StudyRef,
+        addresses: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        if let Some(v) = txn
+            .open_table(STUDIES)
+            .map_err(|e| self.err(e))?
+            .get(study.0)
+            .map_err(|e| self.err(e))?
+        {
+            let what = match super::decode_row::<StudyRow>("studies-v1", v.value()).map(|r| r.origin) {
+                Ok(super::Origin::Local) => "was imported at this site",
+                Ok(super::Origin::Received(g)) if g.locked.is_some() => {
+                    "is held here already, received earlier and locked (purge it first to receive it again)"
+                }
+                _ => "is held here already, received from a peer under another transfer",
+            };
             return Err(StoreError::Conflict(format!(
-                "study {} was imported at this site; a received copy never replaces it",
+                "study {} {what}; a landing never replaces it",
                 study.short()
             )));
         }
-        self.place_blobs(objects.iter().map(|o| (o.address, o.file.as_path())))?;
-        // 3. Rows, replacing an earlier received copy, in one transaction.
+        let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+        let pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+        for a in addresses {
+            if blobs.get(a).map_err(|e| self.err(e))?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "object {} is held here already, in another study; a landing never replaces it",
+                    hex::encode(&a[..8])
+                )));
+            }
+            if pending.get(a).map_err(|e| self.err(e))?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "object {} is being stored or deleted by another batch",
+                    hex::encode(&a[..8])
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2 of a landing: hard-links each received file to its blob path.
+    /// A file found there is one no row owns and no batch claims (checked in
+    /// step 1, under the intent): the leftover of a lost write, replaced.
+    fn link_blobs(&self, objects: &[LandedObject]) -> Result<(), StoreError> {
+        let mut dirs = BTreeSet::new();
+        for o in objects {
+            let dest = self.blob_path(&o.address);
+            let dir = dest
+                .parent()
+                .map_or_else(|| self.blobs.clone(), std::path::Path::to_path_buf);
+            if dirs.insert(dir.clone()) {
+                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+            }
+            match fs::hard_link(&o.file, &dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    tracing::warn!(blob = %hex::encode(&o.address[..8]), "replacing a blob file no row owns");
+                    fs::remove_file(&dest).map_err(|source| blob_io(&dest, source))?;
+                    fs::hard_link(&o.file, &dest).map_err(|source| blob_io(&dest, source))?;
+                }
+                Err(source) => return Err(blob_io(&dest, source)),
+            }
+        }
+        if self.fsync {
+            for dir in &dirs {
+                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3 of a landing.
+    #[allow(clippy::too_many_arguments)] // the landing, its record and entries
+    fn land_rows<E: From<StoreError>>(
+        &self,
+        transfer: &[u8; 16],
+        study: &StudyRef,
+        row: &StudyRow,
+        patient: Option<[u8; 32]>,
+        objects: &[LandedObject],
+        author: &Author<'_>,
+        record: impl FnOnce(Option<&[u8]>) -> Result<(Vec<u8>, Vec<Event>), E>,
+    ) -> Result<Vec<SignedEntry>, E> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
-        let mut old_blobs = Vec::new();
-        {
+        let events = {
+            // Held meanwhile (claimed addresses are ours; the study row is not).
+            self.check_not_held(&txn, study, &[])?;
             let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
             let mut blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
-            let new: BTreeSet<[u8; 32]> = objects.iter().map(|o| o.address).collect();
-            let lo = instance_key(study, &[0u8; 32]);
-            let hi = instance_key(study, &[0xffu8; 32]);
-            let mut old = Vec::new();
-            for item in instances.range(lo..=hi).map_err(|e| self.err(e))? {
-                let (k, _) = item.map_err(|e| self.err(e))?;
-                let mut a = [0u8; 32];
-                a.copy_from_slice(&k.value()[32..]);
-                old.push(a);
-            }
-            for a in old {
-                instances.remove(instance_key(study, &a)).map_err(|e| self.err(e))?;
-                if !new.contains(&a) {
-                    blobs.remove(a).map_err(|e| self.err(e))?;
-                    old_blobs.push(a);
-                }
-            }
-            for o in &objects {
+            for o in objects {
                 let bytes = cbor::encode("instance row", &o.row).map_err(|source| StoreError::Row {
                     table: "instances-v1",
                     source,
@@ -313,50 +471,113 @@ impl super::Store {
                     .insert(p, study.0)
                     .map_err(|e| self.err(e))?;
             }
-        }
+            let mut records = txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
+            let current = records
+                .get(transfer)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec());
+            let (new, events) = record(current.as_deref())?;
+            records.insert(transfer, new.as_slice()).map_err(|e| self.err(e))?;
+            txn.open_table(TRANSFER_CHUNKS)
+                .map_err(|e| self.err(e))?
+                .retain_in(chunk_key(transfer, 0)..=chunk_key(transfer, u32::MAX), |_, _| false)
+                .map_err(|e| self.err(e))?;
+            events
+        };
+        let entries = self.append_all_in(&txn, author, events)?;
         txn.commit().map_err(|e| self.err(e))?;
-        for a in old_blobs {
-            let path = self.blob_path(&a);
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(blob = %hex::encode(&a[..8]), cause = %e, "cannot remove the blob of a replaced received study");
-            }
-        }
-        Ok(())
+        Ok(entries)
     }
 
-    /// Locks a study for good: its wrapped data key (and so its sealed
-    /// metadata and objects) becomes unreadable; `change` updates the row
-    /// (it gets the row with the key already removed). Returns false when
-    /// the study was already locked or is unknown.
-    ///
-    /// # Errors
-    /// [`StoreError::Database`], [`StoreError::Row`].
-    pub fn lock_study(&self, study: &StudyRef, change: impl FnOnce(&mut StudyRow)) -> Result<bool, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
-        let locked = {
-            let mut table = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
-            let current = table.get(study.0).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
-            match current {
-                None => false,
-                Some(bytes) => {
-                    let mut row: StudyRow = super::decode_row("studies-v1", &bytes)?;
-                    if row.wrapped_key.is_empty() {
-                        false
-                    } else {
-                        row.wrapped_key.clear();
-                        change(&mut row);
-                        let bytes = cbor::encode("study row", &row).map_err(|source| StoreError::Row {
-                            table: "studies-v1",
-                            source,
-                        })?;
-                        table.insert(study.0, bytes.as_slice()).map_err(|e| self.err(e))?;
-                        true
+    /// Undoes steps 1 and 2 of a landing that failed: removes the links no
+    /// row owns and the intent. If this fails too, the next open does it.
+    fn release(&self, addresses: &[[u8; 32]]) {
+        let result = (|| {
+            let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            self.durability(&mut txn)?;
+            {
+                let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
+                let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+                for a in addresses {
+                    if blobs.get(a).map_err(|e| self.err(e))?.is_none() {
+                        let path = self.blob_path(a);
+                        if let Err(e) = fs::remove_file(&path)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            return Err(blob_io(&path, e));
+                        }
                     }
+                    pending.remove(a).map_err(|e| self.err(e))?;
                 }
             }
-        };
-        txn.commit().map_err(|e| self.err(e))?;
-        Ok(locked)
+            txn.commit().map_err(|e| self.err(e))
+        })();
+        if let Err(e) = result {
+            tracing::warn!(cause = %e, "cannot undo a failed landing now; the next start does");
+        }
     }
+
+    /// Locks a received study for good, in one write transaction: its
+    /// wrapped data key (and so its sealed metadata and objects) becomes
+    /// unreadable, `change` updates the row (it gets the row with the key
+    /// already removed), the documents of `transfer` that would derive the
+    /// key again (manifest, wrapped keys) are deleted, and `event` is
+    /// appended. Returns the entry, or `None` when the study was already
+    /// locked or is unknown (nothing is written then).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`], [`StoreError::Row`], [`StoreError::Ledger`].
+    pub fn lock_study(
+        &self,
+        study: &StudyRef,
+        transfer: Option<&[u8; 16]>,
+        author: &Author<'_>,
+        event: Event,
+        change: impl FnOnce(&mut StudyRow),
+    ) -> Result<Option<SignedEntry>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        {
+            let mut table = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
+            let current = table.get(study.0).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
+            let Some(bytes) = current else {
+                return Ok(None);
+            };
+            let mut row: StudyRow = super::decode_row("studies-v1", &bytes)?;
+            if row.wrapped_key.is_empty() {
+                return Ok(None);
+            }
+            row.wrapped_key.clear();
+            change(&mut row);
+            let bytes = cbor::encode("study row", &row).map_err(|source| StoreError::Row {
+                table: "studies-v1",
+                source,
+            })?;
+            table.insert(study.0, bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        if let Some(id) = transfer {
+            txn.open_table(TRANSFER_DOCS)
+                .map_err(|e| self.err(e))?
+                .retain_in(doc_key(id, 0)..=doc_key(id, u8::MAX), |_, _| false)
+                .map_err(|e| self.err(e))?;
+        }
+        let entry = self.append_in(&txn, author, event)?;
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(Some(entry))
+    }
+}
+
+/// A received study to land ([`Store::land_study`]).
+#[derive(Debug)]
+pub struct Landing<'a> {
+    /// The transfer it was received by.
+    pub transfer: &'a [u8; 16],
+    /// Its reference (of the granted UID, or the attested new UID).
+    pub study: &'a StudyRef,
+    /// Its row.
+    pub row: &'a StudyRow,
+    /// Blind reference of its patient.
+    pub patient: Option<[u8; 32]>,
+    /// Its verified objects.
+    pub objects: Vec<LandedObject>,
 }

@@ -13,16 +13,16 @@ use super::*;
 use crate::home::consent::NewConsent;
 use crate::keystore::Passphrase;
 
-const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
-const STUDY: &str = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322";
+pub(super) const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
+pub(super) const STUDY: &str = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322";
 
-fn corpus(file: &str) -> PathBuf {
+pub(super) fn corpus(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/data/corpus")
         .join(file)
 }
 
-fn home(dir: &Path, name: &str, cc: &str) -> Node {
+pub(super) fn home(dir: &Path, name: &str, cc: &str) -> Node {
     let pass = Passphrase::new("correct horse battery staple transfer".into());
     let mut node = Node::init(&dir.join(name), &format!("Hospital {name}"), cc, &pass).unwrap();
     let _ = &mut node;
@@ -33,7 +33,7 @@ fn record(n: &Node) -> Vec<u8> {
     n.record().envelope().to_bytes().unwrap()
 }
 
-fn trust(a: &Node, b: &Node) {
+pub(super) fn trust(a: &Node, b: &Node) {
     a.add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
 }
 
@@ -442,7 +442,7 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
 }
 
 /// A treatment consent at `level` for `recipients` for the patient of `study_uid`.
-fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], level: DeidLevel) {
+pub(super) fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], level: DeidLevel) {
     let d = holder.study(study_uid).unwrap();
     holder
         .consent_add(NewConsent {
@@ -917,7 +917,12 @@ fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
         instances: 0,
         bytes: 0,
     };
-    n.store().land_study(&study, &row, None, Vec::new()).unwrap();
+    let update = crate::store::StudyUpdate {
+        study,
+        row,
+        patient: None,
+    };
+    n.store().commit_batch(Vec::new(), vec![update]).unwrap();
     study
 }
 
