@@ -149,6 +149,28 @@ impl Service {
         for peer in ready {
             self.ask_revocations(peer, consortia.clone());
         }
+        #[cfg(feature = "fault-injection")]
+        self.publish_injected();
+    }
+
+    /// Test builds only (cargo feature `fault-injection`): with
+    /// `MEDMESH_FAULT_PUBLISH_REVOCATION=FILE[:FILE...]`, this node publishes
+    /// each file's bytes as a revocation on the gossip topic every
+    /// maintenance round, unchecked, as a rogue or broken member would: tests
+    /// show that the others neither apply nor relay what does not verify.
+    #[cfg(feature = "fault-injection")]
+    fn publish_injected(&mut self) {
+        let Ok(files) = std::env::var("MEDMESH_FAULT_PUBLISH_REVOCATION") else {
+            return;
+        };
+        for f in files.split(':') {
+            if let Ok(bytes) = std::fs::read(f) {
+                self.gossip_publish(&GossipMsg::Revocation {
+                    v: crate::ledger::LEDGER_VERSION,
+                    revocation: serde_bytes::ByteBuf::from(bytes),
+                });
+            }
+        }
     }
 
     /// A hello of `peer` was found acceptable: asks it for what differs, and
