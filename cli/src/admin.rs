@@ -81,6 +81,7 @@ struct ConsortiumCreated {
     id: String,
     name: String,
     threshold: u32,
+    revocation_threshold: u32,
     descriptor: PathBuf,
     admin_keys: Vec<PathBuf>,
 }
@@ -137,6 +138,65 @@ fn cert_text(i: &CertificateInfo) -> String {
     )
 }
 
+#[derive(Serialize)]
+struct RevocationInfo {
+    file: PathBuf,
+    consortium: String,
+    target: String,
+    reason: String,
+    signatures: usize,
+    threshold: u32,
+    valid: bool,
+}
+
+fn revocation_info(file: &Path, rev: &Revocation, consortium: &Consortium) -> Result<RevocationInfo> {
+    let p = rev.payload()?;
+    Ok(RevocationInfo {
+        file: file.to_path_buf(),
+        consortium: p.consortium,
+        target: p.target.to_string(),
+        reason: p.reason,
+        signatures: rev.signatures.len(),
+        threshold: consortium.revocation_threshold,
+        valid: trust::verify_revocation(rev, consortium).is_ok(),
+    })
+}
+
+fn revocation_text(i: &RevocationInfo) -> String {
+    format!(
+        "revocation of {} in {}\nsignatures   {} of {} required{}\n",
+        i.target,
+        i.file.display(),
+        i.signatures,
+        i.threshold,
+        if i.valid {
+            " (valid: apply it at one member with `medmesh trust apply`, it reaches the others by itself)"
+        } else {
+            " (not valid yet: more admin signatures needed with `medmesh trust cosign`)"
+        }
+    )
+}
+
+fn cosign_revocation(
+    file: &Path,
+    mut rev: Revocation,
+    consortium: &Consortium,
+    admin: &crate::AdminArgs,
+    out: &Out,
+) -> Result<ExitCode> {
+    let secret = trust::unlock_admin_key(
+        &admin.admin_key,
+        &admin_passphrase(&admin.admin_key.display().to_string())?,
+    )
+    .with_context(|| format!("unlocking {}", admin.admin_key.display()))?;
+    rev.cosign(consortium, &secret).context("co-signing")?;
+    medmesh_node::fsutil::write_atomic_private(file, &rev.to_bytes()?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    let info = revocation_info(file, &rev, consortium)?;
+    out.emit("revocation", &info, || revocation_text(&info))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `medmesh consortium ...`
 pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
     let ConsortiumCommand::Init {
@@ -144,6 +204,7 @@ pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
         out: dir,
         admins,
         threshold,
+        revocation_threshold,
         json,
     } = cmd;
     let out = Out::new(json);
@@ -152,6 +213,9 @@ pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
     }
     if threshold == 0 || threshold > admins {
         bail!("--threshold must be from 1 to --admins ({admins})");
+    }
+    if revocation_threshold == 0 || revocation_threshold > admins {
+        bail!("--revocation-threshold must be from 1 to --admins ({admins})");
     }
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -173,20 +237,22 @@ pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
         keys.push(trust::create_admin_key(&path, &pass).with_context(|| format!("creating {}", path.display()))?);
         paths.push(path);
     }
-    let consortium =
-        Consortium::new(&name, keys, threshold, chrono::Utc::now().timestamp()).context("creating the consortium")?;
+    let consortium = Consortium::new(&name, keys, threshold, chrono::Utc::now().timestamp())
+        .and_then(|c| c.with_revocation_threshold(revocation_threshold))
+        .context("creating the consortium")?;
     let descriptor = dir.join("consortium.cbor");
     write_new(&descriptor, &consortium.to_bytes()?, "consortium descriptor")?;
     let created = ConsortiumCreated {
         id: consortium.id.clone(),
         name: consortium.name.clone(),
         threshold,
+        revocation_threshold,
         descriptor,
         admin_keys: paths,
     };
     out.emit("consortium", &created, || {
         format!(
-            "consortium {} ({})\ndescriptor   {}\nadmin keys   {}\nthreshold    {} of {}\n",
+            "consortium {} ({})\ndescriptor   {}\nadmin keys   {}\nthreshold    {} of {}\nrevocations  {} of {}\n",
             created.name,
             created.id,
             created.descriptor.display(),
@@ -197,6 +263,8 @@ pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", "),
             threshold,
+            admins,
+            revocation_threshold,
             admins
         )
     })?;
@@ -250,8 +318,14 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         } => {
             let out = Out::new(json);
             let consortium = load_consortium(&admin.consortium)?;
-            let mut cert = Certificate::from_bytes(&read(&file, "certificate")?)
-                .with_context(|| format!("{} is not a certificate", file.display()))?;
+            let bytes = read(&file, "certificate or revocation")?;
+            if let Ok(rev) = Revocation::from_bytes(&bytes)
+                && rev.payload().is_ok()
+            {
+                return cosign_revocation(&file, rev, &consortium, &admin, &out);
+            }
+            let mut cert = Certificate::from_bytes(&bytes)
+                .with_context(|| format!("{} is not a certificate or a revocation", file.display()))?;
             let secret = trust::unlock_admin_key(
                 &admin.admin_key,
                 &admin_passphrase(&admin.admin_key.display().to_string())?,
@@ -293,10 +367,8 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             )
             .context("signing the revocation")?;
             write_new(&file, &rev.to_bytes()?, "revocation")?;
-            let data = serde_json::json!({"file": file, "consortium": consortium.id, "target": target.to_string(), "reason": reason});
-            out.emit("revocation", &data, || {
-                format!("revocation of {target} written to {}\n", file.display())
-            })?;
+            let info = revocation_info(&file, &rev, &consortium)?;
+            out.emit("revocation", &info, || revocation_text(&info))?;
             Ok(ExitCode::SUCCESS)
         }
         TrustCommand::Join { home, descriptor, cert } => {

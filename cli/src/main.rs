@@ -199,11 +199,12 @@ enum Command {
 #[derive(Subcommand)]
 pub(crate) enum ConsortiumCommand {
     /// Create a consortium: its descriptor (id, name, admin public keys,
-    /// threshold) in OUT/consortium.cbor and one passphrase-locked key file per
+    /// thresholds) in OUT/consortium.cbor and one passphrase-locked key file per
     /// admin, OUT/admin-N.key. Hand each key file to its admin.
     ///
     /// Admin passphrases come from MEDMESH_ADMIN_PASSPHRASE, else are asked
     /// for on the terminal, one per key.
+    #[command(visible_alias = "create")]
     Init {
         /// Name of the consortium.
         #[arg(long)]
@@ -217,6 +218,11 @@ pub(crate) enum ConsortiumCommand {
         /// Signatures of distinct admins a membership certificate needs.
         #[arg(long, default_value_t = 1)]
         threshold: u32,
+        /// Signatures of distinct admins a revocation needs before any member
+        /// applies it (more than 1: one rogue admin cannot cut members off;
+        /// co-sign revocations with `medmesh trust cosign`).
+        #[arg(long, default_value_t = 1)]
+        revocation_threshold: u32,
         /// Print JSON Lines.
         #[arg(long)]
         json: bool,
@@ -257,9 +263,10 @@ pub(crate) enum TrustCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add an admin's signature to a certificate, in place (consortium admin, offline).
+    /// Add an admin's signature to a certificate or a revocation, in place
+    /// (consortium admin, offline).
     Cosign {
-        /// The certificate file.
+        /// The certificate or revocation file.
         cert: PathBuf,
         #[command(flatten)]
         admin: AdminArgs,
@@ -267,7 +274,9 @@ pub(crate) enum TrustCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Sign a revocation of a certificate serial or of a peer (consortium admin, offline).
+    /// Sign a revocation of a certificate serial or of a peer (consortium
+    /// admin, offline). When the consortium's revocations need more than one
+    /// admin signature, the others add theirs with `medmesh trust cosign`.
     Revoke {
         #[command(flatten)]
         admin: AdminArgs,
@@ -309,7 +318,11 @@ pub(crate) enum TrustCommand {
         #[arg(long)]
         valid_days: Option<u32>,
     },
-    /// Apply a signed revocation of a joined consortium.
+    /// Apply a signed revocation of a joined consortium. Its admin
+    /// signatures are checked against the consortium's revocation threshold;
+    /// the running node then disconnects the revoked peer and passes the
+    /// revocation on to every member it talks to (each checks it and applies
+    /// it by itself; a member that was away catches up when it reconnects).
     Apply {
         #[command(flatten)]
         home: HomeArgs,

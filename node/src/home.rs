@@ -230,6 +230,9 @@ pub struct Node {
     purging: std::sync::Mutex<()>,
     /// The seq of this node's last ledger entry (the network publishes what follows what it sent).
     ledger_seq: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever a revocation is applied (by an admin, or received
+    /// from a peer): the network reloads trust, disconnects and passes it on.
+    trust_seq: tokio::sync::watch::Sender<u64>,
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -584,7 +587,14 @@ impl Node {
             live: crate::transfer::Live::default(),
             purging: std::sync::Mutex::new(()),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
+            trust_seq: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Watches revocations applied by this process (see `trust_seq`).
+    #[must_use]
+    pub fn trust_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust_seq.subscribe()
     }
 
     /// Watches the seq of this node's last ledger entry.

@@ -15,11 +15,15 @@
 //!    id and reason code and kept for `medmesh peers`;
 //! 5. on every trust change (join, add-peer, revocation, block) and every
 //!    `network.maintenance_secs`, connected peers are checked again and those
-//!    no longer trusted are disconnected.
+//!    no longer trusted are disconnected;
+//! 6. consortium revocations spread by themselves, and a node that starts or
+//!    was cut off catches up on them before it trusts a consortium peer
+//!    ([`revocations`]).
 
 pub mod codec;
 pub mod gate;
 pub mod hello;
+mod revocations;
 #[cfg(test)]
 mod vectors;
 
@@ -216,6 +220,8 @@ enum Internal {
     LedgerDone(PeerId),
     /// A peer served invalid entries of this author's feed.
     LedgerInvalid(PeerId, Vec<u8>),
+    /// A revocation catch-up exchange with a peer is over.
+    RevocationsDone(PeerId),
     /// The verdict on a gossip message, and the ranges to ask its sender for.
     GossipVerdict(
         gossipsub::MessageId,
@@ -631,6 +637,10 @@ pub async fn start(
         blocked_now: HashSet::new(),
         bootstrapping: false,
         requests,
+        revocations: revocations::RevocationState::default(),
+        hold: Some(revocations::Hold::new(revocations::hold_for(Duration::from_secs(
+            cfg.hello_timeout_secs,
+        )))),
     };
     service.reload_trust()?;
     for (peer, hello, addrs, last_seen) in load_known(&service.node)? {
@@ -691,6 +701,10 @@ struct Service {
     bootstrapping: bool,
     /// Transfer requests per peer (`[limits]`).
     requests: crate::limits::RequestLimiter,
+    /// Applied revocations as last loaded (hello summaries, what was published).
+    revocations: revocations::RevocationState,
+    /// While in force, consortium peers wait until revocations are caught up.
+    hold: Option<revocations::Hold>,
 }
 
 impl Service {
@@ -701,6 +715,7 @@ impl Service {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut ledger_watch = self.node.ledger_watch();
+        let mut trust_watch = self.node.trust_watch();
         let mut witness_tick = tokio::time::interval(WITNESS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
@@ -732,6 +747,7 @@ impl Service {
                         self.ledger_shunned.insert((peer, author), (Instant::now() + delay, delay));
                     }
                     Internal::LedgerInvalid(..) => {}
+                    Internal::RevocationsDone(peer) => self.revocations_done(peer),
                     Internal::GossipVerdict(id, source, verdict, follow) => {
                         let _ = self
                             .swarm
@@ -745,6 +761,10 @@ impl Service {
                     }
                 },
                 Ok(()) = ledger_watch.changed() => self.publish_own(),
+                // A revocation was applied (by the admin or from a peer): same as a trust change.
+                Ok(()) = trust_watch.changed() => {
+                    let _ = self.trust_reloaded();
+                }
                 _ = witness_tick.tick() => self.publish_witness(),
                 _ = ledger_tick.tick() => self.ledger_round(),
                 _ = tick.tick() => self.check_deadlines(),
@@ -782,13 +802,7 @@ impl Service {
                 });
             }
             Command::TrustChanged(tx) => {
-                let result = self.reload_trust().map_err(|e| {
-                    tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
-                    e.to_string()
-                });
-                self.recheck();
-                self.dial_known();
-                let _ = tx.send(result);
+                let _ = tx.send(self.trust_reloaded());
             }
             Command::Transfer(peer, msg, tx) => {
                 if self.is_ready(&peer) {
@@ -842,8 +856,20 @@ impl Service {
         }
     }
 
+    /// Reloads trust, checks connected peers again (disconnecting those no
+    /// longer trusted) and dials the known ones.
+    fn trust_reloaded(&mut self) -> Result<(), String> {
+        let result = self.reload_trust().map_err(|e| {
+            tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
+            e.to_string()
+        });
+        self.recheck();
+        self.dial_known();
+        result
+    }
+
     /// Reads the trust records again, rebuilds this node's hello and the
-    /// connection-level block list.
+    /// connection-level block list; publishes revocations applied since.
     fn reload_trust(&mut self) -> Result<(), HomeError> {
         let trust = self.node.trust_state()?;
         let certs = self
@@ -854,7 +880,8 @@ impl Service {
             .collect();
         let record = self.node.record().envelope().to_bytes().map_err(HomeError::from)?;
         self.trust = trust;
-        self.own_hello = Hello::new(record, certs);
+        self.reload_revocations();
+        self.own_hello = Hello::new(record, certs).with_revocations(self.revocations.summaries.clone());
         let want: HashSet<PeerId> = self.trust.blocked.iter().filter_map(|(p, _)| p.parse().ok()).collect();
         for p in want.difference(&self.blocked_now) {
             self.swarm.behaviour_mut().blocked.block_peer(*p);
@@ -902,6 +929,7 @@ impl Service {
         }
         self.recheck();
         self.dial_known();
+        self.revocation_round();
         if !self.bootstrapping && self.peers.values().any(|p| p.trusted) {
             self.bootstrapping = self.swarm.behaviour_mut().kad.inner_mut().bootstrap().is_ok();
         }
@@ -965,6 +993,7 @@ impl Service {
     }
 
     fn check_deadlines(&mut self) {
+        self.release_hold_if_done();
         let now_i = Instant::now();
         let late: Vec<PeerId> = self
             .peers
@@ -1138,6 +1167,7 @@ impl Service {
                     st.connections.clear();
                     st.deadline = None;
                     st.hello_in_flight = false;
+                    let was_trusted = st.trusted;
                     if st.trusted {
                         st.trusted = false;
                         tracing::info!(peer = %peer_id, "peer disconnected");
@@ -1148,6 +1178,9 @@ impl Service {
                     }
                     self.swarm.behaviour_mut().kad.deny(&peer_id);
                     self.swarm.behaviour_mut().gossip.deny(&peer_id);
+                    if was_trusted {
+                        self.hold_if_alone();
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -1244,7 +1277,9 @@ impl Service {
             } => match hello::evaluate(&self.trust, &peer.to_string(), &request, now()) {
                 Ok(accepted) => {
                     let answer = self.own_hello.clone();
-                    if self.swarm.behaviour_mut().hello.send_response(channel, answer).is_ok() {
+                    if self.swarm.behaviour_mut().hello.send_response(channel, answer).is_ok()
+                        && !self.revocations_on_hello(peer, &request, &accepted.trusted.via)
+                    {
                         self.accept(peer, request, accepted);
                     }
                 }
@@ -1260,7 +1295,11 @@ impl Service {
                     st.hello_in_flight = false;
                 }
                 match hello::evaluate(&self.trust, &peer.to_string(), &response, now()) {
-                    Ok(accepted) => self.accept(peer, response, accepted),
+                    Ok(accepted) => {
+                        if !self.revocations_on_hello(peer, &response, &accepted.trusted.via) {
+                            self.accept(peer, response, accepted);
+                        }
+                    }
                     Err(r) => self.refuse(peer, r, None),
                 }
             }
@@ -1581,7 +1620,7 @@ impl Service {
     fn ledger_request(&mut self, peer: PeerId, req: SyncRequest) {
         let author = match &req {
             SyncRequest::Range { author, .. } => Some(author.clone()),
-            SyncRequest::Heads { .. } => None,
+            SyncRequest::Heads { .. } | SyncRequest::Revocations { .. } => None,
         };
         if let Some(a) = &author
             && self
@@ -1606,7 +1645,7 @@ impl Service {
                 message: Message::Request { request, channel, .. },
                 ..
             } => {
-                if !self.is_ready(&peer) {
+                if !self.is_ready(&peer) && !self.answers_parked(&peer, &request) {
                     tracing::warn!(peer = %peer, "ledger request from a peer that is not trusted: no answer");
                     return;
                 }
@@ -1623,6 +1662,13 @@ impl Service {
                                 credentials: node.ledger_credentials(&author)?.map(serde_bytes::ByteBuf::from),
                             })
                         }),
+                        SyncRequest::Revocations { consortium, digest, .. } => node
+                            .revocations_for_peer(&consortium, &digest)
+                            .map(|r| SyncResponse::Revocations {
+                                v,
+                                consortium,
+                                revocations: r.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                            }),
                     })
                     .await;
                     let answer = match answer {
@@ -1644,6 +1690,10 @@ impl Service {
                 message: Message::Response { request_id, response },
                 ..
             } => {
+                if self.is_revocations_request(&request_id) {
+                    self.on_revocations_answer(peer, request_id, response);
+                    return;
+                }
                 let asked = self.ledger_pending.remove(&request_id).and_then(|(_, author)| author);
                 let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
                 tokio::spawn(async move {
@@ -1665,6 +1715,8 @@ impl Service {
                             }
                             Ok(ranges(r.follow))
                         }
+                        // Answers to catch-up requests are taken in `revocations`.
+                        SyncResponse::Revocations { .. } => Ok(Vec::new()),
                         SyncResponse::Refused { text, .. } => {
                             tracing::debug!(peer = %peer_s, text, "ledger request refused");
                             Ok(Vec::new())
@@ -1690,6 +1742,9 @@ impl Service {
                 error,
                 ..
             } => {
+                if self.on_revocations_failure(request_id) {
+                    return;
+                }
                 self.ledger_pending.remove(&request_id);
                 self.ledger_busy.remove(&peer);
                 tracing::debug!(peer = %peer, cause = %error, "ledger request failed");

@@ -11,8 +11,12 @@
 //!   and carries signatures of the consortium's admins. It is valid only with
 //!   at least k valid signatures of distinct admins of that consortium. For a
 //!   cross-border consortium k > 1 means no single member admits others.
-//! - A [`Revocation`] names a certificate serial or a peer. One valid admin
-//!   signature suffices: revoking only ever removes trust.
+//! - A [`Revocation`] names a certificate serial or a peer. It needs the
+//!   consortium's `revocation_threshold` valid signatures of distinct admins
+//!   (one unless the descriptor says otherwise, descriptor version 2), so
+//!   that where the consortium chose more, one rogue admin cannot cut every
+//!   member off. Revocations spread to every member by themselves (gossip and
+//!   catch-up, docs/PROTOCOL.md §7.4), each member checking them here.
 //! - Bilateral trust is a site admin trusting one peer's signed node record
 //!   directly; a block refuses a peer whatever else says.
 //!
@@ -37,6 +41,10 @@ use crate::identity::{self, IdentityError, VerifiedNodeRecord};
 
 /// Version of the consortium, certificate and revocation formats.
 pub const TRUST_VERSION: u32 = 1;
+/// Version of a consortium descriptor whose revocations need more than one
+/// admin signature (it carries `revocation_threshold`). A descriptor of
+/// version [`TRUST_VERSION`] has no such field: one signature suffices.
+pub const CONSORTIUM_VERSION_REVOCATION_THRESHOLD: u32 = 2;
 /// Signature domain of membership certificates.
 pub const CERTIFICATE_DOMAIN: &str = "medmesh/v1/membership-certificate";
 /// Signature domain of revocations.
@@ -65,6 +73,19 @@ pub enum TrustError {
     /// A key or signature is malformed.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A revocation has fewer valid admin signatures than its consortium requires.
+    #[error(
+        "the revocation has {valid} valid admin signature(s), the consortium requires {threshold}{}",
+        if *invalid > 0 { format!(" ({invalid} signature(s) did not verify or are not an admin's)") } else { String::new() }
+    )]
+    RevocationBelowThreshold {
+        /// Valid signatures of distinct admins.
+        valid: u32,
+        /// Signatures that failed to verify or are not of an admin.
+        invalid: u32,
+        /// The consortium's revocation threshold.
+        threshold: u32,
+    },
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> TrustError {
@@ -89,6 +110,19 @@ pub struct Consortium {
     pub threshold: u32,
     /// Creation time, Unix seconds.
     pub created: i64,
+    /// Signatures of distinct admins needed on a revocation. Absent (and
+    /// then 1) in version 1 descriptors; present only in version 2.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub revocation_threshold: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 #[derive(Serialize)]
@@ -97,6 +131,9 @@ struct ConsortiumIdInput<'a> {
     admins: &'a [serde_bytes::ByteBuf],
     threshold: u32,
     created: i64,
+    // Left out when 1, so that version 1 ids stay what they were.
+    #[serde(skip_serializing_if = "is_one")]
+    revocation_threshold: u32,
 }
 
 impl Consortium {
@@ -116,10 +153,28 @@ impl Consortium {
                 .collect(),
             threshold,
             created,
+            revocation_threshold: 1,
         };
         c.id = c.compute_id()?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The same consortium with revocations needing `k` admin signatures
+    /// (a version 2 descriptor when `k` > 1; the id changes with it).
+    ///
+    /// # Errors
+    /// [`TrustError::Invalid`] for 0 or more than the number of admins.
+    pub fn with_revocation_threshold(mut self, k: u32) -> Result<Self, TrustError> {
+        self.revocation_threshold = k;
+        self.v = if k == 1 {
+            TRUST_VERSION
+        } else {
+            CONSORTIUM_VERSION_REVOCATION_THRESHOLD
+        };
+        self.id = self.compute_id()?;
+        self.check()?;
+        Ok(self)
     }
 
     fn compute_id(&self) -> Result<String, TrustError> {
@@ -128,13 +183,16 @@ impl Consortium {
             admins: &self.admins,
             threshold: self.threshold,
             created: self.created,
+            revocation_threshold: self.revocation_threshold,
         };
         let bytes = cbor::encode("consortium id input", &input)?;
         Ok(hex::encode(&blake3::derive_key(CONSORTIUM_ID_CONTEXT, &bytes)[..16]))
     }
 
     fn check(&self) -> Result<(), TrustError> {
-        cbor::check_version("consortium", self.v, TRUST_VERSION)?;
+        if self.v != CONSORTIUM_VERSION_REVOCATION_THRESHOLD {
+            cbor::check_version("consortium", self.v, TRUST_VERSION)?;
+        }
         if self.name.is_empty() || self.name.chars().count() > 200 {
             return Err(invalid("name", "must be 1 to 200 characters"));
         }
@@ -149,6 +207,22 @@ impl Consortium {
             return Err(invalid(
                 "threshold",
                 format!("must be from 1 to {} (the number of admins)", self.admins.len()),
+            ));
+        }
+        if self.revocation_threshold == 0 || self.revocation_threshold as usize > self.admins.len() {
+            return Err(invalid(
+                "revocation_threshold",
+                format!("must be from 1 to {} (the number of admins)", self.admins.len()),
+            ));
+        }
+        // Version 1 knows no revocation threshold; version 2 exists only to carry one.
+        if (self.v == TRUST_VERSION) != (self.revocation_threshold == 1) {
+            return Err(invalid(
+                "revocation_threshold",
+                format!(
+                    "a version {} descriptor cannot require {} revocation signature(s)",
+                    self.v, self.revocation_threshold
+                ),
             ));
         }
         if self.compute_id()? != self.id {
@@ -387,7 +461,7 @@ pub struct Revocation {
     /// CBOR of [`RevocationPayload`], exactly as signed.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
-    /// Admin signatures (one valid signature suffices).
+    /// Admin signatures (the consortium's `revocation_threshold` of distinct admins needed).
     pub signatures: Vec<AdminSignature>,
 }
 
@@ -427,6 +501,38 @@ impl Revocation {
                 sig: sig.to_vec(),
             }],
         })
+    }
+
+    /// Adds one admin's signature (an admin already on the revocation is
+    /// refused), for consortia whose revocations need more than one.
+    ///
+    /// # Errors
+    /// [`TrustError::Invalid`] when the revocation is of another consortium,
+    /// the key is not one of its admins or has signed already.
+    pub fn cosign(&mut self, consortium: &Consortium, admin_secret: &[u8; 32]) -> Result<(), TrustError> {
+        let payload = self.payload()?;
+        if payload.consortium != consortium.id {
+            return Err(invalid(
+                "consortium",
+                format!(
+                    "the revocation is for consortium {}, not {}",
+                    payload.consortium, consortium.id
+                ),
+            ));
+        }
+        let admin = identity::ed25519_public_of(admin_secret);
+        if !consortium.is_admin(&admin) {
+            return Err(invalid("admin key", "is not an admin key of this consortium"));
+        }
+        if self.signatures.iter().any(|s| s.admin == admin) {
+            return Err(invalid("admin key", "has already signed this revocation"));
+        }
+        let sig = identity::sign_raw(admin_secret, REVOCATION_DOMAIN, &self.payload);
+        self.signatures.push(AdminSignature {
+            admin: admin.to_vec(),
+            sig: sig.to_vec(),
+        });
+        Ok(())
     }
 
     /// Encodes the revocation.
@@ -675,7 +781,7 @@ pub fn verify_certificate(
     Ok(VerifiedCertificate { payload })
 }
 
-/// A revocation with at least one valid admin signature of its consortium.
+/// A revocation with enough valid admin signatures of its consortium.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedRevocation {
     payload: RevocationPayload,
@@ -689,10 +795,14 @@ impl VerifiedRevocation {
     }
 }
 
-/// Checks a revocation against its consortium.
+/// Checks a revocation against its consortium: same consortium, and at
+/// least the consortium's `revocation_threshold` valid signatures of
+/// distinct admins (a signature of a key that is not an admin, a forged
+/// one, and a second signature of the same admin count for nothing).
 ///
 /// # Errors
-/// [`TrustError::Invalid`] naming what is wrong.
+/// [`TrustError::Invalid`] for another consortium,
+/// [`TrustError::RevocationBelowThreshold`] for too few signatures.
 pub fn verify_revocation(rev: &Revocation, consortium: &Consortium) -> Result<VerifiedRevocation, TrustError> {
     let payload = rev.payload()?;
     if payload.consortium != consortium.id {
@@ -704,14 +814,56 @@ pub fn verify_revocation(rev: &Revocation, consortium: &Consortium) -> Result<Ve
             ),
         ));
     }
-    let (valid, _) = count_signatures(consortium, REVOCATION_DOMAIN, &rev.payload, &rev.signatures);
-    if valid == 0 {
-        return Err(invalid(
-            "signatures",
-            "no valid signature of an admin of this consortium",
-        ));
+    let (valid, invalid) = count_signatures(consortium, REVOCATION_DOMAIN, &rev.payload, &rev.signatures);
+    if valid < consortium.revocation_threshold.max(1) {
+        return Err(TrustError::RevocationBelowThreshold {
+            valid,
+            invalid,
+            threshold: consortium.revocation_threshold.max(1),
+        });
     }
     Ok(VerifiedRevocation { payload })
+}
+
+/// Signature-free summary of the revocations a node applied for one
+/// consortium, carried in the hello and in revocation catch-up requests so
+/// that two members notice when one is behind (docs/PROTOCOL.md §7.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationSummary {
+    /// Consortium id.
+    pub consortium: String,
+    /// How many distinct revocations (by the BLAKE3 of their bytes).
+    pub count: u32,
+    /// BLAKE3-derive_key([`REVOCATION_SET_CONTEXT`], the sorted 32-byte
+    /// BLAKE3 hashes of the revocations' bytes, concatenated).
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+}
+
+/// Key derivation context of [`RevocationSummary::digest`].
+pub const REVOCATION_SET_CONTEXT: &str = "medmesh/v1/revocation set";
+
+/// One summary per consortium of `(consortium id, BLAKE3 of the revocation's
+/// bytes)` pairs (duplicates counted once), sorted by consortium id.
+#[must_use]
+pub fn summarize_revocations(revocations: &[(String, [u8; 32])]) -> Vec<RevocationSummary> {
+    let mut by: std::collections::BTreeMap<&str, BTreeSet<[u8; 32]>> = std::collections::BTreeMap::new();
+    for (c, h) in revocations {
+        by.entry(c.as_str()).or_default().insert(*h);
+    }
+    by.into_iter()
+        .map(|(c, hashes)| {
+            let mut input = Vec::with_capacity(hashes.len() * 32);
+            for h in &hashes {
+                input.extend_from_slice(h);
+            }
+            RevocationSummary {
+                consortium: c.to_string(),
+                count: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+                digest: blake3::derive_key(REVOCATION_SET_CONTEXT, &input).to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// A peer a site admin trusts directly.

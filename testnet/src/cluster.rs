@@ -217,19 +217,22 @@ impl Cluster {
     /// # Errors
     /// [`ClusterError`] naming the step that failed.
     pub fn create(dir: &Path, n: usize) -> Result<Self, ClusterError> {
+        Self::create_with(dir, n, &[])
+    }
+
+    /// [`Cluster::create`] with more `medmesh consortium init` options
+    /// (e.g. `--admins 3 --revocation-threshold 2`); certificates are signed
+    /// by `admin-1.key`, so `--threshold` must stay 1.
+    ///
+    /// # Errors
+    /// [`ClusterError`] naming the step that failed.
+    pub fn create_with(dir: &Path, n: usize, init: &[&str]) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let consortium = dir.join("consortium");
-        medmesh_ok(
-            dir,
-            &[
-                "consortium",
-                "init",
-                "--name",
-                "medmesh testnet",
-                "--out",
-                &consortium.to_string_lossy(),
-            ],
-        )?;
+        let out = consortium.to_string_lossy();
+        let mut args = vec!["consortium", "init", "--name", "medmesh testnet", "--out", &out];
+        args.extend_from_slice(init);
+        medmesh_ok(dir, &args)?;
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs).map_err(io(&certs))?;
         let mut nodes = Vec::new();

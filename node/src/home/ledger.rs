@@ -678,6 +678,15 @@ impl Node {
                     follow,
                 })
             }
+            // Judged on its admin signatures, not on the peer that sent it (home/trust.rs).
+            ledger::gossip::GossipMsg::Revocation { revocation, .. } => Ok(GossipOutcome {
+                verdict: match self.revocation_from_peer(from, &revocation)? {
+                    super::trust::RevocationTaken::Applied(_) | super::trust::RevocationTaken::Known => Verdict::Accept,
+                    super::trust::RevocationTaken::Refused(_) => Verdict::Reject,
+                    _ => Verdict::Ignore,
+                },
+                follow: Vec::new(),
+            }),
         }
     }
 

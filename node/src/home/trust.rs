@@ -3,6 +3,13 @@
 //! live in the store's `trust-v1` table under `consortium/<id>`,
 //! `own-certificate/<id>`, `bilateral/<peer>`, `revocation/<hash>` and
 //! `blocked/<peer>`, each as the signed bytes received (re-verified on load).
+//!
+//! A revocation is applied by [`Node::apply_revocation`] whichever way it
+//! came: from the site admin (`medmesh trust apply`), from a peer on the
+//! ledger gossip topic ([`Node::revocation_from_peer`]) or from a peer's
+//! catch-up answer. Each is verified against the joined consortium (its
+//! admin signatures and `revocation_threshold`) before it is stored; the
+//! network then disconnects the revoked peer and passes the revocation on.
 
 use consent_schema::Purpose;
 use serde::{Deserialize, Serialize};
@@ -11,9 +18,28 @@ use super::{HomeError, Node, rfc3339};
 use crate::cbor;
 use crate::identity::VerifiedNodeRecord;
 use crate::trust::{
-    self, Bilateral, Certificate, Consortium, Refusal, Revocation, TrustError, TrustState, verify_certificate,
-    verify_revocation,
+    self, Bilateral, Certificate, Consortium, Refusal, Revocation, RevocationSummary, TrustError, TrustState,
+    verify_certificate, verify_revocation,
 };
+
+/// Trust-store key prefix of applied revocations (`revocation/<BLAKE3 hex of the bytes>`).
+const REVOCATION_PREFIX: &str = "revocation/";
+/// Most revocation bytes sent in one catch-up answer (well under the sync protocol's 8 MiB).
+pub const MAX_REVOCATIONS_ANSWER: usize = 4 * 1024 * 1024;
+
+/// What became of a revocation a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevocationTaken {
+    /// Verified and applied now.
+    Applied(RevocationEntry),
+    /// Already applied here.
+    Known,
+    /// Of a consortium this node has not joined: not judged, not passed on.
+    Foreign(String),
+    /// Refused (malformed, forged, too few admin signatures): not applied, not passed on.
+    Refused(String),
+}
 
 /// Errors of trust operations.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +159,15 @@ pub struct BlockedEntry {
     pub since: String,
 }
 
+fn revocation_key(bytes: &[u8]) -> String {
+    format!("{REVOCATION_PREFIX}{}", blake3::hash(bytes).to_hex())
+}
+
+fn refused_from(from: &str, why: String) -> RevocationTaken {
+    tracing::warn!(peer = %from, cause = %why, "revocation from a peer refused: not applied, not passed on");
+    RevocationTaken::Refused(why)
+}
+
 /// Now, in Unix seconds.
 pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -223,10 +258,15 @@ impl Node {
         })
     }
 
-    /// Applies a signed revocation of a joined consortium.
+    /// Applies a signed revocation of a joined consortium, after checking
+    /// its admin signatures against the consortium's revocation threshold.
+    /// Applying one already applied changes nothing and logs nothing.
+    /// This is the one path of every revocation, typed by an admin or
+    /// received from a peer: the network is told (it disconnects the peer
+    /// and passes the revocation on to the members it talks to).
     ///
     /// # Errors
-    /// [`TrustOpError`] for an unknown consortium or a bad signature.
+    /// [`TrustOpError`] for an unknown consortium or a bad or missing signature.
     pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry, HomeError> {
         let rev = Revocation::from_bytes(revocation).map_err(TrustOpError::from)?;
         let payload = rev.payload().map_err(TrustOpError::from)?;
@@ -237,21 +277,110 @@ impl Node {
             .find(|c| c.id == payload.consortium)
             .ok_or_else(|| TrustOpError::UnknownConsortium(payload.consortium.clone()))?;
         verify_revocation(&rev, consortium).map_err(TrustOpError::from)?;
-        self.store
-            .trust_put(&format!("revocation/{}", blake3::hash(revocation).to_hex()), revocation)?;
-        Ok(RevocationEntry {
+        let entry = RevocationEntry {
             consortium: payload.consortium,
             target: payload.target.to_string(),
             reason: payload.reason,
             time: rfc3339(payload.time),
-        })
-        .and_then(|entry| {
-            self.log(crate::ledger::Event::PeerRevoked {
-                peer: entry.target.clone(),
-            })?;
-            self.end_affected_transfers_after("revocation applied");
-            Ok(entry)
-        })
+        };
+        let key = revocation_key(revocation);
+        if self.store.trust_get(&key)?.is_some() {
+            return Ok(entry);
+        }
+        self.store.trust_put(&key, revocation)?;
+        self.log(crate::ledger::Event::PeerRevoked {
+            peer: entry.target.clone(),
+        })?;
+        self.trust_seq.send_modify(|n| *n = n.wrapping_add(1));
+        self.end_affected_transfers_after("revocation applied");
+        Ok(entry)
+    }
+
+    /// Takes a revocation a peer sent (gossip or catch-up): applied when it
+    /// verifies, else refused with the reason (and never passed on).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn revocation_from_peer(&self, from: &str, revocation: &[u8]) -> Result<RevocationTaken, HomeError> {
+        if self.store.trust_get(&revocation_key(revocation))?.is_some() {
+            return Ok(RevocationTaken::Known);
+        }
+        let payload = match Revocation::from_bytes(revocation).and_then(|r| r.payload()) {
+            Ok(p) => p,
+            Err(e) => return Ok(refused_from(from, e.to_string())),
+        };
+        if self
+            .store
+            .trust_get(&format!("consortium/{}", payload.consortium))?
+            .is_none()
+        {
+            return Ok(RevocationTaken::Foreign(payload.consortium));
+        }
+        match self.apply_revocation(revocation) {
+            Ok(entry) => {
+                tracing::info!(peer = %from, consortium = %entry.consortium, target = %entry.target, "revocation received from a peer and applied");
+                Ok(RevocationTaken::Applied(entry))
+            }
+            Err(HomeError::Trust(e)) => Ok(refused_from(from, e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The applied revocations that verify now: (consortium id, BLAKE3 of the bytes, bytes).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn applied_revocations(&self) -> Result<Vec<(String, [u8; 32], Vec<u8>)>, HomeError> {
+        let state = self.trust_state()?;
+        let mut out = Vec::new();
+        for (_, bytes) in self.store.trust_records(REVOCATION_PREFIX)? {
+            let Ok(rev) = Revocation::from_bytes(&bytes) else {
+                continue;
+            };
+            let Ok(p) = rev.payload() else { continue };
+            let Some(c) = state.consortia.iter().find(|c| c.id == p.consortium) else {
+                continue;
+            };
+            if verify_revocation(&rev, c).is_ok() {
+                out.push((p.consortium, *blake3::hash(&bytes).as_bytes(), bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per joined consortium with revocations, their count and digest (for the hello).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn revocation_summaries(&self) -> Result<Vec<RevocationSummary>, HomeError> {
+        let pairs: Vec<(String, [u8; 32])> = self
+            .applied_revocations()?
+            .into_iter()
+            .map(|(c, h, _)| (c, h))
+            .collect();
+        Ok(trust::summarize_revocations(&pairs))
+    }
+
+    /// The revocations of `consortium` applied here, for a peer whose summary
+    /// differs (`theirs`: nothing when it is equal to ours), at most
+    /// [`MAX_REVOCATIONS_ANSWER`] bytes.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn revocations_for_peer(&self, consortium: &str, theirs: &[u8]) -> Result<Vec<Vec<u8>>, HomeError> {
+        let ours = self.revocation_summaries()?;
+        if ours.iter().any(|s| s.consortium == consortium && s.digest == theirs) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut size = 0;
+        for (c, _, bytes) in self.applied_revocations()? {
+            if c == consortium && size + bytes.len() <= MAX_REVOCATIONS_ANSWER {
+                size += bytes.len();
+                out.push(bytes);
+            }
+        }
+        Ok(out)
     }
 
     /// Blocks a peer.
@@ -316,7 +445,7 @@ impl Node {
                 None => tracing::warn!(record = %key, "skipping a damaged trust record"),
             }
         }
-        for (key, bytes) in self.store.trust_records("revocation/")? {
+        for (key, bytes) in self.store.trust_records(REVOCATION_PREFIX)? {
             let verified = Revocation::from_bytes(&bytes).ok().and_then(|r| {
                 let p = r.payload().ok()?;
                 let c = state.consortia.iter().find(|c| c.id == p.consortium)?;
@@ -411,5 +540,123 @@ impl Node {
             revocations,
             blocked,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::keystore::Passphrase;
+    use crate::trust::RevocationTarget;
+
+    fn admin(i: u8) -> [u8; 32] {
+        [i; 32]
+    }
+
+    /// A home that joined a consortium of three admins whose revocations need two signatures.
+    fn joined(dir: &std::path::Path) -> (Node, Consortium) {
+        let pass = Passphrase::new("correct horse battery staple revocations".into());
+        let node = Node::init(&dir.join("home"), "Hospital R", "DE", &pass).unwrap();
+        let keys = (1..=3).map(|i| crate::identity::ed25519_public_of(&admin(i))).collect();
+        let c = Consortium::new("EU imaging", keys, 1, now() - 10)
+            .unwrap()
+            .with_revocation_threshold(2)
+            .unwrap();
+        let cert = Certificate::issue(
+            &c,
+            &admin(1),
+            node.record(),
+            vec![Purpose::Treatment],
+            now() - 10,
+            now() + 86_400,
+            1,
+        )
+        .unwrap();
+        node.join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
+        (node, c)
+    }
+
+    fn revocation(c: &Consortium, signers: &[u8], serial: u64) -> Revocation {
+        let mut r = Revocation::issue(
+            c,
+            &admin(signers[0]),
+            RevocationTarget::Serial(serial),
+            "key lost",
+            now(),
+        )
+        .unwrap();
+        for s in &signers[1..] {
+            r.cosign(c, &admin(*s)).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn revocations_from_peers_are_checked_then_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, c) = joined(dir.path());
+        let other = Consortium::new("other", vec![crate::identity::ed25519_public_of(&admin(1))], 1, now()).unwrap();
+        let mut forged = revocation(&c, &[1, 2], 5);
+        forged.signatures[1].sig[0] ^= 1;
+        let good = revocation(&c, &[2, 3], 6).to_bytes().unwrap();
+        let mut watch = node.trust_watch();
+        let seq = || *node.ledger_watch().borrow();
+        let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
+            (
+                "under-signed",
+                revocation(&c, &[1], 5).to_bytes().unwrap(),
+                "refused",
+                false,
+            ),
+            ("forged second signature", forged.to_bytes().unwrap(), "refused", false),
+            ("not a revocation", b"junk".to_vec(), "refused", false),
+            (
+                "consortium not joined",
+                revocation(&other, &[1], 5).to_bytes().unwrap(),
+                "foreign",
+                false,
+            ),
+            ("two of three admins", good.clone(), "applied", true),
+            ("the same again", good.clone(), "known", false),
+        ];
+        for (name, bytes, want, logged) in cases {
+            let before = seq();
+            let got = match node.revocation_from_peer("12D3KooWtest", &bytes).unwrap() {
+                RevocationTaken::Applied(_) => "applied",
+                RevocationTaken::Known => "known",
+                RevocationTaken::Foreign(_) => "foreign",
+                RevocationTaken::Refused(_) => "refused",
+            };
+            assert_eq!(got, want, "{name}");
+            assert_eq!(
+                seq() > before,
+                logged,
+                "{name}: a peer-revoked entry only when newly applied"
+            );
+            assert_eq!(
+                watch.has_changed().unwrap(),
+                logged,
+                "{name}: the network told only when newly applied"
+            );
+            watch.mark_unchanged();
+        }
+        let state = node.trust_state().unwrap();
+        assert_eq!(state.revocations.len(), 1);
+        let summaries = node.revocation_summaries().unwrap();
+        assert_eq!((summaries.len(), summaries[0].count), (1, 1));
+        // A peer with the same digest gets nothing, another gets the revocation.
+        assert!(
+            node.revocations_for_peer(&c.id, &summaries[0].digest)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(node.revocations_for_peer(&c.id, &[]).unwrap(), vec![good]);
+        // The admin's path refuses an under-signed one too.
+        assert!(
+            node.apply_revocation(&revocation(&c, &[3], 9).to_bytes().unwrap())
+                .is_err()
+        );
     }
 }

@@ -44,6 +44,15 @@ pub enum GossipMsg {
         /// The envelope.
         witness: ByteBuf,
     },
+    /// A consortium revocation ([`crate::trust::Revocation`], as its admins
+    /// signed it), published by the member that applied it first and passed
+    /// on only by members that verified its admin signatures (PROTOCOL.md §7.4).
+    Revocation {
+        /// [`LEDGER_VERSION`].
+        v: u32,
+        /// The revocation's bytes.
+        revocation: ByteBuf,
+    },
 }
 
 impl GossipMsg {
@@ -65,7 +74,7 @@ impl GossipMsg {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let m: Self = cbor::decode("ledger gossip message", bytes, MAX_GOSSIP).map_err(|e| e.to_string())?;
         let v = match &m {
-            Self::Entry { v, .. } | Self::Witness { v, .. } => *v,
+            Self::Entry { v, .. } | Self::Witness { v, .. } | Self::Revocation { v, .. } => *v,
         };
         cbor::check_version("ledger gossip message", v, LEDGER_VERSION).map_err(|e| e.to_string())?;
         Ok(m)

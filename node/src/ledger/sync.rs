@@ -51,6 +51,17 @@ pub enum SyncRequest {
         /// How many (at most [`BATCH`]).
         limit: u64,
     },
+    /// The revocations of a consortium the peer applied, unless their
+    /// summary digest is `digest` (PROTOCOL.md §7.4).
+    Revocations {
+        /// [`LEDGER_VERSION`].
+        v: u32,
+        /// Consortium id.
+        consortium: String,
+        /// The asker's [`crate::trust::RevocationSummary`] digest for it (empty when it has none).
+        #[serde(with = "serde_bytes")]
+        digest: Vec<u8>,
+    },
 }
 
 /// An answer.
@@ -76,6 +87,16 @@ pub enum SyncResponse {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         credentials: Option<serde_bytes::ByteBuf>,
     },
+    /// The revocations asked for (each as its admins signed it), empty when
+    /// the asker's digest was the responder's.
+    Revocations {
+        /// [`LEDGER_VERSION`].
+        v: u32,
+        /// Consortium id.
+        consortium: String,
+        /// The revocations.
+        revocations: Vec<serde_bytes::ByteBuf>,
+    },
     /// Not answered.
     Refused {
         /// [`LEDGER_VERSION`].
@@ -88,13 +109,16 @@ pub enum SyncResponse {
 
 fn version_of_request(r: &SyncRequest) -> u32 {
     match r {
-        SyncRequest::Heads { v } | SyncRequest::Range { v, .. } => *v,
+        SyncRequest::Heads { v } | SyncRequest::Range { v, .. } | SyncRequest::Revocations { v, .. } => *v,
     }
 }
 
 fn version_of_response(r: &SyncResponse) -> u32 {
     match r {
-        SyncResponse::Heads { v, .. } | SyncResponse::Entries { v, .. } | SyncResponse::Refused { v, .. } => *v,
+        SyncResponse::Heads { v, .. }
+        | SyncResponse::Entries { v, .. }
+        | SyncResponse::Revocations { v, .. }
+        | SyncResponse::Refused { v, .. } => *v,
     }
 }
 

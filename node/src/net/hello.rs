@@ -2,13 +2,18 @@
 //! its signed node record and its membership certificates; the listener
 //! checks them and answers with its own only when the dialer is trusted, so
 //! an untrusted peer learns nothing. The dialer checks the answer the same way.
+//!
+//! Each side also says which revocations it applied (a count and digest per
+//! consortium, [`RevocationSummary`]): where the two differ, each asks the
+//! other for its revocations (`/medmesh/ledger/1`, docs/PROTOCOL.md §7.4), so a
+//! member that was away catches up as it reconnects.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::cbor;
 use crate::identity::VerifiedNodeRecord;
-use crate::trust::{self, Certificate, Refusal, TrustDecision, TrustState, Trusted};
+use crate::trust::{self, Certificate, Refusal, RevocationSummary, TrustDecision, TrustState, Trusted};
 
 /// Protocol name.
 pub const PROTOCOL: &str = "/medmesh/hello/1";
@@ -18,6 +23,8 @@ pub const HELLO_VERSION: u32 = 1;
 pub const MAX_HELLO: usize = 64 * 1024;
 /// Most certificates a hello may carry.
 pub const MAX_CERTIFICATES: usize = 16;
+/// Most revocation summaries (one per consortium) a hello may carry.
+pub const MAX_REVOCATION_SUMMARIES: usize = 16;
 
 /// The hello message (request and response alike).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +36,10 @@ pub struct Hello {
     pub record: Vec<u8>,
     /// The sender's membership certificates, each as issued.
     pub certificates: Vec<ByteBuf>,
+    /// The revocations the sender applied, per consortium (left out when
+    /// none, so a hello without revocations encodes as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<RevocationSummary>,
 }
 
 /// Errors of encoding or decoding a hello.
@@ -41,6 +52,9 @@ pub enum HelloError {
     /// More certificates than allowed.
     #[error("the hello carries {0} certificates, at most {MAX_CERTIFICATES} are accepted")]
     TooManyCertificates(usize),
+    /// More revocation summaries than allowed, or a malformed one.
+    #[error("the hello's revocation summaries are not acceptable: {0}")]
+    BadRevocations(String),
 }
 
 impl Hello {
@@ -51,7 +65,28 @@ impl Hello {
             v: HELLO_VERSION,
             record,
             certificates: certificates.into_iter().map(ByteBuf::from).collect(),
+            revocations: Vec::new(),
         }
+    }
+
+    /// The same hello, saying which revocations the sender applied.
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Vec<RevocationSummary>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The consortia whose revocations differ between this hello's sender
+    /// and `ours`, among those both name or this hello names with a count
+    /// above 0: the ones to ask the sender for.
+    #[must_use]
+    pub fn revocations_behind(&self, ours: &[RevocationSummary]) -> Vec<String> {
+        self.revocations
+            .iter()
+            .filter(|t| t.count > 0)
+            .filter(|t| ours.iter().find(|o| o.consortium == t.consortium) != Some(*t))
+            .map(|t| t.consortium.clone())
+            .collect()
     }
 
     /// Encodes.
@@ -71,6 +106,21 @@ impl Hello {
         cbor::check_version("hello", hello.v, HELLO_VERSION)?;
         if hello.certificates.len() > MAX_CERTIFICATES {
             return Err(HelloError::TooManyCertificates(hello.certificates.len()));
+        }
+        if hello.revocations.len() > MAX_REVOCATION_SUMMARIES {
+            return Err(HelloError::BadRevocations(format!(
+                "{} summaries, at most {MAX_REVOCATION_SUMMARIES}",
+                hello.revocations.len()
+            )));
+        }
+        if hello
+            .revocations
+            .iter()
+            .any(|r| r.digest.len() != 32 || r.consortium.is_empty() || r.consortium.len() > 64)
+        {
+            return Err(HelloError::BadRevocations(
+                "a digest is not 32 bytes or a consortium id is not 1 to 64 characters".into(),
+            ));
         }
         Ok(hello)
     }
@@ -329,6 +379,59 @@ mod tests {
             let trusted = evaluate(&state, &p.record().peer_id, &h, NOW).is_ok();
             proptest::prop_assert_eq!(trusted, subject == presenter && presenter == record_of);
         }
+    }
+
+    #[test]
+    fn revocation_summaries_travel_and_say_who_is_behind() {
+        let (_, a) = node("A");
+        let sum = |c: &str, n: u8| {
+            trust::summarize_revocations(&(1..=n).map(|i| (c.to_string(), [i; 32])).collect::<Vec<_>>())
+        };
+        // Without revocations the hello encodes as before (the trust vectors stay valid).
+        let plain = hello(&a, vec![]);
+        assert_eq!(
+            plain.to_bytes().unwrap(),
+            plain.clone().with_revocations(vec![]).to_bytes().unwrap()
+        );
+        let theirs = [sum("c1", 2), sum("c2", 1)].concat();
+        let h = plain.clone().with_revocations(theirs.clone());
+        let back = Hello::from_bytes(&h.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.revocations, theirs);
+        let cases: Vec<(&str, Vec<RevocationSummary>, Vec<&str>)> = vec![
+            ("same", theirs.clone(), vec![]),
+            ("we have none", vec![], vec!["c1", "c2"]),
+            ("we have fewer of c1", [sum("c1", 1), sum("c2", 1)].concat(), vec!["c1"]),
+            (
+                "we have more of c1: asked anyway (digests differ)",
+                [sum("c1", 3), sum("c2", 1)].concat(),
+                vec!["c1"],
+            ),
+            (
+                "we know a third consortium",
+                [theirs.clone(), sum("c3", 4)].concat(),
+                vec![],
+            ),
+        ];
+        for (name, ours, want) in cases {
+            assert_eq!(h.revocations_behind(&ours), want, "{name}");
+        }
+        // Bounds.
+        let many = plain.clone().with_revocations(
+            (0..=MAX_REVOCATION_SUMMARIES as u8)
+                .flat_map(|i| sum(&format!("c{i}"), 1))
+                .collect(),
+        );
+        assert!(matches!(
+            Hello::from_bytes(&many.to_bytes().unwrap()),
+            Err(HelloError::BadRevocations(_))
+        ));
+        let mut short = sum("c1", 1);
+        short[0].digest.truncate(5);
+        let bad = plain.with_revocations(short);
+        assert!(matches!(
+            Hello::from_bytes(&bad.to_bytes().unwrap()),
+            Err(HelloError::BadRevocations(_))
+        ));
     }
 
     #[test]

@@ -269,6 +269,199 @@ fn cosign_and_revoke_refuse_misuse() {
     assert!(Certificate::from_bytes(b"junk").is_err());
 }
 
+fn revocation(c: &Consortium, signers: &[u8]) -> Revocation {
+    let mut rev = Revocation::issue(c, &admin(signers[0]), RevocationTarget::Serial(7), "key lost", NOW).unwrap();
+    for s in &signers[1..] {
+        rev.cosign(c, &admin(*s)).unwrap();
+    }
+    rev
+}
+
+/// What [`verify_revocation`] says, as a short code.
+fn rev_code(r: &Result<VerifiedRevocation, TrustError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(TrustError::RevocationBelowThreshold {
+            valid,
+            invalid,
+            threshold,
+        }) => {
+            format!("below {valid}/{threshold} bad {invalid}")
+        }
+        Err(TrustError::Invalid { field, .. }) => format!("invalid {field}"),
+        Err(e) => format!("other {e}"),
+    }
+}
+
+#[test]
+fn revocation_verification_table() {
+    let c1 = consortium(3, 2); // revocations: one signature (a version 1 descriptor)
+    let c2 = consortium(3, 2).with_revocation_threshold(2).unwrap();
+    let c3 = consortium(3, 1).with_revocation_threshold(3).unwrap();
+    let other = Consortium::new(
+        "other",
+        (1..=3).map(|i| identity::ed25519_public_of(&admin(i))).collect(),
+        1,
+        NOW,
+    )
+    .unwrap();
+    let forged = |mut r: Revocation, i: usize| {
+        r.signatures[i].sig[5] ^= 1;
+        r
+    };
+    let unknown_admin = |mut r: Revocation| {
+        // Signed correctly, by a key that is not an admin of the consortium.
+        let k = admin(9);
+        r.signatures.push(AdminSignature {
+            admin: identity::ed25519_public_of(&k).to_vec(),
+            sig: identity::sign_raw(&k, REVOCATION_DOMAIN, &r.payload).to_vec(),
+        });
+        r
+    };
+    let twice = |mut r: Revocation| {
+        let again = r.signatures[0].clone();
+        r.signatures.push(again);
+        r
+    };
+    let cases: Vec<(&str, Revocation, &Consortium, &str)> = vec![
+        ("1 of 1 needed", revocation(&c1, &[1]), &c1, "ok"),
+        ("1 of 2 needed", revocation(&c2, &[1]), &c2, "below 1/2 bad 0"),
+        ("2 of 2 needed", revocation(&c2, &[1, 3]), &c2, "ok"),
+        ("3 of 2 needed", revocation(&c2, &[1, 2, 3]), &c2, "ok"),
+        ("2 of 3 needed", revocation(&c3, &[2, 3]), &c3, "below 2/3 bad 0"),
+        ("3 of 3 needed", revocation(&c3, &[3, 1, 2]), &c3, "ok"),
+        (
+            "same admin twice counts once",
+            twice(revocation(&c2, &[1])),
+            &c2,
+            "below 1/2 bad 0",
+        ),
+        (
+            "forged only signature",
+            forged(revocation(&c1, &[1]), 0),
+            &c1,
+            "below 0/1 bad 1",
+        ),
+        (
+            "forged second of two",
+            forged(revocation(&c2, &[1, 2]), 1),
+            &c2,
+            "below 1/2 bad 1",
+        ),
+        (
+            "forged one of three, two left",
+            forged(revocation(&c2, &[1, 2, 3]), 0),
+            &c2,
+            "ok",
+        ),
+        (
+            "unknown admin adds nothing",
+            unknown_admin(revocation(&c2, &[1])),
+            &c2,
+            "below 1/2 bad 1",
+        ),
+        (
+            "unknown admin alone",
+            {
+                let mut r = unknown_admin(revocation(&c1, &[1]));
+                r.signatures.remove(0);
+                r
+            },
+            &c1,
+            "below 0/1 bad 1",
+        ),
+        ("wrong consortium", revocation(&other, &[1]), &c1, "invalid consortium"),
+        (
+            "right signatures, checked under a stricter consortium",
+            revocation(&c1, &[1]),
+            &c2,
+            "invalid consortium",
+        ),
+    ];
+    for (name, rev, c, want) in cases {
+        assert_eq!(rev_code(&verify_revocation(&rev, c)), want, "{name}");
+    }
+    // A revocation that verifies also survives its encoding.
+    let r = revocation(&c2, &[2, 3]);
+    let back = Revocation::from_bytes(&r.to_bytes().unwrap()).unwrap();
+    assert!(verify_revocation(&back, &c2).is_ok());
+}
+
+#[test]
+fn revocations_are_cosigned_like_certificates() {
+    let c = consortium(3, 1).with_revocation_threshold(2).unwrap();
+    let other = consortium(2, 1);
+    let mut rev = revocation(&c, &[1]);
+    assert!(rev.cosign(&c, &admin(1)).is_err(), "same admin twice");
+    assert!(rev.cosign(&c, &admin(7)).is_err(), "not an admin");
+    assert!(rev.cosign(&other, &admin(2)).is_err(), "another consortium");
+    assert_eq!(rev.signatures.len(), 1);
+    rev.cosign(&c, &admin(2)).unwrap();
+    assert!(verify_revocation(&rev, &c).is_ok());
+}
+
+#[test]
+fn the_revocation_threshold_is_part_of_the_descriptor() {
+    let v1 = consortium(3, 2);
+    assert_eq!((v1.v, v1.revocation_threshold), (1, 1));
+    // Version 1 descriptors encode as before (no field) and keep their id.
+    let bytes = v1.to_bytes().unwrap();
+    assert!(!bytes.windows(20).any(|w| w == b"revocation_threshold"));
+    assert_eq!(v1.clone().with_revocation_threshold(1).unwrap(), v1);
+    let v2 = v1.clone().with_revocation_threshold(2).unwrap();
+    assert_eq!(v2.v, CONSORTIUM_VERSION_REVOCATION_THRESHOLD);
+    assert_ne!(v2.id, v1.id, "the revocation threshold is bound into the id");
+    assert_eq!(Consortium::from_bytes(&v2.to_bytes().unwrap()).unwrap(), v2);
+    // Altering it is detected.
+    let mut lowered = v2.clone();
+    lowered.revocation_threshold = 1;
+    lowered.v = 1;
+    assert!(
+        Consortium::from_bytes(&lowered.to_bytes().unwrap()).is_err(),
+        "lowered to 1"
+    );
+    let mut lowered = v2.clone();
+    lowered.revocation_threshold = 3;
+    assert!(
+        Consortium::from_bytes(&lowered.to_bytes().unwrap()).is_err(),
+        "raised, id kept"
+    );
+    // Out of range, and a version that does not match the field.
+    assert!(v1.clone().with_revocation_threshold(0).is_err());
+    assert!(v1.clone().with_revocation_threshold(4).is_err());
+    let mut v2_with_one = v2.clone();
+    v2_with_one.revocation_threshold = 1;
+    v2_with_one.id = v2_with_one.compute_id().unwrap();
+    assert!(
+        v2_with_one.check().is_err(),
+        "a version 2 descriptor exists only to carry a threshold above 1"
+    );
+    let mut v3 = v2;
+    v3.v = 3;
+    assert!(v3.check().is_err());
+}
+
+#[test]
+fn revocation_summaries() {
+    let h = |b: u8| [b; 32];
+    let a = summarize_revocations(&[("c1".into(), h(1)), ("c2".into(), h(2)), ("c1".into(), h(3))]);
+    let b = summarize_revocations(&[
+        ("c1".into(), h(3)),
+        ("c1".into(), h(1)),
+        ("c1".into(), h(1)),
+        ("c2".into(), h(2)),
+    ]);
+    assert_eq!(a, b, "order and duplicates do not matter");
+    assert_eq!(
+        a.iter().map(|s| (s.consortium.as_str(), s.count)).collect::<Vec<_>>(),
+        vec![("c1", 2), ("c2", 1)]
+    );
+    let c = summarize_revocations(&[("c1".into(), h(1)), ("c2".into(), h(2))]);
+    assert_ne!(a[0].digest, c[0].digest);
+    assert_eq!(a[1], c[1]);
+    assert!(summarize_revocations(&[]).is_empty());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

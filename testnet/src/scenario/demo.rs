@@ -2,8 +2,8 @@
 //! with real `medmesh run` processes, real DICOM and real cryptography.
 //!
 //! 1. A consortium with three admins, two of whom must sign a membership
-//!    certificate: a certificate with one signature is refused, co-signed it
-//!    is accepted. Three sites join: Klinikum Nord and Universitätsklinikum
+//!    certificate or a revocation: a certificate with one signature is
+//!    refused, co-signed it is accepted. Three sites join: Klinikum Nord and Universitätsklinikum
 //!    Süd in Germany, Hôpital Lumière in France.
 //! 2. The sites start on 127.0.0.1 and see each other as trusted peers.
 //! 3. Klinikum Nord imports real DICOM from the repository's corpus (a CT,
@@ -18,8 +18,9 @@
 //!    none of the patient's identifiers.
 //! 6. Lumière asks for the CT without any consent: denied, nothing sent.
 //! 7. The treatment consent is withdrawn: Süd's next request is denied.
-//! 8. An admin revokes Lumière; Nord and Süd apply the revocation: Lumière's
-//!    next request is refused, and Nord lists it as revoked.
+//! 8. Two admins revoke Lumière; Nord alone applies the revocation, and it
+//!    reaches Süd by itself: both disconnect Lumière, its next request is
+//!    refused, and Nord lists it as revoked.
 //! 9. Nord's notifications name the other sites' entries about its studies;
 //!    `log verify` passes at every site and Nord and Süd hold the same head
 //!    of every feed.
@@ -146,6 +147,8 @@ fn consortium(r: &mut Recorder<'_>, dir: &Path) -> Result<Option<(Cluster, Strin
             "3",
             "--threshold",
             "2",
+            "--revocation-threshold",
+            "2",
             "--out",
             &s(&cdir),
             "--json",
@@ -154,17 +157,18 @@ fn consortium(r: &mut Recorder<'_>, dir: &Path) -> Result<Option<(Cluster, Strin
     let created = last_record(&out);
     let id = created["id"].as_str().unwrap_or_default().to_string();
     if !r.check(
-        "three consortium admins create the consortium; a certificate needs two of their signatures",
-        "exit 0, threshold 2 of 3 admin keys",
+        "three consortium admins create the consortium; a certificate or a revocation needs two of their signatures",
+        "exit 0, thresholds 2 of 3 admin keys",
         format!(
-            "exit {}, consortium {}, threshold {} of {} admin keys{}",
+            "exit {}, consortium {}, thresholds {} and {} of {} admin keys{}",
             exit_of(&out),
             id,
             created["threshold"],
+            created["revocation_threshold"],
             created["admin_keys"].as_array().map_or(0, Vec::len),
             stderr_tail(&out)
         ),
-        out.status.success() && created["threshold"] == 2 && !id.is_empty(),
+        out.status.success() && created["threshold"] == 2 && created["revocation_threshold"] == 2 && !id.is_empty(),
     ) {
         return Ok(None);
     }
@@ -575,35 +579,60 @@ fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &s
             &s(&rev),
         ],
     )?;
+    let cosigned = admin(
+        &nord,
+        &[
+            "trust",
+            "cosign",
+            "--consortium",
+            &s(&cdir),
+            "--admin-key",
+            &s(&cdir.join("admin-1.key")),
+            &s(&rev),
+        ],
+    )?;
+    // Nord alone applies it; it reaches Süd through the network.
     let a1 = process::run(&nord, &["trust", "apply", &s(&rev)])?;
-    let a2 = process::run(&sued, &["trust", "apply", &s(&rev)])?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut refused_listing = false;
+    let applied = Instant::now();
+    let deadline = applied + Duration::from_secs(15);
+    let (mut refused_listing, mut sued_applied, mut sued_dropped) = (false, false, false);
     while Instant::now() < deadline {
         let peers = process::run(&nord, &["peers", "--json"])?;
         let text = String::from_utf8_lossy(&peers.stdout);
         refused_listing = !cluster::connected_trusted(&nord)?.contains(&peer(2)) && text.contains("revoked");
-        if refused_listing {
+        let list = process::run(&sued, &["trust", "list", "--json"])?;
+        sued_applied = json_lines(&list.stdout)
+            .iter()
+            .any(|(t, d)| t == "revocation" && d["reason"] == "demo: membership ended");
+        sued_dropped = !cluster::connected_trusted(&sued)?.contains(&peer(2));
+        if refused_listing && sued_applied && sued_dropped {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    let reached = applied.elapsed();
     let (code, rec, err) = request(&lumiere, &peer(0), MR_STUDY, "research")?;
     r.check(
-        "an admin revokes Hôpital Lumière; Nord and Süd apply the revocation; Lumière asks again",
-        "Lumière disconnected and listed as revoked at Nord; its request gets no grant",
+        "two admins revoke Hôpital Lumière; Nord alone applies the revocation; Lumière asks again",
+        "the revocation reaches Süd by itself; Lumière disconnected at Nord and Süd, listed as revoked at Nord; its request gets no grant",
         format!(
-            "revoke exit {}, apply exit {} and {}; Nord lists Lumière as revoked: {}; request exit {}, {}{err}",
+            "revoke exit {}, cosign exit {}, apply at Nord exit {}; Süd applied it by itself: {} ({:.1} s); \
+             Lumière disconnected at Süd: {}; Nord lists Lumière as revoked: {}; request exit {}, {}{err}",
             exit_of(&out),
+            exit_of(&cosigned),
             exit_of(&a1),
-            exit_of(&a2),
+            if sued_applied { "yes" } else { "no" },
+            reached.as_secs_f64(),
+            if sued_dropped { "yes" } else { "no" },
             if refused_listing { "yes" } else { "no" },
             code.map_or_else(|| "?".into(), |c| c.to_string()),
             rec["state"].as_str().unwrap_or("no record"),
         ),
         out.status.success()
+            && cosigned.status.success()
             && a1.status.success()
-            && a2.status.success()
+            && sued_applied
+            && sued_dropped
             && refused_listing
             && code != Some(0)
             && rec["state"] != "granted",

@@ -14,6 +14,9 @@
 //! - `net`: `medmesh run` nodes on 127.0.0.1: three nodes see each other, the CLI works
 //!   through the admin API, refused certificates get no answer, revocation and blocks
 //!   disconnect running peers, clean shutdown.
+//! - `revocation`: a revocation applied at one of five nodes reaches every member by
+//!   itself (gossip, catch-up, a node that was down refuses the peer on its return);
+//!   forged and under-signed revocations are applied and passed on by nobody.
 //! - `notify`: a transfer's notification delivered by a running holder to a webhook and a
 //!   syslog collector (DICOM audit message), without the study's identifiers.
 //! - `recheck`: the holder decides again at every step: a consent withdrawn, a revocation
@@ -38,6 +41,7 @@ mod notify;
 mod privacy;
 mod recheck;
 mod scope;
+mod revocation;
 mod testnet;
 mod transfer;
 mod trust;
