@@ -501,6 +501,17 @@ impl Node {
     /// [`HomeError::NotAHome`], [`KeystoreError::WrongPassphrase`] (as
     /// [`HomeError::Keystore`]), config and store errors.
     pub fn open(root: &Path, passphrase: &Passphrase) -> Result<Node, HomeError> {
+        Self::open_waiting(root, passphrase, std::time::Duration::ZERO)
+    }
+
+    /// As [`Node::open`], waiting up to `wait` while another process (a
+    /// command run on the home) holds its database: `medmesh run` uses it,
+    /// so that a command run while the node starts does not make it fail.
+    ///
+    /// # Errors
+    /// As [`Node::open`]; [`StoreError::Busy`](crate::store::StoreError::Busy)
+    /// (as [`HomeError::Store`]) when the database is still held after `wait`.
+    pub fn open_waiting(root: &Path, passphrase: &Passphrase, wait: std::time::Duration) -> Result<Node, HomeError> {
         let paths = HomePaths::new(root);
         if !paths.master_key().exists() {
             return Err(HomeError::NotAHome {
@@ -519,7 +530,7 @@ impl Node {
                 "the identity key does not match node-record.cbor".into(),
             )));
         }
-        let store = Store::open(&paths.db(), &paths.blobs(), master, config.store.fsync)?;
+        let store = Store::open_waiting(&paths.db(), &paths.blobs(), master, config.store.fsync, wait)?;
         let own_seq = store.ledger_heads_of(&identity.ed25519_public())?.map_or(0, |(s, _)| s);
         Ok(Node {
             paths,

@@ -262,7 +262,14 @@ impl super::Store {
                 study.short()
             )));
         }
-        self.place_blobs(objects.iter().map(|o| (o.address, o.file.as_path())))?;
+        // A landed study is acknowledged (receipt, HAVE): its files are
+        // durable whatever `store.fsync` says.
+        for o in &objects {
+            fs::File::open(&o.file)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| blob_io(&o.file, source))?;
+        }
+        self.place_blobs(objects.iter().map(|o| (o.address, o.file.as_path())), true)?;
         // 3. Rows, replacing an earlier received copy, in one transaction.
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
