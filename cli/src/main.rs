@@ -511,37 +511,21 @@ pub(crate) const HOME_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// database to be released; then it refuses with a clear message.
 pub(crate) fn open(home: &Path) -> Result<Option<Node>> {
     let pass = passphrase(false)?;
-    let start = std::time::Instant::now();
-    let mut said = false;
-    loop {
-        match Node::open(home, &pass) {
-            Err(medmesh_node::home::HomeError::Store(medmesh_node::store::StoreError::Busy { path, .. })) => {
-                if medmesh_node::api::client::Client::detect(home).is_some() {
-                    return Ok(None);
-                }
-                if start.elapsed() >= HOME_WAIT {
-                    bail!(
-                        "opening node home {}: its database {path} is still in use by another medmesh process after {} s (a node that does not finish starting, or a long command); run the command again when it has finished, or through the running node",
-                        home.display(),
-                        HOME_WAIT.as_secs()
-                    );
-                }
-                if !said {
-                    eprintln!(
-                        "medmesh: the database of {} is in use by another medmesh process (a node starting?); waiting up to {} s",
-                        home.display(),
-                        HOME_WAIT.as_secs()
-                    );
-                    said = true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
+    let answers = || medmesh_node::api::client::Client::detect(home).is_some();
+    match Node::open_waiting(home, &pass, HOME_WAIT, &answers) {
+        Err(medmesh_node::home::HomeError::Store(medmesh_node::store::StoreError::Busy { path, .. })) => {
+            if answers() {
+                return Ok(None);
             }
-            r => {
-                return r
-                    .map(Some)
-                    .with_context(|| format!("opening node home {}", home.display()));
-            }
+            bail!(
+                "opening node home {}: its database {path} is still in use by another medmesh process after {} s (a node that does not finish starting, or a long command); run the command again when it has finished, or through the running node",
+                home.display(),
+                HOME_WAIT.as_secs()
+            )
         }
+        r => r
+            .map(Some)
+            .with_context(|| format!("opening node home {}", home.display())),
     }
 }
 
@@ -602,7 +586,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // A command run on the home while the node starts holds the
             // database for a moment: wait for it rather than fail.
             let pass = passphrase(false)?;
-            let node = Node::open_waiting(&home.home, &pass, HOME_WAIT)
+            let node = Node::open_waiting(&home.home, &pass, HOME_WAIT, &|| false)
                 .with_context(|| format!("opening node home {}", home.home.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -193,7 +193,7 @@ pub enum StoreError {
 
 /// Opens the database file, waiting up to `wait` (polling) while another
 /// process holds it; says once in the log that it waits.
-fn open_db(db_path: &Path, wait: Duration) -> Result<Database, StoreError> {
+fn open_db(db_path: &Path, wait: Duration, give_up: &dyn Fn() -> bool) -> Result<Database, StoreError> {
     let start = Instant::now();
     let mut said = false;
     loop {
@@ -201,7 +201,7 @@ fn open_db(db_path: &Path, wait: Duration) -> Result<Database, StoreError> {
             Ok(db) => return Ok(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 let waited = start.elapsed();
-                if waited >= wait {
+                if waited >= wait || give_up() {
                     return Err(StoreError::Busy {
                         path: db_path.display().to_string(),
                         waited: if wait.is_zero() {
@@ -536,21 +536,23 @@ impl Store {
     /// [`StoreError::Database`] when the database cannot be opened (for
     /// example because another process holds it) or has another schema.
     pub fn open(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
-        Self::open_waiting(db_path, blobs, master, fsync, Duration::ZERO)
+        Self::open_waiting(db_path, blobs, master, fsync, Duration::ZERO, &|| false)
     }
 
     /// As [`Store::open`], waiting up to `wait` while another process holds
-    /// the database (a command run on the home while its node starts).
+    /// the database (a command run on the home while its node starts), or
+    /// until `give_up` returns true (checked between tries).
     ///
     /// # Errors
-    /// [`StoreError::Busy`] when it is still held after `wait`; as
-    /// [`Store::open`] otherwise.
+    /// [`StoreError::Busy`] when it is still held after `wait` or when
+    /// `give_up`; as [`Store::open`] otherwise.
     pub fn open_waiting(
         db_path: &Path,
         blobs: &Path,
         master: MasterKey,
         fsync: bool,
         wait: Duration,
+        give_up: &dyn Fn() -> bool,
     ) -> Result<Self, StoreError> {
         if !db_path.exists() {
             return Err(db_err(
@@ -558,7 +560,7 @@ impl Store {
                 "does not exist (is this a medmesh home? run `medmesh init`)",
             ));
         }
-        let db = open_db(db_path, wait)?;
+        let db = open_db(db_path, wait, give_up)?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
         let read = store.db.begin_read().map_err(|e| store.err(e))?;
         let meta = read.open_table(META).map_err(|e| store.err(e))?;

@@ -535,11 +535,12 @@ impl Node {
                 continue;
             }
             if author == own {
-                // The peer holds more of this node's own feed than this node
-                // does (lost in a crash, or restored from a backup): stop
-                // appending, and take the missing entries back (they are
-                // signed by this node, so they verify).
-                self.own_feed_seen(h.seq, "heads")?;
+                // The peer says it holds more of this node's own feed than
+                // this node does (lost in a crash, or restored from a
+                // backup): ask for it. Appending stops when an entry comes
+                // (signed by this node: heads are not, so a peer cannot stop
+                // this node's appending by claiming a head), and the entries
+                // are taken back.
                 out.push(catch_up(&h.author, held, h.seq));
                 continue;
             }
@@ -737,10 +738,9 @@ impl Node {
                     }
                 }
                 Some(_) => {}
+                // (For this node's own feed too: what comes back is signed by
+                // it, and stops its appending until the feed is whole.)
                 None if h.seq > held => {
-                    if author == own {
-                        self.own_feed_seen(h.seq, "a witness")?;
-                    }
                     follow.push(catch_up(&h.author, held, h.seq));
                 }
                 None => {}
@@ -881,7 +881,8 @@ impl Node {
     }
 
     /// Records that a peer (`source`) holds this node's own feed up to
-    /// `seq`; says so once in the log when the feed held here is shorter.
+    /// `seq` (it sent an entry of it, signed by this node); says so once in
+    /// the log when the feed held here is shorter.
     fn own_feed_seen(&self, seq: u64, source: &str) -> Result<(), HomeError> {
         let own = self.identity().ed25519_public();
         let before = self.store().ledger_own_behind(&own)?;

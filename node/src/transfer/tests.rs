@@ -637,13 +637,19 @@ fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_
     assert_eq!(r.store().ledger_heads_of(&own).unwrap().unwrap().0, k);
     // Nothing tells it yet: it cannot know (a peer must say so first).
     assert!(r.own_feed_problem().is_none());
-    // The holder's heads show the recipient's feed further: it asks for the rest of its own feed...
+    // The holder's heads show the recipient's feed further: it asks for the
+    // rest of its own feed (heads are not signed: they stop nothing yet).
     let wants = r.ledger_wants(&h.ledger_heads().unwrap()).unwrap();
     assert!(
         wants.iter().any(|(a, from, _)| a.as_slice() == own && *from == k + 1),
         "{wants:?}"
     );
-    // ... and writes nothing until it has it: no second entry k+1.
+    // A signed entry of its own beyond its head (the last one, as if the
+    // first answer were cut short) proves the loss: it writes nothing until
+    // it has the rest, so no second entry k+1.
+    let last = h.ledger_range(&own, n, 1).unwrap();
+    let got = r.ledger_accept("holder", &last, None).unwrap();
+    assert_eq!(got.added, 0, "{got:?}");
     let err = r.log(ev(4)).unwrap_err().to_string();
     assert!(
         err.contains("own ledger feed ends at entry") && err.contains(&format!("up to entry {n}")),
