@@ -548,9 +548,33 @@ fn passphrase(confirm: bool) -> Result<Passphrase> {
     Ok(Passphrase::new(first))
 }
 
-pub(crate) fn open(home: &Path) -> Result<Node> {
+/// How long `medmesh run` waits for a command run on the home to release
+/// its database, and a command waits for a node starting on the home.
+pub(crate) const HOME_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the home on its files for a command. While another process holds
+/// its database (a node starting on it, whose admin API does not answer
+/// yet, or another command) the command waits, up to [`HOME_WAIT`], for
+/// the node's admin API to answer (then `None`: go through it) or for the
+/// database to be released; then it refuses with a clear message.
+pub(crate) fn open(home: &Path) -> Result<Option<Node>> {
     let pass = passphrase(false)?;
-    Node::open(home, &pass).with_context(|| format!("opening node home {}", home.display()))
+    let answers = || medmesh_node::api::client::Client::detect(home).is_some();
+    match Node::open_waiting(home, &pass, HOME_WAIT, &answers) {
+        Err(medmesh_node::home::HomeError::Store(medmesh_node::store::StoreError::Busy { path, .. })) => {
+            if answers() {
+                return Ok(None);
+            }
+            bail!(
+                "opening node home {}: its database {path} is still in use by another medmesh process after {} s (a node that does not finish starting, or a long command); run the command again when it has finished, or through the running node",
+                home.display(),
+                HOME_WAIT.as_secs()
+            )
+        }
+        r => r
+            .map(Some)
+            .with_context(|| format!("opening node home {}", home.display())),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -613,7 +637,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             medmesh_node::home::HomePaths::new(home)
                 .check_private()
                 .context("refusing to run")?;
-            let node = open(home)?;
+            // A command run on the home while the node starts holds the
+            // database for a moment: wait for it rather than fail.
+            let pass = passphrase(false)?;
+            let node = Node::open_waiting(home, &pass, HOME_WAIT, &|| false)
+                .with_context(|| format!("opening node home {}", home.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -647,7 +675,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => None,
             };
             let info = Node::id_info(&rec);
-            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net) });
+            let ledger_problem = status.as_ref().and_then(|s| s.ledger_problem.clone());
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem });
             out.emit("status", &data, || match &status {
                 Some(s) => {
                     let mut t = format!(
@@ -661,6 +690,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     for a in &s.net.listen {
                         t.push_str(&format!("listening  {a}\n"));
+                    }
+                    if let Some(p) = &s.ledger_problem {
+                        t.push_str(&format!("LEDGER     {p}\n"));
                     }
                     t
                 }

@@ -54,15 +54,24 @@ impl Session {
     /// Through the running node if one answers on the home's socket, else on
     /// the files (asking for the passphrase).
     pub fn open(home: &Path) -> Result<Self> {
-        if let Some(client) = Client::detect(home) {
+        let remote = |client: Client| -> Result<Self> {
             tracing::debug!(home = %home.display(), "using the running node's admin API");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            return Ok(Self::Remote { client, rt });
+            Ok(Self::Remote { client, rt })
+        };
+        if let Some(client) = Client::detect(home) {
+            return remote(client);
         }
-        Ok(Self::Local(Box::new(crate::open(home)?)))
+        match crate::open(home)? {
+            Some(node) => Ok(Self::Local(Box::new(node))),
+            // A node started meanwhile: its admin API answers now.
+            None => remote(
+                Client::detect(home).with_context(|| format!("the node on {} stopped answering", home.display()))?,
+            ),
+        }
     }
 
     fn get<T: DeserializeOwned>(client: &Client, rt: &tokio::runtime::Runtime, path: &str) -> Result<T> {

@@ -229,6 +229,10 @@ pub struct Status {
     pub net: NetStatus,
     /// The admin API socket.
     pub socket: PathBuf,
+    /// What keeps this node from writing ledger entries (its own feed is
+    /// shorter than what its peers hold), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_problem: Option<String>,
 }
 
 /// One record of a streamed answer.

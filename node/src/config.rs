@@ -29,10 +29,13 @@ chunk_size = 65536
 # included). Larger files are parsed up to the pixel data, whose declared
 # length is then checked against the file size; memory stays bounded.
 full_parse_limit = 67108864
-# Make every stored object and index change durable (fsync) before an import
-# batch is reported as stored. Off, a power loss or OS crash can lose the
-# index changes of recent batches and leave blob files that no index row
-# names (`medmesh store check` lists them). Turn off only for throwaway homes.
+# Make imported blob files durable (fsync) before an import batch is
+# reported as stored. Off, a power loss or OS crash can lose the content of
+# recently imported objects (`medmesh store check --deep` lists them). What
+# the node signs and sends away or shows as done (index rows, received
+# studies, transfers, consents, ledger entries) is durable before it is
+# acknowledged either way, so a killed process loses none of it. Turn off
+# only for throwaway homes.
 fsync = true
 # Files per import batch: each batch is one index transaction.
 batch_files = 256
@@ -818,7 +821,8 @@ pub struct StoreConfig {
     pub chunk_size: u32,
     /// Files up to this size are parsed completely on import.
     pub full_parse_limit: u64,
-    /// fsync stored objects and the index before reporting them stored.
+    /// fsync imported blob files before reporting them stored (what the node
+    /// acknowledges is durable whatever this says).
     pub fsync: bool,
     /// Files per import batch.
     pub batch_files: u32,

@@ -67,6 +67,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         node: Node::id_info(node.record()),
         net: status,
         socket: socket.clone(),
+        ledger_problem: node.own_feed_problem(),
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {

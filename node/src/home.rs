@@ -558,6 +558,24 @@ impl Node {
     /// [`HomeError::NotAHome`], [`KeystoreError::WrongPassphrase`] (as
     /// [`HomeError::Keystore`]), config and store errors.
     pub fn open(root: &Path, passphrase: &Passphrase) -> Result<Node, HomeError> {
+        Self::open_waiting(root, passphrase, std::time::Duration::ZERO, &|| false)
+    }
+
+    /// As [`Node::open`], waiting up to `wait` while another process holds
+    /// its database, or until `give_up` returns true (checked between
+    /// tries): `medmesh run` waits for a command run on the home, a command
+    /// for a node starting on it (giving up when its admin API answers).
+    ///
+    /// # Errors
+    /// As [`Node::open`]; [`StoreError::Busy`](crate::store::StoreError::Busy)
+    /// (as [`HomeError::Store`]) when the database is still held after
+    /// `wait` or when `give_up`.
+    pub fn open_waiting(
+        root: &Path,
+        passphrase: &Passphrase,
+        wait: std::time::Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Node, HomeError> {
         let paths = HomePaths::new(root);
         if !paths.master_key().exists() {
             return Err(HomeError::NotAHome {
@@ -576,7 +594,7 @@ impl Node {
                 "the identity key does not match node-record.cbor".into(),
             )));
         }
-        let store = Store::open(&paths.db(), &paths.blobs(), master, config.store.fsync)?;
+        let store = Store::open_waiting(&paths.db(), &paths.blobs(), master, config.store.fsync, wait, give_up)?;
         let own_seq = store.ledger_heads_of(&identity.ed25519_public())?.map_or(0, |(s, _)| s);
         Ok(Node {
             paths,

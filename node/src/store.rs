@@ -51,6 +51,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use consent_schema::{ConsentId, ConsentRecord};
 use medmesh_seal::{DataKey, WrappedKey, open_box, seal_box};
@@ -170,9 +171,66 @@ pub enum StoreError {
     /// A ledger entry cannot be made.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// Another process holds the database (a node running or starting on
+    /// this home, or another command).
+    #[error(
+        "database {path} is in use by another medmesh process (a node running or starting on this home, or another command){waited}"
+    )]
+    Busy {
+        /// The database file.
+        path: String,
+        /// How long it was waited for, as text (empty when not waited).
+        waited: String,
+    },
+    /// This node's own feed is shorter than what its peers hold: appending
+    /// would sign seqs it signed before (an equivocation).
+    #[error(
+        "this node's own ledger feed ends at entry {held} here, but its peers hold it up to entry {seen} (entries lost in a crash or a restore from backup): it writes no entry until it has taken them back from its peers (they are caught up from connected peers)"
+    )]
+    OwnFeedBehind {
+        /// The last seq held here.
+        held: u64,
+        /// The highest seq of this node's feed seen at a peer.
+        seen: u64,
+    },
     /// A re-link record does not open.
     #[error("re-link record of pseudonym {0} in relink-v1 does not open under this node's master key or is damaged")]
     Relink(String),
+}
+
+/// Opens the database file, waiting up to `wait` (polling) while another
+/// process holds it; says once in the log that it waits.
+fn open_db(db_path: &Path, wait: Duration, give_up: &dyn Fn() -> bool) -> Result<Database, StoreError> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        match Database::create(db_path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let waited = start.elapsed();
+                if waited >= wait || give_up() {
+                    return Err(StoreError::Busy {
+                        path: db_path.display().to_string(),
+                        waited: if wait.is_zero() {
+                            String::new()
+                        } else {
+                            format!("; waited {} s for it to be released", wait.as_secs())
+                        },
+                    });
+                }
+                if !said {
+                    tracing::warn!(
+                        db = %db_path.display(),
+                        wait_secs = wait.as_secs(),
+                        "the database is in use by another medmesh process (a command run on this home?); waiting for it to be released"
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100).min(wait - waited));
+            }
+            Err(e) => return Err(db_err(db_path, e)),
+        }
+    }
 }
 
 fn db_err(path: &Path, e: impl fmt::Display) -> StoreError {
@@ -493,13 +551,31 @@ impl Store {
     /// [`StoreError::Database`] when the database cannot be opened (for
     /// example because another process holds it) or has another schema.
     pub fn open(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
+        Self::open_waiting(db_path, blobs, master, fsync, Duration::ZERO, &|| false)
+    }
+
+    /// As [`Store::open`], waiting up to `wait` while another process holds
+    /// the database (a command run on the home while its node starts), or
+    /// until `give_up` returns true (checked between tries).
+    ///
+    /// # Errors
+    /// [`StoreError::Busy`] when it is still held after `wait` or when
+    /// `give_up`; as [`Store::open`] otherwise.
+    pub fn open_waiting(
+        db_path: &Path,
+        blobs: &Path,
+        master: MasterKey,
+        fsync: bool,
+        wait: Duration,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Self, StoreError> {
         if !db_path.exists() {
             return Err(db_err(
                 db_path,
                 "does not exist (is this a medmesh home? run `medmesh init`)",
             ));
         }
-        let db = Database::create(db_path).map_err(|e| db_err(db_path, e))?;
+        let db = open_db(db_path, wait, give_up)?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
         let read = store.db.begin_read().map_err(|e| store.err(e))?;
         let meta = read.open_table(META).map_err(|e| store.err(e))?;
@@ -840,7 +916,13 @@ impl Store {
     /// the directories. The caller writes the rows and clears the intent.
     /// An address a row owns or another batch claims (a landing, a purge)
     /// refuses the batch: a batch never renames over a blob the store holds.
-    fn place_blobs<'a>(&self, files: impl Iterator<Item = ([u8; 32], &'a Path)> + Clone) -> Result<(), StoreError> {
+    /// With `sync_dirs` false (an import with `store.fsync = false`) the
+    /// directories are not synced.
+    fn place_blobs<'a>(
+        &self,
+        files: impl Iterator<Item = ([u8; 32], &'a Path)> + Clone,
+        sync_dirs: bool,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         {
@@ -868,7 +950,7 @@ impl Store {
             }
             fs::rename(file, &dest).map_err(|source| blob_io(&dest, source))?;
         }
-        if self.fsync {
+        if sync_dirs {
             for dir in &dirs {
                 fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
             }
@@ -883,7 +965,7 @@ impl Store {
     /// [`StoreError::Database`], [`StoreError::BlobIo`]. On error nothing of
     /// the batch is visible in the index.
     pub fn commit_batch(&self, objects: Vec<StagedObject>, studies: Vec<StudyUpdate>) -> Result<(), StoreError> {
-        self.place_blobs(objects.iter().map(|o| (o.address, o.tmp.as_path())))?;
+        self.place_blobs(objects.iter().map(|o| (o.address, o.tmp.as_path())), self.fsync)?;
         // 3. Index rows and clear the intent, in one transaction.
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
@@ -1114,7 +1196,24 @@ impl Store {
         Ok(out)
     }
 
+    /// The durability of a commit that records what this node signs and
+    /// sends away (a receipt, a grant, a ledger entry, a HAVE), shows as
+    /// done (an import, a landing, a consent, a transfer's state) or must
+    /// not forget (an intent, a key destroyed): durable when `commit`
+    /// returns, whatever `store.fsync` says. A node killed right after
+    /// must not come back without it (and sign its seqs again).
     fn durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
+        txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The durability of local bookkeeping that can be derived again and was
+    /// told to nobody (read marks, delivery progress of notifications, peers'
+    /// witness statements): with `store.fsync = false` it is not flushed, and
+    /// becomes durable with the next durable commit; a crash before that
+    /// loses it, and it is derived again (a notification delivered twice, a
+    /// witness heard again).
+    fn local_durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
         if !self.fsync {
             txn.set_durability(Durability::None).map_err(|e| self.err(e))?;
         }

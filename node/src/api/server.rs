@@ -398,6 +398,7 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                     node: Node::id_info(api.node.record()),
                     net,
                     socket: api.socket.clone(),
+                    ledger_problem: api.node.own_feed_problem(),
                 })
             }
             (&Method::GET, "/peers") => json(&api.net.peers().await.map_err(|e| failed(&e))?),

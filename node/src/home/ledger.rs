@@ -87,11 +87,28 @@ impl Node {
     /// same write transaction (see [`Node::author`]); this is for entries
     /// that record what changes no state here (an export, a request sent).
     pub fn log(&self, event: Event) -> Result<(), HomeError> {
-        let e = self
-            .store()
-            .ledger_append(self.identity(), super::trust::now(), event)?;
+        let kind = event.kind();
+        let e = match self.store().ledger_append(self.identity(), super::trust::now(), event) {
+            Ok(e) => e,
+            Err(err @ crate::store::StoreError::OwnFeedBehind { .. }) => {
+                tracing::error!(kind, "ledger entry not written: {err}");
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
         self.logged(std::slice::from_ref(&e));
         Ok(())
+    }
+
+    /// Why this node writes no ledger entry now, if it does not: its own
+    /// feed is shorter than what a peer holds (see [`StoreError::OwnFeedBehind`](crate::store::StoreError::OwnFeedBehind)).
+    #[must_use]
+    pub fn own_feed_problem(&self) -> Option<String> {
+        match self.store().ledger_own_behind(&self.identity().ed25519_public()) {
+            Ok(Some((held, seen))) => Some(crate::store::StoreError::OwnFeedBehind { held, seen }.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("cannot read the ledger: {e}")),
+        }
     }
 
     /// Who signs the entries a change appends in its own write transaction
@@ -243,6 +260,15 @@ impl Node {
                 problems,
                 countersigned: 0,
             });
+        }
+        // This node's own feed shorter than what its peers hold.
+        let own = self.identity().ed25519_public();
+        if let Some((held, seen)) = self.store().ledger_own_behind(&own)? {
+            let problem = format!(
+                "this node's own feed ends at entry {held} here but its peers hold it up to entry {seen}: entries {} to {seen} were lost here (a crash, a restore from backup); no entry is written until they are taken back from peers",
+                held + 1
+            );
+            add_problem(&mut out, peer_text(&own), problem);
         }
         // Equivocations: a second entry of a seq, kept as evidence.
         for (author, seq, bytes) in self.store().ledger_forks()? {
@@ -536,6 +562,13 @@ impl Node {
                 continue;
             }
             if author == own {
+                // The peer says it holds more of this node's own feed than
+                // this node does (lost in a crash, or restored from a
+                // backup): ask for it. Appending stops when an entry comes
+                // (signed by this node: heads are not, so a peer cannot stop
+                // this node's appending by claiming a head), and the entries
+                // are taken back.
+                out.push(catch_up(&h.author, held, h.seq));
                 continue;
             }
             if self.author_trusted(&author, &mut cache)? {
@@ -743,7 +776,9 @@ impl Node {
                     }
                 }
                 Some(_) => {}
-                None if h.seq > held && author != own => {
+                // (For this node's own feed too: what comes back is signed by
+                // it, and stops its appending until the feed is whole.)
+                None if h.seq > held => {
                     follow.push(catch_up(&h.author, held, h.seq));
                 }
                 None => {}
@@ -782,7 +817,8 @@ impl Node {
                     self.alert("alert-equivocation", from, e.entry.seq, &what, &hourly(&own))?;
                     Ok((Taken::Fork, Some(e)))
                 }
-                _ => Ok((Taken::Own, Some(e))),
+                Some(_) => Ok((Taken::Own, Some(e))),
+                None => self.take_own_back(from, e),
             };
         }
         let trusted = self.author_trusted(&author, cache)?
@@ -842,6 +878,76 @@ impl Node {
             crate::store::Inserted::ForkKnown => Taken::ForkKnown,
         };
         Ok((taken, Some(e)))
+    }
+
+    /// An entry of this node's own feed that it does not hold, sent by
+    /// `from`: lost here (a crash, a restore from backup). Appending stops
+    /// until the feed is whole again; the entry is taken back when it is the
+    /// next one (it verifies: this node signed it).
+    fn take_own_back(&self, from: &str, e: SignedEntry) -> Result<(Taken, Option<SignedEntry>), HomeError> {
+        self.own_feed_seen(e.entry.seq, from)?;
+        let taken = match self.store().ledger_insert_foreign(&e)? {
+            crate::store::Inserted::Added => {
+                tracing::warn!(
+                    seq = e.entry.seq,
+                    from,
+                    "an entry of this node's own feed, lost here, taken back from a peer"
+                );
+                if self
+                    .store()
+                    .ledger_own_behind(&self.identity().ed25519_public())?
+                    .is_none()
+                {
+                    tracing::info!(
+                        seq = e.entry.seq,
+                        "this node's own feed is whole again: appending resumes"
+                    );
+                    self.ledger_seq.send_if_modified(|s| {
+                        let newer = e.entry.seq > *s;
+                        *s = (*s).max(e.entry.seq);
+                        newer
+                    });
+                }
+                Taken::Added
+            }
+            crate::store::Inserted::Duplicate => Taken::Own,
+            crate::store::Inserted::Gap => {
+                let held = self
+                    .store()
+                    .ledger_heads_of(&self.identity().ed25519_public())?
+                    .map_or(0, |(s, _)| s);
+                Taken::Gap(held)
+            }
+            crate::store::Inserted::Fork | crate::store::Inserted::Broken => {
+                let what = format!(
+                    "{from} sent an entry {} of this node's own feed naming another previous entry than the one held here",
+                    e.entry.seq
+                );
+                tracing::error!(seq = e.entry.seq, from, "{what}");
+                self.alert("alert-equivocation", from, e.entry.seq, &what, &e.id)?;
+                Taken::OtherBranch
+            }
+        };
+        Ok((taken, Some(e)))
+    }
+
+    /// Records that a peer (`source`) holds this node's own feed up to
+    /// `seq` (it sent an entry of it, signed by this node); says so once in
+    /// the log when the feed held here is shorter.
+    fn own_feed_seen(&self, seq: u64, source: &str) -> Result<(), HomeError> {
+        let own = self.identity().ed25519_public();
+        let before = self.store().ledger_own_behind(&own)?;
+        if let Some((held, seen)) = self.store().ledger_own_seen(&own, seq)?
+            && before.is_none_or(|(_, s)| s < seen)
+        {
+            tracing::error!(
+                held,
+                seen,
+                source,
+                "this node's own ledger feed is behind what its peers hold (entries lost in a crash or a restore from backup): no entry is written until they are taken back from peers"
+            );
+        }
+        Ok(())
     }
 
     /// Raises `alert-refused-entry` naming `from`, the peer that sent an

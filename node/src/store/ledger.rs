@@ -65,7 +65,76 @@ fn feed_head(
         .map(|(k, v)| (split_key(&k.value()).1, *blake3::hash(v.value()).as_bytes())))
 }
 
+/// `meta-v1` key: the highest seq of this node's own feed that a peer was
+/// seen to hold (u64 LE), raised by catch-up, gossip and witnesses.
+const OWN_FEED_SEEN: &str = "own-feed-seen";
+
+/// The highest seq of this node's own feed seen at a peer (0: none).
+fn own_feed_seen(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, redb::StorageError> {
+    Ok(meta
+        .get(OWN_FEED_SEEN)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
 impl super::Store {
+    /// Records that a peer holds this node's own feed up to `seq` (from its
+    /// heads, a witness or an entry it sent). Returns `Some((held, seen))`
+    /// while the feed held here is shorter: appending is refused until the
+    /// missing entries are taken back from peers.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_own_seen(&self, author: &[u8; 32], seq: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.durability(&mut txn)?;
+        let (held, seen) = {
+            let held = feed_head(&txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?, author)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |(s, _)| s);
+            let mut meta = txn.open_table(super::META).map_err(|e| self.err(e))?;
+            let mut seen = own_feed_seen(&meta).map_err(|e| self.err(e))?;
+            if seq > seen {
+                meta.insert(OWN_FEED_SEEN, seq.to_le_bytes().as_slice())
+                    .map_err(|e| self.err(e))?;
+                seen = seq;
+            }
+            (held, seen)
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok((seen > held).then_some((held, seen)))
+    }
+
+    /// `Some((held, seen))` when this node's own feed (`author`) held here
+    /// ends before what a peer was seen to hold.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn ledger_own_behind(&self, author: &[u8; 32]) -> Result<Option<(u64, u64)>, StoreError> {
+        let read = self.db.begin_read().map_err(|e| self.err(e))?;
+        let held = feed_head(&read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?, author)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |(s, _)| s);
+        let seen = own_feed_seen(&read.open_table(super::META).map_err(|e| self.err(e))?).map_err(|e| self.err(e))?;
+        Ok((seen > held).then_some((held, seen)))
+    }
+
+    /// Refuses to append to this node's own feed, whose head here is
+    /// `head_seq`, when a peer was seen holding it further: the next entry
+    /// would sign a seq signed before. Every append to the own feed calls
+    /// this inside its write transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::OwnFeedBehind`], [`StoreError::Database`].
+    pub(crate) fn own_feed_check(&self, txn: &redb::WriteTransaction, head_seq: u64) -> Result<(), StoreError> {
+        let meta = txn.open_table(super::META).map_err(|e| self.err(e))?;
+        let seen = own_feed_seen(&meta).map_err(|e| self.err(e))?;
+        if seen > head_seq {
+            return Err(StoreError::OwnFeedBehind { held: head_seq, seen });
+        }
+        Ok(())
+    }
+
     fn commit_key(&self) -> medmesh_seal::DataKey {
         self.master.derive(super::LEDGER_COMMIT_KEY_CONTEXT)
     }
@@ -199,6 +268,8 @@ impl super::Store {
         let key = author.identity.ed25519_public();
         let mut entries = txn.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
         let head = feed_head(&entries, &key).map_err(|e| self.err(e))?;
+        // Never re-sign a sequence number a peer has seen (a feed lost in a crash).
+        self.own_feed_check(txn, head.map_or(0, |(s, _)| s))?;
         let entry = ledger::make_entry(author.identity, head, author.time, event)
             .map_err(|e| StoreError::Ledger(e.to_string()))?;
         entries
@@ -439,7 +510,7 @@ impl super::Store {
     /// [`StoreError::Database`].
     pub fn ledger_witness_put(&self, w: &ledger::gossip::SignedWitness) -> Result<bool, StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
+        self.local_durability(&mut txn)?;
         let kept = {
             let mut t = txn.open_table(LEDGER_WITNESSES).map_err(|e| self.err(e))?;
             let newer = match t.get(w.key()).map_err(|e| self.err(e))? {
@@ -490,7 +561,7 @@ impl super::Store {
         key[..32].copy_from_slice(&witness);
         key[32..].copy_from_slice(&entry_key(author, seq));
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
+        self.local_durability(&mut txn)?;
         let new = {
             let mut t = txn.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
             let mut low = [0u8; 72];
@@ -644,7 +715,7 @@ impl super::Store {
     /// [`StoreError::Database`], a row that does not decode.
     pub fn notifications_take(&self, unread_only: bool) -> Result<Vec<([u8; 32], NotificationRow)>, StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
+        self.local_durability(&mut txn)?;
         let mut out = Vec::new();
         {
             let mut t = txn.open_table(super::NOTIFICATIONS).map_err(|e| self.err(e))?;

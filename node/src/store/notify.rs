@@ -221,7 +221,7 @@ impl super::Store {
         change: impl FnOnce(&mut SinkState) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        self.durability(&mut txn)?;
+        self.local_durability(&mut txn)?;
         let out = {
             let mut t = txn.open_table(SINKS).map_err(|e| self.err(e))?;
             let mut state = match t.get(sink).map_err(|e| self.err(e))? {

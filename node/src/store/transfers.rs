@@ -398,7 +398,14 @@ impl super::Store {
     /// Step 2 of a landing: hard-links each received file to its blob path.
     /// A file found there is one no row owns and no batch claims (checked in
     /// step 1, under the intent): the leftover of a lost write, replaced.
+    /// A landed study is acknowledged (receipt, HAVE): its files and folders
+    /// are synced whatever `store.fsync` says.
     fn link_blobs(&self, objects: &[LandedObject]) -> Result<(), StoreError> {
+        for o in objects {
+            fs::File::open(&o.file)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| blob_io(&o.file, source))?;
+        }
         let mut dirs = BTreeSet::new();
         for o in objects {
             let dest = self.blob_path(&o.address);
@@ -418,10 +425,8 @@ impl super::Store {
                 Err(source) => return Err(blob_io(&dest, source)),
             }
         }
-        if self.fsync {
-            for dir in &dirs {
-                fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
-            }
+        for dir in &dirs {
+            fsutil::sync_dir(dir).map_err(|source| blob_io(dir, source))?;
         }
         Ok(())
     }

@@ -608,6 +608,111 @@ fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() 
     assert!(feed.problems.iter().any(|p| p.contains("equivocation")), "{feed:?}");
 }
 
+/// Issue 16 item 9: a node whose own feed is shorter than what its peers
+/// hold (entries lost in a crash) refuses to append (it would sign the same
+/// seqs again), says so in `log verify`, takes its entries back from a
+/// peer, and only then appends.
+#[test]
+fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_it_back() {
+    use crate::ledger::{self, Event};
+    let w = world();
+    let ev = |i: u64| Event::ConsentAdded {
+        consent: format!("c-{i:016x}"),
+    };
+    let (r, h) = (&w.recipient, &w.holder);
+    r.log(ev(1)).unwrap();
+    r.log(ev(2)).unwrap();
+    r.log(ev(3)).unwrap();
+    let own = r.identity().ed25519_public();
+    let n = r.store().ledger_heads_of(&own).unwrap().unwrap().0;
+    assert!(n >= 3);
+    let feed = r.ledger_range(&own, 1, 100).unwrap();
+    let added = h.ledger_accept("recipient", &feed, None).unwrap();
+    assert_eq!(added.added, n, "{added:?}");
+    // The recipient loses its last two entries (a crash before they were durable).
+    let k = n - 2;
+    r.store()
+        .ledger_tamper(&own, k, &feed[usize::try_from(k - 1).unwrap()])
+        .unwrap();
+    assert_eq!(r.store().ledger_heads_of(&own).unwrap().unwrap().0, k);
+    // Nothing tells it yet: it cannot know (a peer must say so first).
+    assert!(r.own_feed_problem().is_none());
+    // The holder's heads show the recipient's feed further: it asks for the
+    // rest of its own feed (heads are not signed: they stop nothing yet).
+    let wants = r.ledger_wants(&h.ledger_heads().unwrap()).unwrap();
+    assert!(
+        wants.iter().any(|(a, from, _)| a.as_slice() == own && *from == k + 1),
+        "{wants:?}"
+    );
+    // A signed entry of its own beyond its head (the last one, as if the
+    // first answer were cut short) proves the loss: it writes nothing until
+    // it has the rest, so no second entry k+1.
+    let last = h.ledger_range(&own, n, 1).unwrap();
+    let got = r.ledger_accept("holder", &last, None).unwrap();
+    assert_eq!(got.added, 0, "{got:?}");
+    let err = r.log(ev(4)).unwrap_err().to_string();
+    assert!(
+        err.contains("own ledger feed ends at entry") && err.contains(&format!("up to entry {n}")),
+        "{err}"
+    );
+    assert_eq!(r.store().ledger_heads_of(&own).unwrap().unwrap().0, k);
+    assert!(r.own_feed_problem().is_some());
+    let report = r.log_verify().unwrap();
+    assert!(!report.ok);
+    let mine = report
+        .feeds
+        .iter()
+        .find(|f| f.author == r.identity().peer_id())
+        .unwrap();
+    assert!(mine.problems.iter().any(|p| p.contains("were lost here")), "{mine:?}");
+    // Its own entries, served by the holder, verify and are taken back.
+    let back = h.ledger_range(&own, k + 1, 100).unwrap();
+    let taken = r.ledger_accept("holder", &back, None).unwrap();
+    assert_eq!(taken.added, 2, "{taken:?}");
+    assert!(r.own_feed_problem().is_none());
+    assert!(r.log_verify().unwrap().ok);
+    // Now it appends after them, and the holder takes the entry as the next one (no fork).
+    r.log(ev(4)).unwrap();
+    let next = r.ledger_range(&own, n + 1, 10).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(ledger::open_entry(&next[0]).unwrap().entry.seq, n + 1);
+    let took = h.ledger_accept("recipient", &next, None).unwrap();
+    assert_eq!((took.added, took.forks), (1, 0), "{took:?}");
+    assert!(h.log_verify().unwrap().ok);
+}
+
+/// An entry of its own feed that a node lacks, gossiped by a peer, also
+/// stops its appending (and is taken back when it is the next one).
+#[test]
+fn an_own_entry_gossiped_beyond_the_head_held_stops_appending() {
+    use crate::ledger::Event;
+    let w = world();
+    let ev = |i: u64| Event::ConsentAdded {
+        consent: format!("c-{i:016x}"),
+    };
+    let r = &w.recipient;
+    r.log(ev(1)).unwrap();
+    r.log(ev(2)).unwrap();
+    let own = r.identity().ed25519_public();
+    let n = r.store().ledger_heads_of(&own).unwrap().unwrap().0;
+    let feed = r.ledger_range(&own, 1, 100).unwrap();
+    // Loses its last two entries; a peer relays the last one (a gap here).
+    r.store()
+        .ledger_tamper(&own, n - 2, &feed[usize::try_from(n - 3).unwrap()])
+        .unwrap();
+    let last = feed[usize::try_from(n - 1).unwrap()].clone();
+    let got = r.ledger_accept("holder", &[last], None).unwrap();
+    assert_eq!(got.added, 0, "{got:?}");
+    assert!(r.log(ev(3)).is_err());
+    // The one before it, then the last: whole again.
+    let got = r
+        .ledger_accept("holder", &feed[usize::try_from(n - 2).unwrap()..], None)
+        .unwrap();
+    assert_eq!(got.added, 2, "{got:?}");
+    r.log(ev(3)).unwrap();
+    assert!(r.log_verify().unwrap().ok);
+}
+
 #[test]
 fn gossip_messages_are_judged_before_they_are_passed_on() {
     use crate::home::ledger::Verdict;

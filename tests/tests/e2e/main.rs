@@ -8,6 +8,9 @@
 //! - `privacy`: no patient data in plaintext anywhere under a home after import.
 //! - `integrity`: a changed byte in a stored blob fails export, naming the object.
 //! - `crash`: SIGKILL in the middle of a large import leaves a consistent store.
+//! - `durability`: a node SIGKILLed with `fsync = false` keeps what it acknowledged
+//!   (landed studies, transfers, gossiped entries) and signs no old seq again; a
+//!   command run while the node starts makes neither fail.
 //! - `trust`: consortium init, k-of-n certificates, join, revoke/apply, bilateral trust, blocks.
 //! - `consent`: `consent add / list / withdraw / check / import-fhir` on the files and
 //!   through a running node: allow, deny with reasons, approval, withdrawal, all-or-nothing FHIR import.
@@ -32,6 +35,7 @@ mod consent;
 mod corpus;
 mod crash;
 mod deid;
+mod durability;
 mod home;
 mod integrity;
 mod ledger;
