@@ -911,6 +911,7 @@ impl Node {
                 Taken::Added
             }
             crate::store::Inserted::Duplicate => Taken::Own,
+            crate::store::Inserted::ForkKnown => Taken::ForkKnown,
             crate::store::Inserted::Gap => {
                 let held = self
                     .store()
