@@ -226,7 +226,11 @@ fn render_one(v: &TransferView) -> String {
         s.push_str(&format!(
             "  left out  object {} ({}): {} [{}]\n",
             o.object,
-            if o.modality.is_empty() { "no modality" } else { &o.modality },
+            if o.modality.is_empty() {
+                "no modality"
+            } else {
+                &o.modality
+            },
             o.text,
             o.code
         ));

@@ -1208,9 +1208,16 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
             AnswerBody::Ack
         );
         let got = w.recipient.transfer(&id).unwrap();
-        assert_eq!((got.state, got.reasons[0].code.as_str()), (State::Failed, code), "{name}");
+        assert_eq!(
+            (got.state, got.reasons[0].code.as_str()),
+            (State::Failed, code),
+            "{name}"
+        );
         assert_eq!(ended_codes(&w.recipient, &id), vec![code.to_string()], "{name}");
-        assert!(w.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_none(), "{name}");
+        assert!(
+            w.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_none(),
+            "{name}"
+        );
         assert!(w.recipient.store().chunks_done(&id).unwrap().is_empty(), "{name}");
         assert!(!w.recipient.store().incoming_dir(&id).exists(), "{name}");
         assert_eq!(verdict(&w.recipient, &holder_peer, &open), "closed", "{name}");

@@ -265,7 +265,10 @@ fn a_resume_after_the_recipient_restarts_starts_within_a_few_retry_intervals() {
         if v["done_bytes"].as_u64().unwrap_or(0) * 100 >= study.bytes * 30 {
             break;
         }
-        assert!(v["state"] != "complete" && v["state"] != "landed", "finished before the kill: {v}");
+        assert!(
+            v["state"] != "complete" && v["state"] != "landed",
+            "finished before the kill: {v}"
+        );
         assert!(start.elapsed() < Duration::from_secs(60), "no progress: {v}");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -29,13 +29,21 @@ fn an_ot_object_in_a_ct_series_is_left_out_under_a_ct_only_consent() {
         ..StudySpec::default()
     };
     let g = generate(&spec, &ct_dir).expect("generate");
-    expect_code(&run(&holder, &["study", "import", s(&ct_dir)]).expect("run"), 0, "import CT");
+    expect_code(
+        &run(&holder, &["study", "import", s(&ct_dir)]).expect("run"),
+        0,
+        "import CT",
+    );
     // ... and an OT secondary capture filed under the same Series Instance UID.
     let ot_dir = dir.path().join("ot");
     std::fs::create_dir_all(&ot_dir).expect("mkdir");
     let ot_uid = format!("{}.99", g.sop_instance_uids[0]);
     restyle(&g.files[0], &ot_dir.join("ot.dcm"), "OT", SECONDARY_CAPTURE, &ot_uid).expect("restyle");
-    expect_code(&run(&holder, &["study", "import", s(&ot_dir)]).expect("run"), 0, "import OT");
+    expect_code(
+        &run(&holder, &["study", "import", s(&ot_dir)]).expect("run"),
+        0,
+        "import OT",
+    );
     let out = run(&holder, &["study", "show", &g.study_uid, "--json"]).expect("run");
     expect_code(&out, 0, "study show");
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
@@ -101,7 +109,10 @@ fn an_ot_object_in_a_ct_series_is_left_out_under_a_ct_only_consent() {
         "{text}"
     );
     for shown in [text.to_string(), held.to_string()] {
-        assert!(!shown.contains(&ot_uid), "the object is named by reference, not UID: {shown}");
+        assert!(
+            !shown.contains(&ot_uid),
+            "the object is named by reference, not UID: {shown}"
+        );
     }
     let got = show(&recipient, &id);
     assert_eq!(got["objects"], 5, "{got}");
