@@ -7,7 +7,14 @@
 //!   that nesting path (X/Z: Type 2 → Z, else X; X/D: Type 1 or 2 → D;
 //!   Z/D: Type 1 → D; X/Z/D and X/Z/U* likewise). Attributes the table does
 //!   not list are kept, except UIDs that are not well-known DICOM UIDs, which
-//!   are remapped like U.
+//!   are remapped like U, and string values, which are cleaned ([`text`]);
+//!   medmesh adds rows for Text Value (D, C with Clean Structured Content),
+//!   Retrieve URL and Retrieve URI (X).
+//! - Cleaning (C, and every string the table does not list) removes, at any
+//!   depth and ignoring case, every identifying string of the object (every
+//!   person name and its parts, the patient's IDs, address, birth date, the
+//!   accession number, the institution...) and the site's names (its host
+//!   names: [`Profile::with_site_names`]), and maps UIDs quoted in text.
 //! - The options ([`DeidOption`]) replace the basic action with their K or C
 //!   where the table says so.
 //! - Private attributes go, unless Retain Safe Private is on and the
@@ -16,7 +23,8 @@
 //!   under the same keys, so references between objects still resolve. New
 //!   UIDs are `2.25.` + a 128-bit UUID (version 8) as a decimal integer.
 //! - Dates shift by a keyed per-patient number of days when Retain
-//!   Longitudinal Temporal Information with Modified Dates is on.
+//!   Longitudinal Temporal Information with Modified Dates is on (both ends
+//!   of a DA or DT range by the same days).
 //! - The patient's name and ID become a keyed pseudonym.
 //! - Patient Identity Removed, De-identification Method, its code sequence
 //!   (CID 7050) and Longitudinal Temporal Information Modified are set.

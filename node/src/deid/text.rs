@@ -282,8 +282,9 @@ fn needle_spans(s: &str, needles: &[&Needles], out: &mut Vec<Span>) {
 
 /// `s` with every identifying string of `needles` replaced by [`MASK`] and
 /// every UID-like token by its mapping under `keys` (left as it is without
-/// keys: Retain UIDs); `None` when nothing was found. Overlapping finds are merged: a UID token that covers the whole
-/// merged range gives its mapping, anything else the mask.
+/// keys: Retain UIDs); `None` when nothing was found. Overlapping finds are
+/// merged: a range that is exactly one UID token (finds inside it included)
+/// gives its mapping, anything else the mask.
 #[must_use]
 pub fn scrub(s: &str, needles: &[&Needles], keys: Option<&DeidKeys>) -> Option<String> {
     let mut spans = Vec::new();
@@ -305,25 +306,30 @@ pub fn scrub(s: &str, needles: &[&Needles], keys: Option<&DeidKeys>) -> Option<S
         return None;
     }
     spans.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-    let mut merged: Vec<(usize, usize, Option<(usize, usize)>)> = Vec::new();
+    // Merged ranges; `uid` while the range is exactly one UID token.
+    let mut merged: Vec<Span> = Vec::new();
     for sp in spans {
-        let uid = sp.uid.then_some((sp.start, sp.end));
         match merged.last_mut() {
-            Some(last) if sp.start < last.1 => {
-                last.1 = last.1.max(sp.end);
+            Some(last) if sp.start < last.end => {
+                // A find inside a UID token is covered by its mapping; one
+                // that reaches beyond it makes the whole range a mask.
+                if sp.end > last.end {
+                    last.end = sp.end;
+                    last.uid = false;
+                }
             }
-            _ => merged.push((sp.start, sp.end, uid)),
+            _ => merged.push(sp),
         }
     }
     let mut out = String::with_capacity(s.len());
     let mut at = 0;
-    for (start, end, uid) in merged {
-        out.push_str(&s[at..start]);
-        match (uid, keys) {
-            (Some((us, ue)), Some(k)) if us == start && ue == end => out.push_str(&k.map_uid(&s[start..end])),
+    for m in merged {
+        out.push_str(&s[at..m.start]);
+        match keys {
+            Some(k) if m.uid => out.push_str(&k.map_uid(&s[m.start..m.end])),
             _ => out.push_str(MASK),
         }
-        at = end;
+        at = m.end;
     }
     out.push_str(&s[at..]);
     Some(out)

@@ -1112,7 +1112,7 @@ proptest! {
         let keys = DeidKeys::from_secret(&[31u8; 32]);
         let out = deidentify(&input, &p, &keys).unwrap();
         let obj = read(&out.bytes);
-        let l = leaks(&obj, &[needle.clone()]);
+        let l = leaks(&obj, std::slice::from_ref(&needle));
         prop_assert!(l.is_empty(), "{:?} in {:?} at depth {}: {:?}", role, tag, depth, l);
         let lower = needle.to_lowercase();
         prop_assert!(!out.bytes.to_ascii_lowercase().windows(lower.len()).any(|w| w == lower.as_bytes()));
