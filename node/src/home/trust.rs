@@ -27,6 +27,17 @@ const REVOCATION_PREFIX: &str = "revocation/";
 /// Most revocation bytes sent in one catch-up answer (well under the sync protocol's 8 MiB).
 pub const MAX_REVOCATIONS_ANSWER: usize = 4 * 1024 * 1024;
 
+/// A revocation applied here that verifies now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRevocation {
+    /// Its consortium's id.
+    pub consortium: String,
+    /// BLAKE3 of its bytes.
+    pub hash: [u8; 32],
+    /// Its bytes, as the admins signed them.
+    pub bytes: Vec<u8>,
+}
+
 /// What became of a revocation a peer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -326,11 +337,11 @@ impl Node {
         }
     }
 
-    /// The applied revocations that verify now: (consortium id, BLAKE3 of the bytes, bytes).
+    /// The applied revocations that verify now.
     ///
     /// # Errors
     /// Store errors.
-    pub fn applied_revocations(&self) -> Result<Vec<(String, [u8; 32], Vec<u8>)>, HomeError> {
+    pub fn applied_revocations(&self) -> Result<Vec<AppliedRevocation>, HomeError> {
         let state = self.trust_state()?;
         let mut out = Vec::new();
         for (_, bytes) in self.store.trust_records(REVOCATION_PREFIX)? {
@@ -342,7 +353,11 @@ impl Node {
                 continue;
             };
             if verify_revocation(&rev, c).is_ok() {
-                out.push((p.consortium, *blake3::hash(&bytes).as_bytes(), bytes));
+                out.push(AppliedRevocation {
+                    consortium: p.consortium,
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                    bytes,
+                });
             }
         }
         Ok(out)
@@ -356,7 +371,7 @@ impl Node {
         let pairs: Vec<(String, [u8; 32])> = self
             .applied_revocations()?
             .into_iter()
-            .map(|(c, h, _)| (c, h))
+            .map(|a| (a.consortium, a.hash))
             .collect();
         Ok(trust::summarize_revocations(&pairs))
     }
@@ -374,10 +389,10 @@ impl Node {
         }
         let mut out = Vec::new();
         let mut size = 0;
-        for (c, _, bytes) in self.applied_revocations()? {
-            if c == consortium && size + bytes.len() <= MAX_REVOCATIONS_ANSWER {
-                size += bytes.len();
-                out.push(bytes);
+        for a in self.applied_revocations()? {
+            if a.consortium == consortium && size + a.bytes.len() <= MAX_REVOCATIONS_ANSWER {
+                size += a.bytes.len();
+                out.push(a.bytes);
             }
         }
         Ok(out)

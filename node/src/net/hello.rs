@@ -417,7 +417,7 @@ mod tests {
         }
         // Bounds.
         let many = plain.clone().with_revocations(
-            (0..=MAX_REVOCATION_SUMMARIES as u8)
+            (0..=u8::try_from(MAX_REVOCATION_SUMMARIES).unwrap())
                 .flat_map(|i| sum(&format!("c{i}"), 1))
                 .collect(),
         );

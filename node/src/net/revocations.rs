@@ -91,13 +91,13 @@ impl Service {
                 return;
             }
         };
-        let pairs: Vec<(String, [u8; 32])> = applied.iter().map(|(c, h, _)| (c.clone(), *h)).collect();
+        let pairs: Vec<(String, [u8; 32])> = applied.iter().map(|a| (a.consortium.clone(), a.hash)).collect();
         self.revocations.summaries = crate::trust::summarize_revocations(&pairs);
         let fresh: Vec<Vec<u8>> = match &self.revocations.known {
             Some(known) => applied
                 .iter()
-                .filter(|(_, h, _)| !known.contains(h))
-                .map(|(_, _, b)| b.clone())
+                .filter(|a| !known.contains(&a.hash))
+                .map(|a| a.bytes.clone())
                 .collect(),
             None => Vec::new(),
         };

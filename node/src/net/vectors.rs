@@ -1,4 +1,5 @@
-//! Test vectors of the trust formats and the hello (docs/vectors/trust-v1.json):
+//! Test vectors of the trust formats and the hello (docs/vectors/trust-v1.json)
+//! and of revocations that spread (docs/vectors/revocation-v2.json):
 //! fixed keys give fixed bytes (Ed25519 signatures are deterministic). Run
 //! with `MEDMESH_WRITE_VECTORS=1` to rewrite the file after a deliberate
 //! format change.
@@ -119,4 +120,87 @@ fn trust_and_hello_vectors() {
         };
         assert_eq!(got, d["result"].as_str().unwrap(), "{d}");
     }
+}
+
+const REVOCATION_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/revocation-v2.json");
+
+/// A version 2 consortium (revocations need 2 of 3 admins), a revocation
+/// signed by one admin (refused) and by two (valid), a hello carrying a
+/// revocation summary, and the gossip and catch-up messages that carry
+/// revocations (docs/PROTOCOL.md §7, §7.4, §8, §14.4, §14.5).
+#[test]
+fn revocation_spreading_vectors() {
+    use crate::ledger::LEDGER_VERSION;
+    use crate::ledger::gossip::GossipMsg;
+    use crate::ledger::sync::{SyncRequest, SyncResponse};
+    let m = make();
+    let admins: Vec<[u8; 32]> = vec![[3u8; 32], [4u8; 32], [5u8; 32]];
+    let consortium = Consortium::new(
+        "vector consortium",
+        admins.iter().map(ed25519_public_of).collect(),
+        1,
+        1_700_000_000,
+    )
+    .unwrap()
+    .with_revocation_threshold(2)
+    .unwrap();
+    let one = Revocation::issue(
+        &consortium,
+        &admins[0],
+        RevocationTarget::Peer(m.peer_id.clone()),
+        "vector",
+        1_750_000_000,
+    )
+    .unwrap();
+    let mut two = one.clone();
+    two.cosign(&consortium, &admins[2]).unwrap();
+    let two_bytes = two.to_bytes().unwrap();
+    let summary = crate::trust::summarize_revocations(&[(consortium.id.clone(), *blake3::hash(&two_bytes).as_bytes())]);
+    let hello = Hello::new(m.record.clone(), vec![]).with_revocations(summary.clone());
+    let json = serde_json::json!({
+        "description": "medmesh revocations that reach every member (docs/PROTOCOL.md sections 7, 7.4, 8, 14.4, 14.5). Admin Ed25519 secrets = 32 x 0x03, 0x04, 0x05; the node record is trust-v1.json's.",
+        "consortium_v2": hex::encode(consortium.to_bytes().unwrap()),
+        "revocation_one_signature": hex::encode(one.to_bytes().unwrap()),
+        "revocation_two_signatures": hex::encode(&two_bytes),
+        "hello_with_summary": hex::encode(hello.to_bytes().unwrap()),
+        "gossip_message": hex::encode(GossipMsg::Revocation { v: LEDGER_VERSION, revocation: serde_bytes::ByteBuf::from(two_bytes.clone()) }.to_bytes().unwrap()),
+        "catch_up_request": enc_hex(&SyncRequest::Revocations { v: LEDGER_VERSION, consortium: consortium.id.clone(), digest: vec![] }),
+        "catch_up_response": enc_hex(&SyncResponse::Revocations { v: LEDGER_VERSION, consortium: consortium.id.clone(), revocations: vec![serde_bytes::ByteBuf::from(two_bytes.clone())] }),
+    });
+    if std::env::var_os("MEDMESH_WRITE_VECTORS").is_some() {
+        std::fs::write(REVOCATION_FILE, serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
+    }
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(REVOCATION_FILE).unwrap()).unwrap();
+    assert_eq!(file, json, "differs from docs/vectors/revocation-v2.json");
+    let bytes = |k: &str| hex::decode(file[k].as_str().unwrap()).unwrap();
+    let c = Consortium::from_bytes(&bytes("consortium_v2")).unwrap();
+    assert_eq!((c.v, c.revocation_threshold), (2, 2));
+    assert!(verify_revocation(&Revocation::from_bytes(&bytes("revocation_one_signature")).unwrap(), &c).is_err());
+    assert!(
+        verify_revocation(
+            &Revocation::from_bytes(&bytes("revocation_two_signatures")).unwrap(),
+            &c
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        Hello::from_bytes(&bytes("hello_with_summary")).unwrap().revocations,
+        summary
+    );
+    assert!(matches!(
+        GossipMsg::from_bytes(&bytes("gossip_message")).unwrap(),
+        GossipMsg::Revocation { .. }
+    ));
+    assert!(matches!(
+        crate::ledger::sync::decode_request(&bytes("catch_up_request")).unwrap(),
+        SyncRequest::Revocations { .. }
+    ));
+    assert!(matches!(
+        crate::ledger::sync::decode_response(&bytes("catch_up_response")).unwrap(),
+        SyncResponse::Revocations { .. }
+    ));
+}
+
+fn enc_hex<T: serde::Serialize>(v: &T) -> String {
+    hex::encode(crate::cbor::encode("vector", v).unwrap())
 }
