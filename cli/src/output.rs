@@ -86,8 +86,8 @@ pub fn steady_eta(elapsed: std::time::Duration, pos: u64, len: u64) -> String {
     if elapsed < std::time::Duration::from_secs(1) || pos == 0 || len == 0 {
         return "-".into();
     }
-    let left = len.saturating_sub(pos) as f64 * elapsed.as_secs_f64() / pos as f64;
-    let secs = left.round() as u64;
+    let left_ms = u128::from(len.saturating_sub(pos)) * elapsed.as_millis() / u128::from(pos);
+    let secs = u64::try_from(left_ms.div_ceil(1000)).unwrap_or(u64::MAX);
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),

@@ -244,7 +244,7 @@ fn consent_decides_what_may_leave_and_withdrawal_takes_effect() {
         )
         .expect("run"),
     );
-    assert!(err.contains("no study of this patient"), "{err}");
+    assert!(err.contains("no stored study is covered by this consent"), "{err}");
 }
 
 #[test]
@@ -279,7 +279,8 @@ fn bad_input_is_named_and_unknown_peers_and_studies_are_refused() {
                 "--until",
                 "2026-01-01",
             ],
-            vec!["valid_until"],
+            // The option and the dates as typed (issue 16: not `valid_until`).
+            vec!["until: 2026-01-01 is not after --from 2027-01-01"],
         ),
         (
             vec![

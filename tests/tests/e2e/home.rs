@@ -187,3 +187,31 @@ fn import_says_what_it_found() {
     assert_eq!(status("README").as_deref(), Some("skipped"));
     assert_eq!(status("LICENSE.txt").as_deref(), Some("skipped"));
 }
+
+/// Issue 16 item 10: `study purge` of a study that is not stored says so at
+/// once, instead of first asking for --yes; a stored one still asks.
+#[test]
+fn purge_of_an_unknown_study_says_so_before_asking_for_yes() {
+    let (_dir, home) = new_home("Klinikum Nord");
+    let ct = corpus().join("ct/ct_ge_small_explicit-le.dcm");
+    expect_code(
+        &run(&home, &["study", "import", ct.to_str().expect("utf8")]).expect("run"),
+        0,
+        "import",
+    );
+    let out = run(&home, &["study", "purge", "1.2.3.4.5", "--reason", "erasure"]).expect("run");
+    expect_code(&out, 2, "unknown study");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no study 1.2.3.4.5 in this store") && !err.contains("--yes"),
+        "{err}"
+    );
+    let out = run(&home, &["--json", "study", "list"]).expect("run");
+    let uid = json_lines(&out.stdout)[0].1["study_uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let out = run(&home, &["study", "purge", &uid, "--reason", "erasure"]).expect("run");
+    expect_code(&out, 2, "known study without --yes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run again with --yes"));
+}
