@@ -171,10 +171,12 @@ incoming_stale_secs = 604800
 streams_per_peer = 32
 # Transfer requests taken from one peer: a token bucket of request_burst
 # requests refilled at requests_per_minute. A request over it is answered
-# retry-later with the seconds to wait, before anything is recorded.
-requests_per_minute = 30
+# retry-later with the seconds to wait, before anything is recorded. The
+# defaults let a research export of thousands of studies through at about
+# 50 requests a second while bounding what one peer can make this node write.
+requests_per_minute = 3000
 # Requests one peer may send at once before the rate above applies.
-request_burst = 10
+request_burst = 300
 # Requests from one peer waiting for a person here (`medmesh approvals`), at
 # most; a further one is answered retry-later until some are decided.
 pending_approvals_per_peer = 50
@@ -686,8 +688,8 @@ impl Default for LimitsConfig {
             pending_share_bytes_per_peer: 64 * 1024 * 1024 * 1024,
             incoming_stale_secs: 7 * 86400,
             streams_per_peer: 32,
-            requests_per_minute: 30,
-            request_burst: 10,
+            requests_per_minute: 3000,
+            request_burst: 300,
             pending_approvals_per_peer: 50,
         }
     }

@@ -24,8 +24,8 @@ fn a_request_flood_is_answered_retry_later_and_recorded_only_up_to_the_burst() {
     let cfg = net.nodes[0].home.join("config.toml");
     let text = std::fs::read_to_string(&cfg)
         .expect("config")
-        .replace("requests_per_minute = 30", "requests_per_minute = 1")
-        .replace("request_burst = 10", "request_burst = 2");
+        .replace("requests_per_minute = 3000", "requests_per_minute = 1")
+        .replace("request_burst = 300", "request_burst = 2");
     std::fs::write(&cfg, text).expect("config");
     net.start().expect("start");
     net.wait_mesh(Duration::from_secs(60)).expect("mesh");
