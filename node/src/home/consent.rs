@@ -1161,8 +1161,6 @@ impl Node {
     }
 }
 
-/// The entry of a consent put on record (added, or replaced by an import).
-
 fn record_err(id: &ConsentId, cause: ConsentError) -> HomeError {
     HomeError::Consent(ConsentOpError::Record {
         id: id.to_string(),
