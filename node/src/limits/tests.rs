@@ -224,7 +224,7 @@ fn requests_over_a_peers_rate_are_answered_retry_later_and_others_still_served()
 
 #[test]
 fn a_request_flood_records_at_most_the_burst_and_the_holder_serves_others() {
-    let w = world(&[("request_burst = 10", "request_burst = 3")], &[]);
+    let w = world(&[("request_burst = 300", "request_burst = 3")], &[]);
     let limiter = RequestLimiter::new(&w.holder.config().limits);
     let flooder = w.recipient.identity().peer_id();
     let entries_before = w.holder.store().ledger_entries().unwrap().len();
