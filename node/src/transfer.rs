@@ -499,6 +499,17 @@ fn not_available() -> Reason {
     )
 }
 
+/// The consent check of a transfer record: its study, peer, purpose, role and level.
+fn consent_query(rec: &TransferRecord) -> CheckQuery {
+    CheckQuery {
+        study_uid: rec.study_uid.clone(),
+        peer_id: rec.peer.clone(),
+        purpose: rec.purpose,
+        role: Some(rec.role),
+        level: rec.requested_level,
+    }
+}
+
 fn refuse(code: &str, text: impl Into<String>, permanent: bool) -> Refuse {
     Refuse {
         v: WIRE_VERSION,
@@ -916,13 +927,7 @@ impl Node {
             return Ok(vec![not_available()]);
         }
         // 3. Consent and policy.
-        let check = self.consent_check(&CheckQuery {
-            study_uid: rec.study_uid.clone(),
-            peer_id: rec.peer.clone(),
-            purpose: rec.purpose,
-            role: Some(rec.role),
-            level: rec.requested_level,
-        })?;
+        let check = self.consent_check(&consent_query(rec))?;
         match (check.decision, check.grant) {
             (Verdict::Allow, Some(g)) | (Verdict::NeedsApproval, Some(g))
                 if check.decision == Verdict::Allow || approved =>
@@ -1487,13 +1492,7 @@ impl Node {
                 )));
             }
         }
-        let check = self.consent_check(&CheckQuery {
-            study_uid: rec.study_uid.clone(),
-            peer_id: rec.peer.clone(),
-            purpose: rec.purpose,
-            role: Some(rec.role),
-            level: rec.requested_level,
-        })?;
+        let check = self.consent_check(&consent_query(rec))?;
         if let Some(r) = check.trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }

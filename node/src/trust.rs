@@ -365,28 +365,13 @@ impl Certificate {
     /// certificate's consortium or has signed already.
     pub fn cosign(&mut self, consortium: &Consortium, admin_secret: &[u8; 32]) -> Result<(), TrustError> {
         let payload = self.payload()?;
-        if payload.consortium != consortium.id {
-            return Err(invalid(
-                "consortium",
-                format!(
-                    "the certificate is for consortium {}, not {}",
-                    payload.consortium, consortium.id
-                ),
-            ));
-        }
-        let admin = identity::ed25519_public_of(admin_secret);
-        if !consortium.is_admin(&admin) {
-            return Err(invalid("admin key", "is not an admin key of this consortium"));
-        }
-        if self.signatures.iter().any(|s| s.admin == admin) {
-            return Err(invalid("admin key", "has already signed this certificate"));
-        }
-        let sig = identity::sign_raw(admin_secret, CERTIFICATE_DOMAIN, &self.payload);
-        self.signatures.push(AdminSignature {
-            admin: admin.to_vec(),
-            sig: sig.to_vec(),
-        });
-        Ok(())
+        add_admin_signature(
+            &mut self.signatures,
+            ("certificate", CERTIFICATE_DOMAIN, &self.payload),
+            &payload.consortium,
+            consortium,
+            admin_secret,
+        )
     }
 
     /// The decoded payload (signatures not checked).
@@ -511,28 +496,13 @@ impl Revocation {
     /// the key is not one of its admins or has signed already.
     pub fn cosign(&mut self, consortium: &Consortium, admin_secret: &[u8; 32]) -> Result<(), TrustError> {
         let payload = self.payload()?;
-        if payload.consortium != consortium.id {
-            return Err(invalid(
-                "consortium",
-                format!(
-                    "the revocation is for consortium {}, not {}",
-                    payload.consortium, consortium.id
-                ),
-            ));
-        }
-        let admin = identity::ed25519_public_of(admin_secret);
-        if !consortium.is_admin(&admin) {
-            return Err(invalid("admin key", "is not an admin key of this consortium"));
-        }
-        if self.signatures.iter().any(|s| s.admin == admin) {
-            return Err(invalid("admin key", "has already signed this revocation"));
-        }
-        let sig = identity::sign_raw(admin_secret, REVOCATION_DOMAIN, &self.payload);
-        self.signatures.push(AdminSignature {
-            admin: admin.to_vec(),
-            sig: sig.to_vec(),
-        });
-        Ok(())
+        add_admin_signature(
+            &mut self.signatures,
+            ("revocation", REVOCATION_DOMAIN, &self.payload),
+            &payload.consortium,
+            consortium,
+            admin_secret,
+        )
     }
 
     /// Encodes the revocation.
@@ -1047,6 +1017,37 @@ pub fn unlock_admin_key(
 ) -> Result<zeroize::Zeroizing<[u8; 32]>, crate::keystore::KeystoreError> {
     let (_, secret) = crate::keystore::unlock_locked(path, passphrase, ADMIN_KEY_KIND, ADMIN_KEY_CONTEXT)?;
     Ok(zeroize::Zeroizing::new(*secret.expose_secret()))
+}
+
+/// Adds one admin's signature over `signed` (what, its signing domain, the
+/// payload bytes) to `signatures`: the document must be of `consortium`, the
+/// key one of its admins, not on the document yet.
+fn add_admin_signature(
+    signatures: &mut Vec<AdminSignature>,
+    (what, domain, signed): (&str, &str, &[u8]),
+    of: &str,
+    consortium: &Consortium,
+    admin_secret: &[u8; 32],
+) -> Result<(), TrustError> {
+    if of != consortium.id {
+        return Err(invalid(
+            "consortium",
+            format!("the {what} is for consortium {of}, not {}", consortium.id),
+        ));
+    }
+    let admin = identity::ed25519_public_of(admin_secret);
+    if !consortium.is_admin(&admin) {
+        return Err(invalid("admin key", "is not an admin key of this consortium"));
+    }
+    if signatures.iter().any(|s| s.admin == admin) {
+        return Err(invalid("admin key", format!("has already signed this {what}")));
+    }
+    let sig = identity::sign_raw(admin_secret, domain, signed);
+    signatures.push(AdminSignature {
+        admin: admin.to_vec(),
+        sig: sig.to_vec(),
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -844,14 +844,7 @@ impl Node {
                     e.author_peer(),
                     e.entry.seq
                 );
-                tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
-                self.alert(
-                    "alert-equivocation",
-                    &e.author_peer(),
-                    e.entry.seq,
-                    &what,
-                    &hourly(&author),
-                )?;
+                self.equivocation(&e, from, &what, &author)?;
                 Taken::Fork
             }
             crate::store::Inserted::Gap => {
@@ -865,14 +858,7 @@ impl Node {
                     e.author_peer(),
                     e.entry.seq
                 );
-                tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
-                self.alert(
-                    "alert-equivocation",
-                    &e.author_peer(),
-                    e.entry.seq,
-                    &what,
-                    &hourly(&author),
-                )?;
+                self.equivocation(&e, from, &what, &author)?;
                 Taken::OtherBranch
             }
             crate::store::Inserted::ForkKnown => Taken::ForkKnown,
@@ -949,6 +935,19 @@ impl Node {
             );
         }
         Ok(())
+    }
+
+    /// Logs and alerts (at most once an hour per author) the equivocation
+    /// `what` of the author of `e`, relayed by `from`.
+    fn equivocation(&self, e: &SignedEntry, from: &str, what: &str, author: &[u8; 32]) -> Result<(), HomeError> {
+        tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
+        self.alert(
+            "alert-equivocation",
+            &e.author_peer(),
+            e.entry.seq,
+            what,
+            &hourly(author),
+        )
     }
 
     /// Raises `alert-refused-entry` naming `from`, the peer that sent an
