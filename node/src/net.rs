@@ -1794,26 +1794,10 @@ pub(crate) fn answer_transfer(
     }
 }
 
-/// Text that may come from a peer, made safe for logs and terminals: control
-/// characters escaped, at most 300 characters.
+/// Text that may come from a peer, made safe for logs and terminals
+/// ([`crate::text::clean`]): at most 300 characters and an ellipsis.
 fn sanitize(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .take(301)
-        .collect();
-    if out.chars().count() > 300 {
-        out.pop();
-        out.push('…');
-    }
-    out
+    crate::text::clean(s, 301).into_owned()
 }
 
 /// Whether an address advertised by a peer is worth dialling (not a
