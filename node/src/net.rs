@@ -66,6 +66,9 @@ const MAX_ESTABLISHED_INCOMING: u32 = 1024;
 const MAX_PER_PEER: u32 = 4;
 /// Refused peers remembered for `medmesh peers`.
 const REFUSED_KEPT: usize = 64;
+/// Connections of one peer established within this of each other may be a
+/// simultaneous dial; a hello on one does not close the other.
+const HELLO_RACE: Duration = Duration::from_secs(3);
 /// Every connection is pinged this often.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// A ping unanswered this long fails; libp2p-ping reports the second failure
@@ -418,7 +421,8 @@ struct PeerState {
     hello: Option<Hello>,
     /// Trusted on the current connections.
     trusted: bool,
-    connections: HashSet<libp2p::swarm::ConnectionId>,
+    /// The open connections, with when each was established.
+    connections: HashMap<libp2p::swarm::ConnectionId, Instant>,
     addrs: Vec<Multiaddr>,
     /// Deadline for a valid hello on the current connections.
     deadline: Option<Instant>,
@@ -1143,7 +1147,7 @@ impl Service {
                 }
                 let deadline = Instant::now() + self.hello_timeout;
                 let st = self.peers.entry(peer_id).or_default();
-                st.connections.insert(connection_id);
+                st.connections.insert(connection_id, Instant::now());
                 st.remote = Some(endpoint.get_remote_address().clone());
                 if st.trusted {
                     return;
@@ -1267,15 +1271,46 @@ impl Service {
         }
     }
 
+    /// A peer already trusted that says hello again on a new connection has
+    /// lost its older ones (it restarted, or its side saw them die): they are
+    /// closed now rather than when ping or QUIC's idle timeout notices, so
+    /// that no stream (a transfer session's resume) is opened on a dead one.
+    /// Connections younger than [`HELLO_RACE`] are left alone: two nodes
+    /// dialling each other at once both say hello.
+    fn close_stale_connections(&mut self, peer: PeerId, fresh: libp2p::swarm::ConnectionId) {
+        let Some(st) = self.peers.get(&peer) else { return };
+        if !st.trusted {
+            return;
+        }
+        let now_i = Instant::now();
+        let stale: Vec<_> = st
+            .connections
+            .iter()
+            .filter(|(c, since)| **c != fresh && now_i.saturating_duration_since(**since) >= HELLO_RACE)
+            .map(|(c, _)| *c)
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                peer = %peer,
+                count = stale.len(),
+                "peer said hello again on a new connection: closing its older connections"
+            );
+        }
+        for c in stale {
+            self.swarm.close_connection(c);
+        }
+    }
+
     fn on_hello(&mut self, e: request_response::Event<Hello, Hello>) {
         use request_response::{Event, Message};
         match e {
             Event::Message {
                 peer,
+                connection_id,
                 message: Message::Request { request, channel, .. },
-                ..
             } => match hello::evaluate(&self.trust, &peer.to_string(), &request, now()) {
                 Ok(accepted) => {
+                    self.close_stale_connections(peer, connection_id);
                     let answer = self.own_hello.clone();
                     if self.swarm.behaviour_mut().hello.send_response(channel, answer).is_ok()
                         && !self.revocations_on_hello(peer, &request, &accepted.trusted.via)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use medmesh_testnet::cluster::{self, Cluster, ClusterNode};
 use medmesh_testnet::{StudySpec, generate};
@@ -47,14 +47,6 @@ fn heads_of(home: &Path) -> BTreeMap<String, u64> {
             )
         })
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn transfer_state(home: &Path, id: &str) -> String {

@@ -27,35 +27,6 @@ fn now() -> i64 {
         .expect("i64")
 }
 
-fn peers(home: &Path) -> Vec<(String, serde_json::Value)> {
-    let out = run(home, &["peers", "--json"]).expect("run");
-    expect_code(&out, 0, "peers --json");
-    json_lines(&out.stdout)
-}
-
-fn refused_code(home: &Path, peer: &str) -> Option<String> {
-    peers(home)
-        .into_iter()
-        .find(|(t, d)| t == "refused" && d["peer_id"] == peer)
-        .and_then(|(_, d)| d["code"].as_str().map(str::to_string))
-}
-
-/// Connected and trusted (a connection still in its hello does not count).
-fn connected(home: &Path, peer: &str) -> bool {
-    peers(home)
-        .iter()
-        .any(|(t, d)| t == "peer" && d["peer_id"] == peer && d["connected"] == true && d["trusted"] == true)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
-}
-
 #[test]
 fn three_nodes_see_each_other_serve_the_cli_and_stop_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -12,26 +12,6 @@ use medmesh_testnet::cluster::{self, Cluster};
 
 use crate::util::*;
 
-fn peers(home: &Path) -> Vec<(String, serde_json::Value)> {
-    let out = run(home, &["peers", "--json"]).expect("run");
-    expect_code(&out, 0, "peers --json");
-    json_lines(&out.stdout)
-}
-
-/// Connected and trusted.
-fn connected(home: &Path, peer: &str) -> bool {
-    peers(home)
-        .iter()
-        .any(|(t, d)| t == "peer" && d["peer_id"] == peer && d["connected"] == true && d["trusted"] == true)
-}
-
-fn refused_code(home: &Path, peer: &str) -> Option<String> {
-    peers(home)
-        .into_iter()
-        .find(|(t, d)| t == "refused" && d["peer_id"] == peer)
-        .and_then(|(_, d)| d["code"].as_str().map(str::to_string))
-}
-
 /// The reasons of the revocations a node applied.
 fn revocations(home: &Path) -> Vec<String> {
     let out = run(home, &["trust", "list", "--json"]).expect("run");
@@ -41,15 +21,6 @@ fn revocations(home: &Path) -> Vec<String> {
         .filter(|(t, _)| t == "revocation")
         .filter_map(|(_, d)| d["reason"].as_str().map(str::to_string))
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn s(p: &Path) -> &str {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 pub use medmesh_testnet::process::{init_home, json_lines, medmesh, run};
 
@@ -50,4 +51,36 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_file())
         .map(walkdir::DirEntry::into_path)
         .collect()
+}
+
+/// `medmesh peers --json` of a home: (line type, object).
+pub fn peers(home: &Path) -> Vec<(String, serde_json::Value)> {
+    let out = run(home, &["peers", "--json"]).expect("run");
+    expect_code(&out, 0, "peers --json");
+    json_lines(&out.stdout)
+}
+
+/// Connected and trusted (a connection still in its hello does not count).
+pub fn connected(home: &Path, peer: &str) -> bool {
+    peers(home)
+        .iter()
+        .any(|(t, d)| t == "peer" && d["peer_id"] == peer && d["connected"] == true && d["trusted"] == true)
+}
+
+/// The code of the latest refusal of `peer` at `home`, if any.
+pub fn refused_code(home: &Path, peer: &str) -> Option<String> {
+    peers(home)
+        .into_iter()
+        .find(|(t, d)| t == "refused" && d["peer_id"] == peer)
+        .and_then(|(_, d)| d["code"].as_str().map(str::to_string))
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
 }
