@@ -342,11 +342,7 @@ pub struct StudyDetail {
     pub series: Vec<SeriesDetail>,
 }
 
-pub(crate) fn rfc3339(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default()
-}
+pub(crate) use crate::clock::rfc3339;
 
 fn origin_name(o: &Origin) -> String {
     match o {
@@ -526,7 +522,7 @@ impl Node {
             institution: institution.into(),
             jurisdiction: jurisdiction.into(),
             addrs: Vec::new(),
-            created: chrono::Utc::now().timestamp(),
+            created: crate::clock::now(),
         };
         let bytes = record.sign(&identity)?.to_bytes()?;
         fsutil::write_new_private(&paths.record(), &bytes).map_err(|e| io(&paths.record(), e))?;

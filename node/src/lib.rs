@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod cbor;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod deid;

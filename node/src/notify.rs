@@ -294,9 +294,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+use crate::clock::now;
 
 /// Delivers the outbox to one sink until `stop`: in order, at least once,
 /// the cursor moved only after each success, failures retried per `backoff`.

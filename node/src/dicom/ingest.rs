@@ -566,7 +566,7 @@ fn commit(
         return Ok(());
     }
     let store = shared.store;
-    let now = chrono::Utc::now().timestamp();
+    let now = crate::clock::now();
     let mut updates: HashMap<StudyRef, (StudyRow, StudyMeta, Option<[u8; 32]>)> = HashMap::new();
     for (obj, info) in batch.objects.iter().zip(&batch.infos) {
         let key = shared.study_key(&obj.study)?;

@@ -467,9 +467,7 @@ impl Node {
     }
 }
 
-fn utc_now() -> DateTime<Utc> {
-    DateTime::from_timestamp(super::trust::now(), 0).unwrap_or_default()
-}
+use crate::clock::now_utc as utc_now;
 
 /// Parses a date (`2026-03-01`, a UTC day) or an RFC 3339 instant. With
 /// `end_of_day`, a date means the end of that day (the next midnight).

@@ -179,10 +179,7 @@ fn refused_from(from: &str, why: String) -> RevocationTaken {
     RevocationTaken::Refused(why)
 }
 
-/// Now, in Unix seconds.
-pub(crate) fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
+pub(crate) use crate::clock::now;
 
 impl Node {
     /// Installs a consortium descriptor and this node's certificate, after
