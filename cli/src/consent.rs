@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use medmesh_node::api::routes::{ConsentsAdd, ConsentsCheck, ConsentsImportFhir, ConsentsList, ConsentsWithdraw};
+use medmesh_node::api::{ConsentListRequest, WithdrawRequest};
 use medmesh_node::consent_schema::{
     ConsentRecord, ConsentedBy, Coverage, DeidLevel, ModalityScope, Provision, Purpose, RecipientScope, Role,
 };
@@ -276,7 +278,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             } = *args;
             let session = Session::open(home.dir()?)?;
             let e = session
-                .consent_add(NewConsent {
+                .call::<ConsentsAdd>(NewConsent {
                     id,
                     patient_id,
                     issuer,
@@ -332,7 +334,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
             let imported = session
-                .consent_import_fhir(FhirImport {
+                .call::<ConsentsImportFhir>(FhirImport {
                     files,
                     issuer,
                     issuers: issuer_for,
@@ -372,14 +374,20 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
         ConsentCommand::List { home, patient } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let list = session.consents(patient.get()).context("listing consents")?;
+            let list = session
+                .call::<ConsentsList>(ConsentListRequest {
+                    patient: patient.get().map(|(p, i)| (p.to_string(), i.to_string())),
+                })
+                .context("listing consents")?;
             out.list("consent", &list, || render_list(&list))?;
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::Withdraw { home, id } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let e = session.consent_withdraw(&id).context("withdrawing the consent")?;
+            let e = session
+                .call::<ConsentsWithdraw>(WithdrawRequest { id })
+                .context("withdrawing the consent")?;
             out.emit("consent", &e, || {
                 format!(
                     "consent {} withdrawn at {}\n",
@@ -400,7 +408,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
             let report = session
-                .consent_check(&CheckQuery {
+                .call::<ConsentsCheck>(CheckQuery {
                     study_uid: study,
                     peer_id: peer,
                     purpose,

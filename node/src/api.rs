@@ -9,8 +9,15 @@
 //! `{"type", "data"}` record per line as they progress, the last one being
 //! the summary or `{"type": "error", "data": {"message": ...}}`. Errors of
 //! other routes are HTTP 4xx/5xx with `{"error": message}`.
+//!
+//! Every route is defined once, in [`routes`]: its method, path, request,
+//! answer and handler ([`route`]). The [`server`] dispatches from that
+//! table, the [`client`] calls it by type (`client.call::<R>(request)`), and
+//! the CLI serves the same handlers in its own process when no node runs.
 
 pub mod client;
+pub mod route;
+pub mod routes;
 pub mod server;
 
 use std::path::PathBuf;
@@ -233,6 +240,44 @@ pub struct Status {
     /// shorter than what its peers hold), if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_problem: Option<String>,
+}
+
+/// Progress of `POST /v1/studies/import`, one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum ImportProgress {
+    /// The file list is known.
+    Started {
+        /// Number of files.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// One file is done (committed, skipped or rejected).
+    File(crate::dicom::ingest::FileOutcome),
+}
+
+/// Progress of `POST /v1/studies/deid`, one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum DeidProgress {
+    /// The files were found: how many, and their bytes.
+    Started {
+        /// Files.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// One file is done.
+    File(crate::home::deid::DeidOutcome),
+}
+
+/// Progress of `POST /v1/studies/export`, one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum ExportProgress {
+    /// One object is done.
+    Object(crate::dicom::export::ExportOutcome),
 }
 
 /// One record of a streamed answer.
