@@ -58,18 +58,18 @@ impl From<By> for ConsentedBy {
     }
 }
 
-fn purpose(s: &str) -> Result<Purpose, String> {
-    s.parse::<Purpose>().map_err(|e| e.to_string())
+fn purpose(s: &str) -> Result<Purpose> {
+    s.parse::<Purpose>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
+fn role(s: &str) -> Result<Role> {
+    s.parse::<Role>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn mapping(s: &str) -> Result<(String, String), String> {
+fn mapping(s: &str) -> Result<(String, String)> {
     s.split_once('=')
         .map(|(a, b)| (a.to_string(), b.to_string()))
-        .ok_or_else(|| format!("{s:?}: write REFERENCE=VALUE (see --help)"))
+        .ok_or_else(|| anyhow::anyhow!("{s:?}: write REFERENCE=VALUE (see --help)"))
 }
 
 /// `medmesh consent add`.
@@ -560,8 +560,8 @@ fn render_check(r: &ConsentCheck) -> String {
 }
 
 /// `--modality`: a defined term, in any case; stored upper case.
-fn parse_modality(s: &str) -> Result<String, String> {
+fn parse_modality(s: &str) -> Result<String> {
     medmesh_node::consent_schema::Modality::defined(s)
         .map(|m| m.as_str().to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

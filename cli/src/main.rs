@@ -466,17 +466,17 @@ enum StudyCommand {
     },
 }
 
-fn parse_deid_level(s: &str) -> Result<DeidLevel, String> {
+fn parse_deid_level(s: &str) -> Result<DeidLevel> {
     match s {
         "pseudonymised" => Ok(DeidLevel::Pseudonymised),
         "anonymised" => Ok(DeidLevel::Anonymised),
-        _ => Err(format!("{s:?}: the level is pseudonymised or anonymised")),
+        _ => Err(anyhow::anyhow!("{s:?}: the level is pseudonymised or anonymised")),
     }
 }
 
-fn parse_deid_option(s: &str) -> Result<DeidOption, String> {
+fn parse_deid_option(s: &str) -> Result<DeidOption> {
     DeidOption::from_name(s).ok_or_else(|| {
-        format!(
+        anyhow::anyhow!(
             "{s:?} is not an option; one of: {}",
             DeidOption::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
         )

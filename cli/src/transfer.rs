@@ -19,12 +19,12 @@ use crate::consent::Level;
 use crate::output::{Out, Table, human_bytes};
 use crate::session::Session;
 
-fn purpose(s: &str) -> Result<Purpose, String> {
-    s.parse::<Purpose>().map_err(|e| e.to_string())
+fn purpose(s: &str) -> Result<Purpose> {
+    s.parse::<Purpose>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
+fn role(s: &str) -> Result<Role> {
+    s.parse::<Role>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// What to ask for or share.
