@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use medmesh_node::api::routes::{TrustAddPeer, TrustApply, TrustBlock, TrustJoin, TrustList, TrustUnblock};
+use medmesh_node::api::{AddPeerRequest, ApplyRequest, BlockRequest, JoinRequest};
 use medmesh_node::consent_schema::Purpose;
 use medmesh_node::identity::VerifiedNodeRecord;
 use medmesh_node::keystore::Passphrase;
@@ -103,7 +105,7 @@ struct CertificateInfo {
 
 fn cert_info(file: &Path, cert: &Certificate, consortium: &Consortium) -> Result<CertificateInfo> {
     let p = cert.payload()?;
-    let valid = trust::verify_certificate(cert, consortium, chrono::Utc::now().timestamp()).is_ok();
+    let valid = trust::verify_certificate(cert, consortium, medmesh_node::clock::now()).is_ok();
     Ok(CertificateInfo {
         file: file.to_path_buf(),
         consortium: p.consortium,
@@ -237,7 +239,7 @@ pub fn consortium(cmd: ConsortiumCommand) -> Result<ExitCode> {
         keys.push(trust::create_admin_key(&path, &pass).with_context(|| format!("creating {}", path.display()))?);
         paths.push(path);
     }
-    let consortium = Consortium::new(&name, keys, threshold, chrono::Utc::now().timestamp())
+    let consortium = Consortium::new(&name, keys, threshold, medmesh_node::clock::now())
         .and_then(|c| c.with_revocation_threshold(revocation_threshold))
         .context("creating the consortium")?;
     let descriptor = dir.join("consortium.cbor");
@@ -295,7 +297,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
                 &admin_passphrase(&admin.admin_key.display().to_string())?,
             )
             .with_context(|| format!("unlocking {}", admin.admin_key.display()))?;
-            let now = chrono::Utc::now().timestamp();
+            let now = medmesh_node::clock::now();
             let cert = Certificate::issue(
                 &consortium,
                 &secret,
@@ -363,7 +365,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
                 &secret,
                 target.clone(),
                 &reason,
-                chrono::Utc::now().timestamp(),
+                medmesh_node::clock::now(),
             )
             .context("signing the revocation")?;
             write_new(&file, &rev.to_bytes()?, "revocation")?;
@@ -375,10 +377,10 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
             let entry = node
-                .join(
-                    &read(&descriptor_path(&descriptor), "consortium descriptor")?,
-                    &read(&cert, "certificate")?,
-                )
+                .call::<TrustJoin>(JoinRequest {
+                    descriptor: hex::encode(read(&descriptor_path(&descriptor), "consortium descriptor")?),
+                    certificate: hex::encode(read(&cert, "certificate")?),
+                })
                 .context("joining the consortium")?;
             out.emit("consortium", &entry, || {
                 format!("joined consortium {} ({}): {}\n", entry.name, entry.id, entry.status)
@@ -394,7 +396,11 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
             let entry = node
-                .add_peer(&read(&record, "node record")?, purposes(&list)?, valid_days)
+                .call::<TrustAddPeer>(AddPeerRequest {
+                    record: hex::encode(read(&record, "node record")?),
+                    purposes: purposes(&list)?,
+                    valid_days,
+                })
                 .context("adding the peer")?;
             out.emit("bilateral", &entry, || {
                 format!(
@@ -408,7 +414,9 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
             let entry = node
-                .apply_revocation(&read(&revocation, "revocation")?)
+                .call::<TrustApply>(ApplyRequest {
+                    revocation: hex::encode(read(&revocation, "revocation")?),
+                })
                 .context("applying the revocation")?;
             out.emit("revocation", &entry, || {
                 format!("applied: {} revoked ({})\n", entry.target, entry.reason)
@@ -418,14 +426,21 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         TrustCommand::Block { home, peer_id, reason } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let entry = node.block(&peer_id, &reason).context("blocking the peer")?;
+            let entry = node
+                .call::<TrustBlock>(BlockRequest { peer_id, reason })
+                .context("blocking the peer")?;
             out.emit("blocked", &entry, || format!("blocked {}\n", entry.peer_id))?;
             Ok(ExitCode::SUCCESS)
         }
         TrustCommand::Unblock { home, peer_id } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let u = node.unblock(&peer_id).context("unblocking the peer")?;
+            let u = node
+                .call::<TrustUnblock>(BlockRequest {
+                    peer_id,
+                    reason: String::new(),
+                })
+                .context("unblocking the peer")?;
             out.emit("unblocked", &u, || {
                 if u.was_blocked {
                     format!("unblocked {}\n", u.peer_id)
@@ -438,7 +453,7 @@ pub fn trust(cmd: TrustCommand) -> Result<ExitCode> {
         TrustCommand::List { home } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let l = node.trust_listing().context("listing trust")?;
+            let l = node.call::<TrustList>(()).context("listing trust")?;
             if out.json {
                 for c in &l.consortia {
                     out.line("consortium", c);

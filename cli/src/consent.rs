@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use medmesh_node::api::routes::{ConsentsAdd, ConsentsCheck, ConsentsImportFhir, ConsentsList, ConsentsWithdraw};
+use medmesh_node::api::{ConsentListRequest, WithdrawRequest};
 use medmesh_node::consent_schema::{
     ConsentRecord, ConsentedBy, Coverage, DeidLevel, ModalityScope, Provision, Purpose, RecipientScope, Role,
 };
@@ -56,18 +58,18 @@ impl From<By> for ConsentedBy {
     }
 }
 
-fn purpose(s: &str) -> Result<Purpose, String> {
-    s.parse::<Purpose>().map_err(|e| e.to_string())
+fn purpose(s: &str) -> Result<Purpose> {
+    s.parse::<Purpose>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
+fn role(s: &str) -> Result<Role> {
+    s.parse::<Role>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn mapping(s: &str) -> Result<(String, String), String> {
+fn mapping(s: &str) -> Result<(String, String)> {
     s.split_once('=')
         .map(|(a, b)| (a.to_string(), b.to_string()))
-        .ok_or_else(|| format!("{s:?}: write REFERENCE=VALUE (see --help)"))
+        .ok_or_else(|| anyhow::anyhow!("{s:?}: write REFERENCE=VALUE (see --help)"))
 }
 
 /// `medmesh consent add`.
@@ -276,7 +278,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             } = *args;
             let session = Session::open(home.dir()?)?;
             let e = session
-                .consent_add(NewConsent {
+                .call::<ConsentsAdd>(NewConsent {
                     id,
                     patient_id,
                     issuer,
@@ -332,7 +334,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
             let imported = session
-                .consent_import_fhir(FhirImport {
+                .call::<ConsentsImportFhir>(FhirImport {
                     files,
                     issuer,
                     issuers: issuer_for,
@@ -372,14 +374,20 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
         ConsentCommand::List { home, patient } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let list = session.consents(patient.get()).context("listing consents")?;
+            let list = session
+                .call::<ConsentsList>(ConsentListRequest {
+                    patient: patient.get().map(|(p, i)| (p.to_string(), i.to_string())),
+                })
+                .context("listing consents")?;
             out.list("consent", &list, || render_list(&list))?;
             Ok(ExitCode::SUCCESS)
         }
         ConsentCommand::Withdraw { home, id } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let e = session.consent_withdraw(&id).context("withdrawing the consent")?;
+            let e = session
+                .call::<ConsentsWithdraw>(WithdrawRequest { id })
+                .context("withdrawing the consent")?;
             out.emit("consent", &e, || {
                 format!(
                     "consent {} withdrawn at {}\n",
@@ -400,7 +408,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
             let report = session
-                .consent_check(&CheckQuery {
+                .call::<ConsentsCheck>(CheckQuery {
                     study_uid: study,
                     peer_id: peer,
                     purpose,
@@ -552,8 +560,8 @@ fn render_check(r: &ConsentCheck) -> String {
 }
 
 /// `--modality`: a defined term, in any case; stored upper case.
-fn parse_modality(s: &str) -> Result<String, String> {
+fn parse_modality(s: &str) -> Result<String> {
     medmesh_node::consent_schema::Modality::defined(s)
         .map(|m| m.as_str().to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use medmesh_node::api::routes::{LogHeads, LogShow, LogTail, LogVerify, Notifications, NotificationsStatus};
+use medmesh_node::api::{IdRequest, LogTailRequest, NotificationsRequest};
 use medmesh_node::home::ledger::EntryView;
 
 use crate::HomeArgs;
@@ -81,7 +83,8 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
             let node = Session::open(home.dir()?)?;
             let mut seen = HashSet::new();
             loop {
-                for e in node.log_tail(if follow && !seen.is_empty() { 1000 } else { limit })? {
+                let limit = if follow && !seen.is_empty() { 1000 } else { limit };
+                for e in node.call::<LogTail>(LogTailRequest { limit })? {
                     if seen.insert(e.id.clone()) {
                         out.emit("entry", &e, || line(&e))?;
                     }
@@ -95,7 +98,9 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         LogCommand::Show { home, entry } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let e = node.log_show(&entry).context("showing the entry")?;
+            let e = node
+                .call::<LogShow>(IdRequest { id: entry })
+                .context("showing the entry")?;
             out.emit("entry", &e, || {
                 let mut s = format!(
                     "entry   {}\nauthor  {}\nseq     {}\nprev    {}\ntime    {}\nkind    {}\n",
@@ -117,7 +122,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         LogCommand::Heads { home } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let heads = node.log_heads().context("reading the feed heads")?;
+            let heads = node.call::<LogHeads>(()).context("reading the feed heads")?;
             for h in &heads {
                 out.emit("head", h, || {
                     format!("{}  {:>6}  {}\n", h.author, h.seq, h.id.get(..16).unwrap_or(""))
@@ -131,7 +136,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
         LogCommand::Verify { home } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let report = node.log_verify().context("verifying the ledger")?;
+            let report = node.call::<LogVerify>(()).context("verifying the ledger")?;
             for f in &report.feeds {
                 out.emit("feed", f, || {
                     let mut s = format!(
@@ -176,7 +181,9 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
 pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
     let out = Out::new(home.json);
     let node = Session::open(home.dir()?)?;
-    let list = node.notifications(unread).context("listing notifications")?;
+    let list = node
+        .call::<Notifications>(NotificationsRequest { unread })
+        .context("listing notifications")?;
     for n in &list {
         out.emit("notification", n, || {
             format!(
@@ -200,7 +207,9 @@ pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
 pub(crate) fn notify_status(home: &HomeArgs) -> Result<ExitCode> {
     let out = Out::new(home.json);
     let node = Session::open(home.dir()?)?;
-    let list = node.notify_status().context("reading notification delivery")?;
+    let list = node
+        .call::<NotificationsStatus>(())
+        .context("reading notification delivery")?;
     out.list("notify-status", &list, || {
         let mut text = String::new();
         for s in &list {

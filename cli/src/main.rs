@@ -23,12 +23,19 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use medmesh_node::api::routes::{
+    Peers, StoreCheck, StudiesDeid, StudiesExport, StudiesImport, StudiesList, StudiesPurge, StudiesRelink, StudiesShow,
+};
+use medmesh_node::api::{
+    CheckRequest, DeidProgress, DeidRequest, ExportProgress, ExportRequest, ImportProgress, ImportRequest, ListRequest,
+    PurgeRequest, RelinkRequest, ShowRequest,
+};
 use medmesh_node::consent_schema::DeidLevel;
 use medmesh_node::deid::DeidOption;
 use medmesh_node::dicom::export::ExportOutcome;
-use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent};
+use medmesh_node::dicom::ingest::FileOutcome;
 use medmesh_node::home::Node;
-use medmesh_node::home::deid::{DeidEvent, DeidOutcome};
+use medmesh_node::home::deid::DeidOutcome;
 use medmesh_node::home::retention::PurgeReason;
 use medmesh_node::keystore::Passphrase;
 
@@ -459,17 +466,17 @@ enum StudyCommand {
     },
 }
 
-fn parse_deid_level(s: &str) -> Result<DeidLevel, String> {
+fn parse_deid_level(s: &str) -> Result<DeidLevel> {
     match s {
         "pseudonymised" => Ok(DeidLevel::Pseudonymised),
         "anonymised" => Ok(DeidLevel::Anonymised),
-        _ => Err(format!("{s:?}: the level is pseudonymised or anonymised")),
+        _ => Err(anyhow::anyhow!("{s:?}: the level is pseudonymised or anonymised")),
     }
 }
 
-fn parse_deid_option(s: &str) -> Result<DeidOption, String> {
+fn parse_deid_option(s: &str) -> Result<DeidOption> {
     DeidOption::from_name(s).ok_or_else(|| {
-        format!(
+        anyhow::anyhow!(
             "{s:?} is not an option; one of: {}",
             DeidOption::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")
         )
@@ -706,7 +713,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Peers { home } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let report = session.peers().context("listing peers")?;
+            let report = session.call::<Peers>(()).context("listing peers")?;
             if out.json {
                 for p in &report.peers {
                     out.line("peer", p);
@@ -735,7 +742,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let report = node.check(deep).context("checking the store")?;
+            let report = node
+                .call::<StoreCheck>(CheckRequest { deep })
+                .context("checking the store")?;
             out.emit("store-check", &report, || {
                 format!(
                     "studies {}, instances {}, blob files {}, consents {}\nmissing blobs {}, orphan blobs {}, damaged {}, duplicates {}, pending {}, damaged consents {}\n{}\n",
@@ -768,9 +777,9 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let node = Session::open(home.dir()?)?;
             let bar = out.progress_bar();
             let summary = node
-                .import(&paths, |event| match event {
-                    ImportEvent::Started { files, bytes } => bar.start(files, bytes),
-                    ImportEvent::File(outcome) => {
+                .stream::<StudiesImport>(ImportRequest { paths: paths.clone() }, |event| match &event {
+                    ImportProgress::Started { files, bytes } => bar.start(*files, *bytes),
+                    ImportProgress::File(outcome) => {
                         if let FileOutcome::Imported { bytes, .. } = outcome {
                             bar.advance(*bytes);
                         } else {
@@ -826,7 +835,11 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         StudyCommand::List { home, patient } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let studies = node.studies(patient.get()).context("listing studies")?;
+            let studies = node
+                .call::<StudiesList>(ListRequest {
+                    patient: patient.get().map(|(p, i)| (p.to_string(), i.to_string())),
+                })
+                .context("listing studies")?;
             out.list("study", &studies, || {
                 let mut table = output::Table::new(&[
                     "STUDY UID",
@@ -867,30 +880,38 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let node = Session::open(home.dir()?)?;
             let bar = out.progress_bar();
             let summary = node
-                .deid(&paths, &dir, level, &options, |event| match event {
-                    DeidEvent::Started { files, bytes } => bar.start(files, bytes),
-                    DeidEvent::File(outcome) => {
-                        let path = match outcome {
-                            DeidOutcome::Written { path, .. }
-                            | DeidOutcome::Refused { path, .. }
-                            | DeidOutcome::Failed { path, .. } => path,
-                        };
-                        bar.advance(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
-                        if out.json {
-                            out.line("file", outcome);
-                        } else {
-                            match outcome {
-                                DeidOutcome::Refused { path, reason } => {
-                                    bar.println(&format!("refused  {}: {reason}", path.display()));
+                .stream::<StudiesDeid>(
+                    DeidRequest {
+                        paths: paths.clone(),
+                        out: dir.clone(),
+                        level,
+                        options: options.clone(),
+                    },
+                    |event| match &event {
+                        DeidProgress::Started { files, bytes } => bar.start(*files, *bytes),
+                        DeidProgress::File(outcome) => {
+                            let path = match outcome {
+                                DeidOutcome::Written { path, .. }
+                                | DeidOutcome::Refused { path, .. }
+                                | DeidOutcome::Failed { path, .. } => path,
+                            };
+                            bar.advance(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+                            if out.json {
+                                out.line("file", outcome);
+                            } else {
+                                match outcome {
+                                    DeidOutcome::Refused { path, reason } => {
+                                        bar.println(&format!("refused  {}: {reason}", path.display()));
+                                    }
+                                    DeidOutcome::Failed { path, reason } => {
+                                        bar.println(&format!("failed   {}: {reason}", path.display()));
+                                    }
+                                    DeidOutcome::Written { .. } => {}
                                 }
-                                DeidOutcome::Failed { path, reason } => {
-                                    bar.println(&format!("failed   {}: {reason}", path.display()));
-                                }
-                                DeidOutcome::Written { .. } => {}
                             }
                         }
-                    }
-                })
+                    },
+                )
                 .context("de-identifying")?;
             bar.finish();
             out.emit("deid-summary", &summary, || {
@@ -923,7 +944,9 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         StudyCommand::Relink { home, pseudonym } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let v = node.relink(&pseudonym).context("re-linking")?;
+            let v = node
+                .call::<StudiesRelink>(RelinkRequest { pseudonym })
+                .context("re-linking")?;
             out.emit("relink", &v, || {
                 let mut s = format!(
                     "pseudonym     {}\npatient id    {}\nissuer        {}\npatient name  {}\n",
@@ -939,7 +962,9 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
         StudyCommand::Show { home, study_uid } => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;
-            let d = node.study(&study_uid).context("showing the study")?;
+            let d = node
+                .call::<StudiesShow>(ShowRequest { study_uid })
+                .context("showing the study")?;
             out.emit("study", &d, || output::render_study(&d))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -953,7 +978,9 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let node = Session::open(home.dir()?)?;
             if !yes {
                 // An unknown study is said first: --yes would not help.
-                let studies = node.studies(None).context("listing studies")?;
+                let studies = node
+                    .call::<StudiesList>(ListRequest::default())
+                    .context("listing studies")?;
                 let wanted = study.trim().to_ascii_lowercase();
                 let known = studies.iter().any(|s| {
                     s.study_uid == study.trim()
@@ -973,7 +1000,10 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
                 );
             }
             let r = node
-                .purge(&study, reason)
+                .call::<StudiesPurge>(PurgeRequest {
+                    study: study.clone(),
+                    reason,
+                })
                 .with_context(|| format!("purging study {study}"))?;
             out.emit("purged", &r, || {
                 format!(
@@ -1006,23 +1036,31 @@ fn study(cmd: StudyCommand) -> Result<ExitCode> {
             let node = Session::open(home.dir()?)?;
             let mut failures = Vec::new();
             let summary = node
-                .export(&study_uid, &dir, force, |outcome| {
-                    if out.json {
-                        out.line("object", outcome);
-                    }
-                    match outcome {
-                        ExportOutcome::Failed { object, blob, reason } => {
-                            failures.push(format!("object {object} (blob {blob}): {reason}"));
+                .stream::<StudiesExport>(
+                    ExportRequest {
+                        study_uid: study_uid.clone(),
+                        out: dir.clone(),
+                        force,
+                    },
+                    |event| {
+                        let ExportProgress::Object(outcome) = &event;
+                        if out.json {
+                            out.line("object", outcome);
                         }
-                        ExportOutcome::Exists { path } => {
-                            failures.push(format!(
-                                "{} already exists: not overwritten (use --force)",
-                                path.display()
-                            ));
+                        match outcome {
+                            ExportOutcome::Failed { object, blob, reason } => {
+                                failures.push(format!("object {object} (blob {blob}): {reason}"));
+                            }
+                            ExportOutcome::Exists { path } => {
+                                failures.push(format!(
+                                    "{} already exists: not overwritten (use --force)",
+                                    path.display()
+                                ));
+                            }
+                            ExportOutcome::Written { .. } => {}
                         }
-                        ExportOutcome::Written { .. } => {}
-                    }
-                })
+                    },
+                )
                 .context("exporting the study")?;
             if !out.json {
                 for f in &failures {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use medmesh_node::api::TransferAsk;
+use medmesh_node::api::routes::{
+    Approvals, ApprovalsApprove, ApprovalsDeny, Transfers, TransfersRequest, TransfersShare, TransfersShow,
+};
+use medmesh_node::api::{DenyRequest, IdRequest, TransferAsk};
 use medmesh_node::consent_schema::{Purpose, Role};
 use medmesh_node::transfer::{Direction, State, TransferView};
 
@@ -16,12 +19,12 @@ use crate::consent::Level;
 use crate::output::{Out, Table, human_bytes};
 use crate::session::Session;
 
-fn purpose(s: &str) -> Result<Purpose, String> {
-    s.parse::<Purpose>().map_err(|e| e.to_string())
+fn purpose(s: &str) -> Result<Purpose> {
+    s.parse::<Purpose>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn role(s: &str) -> Result<Role, String> {
-    s.parse::<Role>().map_err(|e| e.to_string())
+fn role(s: &str) -> Result<Role> {
+    s.parse::<Role>().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// What to ask for or share.
@@ -288,7 +291,7 @@ fn follow(session: &Session, out: &Out, id: &str, timeout: Duration) -> Result<T
     let start = Instant::now();
     loop {
         let v = session
-            .transfer_show(id)
+            .call::<TransfersShow>(IdRequest { id: id.to_string() })
             .with_context(|| format!("reading transfer {id}"))?;
         if let Some(b) = &bar {
             b.set_length(v.bytes);
@@ -310,9 +313,9 @@ pub(crate) fn request(args: AskArgs, share: bool) -> Result<ExitCode> {
     let session = Session::open(args.home.dir()?)?;
     let ask = args.ask();
     let view = if share {
-        session.share(&ask).context("sharing the study")?
+        session.call::<TransfersShare>(ask).context("sharing the study")?
     } else {
-        session.request(&ask).context("requesting the study")?
+        session.call::<TransfersRequest>(ask).context("requesting the study")?
     };
     if !args.wait || stopped(&view) {
         out.emit("transfer", &view, || decision_line(&view))?;
@@ -358,7 +361,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
         ApprovalsCommand::List { home } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let items = session.approvals().context("listing approvals")?;
+            let items = session.call::<Approvals>(()).context("listing approvals")?;
             out.list("approval", &items, || {
                 if items.is_empty() {
                     return "no requests wait for an approval\n".into();
@@ -382,7 +385,9 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
         ApprovalsCommand::Approve { home, id } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let v = session.approve(&id).context("approving")?;
+            let v = session
+                .call::<ApprovalsApprove>(IdRequest { id })
+                .context("approving")?;
             out.emit("transfer", &v, || decision_line(&v))?;
             Ok(if v.state == State::Denied {
                 ExitCode::from(1)
@@ -393,7 +398,9 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
         ApprovalsCommand::Deny { home, id, reason } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let v = session.deny(&id, &reason).context("denying")?;
+            let v = session
+                .call::<ApprovalsDeny>(DenyRequest { id, reason })
+                .context("denying")?;
             out.emit("transfer", &v, || decision_line(&v))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -405,14 +412,16 @@ pub(crate) fn transfers(cmd: TransfersCommand) -> Result<ExitCode> {
         TransfersCommand::List { home } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let items = session.transfers().context("listing transfers")?;
+            let items = session.call::<Transfers>(()).context("listing transfers")?;
             out.list("transfer", &items, || render_list(&items))?;
             Ok(ExitCode::SUCCESS)
         }
         TransfersCommand::Show { home, id } => {
             let out = Out::new(home.json);
             let session = Session::open(home.dir()?)?;
-            let v = session.transfer_show(&id).context("reading the transfer")?;
+            let v = session
+                .call::<TransfersShow>(IdRequest { id })
+                .context("reading the transfer")?;
             out.emit("transfer", &v, || render_one(&v))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -9,8 +9,15 @@
 //! `{"type", "data"}` record per line as they progress, the last one being
 //! the summary or `{"type": "error", "data": {"message": ...}}`. Errors of
 //! other routes are HTTP 4xx/5xx with `{"error": message}`.
+//!
+//! Every route is defined once, in [`routes`]: its method, path, request,
+//! answer and handler ([`route`]). The [`server`] dispatches from that
+//! table, the [`client`] calls it by type (`client.call::<R>(request)`), and
+//! the CLI serves the same handlers in its own process when no node runs.
 
 pub mod client;
+pub mod route;
+pub mod routes;
 pub mod server;
 
 use std::path::PathBuf;
@@ -26,7 +33,7 @@ pub const PREFIX: &str = "/v1";
 /// Largest request body accepted, bytes.
 pub const MAX_REQUEST: usize = 1024 * 1024;
 
-/// `POST /v1/trust/join`.
+/// The request of [`routes::TrustJoin`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     /// Consortium descriptor bytes, hex.
@@ -35,7 +42,7 @@ pub struct JoinRequest {
     pub certificate: String,
 }
 
-/// `POST /v1/trust/add-peer`.
+/// The request of [`routes::TrustAddPeer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddPeerRequest {
     /// The peer's signed node record, hex.
@@ -46,14 +53,14 @@ pub struct AddPeerRequest {
     pub valid_days: Option<u32>,
 }
 
-/// `POST /v1/trust/apply`.
+/// The request of [`routes::TrustApply`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
     /// The revocation bytes, hex.
     pub revocation: String,
 }
 
-/// `POST /v1/trust/block` and `/v1/trust/unblock`.
+/// The request of [`routes::TrustBlock`] and [`routes::TrustUnblock`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlockRequest {
     /// Peer id.
@@ -63,7 +70,7 @@ pub struct BlockRequest {
     pub reason: String,
 }
 
-/// `POST /v1/studies/list`. `Debug` does not show the patient.
+/// The request of [`routes::StudiesList`]. `Debug` does not show the patient.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ListRequest {
     /// Patient ID and issuer to look up.
@@ -78,21 +85,21 @@ impl std::fmt::Debug for ListRequest {
     }
 }
 
-/// `POST /v1/studies/show`.
+/// The request of [`routes::StudiesShow`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShowRequest {
     /// Study Instance UID.
     pub study_uid: String,
 }
 
-/// `POST /v1/studies/import`.
+/// The request of [`routes::StudiesImport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportRequest {
     /// Absolute paths of files and folders.
     pub paths: Vec<PathBuf>,
 }
 
-/// `POST /v1/studies/export`.
+/// The request of [`routes::StudiesExport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExportRequest {
     /// Study Instance UID.
@@ -103,7 +110,7 @@ pub struct ExportRequest {
     pub force: bool,
 }
 
-/// `POST /v1/studies/deid`.
+/// The request of [`routes::StudiesDeid`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeidRequest {
     /// Absolute paths of files and folders.
@@ -116,21 +123,21 @@ pub struct DeidRequest {
     pub options: Vec<crate::deid::DeidOption>,
 }
 
-/// `POST /v1/notifications`.
+/// The request of [`routes::Notifications`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NotificationsRequest {
     /// Only those not shown before.
     pub unread: bool,
 }
 
-/// `POST /v1/log/tail`.
+/// The request of [`routes::LogTail`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogTailRequest {
     /// How many entries.
     pub limit: usize,
 }
 
-/// One feed's head, as `GET /v1/log/heads` answers it (and `medmesh log
+/// One feed's head, as [`routes::LogHeads`] answers it (and `medmesh log
 /// heads --json` prints it): the last entry of that author held here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadView {
@@ -166,21 +173,21 @@ impl HeadView {
     }
 }
 
-/// `POST /v1/studies/relink`.
+/// The request of [`routes::StudiesRelink`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelinkRequest {
     /// The pseudonym to resolve.
     pub pseudonym: String,
 }
 
-/// `POST /v1/store/check`.
+/// The request of [`routes::StoreCheck`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckRequest {
     /// Open and verify every object.
     pub deep: bool,
 }
 
-/// `POST /v1/consents/list`. `Debug` does not show the patient.
+/// The request of [`routes::ConsentsList`]. `Debug` does not show the patient.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ConsentListRequest {
     /// Patient ID and issuer whose consents to list; every consent when absent.
@@ -195,7 +202,7 @@ impl std::fmt::Debug for ConsentListRequest {
     }
 }
 
-/// `POST /v1/studies/purge`: answered with a [`crate::home::retention::PurgeReport`].
+/// The request of [`routes::StudiesPurge`] (answered with a [`crate::home::retention::PurgeReport`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PurgeRequest {
     /// A Study Instance UID, or 16+ hex digits of a locked study's reference.
@@ -204,14 +211,14 @@ pub struct PurgeRequest {
     pub reason: crate::home::retention::PurgeReason,
 }
 
-/// `POST /v1/consents/withdraw`.
+/// The request of [`routes::ConsentsWithdraw`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WithdrawRequest {
     /// The consent id.
     pub id: String,
 }
 
-/// `POST /v1/trust/unblock` answer.
+/// The answer of [`routes::TrustUnblock`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unblocked {
     /// Peer id.
@@ -220,7 +227,7 @@ pub struct Unblocked {
     pub was_blocked: bool,
 }
 
-/// `GET /v1/status`.
+/// The answer of [`routes::GetStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// The node's identity.
@@ -235,6 +242,44 @@ pub struct Status {
     pub ledger_problem: Option<String>,
 }
 
+/// Progress of [`routes::StudiesImport`], one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum ImportProgress {
+    /// The file list is known.
+    Started {
+        /// Number of files.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// One file is done (committed, skipped or rejected).
+    File(crate::dicom::ingest::FileOutcome),
+}
+
+/// Progress of [`routes::StudiesDeid`], one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum DeidProgress {
+    /// The files were found: how many, and their bytes.
+    Started {
+        /// Files.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// One file is done.
+    File(crate::home::deid::DeidOutcome),
+}
+
+/// Progress of [`routes::StudiesExport`], one JSON Lines record each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+pub enum ExportProgress {
+    /// One object is done.
+    Object(crate::dicom::export::ExportOutcome),
+}
+
 /// One record of a streamed answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Line {
@@ -245,7 +290,7 @@ pub struct Line {
     pub data: serde_json::Value,
 }
 
-/// `POST /v1/transfers/request` and `/v1/transfers/share`.
+/// The request of [`routes::TransfersRequest`] and [`routes::TransfersShare`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferAsk {
     /// The other node.
@@ -260,14 +305,14 @@ pub struct TransferAsk {
     pub level: Option<consent_schema::DeidLevel>,
 }
 
-/// `POST /v1/transfers/show` and `/v1/approvals/approve`.
+/// The request of [`routes::TransfersShow`], [`routes::ApprovalsApprove`] and [`routes::LogShow`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdRequest {
     /// Transfer id.
     pub id: String,
 }
 
-/// `POST /v1/approvals/deny`.
+/// The request of [`routes::ApprovalsDeny`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DenyRequest {
     /// Transfer id.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use medmesh_node::api::HeadView;
 use medmesh_node::api::client::{Client, ClientError};
+use medmesh_node::api::routes::LogHeads;
 use medmesh_node::home::{HomeError, HomePaths, Node};
 use medmesh_node::keystore::Passphrase;
 use medmesh_node::ledger::{self, Event, LedgerError, SignedEntry};
@@ -102,7 +103,7 @@ pub fn client(home: &Path) -> Client {
 /// # Errors
 /// [`ClientError`].
 pub async fn api_heads(client: &Client) -> Result<Heads, ClientError> {
-    Ok(heads_of(&client.get::<Vec<HeadView>>("/log/heads").await?))
+    Ok(heads_of(&client.call::<LogHeads>(()).await?))
 }
 
 /// Polls the feed heads of running nodes through their admin API, all

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -14,19 +15,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
-use super::{
-    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidRequest, DenyRequest,
-    ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST,
-    NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
-};
-use crate::dicom::ingest::ImportEvent;
-use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
-use crate::home::deid::DeidEvent;
-use crate::home::{HomeError, Node};
+use super::MAX_REQUEST;
+use super::route::{Call, Ctx, Route, ServeError, Stream, Verb};
+use crate::home::Node;
 use crate::net::NetHandle;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -46,13 +40,6 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
-}
-
-#[derive(Debug)]
-struct Api {
-    node: Arc<Node>,
-    net: NetHandle,
-    socket: PathBuf,
 }
 
 /// A bound API socket, removed again on drop.
@@ -127,11 +114,7 @@ fn home_owner(path: &Path) -> Option<u32> {
 
 /// Serves the API on `bound` until `shutdown` turns true.
 pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: watch::Receiver<bool>) {
-    let api = Arc::new(Api {
-        node,
-        net,
-        socket: bound.path.clone(),
-    });
+    let ctx = Ctx::online(node, net, bound.path.clone());
     // Root when the owner cannot be read: then only root is admitted.
     let owner = home_owner(&bound.path).unwrap_or(0);
     loop {
@@ -147,11 +130,11 @@ pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: 
                         drop(stream);
                         continue;
                     }
-                    let api = Arc::clone(&api);
+                    let ctx = ctx.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
-                            let api = Arc::clone(&api);
-                            async move { Ok::<_, Infallible>(handle(&api, req).await) }
+                            let ctx = ctx.clone();
+                            async move { Ok::<_, Infallible>(handle(ctx, req).await) }
                         });
                         if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                             tracing::debug!(cause = %e, "admin API connection ended with an error");
@@ -204,16 +187,24 @@ impl Fail {
     }
 }
 
+impl From<ServeError> for Fail {
+    fn from(e: ServeError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // The message names what and why.
+        Self(status, format!("{e:#}"))
+    }
+}
+
 fn error(status: StatusCode, message: &str) -> Fail {
     Fail(status, message.to_string())
 }
 
-/// An operation failed: the message names what and why.
-fn failed(e: &impl std::fmt::Display) -> Fail {
-    error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e:#}"))
-}
-
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
+/// The request of route `R`: its JSON body, or `()` for a `GET`.
+async fn request<R: Route>(req: Request<Incoming>) -> Result<R::Request, Fail> {
+    if R::METHOD == Verb::Get {
+        return serde_json::from_value(serde_json::Value::Null)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")));
+    }
     let bytes = Limited::new(req.into_body(), MAX_REQUEST)
         .collect()
         .await
@@ -222,386 +213,85 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
     serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")))
 }
 
-fn unhex(what: &str, s: &str) -> Result<Vec<u8>, Fail> {
-    hex::decode(s).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{what}: not hex: {e}")))
-}
+/// How the server serves one row of the [route table](super::routes::TABLE).
+pub(super) type Serve = fn(Ctx, Request<Incoming>) -> BoxFuture<'static, Response<Body>>;
 
-/// Runs a blocking operation on the node.
-async fn blocking<T, F>(api: &Api, f: F) -> Result<T, Fail>
-where
-    T: Send + 'static,
-    F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
-{
-    let node = Arc::clone(&api.node);
-    match tokio::task::spawn_blocking(move || f(&node)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(failed(&e)),
-        Err(e) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("operation failed: {e}"),
-        )),
-    }
-}
-
-/// Runs a blocking operation that changes trust, then lets the network
-/// check its peers again before answering. Both run in their own task, so a
-/// client that goes away cannot leave the change stored but not applied.
-async fn trust_change<T, F>(api: &Arc<Api>, f: F) -> Response<Body>
-where
-    T: Serialize + Send + 'static,
-    F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
-{
-    let api = Arc::clone(api);
-    let task = tokio::spawn(async move {
-        let v = blocking(&api, f).await?;
-        api.net.trust_changed().await.map_err(|e| failed(&e))?;
-        Ok::<_, Fail>(json(&v))
-    });
-    match task.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(f)) => f.into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("operation failed: {e}")).into_response(),
-    }
-}
-
-/// A streamed JSON Lines answer fed by a blocking operation.
-fn stream<F>(api: &Api, f: F) -> Response<Body>
-where
-    F: FnOnce(&Node, &dyn Fn(&str, &dyn erased::Ser)) + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let node = Arc::clone(&api.node);
-    tokio::task::spawn_blocking(move || {
-        let send = |kind: &str, data: &dyn erased::Ser| {
-            let mut line = data.line(kind);
-            line.push(b'\n');
-            // A client that went away stops getting lines; the work goes on.
-            let _ = tx.blocking_send(Bytes::from(line));
-        };
-        f(&node, &send);
-    });
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
-    let mut r = Response::new(StreamBody::new(lines).boxed());
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/jsonl"),
-    );
-    r
-}
-
-mod erased {
-    /// A value that can be written as one JSON Lines record.
-    pub trait Ser {
-        fn line(&self, kind: &str) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn line(&self, kind: &str) -> Vec<u8> {
-            serde_json::to_vec(&serde_json::json!({ "type": kind, "data": self })).unwrap_or_default()
+/// Serves a [`Call`] route: its request checked, its answer as JSON.
+pub(super) fn call<R: Call>(ctx: Ctx, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+    Box::pin(async move {
+        let result = async {
+            let mut r = request::<R>(req).await?;
+            R::check(&mut r)?;
+            Ok::<_, Fail>(json(&R::serve(ctx, r).await?))
         }
-    }
+        .await;
+        result.unwrap_or_else(Fail::into_response)
+    })
 }
 
-/// Tells a requester that its pending request was denied, when it can be
-/// reached; the denial stands either way.
-fn tell_requester(api: &Api, view: &crate::transfer::TransferView, msg: Option<crate::transfer::wire::Msg>) {
-    if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
-        let net = api.net.clone();
-        tokio::spawn(async move {
-            if let Err(e) = net.transfer_message(peer, msg).await {
-                tracing::info!(peer = %peer, cause = %e, "could not tell the requester of the denial");
+/// One JSON Lines record `{"type": kind, "data": data}`, with its newline.
+fn line(value: &serde_json::Value) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Serves a [`Stream`] route: its request checked, then a JSON Lines answer
+/// fed by the blocking operation, record by record.
+pub(super) fn stream<R: Stream>(ctx: Ctx, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+    Box::pin(async move {
+        let mut r = match request::<R>(req).await {
+            Ok(r) => r,
+            Err(f) => return f.into_response(),
+        };
+        if let Err(e) = R::check(&mut r) {
+            return Fail::from(e).into_response();
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        tokio::task::spawn_blocking(move || {
+            // A client that went away stops getting lines; the work goes on.
+            let send = |value: serde_json::Value| {
+                let _ = tx.blocking_send(line(&value));
+            };
+            let result = R::serve(ctx.node(), r, &mut |p| {
+                send(serde_json::to_value(&p).unwrap_or_default());
+            });
+            match result {
+                Ok(summary) => send(serde_json::json!({ "type": R::SUMMARY, "data": summary })),
+                Err(e) => send(serde_json::json!({ "type": "error", "data": { "message": format!("{e:#}") } })),
             }
         });
-    }
+        let lines = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        let mut r = Response::new(StreamBody::new(lines).boxed());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/jsonl"),
+        );
+        r
+    })
 }
 
-/// Sends a transfer request to the holder and records its answer.
-async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::TransferView, Fail> {
-    let peer: libp2p::PeerId = r.peer_id.parse().map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("peer {:?}: not a peer id: {e}", r.peer_id),
-        )
-    })?;
-    crate::dicom::check_uid(&r.study_uid)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("study UID {:?}: {e}", r.study_uid)))?;
-    let uid = r.study_uid.clone();
-    let held = blocking(api, move |n| {
-        let study = n.store().study_ref(&uid);
-        Ok(n.store()
-            .study_row(&study)?
-            .is_some_and(|row| matches!(row.origin, crate::store::Origin::Local)))
-    })
-    .await?;
-    if held {
-        return Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("study {}: this node holds it already (imported here)", r.study_uid),
-        ));
-    }
-    let mut rid = [0u8; 16];
-    getrandom::fill(&mut rid).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    let request_id = hex::encode(rid);
-    let msg = crate::transfer::wire::Msg {
-        v: crate::transfer::wire::WIRE_VERSION,
-        body: crate::transfer::wire::MsgBody::Request {
-            request_id: request_id.clone(),
-            study_uid: r.study_uid.clone(),
-            purpose: r.purpose,
-            role: r.role,
-            level: r.level,
-        },
-    };
-    // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
-    let _asking = api.node.live().asking(&request_id);
-    let answer = crate::limits::send_honouring_retry_after(|| api.net.transfer_message(peer, msg.clone()))
-        .await
-        .map_err(|e| failed(&e))?
-        .map_err(|(secs, text)| {
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("the holder asks to wait {secs} s before asking again: {text}"),
-            )
-        })?;
-    let view = blocking(api, move |n| {
-        n.note_answer(
-            &r.peer_id,
-            &request_id,
-            &r.study_uid,
-            r.purpose,
-            r.role,
-            r.level,
-            &answer.body,
-        )
-    })
-    .await?;
-    api.net.wake_transfers();
-    Ok(view)
-}
-
-async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let Some(route) = path.strip_prefix(super::PREFIX) else {
+    if !path.starts_with(super::PREFIX) {
         return error(
             StatusCode::NOT_FOUND,
-            &format!("no route {path}: routes start with /v1"),
+            &format!("no route {path}: routes start with {}", super::PREFIX),
         )
         .into_response();
-    };
-    let method = req.method().clone();
-    let result: Result<Response<Body>, Fail> = async {
-        Ok(match (&method, route) {
-            (&Method::GET, "/status") => {
-                let net = api.net.status().await.map_err(|e| failed(&e))?;
-                json(&Status {
-                    node: Node::id_info(api.node.record()),
-                    net,
-                    socket: api.socket.clone(),
-                    ledger_problem: api.node.own_feed_problem(),
-                })
-            }
-            (&Method::GET, "/peers") => json(&api.net.peers().await.map_err(|e| failed(&e))?),
-            (&Method::GET, "/trust") => json(&blocking(api, Node::trust_listing).await?),
-            (&Method::POST, "/trust/join") => {
-                let r: JoinRequest = body(req).await?;
-                let (d, c) = (
-                    unhex("descriptor", &r.descriptor)?,
-                    unhex("certificate", &r.certificate)?,
-                );
-                trust_change(api, move |n| n.join(&d, &c)).await
-            }
-            (&Method::POST, "/trust/add-peer") => {
-                let r: AddPeerRequest = body(req).await?;
-                let rec = unhex("record", &r.record)?;
-                trust_change(api, move |n| n.add_peer(&rec, r.purposes, r.valid_days)).await
-            }
-            (&Method::POST, "/trust/apply") => {
-                let r: ApplyRequest = body(req).await?;
-                let rev = unhex("revocation", &r.revocation)?;
-                trust_change(api, move |n| n.apply_revocation(&rev)).await
-            }
-            (&Method::POST, "/trust/block") => {
-                let r: BlockRequest = body(req).await?;
-                trust_change(api, move |n| n.block(&r.peer_id, &r.reason)).await
-            }
-            (&Method::POST, "/trust/unblock") => {
-                let r: BlockRequest = body(req).await?;
-                trust_change(api, move |n| {
-                    n.unblock(&r.peer_id).map(|was_blocked| Unblocked {
-                        peer_id: r.peer_id,
-                        was_blocked,
-                    })
-                })
-                .await
-            }
-            (&Method::POST, "/studies/list") => {
-                let r: ListRequest = body(req).await?;
-                json(
-                    &blocking(api, move |n| {
-                        n.studies(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
-                    })
-                    .await?,
-                )
-            }
-            (&Method::POST, "/studies/show") => {
-                let r: ShowRequest = body(req).await?;
-                json(&blocking(api, move |n| n.study(&r.study_uid)).await?)
-            }
-            (&Method::POST, "/studies/purge") => {
-                let r: PurgeRequest = body(req).await?;
-                json(&blocking(api, move |n| n.purge_study(&r.study, r.reason)).await?)
-            }
-            (&Method::POST, "/consents/list") => {
-                let r: ConsentListRequest = body(req).await?;
-                json(
-                    &blocking(api, move |n| {
-                        n.consents(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
-                    })
-                    .await?,
-                )
-            }
-            (&Method::POST, "/consents/add") => {
-                let r: NewConsent = body(req).await?;
-                json(&blocking(api, move |n| n.consent_add(r)).await?)
-            }
-            (&Method::POST, "/consents/import-fhir") => {
-                let r: FhirImport = body(req).await?;
-                if let Some(p) = r.files.iter().find(|p| !p.is_absolute()) {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("{}: paths must be absolute", p.display()),
-                    ));
-                }
-                json(&blocking(api, move |n| n.consent_import_fhir(&r)).await?)
-            }
-            (&Method::POST, "/consents/withdraw") => {
-                let r: WithdrawRequest = body(req).await?;
-                json(&blocking(api, move |n| n.consent_withdraw(&r.id)).await?)
-            }
-            (&Method::POST, "/consents/check") => {
-                let r: CheckQuery = body(req).await?;
-                json(&blocking(api, move |n| n.consent_check(&r)).await?)
-            }
-            (&Method::POST, "/store/check") => {
-                let r: CheckRequest = body(req).await?;
-                json(&blocking(api, move |n| Ok(n.store().check(r.deep)?)).await?)
-            }
-            (&Method::POST, "/studies/import") => {
-                let r: ImportRequest = body(req).await?;
-                if let Some(p) = r.paths.iter().find(|p| !p.is_absolute()) {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("{}: paths must be absolute", p.display()),
-                    ));
-                }
-                stream(api, move |n, send| {
-                    let result = n.import(&r.paths, |event| match event {
-                        ImportEvent::Started { files, bytes } => {
-                            send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
-                        }
-                        ImportEvent::File(outcome) => send("file", outcome),
-                    });
-                    match result {
-                        Ok(summary) => send("import-summary", &summary),
-                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
-                    }
-                })
-            }
-            (&Method::POST, "/studies/export") => {
-                let r: ExportRequest = body(req).await?;
-                if !r.out.is_absolute() {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("{}: the output folder must be absolute", r.out.display()),
-                    ));
-                }
-                stream(api, move |n, send| {
-                    match n.export(&r.study_uid, &r.out, r.force, |o| send("object", o)) {
-                        Ok(summary) => send("export-summary", &summary),
-                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
-                    }
-                })
-            }
-            (&Method::POST, "/studies/deid") => {
-                let r: DeidRequest = body(req).await?;
-                if let Some(p) = r.paths.iter().chain([&r.out]).find(|p| !p.is_absolute()) {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("{}: paths must be absolute", p.display()),
-                    ));
-                }
-                stream(api, move |n, send| {
-                    let result = n.deid(&r.paths, &r.out, r.level, &r.options, |event| match event {
-                        DeidEvent::Started { files, bytes } => {
-                            send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
-                        }
-                        DeidEvent::File(outcome) => send("file", outcome),
-                    });
-                    match result {
-                        Ok(summary) => send("deid-summary", &summary),
-                        Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
-                    }
-                })
-            }
-            (&Method::POST, "/studies/relink") => {
-                let r: RelinkRequest = body(req).await?;
-                json(&blocking(api, move |n| n.relink(&r.pseudonym)).await?)
-            }
-            (&Method::POST, "/log/tail") => {
-                let r: LogTailRequest = body(req).await?;
-                json(&blocking(api, move |n| n.log_tail(r.limit)).await?)
-            }
-            (&Method::POST, "/log/show") => {
-                let r: IdRequest = body(req).await?;
-                json(&blocking(api, move |n| n.log_show(&r.id)).await?)
-            }
-            (&Method::GET, "/log/verify") => json(&blocking(api, Node::log_verify).await?),
-            (&Method::GET, "/log/heads") => {
-                json(&blocking(api, |n| n.ledger_heads().map(|h| super::HeadView::list(&h))).await?)
-            }
-            (&Method::GET, "/notifications/status") => json(&blocking(api, Node::notify_status).await?),
-            (&Method::POST, "/notifications") => {
-                let r: NotificationsRequest = body(req).await?;
-                json(&blocking(api, move |n| n.notifications(r.unread)).await?)
-            }
-            (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
-            (&Method::POST, "/transfers/show") => {
-                let r: IdRequest = body(req).await?;
-                json(&blocking(api, move |n| n.transfer_show(&r.id)).await?)
-            }
-            (&Method::POST, "/transfers/request") => {
-                let r: TransferAsk = body(req).await?;
-                json(&request_transfer(api, r).await?)
-            }
-            (&Method::POST, "/transfers/share") => {
-                let r: TransferAsk = body(req).await?;
-                let view = blocking(api, move |n| {
-                    n.share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)
-                })
-                .await?;
-                api.net.wake_transfers();
-                json(&view)
-            }
-            (&Method::GET, "/approvals") => json(&blocking(api, Node::approvals).await?),
-            (&Method::POST, "/approvals/approve") => {
-                let r: IdRequest = body(req).await?;
-                let (view, msg) = blocking(api, move |n| n.approve(&r.id)).await?;
-                api.net.wake_transfers();
-                tell_requester(api, &view, msg);
-                json(&view)
-            }
-            (&Method::POST, "/approvals/deny") => {
-                let r: DenyRequest = body(req).await?;
-                let (view, msg) = blocking(api, move |n| n.deny_approval(&r.id, &r.reason)).await?;
-                tell_requester(api, &view, msg);
-                json(&view)
-            }
-            _ => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),
-        })
     }
-    .await;
-    result.unwrap_or_else(Fail::into_response)
+    let method = req.method().clone();
+    let verb = match method {
+        Method::GET => Some(Verb::Get),
+        Method::POST => Some(Verb::Post),
+        _ => None,
+    };
+    match verb.and_then(|v| super::routes::find(v, &path)) {
+        Some(entry) => (entry.serve)(ctx, req).await,
+        None => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use medmesh_node::api::TransferAsk;
 use medmesh_node::api::client::Client;
+use medmesh_node::api::routes::{Transfers, TransfersRequest};
 use medmesh_node::consent_schema::{Purpose, Role};
 use medmesh_node::transfer::{Direction, State, TransferView};
 use serde::Serialize;
@@ -237,7 +238,7 @@ async fn load(
                 };
                 let sent = Instant::now();
                 lock(&slots)[r * n + k].sent = Some(sent);
-                let answer = client.post::<_, TransferView>("/transfers/request", &ask).await;
+                let answer = client.call::<TransfersRequest>(ask).await;
                 let mut s = lock(&slots);
                 let slot = &mut s[r * n + k];
                 slot.answer = Some(sent.elapsed());
@@ -258,10 +259,7 @@ async fn load(
         }
     }
     loop {
-        let (a, b) = tokio::join!(
-            recipients[0].get::<Vec<TransferView>>("/transfers"),
-            recipients[1].get::<Vec<TransferView>>("/transfers")
-        );
+        let (a, b) = tokio::join!(recipients[0].call::<Transfers>(()), recipients[1].call::<Transfers>(()));
         let now = Instant::now();
         let done = {
             let mut s = lock(&slots);
@@ -314,9 +312,7 @@ fn wait_receipts(
 ) -> (usize, Instant, Vec<String>) {
     let start = Instant::now();
     loop {
-        let list = rt
-            .block_on(holder.get::<Vec<TransferView>>("/transfers"))
-            .unwrap_or_default();
+        let list = rt.block_on(holder.call::<Transfers>(())).unwrap_or_default();
         let out: Vec<&TransferView> = list.iter().filter(|v| v.direction == Direction::Outgoing).collect();
         let done = out.iter().filter(|v| v.state == State::Complete && v.receipt).count();
         if done >= want || start.elapsed() >= timeout {

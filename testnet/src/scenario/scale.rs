@@ -178,7 +178,7 @@ async fn mesh(clients: &[Client], peer_index: &BTreeMap<String, usize>) -> Vec<O
     let mut set = tokio::task::JoinSet::new();
     for (i, c) in clients.iter().enumerate() {
         let c = c.clone();
-        set.spawn(async move { (i, c.get::<medmesh_node::net::PeersReport>("/peers").await.ok()) });
+        set.spawn(async move { (i, c.call::<medmesh_node::api::routes::Peers>(()).await.ok()) });
     }
     let mut out = vec![None; clients.len()];
     while let Some(j) = set.join_next().await {
@@ -358,13 +358,15 @@ pub fn run(
             "recipient_jurisdictions": ["FR"],
             "level": "identifiable",
         });
-        let wrote = rt.block_on(clients[w].post::<_, serde_json::Value>("/consents/add", &body));
+        let wrote = serde_json::from_value::<medmesh_node::home::consent::NewConsent>(body)
+            .ok()
+            .map(|c| rt.block_on(clients[w].call::<medmesh_node::api::routes::ConsentsAdd>(c)));
         let write_ms = ms(t0.elapsed());
         let seq = rt
             .block_on(feeds::api_heads(&clients[w]))
             .ok()
             .and_then(|h| h.get(&peers[w]).copied());
-        let (Ok(_), Some(seq)) = (wrote, seq) else {
+        let (Some(Ok(_)), Some(seq)) = (wrote, seq) else {
             per_entry.push(EntryArrival {
                 writer: net.nodes[w].name.clone(),
                 seq: 0,

@@ -1,0 +1,303 @@
+//! What a route of the admin API is: its method, path, request and answer
+//! types (the wire), and how it is served from a node. Every route is one
+//! type implementing [`Call`] (one JSON answer) or [`Stream`] (JSON Lines
+//! progress, then a summary), listed once in [`super::routes::TABLE`].
+//!
+//! The same handler serves a route in the node's admin server and, when no
+//! node runs on the home, in the CLI's own process on the home's files
+//! ([`Ctx::offline`]): the client and the server share the route table, so
+//! an operation is written once in its service and once here.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::home::{HomeError, Node};
+use crate::net::{NetError, NetHandle};
+
+/// The HTTP method of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `GET`: no request body (the request type is `()`).
+    Get,
+    /// `POST`: a JSON request body.
+    Post,
+}
+
+impl Verb {
+    /// The method's name on the wire.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A route of the admin API: what travels on the wire.
+pub trait Route: Send + Sync + 'static {
+    /// Its method.
+    const METHOD: Verb;
+    /// Its whole path, `/v1/...`.
+    const PATH: &'static str;
+    /// The request body (`()` for a `GET`).
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    /// The answer (for a [`Stream`], its summary).
+    type Answer: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The local paths the request names. The node has its own working
+    /// directory: the client makes them absolute before sending, and the
+    /// server refuses a relative one ([`Route::check`]).
+    fn paths(_request: &mut Self::Request) -> Vec<&mut PathBuf> {
+        Vec::new()
+    }
+
+    /// What the server checks of a request from its socket before serving
+    /// it: by default, that every path of [`Route::paths`] is absolute.
+    ///
+    /// # Errors
+    /// [`ServeError::RelativePath`].
+    fn check(request: &mut Self::Request) -> Result<(), ServeError> {
+        match Self::paths(request).into_iter().find(|p| !p.is_absolute()) {
+            Some(p) => Err(ServeError::RelativePath(p.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A route answered with one JSON value.
+pub trait Call: Route {
+    /// Serves `request`.
+    fn serve(ctx: Ctx, request: Self::Request) -> impl Future<Output = Result<Self::Answer, ServeError>> + Send;
+}
+
+/// A route answered with JSON Lines: one `{"type", "data"}` record per
+/// [`Stream::Progress`] as the work goes on, then `{"type": SUMMARY, "data":
+/// answer}`, or `{"type": "error", "data": {"message"}}`. Served in a
+/// blocking task.
+pub trait Stream: Route {
+    /// The progress records, adjacently tagged (`type`, `data`).
+    type Progress: Serialize + DeserializeOwned + Send + 'static;
+    /// The record type of the summary line.
+    const SUMMARY: &'static str;
+    /// What the work is called in messages ("the import").
+    const WORK: &'static str;
+
+    /// Serves `request`, telling `progress` as it goes.
+    ///
+    /// # Errors
+    /// The service's error.
+    fn serve(
+        node: &Node,
+        request: Self::Request,
+        progress: &mut dyn FnMut(Self::Progress),
+    ) -> Result<Self::Answer, HomeError>;
+}
+
+/// What a route is served with: the node, and its network when it runs.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    node: Arc<Node>,
+    online: Option<Online>,
+}
+
+#[derive(Debug, Clone)]
+struct Online {
+    net: NetHandle,
+    socket: PathBuf,
+}
+
+impl Ctx {
+    /// A node opened on its files, without its network (the CLI when no
+    /// node runs on the home).
+    #[must_use]
+    pub fn offline(node: Arc<Node>) -> Self {
+        Self { node, online: None }
+    }
+
+    /// The running node with its network, serving on `socket`.
+    #[must_use]
+    pub fn online(node: Arc<Node>, net: NetHandle, socket: PathBuf) -> Self {
+        Self {
+            node,
+            online: Some(Online { net, socket }),
+        }
+    }
+
+    /// The node.
+    #[must_use]
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The network, when the node runs.
+    #[must_use]
+    pub fn net(&self) -> Option<&NetHandle> {
+        self.online.as_ref().map(|o| &o.net)
+    }
+
+    /// The admin API socket, when the node runs.
+    #[must_use]
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        self.online.as_ref().map(|o| o.socket.as_path())
+    }
+
+    /// Runs a blocking operation on the node in a blocking task.
+    ///
+    /// # Errors
+    /// The operation's error; [`ServeError::Task`] when it panicked.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ServeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
+    {
+        let node = Arc::clone(&self.node);
+        Ok(tokio::task::spawn_blocking(move || f(&node)).await??)
+    }
+
+    /// Runs a blocking operation that changes trust, then, when the node
+    /// runs, lets the network check its peers again before answering. Both
+    /// run in their own task, so a client that goes away cannot leave the
+    /// change stored but not applied.
+    ///
+    /// # Errors
+    /// The operation's error, the network's, [`ServeError::Task`].
+    pub async fn trust_change<T, F>(&self, f: F) -> Result<T, ServeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Node) -> Result<T, HomeError> + Send + 'static,
+    {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            let v = ctx.blocking(f).await?;
+            if let Some(net) = ctx.net() {
+                net.trust_changed().await?;
+            }
+            Ok(v)
+        })
+        .await?
+    }
+
+    /// Lets the running node's transfer task look at its transfers again.
+    pub fn wake_transfers(&self) {
+        if let Some(net) = self.net() {
+            net.wake_transfers();
+        }
+    }
+
+    /// Tells a requester of a decision on its pending request, when the
+    /// node runs and the requester can be reached; the decision stands
+    /// either way.
+    pub fn tell_requester(&self, view: &crate::transfer::TransferView, msg: Option<crate::transfer::wire::Msg>) {
+        let Some(net) = self.net() else { return };
+        if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
+            let net = net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.transfer_message(peer, msg).await {
+                    tracing::info!(peer = %peer, cause = %e, "could not tell the requester of the denial");
+                }
+            });
+        }
+    }
+}
+
+/// Why a route was not served. The server answers each with its HTTP
+/// status ([`ServeError::status`]) and `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The operation failed.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The network failed or a peer did not answer.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A hex field of the request is not hex.
+    #[error("{what}: not hex: {source}")]
+    NotHex {
+        /// The field.
+        what: &'static str,
+        /// The cause.
+        source: hex::FromHexError,
+    },
+    /// A path of the request is relative.
+    #[error("{}: paths must be absolute", .0.display())]
+    RelativePath(PathBuf),
+    /// The output folder of the request is relative.
+    #[error("{}: the output folder must be absolute", .0.display())]
+    RelativeOut(PathBuf),
+    /// A peer id of the request is not one.
+    #[error("peer {peer:?}: not a peer id: {source}")]
+    PeerId {
+        /// The text sent.
+        peer: String,
+        /// The cause.
+        source: libp2p::identity::ParseError,
+    },
+    /// A Study Instance UID of the request is not one.
+    #[error("study UID {uid:?}: {reason}")]
+    StudyUid {
+        /// The text sent.
+        uid: String,
+        /// Why (from [`crate::dicom::check_uid`]).
+        reason: String,
+    },
+    /// A study was asked for that this node imported itself.
+    #[error("study {0}: this node holds it already (imported here)")]
+    HeldHere(String),
+    /// The holder asks to wait before asking again.
+    #[error("the holder asks to wait {secs} s before asking again: {text}")]
+    RetryAfter {
+        /// Seconds to wait.
+        secs: u64,
+        /// The holder's words.
+        text: String,
+    },
+    /// No random bytes for a new id.
+    #[error("{0}")]
+    Random(getrandom::Error),
+    /// Asking a holder for a study needs the network.
+    #[error("requesting a study needs this home's node to be running (`medmesh run`): it talks to the holder")]
+    RequestOffline,
+    /// The node's status is that of its network.
+    #[error("the node's status needs it running (`medmesh run`)")]
+    StatusOffline,
+    /// The task serving the operation ended abnormally.
+    #[error("operation failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ServeError {
+    /// The HTTP status the server answers it with.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotHex { .. }
+            | Self::RelativePath(_)
+            | Self::RelativeOut(_)
+            | Self::PeerId { .. }
+            | Self::StudyUid { .. } => 400,
+            Self::RetryAfter { .. } => 429,
+            Self::Random(_) | Self::Task(_) => 500,
+            Self::Home(_) | Self::Net(_) | Self::HeldHere(_) | Self::RequestOffline | Self::StatusOffline => 422,
+        }
+    }
+}
+
+/// Decodes a hex field of a request.
+///
+/// # Errors
+/// [`ServeError::NotHex`].
+pub fn unhex(what: &'static str, s: &str) -> Result<Vec<u8>, ServeError> {
+    hex::decode(s).map_err(|source| ServeError::NotHex { what, source })
+}

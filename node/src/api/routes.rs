@@ -1,0 +1,724 @@
+//! The route table of the admin API: every route once, with its method,
+//! path, request and answer, and the handler that serves it from the node
+//! (see [`super::route`]). The server dispatches from [`TABLE`]; the client
+//! calls `client.call::<R>(request)`; the CLI serves the same handlers in
+//! its own process when no node runs. docs/PROTOCOL.md ("Admin API") lists
+//! the same routes (a test checks it).
+
+use std::path::PathBuf;
+
+use super::route::{Call, Ctx, Route, ServeError, Stream, Verb, unhex};
+use super::server;
+use super::{
+    AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidProgress, DeidRequest,
+    DenyRequest, ExportProgress, ExportRequest, HeadView, IdRequest, ImportProgress, ImportRequest, JoinRequest,
+    ListRequest, LogTailRequest, NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk,
+    Unblocked, WithdrawRequest,
+};
+use crate::dicom::export::ExportSummary;
+use crate::dicom::ingest::{ImportEvent, ImportSummary};
+use crate::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
+use crate::home::deid::{DeidEvent, DeidSummary, RelinkView};
+use crate::home::ledger::{EntryView, NotificationView, VerifyReport};
+use crate::home::retention::PurgeReport;
+use crate::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
+use crate::home::{HomeError, Node, StudyDetail, StudySummary};
+use crate::net::PeersReport;
+use crate::notify::SinkStatus;
+use crate::store::CheckReport;
+use crate::transfer::TransferView;
+
+/// One row of the table: a route's method and path, and how the server
+/// serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// Its method.
+    pub method: Verb,
+    /// Its whole path.
+    pub path: &'static str,
+    pub(super) serve: server::Serve,
+}
+
+impl Entry {
+    const fn call<R: Call>() -> Self {
+        Self {
+            method: R::METHOD,
+            path: R::PATH,
+            serve: server::call::<R>,
+        }
+    }
+
+    const fn stream<R: Stream>() -> Self {
+        Self {
+            method: R::METHOD,
+            path: R::PATH,
+            serve: server::stream::<R>,
+        }
+    }
+}
+
+/// Every route of the admin API.
+pub static TABLE: &[Entry] = &[
+    Entry::call::<GetStatus>(),
+    Entry::call::<Peers>(),
+    Entry::call::<TrustList>(),
+    Entry::call::<TrustJoin>(),
+    Entry::call::<TrustAddPeer>(),
+    Entry::call::<TrustApply>(),
+    Entry::call::<TrustBlock>(),
+    Entry::call::<TrustUnblock>(),
+    Entry::call::<StudiesList>(),
+    Entry::call::<StudiesShow>(),
+    Entry::call::<StudiesPurge>(),
+    Entry::stream::<StudiesImport>(),
+    Entry::stream::<StudiesExport>(),
+    Entry::stream::<StudiesDeid>(),
+    Entry::call::<StudiesRelink>(),
+    Entry::call::<LogTail>(),
+    Entry::call::<LogShow>(),
+    Entry::call::<LogVerify>(),
+    Entry::call::<LogHeads>(),
+    Entry::call::<Notifications>(),
+    Entry::call::<NotificationsStatus>(),
+    Entry::call::<StoreCheck>(),
+    Entry::call::<ConsentsList>(),
+    Entry::call::<ConsentsAdd>(),
+    Entry::call::<ConsentsImportFhir>(),
+    Entry::call::<ConsentsWithdraw>(),
+    Entry::call::<ConsentsCheck>(),
+    Entry::call::<Transfers>(),
+    Entry::call::<TransfersShow>(),
+    Entry::call::<TransfersRequest>(),
+    Entry::call::<TransfersShare>(),
+    Entry::call::<Approvals>(),
+    Entry::call::<ApprovalsApprove>(),
+    Entry::call::<ApprovalsDeny>(),
+];
+
+/// The row of `method` and `path`, if any.
+#[must_use]
+pub fn find(method: Verb, path: &str) -> Option<&'static Entry> {
+    TABLE.iter().find(|e| e.method == method && e.path == path)
+}
+
+/// Declares a route: its type, method, path, request and answer.
+macro_rules! route {
+    ($(#[$doc:meta])* $name:ident: $verb:ident $path:literal, $req:ty => $answer:ty $(, { $($extra:item)* })?) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        impl Route for $name {
+            const METHOD: Verb = Verb::$verb;
+            const PATH: &'static str = $path;
+            type Request = $req;
+            type Answer = $answer;
+            $($($extra)*)?
+        }
+    };
+}
+
+route!(
+    /// The node's identity, network and socket (only while it runs).
+    GetStatus: Get "/v1/status", () => Status
+);
+
+impl Call for GetStatus {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Status, ServeError> {
+        let (Some(net), Some(socket)) = (ctx.net(), ctx.socket()) else {
+            return Err(ServeError::StatusOffline);
+        };
+        let net = net.status().await?;
+        Ok(Status {
+            node: Node::id_info(ctx.node().record()),
+            net,
+            socket: socket.to_path_buf(),
+            ledger_problem: ctx.node().own_feed_problem(),
+        })
+    }
+}
+
+route!(
+    /// The trusted peers and their connections (from the trust records
+    /// alone when the node does not run).
+    Peers: Get "/v1/peers", () => PeersReport
+);
+
+impl Call for Peers {
+    async fn serve(ctx: Ctx, (): ()) -> Result<PeersReport, ServeError> {
+        match ctx.net() {
+            Some(net) => Ok(net.peers().await?),
+            None => ctx.blocking(crate::net::offline_peers).await,
+        }
+    }
+}
+
+route!(
+    /// Consortia, bilateral trust, revocations and blocks.
+    TrustList: Get "/v1/trust", () => TrustListing
+);
+
+impl Call for TrustList {
+    async fn serve(ctx: Ctx, (): ()) -> Result<TrustListing, ServeError> {
+        ctx.blocking(Node::trust_listing).await
+    }
+}
+
+route!(
+    /// Joins a consortium.
+    TrustJoin: Post "/v1/trust/join", JoinRequest => ConsortiumEntry
+);
+
+impl Call for TrustJoin {
+    async fn serve(ctx: Ctx, r: JoinRequest) -> Result<ConsortiumEntry, ServeError> {
+        let (d, c) = (
+            unhex("descriptor", &r.descriptor)?,
+            unhex("certificate", &r.certificate)?,
+        );
+        ctx.trust_change(move |n| n.join(&d, &c)).await
+    }
+}
+
+route!(
+    /// Trusts a peer bilaterally.
+    TrustAddPeer: Post "/v1/trust/add-peer", AddPeerRequest => BilateralEntry
+);
+
+impl Call for TrustAddPeer {
+    async fn serve(ctx: Ctx, r: AddPeerRequest) -> Result<BilateralEntry, ServeError> {
+        let rec = unhex("record", &r.record)?;
+        ctx.trust_change(move |n| n.add_peer(&rec, r.purposes, r.valid_days))
+            .await
+    }
+}
+
+route!(
+    /// Applies a revocation.
+    TrustApply: Post "/v1/trust/apply", ApplyRequest => RevocationEntry
+);
+
+impl Call for TrustApply {
+    async fn serve(ctx: Ctx, r: ApplyRequest) -> Result<RevocationEntry, ServeError> {
+        let rev = unhex("revocation", &r.revocation)?;
+        ctx.trust_change(move |n| n.apply_revocation(&rev)).await
+    }
+}
+
+route!(
+    /// Blocks a peer.
+    TrustBlock: Post "/v1/trust/block", BlockRequest => BlockedEntry
+);
+
+impl Call for TrustBlock {
+    async fn serve(ctx: Ctx, r: BlockRequest) -> Result<BlockedEntry, ServeError> {
+        ctx.trust_change(move |n| n.block(&r.peer_id, &r.reason)).await
+    }
+}
+
+route!(
+    /// Unblocks a peer.
+    TrustUnblock: Post "/v1/trust/unblock", BlockRequest => Unblocked
+);
+
+impl Call for TrustUnblock {
+    async fn serve(ctx: Ctx, r: BlockRequest) -> Result<Unblocked, ServeError> {
+        ctx.trust_change(move |n| {
+            n.unblock(&r.peer_id).map(|was_blocked| Unblocked {
+                peer_id: r.peer_id,
+                was_blocked,
+            })
+        })
+        .await
+    }
+}
+
+route!(
+    /// The studies held, or those of one patient.
+    StudiesList: Post "/v1/studies/list", ListRequest => Vec<StudySummary>
+);
+
+impl Call for StudiesList {
+    async fn serve(ctx: Ctx, r: ListRequest) -> Result<Vec<StudySummary>, ServeError> {
+        ctx.blocking(move |n| n.studies(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str()))))
+            .await
+    }
+}
+
+route!(
+    /// One study.
+    StudiesShow: Post "/v1/studies/show", ShowRequest => StudyDetail
+);
+
+impl Call for StudiesShow {
+    async fn serve(ctx: Ctx, r: ShowRequest) -> Result<StudyDetail, ServeError> {
+        ctx.blocking(move |n| n.study(&r.study_uid)).await
+    }
+}
+
+route!(
+    /// Purges a study.
+    StudiesPurge: Post "/v1/studies/purge", PurgeRequest => PurgeReport
+);
+
+impl Call for StudiesPurge {
+    async fn serve(ctx: Ctx, r: PurgeRequest) -> Result<PurgeReport, ServeError> {
+        ctx.blocking(move |n| n.purge_study(&r.study, r.reason)).await
+    }
+}
+
+route!(
+    /// Imports files and folders.
+    StudiesImport: Post "/v1/studies/import", ImportRequest => ImportSummary, {
+        fn paths(r: &mut ImportRequest) -> Vec<&mut PathBuf> {
+            r.paths.iter_mut().collect()
+        }
+    }
+);
+
+impl Stream for StudiesImport {
+    type Progress = ImportProgress;
+    const SUMMARY: &'static str = "import-summary";
+    const WORK: &'static str = "the import";
+
+    fn serve(
+        node: &Node,
+        r: ImportRequest,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<ImportSummary, HomeError> {
+        node.import(&r.paths, |event| {
+            progress(match event {
+                ImportEvent::Started { files, bytes } => ImportProgress::Started { files, bytes },
+                ImportEvent::File(outcome) => ImportProgress::File(outcome.clone()),
+            });
+        })
+    }
+}
+
+route!(
+    /// Exports a study to a folder.
+    StudiesExport: Post "/v1/studies/export", ExportRequest => ExportSummary, {
+        fn paths(r: &mut ExportRequest) -> Vec<&mut PathBuf> {
+            vec![&mut r.out]
+        }
+
+        fn check(r: &mut ExportRequest) -> Result<(), ServeError> {
+            if r.out.is_absolute() {
+                Ok(())
+            } else {
+                Err(ServeError::RelativeOut(r.out.clone()))
+            }
+        }
+    }
+);
+
+impl Stream for StudiesExport {
+    type Progress = ExportProgress;
+    const SUMMARY: &'static str = "export-summary";
+    const WORK: &'static str = "the export";
+
+    fn serve(
+        node: &Node,
+        r: ExportRequest,
+        progress: &mut dyn FnMut(ExportProgress),
+    ) -> Result<ExportSummary, HomeError> {
+        node.export(&r.study_uid, &r.out, r.force, |o| {
+            progress(ExportProgress::Object(o.clone()))
+        })
+    }
+}
+
+route!(
+    /// De-identifies files and folders into a folder.
+    StudiesDeid: Post "/v1/studies/deid", DeidRequest => DeidSummary, {
+        fn paths(r: &mut DeidRequest) -> Vec<&mut PathBuf> {
+            r.paths.iter_mut().chain([&mut r.out]).collect()
+        }
+    }
+);
+
+impl Stream for StudiesDeid {
+    type Progress = DeidProgress;
+    const SUMMARY: &'static str = "deid-summary";
+    const WORK: &'static str = "de-identification";
+
+    fn serve(node: &Node, r: DeidRequest, progress: &mut dyn FnMut(DeidProgress)) -> Result<DeidSummary, HomeError> {
+        node.deid(&r.paths, &r.out, r.level, &r.options, |event| {
+            progress(match event {
+                DeidEvent::Started { files, bytes } => DeidProgress::Started { files, bytes },
+                DeidEvent::File(outcome) => DeidProgress::File(outcome.clone()),
+            });
+        })
+    }
+}
+
+route!(
+    /// Resolves a pseudonym.
+    StudiesRelink: Post "/v1/studies/relink", RelinkRequest => RelinkView
+);
+
+impl Call for StudiesRelink {
+    async fn serve(ctx: Ctx, r: RelinkRequest) -> Result<RelinkView, ServeError> {
+        ctx.blocking(move |n| n.relink(&r.pseudonym)).await
+    }
+}
+
+route!(
+    /// The last ledger entries.
+    LogTail: Post "/v1/log/tail", LogTailRequest => Vec<EntryView>
+);
+
+impl Call for LogTail {
+    async fn serve(ctx: Ctx, r: LogTailRequest) -> Result<Vec<EntryView>, ServeError> {
+        ctx.blocking(move |n| n.log_tail(r.limit)).await
+    }
+}
+
+route!(
+    /// One ledger entry.
+    LogShow: Post "/v1/log/show", IdRequest => EntryView
+);
+
+impl Call for LogShow {
+    async fn serve(ctx: Ctx, r: IdRequest) -> Result<EntryView, ServeError> {
+        ctx.blocking(move |n| n.log_show(&r.id)).await
+    }
+}
+
+route!(
+    /// Verifies every feed held.
+    LogVerify: Get "/v1/log/verify", () => VerifyReport
+);
+
+impl Call for LogVerify {
+    async fn serve(ctx: Ctx, (): ()) -> Result<VerifyReport, ServeError> {
+        ctx.blocking(Node::log_verify).await
+    }
+}
+
+route!(
+    /// Each feed's head.
+    LogHeads: Get "/v1/log/heads", () => Vec<HeadView>
+);
+
+impl Call for LogHeads {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Vec<HeadView>, ServeError> {
+        ctx.blocking(|n| n.ledger_heads().map(|h| HeadView::list(&h))).await
+    }
+}
+
+route!(
+    /// Notifications (marked read).
+    Notifications: Post "/v1/notifications", NotificationsRequest => Vec<NotificationView>
+);
+
+impl Call for Notifications {
+    async fn serve(ctx: Ctx, r: NotificationsRequest) -> Result<Vec<NotificationView>, ServeError> {
+        ctx.blocking(move |n| n.notifications(r.unread)).await
+    }
+}
+
+route!(
+    /// Delivery state of the notification sinks.
+    NotificationsStatus: Get "/v1/notifications/status", () => Vec<SinkStatus>
+);
+
+impl Call for NotificationsStatus {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Vec<SinkStatus>, ServeError> {
+        ctx.blocking(Node::notify_status).await
+    }
+}
+
+route!(
+    /// Checks the store.
+    StoreCheck: Post "/v1/store/check", CheckRequest => CheckReport
+);
+
+impl Call for StoreCheck {
+    async fn serve(ctx: Ctx, r: CheckRequest) -> Result<CheckReport, ServeError> {
+        ctx.blocking(move |n| Ok(n.store().check(r.deep)?)).await
+    }
+}
+
+route!(
+    /// Consents, of one patient or all.
+    ConsentsList: Post "/v1/consents/list", ConsentListRequest => Vec<ConsentEntry>
+);
+
+impl Call for ConsentsList {
+    async fn serve(ctx: Ctx, r: ConsentListRequest) -> Result<Vec<ConsentEntry>, ServeError> {
+        ctx.blocking(move |n| n.consents(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str()))))
+            .await
+    }
+}
+
+route!(
+    /// Records a consent.
+    ConsentsAdd: Post "/v1/consents/add", NewConsent => ConsentEntry
+);
+
+impl Call for ConsentsAdd {
+    async fn serve(ctx: Ctx, r: NewConsent) -> Result<ConsentEntry, ServeError> {
+        ctx.blocking(move |n| n.consent_add(r)).await
+    }
+}
+
+route!(
+    /// Imports FHIR Consent resources.
+    ConsentsImportFhir: Post "/v1/consents/import-fhir", FhirImport => Vec<ImportedConsent>, {
+        fn paths(r: &mut FhirImport) -> Vec<&mut PathBuf> {
+            r.files.iter_mut().collect()
+        }
+    }
+);
+
+impl Call for ConsentsImportFhir {
+    async fn serve(ctx: Ctx, r: FhirImport) -> Result<Vec<ImportedConsent>, ServeError> {
+        ctx.blocking(move |n| n.consent_import_fhir(&r)).await
+    }
+}
+
+route!(
+    /// Withdraws a consent.
+    ConsentsWithdraw: Post "/v1/consents/withdraw", WithdrawRequest => ConsentEntry
+);
+
+impl Call for ConsentsWithdraw {
+    async fn serve(ctx: Ctx, r: WithdrawRequest) -> Result<ConsentEntry, ServeError> {
+        ctx.blocking(move |n| n.consent_withdraw(&r.id)).await
+    }
+}
+
+route!(
+    /// What a request for a study would be answered.
+    ConsentsCheck: Post "/v1/consents/check", CheckQuery => ConsentCheck
+);
+
+impl Call for ConsentsCheck {
+    async fn serve(ctx: Ctx, r: CheckQuery) -> Result<ConsentCheck, ServeError> {
+        ctx.blocking(move |n| n.consent_check(&r)).await
+    }
+}
+
+route!(
+    /// Every transfer, newest first.
+    Transfers: Get "/v1/transfers", () => Vec<TransferView>
+);
+
+impl Call for Transfers {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Vec<TransferView>, ServeError> {
+        ctx.blocking(Node::transfers).await
+    }
+}
+
+route!(
+    /// One transfer.
+    TransfersShow: Post "/v1/transfers/show", IdRequest => TransferView
+);
+
+impl Call for TransfersShow {
+    async fn serve(ctx: Ctx, r: IdRequest) -> Result<TransferView, ServeError> {
+        ctx.blocking(move |n| n.transfer_show(&r.id)).await
+    }
+}
+
+route!(
+    /// Asks the holder for a study (needs the running node).
+    TransfersRequest: Post "/v1/transfers/request", TransferAsk => TransferView
+);
+
+impl Call for TransfersRequest {
+    async fn serve(ctx: Ctx, r: TransferAsk) -> Result<TransferView, ServeError> {
+        request_transfer(ctx, r).await
+    }
+}
+
+/// Sends a transfer request to the holder and records its answer.
+async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, ServeError> {
+    let Some(net) = ctx.net().cloned() else {
+        return Err(ServeError::RequestOffline);
+    };
+    let peer: libp2p::PeerId = r.peer_id.parse().map_err(|source| ServeError::PeerId {
+        peer: r.peer_id.clone(),
+        source,
+    })?;
+    crate::dicom::check_uid(&r.study_uid).map_err(|reason| ServeError::StudyUid {
+        uid: r.study_uid.clone(),
+        reason,
+    })?;
+    let uid = r.study_uid.clone();
+    let held = ctx
+        .blocking(move |n| {
+            let study = n.store().study_ref(&uid);
+            Ok(n.store()
+                .study_row(&study)?
+                .is_some_and(|row| matches!(row.origin, crate::store::Origin::Local)))
+        })
+        .await?;
+    if held {
+        return Err(ServeError::HeldHere(r.study_uid));
+    }
+    let mut rid = [0u8; 16];
+    getrandom::fill(&mut rid).map_err(ServeError::Random)?;
+    let request_id = hex::encode(rid);
+    let msg = crate::transfer::wire::Msg {
+        v: crate::transfer::wire::WIRE_VERSION,
+        body: crate::transfer::wire::MsgBody::Request {
+            request_id: request_id.clone(),
+            study_uid: r.study_uid.clone(),
+            purpose: r.purpose,
+            role: r.role,
+            level: r.level,
+        },
+    };
+    // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
+    let _asking = ctx.node().live().asking(&request_id);
+    let answer = crate::limits::send_honouring_retry_after(|| net.transfer_message(peer, msg.clone()))
+        .await?
+        .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
+    let view = ctx
+        .blocking(move |n| {
+            n.note_answer(
+                &r.peer_id,
+                &request_id,
+                &r.study_uid,
+                r.purpose,
+                r.role,
+                r.level,
+                &answer.body,
+            )
+        })
+        .await?;
+    ctx.wake_transfers();
+    Ok(view)
+}
+
+route!(
+    /// Shares a study with a peer.
+    TransfersShare: Post "/v1/transfers/share", TransferAsk => TransferView
+);
+
+impl Call for TransfersShare {
+    async fn serve(ctx: Ctx, r: TransferAsk) -> Result<TransferView, ServeError> {
+        let view = ctx
+            .blocking(move |n| n.share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level))
+            .await?;
+        ctx.wake_transfers();
+        Ok(view)
+    }
+}
+
+route!(
+    /// Outgoing transfers waiting for an approval.
+    Approvals: Get "/v1/approvals", () => Vec<TransferView>
+);
+
+impl Call for Approvals {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Vec<TransferView>, ServeError> {
+        ctx.blocking(Node::approvals).await
+    }
+}
+
+route!(
+    /// Approves a pending request.
+    ApprovalsApprove: Post "/v1/approvals/approve", IdRequest => TransferView
+);
+
+impl Call for ApprovalsApprove {
+    async fn serve(ctx: Ctx, r: IdRequest) -> Result<TransferView, ServeError> {
+        let (view, msg) = ctx.blocking(move |n| n.approve(&r.id)).await?;
+        ctx.wake_transfers();
+        ctx.tell_requester(&view, msg);
+        Ok(view)
+    }
+}
+
+route!(
+    /// Denies a pending request.
+    ApprovalsDeny: Post "/v1/approvals/deny", DenyRequest => TransferView
+);
+
+impl Call for ApprovalsDeny {
+    async fn serve(ctx: Ctx, r: DenyRequest) -> Result<TransferView, ServeError> {
+        let (view, msg) = ctx.blocking(move |n| n.deny_approval(&r.id, &r.reason)).await?;
+        ctx.tell_requester(&view, msg);
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        doc.lines()
+            .skip_while(|l| !(l.starts_with("## ") && l.contains("Admin API")))
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| {
+                let cell = l.strip_prefix("| `")?;
+                let (route, _) = cell.split_once('`')?;
+                let (method, path) = route.split_once(' ')?;
+                Some((method.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_in_the_table() {
+        let table: BTreeSet<(String, String)> = TABLE
+            .iter()
+            .map(|e| (e.method.as_str().to_string(), e.path.to_string()))
+            .collect();
+        assert_eq!(table.len(), TABLE.len(), "no route twice in the table");
+        let doc = documented();
+        let undocumented: Vec<_> = table.difference(&doc).collect();
+        let missing: Vec<_> = doc.difference(&table).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes not in docs/PROTOCOL.md: {undocumented:?}"
+        );
+        assert!(
+            missing.is_empty(),
+            "routes in docs/PROTOCOL.md but not in the table: {missing:?}"
+        );
+    }
+
+    /// Progress records are on the wire as the server wrote them before
+    /// the table: `{"type": kind, "data": value}`.
+    #[test]
+    fn progress_records_keep_their_wire_form() {
+        let started = ImportProgress::Started { files: 3, bytes: 70 };
+        let old = serde_json::json!({ "type": "started", "data": serde_json::json!({ "files": 3, "bytes": 70 }) });
+        assert_eq!(
+            serde_json::to_vec(&serde_json::to_value(&started).unwrap()).unwrap(),
+            serde_json::to_vec(&old).unwrap()
+        );
+        let outcome = crate::dicom::export::ExportOutcome::Exists {
+            path: "/tmp/x.dcm".into(),
+        };
+        let old = serde_json::json!({ "type": "object", "data": &outcome });
+        let new = serde_json::to_value(ExportProgress::Object(outcome)).unwrap();
+        assert_eq!(serde_json::to_vec(&new).unwrap(), serde_json::to_vec(&old).unwrap());
+        let back: ExportProgress = serde_json::from_value(old).unwrap();
+        assert!(matches!(
+            back,
+            ExportProgress::Object(crate::dicom::export::ExportOutcome::Exists { .. })
+        ));
+        let deid = DeidProgress::Started { files: 1, bytes: 2 };
+        assert_eq!(
+            serde_json::to_value(&deid).unwrap(),
+            serde_json::json!({ "type": "started", "data": { "files": 1, "bytes": 2 } })
+        );
+    }
+
+    #[test]
+    fn every_path_has_the_version_prefix() {
+        for e in TABLE {
+            assert!(e.path.starts_with(super::super::PREFIX), "{}", e.path);
+            assert!(find(e.method, e.path).is_some());
+        }
+    }
+}
