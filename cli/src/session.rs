@@ -263,7 +263,7 @@ impl Session {
 
     pub fn join(&self, descriptor: &[u8], certificate: &[u8]) -> Result<ConsortiumEntry> {
         match self {
-            Self::Local(node) => Ok(node.join(descriptor, certificate)?),
+            Self::Local(node) => Ok(node.trust().join(descriptor, certificate)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -278,7 +278,7 @@ impl Session {
 
     pub fn add_peer(&self, record: &[u8], purposes: Vec<Purpose>, valid_days: Option<u32>) -> Result<BilateralEntry> {
         match self {
-            Self::Local(node) => Ok(node.add_peer(record, purposes, valid_days)?),
+            Self::Local(node) => Ok(node.trust().add_peer(record, purposes, valid_days)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -294,7 +294,7 @@ impl Session {
 
     pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry> {
         match self {
-            Self::Local(node) => Ok(node.apply_revocation(revocation)?),
+            Self::Local(node) => Ok(node.trust().apply_revocation(revocation)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -308,7 +308,7 @@ impl Session {
 
     pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry> {
         match self {
-            Self::Local(node) => Ok(node.block(peer_id, reason)?),
+            Self::Local(node) => Ok(node.trust().block(peer_id, reason)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -325,7 +325,7 @@ impl Session {
         match self {
             Self::Local(node) => Ok(Unblocked {
                 peer_id: peer_id.into(),
-                was_blocked: node.unblock(peer_id)?,
+                was_blocked: node.trust().unblock(peer_id)?,
             }),
             Self::Remote { client, rt } => Self::post(
                 client,
@@ -341,7 +341,7 @@ impl Session {
 
     pub fn trust_listing(&self) -> Result<TrustListing> {
         match self {
-            Self::Local(node) => Ok(node.trust_listing()?),
+            Self::Local(node) => Ok(node.trust().listing()?),
             Self::Remote { client, rt } => Self::get(client, rt, "/trust"),
         }
     }
@@ -355,7 +355,7 @@ impl Session {
 
     pub fn consents(&self, patient: Option<(&str, &str)>) -> Result<Vec<ConsentEntry>> {
         match self {
-            Self::Local(node) => Ok(node.consents(patient)?),
+            Self::Local(node) => Ok(node.consents().list(patient)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -369,14 +369,14 @@ impl Session {
 
     pub fn consent_add(&self, c: NewConsent) -> Result<ConsentEntry> {
         match self {
-            Self::Local(node) => Ok(node.consent_add(c)?),
+            Self::Local(node) => Ok(node.consents().add(c)?),
             Self::Remote { client, rt } => Self::post(client, rt, "/consents/add", &c),
         }
     }
 
     pub fn consent_import_fhir(&self, mut req: FhirImport) -> Result<Vec<ImportedConsent>> {
         match self {
-            Self::Local(node) => Ok(node.consent_import_fhir(&req)?),
+            Self::Local(node) => Ok(node.consents().import_fhir(&req)?),
             Self::Remote { client, rt } => {
                 // The node has its own working directory: send absolute paths.
                 for f in &mut req.files {
@@ -389,7 +389,7 @@ impl Session {
 
     pub fn consent_withdraw(&self, id: &str) -> Result<ConsentEntry> {
         match self {
-            Self::Local(node) => Ok(node.consent_withdraw(id)?),
+            Self::Local(node) => Ok(node.consents().withdraw(id)?),
             Self::Remote { client, rt } => {
                 Self::post(client, rt, "/consents/withdraw", &WithdrawRequest { id: id.into() })
             }
@@ -508,7 +508,7 @@ impl Session {
 
     pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck> {
         match self {
-            Self::Local(node) => Ok(node.consent_check(q)?),
+            Self::Local(node) => Ok(node.consents().check(q)?),
             Self::Remote { client, rt } => Self::post(client, rt, "/consents/check", q),
         }
     }

@@ -232,7 +232,69 @@ pub struct Node {
     ledger_seq: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever a revocation is applied (by an admin, or received
     /// from a peer): the network reloads trust, disconnects and passes it on.
-    trust_seq: tokio::sync::watch::Sender<u64>,
+    trust_changes: trust::TrustChanges,
+}
+
+/// What a change made by one service sets off in the others: the narrow
+/// hooks the trust, consent and retention services are given instead of
+/// the whole [`Node`] (which implements them).
+pub trait Effects {
+    /// Appends `event` to this node's ledger feed, for a change that
+    /// writes no state of its own here (an entry written with a change goes
+    /// through [`Effects::author`] and [`Effects::logged`]).
+    ///
+    /// # Errors
+    /// Store errors: the caller's operation fails rather than go unrecorded.
+    fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError>;
+    /// Who signs the entries a change appends in its own write transaction.
+    fn author(&self) -> crate::store::Author<'_>;
+    /// Notes entries appended (and committed) with a change.
+    fn logged(&self, entries: &[crate::ledger::SignedEntry]);
+    /// Ends the transfers a change of consent or trust (already stored)
+    /// no longer allows; a failure is logged, not returned.
+    fn end_affected_transfers_after(&self, change: &str);
+    /// The hello this node holds of `peer` (met before, or trusted
+    /// bilaterally), to learn its institution and jurisdiction.
+    ///
+    /// # Errors
+    /// Store errors.
+    fn peer_hello(
+        &self,
+        state: &crate::trust::TrustState,
+        peer: &str,
+    ) -> Result<Option<crate::net::hello::Hello>, StoreError>;
+}
+
+impl Effects for Node {
+    fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError> {
+        let kind = event.kind();
+        let e = self
+            .store
+            .ledger_append(&self.identity, crate::clock::now(), event)
+            .inspect_err(|err| {
+                if matches!(err, StoreError::OwnFeedBehind { .. }) {
+                    tracing::error!(kind, "ledger entry not written: {err}");
+                }
+            })?;
+        Node::logged(self, std::slice::from_ref(&e));
+        Ok(())
+    }
+    fn author(&self) -> crate::store::Author<'_> {
+        Node::author(self)
+    }
+    fn logged(&self, entries: &[crate::ledger::SignedEntry]) {
+        Node::logged(self, entries);
+    }
+    fn end_affected_transfers_after(&self, change: &str) {
+        Node::end_affected_transfers_after(self, change);
+    }
+    fn peer_hello(
+        &self,
+        state: &crate::trust::TrustState,
+        peer: &str,
+    ) -> Result<Option<crate::net::hello::Hello>, StoreError> {
+        crate::net::peer_hello(self, state, peer)
+    }
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -601,14 +663,20 @@ impl Node {
             live: crate::transfer::Live::default(),
             purging: std::sync::Mutex::new(()),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
-            trust_seq: tokio::sync::watch::Sender::new(0),
+            trust_changes: trust::TrustChanges::default(),
         })
     }
 
-    /// Watches revocations applied by this process (see `trust_seq`).
+    /// The consent service: patients' consents, and the decision for a study, a peer and a purpose.
     #[must_use]
-    pub fn trust_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.trust_seq.subscribe()
+    pub fn consents(&self) -> consent::ConsentService<'_> {
+        consent::ConsentService::new(&self.store, &self.record, &self.config.policy, self.trust(), self)
+    }
+
+    /// The trust service: what this node trusts, and the changes to it.
+    #[must_use]
+    pub fn trust(&self) -> trust::TrustService<'_> {
+        trust::TrustService::new(&self.store, &self.record, &self.trust_changes, self)
     }
 
     /// Watches the seq of this node's last ledger entry.

@@ -402,36 +402,36 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 })
             }
             (&Method::GET, "/peers") => json(&api.net.peers().await.map_err(|e| failed(&e))?),
-            (&Method::GET, "/trust") => json(&blocking(api, Node::trust_listing).await?),
+            (&Method::GET, "/trust") => json(&blocking(api, |n| Ok(n.trust().listing()?)).await?),
             (&Method::POST, "/trust/join") => {
                 let r: JoinRequest = body(req).await?;
                 let (d, c) = (
                     unhex("descriptor", &r.descriptor)?,
                     unhex("certificate", &r.certificate)?,
                 );
-                trust_change(api, move |n| n.join(&d, &c)).await
+                trust_change(api, move |n| Ok(n.trust().join(&d, &c)?)).await
             }
             (&Method::POST, "/trust/add-peer") => {
                 let r: AddPeerRequest = body(req).await?;
                 let rec = unhex("record", &r.record)?;
-                trust_change(api, move |n| n.add_peer(&rec, r.purposes, r.valid_days)).await
+                trust_change(api, move |n| Ok(n.trust().add_peer(&rec, r.purposes, r.valid_days)?)).await
             }
             (&Method::POST, "/trust/apply") => {
                 let r: ApplyRequest = body(req).await?;
                 let rev = unhex("revocation", &r.revocation)?;
-                trust_change(api, move |n| n.apply_revocation(&rev)).await
+                trust_change(api, move |n| Ok(n.trust().apply_revocation(&rev)?)).await
             }
             (&Method::POST, "/trust/block") => {
                 let r: BlockRequest = body(req).await?;
-                trust_change(api, move |n| n.block(&r.peer_id, &r.reason)).await
+                trust_change(api, move |n| Ok(n.trust().block(&r.peer_id, &r.reason)?)).await
             }
             (&Method::POST, "/trust/unblock") => {
                 let r: BlockRequest = body(req).await?;
                 trust_change(api, move |n| {
-                    n.unblock(&r.peer_id).map(|was_blocked| Unblocked {
+                    Ok(n.trust().unblock(&r.peer_id).map(|was_blocked| Unblocked {
                         peer_id: r.peer_id,
                         was_blocked,
-                    })
+                    })?)
                 })
                 .await
             }
@@ -456,14 +456,15 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 let r: ConsentListRequest = body(req).await?;
                 json(
                     &blocking(api, move |n| {
-                        n.consents(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
+                        Ok(n.consents()
+                            .list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?)
                     })
                     .await?,
                 )
             }
             (&Method::POST, "/consents/add") => {
                 let r: NewConsent = body(req).await?;
-                json(&blocking(api, move |n| n.consent_add(r)).await?)
+                json(&blocking(api, move |n| Ok(n.consents().add(r)?)).await?)
             }
             (&Method::POST, "/consents/import-fhir") => {
                 let r: FhirImport = body(req).await?;
@@ -473,15 +474,15 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                         &format!("{}: paths must be absolute", p.display()),
                     ));
                 }
-                json(&blocking(api, move |n| n.consent_import_fhir(&r)).await?)
+                json(&blocking(api, move |n| Ok(n.consents().import_fhir(&r)?)).await?)
             }
             (&Method::POST, "/consents/withdraw") => {
                 let r: WithdrawRequest = body(req).await?;
-                json(&blocking(api, move |n| n.consent_withdraw(&r.id)).await?)
+                json(&blocking(api, move |n| Ok(n.consents().withdraw(&r.id)?)).await?)
             }
             (&Method::POST, "/consents/check") => {
                 let r: CheckQuery = body(req).await?;
-                json(&blocking(api, move |n| n.consent_check(&r)).await?)
+                json(&blocking(api, move |n| Ok(n.consents().check(&r)?)).await?)
             }
             (&Method::POST, "/store/check") => {
                 let r: CheckRequest = body(req).await?;

@@ -47,13 +47,14 @@ fn home(dir: &Path, name: &str, edit: &[(&str, &str)]) -> Node {
 
 fn trust(a: &Node, b: &Node) {
     let record = b.record().envelope().to_bytes().unwrap();
-    a.add_peer(&record, vec![Purpose::Treatment], None).unwrap();
+    a.trust().add_peer(&record, vec![Purpose::Treatment], None).unwrap();
 }
 
 fn consent(holder: &Node, recipients: &[&Node]) {
     let d = holder.study(STUDY).unwrap();
     holder
-        .consent_add(NewConsent {
+        .consents()
+        .add(NewConsent {
             id: None,
             patient_id: d.attributes.patient_id.clone(),
             issuer: d.attributes.issuer_of_patient_id.clone(),

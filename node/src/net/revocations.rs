@@ -84,7 +84,7 @@ impl Service {
     /// each one new since the last load published on the gossip topic
     /// (nothing is published on the first load, at start).
     pub(super) fn reload_revocations(&mut self) {
-        let applied = match self.node.applied_revocations() {
+        let applied = match self.node.trust().applied_revocations() {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(cause = %e, "applied revocations not read");
@@ -277,7 +277,7 @@ impl Service {
             let from = peer.to_string();
             let _ = tokio::task::spawn_blocking(move || {
                 for r in &revocations {
-                    match node.revocation_from_peer(&from, r) {
+                    match node.trust().revocation_from_peer(&from, r) {
                         Ok(RevocationTaken::Refused(_)) => {
                             tracing::warn!(peer = %from, "a peer's catch-up answer holds a revocation that does not verify");
                         }

@@ -484,7 +484,7 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
     let dir = tempfile::tempdir().unwrap();
     let n = home(dir.path(), "site", "DE");
     let add = || {
-        n.consent_add(NewConsent {
+        n.consents().add(NewConsent {
             id: Some("c-1".into()),
             patient_id: "MRN-1".into(),
             issuer: String::new(),
@@ -509,7 +509,7 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
     };
     n.store().crash_at(APPEND);
     assert!(add().is_err());
-    assert!(n.consents(None).unwrap().is_empty());
+    assert!(n.consents().list(None).unwrap().is_empty());
     assert_eq!(entries(&n, "consent-added"), 0);
     add().unwrap();
     assert_eq!(entries(&n, "consent-added"), 1);
@@ -522,23 +522,23 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
         ..FhirImport::default()
     };
     n.store().crash_at(APPEND);
-    assert!(n.consent_import_fhir(&import).is_err());
-    assert_eq!(n.consents(None).unwrap().len(), 1);
+    assert!(n.consents().import_fhir(&import).is_err());
+    assert_eq!(n.consents().list(None).unwrap().len(), 1);
     assert_eq!(entries(&n, "consent-added"), 1);
-    let imported = n.consent_import_fhir(&import).unwrap();
+    let imported = n.consents().import_fhir(&import).unwrap();
     assert_eq!(imported[0].outcome, "added");
-    assert_eq!(n.consents(None).unwrap().len(), 2);
+    assert_eq!(n.consents().list(None).unwrap().len(), 2);
     assert_eq!(entries(&n, "consent-added"), 2, "FHIR import writes consent-added");
     // Imported again unchanged: nothing new is recorded.
-    n.consent_import_fhir(&import).unwrap();
+    n.consents().import_fhir(&import).unwrap();
     assert_eq!(entries(&n, "consent-added"), 2);
 
     n.store().crash_at(APPEND);
-    assert!(n.consent_withdraw("c-1").is_err());
+    assert!(n.consents().withdraw("c-1").is_err());
     let c1 = |n: &Node| n.store().consent(&"c-1".parse().unwrap()).unwrap().unwrap();
     assert!(c1(&n).withdrawn_at().is_none());
     assert_eq!(entries(&n, "consent-withdrawn"), 0);
-    n.consent_withdraw("c-1").unwrap();
+    n.consents().withdraw("c-1").unwrap();
     assert!(c1(&n).withdrawn_at().is_some());
     assert_eq!(entries(&n, "consent-withdrawn"), 1);
     assert!(n.log_verify().unwrap().ok);

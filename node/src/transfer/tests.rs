@@ -34,7 +34,7 @@ fn record(n: &Node) -> Vec<u8> {
 }
 
 pub(super) fn trust(a: &Node, b: &Node) {
-    a.add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
+    a.trust().add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
 }
 
 /// Holder (with the CT study and a consent for `recipient`), its grant and
@@ -253,7 +253,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
         .unwrap();
     assert_eq!(verdict(&w.recipient, &holder_peer, &open), "replayed");
     // A holder no longer trusted: refused whatever it sends.
-    w.other.block(&holder_peer, "test").unwrap();
+    w.other.trust().block(&holder_peer, "test").unwrap();
     assert_eq!(verdict(&w.other, &holder_peer, &open), "untrusted");
 }
 
@@ -370,7 +370,8 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
     let unknown = codes(&ask("1.2.3.4", Purpose::Treatment));
     assert_eq!(unknown, vec!["not-available"]);
     w.holder
-        .consent_withdraw(&w.holder.consents(None).unwrap()[0].id)
+        .consents()
+        .withdraw(&w.holder.consents().list(None).unwrap()[0].id)
         .unwrap();
     assert_eq!(codes(&ask(STUDY, Purpose::Treatment)), unknown);
     // The holder's own record says why in full.
@@ -445,7 +446,8 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
 pub(super) fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], level: DeidLevel) {
     let d = holder.study(study_uid).unwrap();
     holder
-        .consent_add(NewConsent {
+        .consents()
+        .add(NewConsent {
             id: None,
             patient_id: d.attributes.patient_id.clone(),
             issuer: d.attributes.issuer_of_patient_id.clone(),
@@ -870,7 +872,7 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
     let member = |name: &str| {
         let n = home(dir.path(), name, "DE");
         let cert = Certificate::issue(&c, &admin, n.record(), vec![Purpose::Treatment], t - 60, t + 86_400, 1).unwrap();
-        n.join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
+        n.trust().join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
         (n, cert.to_bytes().unwrap())
     };
     let (reader, _) = member("reader");
@@ -1128,7 +1130,8 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
     let objection = |w: &World| {
         let d = w.holder.study(STUDY).unwrap();
         w.holder
-            .consent_add(NewConsent {
+            .consents()
+            .add(NewConsent {
                 id: None,
                 patient_id: d.attributes.patient_id.clone(),
                 issuer: d.attributes.issuer_of_patient_id.clone(),
@@ -1156,8 +1159,8 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         (
             "consent withdrawn",
             Box::new(|w: &World| {
-                for c in w.holder.consents(None).unwrap() {
-                    w.holder.consent_withdraw(&c.id).unwrap();
+                for c in w.holder.consents().list(None).unwrap() {
+                    w.holder.consents().withdraw(&c.id).unwrap();
                 }
             }),
             "consent-withdrawn",
@@ -1166,7 +1169,10 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         (
             "peer blocked",
             Box::new(|w: &World| {
-                w.holder.block(&w.recipient.identity().peer_id(), "test").unwrap();
+                w.holder
+                    .trust()
+                    .block(&w.recipient.identity().peer_id(), "test")
+                    .unwrap();
             }),
             "peer-blocked",
         ),
@@ -1174,6 +1180,7 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
             "purpose removed",
             Box::new(|w: &World| {
                 w.holder
+                    .trust()
                     .add_peer(&record(&w.recipient), vec![Purpose::Research], None)
                     .unwrap();
             }),
