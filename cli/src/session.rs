@@ -96,7 +96,7 @@ impl Session {
 
     pub fn studies(&self, patient: Option<(&str, &str)>) -> Result<Vec<StudySummary>> {
         match self {
-            Self::Local(node) => Ok(node.studies(patient)?),
+            Self::Local(node) => Ok(node.studies().list(patient)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -110,7 +110,7 @@ impl Session {
 
     pub fn study(&self, study_uid: &str) -> Result<StudyDetail> {
         match self {
-            Self::Local(node) => Ok(node.study(study_uid)?),
+            Self::Local(node) => Ok(node.studies().show(study_uid)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -124,7 +124,7 @@ impl Session {
 
     pub fn purge(&self, study: &str, reason: PurgeReason) -> Result<PurgeReport> {
         match self {
-            Self::Local(node) => Ok(node.purge_study(study, reason)?),
+            Self::Local(node) => Ok(node.retention().purge_study(study, reason)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -146,7 +146,7 @@ impl Session {
 
     pub fn import(&self, paths: &[PathBuf], mut progress: impl FnMut(ImportEvent<'_>)) -> Result<ImportSummary> {
         match self {
-            Self::Local(node) => Ok(node.import(paths, progress)?),
+            Self::Local(node) => Ok(node.studies().import(paths, progress)?),
             Self::Remote { client, rt } => {
                 // The node has its own working directory: send absolute paths.
                 let mut abs = Vec::new();
@@ -240,7 +240,7 @@ impl Session {
         mut progress: impl FnMut(&ExportOutcome),
     ) -> Result<ExportSummary> {
         match self {
-            Self::Local(node) => Ok(node.export(study_uid, out, force, progress)?),
+            Self::Local(node) => Ok(node.studies().export(study_uid, out, force, progress)?),
             Self::Remote { client, rt } => {
                 let req = ExportRequest {
                     study_uid: study_uid.into(),

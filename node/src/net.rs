@@ -1387,7 +1387,12 @@ impl Service {
                     return;
                 }
                 // Over its request rate: answered at once, nothing recorded.
-                if let Some(body) = self.requests.admit(&peer.to_string(), &request.body, Instant::now()) {
+                if let Some(body) = crate::transfer::admission::admit_message(
+                    &self.requests,
+                    &peer.to_string(),
+                    &request.body,
+                    Instant::now(),
+                ) {
                     tracing::warn!(peer = %peer, "transfer request over the peer's rate: answered retry-later");
                     let answer = TransferAnswer {
                         v: crate::transfer::wire::WIRE_VERSION,

@@ -2,7 +2,7 @@
 //!
 //! 1. Negotiation (`/medmesh/transfer/1`): a requester asks for a study; the
 //!    holder checks trust, then consent and site policy
-//!    ([`Node::consent_check`]), and answers with a signed [`wire::Grant`],
+//!    ([`ConsentService::check`](crate::home::consent::ConsentService::check)), and answers with a signed [`wire::Grant`],
 //!    a denial, or "pending" (queued for `medmesh approvals`). A holder may
 //!    also share a study on its own, under the same checks.
 //! 2. Preparation: the holder reads every object once (checking it against
@@ -22,6 +22,7 @@
 //!    only with it. A received study is locked (its key destroyed) when its
 //!    grant expires.
 
+pub mod admission;
 mod deid;
 pub mod engine;
 #[cfg(test)]
@@ -2482,7 +2483,7 @@ impl Node {
     /// how many were locked. A locked study whose documents are still there
     /// (locked by an older version that deleted them in a second step) has
     /// them deleted now. Then applies the retention policy to locked copies
-    /// ([`Node::enforce_retention`]).
+    /// ([`RetentionService::enforce_retention`](crate::home::retention::RetentionService::enforce_retention)).
     ///
     /// # Errors
     /// Store errors.
@@ -2525,7 +2526,7 @@ impl Node {
                 tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
             }
         }
-        self.enforce_retention(t)?;
+        self.retention().enforce_retention(t)?;
         Ok(locked)
     }
 }

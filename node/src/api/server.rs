@@ -355,15 +355,18 @@ async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::
     };
     // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
     let _asking = api.node.live().asking(&request_id);
-    let answer = crate::limits::send_honouring_retry_after(|| api.net.transfer_message(peer, msg.clone()))
-        .await
-        .map_err(|e| failed(&e))?
-        .map_err(|(secs, text)| {
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("the holder asks to wait {secs} s before asking again: {text}"),
-            )
-        })?;
+    let answer = crate::limits::send_honouring_retry_after(
+        || api.net.transfer_message(peer, msg.clone()),
+        crate::transfer::admission::retry_later,
+    )
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|(secs, text)| {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("the holder asks to wait {secs} s before asking again: {text}"),
+        )
+    })?;
     let view = blocking(api, move |n| {
         n.note_answer(
             &r.peer_id,
@@ -439,18 +442,19 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 let r: ListRequest = body(req).await?;
                 json(
                     &blocking(api, move |n| {
-                        n.studies(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))
+                        Ok(n.studies()
+                            .list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?)
                     })
                     .await?,
                 )
             }
             (&Method::POST, "/studies/show") => {
                 let r: ShowRequest = body(req).await?;
-                json(&blocking(api, move |n| n.study(&r.study_uid)).await?)
+                json(&blocking(api, move |n| Ok(n.studies().show(&r.study_uid)?)).await?)
             }
             (&Method::POST, "/studies/purge") => {
                 let r: PurgeRequest = body(req).await?;
-                json(&blocking(api, move |n| n.purge_study(&r.study, r.reason)).await?)
+                json(&blocking(api, move |n| Ok(n.retention().purge_study(&r.study, r.reason)?)).await?)
             }
             (&Method::POST, "/consents/list") => {
                 let r: ConsentListRequest = body(req).await?;
@@ -497,7 +501,7 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                     ));
                 }
                 stream(api, move |n, send| {
-                    let result = n.import(&r.paths, |event| match event {
+                    let result = n.studies().import(&r.paths, |event| match event {
                         ImportEvent::Started { files, bytes } => {
                             send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
                         }
@@ -518,7 +522,7 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                     ));
                 }
                 stream(api, move |n, send| {
-                    match n.export(&r.study_uid, &r.out, r.force, |o| send("object", o)) {
+                    match n.studies().export(&r.study_uid, &r.out, r.force, |o| send("object", o)) {
                         Ok(summary) => send("export-summary", &summary),
                         Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
                     }

@@ -287,7 +287,7 @@ impl fmt::Debug for FhirImport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsentEntry {
     /// Its id.
-    pub id: String,
+    pub id: ConsentId,
     /// `in-force`, `not-yet-valid`, `expired` or `withdrawn`, now.
     pub status: String,
     /// Studies of this patient on record (0 often means a mistyped Patient
@@ -303,7 +303,7 @@ pub struct ImportedConsent {
     /// The file it came from.
     pub file: PathBuf,
     /// Its id.
-    pub id: String,
+    pub id: ConsentId,
     /// `added`, `replaced` or `unchanged`.
     pub outcome: String,
     /// Studies of this patient on record.
@@ -504,7 +504,7 @@ impl<'a> ConsentService<'a> {
 
     fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, ConsentOpError> {
         Ok(ConsentEntry {
-            id: r.id().to_string(),
+            id: r.id().clone(),
             status: status_name(&r, now).into(),
             studies: self.studies_of(&r)?,
             record: r,
@@ -917,9 +917,12 @@ impl ConsentService<'_> {
             })?;
             for r in records {
                 let r = match_scope(&path, r, &req.episodes)?;
-                let id = r.id().to_string();
+                let id = r.id().clone();
                 if out.iter().any(|o| o.id == id) {
-                    return Err(ConsentOpError::Duplicate { path, id });
+                    return Err(ConsentOpError::Duplicate {
+                        path,
+                        id: id.to_string(),
+                    });
                 }
                 out.push(ImportedConsent {
                     file: file.clone(),
@@ -940,7 +943,7 @@ impl ConsentService<'_> {
             .store
             .update_consents_logged(&ids, Some(&self.effects.author()), |i, stored| {
                 let o = &mut out[i];
-                let err = |e: fn(String, String) -> ConsentOpError| e(o.file.display().to_string(), o.id.clone());
+                let err = |e: fn(String, String) -> ConsentOpError| e(o.file.display().to_string(), o.id.to_string());
                 let (outcome, write) = match stored {
                     None => ("added", true),
                     Some(old) if old == o.record => ("unchanged", false),

@@ -4,7 +4,7 @@
 //! - **Publish.** Whenever this node's applied revocations grow (an admin ran
 //!   `medmesh trust apply`, or one came from a peer), each new one goes out
 //!   on the ledger gossip topic as a [`GossipMsg::Revocation`]. A member
-//!   passes it on only after [`Node::revocation_from_peer`] verified its
+//!   passes it on only after [`TrustService::revocation_from_peer`](crate::home::trust::TrustService::revocation_from_peer) verified its
 //!   admin signatures against the consortium's revocation threshold and
 //!   applied it; a forged, under-signed or malformed one is rejected (not
 //!   applied, not relayed, counted against the sender).
