@@ -631,3 +631,78 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
     // log verify still reports it.
     assert!(!h.log_verify().unwrap().ok);
 }
+
+#[test]
+fn each_limit_answers_with_its_code_and_the_sentence_peers_have_always_read() {
+    let cases: Vec<(Limited, &str, bool, u64, &str)> = vec![
+        (
+            Limited::RateLimited {
+                per_minute: 30,
+                retry_after_secs: 2,
+            },
+            "rate-limited",
+            false,
+            2,
+            "more than 30 transfer requests a minute from this peer; try again in 2 s",
+        ),
+        (
+            Limited::ApprovalsFull { pending: 50, max: 50 },
+            "approvals-full",
+            false,
+            600,
+            "50 requests from this peer wait for a person at the holder (at most 50); try again when they are decided",
+        ),
+        (
+            Limited::NoShares,
+            "shares-refused",
+            true,
+            0,
+            "this site takes no unsolicited shares: ask it to request the study",
+        ),
+        (
+            Limited::SharesUnlisted,
+            "shares-refused",
+            true,
+            0,
+            "this site takes unsolicited shares only from the peers it lists; ask it to request the study",
+        ),
+        (
+            Limited::ShareCount { pending: 4, max: 4 },
+            "share-quota",
+            false,
+            0,
+            "4 unsolicited shares from you are not landed yet (at most 4); try again later",
+        ),
+        (
+            Limited::ShareBytes { bytes: 11, max: 10 },
+            "share-quota",
+            false,
+            0,
+            "unsolicited shares from you not landed yet would hold 11 bytes here (at most 10); try again later",
+        ),
+    ];
+    for (limited, code, permanent, retry, text) in cases {
+        assert_eq!(
+            (
+                limited.code(),
+                limited.permanent(),
+                limited.retry_after_secs(),
+                limited.to_string().as_str()
+            ),
+            (code, permanent, retry, text)
+        );
+        let refuse = Refuse::from(limited.clone());
+        assert_eq!(
+            (refuse.v, refuse.code.as_str(), refuse.text.as_str(), refuse.permanent),
+            (WIRE_VERSION, code, text, permanent)
+        );
+        assert_eq!(
+            AnswerBody::from(limited),
+            AnswerBody::RetryLater {
+                code: code.into(),
+                text: text.into(),
+                retry_after_secs: retry,
+            }
+        );
+    }
+}
