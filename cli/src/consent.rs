@@ -509,7 +509,7 @@ fn render_list(list: &[ConsentEntry]) -> String {
     for e in list {
         let r = &e.record;
         table.row(vec![
-            e.id.clone(),
+            e.id.to_string(),
             e.status.clone(),
             r.patient().to_string()[..12].to_string(),
             e.studies.to_string(),

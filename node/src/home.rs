@@ -17,6 +17,7 @@ pub mod consent;
 pub mod deid;
 pub mod ledger;
 pub mod retention;
+pub mod studies;
 pub mod trust;
 
 use std::fs;
@@ -25,15 +26,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, ConfigError};
-use crate::dicom::StudyAttributes;
-use crate::dicom::export::{self, ExportError, ExportOutcome, ExportSummary};
-use crate::dicom::ingest::{self, ImportEvent, ImportOptions, ImportSummary, IngestError};
+use crate::dicom::export::ExportError;
+use crate::dicom::ingest::{ImportOptions, IngestError};
 use crate::fsutil;
 use crate::identity::{
     Identity, IdentityError, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, check_jurisdiction,
 };
 use crate::keystore::{KeystoreError, MasterKey, Passphrase};
-use crate::store::{Origin, Store, StoreError, StudyRef};
+use crate::store::{Store, StoreError, StudyRef};
+pub use studies::{AttestationInfo, InstanceDetail, ReceivedInfo, SeriesDetail, StudyDetail, StudySummary};
 
 /// Errors of creating or opening a home.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,12 @@ pub enum HomeError {
     /// Consent operation failure.
     #[error(transparent)]
     Consent(#[from] consent::ConsentOpError),
+    /// Purge or retention failure.
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
+    /// Failure listing, showing, importing or exporting studies.
+    #[error(transparent)]
+    Studies(#[from] studies::StudiesError),
     /// Transfer failure.
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
@@ -225,14 +232,98 @@ pub struct Node {
     record: VerifiedNodeRecord,
     store: Store,
     live: crate::transfer::Live,
-    /// Held while a study is purged: purges (by a person, and by the
-    /// retention policy from several places) never run at once.
-    purging: std::sync::Mutex<()>,
+    /// Held while a study is purged (see [`retention::Purging`]).
+    purging: retention::Purging,
     /// The seq of this node's last ledger entry (the network publishes what follows what it sent).
     ledger_seq: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever a revocation is applied (by an admin, or received
     /// from a peer): the network reloads trust, disconnects and passes it on.
-    trust_seq: tokio::sync::watch::Sender<u64>,
+    trust_changes: trust::TrustChanges,
+}
+
+/// What a change made by one service sets off in the others: the narrow
+/// hooks the trust, consent and retention services are given instead of
+/// the whole [`Node`] (which implements them).
+pub trait Effects {
+    /// Appends `event` to this node's ledger feed, for a change that
+    /// writes no state of its own here (an entry written with a change goes
+    /// through [`Effects::author`] and [`Effects::logged`]).
+    ///
+    /// # Errors
+    /// Store errors: the caller's operation fails rather than go unrecorded.
+    fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError>;
+    /// Who signs the entries a change appends in its own write transaction.
+    fn author(&self) -> crate::store::Author<'_>;
+    /// Notes entries appended (and committed) with a change.
+    fn logged(&self, entries: &[crate::ledger::SignedEntry]);
+    /// Ends the transfers a change of consent or trust (already stored)
+    /// no longer allows; a failure is logged, not returned.
+    fn end_affected_transfers_after(&self, change: &str);
+    /// The hello this node holds of `peer` (met before, or trusted
+    /// bilaterally), to learn its institution and jurisdiction.
+    ///
+    /// # Errors
+    /// Store errors.
+    fn peer_hello(
+        &self,
+        state: &crate::trust::TrustState,
+        peer: &str,
+    ) -> Result<Option<crate::net::hello::Hello>, StoreError>;
+}
+
+impl studies::Expiry for Node {
+    fn enforce_expiry(&self) -> Result<u64, HomeError> {
+        Node::enforce_expiry(self)
+    }
+}
+
+impl retention::TransferRecords for Node {
+    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
+        let mut n = 0;
+        for rec in self.transfer_records()? {
+            let named = (!rec.study_uid.is_empty() && self.store.study_ref(&rec.study_uid) == *study)
+                || grant_transfer == Some(&rec.id);
+            if !named {
+                continue;
+            }
+            let id = crate::transfer::parse_id(&rec.id)?;
+            self.scrub_transfer(&id)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl Effects for Node {
+    fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError> {
+        let kind = event.kind();
+        let e = self
+            .store
+            .ledger_append(&self.identity, crate::clock::now(), event)
+            .inspect_err(|err| {
+                if matches!(err, StoreError::OwnFeedBehind { .. }) {
+                    tracing::error!(kind, "ledger entry not written: {err}");
+                }
+            })?;
+        Node::logged(self, std::slice::from_ref(&e));
+        Ok(())
+    }
+    fn author(&self) -> crate::store::Author<'_> {
+        Node::author(self)
+    }
+    fn logged(&self, entries: &[crate::ledger::SignedEntry]) {
+        Node::logged(self, entries);
+    }
+    fn end_affected_transfers_after(&self, change: &str) {
+        Node::end_affected_transfers_after(self, change);
+    }
+    fn peer_hello(
+        &self,
+        state: &crate::trust::TrustState,
+        peer: &str,
+    ) -> Result<Option<crate::net::hello::Hello>, StoreError> {
+        crate::net::peer_hello(self, state, peer)
+    }
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -250,193 +341,7 @@ pub struct IdInfo {
     pub created: String,
 }
 
-/// One study in `medmesh study list`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StudySummary {
-    /// Study Instance UID.
-    pub study_uid: String,
-    /// Patient's Name.
-    pub patient_name: String,
-    /// Patient ID.
-    pub patient_id: String,
-    /// Study Date.
-    pub study_date: String,
-    /// Study Description.
-    pub description: String,
-    /// Modalities.
-    pub modalities: Vec<String>,
-    /// Number of series.
-    pub series: u64,
-    /// Number of instances.
-    pub instances: u64,
-    /// Total bytes.
-    pub bytes: u64,
-    /// Where it came from (`local`, `received`).
-    pub origin: String,
-    /// For a received study: the grant it is held under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub received: Option<ReceivedInfo>,
-    /// True when its data key was destroyed (grant ended): only the grant is shown.
-    #[serde(default)]
-    pub locked: bool,
-    /// Its reference in this store (16 hex digits; names a locked study, e.g. to `study purge`).
-    #[serde(default)]
-    pub reference: String,
-}
-
-/// One series in `medmesh study show`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SeriesDetail {
-    /// Series Instance UID.
-    pub series_uid: String,
-    /// Series Number.
-    pub number: Option<i64>,
-    /// Modality.
-    pub modality: String,
-    /// Series Description.
-    pub description: String,
-    /// Instances.
-    pub instances: Vec<InstanceDetail>,
-}
-
-/// One instance in `medmesh study show`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InstanceDetail {
-    /// SOP Instance UID.
-    pub sop_instance_uid: String,
-    /// SOP Class UID.
-    pub sop_class_uid: String,
-    /// Instance Number.
-    pub instance_number: Option<i64>,
-    /// Transfer Syntax UID.
-    pub transfer_syntax: String,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// BLAKE3 of the original bytes, hex.
-    pub blake3: String,
-    /// Frames.
-    pub frames: u32,
-    /// Notes recorded at import.
-    pub notes: Vec<String>,
-}
-
-/// Everything about a study, for `medmesh study show`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StudyDetail {
-    /// Study Instance UID.
-    pub study_uid: String,
-    /// Patient and study attributes.
-    pub attributes: StudyAttributes,
-    /// Where it came from.
-    pub origin: String,
-    /// For a received study: the grant it is held under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub received: Option<ReceivedInfo>,
-    /// First stored (RFC 3339).
-    pub created: String,
-    /// Number of instances.
-    pub instances: u64,
-    /// Total bytes.
-    pub bytes: u64,
-    /// Series, by Series Number then UID.
-    pub series: Vec<SeriesDetail>,
-}
-
 pub(crate) use crate::clock::rfc3339;
-
-fn origin_name(o: &Origin) -> String {
-    match o {
-        Origin::Local => "local".into(),
-        Origin::Received(_) => "received".into(),
-    }
-}
-
-/// The grant a received study is held under, for listings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReceivedInfo {
-    /// Transfer id.
-    pub transfer_id: String,
-    /// The holder that sent it.
-    pub from_peer: String,
-    /// Its institution.
-    pub from_institution: String,
-    /// Purpose of the grant.
-    pub purpose: consent_schema::Purpose,
-    /// Level it was sent at.
-    pub level: consent_schema::DeidLevel,
-    /// When the grant ends (RFC 3339).
-    pub expires: String,
-    /// When it was received (RFC 3339).
-    pub received: String,
-    /// When it was locked (RFC 3339), if it is.
-    pub locked: Option<String>,
-    /// The holder's de-identification attestation, verified.
-    pub attestation: Option<AttestationInfo>,
-}
-
-/// A received study's de-identification attestation, as `study show` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AttestationInfo {
-    /// Level applied.
-    pub level: consent_schema::DeidLevel,
-    /// Profile and option codes (CID 7050): "value (scheme) meaning".
-    pub profile: Vec<String>,
-    /// Option names.
-    pub options: Vec<String>,
-    /// Annex E table version.
-    pub table_version: String,
-    /// Objects attested.
-    pub objects: usize,
-    /// BLAKE3 of each object before and after (hex).
-    pub hashes: Vec<(String, String)>,
-    /// Signed by (peer id).
-    pub holder: String,
-    /// When (RFC 3339).
-    pub created: String,
-}
-
-fn attestation_info(bytes: &[u8]) -> Option<AttestationInfo> {
-    use crate::transfer::wire::{ATTESTATION_DOMAIN, Attestation, MAX_MANIFEST, open_signed};
-    let (signer, a) = open_signed::<Attestation>("attestation", ATTESTATION_DOMAIN, bytes, MAX_MANIFEST).ok()?;
-    if crate::identity::peer_id_of(&signer).ok()? != a.holder {
-        return None;
-    }
-    Some(AttestationInfo {
-        level: a.level,
-        profile: a
-            .profile
-            .iter()
-            .map(|c| format!("{} ({}) {}", c.value, c.scheme, c.meaning))
-            .collect(),
-        options: a.options,
-        table_version: a.table_version,
-        objects: a.objects.len(),
-        hashes: a
-            .objects
-            .iter()
-            .map(|o| (hex::encode(&o.before), hex::encode(&o.after)))
-            .collect(),
-        holder: a.holder,
-        created: rfc3339(a.created),
-    })
-}
-
-fn received_info(o: &Origin) -> Option<ReceivedInfo> {
-    match o {
-        Origin::Local => None,
-        Origin::Received(g) => Some(ReceivedInfo {
-            transfer_id: g.transfer_id.clone(),
-            from_peer: g.peer.clone(),
-            from_institution: g.institution.clone(),
-            purpose: g.purpose,
-            level: g.level,
-            expires: rfc3339(g.expires),
-            received: rfc3339(g.received),
-            locked: g.locked.map(rfc3339),
-            attestation: attestation_info(&g.attestation),
-        }),
-    }
-}
 
 impl Node {
     /// Creates a new home at `root`: keys, signed record, config, database.
@@ -599,16 +504,34 @@ impl Node {
             record,
             store,
             live: crate::transfer::Live::default(),
-            purging: std::sync::Mutex::new(()),
+            purging: retention::Purging::default(),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
-            trust_seq: tokio::sync::watch::Sender::new(0),
+            trust_changes: trust::TrustChanges::default(),
         })
     }
 
-    /// Watches revocations applied by this process (see `trust_seq`).
+    /// The consent service: patients' consents, and the decision for a study, a peer and a purpose.
     #[must_use]
-    pub fn trust_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.trust_seq.subscribe()
+    pub fn consents(&self) -> consent::ConsentService<'_> {
+        consent::ConsentService::new(&self.store, &self.record, &self.config.policy, self.trust(), self)
+    }
+
+    /// The studies service: import, list, show, export.
+    #[must_use]
+    pub fn studies(&self) -> studies::StudiesService<'_> {
+        studies::StudiesService::new(&self.store, self.import_options(), self, self)
+    }
+
+    /// The retention service: purges, by a person or by the policy.
+    #[must_use]
+    pub fn retention(&self) -> retention::RetentionService<'_> {
+        retention::RetentionService::new(&self.store, &self.config.retention, &self.purging, self, self)
+    }
+
+    /// The trust service: what this node trusts, and the changes to it.
+    #[must_use]
+    pub fn trust(&self) -> trust::TrustService<'_> {
+        trust::TrustService::new(&self.store, &self.record, &self.trust_changes, self)
     }
 
     /// Watches the seq of this node's last ledger entry.
@@ -682,169 +605,6 @@ impl Node {
             batch_bytes: s.batch_bytes,
             chunk_size: s.chunk_size,
         }
-    }
-
-    /// Imports files and folders.
-    ///
-    /// # Errors
-    /// See [`ingest::import`].
-    pub fn import(&self, paths: &[PathBuf], progress: impl FnMut(ImportEvent<'_>)) -> Result<ImportSummary, HomeError> {
-        Ok(ingest::import(&self.store, paths, &self.import_options(), progress)?)
-    }
-
-    /// Exports a study.
-    ///
-    /// # Errors
-    /// See [`export::export`].
-    pub fn export(
-        &self,
-        study_uid: &str,
-        out: &Path,
-        overwrite: bool,
-        progress: impl FnMut(&ExportOutcome),
-    ) -> Result<ExportSummary, HomeError> {
-        self.enforce_expiry()?;
-        let summary = export::export(&self.store, study_uid, out, overwrite, progress)?;
-        self.log(crate::ledger::Event::Accessed {
-            action: "export".into(),
-            study: Some(self.ledger_study(study_uid)?),
-            objects: summary.written,
-            role: ledger::ADMIN_ROLE.into(),
-        })?;
-        Ok(summary)
-    }
-
-    /// The commitment entries name a study of this node by: the holder's,
-    /// from the grant, for a received study; this node's own otherwise.
-    fn ledger_study(&self, study_uid: &str) -> Result<String, HomeError> {
-        let study = self.store.study_ref(study_uid);
-        if let Some(row) = self.store.study_row(&study)?
-            && let Origin::Received(g) = &row.origin
-            && !g.study_ref.is_empty()
-        {
-            return Ok(hex::encode(&g.study_ref));
-        }
-        Ok(hex::encode(self.study_commitment(study_uid)?))
-    }
-
-    /// All studies, decrypted, sorted by study date then UID. With
-    /// `patient_id`, only that patient's studies (found by blind index).
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn studies(&self, patient_id: Option<(&str, &str)>) -> Result<Vec<StudySummary>, HomeError> {
-        self.enforce_expiry()?;
-        let rows = match patient_id {
-            None => self.store.studies()?,
-            Some((id, issuer)) => {
-                let mut rows = Vec::new();
-                for s in self.store.studies_of_patient(&self.store.patient_ref(id, issuer))? {
-                    if let Some(row) = self.store.study_row(&s)? {
-                        rows.push((s, row));
-                    }
-                }
-                rows
-            }
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (study, row) in rows {
-            if row.wrapped_key.is_empty() {
-                // Locked: nothing but its grant can be shown.
-                out.push(StudySummary {
-                    study_uid: String::new(),
-                    patient_name: String::new(),
-                    patient_id: String::new(),
-                    study_date: String::new(),
-                    description: format!("locked study {} (data key destroyed)", study.short()),
-                    modalities: Vec::new(),
-                    series: 0,
-                    instances: row.instances,
-                    bytes: row.bytes,
-                    origin: origin_name(&row.origin),
-                    received: received_info(&row.origin),
-                    locked: true,
-                    reference: study.short(),
-                });
-                continue;
-            }
-            let key = self.store.unwrap_study_key(&study, &row)?;
-            let meta = self.store.open_study_meta(&study, &key, &row)?;
-            out.push(StudySummary {
-                study_uid: meta.study_uid.clone(),
-                patient_name: meta.attrs.patient_name.clone(),
-                patient_id: meta.attrs.patient_id.clone(),
-                study_date: meta.attrs.study_date.clone(),
-                description: meta.attrs.study_description.clone(),
-                modalities: meta.modalities().into_iter().collect(),
-                series: meta.series.len() as u64,
-                instances: row.instances,
-                bytes: row.bytes,
-                origin: origin_name(&row.origin),
-                received: received_info(&row.origin),
-                locked: false,
-                reference: study.short(),
-            });
-        }
-        out.sort_by(|a, b| (&a.study_date, &a.study_uid).cmp(&(&b.study_date, &b.study_uid)));
-        Ok(out)
-    }
-
-    /// Everything about one study.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownStudy`], store errors.
-    pub fn study(&self, study_uid: &str) -> Result<StudyDetail, HomeError> {
-        self.enforce_expiry()?;
-        let study: StudyRef = self.store.study_ref(study_uid);
-        let row = self
-            .store
-            .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study_uid.to_string()))?;
-        let key = self.store.unwrap_study_key(&study, &row)?;
-        let meta = self.store.open_study_meta(&study, &key, &row)?;
-        let mut series: Vec<SeriesDetail> = meta
-            .series
-            .iter()
-            .map(|(uid, s)| SeriesDetail {
-                series_uid: uid.clone(),
-                number: s.number,
-                modality: s.modality.clone(),
-                description: s.description.clone(),
-                instances: Vec::new(),
-            })
-            .collect();
-        for (address, irow) in self.store.instances(&study)? {
-            let m = self.store.open_instance_meta(&study, &address, &key, &irow)?;
-            let detail = InstanceDetail {
-                sop_instance_uid: m.sop_instance_uid,
-                sop_class_uid: m.sop_class_uid,
-                instance_number: m.instance_number,
-                transfer_syntax: m.transfer_syntax,
-                bytes: irow.size,
-                blake3: hex::encode(&m.blake3),
-                frames: m.frames,
-                notes: m.notes,
-            };
-            if let Some(s) = series.iter_mut().find(|s| s.series_uid == m.series_uid) {
-                s.instances.push(detail);
-            }
-        }
-        for s in &mut series {
-            s.instances.sort_by(|a, b| {
-                (a.instance_number, &a.sop_instance_uid).cmp(&(b.instance_number, &b.sop_instance_uid))
-            });
-        }
-        series.sort_by(|a, b| (a.number, &a.series_uid).cmp(&(b.number, &b.series_uid)));
-        Ok(StudyDetail {
-            study_uid: meta.study_uid.clone(),
-            attributes: meta.attrs.clone(),
-            origin: origin_name(&row.origin),
-            received: received_info(&row.origin),
-            created: rfc3339(row.created),
-            instances: row.instances,
-            bytes: row.bytes,
-            series,
-        })
     }
 }
 

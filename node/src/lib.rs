@@ -22,7 +22,7 @@
 //! use medmesh_node::{home::Node, keystore::Passphrase};
 //! let pass = Passphrase::new(std::env::var("MEDMESH_PASSPHRASE")?);
 //! let node = Node::open(std::path::Path::new("/var/lib/medmesh"), &pass)?;
-//! for study in node.studies(None)? {
+//! for study in node.studies().list(None)? {
 //!     println!("{} {} instances", study.study_uid, study.instances);
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())

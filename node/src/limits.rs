@@ -3,17 +3,21 @@
 //! before the resource is spent.
 //!
 //! - transfer requests: a token bucket per peer ([`RequestLimiter`]); a
-//!   request over it is answered [`AnswerBody::RetryLater`] with the seconds
-//!   to wait, before anything is recorded or written to the ledger; and at
-//!   most `pending_approvals_per_peer` of a peer's requests wait for a person;
+//!   request over it is answered retry-later ([`Limited::RateLimited`]) with
+//!   the seconds to wait, before anything is recorded or written to the
+//!   ledger; and at most `pending_approvals_per_peer` of a peer's requests
+//!   wait for a person ([`approvals_decision`]);
 //! - inbound `/medmesh/stream/1` streams: at most `streams_per_peer` at once
 //!   per peer ([`StreamSlots`]); a stream over it is reset before it is read;
 //! - unsolicited shares: from whom (`shares_from`), how many not yet landed
-//!   and how many bytes per peer ([`Node::admit_share`]);
+//!   and how many bytes per peer ([`share_decision`]);
 //! - incoming transfers that receive nothing for `incoming_stale_secs` are
-//!   failed and their parts deleted ([`Node::sweep_stale_incoming`]).
+//!   failed and their parts deleted ([`STALE_REASON`]).
 //!
-//! Ledger fork evidence is capped in the store
+//! This module decides; it knows the configuration and nothing of the
+//! transfers it limits: the transfer service counts what a peer has
+//! pending, asks here, and answers the peer with [`Limited::code`] and
+//! its text. Ledger fork evidence is capped in the store
 //! ([`crate::store::MAX_FORKS_PER_AUTHOR`]).
 
 use std::collections::HashMap;
@@ -21,9 +25,84 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{LimitsConfig, SharesFrom};
-use crate::home::{HomeError, Node};
-use crate::transfer::wire::{Answer, AnswerBody, Manifest, MsgBody, Refuse, WIRE_VERSION};
-use crate::transfer::{Direction, Initiated, State};
+
+/// Why a limit of `[limits]` stops a peer's request or share, now or for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Limited {
+    /// More transfer requests a minute than `[limits]` allows.
+    #[error("more than {per_minute} transfer requests a minute from this peer; try again in {retry_after_secs} s")]
+    RateLimited {
+        /// Requests a minute allowed.
+        per_minute: u32,
+        /// Whole seconds to wait (at least 1).
+        retry_after_secs: u64,
+    },
+    /// Too many of the peer's requests wait for a person here.
+    #[error(
+        "{pending} requests from this peer wait for a person at the holder (at most {max}); \
+         try again when they are decided"
+    )]
+    ApprovalsFull {
+        /// Requests waiting.
+        pending: u32,
+        /// At most.
+        max: u32,
+    },
+    /// This site takes no unsolicited shares.
+    #[error("this site takes no unsolicited shares: ask it to request the study")]
+    NoShares,
+    /// This site takes unsolicited shares only from the peers it lists.
+    #[error("this site takes unsolicited shares only from the peers it lists; ask it to request the study")]
+    SharesUnlisted,
+    /// Too many of the peer's shares are not landed yet.
+    #[error("{pending} unsolicited shares from you are not landed yet (at most {max}); try again later")]
+    ShareCount {
+        /// Shares not landed.
+        pending: u32,
+        /// At most.
+        max: u32,
+    },
+    /// The peer's shares not landed yet would hold too many bytes.
+    #[error(
+        "unsolicited shares from you not landed yet would hold {bytes} bytes here (at most {max}); try again later"
+    )]
+    ShareBytes {
+        /// Bytes they would hold.
+        bytes: u64,
+        /// At most.
+        max: u64,
+    },
+}
+
+impl Limited {
+    /// The code the peer is answered with (the wire's string).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Limited::RateLimited { .. } => "rate-limited",
+            Limited::ApprovalsFull { .. } => "approvals-full",
+            Limited::NoShares | Limited::SharesUnlisted => "shares-refused",
+            Limited::ShareCount { .. } | Limited::ShareBytes { .. } => "share-quota",
+        }
+    }
+
+    /// Whether the refusal is for good (the policy refuses the peer), not for now.
+    #[must_use]
+    pub fn permanent(&self) -> bool {
+        matches!(self, Limited::NoShares | Limited::SharesUnlisted)
+    }
+
+    /// The seconds a request is asked to wait before it is sent again.
+    #[must_use]
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Limited::RateLimited { retry_after_secs, .. } => *retry_after_secs,
+            Limited::ApprovalsFull { .. } => 600,
+            _ => 0,
+        }
+    }
+}
 
 /// Peers whose request buckets are remembered at once; beyond it, full
 /// buckets (peers that have been quiet) are forgotten first.
@@ -129,20 +208,14 @@ impl RequestLimiter {
         lock(&self.buckets).len()
     }
 
-    /// The answer to a transfer message of `peer` when it is over its rate:
-    /// only requests count (a decision or a receipt names a transfer that
-    /// exists already). `None`: go on.
-    #[must_use]
-    pub fn admit(&self, peer: &str, msg: &MsgBody, now: Instant) -> Option<AnswerBody> {
-        if !matches!(msg, MsgBody::Request { .. }) {
-            return None;
-        }
-        self.check(peer, now).err().map(|secs| AnswerBody::RetryLater {
-            code: "rate-limited".into(),
-            text: format!(
-                "more than {} transfer requests a minute from this peer; try again in {secs} s",
-                self.per_minute
-            ),
+    /// Takes a transfer request of `peer` at `now` (a decision or a
+    /// receipt names a transfer that exists already, and is not counted).
+    ///
+    /// # Errors
+    /// [`Limited::RateLimited`] when it is over its rate.
+    pub fn admit_request(&self, peer: &str, now: Instant) -> Result<(), Limited> {
+        self.check(peer, now).map_err(|secs| Limited::RateLimited {
+            per_minute: self.per_minute,
             retry_after_secs: secs,
         })
     }
@@ -234,83 +307,53 @@ pub async fn read_body<R: futures::AsyncRead + Unpin>(s: &mut R, len: usize) -> 
     Ok(body)
 }
 
-fn refuse(code: &str, text: String, permanent: bool) -> Refuse {
-    Refuse {
-        v: WIRE_VERSION,
-        code: code.into(),
-        text,
-        permanent,
-    }
-}
-
 /// The decision on an unsolicited share from `peer` (already trusted for
 /// its purpose), given what it has pending here: its unsolicited incoming
 /// transfers not yet landed, and their bytes.
 ///
 /// # Errors
-/// The [`Refuse`] to send: permanent when the policy refuses the peer,
-/// for now when its quota is full.
+/// Why it is refused: for good when the policy refuses the peer
+/// ([`Limited::permanent`]), for now when its quota is full.
 pub fn share_decision(
     cfg: &LimitsConfig,
     peer: &str,
     pending: u32,
     pending_bytes: u64,
     bytes: u64,
-) -> Result<(), Refuse> {
+) -> Result<(), Limited> {
     match cfg.shares_from {
-        SharesFrom::None => {
-            return Err(refuse(
-                "shares-refused",
-                "this site takes no unsolicited shares: ask it to request the study".into(),
-                true,
-            ));
-        }
-        SharesFrom::Listed if !cfg.share_peers.iter().any(|p| p == peer) => {
-            return Err(refuse(
-                "shares-refused",
-                "this site takes unsolicited shares only from the peers it lists; ask it to request the study".into(),
-                true,
-            ));
-        }
+        SharesFrom::None => return Err(Limited::NoShares),
+        SharesFrom::Listed if !cfg.share_peers.iter().any(|p| p == peer) => return Err(Limited::SharesUnlisted),
         _ => {}
     }
     if pending >= cfg.pending_shares_per_peer {
-        return Err(refuse(
-            "share-quota",
-            format!(
-                "{pending} unsolicited shares from you are not landed yet (at most {}); try again later",
-                cfg.pending_shares_per_peer
-            ),
-            false,
-        ));
+        return Err(Limited::ShareCount {
+            pending,
+            max: cfg.pending_shares_per_peer,
+        });
     }
     if pending_bytes.saturating_add(bytes) > cfg.pending_share_bytes_per_peer {
-        return Err(refuse(
-            "share-quota",
-            format!(
-                "unsolicited shares from you not landed yet would hold {} bytes here (at most {}); try again later",
-                pending_bytes.saturating_add(bytes),
-                cfg.pending_share_bytes_per_peer
-            ),
-            false,
-        ));
+        return Err(Limited::ShareBytes {
+            bytes: pending_bytes.saturating_add(bytes),
+            max: cfg.pending_share_bytes_per_peer,
+        });
     }
     Ok(())
 }
 
-/// The answer to a request of `peer` when `pending` of its requests wait
-/// for a person here already. `None`: go on.
-#[must_use]
-pub fn approvals_decision(cfg: &LimitsConfig, pending: u32) -> Option<AnswerBody> {
-    (pending >= cfg.pending_approvals_per_peer).then(|| AnswerBody::RetryLater {
-        code: "approvals-full".into(),
-        text: format!(
-            "{pending} requests from this peer wait for a person at the holder (at most {}); \
-             try again when they are decided",
-            cfg.pending_approvals_per_peer
-        ),
-        retry_after_secs: 600,
-    })
+/// The decision on a request of `peer` when `pending` of its requests wait
+/// for a person here already.
+///
+/// # Errors
+/// [`Limited::ApprovalsFull`] when they are as many as `[limits]` allows.
+pub fn approvals_decision(cfg: &LimitsConfig, pending: u32) -> Result<(), Limited> {
+    if pending >= cfg.pending_approvals_per_peer {
+        return Err(Limited::ApprovalsFull {
+            pending,
+            max: cfg.pending_approvals_per_peer,
+        });
+    }
+    Ok(())
 }
 
 /// Longest retry-after a requester waits out by itself; a longer one is
@@ -319,31 +362,32 @@ pub const MAX_HONOURED_WAIT: u64 = 30;
 /// Times a request is sent when the holder keeps answering retry-later.
 pub const SEND_ATTEMPTS: u32 = 3;
 
-/// Sends a request with `send` and honours a [`AnswerBody::RetryLater`]
-/// answer: waits the seconds it names (when at most [`MAX_HONOURED_WAIT`])
-/// and sends again, at most [`SEND_ATTEMPTS`] times in all; never sooner.
-/// `Ok(Err((secs, text)))` when the holder still asks to wait.
+/// Sends a request with `send` and honours an answer that asks to wait
+/// (`retry_later` gives its seconds and text): waits the seconds it names
+/// (when at most [`MAX_HONOURED_WAIT`]) and sends again, at most
+/// [`SEND_ATTEMPTS`] times in all; never sooner. `Ok(Err((secs, text)))`
+/// when the holder still asks to wait.
 ///
 /// # Errors
 /// The error of `send`.
-pub async fn send_honouring_retry_after<F, Fut, E>(mut send: F) -> Result<Result<Answer, (u64, String)>, E>
+pub async fn send_honouring_retry_after<A, F, Fut, E>(
+    mut send: F,
+    retry_later: impl Fn(&A) -> Option<(u64, &str)>,
+) -> Result<Result<A, (u64, String)>, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, E>>,
+    Fut: std::future::Future<Output = Result<A, E>>,
 {
     let mut attempt = 0;
     loop {
         let answer = send().await?;
-        let AnswerBody::RetryLater {
-            retry_after_secs, text, ..
-        } = &answer.body
-        else {
+        let Some((retry_after_secs, text)) = retry_later(&answer) else {
             return Ok(Ok(answer));
         };
         attempt += 1;
-        let secs = (*retry_after_secs).max(1);
+        let secs = retry_after_secs.max(1);
         if secs > MAX_HONOURED_WAIT || attempt >= SEND_ATTEMPTS {
-            return Ok(Err((secs, text.clone())));
+            return Ok(Err((secs, text.to_string())));
         }
         tracing::info!(wait = secs, "the holder asks to wait before asking again");
         tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -352,114 +396,6 @@ where
 
 /// Why a stale transfer failed.
 pub const STALE_REASON: &str = "stale";
-
-impl Node {
-    /// Checks an unsolicited share from `peer` against `[limits]`: from
-    /// whom, how many of its shares are not landed yet and their bytes.
-    ///
-    /// # Errors
-    /// The [`Refuse`] to send back.
-    pub fn admit_share(&self, peer: &str, manifest: &Manifest) -> Result<(), Refuse> {
-        let cfg = &self.config().limits;
-        let (mut pending, mut bytes) = (0u32, 0u64);
-        if cfg.shares_from != SharesFrom::None {
-            let records = self
-                .transfer_records()
-                .map_err(|e| refuse("internal", format!("the recipient failed: {e}"), false))?;
-            for r in records.iter().filter(|r| {
-                r.direction == Direction::Incoming
-                    && r.initiated == Initiated::Share
-                    && r.peer == peer
-                    && matches!(r.state, State::Granted | State::Streaming)
-            }) {
-                pending = pending.saturating_add(1);
-                bytes = bytes.saturating_add(r.bytes);
-            }
-        }
-        let size = manifest.objects.iter().map(|o| o.size).fold(0u64, u64::saturating_add);
-        share_decision(cfg, peer, pending, bytes, size)
-    }
-
-    /// The answer to a new request of `peer` when too many of its requests
-    /// wait for a person already. `None`: go on.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn admit_request(&self, peer: &str) -> Result<Option<AnswerBody>, HomeError> {
-        let pending = self
-            .transfer_records()?
-            .iter()
-            .filter(|r| r.direction == Direction::Outgoing && r.state == State::Pending && r.peer == peer)
-            .count();
-        Ok(approvals_decision(
-            &self.config().limits,
-            u32::try_from(pending).unwrap_or(u32::MAX),
-        ))
-    }
-
-    /// Fails every incoming transfer (granted or streaming) that has
-    /// received nothing for `[limits] incoming_stale_secs` at `now` (Unix
-    /// seconds), and deletes what it had received: its parts, chunk
-    /// progress and documents. A holder that comes back gets a permanent
-    /// refusal (`closed`). Returns how many were failed.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub fn sweep_stale_incoming(&self, now: i64) -> Result<u64, HomeError> {
-        let timeout = i64::try_from(self.config().limits.incoming_stale_secs).unwrap_or(i64::MAX);
-        let mut n = 0;
-        for r in self.transfer_records()? {
-            if r.direction != Direction::Incoming || !matches!(r.state, State::Granted | State::Streaming) {
-                continue;
-            }
-            let Ok(id) = crate::transfer::parse_id(&r.id) else {
-                continue;
-            };
-            let dir = self.store().incoming_dir(&id);
-            let last = r.updated.max(newest_mtime(&dir).unwrap_or(0));
-            if now.saturating_sub(last) < timeout {
-                continue;
-            }
-            let why = format!("{STALE_REASON}: nothing received for {timeout} s; what was received is deleted");
-            self.fail_transfer(&id, &why)?;
-            self.store().clear_chunks(&id)?;
-            self.store().transfer_docs_remove(&id)?;
-            if dir.exists()
-                && let Err(e) = std::fs::remove_dir_all(&dir)
-            {
-                tracing::warn!(transfer = %r.id, cause = %e, "cannot remove the parts of a stale transfer");
-            }
-            tracing::warn!(transfer = %r.id, peer = %r.peer, "incoming transfer failed as stale; its parts deleted");
-            n += 1;
-        }
-        Ok(n)
-    }
-}
-
-/// The latest modification time (Unix seconds) of a file in `dir` (one level down too).
-fn newest_mtime(dir: &std::path::Path) -> Option<i64> {
-    let mut newest: Option<i64> = None;
-    let mut note = |m: &std::fs::Metadata| {
-        if let Ok(t) = m.modified()
-            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-        {
-            let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            newest = Some(newest.map_or(s, |n| n.max(s)));
-        }
-    };
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(m) = e.metadata() else { continue };
-        note(&m);
-        if m.is_dir() {
-            for e in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                if let Ok(m) = e.metadata() {
-                    note(&m);
-                }
-            }
-        }
-    }
-    newest
-}
 
 #[cfg(test)]
 mod tests;

@@ -470,7 +470,7 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
 ///
 /// # Errors
 /// Store errors.
-pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, HomeError> {
+pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, crate::store::StoreError> {
     if let Some(bytes) = node.store().trust_get(&format!("{KNOWN_PREFIX}{peer}"))?
         && let Ok(row) = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
         && let Ok(h) = Hello::from_bytes(&row.hello)
@@ -500,7 +500,7 @@ fn via_text(via: &Via) -> String {
 /// # Errors
 /// Store errors.
 pub fn offline_peers(node: &Node) -> Result<PeersReport, HomeError> {
-    let state = node.trust_state()?;
+    let state = node.trust().state()?;
     let t = now();
     let mut peers = Vec::new();
     let mut seen = HashSet::new();
@@ -719,7 +719,7 @@ impl Service {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut ledger_watch = self.node.ledger_watch();
-        let mut trust_watch = self.node.trust_watch();
+        let mut trust_watch = self.node.trust().watch();
         let mut witness_tick = tokio::time::interval(WITNESS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
@@ -875,9 +875,10 @@ impl Service {
     /// Reads the trust records again, rebuilds this node's hello and the
     /// connection-level block list; publishes revocations applied since.
     fn reload_trust(&mut self) -> Result<(), HomeError> {
-        let trust = self.node.trust_state()?;
+        let trust = self.node.trust().state()?;
         let certs = self
             .node
+            .trust()
             .own_certificates()?
             .iter()
             .filter_map(|c| c.to_bytes().ok())
@@ -1386,7 +1387,12 @@ impl Service {
                     return;
                 }
                 // Over its request rate: answered at once, nothing recorded.
-                if let Some(body) = self.requests.admit(&peer.to_string(), &request.body, Instant::now()) {
+                if let Some(body) = crate::transfer::admission::admit_message(
+                    &self.requests,
+                    &peer.to_string(),
+                    &request.body,
+                    Instant::now(),
+                ) {
                     tracing::warn!(peer = %peer, "transfer request over the peer's rate: answered retry-later");
                     let answer = TransferAnswer {
                         v: crate::transfer::wire::WIRE_VERSION,
@@ -1698,7 +1704,9 @@ impl Service {
                             })
                         }),
                         SyncRequest::Revocations { consortium, digest, .. } => node
+                            .trust()
                             .revocations_for_peer(&consortium, &digest)
+                            .map_err(HomeError::from)
                             .map(|r| SyncResponse::Revocations {
                                 v,
                                 consortium,

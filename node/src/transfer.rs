@@ -2,7 +2,7 @@
 //!
 //! 1. Negotiation (`/medmesh/transfer/1`): a requester asks for a study; the
 //!    holder checks trust, then consent and site policy
-//!    ([`Node::consent_check`]), and answers with a signed [`wire::Grant`],
+//!    ([`ConsentService::check`](crate::home::consent::ConsentService::check)), and answers with a signed [`wire::Grant`],
 //!    a denial, or "pending" (queued for `medmesh approvals`). A holder may
 //!    also share a study on its own, under the same checks.
 //! 2. Preparation: the holder reads every object once (checking it against
@@ -22,6 +22,7 @@
 //!    only with it. A received study is locked (its key destroyed) when its
 //!    grant expires.
 
+pub mod admission;
 mod deid;
 pub mod engine;
 #[cfg(test)]
@@ -902,7 +903,7 @@ impl Node {
     /// outcome is then a grant). Returns the reasons the requester may see.
     fn decide(&self, rec: &mut TransferRecord, approved: bool) -> Result<Vec<Reason>, HomeError> {
         // 1. Trust (checked again on every request: zero trust).
-        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.consents().peer_facts(&rec.peer, rec.purpose)?;
         if let Some(f) = &facts {
             rec.institution.clone_from(&f.institution);
         }
@@ -927,7 +928,7 @@ impl Node {
             return Ok(vec![not_available()]);
         }
         // 3. Consent and policy.
-        let check = self.consent_check(&consent_query(rec))?;
+        let check = self.consents().check(&consent_query(rec))?;
         match (check.decision, check.grant) {
             (Verdict::Allow, Some(g)) | (Verdict::NeedsApproval, Some(g))
                 if check.decision == Verdict::Allow || approved =>
@@ -977,7 +978,7 @@ impl Node {
         consents: Vec<String>,
         expires: i64,
     ) -> Result<(), HomeError> {
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         let hello = crate::net::peer_hello(self, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
             id: rec.id.clone(),
             reason: "the recipient's node record is unknown".into(),
@@ -1475,7 +1476,7 @@ impl Node {
         if rec.expires.is_some_and(|e| e <= now()) {
             return Ok(Err(reason("grant-expired", "the grant has expired")));
         }
-        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.consents().peer_facts(&rec.peer, rec.purpose)?;
         if let Some(r) = trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
@@ -1492,7 +1493,7 @@ impl Node {
                 )));
             }
         }
-        let check = self.consent_check(&consent_query(rec))?;
+        let check = self.consents().check(&consent_query(rec))?;
         if let Some(r) = check.trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
@@ -1595,7 +1596,7 @@ impl Node {
         if let Some(r) = own_revoked {
             return Ok(Some(r));
         }
-        let (_, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (_, trust) = self.consents().peer_facts(&rec.peer, rec.purpose)?;
         Ok(trust
             .into_iter()
             .find(|r| matches!(r.code.as_str(), "revoked" | "blocked"))
@@ -1605,11 +1606,11 @@ impl Node {
     /// This node's own membership revoked (every certificate it holds is),
     /// as the reason its incoming transfers end.
     fn own_revocation(&self) -> Result<Option<Reason>, HomeError> {
-        let certs = self.own_certificates()?;
+        let certs = self.trust().own_certificates()?;
         if certs.is_empty() {
             return Ok(None);
         }
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         Ok(
             match crate::trust::decide(&state, &self.identity().peer_id(), &certs, now()) {
                 crate::trust::TrustDecision::Refuse(crate::trust::Refusal::Revoked { .. }) => Some(reason(
@@ -1907,7 +1908,7 @@ impl Node {
         rec.reasons = reasons;
         rec.request_id = Some(request_id.to_string());
         rec.grant = grant;
-        if let Ok((facts, _)) = self.peer_facts(peer, purpose)
+        if let Ok((facts, _)) = self.consents().peer_facts(peer, purpose)
             && let Some(f) = facts
         {
             rec.institution = f.institution;
@@ -2045,7 +2046,10 @@ impl Node {
         // Trust first, checked again for this stream, for the grant's purpose.
         let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)
             .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
-        let (_, trust) = self.peer_facts(peer, unchecked.purpose).map_err(internal)?;
+        let (_, trust) = self
+            .consents()
+            .peer_facts(peer, unchecked.purpose)
+            .map_err(|e| internal(e.into()))?;
         if let Some(r) = trust.first() {
             return Err(refuse("untrusted", format!("{} [{}]", r.text, r.code), true));
         }
@@ -2158,6 +2162,7 @@ impl Node {
                     grant.role,
                 );
                 rec.institution = self
+                    .consents()
                     .peer_facts(peer, grant.purpose)
                     .ok()
                     .and_then(|(f, _)| f)
@@ -2478,7 +2483,7 @@ impl Node {
     /// how many were locked. A locked study whose documents are still there
     /// (locked by an older version that deleted them in a second step) has
     /// them deleted now. Then applies the retention policy to locked copies
-    /// ([`Node::enforce_retention`]).
+    /// ([`RetentionService::enforce_retention`](crate::home::retention::RetentionService::enforce_retention)).
     ///
     /// # Errors
     /// Store errors.
@@ -2521,7 +2526,7 @@ impl Node {
                 tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
             }
         }
-        self.enforce_retention(t)?;
+        self.retention().enforce_retention(t)?;
         Ok(locked)
     }
 }

@@ -160,7 +160,7 @@ route!(
 
 impl Call for TrustList {
     async fn serve(ctx: Ctx, (): ()) -> Result<TrustListing, ServeError> {
-        ctx.blocking(Node::trust_listing).await
+        ctx.blocking(|n| Ok(n.trust().listing()?)).await
     }
 }
 
@@ -175,7 +175,7 @@ impl Call for TrustJoin {
             unhex("descriptor", &r.descriptor)?,
             unhex("certificate", &r.certificate)?,
         );
-        ctx.trust_change(move |n| n.join(&d, &c)).await
+        ctx.trust_change(move |n| Ok(n.trust().join(&d, &c)?)).await
     }
 }
 
@@ -187,7 +187,7 @@ route!(
 impl Call for TrustAddPeer {
     async fn serve(ctx: Ctx, r: AddPeerRequest) -> Result<BilateralEntry, ServeError> {
         let rec = unhex("record", &r.record)?;
-        ctx.trust_change(move |n| n.add_peer(&rec, r.purposes, r.valid_days))
+        ctx.trust_change(move |n| Ok(n.trust().add_peer(&rec, r.purposes, r.valid_days)?))
             .await
     }
 }
@@ -200,7 +200,7 @@ route!(
 impl Call for TrustApply {
     async fn serve(ctx: Ctx, r: ApplyRequest) -> Result<RevocationEntry, ServeError> {
         let rev = unhex("revocation", &r.revocation)?;
-        ctx.trust_change(move |n| n.apply_revocation(&rev)).await
+        ctx.trust_change(move |n| Ok(n.trust().apply_revocation(&rev)?)).await
     }
 }
 
@@ -211,7 +211,7 @@ route!(
 
 impl Call for TrustBlock {
     async fn serve(ctx: Ctx, r: BlockRequest) -> Result<BlockedEntry, ServeError> {
-        ctx.trust_change(move |n| n.block(&r.peer_id, &r.reason)).await
+        ctx.trust_change(move |n| Ok(n.trust().block(&r.peer_id, &r.reason)?)).await
     }
 }
 
@@ -223,10 +223,10 @@ route!(
 impl Call for TrustUnblock {
     async fn serve(ctx: Ctx, r: BlockRequest) -> Result<Unblocked, ServeError> {
         ctx.trust_change(move |n| {
-            n.unblock(&r.peer_id).map(|was_blocked| Unblocked {
+            Ok(n.trust().unblock(&r.peer_id).map(|was_blocked| Unblocked {
                 peer_id: r.peer_id,
                 was_blocked,
-            })
+            })?)
         })
         .await
     }
@@ -239,7 +239,7 @@ route!(
 
 impl Call for StudiesList {
     async fn serve(ctx: Ctx, r: ListRequest) -> Result<Vec<StudySummary>, ServeError> {
-        ctx.blocking(move |n| n.studies(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str()))))
+        ctx.blocking(move |n| Ok(n.studies().list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?))
             .await
     }
 }
@@ -251,7 +251,7 @@ route!(
 
 impl Call for StudiesShow {
     async fn serve(ctx: Ctx, r: ShowRequest) -> Result<StudyDetail, ServeError> {
-        ctx.blocking(move |n| n.study(&r.study_uid)).await
+        ctx.blocking(move |n| Ok(n.studies().show(&r.study_uid)?)).await
     }
 }
 
@@ -262,7 +262,7 @@ route!(
 
 impl Call for StudiesPurge {
     async fn serve(ctx: Ctx, r: PurgeRequest) -> Result<PurgeReport, ServeError> {
-        ctx.blocking(move |n| n.purge_study(&r.study, r.reason)).await
+        ctx.blocking(move |n| Ok(n.retention().purge_study(&r.study, r.reason)?)).await
     }
 }
 
@@ -285,12 +285,12 @@ impl Stream for StudiesImport {
         r: ImportRequest,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<ImportSummary, HomeError> {
-        node.import(&r.paths, |event| {
+        Ok(node.studies().import(&r.paths, |event| {
             progress(match event {
                 ImportEvent::Started { files, bytes } => ImportProgress::Started { files, bytes },
                 ImportEvent::File(outcome) => ImportProgress::File(outcome.clone()),
             });
-        })
+        })?)
     }
 }
 
@@ -321,9 +321,9 @@ impl Stream for StudiesExport {
         r: ExportRequest,
         progress: &mut dyn FnMut(ExportProgress),
     ) -> Result<ExportSummary, HomeError> {
-        node.export(&r.study_uid, &r.out, r.force, |o| {
+        Ok(node.studies().export(&r.study_uid, &r.out, r.force, |o| {
             progress(ExportProgress::Object(o.clone()))
-        })
+        })?)
     }
 }
 
@@ -446,7 +446,7 @@ route!(
 
 impl Call for ConsentsList {
     async fn serve(ctx: Ctx, r: ConsentListRequest) -> Result<Vec<ConsentEntry>, ServeError> {
-        ctx.blocking(move |n| n.consents(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str()))))
+        ctx.blocking(move |n| Ok(n.consents().list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?))
             .await
     }
 }
@@ -458,7 +458,7 @@ route!(
 
 impl Call for ConsentsAdd {
     async fn serve(ctx: Ctx, r: NewConsent) -> Result<ConsentEntry, ServeError> {
-        ctx.blocking(move |n| n.consent_add(r)).await
+        ctx.blocking(move |n| Ok(n.consents().add(r)?)).await
     }
 }
 
@@ -473,7 +473,7 @@ route!(
 
 impl Call for ConsentsImportFhir {
     async fn serve(ctx: Ctx, r: FhirImport) -> Result<Vec<ImportedConsent>, ServeError> {
-        ctx.blocking(move |n| n.consent_import_fhir(&r)).await
+        ctx.blocking(move |n| Ok(n.consents().import_fhir(&r)?)).await
     }
 }
 
@@ -484,7 +484,7 @@ route!(
 
 impl Call for ConsentsWithdraw {
     async fn serve(ctx: Ctx, r: WithdrawRequest) -> Result<ConsentEntry, ServeError> {
-        ctx.blocking(move |n| n.consent_withdraw(&r.id)).await
+        ctx.blocking(move |n| Ok(n.consents().withdraw(&r.id)?)).await
     }
 }
 
@@ -495,7 +495,7 @@ route!(
 
 impl Call for ConsentsCheck {
     async fn serve(ctx: Ctx, r: CheckQuery) -> Result<ConsentCheck, ServeError> {
-        ctx.blocking(move |n| n.consent_check(&r)).await
+        ctx.blocking(move |n| Ok(n.consents().check(&r)?)).await
     }
 }
 
@@ -572,8 +572,11 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
     };
     // Until the answer is recorded, a stream the holder opens for it is refused for now, not for good.
     let _asking = ctx.node().live().asking(&request_id);
-    let answer = crate::limits::send_honouring_retry_after(|| net.transfer_message(peer, msg.clone()))
-        .await?
+    let answer = crate::limits::send_honouring_retry_after(
+        || net.transfer_message(peer, msg.clone()),
+        crate::transfer::admission::retry_later,
+    )
+    .await?
         .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
     let view = ctx
         .blocking(move |n| {

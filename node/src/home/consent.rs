@@ -26,9 +26,12 @@ use consent_schema::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node};
-use crate::net::{self, hello};
-use crate::store::{StoreError, StudyMeta};
+use super::Effects;
+use super::trust::{TrustOpError, TrustService};
+use crate::config::PolicyConfig;
+use crate::identity::VerifiedNodeRecord;
+use crate::net::hello;
+use crate::store::{Store, StoreError, StudyMeta};
 use crate::trust::{self, TrustDecision, Via};
 
 /// Errors of consent operations. Messages name the file, field or consent at fault.
@@ -123,16 +126,22 @@ pub enum ConsentOpError {
     /// No consent with this id.
     #[error("no consent {0} on record")]
     Unknown(String),
+    /// Trust could not be read.
+    #[error(transparent)]
+    Trust(#[from] TrustOpError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-fn invalid(field: &'static str, reason: impl fmt::Display) -> HomeError {
-    HomeError::Consent(ConsentOpError::Invalid {
+fn invalid(field: &'static str, reason: impl fmt::Display) -> ConsentOpError {
+    ConsentOpError::Invalid {
         field,
         reason: reason.to_string(),
-    })
+    }
 }
 
-fn parse_id<T: FromStr<Err = IdError>>(field: &'static str, s: &str) -> Result<T, HomeError> {
+fn parse_id<T: FromStr<Err = IdError>>(field: &'static str, s: &str) -> Result<T, ConsentOpError> {
     s.parse().map_err(|e: IdError| invalid(field, e))
 }
 
@@ -278,7 +287,7 @@ impl fmt::Debug for FhirImport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsentEntry {
     /// Its id.
-    pub id: String,
+    pub id: ConsentId,
     /// `in-force`, `not-yet-valid`, `expired` or `withdrawn`, now.
     pub status: String,
     /// Studies of this patient on record (0 often means a mistyped Patient
@@ -294,7 +303,7 @@ pub struct ImportedConsent {
     /// The file it came from.
     pub file: PathBuf,
     /// Its id.
-    pub id: String,
+    pub id: ConsentId,
     /// `added`, `replaced` or `unchanged`.
     pub outcome: String,
     /// Studies of this patient on record.
@@ -303,7 +312,7 @@ pub struct ImportedConsent {
     pub record: ConsentRecord,
 }
 
-/// A question for [`Node::consent_check`] (`POST /v1/consents/check`).
+/// A question for [`ConsentService::check`] (`POST /v1/consents/check`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckQuery {
@@ -366,7 +375,7 @@ pub struct GrantView {
     pub objects: consent_schema::ObjectScope,
 }
 
-/// The answer of [`Node::consent_check`]: trust first, then consent and policy.
+/// The answer of [`ConsentService::check`]: trust first, then consent and policy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConsentCheck {
     /// The outcome.
@@ -432,20 +441,56 @@ fn status_name(r: &ConsentRecord, now: DateTime<Utc>) -> &'static str {
     }
 }
 
-impl Node {
+/// The consent service of a home: records, withdrawals and decisions.
+#[derive(Clone, Copy)]
+pub struct ConsentService<'a> {
+    store: &'a Store,
+    own: &'a VerifiedNodeRecord,
+    policy: &'a PolicyConfig,
+    trust: TrustService<'a>,
+    effects: &'a dyn Effects,
+}
+
+impl fmt::Debug for ConsentService<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsentService").finish_non_exhaustive()
+    }
+}
+
+impl<'a> ConsentService<'a> {
+    /// The service over `store`, for the node of record `own` under the
+    /// site policy `policy`; `trust` says what peers are, `effects` writes
+    /// its ledger entries and ends the transfers a change affects.
+    #[must_use]
+    pub fn new(
+        store: &'a Store,
+        own: &'a VerifiedNodeRecord,
+        policy: &'a PolicyConfig,
+        trust: TrustService<'a>,
+        effects: &'a dyn Effects,
+    ) -> Self {
+        Self {
+            store,
+            own,
+            policy,
+            trust,
+            effects,
+        }
+    }
+
     /// How many stored studies of the patient the consent's scope covers
     /// (its studies or episode, data period and modalities); a locked study
     /// is not counted.
-    fn studies_of(&self, r: &ConsentRecord) -> Result<usize, HomeError> {
+    fn studies_of(&self, r: &ConsentRecord) -> Result<usize, ConsentOpError> {
         let mut n = 0;
-        for study in self.store().studies_of_patient(r.patient().as_bytes())? {
-            let Some(row) = self.store().study_row(&study)? else {
+        for study in self.store.studies_of_patient(r.patient().as_bytes())? {
+            let Some(row) = self.store.study_row(&study)? else {
                 continue;
             };
-            let Ok(key) = self.store().unwrap_study_key(&study, &row) else {
+            let Ok(key) = self.store.unwrap_study_key(&study, &row) else {
                 continue;
             };
-            let meta = self.store().open_study_meta(&study, &key, &row)?;
+            let meta = self.store.open_study_meta(&study, &key, &row)?;
             let Ok(uid) = study_uid("study", &meta.study_uid) else {
                 continue;
             };
@@ -457,9 +502,9 @@ impl Node {
         Ok(n)
     }
 
-    fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, HomeError> {
+    fn entry(&self, r: ConsentRecord, now: DateTime<Utc>) -> Result<ConsentEntry, ConsentOpError> {
         Ok(ConsentEntry {
-            id: r.id().to_string(),
+            id: r.id().clone(),
             status: status_name(&r, now).into(),
             studies: self.studies_of(&r)?,
             record: r,
@@ -471,7 +516,7 @@ use crate::clock::now_utc as utc_now;
 
 /// Parses a date (`2026-03-01`, a UTC day) or an RFC 3339 instant. With
 /// `end_of_day`, a date means the end of that day (the next midnight).
-fn parse_time(field: &'static str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, HomeError> {
+fn parse_time(field: &'static str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, ConsentOpError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -485,7 +530,7 @@ fn parse_time(field: &'static str, s: &str, end_of_day: bool) -> Result<DateTime
     Ok(if end_of_day { start + TimeDelta::days(1) } else { start })
 }
 
-fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, HomeError> {
+fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, ConsentOpError> {
     let (kind, value) = s.split_once(':').ok_or_else(|| {
         invalid(
             field,
@@ -506,18 +551,18 @@ fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, HomeError>
     })
 }
 
-fn peer_id(field: &'static str, s: &str) -> Result<PeerId, HomeError> {
+fn peer_id(field: &'static str, s: &str) -> Result<PeerId, ConsentOpError> {
     s.parse::<libp2p::PeerId>()
         .map_err(|e| invalid(field, format!("{s:?} is not a peer id: {e}")))?;
     parse_id(field, s)
 }
 
-fn jurisdiction(field: &'static str, s: &str) -> Result<Jurisdiction, HomeError> {
+fn jurisdiction(field: &'static str, s: &str) -> Result<Jurisdiction, ConsentOpError> {
     s.parse().map_err(|e: IdError| invalid(field, e))
 }
 
 /// Study Instance UIDs: 1 to 64 characters of digits and dots.
-fn study_uid(field: &'static str, s: &str) -> Result<StudyRef, HomeError> {
+fn study_uid(field: &'static str, s: &str) -> Result<StudyRef, ConsentOpError> {
     let ok = s.len() <= 64
         && s.split('.').count() >= 2
         && s.split('.')
@@ -563,7 +608,7 @@ fn default_legal_basis(home: &str, by: ConsentedBy) -> Option<(&'static str, &'s
     }
 }
 
-fn fresh_id() -> Result<ConsentId, HomeError> {
+fn fresh_id() -> Result<ConsentId, ConsentOpError> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| invalid("id", format!("the OS random generator failed: {e}")))?;
     parse_id("id", &format!("c-{}", hex::encode(b)))
@@ -642,17 +687,17 @@ fn reason(code: &str, text: impl Into<String>) -> Reason {
     }
 }
 
-impl Node {
+impl ConsentService<'_> {
     /// The site policy: `[policy]` with this node's own jurisdiction.
     ///
     /// # Errors
     /// [`ConsentOpError::Invalid`] if the node record's jurisdiction does not parse.
-    pub fn site_policy(&self) -> Result<SitePolicy, HomeError> {
-        let own = &self.record().record().jurisdiction;
+    pub fn site_policy(&self) -> Result<SitePolicy, ConsentOpError> {
+        let own = &self.own.record().jurisdiction;
         let home = own
             .parse()
             .map_err(|e: IdError| invalid("jurisdiction", format!("of this node's record, {own:?}: {e}")))?;
-        Ok(self.config().policy.site_policy(home))
+        Ok(self.policy.site_policy(home))
     }
 
     /// The consent's keyed reference (`consent-` and 32 hex digits): what
@@ -661,7 +706,7 @@ impl Node {
     /// tell which consent it stands for.
     #[must_use]
     pub fn consent_ref(&self, consent_id: &ConsentId) -> String {
-        format!("consent-{}", hex::encode(&self.store().consent_ref(consent_id)[..16]))
+        format!("consent-{}", hex::encode(&self.store.consent_ref(consent_id)[..16]))
     }
 
     /// The `consent-added` entry of a consent: named by its keyed reference, never its id.
@@ -672,14 +717,14 @@ impl Node {
     }
 
     fn patient_ref(&self, patient_id: &str, issuer: &str) -> PatientRef {
-        PatientRef::from_bytes(self.store().patient_ref(patient_id, issuer))
+        PatientRef::from_bytes(self.store.patient_ref(patient_id, issuer))
     }
 
     /// Records a consent and returns it.
     ///
     /// # Errors
     /// [`ConsentOpError`] naming the field at fault, store errors.
-    pub fn consent_add(&self, c: NewConsent) -> Result<ConsentEntry, HomeError> {
+    pub fn add(&self, c: NewConsent) -> Result<ConsentEntry, ConsentOpError> {
         let now = utc_now();
         if c.patient_id.trim().is_empty() {
             return Err(invalid("patient-id", "is empty"));
@@ -737,7 +782,7 @@ impl Node {
                     .transpose()?,
             }),
         };
-        let home = &self.record().record().jurisdiction;
+        let home = &self.own.record().jurisdiction;
         let (code, text) = match (&c.legal_basis, default_legal_basis(home, c.by)) {
             (Some(code), _) => (code.clone(), c.legal_text.clone().unwrap_or_default()),
             (None, Some((code, text))) => (code.to_string(), c.legal_text.clone().unwrap_or_else(|| text.into())),
@@ -796,20 +841,18 @@ impl Node {
         };
         let record = ConsentRecord::new(draft).map_err(|source| record_err(&id, source))?;
         // The record and its entry in one transaction.
-        let entries =
-            self.store()
-                .update_consents_logged(
-                    std::slice::from_ref(&id),
-                    Some(&self.author()),
-                    |_, stored| match stored {
-                        Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
-                        None => Ok((Some(record.clone()), vec![self.consent_added(&id)])),
-                    },
-                )?;
-        self.logged(&entries);
+        let entries = self.store.update_consents_logged(
+            std::slice::from_ref(&id),
+            Some(&self.effects.author()),
+            |_, stored| match stored {
+                Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
+                None => Ok((Some(record.clone()), vec![self.consent_added(&id)])),
+            },
+        )?;
+        self.effects.logged(&entries);
         tracing::info!(consent = %self.consent_ref(&id), "consent recorded");
         // An objection (a deny) may end transfers under way.
-        self.end_affected_transfers_after("consent added");
+        self.effects.end_affected_transfers_after("consent added");
         self.entry(record, now)
     }
 
@@ -818,7 +861,7 @@ impl Node {
     ///
     /// # Errors
     /// [`ConsentOpError`] naming the file and the element, store errors.
-    pub fn consent_import_fhir(&self, req: &FhirImport) -> Result<Vec<ImportedConsent>, HomeError> {
+    pub fn import_fhir(&self, req: &FhirImport) -> Result<Vec<ImportedConsent>, ConsentOpError> {
         let issuer = req.issuer.trim();
         let pseudonymise = |p: &FhirPatient<'_>| {
             let by_identifier = || {
@@ -864,23 +907,22 @@ impl Node {
         let mut out: Vec<ImportedConsent> = Vec::new();
         for file in &req.files {
             let path = file.display().to_string();
-            let text = std::fs::read_to_string(file).map_err(|cause| {
-                HomeError::Consent(ConsentOpError::Io {
-                    path: path.clone(),
-                    cause,
-                })
+            let text = std::fs::read_to_string(file).map_err(|cause| ConsentOpError::Io {
+                path: path.clone(),
+                cause,
             })?;
-            let records = fhir::import_consent_str(&text, &ctx).map_err(|cause| {
-                HomeError::Consent(ConsentOpError::Fhir {
-                    path: path.clone(),
-                    cause,
-                })
+            let records = fhir::import_consent_str(&text, &ctx).map_err(|cause| ConsentOpError::Fhir {
+                path: path.clone(),
+                cause,
             })?;
             for r in records {
                 let r = match_scope(&path, r, &req.episodes)?;
-                let id = r.id().to_string();
+                let id = r.id().clone();
                 if out.iter().any(|o| o.id == id) {
-                    return Err(HomeError::Consent(ConsentOpError::Duplicate { path, id }));
+                    return Err(ConsentOpError::Duplicate {
+                        path,
+                        id: id.to_string(),
+                    });
                 }
                 out.push(ImportedConsent {
                     file: file.clone(),
@@ -898,12 +940,10 @@ impl Node {
         // Each record written and its entry (`consent-added`, and
         // `consent-withdrawn` for one imported as withdrawn) in one transaction.
         let entries = self
-            .store()
-            .update_consents_logged(&ids, Some(&self.author()), |i, stored| {
+            .store
+            .update_consents_logged(&ids, Some(&self.effects.author()), |i, stored| {
                 let o = &mut out[i];
-                let err = |e: fn(String, String) -> ConsentOpError| {
-                    HomeError::Consent(e(o.file.display().to_string(), o.id.clone()))
-                };
+                let err = |e: fn(String, String) -> ConsentOpError| e(o.file.display().to_string(), o.id.to_string());
                 let (outcome, write) = match stored {
                     None => ("added", true),
                     Some(old) if old == o.record => ("unchanged", false),
@@ -925,10 +965,10 @@ impl Node {
                 }
                 Ok((Some(o.record.clone()), events))
             })?;
-        self.logged(&entries);
+        self.effects.logged(&entries);
         let changed = out.iter().filter(|o| o.outcome != "unchanged").count();
         tracing::info!(records = changed, "FHIR consents imported");
-        self.end_affected_transfers_after("FHIR consents imported");
+        self.effects.end_affected_transfers_after("FHIR consents imported");
         Ok(out)
     }
 
@@ -936,13 +976,13 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn consents(&self, patient: Option<(&str, &str)>) -> Result<Vec<ConsentEntry>, HomeError> {
+    pub fn list(&self, patient: Option<(&str, &str)>) -> Result<Vec<ConsentEntry>, ConsentOpError> {
         let now = utc_now();
         let records = match patient {
             Some((id, issuer)) => self
-                .store()
+                .store
                 .consents_of_patient(self.patient_ref(id.trim(), issuer.trim()).as_bytes())?,
-            None => self.store().consents()?,
+            None => self.store.consents()?,
         };
         records.into_iter().map(|r| self.entry(r, now)).collect()
     }
@@ -952,30 +992,31 @@ impl Node {
     ///
     /// # Errors
     /// [`ConsentOpError::Unknown`], store errors.
-    pub fn consent_withdraw(&self, id: &str) -> Result<ConsentEntry, HomeError> {
+    pub fn withdraw(&self, id: &str) -> Result<ConsentEntry, ConsentOpError> {
         let now = utc_now();
         let cid: ConsentId = parse_id("id", id)?;
         let mut result = None;
         // The withdrawal and its entry in one transaction.
-        let entries =
-            self.store()
-                .update_consents_logged(std::slice::from_ref(&cid), Some(&self.author()), |_, stored| {
-                    let mut record =
-                        stored.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-                    let change = record.withdrawn_at().is_none_or(|w| w > now);
-                    if change {
-                        record.withdraw(now);
-                        tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
-                    }
-                    result = Some(record.clone());
-                    let event = crate::ledger::Event::ConsentWithdrawn {
-                        consent: self.consent_ref(&cid),
-                    };
-                    Ok::<_, HomeError>((change.then_some(record), vec![event]))
-                })?;
-        self.logged(&entries);
-        let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-        self.end_affected_transfers_after("consent withdrawn");
+        let entries = self.store.update_consents_logged(
+            std::slice::from_ref(&cid),
+            Some(&self.effects.author()),
+            |_, stored| {
+                let mut record = stored.ok_or_else(|| ConsentOpError::Unknown(id.to_string()))?;
+                let change = record.withdrawn_at().is_none_or(|w| w > now);
+                if change {
+                    record.withdraw(now);
+                    tracing::info!(consent = %self.consent_ref(&cid), "consent withdrawn");
+                }
+                result = Some(record.clone());
+                let event = crate::ledger::Event::ConsentWithdrawn {
+                    consent: self.consent_ref(&cid),
+                };
+                Ok::<_, ConsentOpError>((change.then_some(record), vec![event]))
+            },
+        )?;
+        self.effects.logged(&entries);
+        let record = result.ok_or_else(|| ConsentOpError::Unknown(id.to_string()))?;
+        self.effects.end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)
     }
 
@@ -984,10 +1025,10 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn peer_facts(&self, peer: &str, purpose: Purpose) -> Result<(Option<PeerFacts>, Vec<Reason>), HomeError> {
+    pub fn peer_facts(&self, peer: &str, purpose: Purpose) -> Result<(Option<PeerFacts>, Vec<Reason>), ConsentOpError> {
         let t = super::trust::now();
-        let state = self.trust_state()?;
-        let Some(h) = net::peer_hello(self, &state, peer)? else {
+        let state = self.trust.state()?;
+        let Some(h) = self.effects.peer_hello(&state, peer)? else {
             return Ok((
                 None,
                 vec![reason(
@@ -1063,21 +1104,21 @@ impl Node {
     ///
     /// # Errors
     /// An unknown or locked study, store errors.
-    pub fn consent_check(&self, q: &CheckQuery) -> Result<ConsentCheck, HomeError> {
+    pub fn check(&self, q: &CheckQuery) -> Result<ConsentCheck, ConsentOpError> {
         let now = utc_now();
         let requester = peer_id("peer", &q.peer_id)?;
-        let study = self.store().study_ref(&q.study_uid);
+        let study = self.store.study_ref(&q.study_uid);
         let row = self
-            .store()
+            .store
             .study_row(&study)?
             .ok_or_else(|| StoreError::UnknownStudy(q.study_uid.clone()))?;
-        let key = self.store().unwrap_study_key(&study, &row)?;
-        let meta = self.store().open_study_meta(&study, &key, &row)?;
+        let key = self.store.unwrap_study_key(&study, &row)?;
+        let meta = self.store.open_study_meta(&study, &key, &row)?;
         let patient = self.patient_ref(meta.attrs.patient_id.trim(), meta.attrs.issuer_of_patient_id.trim());
         let consents = if meta.attrs.patient_id.trim().is_empty() {
             Vec::new()
         } else {
-            self.store().consents_of_patient(patient.as_bytes())?
+            self.store.consents_of_patient(patient.as_bytes())?
         };
         let (facts, trust) = self.peer_facts(&q.peer_id, q.purpose)?;
         let study_ref: StudyRef = study_uid("study", &q.study_uid)?;
@@ -1159,11 +1200,11 @@ impl Node {
     }
 }
 
-fn record_err(id: &ConsentId, cause: ConsentError) -> HomeError {
-    HomeError::Consent(ConsentOpError::Record {
+fn record_err(id: &ConsentId, cause: ConsentError) -> ConsentOpError {
+    ConsentOpError::Record {
         id: id.to_string(),
         cause,
-    })
+    }
 }
 
 /// A FHIR reference (`EpisodeOfCare/17`, `urn:uuid:…`, an absolute URL)
@@ -1177,7 +1218,7 @@ fn is_reference(s: &str) -> bool {
 /// Admission IDs (an identifier value as is, a reference through
 /// `episodes`). A reference it cannot match is refused, never dropped: a
 /// deny that matches nothing would widen what is allowed.
-fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> Result<ConsentRecord, HomeError> {
+fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> Result<ConsentRecord, ConsentOpError> {
     let id = r.id().clone();
     let coverage = match &r.scope().coverage {
         Coverage::WholeRecord => return Ok(r),
@@ -1186,12 +1227,10 @@ fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> R
             for s in studies {
                 let text = s.as_str();
                 let uid = text.strip_prefix("urn:oid:").unwrap_or(text);
-                let uid = study_uid("study", uid).map_err(|_| {
-                    HomeError::Consent(ConsentOpError::StudyReference {
-                        path: path.to_string(),
-                        id: id.to_string(),
-                        found: text.to_string(),
-                    })
+                let uid = study_uid("study", uid).map_err(|_| ConsentOpError::StudyReference {
+                    path: path.to_string(),
+                    id: id.to_string(),
+                    found: text.to_string(),
                 })?;
                 uids.insert(uid);
             }
@@ -1203,12 +1242,10 @@ fn match_scope(path: &str, r: ConsentRecord, episodes: &[(String, String)]) -> R
                 .iter()
                 .find(|(reference, _)| reference == e.as_str())
                 .map(|(_, a)| a.as_str())
-                .ok_or_else(|| {
-                    HomeError::Consent(ConsentOpError::EpisodeReference {
-                        path: path.to_string(),
-                        id: id.to_string(),
-                        found: e.to_string(),
-                    })
+                .ok_or_else(|| ConsentOpError::EpisodeReference {
+                    path: path.to_string(),
+                    id: id.to_string(),
+                    found: e.to_string(),
                 })?;
             Coverage::Episode(parse_id("episode", admission)?)
         }

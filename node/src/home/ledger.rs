@@ -415,7 +415,7 @@ impl Node {
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         let trusted = match self.author_hello(&state, &peer)? {
             Some(h) => crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
             None => false,
@@ -429,7 +429,7 @@ impl Node {
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(true);
         };
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         Ok(self.author_hello(&state, &peer)?.is_some())
     }
 
@@ -460,7 +460,7 @@ impl Node {
         let Ok(h) = crate::net::hello::Hello::from_bytes(credentials) else {
             return Ok(false);
         };
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         if crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
             return Ok(false);
         }
@@ -489,7 +489,7 @@ impl Node {
         let Ok(peer) = crate::identity::peer_id_of(&author) else {
             return Ok(None);
         };
-        let state = self.trust_state()?;
+        let state = self.trust().state()?;
         let Some(h) = self.author_hello(&state, &peer)? else {
             return Ok(None);
         };
@@ -713,7 +713,7 @@ impl Node {
             }
             // Judged on its admin signatures, not on the peer that sent it (home/trust.rs).
             ledger::gossip::GossipMsg::Revocation { revocation, .. } => Ok(GossipOutcome {
-                verdict: match self.revocation_from_peer(from, &revocation)? {
+                verdict: match self.trust().revocation_from_peer(from, &revocation)? {
                     super::trust::RevocationTaken::Applied(_) | super::trust::RevocationTaken::Known => Verdict::Accept,
                     super::trust::RevocationTaken::Refused(_) => Verdict::Reject,
                     _ => Verdict::Ignore,

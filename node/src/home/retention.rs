@@ -15,10 +15,68 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node};
+use super::{Effects, HomeError};
+use crate::config::RetentionConfig;
 use crate::ledger::Event;
-use crate::store::{Origin, StoreError, StudyRef};
-use crate::transfer::parse_id;
+use crate::store::{Origin, Store, StoreError, StudyRef};
+
+/// Errors of purges and of the retention policy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetentionError {
+    /// The store failed, or names no such study.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The transfer records that name the study could not be cleared.
+    #[error(transparent)]
+    Transfers(Box<HomeError>),
+}
+
+impl RetentionError {
+    /// Whether the study is not (or no longer) stored.
+    #[must_use]
+    pub fn is_unknown_study(&self) -> bool {
+        match self {
+            RetentionError::Store(e) => matches!(e, StoreError::UnknownStudy(_)),
+            RetentionError::Transfers(e) => matches!(**e, HomeError::Store(StoreError::UnknownStudy(_))),
+        }
+    }
+}
+
+/// What a purge sets off in the transfer service: the narrow hook the
+/// retention service is given.
+pub trait TransferRecords {
+    /// Clears a purged study out of the transfer records that name it (by
+    /// reference, so a locked copy's too, or the grant's transfer
+    /// `grant_transfer`): an unfinished one fails, the study is no longer
+    /// named, and the documents that would derive its keys and the
+    /// de-identified copies prepared for it are deleted. Returns how many.
+    ///
+    /// # Errors
+    /// Store and transfer errors.
+    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError>;
+}
+
+/// Held while a study is purged: purges (by a person, and by the retention
+/// policy from several places) never run at once.
+#[derive(Debug, Default)]
+pub struct Purging(std::sync::Mutex<()>);
+
+/// The retention service of a home: purges, by a person or by the policy.
+#[derive(Clone, Copy)]
+pub struct RetentionService<'a> {
+    store: &'a Store,
+    policy: &'a RetentionConfig,
+    purging: &'a Purging,
+    effects: &'a dyn Effects,
+    transfers: &'a dyn TransferRecords,
+}
+
+impl fmt::Debug for RetentionService<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetentionService").finish_non_exhaustive()
+    }
+}
 
 /// Why a study is purged (the `reason` of its `study-purged` entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,29 +146,49 @@ pub struct PurgeReport {
 /// Shortest study reference prefix accepted (hex digits).
 const MIN_REF_PREFIX: usize = 16;
 
-impl Node {
+impl<'a> RetentionService<'a> {
+    /// The service over `store` under `policy` (`[retention]`), one purge
+    /// at a time under `purging`; `effects` notes its ledger entries,
+    /// `transfers` clears a purged study out of the transfer records.
+    #[must_use]
+    pub fn new(
+        store: &'a Store,
+        policy: &'a RetentionConfig,
+        purging: &'a Purging,
+        effects: &'a dyn Effects,
+        transfers: &'a dyn TransferRecords,
+    ) -> Self {
+        Self {
+            store,
+            policy,
+            purging,
+            effects,
+            transfers,
+        }
+    }
+
     /// The study `which` names: a Study Instance UID, or (for a locked study,
     /// whose UID can no longer be read) at least 16 hex digits of its
     /// reference as `study list` shows it.
-    fn find_study(&self, which: &str) -> Result<StudyRef, HomeError> {
+    fn find_study(&self, which: &str) -> Result<StudyRef, RetentionError> {
         let which = which.trim();
         let hex_ref =
             which.len() >= MIN_REF_PREFIX && which.len() <= 64 && which.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_ref {
             if which.is_empty() || which.contains(|c: char| !(c.is_ascii_digit() || c == '.')) {
-                return Err(HomeError::Store(StoreError::UnknownStudy(format!(
+                return Err(RetentionError::Store(StoreError::UnknownStudy(format!(
                     "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
                 ))));
             }
-            let study = self.store().study_ref(which);
-            return match self.store().study_row(&study)? {
+            let study = self.store.study_ref(which);
+            return match self.store.study_row(&study)? {
                 Some(_) => Ok(study),
-                None => Err(HomeError::Store(StoreError::UnknownStudy(which.to_string()))),
+                None => Err(RetentionError::Store(StoreError::UnknownStudy(which.to_string()))),
             };
         }
         let prefix = which.to_ascii_lowercase();
         let matches: Vec<StudyRef> = self
-            .store()
+            .store
             .studies()?
             .into_iter()
             .map(|(s, _)| s)
@@ -118,10 +196,10 @@ impl Node {
             .collect();
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(HomeError::Store(StoreError::UnknownStudy(format!(
+            [] => Err(RetentionError::Store(StoreError::UnknownStudy(format!(
                 "with reference {prefix}"
             )))),
-            _ => Err(HomeError::Store(StoreError::UnknownStudy(format!(
+            _ => Err(RetentionError::Store(StoreError::UnknownStudy(format!(
                 "with reference {prefix} alone: {} studies start with it; give more digits",
                 matches.len()
             )))),
@@ -135,7 +213,7 @@ impl Node {
     /// [`StoreError::UnknownStudy`]; store and ledger errors. The entry is
     /// written in the transaction that deletes the rows, so a purge that
     /// fails before it is neither logged nor done, and can be run again.
-    pub fn purge_study(&self, which: &str, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
+    pub fn purge_study(&self, which: &str, reason: PurgeReason) -> Result<PurgeReport, RetentionError> {
         let study = self.find_study(which)?;
         self.purge(study, reason)
     }
@@ -146,19 +224,19 @@ impl Node {
     /// next start from the intent recorded with the deletion).
     ///
     /// # Errors
-    /// As [`Node::purge_study`].
-    pub(crate) fn purge(&self, study: StudyRef, reason: PurgeReason) -> Result<PurgeReport, HomeError> {
-        let _one_at_a_time = self.purging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// As [`RetentionService::purge_study`].
+    pub(crate) fn purge(&self, study: StudyRef, reason: PurgeReason) -> Result<PurgeReport, RetentionError> {
+        let _one_at_a_time = self.purging.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let row = self
-            .store()
+            .store
             .study_row(&study)?
             .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
         // The UID, when the study still opens (a locked copy's went with its
         // key; a damaged row is purged all the same, by its reference).
         let uid = match self
-            .store()
+            .store
             .unwrap_study_key(&study, &row)
-            .and_then(|key| self.store().open_study_meta(&study, &key, &row))
+            .and_then(|key| self.store.open_study_meta(&study, &key, &row))
         {
             Ok(meta) => Some(meta.study_uid),
             Err(StoreError::Locked(_)) => None,
@@ -170,9 +248,9 @@ impl Node {
         // This node's own commitment (made now if it never named the study;
         // a locked copy of an old row without the holder's is committed by
         // its reference, which names nothing once the salt is erased below).
-        let own = || -> Result<String, HomeError> {
+        let own = || -> Result<String, RetentionError> {
             let named = uid.clone().unwrap_or_else(|| format!("ref:{}", hex::encode(study.0)));
-            Ok(hex::encode(self.store().study_commitment(&study, &named)?))
+            Ok(hex::encode(self.store.study_commitment(&study, &named)?))
         };
         let (received, commitment, grant_transfer) = match &row.origin {
             Origin::Received(g) if !g.study_ref.is_empty() => {
@@ -181,18 +259,21 @@ impl Node {
             Origin::Received(g) => (true, own()?, Some(g.transfer_id.clone())),
             _ => (false, own()?, None),
         };
-        let transfers = self.forget_study_in_transfers(&study, grant_transfer.as_deref())?;
-        let relinks = self.store().relink_forget_study(&study)?;
+        let transfers = self
+            .transfers
+            .forget_study(&study, grant_transfer.as_deref())
+            .map_err(|e| RetentionError::Transfers(Box::new(e)))?;
+        let relinks = self.store.relink_forget_study(&study)?;
         // Rows, salt and entry in one transaction.
         let event = Event::StudyPurged {
             study: commitment.clone(),
             reason: reason.as_str().into(),
         };
         let (purged, entry) = self
-            .store()
-            .purge_study(&study, &self.author(), event)?
+            .store
+            .purge_study(&study, &self.effects.author(), event)?
             .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
-        self.logged(std::slice::from_ref(&entry));
+        self.effects.logged(std::slice::from_ref(&entry));
         let salt_erased = purged.salt_erased;
         tracing::info!(study = %study.short(), %reason, instances = purged.instances, "study purged");
         Ok(PurgeReport {
@@ -214,13 +295,13 @@ impl Node {
     ///
     /// # Errors
     /// Store and ledger errors.
-    pub fn enforce_retention(&self, now: i64) -> Result<u64, HomeError> {
-        let days = i64::from(self.config().retention.locked_days);
+    pub fn enforce_retention(&self, now: i64) -> Result<u64, RetentionError> {
+        let days = i64::from(self.policy.locked_days);
         if days == 0 {
             return Ok(0);
         }
         let mut purged = 0;
-        for (study, row) in self.store().studies()? {
+        for (study, row) in self.store.studies()? {
             if let Origin::Received(g) = &row.origin
                 && let Some(locked) = g.locked
                 && locked.saturating_add(days * 86_400) <= now
@@ -232,7 +313,7 @@ impl Node {
                         tracing::info!(study = %r.study, files = r.files, "retention: a locked received study purged");
                         purged += 1;
                     }
-                    Err(HomeError::Store(StoreError::UnknownStudy(_))) => {}
+                    Err(e) if e.is_unknown_study() => {}
                     Err(e) => {
                         tracing::error!(study = %study.short(), cause = %e, "retention: cannot purge a locked received study");
                     }
@@ -240,25 +321,5 @@ impl Node {
             }
         }
         Ok(purged)
-    }
-
-    /// Clears a purged study out of the transfer records that name it (by
-    /// reference, so a locked copy's too, or the grant's transfer): an
-    /// unfinished one fails, the study is no longer named, and the documents
-    /// that would derive its keys and the de-identified copies prepared for
-    /// it are deleted.
-    fn forget_study_in_transfers(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
-        let mut n = 0;
-        for rec in self.transfer_records()? {
-            let named = (!rec.study_uid.is_empty() && self.store().study_ref(&rec.study_uid) == *study)
-                || grant_transfer == Some(&rec.id);
-            if !named {
-                continue;
-            }
-            let id = parse_id(&rec.id)?;
-            self.scrub_transfer(&id)?;
-            n += 1;
-        }
-        Ok(n)
     }
 }

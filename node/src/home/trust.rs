@@ -4,9 +4,13 @@
 //! `own-certificate/<id>`, `bilateral/<peer>`, `revocation/<hash>` and
 //! `blocked/<peer>`, each as the signed bytes received (re-verified on load).
 //!
-//! A revocation is applied by [`Node::apply_revocation`] whichever way it
+//! The [`TrustService`] does them (`node.trust()`): it holds the store, this
+//! node's record, the [`TrustChanges`] it bumps, and the narrow
+//! [`Effects`] hooks (write a ledger entry, end affected transfers).
+//!
+//! A revocation is applied by [`TrustService::apply_revocation`] whichever way it
 //! came: from the site admin (`medmesh trust apply`), from a peer on the
-//! ledger gossip topic ([`Node::revocation_from_peer`]) or from a peer's
+//! ledger gossip topic ([`TrustService::revocation_from_peer`]) or from a peer's
 //! catch-up answer. Each is verified against the joined consortium (its
 //! admin signatures and `revocation_threshold`) before it is stored; the
 //! network then disconnects the revoked peer and passes the revocation on.
@@ -14,9 +18,10 @@
 use consent_schema::Purpose;
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node, rfc3339};
+use super::{Effects, rfc3339};
 use crate::cbor;
 use crate::identity::VerifiedNodeRecord;
+use crate::store::{Store, StoreError};
 use crate::trust::{
     self, Bilateral, Certificate, Consortium, Refusal, Revocation, RevocationSummary, TrustError, TrustState,
     verify_certificate, verify_revocation,
@@ -76,9 +81,67 @@ pub enum TrustOpError {
     /// A node record does not verify.
     #[error("the node record does not verify: {0}")]
     NodeRecord(#[from] crate::identity::IdentityError),
-    /// A value is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
+    /// Bilateral trust was asked for no purpose.
+    #[error("give at least one purpose")]
+    NoPurpose,
+    /// The string given is not a medmesh peer id.
+    #[error("{0:?} is not a medmesh peer id (12D3KooW...)")]
+    NotAPeerId(String),
+    /// A joined consortium is missing from the listing right after it was stored.
+    #[error("the consortium was not stored")]
+    NotStored,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TrustOpError {
+    /// Whether the cause is the record itself (malformed, forged, not
+    /// joined), not the store: a peer's revocation with such a cause is
+    /// refused, not failed on.
+    #[must_use]
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, TrustOpError::Store(_))
+    }
+}
+
+/// Revocations applied by this process, counted (by an admin, or received
+/// from a peer): the network watches it to reload trust, disconnect and
+/// pass them on.
+#[derive(Debug)]
+pub struct TrustChanges(tokio::sync::watch::Sender<u64>);
+
+impl Default for TrustChanges {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl TrustChanges {
+    /// Watches the count.
+    #[must_use]
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+
+    fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The trust service of a home: what this node trusts, and the changes to it.
+#[derive(Clone, Copy)]
+pub struct TrustService<'a> {
+    store: &'a Store,
+    own: &'a VerifiedNodeRecord,
+    changes: &'a TrustChanges,
+    effects: &'a dyn Effects,
+}
+
+impl std::fmt::Debug for TrustService<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustService").finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,45 +244,68 @@ fn refused_from(from: &str, why: String) -> RevocationTaken {
 
 pub(crate) use crate::clock::now;
 
-impl Node {
+impl<'a> TrustService<'a> {
+    /// The service over `store`, for the node of record `own`; `changes`
+    /// counts the revocations it applies, `effects` writes its ledger
+    /// entries and ends the transfers a change affects.
+    #[must_use]
+    pub fn new(
+        store: &'a Store,
+        own: &'a VerifiedNodeRecord,
+        changes: &'a TrustChanges,
+        effects: &'a dyn Effects,
+    ) -> Self {
+        Self {
+            store,
+            own,
+            changes,
+            effects,
+        }
+    }
+
+    /// Watches the revocations applied by this process (see [`TrustChanges`]).
+    #[must_use]
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.watch()
+    }
+
     /// Installs a consortium descriptor and this node's certificate, after
     /// checking that the certificate verifies now and names this node.
     ///
     /// # Errors
-    /// [`TrustOpError`] (as [`HomeError::Trust`]) naming what is wrong.
-    pub fn join(&self, descriptor: &[u8], certificate: &[u8]) -> Result<ConsortiumEntry, HomeError> {
+    /// [`TrustOpError`] naming what is wrong.
+    pub fn join(&self, descriptor: &[u8], certificate: &[u8]) -> Result<ConsortiumEntry, TrustOpError> {
         let consortium = Consortium::from_bytes(descriptor).map_err(TrustOpError::from)?;
         let cert = Certificate::from_bytes(certificate).map_err(TrustOpError::from)?;
         let verified = verify_certificate(&cert, &consortium, now()).map_err(TrustOpError::NotAdmitted)?;
-        let own = self.record.record().peer_id.clone();
+        let own = self.own.record().peer_id.clone();
         if verified.payload().peer_id != own {
             return Err(TrustOpError::OtherNode {
                 found: verified.payload().peer_id.clone(),
                 own,
-            }
-            .into());
+            });
         }
         self.store
             .trust_put(&format!("consortium/{}", consortium.id), descriptor)?;
         self.store
             .trust_put(&format!("own-certificate/{}", consortium.id), certificate)?;
-        let listing = self.trust_listing()?;
-        self.log(crate::ledger::Event::TrustJoined {
+        let listing = self.listing()?;
+        self.effects.log(crate::ledger::Event::TrustJoined {
             consortium: consortium.id.clone(),
         })?;
-        self.end_affected_transfers_after("certificate changed");
+        self.effects.end_affected_transfers_after("certificate changed");
         listing
             .consortia
             .into_iter()
             .find(|c| c.id == consortium.id)
-            .ok_or_else(|| TrustOpError::Invalid("the consortium was not stored".into()).into())
+            .ok_or(TrustOpError::NotStored)
     }
 
     /// This node's certificates (one per joined consortium), to present to peers.
     ///
     /// # Errors
     /// Store errors.
-    pub fn own_certificates(&self) -> Result<Vec<Certificate>, HomeError> {
+    pub fn own_certificates(&self) -> Result<Vec<Certificate>, TrustOpError> {
         let mut out = Vec::new();
         for (_, bytes) in self.store.trust_records("own-certificate/")? {
             out.push(Certificate::from_bytes(&bytes).map_err(TrustOpError::from)?);
@@ -236,9 +322,9 @@ impl Node {
         record: &[u8],
         purposes: Vec<Purpose>,
         valid_days: Option<u32>,
-    ) -> Result<BilateralEntry, HomeError> {
+    ) -> Result<BilateralEntry, TrustOpError> {
         if purposes.is_empty() {
-            return Err(TrustOpError::Invalid("give at least one purpose".into()).into());
+            return Err(TrustOpError::NoPurpose);
         }
         let verified = VerifiedNodeRecord::from_bytes(record).map_err(TrustOpError::from)?;
         let until = valid_days.map(|d| now() + i64::from(d) * 86_400);
@@ -253,10 +339,10 @@ impl Node {
             .map_err(TrustOpError::from)?;
         let r = verified.record();
         self.store.trust_put(&format!("bilateral/{}", r.peer_id), &bytes)?;
-        self.log(crate::ledger::Event::PeerAdded {
+        self.effects.log(crate::ledger::Event::PeerAdded {
             peer: r.peer_id.clone(),
         })?;
-        self.end_affected_transfers_after("bilateral trust changed");
+        self.effects.end_affected_transfers_after("bilateral trust changed");
         Ok(BilateralEntry {
             peer_id: r.peer_id.clone(),
             institution: r.institution.clone(),
@@ -275,10 +361,10 @@ impl Node {
     ///
     /// # Errors
     /// [`TrustOpError`] for an unknown consortium or a bad or missing signature.
-    pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry, HomeError> {
+    pub fn apply_revocation(&self, revocation: &[u8]) -> Result<RevocationEntry, TrustOpError> {
         let rev = Revocation::from_bytes(revocation).map_err(TrustOpError::from)?;
         let payload = rev.payload().map_err(TrustOpError::from)?;
-        let state = self.trust_state()?;
+        let state = self.state()?;
         let consortium = state
             .consortia
             .iter()
@@ -296,11 +382,11 @@ impl Node {
             return Ok(entry);
         }
         self.store.trust_put(&key, revocation)?;
-        self.log(crate::ledger::Event::PeerRevoked {
+        self.effects.log(crate::ledger::Event::PeerRevoked {
             peer: entry.target.clone(),
         })?;
-        self.trust_seq.send_modify(|n| *n = n.wrapping_add(1));
-        self.end_affected_transfers_after("revocation applied");
+        self.changes.bump();
+        self.effects.end_affected_transfers_after("revocation applied");
         Ok(entry)
     }
 
@@ -309,7 +395,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn revocation_from_peer(&self, from: &str, revocation: &[u8]) -> Result<RevocationTaken, HomeError> {
+    pub fn revocation_from_peer(&self, from: &str, revocation: &[u8]) -> Result<RevocationTaken, TrustOpError> {
         if self.store.trust_get(&revocation_key(revocation))?.is_some() {
             return Ok(RevocationTaken::Known);
         }
@@ -329,7 +415,7 @@ impl Node {
                 tracing::info!(peer = %from, consortium = %entry.consortium, target = %entry.target, "revocation received from a peer and applied");
                 Ok(RevocationTaken::Applied(entry))
             }
-            Err(HomeError::Trust(e)) => Ok(refused_from(from, e.to_string())),
+            Err(e) if e.is_refusal() => Ok(refused_from(from, e.to_string())),
             Err(e) => Err(e),
         }
     }
@@ -338,8 +424,8 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn applied_revocations(&self) -> Result<Vec<AppliedRevocation>, HomeError> {
-        let state = self.trust_state()?;
+    pub fn applied_revocations(&self) -> Result<Vec<AppliedRevocation>, TrustOpError> {
+        let state = self.state()?;
         let mut out = Vec::new();
         for (_, bytes) in self.store.trust_records(REVOCATION_PREFIX)? {
             let Ok(rev) = Revocation::from_bytes(&bytes) else {
@@ -364,7 +450,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn revocation_summaries(&self) -> Result<Vec<RevocationSummary>, HomeError> {
+    pub fn revocation_summaries(&self) -> Result<Vec<RevocationSummary>, TrustOpError> {
         let pairs: Vec<(String, [u8; 32])> = self
             .applied_revocations()?
             .into_iter()
@@ -379,7 +465,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn revocations_for_peer(&self, consortium: &str, theirs: &[u8]) -> Result<Vec<Vec<u8>>, HomeError> {
+    pub fn revocations_for_peer(&self, consortium: &str, theirs: &[u8]) -> Result<Vec<Vec<u8>>, TrustOpError> {
         let ours = self.revocation_summaries()?;
         if ours.iter().any(|s| s.consortium == consortium && s.digest == theirs) {
             return Ok(Vec::new());
@@ -399,10 +485,10 @@ impl Node {
     ///
     /// # Errors
     /// [`TrustOpError::Invalid`] for a string that is not a peer id.
-    pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry, HomeError> {
+    pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry, TrustOpError> {
         if !peer_id.starts_with("12D3KooW") || peer_id.len() < 46 || !peer_id.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(TrustOpError::Invalid(format!("{peer_id:?} is not a medmesh peer id (12D3KooW...)")).into());
+            return Err(TrustOpError::NotAPeerId(peer_id.to_string()));
         }
         let time = now();
         let row = BlockedRow {
@@ -414,8 +500,9 @@ impl Node {
             .map_err(TrustError::from)
             .map_err(TrustOpError::from)?;
         self.store.trust_put(&format!("blocked/{peer_id}"), &bytes)?;
-        self.log(crate::ledger::Event::PeerBlocked { peer: peer_id.into() })?;
-        self.end_affected_transfers_after("peer blocked");
+        self.effects
+            .log(crate::ledger::Event::PeerBlocked { peer: peer_id.into() })?;
+        self.effects.end_affected_transfers_after("peer blocked");
         Ok(BlockedEntry {
             peer_id: peer_id.into(),
             reason: reason.into(),
@@ -427,7 +514,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn unblock(&self, peer_id: &str) -> Result<bool, HomeError> {
+    pub fn unblock(&self, peer_id: &str) -> Result<bool, TrustOpError> {
         Ok(self.store.trust_remove(&format!("blocked/{peer_id}"))?)
     }
 
@@ -436,7 +523,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn trust_state(&self) -> Result<TrustState, HomeError> {
+    pub fn state(&self) -> Result<TrustState, TrustOpError> {
         let mut state = TrustState::default();
         for (key, bytes) in self.store.trust_records("consortium/")? {
             match Consortium::from_bytes(&bytes) {
@@ -482,8 +569,8 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn trust_listing(&self) -> Result<TrustListing, HomeError> {
-        let state = self.trust_state()?;
+    pub fn listing(&self) -> Result<TrustListing, TrustOpError> {
+        let state = self.state()?;
         let certs = self.own_certificates()?;
         let consortia = state
             .consortia
@@ -492,7 +579,7 @@ impl Node {
                 let own = certs.iter().find(|x| x.payload().is_ok_and(|p| p.consortium == c.id));
                 let payload = own.and_then(|x| x.payload().ok());
                 let status = match own
-                    .map(|x| trust::decide(&state, &self.record.record().peer_id, std::slice::from_ref(x), now()))
+                    .map(|x| trust::decide(&state, &self.own.record().peer_id, std::slice::from_ref(x), now()))
                 {
                     Some(trust::TrustDecision::Trust(_)) => "member".to_string(),
                     Some(trust::TrustDecision::Refuse(r)) => format!("not valid: {r}"),
@@ -560,6 +647,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::home::Node;
     use crate::keystore::Passphrase;
     use crate::trust::RevocationTarget;
 
@@ -586,7 +674,9 @@ mod tests {
             1,
         )
         .unwrap();
-        node.join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
+        node.trust()
+            .join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap())
+            .unwrap();
         (node, c)
     }
 
@@ -613,7 +703,7 @@ mod tests {
         let mut forged = revocation(&c, &[1, 2], 5);
         forged.signatures[1].sig[0] ^= 1;
         let good = revocation(&c, &[2, 3], 6).to_bytes().unwrap();
-        let mut watch = node.trust_watch();
+        let mut watch = node.trust().watch();
         let seq = || *node.ledger_watch().borrow();
         let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
             (
@@ -635,7 +725,7 @@ mod tests {
         ];
         for (name, bytes, want, logged) in cases {
             let before = seq();
-            let got = match node.revocation_from_peer("12D3KooWtest", &bytes).unwrap() {
+            let got = match node.trust().revocation_from_peer("12D3KooWtest", &bytes).unwrap() {
                 RevocationTaken::Applied(_) => "applied",
                 RevocationTaken::Known => "known",
                 RevocationTaken::Foreign(_) => "foreign",
@@ -654,20 +744,22 @@ mod tests {
             );
             watch.mark_unchanged();
         }
-        let state = node.trust_state().unwrap();
+        let state = node.trust().state().unwrap();
         assert_eq!(state.revocations.len(), 1);
-        let summaries = node.revocation_summaries().unwrap();
+        let summaries = node.trust().revocation_summaries().unwrap();
         assert_eq!((summaries.len(), summaries[0].count), (1, 1));
         // A peer with the same digest gets nothing, another gets the revocation.
         assert!(
-            node.revocations_for_peer(&c.id, &summaries[0].digest)
+            node.trust()
+                .revocations_for_peer(&c.id, &summaries[0].digest)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(node.revocations_for_peer(&c.id, &[]).unwrap(), vec![good]);
+        assert_eq!(node.trust().revocations_for_peer(&c.id, &[]).unwrap(), vec![good]);
         // The admin's path refuses an under-signed one too.
         assert!(
-            node.apply_revocation(&revocation(&c, &[3], 9).to_bytes().unwrap())
+            node.trust()
+                .apply_revocation(&revocation(&c, &[3], 9).to_bytes().unwrap())
                 .is_err()
         );
     }

@@ -11,10 +11,12 @@ use std::task::{Context, Poll};
 use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 
 use super::*;
+use crate::home::Node;
 use crate::home::consent::NewConsent;
 use crate::keystore::Passphrase;
-use crate::transfer::wire::{self, Msg, Open};
-use crate::transfer::{Direction, TransferId, parse_id};
+use crate::transfer::admission::{admit_message, retry_later};
+use crate::transfer::wire::{self, Answer, AnswerBody, Manifest, Msg, MsgBody, Open, Refuse, WIRE_VERSION};
+use crate::transfer::{Direction, State, TransferId, parse_id};
 
 const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
 const STUDY: &str = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322";
@@ -47,13 +49,14 @@ fn home(dir: &Path, name: &str, edit: &[(&str, &str)]) -> Node {
 
 fn trust(a: &Node, b: &Node) {
     let record = b.record().envelope().to_bytes().unwrap();
-    a.add_peer(&record, vec![Purpose::Treatment], None).unwrap();
+    a.trust().add_peer(&record, vec![Purpose::Treatment], None).unwrap();
 }
 
 fn consent(holder: &Node, recipients: &[&Node]) {
-    let d = holder.study(STUDY).unwrap();
+    let d = holder.studies().show(STUDY).unwrap();
     holder
-        .consent_add(NewConsent {
+        .consents()
+        .add(NewConsent {
             id: None,
             patient_id: d.attributes.patient_id.clone(),
             issuer: d.attributes.issuer_of_patient_id.clone(),
@@ -102,7 +105,7 @@ fn world(holder_edit: &[(&str, &str)], recipient_edit: &[(&str, &str)]) -> World
     ] {
         trust(a, b);
     }
-    holder.import(&[corpus(CT)], |_| {}).unwrap();
+    holder.studies().import(&[corpus(CT)], |_| {}).unwrap();
     consent(&holder, &[&recipient, &other]);
     World {
         _dir: dir,
@@ -191,7 +194,7 @@ fn requests_over_a_peers_rate_are_answered_retry_later_and_others_still_served()
     };
     let mut taken = 0;
     for _ in 0..10_000 {
-        match limiter.admit("flooder", &request, t0) {
+        match admit_message(&limiter, "flooder", &request, t0) {
             None => taken += 1,
             Some(AnswerBody::RetryLater {
                 code, retry_after_secs, ..
@@ -204,15 +207,11 @@ fn requests_over_a_peers_rate_are_answered_retry_later_and_others_still_served()
     }
     assert_eq!(taken, 5);
     // Another peer is served; a receipt of the flooder is not a request.
-    assert!(limiter.admit("another", &request, t0).is_none());
+    assert!(admit_message(&limiter, "another", &request, t0).is_none());
     let receipt = MsgBody::Receipt { receipt: Vec::new() };
-    assert!(limiter.admit("flooder", &receipt, t0).is_none());
+    assert!(admit_message(&limiter, "flooder", &receipt, t0).is_none());
     // Honouring the retry-after is enough.
-    assert!(
-        limiter
-            .admit("flooder", &request, t0 + Duration::from_secs(2))
-            .is_none()
-    );
+    assert!(admit_message(&limiter, "flooder", &request, t0 + Duration::from_secs(2)).is_none());
     // Ever new peer ids do not grow the table without bound.
     for i in 0..(MAX_TRACKED_PEERS * 2) {
         let _ = limiter.check(&format!("peer-{i}"), t0);
@@ -240,7 +239,7 @@ fn a_request_flood_records_at_most_the_burst_and_the_holder_serves_others() {
         },
     };
     // The path of the network service: the limiter, then the answer.
-    let serve = |peer: &str, m: Msg| match limiter.admit(peer, &m.body, t0) {
+    let serve = |peer: &str, m: Msg| match admit_message(&limiter, peer, &m.body, t0) {
         Some(busy) => busy,
         None => crate::net::answer_transfer(&w.holder, peer, m).unwrap(),
     };
@@ -311,9 +310,9 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
 #[test]
 fn the_approvals_and_share_decisions() {
     let cfg = LimitsConfig::default();
-    assert!(approvals_decision(&cfg, 49).is_none());
+    assert!(approvals_decision(&cfg, 49).is_ok());
     assert!(matches!(
-        approvals_decision(&cfg, 50),
+        approvals_decision(&cfg, 50).err().map(AnswerBody::from),
         Some(AnswerBody::RetryLater { code, .. }) if code == "approvals-full"
     ));
     let listed = LimitsConfig {
@@ -342,6 +341,7 @@ fn the_approvals_and_share_decisions() {
     ];
     for (i, (cfg, peer, pending, pending_bytes, bytes, want)) in cases.into_iter().enumerate() {
         let got = share_decision(cfg, peer, pending, pending_bytes, bytes)
+            .map_err(Refuse::from)
             .err()
             .map(|r| (r.code, r.permanent));
         let want = want.map(|(c, p)| (c.to_string(), p));
@@ -372,7 +372,7 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
         "no record of a refused share"
     );
     // Another peer's shares have their own quota.
-    w.other.import(&[corpus(CT)], |_| {}).unwrap();
+    w.other.studies().import(&[corpus(CT)], |_| {}).unwrap();
     consent(&w.other, &[&w.recipient]);
     let (_, open) = share_open(&w.other, &w.recipient);
     assert!(w.recipient.accept_stream(&w.other.identity().peer_id(), &open).is_ok());
@@ -529,16 +529,19 @@ async fn a_requester_waits_out_the_retry_after_before_asking_again() {
     // Asked to wait 1 s: waits, asks again, gets the answer.
     let sent = Mutex::new(Vec::new());
     let t0 = Instant::now();
-    let got = send_honouring_retry_after(|| {
-        let mut s = lock(&sent);
-        s.push(t0.elapsed());
-        let a = if s.len() == 1 {
-            later(1)
-        } else {
-            answer(AnswerBody::Ack)
-        };
-        async move { Ok::<_, ()>(a) }
-    })
+    let got = send_honouring_retry_after(
+        || {
+            let mut s = lock(&sent);
+            s.push(t0.elapsed());
+            let a = if s.len() == 1 {
+                later(1)
+            } else {
+                answer(AnswerBody::Ack)
+            };
+            async move { Ok::<_, ()>(a) }
+        },
+        retry_later,
+    )
     .await
     .unwrap()
     .unwrap();
@@ -548,10 +551,13 @@ async fn a_requester_waits_out_the_retry_after_before_asking_again() {
     assert!(sent[1] >= Duration::from_secs(1), "asked again after {:?}", sent[1]);
     // Asked to wait an hour: not waited out here, reported; sent once.
     let count = Mutex::new(0);
-    let got = send_honouring_retry_after(|| {
-        *lock(&count) += 1;
-        async { Ok::<_, ()>(later(3600)) }
-    })
+    let got = send_honouring_retry_after(
+        || {
+            *lock(&count) += 1;
+            async { Ok::<_, ()>(later(3600)) }
+        },
+        retry_later,
+    )
     .await
     .unwrap();
     assert_eq!(got.unwrap_err().0, 3600);
@@ -624,4 +630,79 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
     assert_eq!(alerts, 1);
     // log verify still reports it.
     assert!(!h.log_verify().unwrap().ok);
+}
+
+#[test]
+fn each_limit_answers_with_its_code_and_the_sentence_peers_have_always_read() {
+    let cases: Vec<(Limited, &str, bool, u64, &str)> = vec![
+        (
+            Limited::RateLimited {
+                per_minute: 30,
+                retry_after_secs: 2,
+            },
+            "rate-limited",
+            false,
+            2,
+            "more than 30 transfer requests a minute from this peer; try again in 2 s",
+        ),
+        (
+            Limited::ApprovalsFull { pending: 50, max: 50 },
+            "approvals-full",
+            false,
+            600,
+            "50 requests from this peer wait for a person at the holder (at most 50); try again when they are decided",
+        ),
+        (
+            Limited::NoShares,
+            "shares-refused",
+            true,
+            0,
+            "this site takes no unsolicited shares: ask it to request the study",
+        ),
+        (
+            Limited::SharesUnlisted,
+            "shares-refused",
+            true,
+            0,
+            "this site takes unsolicited shares only from the peers it lists; ask it to request the study",
+        ),
+        (
+            Limited::ShareCount { pending: 4, max: 4 },
+            "share-quota",
+            false,
+            0,
+            "4 unsolicited shares from you are not landed yet (at most 4); try again later",
+        ),
+        (
+            Limited::ShareBytes { bytes: 11, max: 10 },
+            "share-quota",
+            false,
+            0,
+            "unsolicited shares from you not landed yet would hold 11 bytes here (at most 10); try again later",
+        ),
+    ];
+    for (limited, code, permanent, retry, text) in cases {
+        assert_eq!(
+            (
+                limited.code(),
+                limited.permanent(),
+                limited.retry_after_secs(),
+                limited.to_string().as_str()
+            ),
+            (code, permanent, retry, text)
+        );
+        let refuse = Refuse::from(limited.clone());
+        assert_eq!(
+            (refuse.v, refuse.code.as_str(), refuse.text.as_str(), refuse.permanent),
+            (WIRE_VERSION, code, text, permanent)
+        );
+        assert_eq!(
+            AnswerBody::from(limited),
+            AnswerBody::RetryLater {
+                code: code.into(),
+                text: text.into(),
+                retry_after_secs: retry,
+            }
+        );
+    }
 }

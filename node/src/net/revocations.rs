@@ -4,7 +4,7 @@
 //! - **Publish.** Whenever this node's applied revocations grow (an admin ran
 //!   `medmesh trust apply`, or one came from a peer), each new one goes out
 //!   on the ledger gossip topic as a [`GossipMsg::Revocation`]. A member
-//!   passes it on only after [`Node::revocation_from_peer`] verified its
+//!   passes it on only after [`TrustService::revocation_from_peer`](crate::home::trust::TrustService::revocation_from_peer) verified its
 //!   admin signatures against the consortium's revocation threshold and
 //!   applied it; a forged, under-signed or malformed one is rejected (not
 //!   applied, not relayed, counted against the sender).
@@ -84,7 +84,7 @@ impl Service {
     /// each one new since the last load published on the gossip topic
     /// (nothing is published on the first load, at start).
     pub(super) fn reload_revocations(&mut self) {
-        let applied = match self.node.applied_revocations() {
+        let applied = match self.node.trust().applied_revocations() {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(cause = %e, "applied revocations not read");
@@ -277,7 +277,7 @@ impl Service {
             let from = peer.to_string();
             let _ = tokio::task::spawn_blocking(move || {
                 for r in &revocations {
-                    match node.revocation_from_peer(&from, r) {
+                    match node.trust().revocation_from_peer(&from, r) {
                         Ok(RevocationTaken::Refused(_)) => {
                             tracing::warn!(peer = %from, "a peer's catch-up answer holds a revocation that does not verify");
                         }

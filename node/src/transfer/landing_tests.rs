@@ -46,11 +46,11 @@ fn sites() -> Sites {
         trust(a, b);
     }
     for h in [&holder, &second] {
-        h.import(&[corpus(CT)], |_| {}).unwrap();
+        h.studies().import(&[corpus(CT)], |_| {}).unwrap();
         consent_at(h, STUDY, &[&recipient], DeidLevel::Identifiable);
     }
-    recipient.import(&[corpus(OTHER)], |_| {}).unwrap();
-    let held = recipient.studies(None).unwrap();
+    recipient.studies().import(&[corpus(OTHER)], |_| {}).unwrap();
+    let held = recipient.studies().list(None).unwrap();
     assert!(held.len() == 1 && held[0].study_uid != STUDY);
     Sites {
         dir,
@@ -189,7 +189,7 @@ fn a_landing_never_renames_over_an_object_held_here_nor_changes_its_owner() {
     let s = sites();
     let (id, a) = delivered(&s.holder, &s.recipient, 1);
     // Meanwhile the site imports the very same study itself.
-    s.recipient.import(&[corpus(CT)], |_| {}).unwrap();
+    s.recipient.studies().import(&[corpus(CT)], |_| {}).unwrap();
     let before = snapshot(&s.recipient);
     let e = s.recipient.land(&a).unwrap_err();
     assert_eq!(refusal(&e), "already-held", "{e}");
@@ -361,7 +361,7 @@ fn a_crash_at_any_step_of_a_landing_keeps_every_earlier_copy_and_the_landing_rec
         recipient.land(&a).unwrap();
         assert_eq!(recipient.transfer(&id).unwrap().state, State::Landed, "{step}");
         assert_eq!(entries(&recipient, "transfer-received"), 1, "{step}");
-        assert_eq!(recipient.studies(None).unwrap().len(), 2, "{step}");
+        assert_eq!(recipient.studies().list(None).unwrap().len(), 2, "{step}");
         assert!(!recipient.store().incoming_dir(&id).exists(), "{step}");
         intact(&recipient, &before);
         assert!(recipient.log_verify().unwrap().ok);
@@ -484,7 +484,7 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
     let dir = tempfile::tempdir().unwrap();
     let n = home(dir.path(), "site", "DE");
     let add = || {
-        n.consent_add(NewConsent {
+        n.consents().add(NewConsent {
             id: Some("c-1".into()),
             patient_id: "MRN-1".into(),
             issuer: String::new(),
@@ -509,7 +509,7 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
     };
     n.store().crash_at(APPEND);
     assert!(add().is_err());
-    assert!(n.consents(None).unwrap().is_empty());
+    assert!(n.consents().list(None).unwrap().is_empty());
     assert_eq!(entries(&n, "consent-added"), 0);
     add().unwrap();
     assert_eq!(entries(&n, "consent-added"), 1);
@@ -522,23 +522,23 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
         ..FhirImport::default()
     };
     n.store().crash_at(APPEND);
-    assert!(n.consent_import_fhir(&import).is_err());
-    assert_eq!(n.consents(None).unwrap().len(), 1);
+    assert!(n.consents().import_fhir(&import).is_err());
+    assert_eq!(n.consents().list(None).unwrap().len(), 1);
     assert_eq!(entries(&n, "consent-added"), 1);
-    let imported = n.consent_import_fhir(&import).unwrap();
+    let imported = n.consents().import_fhir(&import).unwrap();
     assert_eq!(imported[0].outcome, "added");
-    assert_eq!(n.consents(None).unwrap().len(), 2);
+    assert_eq!(n.consents().list(None).unwrap().len(), 2);
     assert_eq!(entries(&n, "consent-added"), 2, "FHIR import writes consent-added");
     // Imported again unchanged: nothing new is recorded.
-    n.consent_import_fhir(&import).unwrap();
+    n.consents().import_fhir(&import).unwrap();
     assert_eq!(entries(&n, "consent-added"), 2);
 
     n.store().crash_at(APPEND);
-    assert!(n.consent_withdraw("c-1").is_err());
+    assert!(n.consents().withdraw("c-1").is_err());
     let c1 = |n: &Node| n.store().consent(&"c-1".parse().unwrap()).unwrap().unwrap();
     assert!(c1(&n).withdrawn_at().is_none());
     assert_eq!(entries(&n, "consent-withdrawn"), 0);
-    n.consent_withdraw("c-1").unwrap();
+    n.consents().withdraw("c-1").unwrap();
     assert!(c1(&n).withdrawn_at().is_some());
     assert_eq!(entries(&n, "consent-withdrawn"), 1);
     assert!(n.log_verify().unwrap().ok);
@@ -548,13 +548,16 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
 fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let n = home(dir.path(), "site", "DE");
-    n.import(&[corpus(CT)], |_| {}).unwrap();
+    n.studies().import(&[corpus(CT)], |_| {}).unwrap();
     let study = n.store().study_ref(STUDY);
     // Stopped before the rows go (or as the entry is appended): neither
     // the entry nor the deletion is there.
     for step in ["purge: rows", APPEND] {
         n.store().crash_at(step);
-        assert!(n.purge_study(STUDY, PurgeReason::Erasure).is_err(), "{step}");
+        assert!(
+            n.retention().purge_study(STUDY, PurgeReason::Erasure).is_err(),
+            "{step}"
+        );
         assert!(n.store().study_row(&study).unwrap().is_some(), "{step}");
         assert_eq!(entries(&n, "study-purged"), 0, "{step}");
     }
@@ -568,7 +571,7 @@ fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash()
     );
     // Stopped after the rows and the entry are committed, before the files go.
     n.store().crash_at("purge: rows committed");
-    assert!(n.purge_study(STUDY, PurgeReason::Erasure).is_err());
+    assert!(n.retention().purge_study(STUDY, PurgeReason::Erasure).is_err());
     assert!(n.store().study_row(&study).unwrap().is_none());
     assert_eq!(entries(&n, "study-purged"), 1);
     assert!(n.store().check(false).unwrap().blob_files > 0);

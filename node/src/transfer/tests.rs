@@ -34,7 +34,7 @@ fn record(n: &Node) -> Vec<u8> {
 }
 
 pub(super) fn trust(a: &Node, b: &Node) {
-    a.add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
+    a.trust().add_peer(&record(b), vec![Purpose::Treatment], None).unwrap();
 }
 
 /// Holder (with the CT study and a consent for `recipient`), its grant and
@@ -86,7 +86,7 @@ fn world() -> World {
     ] {
         trust(a, b);
     }
-    holder.import(&[corpus(CT)], |_| {}).unwrap();
+    holder.studies().import(&[corpus(CT)], |_| {}).unwrap();
     consent_at(&holder, STUDY, &[&recipient, &other], DeidLevel::Identifiable);
     World {
         _dir: dir,
@@ -253,7 +253,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
         .unwrap();
     assert_eq!(verdict(&w.recipient, &holder_peer, &open), "replayed");
     // A holder no longer trusted: refused whatever it sends.
-    w.other.block(&holder_peer, "test").unwrap();
+    w.other.trust().block(&holder_peer, "test").unwrap();
     assert_eq!(verdict(&w.other, &holder_peer, &open), "untrusted");
 }
 
@@ -370,7 +370,8 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
     let unknown = codes(&ask("1.2.3.4", Purpose::Treatment));
     assert_eq!(unknown, vec!["not-available"]);
     w.holder
-        .consent_withdraw(&w.holder.consents(None).unwrap()[0].id)
+        .consents()
+        .withdraw(w.holder.consents().list(None).unwrap()[0].id.as_str())
         .unwrap();
     assert_eq!(codes(&ask(STUDY, Purpose::Treatment)), unknown);
     // The holder's own record says why in full.
@@ -443,9 +444,10 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
 
 /// A treatment consent at `level` for `recipients` for the patient of `study_uid`.
 pub(super) fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], level: DeidLevel) {
-    let d = holder.study(study_uid).unwrap();
+    let d = holder.studies().show(study_uid).unwrap();
     holder
-        .consent_add(NewConsent {
+        .consents()
+        .add(NewConsent {
             id: None,
             patient_id: d.attributes.patient_id.clone(),
             issuer: d.attributes.issuer_of_patient_id.clone(),
@@ -474,11 +476,13 @@ pub(super) fn consent_at(holder: &Node, study_uid: &str, recipients: &[&Node], l
 fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixels() {
     let w = world();
     w.holder
+        .studies()
         .import(&[corpus("us/us_philips_burned-in-annotation-yes.dcm")], |_| {})
         .unwrap();
     let us = w
         .holder
-        .studies(None)
+        .studies()
+        .list(None)
         .unwrap()
         .into_iter()
         .find(|s| s.study_uid != STUDY)
@@ -870,7 +874,9 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
     let member = |name: &str| {
         let n = home(dir.path(), name, "DE");
         let cert = Certificate::issue(&c, &admin, n.record(), vec![Purpose::Treatment], t - 60, t + 86_400, 1).unwrap();
-        n.join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap()).unwrap();
+        n.trust()
+            .join(&c.to_bytes().unwrap(), &cert.to_bytes().unwrap())
+            .unwrap();
         (n, cert.to_bytes().unwrap())
     };
     let (reader, _) = member("reader");
@@ -947,19 +953,23 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
 
     // Refused without a study it can name; the store is untouched.
     for bad in ["", "1.2.3.4", "PSN-123", "abcdef", "0123456789abcdef0123"] {
-        let e = h.purge_study(bad, PurgeReason::Erasure).unwrap_err().to_string();
+        let e = h
+            .retention()
+            .purge_study(bad, PurgeReason::Erasure)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no study"), "{bad:?}: {e}");
     }
     assert_eq!(h.store().check(false).unwrap().blob_files, files_before);
 
-    let r = h.purge_study(STUDY, PurgeReason::Erasure).unwrap();
+    let r = h.retention().purge_study(STUDY, PurgeReason::Erasure).unwrap();
     assert_eq!(r.commitment, commitment);
     assert_eq!((r.received, r.transfers, r.salt_erased), (false, 1, true), "{r:?}");
     assert!(r.instances >= 1 && r.files == r.instances && r.relinks >= 1, "{r:?}");
     // Nothing of the study is left: rows, files, re-link entries, transfer
     // documents and de-identified copies; the store checks clean.
-    assert!(h.studies(None).unwrap().is_empty());
-    assert!(h.study(STUDY).is_err());
+    assert!(h.studies().list(None).unwrap().is_empty());
+    assert!(h.studies().show(STUDY).is_err());
     let check = h.store().check(true).unwrap();
     assert!(check.is_clean(), "{check:?}");
     assert_eq!((check.studies, check.instances, check.blob_files), (0, 0, 0));
@@ -990,9 +1000,9 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     assert!(r.rejected.is_empty(), "{r:?}");
     assert!(w.recipient.log_verify().unwrap().ok);
     // Purged twice: there is nothing left to purge.
-    assert!(h.purge_study(STUDY, PurgeReason::Erasure).is_err());
+    assert!(h.retention().purge_study(STUDY, PurgeReason::Erasure).is_err());
     // Imported again, the study gets a new commitment (the old one stays meaningless).
-    h.import(&[corpus(CT)], |_| {}).unwrap();
+    h.studies().import(&[corpus(CT)], |_| {}).unwrap();
     assert_ne!(hex::encode(h.study_commitment(STUDY).unwrap()), commitment);
 }
 
@@ -1049,7 +1059,7 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
         (t0 + 35 * day - 1, 1, 0),
         (t0 + 35 * day, 0, 1),
     ] {
-        assert_eq!(n.enforce_retention(now).unwrap(), purged, "at {now}");
+        assert_eq!(n.retention().enforce_retention(now).unwrap(), purged, "at {now}");
         assert_eq!(n.store().studies().unwrap().len(), left, "at {now}");
     }
     assert!(n.store().study_row(&a).unwrap().is_none() && n.store().study_row(&b).unwrap().is_none());
@@ -1077,8 +1087,8 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
     let pass = Passphrase::new("correct horse battery staple transfer".into());
     let n = Node::open(&root, &pass).unwrap();
     let c = locked_copy(&n, "1.2.3.3", t0);
-    assert_eq!(n.enforce_retention(t0 + 10_000 * day).unwrap(), 0);
-    let r = n.purge_study(&c.short(), PurgeReason::Erasure).unwrap();
+    assert_eq!(n.retention().enforce_retention(t0 + 10_000 * day).unwrap(), 0);
+    let r = n.retention().purge_study(&c.short(), PurgeReason::Erasure).unwrap();
     assert_eq!((r.received, r.instances, r.transfers), (true, 0, 0), "{r:?}");
     assert!(n.store().studies().unwrap().is_empty());
     assert!(n.log_verify().unwrap().ok);
@@ -1126,9 +1136,10 @@ fn ended_codes(n: &Node, id: &TransferId) -> Vec<String> {
 fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() {
     type Change = Box<dyn Fn(&World)>;
     let objection = |w: &World| {
-        let d = w.holder.study(STUDY).unwrap();
+        let d = w.holder.studies().show(STUDY).unwrap();
         w.holder
-            .consent_add(NewConsent {
+            .consents()
+            .add(NewConsent {
                 id: None,
                 patient_id: d.attributes.patient_id.clone(),
                 issuer: d.attributes.issuer_of_patient_id.clone(),
@@ -1156,8 +1167,8 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         (
             "consent withdrawn",
             Box::new(|w: &World| {
-                for c in w.holder.consents(None).unwrap() {
-                    w.holder.consent_withdraw(&c.id).unwrap();
+                for c in w.holder.consents().list(None).unwrap() {
+                    w.holder.consents().withdraw(c.id.as_str()).unwrap();
                 }
             }),
             "consent-withdrawn",
@@ -1166,7 +1177,10 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         (
             "peer blocked",
             Box::new(|w: &World| {
-                w.holder.block(&w.recipient.identity().peer_id(), "test").unwrap();
+                w.holder
+                    .trust()
+                    .block(&w.recipient.identity().peer_id(), "test")
+                    .unwrap();
             }),
             "peer-blocked",
         ),
@@ -1174,6 +1188,7 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
             "purpose removed",
             Box::new(|w: &World| {
                 w.holder
+                    .trust()
                     .add_peer(&record(&w.recipient), vec![Purpose::Research], None)
                     .unwrap();
             }),
