@@ -25,10 +25,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use medmesh_node::consent_schema::DeidLevel;
 use medmesh_node::deid::DeidOption;
+use medmesh_node::deid::{DeidEvent, DeidOutcome};
 use medmesh_node::dicom::export::ExportOutcome;
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent};
 use medmesh_node::home::Node;
-use medmesh_node::home::deid::{DeidEvent, DeidOutcome};
 use medmesh_node::home::retention::PurgeReason;
 use medmesh_node::keystore::Passphrase;
 

@@ -14,10 +14,10 @@ use medmesh_node::api::{
 };
 use medmesh_node::consent_schema::{DeidLevel, Purpose};
 use medmesh_node::deid::DeidOption;
+use medmesh_node::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
 use medmesh_node::dicom::export::{ExportOutcome, ExportSummary};
 use medmesh_node::dicom::ingest::{FileOutcome, ImportEvent, ImportSummary};
 use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
-use medmesh_node::home::deid::{DeidEvent, DeidOutcome, DeidSummary, RelinkView};
 use medmesh_node::home::ledger::{EntryView, NotificationView, VerifyReport};
 use medmesh_node::home::retention::{PurgeReason, PurgeReport};
 use medmesh_node::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
@@ -185,7 +185,7 @@ impl Session {
         mut progress: impl FnMut(DeidEvent<'_>),
     ) -> Result<DeidSummary> {
         match self {
-            Self::Local(node) => Ok(node.deid(paths, out, level, options, progress)?),
+            Self::Local(node) => Ok(node.deid().run(paths, out, level, options, progress)?),
             Self::Remote { client, rt } => {
                 let mut abs = Vec::new();
                 for p in paths {
@@ -220,7 +220,7 @@ impl Session {
 
     pub fn relink(&self, pseudonym: &str) -> Result<RelinkView> {
         match self {
-            Self::Local(node) => Ok(node.relink(pseudonym)?),
+            Self::Local(node) => Ok(node.deid().relink(pseudonym)?),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,
@@ -419,7 +419,7 @@ impl Session {
 
     pub fn notify_status(&self) -> Result<Vec<SinkStatus>> {
         match self {
-            Self::Local(node) => Ok(node.notify_status()?),
+            Self::Local(node) => Ok(node.notify().status()?),
             Self::Remote { client, rt } => Self::get(client, rt, "/notifications/status"),
         }
     }

@@ -3,12 +3,22 @@
 //! Every setting has a default; `medmesh init` writes the file with every
 //! setting, its default and what it does ([`TEMPLATE`]). Unknown keys are an
 //! error, and cross-field checks run at load.
+//!
+//! Direction: `config` holds the types of every setting, those of the
+//! services included (`[deid]`'s [`DeidOption`] and [`MaskRule`],
+//! `[notify]`'s addresses in [`endpoint`]), and imports no service; the
+//! services (`deid`, `notify`, ...) import their settings from here and
+//! re-export what their callers name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, SitePolicy};
 use serde::{Deserialize, Serialize};
+
+pub mod endpoint;
+
+pub use endpoint::{EndpointError, WebhookTarget, redact_url, split_host_port};
 
 /// Version of the configuration format.
 pub const CONFIG_VERSION: u32 = 1;
@@ -403,14 +413,62 @@ impl Default for RetentionConfig {
     }
 }
 
+/// An option of the Basic Application Level Confidentiality Profile
+/// (PS3.15 E.3), with its code in CID 7050.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeidOption {
+    /// Retain Safe Private Option (113111).
+    RetainSafePrivate,
+    /// Retain UIDs Option (113110).
+    RetainUids,
+    /// Retain Device Identity Option (113109).
+    RetainDeviceIdentity,
+    /// Retain Institution Identity Option (113112).
+    RetainInstitutionIdentity,
+    /// Retain Patient Characteristics Option (113108).
+    RetainPatientCharacteristics,
+    /// Retain Longitudinal Temporal Information with Full Dates Option (113106).
+    RetainLongFullDates,
+    /// Retain Longitudinal Temporal Information with Modified Dates Option (113107).
+    RetainLongModifiedDates,
+    /// Clean Descriptors Option (113105).
+    CleanDescriptors,
+    /// Clean Structured Content Option (113104).
+    CleanStructuredContent,
+    /// Clean Graphics Option (113103).
+    CleanGraphics,
+}
+
+/// A masking rule: the rectangles to blank in images of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRule {
+    /// Modality (0008,0060) it applies to, e.g. "US"; `*` for any.
+    pub modality: String,
+    /// Applies only when Manufacturer (0008,0070) contains this (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Applies only to images with this many rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Applies only to images with this many columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<u16>,
+    /// Rectangles to blank: `[x, y, width, height]` in pixels, from the top
+    /// left. None: the site declares that images of this kind carry no
+    /// burned-in identifiers (they are sent unchanged).
+    pub rects: Vec<[u32; 4]>,
+}
+
 /// De-identification settings (`[deid]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeidConfig {
     /// Options of the profile applied to de-identified transfers and exports.
-    pub options: Vec<crate::deid::DeidOption>,
+    pub options: Vec<DeidOption>,
     /// Pixel-masking rules for objects with burned-in identifiers.
-    pub mask: Vec<crate::deid::MaskRule>,
+    pub mask: Vec<MaskRule>,
     /// The site's host names and other names, removed from free text and
     /// links (the node's institution name is added to them).
     pub site_names: Vec<String>,
@@ -495,7 +553,7 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &crate::notify::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("token", &self.token)
             .field("token_header", &self.token_header)
             .field("timeout_secs", &self.timeout_secs)
@@ -584,7 +642,7 @@ impl NotifyConfig {
     fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
         let w = &self.webhook;
         if !w.url.is_empty() {
-            let target = crate::notify::WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e))?;
+            let target = WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e.to_string()))?;
             if target.check_token(&w.token).is_err() {
                 return Err(value(
                     "notify.webhook.token",
@@ -625,7 +683,7 @@ impl NotifyConfig {
             ));
         }
         if !l.address.is_empty() {
-            crate::notify::split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e))?;
+            split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e.to_string()))?;
         }
         if l.cert_file.is_empty() != l.key_file.is_empty() {
             return Err(value(
@@ -915,15 +973,15 @@ impl Config {
             return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
         }
         let d = &self.deid;
-        if d.options.contains(&crate::deid::DeidOption::RetainUids) {
+        if d.options.contains(&DeidOption::RetainUids) {
             return Err(value(
                 "deid.options",
                 "retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option"
                     .into(),
             ));
         }
-        if d.options.contains(&crate::deid::DeidOption::RetainLongFullDates)
-            && d.options.contains(&crate::deid::DeidOption::RetainLongModifiedDates)
+        if d.options.contains(&DeidOption::RetainLongFullDates)
+            && d.options.contains(&DeidOption::RetainLongModifiedDates)
         {
             return Err(value(
                 "deid.options",
@@ -1184,13 +1242,7 @@ mod tests {
             parse(url, "abc").unwrap_or_else(|e| panic!("{url}: {e}"));
         }
         parse("http://hooks.example.org/m", "").unwrap();
-        // The same rule when the sink is built from a configuration made in code.
-        let w = WebhookConfig {
-            url: "http://hooks.example.org/m".into(),
-            token: Secret::from("abc"),
-            ..WebhookConfig::default()
-        };
-        let err = crate::notify::Webhook::from_config(&w).unwrap_err();
-        assert!(err.contains("notify.webhook.token"), "{err}");
+        // The same rule when the sink is built from a configuration made in
+        // code: notify's test `a_sink_built_in_code_refuses_a_token_over_http`.
     }
 }

@@ -24,6 +24,8 @@
 pub mod export;
 pub mod ingest;
 
+pub use crate::store::StudyAttributes;
+
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -107,40 +109,6 @@ pub struct ObjectInfo {
     pub study: StudyAttributes,
     /// Notes about tolerated irregularities.
     pub notes: Vec<String>,
-}
-
-/// Study-level attributes, all identifying: sealed at rest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StudyAttributes {
-    /// Patient's Name.
-    pub patient_name: String,
-    /// Patient ID.
-    pub patient_id: String,
-    /// Issuer of Patient ID.
-    pub issuer_of_patient_id: String,
-    /// Patient's Birth Date.
-    pub birth_date: String,
-    /// Patient's Sex.
-    pub sex: String,
-    /// Accession Number.
-    pub accession_number: String,
-    /// Study ID.
-    pub study_id: String,
-    /// Study Date.
-    pub study_date: String,
-    /// Study Time.
-    pub study_time: String,
-    /// Study Description.
-    pub study_description: String,
-    /// Referring Physician's Name.
-    pub referring_physician: String,
-    /// Institution Name.
-    pub institution: String,
-    /// Admission ID (0038,0010): the hospital stay the study belongs to,
-    /// used as its episode of care for consent scoping. `None` in rows
-    /// stored before it was recorded (unknown, not absent).
-    #[serde(default)]
-    pub admission_id: Option<String>,
 }
 
 /// A parsed file: what it is, and its bytes when they were read whole.

@@ -14,7 +14,6 @@
 //! ```
 
 pub mod consent;
-pub mod deid;
 pub mod ledger;
 pub mod retention;
 pub mod trust;
@@ -79,9 +78,9 @@ pub enum HomeError {
     /// Export failure.
     #[error(transparent)]
     Export(#[from] ExportError),
-    /// De-identification cannot run as asked.
-    #[error("{0}")]
-    Deid(String),
+    /// De-identification failure.
+    #[error(transparent)]
+    Deid(#[from] crate::deid::DeidServiceError),
     /// A ledger lookup failed.
     #[error("{0}")]
     Ledger(String),
@@ -91,6 +90,9 @@ pub enum HomeError {
     /// Consent operation failure.
     #[error(transparent)]
     Consent(#[from] consent::ConsentOpError),
+    /// Notification failure.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     /// Transfer failure.
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
@@ -233,6 +235,12 @@ pub struct Node {
     /// Bumped whenever a revocation is applied (by an admin, or received
     /// from a peer): the network reloads trust, disconnects and passes it on.
     trust_seq: tokio::sync::watch::Sender<u64>,
+}
+
+impl crate::notify::HasStore for Node {
+    fn store(&self) -> &Store {
+        &self.store
+    }
 }
 
 /// Public facts about a node, for `medmesh id`.
@@ -651,6 +659,34 @@ impl Node {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The de-identification service (research exports, re-links, the
+    /// profile and keys of transfers); it logs its accesses in this node's
+    /// ledger.
+    #[must_use]
+    pub fn deid(&self) -> crate::deid::DeidService<'_> {
+        crate::deid::DeidService::new(
+            &self.store,
+            &self.config.deid,
+            &self.record.record().institution,
+            self.import_options().threads,
+            Box::new(move |action, objects| {
+                self.log(crate::ledger::Event::Accessed {
+                    action: action.into(),
+                    study: None,
+                    objects,
+                    role: ledger::ADMIN_ROLE.into(),
+                })
+                .map_err(Into::into)
+            }),
+        )
+    }
+
+    /// The notification service (where delivery stands).
+    #[must_use]
+    pub fn notify(&self) -> crate::notify::NotifyService<'_> {
+        crate::notify::NotifyService::new(&self.store, &self.config.notify)
     }
 
     /// Public facts about a record.

@@ -63,7 +63,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::cbor::{self, CodecError};
-use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
@@ -116,6 +115,57 @@ const CONSENT_KEY_CONTEXT: &str = "medmesh/v1/consent record key";
 const RELINK_KEY_CONTEXT: &str = "medmesh/v1/relink record key";
 const LEDGER_COMMIT_KEY_CONTEXT: &str = "medmesh/v1/ledger commitment key";
 const DEID_SECRET_CONTEXT: &str = "medmesh/v1/deid site secret";
+
+/// Plaintext bytes per transfer chunk: import records the hash of every
+/// piece of this size ([`InstanceRow`]), and transfers send objects in them.
+pub const CHUNK_SIZE: u32 = 256 * 1024;
+/// The BLAKE3 hash of each [`CHUNK_SIZE`] piece of `data`, concatenated (one
+/// hash of the empty input for empty data: an object has at least one chunk).
+#[must_use]
+pub fn chunk_hashes(data: &[u8]) -> Vec<u8> {
+    if data.is_empty() {
+        return blake3::hash(&[]).as_bytes().to_vec();
+    }
+    let mut out = Vec::with_capacity(data.len().div_ceil(CHUNK_SIZE as usize) * 32);
+    for c in data.chunks(CHUNK_SIZE as usize) {
+        out.extend_from_slice(blake3::hash(c).as_bytes());
+    }
+    out
+}
+
+/// Study-level attributes, all identifying: sealed at rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyAttributes {
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Issuer of Patient ID.
+    pub issuer_of_patient_id: String,
+    /// Patient's Birth Date.
+    pub birth_date: String,
+    /// Patient's Sex.
+    pub sex: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// Study ID.
+    pub study_id: String,
+    /// Study Date.
+    pub study_date: String,
+    /// Study Time.
+    pub study_time: String,
+    /// Study Description.
+    pub study_description: String,
+    /// Referring Physician's Name.
+    pub referring_physician: String,
+    /// Institution Name.
+    pub institution: String,
+    /// Admission ID (0038,0010): the hospital stay the study belongs to,
+    /// used as its episode of care for consent scoping. `None` in rows
+    /// stored before it was recorded (unknown, not absent).
+    #[serde(default)]
+    pub admission_id: Option<String>,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -640,12 +690,13 @@ impl Store {
         db_err(&self.db_path, e)
     }
 
-    /// The site's de-identification keys (UID map, pseudonyms, date
-    /// shifts), derived from the master key: the same input gives the same
+    /// The site's de-identification secret, derived from the master key,
+    /// from which `deid::DeidKeys::site` derives the keys of the UID map,
+    /// the pseudonyms and the date shifts: the same input gives the same
     /// output on this node every time.
     #[must_use]
-    pub fn deid_keys(&self) -> crate::deid::DeidKeys {
-        crate::deid::DeidKeys::from_secret(self.master.derive(DEID_SECRET_CONTEXT).expose_secret())
+    pub fn deid_secret(&self) -> DataKey {
+        self.master.derive(DEID_SECRET_CONTEXT)
     }
 
     /// The master key (for wrapping keys outside the store).

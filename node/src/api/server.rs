@@ -23,9 +23,9 @@ use super::{
     ExportRequest, IdRequest, ImportRequest, JoinRequest, ListRequest, LogTailRequest, MAX_REQUEST,
     NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
+use crate::deid::DeidEvent;
 use crate::dicom::ingest::ImportEvent;
 use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
-use crate::home::deid::DeidEvent;
 use crate::home::{HomeError, Node};
 use crate::net::NetHandle;
 
@@ -532,12 +532,14 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                     ));
                 }
                 stream(api, move |n, send| {
-                    let result = n.deid(&r.paths, &r.out, r.level, &r.options, |event| match event {
-                        DeidEvent::Started { files, bytes } => {
-                            send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
-                        }
-                        DeidEvent::File(outcome) => send("file", outcome),
-                    });
+                    let result = n
+                        .deid()
+                        .run(&r.paths, &r.out, r.level, &r.options, |event| match event {
+                            DeidEvent::Started { files, bytes } => {
+                                send("started", &serde_json::json!({ "files": files, "bytes": bytes }));
+                            }
+                            DeidEvent::File(outcome) => send("file", outcome),
+                        });
                     match result {
                         Ok(summary) => send("deid-summary", &summary),
                         Err(e) => send("error", &serde_json::json!({ "message": format!("{e:#}") })),
@@ -546,7 +548,7 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             }
             (&Method::POST, "/studies/relink") => {
                 let r: RelinkRequest = body(req).await?;
-                json(&blocking(api, move |n| n.relink(&r.pseudonym)).await?)
+                json(&blocking(api, move |n| Ok(n.deid().relink(&r.pseudonym)?)).await?)
             }
             (&Method::POST, "/log/tail") => {
                 let r: LogTailRequest = body(req).await?;
@@ -560,7 +562,7 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             (&Method::GET, "/log/heads") => {
                 json(&blocking(api, |n| n.ledger_heads().map(|h| super::HeadView::list(&h))).await?)
             }
-            (&Method::GET, "/notifications/status") => json(&blocking(api, Node::notify_status).await?),
+            (&Method::GET, "/notifications/status") => json(&blocking(api, |n| Ok(n.notify().status()?)).await?),
             (&Method::POST, "/notifications") => {
                 let r: NotificationsRequest = body(req).await?;
                 json(&blocking(api, move |n| n.notifications(r.unread)).await?)

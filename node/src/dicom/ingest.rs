@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
 use crate::store::{
-    InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta, StudyRef,
-    StudyRow, StudyUpdate,
+    CHUNK_SIZE, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta,
+    StudyRef, StudyRow, StudyUpdate, chunk_hashes,
 };
-use crate::transfer::wire::{CHUNK_SIZE, chunk_hashes};
 
 /// Errors that stop an import as a whole (a bad file never does).
 #[derive(Debug, thiserror::Error)]
