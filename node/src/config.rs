@@ -847,30 +847,56 @@ impl NetworkConfig {
     /// The listen addresses, parsed.
     ///
     /// # Errors
-    /// The first address that does not parse, as a message.
-    pub fn listen_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, String> {
+    /// [`AddrError::Parse`] for the first address that does not parse.
+    pub fn listen_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, AddrError> {
         self.listen
             .iter()
-            .map(|a| a.parse().map_err(|e| format!("{a:?}: {e}")))
+            .map(|a| {
+                a.parse().map_err(|source| AddrError::Parse {
+                    addr: a.clone(),
+                    source,
+                })
+            })
             .collect()
     }
 
     /// The bootstrap peers, parsed into peer id and address.
     ///
     /// # Errors
-    /// The first address that does not parse or lacks `/p2p/<peer id>`.
-    pub fn bootstrap_peers(&self) -> Result<Vec<(libp2p::PeerId, libp2p::Multiaddr)>, String> {
+    /// [`AddrError`] for the first address that does not parse or lacks
+    /// `/p2p/<peer id>`.
+    pub fn bootstrap_peers(&self) -> Result<Vec<(libp2p::PeerId, libp2p::Multiaddr)>, AddrError> {
         self.bootstrap
             .iter()
             .map(|a| {
-                let addr: libp2p::Multiaddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+                let addr: libp2p::Multiaddr = a.parse().map_err(|source| AddrError::Parse {
+                    addr: a.clone(),
+                    source,
+                })?;
                 match addr.iter().last() {
                     Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
-                    _ => Err(format!("{a:?} does not end in /p2p/<peer id>")),
+                    _ => Err(AddrError::NoPeerId(a.clone())),
                 }
             })
             .collect()
     }
+}
+
+/// Why an address of `[network]` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddrError {
+    /// It is not a multiaddress.
+    #[error("{addr:?}: {source}")]
+    Parse {
+        /// The address as configured.
+        addr: String,
+        /// The parser's reason.
+        source: libp2p::multiaddr::Error,
+    },
+    /// A bootstrap address does not name its peer.
+    #[error("{0:?} does not end in /p2p/<peer id>")]
+    NoPeerId(String),
 }
 
 /// Storage settings (`[store]`).
@@ -961,8 +987,9 @@ impl Config {
             return Err(value("store.import_threads", "must be at most 256".into()));
         }
         let n = &self.network;
-        n.listen_addrs().map_err(|e| value("network.listen", e))?;
-        n.bootstrap_peers().map_err(|e| value("network.bootstrap", e))?;
+        n.listen_addrs().map_err(|e| value("network.listen", e.to_string()))?;
+        n.bootstrap_peers()
+            .map_err(|e| value("network.bootstrap", e.to_string()))?;
         if !(1..=3600).contains(&n.hello_timeout_secs) {
             return Err(value("network.hello_timeout_secs", "must be from 1 to 3600".into()));
         }

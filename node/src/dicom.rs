@@ -437,9 +437,27 @@ fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<
     let value = str_of(obj, tag).ok_or(DicomError::Missing(name))?;
     check_uid(&value).map_err(|reason| DicomError::Invalid {
         attribute: name,
-        reason,
+        reason: reason.to_string(),
     })?;
     Ok(value)
+}
+
+/// Why a text is not a UID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UidError {
+    /// It is empty.
+    #[error("is empty")]
+    Empty,
+    /// It is longer than 64 characters.
+    #[error("{0} characters, over the 64 allowed")]
+    TooLong(usize),
+    /// A component between dots is empty.
+    #[error("has an empty component")]
+    EmptyComponent,
+    /// It holds another character than digits and dots.
+    #[error("contains {0:?}: a UID holds only digits and dots")]
+    Character(char),
 }
 
 /// Checks UID syntax (PS3.5 §9.1): at most 64 characters, dot-separated
@@ -447,19 +465,19 @@ fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<
 /// forbids but some devices write, are tolerated.
 ///
 /// # Errors
-/// A sentence saying what is wrong.
-pub fn check_uid(uid: &str) -> Result<(), String> {
+/// [`UidError`]: what is wrong.
+pub fn check_uid(uid: &str) -> Result<(), UidError> {
     if uid.is_empty() {
-        return Err("is empty".into());
+        return Err(UidError::Empty);
     }
     if uid.len() > 64 {
-        return Err(format!("{} characters, over the 64 allowed", uid.len()));
+        return Err(UidError::TooLong(uid.len()));
     }
     if uid.split('.').any(|c| c.is_empty()) {
-        return Err("has an empty component".into());
+        return Err(UidError::EmptyComponent);
     }
     if let Some(c) = uid.chars().find(|c| !c.is_ascii_digit() && *c != '.') {
-        return Err(format!("contains {c:?}: a UID holds only digits and dots"));
+        return Err(UidError::Character(c));
     }
     Ok(())
 }
@@ -1260,7 +1278,7 @@ mod tests {
             let e = parse_and_validate(&ct(vec![0; 32], Some(tag))).unwrap_err().to_string();
             assert_eq!(e, name);
         }
-        assert_eq!(check_uid(""), Err("is empty".to_string()));
+        assert_eq!(check_uid("").map_err(|e| e.to_string()), Err("is empty".to_string()));
     }
 
     #[test]

@@ -1275,10 +1275,8 @@ impl Store {
     /// no index row owns, and empties `tmp/`.
     fn recover(&self) -> Result<(), StoreError> {
         let tmp = self.blobs.join("tmp");
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
+        for e in fsutil::walk(&tmp, Some(1)).flatten() {
+            let _ = fs::remove_file(e.path());
         }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
@@ -1374,17 +1372,16 @@ impl Store {
                 }
             }
         }
-        for shard in fs::read_dir(&self.blobs)
-            .map_err(|source| blob_io(&self.blobs, source))?
-            .flatten()
-        {
-            if shard.file_name() == "tmp" || shard.file_name() == "incoming" || !shard.path().is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(shard.path())
-                .map_err(|source| blob_io(&shard.path(), source))?
-                .flatten()
-            {
+        // Shards (`blobs/<2 hex>/`) and their files; `tmp/` and `incoming/` are not the store's blobs.
+        let (tmp, incoming) = (self.blobs.join("tmp"), self.blobs.join("incoming"));
+        let not_blobs = |p: &Path| p.starts_with(&tmp) || p.starts_with(&incoming);
+        for f in fsutil::walk(&self.blobs, Some(2)) {
+            let f = match f {
+                Ok(f) => f,
+                Err((path, _)) if not_blobs(&path) => continue,
+                Err((path, source)) => return Err(blob_io(&path, source)),
+            };
+            if f.depth() == 2 && !not_blobs(f.path()) {
                 report.blob_files += 1;
                 let name = f.file_name().to_string_lossy().to_string();
                 let known = hex::decode(&name)

@@ -177,15 +177,10 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Job>, IngestError> {
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            for entry in walkdir::WalkDir::new(p).follow_links(false).sort_by_file_name() {
-                let entry = entry.map_err(|e| IngestError::Path {
-                    path: e
-                        .path()
-                        .map(|x| x.display().to_string())
-                        .unwrap_or_else(|| p.display().to_string()),
-                    source: e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+            for entry in crate::fsutil::walk(p, None) {
+                let entry = entry.map_err(|(path, source)| IngestError::Path {
+                    path: path.display().to_string(),
+                    source,
                 })?;
                 if entry.file_type().is_file() {
                     files.push(entry.into_path());
