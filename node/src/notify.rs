@@ -53,8 +53,8 @@ pub enum NotifyError {
     Config {
         /// Which sink.
         sink: &'static str,
-        /// Why.
-        source: SinkConfigError,
+        /// Why (boxed: a TLS error is large).
+        source: Box<SinkConfigError>,
     },
     /// The store failed.
     #[error(transparent)]
@@ -341,17 +341,19 @@ impl Sink {
 /// [`NotifyError::Config`] (a certificate file that cannot be used, ...).
 pub fn sinks(config: &NotifyConfig) -> Result<Vec<Sink>, NotifyError> {
     let mut out = Vec::new();
-    if let Some(hook) =
-        Webhook::from_config(&config.webhook).map_err(|source| NotifyError::Config { sink: WEBHOOK, source })?
-    {
+    if let Some(hook) = Webhook::from_config(&config.webhook).map_err(|source| NotifyError::Config {
+        sink: WEBHOOK,
+        source: Box::new(source),
+    })? {
         out.push(Sink::Webhook {
             hook,
             study_uid: config.webhook.study_uid,
         });
     }
-    if let Some(log) =
-        Syslog::from_config(&config.syslog).map_err(|source| NotifyError::Config { sink: SYSLOG, source })?
-    {
+    if let Some(log) = Syslog::from_config(&config.syslog).map_err(|source| NotifyError::Config {
+        sink: SYSLOG,
+        source: Box::new(source),
+    })? {
         out.push(Sink::Syslog {
             log,
             study_uid: config.syslog.study_uid,

@@ -173,7 +173,7 @@ impl Node {
             path: dir.display().to_string(),
             source,
         })?;
-        let prep_key = DataKey::try_generate().map_err(|e| DeidServiceError::Key(e))?;
+        let prep_key = DataKey::try_generate().map_err(DeidServiceError::Key)?;
         let before_key = BeforeKey::new(self, id);
         let (mut input, mut output) = (Vec::new(), Vec::new());
         let mut hashed = Vec::with_capacity(items.len());
