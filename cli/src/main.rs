@@ -32,10 +32,10 @@ use medmesh_node::api::{
 };
 use medmesh_node::consent_schema::DeidLevel;
 use medmesh_node::deid::DeidOption;
+use medmesh_node::deid::DeidOutcome;
 use medmesh_node::dicom::export::ExportOutcome;
 use medmesh_node::dicom::ingest::FileOutcome;
 use medmesh_node::home::Node;
-use medmesh_node::home::deid::DeidOutcome;
 use medmesh_node::home::retention::PurgeReason;
 use medmesh_node::keystore::Passphrase;
 

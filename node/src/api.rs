@@ -269,7 +269,7 @@ pub enum DeidProgress {
         bytes: u64,
     },
     /// One file is done.
-    File(crate::home::deid::DeidOutcome),
+    File(crate::deid::DeidOutcome),
 }
 
 /// Progress of [`routes::StudiesExport`], one JSON Lines record each.

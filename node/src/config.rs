@@ -3,12 +3,22 @@
 //! Every setting has a default; `medmesh init` writes the file with every
 //! setting, its default and what it does ([`TEMPLATE`]). Unknown keys are an
 //! error, and cross-field checks run at load.
+//!
+//! Direction: `config` holds the types of every setting, those of the
+//! services included (`[deid]`'s [`DeidOption`] and [`MaskRule`],
+//! `[notify]`'s addresses in [`endpoint`]), and imports no service; the
+//! services (`deid`, `notify`, ...) import their settings from here and
+//! re-export what their callers name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, SitePolicy};
 use serde::{Deserialize, Serialize};
+
+pub mod endpoint;
+
+pub use endpoint::{EndpointError, WebhookTarget, redact_url, split_host_port};
 
 /// Version of the configuration format.
 pub const CONFIG_VERSION: u32 = 1;
@@ -403,14 +413,62 @@ impl Default for RetentionConfig {
     }
 }
 
+/// An option of the Basic Application Level Confidentiality Profile
+/// (PS3.15 E.3), with its code in CID 7050.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeidOption {
+    /// Retain Safe Private Option (113111).
+    RetainSafePrivate,
+    /// Retain UIDs Option (113110).
+    RetainUids,
+    /// Retain Device Identity Option (113109).
+    RetainDeviceIdentity,
+    /// Retain Institution Identity Option (113112).
+    RetainInstitutionIdentity,
+    /// Retain Patient Characteristics Option (113108).
+    RetainPatientCharacteristics,
+    /// Retain Longitudinal Temporal Information with Full Dates Option (113106).
+    RetainLongFullDates,
+    /// Retain Longitudinal Temporal Information with Modified Dates Option (113107).
+    RetainLongModifiedDates,
+    /// Clean Descriptors Option (113105).
+    CleanDescriptors,
+    /// Clean Structured Content Option (113104).
+    CleanStructuredContent,
+    /// Clean Graphics Option (113103).
+    CleanGraphics,
+}
+
+/// A masking rule: the rectangles to blank in images of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRule {
+    /// Modality (0008,0060) it applies to, e.g. "US"; `*` for any.
+    pub modality: String,
+    /// Applies only when Manufacturer (0008,0070) contains this (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Applies only to images with this many rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Applies only to images with this many columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<u16>,
+    /// Rectangles to blank: `[x, y, width, height]` in pixels, from the top
+    /// left. None: the site declares that images of this kind carry no
+    /// burned-in identifiers (they are sent unchanged).
+    pub rects: Vec<[u32; 4]>,
+}
+
 /// De-identification settings (`[deid]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeidConfig {
     /// Options of the profile applied to de-identified transfers and exports.
-    pub options: Vec<crate::deid::DeidOption>,
+    pub options: Vec<DeidOption>,
     /// Pixel-masking rules for objects with burned-in identifiers.
-    pub mask: Vec<crate::deid::MaskRule>,
+    pub mask: Vec<MaskRule>,
     /// The site's host names and other names, removed from free text and
     /// links (the node's institution name is added to them).
     pub site_names: Vec<String>,
@@ -495,7 +553,7 @@ pub struct WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &crate::notify::redact_url(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("token", &self.token)
             .field("token_header", &self.token_header)
             .field("timeout_secs", &self.timeout_secs)
@@ -584,7 +642,7 @@ impl NotifyConfig {
     fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
         let w = &self.webhook;
         if !w.url.is_empty() {
-            let target = crate::notify::WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e))?;
+            let target = WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e.to_string()))?;
             if target.check_token(&w.token).is_err() {
                 return Err(value(
                     "notify.webhook.token",
@@ -625,7 +683,7 @@ impl NotifyConfig {
             ));
         }
         if !l.address.is_empty() {
-            crate::notify::split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e))?;
+            split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e.to_string()))?;
         }
         if l.cert_file.is_empty() != l.key_file.is_empty() {
             return Err(value(
@@ -789,30 +847,56 @@ impl NetworkConfig {
     /// The listen addresses, parsed.
     ///
     /// # Errors
-    /// The first address that does not parse, as a message.
-    pub fn listen_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, String> {
+    /// [`AddrError::Parse`] for the first address that does not parse.
+    pub fn listen_addrs(&self) -> Result<Vec<libp2p::Multiaddr>, AddrError> {
         self.listen
             .iter()
-            .map(|a| a.parse().map_err(|e| format!("{a:?}: {e}")))
+            .map(|a| {
+                a.parse().map_err(|source| AddrError::Parse {
+                    addr: a.clone(),
+                    source,
+                })
+            })
             .collect()
     }
 
     /// The bootstrap peers, parsed into peer id and address.
     ///
     /// # Errors
-    /// The first address that does not parse or lacks `/p2p/<peer id>`.
-    pub fn bootstrap_peers(&self) -> Result<Vec<(libp2p::PeerId, libp2p::Multiaddr)>, String> {
+    /// [`AddrError`] for the first address that does not parse or lacks
+    /// `/p2p/<peer id>`.
+    pub fn bootstrap_peers(&self) -> Result<Vec<(libp2p::PeerId, libp2p::Multiaddr)>, AddrError> {
         self.bootstrap
             .iter()
             .map(|a| {
-                let addr: libp2p::Multiaddr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+                let addr: libp2p::Multiaddr = a.parse().map_err(|source| AddrError::Parse {
+                    addr: a.clone(),
+                    source,
+                })?;
                 match addr.iter().last() {
                     Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
-                    _ => Err(format!("{a:?} does not end in /p2p/<peer id>")),
+                    _ => Err(AddrError::NoPeerId(a.clone())),
                 }
             })
             .collect()
     }
+}
+
+/// Why an address of `[network]` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddrError {
+    /// It is not a multiaddress.
+    #[error("{addr:?}: {source}")]
+    Parse {
+        /// The address as configured.
+        addr: String,
+        /// The parser's reason.
+        source: libp2p::multiaddr::Error,
+    },
+    /// A bootstrap address does not name its peer.
+    #[error("{0:?} does not end in /p2p/<peer id>")]
+    NoPeerId(String),
 }
 
 /// Storage settings (`[store]`).
@@ -903,8 +987,9 @@ impl Config {
             return Err(value("store.import_threads", "must be at most 256".into()));
         }
         let n = &self.network;
-        n.listen_addrs().map_err(|e| value("network.listen", e))?;
-        n.bootstrap_peers().map_err(|e| value("network.bootstrap", e))?;
+        n.listen_addrs().map_err(|e| value("network.listen", e.to_string()))?;
+        n.bootstrap_peers()
+            .map_err(|e| value("network.bootstrap", e.to_string()))?;
         if !(1..=3600).contains(&n.hello_timeout_secs) {
             return Err(value("network.hello_timeout_secs", "must be from 1 to 3600".into()));
         }
@@ -915,15 +1000,15 @@ impl Config {
             return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
         }
         let d = &self.deid;
-        if d.options.contains(&crate::deid::DeidOption::RetainUids) {
+        if d.options.contains(&DeidOption::RetainUids) {
             return Err(value(
                 "deid.options",
                 "retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option"
                     .into(),
             ));
         }
-        if d.options.contains(&crate::deid::DeidOption::RetainLongFullDates)
-            && d.options.contains(&crate::deid::DeidOption::RetainLongModifiedDates)
+        if d.options.contains(&DeidOption::RetainLongFullDates)
+            && d.options.contains(&DeidOption::RetainLongModifiedDates)
         {
             return Err(value(
                 "deid.options",
@@ -983,214 +1068,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_is_the_default_and_documents_every_key() {
-        let parsed = Config::parse(Path::new("template"), TEMPLATE).unwrap();
-        assert_eq!(parsed, Config::default());
-        let table: toml::Table = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
-        let mut keys = Vec::new();
-        for (k, v) in &table {
-            match v.as_table() {
-                // A section of sections ([notify.webhook], [notify.syslog]).
-                Some(t) if !t.is_empty() && t.values().all(toml::Value::is_table) => {
-                    for sub in t.values().filter_map(toml::Value::as_table) {
-                        keys.extend(sub.keys().cloned());
-                    }
-                }
-                Some(t) => keys.extend(t.keys().cloned()),
-                None => keys.push(k.clone()),
-            }
-        }
-        for key in keys {
-            let line = TEMPLATE
-                .lines()
-                .position(|l| l.starts_with(&format!("{key} = ")))
-                .unwrap_or_else(|| panic!("{key} missing"));
-            let above = TEMPLATE.lines().nth(line - 1).unwrap();
-            assert!(above.starts_with('#'), "{key} has no comment above it");
-        }
-    }
-
-    #[test]
-    fn policy_defaults_are_those_of_consent_schema() {
-        for cc in ["DE", "FR", "US"] {
-            let home: Jurisdiction = cc.parse().unwrap();
-            assert_eq!(PolicyConfig::default().site_policy(home), SitePolicy::new(home));
-        }
-        let text = "[policy]\ncross_border_level = \"pseudonymised\"\napproval_required = []\n\
-                    min_level = { quality = \"anonymised\" }\n";
-        let p = Config::parse(Path::new("c.toml"), text).unwrap().policy;
-        assert_eq!(p.cross_border_level, DeidLevel::Pseudonymised);
-        assert!(p.approval_required.is_empty());
-        assert_eq!(p.min_level.len(), 1, "min_level replaces the default table");
-        assert_eq!(
-            p.waiver_level,
-            DeidLevel::Anonymised,
-            "unlisted rules keep their default"
-        );
-        for (text, needle) in [
-            ("[policy]\nhome_jurisdiction = \"DE\"\n", "home_jurisdiction"),
-            ("[policy]\nmax_grant_days = 0\n", "max_grant_days"),
-            ("[transfer]\nstreams = 0\n", "transfer.streams"),
-            ("[transfer]\nretry_secs = 0\n", "transfer.retry_secs"),
-            ("[retention]\nlocked_days = 40000\n", "retention.locked_days"),
-            ("[retention]\nlocked_days = -1\n", "locked_days"),
-            ("[policy]\napproval_required = [\"marketing\"]\n", "marketing"),
-            ("[policy]\nwaiver_level = \"secret\"\n", "secret"),
-        ] {
-            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn limits_are_checked() {
-        let c = Config::parse(
-            Path::new("c.toml"),
-            "[limits]\nshares_from = \"listed\"\nshare_peers = [\"12D3KooWGzBVhRDNzSvHqYGZbGrnRXtBmUQLZYGh5YAyhXyW6Poc\"]\n",
-        )
-        .unwrap();
-        assert_eq!(c.limits.shares_from, SharesFrom::Listed);
-        for (text, needle) in [
-            ("[limits]\nshares_from = \"everyone\"\n", "everyone"),
-            ("[limits]\nshares_from = \"listed\"\n", "limits.share_peers"),
-            (
-                "[limits]\nshare_peers = [\"12D3KooWGzBVhRDNzSvHqYGZbGrnRXtBmUQLZYGh5YAyhXyW6Poc\"]\n",
-                "limits.share_peers",
-            ),
-            (
-                "[limits]\nshares_from = \"listed\"\nshare_peers = [\"bob\"]\n",
-                "limits.share_peers",
-            ),
-            (
-                "[limits]\npending_shares_per_peer = 0\n",
-                "limits.pending_shares_per_peer",
-            ),
-            (
-                "[limits]\npending_share_bytes_per_peer = 10\n",
-                "limits.pending_share_bytes_per_peer",
-            ),
-            ("[limits]\nincoming_stale_secs = 5\n", "limits.incoming_stale_secs"),
-            ("[limits]\nstreams_per_peer = 0\n", "limits.streams_per_peer"),
-            ("[limits]\nstreams_per_peer = 2\n", "transfer.streams"),
-            ("[limits]\nrequests_per_minute = 0\n", "limits.requests_per_minute"),
-            ("[limits]\nrequest_burst = 0\n", "limits.request_burst"),
-            (
-                "[limits]\npending_approvals_per_peer = 0\n",
-                "limits.pending_approvals_per_peer",
-            ),
-            ("[limits]\nmax_streams = 3\n", "max_streams"),
-        ] {
-            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let err = Config::parse(Path::new("c.toml"), "[store]\nchunk_size = 1000\n").unwrap_err();
-        assert!(err.to_string().contains("store.chunk_size"), "{err}");
-        let err = Config::parse(Path::new("c.toml"), "[store]\nchunk_sise = 4096\n").unwrap_err();
-        assert!(err.to_string().contains("chunk_sise"), "{err}");
-        let err = Config::parse(Path::new("c.toml"), "config_version = 9\n").unwrap_err();
-        assert!(err.to_string().contains("config_version"), "{err}");
-        let err = Config::parse(Path::new("c.toml"), "[network]\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n").unwrap_err();
-        assert!(
-            err.to_string().contains("network.bootstrap") && err.to_string().contains("/p2p/"),
-            "{err}"
-        );
-        let err = Config::parse(Path::new("c.toml"), "[network]\nlisten = [\"tcp:7460\"]\n").unwrap_err();
-        assert!(err.to_string().contains("network.listen"), "{err}");
-        assert!(Config::load(Path::new("/nonexistent/config.toml")).is_err());
-    }
-
-    #[test]
-    fn notify_settings_are_checked() {
-        let text = "[notify.webhook]\nurl = \"https://hooks.example.org/m\"\ntoken = \"abc\"\n\
-                    [notify.syslog]\naddress = \"127.0.0.1:514\"\ntransport = \"udp\"\nfacility = \"local4\"\n";
-        let c = Config::parse(Path::new("c.toml"), text).unwrap();
-        assert_eq!(c.notify.syslog.facility_code(), Some(20));
-        assert_eq!(c.notify.webhook.token.expose(), "abc");
-        assert!(!format!("{c:?}").contains("abc"), "the token is not in Debug");
-        assert!(!toml::to_string(&c).unwrap().contains("abc"), "nor serialized");
-        for (text, needle) in [
-            ("[notify.webhook]\nurl = \"ftp://x/\"\n", "notify.webhook.url"),
-            ("[notify.webhook]\nurl = \"http://u:p@x/\"\n", "notify.webhook.url"),
-            ("[notify.webhook]\ntimeout_secs = 0\n", "notify.webhook.timeout_secs"),
-            (
-                "[notify.webhook]\ntoken_header = \"a b\"\n",
-                "notify.webhook.token_header",
-            ),
-            ("[notify.webhook]\ntoken = \"a\\nb\"\n", "notify.webhook.token"),
-            ("[notify.syslog]\naddress = \"collector\"\n", "notify.syslog.address"),
-            ("[notify.syslog]\ntransport = \"carrier-pigeon\"\n", "carrier-pigeon"),
-            ("[notify.syslog]\nfacility = \"local9\"\n", "notify.syslog.facility"),
-            ("[notify.syslog]\ncert_file = \"c.pem\"\n", "notify.syslog.key_file"),
-            (
-                "[notify.syslog]\ntransport = \"tcp\"\nca_file = \"ca.pem\"\n",
-                "notify.syslog.transport",
-            ),
-            ("[notify.syslog]\nhost = \"x\"\n", "host"),
-        ] {
-            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
-            assert!(err.contains(needle), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn webhook_url_secrets_are_not_shown() {
-        let text = "[notify.webhook]\nurl = \"https://hooks.example.org/m?key=s3cr3t&x=1#frag\"\n";
-        let c = Config::parse(Path::new("c.toml"), text).unwrap();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cr3t") && !shown.contains("frag"), "{shown}");
-        assert!(shown.contains("https://hooks.example.org/m?(redacted)"), "{shown}");
-        let shown = format!("{:#?}", c.notify);
-        assert!(!shown.contains("s3cr3t"), "{shown}");
-        // Nor in an error about the URL (query or user information).
-        for text in [
-            "[notify.webhook]\nurl = \"ftp://hooks.example.org/m?key=s3cr3t\"\n",
-            "[notify.webhook]\nurl = \"https://u:s3cr3t@hooks.example.org/m\"\n",
-            "[notify.webhook]\nurl = \"https://hooks.example.org/m?key=s3cr3t\"\ntoken_header = \"a b\"\n",
-            "[notify.webhook]\nurl = \"http:///m?key=s3cr3t\"\n",
-            "[notify.webhook]\nurl = \"http://hooks.example.org/m?key=s3cr3t\"\ntoken = \"t0ken\"\n",
-        ] {
-            let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
-            assert!(!err.contains("s3cr3t") && !err.contains("t0ken"), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn a_token_goes_over_plain_http_only_to_this_machine() {
-        let parse = |url: &str, token: &str| {
-            let text = format!("[notify.webhook]\nurl = \"{url}\"\ntoken = \"{token}\"\n");
-            Config::parse(Path::new("c.toml"), &text).map(|_| ())
-        };
-        let err = parse("http://hooks.example.org/m", "abc").unwrap_err().to_string();
-        assert!(
-            err.contains("notify.webhook.token") && err.contains("clear text") && err.contains("https://"),
-            "{err}"
-        );
-        assert!(parse("http://10.0.0.5:8080/m", "abc").is_err());
-        for url in [
-            "https://hooks.example.org/m",
-            "http://127.0.0.1:8080/m",
-            "http://[::1]:8080/m",
-            "http://localhost/m",
-            "http://LOCALHOST:9/m",
-        ] {
-            parse(url, "abc").unwrap_or_else(|e| panic!("{url}: {e}"));
-        }
-        parse("http://hooks.example.org/m", "").unwrap();
-        // The same rule when the sink is built from a configuration made in code.
-        let w = WebhookConfig {
-            url: "http://hooks.example.org/m".into(),
-            token: Secret::from("abc"),
-            ..WebhookConfig::default()
-        };
-        let err = crate::notify::Webhook::from_config(&w).unwrap_err();
-        assert!(err.contains("notify.webhook.token"), "{err}");
-    }
-}
+mod tests;

@@ -50,7 +50,12 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let (stop_tx, stop_rx) = watch::channel(false);
     let (net, net_task) = net::start(Arc::clone(&node), stop_rx.clone()).await?;
     // Notification delivery (webhook, syslog): returns at once when none is configured.
-    let notify_task = tokio::spawn(crate::notify::run(Arc::clone(&node), stop_rx.clone()));
+    let notify_task = {
+        let (config, origin) = (node.config().notify.clone(), crate::notify::Origin::of(node.record()));
+        let node = Arc::clone(&node);
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { crate::notify::run(node, &config, origin, stop).await })
+    };
     let mut api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
     let mut net_task = net_task;
     // Wait until every listen address is bound before reporting ready.

@@ -32,6 +32,7 @@
 //!   are refused unless a masking rule covers them ([`pixels`]).
 
 pub mod pixels;
+pub mod service;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -54,7 +55,8 @@ use dicom_object::meta::FileMetaTableBuilder;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use pixels::MaskRule;
+pub use crate::config::{DeidOption, MaskRule};
+pub use service::{DeidEvent, DeidOutcome, DeidService, DeidServiceError, DeidSummary, RelinkView};
 pub use table::{Action, tables};
 
 /// Errors of de-identification.
@@ -82,33 +84,6 @@ pub enum DeidError {
     /// A profile that cannot be used.
     #[error("{0}")]
     Profile(String),
-}
-
-/// An option of the Basic Application Level Confidentiality Profile
-/// (PS3.15 E.3), with its code in CID 7050.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeidOption {
-    /// Retain Safe Private Option (113111).
-    RetainSafePrivate,
-    /// Retain UIDs Option (113110).
-    RetainUids,
-    /// Retain Device Identity Option (113109).
-    RetainDeviceIdentity,
-    /// Retain Institution Identity Option (113112).
-    RetainInstitutionIdentity,
-    /// Retain Patient Characteristics Option (113108).
-    RetainPatientCharacteristics,
-    /// Retain Longitudinal Temporal Information with Full Dates Option (113106).
-    RetainLongFullDates,
-    /// Retain Longitudinal Temporal Information with Modified Dates Option (113107).
-    RetainLongModifiedDates,
-    /// Clean Descriptors Option (113105).
-    CleanDescriptors,
-    /// Clean Structured Content Option (113104).
-    CleanStructuredContent,
-    /// Clean Graphics Option (113103).
-    CleanGraphics,
 }
 
 /// A coded concept (code value, coding scheme, meaning).

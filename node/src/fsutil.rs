@@ -1,9 +1,39 @@
-//! Small file-system helpers: private files and directories, atomic writes.
+//! Small file-system helpers: private files and directories, atomic
+//! writes, and the one walker of folders ([`walk`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An entry found by [`walk`]: a file, a folder or a link (links are not
+/// followed).
+pub type Entry = walkdir::DirEntry;
+
+/// The walker of folders, the one every module uses (import, the store's
+/// blob scans, disk usage): the entries under `root` (`root` itself
+/// excluded), at most `max_depth` levels down (`None`: all), in file-name
+/// order, folders before what they hold, links not followed.
+///
+/// Each item is an entry, or the path that could not be read and why (a
+/// loop of links is reported as an error of kind `Other`).
+pub fn walk(root: &Path, max_depth: Option<usize>) -> impl Iterator<Item = Result<Entry, (PathBuf, io::Error)>> {
+    let mut w = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1);
+    if let Some(d) = max_depth {
+        w = w.max_depth(d);
+    }
+    let root = root.to_path_buf();
+    w.into_iter().map(move |r| {
+        r.map_err(|e| {
+            let path = e.path().map_or_else(|| root.clone(), Path::to_path_buf);
+            let source = e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop"));
+            (path, source)
+        })
+    })
+}
 
 /// Creates `path` (which must not exist) with mode 0600, writes `bytes` and syncs it.
 ///

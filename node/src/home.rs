@@ -14,7 +14,6 @@
 //! ```
 
 pub mod consent;
-pub mod deid;
 pub mod ledger;
 pub mod retention;
 pub mod studies;
@@ -80,9 +79,9 @@ pub enum HomeError {
     /// Export failure.
     #[error(transparent)]
     Export(#[from] ExportError),
-    /// De-identification cannot run as asked.
-    #[error("{0}")]
-    Deid(String),
+    /// De-identification failure.
+    #[error(transparent)]
+    Deid(#[from] crate::deid::DeidServiceError),
     /// A ledger lookup failed.
     #[error("{0}")]
     Ledger(String),
@@ -98,6 +97,9 @@ pub enum HomeError {
     /// Failure listing, showing, importing or exporting studies.
     #[error(transparent)]
     Studies(#[from] studies::StudiesError),
+    /// Notification failure.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     /// Transfer failure.
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
@@ -323,6 +325,12 @@ impl Effects for Node {
         peer: &str,
     ) -> Result<Option<crate::net::hello::Hello>, StoreError> {
         crate::net::peer_hello(self, state, peer)
+    }
+}
+
+impl crate::notify::HasStore for Node {
+    fn store(&self) -> &Store {
+        &self.store
     }
 }
 
@@ -574,6 +582,34 @@ impl Node {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The de-identification service (research exports, re-links, the
+    /// profile and keys of transfers); it logs its accesses in this node's
+    /// ledger.
+    #[must_use]
+    pub fn deid(&self) -> crate::deid::DeidService<'_> {
+        crate::deid::DeidService::new(
+            &self.store,
+            &self.config.deid,
+            &self.record.record().institution,
+            self.import_options().threads,
+            Box::new(move |action, objects| {
+                self.log(crate::ledger::Event::Accessed {
+                    action: action.into(),
+                    study: None,
+                    objects,
+                    role: ledger::ADMIN_ROLE.into(),
+                })
+                .map_err(Into::into)
+            }),
+        )
+    }
+
+    /// The notification service (where delivery stands).
+    #[must_use]
+    pub fn notify(&self) -> crate::notify::NotifyService<'_> {
+        crate::notify::NotifyService::new(&self.store, &self.config.notify)
     }
 
     /// Public facts about a record.

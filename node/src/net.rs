@@ -589,7 +589,7 @@ pub async fn start(
     let mut swarm = build_swarm(&node, &cfg)?;
     let listen = cfg.listen_addrs().map_err(|reason| NetError::Listen {
         addr: "network.listen".into(),
-        reason,
+        reason: reason.to_string(),
     })?;
     for addr in listen {
         swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
@@ -599,7 +599,7 @@ pub async fn start(
     }
     let bootstrap = cfg.bootstrap_peers().map_err(|reason| NetError::Listen {
         addr: "network.bootstrap".into(),
-        reason,
+        reason: reason.to_string(),
     })?;
     let (tx, rx) = mpsc::channel(32);
     let (internal_tx, internal_rx) = mpsc::channel(64);

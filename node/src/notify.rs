@@ -26,12 +26,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use crate::config::{WebhookTarget, redact_url, split_host_port};
 pub use audit::{AuditEvent, audit_event, audit_message, is_alert};
 pub use syslog::{APP_NAME, MSG_ID, Syslog, hostname, message as syslog_message};
-pub use webhook::{WEBHOOK_VERSION, Webhook, WebhookTarget, redact_url, webhook_json};
+pub use webhook::{WEBHOOK_VERSION, Webhook, webhook_json};
 
-use crate::config::NotifyConfig;
-use crate::home::{HomeError, Node, rfc3339};
+use crate::clock::rfc3339;
+use crate::config::{EndpointError, NotifyConfig};
+use crate::identity::VerifiedNodeRecord;
 use crate::ledger::Event;
 use crate::store::{NotificationRow, OutboxItem, Store, StoreError};
 
@@ -47,16 +49,142 @@ pub const BATCH: usize = 64;
 #[non_exhaustive]
 pub enum NotifyError {
     /// A sink's configuration cannot be used (a certificate file, ...).
-    #[error("[notify.{sink}]: {reason}")]
+    #[error("[notify.{sink}]: {source}")]
     Config {
         /// Which sink.
         sink: &'static str,
-        /// Why.
-        reason: String,
+        /// Why (boxed: a TLS error is large).
+        source: Box<SinkConfigError>,
     },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a sink's settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkConfigError {
+    /// The URL or address is not acceptable.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The token header is not a header name.
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    /// The syslog facility is not one of those known.
+    #[error("unknown facility {0:?}")]
+    Facility(String),
+    /// A PEM file cannot be read or parsed.
+    #[error("{file}: {source}")]
+    Pem {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate or key of a file is refused.
+    #[error("{file}: {source}")]
+    Tls {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: rustls::Error,
+    },
+    /// A PEM file holds no certificate.
+    #[error("{0}: no certificate")]
+    NoCertificate(String),
+    /// The TLS library cannot be set up.
+    #[error(transparent)]
+    Protocols(rustls::Error),
+}
+
+/// Why one notification was not delivered (it is retried). No secret is
+/// shown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The document could not be encoded.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The syslog message could not be written.
+    #[error(transparent)]
+    Message(std::io::Error),
+    /// The webhook did not answer in time.
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// No connection could be made.
+    #[error("connect {target}: {source}")]
+    Connect {
+        /// `host:port` or the sink as shown.
+        target: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The connection was not made in time.
+    #[error("connect {0}: timed out")]
+    ConnectTimeout(String),
+    /// The host is not a name TLS can check.
+    #[error("{host}: {source}")]
+    ServerName {
+        /// The host.
+        host: String,
+        /// The cause.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake: timed out")]
+    TlsTimeout,
+    /// HTTP failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built.
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    /// The token holds what a header cannot carry.
+    #[error("the token cannot be sent in a header")]
+    TokenHeader,
+    /// The webhook answered with another status than 2xx.
+    #[error("HTTP {0}")]
+    Status(hyper::StatusCode),
+    /// The collector's name does not resolve.
+    #[error("{target}: {source}")]
+    Resolve {
+        /// The sink as shown.
+        target: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The collector's name resolves to no address.
+    #[error("{0}: no address")]
+    NoAddress(String),
+    /// No UDP socket could be made.
+    #[error("UDP: {0}")]
+    UdpSocket(std::io::Error),
+    /// The UDP datagram could not be sent.
+    #[error("UDP {addr}: {source}")]
+    UdpSend {
+        /// The collector's address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing to the collector failed.
+    #[error("write {target}: {source}")]
+    Write {
+        /// The sink as shown.
+        target: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store's task failed.
+    #[error("store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A notification ready to deliver.
@@ -87,41 +215,29 @@ pub struct Origin {
     pub hostname: String,
 }
 
+impl Origin {
+    /// The node of `record`, on this machine.
+    #[must_use]
+    pub fn of(record: &VerifiedNodeRecord) -> Self {
+        let r = record.record();
+        Self {
+            peer_id: r.peer_id.clone(),
+            institution: r.institution.clone(),
+            hostname: hostname(),
+        }
+    }
+}
+
 /// Anything that holds the store (the node, or a bare store in tests).
 pub trait HasStore: Send + Sync + 'static {
     /// The store.
     fn store(&self) -> &Store;
 }
 
-impl HasStore for Node {
-    fn store(&self) -> &Store {
-        Node::store(self)
-    }
-}
-
 impl HasStore for Store {
     fn store(&self) -> &Store {
         self
     }
-}
-
-/// Splits `host:port` (`[v6]:port` for IPv6).
-///
-/// # Errors
-/// Why it is not `host:port`.
-pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
-    let bad = || format!("{address:?} is not host:port (e.g. \"audit.example.org:6514\")");
-    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
-    let host = match host.strip_prefix('[') {
-        Some(h) => h.strip_suffix(']').ok_or_else(bad)?,
-        None if host.contains(':') => return Err(bad()),
-        None => host,
-    };
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 || host.chars().any(char::is_whitespace) {
-        return Err(bad());
-    }
-    Ok((host.to_string(), port))
 }
 
 /// Retry delays: `min` doubling per failure up to `max`, each drawn at
@@ -204,14 +320,15 @@ impl Sink {
     ///
     /// # Errors
     /// Why it was not delivered.
-    pub async fn deliver(&mut self, n: &Notice, origin: &Origin) -> Result<(), String> {
+    pub async fn deliver(&mut self, n: &Notice, origin: &Origin) -> Result<(), DeliveryError> {
         match self {
             Sink::Webhook { hook, .. } => {
-                let body = serde_json::to_vec(&webhook_json(n, origin)).map_err(|e| e.to_string())?;
+                let body = serde_json::to_vec(&webhook_json(n, origin))?;
                 hook.post(body, &hex::encode(n.entry)).await
             }
             Sink::Syslog { log, .. } => {
-                let msg = syslog::message(n, origin, log.facility(), chrono::Utc::now()).map_err(|e| e.to_string())?;
+                let msg = syslog::message(n, origin, log.facility(), crate::clock::now_utc())
+                    .map_err(DeliveryError::Message)?;
                 log.send(&msg).await
             }
         }
@@ -224,17 +341,19 @@ impl Sink {
 /// [`NotifyError::Config`] (a certificate file that cannot be used, ...).
 pub fn sinks(config: &NotifyConfig) -> Result<Vec<Sink>, NotifyError> {
     let mut out = Vec::new();
-    if let Some(hook) =
-        Webhook::from_config(&config.webhook).map_err(|reason| NotifyError::Config { sink: WEBHOOK, reason })?
-    {
+    if let Some(hook) = Webhook::from_config(&config.webhook).map_err(|source| NotifyError::Config {
+        sink: WEBHOOK,
+        source: Box::new(source),
+    })? {
         out.push(Sink::Webhook {
             hook,
             study_uid: config.webhook.study_uid,
         });
     }
-    if let Some(log) =
-        Syslog::from_config(&config.syslog).map_err(|reason| NotifyError::Config { sink: SYSLOG, reason })?
-    {
+    if let Some(log) = Syslog::from_config(&config.syslog).map_err(|source| NotifyError::Config {
+        sink: SYSLOG,
+        source: Box::new(source),
+    })? {
         out.push(Sink::Syslog {
             log,
             study_uid: config.syslog.study_uid,
@@ -277,12 +396,9 @@ pub fn prepare(store: &Store, item: OutboxItem, study_uid: bool) -> Result<Optio
 async fn blocking<H: HasStore, T: Send + 'static>(
     h: &Arc<H>,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, DeliveryError> {
     let h = Arc::clone(h);
-    match tokio::task::spawn_blocking(move || f(h.store())).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("store task: {e}")),
-    }
+    Ok(tokio::task::spawn_blocking(move || f(h.store())).await??)
 }
 
 /// Waits until `stop` is true (or its sender is gone).
@@ -372,7 +488,7 @@ pub async fn run_sink<H: HasStore>(
                             failures = failures.saturating_add(1);
                             let delay = backoff.delay(failures);
                             let next = now().saturating_add(i64::try_from(delay.as_secs()).unwrap_or(i64::MAX));
-                            let reason = e.clone();
+                            let reason = e.to_string();
                             if let Err(se) = blocking(&h, move |s| s.sink_failed(name, &reason, now(), next)).await {
                                 tracing::warn!(sink = name, error = %se, "notification delivery: cannot record a failure");
                             }
@@ -402,10 +518,11 @@ pub async fn run_sink<H: HasStore>(
     }
 }
 
-/// Runs the delivery of every configured sink until `stop` (for `medmesh
-/// run`). Returns at once when no sink is configured.
-pub async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
-    let sinks = match sinks(&node.config().notify) {
+/// Runs the delivery of every sink `config` configures until `stop` (for
+/// `medmesh run`), naming this node as `origin`. Returns at once when no
+/// sink is configured.
+pub async fn run<H: HasStore>(h: Arc<H>, config: &NotifyConfig, origin: Origin, stop: watch::Receiver<bool>) {
+    let sinks = match sinks(config) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "notifications will not be delivered");
@@ -415,16 +532,11 @@ pub async fn run(node: Arc<Node>, stop: watch::Receiver<bool>) {
     if sinks.is_empty() {
         return;
     }
-    let origin = Origin {
-        peer_id: Node::id_info(node.record()).peer_id,
-        institution: node.record().record().institution.clone(),
-        hostname: hostname(),
-    };
     let tasks: Vec<_> = sinks
         .into_iter()
         .map(|sink| {
             tokio::spawn(run_sink(
-                Arc::clone(&node),
+                Arc::clone(&h),
                 origin.clone(),
                 sink,
                 Backoff::DEFAULT,
@@ -508,13 +620,27 @@ pub fn status(store: &Store, config: &NotifyConfig) -> Result<Vec<SinkStatus>, S
     Ok(out)
 }
 
-impl Node {
+/// The notification service of a node: its store's outbox and the
+/// `[notify]` settings. Delivery runs as a task ([`run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NotifyService<'a> {
+    store: &'a Store,
+    config: &'a NotifyConfig,
+}
+
+impl<'a> NotifyService<'a> {
+    /// The service over `store` with the `[notify]` settings.
+    #[must_use]
+    pub fn new(store: &'a Store, config: &'a NotifyConfig) -> Self {
+        Self { store, config }
+    }
+
     /// Where notification delivery stands, per sink.
     ///
     /// # Errors
-    /// Store errors.
-    pub fn notify_status(&self) -> Result<Vec<SinkStatus>, HomeError> {
-        Ok(status(self.store(), &self.config().notify)?)
+    /// [`NotifyError::Store`].
+    pub fn status(&self) -> Result<Vec<SinkStatus>, NotifyError> {
+        Ok(status(self.store, self.config)?)
     }
 }
 

@@ -63,7 +63,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::cbor::{self, CodecError};
-use crate::dicom::StudyAttributes;
 use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
@@ -116,6 +115,57 @@ const CONSENT_KEY_CONTEXT: &str = "medmesh/v1/consent record key";
 const RELINK_KEY_CONTEXT: &str = "medmesh/v1/relink record key";
 const LEDGER_COMMIT_KEY_CONTEXT: &str = "medmesh/v1/ledger commitment key";
 const DEID_SECRET_CONTEXT: &str = "medmesh/v1/deid site secret";
+
+/// Plaintext bytes per transfer chunk: import records the hash of every
+/// piece of this size ([`InstanceRow`]), and transfers send objects in them.
+pub const CHUNK_SIZE: u32 = 256 * 1024;
+/// The BLAKE3 hash of each [`CHUNK_SIZE`] piece of `data`, concatenated (one
+/// hash of the empty input for empty data: an object has at least one chunk).
+#[must_use]
+pub fn chunk_hashes(data: &[u8]) -> Vec<u8> {
+    if data.is_empty() {
+        return blake3::hash(&[]).as_bytes().to_vec();
+    }
+    let mut out = Vec::with_capacity(data.len().div_ceil(CHUNK_SIZE as usize) * 32);
+    for c in data.chunks(CHUNK_SIZE as usize) {
+        out.extend_from_slice(blake3::hash(c).as_bytes());
+    }
+    out
+}
+
+/// Study-level attributes, all identifying: sealed at rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyAttributes {
+    /// Patient's Name.
+    pub patient_name: String,
+    /// Patient ID.
+    pub patient_id: String,
+    /// Issuer of Patient ID.
+    pub issuer_of_patient_id: String,
+    /// Patient's Birth Date.
+    pub birth_date: String,
+    /// Patient's Sex.
+    pub sex: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// Study ID.
+    pub study_id: String,
+    /// Study Date.
+    pub study_date: String,
+    /// Study Time.
+    pub study_time: String,
+    /// Study Description.
+    pub study_description: String,
+    /// Referring Physician's Name.
+    pub referring_physician: String,
+    /// Institution Name.
+    pub institution: String,
+    /// Admission ID (0038,0010): the hospital stay the study belongs to,
+    /// used as its episode of care for consent scoping. `None` in rows
+    /// stored before it was recorded (unknown, not absent).
+    #[serde(default)]
+    pub admission_id: Option<String>,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -640,12 +690,13 @@ impl Store {
         db_err(&self.db_path, e)
     }
 
-    /// The site's de-identification keys (UID map, pseudonyms, date
-    /// shifts), derived from the master key: the same input gives the same
+    /// The site's de-identification secret, derived from the master key,
+    /// from which `deid::DeidKeys::site` derives the keys of the UID map,
+    /// the pseudonyms and the date shifts: the same input gives the same
     /// output on this node every time.
     #[must_use]
-    pub fn deid_keys(&self) -> crate::deid::DeidKeys {
-        crate::deid::DeidKeys::from_secret(self.master.derive(DEID_SECRET_CONTEXT).expose_secret())
+    pub fn deid_secret(&self) -> DataKey {
+        self.master.derive(DEID_SECRET_CONTEXT)
     }
 
     /// The master key (for wrapping keys outside the store).
@@ -1224,10 +1275,8 @@ impl Store {
     /// no index row owns, and empties `tmp/`.
     fn recover(&self) -> Result<(), StoreError> {
         let tmp = self.blobs.join("tmp");
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
+        for e in fsutil::walk(&tmp, Some(1)).flatten() {
+            let _ = fs::remove_file(e.path());
         }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
@@ -1323,17 +1372,16 @@ impl Store {
                 }
             }
         }
-        for shard in fs::read_dir(&self.blobs)
-            .map_err(|source| blob_io(&self.blobs, source))?
-            .flatten()
-        {
-            if shard.file_name() == "tmp" || shard.file_name() == "incoming" || !shard.path().is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(shard.path())
-                .map_err(|source| blob_io(&shard.path(), source))?
-                .flatten()
-            {
+        // Shards (`blobs/<2 hex>/`) and their files; `tmp/` and `incoming/` are not the store's blobs.
+        let (tmp, incoming) = (self.blobs.join("tmp"), self.blobs.join("incoming"));
+        let not_blobs = |p: &Path| p.starts_with(&tmp) || p.starts_with(&incoming);
+        for f in fsutil::walk(&self.blobs, Some(2)) {
+            let f = match f {
+                Ok(f) => f,
+                Err((path, _)) if not_blobs(&path) => continue,
+                Err((path, source)) => return Err(blob_io(&path, source)),
+            };
+            if f.depth() == 2 && !not_blobs(f.path()) {
                 report.blob_files += 1;
                 let name = f.file_name().to_string_lossy().to_string();
                 let known = hex::decode(&name)
@@ -1452,104 +1500,4 @@ fn key_err(what: &'static str, study: &StudyRef) -> StoreError {
 }
 
 #[cfg(test)]
-mod consent_tests {
-    #![allow(clippy::unwrap_used)]
-    use consent_schema::{
-        ConsentDraft, ConsentedBy, Coverage, DeidLevel, LegalBasis, ModalityScope, PatientRef, Provision, Purpose,
-        RecipientScope, Scope,
-    };
-
-    use super::*;
-    use crate::keystore::Passphrase;
-
-    fn store(dir: &Path) -> Store {
-        let master = MasterKey::create(
-            &dir.join("master.key"),
-            &Passphrase::new("correct horse battery".into()),
-        )
-        .unwrap();
-        Store::create(&dir.join("db.redb"), &dir.join("blobs"), master, false).unwrap()
-    }
-
-    fn record(id: &str, patient: u8) -> ConsentRecord {
-        ConsentRecord::new(ConsentDraft {
-            id: id.parse().unwrap(),
-            patient: PatientRef::from_bytes([patient; 32]),
-            consented_by: ConsentedBy::Patient,
-            provision: Provision::Permit {
-                level: DeidLevel::Identifiable,
-            },
-            scope: Scope {
-                purposes: [Purpose::Treatment].into(),
-                modalities: ModalityScope::All,
-                recipients: RecipientScope::Any,
-                coverage: Coverage::WholeRecord,
-                data_period: None,
-            },
-            valid_from: "2026-01-01T00:00:00Z".parse().unwrap(),
-            valid_until: None,
-            withdrawn_at: None,
-            legal_basis: LegalBasis::new("GDPR-9.2.a", "").unwrap(),
-        })
-        .unwrap()
-    }
-
-    fn put(s: &Store, r: &ConsentRecord) {
-        s.update_consents(std::slice::from_ref(r.id()), |_, _| {
-            Ok::<_, StoreError>(Some(r.clone()))
-        })
-        .unwrap();
-    }
-
-    #[test]
-    fn consents_are_sealed_indexed_by_patient_and_moved_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        put(&s, &record("c-1", 1));
-        put(&s, &record("c-2", 1));
-        put(&s, &record("c-3", 2));
-        let ids = |v: Vec<ConsentRecord>| v.iter().map(|r| r.id().to_string()).collect::<Vec<_>>();
-        assert_eq!(ids(s.consents_of_patient(&[1; 32]).unwrap()), ["c-1", "c-2"]);
-        // A record whose patient changes leaves the old patient's index.
-        put(&s, &record("c-2", 2));
-        assert_eq!(ids(s.consents_of_patient(&[1; 32]).unwrap()), ["c-1"]);
-        assert_eq!(ids(s.consents_of_patient(&[2; 32]).unwrap()), ["c-2", "c-3"]);
-        assert_eq!(ids(s.consents().unwrap()), ["c-1", "c-2", "c-3"]);
-        let report = s.check(false).unwrap();
-        assert_eq!((report.consents, report.is_clean()), (3, true), "{report:?}");
-        // Sealed: the id and the legal basis are nowhere in the file.
-        drop(s);
-        let db = std::fs::read(dir.path().join("db.redb")).unwrap();
-        assert!(!db.windows(10).any(|w| w == b"GDPR-9.2.a"));
-    }
-
-    #[test]
-    fn the_decision_sees_what_is_stored_and_an_error_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        put(&s, &record("c-1", 1));
-        let mut withdrawn = record("c-1", 1);
-        withdrawn.withdraw("2026-02-01T00:00:00Z".parse().unwrap());
-        put(&s, &withdrawn);
-        // A later writer holding the old, unwithdrawn version sees the withdrawal.
-        let stale = record("c-1", 1);
-        let ids: Vec<ConsentId> = vec!["c-9".parse().unwrap(), "c-1".parse().unwrap()];
-        let result = s.update_consents(&ids, |i, stored| match (i, stored) {
-            (0, None) => Ok(Some(record("c-9", 3))),
-            (_, Some(old)) if old.withdrawn_at().is_some() => Err(StoreError::Consent("withdrawn".into())),
-            _ => Ok(Some(stale.clone())),
-        });
-        assert!(result.is_err());
-        assert!(
-            s.consent(&"c-9".parse().unwrap()).unwrap().is_none(),
-            "the whole update is void"
-        );
-        assert!(
-            s.consent(&"c-1".parse().unwrap())
-                .unwrap()
-                .unwrap()
-                .withdrawn_at()
-                .is_some()
-        );
-    }
-}
+mod consent_tests;

@@ -939,7 +939,7 @@ impl Node {
                 let mut series = g.series;
                 let mut notes = Vec::new();
                 if g.level != DeidLevel::Identifiable {
-                    let profile = self.deid_profile(g.level, &[])?;
+                    let profile = self.deid().profile(g.level, &[])?;
                     for (uid, why) in self.burned_in_screen(&rec.study_uid, &series, &profile)? {
                         series.retain(|s| *s != uid);
                         notes.push(reason("burned-in", format!("series {uid} left out: {why}")));

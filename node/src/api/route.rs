@@ -250,7 +250,7 @@ pub enum ServeError {
         /// The text sent.
         uid: String,
         /// Why (from [`crate::dicom::check_uid`]).
-        reason: String,
+        reason: crate::dicom::UidError,
     },
     /// A study was asked for that this node imported itself.
     #[error("study {0}: this node holds it already (imported here)")]

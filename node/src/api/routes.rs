@@ -18,7 +18,7 @@ use super::{
 use crate::dicom::export::ExportSummary;
 use crate::dicom::ingest::{ImportEvent, ImportSummary};
 use crate::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
-use crate::home::deid::{DeidEvent, DeidSummary, RelinkView};
+use crate::deid::{DeidEvent, DeidSummary, RelinkView};
 use crate::home::ledger::{EntryView, NotificationView, VerifyReport};
 use crate::home::retention::PurgeReport;
 use crate::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
@@ -342,12 +342,12 @@ impl Stream for StudiesDeid {
     const WORK: &'static str = "de-identification";
 
     fn serve(node: &Node, r: DeidRequest, progress: &mut dyn FnMut(DeidProgress)) -> Result<DeidSummary, HomeError> {
-        node.deid(&r.paths, &r.out, r.level, &r.options, |event| {
+        Ok(node.deid().run(&r.paths, &r.out, r.level, &r.options, |event| {
             progress(match event {
                 DeidEvent::Started { files, bytes } => DeidProgress::Started { files, bytes },
                 DeidEvent::File(outcome) => DeidProgress::File(outcome.clone()),
             });
-        })
+        })?)
     }
 }
 
@@ -358,7 +358,7 @@ route!(
 
 impl Call for StudiesRelink {
     async fn serve(ctx: Ctx, r: RelinkRequest) -> Result<RelinkView, ServeError> {
-        ctx.blocking(move |n| n.relink(&r.pseudonym)).await
+        ctx.blocking(move |n| Ok(n.deid().relink(&r.pseudonym)?)).await
     }
 }
 
@@ -424,7 +424,7 @@ route!(
 
 impl Call for NotificationsStatus {
     async fn serve(ctx: Ctx, (): ()) -> Result<Vec<SinkStatus>, ServeError> {
-        ctx.blocking(Node::notify_status).await
+        ctx.blocking(|n| Ok(n.notify().status()?)).await
     }
 }
 

@@ -6,9 +6,8 @@ use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
-use serde::{Deserialize, Serialize};
 
-use super::{DeidError, str_at};
+use super::{DeidError, MaskRule, str_at};
 
 /// Modalities whose images commonly carry burned-in text (ultrasound,
 /// external-camera photography, endoscopy, "other" such as screenshots).
@@ -26,27 +25,6 @@ const SUSPECT_SOP_CLASSES: [&str; 8] = [
     uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE,
     uids::VIDEO_ENDOSCOPIC_IMAGE_STORAGE,
 ];
-
-/// A masking rule: the rectangles to blank in images of one kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaskRule {
-    /// Modality (0008,0060) it applies to, e.g. "US"; `*` for any.
-    pub modality: String,
-    /// Applies only when Manufacturer (0008,0070) contains this (any case).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manufacturer: Option<String>,
-    /// Applies only to images with this many rows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rows: Option<u16>,
-    /// Applies only to images with this many columns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub columns: Option<u16>,
-    /// Rectangles to blank: `[x, y, width, height]` in pixels, from the top
-    /// left. None: the site declares that images of this kind carry no
-    /// burned-in identifiers (they are sent unchanged).
-    pub rects: Vec<[u32; 4]>,
-}
 
 fn u16_at(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
     obj.get(tag).and_then(|e| e.to_int::<u16>().ok())

@@ -400,7 +400,7 @@ pub fn creator_key(s: &str) -> String {
     s.trim_matches(|c: char| c == ' ' || c == '\0').to_uppercase()
 }
 
-static TABLES: OnceLock<Result<Tables, String>> = OnceLock::new();
+static TABLES: OnceLock<Result<Tables, DeidError>> = OnceLock::new();
 
 /// The tables, loaded once.
 ///
@@ -408,12 +408,12 @@ static TABLES: OnceLock<Result<Tables, String>> = OnceLock::new();
 /// [`DeidError::Table`] when the embedded data does not parse (a build of
 /// medmesh with broken data files; the tests catch it).
 pub fn tables() -> Result<&'static Tables, DeidError> {
-    match TABLES.get_or_init(|| load().map_err(|e| e.to_string())) {
+    match TABLES.get_or_init(load) {
         Ok(t) => Ok(t),
         Err(e) => Err(DeidError::Table {
             file: "node/data/deid".into(),
             line: 0,
-            reason: e.clone(),
+            reason: e.to_string(),
         }),
     }
 }

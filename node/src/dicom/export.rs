@@ -213,8 +213,30 @@ fn export_one(
         Err(reason) => ExportOutcome::Failed {
             object: meta.sop_instance_uid.clone(),
             blob,
-            reason,
+            reason: reason.to_string(),
         },
+    }
+}
+
+/// Why one object was not written (its outcome's reason).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("the index row has a bad blob address")]
+    BadAddress,
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored object failed verification: {0}")]
+    Verify(medmesh_seal::SealError),
+    #[error("stored object failed verification: BLAKE3 {got} differs from the {want} recorded at import")]
+    Hash { got: String, want: String },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io {
+        path: path.display().to_string(),
+        source,
     }
 }
 
@@ -225,12 +247,10 @@ fn write_object(
     expected: &[u8],
     dir: &Path,
     dest: &Path,
-) -> Result<u64, String> {
-    let address: [u8; 32] = address
-        .try_into()
-        .map_err(|_| "the index row has a bad blob address".to_string())?;
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let blob = store.open_blob(&address).map_err(|e| e.to_string())?;
+) -> Result<u64, WriteError> {
+    let address: [u8; 32] = address.try_into().map_err(|_| WriteError::BadAddress)?;
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let blob = store.open_blob(&address)?;
     let tmp = dest.with_extension("dcm.partial");
     let file = OpenOptions::new()
         .write(true)
@@ -238,25 +258,24 @@ fn write_object(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        .map_err(io_at(&tmp))?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let result = medmesh_seal::open_stream(key, BufReader::with_capacity(256 * 1024, blob), &mut w)
-        .map_err(|e| format!("stored object failed verification: {e}"))
+        .map_err(WriteError::Verify)
         .and_then(|(header, hash)| {
             if hash.as_bytes().as_slice() != expected {
-                return Err(format!(
-                    "stored object failed verification: BLAKE3 {} differs from the {} recorded at import",
-                    hash.to_hex(),
-                    hex::encode(expected)
-                ));
+                return Err(WriteError::Hash {
+                    got: hash.to_hex().to_string(),
+                    want: hex::encode(expected),
+                });
             }
-            w.flush().map_err(|e| format!("{}: {e}", tmp.display()))?;
+            w.flush().map_err(io_at(&tmp))?;
             Ok(header.plaintext_len)
         });
     drop(w);
     match result {
         Ok(len) => {
-            fs::rename(&tmp, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            fs::rename(&tmp, dest).map_err(io_at(dest))?;
             Ok(len)
         }
         Err(reason) => {

@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
 use crate::store::{
-    InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta, StudyRef,
-    StudyRow, StudyUpdate,
+    CHUNK_SIZE, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta,
+    StudyRef, StudyRow, StudyUpdate, chunk_hashes,
 };
-use crate::transfer::wire::{CHUNK_SIZE, chunk_hashes};
 
 /// Errors that stop an import as a whole (a bad file never does).
 #[derive(Debug, thiserror::Error)]
@@ -178,15 +177,10 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Job>, IngestError> {
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            for entry in walkdir::WalkDir::new(p).follow_links(false).sort_by_file_name() {
-                let entry = entry.map_err(|e| IngestError::Path {
-                    path: e
-                        .path()
-                        .map(|x| x.display().to_string())
-                        .unwrap_or_else(|| p.display().to_string()),
-                    source: e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+            for entry in crate::fsutil::walk(p, None) {
+                let entry = entry.map_err(|(path, source)| IngestError::Path {
+                    path: path.display().to_string(),
+                    source,
                 })?;
                 if entry.file_type().is_file() {
                     files.push(entry.into_path());

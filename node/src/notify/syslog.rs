@@ -7,7 +7,7 @@ use futures::FutureExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::{Notice, Origin};
+use super::{DeliveryError, Notice, Origin, SinkConfigError};
 use crate::config::{SyslogConfig, SyslogTransport};
 
 /// APP-NAME of every message.
@@ -147,15 +147,15 @@ impl Syslog {
     /// The collector of `[notify.syslog]`, if an address is set.
     ///
     /// # Errors
-    /// A bad address, facility or certificate file, as a message.
-    pub fn from_config(c: &SyslogConfig) -> Result<Option<Self>, String> {
+    /// [`SinkConfigError`]: a bad address, facility or certificate file.
+    pub fn from_config(c: &SyslogConfig) -> Result<Option<Self>, SinkConfigError> {
         if c.address.is_empty() {
             return Ok(None);
         }
         let (host, port) = super::split_host_port(&c.address)?;
         let facility = c
             .facility_code()
-            .ok_or_else(|| format!("unknown facility {:?}", c.facility))?;
+            .ok_or_else(|| SinkConfigError::Facility(c.facility.clone()))?;
         let tls = if c.transport == SyslogTransport::Tls {
             let client = (!c.cert_file.is_empty()).then_some((c.cert_file.as_str(), c.key_file.as_str()));
             Some(tokio_rustls::TlsConnector::from(super::tls::client_config(
@@ -195,20 +195,27 @@ impl Syslog {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, DeliveryError> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host.as_str(), self.port)))
             .await
-            .map_err(|_| format!("connect {}: timed out", self.shown()))?
-            .map_err(|e| format!("connect {}: {e}", self.shown()))?;
+            .map_err(|_| DeliveryError::ConnectTimeout(self.shown()))?
+            .map_err(|source| DeliveryError::Connect {
+                target: self.shown(),
+                source,
+            })?;
         match &self.tls {
             None => Ok(Conn::Tcp(tcp)),
             Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| format!("{}: {e}", self.host))?;
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|source| {
+                    DeliveryError::ServerName {
+                        host: self.host.clone(),
+                        source,
+                    }
+                })?;
                 let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
                     .await
-                    .map_err(|_| "TLS handshake: timed out".to_string())?
-                    .map_err(|e| format!("TLS: {e}"))?;
+                    .map_err(|_| DeliveryError::TlsTimeout)?
+                    .map_err(DeliveryError::Tls)?;
                 Ok(Conn::Tls(Box::new(s)))
             }
         }
@@ -221,20 +228,25 @@ impl Syslog {
     /// # Errors
     /// Why it could not be sent; the connection is dropped and made again
     /// at the next attempt.
-    pub async fn send(&mut self, msg: &[u8]) -> Result<(), String> {
+    pub async fn send(&mut self, msg: &[u8]) -> Result<(), DeliveryError> {
         if self.transport == SyslogTransport::Udp {
             let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
                 .await
-                .map_err(|e| format!("{}: {e}", self.shown()))?
+                .map_err(|source| DeliveryError::Resolve {
+                    target: self.shown(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| format!("{}: no address", self.shown()))?;
+                .ok_or_else(|| DeliveryError::NoAddress(self.shown()))?;
             let local: std::net::SocketAddr = if addr.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            let sock = UdpSocket::bind(local).await.map_err(|e| format!("UDP: {e}"))?;
-            sock.send_to(msg, addr).await.map_err(|e| format!("UDP {addr}: {e}"))?;
+            let sock = UdpSocket::bind(local).await.map_err(DeliveryError::UdpSocket)?;
+            sock.send_to(msg, addr)
+                .await
+                .map_err(|source| DeliveryError::UdpSend { addr, source })?;
             return Ok(());
         }
         // RFC 6587 octet counting (also RFC 5425 over TLS): "LEN SP MSG".
@@ -261,14 +273,18 @@ impl Syslog {
         if let Err(e) = conn.write(&frame).await {
             drop(conn);
             if !reused {
-                return Err(format!("write {}: {e}", self.shown()));
+                return Err(DeliveryError::Write {
+                    target: self.shown(),
+                    source: e,
+                });
             }
             // The kept connection broke: this one message again, over a new one.
             tracing::debug!(target = %self.shown(), error = %e, "syslog connection lost; reconnecting");
             conn = self.connect().await?;
-            conn.write(&frame)
-                .await
-                .map_err(|e| format!("write {}: {e}", self.shown()))?;
+            conn.write(&frame).await.map_err(|source| DeliveryError::Write {
+                target: self.shown(),
+                source,
+            })?;
         }
         self.conn = Some(conn);
         Ok(())

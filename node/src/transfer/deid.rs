@@ -16,7 +16,7 @@ use super::wire::{
     WIRE_VERSION,
 };
 use super::{damaged, refuse};
-use crate::deid::{self, DeidKeys, Profile};
+use crate::deid::{self, DeidServiceError, Profile};
 use crate::dicom::StudyAttributes;
 use crate::home::trust::now;
 use crate::home::{HomeError, Node};
@@ -94,22 +94,39 @@ impl Node {
                 continue;
             }
             let file = store.open_blob(&address)?;
-            let mut reader = OpenReader::new(&key, std::io::BufReader::new(file))
-                .map_err(|e| HomeError::Deid(format!("object {}: {e}", m.sop_instance_uid)))?;
+            let mut reader = OpenReader::new(&key, std::io::BufReader::new(file)).map_err(|e| {
+                HomeError::from(DeidServiceError::Object {
+                    what: format!("object {}", m.sop_instance_uid),
+                    source: e.into(),
+                })
+            })?;
             let obj = if m.part10 {
                 dicom_object::OpenFileOptions::new()
                     .read_preamble(ReadPreamble::Auto)
                     .read_until(tags::PIXEL_DATA)
                     .from_reader(&mut reader)
                     .map(dicom_object::FileDicomObject::into_inner)
-                    .map_err(|e| HomeError::Deid(format!("object {}: {e}", m.sop_instance_uid)))?
+                    .map_err(|e| {
+                        HomeError::from(DeidServiceError::Object {
+                            what: format!("object {}", m.sop_instance_uid),
+                            source: e.into(),
+                        })
+                    })?
             } else {
                 let mut bytes = Vec::new();
-                reader
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| HomeError::Deid(format!("object {}: {e}", m.sop_instance_uid)))?;
+                reader.read_to_end(&mut bytes).map_err(|e| {
+                    HomeError::from(DeidServiceError::Object {
+                        what: format!("object {}", m.sop_instance_uid),
+                        source: e.into(),
+                    })
+                })?;
                 crate::dicom::parse_whole(&bytes)
-                    .map_err(|e| HomeError::Deid(format!("object {}: {e}", m.sop_instance_uid)))?
+                    .map_err(|e| {
+                        HomeError::from(DeidServiceError::Object {
+                            what: format!("object {}", m.sop_instance_uid),
+                            source: e.into(),
+                        })
+                    })?
                     .0
             };
             let has_pixels = obj.get(tags::ROWS).is_some() || obj.get(tags::PIXEL_DATA).is_some();
@@ -149,17 +166,14 @@ impl Node {
         items: &[([u8; 32], InstanceRow, InstanceMeta)],
     ) -> Result<Prepared, HomeError> {
         let idh = hex::encode(id);
-        let profile = self.deid_profile(grant.level, &[])?;
-        let keys = match grant.level {
-            DeidLevel::Pseudonymised => self.store().deid_keys(),
-            _ => DeidKeys::random().map_err(|e| HomeError::Deid(e.to_string()))?,
-        };
+        let profile = self.deid().profile(grant.level, &[])?;
+        let keys = self.deid().keys(grant.level)?;
         let dir = self.store().outgoing_dir(id);
         crate::fsutil::create_private_dir(&dir).map_err(|source| HomeError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        let prep_key = DataKey::try_generate().map_err(|e| HomeError::Deid(e.to_string()))?;
+        let prep_key = DataKey::try_generate().map_err(DeidServiceError::Key)?;
         let before_key = BeforeKey::new(self, id);
         let (mut input, mut output) = (Vec::new(), Vec::new());
         let mut hashed = Vec::with_capacity(items.len());
@@ -170,8 +184,12 @@ impl Node {
         let mut masked_any = false;
         for (i, (address, _, meta)) in items.iter().enumerate() {
             let object = u32::try_from(i).map_err(|_| damaged(&idh, "too many objects"))?;
-            let fail =
-                |why: String| HomeError::Deid(format!("transfer {idh}, object {}: {why}", meta.sop_instance_uid));
+            let fail = |why: String| {
+                HomeError::from(DeidServiceError::Object {
+                    what: format!("transfer {idh}, object {}", meta.sop_instance_uid),
+                    source: why.into(),
+                })
+            };
             input.clear();
             let file = self.store().open_blob(address)?;
             OpenReader::new(study_key, std::io::BufReader::new(file))
@@ -264,10 +282,7 @@ impl Node {
                 })
                 .collect(),
             options: profile.options().iter().map(|o| o.name().to_string()).collect(),
-            table_version: deid::tables()
-                .map_err(|e| HomeError::Deid(e.to_string()))?
-                .version()
-                .to_string(),
+            table_version: deid::tables().map_err(DeidServiceError::from)?.version().to_string(),
             objects,
             created: now(),
         };

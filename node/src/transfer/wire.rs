@@ -29,21 +29,7 @@ pub const RECEIPT_DOMAIN: &str = "medmesh/v1/transfer-receipt";
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Largest signed manifest, bytes (about 130 GB of study at 256 KiB chunks).
 pub const MAX_MANIFEST: usize = 16 * 1024 * 1024;
-/// Plaintext bytes per transfer chunk.
-pub const CHUNK_SIZE: u32 = 256 * 1024;
-/// The BLAKE3 hash of each [`CHUNK_SIZE`] piece of `data`, concatenated (one
-/// hash of the empty input for empty data: an object has at least one chunk).
-#[must_use]
-pub fn chunk_hashes(data: &[u8]) -> Vec<u8> {
-    if data.is_empty() {
-        return blake3::hash(&[]).as_bytes().to_vec();
-    }
-    let mut out = Vec::with_capacity(data.len().div_ceil(CHUNK_SIZE as usize) * 32);
-    for c in data.chunks(CHUNK_SIZE as usize) {
-        out.extend_from_slice(blake3::hash(c).as_bytes());
-    }
-    out
-}
+pub use crate::store::{CHUNK_SIZE, chunk_hashes};
 
 /// Objects in one transfer, at most (the study's index object included).
 pub const MAX_OBJECTS: usize = 200_000;

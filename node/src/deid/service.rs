@@ -1,6 +1,11 @@
-//! `medmesh study deid` and `medmesh study relink`: de-identifying files
-//! outside any transfer (a research export), and resolving a pseudonym on
-//! the holder that made it.
+//! The de-identification service: `medmesh study deid` and `medmesh study
+//! relink` (de-identifying files outside any transfer, a research export,
+//! and resolving a pseudonym on the holder that made it), and the profile
+//! and keys a transfer de-identifies with.
+//!
+//! It takes narrow handles: the store (the site secret, the re-link map),
+//! its settings, the institution's name, and a way to log an access in the
+//! ledger.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,9 +17,71 @@ use std::sync::mpsc;
 use consent_schema::DeidLevel;
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node};
+use crate::config::DeidConfig;
 use crate::deid::{self, DeidError, DeidKeys, DeidOption, Profile};
-use crate::store::{RELINK_VERSION, RelinkRecord};
+use crate::dicom::ingest::IngestError;
+use crate::store::{RELINK_VERSION, RelinkRecord, Store, StoreError};
+
+/// An error from elsewhere (the ledger's), carried with its own message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Logs an administrative access in the ledger (the node's log, which
+/// names the role): the action (`deid-export`, `relink`) and how many
+/// objects it touched.
+pub type LogFn<'a> = Box<dyn Fn(&'static str, u64) -> Result<(), BoxError> + 'a>;
+
+/// Errors of the de-identification service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeidServiceError {
+    /// The profile or the keys cannot be made (a level or options that do
+    /// not go together, the tables, randomness).
+    #[error(transparent)]
+    Deid(#[from] DeidError),
+    /// An input path cannot be read.
+    #[error(transparent)]
+    Import(#[from] IngestError),
+    /// The output folder cannot be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store failed (the re-link map).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The access could not be logged in the ledger.
+    #[error("{0}")]
+    Log(#[source] BoxError),
+    /// This node holds no re-link record for the pseudonym.
+    #[error(
+        "no re-link record for pseudonym {0} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"
+    )]
+    NoRelink(String),
+    /// No key could be made for the de-identified copies.
+    #[error("{0}")]
+    Key(#[source] medmesh_seal::SealError),
+    /// One object of a transfer cannot be read or de-identified.
+    #[error("{what}: {source}")]
+    Object {
+        /// Which object (`object <SOP Instance UID>`, with its transfer).
+        what: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl DeidKeys {
+    /// The site's keys, derived from the store's de-identification secret:
+    /// the same input gives the same output on this node every time.
+    #[must_use]
+    pub fn site(store: &Store) -> Self {
+        Self::from_secret(store.deid_secret().expose_secret())
+    }
+}
 
 /// What happened to one input file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,31 +170,67 @@ pub struct RelinkView {
     pub studies: BTreeMap<String, String>,
 }
 
-/// The pseudonymised level's keys are the site's; the anonymised level's are
-/// fresh for every run and dropped after it.
-fn keys_for(node: &Node, level: DeidLevel) -> Result<DeidKeys, HomeError> {
-    Ok(match level {
-        DeidLevel::Pseudonymised => node.store().deid_keys(),
-        _ => DeidKeys::random().map_err(|e| HomeError::Deid(e.to_string()))?,
-    })
+/// The de-identification service of a node.
+pub struct DeidService<'a> {
+    store: &'a Store,
+    config: &'a DeidConfig,
+    institution: &'a str,
+    threads: usize,
+    log: LogFn<'a>,
 }
 
-impl Node {
+impl std::fmt::Debug for DeidService<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeidService")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> DeidService<'a> {
+    /// The service over `store`, with the `[deid]` settings, the
+    /// institution of this node's record, `threads` workers for runs, and
+    /// `log` to record accesses in the ledger.
+    pub fn new(store: &'a Store, config: &'a DeidConfig, institution: &'a str, threads: usize, log: LogFn<'a>) -> Self {
+        Self {
+            store,
+            config,
+            institution,
+            threads,
+            log,
+        }
+    }
+
+    /// The keys for `level`: the pseudonymised level's are the site's
+    /// ([`DeidKeys::site`]); the anonymised level's are fresh for every run
+    /// and dropped after it.
+    ///
+    /// # Errors
+    /// [`DeidServiceError::Deid`] when no randomness is available.
+    pub fn keys(&self, level: DeidLevel) -> Result<DeidKeys, DeidServiceError> {
+        Ok(match level {
+            DeidLevel::Pseudonymised => DeidKeys::site(self.store),
+            _ => DeidKeys::random()?,
+        })
+    }
+
+    fn accessed(&self, action: &'static str, objects: u64) -> Result<(), DeidServiceError> {
+        (self.log)(action, objects).map_err(DeidServiceError::Log)
+    }
+
     /// The profile of this node for `level`, with the configured options and
     /// `extra` ones, the configured masking rules, and the site's names
     /// (`[deid] site_names` and the institution of this node's record),
     /// which free text and links lose.
     ///
     /// # Errors
-    /// [`HomeError::Deid`] for a level or options that do not go together.
-    pub fn deid_profile(&self, level: DeidLevel, extra: &[DeidOption]) -> Result<Profile, HomeError> {
-        let mut options = self.config().deid.options.clone();
+    /// [`DeidServiceError::Deid`] for a level or options that do not go together.
+    pub fn profile(&self, level: DeidLevel, extra: &[DeidOption]) -> Result<Profile, DeidServiceError> {
+        let mut options = self.config.options.clone();
         options.extend_from_slice(extra);
-        let mut names = self.config().deid.site_names.clone();
-        names.push(self.record().record().institution.clone());
-        Ok(Profile::new(level, &options, self.config().deid.mask.clone())
-            .map_err(|e| HomeError::Deid(e.to_string()))?
-            .with_site_names(&names))
+        let mut names = self.config.site_names.clone();
+        names.push(self.institution.to_string());
+        Ok(Profile::new(level, &options, self.config.mask.clone())?.with_site_names(&names))
     }
 
     /// De-identifies the DICOM files under `paths` into `out` (created if
@@ -137,19 +240,20 @@ impl Node {
     /// their pixels without a masking rule are refused, naming the reason.
     ///
     /// # Errors
-    /// [`HomeError::Deid`] for the profile, [`HomeError::Import`] for an
-    /// input path that cannot be read, [`HomeError::Io`] for the output
-    /// folder, store errors for the re-link map.
-    pub fn deid(
+    /// [`DeidServiceError::Deid`] for the profile, [`DeidServiceError::Import`]
+    /// for an input path that cannot be read, [`DeidServiceError::Io`] for the
+    /// output folder, [`DeidServiceError::Store`] for the re-link map,
+    /// [`DeidServiceError::Log`] for the ledger.
+    pub fn run(
         &self,
         paths: &[PathBuf],
         out: &Path,
         level: DeidLevel,
         options: &[DeidOption],
         mut progress: impl FnMut(DeidEvent<'_>),
-    ) -> Result<DeidSummary, HomeError> {
-        let profile = self.deid_profile(level, options)?;
-        let keys = keys_for(self, level)?;
+    ) -> Result<DeidSummary, DeidServiceError> {
+        let profile = self.profile(level, options)?;
+        let keys = self.keys(level)?;
         let files = crate::dicom::ingest::collect_files(paths)?;
         let total: u64 = files
             .iter()
@@ -159,7 +263,7 @@ impl Node {
             files: files.len() as u64,
             bytes: total,
         });
-        crate::fsutil::create_private_dir(out).map_err(|source| HomeError::Io {
+        crate::fsutil::create_private_dir(out).map_err(|source| DeidServiceError::Io {
             path: out.display().to_string(),
             source,
         })?;
@@ -170,7 +274,7 @@ impl Node {
             out: out.to_path_buf(),
             ..DeidSummary::default()
         };
-        let threads = self.import_options().threads.clamp(1, 64).min(files.len().max(1));
+        let threads = self.threads.clamp(1, 64).min(files.len().max(1));
         let next = AtomicUsize::new(0);
         let (tx, rx) = mpsc::sync_channel::<(DeidOutcome, u64, u64, Option<(deid::PatientLink, (String, String))>)>(64);
         let mut relink: BTreeMap<String, RelinkRecord> = BTreeMap::new();
@@ -219,13 +323,8 @@ impl Node {
         });
         summary.patients = patients.len() as u64;
         summary.relinkable = relink.len() as u64;
-        self.store().relink_merge(&relink)?;
-        self.log(crate::ledger::Event::Accessed {
-            action: "deid-export".into(),
-            study: None,
-            objects: summary.written,
-            role: super::ledger::ADMIN_ROLE.into(),
-        })?;
+        self.store.relink_merge(&relink)?;
+        self.accessed("deid-export", summary.written)?;
         let _ = crate::fsutil::sync_dir(out);
         tracing::info!(
             level = level.as_str(),
@@ -241,22 +340,14 @@ impl Node {
     /// (the pseudonym only).
     ///
     /// # Errors
-    /// [`HomeError::Deid`] when this node has no record of the pseudonym.
-    pub fn relink(&self, pseudonym: &str) -> Result<RelinkView, HomeError> {
+    /// [`DeidServiceError::NoRelink`] when this node has no record of the
+    /// pseudonym; store and ledger errors.
+    pub fn relink(&self, pseudonym: &str) -> Result<RelinkView, DeidServiceError> {
         let pseudonym = pseudonym.trim();
-        let found = self.store().relink_get(pseudonym)?;
+        let found = self.store.relink_get(pseudonym)?;
         tracing::warn!(pseudonym, found = found.is_some(), "re-link of a pseudonym requested");
-        self.log(crate::ledger::Event::Accessed {
-            action: "relink".into(),
-            study: None,
-            objects: 0,
-            role: super::ledger::ADMIN_ROLE.into(),
-        })?;
-        let r = found.ok_or_else(|| {
-            HomeError::Deid(format!(
-                "no re-link record for pseudonym {pseudonym} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"
-            ))
-        })?;
+        self.accessed("relink", 0)?;
+        let r = found.ok_or_else(|| DeidServiceError::NoRelink(pseudonym.to_string()))?;
         Ok(RelinkView {
             pseudonym: pseudonym.to_string(),
             patient_id: r.patient_id,
