@@ -12,6 +12,7 @@
 //! docs/PROTOCOL.md §14.
 
 pub mod gossip;
+pub mod replication;
 pub mod sync;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@ use crate::home::consent::{CheckQuery, FhirImport, NewConsent};
 use crate::home::deid::DeidEvent;
 use crate::home::{HomeError, Node};
 use crate::net::NetHandle;
+use crate::transfer::protocol::TransferNet;
 
 type Body = BoxBody<Bytes, Infallible>;
 
