@@ -83,8 +83,8 @@ pub enum HomeError {
     #[error("{0}")]
     Deid(String),
     /// A ledger lookup failed.
-    #[error("{0}")]
-    Ledger(String),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LookupError),
     /// Trust operation failure.
     #[error(transparent)]
     Trust(#[from] trust::TrustOpError),

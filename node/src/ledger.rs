@@ -60,6 +60,31 @@ pub enum LedgerError {
     },
 }
 
+/// A sync or gossip message that cannot be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// It does not decode, or is of another version.
+    #[error(transparent)]
+    Codec(#[from] cbor::CodecError),
+    /// A heads answer naming more feeds than allowed.
+    #[error("{count} heads (at most {max})")]
+    TooManyHeads {
+        /// Heads named.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An entries answer holding more entries than a batch.
+    #[error("{count} entries (at most {max})")]
+    TooManyEntries {
+        /// Entries held.
+        count: usize,
+        /// The limit.
+        max: u64,
+    },
+}
+
 /// What an entry records. Studies are [`commitment`]s (hex), transfers their
 /// id (hex), peers their peer id; no patient data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

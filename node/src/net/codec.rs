@@ -17,26 +17,29 @@ pub trait Wire: Sized + Send + 'static {
     const WHAT: &'static str;
     /// Largest encoding accepted, bytes.
     const MAX: usize;
+    /// Why it does not encode or decode.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Encodes.
     ///
     /// # Errors
-    /// The reason, as text.
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    /// [`Self::Error`].
+    fn encode(&self) -> Result<Vec<u8>, Self::Error>;
     /// Decodes and checks (version, limits).
     ///
     /// # Errors
-    /// The reason, as text.
-    fn decode(bytes: &[u8]) -> Result<Self, String>;
+    /// [`Self::Error`].
+    fn decode(bytes: &[u8]) -> Result<Self, Self::Error>;
 }
 
 impl Wire for super::hello::Hello {
     const WHAT: &'static str = "hello";
     const MAX: usize = super::hello::MAX_HELLO;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        self.to_bytes().map_err(|e| e.to_string())
+    type Error = super::hello::HelloError;
+    fn encode(&self) -> Result<Vec<u8>, Self::Error> {
+        self.to_bytes()
     }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        Self::from_bytes(bytes).map_err(|e| e.to_string())
+    fn decode(bytes: &[u8]) -> Result<Self, Self::Error> {
+        Self::from_bytes(bytes)
     }
 }
 
