@@ -56,8 +56,9 @@ use self::hello::{Accepted, Hello};
 pub use self::peers::{NetStatus, PeerEntry, PeersReport, RefusedEntry, UnansweredEntry, offline_peers};
 use self::peers::{add_bilateral_unmet, entry_for, via_text};
 use self::protocol::{Acceptance, Admit, CatchUp, Delivery, RawCodec, RequestHandler, Router, TopicHandler};
+use crate::clock::{now, rfc3339};
 use crate::config::NetworkConfig;
-use crate::home::{HomeError, Node, rfc3339};
+use crate::home::{HomeError, Node};
 use crate::trust::known;
 use crate::trust::{Refusal, TrustState};
 
@@ -512,8 +513,6 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
 pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, HomeError> {
     Ok(hello::peer_hello(node.store(), state, peer)?)
 }
-
-use crate::home::trust::now;
 
 /// Starts the network for `node` with the services' protocols in
 /// `router`: listens, dials the bootstrap and known peers, and runs until

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::hello::{self, Hello};
 use super::load_known;
-use crate::home::trust::now;
-use crate::home::{HomeError, Node, rfc3339};
+use crate::clock::{now, rfc3339};
+use crate::home::{HomeError, Node};
 use crate::trust::{TrustState, Via};
 
 /// A trusted (or once trusted) peer, for `medmesh peers`.
