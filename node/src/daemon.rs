@@ -6,10 +6,18 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+
 use crate::api::Status;
 use crate::api::server::{self, ServerError};
 use crate::home::Node;
-use crate::net::{self, NetError};
+use crate::home::ledger::Verdict;
+use crate::ledger::replication::{Link, Replication};
+use crate::net::protocol::{Acceptance, Admit, CatchUp, Delivery, RequestHandler, RequestLimits, Router, TopicHandler};
+use crate::net::{self, NetError, NetHandle};
+use crate::transfer::protocol::{Taken, TransferProtocol};
 
 /// Errors of running the node.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +56,27 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let socket = node.paths().socket();
     let bound = server::bind(&socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (net, net_task) = net::start(Arc::clone(&node), stop_rx.clone()).await?;
+    // The services register their protocols with the network.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let replication = Replication::new(Arc::clone(&node));
+    let transfers = TransferProtocol::new(Arc::clone(&node), Arc::clone(&wake));
+    let router = router(&replication, &transfers, &wake).map_err(NetError::from)?;
+    let (net, net_task) = net::start(Arc::clone(&node), router, stop_rx.clone()).await?;
+    replication.connect(Arc::new(NetLink(net.clone())));
+    let replication_task = tokio::spawn(Arc::clone(&replication).run(stop_rx.clone()));
+    let engine = crate::transfer::engine::start(
+        Arc::clone(&node),
+        net.clone(),
+        net.stream_control(),
+        wake,
+        stop_rx.clone(),
+    );
+    // The engine and the replication end with the network.
+    let net_task = tokio::spawn(async move {
+        let _ = net_task.await;
+        engine.abort();
+        replication_task.abort();
+    });
     // Notification delivery (webhook, syslog): returns at once when none is configured.
     let notify_task = {
         let (config, origin) = (node.config().notify.clone(), crate::notify::Origin::of(node.record()));
@@ -93,5 +121,131 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     match died {
         Some(why) => Err(DaemonError::TaskEnded(why)),
         None => Ok(()),
+    }
+}
+
+/// The services' protocols: the ledger's sync protocol, gossip topic and
+/// revocation catch-up, and the transfer protocol.
+fn router(
+    replication: &Arc<Replication>,
+    transfers: &Arc<TransferProtocol>,
+    wake: &Arc<tokio::sync::Notify>,
+) -> Result<Router, net::protocol::RouterError> {
+    use crate::ledger::{gossip, sync};
+    use std::time::Duration;
+    Ok(Router::new()
+        .request_response(
+            crate::transfer::wire::PROTOCOL,
+            RequestLimits {
+                what: "transfer message",
+                max_request: crate::transfer::wire::MAX_MESSAGE,
+                max_response: crate::transfer::wire::MAX_MESSAGE,
+                timeout: Duration::from_secs(60),
+                streams: 32,
+            },
+            Arc::new(TransferHandler(Arc::clone(transfers))),
+        )?
+        .request_response(
+            sync::SYNC_PROTOCOL,
+            RequestLimits {
+                what: "ledger sync message",
+                max_request: sync::MAX_SYNC,
+                max_response: sync::MAX_SYNC,
+                timeout: Duration::from_secs(30),
+                streams: 16,
+            },
+            Arc::new(LedgerHandler(Arc::clone(replication))),
+        )?
+        .topic(
+            gossip::TOPIC,
+            gossip::MAX_GOSSIP,
+            Arc::new(LedgerHandler(Arc::clone(replication))),
+        )?
+        .catch_up(Arc::new(LedgerHandler(Arc::clone(replication))))
+        .on_accept(Arc::clone(wake)))
+}
+
+/// The ledger's replication, as the network sees it.
+struct LedgerHandler(Arc<Replication>);
+
+impl RequestHandler for LedgerHandler {
+    fn serves_parked(&self, request: &[u8]) -> bool {
+        Replication::serves_parked(request)
+    }
+
+    fn admit(&self, peer: PeerId, request: Vec<u8>) -> Admit {
+        let replication = Arc::clone(&self.0);
+        Admit::Work(Box::new(move || replication.answer(peer, &request)))
+    }
+}
+
+impl TopicHandler for LedgerHandler {
+    fn on_message(&self, peer: PeerId, data: &[u8]) -> Acceptance {
+        match self.0.on_gossip(peer, data) {
+            Verdict::Accept => Acceptance::Accept,
+            Verdict::Ignore => Acceptance::Ignore,
+            Verdict::Reject => Acceptance::Reject,
+        }
+    }
+}
+
+impl CatchUp for LedgerHandler {
+    fn catch_up(&self, peer: PeerId, consortium: String, digest: Vec<u8>) -> BoxFuture<'static, bool> {
+        Arc::clone(&self.0).catch_up(peer, consortium, digest).boxed()
+    }
+
+    fn maintenance(&self) {
+        #[cfg(feature = "fault-injection")]
+        self.0.publish_injected();
+    }
+}
+
+/// The transfer protocol, as the network sees it.
+struct TransferHandler(Arc<TransferProtocol>);
+
+impl RequestHandler for TransferHandler {
+    fn admit(&self, peer: PeerId, request: Vec<u8>) -> Admit {
+        match self.0.take(peer, &request) {
+            Taken::Now(answer) => Admit::Answer(answer),
+            Taken::Later(work) => Admit::Work(work),
+            Taken::Drop => Admit::Drop,
+        }
+    }
+}
+
+/// The network, as the ledger's replication sees it.
+struct NetLink(NetHandle);
+
+impl Link for NetLink {
+    fn ready_peers(&self) -> BoxFuture<'static, Vec<PeerId>> {
+        let net = self.0.clone();
+        async move { net.ready_peers().await }.boxed()
+    }
+
+    fn request(&self, peer: PeerId, request: Vec<u8>, only_trusted: bool) -> BoxFuture<'static, Option<Vec<u8>>> {
+        let net = self.0.clone();
+        let delivery = if only_trusted {
+            Delivery::IfTrusted
+        } else {
+            Delivery::Now
+        };
+        async move {
+            match net
+                .request(crate::ledger::sync::SYNC_PROTOCOL, peer, request, delivery)
+                .await
+            {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, cause = %e, "ledger request failed");
+                    None
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn publish(&self, message: Vec<u8>) -> BoxFuture<'static, ()> {
+        let net = self.0.clone();
+        async move { net.publish(message).await }.boxed()
     }
 }

@@ -83,8 +83,8 @@ pub enum HomeError {
     #[error(transparent)]
     Deid(#[from] crate::deid::DeidServiceError),
     /// A ledger lookup failed.
-    #[error("{0}")]
-    Ledger(String),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LookupError),
     /// Trust operation failure.
     #[error(transparent)]
     Trust(#[from] trust::TrustOpError),
@@ -324,7 +324,7 @@ impl Effects for Node {
         state: &crate::trust::TrustState,
         peer: &str,
     ) -> Result<Option<crate::net::hello::Hello>, StoreError> {
-        crate::net::peer_hello(self, state, peer)
+        crate::net::hello::peer_hello(self.store(), state, peer)
     }
 }
 

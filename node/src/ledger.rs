@@ -12,6 +12,7 @@
 //! docs/PROTOCOL.md §14.
 
 pub mod gossip;
+pub mod replication;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,31 @@ pub enum LedgerError {
         author: String,
         /// Where and how.
         reason: String,
+    },
+}
+
+/// A sync or gossip message that cannot be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// It does not decode, or is of another version.
+    #[error(transparent)]
+    Codec(#[from] cbor::CodecError),
+    /// A heads answer naming more feeds than allowed.
+    #[error("{count} heads (at most {max})")]
+    TooManyHeads {
+        /// Heads named.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An entries answer holding more entries than a batch.
+    #[error("{count} entries (at most {max})")]
+    TooManyEntries {
+        /// Entries held.
+        count: usize,
+        /// The limit.
+        max: u64,
     },
 }
 

@@ -19,10 +19,17 @@
 //! 6. consortium revocations spread by themselves, and a node that starts or
 //!    was cut off catches up on them before it trusts a consortium peer
 //!    ([`revocations`]).
+//!
+//! The network knows no application: services (the ledger, transfers)
+//! register their protocols on a [`protocol::Router`] and the network hands
+//! them what accepted peers send ([`protocol`]). Gating and limits apply to
+//! every protocol alike.
 
 pub mod codec;
 pub mod gate;
 pub mod hello;
+mod peers;
+pub mod protocol;
 mod revocations;
 #[cfg(test)]
 mod vectors;
@@ -41,18 +48,19 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, kad, mdns,
     noise, ping, request_response, tcp, yamux,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::codec::CborCodec;
 use self::gate::Gate;
 use self::hello::{Accepted, Hello};
-use crate::cbor;
+pub use self::peers::{NetStatus, PeerEntry, PeersReport, RefusedEntry, UnansweredEntry, offline_peers};
+use self::peers::{add_bilateral_unmet, entry_for, via_text};
+use self::protocol::{Acceptance, Admit, CatchUp, Delivery, RawCodec, RequestHandler, Router, TopicHandler};
+use crate::clock::{now, rfc3339};
 use crate::config::NetworkConfig;
-use crate::home::{HomeError, Node, rfc3339};
-use crate::ledger::sync::{SyncRequest, SyncResponse};
-use crate::transfer::wire::{Answer as TransferAnswer, Msg as TransferMsg};
-use crate::trust::{Refusal, TrustState, Via};
+use crate::home::{HomeError, Node};
+use crate::trust::known;
+use crate::trust::{Refusal, TrustState};
 
 /// Kademlia protocol name: a private DHT of medmesh nodes.
 pub const KAD_PROTOCOL: &str = "/medmesh/kad/1";
@@ -76,8 +84,6 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// 2 x (PING_EVERY + PING_TIMEOUT). Long enough for a ping queued behind a
 /// transfer on a slow, saturated link.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Trust-store key prefix of peers met (their last accepted hello).
-const KNOWN_PREFIX: &str = "known/";
 
 /// Errors of the network.
 #[derive(Debug, thiserror::Error)]
@@ -104,98 +110,49 @@ pub enum NetError {
     #[error("peer {peer}: {reason}")]
     Peer {
         /// The peer.
-        peer: String,
+        peer: PeerId,
         /// Why.
-        reason: String,
+        reason: PeerFailure,
     },
     /// The trust records could not be read again.
     #[error("the running node could not reload its trust records: {0}")]
-    Reload(String),
+    Reload(#[source] HomeError),
+    /// A message of a registered protocol could not be encoded, or an
+    /// answer decoded.
+    #[error("peer {peer}: malformed {protocol} message: {source}")]
+    Malformed {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol.
+        protocol: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No service registered the protocol.
+    #[error("no service speaks {0}")]
+    NoProtocol(String),
+    /// The services' protocols could not be registered.
+    #[error(transparent)]
+    Router(#[from] protocol::RouterError),
 }
 
-/// A trusted (or once trusted) peer, for `medmesh peers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerEntry {
-    /// Peer id.
-    pub peer_id: String,
-    /// Institution.
-    pub institution: String,
-    /// Jurisdiction.
-    pub jurisdiction: String,
-    /// How it is trusted: `consortium <id> serial <n>` or `bilateral`.
-    pub via: String,
-    /// Purposes it is trusted for.
-    pub purposes: Vec<consent_schema::Purpose>,
-    /// Addresses known for it.
-    pub addresses: Vec<String>,
-    /// Connected now.
-    pub connected: bool,
-    /// Trusted now (certificate or bilateral trust valid, not revoked or blocked).
-    pub trusted: bool,
-    /// `trusted`, or why not any more.
-    pub status: String,
-    /// When its certificate or bilateral trust ends (RFC 3339), if it does.
-    pub expires: Option<String>,
-    /// Last accepted hello (RFC 3339).
-    pub last_seen: Option<String>,
-}
-
-/// A peer this node refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefusedEntry {
-    /// Peer id.
-    pub peer_id: String,
-    /// Stable reason code (`expired`, `revoked`, `blocked`, ...).
-    pub code: String,
-    /// The reason, as a sentence.
-    pub reason: String,
-    /// The address it connected from or was dialled at.
-    pub address: Option<String>,
-    /// Last refusal (RFC 3339).
-    pub time: String,
-    /// Refusals since the node started.
-    pub count: u64,
-}
-
-/// A peer that did not answer this node's hello (it does not trust this node,
-/// or is not a medmesh node).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnansweredEntry {
-    /// Peer id.
-    pub peer_id: String,
-    /// What happened.
-    pub detail: String,
-    /// When (RFC 3339).
-    pub time: String,
-}
-
-/// What `medmesh peers` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeersReport {
-    /// Whether the node is running (else `connected` is false everywhere and
-    /// the refusal lists are empty).
-    pub running: bool,
-    /// Trusted and once-trusted peers.
-    pub peers: Vec<PeerEntry>,
-    /// Peers refused recently, most recent first.
-    pub refused: Vec<RefusedEntry>,
-    /// Peers that did not answer our hello recently, most recent first.
-    pub unanswered: Vec<UnansweredEntry>,
-}
-
-/// What `medmesh status` shows about the running node's network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetStatus {
-    /// Peer id.
-    pub peer_id: String,
-    /// Addresses the node listens on, each ending in `/p2p/<peer id>`.
-    pub listen: Vec<String>,
-    /// Peers connected and trusted.
-    pub trusted_connected: u64,
-    /// Connections, all peers.
-    pub connections: u64,
-    /// Started at (RFC 3339).
-    pub started: String,
+/// Why a request to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerFailure {
+    /// The peer was not connected and trusted in time.
+    #[error("not connected and trusted within {secs} s (is it running, reachable and trusting this node?)")]
+    NotTrusted {
+        /// How long the request waited.
+        secs: u64,
+    },
+    /// The peer is not connected and trusted now.
+    #[error("not connected and trusted now")]
+    NotReady,
+    /// The request went out but no answer came back.
+    #[error("no answer: {0}")]
+    NoAnswer(#[source] request_response::OutboundFailure),
 }
 
 /// Commands to the network task.
@@ -203,42 +160,54 @@ pub struct NetStatus {
 enum Command {
     Peers(oneshot::Sender<PeersReport>),
     Status(oneshot::Sender<NetStatus>),
-    TrustChanged(oneshot::Sender<Result<(), String>>),
-    /// Send a `/medmesh/transfer/1` message once the peer is connected and trusted.
-    Transfer(PeerId, TransferMsg, oneshot::Sender<Result<TransferAnswer, String>>),
+    TrustChanged(oneshot::Sender<Result<(), HomeError>>),
+    /// Send a request of a registered protocol.
+    Request(Outbound),
+    /// Publish on the gossip topic.
+    Publish(Vec<u8>),
     /// Whether a peer is connected and trusted now.
     Ready(PeerId, oneshot::Sender<bool>),
+    /// The peers connected and trusted now.
+    ReadyPeers(oneshot::Sender<Vec<PeerId>>),
     /// Dial a known peer.
     Dial(PeerId),
 }
 
+/// The answer to an outbound request: the response's bytes.
+type Reply = oneshot::Sender<Result<Vec<u8>, PeerFailure>>;
+
+/// An outbound request of a registered protocol.
+#[derive(Debug)]
+struct Outbound {
+    protocol: &'static str,
+    peer: PeerId,
+    request: Vec<u8>,
+    delivery: Delivery,
+    reply: Reply,
+}
+
 /// Work finished off the network task, handed back to it.
 enum Internal {
-    Respond(request_response::ResponseChannel<TransferAnswer>, TransferAnswer),
-    /// Answer a ledger sync request.
-    LedgerRespond(request_response::ResponseChannel<SyncResponse>, SyncResponse),
-    /// Send a ledger sync request (the ranges a heads answer showed missing).
-    LedgerSend(PeerId, SyncRequest),
-    /// A ledger exchange with a peer is over.
-    LedgerDone(PeerId),
-    /// A peer served invalid entries of this author's feed.
-    LedgerInvalid(PeerId, Vec<u8>),
+    /// Answer a request of the protocol in this slot.
+    Respond(usize, request_response::ResponseChannel<Vec<u8>>, Vec<u8>),
     /// A revocation catch-up exchange with a peer is over.
     RevocationsDone(PeerId),
-    /// The verdict on a gossip message, and the ranges to ask its sender for.
-    GossipVerdict(
-        gossipsub::MessageId,
-        PeerId,
-        gossipsub::MessageAcceptance,
-        Vec<SyncRequest>,
-    ),
+    /// The verdict on a gossip message.
+    GossipVerdict(gossipsub::MessageId, PeerId, gossipsub::MessageAcceptance),
 }
 
 /// A handle on the running network task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NetHandle {
     tx: mpsc::Sender<Command>,
-    wake: Arc<tokio::sync::Notify>,
+    wake: Vec<Arc<tokio::sync::Notify>>,
+    control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle").finish_non_exhaustive()
+    }
 }
 
 impl NetHandle {
@@ -274,19 +243,55 @@ impl NetHandle {
         self.ask(Command::TrustChanged).await?.map_err(NetError::Reload)
     }
 
-    /// Sends a `/medmesh/transfer/1` message to `peer` (dialling it and
-    /// waiting until it is trusted, at most [`SEND_WAIT`]) and returns the answer.
+    /// Sends `request` to `peer` on the registered request-response
+    /// `protocol`, waiting for the peer as `delivery` says, and returns the
+    /// response's bytes.
     ///
     /// # Errors
-    /// [`NetError::Stopped`]; [`NetError::Peer`] when the peer cannot be
-    /// reached or did not answer.
-    pub async fn transfer_message(&self, peer: PeerId, msg: TransferMsg) -> Result<TransferAnswer, NetError> {
-        self.ask(|tx| Command::Transfer(peer, msg, tx))
-            .await?
-            .map_err(|reason| NetError::Peer {
-                peer: peer.to_string(),
-                reason,
-            })
+    /// [`NetError::Stopped`]; [`NetError::NoProtocol`]; [`NetError::Peer`]
+    /// when the peer cannot be reached or did not answer.
+    pub async fn request(
+        &self,
+        protocol: &'static str,
+        peer: PeerId,
+        request: Vec<u8>,
+        delivery: Delivery,
+    ) -> Result<Vec<u8>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        let outbound = Outbound {
+            protocol,
+            peer,
+            request,
+            delivery,
+            reply,
+        };
+        self.tx
+            .send(Command::Request(outbound))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        match rx.await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(reason)) => Err(NetError::Peer { peer, reason }),
+            // The network task drops the reply of a protocol nobody registered.
+            Err(_) => Err(NetError::NoProtocol(protocol.to_string())),
+        }
+    }
+
+    /// Publishes `message` on the gossip topic.
+    pub async fn publish(&self, message: Vec<u8>) {
+        let _ = self.tx.send(Command::Publish(message)).await;
+    }
+
+    /// The peers connected and trusted now.
+    pub async fn ready_peers(&self) -> Vec<PeerId> {
+        self.ask(Command::ReadyPeers).await.unwrap_or_default()
+    }
+
+    /// Streams to and from peers (`libp2p_stream`), for services that speak
+    /// a streaming protocol.
+    #[must_use]
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     /// Whether `peer` is connected and trusted now.
@@ -299,9 +304,12 @@ impl NetHandle {
         let _ = self.tx.send(Command::Dial(peer)).await;
     }
 
-    /// Wakes the transfer engine (a transfer was granted or approved).
+    /// Wakes the services that registered [`Router::on_accept`] (the
+    /// transfer engine: a transfer was granted or approved).
     pub fn wake_transfers(&self) {
-        self.wake.notify_one();
+        for w in &self.wake {
+            w.notify_one();
+        }
     }
 }
 
@@ -317,33 +325,66 @@ struct Behaviour {
     kad: Gate<kad::Behaviour<kad::store::MemoryStore>>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     hello: request_response::Behaviour<CborCodec<Hello, Hello>>,
-    transfer: request_response::Behaviour<CborCodec<TransferMsg, TransferAnswer>>,
-    ledger: request_response::Behaviour<CborCodec<SyncRequest, SyncResponse>>,
+    // The services' request-response protocols, in the order registered
+    // (one field each: libp2p's derive wants named fields).
+    rpc0: Toggle<request_response::Behaviour<RawCodec>>,
+    rpc1: Toggle<request_response::Behaviour<RawCodec>>,
+    rpc2: Toggle<request_response::Behaviour<RawCodec>>,
+    rpc3: Toggle<request_response::Behaviour<RawCodec>>,
     gossip: Gate<gossipsub::Behaviour>,
     stream: libp2p_stream::Behaviour,
 }
 
+impl Behaviour {
+    /// The request-response behaviour of the protocol in `slot`.
+    fn rpc(&mut self, slot: usize) -> Option<&mut request_response::Behaviour<RawCodec>> {
+        match slot {
+            0 => self.rpc0.as_mut(),
+            1 => self.rpc1.as_mut(),
+            2 => self.rpc2.as_mut(),
+            3 => self.rpc3.as_mut(),
+            _ => None,
+        }
+    }
+}
+
 /// Events a gossip peer may send before its hello is accepted (its
 /// subscriptions, as a connection opens), held until then, and for how many
-/// undecided peers at once: at most 4 × 32 messages of at most
-/// [`crate::ledger::gossip::MAX_GOSSIP`] bytes (about 25 MiB) whoever connects.
+/// undecided peers at once: at most 4 × 32 messages of at most the topic's
+/// largest message (the ledger's: about 25 MiB) whoever connects.
 const GOSSIP_HELD: usize = 4;
 const GOSSIP_HELD_PEERS: usize = 32;
 
-/// The ledger's gossipsub: messages are self-authenticating (signed
-/// entries and witnesses), so gossipsub adds no signature of its own; a
-/// message is named by the BLAKE3 of its bytes, and every message is
-/// judged by the node before it is passed on.
-fn ledger_gossip() -> Result<gossipsub::Behaviour, String> {
+/// Largest gossip message when no service registered a topic.
+const NO_TOPIC_MAX: usize = 64 * 1024;
+
+/// The gossipsub of the registered topic: messages are self-authenticating
+/// (the ledger's are signed entries, witnesses and revocations), so
+/// gossipsub adds no signature of its own; a message is named by the BLAKE3
+/// of its bytes, and every message is judged by its service before it is
+/// passed on.
+fn topic_gossip(max_message: usize) -> Result<gossipsub::Behaviour, NetError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
-        .max_transmit_size(crate::ledger::gossip::MAX_GOSSIP + 4096)
+        .max_transmit_size(max_message + 4096)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
-        .map_err(|e| e.to_string())?;
-    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config).map_err(ToString::to_string)
+        .map_err(|e| NetError::Build(e.to_string()))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+        .map_err(|e| NetError::Build(e.to_string()))
+}
+
+/// A request-response behaviour of a registered protocol.
+fn raw_protocol(p: &protocol::RequestProtocol) -> request_response::Behaviour<RawCodec> {
+    request_response::Behaviour::with_codec(
+        p.codec,
+        [(StreamProtocol::new(p.name), request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(p.timeout)
+            .with_max_concurrent_streams(p.streams),
+    )
 }
 
 /// A request-response behaviour speaking one CBOR protocol (both ways).
@@ -361,10 +402,17 @@ fn cbor_protocol<Q: codec::Wire, R: codec::Wire>(
     )
 }
 
-fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
+fn build_swarm(node: &Node, cfg: &NetworkConfig, router: &Router) -> Result<Swarm<Behaviour>, NetError> {
     let keypair = node.identity().libp2p_keypair().map_err(HomeError::from)?;
     let hello_timeout = Duration::from_secs(cfg.hello_timeout_secs);
     let mdns_on = cfg.mdns;
+    let gossip = topic_gossip(router.topic.as_ref().map_or(NO_TOPIC_MAX, |t| t.max_message))?;
+    let mut rpc: Vec<Option<request_response::Behaviour<RawCodec>>> =
+        router.requests.iter().map(|p| Some(raw_protocol(p))).collect();
+    rpc.resize_with(protocol::MAX_REQUEST_PROTOCOLS, || None);
+    let mut rpc = rpc.into_iter();
+    let mut next_rpc = move || Toggle::from(rpc.next().flatten());
+    let (rpc0, rpc1, rpc2, rpc3) = (next_rpc(), next_rpc(), next_rpc(), next_rpc());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
@@ -403,9 +451,11 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig) -> Result<Swarm<Behaviour>, Net
                 kad: Gate::new(kad),
                 mdns: Toggle::from(mdns),
                 hello: cbor_protocol(hello::PROTOCOL, hello_timeout, 4),
-                transfer: cbor_protocol(crate::transfer::wire::PROTOCOL, Duration::from_secs(60), 32),
-                ledger: cbor_protocol(crate::ledger::sync::SYNC_PROTOCOL, Duration::from_secs(30), 16),
-                gossip: Gate::holding(ledger_gossip()?, GOSSIP_HELD, GOSSIP_HELD_PEERS),
+                rpc0,
+                rpc1,
+                rpc2,
+                rpc3,
+                gossip: Gate::holding(gossip, GOSSIP_HELD, GOSSIP_HELD_PEERS),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -432,36 +482,26 @@ struct PeerState {
     last_seen: Option<i64>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct KnownRow {
-    v: u32,
-    #[serde(with = "serde_bytes")]
-    hello: Vec<u8>,
-    addrs: Vec<String>,
-    last_seen: i64,
-}
-
 /// A peer accepted before: its last hello, addresses, when.
 type Known = (PeerId, Hello, Vec<Multiaddr>, i64);
 
 /// The peers this node accepted before (from the trust store), with their addresses.
 fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
-    let mut out = Vec::new();
-    for (key, bytes) in node.store().trust_records(KNOWN_PREFIX)? {
-        let parsed = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
-            .ok()
-            .and_then(|row| {
-                let peer: PeerId = key.trim_start_matches(KNOWN_PREFIX).parse().ok()?;
-                let hello = Hello::from_bytes(&row.hello).ok()?;
-                let addrs = row.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                Some((peer, hello, addrs, row.last_seen))
-            });
-        match parsed {
-            Some(p) => out.push(p),
-            None => tracing::warn!(record = %key, "skipping a damaged known-peer record"),
-        }
-    }
-    Ok(out)
+    Ok(known::load(node.store())?
+        .into_iter()
+        .filter_map(|k| {
+            let parsed = (|| {
+                let peer: PeerId = k.peer.parse().ok()?;
+                let hello = Hello::from_bytes(&k.hello).ok()?;
+                let addrs = k.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                Some((peer, hello, addrs, k.last_seen))
+            })();
+            if parsed.is_none() {
+                tracing::warn!(record = %k.key, "skipping a damaged known-peer record");
+            }
+            parsed
+        })
+        .collect())
 }
 
 /// The last hello a peer presented (from its `known/` row), else a hello
@@ -470,123 +510,24 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
 ///
 /// # Errors
 /// Store errors.
-pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, crate::store::StoreError> {
-    if let Some(bytes) = node.store().trust_get(&format!("{KNOWN_PREFIX}{peer}"))?
-        && let Ok(row) = cbor::decode::<KnownRow>("known peer", &bytes, hello::MAX_HELLO * 2)
-        && let Ok(h) = Hello::from_bytes(&row.hello)
-    {
-        return Ok(Some(h));
-    }
-    Ok(state
-        .bilateral
-        .iter()
-        .find(|b| b.record.record().peer_id == peer)
-        .and_then(|b| b.record.envelope().to_bytes().ok())
-        .map(|record| Hello::new(record, Vec::new())))
+pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, HomeError> {
+    Ok(hello::peer_hello(node.store(), state, peer)?)
 }
 
-use crate::home::trust::now;
-
-fn via_text(via: &Via) -> String {
-    match via {
-        Via::Consortium { consortium, serial } => format!("consortium {consortium} serial {serial}"),
-        Via::Bilateral => "bilateral".into(),
-    }
-}
-
-/// The peers report of a home whose node is not running: bilateral peers and
-/// the peers met before, with trust decided now.
-///
-/// # Errors
-/// Store errors.
-pub fn offline_peers(node: &Node) -> Result<PeersReport, HomeError> {
-    let state = node.trust().state()?;
-    let t = now();
-    let mut peers = Vec::new();
-    let mut seen = HashSet::new();
-    for (peer, hello, addrs, last_seen) in load_known(node)? {
-        let peer_s = peer.to_string();
-        seen.insert(peer_s.clone());
-        peers.push(entry_for(&state, &peer_s, &hello, &addrs, false, Some(last_seen), t));
-    }
-    add_bilateral_unmet(&state, &seen, t, &mut peers);
-    Ok(PeersReport {
-        running: false,
-        peers,
-        refused: Vec::new(),
-        unanswered: Vec::new(),
-    })
-}
-
-/// Adds the bilaterally trusted peers not in `seen` (never met), then sorts
-/// the list by institution.
-fn add_bilateral_unmet(state: &TrustState, seen: &HashSet<String>, t: i64, peers: &mut Vec<PeerEntry>) {
-    for b in &state.bilateral {
-        let r = b.record.record();
-        if seen.contains(&r.peer_id) {
-            continue;
-        }
-        let hello = Hello::new(b.record.envelope().to_bytes().unwrap_or_default(), Vec::new());
-        peers.push(entry_for(state, &r.peer_id, &hello, &[], false, None, t));
-    }
-    peers.sort_by(|a, b| a.institution.cmp(&b.institution).then(a.peer_id.cmp(&b.peer_id)));
-}
-
-fn entry_for(
-    state: &TrustState,
-    peer: &str,
-    hello: &Hello,
-    addrs: &[Multiaddr],
-    connected: bool,
-    last_seen: Option<i64>,
-    t: i64,
-) -> PeerEntry {
-    let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record).ok();
-    let (institution, jurisdiction) = record
-        .as_ref()
-        .map(|r| (r.record().institution.clone(), r.record().jurisdiction.clone()))
-        .unwrap_or_default();
-    let mut e = PeerEntry {
-        peer_id: peer.to_string(),
-        institution,
-        jurisdiction,
-        via: String::new(),
-        purposes: Vec::new(),
-        addresses: addrs.iter().map(ToString::to_string).collect(),
-        connected,
-        trusted: false,
-        status: String::new(),
-        expires: None,
-        last_seen: last_seen.map(rfc3339),
-    };
-    match hello::evaluate(state, peer, hello, t) {
-        Ok(a) => {
-            e.via = via_text(&a.trusted.via);
-            e.purposes = a.trusted.purposes;
-            e.expires = a.trusted.until.map(rfc3339);
-            e.trusted = true;
-            e.status = "trusted".into();
-        }
-        Err(r) => {
-            e.status = format!("not trusted: {r} [{}]", r.code());
-        }
-    }
-    e
-}
-
-/// Starts the network for `node`: listens, dials the bootstrap and known
-/// peers, and runs until `shutdown` turns true. Returns the handle and the
-/// task.
+/// Starts the network for `node` with the services' protocols in
+/// `router`: listens, dials the bootstrap and known peers, and runs until
+/// `shutdown` turns true. Returns the handle and the task.
 ///
 /// # Errors
 /// [`NetError`] when the swarm cannot be built, an address cannot be
 /// listened on, or the trust records cannot be read.
 pub async fn start(
     node: Arc<Node>,
+    router: Router,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(NetHandle, tokio::task::JoinHandle<()>), NetError> {
     let cfg = node.config().network.clone();
-    let mut swarm = build_swarm(&node, &cfg)?;
+    let mut swarm = build_swarm(&node, &cfg, &router)?;
     let listen = cfg.listen_addrs().map_err(|reason| NetError::Listen {
         addr: "network.listen".into(),
         reason: reason.to_string(),
@@ -603,28 +544,29 @@ pub async fn start(
     })?;
     let (tx, rx) = mpsc::channel(32);
     let (internal_tx, internal_rx) = mpsc::channel(64);
-    let wake = Arc::new(tokio::sync::Notify::new());
     let control = swarm.behaviour().stream.new_control();
-    swarm
-        .behaviour_mut()
-        .gossip
-        .inner_mut()
-        .subscribe(&gossipsub::IdentTopic::new(crate::ledger::gossip::TOPIC))
-        .map_err(|e| NetError::Build(format!("ledger gossip topic: {e}")))?;
-    let ledger_watch = node.ledger_watch();
-    let published = *ledger_watch.borrow();
-    let requests = crate::limits::RequestLimiter::new(&node.config().limits);
+    let topic = match router.topic {
+        Some(t) => {
+            let topic = gossipsub::IdentTopic::new(t.name);
+            swarm
+                .behaviour_mut()
+                .gossip
+                .inner_mut()
+                .subscribe(&topic)
+                .map_err(|e| NetError::Build(format!("gossip topic {}: {e}", t.name)))?;
+            Some((topic, t.handler))
+        }
+        None => None,
+    };
+    let protocols = router.requests.into_iter().map(|p| (p.name, p.handler)).collect();
     let mut service = Service {
         internal: internal_tx,
-        wake: Some(Arc::clone(&wake)),
+        wake: router.on_accept.clone(),
+        protocols,
+        topic,
+        catch_up: router.catch_up,
         waiting: HashMap::new(),
         outbound: HashMap::new(),
-        ledger_pending: HashMap::new(),
-        ledger_busy: HashSet::new(),
-        ledger_shunned: HashMap::new(),
-        published,
-        witnessed: Vec::new(),
-        witnessed_at: None,
         local: *swarm.local_peer_id(),
         swarm,
         node,
@@ -640,7 +582,6 @@ pub async fn start(
         started: now(),
         blocked_now: HashSet::new(),
         bootstrapping: false,
-        requests,
         revocations: revocations::RevocationState::default(),
         hold: Some(revocations::Hold::new(revocations::hold_for(Duration::from_secs(
             cfg.hello_timeout_secs,
@@ -653,41 +594,32 @@ pub async fn start(
         st.addrs = addrs;
         st.last_seen = Some(last_seen);
     }
-    let engine_shutdown = shutdown.clone();
-    let engine_node = Arc::clone(&service.node);
     let task = tokio::spawn(service.run(rx, internal_rx, shutdown));
     let handle = NetHandle {
         tx,
-        wake: Arc::clone(&wake),
+        wake: router.on_accept,
+        control,
     };
-    let engine = crate::transfer::engine::start(engine_node, handle.clone(), control, wake, engine_shutdown);
-    let task = tokio::spawn(async move {
-        let _ = task.await;
-        engine.abort();
-    });
     Ok((handle, task))
 }
 
-/// A transfer message waiting for its peer.
-type Waiting = (TransferMsg, oneshot::Sender<Result<TransferAnswer, String>>, Instant);
+/// An outbound request waiting for its peer: its protocol's slot, the
+/// request, the reply, and until when it waits.
+type Waiting = (usize, Vec<u8>, Reply, Instant);
 
 struct Service {
     internal: mpsc::Sender<Internal>,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    /// Notified when a peer becomes trusted.
+    wake: Vec<Arc<tokio::sync::Notify>>,
+    /// The registered request-response protocols, by slot.
+    protocols: Vec<(&'static str, Arc<dyn RequestHandler>)>,
+    /// The registered gossip topic.
+    topic: Option<(gossipsub::IdentTopic, Arc<dyn TopicHandler>)>,
+    /// The registered revocation catch-up.
+    catch_up: Option<Arc<dyn CatchUp>>,
     waiting: HashMap<PeerId, Vec<Waiting>>,
-    outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<TransferAnswer, String>>>,
-    /// Ledger sync requests in flight, by request.
-    ledger_pending: HashMap<request_response::OutboundRequestId, (PeerId, Option<Vec<u8>>)>,
-    /// Peers with a ledger exchange under way (one at a time per peer).
-    ledger_busy: HashSet<PeerId>,
-    /// Peers that served invalid entries of a feed: not asked for it again
-    /// until the instant, then with the delay doubled if they do again.
-    ledger_shunned: HashMap<(PeerId, Vec<u8>), (Instant, Duration)>,
-    /// The seq of this node's last entry published on the gossip topic.
-    published: u64,
-    /// The heads of the last witness published, and when.
-    witnessed: Vec<crate::ledger::sync::Head>,
-    witnessed_at: Option<Instant>,
+    /// Requests in flight, by slot and request.
+    outbound: HashMap<(usize, request_response::OutboundRequestId), Reply>,
     local: PeerId,
     swarm: Swarm<Behaviour>,
     node: Arc<Node>,
@@ -703,9 +635,7 @@ struct Service {
     started: i64,
     blocked_now: HashSet<PeerId>,
     bootstrapping: bool,
-    /// Transfer requests per peer (`[limits]`).
-    requests: crate::limits::RequestLimiter,
-    /// Applied revocations as last loaded (hello summaries, what was published).
+    /// Applied revocations as last loaded (hello summaries).
     revocations: revocations::RevocationState,
     /// While in force, consortium peers wait until revocations are caught up.
     hold: Option<revocations::Hold>,
@@ -718,12 +648,9 @@ impl Service {
         mut internal: mpsc::Receiver<Internal>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut ledger_watch = self.node.ledger_watch();
         let mut trust_watch = self.node.trust().watch();
-        let mut witness_tick = tokio::time::interval(WITNESS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut maintenance = tokio::time::interval(self.maintenance);
-        let mut ledger_tick = tokio::time::interval(LEDGER_SYNC);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
@@ -732,45 +659,25 @@ impl Service {
                     None => break,
                 },
                 Some(msg) = internal.recv() => match msg {
-                    Internal::Respond(channel, answer) => {
-                        let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
+                    Internal::Respond(slot, channel, answer) => {
+                        if let Some(rpc) = self.swarm.behaviour_mut().rpc(slot) {
+                            let _ = rpc.send_response(channel, answer);
+                        }
                     }
-                    Internal::LedgerRespond(channel, answer) => {
-                        let _ = self.swarm.behaviour_mut().ledger.send_response(channel, answer);
-                    }
-                    Internal::LedgerSend(peer, req) => self.ledger_request(peer, req),
-                    Internal::LedgerDone(peer) => {
-                        self.ledger_busy.remove(&peer);
-                    }
-                    Internal::LedgerInvalid(peer, author) if self.ledger_shunned.len() < MAX_SHUNNED => {
-                        let delay = self
-                            .ledger_shunned
-                            .get(&(peer, author.clone()))
-                            .map_or(SHUN_FIRST, |(_, d)| (*d * 2).min(SHUN_MAX));
-                        tracing::debug!(peer = %peer, secs = delay.as_secs(), "a peer served invalid ledger entries: not asked for that feed for a while");
-                        self.ledger_shunned.insert((peer, author), (Instant::now() + delay, delay));
-                    }
-                    Internal::LedgerInvalid(..) => {}
                     Internal::RevocationsDone(peer) => self.revocations_done(peer),
-                    Internal::GossipVerdict(id, source, verdict, follow) => {
+                    Internal::GossipVerdict(id, source, verdict) => {
                         let _ = self
                             .swarm
                             .behaviour_mut()
                             .gossip
                             .inner_mut()
                             .report_message_validation_result(&id, &source, verdict);
-                        for r in follow {
-                            self.ledger_request(source, r);
-                        }
                     }
                 },
-                Ok(()) = ledger_watch.changed() => self.publish_own(),
                 // A revocation was applied (by the admin or from a peer): same as a trust change.
                 Ok(()) = trust_watch.changed() => {
                     let _ = self.trust_reloaded();
                 }
-                _ = witness_tick.tick() => self.publish_witness(),
-                _ = ledger_tick.tick() => self.ledger_round(),
                 _ = tick.tick() => self.check_deadlines(),
                 _ = maintenance.tick() => self.maintain(),
                 changed = shutdown.changed() => {
@@ -808,20 +715,19 @@ impl Service {
             Command::TrustChanged(tx) => {
                 let _ = tx.send(self.trust_reloaded());
             }
-            Command::Transfer(peer, msg, tx) => {
-                if self.is_ready(&peer) {
-                    let id = self.swarm.behaviour_mut().transfer.send_request(&peer, msg);
-                    self.outbound.insert(id, tx);
-                } else {
-                    self.waiting
-                        .entry(peer)
-                        .or_default()
-                        .push((msg, tx, Instant::now() + SEND_WAIT));
-                    self.dial_peer(peer);
-                }
-            }
+            Command::Request(out) => self.send_request(out),
+            Command::Publish(message) => self.publish(message),
             Command::Ready(peer, tx) => {
                 let _ = tx.send(self.is_ready(&peer));
+            }
+            Command::ReadyPeers(tx) => {
+                let ready = self
+                    .peers
+                    .iter()
+                    .filter(|(_, st)| st.trusted && !st.connections.is_empty())
+                    .map(|(p, _)| *p)
+                    .collect();
+                let _ = tx.send(ready);
             }
             Command::Dial(peer) => self.dial_peer(peer),
         }
@@ -852,20 +758,65 @@ impl Service {
         self.dial(peer, addrs);
     }
 
-    /// Sends the messages that waited for `peer` to be trusted.
+    /// Sends a request of a registered protocol, now or once its peer is
+    /// trusted, as its delivery says.
+    fn send_request(&mut self, out: Outbound) {
+        // An unknown protocol: the reply is dropped (the caller sees NoProtocol).
+        let Some(slot) = self.protocols.iter().position(|(name, _)| *name == out.protocol) else {
+            return;
+        };
+        let ready = self.is_ready(&out.peer);
+        match out.delivery {
+            Delivery::Now => self.send_in_slot(slot, out.peer, out.request, out.reply),
+            _ if ready => self.send_in_slot(slot, out.peer, out.request, out.reply),
+            Delivery::IfTrusted => {
+                let _ = out.reply.send(Err(PeerFailure::NotReady));
+            }
+            Delivery::WaitTrusted => {
+                self.waiting.entry(out.peer).or_default().push((
+                    slot,
+                    out.request,
+                    out.reply,
+                    Instant::now() + SEND_WAIT,
+                ));
+                self.dial_peer(out.peer);
+            }
+        }
+    }
+
+    fn send_in_slot(&mut self, slot: usize, peer: PeerId, request: Vec<u8>, reply: Reply) {
+        if let Some(rpc) = self.swarm.behaviour_mut().rpc(slot) {
+            let id = rpc.send_request(&peer, request);
+            self.outbound.insert((slot, id), reply);
+        }
+    }
+
+    /// Publishes `message` on the registered gossip topic.
+    fn publish(&mut self, message: Vec<u8>) {
+        let Some((topic, _)) = &self.topic else { return };
+        let topic = topic.clone();
+        #[cfg(feature = "fault-injection")]
+        trace_gossip("sent", &message);
+        match self.swarm.behaviour_mut().gossip.inner_mut().publish(topic, message) {
+            Ok(_) => {}
+            // Nobody to tell now: catch-up (by feed heads) brings it to them later.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::debug!(cause = %e, "gossip not published"),
+        }
+    }
+
+    /// Sends the requests that waited for `peer` to be trusted.
     fn flush_waiting(&mut self, peer: PeerId) {
-        for (msg, tx, _) in self.waiting.remove(&peer).unwrap_or_default() {
-            let id = self.swarm.behaviour_mut().transfer.send_request(&peer, msg);
-            self.outbound.insert(id, tx);
+        for (slot, request, reply, _) in self.waiting.remove(&peer).unwrap_or_default() {
+            self.send_in_slot(slot, peer, request, reply);
         }
     }
 
     /// Reloads trust, checks connected peers again (disconnecting those no
     /// longer trusted) and dials the known ones.
-    fn trust_reloaded(&mut self) -> Result<(), String> {
-        let result = self.reload_trust().map_err(|e| {
+    fn trust_reloaded(&mut self) -> Result<(), HomeError> {
+        let result = self.reload_trust().inspect_err(|e| {
             tracing::error!(cause = %e, "cannot reload trust records; keeping the previous ones");
-            e.to_string()
         });
         self.recheck();
         self.dial_known();
@@ -879,7 +830,8 @@ impl Service {
         let certs = self
             .node
             .trust()
-            .own_certificates()?
+            .own_certificates()
+            .map_err(HomeError::from)?
             .iter()
             .filter_map(|c| c.to_bytes().ok())
             .collect();
@@ -924,9 +876,6 @@ impl Service {
     }
 
     fn maintain(&mut self) {
-        // Pauses that ran out are forgotten (a pause doubles only while the peer keeps at it).
-        let now_i = Instant::now();
-        self.ledger_shunned.retain(|_, (until, delay)| *until + *delay > now_i);
         // Reloading here too means a trust change whose notification was lost
         // (say, the admin API client went away mid-call) still takes effect.
         if let Err(e) = self.reload_trust() {
@@ -1011,13 +960,12 @@ impl Service {
             self.refuse(peer, Refusal::NoHello { secs }, None);
         }
         for list in self.waiting.values_mut() {
-            let (gone, keep): (Vec<Waiting>, Vec<Waiting>) = list.drain(..).partition(|(_, _, d)| *d <= now_i);
+            let (gone, keep): (Vec<Waiting>, Vec<Waiting>) = list.drain(..).partition(|(_, _, _, d)| *d <= now_i);
             *list = keep;
-            for (_, tx, _) in gone {
-                let _ = tx.send(Err(format!(
-                    "not connected and trusted within {} s (is it running, reachable and trusting this node?)",
-                    SEND_WAIT.as_secs()
-                )));
+            for (_, _, reply, _) in gone {
+                let _ = reply.send(Err(PeerFailure::NotTrusted {
+                    secs: SEND_WAIT.as_secs(),
+                }));
             }
         }
         self.waiting.retain(|_, l| !l.is_empty());
@@ -1084,19 +1032,13 @@ impl Service {
 
     fn save_known(&self, peer: PeerId, hello: &Hello, addrs: &[Multiaddr], t: i64) {
         let Ok(hello_bytes) = hello.to_bytes() else { return };
-        let row = KnownRow {
-            v: 1,
-            hello: hello_bytes,
-            addrs: addrs.iter().map(ToString::to_string).collect(),
-            last_seen: t,
-        };
-        let Ok(bytes) = cbor::encode("known peer", &row) else {
+        let addrs = addrs.iter().map(ToString::to_string).collect();
+        let Ok((key, row)) = known::row(&peer.to_string(), hello_bytes, addrs, t) else {
             return;
         };
         let node = Arc::clone(&self.node);
-        let key = format!("{KNOWN_PREFIX}{peer}");
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = node.store().trust_put(&key, &bytes) {
+            if let Err(e) = known::save(node.store(), &key, &row) {
                 tracing::warn!(peer = %peer, cause = %e, "cannot remember the peer");
             }
         });
@@ -1210,8 +1152,10 @@ impl Service {
     fn on_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Hello(e) => self.on_hello(e),
-            BehaviourEvent::Transfer(e) => self.on_transfer(e),
-            BehaviourEvent::Ledger(e) => self.on_ledger(e),
+            BehaviourEvent::Rpc0(e) => self.on_rpc(0, e),
+            BehaviourEvent::Rpc1(e) => self.on_rpc(1, e),
+            BehaviourEvent::Rpc2(e) => self.on_rpc(2, e),
+            BehaviourEvent::Rpc3(e) => self.on_rpc(3, e),
             BehaviourEvent::Gossip(e) => self.on_gossip(e),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for a in info.listen_addrs {
@@ -1367,83 +1311,63 @@ impl Service {
     }
 
     fn wake_engine(&self) {
-        // The engine holds the other end; a notify with nobody waiting is kept.
-        if let Some(w) = &self.wake {
+        // The service holds the other end; a notify with nobody waiting is kept.
+        for w in &self.wake {
             w.notify_one();
         }
     }
 
-    fn on_transfer(&mut self, e: request_response::Event<TransferMsg, TransferAnswer>) {
+    /// A request of a registered protocol, or the answer to one of ours.
+    fn on_rpc(&mut self, slot: usize, e: request_response::Event<Vec<u8>, Vec<u8>>) {
         use request_response::{Event, Message};
+        let Some((name, handler)) = self.protocols.get(slot).map(|(n, h)| (*n, Arc::clone(h))) else {
+            return;
+        };
         match e {
             Event::Message {
                 peer,
                 message: Message::Request { request, channel, .. },
                 ..
             } => {
-                // Zero trust: only a peer accepted now is answered at all.
-                if !self.is_ready(&peer) {
-                    tracing::warn!(peer = %peer, "transfer message from a peer that is not trusted: no answer");
+                // Zero trust: only a peer accepted now is answered at all (a
+                // parked one only what its protocol serves to parked peers).
+                let answered = self.is_ready(&peer) || (self.is_parked(&peer) && handler.serves_parked(&request));
+                if !answered {
+                    tracing::warn!(peer = %peer, protocol = name, "request from a peer that is not trusted: no answer");
                     return;
                 }
-                // Over its request rate: answered at once, nothing recorded.
-                if let Some(body) = crate::transfer::admission::admit_message(
-                    &self.requests,
-                    &peer.to_string(),
-                    &request.body,
-                    Instant::now(),
-                ) {
-                    tracing::warn!(peer = %peer, "transfer request over the peer's rate: answered retry-later");
-                    let answer = TransferAnswer {
-                        v: crate::transfer::wire::WIRE_VERSION,
-                        body,
-                    };
-                    let _ = self.swarm.behaviour_mut().transfer.send_response(channel, answer);
-                    return;
-                }
-                let node = Arc::clone(&self.node);
-                let internal = self.internal.clone();
-                let wake = self.wake.clone();
-                tokio::spawn(async move {
-                    let peer_s = peer.to_string();
-                    let answer = tokio::task::spawn_blocking(move || answer_transfer(&node, &peer_s, request)).await;
-                    let body = match answer {
-                        Ok(Ok(b)) => b,
-                        Ok(Err(e)) => {
-                            tracing::error!(peer = %peer, cause = %e, "cannot answer a transfer message");
-                            crate::transfer::wire::AnswerBody::Refused {
-                                code: "internal".into(),
-                                text: "the holder could not decide; try again later".into(),
-                            }
+                match handler.admit(peer, request) {
+                    Admit::Answer(answer) => {
+                        if let Some(rpc) = self.swarm.behaviour_mut().rpc(slot) {
+                            let _ = rpc.send_response(channel, answer);
                         }
-                        Err(_) => return,
-                    };
-                    let granted = matches!(body, crate::transfer::wire::AnswerBody::Granted { .. });
-                    let answer = TransferAnswer {
-                        v: crate::transfer::wire::WIRE_VERSION,
-                        body,
-                    };
-                    let _ = internal.send(Internal::Respond(channel, answer)).await;
-                    if granted && let Some(w) = wake {
-                        w.notify_one();
                     }
-                });
+                    Admit::Work(work) => {
+                        let internal = self.internal.clone();
+                        tokio::spawn(async move {
+                            if let Ok(Some(answer)) = tokio::task::spawn_blocking(work).await {
+                                let _ = internal.send(Internal::Respond(slot, channel, answer)).await;
+                            }
+                        });
+                    }
+                    Admit::Drop => {}
+                }
             }
             Event::Message {
                 message: Message::Response { request_id, response },
                 ..
             } => {
-                if let Some(tx) = self.outbound.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
+                if let Some(reply) = self.outbound.remove(&(slot, request_id)) {
+                    let _ = reply.send(Ok(response));
                 }
             }
             Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(tx) = self.outbound.remove(&request_id) {
-                    let _ = tx.send(Err(format!("no answer: {error}")));
+                if let Some(reply) = self.outbound.remove(&(slot, request_id)) {
+                    let _ = reply.send(Err(PeerFailure::NoAnswer(error)));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(peer = %peer, cause = %error, "inbound transfer message failed");
+                tracing::debug!(peer = %peer, protocol = name, cause = %error, "inbound request failed");
             }
             Event::ResponseSent { .. } => {}
         }
@@ -1474,23 +1398,9 @@ impl Service {
     }
 }
 
-/// How often a node compares feed heads with each trusted peer.
-const LEDGER_SYNC: Duration = Duration::from_secs(2);
-/// How long a peer that served invalid entries of a feed is not asked for
-/// it again, the first time; doubled each time after, up to [`SHUN_MAX`].
-const SHUN_FIRST: Duration = Duration::from_secs(30);
-/// The longest such pause.
-const SHUN_MAX: Duration = Duration::from_secs(15 * 60);
-/// Most (peer, feed) pauses remembered.
-const MAX_SHUNNED: usize = 4096;
-/// How often a node countersigns the feed heads it holds, when they changed.
-const WITNESS_EVERY: Duration = Duration::from_secs(3);
-/// How often it does so even when they did not (for peers that joined since).
-const WITNESS_AGAIN: Duration = Duration::from_secs(60);
-
 /// Test builds only (cargo feature `fault-injection`): with
-/// `MEDMESH_GOSSIP_TRACE=FILE`, every ledger gossip message this node sends
-/// or receives is appended to FILE as a line `sent|received HEX`, so tests can
+/// `MEDMESH_GOSSIP_TRACE=FILE`, every gossip message this node sends or
+/// receives is appended to FILE as a line `sent|received HEX`, so tests can
 /// look at exactly what went over the topic.
 #[cfg(feature = "fault-injection")]
 fn trace_gossip(direction: &str, bytes: &[u8]) {
@@ -1503,94 +1413,9 @@ fn trace_gossip(direction: &str, bytes: &[u8]) {
     }
 }
 
-/// Sync requests for ranges (author key, first seq, how many).
-fn ranges(r: Vec<(Vec<u8>, u64, u64)>) -> Vec<SyncRequest> {
-    r.into_iter()
-        .map(|(author, from, limit)| SyncRequest::Range {
-            v: crate::ledger::LEDGER_VERSION,
-            author,
-            from,
-            limit,
-        })
-        .collect()
-}
-
 impl Service {
-    fn gossip_publish(&mut self, msg: &crate::ledger::gossip::GossipMsg) {
-        let bytes = match msg.to_bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(cause = %e, "ledger gossip message not encoded");
-                return;
-            }
-        };
-        #[cfg(feature = "fault-injection")]
-        trace_gossip("sent", &bytes);
-        let topic = gossipsub::IdentTopic::new(crate::ledger::gossip::TOPIC);
-        match self.swarm.behaviour_mut().gossip.inner_mut().publish(topic, bytes) {
-            Ok(_) => {}
-            // Nobody to tell now: catch-up by feed heads brings it to them later.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {}
-            Err(e) => tracing::debug!(cause = %e, "ledger gossip not published"),
-        }
-    }
-
-    /// Publishes this node's entries written since the last published.
-    fn publish_own(&mut self) {
-        let head = *self.node.ledger_watch().borrow();
-        let own = self.node.identity().ed25519_public();
-        while self.published < head {
-            let batch = match self
-                .node
-                .ledger_range(&own, self.published + 1, crate::ledger::sync::BATCH)
-            {
-                Ok(b) if !b.is_empty() => b,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(cause = %e, "own ledger entries not read for gossip");
-                    return;
-                }
-            };
-            for bytes in batch {
-                self.published += 1;
-                self.gossip_publish(&crate::ledger::gossip::GossipMsg::Entry {
-                    v: crate::ledger::LEDGER_VERSION,
-                    entry: serde_bytes::ByteBuf::from(bytes),
-                });
-            }
-        }
-        self.published = self.published.max(head);
-    }
-
-    /// Countersigns the feed heads held here, when they changed (or every
-    /// [`WITNESS_AGAIN`]), on the gossip topic.
-    fn publish_witness(&mut self) {
-        let heads = match self.node.ledger_heads() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(cause = %e, "ledger heads not read for a witness");
-                return;
-            }
-        };
-        let stale = self.witnessed_at.is_none_or(|t| t.elapsed() >= WITNESS_AGAIN);
-        if heads.is_empty() || (heads == self.witnessed && !stale) {
-            return;
-        }
-        let mut mine = heads.clone();
-        mine.truncate(crate::ledger::gossip::MAX_WITNESS_HEADS);
-        match crate::ledger::gossip::make_witness(self.node.identity(), now(), mine) {
-            Ok(w) => {
-                self.gossip_publish(&crate::ledger::gossip::GossipMsg::Witness {
-                    v: crate::ledger::LEDGER_VERSION,
-                    witness: serde_bytes::ByteBuf::from(w.bytes),
-                });
-                self.witnessed = heads;
-                self.witnessed_at = Some(Instant::now());
-            }
-            Err(e) => tracing::warn!(cause = %e, "witness not made"),
-        }
-    }
-
+    /// A message on the gossip topic: judged by its service (off the
+    /// network task) when its sender is accepted now, else ignored.
     fn on_gossip(&mut self, e: gossipsub::Event) {
         let gossipsub::Event::Message {
             propagation_source: source,
@@ -1602,7 +1427,8 @@ impl Service {
         };
         #[cfg(feature = "fault-injection")]
         trace_gossip("received", &message.data);
-        if !self.is_ready(&source) {
+        let handler = self.topic.as_ref().map(|(_, h)| Arc::clone(h));
+        let Some(handler) = handler.filter(|_| self.is_ready(&source)) else {
             let _ = self
                 .swarm
                 .behaviour_mut()
@@ -1610,230 +1436,20 @@ impl Service {
                 .inner_mut()
                 .report_message_validation_result(&message_id, &source, gossipsub::MessageAcceptance::Ignore);
             return;
-        }
-        let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
+        };
+        let internal = self.internal.clone();
         tokio::spawn(async move {
-            let from = source.to_string();
-            let outcome = tokio::task::spawn_blocking(move || node.ledger_gossip(&from, &message.data)).await;
-            let (verdict, follow) = match outcome {
-                Ok(Ok(o)) => (
-                    match o.verdict {
-                        crate::home::ledger::Verdict::Accept => gossipsub::MessageAcceptance::Accept,
-                        crate::home::ledger::Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
-                        crate::home::ledger::Verdict::Reject => gossipsub::MessageAcceptance::Reject,
-                    },
-                    ranges(o.follow),
-                ),
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %source, cause = %e, "ledger gossip not taken");
-                    (gossipsub::MessageAcceptance::Ignore, Vec::new())
-                }
-                Err(_) => (gossipsub::MessageAcceptance::Ignore, Vec::new()),
-            };
+            let verdict = tokio::task::spawn_blocking(move || handler.on_message(source, &message.data))
+                .await
+                .map_or(gossipsub::MessageAcceptance::Ignore, |a| match a {
+                    Acceptance::Accept => gossipsub::MessageAcceptance::Accept,
+                    Acceptance::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
+                });
             let _ = internal
-                .send(Internal::GossipVerdict(message_id, source, verdict, follow))
+                .send(Internal::GossipVerdict(message_id, source, verdict))
                 .await;
         });
-    }
-
-    /// Asks every trusted peer not already in an exchange for its feed heads.
-    fn ledger_round(&mut self) {
-        let ready: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(p, st)| st.trusted && !st.connections.is_empty() && !self.ledger_busy.contains(p))
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in ready {
-            self.ledger_busy.insert(peer);
-            let id = self.swarm.behaviour_mut().ledger.send_request(
-                &peer,
-                SyncRequest::Heads {
-                    v: crate::ledger::LEDGER_VERSION,
-                },
-            );
-            self.ledger_pending.insert(id, (peer, None));
-        }
-    }
-
-    /// Sends a ledger sync request to `peer` when it is connected and
-    /// trusted, and not shunned for the feed asked for.
-    fn ledger_request(&mut self, peer: PeerId, req: SyncRequest) {
-        let author = match &req {
-            SyncRequest::Range { author, .. } => Some(author.clone()),
-            SyncRequest::Heads { .. } | SyncRequest::Revocations { .. } => None,
-        };
-        if let Some(a) = &author
-            && self
-                .ledger_shunned
-                .get(&(peer, a.clone()))
-                .is_some_and(|(until, _)| Instant::now() < *until)
-        {
-            return;
-        }
-        if self.is_ready(&peer) {
-            let id = self.swarm.behaviour_mut().ledger.send_request(&peer, req);
-            self.ledger_pending.insert(id, (peer, author));
-        }
-    }
-
-    fn on_ledger(&mut self, e: request_response::Event<SyncRequest, SyncResponse>) {
-        use request_response::{Event, Message};
-        let v = crate::ledger::LEDGER_VERSION;
-        match e {
-            Event::Message {
-                peer,
-                message: Message::Request { request, channel, .. },
-                ..
-            } => {
-                if !self.is_ready(&peer) && !self.answers_parked(&peer, &request) {
-                    tracing::warn!(peer = %peer, "ledger request from a peer that is not trusted: no answer");
-                    return;
-                }
-                let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
-                tokio::spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || match request {
-                        SyncRequest::Heads { .. } => node.ledger_heads().map(|heads| SyncResponse::Heads { v, heads }),
-                        SyncRequest::Range {
-                            author, from, limit, ..
-                        } => node.ledger_range(&author, from, limit).and_then(|e| {
-                            Ok(SyncResponse::Entries {
-                                v,
-                                entries: e.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-                                credentials: node.ledger_credentials(&author)?.map(serde_bytes::ByteBuf::from),
-                            })
-                        }),
-                        SyncRequest::Revocations { consortium, digest, .. } => node
-                            .trust()
-                            .revocations_for_peer(&consortium, &digest)
-                            .map_err(HomeError::from)
-                            .map(|r| SyncResponse::Revocations {
-                                v,
-                                consortium,
-                                revocations: r.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-                            }),
-                    })
-                    .await;
-                    let answer = match answer {
-                        Ok(Ok(a)) => a,
-                        Ok(Err(e)) => {
-                            tracing::warn!(peer = %peer, cause = %e, "cannot answer a ledger request");
-                            SyncResponse::Refused {
-                                v,
-                                text: "the node could not answer; try again later".into(),
-                            }
-                        }
-                        Err(_) => return,
-                    };
-                    let _ = internal.send(Internal::LedgerRespond(channel, answer)).await;
-                });
-            }
-            Event::Message {
-                peer,
-                message: Message::Response { request_id, response },
-                ..
-            } => {
-                if self.is_revocations_request(&request_id) {
-                    self.on_revocations_answer(peer, request_id, response);
-                    return;
-                }
-                let asked = self.ledger_pending.remove(&request_id).and_then(|(_, author)| author);
-                let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
-                tokio::spawn(async move {
-                    let peer_s = peer.to_string();
-                    let invalid_tx = internal.clone();
-                    let next = tokio::task::spawn_blocking(move || match response {
-                        SyncResponse::Heads { heads, .. } => node.ledger_wants(&heads).map(ranges),
-                        SyncResponse::Entries {
-                            entries, credentials, ..
-                        } => {
-                            let entries: Vec<Vec<u8>> =
-                                entries.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
-                            let r =
-                                node.ledger_accept(&peer_s, &entries, credentials.as_deref().map(|c| c.as_slice()))?;
-                            if r.invalid
-                                && let Some(author) = asked
-                            {
-                                let _ = invalid_tx.blocking_send(Internal::LedgerInvalid(peer, author));
-                            }
-                            Ok(ranges(r.follow))
-                        }
-                        // Answers to catch-up requests are taken in `revocations`.
-                        SyncResponse::Revocations { .. } => Ok(Vec::new()),
-                        SyncResponse::Refused { text, .. } => {
-                            tracing::debug!(peer = %peer_s, text, "ledger request refused");
-                            Ok(Vec::new())
-                        }
-                    })
-                    .await;
-                    match next {
-                        Ok(Ok(reqs)) if !reqs.is_empty() => {
-                            for r in reqs {
-                                let _ = internal.send(Internal::LedgerSend(peer, r)).await;
-                            }
-                        }
-                        Ok(Err(e)) => tracing::warn!(peer = %peer, cause = %e, "ledger sync failed"),
-                        _ => {}
-                    }
-                    // Ranges asked for here end the exchange when their answers are in.
-                    let _ = internal.send(Internal::LedgerDone(peer)).await;
-                });
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if self.on_revocations_failure(request_id) {
-                    return;
-                }
-                self.ledger_pending.remove(&request_id);
-                self.ledger_busy.remove(&peer);
-                tracing::debug!(peer = %peer, cause = %error, "ledger request failed");
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(peer = %peer, cause = %error, "inbound ledger request failed");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-}
-
-/// The node's answer to a transfer message from a trusted peer.
-pub(crate) fn answer_transfer(
-    node: &Node,
-    peer: &str,
-    msg: TransferMsg,
-) -> Result<crate::transfer::wire::AnswerBody, HomeError> {
-    use crate::transfer::wire::{AnswerBody, MsgBody, WIRE_VERSION};
-    if msg.v != WIRE_VERSION {
-        return Ok(AnswerBody::Refused {
-            code: "version".into(),
-            text: format!("message version {} (this node speaks {WIRE_VERSION})", msg.v),
-        });
-    }
-    match msg.body {
-        MsgBody::Request {
-            request_id,
-            study_uid,
-            purpose,
-            role,
-            level,
-        } => {
-            if crate::transfer::parse_id(&request_id).is_err() || crate::dicom::check_uid(&study_uid).is_err() {
-                return Ok(AnswerBody::Refused {
-                    code: "bad-request".into(),
-                    text: "request id or Study Instance UID malformed".into(),
-                });
-            }
-            if let Some(busy) = node.admit_request(peer)? {
-                return Ok(busy);
-            }
-            node.answer_request(peer, &request_id, &study_uid, purpose, role, level)
-        }
-        MsgBody::Decided { transfer_id, reasons } => node.note_decided(peer, &transfer_id, reasons),
-        MsgBody::Receipt { receipt } => node.accept_receipt(peer, &receipt),
     }
 }
 

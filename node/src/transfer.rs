@@ -27,6 +27,7 @@ mod deid;
 pub mod engine;
 #[cfg(test)]
 mod landing_tests;
+pub mod protocol;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

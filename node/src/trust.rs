@@ -39,6 +39,8 @@ use serde::{Deserialize, Serialize};
 use crate::cbor::{self, CodecError};
 use crate::identity::{self, IdentityError, VerifiedNodeRecord};
 
+pub mod known;
+
 /// Version of the consortium, certificate and revocation formats.
 pub const TRUST_VERSION: u32 = 1;
 /// Version of a consortium descriptor whose revocations need more than one

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::home::{HomeError, Node};
 use crate::net::{NetError, NetHandle};
+use crate::transfer::protocol::TransferNet;
 
 /// The HTTP method of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

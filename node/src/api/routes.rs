@@ -15,10 +15,10 @@ use super::{
     ListRequest, LogTailRequest, NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk,
     Unblocked, WithdrawRequest,
 };
+use crate::deid::{DeidEvent, DeidSummary, RelinkView};
 use crate::dicom::export::ExportSummary;
 use crate::dicom::ingest::{ImportEvent, ImportSummary};
 use crate::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
-use crate::deid::{DeidEvent, DeidSummary, RelinkView};
 use crate::home::ledger::{EntryView, NotificationView, VerifyReport};
 use crate::home::retention::PurgeReport;
 use crate::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
@@ -27,6 +27,7 @@ use crate::net::PeersReport;
 use crate::notify::SinkStatus;
 use crate::store::CheckReport;
 use crate::transfer::TransferView;
+use crate::transfer::protocol::TransferNet;
 
 /// One row of the table: a route's method and path, and how the server
 /// serves it.
@@ -211,7 +212,8 @@ route!(
 
 impl Call for TrustBlock {
     async fn serve(ctx: Ctx, r: BlockRequest) -> Result<BlockedEntry, ServeError> {
-        ctx.trust_change(move |n| Ok(n.trust().block(&r.peer_id, &r.reason)?)).await
+        ctx.trust_change(move |n| Ok(n.trust().block(&r.peer_id, &r.reason)?))
+            .await
     }
 }
 
@@ -239,8 +241,11 @@ route!(
 
 impl Call for StudiesList {
     async fn serve(ctx: Ctx, r: ListRequest) -> Result<Vec<StudySummary>, ServeError> {
-        ctx.blocking(move |n| Ok(n.studies().list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?))
-            .await
+        ctx.blocking(move |n| {
+            Ok(n.studies()
+                .list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?)
+        })
+        .await
     }
 }
 
@@ -262,7 +267,8 @@ route!(
 
 impl Call for StudiesPurge {
     async fn serve(ctx: Ctx, r: PurgeRequest) -> Result<PurgeReport, ServeError> {
-        ctx.blocking(move |n| Ok(n.retention().purge_study(&r.study, r.reason)?)).await
+        ctx.blocking(move |n| Ok(n.retention().purge_study(&r.study, r.reason)?))
+            .await
     }
 }
 
@@ -446,8 +452,11 @@ route!(
 
 impl Call for ConsentsList {
     async fn serve(ctx: Ctx, r: ConsentListRequest) -> Result<Vec<ConsentEntry>, ServeError> {
-        ctx.blocking(move |n| Ok(n.consents().list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?))
-            .await
+        ctx.blocking(move |n| {
+            Ok(n.consents()
+                .list(r.patient.as_ref().map(|(p, i)| (p.as_str(), i.as_str())))?)
+        })
+        .await
     }
 }
 
@@ -577,7 +586,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
         crate::transfer::admission::retry_later,
     )
     .await?
-        .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
+    .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
     let view = ctx
         .blocking(move |n| {
             n.note_answer(

@@ -64,6 +64,39 @@ pub struct VerifyReport {
     pub feeds: Vec<FeedReport>,
 }
 
+/// Why `log show` found no single entry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// 64 characters that are not 64 hex digits.
+    #[error("{id}: not an entry id (64 hex digits)")]
+    NotAnId {
+        /// What was given.
+        id: String,
+    },
+    /// A prefix that more than one entry id starts with.
+    #[error("{id}: more than one entry starts so")]
+    Ambiguous {
+        /// What was given.
+        id: String,
+    },
+    /// Fewer than 8 hex digits.
+    #[error("{id}: give at least 8 hex digits of the entry id")]
+    TooShort {
+        /// What was given.
+        id: String,
+    },
+    /// No entry of that id here.
+    #[error("no entry {id} on this node")]
+    NotFound {
+        /// What was given.
+        id: String,
+    },
+    /// The entry held does not open.
+    #[error(transparent)]
+    Damaged(#[from] ledger::LedgerError),
+}
+
 fn view(e: &SignedEntry) -> EntryView {
     EntryView {
         id: hex::encode(e.id),
@@ -166,14 +199,14 @@ impl Node {
     /// On the node that made its study commitment, the study is resolved.
     ///
     /// # Errors
-    /// [`HomeError::Deid`]-like lookup errors as [`HomeError::Ledger`].
+    /// [`HomeError::Ledger`] ([`LookupError`]): no single entry of that id.
     pub fn log_show(&self, id: &str) -> Result<EntryView, HomeError> {
         let id = id.trim().to_lowercase();
         let bytes = if id.len() == 64 {
             let key: [u8; 32] = hex::decode(&id)
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| HomeError::Ledger(format!("{id}: not an entry id (64 hex digits)")))?;
+                .ok_or_else(|| LookupError::NotAnId { id: id.clone() })?;
             self.store().ledger_entry(&key)?
         } else if id.len() >= 8 {
             let matches: Vec<Vec<u8>> = self
@@ -184,16 +217,14 @@ impl Node {
                 .filter(|b| blake3::hash(b).to_hex().starts_with(&id))
                 .collect();
             if matches.len() > 1 {
-                return Err(HomeError::Ledger(format!("{id}: more than one entry starts so")));
+                return Err(LookupError::Ambiguous { id }.into());
             }
             matches.into_iter().next()
         } else {
-            return Err(HomeError::Ledger(format!(
-                "{id}: give at least 8 hex digits of the entry id"
-            )));
+            return Err(LookupError::TooShort { id }.into());
         };
-        let bytes = bytes.ok_or_else(|| HomeError::Ledger(format!("no entry {id} on this node")))?;
-        let e = ledger::open_entry(&bytes).map_err(|e| HomeError::Ledger(e.to_string()))?;
+        let bytes = bytes.ok_or_else(|| LookupError::NotFound { id: id.clone() })?;
+        let e = ledger::open_entry(&bytes).map_err(LookupError::from)?;
         let mut v = view(&e);
         if let Some(c) = e
             .entry

@@ -70,13 +70,13 @@ impl GossipMsg {
     /// Decodes (at most [`MAX_GOSSIP`] bytes, version 1).
     ///
     /// # Errors
-    /// The reason, as text.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let m: Self = cbor::decode("ledger gossip message", bytes, MAX_GOSSIP).map_err(|e| e.to_string())?;
+    /// [`cbor::CodecError`]: it does not decode, or is of another version.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, cbor::CodecError> {
+        let m: Self = cbor::decode("ledger gossip message", bytes, MAX_GOSSIP)?;
         let v = match &m {
             Self::Entry { v, .. } | Self::Witness { v, .. } | Self::Revocation { v, .. } => *v,
         };
-        cbor::check_version("ledger gossip message", v, LEDGER_VERSION).map_err(|e| e.to_string())?;
+        cbor::check_version("ledger gossip message", v, LEDGER_VERSION)?;
         Ok(m)
     }
 }

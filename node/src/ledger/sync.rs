@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::LEDGER_VERSION;
+use super::{LEDGER_VERSION, MessageError};
 use crate::cbor;
 
 /// The protocol name.
@@ -125,29 +125,35 @@ fn version_of_response(r: &SyncResponse) -> u32 {
 /// Decodes a request (at most [`MAX_SYNC`] bytes, version 1).
 ///
 /// # Errors
-/// The reason, as text.
-pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, String> {
-    let r: SyncRequest = cbor::decode("ledger sync request", bytes, MAX_SYNC).map_err(|e| e.to_string())?;
-    cbor::check_version("ledger sync request", version_of_request(&r), LEDGER_VERSION).map_err(|e| e.to_string())?;
+/// [`MessageError::Codec`].
+pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, MessageError> {
+    let r: SyncRequest = cbor::decode("ledger sync request", bytes, MAX_SYNC)?;
+    cbor::check_version("ledger sync request", version_of_request(&r), LEDGER_VERSION)?;
     Ok(r)
 }
 
 /// Decodes a response (at most [`MAX_SYNC`] bytes, version 1).
 ///
 /// # Errors
-/// The reason, as text.
-pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse, String> {
-    let r: SyncResponse = cbor::decode("ledger sync response", bytes, MAX_SYNC).map_err(|e| e.to_string())?;
-    cbor::check_version("ledger sync response", version_of_response(&r), LEDGER_VERSION).map_err(|e| e.to_string())?;
+/// [`MessageError`].
+pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse, MessageError> {
+    let r: SyncResponse = cbor::decode("ledger sync response", bytes, MAX_SYNC)?;
+    cbor::check_version("ledger sync response", version_of_response(&r), LEDGER_VERSION)?;
     if let SyncResponse::Heads { heads, .. } = &r
         && heads.len() > MAX_HEADS
     {
-        return Err(format!("{} heads (at most {MAX_HEADS})", heads.len()));
+        return Err(MessageError::TooManyHeads {
+            count: heads.len(),
+            max: MAX_HEADS,
+        });
     }
     if let SyncResponse::Entries { entries, .. } = &r
         && entries.len() as u64 > BATCH
     {
-        return Err(format!("{} entries (at most {BATCH})", entries.len()));
+        return Err(MessageError::TooManyEntries {
+            count: entries.len(),
+            max: BATCH,
+        });
     }
     Ok(r)
 }

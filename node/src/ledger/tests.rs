@@ -255,7 +255,7 @@ fn gossip_messages_carry_a_version_and_a_bounded_size() {
         entry: serde_bytes::ByteBuf::from(e.bytes),
     };
     let err = gossip::GossipMsg::from_bytes(&v9.to_bytes().unwrap()).unwrap_err();
-    assert!(err.contains("version"), "{err}");
+    assert!(err.to_string().contains("version"), "{err}");
     let huge = gossip::GossipMsg::Entry {
         v: LEDGER_VERSION,
         entry: serde_bytes::ByteBuf::from(vec![0u8; gossip::MAX_GOSSIP]),

@@ -241,7 +241,7 @@ fn a_request_flood_records_at_most_the_burst_and_the_holder_serves_others() {
     // The path of the network service: the limiter, then the answer.
     let serve = |peer: &str, m: Msg| match admit_message(&limiter, peer, &m.body, t0) {
         Some(busy) => busy,
-        None => crate::net::answer_transfer(&w.holder, peer, m).unwrap(),
+        None => crate::transfer::protocol::answer_transfer(&w.holder, peer, m).unwrap(),
     };
     let mut later = 0;
     for i in 0..300 {
@@ -287,7 +287,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
     };
     let answers: Vec<String> = (0..20)
         .map(
-            |i| match crate::net::answer_transfer(&w.holder, &flooder, msg(i)).unwrap() {
+            |i| match crate::transfer::protocol::answer_transfer(&w.holder, &flooder, msg(i)).unwrap() {
                 AnswerBody::Pending { .. } => "pending".into(),
                 AnswerBody::RetryLater {
                     code, retry_after_secs, ..
@@ -303,7 +303,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
     assert!(answers[2..].iter().all(|a| a == "approvals-full"));
     assert_eq!(w.holder.approvals().unwrap().len(), 2);
     // Another peer has its own queue.
-    let answer = crate::net::answer_transfer(&w.holder, &w.other.identity().peer_id(), msg(99)).unwrap();
+    let answer = crate::transfer::protocol::answer_transfer(&w.holder, &w.other.identity().peer_id(), msg(99)).unwrap();
     assert!(matches!(answer, AnswerBody::Pending { .. }), "{answer:?}");
 }
 

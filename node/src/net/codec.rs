@@ -1,4 +1,5 @@
-//! A `request_response` codec for our CBOR messages: each request and each
+//! A `request_response` codec for the network's own CBOR messages (the
+//! hello; services' protocols go through [`super::protocol::RawCodec`]): each request and each
 //! response is one CBOR value written to its own stream, which is then
 //! closed. Reads stop at a size limit per direction; oversize or malformed
 //! input is an `InvalidData` error naming the message, never a panic.
@@ -16,70 +17,29 @@ pub trait Wire: Sized + Send + 'static {
     const WHAT: &'static str;
     /// Largest encoding accepted, bytes.
     const MAX: usize;
+    /// Why it does not encode or decode.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Encodes.
     ///
     /// # Errors
-    /// The reason, as text.
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    /// [`Self::Error`].
+    fn encode(&self) -> Result<Vec<u8>, Self::Error>;
     /// Decodes and checks (version, limits).
     ///
     /// # Errors
-    /// The reason, as text.
-    fn decode(bytes: &[u8]) -> Result<Self, String>;
+    /// [`Self::Error`].
+    fn decode(bytes: &[u8]) -> Result<Self, Self::Error>;
 }
 
 impl Wire for super::hello::Hello {
     const WHAT: &'static str = "hello";
     const MAX: usize = super::hello::MAX_HELLO;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        self.to_bytes().map_err(|e| e.to_string())
+    type Error = super::hello::HelloError;
+    fn encode(&self) -> Result<Vec<u8>, Self::Error> {
+        self.to_bytes()
     }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        Self::from_bytes(bytes).map_err(|e| e.to_string())
-    }
-}
-
-impl Wire for crate::transfer::wire::Msg {
-    const WHAT: &'static str = "transfer message";
-    const MAX: usize = crate::transfer::wire::MAX_MESSAGE;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        crate::transfer::wire::encode(Self::WHAT, self).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        crate::transfer::wire::decode(Self::WHAT, bytes, Self::MAX).map_err(|e| e.to_string())
-    }
-}
-
-impl Wire for crate::transfer::wire::Answer {
-    const WHAT: &'static str = "transfer answer";
-    const MAX: usize = crate::transfer::wire::MAX_MESSAGE;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        crate::transfer::wire::encode(Self::WHAT, self).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        crate::transfer::wire::decode(Self::WHAT, bytes, Self::MAX).map_err(|e| e.to_string())
-    }
-}
-
-impl Wire for crate::ledger::sync::SyncRequest {
-    const WHAT: &'static str = "ledger sync request";
-    const MAX: usize = crate::ledger::sync::MAX_SYNC;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        crate::cbor::encode(Self::WHAT, self).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        crate::ledger::sync::decode_request(bytes)
-    }
-}
-
-impl Wire for crate::ledger::sync::SyncResponse {
-    const WHAT: &'static str = "ledger sync response";
-    const MAX: usize = crate::ledger::sync::MAX_SYNC;
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        crate::cbor::encode(Self::WHAT, self).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        crate::ledger::sync::decode_response(bytes)
+    fn decode(bytes: &[u8]) -> Result<Self, Self::Error> {
+        Self::from_bytes(bytes)
     }
 }
 

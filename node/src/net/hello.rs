@@ -183,6 +183,30 @@ pub fn evaluate(state: &TrustState, peer_id: &str, hello: &Hello, now: i64) -> R
     })
 }
 
+/// The last hello `peer` presented (its [`crate::trust::known`] row), else
+/// a hello made of its bilateral node record in `state`; `None` for a peer
+/// this node has never met and does not trust directly.
+///
+/// # Errors
+/// Store errors.
+pub fn peer_hello(
+    store: &crate::store::Store,
+    state: &TrustState,
+    peer: &str,
+) -> Result<Option<Hello>, crate::store::StoreError> {
+    if let Some(bytes) = crate::trust::known::hello_of(store, peer)?
+        && let Ok(h) = Hello::from_bytes(&bytes)
+    {
+        return Ok(Some(h));
+    }
+    Ok(state
+        .bilateral
+        .iter()
+        .find(|b| b.record.record().peer_id == peer)
+        .and_then(|b| b.record.envelope().to_bytes().ok())
+        .map(|record| Hello::new(record, Vec::new())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,16 +3,16 @@
 //!
 //! - **Publish.** Whenever this node's applied revocations grow (an admin ran
 //!   `medmesh trust apply`, or one came from a peer), each new one goes out
-//!   on the ledger gossip topic as a [`GossipMsg::Revocation`]. A member
-//!   passes it on only after [`TrustService::revocation_from_peer`](crate::home::trust::TrustService::revocation_from_peer) verified its
-//!   admin signatures against the consortium's revocation threshold and
-//!   applied it; a forged, under-signed or malformed one is rejected (not
-//!   applied, not relayed, counted against the sender).
+//!   on the ledger gossip topic (the ledger's replication does it,
+//!   `crate::ledger::replication`). A member passes it on only after
+//!   verifying its admin signatures against the consortium's revocation
+//!   threshold and applying it; a forged, under-signed or malformed one is
+//!   rejected (not applied, not relayed, counted against the sender).
 //! - **Catch up.** Every hello carries a [`RevocationSummary`] per consortium
 //!   (count and digest). When a peer's differs from ours, or every
-//!   maintenance round, this node asks the peer (`/medmesh/ledger/1`,
-//!   [`SyncRequest::Revocations`] with our digest) and applies what it gets
-//!   the same way.
+//!   maintenance round, this node asks the peer through the registered
+//!   [`super::protocol::CatchUp`] service (which speaks `/medmesh/ledger/1` with our digest)
+//!   and it applies what it gets the same way.
 //! - **Hold.** A node that starts (or lost every trusted connection) does not
 //!   yet know what was revoked while it was away. For a short hold
 //!   ([`hold_for`]), a peer trusted through a consortium certificate is
@@ -25,17 +25,12 @@
 //!   before anything else was said to it.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use libp2p::request_response::OutboundRequestId;
 
 use super::hello::{self, Hello};
 use super::{Internal, Service, now};
-use crate::home::trust::RevocationTaken;
-use crate::ledger::gossip::GossipMsg;
-use crate::ledger::sync::{SyncRequest, SyncResponse};
 use crate::trust::{RevocationSummary, Via};
 
 /// Longest hold.
@@ -71,18 +66,12 @@ impl Hold {
 /// This node's revocation state, as the network last loaded it.
 #[derive(Debug, Default)]
 pub(super) struct RevocationState {
-    /// BLAKE3 of every applied revocation (None before the first load).
-    known: Option<HashSet<[u8; 32]>>,
     /// What the hello says.
     pub(super) summaries: Vec<RevocationSummary>,
-    /// Catch-up requests in flight.
-    pending: std::collections::HashMap<OutboundRequestId, PeerId>,
 }
 
 impl Service {
-    /// Reloads the applied revocations: the summaries for the hello, and
-    /// each one new since the last load published on the gossip topic
-    /// (nothing is published on the first load, at start).
+    /// Reloads the applied revocations: the summaries for the hello.
     pub(super) fn reload_revocations(&mut self) {
         let applied = match self.node.trust().applied_revocations() {
             Ok(a) => a,
@@ -93,26 +82,12 @@ impl Service {
         };
         let pairs: Vec<(String, [u8; 32])> = applied.iter().map(|a| (a.consortium.clone(), a.hash)).collect();
         self.revocations.summaries = crate::trust::summarize_revocations(&pairs);
-        let fresh: Vec<Vec<u8>> = match &self.revocations.known {
-            Some(known) => applied
-                .iter()
-                .filter(|a| !known.contains(&a.hash))
-                .map(|a| a.bytes.clone())
-                .collect(),
-            None => Vec::new(),
-        };
-        self.revocations.known = Some(pairs.iter().map(|(_, h)| *h).collect());
-        for bytes in fresh {
-            tracing::info!("publishing a revocation to the consortium's members");
-            self.gossip_publish(&GossipMsg::Revocation {
-                v: crate::ledger::LEDGER_VERSION,
-                revocation: serde_bytes::ByteBuf::from(bytes),
-            });
-        }
     }
 
-    /// Asks `peer` for the revocations of `consortia` (each with our digest).
+    /// Asks `peer` for the revocations of `consortia` (each with our digest),
+    /// through the registered catch-up service.
     pub(super) fn ask_revocations(&mut self, peer: PeerId, consortia: Vec<String>) {
+        let Some(catch_up) = self.catch_up.clone() else { return };
         for consortium in consortia {
             let digest = self
                 .revocations
@@ -121,15 +96,13 @@ impl Service {
                 .find(|s| s.consortium == consortium)
                 .map(|s| s.digest.clone())
                 .unwrap_or_default();
-            let id = self.swarm.behaviour_mut().ledger.send_request(
-                &peer,
-                SyncRequest::Revocations {
-                    v: crate::ledger::LEDGER_VERSION,
-                    consortium,
-                    digest,
-                },
-            );
-            self.revocations.pending.insert(id, peer);
+            let exchange = catch_up.catch_up(peer, consortium, digest);
+            let internal = self.internal.clone();
+            tokio::spawn(async move {
+                if exchange.await {
+                    let _ = internal.send(Internal::RevocationsDone(peer)).await;
+                }
+            });
         }
     }
 
@@ -149,27 +122,8 @@ impl Service {
         for peer in ready {
             self.ask_revocations(peer, consortia.clone());
         }
-        #[cfg(feature = "fault-injection")]
-        self.publish_injected();
-    }
-
-    /// Test builds only (cargo feature `fault-injection`): with
-    /// `MEDMESH_FAULT_PUBLISH_REVOCATION=FILE[:FILE...]`, this node publishes
-    /// each file's bytes as a revocation on the gossip topic every
-    /// maintenance round, unchecked, as a rogue or broken member would: tests
-    /// show that the others neither apply nor relay what does not verify.
-    #[cfg(feature = "fault-injection")]
-    fn publish_injected(&mut self) {
-        let Ok(files) = std::env::var("MEDMESH_FAULT_PUBLISH_REVOCATION") else {
-            return;
-        };
-        for f in files.split(':') {
-            if let Ok(bytes) = std::fs::read(f) {
-                self.gossip_publish(&GossipMsg::Revocation {
-                    v: crate::ledger::LEDGER_VERSION,
-                    revocation: serde_bytes::ByteBuf::from(bytes),
-                });
-            }
+        if let Some(c) = &self.catch_up {
+            c.maintenance();
         }
     }
 
@@ -251,49 +205,6 @@ impl Service {
                 Err(r) => self.refuse(peer, r, None),
             }
         }
-    }
-
-    /// Whether `request` is a revocation catch-up request for us to answer
-    /// from a peer that is parked (revocations are no secret among members).
-    pub(super) fn answers_parked(&self, peer: &PeerId, request: &SyncRequest) -> bool {
-        matches!(request, SyncRequest::Revocations { .. }) && self.is_parked(peer)
-    }
-
-    /// Whether `id` is a catch-up request of ours (its answer goes to
-    /// [`Self::on_revocations_answer`], not to the ledger's exchanges).
-    pub(super) fn is_revocations_request(&self, id: &OutboundRequestId) -> bool {
-        self.revocations.pending.contains_key(id)
-    }
-
-    /// Takes an answer to a catch-up request.
-    pub(super) fn on_revocations_answer(&mut self, peer: PeerId, id: OutboundRequestId, response: SyncResponse) {
-        self.revocations.pending.remove(&id);
-        let SyncResponse::Revocations { revocations, .. } = response else {
-            self.revocations_done(peer);
-            return;
-        };
-        let (node, internal) = (Arc::clone(&self.node), self.internal.clone());
-        tokio::spawn(async move {
-            let from = peer.to_string();
-            let _ = tokio::task::spawn_blocking(move || {
-                for r in &revocations {
-                    match node.trust().revocation_from_peer(&from, r) {
-                        Ok(RevocationTaken::Refused(_)) => {
-                            tracing::warn!(peer = %from, "a peer's catch-up answer holds a revocation that does not verify");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(peer = %from, cause = %e, "revocation from a peer not taken"),
-                    }
-                }
-            })
-            .await;
-            let _ = internal.send(Internal::RevocationsDone(peer)).await;
-        });
-    }
-
-    /// A catch-up request failed; returns false when `id` was not one.
-    pub(super) fn on_revocations_failure(&mut self, id: OutboundRequestId) -> bool {
-        self.revocations.pending.remove(&id).is_some()
     }
 
     /// A catch-up exchange with `peer` is over (its revocations applied).

@@ -28,6 +28,7 @@ use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERS
 use super::{Accepted, Direction, ObjectWriter, SendPlan, Source, State, TransferId};
 use crate::home::Node;
 use crate::net::NetHandle;
+use crate::transfer::protocol::TransferNet;
 
 /// Largest frame accepted (an [`Open`] with the largest manifest).
 const MAX_FRAME: usize = MAX_MANIFEST + MAX_MESSAGE + 4096;
