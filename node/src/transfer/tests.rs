@@ -8,6 +8,7 @@ use std::path::Path;
 
 use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 
+use super::preparation::hash_objects;
 use super::wire::{self, MANIFEST_DOMAIN, Manifest, Open, WIRE_VERSION};
 use super::*;
 use crate::home::consent::NewConsent;
