@@ -440,14 +440,14 @@ impl Session {
 
     pub fn transfers(&self) -> Result<Vec<TransferView>> {
         match self {
-            Self::Local(node) => Ok(node.transfers()?),
+            Self::Local(node) => Ok(node.transfers().list()?),
             Self::Remote { client, rt } => Self::get(client, rt, "/transfers"),
         }
     }
 
     pub fn transfer_show(&self, id: &str) -> Result<TransferView> {
         match self {
-            Self::Local(node) => Ok(node.transfer_show(id)?),
+            Self::Local(node) => Ok(node.transfers().transfer_show(id)?),
             Self::Remote { client, rt } => Self::post(client, rt, "/transfers/show", &IdRequest { id: id.into() }),
         }
     }
@@ -466,21 +466,25 @@ impl Session {
     /// streams it once it runs.
     pub fn share(&self, ask: &TransferAsk) -> Result<TransferView> {
         match self {
-            Self::Local(node) => Ok(node.share(&ask.peer_id, &ask.study_uid, ask.purpose, ask.role, ask.level)?),
+            Self::Local(node) => {
+                Ok(node
+                    .transfers()
+                    .share(&ask.peer_id, &ask.study_uid, ask.purpose, ask.role, ask.level)?)
+            }
             Self::Remote { client, rt } => Self::post(client, rt, "/transfers/share", ask),
         }
     }
 
     pub fn approvals(&self) -> Result<Vec<TransferView>> {
         match self {
-            Self::Local(node) => Ok(node.approvals()?),
+            Self::Local(node) => Ok(node.transfers().approvals()?),
             Self::Remote { client, rt } => Self::get(client, rt, "/approvals"),
         }
     }
 
     pub fn approve(&self, id: &str) -> Result<TransferView> {
         match self {
-            Self::Local(node) => Ok(node.approve(id)?.0),
+            Self::Local(node) => Ok(node.transfers().approve(id)?.0),
             Self::Remote { client, rt } => Self::post(client, rt, "/approvals/approve", &IdRequest { id: id.into() }),
         }
     }
@@ -489,7 +493,7 @@ impl Session {
     /// (it is, when the node runs).
     pub fn deny(&self, id: &str, reason: &str) -> Result<TransferView> {
         match self {
-            Self::Local(node) => Ok(node.deny_approval(id, reason)?.0),
+            Self::Local(node) => Ok(node.transfers().deny_approval(id, reason)?.0),
             Self::Remote { client, rt } => Self::post(
                 client,
                 rt,

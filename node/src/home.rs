@@ -623,6 +623,12 @@ impl Node {
         &self.live
     }
 
+    /// The transfer service.
+    #[must_use]
+    pub fn transfers(&self) -> crate::transfer::Transfers<'_> {
+        crate::transfer::Transfers::new(&self.store, &self.identity, &self.live, self)
+    }
+
     /// The home's paths.
     #[must_use]
     pub fn paths(&self) -> &HomePaths {
@@ -703,7 +709,7 @@ impl Node {
         overwrite: bool,
         progress: impl FnMut(&ExportOutcome),
     ) -> Result<ExportSummary, HomeError> {
-        self.enforce_expiry()?;
+        self.transfers().enforce_expiry()?;
         let summary = export::export(&self.store, study_uid, out, overwrite, progress)?;
         self.log(crate::ledger::Event::Accessed {
             action: "export".into(),
@@ -733,7 +739,7 @@ impl Node {
     /// # Errors
     /// Store errors.
     pub fn studies(&self, patient_id: Option<(&str, &str)>) -> Result<Vec<StudySummary>, HomeError> {
-        self.enforce_expiry()?;
+        self.transfers().enforce_expiry()?;
         let rows = match patient_id {
             None => self.store.studies()?,
             Some((id, issuer)) => {
@@ -794,7 +800,7 @@ impl Node {
     /// # Errors
     /// [`StoreError::UnknownStudy`], store errors.
     pub fn study(&self, study_uid: &str) -> Result<StudyDetail, HomeError> {
-        self.enforce_expiry()?;
+        self.transfers().enforce_expiry()?;
         let study: StudyRef = self.store.study_ref(study_uid);
         let row = self
             .store

@@ -132,6 +132,31 @@ pub enum TransferError {
     /// The network is not running (transfers need `medmesh run`).
     #[error("{0}")]
     Network(String),
+    /// De-identifying an object for the transfer failed (`what` names it
+    /// by transfer and object, never by patient data).
+    #[error("{}{cause}", what.as_deref().map(|w| format!("{w}: ")).unwrap_or_default())]
+    Deid {
+        /// The transfer and object concerned, if any.
+        what: Option<String>,
+        /// The cause.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key could not be wrapped or unwrapped under the master key.
+    #[error(transparent)]
+    Keystore(#[from] crate::keystore::KeystoreError),
+    /// A signed envelope or node record could not be made or read.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// A service of the node that transfers consult failed: consent and
+    /// policy, trust, the ledger, de-identification, retention (these are
+    /// still methods of the node; each becomes a typed cause as it becomes
+    /// a service of its own).
+    #[error(transparent)]
+    Service(Box<HomeError>),
     /// A received study was refused at landing (nothing of it is stored).
     #[error("transfer {id}: {reason} [{code}]")]
     Refused {
@@ -142,6 +167,65 @@ pub enum TransferError {
         /// Why (no patient data: objects by index, studies by reference).
         reason: String,
     },
+}
+
+impl From<HomeError> for TransferError {
+    fn from(e: HomeError) -> Self {
+        match e {
+            HomeError::Transfer(t) => t,
+            HomeError::Store(s) => TransferError::Store(s),
+            other => TransferError::Service(Box::new(other)),
+        }
+    }
+}
+
+/// The transfer service: records, negotiation, preparation, sessions,
+/// receiving and landing. It holds narrow handles: the store, the identity
+/// and the live progress of this process; `host` is the node, for what is
+/// not a service of its own yet (consent and policy, trust, the ledger,
+/// de-identification profiles, retention, limits and the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Transfers<'n> {
+    store: &'n crate::store::Store,
+    identity: &'n crate::identity::Identity,
+    live: &'n Live,
+    host: &'n Node,
+}
+
+impl<'n> Transfers<'n> {
+    /// The service over its handles.
+    #[must_use]
+    pub fn new(
+        store: &'n crate::store::Store,
+        identity: &'n crate::identity::Identity,
+        live: &'n Live,
+        host: &'n Node,
+    ) -> Self {
+        Transfers {
+            store,
+            identity,
+            live,
+            host,
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &'n crate::store::Store {
+        self.store
+    }
+
+    /// This node's identity.
+    #[must_use]
+    pub fn identity(&self) -> &'n crate::identity::Identity {
+        self.identity
+    }
+
+    /// Live progress of the transfers this process runs.
+    #[must_use]
+    pub fn live(&self) -> &'n Live {
+        self.live
+    }
 }
 
 /// Parses a transfer id.
@@ -235,6 +319,13 @@ fn peer_code(code: &str) -> String {
         code.to_string()
     } else {
         "ended-by-holder".into()
+    }
+}
+
+fn deid_failed(what: String, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> TransferError {
+    TransferError::Deid {
+        what: Some(what),
+        cause: cause.into(),
     }
 }
 

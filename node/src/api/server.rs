@@ -365,7 +365,7 @@ async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::
             )
         })?;
     let view = blocking(api, move |n| {
-        n.note_answer(
+        Ok(n.transfers().note_answer(
             &r.peer_id,
             &request_id,
             &r.study_uid,
@@ -373,7 +373,7 @@ async fn request_transfer(api: &Api, r: TransferAsk) -> Result<crate::transfer::
             r.role,
             r.level,
             &answer.body,
-        )
+        )?)
     })
     .await?;
     api.net.wake_transfers();
@@ -565,10 +565,10 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
                 let r: NotificationsRequest = body(req).await?;
                 json(&blocking(api, move |n| n.notifications(r.unread)).await?)
             }
-            (&Method::GET, "/transfers") => json(&blocking(api, Node::transfers).await?),
+            (&Method::GET, "/transfers") => json(&blocking(api, |n| Ok(n.transfers().list()?)).await?),
             (&Method::POST, "/transfers/show") => {
                 let r: IdRequest = body(req).await?;
-                json(&blocking(api, move |n| n.transfer_show(&r.id)).await?)
+                json(&blocking(api, move |n| Ok(n.transfers().transfer_show(&r.id)?)).await?)
             }
             (&Method::POST, "/transfers/request") => {
                 let r: TransferAsk = body(req).await?;
@@ -577,23 +577,24 @@ async fn handle(api: &Arc<Api>, req: Request<Incoming>) -> Response<Body> {
             (&Method::POST, "/transfers/share") => {
                 let r: TransferAsk = body(req).await?;
                 let view = blocking(api, move |n| {
-                    n.share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)
+                    Ok(n.transfers()
+                        .share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)?)
                 })
                 .await?;
                 api.net.wake_transfers();
                 json(&view)
             }
-            (&Method::GET, "/approvals") => json(&blocking(api, Node::approvals).await?),
+            (&Method::GET, "/approvals") => json(&blocking(api, |n| Ok(n.transfers().approvals()?)).await?),
             (&Method::POST, "/approvals/approve") => {
                 let r: IdRequest = body(req).await?;
-                let (view, msg) = blocking(api, move |n| n.approve(&r.id)).await?;
+                let (view, msg) = blocking(api, move |n| Ok(n.transfers().approve(&r.id)?)).await?;
                 api.net.wake_transfers();
                 tell_requester(api, &view, msg);
                 json(&view)
             }
             (&Method::POST, "/approvals/deny") => {
                 let r: DenyRequest = body(req).await?;
-                let (view, msg) = blocking(api, move |n| n.deny_approval(&r.id, &r.reason)).await?;
+                let (view, msg) = blocking(api, move |n| Ok(n.transfers().deny_approval(&r.id, &r.reason)?)).await?;
                 tell_requester(api, &view, msg);
                 json(&view)
             }

@@ -809,7 +809,7 @@ impl Node {
         self.logged(&entries);
         tracing::info!(consent = %self.consent_ref(&id), "consent recorded");
         // An objection (a deny) may end transfers under way.
-        self.end_affected_transfers_after("consent added");
+        self.transfers().end_affected_transfers_after("consent added");
         self.entry(record, now)
     }
 
@@ -928,7 +928,7 @@ impl Node {
         self.logged(&entries);
         let changed = out.iter().filter(|o| o.outcome != "unchanged").count();
         tracing::info!(records = changed, "FHIR consents imported");
-        self.end_affected_transfers_after("FHIR consents imported");
+        self.transfers().end_affected_transfers_after("FHIR consents imported");
         Ok(out)
     }
 
@@ -975,7 +975,7 @@ impl Node {
                 })?;
         self.logged(&entries);
         let record = result.ok_or_else(|| HomeError::Consent(ConsentOpError::Unknown(id.to_string())))?;
-        self.end_affected_transfers_after("consent withdrawn");
+        self.transfers().end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)
     }
 

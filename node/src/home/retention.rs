@@ -249,14 +249,14 @@ impl Node {
     /// it are deleted.
     fn forget_study_in_transfers(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
         let mut n = 0;
-        for rec in self.transfer_records()? {
+        for rec in self.transfers().transfer_records()? {
             let named = (!rec.study_uid.is_empty() && self.store().study_ref(&rec.study_uid) == *study)
                 || grant_transfer == Some(&rec.id);
             if !named {
                 continue;
             }
             let id = parse_id(&rec.id)?;
-            self.scrub_transfer(&id)?;
+            self.transfers().scrub_transfer(&id)?;
             n += 1;
         }
         Ok(n)

@@ -207,7 +207,7 @@ impl Node {
         self.log(crate::ledger::Event::TrustJoined {
             consortium: consortium.id.clone(),
         })?;
-        self.end_affected_transfers_after("certificate changed");
+        self.transfers().end_affected_transfers_after("certificate changed");
         listing
             .consortia
             .into_iter()
@@ -256,7 +256,7 @@ impl Node {
         self.log(crate::ledger::Event::PeerAdded {
             peer: r.peer_id.clone(),
         })?;
-        self.end_affected_transfers_after("bilateral trust changed");
+        self.transfers().end_affected_transfers_after("bilateral trust changed");
         Ok(BilateralEntry {
             peer_id: r.peer_id.clone(),
             institution: r.institution.clone(),
@@ -300,7 +300,7 @@ impl Node {
             peer: entry.target.clone(),
         })?;
         self.trust_seq.send_modify(|n| *n = n.wrapping_add(1));
-        self.end_affected_transfers_after("revocation applied");
+        self.transfers().end_affected_transfers_after("revocation applied");
         Ok(entry)
     }
 
@@ -415,7 +415,7 @@ impl Node {
             .map_err(TrustOpError::from)?;
         self.store.trust_put(&format!("blocked/{peer_id}"), &bytes)?;
         self.log(crate::ledger::Event::PeerBlocked { peer: peer_id.into() })?;
-        self.end_affected_transfers_after("peer blocked");
+        self.transfers().end_affected_transfers_after("peer blocked");
         Ok(BlockedEntry {
             peer_id: peer_id.into(),
             reason: reason.into(),

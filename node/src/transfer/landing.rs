@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Node {
+impl Transfers<'_> {
     /// Lands a fully received transfer: checks the index object and that
     /// every object belongs to the granted study, then moves the objects
     /// into the store under the grant, marks the transfer landed and writes
@@ -16,7 +16,7 @@ impl Node {
     /// or not as the index describes it; `already-held`: the study or an
     /// object is held here already); store and file errors; a bad index
     /// fails the transfer.
-    pub fn land(&self, accepted: &Accepted) -> Result<(), HomeError> {
+    pub fn land(&self, accepted: &Accepted) -> Result<(), TransferError> {
         let id = &accepted.id;
         let rec = self.transfer(id)?;
         let idh = rec.id.clone();
@@ -58,16 +58,16 @@ impl Node {
             patient,
             objects,
         };
-        let result = self.store().land_study(landing, &self.author(), |current| {
+        let result = self.store().land_study(landing, &self.host.author(), |current| {
             // Inside the landing's transaction: a transfer ended meanwhile
             // (failed, scrubbed) does not land.
             let sealed = current.ok_or_else(|| TransferError::Unknown(idh.clone()))?;
             let mut r = self.open_record(id, sealed)?;
             if r.state != State::Streaming {
-                return Err(HomeError::from(TransferError::State {
+                return Err(TransferError::State {
                     id: idh.clone(),
                     reason: format!("became {} while it was landing", r.state.as_str()),
-                }));
+                });
             }
             r.state = State::Landed;
             r.updated = now();
@@ -75,7 +75,7 @@ impl Node {
         });
         let entries = match result {
             Ok(entries) => entries,
-            Err(HomeError::Store(StoreError::Conflict(why))) => {
+            Err(TransferError::Store(StoreError::Conflict(why))) => {
                 return Err(TransferError::Refused {
                     id: idh,
                     code: "already-held",
@@ -85,7 +85,7 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
-        self.logged(&entries);
+        self.host.logged(&entries);
         tracing::info!(transfer = %idh, "study received, verified and stored");
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Node {
         study: &StudyRef,
         index: &StudyIndex,
         landed_uid: &str,
-    ) -> Result<(Vec<LandedObject>, StudyRow, Option<[u8; 32]>), HomeError> {
+    ) -> Result<(Vec<LandedObject>, StudyRow, Option<[u8; 32]>), TransferError> {
         let idh = &rec.id;
         let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
@@ -112,7 +112,7 @@ impl Node {
         {
             return Err(damaged(idh, "the study index does not describe the objects sent").into());
         }
-        let bad_object = |i: usize, why: &str| -> HomeError {
+        let bad_object = |i: usize, why: &str| -> TransferError {
             TransferError::Refused {
                 id: idh.clone(),
                 code: "bad-object",
@@ -133,7 +133,7 @@ impl Node {
             // The object itself must say it is of the granted study (and be
             // the instance the index names): a holder cannot slip another
             // study's object in under this grant.
-            let uids = object_uids(&path, &a.key, m.part10, o.size).map_err(|why| bad_object(i, &why))?;
+            let uids = object_uids(&path, &a.key, m.part10, o.size).map_err(|why| bad_object(i, &why.to_string()))?;
             if uids.study != landed_uid {
                 return Err(bad_object(i, "is not of the granted study"));
             }
@@ -192,7 +192,7 @@ impl Node {
     }
 
     /// The study index object of a received transfer (the last object).
-    pub(super) fn read_index(&self, a: &Accepted, idh: &str) -> Result<StudyIndex, HomeError> {
+    pub(super) fn read_index(&self, a: &Accepted, idh: &str) -> Result<StudyIndex, TransferError> {
         let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
         let index_path = dir.join(last.to_string());
@@ -210,7 +210,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn receipt(&self, id: &TransferId) -> Result<Vec<u8>, HomeError> {
+    pub fn receipt(&self, id: &TransferId) -> Result<Vec<u8>, TransferError> {
         let rec = self.transfer(id)?;
         if !rec.receipt.is_empty() {
             return Ok(rec.receipt);
@@ -246,7 +246,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn receipt_acknowledged(&self, id: &TransferId) -> Result<(), HomeError> {
+    pub fn receipt_acknowledged(&self, id: &TransferId) -> Result<(), TransferError> {
         self.update_transfer(id, |r| {
             if r.state == State::Landed {
                 r.state = State::Complete;
@@ -261,7 +261,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors; a bad receipt is an answer, not an error.
-    pub fn accept_receipt(&self, peer: &str, bytes: &[u8]) -> Result<AnswerBody, HomeError> {
+    pub fn accept_receipt(&self, peer: &str, bytes: &[u8]) -> Result<AnswerBody, TransferError> {
         let refused = |code: &str, text: String| AnswerBody::Refused {
             code: code.into(),
             text,
@@ -284,7 +284,7 @@ impl Node {
         };
         let rec = match self.transfer(&id) {
             Ok(r) if r.direction == Direction::Outgoing && r.peer == peer => r,
-            Ok(_) | Err(HomeError::Transfer(TransferError::Unknown(_))) => {
+            Ok(_) | Err(TransferError::Unknown(_)) => {
                 return Ok(refused(
                     "unknown-transfer",
                     format!("no transfer {} to you", receipt.transfer_id),
@@ -312,7 +312,7 @@ impl Node {
         let event = Event::TransferSent {
             transfer: rec.id.clone(),
             peer: peer.to_string(),
-            study: hex::encode(self.study_commitment(&rec.study_uid)?),
+            study: hex::encode(self.host.study_commitment(&rec.study_uid)?),
             objects: manifest.objects.len() as u64,
             bytes: manifest.objects.iter().map(|o| o.size).sum(),
             level: rec.level.map_or("", DeidLevel::as_str).to_string(),
@@ -353,30 +353,25 @@ pub(super) fn object_uids(
     key: &DataKey,
     part10: bool,
     size: u64,
-) -> Result<ObjectUids, String> {
+) -> Result<ObjectUids, BadObject> {
     use dicom_dictionary_std::tags;
     use dicom_object::file::ReadPreamble;
-    let file = File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let mut reader =
-        medmesh_seal::OpenReader::new(key, std::io::BufReader::new(file)).map_err(|e| format!("does not open: {e}"))?;
+    let file = File::open(path).map_err(BadObject::Unreadable)?;
+    let mut reader = medmesh_seal::OpenReader::new(key, std::io::BufReader::new(file)).map_err(BadObject::Sealed)?;
     let obj = if part10 {
         dicom_object::OpenFileOptions::new()
             .read_preamble(ReadPreamble::Auto)
             .read_until(tags::PIXEL_DATA)
             .from_reader(&mut reader)
             .map(dicom_object::FileDicomObject::into_inner)
-            .map_err(|_| "is not a DICOM object that parses".to_string())?
+            .map_err(|_| BadObject::NotDicom)?
     } else {
         if size > MAX_BARE_OBJECT {
-            return Err("is a bare data set too large to check".into());
+            return Err(BadObject::TooLarge);
         }
         let mut bytes = Zeroizing::new(Vec::new());
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("does not open: {e}"))?;
-        crate::dicom::parse_whole(&bytes)
-            .map_err(|_| "is not a DICOM object that parses".to_string())?
-            .0
+        reader.read_to_end(&mut bytes).map_err(BadObject::Opening)?;
+        crate::dicom::parse_whole(&bytes).map_err(|_| BadObject::NotDicom)?.0
     };
     let uid = |tag| {
         obj.element(tag)
@@ -384,11 +379,35 @@ pub(super) fn object_uids(
             .and_then(|e| e.to_str().ok())
             .map(|v| v.trim_end_matches(['\0', ' ']).trim().to_string())
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| "lacks a Study, Series or SOP Instance UID".to_string())
+            .ok_or(BadObject::NoUids)
     };
     Ok(ObjectUids {
         study: uid(tags::STUDY_INSTANCE_UID)?,
         series: uid(tags::SERIES_INSTANCE_UID)?,
         sop: uid(tags::SOP_INSTANCE_UID)?,
     })
+}
+
+/// Why a received object cannot be landed (texts without UIDs: they follow
+/// "object N").
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BadObject {
+    /// The file could not be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    /// The sealed object does not open under the transfer key.
+    #[error("does not open: {0}")]
+    Sealed(medmesh_seal::SealError),
+    /// Reading it failed midway.
+    #[error("does not open: {0}")]
+    Opening(std::io::Error),
+    /// It does not parse as DICOM.
+    #[error("is not a DICOM object that parses")]
+    NotDicom,
+    /// A bare data set too large to read whole.
+    #[error("is a bare data set too large to check")]
+    TooLarge,
+    /// A UID is missing.
+    #[error("lacks a Study, Series or SOP Instance UID")]
+    NoUids,
 }

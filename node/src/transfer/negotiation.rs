@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Node {
+impl Transfers<'_> {
     /// The holder's decision on a request from `peer` (trust, then consent
     /// and policy); records the transfer and returns the answer to send.
     ///
@@ -17,7 +17,7 @@ impl Node {
         purpose: Purpose,
         role: Role,
         level: Option<DeidLevel>,
-    ) -> Result<AnswerBody, HomeError> {
+    ) -> Result<AnswerBody, TransferError> {
         let id = new_id()?;
         let mut rec = TransferRecord::new(
             id,
@@ -62,14 +62,14 @@ impl Node {
     /// The entry of the holder's decision on `rec`, written with the record
     /// that carries it. A grant names the study by its commitment (made now
     /// if it is the first): call it before a write transaction.
-    pub(super) fn decision_event(&self, rec: &TransferRecord) -> Result<Option<Event>, HomeError> {
+    pub(super) fn decision_event(&self, rec: &TransferRecord) -> Result<Option<Event>, TransferError> {
         Ok(Some(match rec.state {
             State::Granted => Event::TransferGranted {
                 transfer: rec.id.clone(),
                 peer: rec.peer.clone(),
                 purpose: rec.purpose.to_string(),
                 level: rec.level.map_or("", DeidLevel::as_str).to_string(),
-                study: hex::encode(self.study_commitment(&rec.study_uid)?),
+                study: hex::encode(self.host.study_commitment(&rec.study_uid)?),
                 expires: rec.expires.unwrap_or(0),
             },
             State::Pending => Event::TransferPending {
@@ -90,9 +90,9 @@ impl Node {
     /// Decides `rec` (trust, study, consent and policy) and sets its state,
     /// reasons and grant. `approved`: a person approved it (a needs-approval
     /// outcome is then a grant). Returns the reasons the requester may see.
-    pub(super) fn decide(&self, rec: &mut TransferRecord, approved: bool) -> Result<Vec<Reason>, HomeError> {
+    pub(super) fn decide(&self, rec: &mut TransferRecord, approved: bool) -> Result<Vec<Reason>, TransferError> {
         // 1. Trust (checked again on every request: zero trust).
-        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.host.peer_facts(&rec.peer, rec.purpose)?;
         if let Some(f) = &facts {
             rec.institution.clone_from(&f.institution);
         }
@@ -117,7 +117,7 @@ impl Node {
             return Ok(vec![not_available()]);
         }
         // 3. Consent and policy.
-        let check = self.consent_check(&consent_query(rec))?;
+        let check = self.host.consent_check(&consent_query(rec))?;
         match (check.decision, check.grant) {
             (Verdict::Allow, Some(g)) | (Verdict::NeedsApproval, Some(g))
                 if check.decision == Verdict::Allow || approved =>
@@ -128,7 +128,7 @@ impl Node {
                 let mut series = g.series;
                 let mut notes = Vec::new();
                 if g.level != DeidLevel::Identifiable {
-                    let profile = self.deid_profile(g.level, &[])?;
+                    let profile = self.host.deid_profile(g.level, &[])?;
                     for (uid, why) in self.burned_in_screen(&rec.study_uid, &series, &profile)? {
                         series.retain(|s| *s != uid);
                         notes.push(reason("burned-in", format!("series {uid} left out: {why}")));
@@ -166,9 +166,9 @@ impl Node {
         series: Vec<String>,
         consents: Vec<String>,
         expires: i64,
-    ) -> Result<(), HomeError> {
-        let state = self.trust_state()?;
-        let hello = crate::net::peer_hello(self, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
+    ) -> Result<(), TransferError> {
+        let state = self.host.trust_state()?;
+        let hello = crate::net::peer_hello(self.host, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
             id: rec.id.clone(),
             reason: "the recipient's node record is unknown".into(),
         })?;
@@ -188,7 +188,7 @@ impl Node {
             consents,
             issued: now(),
             expires,
-            study_ref: self.study_commitment(&rec.study_uid)?.to_vec(),
+            study_ref: self.host.study_commitment(&rec.study_uid)?.to_vec(),
         };
         let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e.to_string()))?;
         rec.grant = self.identity().sign(GRANT_DOMAIN, payload).to_bytes()?;
@@ -211,7 +211,7 @@ impl Node {
         purpose: Purpose,
         role: Role,
         level: Option<DeidLevel>,
-    ) -> Result<TransferView, HomeError> {
+    ) -> Result<TransferView, TransferError> {
         crate::dicom::check_uid(study_uid).map_err(|e| TransferError::State {
             id: String::new(),
             reason: format!("study UID {study_uid:?}: {e}"),
@@ -237,9 +237,9 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn approvals(&self) -> Result<Vec<TransferView>, HomeError> {
+    pub fn approvals(&self) -> Result<Vec<TransferView>, TransferError> {
         Ok(self
-            .transfers()?
+            .list()?
             .into_iter()
             .filter(|t| t.direction == Direction::Outgoing && t.state == State::Pending)
             .collect())
@@ -251,7 +251,7 @@ impl Node {
     ///
     /// # Errors
     /// [`TransferError::State`] when it is not pending; store errors.
-    pub fn approve(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), HomeError> {
+    pub fn approve(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), TransferError> {
         let tid = parse_id(id)?;
         // The grant names the study by its commitment: made now, outside the
         // record's write transaction (redb has one writer at a time).
@@ -259,7 +259,7 @@ impl Node {
         // the study and makes its commitment; redb has one writer at a time),
         // then stored only if the request is still pending.
         let mut draft = self.transfer(&tid)?;
-        let not_pending = |rec: &TransferRecord| -> HomeError {
+        let not_pending = |rec: &TransferRecord| -> TransferError {
             TransferError::State {
                 id: rec.id.clone(),
                 reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
@@ -308,7 +308,7 @@ impl Node {
     ///
     /// # Errors
     /// [`TransferError::State`] when it is not pending; store errors.
-    pub fn deny_approval(&self, id: &str, why: &str) -> Result<(TransferView, Option<wire::Msg>), HomeError> {
+    pub fn deny_approval(&self, id: &str, why: &str) -> Result<(TransferView, Option<wire::Msg>), TransferError> {
         let tid = parse_id(id)?;
         let why = why.trim();
         if why.is_empty() {
@@ -356,7 +356,7 @@ impl Node {
         role: Role,
         level: Option<DeidLevel>,
         answer: &AnswerBody,
-    ) -> Result<TransferView, HomeError> {
+    ) -> Result<TransferView, TransferError> {
         let (id, state, reasons, grant) = match answer {
             AnswerBody::Granted { transfer_id, grant } => {
                 (transfer_id.clone(), State::Granted, Vec::new(), grant.clone())
@@ -394,7 +394,7 @@ impl Node {
         rec.reasons = reasons;
         rec.request_id = Some(request_id.to_string());
         rec.grant = grant;
-        if let Ok((facts, _)) = self.peer_facts(peer, purpose)
+        if let Ok((facts, _)) = self.host.peer_facts(peer, purpose)
             && let Some(f) = facts
         {
             rec.institution = f.institution;
@@ -450,7 +450,12 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn note_decided(&self, peer: &str, transfer_id: &str, reasons: Vec<Reason>) -> Result<AnswerBody, HomeError> {
+    pub fn note_decided(
+        &self,
+        peer: &str,
+        transfer_id: &str,
+        reasons: Vec<Reason>,
+    ) -> Result<AnswerBody, TransferError> {
         let Ok(id) = parse_id(transfer_id) else {
             return Ok(AnswerBody::Refused {
                 code: "unknown-transfer".into(),
@@ -473,7 +478,7 @@ impl Node {
             Ok(matches!(r.state, State::Granted | State::Streaming))
         }) {
             Ok((_, ended)) => ended,
-            Err(HomeError::Transfer(TransferError::Unknown(_))) => {
+            Err(TransferError::Unknown(_)) => {
                 return Ok(AnswerBody::Refused {
                     code: "unknown-transfer".into(),
                     text: format!("no transfer {transfer_id} from you"),

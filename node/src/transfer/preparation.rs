@@ -46,7 +46,7 @@ impl std::fmt::Debug for Source {
     }
 }
 
-impl Node {
+impl Transfers<'_> {
     /// Prepares a granted transfer: reads and checks every object, hashes
     /// it per chunk, derives the transfer key and signs the manifest.
     /// Idempotent: a transfer already prepared is left as it is.
@@ -54,7 +54,7 @@ impl Node {
     /// # Errors
     /// [`TransferError::Integrity`] for a stored object that fails its
     /// check; store and file errors.
-    pub fn prepare(&self, id: &TransferId) -> Result<(), HomeError> {
+    pub fn prepare(&self, id: &TransferId) -> Result<(), TransferError> {
         let rec = self.transfer(id)?;
         if rec.state != State::Granted || rec.direction != Direction::Outgoing {
             return Ok(());
@@ -146,7 +146,7 @@ impl Node {
         // read and hashed now, against their import hash). Below it, every
         // object is de-identified now and the index describes the outputs.
         let (hashed, index, prep, attestation) = if grant.level == DeidLevel::Identifiable {
-            let hashed = hash_objects(self, &study_key, &items, &idh)?;
+            let hashed = hash_objects(self.store(), &study_key, &items, &idh)?;
             let hashes: Vec<[u8; 32]> = hashed.iter().map(|h| h.2).collect();
             let attestation = self.identity_attestation(id, &hashes)?;
             let index = StudyIndex {
@@ -247,10 +247,10 @@ impl Node {
     ///
     /// # Errors
     /// A damaged record or document, store errors.
-    pub fn send_plan(&self, id: &TransferId) -> Result<SendPlan, HomeError> {
+    pub fn send_plan(&self, id: &TransferId) -> Result<SendPlan, TransferError> {
         let rec = self.transfer(id)?;
         let idh = rec.id.clone();
-        let doc = |kind| -> Result<Vec<u8>, HomeError> {
+        let doc = |kind| -> Result<Vec<u8>, TransferError> {
             Ok(self
                 .store()
                 .transfer_doc(id, kind)?
@@ -316,13 +316,13 @@ impl Node {
 /// threads.
 #[allow(clippy::type_complexity)]
 pub(super) fn hash_objects(
-    node: &Node,
+    store: &crate::store::Store,
     key: &DataKey,
     items: &[([u8; 32], InstanceRow, InstanceMeta)],
     idh: &str,
-) -> Result<Vec<(Vec<u8>, u64, [u8; 32])>, HomeError> {
+) -> Result<Vec<(Vec<u8>, u64, [u8; 32])>, TransferError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<(Vec<u8>, u64, [u8; 32]), HomeError>>>> =
+    let results: Mutex<Vec<Option<Result<(Vec<u8>, u64, [u8; 32]), TransferError>>>> =
         Mutex::new((0..items.len()).map(|_| None).collect());
     let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4);
     std::thread::scope(|s| {
@@ -338,7 +338,7 @@ pub(super) fn hash_objects(
                         Some(whole) if meta.chunks.len() as u64 == chunks * 32 => {
                             Ok((meta.chunks.clone(), row.size, whole))
                         }
-                        _ => hash_one(node, key, address, meta, idh),
+                        _ => hash_one(store, key, address, meta, idh),
                     };
                     let mut res = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Some(slot) = res.get_mut(i) {
@@ -355,19 +355,19 @@ pub(super) fn hash_objects(
 }
 
 pub(super) fn hash_one(
-    node: &Node,
+    store: &crate::store::Store,
     key: &DataKey,
     address: &[u8; 32],
     meta: &InstanceMeta,
     idh: &str,
-) -> Result<(Vec<u8>, u64, [u8; 32]), HomeError> {
+) -> Result<(Vec<u8>, u64, [u8; 32]), TransferError> {
     let integrity = |reason: String| TransferError::Integrity {
         id: idh.to_string(),
         // The blob's short address, not the SOP Instance UID: this error is logged.
         object: format!("blob {}", hex::encode(&address[..8])),
         reason,
     };
-    let file = node.store().open_blob(address)?;
+    let file = store.open_blob(address)?;
     let mut reader = medmesh_seal::OpenReader::new(key, std::io::BufReader::with_capacity(256 * 1024, file))
         .map_err(|e| integrity(e.to_string()))?;
     let size = reader.header().plaintext_len;

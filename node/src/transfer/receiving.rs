@@ -16,14 +16,14 @@ pub struct Accepted {
     pub have: Vec<u64>,
 }
 
-impl Node {
+impl Transfers<'_> {
     /// The recipient checks the opening of a stream from `peer`: grant,
     /// manifest, and what it already holds of the transfer.
     ///
     /// # Errors
     /// The [`Refuse`] to send back.
     pub fn accept_stream(&self, peer: &str, open: &Open) -> Result<Accepted, Refuse> {
-        let internal = |e: HomeError| {
+        let internal = |e: TransferError| {
             // The cause stays here: a peer gets a code and a fixed sentence.
             tracing::error!(peer, cause = %e, "cannot check an incoming transfer stream");
             refuse(
@@ -35,7 +35,10 @@ impl Node {
         // Trust first, checked again for this stream, for the grant's purpose.
         let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)
             .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
-        let (_, trust) = self.peer_facts(peer, unchecked.purpose).map_err(internal)?;
+        let (_, trust) = self
+            .host
+            .peer_facts(peer, unchecked.purpose)
+            .map_err(|e| internal(e.into()))?;
         if let Some(r) = trust.first() {
             return Err(refuse("untrusted", format!("{} [{}]", r.text, r.code), true));
         }
@@ -83,7 +86,7 @@ impl Node {
         let manifest_hash = blake3::hash(&open.manifest);
         let existing = match self.transfer(&id) {
             Ok(r) => Some(r),
-            Err(HomeError::Transfer(TransferError::Unknown(_))) => None,
+            Err(TransferError::Unknown(_)) => None,
             Err(e) => return Err(internal(e)),
         };
         match existing {
@@ -137,7 +140,7 @@ impl Node {
                     }
                     return Err(refuse("unknown-transfer", "no request of ours has this id", true));
                 }
-                self.admit_share(peer, &manifest)?;
+                self.host.admit_share(peer, &manifest)?;
                 let mut rec = TransferRecord::new(
                     id,
                     Direction::Incoming,
@@ -148,6 +151,7 @@ impl Node {
                     grant.role,
                 );
                 rec.institution = self
+                    .host
                     .peer_facts(peer, grant.purpose)
                     .ok()
                     .and_then(|(f, _)| f)
@@ -190,7 +194,7 @@ impl Node {
         grant_bytes: &[u8],
         manifest_bytes: &[u8],
         manifest: &Manifest,
-    ) -> Result<(), HomeError> {
+    ) -> Result<(), TransferError> {
         self.store().clear_chunks(id)?;
         self.store().transfer_doc_put(id, DOC_MANIFEST, manifest_bytes)?;
         let total: u64 = manifest.objects.iter().map(|o| o.size).sum();
@@ -254,7 +258,7 @@ impl ObjectWriter {
     ///
     /// # Errors
     /// File errors; a stored prefix that no longer verifies starts over.
-    pub fn open(node: &Node, a: &Accepted, object: u32, have: u64) -> Result<Self, TransferError> {
+    pub fn open(store: &crate::store::Store, a: &Accepted, object: u32, have: u64) -> Result<Self, TransferError> {
         let idh = hex::encode(a.id);
         let o = a
             .manifest
@@ -267,7 +271,7 @@ impl ObjectWriter {
             plaintext_len: o.size,
             salt: key32(&o.salt).ok_or_else(|| damaged(&idh, "salt"))?,
         };
-        let dir = node.store().incoming_dir(&a.id);
+        let dir = store.incoming_dir(&a.id);
         crate::fsutil::create_private_dir(&dir.parent().map(PathBuf::from).unwrap_or_default())
             .and_then(|()| crate::fsutil::create_private_dir(&dir))
             .map_err(|cause| io_err(&idh, &dir, cause))?;
@@ -289,13 +293,13 @@ impl ObjectWriter {
             hasher: blake3::Hasher::new(),
             next: 0,
             unsynced: 0,
-            fsync: node.store().fsync(),
+            fsync: store.fsync(),
         };
         if w.resume(have).is_err() {
             // The stored prefix no longer verifies: the object starts over,
             // and the record says so (else every session would resume past it).
             w.resume(0).map_err(|cause| io_err(&idh, &w.path, cause))?;
-            node.store()
+            store
                 .set_chunks_done(&a.id, object, 0)
                 .map_err(|e| damaged(&idh, e.to_string()))?;
         }
@@ -428,19 +432,17 @@ impl ObjectWriter {
     /// enough have accumulated or `force`.
     ///
     /// # Errors
-    /// File and store errors, as text.
-    pub fn checkpoint(&mut self, node: &Node, force: bool) -> Result<(), String> {
+    /// File and store errors.
+    pub fn checkpoint(&mut self, store: &crate::store::Store, force: bool) -> Result<(), TransferError> {
         if !force && self.unsynced < SYNC_EVERY {
             return Ok(());
         }
         if self.fsync {
             self.file
                 .sync_data()
-                .map_err(|e| format!("{}: {e}", self.path.display()))?;
+                .map_err(|cause| io_err(&hex::encode(self.id), &self.path, cause))?;
         }
-        node.store()
-            .set_chunks_done(&self.id, self.object, self.next)
-            .map_err(|e| e.to_string())?;
+        store.set_chunks_done(&self.id, self.object, self.next)?;
         self.unsynced = 0;
         Ok(())
     }

@@ -336,12 +336,12 @@ impl Live {
     }
 }
 
-impl Node {
+impl Transfers<'_> {
     pub(super) fn record_key(&self) -> DataKey {
         self.store().master().derive(RECORD_CONTEXT)
     }
 
-    pub(super) fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, HomeError> {
+    pub(super) fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, TransferError> {
         let id = parse_id(&rec.id)?;
         let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e.to_string()))?);
         Ok(seal_box(&self.record_key(), &id, &plain).map_err(|e| damaged(&rec.id, e.to_string()))?)
@@ -360,7 +360,7 @@ impl Node {
     ///
     /// # Errors
     /// [`TransferError::Unknown`], store errors.
-    pub fn transfer(&self, id: &TransferId) -> Result<TransferRecord, HomeError> {
+    pub fn transfer(&self, id: &TransferId) -> Result<TransferRecord, TransferError> {
         let sealed = self
             .store()
             .transfer_get(id)?
@@ -368,19 +368,21 @@ impl Node {
         Ok(self.open_record(id, &sealed)?)
     }
 
-    pub(super) fn save(&self, rec: &mut TransferRecord) -> Result<(), HomeError> {
+    pub(super) fn save(&self, rec: &mut TransferRecord) -> Result<(), TransferError> {
         self.save_logged(rec, Vec::new())
     }
 
     /// Stores `rec` and appends `events` in one write transaction.
-    pub(super) fn save_logged(&self, rec: &mut TransferRecord, events: Vec<Event>) -> Result<(), HomeError> {
+    pub(super) fn save_logged(&self, rec: &mut TransferRecord, events: Vec<Event>) -> Result<(), TransferError> {
         rec.updated = now();
         let id = parse_id(&rec.id)?;
         let sealed = self.seal_record(rec)?;
-        let (_, entries) = self
-            .store()
-            .transfer_update_logged::<HomeError>(&id, Some(&self.author()), |_| Ok((Some(sealed), events)))?;
-        self.logged(&entries);
+        let (_, entries) =
+            self.store()
+                .transfer_update_logged::<TransferError>(&id, Some(&self.host.author()), |_| {
+                    Ok((Some(sealed), events))
+                })?;
+        self.host.logged(&entries);
         Ok(())
     }
 
@@ -388,8 +390,8 @@ impl Node {
     pub(super) fn update_transfer<T>(
         &self,
         id: &TransferId,
-        change: impl FnOnce(&mut TransferRecord) -> Result<T, HomeError>,
-    ) -> Result<(TransferRecord, T), HomeError> {
+        change: impl FnOnce(&mut TransferRecord) -> Result<T, TransferError>,
+    ) -> Result<(TransferRecord, T), TransferError> {
         self.update_transfer_logged(id, |rec| Ok((change(rec)?, Vec::new())))
     }
 
@@ -400,29 +402,29 @@ impl Node {
     pub(super) fn update_transfer_logged<T>(
         &self,
         id: &TransferId,
-        change: impl FnOnce(&mut TransferRecord) -> Result<(T, Vec<Event>), HomeError>,
-    ) -> Result<(TransferRecord, T), HomeError> {
+        change: impl FnOnce(&mut TransferRecord) -> Result<(T, Vec<Event>), TransferError>,
+    ) -> Result<(TransferRecord, T), TransferError> {
         let mut out = None;
-        let (_, entries) = self
-            .store()
-            .transfer_update_logged::<HomeError>(id, Some(&self.author()), |current| {
-                let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
-                let mut rec = self.open_record(id, sealed)?;
-                let (t, events) = change(&mut rec)?;
-                rec.updated = now();
-                let bytes = self.seal_record(&rec)?;
-                out = Some((rec, t));
-                Ok((Some(bytes), events))
-            })?;
-        self.logged(&entries);
-        out.ok_or_else(|| HomeError::from(TransferError::Unknown(hex::encode(id))))
+        let (_, entries) =
+            self.store()
+                .transfer_update_logged::<TransferError>(id, Some(&self.host.author()), |current| {
+                    let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+                    let mut rec = self.open_record(id, sealed)?;
+                    let (t, events) = change(&mut rec)?;
+                    rec.updated = now();
+                    let bytes = self.seal_record(&rec)?;
+                    out = Some((rec, t));
+                    Ok((Some(bytes), events))
+                })?;
+        self.host.logged(&entries);
+        out.ok_or_else(|| TransferError::Unknown(hex::encode(id)))
     }
 
     /// Every transfer record, newest first.
     ///
     /// # Errors
     /// Store errors; a damaged record is an error naming it.
-    pub fn transfer_records(&self) -> Result<Vec<TransferRecord>, HomeError> {
+    pub fn transfer_records(&self) -> Result<Vec<TransferRecord>, TransferError> {
         let mut out = Vec::new();
         for (id, sealed) in self.store().transfers()? {
             out.push(self.open_record(&id, &sealed)?);
@@ -435,7 +437,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn transfer_view(&self, rec: &TransferRecord) -> Result<TransferView, HomeError> {
+    pub fn transfer_view(&self, rec: &TransferRecord) -> Result<TransferView, TransferError> {
         let id = parse_id(&rec.id)?;
         let live = self.live().get(&id);
         let (mut done_objects, mut done_bytes) = (0, 0);
@@ -495,7 +497,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn transfers(&self) -> Result<Vec<TransferView>, HomeError> {
+    pub fn list(&self) -> Result<Vec<TransferView>, TransferError> {
         self.transfer_records()?.iter().map(|r| self.transfer_view(r)).collect()
     }
 
@@ -503,7 +505,7 @@ impl Node {
     ///
     /// # Errors
     /// [`TransferError::Unknown`], [`TransferError::BadId`], store errors.
-    pub fn transfer_show(&self, id: &str) -> Result<TransferView, HomeError> {
+    pub fn transfer_show(&self, id: &str) -> Result<TransferView, TransferError> {
         let rec = self.transfer(&parse_id(id)?)?;
         self.transfer_view(&rec)
     }

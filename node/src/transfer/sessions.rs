@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Node {
+impl Transfers<'_> {
     /// Records the outcome of a holder's session.
     ///
     /// # Errors
@@ -14,7 +14,7 @@ impl Node {
         sent: u64,
         all_acknowledged: bool,
         error: Option<String>,
-    ) -> Result<(), HomeError> {
+    ) -> Result<(), TransferError> {
         self.update_transfer(id, |r| {
             r.bytes_sent += sent;
             r.sessions += 1;
@@ -36,7 +36,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn fail_transfer(&self, id: &TransferId, why: &str) -> Result<(), HomeError> {
+    pub fn fail_transfer(&self, id: &TransferId, why: &str) -> Result<(), TransferError> {
         self.update_transfer(id, |r| {
             if !r.state.is_final() {
                 r.state = State::Failed;
@@ -55,17 +55,17 @@ impl Node {
     ///
     /// # Errors
     /// Store errors, and a damaged record.
-    pub fn recheck(&self, rec: &TransferRecord) -> Result<Option<Reason>, HomeError> {
+    pub fn recheck(&self, rec: &TransferRecord) -> Result<Option<Reason>, TransferError> {
         Ok(self.redecide(rec)?.err())
     }
 
     /// [`Node::recheck`], giving the decision's object-level scope when the
     /// transfer may go on.
-    pub(super) fn redecide(&self, rec: &TransferRecord) -> Result<Result<ObjectScope, Reason>, HomeError> {
+    pub(super) fn redecide(&self, rec: &TransferRecord) -> Result<Result<ObjectScope, Reason>, TransferError> {
         if rec.expires.is_some_and(|e| e <= now()) {
             return Ok(Err(reason("grant-expired", "the grant has expired")));
         }
-        let (facts, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.host.peer_facts(&rec.peer, rec.purpose)?;
         if let Some(r) = trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
@@ -82,7 +82,7 @@ impl Node {
                 )));
             }
         }
-        let check = self.consent_check(&consent_query(rec))?;
+        let check = self.host.consent_check(&consent_query(rec))?;
         if let Some(r) = check.trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
@@ -118,7 +118,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors (the session does not run).
-    pub fn session_check(&self, id: &TransferId) -> Result<bool, HomeError> {
+    pub fn session_check(&self, id: &TransferId) -> Result<bool, TransferError> {
         let rec = self.transfer(id)?;
         if rec.direction != Direction::Outgoing || !matches!(rec.state, State::Granted | State::Streaming) {
             return Ok(false);
@@ -144,7 +144,7 @@ impl Node {
     /// # Errors
     /// Store errors reading the records; a transfer that cannot be decided
     /// again is logged and left for the next check.
-    pub fn end_affected_transfers(&self) -> Result<Vec<(String, String)>, HomeError> {
+    pub fn end_affected_transfers(&self) -> Result<Vec<(String, String)>, TransferError> {
         let mut ended = Vec::new();
         let mut own_revoked = None;
         for rec in self.transfer_records()? {
@@ -182,14 +182,14 @@ impl Node {
         &self,
         rec: &TransferRecord,
         own_revoked: Option<Reason>,
-    ) -> Result<Option<Reason>, HomeError> {
+    ) -> Result<Option<Reason>, TransferError> {
         if rec.expires.is_some_and(|e| e <= now()) {
             return Ok(Some(reason("grant-expired", "the grant has expired")));
         }
         if let Some(r) = own_revoked {
             return Ok(Some(r));
         }
-        let (_, trust) = self.peer_facts(&rec.peer, rec.purpose)?;
+        let (_, trust) = self.host.peer_facts(&rec.peer, rec.purpose)?;
         Ok(trust
             .into_iter()
             .find(|r| matches!(r.code.as_str(), "revoked" | "blocked"))
@@ -198,12 +198,12 @@ impl Node {
 
     /// This node's own membership revoked (every certificate it holds is),
     /// as the reason its incoming transfers end.
-    pub(super) fn own_revocation(&self) -> Result<Option<Reason>, HomeError> {
-        let certs = self.own_certificates()?;
+    pub(super) fn own_revocation(&self) -> Result<Option<Reason>, TransferError> {
+        let certs = self.host.own_certificates()?;
         if certs.is_empty() {
             return Ok(None);
         }
-        let state = self.trust_state()?;
+        let state = self.host.trust_state()?;
         Ok(
             match crate::trust::decide(&state, &self.identity().peer_id(), &certs, now()) {
                 crate::trust::TrustDecision::Refuse(crate::trust::Refusal::Revoked { .. }) => Some(reason(
@@ -242,7 +242,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn end_transfer(&self, id: &TransferId, why: &Reason) -> Result<bool, HomeError> {
+    pub fn end_transfer(&self, id: &TransferId, why: &Reason) -> Result<bool, TransferError> {
         let (rec, ended) = self.update_transfer(id, |r| {
             if !matches!(r.state, State::Pending | State::Granted | State::Streaming) {
                 return Ok(false);
@@ -258,7 +258,7 @@ impl Node {
         }
         self.live().end(id);
         self.live().remove(id);
-        self.log(Event::TransferEnded {
+        self.host.log(Event::TransferEnded {
             transfer: rec.id.clone(),
             peer: rec.peer.clone(),
             code: why.code.clone(),
@@ -273,7 +273,7 @@ impl Node {
 
     /// Recipient: deletes what was received of a transfer that will not
     /// land (parts, chunk records, manifest and key documents).
-    pub(super) fn discard_incoming(&self, id: &TransferId) -> Result<(), HomeError> {
+    pub(super) fn discard_incoming(&self, id: &TransferId) -> Result<(), TransferError> {
         self.store().transfer_docs_remove(id)?;
         self.store().clear_chunks(id)?;
         let incoming = self.store().incoming_dir(id);
@@ -316,7 +316,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn ended_told(&self, id: &TransferId) -> Result<(), HomeError> {
+    pub fn ended_told(&self, id: &TransferId) -> Result<(), TransferError> {
         self.update_transfer(id, |r| {
             r.tell = false;
             Ok(())
@@ -331,7 +331,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn scrub_transfer(&self, id: &TransferId) -> Result<(), HomeError> {
+    pub fn scrub_transfer(&self, id: &TransferId) -> Result<(), TransferError> {
         self.update_transfer(id, |r| {
             // The signed grant names the study and its series, and reasons
             // and errors may name UIDs: only the record of the exchange stays.
@@ -380,7 +380,7 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn enforce_expiry(&self) -> Result<u64, HomeError> {
+    pub fn enforce_expiry(&self) -> Result<u64, TransferError> {
         let t = now();
         let mut locked = 0;
         for (study, row) in self.store().studies()? {
@@ -408,18 +408,18 @@ impl Node {
             };
             let entry = self
                 .store()
-                .lock_study(&study, transfer.as_ref(), &self.author(), event, |r| {
+                .lock_study(&study, transfer.as_ref(), &self.host.author(), event, |r| {
                     if let Origin::Received(g) = &mut r.origin {
                         g.locked = Some(t);
                     }
                 })?;
             if let Some(entry) = entry {
-                self.logged(std::slice::from_ref(&entry));
+                self.host.logged(std::slice::from_ref(&entry));
                 locked += 1;
                 tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
             }
         }
-        self.enforce_retention(t)?;
+        self.host.enforce_retention(t)?;
         Ok(locked)
     }
 }
