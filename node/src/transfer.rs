@@ -22,6 +22,7 @@
 //!    only with it. A received study is locked (its key destroyed) when its
 //!    grant expires.
 
+mod codes;
 mod deid;
 pub mod engine;
 mod landing;
@@ -38,6 +39,7 @@ mod tests;
 mod vectors;
 pub mod wire;
 
+pub use self::codes::{END_CODES, EndCode, REFUSE_CODES, RefuseCode};
 pub use self::preparation::{SendPlan, Source};
 pub use self::receiving::{Accepted, ChunkError, ObjectWriter};
 pub use self::records::{Asking, Direction, Initiated, LeftOut, Live, Progress, State, TransferRecord, TransferView};
@@ -162,8 +164,8 @@ pub enum TransferError {
     Refused {
         /// The transfer.
         id: String,
-        /// The reason code (`bad-object`, `already-held`, ...).
-        code: &'static str,
+        /// The reason code ([`RefuseCode::BadObject`], [`RefuseCode::AlreadyHeld`]).
+        code: RefuseCode,
         /// Why (no patient data: objects by index, studies by reference).
         reason: String,
     },
@@ -243,7 +245,7 @@ fn new_id() -> Result<TransferId, TransferError> {
     Ok(id)
 }
 
-fn reason(code: &str, text: impl Into<String>) -> Reason {
+fn reason(code: impl Into<String>, text: impl Into<String>) -> Reason {
     Reason {
         code: code.into(),
         text: text.into(),
@@ -254,7 +256,7 @@ fn reason(code: &str, text: impl Into<String>) -> Reason {
 /// for one it may not learn of (consent or policy refuse): the same.
 fn not_available() -> Reason {
     reason(
-        "not-available",
+        EndCode::NotAvailable,
         "the holder has no study with that UID that it can send to you for this purpose",
     )
 }
@@ -270,7 +272,7 @@ fn consent_query(rec: &TransferRecord) -> CheckQuery {
     }
 }
 
-fn refuse(code: &str, text: impl Into<String>, permanent: bool) -> Refuse {
+fn refuse(code: RefuseCode, text: impl Into<String>, permanent: bool) -> Refuse {
     Refuse {
         v: WIRE_VERSION,
         code: code.into(),
@@ -281,27 +283,27 @@ fn refuse(code: &str, text: impl Into<String>, permanent: bool) -> Refuse {
 
 /// The reason code a transfer ends with when the recipient's trust fails
 /// (codes of [`crate::trust::Refusal`] and of the purpose check).
-fn ended_trust_code(code: &str) -> &'static str {
+fn ended_trust_code(code: &str) -> EndCode {
     match code {
-        "revoked" => "peer-revoked",
-        "blocked" => "peer-blocked",
-        "purpose-not-trusted" => "purpose-removed",
-        "expired" => "certificate-expired",
-        _ => "peer-untrusted",
+        "revoked" => EndCode::PeerRevoked,
+        "blocked" => EndCode::PeerBlocked,
+        "purpose-not-trusted" => EndCode::PurposeRemoved,
+        "expired" => EndCode::CertificateExpired,
+        _ => EndCode::PeerUntrusted,
     }
 }
 
 /// The reason a transfer ends with when consent and policy now deny it.
 fn ended_consent_reason(reasons: &[Reason]) -> Reason {
     let has = |code: &str| reasons.iter().find(|r| r.code == code);
-    let (code, text) = if let Some(r) = has("consent-withdrawn") {
-        ("consent-withdrawn", r.text.clone())
-    } else if let Some(r) = has("consent-expired") {
-        ("consent-expired", r.text.clone())
+    let (code, text) = if let Some(r) = has(EndCode::ConsentWithdrawn.as_str()) {
+        (EndCode::ConsentWithdrawn, r.text.clone())
+    } else if let Some(r) = has(EndCode::ConsentExpired.as_str()) {
+        (EndCode::ConsentExpired, r.text.clone())
     } else {
         let codes: Vec<&str> = reasons.iter().map(|r| r.code.as_str()).collect();
         (
-            "consent-denied",
+            EndCode::ConsentDenied,
             format!("consent and policy no longer allow it ({})", codes.join(", ")),
         )
     };
@@ -318,7 +320,7 @@ fn peer_code(code: &str) -> String {
     {
         code.to_string()
     } else {
-        "ended-by-holder".into()
+        EndCode::EndedByHolder.into()
     }
 }
 

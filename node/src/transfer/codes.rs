@@ -87,6 +87,10 @@ codes! {
         BadReceipt = "bad-receipt",
         /// A delivery receipt names another manifest or other objects.
         ReceiptMismatch = "receipt-mismatch",
+        /// Landing: an object of another study, or not as the index describes it.
+        BadObject = "bad-object",
+        /// Landing: the study or an object is held here already.
+        AlreadyHeld = "already-held",
     }
 }
 
@@ -187,6 +191,8 @@ mod tests {
                 "chunk-refused",
                 "bad-receipt",
                 "receipt-mismatch",
+                "bad-object",
+                "already-held",
             ]
         );
         let end: Vec<&str> = END_CODES.iter().map(|(_, w)| *w).collect();

@@ -15,8 +15,8 @@ use super::wire::{
     self, ATTESTATION_DOMAIN, Attestation, AttestedCode, AttestedObject, Grant, Manifest, ObjectKind, Refuse,
     WIRE_VERSION,
 };
+use super::{RefuseCode, damaged, deid_failed, refuse};
 use super::{TransferError, Transfers};
-use super::{damaged, deid_failed, refuse};
 use crate::deid::{self, DeidKeys, Profile};
 use crate::dicom::StudyAttributes;
 use crate::home::trust::now;
@@ -314,14 +314,14 @@ impl Transfers<'_> {
 /// for this transfer, at the granted level, naming every DICOM object of the
 /// manifest with the hash it is sent with.
 pub(super) fn check_attestation(peer: &str, grant: &Grant, manifest: &Manifest) -> Result<Attestation, Refuse> {
-    let bad = |why: &str| refuse("bad-attestation", why, true);
+    let bad = |why: &str| refuse(RefuseCode::BadAttestation, why, true);
     let (signer, a) = wire::open_signed::<Attestation>(
         "attestation",
         ATTESTATION_DOMAIN,
         &manifest.attestation,
         super::MAX_MANIFEST_ATTESTATION,
     )
-    .map_err(|e| refuse("bad-attestation", e.to_string(), true))?;
+    .map_err(|e| refuse(RefuseCode::BadAttestation, e.to_string(), true))?;
     if peer_id_of(&signer).ok().as_deref() != Some(peer) || a.holder != peer {
         return Err(bad("the attestation is not signed by the holder"));
     }

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use zeroize::Zeroizing;
 
 use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
-use super::{Accepted, Direction, ObjectWriter, SendPlan, Source, State, TransferId};
+use super::{Accepted, Direction, ObjectWriter, RefuseCode, SendPlan, Source, State, TransferId};
 use crate::home::Node;
 use crate::net::NetHandle;
 
@@ -360,7 +360,7 @@ impl Engine {
                 self.wake.notify_one();
                 tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, false, None)).await
             }
-            Err(SessionError::Refused(r)) if r.code == "replayed" => {
+            Err(SessionError::Refused(r)) if RefuseCode::from_wire(&r.code) == Some(RefuseCode::Replayed) => {
                 // The recipient has landed it already (its last HAVE was lost): wait for the receipt.
                 tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, true, None)).await
             }
@@ -489,7 +489,7 @@ impl Engine {
         let open: Open = match wire::decode("open", &body, MAX_FRAME) {
             Ok(o) => o,
             Err(e) => {
-                let r = super::refuse("bad-open", e.to_string(), true);
+                let r = super::refuse(RefuseCode::BadOpen, e.to_string(), true);
                 send_refuse(s, &r).await;
                 return Err(SessionError::Refused(r));
             }
@@ -524,7 +524,7 @@ impl Engine {
             loop {
                 if failed.load(Ordering::Relaxed) {
                     let r = super::refuse(
-                        "chunk-refused",
+                        RefuseCode::ChunkRefused,
                         "a chunk failed verification and was not written; send it again",
                         false,
                     );

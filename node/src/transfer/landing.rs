@@ -78,7 +78,7 @@ impl Transfers<'_> {
             Err(TransferError::Store(StoreError::Conflict(why))) => {
                 return Err(TransferError::Refused {
                     id: idh,
-                    code: "already-held",
+                    code: RefuseCode::AlreadyHeld,
                     reason: why,
                 }
                 .into());
@@ -115,7 +115,7 @@ impl Transfers<'_> {
         let bad_object = |i: usize, why: &str| -> TransferError {
             TransferError::Refused {
                 id: idh.clone(),
-                code: "bad-object",
+                code: RefuseCode::BadObject,
                 reason: format!("object {i} {why}"),
             }
             .into()
@@ -262,31 +262,31 @@ impl Transfers<'_> {
     /// # Errors
     /// Store errors; a bad receipt is an answer, not an error.
     pub fn accept_receipt(&self, peer: &str, bytes: &[u8]) -> Result<AnswerBody, TransferError> {
-        let refused = |code: &str, text: String| AnswerBody::Refused {
+        let refused = |code: RefuseCode, text: String| AnswerBody::Refused {
             code: code.into(),
             text,
         };
         let (signer, receipt) = match wire::open_signed::<Receipt>("receipt", RECEIPT_DOMAIN, bytes, MAX_MESSAGE) {
             Ok(r) => r,
-            Err(e) => return Ok(refused("bad-receipt", e.to_string())),
+            Err(e) => return Ok(refused(RefuseCode::BadReceipt, e.to_string())),
         };
         if peer_id_of(&signer).ok().as_deref() != Some(peer)
             || receipt.recipient != peer
             || receipt.holder != self.identity().peer_id()
         {
             return Ok(refused(
-                "bad-receipt",
+                RefuseCode::BadReceipt,
                 "the receipt is not signed by the peer that sent it".into(),
             ));
         }
         let Ok(id) = parse_id(&receipt.transfer_id) else {
-            return Ok(refused("unknown-transfer", "bad transfer id".into()));
+            return Ok(refused(RefuseCode::UnknownTransfer, "bad transfer id".into()));
         };
         let rec = match self.transfer(&id) {
             Ok(r) if r.direction == Direction::Outgoing && r.peer == peer => r,
             Ok(_) | Err(TransferError::Unknown(_)) => {
                 return Ok(refused(
-                    "unknown-transfer",
+                    RefuseCode::UnknownTransfer,
                     format!("no transfer {} to you", receipt.transfer_id),
                 ));
             }
@@ -296,7 +296,10 @@ impl Transfers<'_> {
             return Ok(AnswerBody::Ack);
         }
         let Some(manifest_bytes) = self.store().transfer_doc(&id, DOC_MANIFEST)? else {
-            return Ok(refused("unknown-transfer", "the transfer was never prepared".into()));
+            return Ok(refused(
+                RefuseCode::UnknownTransfer,
+                "the transfer was never prepared".into(),
+            ));
         };
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
             .map_err(|e| damaged(&rec.id, e.to_string()))?;
@@ -304,7 +307,7 @@ impl Transfers<'_> {
             || receipt.objects_root != wire::objects_root(&manifest.objects)
         {
             return Ok(refused(
-                "receipt-mismatch",
+                RefuseCode::ReceiptMismatch,
                 "the receipt names another manifest or other objects".into(),
             ));
         }

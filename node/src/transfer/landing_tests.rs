@@ -184,7 +184,7 @@ fn entries(n: &Node, kind: &str) -> usize {
 
 fn refusal(e: &TransferError) -> &'static str {
     match e {
-        TransferError::Refused { code, .. } => code,
+        TransferError::Refused { code, .. } => code.as_str(),
         other => panic!("not a refusal: {other}"),
     }
 }

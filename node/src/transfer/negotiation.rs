@@ -113,7 +113,7 @@ impl Transfers<'_> {
         };
         if let Err(why) = available {
             rec.state = State::Denied;
-            rec.reasons = vec![reason("not-available", why)];
+            rec.reasons = vec![reason(EndCode::NotAvailable, why)];
             return Ok(vec![not_available()]);
         }
         // 3. Consent and policy.
@@ -131,7 +131,7 @@ impl Transfers<'_> {
                     let profile = self.host.deid_profile(g.level, &[])?;
                     for (uid, why) in self.burned_in_screen(&rec.study_uid, &series, &profile)? {
                         series.retain(|s| *s != uid);
-                        notes.push(reason("burned-in", format!("series {uid} left out: {why}")));
+                        notes.push(reason(EndCode::BurnedIn, format!("series {uid} left out: {why}")));
                     }
                     if series.is_empty() {
                         rec.state = State::Denied;
@@ -152,7 +152,8 @@ impl Transfers<'_> {
                 rec.state = State::Denied;
                 rec.reasons = check.trust.into_iter().chain(check.reasons).collect();
                 if rec.reasons.is_empty() {
-                    rec.reasons.push(reason("denied", "consent and policy do not allow it"));
+                    rec.reasons
+                        .push(reason(EndCode::Denied, "consent and policy do not allow it"));
                 }
                 Ok(vec![not_available()])
             }
@@ -327,7 +328,7 @@ impl Transfers<'_> {
                 .into());
             }
             rec.state = State::Denied;
-            rec.reasons = vec![reason("denied-by-approver", why)];
+            rec.reasons = vec![reason(EndCode::DeniedByApprover, why)];
             // A denial names no study: its entry needs no commitment.
             let event = self.decision_event(rec)?;
             Ok(((), event.into_iter().collect()))
@@ -375,7 +376,7 @@ impl Transfers<'_> {
             AnswerBody::Ack | AnswerBody::Refused { .. } | AnswerBody::RetryLater { .. } => (
                 hex::encode(new_id()?),
                 State::Failed,
-                vec![reason("refused", format!("{answer:?}"))],
+                vec![reason(EndCode::Refused, format!("{answer:?}"))],
                 Vec::new(),
             ),
         };
@@ -458,7 +459,7 @@ impl Transfers<'_> {
     ) -> Result<AnswerBody, TransferError> {
         let Ok(id) = parse_id(transfer_id) else {
             return Ok(AnswerBody::Refused {
-                code: "unknown-transfer".into(),
+                code: RefuseCode::UnknownTransfer.into(),
                 text: "bad transfer id".into(),
             });
         };
@@ -480,7 +481,7 @@ impl Transfers<'_> {
             Ok((_, ended)) => ended,
             Err(TransferError::Unknown(_)) => {
                 return Ok(AnswerBody::Refused {
-                    code: "unknown-transfer".into(),
+                    code: RefuseCode::UnknownTransfer.into(),
                     text: format!("no transfer {transfer_id} from you"),
                 });
             }
@@ -489,7 +490,7 @@ impl Transfers<'_> {
         // A granted transfer the holder ended (consent withdrawn, grant
         // expired, ...): a permanent refusal; what arrived of it is deleted.
         if ended {
-            let why = first.unwrap_or_else(|| reason("ended-by-holder", "the holder ended this transfer"));
+            let why = first.unwrap_or_else(|| reason(EndCode::EndedByHolder, "the holder ended this transfer"));
             self.end_transfer(&id, &why)?;
         }
         Ok(AnswerBody::Ack)
@@ -498,23 +499,23 @@ impl Transfers<'_> {
     /// Verifies a grant from `peer` for this node.
     pub(super) fn check_grant(&self, peer: &str, grant_bytes: &[u8]) -> Result<Grant, Refuse> {
         let (signer, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, grant_bytes, MAX_MESSAGE)
-            .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
+            .map_err(|e| refuse(RefuseCode::BadGrant, e.to_string(), true))?;
         if peer_id_of(&signer).ok().as_deref() != Some(peer) || grant.holder != peer {
             return Err(refuse(
-                "bad-grant",
+                RefuseCode::BadGrant,
                 "the grant is not signed by the peer that sent it",
                 true,
             ));
         }
         if grant.recipient != self.identity().peer_id() || grant.recipient_x25519 != self.identity().x25519_public() {
             return Err(refuse(
-                "wrong-recipient",
+                RefuseCode::WrongRecipient,
                 "the grant is for another recipient or key",
                 true,
             ));
         }
         if grant.expires <= now() {
-            return Err(refuse("grant-expired", "the grant has expired", true));
+            return Err(refuse(RefuseCode::GrantExpired, "the grant has expired", true));
         }
         Ok(grant)
     }

@@ -120,7 +120,7 @@ impl Transfers<'_> {
             self.end_transfer(
                 id,
                 &reason(
-                    "nothing-in-scope",
+                    EndCode::NothingInScope,
                     "no object of the granted series is within the consent's scope",
                 ),
             )?;

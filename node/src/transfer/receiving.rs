@@ -27,28 +27,28 @@ impl Transfers<'_> {
             // The cause stays here: a peer gets a code and a fixed sentence.
             tracing::error!(peer, cause = %e, "cannot check an incoming transfer stream");
             refuse(
-                "internal",
+                RefuseCode::Internal,
                 "the recipient could not check the stream; it will be tried again",
                 false,
             )
         };
         // Trust first, checked again for this stream, for the grant's purpose.
         let (_, unchecked) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &open.grant, MAX_MESSAGE)
-            .map_err(|e| refuse("bad-grant", e.to_string(), true))?;
+            .map_err(|e| refuse(RefuseCode::BadGrant, e.to_string(), true))?;
         let (_, trust) = self
             .host
             .peer_facts(peer, unchecked.purpose)
             .map_err(|e| internal(e.into()))?;
         if let Some(r) = trust.first() {
-            return Err(refuse("untrusted", format!("{} [{}]", r.text, r.code), true));
+            return Err(refuse(RefuseCode::Untrusted, format!("{} [{}]", r.text, r.code), true));
         }
         let grant = self.check_grant(peer, &open.grant)?;
         let (msigner, manifest) =
             wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, MAX_MANIFEST)
-                .map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+                .map_err(|e| refuse(RefuseCode::BadManifest, e.to_string(), true))?;
         if peer_id_of(&msigner).ok().as_deref() != Some(peer) || manifest.holder != peer {
             return Err(refuse(
-                "bad-manifest",
+                RefuseCode::BadManifest,
                 "the manifest is not signed by the peer that sent it",
                 true,
             ));
@@ -57,28 +57,28 @@ impl Transfers<'_> {
             || manifest.recipient_x25519 != self.identity().x25519_public()
         {
             return Err(refuse(
-                "wrong-recipient",
+                RefuseCode::WrongRecipient,
                 "the manifest is sealed to another recipient or key",
                 true,
             ));
         }
         if manifest.transfer_id != grant.transfer_id || manifest.grant_hash != blake3::hash(&open.grant).as_bytes() {
             return Err(refuse(
-                "grant-mismatch",
+                RefuseCode::GrantMismatch,
                 "the manifest was not made for the grant sent with it",
                 true,
             ));
         }
-        wire::check_manifest(&manifest).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        wire::check_manifest(&manifest).map_err(|e| refuse(RefuseCode::BadManifest, e.to_string(), true))?;
         deid::check_attestation(peer, &grant, &manifest)?;
-        let id = parse_id(&manifest.transfer_id).map_err(|e| refuse("bad-manifest", e.to_string(), true))?;
+        let id = parse_id(&manifest.transfer_id).map_err(|e| refuse(RefuseCode::BadManifest, e.to_string(), true))?;
         let study = self.store().study_ref(&grant.study_uid);
         if grant.level == DeidLevel::Identifiable
             && let Ok(Some(row)) = self.store().study_row(&study)
             && matches!(row.origin, Origin::Local)
         {
             return Err(refuse(
-                "held-locally",
+                RefuseCode::HeldLocally,
                 "the recipient holds this study already (imported there)",
                 true,
             ));
@@ -91,18 +91,18 @@ impl Transfers<'_> {
         };
         match existing {
             Some(rec) if rec.direction != Direction::Incoming || rec.peer != peer => {
-                return Err(refuse("unknown-transfer", "no such transfer from you", true));
+                return Err(refuse(RefuseCode::UnknownTransfer, "no such transfer from you", true));
             }
             Some(rec) if matches!(rec.state, State::Landed | State::Complete) => {
                 return Err(refuse(
-                    "replayed",
+                    RefuseCode::Replayed,
                     "this transfer is complete; a manifest sent again is refused",
                     true,
                 ));
             }
             Some(rec) if matches!(rec.state, State::Denied | State::Failed) => {
                 return Err(refuse(
-                    "closed",
+                    RefuseCode::Closed,
                     format!("this transfer is {}", rec.state.as_str()),
                     true,
                 ));
@@ -114,7 +114,7 @@ impl Transfers<'_> {
                     .map_err(|e| internal(e.into()))?;
                 if stored.as_deref().map(blake3::hash) != Some(manifest_hash) {
                     return Err(refuse(
-                        "manifest-mismatch",
+                        RefuseCode::ManifestMismatch,
                         "this transfer started under another manifest; a different or replayed one is refused",
                         true,
                     ));
@@ -123,7 +123,11 @@ impl Transfers<'_> {
             Some(rec) => {
                 // Granted or pending (approved since): this grant must answer our request.
                 if grant.request_id != rec.request_id || grant.study_uid != rec.study_uid {
-                    return Err(refuse("grant-mismatch", "the grant does not answer our request", true));
+                    return Err(refuse(
+                        RefuseCode::GrantMismatch,
+                        "the grant does not answer our request",
+                        true,
+                    ));
                 }
                 self.start_incoming(&id, &grant, &open.grant, &open.manifest, &manifest)
                     .map_err(internal)?;
@@ -133,12 +137,16 @@ impl Transfers<'_> {
                     // The holder may stream before our record of its answer is written.
                     if self.live().is_asking(rid) {
                         return Err(refuse(
-                            "not-yet",
+                            RefuseCode::NotYet,
                             "the answer to this request is still being recorded; try again",
                             false,
                         ));
                     }
-                    return Err(refuse("unknown-transfer", "no request of ours has this id", true));
+                    return Err(refuse(
+                        RefuseCode::UnknownTransfer,
+                        "no request of ours has this id",
+                        true,
+                    ));
                 }
                 self.host.admit_share(peer, &manifest)?;
                 let mut rec = TransferRecord::new(
@@ -166,11 +174,16 @@ impl Transfers<'_> {
                     .map_err(internal)?;
             }
         }
-        let eph = key32(&manifest.ephemeral_x25519).ok_or_else(|| refuse("bad-manifest", "ephemeral key", true))?;
+        let eph =
+            key32(&manifest.ephemeral_x25519).ok_or_else(|| refuse(RefuseCode::BadManifest, "ephemeral key", true))?;
         let secret = x25519_dalek::StaticSecret::from(*self.identity().x25519_secret());
         let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(eph));
         if !shared.was_contributory() {
-            return Err(refuse("bad-manifest", "the ephemeral key is a low-order point", true));
+            return Err(refuse(
+                RefuseCode::BadManifest,
+                "the ephemeral key is a low-order point",
+                true,
+            ));
         }
         let key = transfer_key(shared.as_bytes(), &eph, &self.identity().x25519_public(), &id);
         let mut have = vec![0u64; manifest.objects.len()];

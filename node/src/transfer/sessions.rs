@@ -63,21 +63,24 @@ impl Transfers<'_> {
     /// transfer may go on.
     pub(super) fn redecide(&self, rec: &TransferRecord) -> Result<Result<ObjectScope, Reason>, TransferError> {
         if rec.expires.is_some_and(|e| e <= now()) {
-            return Ok(Err(reason("grant-expired", "the grant has expired")));
+            return Ok(Err(reason(EndCode::GrantExpired, "the grant has expired")));
         }
         let (facts, trust) = self.host.peer_facts(&rec.peer, rec.purpose)?;
         if let Some(r) = trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
         if facts.is_none() {
-            return Ok(Err(reason("peer-untrusted", "the recipient is no longer trusted")));
+            return Ok(Err(reason(
+                EndCode::PeerUntrusted,
+                "the recipient is no longer trusted",
+            )));
         }
         let study = self.store().study_ref(&rec.study_uid);
         match self.store().study_row(&study)? {
             Some(row) if matches!(row.origin, Origin::Local) && !row.wrapped_key.is_empty() => {}
             _ => {
                 return Ok(Err(reason(
-                    "study-unavailable",
+                    EndCode::StudyUnavailable,
                     "the study is no longer held here, or is locked",
                 )));
             }
@@ -91,7 +94,7 @@ impl Transfers<'_> {
         };
         if rec.level.is_some_and(|l| now_grant.level > l) {
             return Ok(Err(reason(
-                "level-raised",
+                EndCode::LevelRaised,
                 format!(
                     "consent and policy now require the {} level, stronger than the one granted",
                     now_grant.level.as_str()
@@ -104,7 +107,7 @@ impl Transfers<'_> {
             let dropped = granted.series.iter().filter(|s| !now_grant.series.contains(s)).count();
             if dropped > 0 {
                 return Ok(Err(reason(
-                    "scope-narrowed",
+                    EndCode::ScopeNarrowed,
                     format!("consent now covers {dropped} fewer of the granted series"),
                 )));
             }
@@ -184,7 +187,7 @@ impl Transfers<'_> {
         own_revoked: Option<Reason>,
     ) -> Result<Option<Reason>, TransferError> {
         if rec.expires.is_some_and(|e| e <= now()) {
-            return Ok(Some(reason("grant-expired", "the grant has expired")));
+            return Ok(Some(reason(EndCode::GrantExpired, "the grant has expired")));
         }
         if let Some(r) = own_revoked {
             return Ok(Some(r));
@@ -207,7 +210,7 @@ impl Transfers<'_> {
         Ok(
             match crate::trust::decide(&state, &self.identity().peer_id(), &certs, now()) {
                 crate::trust::TrustDecision::Refuse(crate::trust::Refusal::Revoked { .. }) => Some(reason(
-                    "peer-revoked",
+                    EndCode::PeerRevoked,
                     "this node's membership was revoked; transfers granted to it end",
                 )),
                 _ => None,
@@ -297,7 +300,10 @@ impl Transfers<'_> {
         let why = if rec.grant.is_empty() {
             not_available()
         } else {
-            let code = rec.reasons.first().map_or("ended-by-holder", |r| r.code.as_str());
+            let code = rec
+                .reasons
+                .first()
+                .map_or(EndCode::EndedByHolder.as_str(), |r| r.code.as_str());
             reason(
                 code,
                 format!("the holder ended this transfer ({code}); delete what you received of it"),
