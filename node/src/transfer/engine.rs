@@ -314,11 +314,16 @@ impl Engine {
             if !node.transfers().session_check(&id)? {
                 return Ok(None);
             }
-            node.transfers().prepare(&id)?;
+            // Prepared now: the plan preparation returned; prepared before
+            // (a resume, also after a restart): the plan read back.
+            let prepared = node.transfers().prepare(&id)?;
             if !node.transfers().session_check(&id)? {
                 return Ok(None);
             }
-            node.transfers().send_plan(&id).map(Some)
+            match prepared {
+                Some(plan) => Ok(Some(plan)),
+                None => node.transfers().send_plan(&id).map(Some),
+            }
         })
         .await;
         let plan = match plan {

@@ -51,20 +51,25 @@ impl Transfers<'_> {
     /// it per chunk, derives the transfer key and signs the manifest.
     /// Idempotent: a transfer already prepared is left as it is.
     ///
+    /// Returns the plan for streaming it when it was prepared now (`None`
+    /// when it was prepared before, or is not to be: the engine then reads
+    /// the plan back with [`Transfers::send_plan`], as after a restart).
+    /// What a resume needs is stored all the same.
+    ///
     /// # Errors
     /// [`TransferError::Integrity`] for a stored object that fails its
     /// check; store and file errors.
-    pub fn prepare(&self, id: &TransferId) -> Result<(), TransferError> {
+    pub fn prepare(&self, id: &TransferId) -> Result<Option<SendPlan>, TransferError> {
         let rec = self.transfer(id)?;
         if rec.state != State::Granted || rec.direction != Direction::Outgoing {
-            return Ok(());
+            return Ok(None);
         }
         // The decision, taken again before anything is read or sealed.
         let objects = match self.redecide(&rec)? {
             Ok(o) => o,
             Err(why) => {
                 self.end_transfer(id, &why)?;
-                return Ok(());
+                return Ok(None);
             }
         };
         let idh = rec.id.clone();
@@ -124,7 +129,7 @@ impl Transfers<'_> {
                     "no object of the granted series is within the consent's scope",
                 ),
             )?;
-            return Ok(());
+            return Ok(None);
         }
         items.sort_by(|a, b| {
             (&a.2.series_uid, a.2.instance_number, &a.2.sop_instance_uid).cmp(&(
@@ -240,7 +245,51 @@ impl Transfers<'_> {
             Ok(())
         })?;
         tracing::info!(transfer = %idh, objects = count, bytes = total, "transfer prepared");
-        Ok(())
+        let sources = self.sources(id, &addresses, prep.as_ref(), &study_key, index_bytes, &idh)?;
+        if sources.len() != manifest.objects.len() {
+            return Err(damaged(&idh, "the object list does not match the manifest"));
+        }
+        Ok(Some(SendPlan {
+            id: *id,
+            peer: rec.peer,
+            grant: rec.grant,
+            manifest_bytes: env,
+            manifest,
+            key,
+            sources,
+        }))
+    }
+
+    /// Where each object's plaintext comes from: de-identified objects were
+    /// sealed into `blobs/outgoing/<id>/` under the preparation key `prep`;
+    /// identifiable ones are sent from their blobs; the index last, from memory.
+    fn sources(
+        &self,
+        id: &TransferId,
+        addresses: &[u8],
+        prep: Option<&DataKey>,
+        study_key: &DataKey,
+        index: Zeroizing<Vec<u8>>,
+        idh: &str,
+    ) -> Result<Vec<Source>, TransferError> {
+        let mut sources = Vec::with_capacity(addresses.len() / 32 + 1);
+        for (i, a) in addresses.chunks_exact(32).enumerate() {
+            let address = key32(a).ok_or_else(|| damaged(idh, "bad object address"))?;
+            sources.push(match prep {
+                Some(k) => Source::Blob {
+                    address,
+                    path: self.store().outgoing_dir(id).join(i.to_string()),
+                    key: k.clone(),
+                },
+                None => Source::Blob {
+                    address,
+                    path: self.store().blob_path(&address),
+                    key: study_key.clone(),
+                },
+            });
+        }
+        sources.push(Source::Memory(index));
+        Ok(sources)
     }
 
     /// The plan for streaming a prepared transfer.
@@ -278,23 +327,7 @@ impl Transfers<'_> {
             }
             None => None,
         };
-        let mut sources = Vec::with_capacity(manifest.objects.len());
-        for (i, a) in addresses.chunks_exact(32).enumerate() {
-            let address = key32(a).ok_or_else(|| damaged(&idh, "bad object address"))?;
-            sources.push(match &prep {
-                Some(k) => Source::Blob {
-                    address,
-                    path: self.store().outgoing_dir(id).join(i.to_string()),
-                    key: k.clone(),
-                },
-                None => Source::Blob {
-                    address,
-                    path: self.store().blob_path(&address),
-                    key: study_key.clone(),
-                },
-            });
-        }
-        sources.push(Source::Memory(index));
+        let sources = self.sources(id, &addresses, prep.as_ref(), &study_key, index, &idh)?;
         if sources.len() != manifest.objects.len() {
             return Err(damaged(&idh, "the object list does not match the manifest").into());
         }

@@ -56,8 +56,14 @@ fn granted(holder: &Node, recipient: &Node) -> (TransferId, Open) {
         panic!("not granted: {answer:?}");
     };
     let id = parse_id(&transfer_id).unwrap();
-    holder.transfers().prepare(&id).unwrap();
+    let prepared = holder.transfers().prepare(&id).unwrap().expect("prepared now");
     let plan = holder.transfers().send_plan(&id).unwrap();
+    // The plan preparation returned is the one a resume reads back.
+    assert_eq!(prepared.manifest_bytes, plan.manifest_bytes);
+    assert_eq!(prepared.grant, plan.grant);
+    assert_eq!(prepared.peer, plan.peer);
+    assert_eq!(format!("{:?}", prepared.sources), format!("{:?}", plan.sources));
+    assert!(holder.transfers().prepare(&id).unwrap().is_none(), "prepared once");
     let open = Open {
         v: WIRE_VERSION,
         session: 1,
