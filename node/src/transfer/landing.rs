@@ -29,8 +29,7 @@ impl Transfers<'_> {
             return Err(TransferError::State {
                 id: idh,
                 reason: format!("is {}, not being received", rec.state.as_str()),
-            }
-            .into());
+            });
         }
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
@@ -80,8 +79,7 @@ impl Transfers<'_> {
                     id: idh,
                     code: RefuseCode::AlreadyHeld,
                     reason: why,
-                }
-                .into());
+                });
             }
             Err(e) => return Err(e),
         };
@@ -110,7 +108,7 @@ impl Transfers<'_> {
             || (identifiable && index.study.study_uid != grant.study_uid)
             || crate::dicom::check_uid(&index.study.study_uid).is_err()
         {
-            return Err(damaged(idh, "the study index does not describe the objects sent").into());
+            return Err(damaged(idh, "the study index does not describe the objects sent"));
         }
         let bad_object = |i: usize, why: &str| -> TransferError {
             TransferError::Refused {
@@ -118,7 +116,6 @@ impl Transfers<'_> {
                 code: RefuseCode::BadObject,
                 reason: format!("object {i} {why}"),
             }
-            .into()
         };
         let mut objects = Vec::with_capacity(last);
         let mut seen = std::collections::BTreeSet::new();
@@ -127,7 +124,7 @@ impl Transfers<'_> {
             let o = &a.manifest.objects[i];
             // De-identified series have new UIDs; the attestation ties them to the grant.
             if m.blake3 != o.blake3 || (identifiable && !grant.series.contains(&m.series_uid)) {
-                return Err(damaged(idh, format!("the study index does not describe object {i}")).into());
+                return Err(damaged(idh, format!("the study index does not describe object {i}")));
             }
             let path = dir.join(i.to_string());
             // The object itself must say it is of the granted study (and be
@@ -202,7 +199,7 @@ impl Transfers<'_> {
         reader
             .read_to_end(&mut bytes)
             .map_err(|cause| io_err(idh, &index_path, cause))?;
-        Ok(wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))?)
+        wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))
     }
 
     /// The signed delivery receipt of a landed transfer (made once, then

@@ -265,7 +265,6 @@ impl Transfers<'_> {
                 id: rec.id.clone(),
                 reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
             }
-            .into()
         };
         if draft.direction != Direction::Outgoing || draft.state != State::Pending {
             return Err(not_pending(&draft));
@@ -316,16 +315,14 @@ impl Transfers<'_> {
             return Err(TransferError::State {
                 id: id.to_string(),
                 reason: "a denial needs a reason (--reason)".into(),
-            }
-            .into());
+            });
         }
         let (rec, ()) = self.update_transfer_logged(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(TransferError::State {
                     id: rec.id.clone(),
                     reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
-                }
-                .into());
+                });
             }
             rec.state = State::Denied;
             rec.reasons = vec![reason(EndCode::DeniedByApprover, why)];
@@ -425,8 +422,7 @@ impl Transfers<'_> {
             return Err(TransferError::State {
                 id: rec.id,
                 reason: "already recorded".into(),
-            }
-            .into());
+            });
         }
         let study = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .ok()
@@ -469,7 +465,7 @@ impl Transfers<'_> {
         });
         let ended = match self.update_transfer(&id, |r| {
             if r.peer != peer || r.direction != Direction::Incoming {
-                return Err(TransferError::Unknown(r.id.clone()).into());
+                return Err(TransferError::Unknown(r.id.clone()));
             }
             if r.state == State::Pending {
                 r.state = State::Denied;

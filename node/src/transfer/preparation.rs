@@ -198,7 +198,7 @@ impl Transfers<'_> {
         let eph_pub = x25519_dalek::PublicKey::from(&eph).to_bytes();
         let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(recipient));
         if !shared.was_contributory() {
-            return Err(damaged(&idh, "the recipient's X25519 key is a low-order point").into());
+            return Err(damaged(&idh, "the recipient's X25519 key is a low-order point"));
         }
         let key = transfer_key(shared.as_bytes(), &eph_pub, &recipient, id);
         drop(eph);
@@ -300,10 +300,9 @@ impl Transfers<'_> {
         let rec = self.transfer(id)?;
         let idh = rec.id.clone();
         let doc = |kind| -> Result<Vec<u8>, TransferError> {
-            Ok(self
-                .store()
+            self.store()
                 .transfer_doc(id, kind)?
-                .ok_or_else(|| damaged(&idh, format!("document {kind} is missing")))?)
+                .ok_or_else(|| damaged(&idh, format!("document {kind} is missing")))
         };
         let manifest_bytes = doc(DOC_MANIFEST)?;
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
@@ -329,7 +328,7 @@ impl Transfers<'_> {
         };
         let sources = self.sources(id, &addresses, prep.as_ref(), &study_key, index, &idh)?;
         if sources.len() != manifest.objects.len() {
-            return Err(damaged(&idh, "the object list does not match the manifest").into());
+            return Err(damaged(&idh, "the object list does not match the manifest"));
         }
         Ok(SendPlan {
             id: *id,
@@ -383,7 +382,7 @@ pub(super) fn hash_objects(
     });
     let res = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     res.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(damaged(idh, "an object was not hashed").into())))
+        .map(|r| r.unwrap_or_else(|| Err(damaged(idh, "an object was not hashed"))))
         .collect()
 }
 
@@ -422,7 +421,7 @@ pub(super) fn hash_one(
     }
     let whole = *whole.finalize().as_bytes();
     if whole.as_slice() != meta.blake3.as_slice() {
-        return Err(integrity("its BLAKE3 differs from the one recorded at import".into()).into());
+        return Err(integrity("its BLAKE3 differs from the one recorded at import".into()));
     }
     Ok((chunks, size, whole))
 }

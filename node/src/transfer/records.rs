@@ -344,7 +344,7 @@ impl Transfers<'_> {
     pub(super) fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, TransferError> {
         let id = parse_id(&rec.id)?;
         let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e.to_string()))?);
-        Ok(seal_box(&self.record_key(), &id, &plain).map_err(|e| damaged(&rec.id, e.to_string()))?)
+        seal_box(&self.record_key(), &id, &plain).map_err(|e| damaged(&rec.id, e.to_string()))
     }
 
     pub(super) fn open_record(&self, id: &TransferId, sealed: &[u8]) -> Result<TransferRecord, TransferError> {
@@ -365,7 +365,7 @@ impl Transfers<'_> {
             .store()
             .transfer_get(id)?
             .ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
-        Ok(self.open_record(id, &sealed)?)
+        self.open_record(id, &sealed)
     }
 
     pub(super) fn save(&self, rec: &mut TransferRecord) -> Result<(), TransferError> {
