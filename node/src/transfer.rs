@@ -22,6 +22,7 @@
 //!    only with it. A received study is locked (its key destroyed) when its
 //!    grant expires.
 
+mod codec;
 mod codes;
 mod deid;
 pub mod engine;

@@ -45,10 +45,7 @@ fn io_other(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(body.len() + 1).map_err(io_other)?;
-    let mut head = [0u8; frame::HEADER];
-    head[..4].copy_from_slice(&len.to_be_bytes());
-    head[4] = kind;
+    let head = super::codec::header(kind, body.len()).ok_or_else(|| io_other("frame too long"))?;
     s.write_all(&head).await?;
     s.write_all(body).await
 }
@@ -56,9 +53,7 @@ async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<(
 pub(crate) async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; frame::HEADER];
     s.read_exact(&mut head).await?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&head[..4]);
-    let len = u32::from_be_bytes(len) as usize;
+    let (len, kind) = super::codec::parse_header(&head);
     if len == 0 || len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -67,7 +62,7 @@ pub(crate) async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: us
     }
     // Allocated as the bytes arrive, not at the length the peer announced.
     let body = crate::limits::read_body(s, len - 1).await?;
-    Ok((head[4], body))
+    Ok((kind, body))
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
@@ -654,14 +649,7 @@ impl Engine {
         body: &[u8],
         scratch: &mut Zeroizing<Vec<u8>>,
     ) -> Result<(), TakeError> {
-        if body.len() < frame::CHUNK_PREFIX {
-            return Err(TakeError::Short);
-        }
-        let mut o = [0u8; 4];
-        o.copy_from_slice(&body[..4]);
-        let mut c = [0u8; 8];
-        c.copy_from_slice(&body[4..12]);
-        let (object, chunk) = (u32::from_be_bytes(o), u64::from_be_bytes(c));
+        let (object, chunk, sealed) = super::codec::parse_chunk(body).ok_or(TakeError::Short)?;
         if object as usize >= a.manifest.objects.len() {
             return Err(TakeError::NotInManifest(object));
         }
@@ -698,7 +686,7 @@ impl Engine {
             }
         }
         let w = writers.get_mut(&object).ok_or(TakeError::NoWriter(object))?;
-        let added = w.write_chunk(chunk, &body[frame::CHUNK_PREFIX..], &a.manifest, scratch)?;
+        let added = w.write_chunk(chunk, sealed, &a.manifest, scratch)?;
         let complete = w.is_complete();
         w.checkpoint(self.node.store(), complete)?;
         self.node.live().update(&a.id, |p| {
@@ -877,8 +865,7 @@ async fn send_stream(
             }
             let _ = producer.await;
         }
-        let len = 1u32.to_be_bytes();
-        timed("done", wr.write_all(&[len[0], len[1], len[2], len[3], frame::DONE])).await?;
+        timed("done", wr.write_all(&super::codec::done_frame())).await?;
         timed("flush", wr.flush()).await?;
         Ok::<_, SessionError>(wr)
     };
@@ -969,17 +956,7 @@ fn produce_inner(
     };
     for index in from..header.chunk_count() {
         let len = usize::try_from(header.chunk_plain_len(index)).map_err(|_| ProduceError::TooLarge(index))?;
-        let body_len = 1 + frame::CHUNK_PREFIX + len + TAG_LEN;
-        let mut f = vec![0u8; 4 + body_len];
-        f[..4].copy_from_slice(
-            &u32::try_from(body_len)
-                .map_err(|_| ProduceError::TooLarge(index))?
-                .to_be_bytes(),
-        );
-        f[4] = frame::CHUNK;
-        f[5..9].copy_from_slice(&object.to_be_bytes());
-        f[9..17].copy_from_slice(&index.to_be_bytes());
-        let start = frame::HEADER + frame::CHUNK_PREFIX;
+        let (mut f, start) = super::codec::chunk_frame(object, index, len).ok_or(ProduceError::TooLarge(index))?;
         let plain = &mut f[start..start + len];
         reader.read_exact(plain).map_err(|cause| ProduceError::Read {
             what: format!("object {object}"),

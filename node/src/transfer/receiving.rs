@@ -339,9 +339,8 @@ impl ObjectWriter {
                 let len = usize::try_from(self.header.chunk_plain_len(i)).unwrap_or(0);
                 let buf = &mut sealed[..len + TAG_LEN];
                 self.file.read_exact(buf)?;
-                let (c, tag) = buf.split_at_mut(len);
-                let mut t = [0u8; TAG_LEN];
-                t.copy_from_slice(tag);
+                let (c, t) =
+                    super::codec::split_sealed_mut(buf, len).ok_or_else(|| std::io::Error::other("short chunk"))?;
                 self.opener
                     .open_chunk(i, c, &t)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -403,17 +402,14 @@ impl ObjectWriter {
             return Err(err("past the last chunk".into()));
         }
         let len = usize::try_from(self.header.chunk_plain_len(index)).unwrap_or(0);
-        if sealed.len() != len + TAG_LEN {
+        let Some((ct, t)) = super::codec::split_sealed(sealed, len) else {
             return Err(err(format!("{} bytes, expected {}", sealed.len(), len + TAG_LEN)));
-        }
-        let (ct, tag) = sealed.split_at(len);
+        };
         if scratch.len() < len {
             scratch.resize(len, 0);
         }
         let plain = &mut scratch[..len];
         plain.copy_from_slice(ct);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(tag);
         self.opener
             .open_chunk(index, plain, &t)
             .map_err(|_| err("authentication failed (altered, or sealed for another transfer or object)".into()))?;
