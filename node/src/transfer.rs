@@ -46,7 +46,7 @@ pub use self::receiving::{Accepted, ChunkError, ObjectWriter};
 pub use self::records::{Asking, Direction, Initiated, LeftOut, Live, Progress, State, TransferRecord, TransferView};
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;

@@ -130,7 +130,12 @@ impl Transfers<'_> {
             // The object itself must say it is of the granted study (and be
             // the instance the index names): a holder cannot slip another
             // study's object in under this grant.
-            let uids = object_uids(&path, &a.key, m.part10, o.size).map_err(|why| bad_object(i, &why.to_string()))?;
+            let uids = self
+                .store()
+                .read_incoming_part(&a.id, i)
+                .map_err(BadObject::Unreadable)
+                .and_then(|file| object_uids(file, &a.key, m.part10, o.size))
+                .map_err(|why| bad_object(i, &why.to_string()))?;
             if uids.study != landed_uid {
                 return Err(bad_object(i, "is not of the granted study"));
             }
@@ -193,7 +198,7 @@ impl Transfers<'_> {
         let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
         let index_path = dir.join(last.to_string());
-        let file = File::open(&index_path).map_err(|cause| io_err(idh, &index_path, cause))?;
+        let file = self.store().read_incoming_part(&a.id, last)?;
         let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
         let mut bytes = Zeroizing::new(Vec::new());
         reader
@@ -348,15 +353,9 @@ pub(super) const MAX_BARE_OBJECT: u64 = 64 * 1024 * 1024;
 
 /// Reads the Study, Series and SOP Instance UIDs of a received object (a
 /// sealed file under the transfer key). Errors are texts without UIDs.
-pub(super) fn object_uids(
-    path: &std::path::Path,
-    key: &DataKey,
-    part10: bool,
-    size: u64,
-) -> Result<ObjectUids, BadObject> {
+pub(super) fn object_uids(file: File, key: &DataKey, part10: bool, size: u64) -> Result<ObjectUids, BadObject> {
     use dicom_dictionary_std::tags;
     use dicom_object::file::ReadPreamble;
-    let file = File::open(path).map_err(BadObject::Unreadable)?;
     let mut reader = medmesh_seal::OpenReader::new(key, std::io::BufReader::new(file)).map_err(BadObject::Sealed)?;
     let obj = if part10 {
         dicom_object::OpenFileOptions::new()
@@ -394,7 +393,7 @@ pub(super) fn object_uids(
 pub(super) enum BadObject {
     /// The file could not be read.
     #[error("cannot be read: {0}")]
-    Unreadable(std::io::Error),
+    Unreadable(crate::store::StoreError),
     /// The sealed object does not open under the transfer key.
     #[error("does not open: {0}")]
     Sealed(medmesh_seal::SealError),

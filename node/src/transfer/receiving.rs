@@ -284,18 +284,7 @@ impl ObjectWriter {
             plaintext_len: o.size,
             salt: key32(&o.salt).ok_or_else(|| damaged(&idh, "salt"))?,
         };
-        let dir = store.incoming_dir(&a.id);
-        crate::fsutil::create_private_dir(&dir.parent().map(PathBuf::from).unwrap_or_default())
-            .and_then(|()| crate::fsutil::create_private_dir(&dir))
-            .map_err(|cause| io_err(&idh, &dir, cause))?;
-        let path = dir.join(object.to_string());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|cause| io_err(&idh, &path, cause))?;
+        let (path, file) = store.open_incoming_part(&a.id, object)?;
         let mut w = ObjectWriter {
             id: a.id,
             object,
