@@ -275,21 +275,21 @@ pub trait Effects {
 
 impl studies::Expiry for Node {
     fn enforce_expiry(&self) -> Result<u64, HomeError> {
-        Node::enforce_expiry(self)
+        Ok(self.transfers().enforce_expiry()?)
     }
 }
 
 impl retention::TransferRecords for Node {
     fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
         let mut n = 0;
-        for rec in self.transfer_records()? {
+        for rec in self.transfers().transfer_records()? {
             let named = (!rec.study_uid.is_empty() && self.store.study_ref(&rec.study_uid) == *study)
                 || grant_transfer == Some(&rec.id);
             if !named {
                 continue;
             }
             let id = crate::transfer::parse_id(&rec.id)?;
-            self.scrub_transfer(&id)?;
+            self.transfers().scrub_transfer(&id)?;
             n += 1;
         }
         Ok(n)
@@ -317,7 +317,7 @@ impl Effects for Node {
         Node::logged(self, entries);
     }
     fn end_affected_transfers_after(&self, change: &str) {
-        Node::end_affected_transfers_after(self, change);
+        self.transfers().end_affected_transfers_after(change);
     }
     fn peer_hello(
         &self,
@@ -582,6 +582,12 @@ impl Node {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The transfer service.
+    #[must_use]
+    pub fn transfers(&self) -> crate::transfer::Transfers<'_> {
+        crate::transfer::Transfers::new(&self.store, &self.identity, &self.live, self)
     }
 
     /// The de-identification service (research exports, re-links, the

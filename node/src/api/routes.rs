@@ -515,7 +515,7 @@ route!(
 
 impl Call for Transfers {
     async fn serve(ctx: Ctx, (): ()) -> Result<Vec<TransferView>, ServeError> {
-        ctx.blocking(Node::transfers).await
+        ctx.blocking(|n| Ok(n.transfers().list()?)).await
     }
 }
 
@@ -526,7 +526,7 @@ route!(
 
 impl Call for TransfersShow {
     async fn serve(ctx: Ctx, r: IdRequest) -> Result<TransferView, ServeError> {
-        ctx.blocking(move |n| n.transfer_show(&r.id)).await
+        ctx.blocking(move |n| Ok(n.transfers().transfer_show(&r.id)?)).await
     }
 }
 
@@ -589,7 +589,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
     .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
     let view = ctx
         .blocking(move |n| {
-            n.note_answer(
+            Ok(n.transfers().note_answer(
                 &r.peer_id,
                 &request_id,
                 &r.study_uid,
@@ -597,7 +597,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
                 r.role,
                 r.level,
                 &answer.body,
-            )
+            )?)
         })
         .await?;
     ctx.wake_transfers();
@@ -612,7 +612,10 @@ route!(
 impl Call for TransfersShare {
     async fn serve(ctx: Ctx, r: TransferAsk) -> Result<TransferView, ServeError> {
         let view = ctx
-            .blocking(move |n| n.share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level))
+            .blocking(move |n| {
+                Ok(n.transfers()
+                    .share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)?)
+            })
             .await?;
         ctx.wake_transfers();
         Ok(view)
@@ -626,7 +629,7 @@ route!(
 
 impl Call for Approvals {
     async fn serve(ctx: Ctx, (): ()) -> Result<Vec<TransferView>, ServeError> {
-        ctx.blocking(Node::approvals).await
+        ctx.blocking(|n| Ok(n.transfers().approvals()?)).await
     }
 }
 
@@ -637,7 +640,7 @@ route!(
 
 impl Call for ApprovalsApprove {
     async fn serve(ctx: Ctx, r: IdRequest) -> Result<TransferView, ServeError> {
-        let (view, msg) = ctx.blocking(move |n| n.approve(&r.id)).await?;
+        let (view, msg) = ctx.blocking(move |n| Ok(n.transfers().approve(&r.id)?)).await?;
         ctx.wake_transfers();
         ctx.tell_requester(&view, msg);
         Ok(view)
@@ -651,7 +654,9 @@ route!(
 
 impl Call for ApprovalsDeny {
     async fn serve(ctx: Ctx, r: DenyRequest) -> Result<TransferView, ServeError> {
-        let (view, msg) = ctx.blocking(move |n| n.deny_approval(&r.id, &r.reason)).await?;
+        let (view, msg) = ctx
+            .blocking(move |n| Ok(n.transfers().deny_approval(&r.id, &r.reason)?))
+            .await?;
         ctx.tell_requester(&view, msg);
         Ok(view)
     }

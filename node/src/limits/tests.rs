@@ -118,6 +118,7 @@ fn world(holder_edit: &[(&str, &str)], recipient_edit: &[(&str, &str)]) -> World
 /// The stream opening of a share of the study from `holder` to `to`.
 fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
     let view = holder
+        .transfers()
         .share(
             &to.identity().peer_id(),
             STUDY,
@@ -127,10 +128,10 @@ fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
         )
         .unwrap();
     let id = parse_id(&view.id).unwrap();
-    let rec = holder.transfer(&id).unwrap();
+    let rec = holder.transfers().transfer(&id).unwrap();
     assert_eq!(rec.state, State::Granted, "{view:?}");
-    holder.prepare(&id).unwrap();
-    let plan = holder.send_plan(&id).unwrap();
+    holder.transfers().prepare(&id).unwrap();
+    let plan = holder.transfers().send_plan(&id).unwrap();
     let open = Open {
         v: WIRE_VERSION,
         session: 1,
@@ -141,7 +142,8 @@ fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
 }
 
 fn incoming_from(n: &Node, peer: &str) -> usize {
-    n.transfer_records()
+    n.transfers()
+        .transfer_records()
         .unwrap()
         .iter()
         .filter(|r| r.direction == Direction::Incoming && r.peer == peer)
@@ -252,7 +254,7 @@ fn a_request_flood_records_at_most_the_burst_and_the_holder_serves_others() {
         }
     }
     assert_eq!(later, 297);
-    let records = w.holder.transfer_records().unwrap();
+    let records = w.holder.transfers().transfer_records().unwrap();
     assert_eq!(records.len(), 3, "one record per request taken");
     // Each request taken writes two entries (requested, granted); refused ones none.
     let entries = w.holder.store().ledger_entries().unwrap().len() - entries_before;
@@ -301,7 +303,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
         .collect();
     assert_eq!(&answers[..3], ["pending", "pending", "approvals-full"]);
     assert!(answers[2..].iter().all(|a| a == "approvals-full"));
-    assert_eq!(w.holder.approvals().unwrap().len(), 2);
+    assert_eq!(w.holder.transfers().approvals().unwrap().len(), 2);
     // Another peer has its own queue.
     let answer = crate::transfer::protocol::answer_transfer(&w.holder, &w.other.identity().peer_id(), msg(99)).unwrap();
     assert!(matches!(answer, AnswerBody::Pending { .. }), "{answer:?}");
@@ -357,7 +359,7 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
     let mut refused = 0;
     for _ in 0..12 {
         let (_, open) = share_open(&w.holder, &w.recipient);
-        match w.recipient.accept_stream(&holder_peer, &open) {
+        match w.recipient.transfers().accept_stream(&holder_peer, &open) {
             Ok(_) => accepted += 1,
             Err(r) => {
                 assert_eq!((r.code.as_str(), r.permanent), ("share-quota", false), "{}", r.text);
@@ -375,15 +377,28 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
     w.other.studies().import(&[corpus(CT)], |_| {}).unwrap();
     consent(&w.other, &[&w.recipient]);
     let (_, open) = share_open(&w.other, &w.recipient);
-    assert!(w.recipient.accept_stream(&w.other.identity().peer_id(), &open).is_ok());
+    assert!(
+        w.recipient
+            .transfers()
+            .accept_stream(&w.other.identity().peer_id(), &open)
+            .is_ok()
+    );
     // The holder's shares stay refused while four are pending.
     let (id, open) = share_open(&w.holder, &w.recipient);
-    let refusal = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    let refusal = w
+        .recipient
+        .transfers()
+        .accept_stream(&holder_peer, &open)
+        .err()
+        .unwrap();
     assert_eq!(refusal.code, "share-quota");
     // The stale ones go after the timeout, and the quota frees.
     let later = crate::home::trust::now() + 7 * 86400 + 60;
     assert_eq!(w.recipient.sweep_stale_incoming(later).unwrap(), 5);
-    assert!(w.recipient.accept_stream(&holder_peer, &open).is_ok(), "{id:?}");
+    assert!(
+        w.recipient.transfers().accept_stream(&holder_peer, &open).is_ok(),
+        "{id:?}"
+    );
 }
 
 #[test]
@@ -392,6 +407,7 @@ fn a_site_that_takes_no_shares_refuses_them_for_good() {
     let (_, open) = share_open(&w.holder, &w.recipient);
     let r = w
         .recipient
+        .transfers()
         .accept_stream(&w.holder.identity().peer_id(), &open)
         .err()
         .unwrap();
@@ -404,7 +420,7 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
     let w = world(&[], &[("incoming_stale_secs = 604800", "incoming_stale_secs = 60")]);
     let holder_peer = w.holder.identity().peer_id();
     let (id, open) = share_open(&w.holder, &w.recipient);
-    let accepted = w.recipient.accept_stream(&holder_peer, &open).unwrap();
+    let accepted = w.recipient.transfers().accept_stream(&holder_peer, &open).unwrap();
     // A part received (as the stream writer leaves it).
     let dir = w.recipient.store().incoming_dir(&id);
     std::fs::create_dir_all(&dir).unwrap();
@@ -416,7 +432,7 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
     assert!(dir.exists());
     // After it: failed, parts, progress and documents deleted.
     assert_eq!(w.recipient.sweep_stale_incoming(now + 61).unwrap(), 1);
-    let rec = w.recipient.transfer(&id).unwrap();
+    let rec = w.recipient.transfers().transfer(&id).unwrap();
     assert_eq!(rec.state, State::Failed);
     assert!(rec.error.as_deref().unwrap_or("").starts_with(STALE_REASON), "{rec:?}");
     assert!(!dir.exists());
@@ -429,7 +445,12 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
             .is_none()
     );
     // The holder, back, is refused for good.
-    let r = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    let r = w
+        .recipient
+        .transfers()
+        .accept_stream(&holder_peer, &open)
+        .err()
+        .unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("closed", true));
     // Done once.
     assert_eq!(w.recipient.sweep_stale_incoming(now + 1000).unwrap(), 0);

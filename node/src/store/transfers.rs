@@ -56,6 +56,45 @@ fn chunk_key(id: &[u8; 16], object: u32) -> [u8; 20] {
 }
 
 impl super::Store {
+    /// Opens the part of received object `object` of transfer `id` for
+    /// reading and writing (created with its private folders if new), where
+    /// the receiver writes its verified chunks and a resume re-reads them.
+    /// Returns its path (for messages) and the file.
+    ///
+    /// # Errors
+    /// [`StoreError::BlobIo`].
+    pub fn open_incoming_part(&self, id: &[u8; 16], object: u32) -> Result<(PathBuf, fs::File), StoreError> {
+        let dir = self.incoming_dir(id);
+        let io = |path: &std::path::Path, source| StoreError::BlobIo {
+            path: path.display().to_string(),
+            source,
+        };
+        crate::fsutil::create_private_dir(&dir.parent().map(PathBuf::from).unwrap_or_default())
+            .and_then(|()| crate::fsutil::create_private_dir(&dir))
+            .map_err(|e| io(&dir, e))?;
+        let path = dir.join(object.to_string());
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok((path, file))
+    }
+
+    /// Opens the received part of object `object` of transfer `id` for reading.
+    ///
+    /// # Errors
+    /// [`StoreError::BlobIo`].
+    pub fn read_incoming_part(&self, id: &[u8; 16], object: usize) -> Result<fs::File, StoreError> {
+        let path = self.incoming_dir(id).join(object.to_string());
+        fs::File::open(&path).map_err(|source| StoreError::BlobIo {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
     /// The folder receiving the objects of transfer `id`.
     #[must_use]
     pub fn incoming_dir(&self, id: &[u8; 16]) -> PathBuf {

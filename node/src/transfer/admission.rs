@@ -70,6 +70,7 @@ impl Node {
         let (mut pending, mut bytes) = (0u32, 0u64);
         if cfg.shares_from != SharesFrom::None {
             let records = self
+                .transfers()
                 .transfer_records()
                 .map_err(|e| refuse("internal", format!("the recipient failed: {e}"), false))?;
             for r in records.iter().filter(|r| {
@@ -93,6 +94,7 @@ impl Node {
     /// Store errors.
     pub fn admit_request(&self, peer: &str) -> Result<Option<AnswerBody>, HomeError> {
         let pending = self
+            .transfers()
             .transfer_records()?
             .iter()
             .filter(|r| r.direction == Direction::Outgoing && r.state == State::Pending && r.peer == peer)
@@ -115,7 +117,7 @@ impl Node {
     pub fn sweep_stale_incoming(&self, now: i64) -> Result<u64, HomeError> {
         let timeout = i64::try_from(self.config().limits.incoming_stale_secs).unwrap_or(i64::MAX);
         let mut n = 0;
-        for r in self.transfer_records()? {
+        for r in self.transfers().transfer_records()? {
             if r.direction != Direction::Incoming || !matches!(r.state, State::Granted | State::Streaming) {
                 continue;
             }
@@ -128,7 +130,7 @@ impl Node {
                 continue;
             }
             let why = format!("{STALE_REASON}: nothing received for {timeout} s; what was received is deleted");
-            self.fail_transfer(&id, &why)?;
+            self.transfers().fail_transfer(&id, &why)?;
             self.store().clear_chunks(&id)?;
             self.store().transfer_docs_remove(&id)?;
             if dir.exists()

@@ -15,11 +15,11 @@ use super::wire::{
     self, ATTESTATION_DOMAIN, Attestation, AttestedCode, AttestedObject, Grant, Manifest, ObjectKind, Refuse,
     WIRE_VERSION,
 };
-use super::{damaged, refuse};
-use crate::deid::{self, DeidServiceError, Profile};
+use super::{RefuseCode, damaged, deid_failed, refuse};
+use super::{TransferError, Transfers};
+use crate::deid::{self, Profile};
 use crate::dicom::StudyAttributes;
 use crate::home::trust::now;
-use crate::home::{HomeError, Node};
 use crate::identity::peer_id_of;
 use crate::store::{InstanceMeta, InstanceRow, RELINK_VERSION, RelinkRecord, SeriesMeta, StudyMeta};
 
@@ -39,9 +39,9 @@ const NATIVE: [&str; 4] = [
 pub(super) struct BeforeKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl BeforeKey {
-    /// The key of transfer `id` on `node`.
-    pub(super) fn new(node: &Node, id: &[u8; 16]) -> Self {
-        let k = node.store().master().derive(BEFORE_KEY_CONTEXT);
+    /// The key of transfer `id` under the store's master key.
+    pub(super) fn new(store: &crate::store::Store, id: &[u8; 16]) -> Self {
+        let k = store.master().derive(BEFORE_KEY_CONTEXT);
         BeforeKey(zeroize::Zeroizing::new(
             *blake3::keyed_hash(k.expose_secret(), id).as_bytes(),
         ))
@@ -70,7 +70,7 @@ pub(super) struct Prepared {
     pub attestation: Vec<u8>,
 }
 
-impl Node {
+impl Transfers<'_> {
     /// The series of `series` (of study `study_uid`) that may carry burned-in
     /// identifiers and that no masking rule of `profile` covers (or only a
     /// rule that cannot be applied to compressed pixel data), with why.
@@ -80,7 +80,7 @@ impl Node {
         study_uid: &str,
         series: &[String],
         profile: &Profile,
-    ) -> Result<BTreeMap<String, String>, HomeError> {
+    ) -> Result<BTreeMap<String, String>, TransferError> {
         let store = self.store();
         let study = store.study_ref(study_uid);
         let Some(row) = store.study_row(&study)? else {
@@ -94,39 +94,22 @@ impl Node {
                 continue;
             }
             let file = store.open_blob(&address)?;
-            let mut reader = OpenReader::new(&key, std::io::BufReader::new(file)).map_err(|e| {
-                HomeError::from(DeidServiceError::Object {
-                    what: format!("object {}", m.sop_instance_uid),
-                    source: e.into(),
-                })
-            })?;
+            let mut reader = OpenReader::new(&key, std::io::BufReader::new(file))
+                .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?;
             let obj = if m.part10 {
                 dicom_object::OpenFileOptions::new()
                     .read_preamble(ReadPreamble::Auto)
                     .read_until(tags::PIXEL_DATA)
                     .from_reader(&mut reader)
                     .map(dicom_object::FileDicomObject::into_inner)
-                    .map_err(|e| {
-                        HomeError::from(DeidServiceError::Object {
-                            what: format!("object {}", m.sop_instance_uid),
-                            source: e.into(),
-                        })
-                    })?
+                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?
             } else {
                 let mut bytes = Vec::new();
-                reader.read_to_end(&mut bytes).map_err(|e| {
-                    HomeError::from(DeidServiceError::Object {
-                        what: format!("object {}", m.sop_instance_uid),
-                        source: e.into(),
-                    })
-                })?;
+                reader
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?;
                 crate::dicom::parse_whole(&bytes)
-                    .map_err(|e| {
-                        HomeError::from(DeidServiceError::Object {
-                            what: format!("object {}", m.sop_instance_uid),
-                            source: e.into(),
-                        })
-                    })?
+                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?
                     .0
             };
             let has_pixels = obj.get(tags::ROWS).is_some() || obj.get(tags::PIXEL_DATA).is_some();
@@ -164,17 +147,17 @@ impl Node {
         grant: &Grant,
         study_key: &DataKey,
         items: &[([u8; 32], InstanceRow, InstanceMeta)],
-    ) -> Result<Prepared, HomeError> {
+    ) -> Result<Prepared, TransferError> {
         let idh = hex::encode(id);
-        let profile = self.deid().profile(grant.level, &[])?;
-        let keys = self.deid().keys(grant.level)?;
+        let profile = self.host.deid().profile(grant.level, &[])?;
+        let keys = self.host.deid().keys(grant.level)?;
         let dir = self.store().outgoing_dir(id);
-        crate::fsutil::create_private_dir(&dir).map_err(|source| HomeError::Io {
-            path: dir.display().to_string(),
-            source,
+        crate::fsutil::create_private_dir(&dir).map_err(|cause| super::io_err(&idh, &dir, cause))?;
+        let prep_key = DataKey::try_generate().map_err(|e| TransferError::Deid {
+            what: None,
+            cause: e.into(),
         })?;
-        let prep_key = DataKey::try_generate().map_err(DeidServiceError::Key)?;
-        let before_key = BeforeKey::new(self, id);
+        let before_key = BeforeKey::new(self.store(), id);
         let (mut input, mut output) = (Vec::new(), Vec::new());
         let mut hashed = Vec::with_capacity(items.len());
         let mut instances = Vec::with_capacity(items.len());
@@ -184,12 +167,7 @@ impl Node {
         let mut masked_any = false;
         for (i, (address, _, meta)) in items.iter().enumerate() {
             let object = u32::try_from(i).map_err(|_| damaged(&idh, "too many objects"))?;
-            let fail = |why: String| {
-                HomeError::from(DeidServiceError::Object {
-                    what: format!("transfer {idh}, object {}", meta.sop_instance_uid),
-                    source: why.into(),
-                })
-            };
+            let fail = |why: String| deid_failed(format!("transfer {idh}, object {}", meta.sop_instance_uid), why);
             input.clear();
             let file = self.store().open_blob(address)?;
             OpenReader::new(study_key, std::io::BufReader::new(file))
@@ -203,10 +181,7 @@ impl Node {
             let parsed = crate::dicom::parse_and_validate(&output).map_err(|e| fail(format!("the output: {e}")))?;
             let after = *blake3::hash(&output).as_bytes();
             let path = dir.join(object.to_string());
-            let f = std::fs::File::create(&path).map_err(|source| HomeError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let f = std::fs::File::create(&path).map_err(|cause| super::io_err(&idh, &path, cause))?;
             medmesh_seal::seal_stream_unhashed(
                 &prep_key,
                 object,
@@ -282,7 +257,13 @@ impl Node {
                 })
                 .collect(),
             options: profile.options().iter().map(|o| o.name().to_string()).collect(),
-            table_version: deid::tables().map_err(DeidServiceError::from)?.version().to_string(),
+            table_version: deid::tables()
+                .map_err(|e| TransferError::Deid {
+                    what: None,
+                    cause: e.into(),
+                })?
+                .version()
+                .to_string(),
             objects,
             created: now(),
         };
@@ -299,7 +280,7 @@ impl Node {
     }
 
     /// The attestation of an identifiable transfer: no profile, hashes unchanged.
-    pub(super) fn identity_attestation(&self, id: &[u8; 16], hashes: &[[u8; 32]]) -> Result<Vec<u8>, HomeError> {
+    pub(super) fn identity_attestation(&self, id: &[u8; 16], hashes: &[[u8; 32]]) -> Result<Vec<u8>, TransferError> {
         let idh = hex::encode(id);
         let attestation = Attestation {
             v: WIRE_VERSION,
@@ -327,14 +308,14 @@ impl Node {
 /// for this transfer, at the granted level, naming every DICOM object of the
 /// manifest with the hash it is sent with.
 pub(super) fn check_attestation(peer: &str, grant: &Grant, manifest: &Manifest) -> Result<Attestation, Refuse> {
-    let bad = |why: &str| refuse("bad-attestation", why, true);
+    let bad = |why: &str| refuse(RefuseCode::BadAttestation, why, true);
     let (signer, a) = wire::open_signed::<Attestation>(
         "attestation",
         ATTESTATION_DOMAIN,
         &manifest.attestation,
         super::MAX_MANIFEST_ATTESTATION,
     )
-    .map_err(|e| refuse("bad-attestation", e.to_string(), true))?;
+    .map_err(|e| refuse(RefuseCode::BadAttestation, e.to_string(), true))?;
     if peer_id_of(&signer).ok().as_deref() != Some(peer) || a.holder != peer {
         return Err(bad("the attestation is not signed by the holder"));
     }

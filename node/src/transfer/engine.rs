@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use zeroize::Zeroizing;
 
 use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
-use super::{Accepted, Direction, ObjectWriter, SendPlan, Source, State, TransferId};
+use super::{Accepted, Direction, ObjectWriter, RefuseCode, SendPlan, Source, State, TransferId};
 use crate::home::Node;
 use crate::net::NetHandle;
 use crate::transfer::protocol::TransferNet;
@@ -46,10 +46,7 @@ fn io_other(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(body.len() + 1).map_err(io_other)?;
-    let mut head = [0u8; frame::HEADER];
-    head[..4].copy_from_slice(&len.to_be_bytes());
-    head[4] = kind;
+    let head = super::codec::header(kind, body.len()).ok_or_else(|| io_other("frame too long"))?;
     s.write_all(&head).await?;
     s.write_all(body).await
 }
@@ -57,9 +54,7 @@ async fn write_frame(s: &mut Stream, kind: u8, body: &[u8]) -> std::io::Result<(
 pub(crate) async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: usize) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; frame::HEADER];
     s.read_exact(&mut head).await?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&head[..4]);
-    let len = u32::from_be_bytes(len) as usize;
+    let (len, kind) = super::codec::parse_header(&head);
     if len == 0 || len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -68,7 +63,7 @@ pub(crate) async fn read_frame<R: futures::AsyncRead + Unpin>(s: &mut R, max: us
     }
     // Allocated as the bytes arrive, not at the length the peer announced.
     let body = crate::limits::read_body(s, len - 1).await?;
-    Ok((head[4], body))
+    Ok((kind, body))
 }
 
 async fn timed<T>(what: &str, f: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
@@ -161,9 +156,9 @@ pub fn start(
                     let swept = move || {
                         // Grants that ended, consent or trust that changed without a
                         // call (a record that expired): every affected transfer ends.
-                        node.end_affected_transfers_after("periodic check");
+                        node.transfers().end_affected_transfers_after("periodic check");
                         node.sweep_stale_incoming(crate::home::trust::now())?;
-                        node.enforce_expiry()
+                        node.transfers().enforce_expiry()
                     };
                     match tokio::task::spawn_blocking(swept).await {
                         Ok(Err(e)) => tracing::warn!(cause = %e, "cannot check grant expiry"),
@@ -190,7 +185,7 @@ impl Engine {
     /// One pass over the transfer records: start what can start.
     async fn round(self: Arc<Self>) {
         let node = Arc::clone(&self.node);
-        let records = match tokio::task::spawn_blocking(move || node.transfer_records()).await {
+        let records = match tokio::task::spawn_blocking(move || node.transfers().transfer_records()).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(cause = %e, "cannot read transfer records");
@@ -251,7 +246,7 @@ impl Engine {
 
     async fn deliver_receipt(&self, id: TransferId, peer: PeerId) {
         let node = Arc::clone(&self.node);
-        let receipt = match tokio::task::spawn_blocking(move || node.receipt(&id)).await {
+        let receipt = match tokio::task::spawn_blocking(move || node.transfers().receipt(&id)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot make the delivery receipt");
@@ -269,7 +264,7 @@ impl Engine {
                 ..
             }) => {
                 let node = Arc::clone(&self.node);
-                let _ = tokio::task::spawn_blocking(move || node.receipt_acknowledged(&id)).await;
+                let _ = tokio::task::spawn_blocking(move || node.transfers().receipt_acknowledged(&id)).await;
                 tracing::info!(transfer = %hex::encode(id), "delivery receipt acknowledged: transfer complete");
             }
             Ok(other) => {
@@ -282,7 +277,13 @@ impl Engine {
     /// Holder: tells the recipient that a transfer was ended.
     async fn tell_ended(&self, id: TransferId, peer: PeerId) {
         let node = Arc::clone(&self.node);
-        let msg = match tokio::task::spawn_blocking(move || node.transfer(&id).map(|r| node.ended_message(&r))).await {
+        let msg = match tokio::task::spawn_blocking(move || {
+            node.transfers()
+                .transfer(&id)
+                .map(|r| node.transfers().ended_message(&r))
+        })
+        .await
+        {
             Ok(Ok(Some(m))) => m,
             _ => return,
         };
@@ -292,7 +293,7 @@ impl Engine {
                 ..
             }) => {
                 let node = Arc::clone(&self.node);
-                let _ = tokio::task::spawn_blocking(move || node.ended_told(&id)).await;
+                let _ = tokio::task::spawn_blocking(move || node.transfers().ended_told(&id)).await;
                 tracing::info!(transfer = %hex::encode(id), "the recipient was told that the transfer ended");
             }
             Ok(_) => {}
@@ -306,14 +307,19 @@ impl Engine {
         let node = Arc::clone(&self.node);
         let plan = tokio::task::spawn_blocking(move || {
             // The whole decision, taken again before every session (each resume included).
-            if !node.session_check(&id)? {
+            if !node.transfers().session_check(&id)? {
                 return Ok(None);
             }
-            node.prepare(&id)?;
-            if !node.session_check(&id)? {
+            // Prepared now: the plan preparation returned; prepared before
+            // (a resume, also after a restart): the plan read back.
+            let prepared = node.transfers().prepare(&id)?;
+            if !node.transfers().session_check(&id)? {
                 return Ok(None);
             }
-            node.send_plan(&id).map(Some)
+            match prepared {
+                Some(plan) => Ok(Some(plan)),
+                None => node.transfers().send_plan(&id).map(Some),
+            }
         })
         .await;
         let plan = match plan {
@@ -327,7 +333,7 @@ impl Engine {
                 tracing::error!(transfer = %idh, cause = %e, "cannot prepare the transfer");
                 let node = Arc::clone(&self.node);
                 let why = e.to_string();
-                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+                let _ = tokio::task::spawn_blocking(move || node.transfers().fail_transfer(&id, &why)).await;
                 return;
             }
             Err(e) => {
@@ -335,7 +341,7 @@ impl Engine {
                 tracing::error!(transfer = %idh, cause = %e, "preparing the transfer stopped");
                 let node = Arc::clone(&self.node);
                 let why = format!("preparing stopped: {e}");
-                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+                let _ = tokio::task::spawn_blocking(move || node.transfers().fail_transfer(&id, &why)).await;
                 return;
             }
         };
@@ -348,30 +354,31 @@ impl Engine {
                 if done {
                     tracing::info!(transfer = %idh, "every chunk verified by the recipient; waiting for its receipt");
                 }
-                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, done, None)).await
+                tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, done, None)).await
             }
             Err(SessionError::Ended) => {
                 tracing::info!(transfer = %idh, "session stopped: the transfer was ended");
                 self.wake.notify_one();
-                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, false, None)).await
+                tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, false, None)).await
             }
-            Err(SessionError::Refused(r)) if r.code == "replayed" => {
+            Err(SessionError::Refused(r)) if RefuseCode::from_wire(&r.code) == Some(RefuseCode::Replayed) => {
                 // The recipient has landed it already (its last HAVE was lost): wait for the receipt.
-                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, true, None)).await
+                tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, true, None)).await
             }
             Err(SessionError::Refused(r)) if r.permanent => {
                 tracing::warn!(transfer = %idh, code = %r.code, "the recipient refused the transfer: {}", r.text);
                 let why = format!("refused by the recipient: {} [{}]", r.text, r.code);
                 tokio::task::spawn_blocking(move || {
-                    node.note_session(&id, sent_now, false, None)?;
-                    node.fail_transfer(&id, &why)
+                    node.transfers().note_session(&id, sent_now, false, None)?;
+                    node.transfers().fail_transfer(&id, &why)
                 })
                 .await
             }
             Err(e) => {
                 tracing::info!(transfer = %idh, cause = %e, "transfer session ended early; it resumes");
                 let why = e.to_string();
-                tokio::task::spawn_blocking(move || node.note_session(&id, sent_now, false, Some(why))).await
+                tokio::task::spawn_blocking(move || node.transfers().note_session(&id, sent_now, false, Some(why)))
+                    .await
             }
         };
         if let Ok(Err(e)) = result {
@@ -483,14 +490,14 @@ impl Engine {
         let open: Open = match wire::decode("open", &body, MAX_FRAME) {
             Ok(o) => o,
             Err(e) => {
-                let r = super::refuse("bad-open", e.to_string(), true);
+                let r = super::refuse(RefuseCode::BadOpen, e.to_string(), true);
                 send_refuse(s, &r).await;
                 return Err(SessionError::Refused(r));
             }
         };
         let node = Arc::clone(&self.node);
         let peer_s = peer.to_string();
-        let accepted = tokio::task::spawn_blocking(move || node.accept_stream(&peer_s, &open))
+        let accepted = tokio::task::spawn_blocking(move || node.transfers().accept_stream(&peer_s, &open))
             .await
             .map_err(|e| SessionError::Io(io_other(e)))?;
         let accepted = match accepted {
@@ -518,7 +525,7 @@ impl Engine {
             loop {
                 if failed.load(Ordering::Relaxed) {
                     let r = super::refuse(
-                        "chunk-refused",
+                        RefuseCode::ChunkRefused,
                         "a chunk failed verification and was not written; send it again",
                         false,
                     );
@@ -579,7 +586,7 @@ impl Engine {
             return;
         }
         let (node, a) = (Arc::clone(&self.node), Arc::clone(accepted));
-        let r = tokio::task::spawn_blocking(move || node.land(&a)).await;
+        let r = tokio::task::spawn_blocking(move || node.transfers().land(&a)).await;
         lock(&self.landing).remove(&accepted.id);
         match r {
             Ok(Ok(())) => self.wake.notify_one(),
@@ -587,7 +594,7 @@ impl Engine {
                 tracing::error!(transfer = %hex::encode(accepted.id), cause = %e, "cannot store the received study");
                 let node = Arc::clone(&self.node);
                 let (id, why) = (accepted.id, e.to_string());
-                let _ = tokio::task::spawn_blocking(move || node.fail_transfer(&id, &why)).await;
+                let _ = tokio::task::spawn_blocking(move || node.transfers().fail_transfer(&id, &why)).await;
             }
             Err(_) => {}
         }
@@ -600,7 +607,7 @@ impl Engine {
         let idh = hex::encode(a.id);
         let release = |writers: &mut HashMap<u32, ObjectWriter>| {
             for (obj, mut w) in writers.drain() {
-                if let Err(e) = w.checkpoint(&self.node, true) {
+                if let Err(e) = w.checkpoint(self.node.store(), true) {
                     tracing::warn!(transfer = %idh, cause = %e, "cannot record received chunks");
                 }
                 if let Some(set) = lock(&self.busy).get_mut(&a.id) {
@@ -642,17 +649,10 @@ impl Engine {
         writers: &mut HashMap<u32, ObjectWriter>,
         body: &[u8],
         scratch: &mut Zeroizing<Vec<u8>>,
-    ) -> Result<(), String> {
-        if body.len() < frame::CHUNK_PREFIX {
-            return Err("short chunk frame".into());
-        }
-        let mut o = [0u8; 4];
-        o.copy_from_slice(&body[..4]);
-        let mut c = [0u8; 8];
-        c.copy_from_slice(&body[4..12]);
-        let (object, chunk) = (u32::from_be_bytes(o), u64::from_be_bytes(c));
+    ) -> Result<(), TakeError> {
+        let (object, chunk, sealed) = super::codec::parse_chunk(body).ok_or(TakeError::Short)?;
         if object as usize >= a.manifest.objects.len() {
-            return Err(format!("object {object} is not in the manifest"));
+            return Err(TakeError::NotInManifest(object));
         }
         if !writers.contains_key(&object) {
             // Finish the objects this stream wrote before (one at a time per stream).
@@ -663,18 +663,18 @@ impl Engine {
                 .collect();
             for k in done {
                 if let Some(mut w) = writers.remove(&k) {
-                    w.checkpoint(&self.node, true)?;
+                    w.checkpoint(self.node.store(), true)?;
                 }
                 if let Some(set) = lock(&self.busy).get_mut(&a.id) {
                     set.remove(&k);
                 }
             }
             if !lock(&self.busy).entry(a.id).or_default().insert(object) {
-                return Err(format!("object {object} is being received on another stream"));
+                return Err(TakeError::Busy(object));
             }
             // What is durable now, not what was when the stream opened.
-            let have = self.node.store().chunk_done(&a.id, object).map_err(|e| e.to_string())?;
-            match ObjectWriter::open(&self.node, a, object, have) {
+            let have = self.node.store().chunk_done(&a.id, object)?;
+            match ObjectWriter::open(self.node.store(), a, object, have) {
                 Ok(w) => {
                     writers.insert(object, w);
                 }
@@ -682,18 +682,14 @@ impl Engine {
                     if let Some(set) = lock(&self.busy).get_mut(&a.id) {
                         set.remove(&object);
                     }
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             }
         }
-        let w = writers
-            .get_mut(&object)
-            .ok_or_else(|| format!("object {object}: no writer"))?;
-        let added = w
-            .write_chunk(chunk, &body[frame::CHUNK_PREFIX..], &a.manifest, scratch)
-            .map_err(|e| e.to_string())?;
+        let w = writers.get_mut(&object).ok_or(TakeError::NoWriter(object))?;
+        let added = w.write_chunk(chunk, sealed, &a.manifest, scratch)?;
         let complete = w.is_complete();
-        w.checkpoint(&self.node, complete)?;
+        w.checkpoint(self.node.store(), complete)?;
         self.node.live().update(&a.id, |p| {
             p.done_bytes += added;
             if complete {
@@ -702,6 +698,49 @@ impl Engine {
         });
         Ok(())
     }
+}
+
+/// Why a received chunk frame was not taken.
+#[derive(Debug, thiserror::Error)]
+enum TakeError {
+    #[error("short chunk frame")]
+    Short,
+    #[error("object {0} is not in the manifest")]
+    NotInManifest(u32),
+    #[error("object {0} is being received on another stream")]
+    Busy(u32),
+    #[error("object {0}: no writer")]
+    NoWriter(u32),
+    #[error(transparent)]
+    Chunk(#[from] super::ChunkError),
+    #[error(transparent)]
+    Transfer(#[from] super::TransferError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Why the chunks of an object could not be produced.
+#[derive(Debug, thiserror::Error)]
+enum ProduceError {
+    #[error("no object {0}")]
+    NoObject(u32),
+    #[error("bad salt")]
+    BadSalt,
+    #[error("no source for object {0}")]
+    NoSource(u32),
+    #[error("chunk {0} is too large")]
+    TooLarge(u64),
+    #[error("{what}: {cause}")]
+    Read { what: String, cause: std::io::Error },
+    #[error("{what}: {cause}")]
+    Open {
+        what: String,
+        cause: medmesh_seal::SealError,
+    },
+    #[error("object {object} chunk {index}: the stored data changed since the manifest was signed")]
+    Changed { object: u32, index: u64 },
+    #[error(transparent)]
+    Seal(#[from] medmesh_seal::SealError),
 }
 
 enum Work {
@@ -811,7 +850,7 @@ async fn send_stream(
         loop {
             let next = lock(queue).pop_front();
             let Some((object, from)) = next else { break };
-            let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
+            let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, ProduceError>>(QUEUE);
             let p = Arc::clone(plan);
             let producer = tokio::task::spawn_blocking(move || produce(&p, session, object, from, &tx));
             while let Some(item) = rx.recv().await {
@@ -827,8 +866,7 @@ async fn send_stream(
             }
             let _ = producer.await;
         }
-        let len = 1u32.to_be_bytes();
-        timed("done", wr.write_all(&[len[0], len[1], len[2], len[3], frame::DONE])).await?;
+        timed("done", wr.write_all(&super::codec::done_frame())).await?;
         timed("flush", wr.flush()).await?;
         Ok::<_, SessionError>(wr)
     };
@@ -863,7 +901,7 @@ async fn timed_session<T>(
 
 /// Reads, checks and seals the chunks of one object from chunk `from` on,
 /// as ready-to-send frames.
-fn produce(plan: &SendPlan, session: u64, object: u32, from: u64, tx: &mpsc::Sender<Result<Vec<u8>, String>>) {
+fn produce(plan: &SendPlan, session: u64, object: u32, from: u64, tx: &mpsc::Sender<Result<Vec<u8>, ProduceError>>) {
     if let Err(e) = produce_inner(plan, session, object, from, tx) {
         let _ = tx.blocking_send(Err(e));
     }
@@ -874,14 +912,14 @@ fn produce_inner(
     session: u64,
     object: u32,
     from: u64,
-    tx: &mpsc::Sender<Result<Vec<u8>, String>>,
-) -> Result<(), String> {
+    tx: &mpsc::Sender<Result<Vec<u8>, ProduceError>>,
+) -> Result<(), ProduceError> {
     let o = plan
         .manifest
         .objects
         .get(object as usize)
-        .ok_or_else(|| format!("no object {object}"))?;
-    let salt: [u8; 32] = o.salt.as_slice().try_into().map_err(|_| "bad salt".to_string())?;
+        .ok_or(ProduceError::NoObject(object))?;
+    let salt: [u8; 32] = o.salt.as_slice().try_into().map_err(|_| ProduceError::BadSalt)?;
     let header = Header {
         chunk_size: plan.manifest.chunk_size,
         object_index: object,
@@ -897,37 +935,40 @@ fn produce_inner(
             key,
         }) => {
             let path = format!("blob {}", hex::encode(&address[..8]));
-            let file = std::fs::File::open(file_path).map_err(|e| format!("{path}: {e}"))?;
-            let mut r =
-                OpenReader::new(key, BufReader::with_capacity(512 * 1024, file)).map_err(|e| format!("{path}: {e}"))?;
-            r.seek_plain(from * cs).map_err(|e| format!("{path}: {e}"))?;
+            let file = std::fs::File::open(file_path).map_err(|cause| ProduceError::Read {
+                what: path.clone(),
+                cause,
+            })?;
+            let mut r = OpenReader::new(key, BufReader::with_capacity(512 * 1024, file)).map_err(|cause| {
+                ProduceError::Open {
+                    what: path.clone(),
+                    cause,
+                }
+            })?;
+            r.seek_plain(from * cs)
+                .map_err(|cause| ProduceError::Open { what: path, cause })?;
             Box::new(r)
         }
         Some(Source::Memory(bytes)) => {
             let start = usize::try_from((from * cs).min(bytes.len() as u64)).unwrap_or(0);
             Box::new(std::io::Cursor::new(bytes[start..].to_vec()))
         }
-        None => return Err(format!("no source for object {object}")),
+        None => return Err(ProduceError::NoSource(object)),
     };
     for index in from..header.chunk_count() {
-        let len = usize::try_from(header.chunk_plain_len(index)).map_err(|e| e.to_string())?;
-        let body_len = 1 + frame::CHUNK_PREFIX + len + TAG_LEN;
-        let mut f = vec![0u8; 4 + body_len];
-        f[..4].copy_from_slice(&u32::try_from(body_len).map_err(|e| e.to_string())?.to_be_bytes());
-        f[4] = frame::CHUNK;
-        f[5..9].copy_from_slice(&object.to_be_bytes());
-        f[9..17].copy_from_slice(&index.to_be_bytes());
-        let start = frame::HEADER + frame::CHUNK_PREFIX;
+        let len = usize::try_from(header.chunk_plain_len(index)).map_err(|_| ProduceError::TooLarge(index))?;
+        let (mut f, start) = super::codec::chunk_frame(object, index, len).ok_or(ProduceError::TooLarge(index))?;
         let plain = &mut f[start..start + len];
-        reader.read_exact(plain).map_err(|e| format!("object {object}: {e}"))?;
+        reader.read_exact(plain).map_err(|cause| ProduceError::Read {
+            what: format!("object {object}"),
+            cause,
+        })?;
         // Sealing again at an index is safe only for the same plaintext: check it.
-        let at = usize::try_from(index * 32).map_err(|e| e.to_string())?;
+        let at = usize::try_from(index * 32).map_err(|_| ProduceError::TooLarge(index))?;
         if Some(blake3::hash(plain).as_bytes().as_slice()) != o.chunks.get(at..at + 32) {
-            return Err(format!(
-                "object {object} chunk {index}: the stored data changed since the manifest was signed"
-            ));
+            return Err(ProduceError::Changed { object, index });
         }
-        let tag = sealer.seal_chunk_at(index, plain).map_err(|e| e.to_string())?;
+        let tag = sealer.seal_chunk_at(index, plain)?;
         f[start + len..].copy_from_slice(&tag);
         #[cfg(feature = "fault-injection")]
         fault::apply(plan, session, object, index, &mut f[start..]);

@@ -70,17 +70,19 @@ fn requested(holder: &Node, recipient: &Node, request: u8) -> (TransferId, Open,
     let rid = hex::encode([request; 16]);
     let (t, c) = (Purpose::Treatment, Role::Clinician);
     let answer = holder
+        .transfers()
         .answer_request(&recipient.identity().peer_id(), &rid, STUDY, t, c, None)
         .unwrap();
     let AnswerBody::Granted { transfer_id, grant } = answer.clone() else {
         panic!("not granted: {answer:?}");
     };
     recipient
+        .transfers()
         .note_answer(&holder.identity().peer_id(), &rid, STUDY, t, c, None, &answer)
         .unwrap();
     let id = parse_id(&transfer_id).unwrap();
-    holder.prepare(&id).unwrap();
-    let plan = holder.send_plan(&id).unwrap();
+    holder.transfers().prepare(&id).unwrap();
+    let plan = holder.transfers().send_plan(&id).unwrap();
     let open = Open {
         v: WIRE_VERSION,
         session: 1,
@@ -119,7 +121,7 @@ fn stream_all(recipient: &Node, a: &Accepted, plain: &[Vec<u8>], key: &DataKey) 
             plaintext_len: o.size,
             salt: key32(&o.salt).unwrap(),
         };
-        let mut w = ObjectWriter::open(recipient, a, header.object_index, 0).unwrap();
+        let mut w = ObjectWriter::open(recipient.store(), a, header.object_index, 0).unwrap();
         for c in 0..header.chunk_count() {
             let start = usize::try_from(c * u64::from(m.chunk_size)).unwrap();
             let len = usize::try_from(header.chunk_plain_len(c)).unwrap();
@@ -130,14 +132,17 @@ fn stream_all(recipient: &Node, a: &Accepted, plain: &[Vec<u8>], key: &DataKey) 
             sealed.extend_from_slice(&tag);
             w.write_chunk(c, &sealed, m, &mut scratch).unwrap();
         }
-        w.checkpoint(recipient, true).unwrap();
+        w.checkpoint(recipient.store(), true).unwrap();
     }
 }
 
 /// A granted transfer of the CT study from `holder`, wholly received (not landed).
 fn delivered(holder: &Node, recipient: &Node, request: u8) -> (TransferId, Accepted) {
     let (id, open, plan) = requested(holder, recipient, request);
-    let a = recipient.accept_stream(&holder.identity().peer_id(), &open).unwrap();
+    let a = recipient
+        .transfers()
+        .accept_stream(&holder.identity().peer_id(), &open)
+        .unwrap();
     stream_all(recipient, &a, &plaintexts(&plan), &plan.key);
     (id, a)
 }
@@ -177,9 +182,9 @@ fn entries(n: &Node, kind: &str) -> usize {
     n.log_tail(10_000).unwrap().iter().filter(|e| e.kind == kind).count()
 }
 
-fn refusal(e: &HomeError) -> &'static str {
+fn refusal(e: &TransferError) -> &'static str {
     match e {
-        HomeError::Transfer(TransferError::Refused { code, .. }) => code,
+        TransferError::Refused { code, .. } => code.as_str(),
         other => panic!("not a refusal: {other}"),
     }
 }
@@ -191,10 +196,10 @@ fn a_landing_never_renames_over_an_object_held_here_nor_changes_its_owner() {
     // Meanwhile the site imports the very same study itself.
     s.recipient.studies().import(&[corpus(CT)], |_| {}).unwrap();
     let before = snapshot(&s.recipient);
-    let e = s.recipient.land(&a).unwrap_err();
+    let e = s.recipient.transfers().land(&a).unwrap_err();
     assert_eq!(refusal(&e), "already-held", "{e}");
     intact(&s.recipient, &before);
-    assert_eq!(s.recipient.transfer(&id).unwrap().state, State::Streaming);
+    assert_eq!(s.recipient.transfers().transfer(&id).unwrap().state, State::Streaming);
     // The store itself refuses objects whose blob address is held, under
     // whatever study they would land: the held blob keeps its bytes and owner.
     let local = s.recipient.store().study_ref(STUDY);
@@ -240,15 +245,15 @@ fn a_landing_never_renames_over_an_object_held_here_nor_changes_its_owner() {
 fn a_second_landing_of_the_same_study_is_refused_and_the_first_copy_kept() {
     let s = sites();
     let (first, a) = delivered(&s.holder, &s.recipient, 1);
-    s.recipient.land(&a).unwrap();
+    s.recipient.transfers().land(&a).unwrap();
     let before = snapshot(&s.recipient);
     assert_eq!(before.len(), 2);
     // From another peer, and from the same peer under another transfer.
     for (holder, request) in [(&s.second, 2), (&s.holder, 3)] {
         let (id, a) = delivered(holder, &s.recipient, request);
-        let e = s.recipient.land(&a).unwrap_err();
+        let e = s.recipient.transfers().land(&a).unwrap_err();
         assert_eq!(refusal(&e), "already-held", "{e}");
-        assert_ne!(s.recipient.transfer(&id).unwrap().state, State::Landed);
+        assert_ne!(s.recipient.transfers().transfer(&id).unwrap().state, State::Landed);
         intact(&s.recipient, &before);
     }
     let row = s
@@ -312,11 +317,12 @@ fn an_object_of_another_study_in_the_stream_is_refused_as_bad_object() {
     };
     let a = s
         .recipient
+        .transfers()
         .accept_stream(&s.holder.identity().peer_id(), &open)
         .unwrap();
     stream_all(&s.recipient, &a, &plain, &plan.key);
     let before = snapshot(&s.recipient);
-    let e = s.recipient.land(&a).unwrap_err();
+    let e = s.recipient.transfers().land(&a).unwrap_err();
     assert_eq!(refusal(&e), "bad-object", "{e}");
     assert!(!e.to_string().contains(STUDY), "no UID in the error: {e}");
     intact(&s.recipient, &before);
@@ -327,7 +333,7 @@ fn an_object_of_another_study_in_the_stream_is_refused_as_bad_object() {
             .unwrap()
             .is_none()
     );
-    assert_ne!(s.recipient.transfer(&id).unwrap().state, State::Landed);
+    assert_ne!(s.recipient.transfers().transfer(&id).unwrap().state, State::Landed);
 }
 
 #[test]
@@ -341,12 +347,12 @@ fn a_crash_at_any_step_of_a_landing_keeps_every_earlier_copy_and_the_landing_rec
         let (id, a) = delivered(&s.holder, &s.recipient, 1);
         let before = snapshot(&s.recipient);
         s.recipient.store().crash_at(step);
-        assert!(s.recipient.land(&a).is_err(), "{step}");
+        assert!(s.recipient.transfers().land(&a).is_err(), "{step}");
         drop(s.recipient);
         let recipient = reopen(s.dir.path(), "recipient");
         intact(&recipient, &before);
         let committed = step == "landing: rows committed";
-        let state = recipient.transfer(&id).unwrap().state;
+        let state = recipient.transfers().transfer(&id).unwrap().state;
         assert_eq!(
             state,
             if committed { State::Landed } else { State::Streaming },
@@ -358,8 +364,12 @@ fn a_crash_at_any_step_of_a_landing_keeps_every_earlier_copy_and_the_landing_rec
             "{step}"
         );
         // The landing runs again (or finds itself done) and ends as one.
-        recipient.land(&a).unwrap();
-        assert_eq!(recipient.transfer(&id).unwrap().state, State::Landed, "{step}");
+        recipient.transfers().land(&a).unwrap();
+        assert_eq!(
+            recipient.transfers().transfer(&id).unwrap().state,
+            State::Landed,
+            "{step}"
+        );
         assert_eq!(entries(&recipient, "transfer-received"), 1, "{step}");
         assert_eq!(recipient.studies().list(None).unwrap().len(), 2, "{step}");
         assert!(!recipient.store().incoming_dir(&id).exists(), "{step}");
@@ -377,7 +387,7 @@ fn a_grant_and_its_entries_are_committed_together() {
     let s = sites();
     let peer = s.recipient.identity().peer_id();
     let ask = || {
-        s.holder.answer_request(
+        s.holder.transfers().answer_request(
             &peer,
             &hex::encode([1u8; 16]),
             STUDY,
@@ -388,10 +398,13 @@ fn a_grant_and_its_entries_are_committed_together() {
     };
     s.holder.store().crash_at(APPEND);
     assert!(ask().is_err());
-    assert!(s.holder.transfer_records().unwrap().is_empty());
+    assert!(s.holder.transfers().transfer_records().unwrap().is_empty());
     assert_eq!(entries(&s.holder, "transfer-granted"), 0);
     assert!(matches!(ask().unwrap(), AnswerBody::Granted { .. }));
-    assert_eq!(s.holder.transfer_records().unwrap()[0].state, State::Granted);
+    assert_eq!(
+        s.holder.transfers().transfer_records().unwrap()[0].state,
+        State::Granted
+    );
     assert_eq!(entries(&s.holder, "transfer-granted"), 1);
     assert_eq!(entries(&s.holder, "transfer-requested"), 1);
 }
@@ -403,25 +416,28 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
     // Landing: the entry fails, so nothing lands; the store is as it was.
     let before = snapshot(&s.recipient);
     s.recipient.store().crash_at(APPEND);
-    assert!(s.recipient.land(&a).is_err());
+    assert!(s.recipient.transfers().land(&a).is_err());
     intact(&s.recipient, &before);
     assert_eq!(before.len(), snapshot(&s.recipient).len());
-    assert_eq!(s.recipient.transfer(&id).unwrap().state, State::Streaming);
+    assert_eq!(s.recipient.transfers().transfer(&id).unwrap().state, State::Streaming);
     assert_eq!(entries(&s.recipient, "transfer-received"), 0);
-    s.recipient.land(&a).unwrap();
+    s.recipient.transfers().land(&a).unwrap();
     assert_eq!(entries(&s.recipient, "transfer-received"), 1);
 
     // Completion at the holder.
-    let receipt = s.recipient.receipt(&id).unwrap();
+    let receipt = s.recipient.transfers().receipt(&id).unwrap();
     let peer = s.recipient.identity().peer_id();
     s.holder.store().crash_at(APPEND);
-    assert!(s.holder.accept_receipt(&peer, &receipt).is_err());
-    assert_ne!(s.holder.transfer(&id).unwrap().state, State::Complete);
+    assert!(s.holder.transfers().accept_receipt(&peer, &receipt).is_err());
+    assert_ne!(s.holder.transfers().transfer(&id).unwrap().state, State::Complete);
     assert_eq!(entries(&s.holder, "transfer-sent"), 0);
     for _ in 0..2 {
-        assert_eq!(s.holder.accept_receipt(&peer, &receipt).unwrap(), AnswerBody::Ack);
+        assert_eq!(
+            s.holder.transfers().accept_receipt(&peer, &receipt).unwrap(),
+            AnswerBody::Ack
+        );
     }
-    assert_eq!(s.holder.transfer(&id).unwrap().state, State::Complete);
+    assert_eq!(s.holder.transfers().transfer(&id).unwrap().state, State::Complete);
     assert_eq!(entries(&s.holder, "transfer-sent"), 1);
 
     // Lock at expiry: the grant's end is put in the past.
@@ -437,7 +453,7 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
     };
     s.recipient.store().commit_batch(Vec::new(), vec![update]).unwrap();
     s.recipient.store().crash_at(APPEND);
-    assert!(s.recipient.enforce_expiry().is_err());
+    assert!(s.recipient.transfers().enforce_expiry().is_err());
     assert!(
         !s.recipient
             .store()
@@ -449,7 +465,7 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
     );
     assert!(s.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_some());
     assert_eq!(entries(&s.recipient, "study-locked"), 0);
-    assert_eq!(s.recipient.enforce_expiry().unwrap(), 1);
+    assert_eq!(s.recipient.transfers().enforce_expiry().unwrap(), 1);
     assert!(
         s.recipient
             .store()
@@ -467,7 +483,7 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
         .store()
         .transfer_doc_put(&id, DOC_MANIFEST, b"left")
         .unwrap();
-    assert_eq!(s.recipient.enforce_expiry().unwrap(), 0);
+    assert_eq!(s.recipient.transfers().enforce_expiry().unwrap(), 0);
     assert!(s.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_none());
     assert_eq!(entries(&s.recipient, "study-locked"), 1);
     assert!(s.recipient.log_verify().unwrap().ok);

@@ -136,10 +136,12 @@ pub fn answer_transfer(node: &Node, peer: &str, msg: Msg) -> Result<AnswerBody, 
             if let Some(busy) = node.admit_request(peer)? {
                 return Ok(busy);
             }
-            node.answer_request(peer, &request_id, &study_uid, purpose, role, level)
+            Ok(node
+                .transfers()
+                .answer_request(peer, &request_id, &study_uid, purpose, role, level)?)
         }
-        MsgBody::Decided { transfer_id, reasons } => node.note_decided(peer, &transfer_id, reasons),
-        MsgBody::Receipt { receipt } => node.accept_receipt(peer, &receipt),
+        MsgBody::Decided { transfer_id, reasons } => Ok(node.transfers().note_decided(peer, &transfer_id, reasons)?),
+        MsgBody::Receipt { receipt } => Ok(node.transfers().accept_receipt(peer, &receipt)?),
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 
+use super::preparation::hash_objects;
 use super::wire::{self, MANIFEST_DOMAIN, Manifest, Open, WIRE_VERSION};
 use super::*;
 use crate::home::consent::NewConsent;
@@ -41,6 +42,7 @@ pub(super) fn trust(a: &Node, b: &Node) {
 /// the stream opening it would send.
 fn granted(holder: &Node, recipient: &Node) -> (TransferId, Open) {
     let answer = holder
+        .transfers()
         .answer_request(
             &recipient.identity().peer_id(),
             &hex::encode([7u8; 16]),
@@ -54,8 +56,14 @@ fn granted(holder: &Node, recipient: &Node) -> (TransferId, Open) {
         panic!("not granted: {answer:?}");
     };
     let id = parse_id(&transfer_id).unwrap();
-    holder.prepare(&id).unwrap();
-    let plan = holder.send_plan(&id).unwrap();
+    let prepared = holder.transfers().prepare(&id).unwrap().expect("prepared now");
+    let plan = holder.transfers().send_plan(&id).unwrap();
+    // The plan preparation returned is the one a resume reads back.
+    assert_eq!(prepared.manifest_bytes, plan.manifest_bytes);
+    assert_eq!(prepared.grant, plan.grant);
+    assert_eq!(prepared.peer, plan.peer);
+    assert_eq!(format!("{:?}", prepared.sources), format!("{:?}", plan.sources));
+    assert!(holder.transfers().prepare(&id).unwrap().is_none(), "prepared once");
     let open = Open {
         v: WIRE_VERSION,
         session: 1,
@@ -98,7 +106,7 @@ fn world() -> World {
 
 /// The recipient's answer to a stream as a refusal code, or "accepted".
 fn verdict(n: &Node, peer: &str, open: &Open) -> String {
-    match n.accept_stream(peer, open) {
+    match n.transfers().accept_stream(peer, open) {
         Ok(_) => "accepted".into(),
         Err(r) => r.code,
     }
@@ -111,12 +119,22 @@ fn a_stream_that_beats_the_answer_is_refused_for_now_not_for_good() {
     let (_, open) = granted(&w.holder, &w.recipient);
     // The request (id [7; 16]) is on its way: its answer is not recorded yet.
     let asking = w.recipient.live().asking(&hex::encode([7u8; 16]));
-    let r = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    let r = w
+        .recipient
+        .transfers()
+        .accept_stream(&holder_peer, &open)
+        .err()
+        .unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("not-yet", false));
     // Another request in flight does not make this one known.
     let other = w.recipient.live().asking(&hex::encode([9u8; 16]));
     drop(asking);
-    let r = w.recipient.accept_stream(&holder_peer, &open).err().unwrap();
+    let r = w
+        .recipient
+        .transfers()
+        .accept_stream(&holder_peer, &open)
+        .err()
+        .unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("unknown-transfer", true));
     drop(other);
     assert!(!w.recipient.live().is_asking(&hex::encode([9u8; 16])));
@@ -133,6 +151,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
     // Recorded as requested (as `medmesh request` does when the grant comes back).
     let AnswerBody::Granted { .. } = w
         .holder
+        .transfers()
         .answer_request(
             &recipient_peer,
             &hex::encode([8u8; 16]),
@@ -146,6 +165,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
         panic!("second grant")
     };
     w.recipient
+        .transfers()
         .note_answer(
             &holder_peer,
             &hex::encode([7u8; 16]),
@@ -246,6 +266,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
     assert_eq!(verdict(&w.recipient, &holder_peer, &replay), "manifest-mismatch");
     // Once complete, the manifest sent again (a replay) is refused.
     w.recipient
+        .transfers()
         .update_transfer(&id, |r| {
             r.state = State::Complete;
             Ok(())
@@ -263,6 +284,7 @@ fn chunks_are_verified_before_they_are_written() {
     let holder_peer = w.holder.identity().peer_id();
     let (id, open) = granted(&w.holder, &w.recipient);
     w.recipient
+        .transfers()
         .note_answer(
             &holder_peer,
             &hex::encode([7u8; 16]),
@@ -276,8 +298,8 @@ fn chunks_are_verified_before_they_are_written() {
             },
         )
         .unwrap();
-    let accepted = w.recipient.accept_stream(&holder_peer, &open).unwrap();
-    let plan = w.holder.send_plan(&id).unwrap();
+    let accepted = w.recipient.transfers().accept_stream(&holder_peer, &open).unwrap();
+    let plan = w.holder.transfers().send_plan(&id).unwrap();
     let m = &accepted.manifest;
     // Seal chunk `index` of object 0 under `key`.
     let o = &m.objects[0];
@@ -303,7 +325,7 @@ fn chunks_are_verified_before_they_are_written() {
         c.extend_from_slice(&tag);
         c
     };
-    let mut writer = ObjectWriter::open(&w.recipient, &accepted, 0, 0).unwrap();
+    let mut writer = ObjectWriter::open(w.recipient.store(), &accepted, 0, 0).unwrap();
     let mut scratch = zeroize::Zeroizing::new(Vec::new());
     let good = seal(&plan.key, 0);
     let cases: Vec<(&str, Vec<u8>, u64)> = vec![
@@ -337,10 +359,10 @@ fn chunks_are_verified_before_they_are_written() {
         writer.write_chunk(i, &seal(&plan.key, i), m, &mut scratch).unwrap();
     }
     assert!(writer.is_complete());
-    writer.checkpoint(&w.recipient, true).unwrap();
+    writer.checkpoint(w.recipient.store(), true).unwrap();
     assert_eq!(w.recipient.store().chunks_done(&id).unwrap(), vec![(0, n)]);
     // A new writer resumes after the recorded chunks (re-reading them).
-    let resumed = ObjectWriter::open(&w.recipient, &accepted, 0, n).unwrap();
+    let resumed = ObjectWriter::open(w.recipient.store(), &accepted, 0, n).unwrap();
     assert_eq!(resumed.next(), n);
 }
 
@@ -350,6 +372,7 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
     let recipient_peer = w.recipient.identity().peer_id();
     let ask = |uid: &str, purpose: Purpose| {
         w.holder
+            .transfers()
             .answer_request(
                 &recipient_peer,
                 &hex::encode([1u8; 16]),
@@ -375,7 +398,7 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
         .unwrap();
     assert_eq!(codes(&ask(STUDY, Purpose::Treatment)), unknown);
     // The holder's own record says why in full.
-    let recs = w.holder.transfer_records().unwrap();
+    let recs = w.holder.transfers().transfer_records().unwrap();
     assert!(recs.iter().all(|r| r.state == State::Denied && r.bytes_sent == 0));
     assert!(recs.iter().any(|r| {
         r.reasons
@@ -388,7 +411,7 @@ fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
 fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objects() {
     let w = world();
     let (id, _) = granted(&w.holder, &w.recipient);
-    let plan = w.holder.send_plan(&id).unwrap();
+    let plan = w.holder.transfers().send_plan(&id).unwrap();
     let bytes = std::fs::read(corpus(CT)).unwrap();
     let dicom = &plan.manifest.objects[0];
     assert_eq!(dicom.blake3, blake3::hash(&bytes).as_bytes().to_vec());
@@ -408,7 +431,7 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
             (address, irow, m)
         })
         .collect();
-    let recorded = hash_objects(&w.holder, &key, &items, "t").unwrap();
+    let recorded = hash_objects(w.holder.store(), &key, &items, "t").unwrap();
     let older: Vec<_> = items
         .iter()
         .cloned()
@@ -423,7 +446,7 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
             )
         })
         .collect();
-    assert_eq!(hash_objects(&w.holder, &key, &older, "t").unwrap(), recorded);
+    assert_eq!(hash_objects(w.holder.store(), &key, &older, "t").unwrap(), recorded);
     assert_eq!(recorded[0].0, wire::chunk_hashes(&bytes));
     // A recorded object hash that the data does not match fails when hashed.
     let wrong: Vec<_> = older
@@ -439,7 +462,7 @@ fn the_manifest_takes_the_chunk_hashes_recorded_at_import_and_hashes_older_objec
             )
         })
         .collect();
-    assert!(hash_objects(&w.holder, &key, &wrong, "t").is_err());
+    assert!(hash_objects(w.holder.store(), &key, &wrong, "t").is_err());
 }
 
 /// A treatment consent at `level` for `recipients` for the patient of `study_uid`.
@@ -492,6 +515,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     consent_at(&w.holder, STUDY, &[&w.recipient], DeidLevel::Pseudonymised);
     let ask = |uid: &str| {
         w.holder
+            .transfers()
             .answer_request(
                 &w.recipient.identity().peer_id(),
                 &hex::encode([9u8; 16]),
@@ -509,7 +533,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     ];
     for (uid, granted, why) in cases {
         let answer = ask(uid);
-        let records = w.holder.transfer_records().unwrap();
+        let records = w.holder.transfers().transfer_records().unwrap();
         let rec = records.iter().find(|r| r.study_uid == uid).unwrap();
         match answer {
             AnswerBody::Granted { .. } => {
@@ -529,14 +553,15 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     // The de-identified CT transfer prepares: outputs are not the originals.
     let rec = w
         .holder
+        .transfers()
         .transfer_records()
         .unwrap()
         .into_iter()
         .find(|r| r.study_uid == STUDY && r.state == State::Granted)
         .unwrap();
     let id = parse_id(&rec.id).unwrap();
-    w.holder.prepare(&id).unwrap();
-    let plan = w.holder.send_plan(&id).unwrap();
+    w.holder.transfers().prepare(&id).unwrap();
+    let plan = w.holder.transfers().send_plan(&id).unwrap();
     let original = blake3::hash(&std::fs::read(corpus(CT)).unwrap());
     assert_ne!(plan.manifest.objects[0].blake3, original.as_bytes().to_vec());
     let a = super::deid::check_attestation(
@@ -553,7 +578,9 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     assert_ne!(a.objects[0].before, original.as_bytes().to_vec());
     assert_eq!(
         a.objects[0].before,
-        super::deid::BeforeKey::new(&w.holder, &id).keyed(&bytes).to_vec()
+        super::deid::BeforeKey::new(w.holder.store(), &id)
+            .keyed(&bytes)
+            .to_vec()
     );
     assert_eq!(a.level, DeidLevel::Pseudonymised);
     assert!(w.holder.store().outgoing_dir(&id).join("0").exists());
@@ -925,6 +952,7 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     let h = &w.holder;
     consent_at(h, STUDY, &[&w.recipient], DeidLevel::Pseudonymised);
     let answer = h
+        .transfers()
         .answer_request(
             &w.recipient.identity().peer_id(),
             &hex::encode([5u8; 16]),
@@ -938,7 +966,7 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
         panic!("not granted: {answer:?}");
     };
     let id = parse_id(&transfer_id).unwrap();
-    h.prepare(&id).unwrap();
+    h.transfers().prepare(&id).unwrap();
     assert!(h.store().outgoing_dir(&id).exists());
     let granted = h
         .log_tail(100)
@@ -975,7 +1003,7 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     assert_eq!((check.studies, check.instances, check.blob_files), (0, 0, 0));
     assert_eq!(h.store().relink_forget_study(&h.store().study_ref(STUDY)).unwrap(), 0);
     assert!(!h.store().outgoing_dir(&id).exists());
-    let rec = h.transfer(&id).unwrap();
+    let rec = h.transfers().transfer(&id).unwrap();
     assert!(
         rec.study_uid.is_empty() && rec.grant.is_empty() && rec.reasons.is_empty(),
         "{rec:?}"
@@ -1100,6 +1128,7 @@ fn streaming(w: &World) -> (TransferId, Open) {
     let holder_peer = w.holder.identity().peer_id();
     let (id, open) = granted(&w.holder, &w.recipient);
     w.recipient
+        .transfers()
         .note_answer(
             &holder_peer,
             &hex::encode([7u8; 16]),
@@ -1200,29 +1229,38 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         let holder_peer = w.holder.identity().peer_id();
         let (id, open) = streaming(&w);
         // Not affected yet: the step ends nothing.
-        assert!(w.holder.end_affected_transfers().unwrap().is_empty(), "{name}");
-        assert!(w.holder.session_check(&id).unwrap(), "{name}");
+        assert!(
+            w.holder.transfers().end_affected_transfers().unwrap().is_empty(),
+            "{name}"
+        );
+        assert!(w.holder.transfers().session_check(&id).unwrap(), "{name}");
         change(&w);
         // Ended by the change itself (no periodic check ran).
-        let rec = w.holder.transfer(&id).unwrap();
+        let rec = w.holder.transfers().transfer(&id).unwrap();
         assert_eq!(rec.state, State::Failed, "{name}");
         assert_eq!(rec.reasons[0].code, code, "{name}");
         assert!(rec.tell, "{name}: the recipient is to be told");
         assert!(w.holder.live().is_ended(&id), "{name}: a running session stops");
         assert_eq!(ended_codes(&w.holder, &id), vec![code.to_string()], "{name}");
-        assert!(!w.holder.session_check(&id).unwrap(), "{name}: no session again");
+        assert!(
+            !w.holder.transfers().session_check(&id).unwrap(),
+            "{name}: no session again"
+        );
         // The recipient is told: it fails the transfer with the code and
         // deletes what it had received; a stream is then refused.
-        let msg = w.holder.ended_message(&rec).unwrap();
+        let msg = w.holder.transfers().ended_message(&rec).unwrap();
         let wire::MsgBody::Decided { transfer_id, reasons } = msg.body else {
             panic!("{name}: not decided")
         };
         assert_eq!(reasons[0].code, code, "{name}");
         assert_eq!(
-            w.recipient.note_decided(&holder_peer, &transfer_id, reasons).unwrap(),
+            w.recipient
+                .transfers()
+                .note_decided(&holder_peer, &transfer_id, reasons)
+                .unwrap(),
             AnswerBody::Ack
         );
-        let got = w.recipient.transfer(&id).unwrap();
+        let got = w.recipient.transfers().transfer(&id).unwrap();
         assert_eq!(
             (got.state, got.reasons[0].code.as_str()),
             (State::Failed, code),
@@ -1236,8 +1274,13 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         assert!(w.recipient.store().chunks_done(&id).unwrap().is_empty(), "{name}");
         assert!(!w.recipient.store().incoming_dir(&id).exists(), "{name}");
         assert_eq!(verdict(&w.recipient, &holder_peer, &open), "closed", "{name}");
-        w.holder.ended_told(&id).unwrap();
-        assert!(w.holder.ended_message(&w.holder.transfer(&id).unwrap()).is_none());
+        w.holder.transfers().ended_told(&id).unwrap();
+        assert!(
+            w.holder
+                .transfers()
+                .ended_message(&w.holder.transfers().transfer(&id).unwrap())
+                .is_none()
+        );
     }
 }
 
@@ -1247,14 +1290,15 @@ fn a_grant_that_ends_ends_the_transfer_on_both_sides() {
     let w = world();
     let (id, _) = streaming(&w);
     for n in [&w.holder, &w.recipient] {
-        n.update_transfer(&id, |r| {
-            r.expires = Some(now() - 1);
-            Ok(())
-        })
-        .unwrap();
-        let ended = n.end_affected_transfers().unwrap();
+        n.transfers()
+            .update_transfer(&id, |r| {
+                r.expires = Some(now() - 1);
+                Ok(())
+            })
+            .unwrap();
+        let ended = n.transfers().end_affected_transfers().unwrap();
         assert_eq!(ended, vec![(hex::encode(id), "grant-expired".to_string())]);
-        assert_eq!(n.transfer(&id).unwrap().state, State::Failed);
+        assert_eq!(n.transfers().transfer(&id).unwrap().state, State::Failed);
     }
     assert!(!w.recipient.store().incoming_dir(&id).exists());
 }
