@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medmesh_node::net::hello::{Hello, evaluate};
+use medmesh_node::trust::hello::{Hello, evaluate};
 use medmesh_node::trust::{Consortium, TrustState};
 
 /// The consortium of docs/vectors/trust-v1.json.

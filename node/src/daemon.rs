@@ -17,7 +17,8 @@ use crate::home::ledger::Verdict;
 use crate::ledger::replication::{Link, Replication};
 use crate::net::protocol::{Acceptance, Admit, CatchUp, Delivery, RequestHandler, RequestLimits, Router, TopicHandler};
 use crate::net::{self, NetError, NetHandle};
-use crate::transfer::protocol::{Taken, TransferProtocol};
+use crate::transfer::protocol::{Taken, TransferNet, TransferProtocol};
+use crate::transfer::wire::{self, Answer, Msg};
 
 /// Errors of running the node.
 #[derive(Debug, thiserror::Error)]
@@ -247,5 +248,29 @@ impl Link for NetLink {
     fn publish(&self, message: Vec<u8>) -> BoxFuture<'static, ()> {
         let net = self.0.clone();
         async move { net.publish(message).await }.boxed()
+    }
+}
+
+/// The transfer service reaches peers through the network's handle.
+impl TransferNet for NetHandle {
+    type Error = NetError;
+
+    async fn transfer_message(&self, peer: PeerId, msg: Msg) -> Result<Answer, NetError> {
+        let malformed = |source: wire::WireError| NetError::Malformed {
+            peer,
+            protocol: wire::PROTOCOL,
+            source: Box::new(source),
+        };
+        let bytes = wire::encode("transfer message", &msg).map_err(malformed)?;
+        let answer = self.request(wire::PROTOCOL, peer, bytes, Delivery::WaitTrusted).await?;
+        wire::decode("transfer answer", &answer, wire::MAX_MESSAGE).map_err(malformed)
+    }
+
+    async fn is_ready(&self, peer: PeerId) -> bool {
+        NetHandle::is_ready(self, peer).await
+    }
+
+    async fn dial(&self, peer: PeerId) {
+        NetHandle::dial(self, peer).await;
     }
 }

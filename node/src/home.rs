@@ -270,7 +270,7 @@ pub trait Effects {
         &self,
         state: &crate::trust::TrustState,
         peer: &str,
-    ) -> Result<Option<crate::net::hello::Hello>, StoreError>;
+    ) -> Result<Option<crate::trust::hello::Hello>, StoreError>;
 }
 
 impl studies::Expiry for Node {
@@ -323,8 +323,8 @@ impl Effects for Node {
         &self,
         state: &crate::trust::TrustState,
         peer: &str,
-    ) -> Result<Option<crate::net::hello::Hello>, StoreError> {
-        crate::net::hello::peer_hello(self.store(), state, peer)
+    ) -> Result<Option<crate::trust::hello::Hello>, StoreError> {
+        crate::trust::hello::peer_hello(self.store(), state, peer)
     }
 }
 

@@ -27,7 +27,7 @@
 
 pub mod codec;
 pub mod gate;
-pub mod hello;
+use crate::trust::hello;
 mod peers;
 pub mod protocol;
 mod revocations;
@@ -502,16 +502,6 @@ fn load_known(node: &Node) -> Result<Vec<Known>, HomeError> {
             parsed
         })
         .collect())
-}
-
-/// The last hello a peer presented (from its `known/` row), else a hello
-/// made of its bilateral node record in `state`; `None` for a peer this node
-/// has never met and does not trust directly.
-///
-/// # Errors
-/// Store errors.
-pub fn peer_hello(node: &Node, state: &TrustState, peer: &str) -> Result<Option<Hello>, HomeError> {
-    Ok(hello::peer_hello(node.store(), state, peer)?)
 }
 
 /// Starts the network for `node` with the services' protocols in

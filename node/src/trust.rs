@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::cbor::{self, CodecError};
 use crate::identity::{self, IdentityError, VerifiedNodeRecord};
 
+pub mod hello;
 pub mod known;
 
 /// Version of the consortium, certificate and revocation formats.

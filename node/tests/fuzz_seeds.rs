@@ -14,12 +14,12 @@ use medmesh_node::consent_schema::DeidLevel;
 use medmesh_node::deid::{DeidKeys, DeidOption, Profile, deidentify};
 use medmesh_node::dicom::{parse_and_validate, parse_whole};
 use medmesh_node::identity::{SignedEnvelope, VerifiedNodeRecord};
-use medmesh_node::net::hello::{Hello, evaluate};
 use medmesh_node::transfer::parse_id;
 use medmesh_node::transfer::wire::{
     self, Answer, AnswerBody, GRANT_DOMAIN, Grant, Have, MANIFEST_DOMAIN, MAX_INDEX, MAX_MANIFEST, MAX_MESSAGE,
     Manifest, Msg, MsgBody, Open, RECEIPT_DOMAIN, Receipt, Refuse, StudyIndex,
 };
+use medmesh_node::trust::hello::{Hello, evaluate};
 use medmesh_node::trust::{Certificate, Consortium, Revocation, TrustState};
 
 /// Every regular file of `fuzz/corpus/<target>/`, sorted; panics on an empty corpus, so a

@@ -30,8 +30,8 @@ use super::Effects;
 use super::trust::{TrustOpError, TrustService};
 use crate::config::PolicyConfig;
 use crate::identity::VerifiedNodeRecord;
-use crate::net::hello;
 use crate::store::{Store, StoreError, StudyMeta};
+use crate::trust::hello;
 use crate::trust::{self, TrustDecision, Via};
 
 /// Errors of consent operations. Messages name the file, field or consent at fault.

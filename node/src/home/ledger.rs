@@ -448,7 +448,7 @@ impl Node {
         };
         let state = self.trust().state()?;
         let trusted = match self.author_hello(&state, &peer)? {
-            Some(h) => crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
+            Some(h) => crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
             None => false,
         };
         cache.insert(*author, trusted);
@@ -471,14 +471,14 @@ impl Node {
         &self,
         state: &crate::trust::TrustState,
         peer: &str,
-    ) -> Result<Option<crate::net::hello::Hello>, HomeError> {
-        if let Some(h) = crate::net::peer_hello(self, state, peer)? {
+    ) -> Result<Option<crate::trust::hello::Hello>, HomeError> {
+        if let Some(h) = crate::trust::hello::peer_hello(self.store(), state, peer)? {
             return Ok(Some(h));
         }
         Ok(self
             .store()
             .trust_get(&format!("{LEDGER_AUTHOR_PREFIX}{peer}"))?
-            .and_then(|bytes| crate::net::hello::Hello::from_bytes(&bytes).ok()))
+            .and_then(|bytes| crate::trust::hello::Hello::from_bytes(&bytes).ok()))
     }
 
     /// Takes `credentials` (a hello relayed with entries of an author this
@@ -488,11 +488,11 @@ impl Node {
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
-        let Ok(h) = crate::net::hello::Hello::from_bytes(credentials) else {
+        let Ok(h) = crate::trust::hello::Hello::from_bytes(credentials) else {
             return Ok(false);
         };
         let state = self.trust().state()?;
-        if crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+        if crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
             return Ok(false);
         }
         self.store()
@@ -524,7 +524,7 @@ impl Node {
         let Some(h) = self.author_hello(&state, &peer)? else {
             return Ok(None);
         };
-        if h.certificates.is_empty() || crate::net::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+        if h.certificates.is_empty() || crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
             return Ok(None);
         }
         Ok(h.to_bytes().ok())

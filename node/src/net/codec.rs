@@ -31,10 +31,10 @@ pub trait Wire: Sized + Send + 'static {
     fn decode(bytes: &[u8]) -> Result<Self, Self::Error>;
 }
 
-impl Wire for super::hello::Hello {
+impl Wire for crate::trust::hello::Hello {
     const WHAT: &'static str = "hello";
-    const MAX: usize = super::hello::MAX_HELLO;
-    type Error = super::hello::HelloError;
+    const MAX: usize = crate::trust::hello::MAX_HELLO;
+    type Error = crate::trust::hello::HelloError;
     fn encode(&self) -> Result<Vec<u8>, Self::Error> {
         self.to_bytes()
     }

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
-use super::hello::{self, Hello};
 use super::load_known;
 use crate::clock::{now, rfc3339};
 use crate::home::{HomeError, Node};
+use crate::trust::hello::{self, Hello};
 use crate::trust::{TrustState, Via};
 
 /// A trusted (or once trusted) peer, for `medmesh peers`.

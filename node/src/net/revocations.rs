@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::hello::{self, Hello};
 use super::{Internal, Service, now};
+use crate::trust::hello::{self, Hello};
 use crate::trust::{RevocationSummary, Via};
 
 /// Longest hold.

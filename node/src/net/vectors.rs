@@ -6,8 +6,8 @@
 
 use consent_schema::Purpose;
 
-use super::hello::{self, Hello};
 use crate::identity::{Identity, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, ed25519_public_of};
+use crate::trust::hello::{self, Hello};
 use crate::trust::{Certificate, Consortium, Revocation, RevocationTarget, TrustState, verify_revocation};
 
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/trust-v1.json");

@@ -27,7 +27,6 @@ use zeroize::Zeroizing;
 use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
 use super::{Accepted, Direction, ObjectWriter, RefuseCode, SendPlan, Source, State, TransferId};
 use crate::home::Node;
-use crate::net::NetHandle;
 use crate::transfer::protocol::TransferNet;
 
 /// Largest frame accepted (an [`Open`] with the largest manifest).
@@ -77,9 +76,9 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = std::io::Resu
 }
 
 /// Shared state of the engine.
-struct Engine {
+struct Engine<N> {
     node: Arc<Node>,
-    net: NetHandle,
+    net: N,
     control: libp2p_stream::Control,
     /// Holder sessions running.
     sending: Mutex<HashSet<TransferId>>,
@@ -93,9 +92,9 @@ struct Engine {
 }
 
 /// Starts the engine; it stops when `shutdown` turns true.
-pub fn start(
+pub fn start<N: TransferNet>(
     node: Arc<Node>,
-    net: NetHandle,
+    net: N,
     mut control: libp2p_stream::Control,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -181,7 +180,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Engine {
+impl<N: TransferNet> Engine<N> {
     /// One pass over the transfer records: start what can start.
     async fn round(self: Arc<Self>) {
         let node = Arc::clone(&self.node);

@@ -169,10 +169,11 @@ impl Transfers<'_> {
         expires: i64,
     ) -> Result<(), TransferError> {
         let state = self.host.trust().state()?;
-        let hello = crate::net::peer_hello(self.host, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
-            id: rec.id.clone(),
-            reason: "the recipient's node record is unknown".into(),
-        })?;
+        let hello =
+            crate::trust::hello::peer_hello(self.store, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
+                id: rec.id.clone(),
+                reason: "the recipient's node record is unknown".into(),
+            })?;
         let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record)?;
         let grant = Grant {
             v: WIRE_VERSION,

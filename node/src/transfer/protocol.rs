@@ -12,8 +12,6 @@ use libp2p::PeerId;
 
 use super::wire::{Answer, AnswerBody, Msg, MsgBody, WIRE_VERSION};
 use crate::home::{HomeError, Node};
-use crate::net::protocol::Delivery;
-use crate::net::{NetError, NetHandle};
 
 /// What the transfer protocol makes of a message, before answering it.
 pub enum Taken {
@@ -145,32 +143,26 @@ pub fn answer_transfer(node: &Node, peer: &str, msg: Msg) -> Result<AnswerBody, 
     }
 }
 
-/// Sending `/medmesh/transfer/1` messages over the network.
-pub trait TransferNet {
+/// What the transfer service needs of the network: sending
+/// `/medmesh/transfer/1` messages, and reaching a peer. The composition root
+/// implements it on the network's handle (`daemon`), so that transfer never
+/// names the network.
+pub trait TransferNet: Clone + Send + Sync + 'static {
+    /// Why a message got no answer.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Sends `msg` to `peer` (dialling it and waiting until it is trusted,
-    /// at most [`crate::net::SEND_WAIT`]) and returns the answer.
+    /// a bounded time) and returns the answer.
     ///
     /// # Errors
-    /// [`NetError::Stopped`]; [`NetError::Peer`] when the peer cannot be
-    /// reached or did not answer; [`NetError::Malformed`].
+    /// The network stopped, the peer could not be reached or did not
+    /// answer, or the answer did not decode.
     fn transfer_message(
         &self,
         peer: PeerId,
         msg: Msg,
-    ) -> impl std::future::Future<Output = Result<Answer, NetError>> + Send;
-}
-
-impl TransferNet for NetHandle {
-    async fn transfer_message(&self, peer: PeerId, msg: Msg) -> Result<Answer, NetError> {
-        let malformed = |source: super::wire::WireError| NetError::Malformed {
-            peer,
-            protocol: super::wire::PROTOCOL,
-            source: Box::new(source),
-        };
-        let bytes = super::wire::encode("transfer message", &msg).map_err(malformed)?;
-        let answer = self
-            .request(super::wire::PROTOCOL, peer, bytes, Delivery::WaitTrusted)
-            .await?;
-        super::wire::decode("transfer answer", &answer, super::wire::MAX_MESSAGE).map_err(malformed)
-    }
+    ) -> impl std::future::Future<Output = Result<Answer, Self::Error>> + Send;
+    /// Whether `peer` is connected and trusted now.
+    fn is_ready(&self, peer: PeerId) -> impl std::future::Future<Output = bool> + Send;
+    /// Dials `peer` (known addresses) if it is not connected.
+    fn dial(&self, peer: PeerId) -> impl std::future::Future<Output = ()> + Send;
 }

@@ -916,10 +916,10 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
         .unwrap();
     let key = author.identity().ed25519_public();
     let entries = author.ledger_range(&key, 1, 64).unwrap();
-    let credentials = crate::net::hello::Hello::new(record(&author), vec![author_cert.clone()])
+    let credentials = crate::trust::hello::Hello::new(record(&author), vec![author_cert.clone()])
         .to_bytes()
         .unwrap();
-    let wrong = crate::net::hello::Hello::new(record(&stranger_node), vec![author_cert])
+    let wrong = crate::trust::hello::Hello::new(record(&stranger_node), vec![author_cert])
         .to_bytes()
         .unwrap();
     // Never met, no credentials, or another node's: not a trusted author.

@@ -11,7 +11,7 @@ use medmesh_node::consent_schema::Purpose;
 use medmesh_node::identity::{Identity, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, ed25519_public_of};
 use medmesh_node::keystore::Passphrase;
 use medmesh_node::net::codec::CborCodec;
-use medmesh_node::net::hello::{self, Hello};
+use medmesh_node::trust::hello::{self, Hello};
 use medmesh_node::trust::{self, Certificate, Consortium, Revocation, RevocationTarget};
 use medmesh_testnet::cluster::{self, Cluster, ClusterNode, Stopped};
 use medmesh_testnet::process;

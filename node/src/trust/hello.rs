@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::{self as trust, Certificate, Refusal, RevocationSummary, TrustDecision, TrustState, Trusted};
 use crate::cbor;
 use crate::identity::VerifiedNodeRecord;
-use crate::trust::{self, Certificate, Refusal, RevocationSummary, TrustDecision, TrustState, Trusted};
 
 /// Protocol name.
 pub const PROTOCOL: &str = "/medmesh/hello/1";
