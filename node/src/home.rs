@@ -25,8 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, ConfigError};
-use crate::dicom::export::ExportError;
-use crate::dicom::ingest::{ImportOptions, IngestError};
+use crate::dicom::ingest::ImportOptions;
 use crate::fsutil;
 use crate::identity::{
     Identity, IdentityError, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, check_jurisdiction,
@@ -73,12 +72,6 @@ pub enum HomeError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Import failure.
-    #[error(transparent)]
-    Import(#[from] IngestError),
-    /// Export failure.
-    #[error(transparent)]
-    Export(#[from] ExportError),
     /// De-identification failure.
     #[error(transparent)]
     Deid(#[from] crate::deid::DeidServiceError),

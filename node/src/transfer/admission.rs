@@ -147,25 +147,10 @@ impl Node {
 
 /// The latest modification time (Unix seconds) of a file in `dir` (one level down too).
 fn newest_mtime(dir: &std::path::Path) -> Option<i64> {
-    let mut newest: Option<i64> = None;
-    let mut note = |m: &std::fs::Metadata| {
-        if let Ok(t) = m.modified()
-            && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
-        {
-            let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            newest = Some(newest.map_or(s, |n| n.max(s)));
-        }
-    };
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(m) = e.metadata() else { continue };
-        note(&m);
-        if m.is_dir() {
-            for e in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                if let Ok(m) = e.metadata() {
-                    note(&m);
-                }
-            }
-        }
-    }
-    newest
+    crate::fsutil::walk(dir, Some(2))
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .max()
 }
