@@ -120,17 +120,7 @@ impl Node {
     /// same write transaction (see [`Node::author`]); this is for entries
     /// that record what changes no state here (an export, a request sent).
     pub fn log(&self, event: Event) -> Result<(), HomeError> {
-        let kind = event.kind();
-        let e = match self.store().ledger_append(self.identity(), super::trust::now(), event) {
-            Ok(e) => e,
-            Err(err @ crate::store::StoreError::OwnFeedBehind { .. }) => {
-                tracing::error!(kind, "ledger entry not written: {err}");
-                return Err(err.into());
-            }
-            Err(err) => return Err(err.into()),
-        };
-        self.logged(std::slice::from_ref(&e));
-        Ok(())
+        Ok(<Self as super::Effects>::log(self, event)?)
     }
 
     /// Why this node writes no ledger entry now, if it does not: its own
