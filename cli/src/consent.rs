@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use medmesh_node::api::routes::{ConsentsAdd, ConsentsCheck, ConsentsImportFhir, ConsentsList, ConsentsWithdraw};
 use medmesh_node::api::{ConsentListRequest, WithdrawRequest};
+use medmesh_node::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, NewConsent};
 use medmesh_node::consent_schema::{
     ConsentRecord, ConsentedBy, Coverage, DeidLevel, ModalityScope, Provision, Purpose, RecipientScope, Role,
 };
-use medmesh_node::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, NewConsent};
 
 use crate::output::{Out, Table};
 use crate::session::Session;

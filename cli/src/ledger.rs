@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use medmesh_node::api::routes::{LogHeads, LogShow, LogTail, LogVerify, Notifications, NotificationsStatus};
 use medmesh_node::api::{IdRequest, LogTailRequest, NotificationsRequest};
-use medmesh_node::home::ledger::EntryView;
+use medmesh_node::audit::EntryView;
 
 use crate::HomeArgs;
 use crate::output::Out;

@@ -36,8 +36,8 @@ use medmesh_node::deid::DeidOutcome;
 use medmesh_node::dicom::export::ExportOutcome;
 use medmesh_node::dicom::ingest::FileOutcome;
 use medmesh_node::home::Node;
-use medmesh_node::home::retention::PurgeReason;
 use medmesh_node::keystore::Passphrase;
+use medmesh_node::retention::PurgeReason;
 
 use crate::output::{Out, human_bytes};
 use crate::session::Session;

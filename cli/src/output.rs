@@ -4,8 +4,8 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use medmesh_node::home::StudyDetail;
 use medmesh_node::net::PeersReport;
+use medmesh_node::studies::StudyDetail;
 use serde::Serialize;
 
 /// Where a command's output goes, and in which form.

@@ -202,13 +202,13 @@ impl std::fmt::Debug for ConsentListRequest {
     }
 }
 
-/// The request of [`routes::StudiesPurge`] (answered with a [`crate::home::retention::PurgeReport`]).
+/// The request of [`routes::StudiesPurge`] (answered with a [`crate::retention::PurgeReport`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PurgeRequest {
     /// A Study Instance UID, or 16+ hex digits of a locked study's reference.
     pub study: String,
     /// Why.
-    pub reason: crate::home::retention::PurgeReason,
+    pub reason: crate::retention::PurgeReason,
 }
 
 /// The request of [`routes::ConsentsWithdraw`].

@@ -12,9 +12,9 @@ use libp2p::PeerId;
 
 use crate::api::Status;
 use crate::api::server::{self, ServerError};
+use crate::audit::Verdict;
+use crate::audit::replication::{Link, Replication};
 use crate::home::Node;
-use crate::home::ledger::Verdict;
-use crate::ledger::replication::{Link, Replication};
 use crate::net::protocol::{Acceptance, Admit, CatchUp, Delivery, RequestHandler, RequestLimits, Router, TopicHandler};
 use crate::net::{self, NetError, NetHandle};
 use crate::transfer::protocol::{Taken, TransferNet, TransferProtocol};
@@ -59,19 +59,18 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let (stop_tx, stop_rx) = watch::channel(false);
     // The services register their protocols with the network.
     let wake = Arc::new(tokio::sync::Notify::new());
-    let replication = Replication::new(Arc::clone(&node));
-    let transfers = TransferProtocol::new(Arc::clone(&node), Arc::clone(&wake));
+    let maintenance = std::time::Duration::from_secs(node.config().network.maintenance_secs);
+    let replication = Replication::new(
+        Arc::clone(&node) as Arc<dyn crate::audit::replication::Host>,
+        maintenance,
+    );
+    let host: Arc<dyn crate::transfer::Host> = Arc::clone(&node) as _;
+    let transfers = TransferProtocol::new(Arc::clone(&host), Arc::clone(&wake));
     let router = router(&replication, &transfers, &wake).map_err(NetError::from)?;
     let (net, net_task) = net::start(Arc::clone(&node), router, stop_rx.clone()).await?;
     replication.connect(Arc::new(NetLink(net.clone())));
     let replication_task = tokio::spawn(Arc::clone(&replication).run(stop_rx.clone()));
-    let engine = crate::transfer::engine::start(
-        Arc::clone(&node),
-        net.clone(),
-        net.stream_control(),
-        wake,
-        stop_rx.clone(),
-    );
+    let engine = crate::transfer::engine::start(host, net.clone(), net.stream_control(), wake, stop_rx.clone());
     // The engine and the replication end with the network.
     let net_task = tokio::spawn(async move {
         let _ = net_task.await;
@@ -101,7 +100,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         node: Node::id_info(node.record()),
         net: status,
         socket: socket.clone(),
-        ledger_problem: node.own_feed_problem(),
+        ledger_problem: node.audit().own_feed_problem(),
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {

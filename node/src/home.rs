@@ -13,26 +13,25 @@
 //!   node.sock           admin API socket while `medmesh run` runs, 0600
 //! ```
 
-pub mod consent;
-pub mod ledger;
-pub mod retention;
-pub mod studies;
-pub mod trust;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, replication};
 use crate::config::{self, Config, ConfigError};
+use crate::consent::ConsentService;
 use crate::dicom::ingest::ImportOptions;
+use crate::effects::{Effects, HookError};
 use crate::fsutil;
 use crate::identity::{
     Identity, IdentityError, NODE_RECORD_VERSION, NodeRecord, VerifiedNodeRecord, check_jurisdiction,
 };
 use crate::keystore::{KeystoreError, MasterKey, Passphrase};
+use crate::retention::{self, RetentionService};
 use crate::store::{Store, StoreError, StudyRef};
-pub use studies::{AttestationInfo, InstanceDetail, ReceivedInfo, SeriesDetail, StudyDetail, StudySummary};
+use crate::studies::{self, StudiesService};
+use crate::trust::service::{TrustChanges, TrustService};
 
 /// Errors of creating or opening a home.
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +76,13 @@ pub enum HomeError {
     Deid(#[from] crate::deid::DeidServiceError),
     /// A ledger lookup failed.
     #[error(transparent)]
-    Ledger(#[from] ledger::LookupError),
+    Ledger(#[from] crate::audit::AuditError),
     /// Trust operation failure.
     #[error(transparent)]
-    Trust(#[from] trust::TrustOpError),
+    Trust(#[from] crate::trust::service::TrustOpError),
     /// Consent operation failure.
     #[error(transparent)]
-    Consent(#[from] consent::ConsentOpError),
+    Consent(#[from] crate::consent::ConsentOpError),
     /// Purge or retention failure.
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
@@ -233,56 +232,35 @@ pub struct Node {
     ledger_seq: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever a revocation is applied (by an admin, or received
     /// from a peer): the network reloads trust, disconnects and passes it on.
-    trust_changes: trust::TrustChanges,
+    trust_changes: TrustChanges,
 }
 
-/// What a change made by one service sets off in the others: the narrow
-/// hooks the trust, consent and retention services are given instead of
-/// the whole [`Node`] (which implements them).
-pub trait Effects {
-    /// Appends `event` to this node's ledger feed, for a change that
-    /// writes no state of its own here (an entry written with a change goes
-    /// through [`Effects::author`] and [`Effects::logged`]).
-    ///
-    /// # Errors
-    /// Store errors: the caller's operation fails rather than go unrecorded.
-    fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError>;
-    /// Who signs the entries a change appends in its own write transaction.
-    fn author(&self) -> crate::store::Author<'_>;
-    /// Notes entries appended (and committed) with a change.
-    fn logged(&self, entries: &[crate::ledger::SignedEntry]);
-    /// Ends the transfers a change of consent or trust (already stored)
-    /// no longer allows; a failure is logged, not returned.
-    fn end_affected_transfers_after(&self, change: &str);
-    /// The hello this node holds of `peer` (met before, or trusted
-    /// bilaterally), to learn its institution and jurisdiction.
-    ///
-    /// # Errors
-    /// Store errors.
-    fn peer_hello(
-        &self,
-        state: &crate::trust::TrustState,
-        peer: &str,
-    ) -> Result<Option<crate::trust::hello::Hello>, StoreError>;
+/// A transfer error as a hook's error: a store error stays itself, so
+/// that the service given the hook can tell an unknown study.
+fn hook(e: crate::transfer::TransferError) -> HookError {
+    match e {
+        crate::transfer::TransferError::Store(s) => Box::new(s),
+        e => Box::new(e),
+    }
 }
 
 impl studies::Expiry for Node {
-    fn enforce_expiry(&self) -> Result<u64, HomeError> {
-        Ok(self.transfers().enforce_expiry()?)
+    fn enforce_expiry(&self) -> Result<u64, HookError> {
+        self.transfers().enforce_expiry().map_err(hook)
     }
 }
 
 impl retention::TransferRecords for Node {
-    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError> {
+    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HookError> {
         let mut n = 0;
-        for rec in self.transfers().transfer_records()? {
+        for rec in self.transfers().transfer_records().map_err(hook)? {
             let named = (!rec.study_uid.is_empty() && self.store.study_ref(&rec.study_uid) == *study)
                 || grant_transfer == Some(&rec.id);
             if !named {
                 continue;
             }
-            let id = crate::transfer::parse_id(&rec.id)?;
-            self.transfers().scrub_transfer(&id)?;
+            let id = crate::transfer::parse_id(&rec.id).map_err(hook)?;
+            self.transfers().scrub_transfer(&id).map_err(hook)?;
             n += 1;
         }
         Ok(n)
@@ -291,33 +269,52 @@ impl retention::TransferRecords for Node {
 
 impl Effects for Node {
     fn log(&self, event: crate::ledger::Event) -> Result<(), StoreError> {
-        let kind = event.kind();
-        let e = self
-            .store
-            .ledger_append(&self.identity, crate::clock::now(), event)
-            .inspect_err(|err| {
-                if matches!(err, StoreError::OwnFeedBehind { .. }) {
-                    tracing::error!(kind, "ledger entry not written: {err}");
-                }
-            })?;
-        Node::logged(self, std::slice::from_ref(&e));
-        Ok(())
+        self.audit().log(event)
     }
     fn author(&self) -> crate::store::Author<'_> {
-        Node::author(self)
+        self.audit().author()
     }
     fn logged(&self, entries: &[crate::ledger::SignedEntry]) {
-        Node::logged(self, entries);
+        self.audit().logged(entries);
     }
     fn end_affected_transfers_after(&self, change: &str) {
         self.transfers().end_affected_transfers_after(change);
     }
-    fn peer_hello(
-        &self,
-        state: &crate::trust::TrustState,
-        peer: &str,
-    ) -> Result<Option<crate::trust::hello::Hello>, StoreError> {
-        crate::trust::hello::peer_hello(self.store(), state, peer)
+}
+
+impl replication::Host for Node {
+    fn audit(&self) -> Audit<'_> {
+        Node::audit(self)
+    }
+    fn trust(&self) -> TrustService<'_> {
+        Node::trust(self)
+    }
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+impl crate::transfer::Host for Node {
+    fn consents(&self) -> ConsentService<'_> {
+        Node::consents(self)
+    }
+    fn trust(&self) -> TrustService<'_> {
+        Node::trust(self)
+    }
+    fn deid(&self) -> crate::deid::DeidService<'_> {
+        Node::deid(self)
+    }
+    fn retention(&self) -> RetentionService<'_> {
+        Node::retention(self)
+    }
+    fn audit(&self) -> Audit<'_> {
+        Node::audit(self)
+    }
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn transfers(&self) -> crate::transfer::Transfers<'_> {
+        Node::transfers(self)
     }
 }
 
@@ -507,38 +504,39 @@ impl Node {
             live: crate::transfer::Live::default(),
             purging: retention::Purging::default(),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
-            trust_changes: trust::TrustChanges::default(),
+            trust_changes: TrustChanges::default(),
         })
     }
 
     /// The consent service: patients' consents, and the decision for a study, a peer and a purpose.
     #[must_use]
-    pub fn consents(&self) -> consent::ConsentService<'_> {
-        consent::ConsentService::new(&self.store, &self.record, &self.config.policy, self.trust(), self)
+    pub fn consents(&self) -> ConsentService<'_> {
+        ConsentService::new(&self.store, &self.record, &self.config.policy, self.trust(), self)
     }
 
     /// The studies service: import, list, show, export.
     #[must_use]
-    pub fn studies(&self) -> studies::StudiesService<'_> {
-        studies::StudiesService::new(&self.store, self.import_options(), self, self)
+    pub fn studies(&self) -> StudiesService<'_> {
+        StudiesService::new(&self.store, self.import_options(), self, self)
     }
 
     /// The retention service: purges, by a person or by the policy.
     #[must_use]
-    pub fn retention(&self) -> retention::RetentionService<'_> {
-        retention::RetentionService::new(&self.store, &self.config.retention, &self.purging, self, self)
+    pub fn retention(&self) -> RetentionService<'_> {
+        RetentionService::new(&self.store, &self.config.retention, &self.purging, self, self)
     }
 
     /// The trust service: what this node trusts, and the changes to it.
     #[must_use]
-    pub fn trust(&self) -> trust::TrustService<'_> {
-        trust::TrustService::new(&self.store, &self.record, &self.trust_changes, self)
+    pub fn trust(&self) -> TrustService<'_> {
+        TrustService::new(&self.store, &self.record, &self.trust_changes, self)
     }
 
-    /// Watches the seq of this node's last ledger entry.
+    /// The ledger service: this node's entries, `log tail|show|verify`,
+    /// peers' entries taken by replication and gossip, notifications.
     #[must_use]
-    pub fn ledger_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.ledger_seq.subscribe()
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(&self.store, &self.identity, &self.ledger_seq, self.trust())
     }
 
     /// Live progress of the transfers this process runs.
@@ -594,13 +592,14 @@ impl Node {
             &self.record.record().institution,
             self.import_options().threads,
             Box::new(move |action, objects| {
-                self.log(crate::ledger::Event::Accessed {
-                    action: action.into(),
-                    study: None,
-                    objects,
-                    role: ledger::ADMIN_ROLE.into(),
-                })
-                .map_err(Into::into)
+                self.audit()
+                    .log(crate::ledger::Event::Accessed {
+                        action: action.into(),
+                        study: None,
+                        objects,
+                        role: crate::ledger::ADMIN_ROLE.into(),
+                    })
+                    .map_err(Into::into)
             }),
         )
     }

@@ -12,7 +12,6 @@
 //! docs/PROTOCOL.md §14.
 
 pub mod gossip;
-pub mod replication;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -30,6 +29,9 @@ pub const LEDGER_VERSION: u32 = 1;
 pub const ENTRY_DOMAIN: &str = "medmesh/v1/ledger-entry";
 /// Largest entry envelope (bytes).
 pub const MAX_ENTRY: usize = 64 * 1024;
+
+/// Who does what at a site, as entries name people: by role and site only.
+pub const ADMIN_ROLE: &str = "site-admin";
 /// Context of the salted study commitment.
 pub const COMMITMENT_CONTEXT: &str = "medmesh/v1/ledger study commitment";
 

@@ -17,31 +17,39 @@
 //! | [`config`] | the TOML configuration: the types of every setting, services' included |
 //! | [`ledger`] | the signed, chained access ledger's model: entries, feeds, study commitments, gossip and sync messages |
 //! | [`store`] | redb index and the encrypted, content-addressed blob store: the only code that opens either |
+//! | [`effects`] | the hooks a change in one service sets off in the others (ledger entries, transfers to end) |
 //! | [`dicom`] | ingest (parse, validate, group), export |
 //! | [`deid`] | de-identification: PS3.15 Annex E profile and options, UID remap, date shift, pixel masking; the de-identification service |
 //! | [`notify`] | the notification service: delivery of the outbox to a webhook and a syslog collector (ATNA) |
-//! | [`trust`] | consortia, membership certificates, revocations, bilateral trust, blocks: is this peer trusted |
+//! | [`trust`] | consortia, membership certificates, revocations, bilateral trust, blocks: is this peer trusted; the trust service |
+//! | [`consent`] | the consent service: patients' consents (FHIR import too), site policy, the decision for a study, peer and purpose |
+//! | [`studies`] | the studies service: import, list, show, export |
+//! | [`retention`] | the retention service: purges by a person or by the policy |
+//! | [`audit`] | the ledger service: this node's entries, `log tail/show/verify`, peers' entries, replication, notifications |
 //! | [`limits`] | what a peer can make this node spend (`[limits]`) |
-//! | [`transfer`] | consent-scoped transfers of studies between nodes |
-//! | [`net`] | the libp2p swarm: transports, peer gating, the protocols |
-//! | [`home`] | the node home directory and the [`home::Node`] that opens it and builds the services |
-//! | [`api`] | the local admin API on the home's Unix socket |
+//! | [`transfer`] | the transfer service: consent-scoped transfers of studies between nodes |
+//! | [`net`] | the libp2p swarm: transports, peer gating, a router of protocols the services register |
+//! | [`home`] | the node home directory and the [`home::Node`] that opens it and builds the services (the composition root) |
+//! | [`api`] | the local admin API on the home's Unix socket: one typed route table shared with the client |
 //! | [`daemon`] | `medmesh run`: the node as a service until SIGINT or SIGTERM |
 //!
-//! Import direction (draft for issue 17; a module imports only modules
-//! above it in this list, never one below):
+//! Import direction (checked by `node/tests/architecture.rs`; a module
+//! imports only modules above it in this list, never one below):
 //!
 //! 1. leaves, importing no other module of this crate: `clock`, `cbor`,
 //!    `fsutil`; then `text` (none), `keystore` (`cbor`, `fsutil`),
 //!    `identity` (`cbor`, `text`);
 //! 2. `config` (no service: the services' settings are its types);
 //! 3. `ledger` (the model: `cbor`, `identity`, `text`);
-//! 4. `store` (the foundation and `ledger`'s entry types, which it indexes);
+//! 4. `store` (the foundation and `ledger`'s entry types, which it indexes),
+//!    then `effects` (hooks over the store's and the ledger's types);
 //! 5. `dicom` (`store`, `clock`, `fsutil`);
-//! 6. services: `deid` (`config`, `dicom`, `store`, `fsutil`), `notify`
-//!    (`clock`, `config`, `identity`, `ledger`, `store`), and the others
-//!    (`trust`, `limits`, `transfer`, ...);
-//! 7. `net`, then `home` (the composition root), `api`, `daemon`.
+//! 6. services, each given narrow handles and hooks, never the node:
+//!    `deid`, `notify`, `trust`, `consent`, `studies`, `retention`,
+//!    `audit`, `limits`, `transfer` (which reaches the others through its
+//!    `Host` trait, as `audit::replication` does);
+//! 7. `net` (knows no service: they register protocols with its router),
+//!    then `home` (the composition root), `api`, `daemon`.
 //!
 //! Test modules may reach further (`text`'s tests decode a transfer refusal
 //! and a consent reason, to check they go through its sanitiser).
@@ -59,12 +67,15 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod cbor;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod daemon;
 pub mod deid;
 pub mod dicom;
+pub mod effects;
 pub mod fsutil;
 pub mod home;
 pub mod identity;
@@ -73,7 +84,9 @@ pub mod ledger;
 pub mod limits;
 pub mod net;
 pub mod notify;
+pub mod retention;
 pub mod store;
+pub mod studies;
 pub mod text;
 pub mod transfer;
 pub mod trust;

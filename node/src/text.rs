@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn a_peers_reasons_are_clean_and_capped_once_decoded() {
         use crate::transfer::wire::{self, Answer, AnswerBody, Refuse, WIRE_VERSION};
-        let reason = crate::home::consent::Reason {
+        let reason = crate::consent::Reason {
             code: "x\u{1b}[1m".repeat(50),
             text: hostile(),
         };
@@ -208,7 +208,7 @@ mod tests {
         // What is stored is what was decoded: a record holding the reasons
         // keeps them clean through its own encoding.
         let stored = crate::cbor::encode("reasons", &vec![reason]).unwrap();
-        let back: Vec<crate::home::consent::Reason> = crate::cbor::decode("reasons", &stored, 1 << 20).unwrap();
+        let back: Vec<crate::consent::Reason> = crate::cbor::decode("reasons", &stored, 1 << 20).unwrap();
         assert_clean(&back[0].text, MAX_REASON);
     }
 

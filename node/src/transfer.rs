@@ -63,9 +63,9 @@ use self::wire::{
     ManifestObject, ObjectKind, Open, RECEIPT_DOMAIN, Receipt, Refuse, StudyIndex, WIRE_VERSION,
 };
 use crate::cbor;
-use crate::home::consent::{CheckQuery, Reason, Verdict};
-use crate::home::trust::now;
-use crate::home::{HomeError, Node, rfc3339};
+use crate::clock::now;
+use crate::clock::rfc3339;
+use crate::consent::{CheckQuery, Reason, Verdict};
 use crate::identity::peer_id_of;
 use crate::ledger::Event;
 use crate::store::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
@@ -157,23 +157,21 @@ pub enum TransferError {
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
     /// A service of the node that transfers consult failed: consent and
-    /// policy, trust, the ledger, de-identification, retention (these are
-    /// still methods of the node; each becomes a typed cause as it becomes
-    /// a service of its own).
+    /// The ledger service failed.
     #[error(transparent)]
-    Service(Box<HomeError>),
+    Audit(Box<crate::audit::AuditError>),
     /// The consent service failed (the decision could not be made).
     #[error(transparent)]
-    Consent(Box<crate::home::consent::ConsentOpError>),
+    Consent(Box<crate::consent::ConsentOpError>),
     /// The trust service failed.
     #[error(transparent)]
-    Trust(Box<crate::home::trust::TrustOpError>),
+    Trust(Box<crate::trust::service::TrustOpError>),
     /// The de-identification service failed (profile, keys).
     #[error(transparent)]
     DeidService(Box<crate::deid::DeidServiceError>),
     /// The retention service failed.
     #[error(transparent)]
-    Retention(Box<crate::home::retention::RetentionError>),
+    Retention(Box<crate::retention::RetentionError>),
     /// A received study was refused at landing (nothing of it is stored).
     #[error("transfer {id}: {reason} [{code}]")]
     Refused {
@@ -186,14 +184,14 @@ pub enum TransferError {
     },
 }
 
-impl From<crate::home::consent::ConsentOpError> for TransferError {
-    fn from(e: crate::home::consent::ConsentOpError) -> Self {
+impl From<crate::consent::ConsentOpError> for TransferError {
+    fn from(e: crate::consent::ConsentOpError) -> Self {
         TransferError::Consent(Box::new(e))
     }
 }
 
-impl From<crate::home::trust::TrustOpError> for TransferError {
-    fn from(e: crate::home::trust::TrustOpError) -> Self {
+impl From<crate::trust::service::TrustOpError> for TransferError {
+    fn from(e: crate::trust::service::TrustOpError) -> Self {
         TransferError::Trust(Box::new(e))
     }
 }
@@ -204,33 +202,59 @@ impl From<crate::deid::DeidServiceError> for TransferError {
     }
 }
 
-impl From<crate::home::retention::RetentionError> for TransferError {
-    fn from(e: crate::home::retention::RetentionError) -> Self {
+impl From<crate::retention::RetentionError> for TransferError {
+    fn from(e: crate::retention::RetentionError) -> Self {
         TransferError::Retention(Box::new(e))
     }
 }
 
-impl From<HomeError> for TransferError {
-    fn from(e: HomeError) -> Self {
+impl From<crate::audit::AuditError> for TransferError {
+    fn from(e: crate::audit::AuditError) -> Self {
         match e {
-            HomeError::Transfer(t) => t,
-            HomeError::Store(s) => TransferError::Store(s),
-            other => TransferError::Service(Box::new(other)),
+            crate::audit::AuditError::Store(s) => TransferError::Store(s),
+            other => TransferError::Audit(Box::new(other)),
         }
     }
 }
 
+/// What the transfer service needs of the rest of the node: the services
+/// it consults (consent and policy, trust, de-identification, retention,
+/// the ledger) and the configuration (`[limits]`, `[transfer]`). The
+/// composition root ([`crate::home::Node`]) implements it.
+pub trait Host: Send + Sync {
+    /// The consent service.
+    fn consents(&self) -> crate::consent::ConsentService<'_>;
+    /// The trust service.
+    fn trust(&self) -> crate::trust::service::TrustService<'_>;
+    /// The de-identification service.
+    fn deid(&self) -> crate::deid::DeidService<'_>;
+    /// The retention service.
+    fn retention(&self) -> crate::retention::RetentionService<'_>;
+    /// The ledger service.
+    fn audit(&self) -> crate::audit::Audit<'_>;
+    /// The configuration.
+    fn config(&self) -> &crate::config::Config;
+    /// The transfer service itself (the engine and the protocol handler
+    /// hold the host, and reach the service through it).
+    fn transfers(&self) -> Transfers<'_>;
+}
+
 /// The transfer service: records, negotiation, preparation, sessions,
 /// receiving and landing. It holds narrow handles: the store, the identity
-/// and the live progress of this process; `host` is the node, for what is
-/// not a service of its own yet (consent and policy, trust, the ledger,
-/// de-identification profiles, retention, limits and the configuration).
-#[derive(Debug, Clone, Copy)]
+/// and the live progress of this process, and reaches the services it
+/// consults through its [`Host`].
+#[derive(Clone, Copy)]
 pub struct Transfers<'n> {
     store: &'n crate::store::Store,
     identity: &'n crate::identity::Identity,
     live: &'n Live,
-    host: &'n Node,
+    host: &'n dyn Host,
+}
+
+impl std::fmt::Debug for Transfers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfers").finish_non_exhaustive()
+    }
 }
 
 impl<'n> Transfers<'n> {
@@ -240,7 +264,7 @@ impl<'n> Transfers<'n> {
         store: &'n crate::store::Store,
         identity: &'n crate::identity::Identity,
         live: &'n Live,
-        host: &'n Node,
+        host: &'n dyn Host,
     ) -> Self {
         Transfers {
             store,
@@ -266,6 +290,11 @@ impl<'n> Transfers<'n> {
     #[must_use]
     pub fn live(&self) -> &'n Live {
         self.live
+    }
+
+    /// The configuration.
+    fn config(&self) -> &'n crate::config::Config {
+        self.host.config()
     }
 }
 

@@ -41,6 +41,7 @@ use crate::identity::{self, IdentityError, VerifiedNodeRecord};
 
 pub mod hello;
 pub mod known;
+pub mod service;
 
 /// Version of the consortium, certificate and revocation formats.
 pub const TRUST_VERSION: u32 = 1;

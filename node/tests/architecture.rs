@@ -9,10 +9,8 @@
 //! `vectors.rs`, an inline `#[cfg(test)] mod … {` to the end of its file)
 //! are not part of the graph.
 //!
-//! [`BACK_EDGES`] lists the imports against the direction that are still to
-//! be cut (issue 17). The list may only shrink: an edge not in it that
-//! closes a cycle or reaches the root fails, and so does an edge in it that
-//! no longer exists (take it off the list).
+//! There is no exception: an import that closes a cycle, or that takes a
+//! domain module to a root, fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,11 +21,6 @@ const ROOTS: &[&str] = &["home", "net", "api", "daemon"];
 
 /// Modules that import nothing of the crate but each other's foundation.
 const FOUNDATION: &[&str] = &["cbor", "clock", "text", "fsutil", "identity", "keystore"];
-
-/// Imports against the direction still to be cut (ARCHITECTURE.md, "Import
-/// direction"): the transfer service and ledger replication take the node
-/// as their host, and the services they call still live under `home/`.
-const BACK_EDGES: &[(&str, &str)] = &[("ledger", "home"), ("transfer", "home")];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -242,15 +235,8 @@ fn the_cycle_finder_finds_a_cycle_and_only_a_cycle() {
 }
 
 #[test]
-fn the_modules_form_no_cycle_but_through_the_listed_back_edges() {
-    let mut g = graph();
-    for (from, to) in BACK_EDGES {
-        let edges = g.get_mut(*from).expect("a module of the list");
-        assert!(
-            edges.remove(*to),
-            "{from} no longer imports {to}: take it off BACK_EDGES"
-        );
-    }
+fn the_modules_form_no_cycle() {
+    let g = graph();
     if let Some(cycle) = find_cycle(&g) {
         panic!("import cycle: {}", cycle.join(" -> "));
     }
@@ -261,7 +247,7 @@ fn config_imports_nothing_and_net_neither_transfers_nor_the_ledger() {
     let g = graph();
     assert_eq!(g.get("config"), Some(&BTreeSet::new()));
     let net = g.get("net").expect("net");
-    for service in ["transfer", "ledger", "consent", "limits", "dicom", "deid"] {
+    for service in ["transfer", "ledger", "audit", "consent", "limits", "dicom", "deid"] {
         assert!(!net.contains(service), "net imports {service}");
     }
 }
@@ -275,7 +261,7 @@ fn no_domain_module_imports_the_node_the_network_or_the_api() {
             continue;
         }
         for r in imports {
-            if ROOTS.contains(&r.as_str()) && !BACK_EDGES.contains(&(m.as_str(), r.as_str())) {
+            if ROOTS.contains(&r.as_str()) {
                 bad.push(format!("{m} imports {r}"));
             }
         }

@@ -116,11 +116,11 @@ pub fn ledger(n: u64, home: Option<&Path>) -> Result<LedgerBench, BenchError> {
         let node = Node::open(home, &pass)?;
         let t = Instant::now();
         for i in 0..n {
-            node.log(event(i))?;
+            node.audit().log(event(i)).map_err(HomeError::from)?;
         }
         out.append_per_s = Some(per_s(n, t.elapsed().as_secs_f64()));
         let t = Instant::now();
-        let report = node.log_verify()?;
+        let report = node.audit().log_verify().map_err(HomeError::from)?;
         let secs = t.elapsed().as_secs_f64();
         let held: u64 = report.feeds.iter().map(|f| f.entries).sum();
         if !report.ok || held < n {

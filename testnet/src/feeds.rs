@@ -210,10 +210,11 @@ pub fn open_home(home: &Path) -> Result<Node, FeedError> {
 pub fn entry_at(node: &Node, seq: u64) -> Result<SignedEntry, FeedError> {
     let key = node.identity().ed25519_public();
     let bytes = node
+        .audit()
         .ledger_range(&key, seq, 1)
-        .map_err(|source| FeedError::Home {
+        .map_err(|e| FeedError::Home {
             home: "the author's home".into(),
-            source,
+            source: e.into(),
         })?
         .into_iter()
         .next()
@@ -304,9 +305,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let pass = Passphrase::new(process::passphrase());
         let node = Node::init(&dir, "Feeds Test Hospital", "DE", &pass).unwrap();
-        node.log(Event::ConsentAdded { consent: "c1".into() }).unwrap();
-        node.log(Event::ConsentAdded { consent: "c2".into() }).unwrap();
-        let seq = node.ledger_heads().unwrap().into_iter().map(|h| h.seq).max().unwrap();
+        node.audit().log(Event::ConsentAdded { consent: "c1".into() }).unwrap();
+        node.audit().log(Event::ConsentAdded { consent: "c2".into() }).unwrap();
+        let seq = node
+            .audit()
+            .ledger_heads()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.seq)
+            .max()
+            .unwrap();
         let genuine = entry_at(&node, seq).unwrap();
         assert!(ledger::open_entry(&flipped(&genuine.bytes)).is_err());
         let forged = forge_fork(&node, &genuine, Event::PeerBlocked { peer: "forged".into() }).unwrap();

@@ -15,19 +15,20 @@ use super::{
     ListRequest, LogTailRequest, NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk,
     Unblocked, WithdrawRequest,
 };
+use crate::audit::{EntryView, NotificationView, VerifyReport};
+use crate::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use crate::deid::{DeidEvent, DeidSummary, RelinkView};
 use crate::dicom::export::ExportSummary;
 use crate::dicom::ingest::{ImportEvent, ImportSummary};
-use crate::home::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
-use crate::home::ledger::{EntryView, NotificationView, VerifyReport};
-use crate::home::retention::PurgeReport;
-use crate::home::trust::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
-use crate::home::{HomeError, Node, StudyDetail, StudySummary};
+use crate::home::{HomeError, Node};
 use crate::net::PeersReport;
 use crate::notify::SinkStatus;
+use crate::retention::PurgeReport;
 use crate::store::CheckReport;
+use crate::studies::{StudyDetail, StudySummary};
 use crate::transfer::TransferView;
 use crate::transfer::protocol::TransferNet;
+use crate::trust::service::{BilateralEntry, BlockedEntry, ConsortiumEntry, RevocationEntry, TrustListing};
 
 /// One row of the table: a route's method and path, and how the server
 /// serves it.
@@ -134,7 +135,7 @@ impl Call for GetStatus {
             node: Node::id_info(ctx.node().record()),
             net,
             socket: socket.to_path_buf(),
-            ledger_problem: ctx.node().own_feed_problem(),
+            ledger_problem: ctx.node().audit().own_feed_problem(),
         })
     }
 }
@@ -375,7 +376,7 @@ route!(
 
 impl Call for LogTail {
     async fn serve(ctx: Ctx, r: LogTailRequest) -> Result<Vec<EntryView>, ServeError> {
-        ctx.blocking(move |n| n.log_tail(r.limit)).await
+        ctx.blocking(move |n| Ok(n.audit().log_tail(r.limit)?)).await
     }
 }
 
@@ -386,7 +387,7 @@ route!(
 
 impl Call for LogShow {
     async fn serve(ctx: Ctx, r: IdRequest) -> Result<EntryView, ServeError> {
-        ctx.blocking(move |n| n.log_show(&r.id)).await
+        ctx.blocking(move |n| Ok(n.audit().log_show(&r.id)?)).await
     }
 }
 
@@ -397,7 +398,7 @@ route!(
 
 impl Call for LogVerify {
     async fn serve(ctx: Ctx, (): ()) -> Result<VerifyReport, ServeError> {
-        ctx.blocking(Node::log_verify).await
+        ctx.blocking(|n| Ok(n.audit().log_verify()?)).await
     }
 }
 
@@ -408,7 +409,7 @@ route!(
 
 impl Call for LogHeads {
     async fn serve(ctx: Ctx, (): ()) -> Result<Vec<HeadView>, ServeError> {
-        ctx.blocking(|n| n.ledger_heads().map(|h| HeadView::list(&h))).await
+        ctx.blocking(|n| Ok(HeadView::list(&n.audit().ledger_heads()?))).await
     }
 }
 
@@ -419,7 +420,7 @@ route!(
 
 impl Call for Notifications {
     async fn serve(ctx: Ctx, r: NotificationsRequest) -> Result<Vec<NotificationView>, ServeError> {
-        ctx.blocking(move |n| n.notifications(r.unread)).await
+        ctx.blocking(move |n| Ok(n.audit().notifications(r.unread)?)).await
     }
 }
 

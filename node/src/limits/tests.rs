@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 
 use super::*;
+use crate::consent::NewConsent;
 use crate::home::Node;
-use crate::home::consent::NewConsent;
 use crate::keystore::Passphrase;
 use crate::transfer::admission::{admit_message, retry_later};
 use crate::transfer::wire::{self, Answer, AnswerBody, Manifest, Msg, MsgBody, Open, Refuse, WIRE_VERSION};
@@ -393,8 +393,8 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
         .unwrap();
     assert_eq!(refusal.code, "share-quota");
     // The stale ones go after the timeout, and the quota frees.
-    let later = crate::home::trust::now() + 7 * 86400 + 60;
-    assert_eq!(w.recipient.sweep_stale_incoming(later).unwrap(), 5);
+    let later = crate::clock::now() + 7 * 86400 + 60;
+    assert_eq!(w.recipient.transfers().sweep_stale_incoming(later).unwrap(), 5);
     assert!(
         w.recipient.transfers().accept_stream(&holder_peer, &open).is_ok(),
         "{id:?}"
@@ -426,12 +426,12 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("0"), b"sealed bytes").unwrap();
     assert_eq!(accepted.have.len(), open_objects(&open));
-    let now = crate::home::trust::now();
+    let now = crate::clock::now();
     // Within the timeout: kept.
-    assert_eq!(w.recipient.sweep_stale_incoming(now + 30).unwrap(), 0);
+    assert_eq!(w.recipient.transfers().sweep_stale_incoming(now + 30).unwrap(), 0);
     assert!(dir.exists());
     // After it: failed, parts, progress and documents deleted.
-    assert_eq!(w.recipient.sweep_stale_incoming(now + 61).unwrap(), 1);
+    assert_eq!(w.recipient.transfers().sweep_stale_incoming(now + 61).unwrap(), 1);
     let rec = w.recipient.transfers().transfer(&id).unwrap();
     assert_eq!(rec.state, State::Failed);
     assert!(rec.error.as_deref().unwrap_or("").starts_with(STALE_REASON), "{rec:?}");
@@ -453,7 +453,7 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
         .unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("closed", true));
     // Done once.
-    assert_eq!(w.recipient.sweep_stale_incoming(now + 1000).unwrap(), 0);
+    assert_eq!(w.recipient.transfers().sweep_stale_incoming(now + 1000).unwrap(), 0);
 }
 
 fn open_objects(open: &Open) -> usize {
@@ -587,14 +587,14 @@ async fn a_requester_waits_out_the_retry_after_before_asking_again() {
 
 #[test]
 fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
-    use crate::home::ledger::Verdict;
+    use crate::audit::Verdict;
     use crate::ledger::gossip::GossipMsg;
     use crate::ledger::{self, Event, LEDGER_VERSION};
     let w = world(&[], &[]);
     let (h, r) = (&w.holder, &w.recipient);
     let author = r.identity().ed25519_public();
-    let feed = r.ledger_range(&author, 1, 64).unwrap();
-    h.ledger_accept("peer", &feed, None).unwrap();
+    let feed = r.audit().ledger_range(&author, 1, 64).unwrap();
+    h.audit().ledger_accept("peer", &feed, None).unwrap();
     // The recipient signs conflicting entries 2 without end.
     let first = ledger::open_entry(&feed[0]).unwrap();
     let msg = |i: i64| {
@@ -616,7 +616,7 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
     };
     let mut relayed = 0;
     for i in 0..300 {
-        let o = h.ledger_gossip("12D3KooWsender", &msg(i)).unwrap();
+        let o = h.audit().ledger_gossip("12D3KooWsender", &msg(i)).unwrap();
         if o.verdict == Verdict::Accept {
             relayed += 1;
         }
@@ -627,7 +627,7 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
         crate::store::MAX_FORKS_PER_AUTHOR
     );
     // The same evidence again is not relayed again.
-    let o = h.ledger_gossip("12D3KooWsender", &msg(0)).unwrap();
+    let o = h.audit().ledger_gossip("12D3KooWsender", &msg(0)).unwrap();
     assert_eq!(o.verdict, Verdict::Ignore);
     // And by catch-up: not counted, not kept.
     let fork = ledger::open_entry(&{
@@ -638,11 +638,13 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
     })
     .unwrap();
     let rep = h
+        .audit()
         .ledger_accept("peer", std::slice::from_ref(&fork.bytes), None)
         .unwrap();
     assert_eq!(rep.forks, 0, "{rep:?}");
     // One alert for the author this hour.
     let alerts = h
+        .audit()
         .notifications(false)
         .unwrap()
         .into_iter()
@@ -650,7 +652,7 @@ fn fork_evidence_is_capped_per_author_alerted_once_an_hour_and_relayed_once() {
         .count();
     assert_eq!(alerts, 1);
     // log verify still reports it.
-    assert!(!h.log_verify().unwrap().ok);
+    assert!(!h.audit().log_verify().unwrap().ok);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! - **Publish.** Whenever this node's applied revocations grow (an admin ran
 //!   `medmesh trust apply`, or one came from a peer), each new one goes out
 //!   on the ledger gossip topic (the ledger's replication does it,
-//!   `crate::ledger::replication`). A member passes it on only after
+//!   `crate::audit::replication`). A member passes it on only after
 //!   verifying its admin signatures against the consortium's revocation
 //!   threshold and applying it; a forged, under-signed or malformed one is
 //!   rejected (not applied, not relayed, counted against the sender).

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::wire::{Answer, AnswerBody, Manifest, MsgBody, Refuse, WIRE_VERSION};
 use super::{Direction, Initiated, State};
+use super::{TransferError, Transfers};
 use crate::config::SharesFrom;
-use crate::home::{HomeError, Node};
 use crate::limits::{Limited, RequestLimiter, STALE_REASON, approvals_decision, share_decision};
 
 impl From<Limited> for AnswerBody {
@@ -59,7 +59,7 @@ pub fn retry_later(answer: &Answer) -> Option<(u64, &str)> {
     }
 }
 
-impl Node {
+impl Transfers<'_> {
     /// Checks an unsolicited share from `peer` against `[limits]`: from
     /// whom, how many of its shares are not landed yet and their bytes.
     ///
@@ -70,7 +70,6 @@ impl Node {
         let (mut pending, mut bytes) = (0u32, 0u64);
         if cfg.shares_from != SharesFrom::None {
             let records = self
-                .transfers()
                 .transfer_records()
                 .map_err(|e| refuse("internal", format!("the recipient failed: {e}"), false))?;
             for r in records.iter().filter(|r| {
@@ -92,9 +91,8 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn admit_request(&self, peer: &str) -> Result<Option<AnswerBody>, HomeError> {
+    pub fn admit_request(&self, peer: &str) -> Result<Option<AnswerBody>, TransferError> {
         let pending = self
-            .transfers()
             .transfer_records()?
             .iter()
             .filter(|r| r.direction == Direction::Outgoing && r.state == State::Pending && r.peer == peer)
@@ -114,25 +112,25 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn sweep_stale_incoming(&self, now: i64) -> Result<u64, HomeError> {
+    pub fn sweep_stale_incoming(&self, now: i64) -> Result<u64, TransferError> {
         let timeout = i64::try_from(self.config().limits.incoming_stale_secs).unwrap_or(i64::MAX);
         let mut n = 0;
-        for r in self.transfers().transfer_records()? {
+        for r in self.transfer_records()? {
             if r.direction != Direction::Incoming || !matches!(r.state, State::Granted | State::Streaming) {
                 continue;
             }
             let Ok(id) = super::parse_id(&r.id) else {
                 continue;
             };
-            let dir = self.store().incoming_dir(&id);
+            let dir = self.store.incoming_dir(&id);
             let last = r.updated.max(newest_mtime(&dir).unwrap_or(0));
             if now.saturating_sub(last) < timeout {
                 continue;
             }
             let why = format!("{STALE_REASON}: nothing received for {timeout} s; what was received is deleted");
-            self.transfers().fail_transfer(&id, &why)?;
-            self.store().clear_chunks(&id)?;
-            self.store().transfer_docs_remove(&id)?;
+            self.fail_transfer(&id, &why)?;
+            self.store.clear_chunks(&id)?;
+            self.store.transfer_docs_remove(&id)?;
             if dir.exists()
                 && let Err(e) = std::fs::remove_dir_all(&dir)
             {

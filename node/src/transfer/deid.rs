@@ -17,9 +17,9 @@ use super::wire::{
 };
 use super::{RefuseCode, damaged, deid_failed, refuse};
 use super::{TransferError, Transfers};
+use crate::clock::now;
 use crate::deid::{self, Profile};
 use crate::dicom::StudyAttributes;
-use crate::home::trust::now;
 use crate::identity::peer_id_of;
 use crate::store::{InstanceMeta, InstanceRow, RELINK_VERSION, RelinkRecord, SeriesMeta, StudyMeta};
 

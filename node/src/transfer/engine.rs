@@ -24,9 +24,9 @@ use medmesh_seal::{Header, OpenReader, Sealer, TAG_LEN};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use zeroize::Zeroizing;
 
+use super::Host;
 use super::wire::{self, Have, MAX_MANIFEST, MAX_MESSAGE, Open, Refuse, WIRE_VERSION, frame};
 use super::{Accepted, Direction, ObjectWriter, RefuseCode, SendPlan, Source, State, TransferId};
-use crate::home::Node;
 use crate::transfer::protocol::TransferNet;
 
 /// Largest frame accepted (an [`Open`] with the largest manifest).
@@ -77,7 +77,7 @@ async fn timed<T>(what: &str, f: impl std::future::Future<Output = std::io::Resu
 
 /// Shared state of the engine.
 struct Engine<N> {
-    node: Arc<Node>,
+    node: Arc<dyn Host>,
     net: N,
     control: libp2p_stream::Control,
     /// Holder sessions running.
@@ -93,7 +93,7 @@ struct Engine<N> {
 
 /// Starts the engine; it stops when `shutdown` turns true.
 pub fn start<N: TransferNet>(
-    node: Arc<Node>,
+    node: Arc<dyn Host>,
     net: N,
     mut control: libp2p_stream::Control,
     wake: Arc<Notify>,
@@ -156,7 +156,7 @@ pub fn start<N: TransferNet>(
                         // Grants that ended, consent or trust that changed without a
                         // call (a record that expired): every affected transfer ends.
                         node.transfers().end_affected_transfers_after("periodic check");
-                        node.sweep_stale_incoming(crate::home::trust::now())?;
+                        node.transfers().sweep_stale_incoming(crate::clock::now())?;
                         node.transfers().enforce_expiry()
                     };
                     match tokio::task::spawn_blocking(swept).await {
@@ -416,7 +416,7 @@ impl<N: TransferNet> Engine<N> {
             .map(|o| o.size.div_ceil(u64::from(plan.manifest.chunk_size)).max(1))
             .collect();
         let done = |have: &[u64]| have.iter().zip(&counts).all(|(h, n)| h >= n);
-        report_progress(&self.node, plan, &have, &counts);
+        report_progress(&*self.node, plan, &have, &counts);
         if done(&have) {
             return Ok(true);
         }
@@ -461,7 +461,7 @@ impl<N: TransferNet> Engine<N> {
                 Err(e) => error = Some(SessionError::Io(io_other(e))),
             }
         }
-        report_progress(&self.node, plan, &last, &counts);
+        report_progress(&*self.node, plan, &last, &counts);
         if done(&last) {
             return Ok(true);
         }
@@ -606,7 +606,7 @@ impl<N: TransferNet> Engine<N> {
         let idh = hex::encode(a.id);
         let release = |writers: &mut HashMap<u32, ObjectWriter>| {
             for (obj, mut w) in writers.drain() {
-                if let Err(e) = w.checkpoint(self.node.store(), true) {
+                if let Err(e) = w.checkpoint(self.node.transfers().store(), true) {
                     tracing::warn!(transfer = %idh, cause = %e, "cannot record received chunks");
                 }
                 if let Some(set) = lock(&self.busy).get_mut(&a.id) {
@@ -628,7 +628,7 @@ impl<N: TransferNet> Engine<N> {
                 Work::Done(reply) => {
                     release(&mut writers);
                     let mut have = vec![0u64; a.manifest.objects.len()];
-                    if let Ok(done) = self.node.store().chunks_done(&a.id) {
+                    if let Ok(done) = self.node.transfers().store().chunks_done(&a.id) {
                         for (obj, n) in done {
                             if let Some(h) = have.get_mut(obj as usize) {
                                 *h = n;
@@ -662,7 +662,7 @@ impl<N: TransferNet> Engine<N> {
                 .collect();
             for k in done {
                 if let Some(mut w) = writers.remove(&k) {
-                    w.checkpoint(self.node.store(), true)?;
+                    w.checkpoint(self.node.transfers().store(), true)?;
                 }
                 if let Some(set) = lock(&self.busy).get_mut(&a.id) {
                     set.remove(&k);
@@ -672,8 +672,8 @@ impl<N: TransferNet> Engine<N> {
                 return Err(TakeError::Busy(object));
             }
             // What is durable now, not what was when the stream opened.
-            let have = self.node.store().chunk_done(&a.id, object)?;
-            match ObjectWriter::open(self.node.store(), a, object, have) {
+            let have = self.node.transfers().store().chunk_done(&a.id, object)?;
+            match ObjectWriter::open(self.node.transfers().store(), a, object, have) {
                 Ok(w) => {
                     writers.insert(object, w);
                 }
@@ -688,8 +688,8 @@ impl<N: TransferNet> Engine<N> {
         let w = writers.get_mut(&object).ok_or(TakeError::NoWriter(object))?;
         let added = w.write_chunk(chunk, sealed, &a.manifest, scratch)?;
         let complete = w.is_complete();
-        w.checkpoint(self.node.store(), complete)?;
-        self.node.live().update(&a.id, |p| {
+        w.checkpoint(self.node.transfers().store(), complete)?;
+        self.node.transfers().live().update(&a.id, |p| {
             p.done_bytes += added;
             if complete {
                 p.done_objects += 1;
@@ -784,7 +784,7 @@ async fn read_have<R: futures::AsyncRead + Unpin>(s: &mut R, objects: usize) -> 
     }
 }
 
-fn report_progress(node: &Node, plan: &SendPlan, have: &[u64], counts: &[u64]) {
+fn report_progress(node: &dyn Host, plan: &SendPlan, have: &[u64], counts: &[u64]) {
     let cs = u64::from(plan.manifest.chunk_size);
     let mut bytes = 0;
     let mut objects = 0;
@@ -794,7 +794,7 @@ fn report_progress(node: &Node, plan: &SendPlan, have: &[u64], counts: &[u64]) {
             objects += 1;
         }
     }
-    node.live().update(&plan.id, |p| {
+    node.transfers().live().update(&plan.id, |p| {
         p.done_bytes = bytes;
         p.done_objects = objects;
     });
@@ -840,7 +840,7 @@ async fn send_stream(
     queue: &Mutex<VecDeque<(u32, u64)>>,
     sent: &AtomicU64,
     rate: &Rate,
-    node: &Arc<Node>,
+    node: &Arc<dyn Host>,
 ) -> Result<Vec<u64>, SessionError> {
     let (mut rd, mut wr) = s.split();
     let objects = plan.manifest.objects.len();
@@ -853,14 +853,14 @@ async fn send_stream(
             let p = Arc::clone(plan);
             let producer = tokio::task::spawn_blocking(move || produce(&p, session, object, from, &tx));
             while let Some(item) = rx.recv().await {
-                if node.live().is_ended(&plan.id) {
+                if node.transfers().live().is_ended(&plan.id) {
                     return Err(SessionError::Ended);
                 }
                 let f = item.map_err(|e| SessionError::Io(io_other(e)))?;
                 timed("chunk", wr.write_all(&f)).await?;
                 let n = f.len() as u64;
                 sent.fetch_add(n, Ordering::Relaxed);
-                node.live().update(&plan.id, |p| p.bytes_sent += n);
+                node.transfers().live().update(&plan.id, |p| p.bytes_sent += n);
                 rate.pace(n).await;
             }
             let _ = producer.await;

@@ -57,21 +57,23 @@ impl Transfers<'_> {
             patient,
             objects,
         };
-        let result = self.store().land_study(landing, &self.host.author(), |current| {
-            // Inside the landing's transaction: a transfer ended meanwhile
-            // (failed, scrubbed) does not land.
-            let sealed = current.ok_or_else(|| TransferError::Unknown(idh.clone()))?;
-            let mut r = self.open_record(id, sealed)?;
-            if r.state != State::Streaming {
-                return Err(TransferError::State {
-                    id: idh.clone(),
-                    reason: format!("became {} while it was landing", r.state.as_str()),
-                });
-            }
-            r.state = State::Landed;
-            r.updated = now();
-            Ok((self.seal_record(&r)?, vec![event]))
-        });
+        let result = self
+            .store()
+            .land_study(landing, &self.host.audit().author(), |current| {
+                // Inside the landing's transaction: a transfer ended meanwhile
+                // (failed, scrubbed) does not land.
+                let sealed = current.ok_or_else(|| TransferError::Unknown(idh.clone()))?;
+                let mut r = self.open_record(id, sealed)?;
+                if r.state != State::Streaming {
+                    return Err(TransferError::State {
+                        id: idh.clone(),
+                        reason: format!("became {} while it was landing", r.state.as_str()),
+                    });
+                }
+                r.state = State::Landed;
+                r.updated = now();
+                Ok((self.seal_record(&r)?, vec![event]))
+            });
         let entries = match result {
             Ok(entries) => entries,
             Err(TransferError::Store(StoreError::Conflict(why))) => {
@@ -83,7 +85,7 @@ impl Transfers<'_> {
             }
             Err(e) => return Err(e),
         };
-        self.host.logged(&entries);
+        self.host.audit().logged(&entries);
         tracing::info!(transfer = %idh, "study received, verified and stored");
         Ok(())
     }
@@ -317,7 +319,7 @@ impl Transfers<'_> {
         let event = Event::TransferSent {
             transfer: rec.id.clone(),
             peer: peer.to_string(),
-            study: hex::encode(self.host.study_commitment(&rec.study_uid)?),
+            study: hex::encode(self.host.audit().study_commitment(&rec.study_uid)?),
             objects: manifest.objects.len() as u64,
             bytes: manifest.objects.iter().map(|o| o.size).sum(),
             level: rec.level.map_or("", DeidLevel::as_str).to_string(),

@@ -5,6 +5,7 @@
 //! opened again.
 #![allow(clippy::unwrap_used)]
 
+use crate::home::Node;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -13,9 +14,9 @@ use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 use super::tests::{CT, STUDY, consent_at, corpus, home, trust};
 use super::wire::{self, ATTESTATION_DOMAIN, MANIFEST_DOMAIN, Manifest, Open, WIRE_VERSION};
 use super::*;
-use crate::home::consent::{FhirImport, NewConsent};
-use crate::home::retention::PurgeReason;
+use crate::consent::{FhirImport, NewConsent};
 use crate::keystore::Passphrase;
+use crate::retention::PurgeReason;
 use crate::store::{Landing, StudyUpdate};
 
 /// A study other than [`STUDY`], imported at the recipient (an earlier copy).
@@ -179,7 +180,12 @@ fn intact(n: &Node, before: &Snapshot) {
 
 /// How many entries of `kind` this node wrote.
 fn entries(n: &Node, kind: &str) -> usize {
-    n.log_tail(10_000).unwrap().iter().filter(|e| e.kind == kind).count()
+    n.audit()
+        .log_tail(10_000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count()
 }
 
 fn refusal(e: &TransferError) -> &'static str {
@@ -233,7 +239,7 @@ fn a_landing_never_renames_over_an_object_held_here_nor_changes_its_owner() {
     let r = s
         .recipient
         .store()
-        .land_study(landing, &s.recipient.author(), |_| -> Result<_, StoreError> {
+        .land_study(landing, &s.recipient.audit().author(), |_| -> Result<_, StoreError> {
             panic!("never reaches the record")
         });
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
@@ -374,7 +380,7 @@ fn a_crash_at_any_step_of_a_landing_keeps_every_earlier_copy_and_the_landing_rec
         assert_eq!(recipient.studies().list(None).unwrap().len(), 2, "{step}");
         assert!(!recipient.store().incoming_dir(&id).exists(), "{step}");
         intact(&recipient, &before);
-        assert!(recipient.log_verify().unwrap().ok);
+        assert!(recipient.audit().log_verify().unwrap().ok);
     }
 }
 
@@ -486,7 +492,7 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
     assert_eq!(s.recipient.transfers().enforce_expiry().unwrap(), 0);
     assert!(s.recipient.store().transfer_doc(&id, DOC_MANIFEST).unwrap().is_none());
     assert_eq!(entries(&s.recipient, "study-locked"), 1);
-    assert!(s.recipient.log_verify().unwrap().ok);
+    assert!(s.recipient.audit().log_verify().unwrap().ok);
 }
 
 fn fhir(name: &str) -> PathBuf {
@@ -557,7 +563,7 @@ fn consent_changes_and_their_entries_are_committed_together_fhir_import_included
     n.consents().withdraw("c-1").unwrap();
     assert!(c1(&n).withdrawn_at().is_some());
     assert_eq!(entries(&n, "consent-withdrawn"), 1);
-    assert!(n.log_verify().unwrap().ok);
+    assert!(n.audit().log_verify().unwrap().ok);
 }
 
 #[test]
@@ -580,7 +586,7 @@ fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash()
     // The commitment still names the study (the salt goes with the rows).
     assert_eq!(
         n.store()
-            .resolve_commitment(&n.study_commitment(STUDY).unwrap())
+            .resolve_commitment(&n.audit().study_commitment(STUDY).unwrap())
             .unwrap()
             .as_deref(),
         Some(STUDY)
@@ -596,5 +602,5 @@ fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash()
     let check = n.store().check(false).unwrap();
     assert!(check.is_clean() && check.blob_files == 0, "{check:?}");
     assert_eq!(entries(&n, "study-purged"), 1);
-    assert!(n.log_verify().unwrap().ok);
+    assert!(n.audit().log_verify().unwrap().ok);
 }

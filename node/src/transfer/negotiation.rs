@@ -69,7 +69,7 @@ impl Transfers<'_> {
                 peer: rec.peer.clone(),
                 purpose: rec.purpose.to_string(),
                 level: rec.level.map_or("", DeidLevel::as_str).to_string(),
-                study: hex::encode(self.host.study_commitment(&rec.study_uid)?),
+                study: hex::encode(self.host.audit().study_commitment(&rec.study_uid)?),
                 expires: rec.expires.unwrap_or(0),
             },
             State::Pending => Event::TransferPending {
@@ -190,7 +190,7 @@ impl Transfers<'_> {
             consents,
             issued: now(),
             expires,
-            study_ref: self.host.study_commitment(&rec.study_uid)?.to_vec(),
+            study_ref: self.host.audit().study_commitment(&rec.study_uid)?.to_vec(),
         };
         let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e.to_string()))?;
         rec.grant = self.identity().sign(GRANT_DOMAIN, payload).to_bytes()?;

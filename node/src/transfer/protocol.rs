@@ -11,7 +11,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::wire::{Answer, AnswerBody, Msg, MsgBody, WIRE_VERSION};
-use crate::home::{HomeError, Node};
+use super::{Host, TransferError};
 
 /// What the transfer protocol makes of a message, before answering it.
 pub enum Taken {
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Taken {
 
 /// The holder's side of `/medmesh/transfer/1`.
 pub struct TransferProtocol {
-    node: Arc<Node>,
+    node: Arc<dyn Host>,
     /// Transfer requests per peer (`[limits]`).
     requests: crate::limits::RequestLimiter,
     /// Wakes the transfer engine (a request was granted).
@@ -61,7 +61,7 @@ fn encode(answer: &Answer) -> Option<Vec<u8>> {
 impl TransferProtocol {
     /// The protocol of `node`; `wake` wakes its transfer engine.
     #[must_use]
-    pub fn new(node: Arc<Node>, wake: Arc<tokio::sync::Notify>) -> Arc<Self> {
+    pub fn new(node: Arc<dyn Host>, wake: Arc<tokio::sync::Notify>) -> Arc<Self> {
         let requests = crate::limits::RequestLimiter::new(&node.config().limits);
         Arc::new(Self { node, requests, wake })
     }
@@ -86,7 +86,7 @@ impl TransferProtocol {
         }
         let this = Arc::clone(self);
         Taken::Later(Box::new(move || {
-            let body = match answer_transfer(&this.node, &peer.to_string(), msg) {
+            let body = match answer_transfer(&*this.node, &peer.to_string(), msg) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(peer = %peer, cause = %e, "cannot answer a transfer message");
@@ -110,7 +110,7 @@ impl TransferProtocol {
 ///
 /// # Errors
 /// The transfer functions' errors.
-pub fn answer_transfer(node: &Node, peer: &str, msg: Msg) -> Result<AnswerBody, HomeError> {
+pub fn answer_transfer(node: &dyn Host, peer: &str, msg: Msg) -> Result<AnswerBody, TransferError> {
     if msg.v != WIRE_VERSION {
         return Ok(AnswerBody::Refused {
             code: "version".into(),
@@ -131,7 +131,7 @@ pub fn answer_transfer(node: &Node, peer: &str, msg: Msg) -> Result<AnswerBody, 
                     text: "request id or Study Instance UID malformed".into(),
                 });
             }
-            if let Some(busy) = node.admit_request(peer)? {
+            if let Some(busy) = node.transfers().admit_request(peer)? {
                 return Ok(busy);
             }
             Ok(node

@@ -149,7 +149,7 @@ impl Transfers<'_> {
                         true,
                     ));
                 }
-                self.host.admit_share(peer, &manifest)?;
+                self.admit_share(peer, &manifest)?;
                 let mut rec = TransferRecord::new(
                     id,
                     Direction::Incoming,

@@ -379,10 +379,10 @@ impl Transfers<'_> {
         let sealed = self.seal_record(rec)?;
         let (_, entries) =
             self.store()
-                .transfer_update_logged::<TransferError>(&id, Some(&self.host.author()), |_| {
+                .transfer_update_logged::<TransferError>(&id, Some(&self.host.audit().author()), |_| {
                     Ok((Some(sealed), events))
                 })?;
-        self.host.logged(&entries);
+        self.host.audit().logged(&entries);
         Ok(())
     }
 
@@ -407,7 +407,7 @@ impl Transfers<'_> {
         let mut out = None;
         let (_, entries) =
             self.store()
-                .transfer_update_logged::<TransferError>(id, Some(&self.host.author()), |current| {
+                .transfer_update_logged::<TransferError>(id, Some(&self.host.audit().author()), |current| {
                     let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
                     let mut rec = self.open_record(id, sealed)?;
                     let (t, events) = change(&mut rec)?;
@@ -416,7 +416,7 @@ impl Transfers<'_> {
                     out = Some((rec, t));
                     Ok((Some(bytes), events))
                 })?;
-        self.host.logged(&entries);
+        self.host.audit().logged(&entries);
         out.ok_or_else(|| TransferError::Unknown(hex::encode(id)))
     }
 

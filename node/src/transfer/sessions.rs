@@ -261,7 +261,7 @@ impl Transfers<'_> {
         }
         self.live().end(id);
         self.live().remove(id);
-        self.host.log(Event::TransferEnded {
+        self.host.audit().log(Event::TransferEnded {
             transfer: rec.id.clone(),
             peer: rec.peer.clone(),
             code: why.code.clone(),
@@ -412,15 +412,15 @@ impl Transfers<'_> {
             let event = Event::StudyLocked {
                 study: hex::encode(&g.study_ref),
             };
-            let entry = self
-                .store()
-                .lock_study(&study, transfer.as_ref(), &self.host.author(), event, |r| {
-                    if let Origin::Received(g) = &mut r.origin {
-                        g.locked = Some(t);
-                    }
-                })?;
+            let entry =
+                self.store()
+                    .lock_study(&study, transfer.as_ref(), &self.host.audit().author(), event, |r| {
+                        if let Origin::Received(g) = &mut r.origin {
+                            g.locked = Some(t);
+                        }
+                    })?;
             if let Some(entry) = entry {
-                self.host.logged(std::slice::from_ref(&entry));
+                self.host.audit().logged(std::slice::from_ref(&entry));
                 locked += 1;
                 tracing::info!(study = %study.short(), transfer = %g.transfer_id, "grant expired: study locked (data key destroyed)");
             }

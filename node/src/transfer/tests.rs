@@ -4,6 +4,7 @@
 //! from another transfer, out of order), and of the holder's decision.
 #![allow(clippy::unwrap_used)]
 
+use crate::home::Node;
 use std::path::Path;
 
 use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
@@ -11,7 +12,7 @@ use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 use super::preparation::hash_objects;
 use super::wire::{self, MANIFEST_DOMAIN, Manifest, Open, WIRE_VERSION};
 use super::*;
-use crate::home::consent::NewConsent;
+use crate::consent::NewConsent;
 use crate::keystore::Passphrase;
 
 pub(super) const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
@@ -594,13 +595,13 @@ fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() 
     let ev = |i: u64| Event::ConsentAdded {
         consent: format!("c-{i:016x}"),
     };
-    w.recipient.log(ev(1)).unwrap();
-    w.recipient.log(ev(2)).unwrap();
+    w.recipient.audit().log(ev(1)).unwrap();
+    w.recipient.audit().log(ev(2)).unwrap();
     let author = w.recipient.identity().ed25519_public();
-    let theirs = w.recipient.ledger_range(&author, 1, 10).unwrap();
+    let theirs = w.recipient.audit().ledger_range(&author, 1, 10).unwrap();
     // What the holder lacks of the recipient's feed.
-    let heads = w.recipient.ledger_heads().unwrap();
-    let wants = w.holder.ledger_wants(&heads).unwrap();
+    let heads = w.recipient.audit().ledger_heads().unwrap();
+    let wants = w.holder.audit().ledger_wants(&heads).unwrap();
     assert!(
         wants.iter().any(|(a, from, _)| a.as_slice() == author && *from == 1),
         "{wants:?}"
@@ -610,25 +611,28 @@ fn ledger_entries_from_peers_are_checked_and_equivocation_is_kept_as_evidence() 
     let n = flipped.len();
     flipped[n - 1] ^= 1;
     let h = &w.holder;
-    let r = h.ledger_accept("peer", &[flipped, theirs[1].clone()], None).unwrap();
+    let r = h
+        .audit()
+        .ledger_accept("peer", &[flipped, theirs[1].clone()], None)
+        .unwrap();
     assert_eq!((r.added, r.rejected.len()), (0, 2), "{r:?}");
     // (The recipient's feed also holds the peer-added entries of world().)
     let n = theirs.len() as u64;
-    let r = h.ledger_accept("peer", &theirs, None).unwrap();
+    let r = h.audit().ledger_accept("peer", &theirs, None).unwrap();
     assert_eq!((r.added, r.duplicates, r.forks), (n, 0, 0), "{r:?}");
-    let r = h.ledger_accept("peer", &theirs, None).unwrap();
+    let r = h.audit().ledger_accept("peer", &theirs, None).unwrap();
     assert_eq!(r.duplicates, n);
     // An author this node does not trust: refused.
     let stranger = crate::identity::Identity::from_secrets(&[0x77; 32], &[0x78; 32]).unwrap();
     let foreign = ledger::make_entry(&stranger, None, 1, ev(3)).unwrap();
-    let r = h.ledger_accept("peer", &[foreign.bytes], None).unwrap();
+    let r = h.audit().ledger_accept("peer", &[foreign.bytes], None).unwrap();
     assert!(r.rejected[0].contains("not a trusted author"), "{r:?}");
     // The recipient signs a second entry 2 (a fork): kept as evidence, and verify reports it.
     let first = ledger::open_entry(&theirs[0]).unwrap();
     let fork = ledger::make_entry(w.recipient.identity(), Some((1, first.id)), 5, ev(99)).unwrap();
-    let r = h.ledger_accept("peer", &[fork.bytes], None).unwrap();
+    let r = h.audit().ledger_accept("peer", &[fork.bytes], None).unwrap();
     assert_eq!(r.forks, 1, "{r:?}");
-    let report = h.log_verify().unwrap();
+    let report = h.audit().log_verify().unwrap();
     assert!(!report.ok);
     let feed = report
         .feeds
@@ -651,14 +655,14 @@ fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_
         consent: format!("c-{i:016x}"),
     };
     let (r, h) = (&w.recipient, &w.holder);
-    r.log(ev(1)).unwrap();
-    r.log(ev(2)).unwrap();
-    r.log(ev(3)).unwrap();
+    r.audit().log(ev(1)).unwrap();
+    r.audit().log(ev(2)).unwrap();
+    r.audit().log(ev(3)).unwrap();
     let own = r.identity().ed25519_public();
     let n = r.store().ledger_heads_of(&own).unwrap().unwrap().0;
     assert!(n >= 3);
-    let feed = r.ledger_range(&own, 1, 100).unwrap();
-    let added = h.ledger_accept("recipient", &feed, None).unwrap();
+    let feed = r.audit().ledger_range(&own, 1, 100).unwrap();
+    let added = h.audit().ledger_accept("recipient", &feed, None).unwrap();
     assert_eq!(added.added, n, "{added:?}");
     // The recipient loses its last two entries (a crash before they were durable).
     let k = n - 2;
@@ -667,10 +671,10 @@ fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_
         .unwrap();
     assert_eq!(r.store().ledger_heads_of(&own).unwrap().unwrap().0, k);
     // Nothing tells it yet: it cannot know (a peer must say so first).
-    assert!(r.own_feed_problem().is_none());
+    assert!(r.audit().own_feed_problem().is_none());
     // The holder's heads show the recipient's feed further: it asks for the
     // rest of its own feed (heads are not signed: they stop nothing yet).
-    let wants = r.ledger_wants(&h.ledger_heads().unwrap()).unwrap();
+    let wants = r.audit().ledger_wants(&h.audit().ledger_heads().unwrap()).unwrap();
     assert!(
         wants.iter().any(|(a, from, _)| a.as_slice() == own && *from == k + 1),
         "{wants:?}"
@@ -678,17 +682,17 @@ fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_
     // A signed entry of its own beyond its head (the last one, as if the
     // first answer were cut short) proves the loss: it writes nothing until
     // it has the rest, so no second entry k+1.
-    let last = h.ledger_range(&own, n, 1).unwrap();
-    let got = r.ledger_accept("holder", &last, None).unwrap();
+    let last = h.audit().ledger_range(&own, n, 1).unwrap();
+    let got = r.audit().ledger_accept("holder", &last, None).unwrap();
     assert_eq!(got.added, 0, "{got:?}");
-    let err = r.log(ev(4)).unwrap_err().to_string();
+    let err = r.audit().log(ev(4)).unwrap_err().to_string();
     assert!(
         err.contains("own ledger feed ends at entry") && err.contains(&format!("up to entry {n}")),
         "{err}"
     );
     assert_eq!(r.store().ledger_heads_of(&own).unwrap().unwrap().0, k);
-    assert!(r.own_feed_problem().is_some());
-    let report = r.log_verify().unwrap();
+    assert!(r.audit().own_feed_problem().is_some());
+    let report = r.audit().log_verify().unwrap();
     assert!(!report.ok);
     let mine = report
         .feeds
@@ -697,19 +701,19 @@ fn a_node_whose_own_feed_is_behind_its_peers_stops_appending_until_it_has_taken_
         .unwrap();
     assert!(mine.problems.iter().any(|p| p.contains("were lost here")), "{mine:?}");
     // Its own entries, served by the holder, verify and are taken back.
-    let back = h.ledger_range(&own, k + 1, 100).unwrap();
-    let taken = r.ledger_accept("holder", &back, None).unwrap();
+    let back = h.audit().ledger_range(&own, k + 1, 100).unwrap();
+    let taken = r.audit().ledger_accept("holder", &back, None).unwrap();
     assert_eq!(taken.added, 2, "{taken:?}");
-    assert!(r.own_feed_problem().is_none());
-    assert!(r.log_verify().unwrap().ok);
+    assert!(r.audit().own_feed_problem().is_none());
+    assert!(r.audit().log_verify().unwrap().ok);
     // Now it appends after them, and the holder takes the entry as the next one (no fork).
-    r.log(ev(4)).unwrap();
-    let next = r.ledger_range(&own, n + 1, 10).unwrap();
+    r.audit().log(ev(4)).unwrap();
+    let next = r.audit().ledger_range(&own, n + 1, 10).unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(ledger::open_entry(&next[0]).unwrap().entry.seq, n + 1);
-    let took = h.ledger_accept("recipient", &next, None).unwrap();
+    let took = h.audit().ledger_accept("recipient", &next, None).unwrap();
     assert_eq!((took.added, took.forks), (1, 0), "{took:?}");
-    assert!(h.log_verify().unwrap().ok);
+    assert!(h.audit().log_verify().unwrap().ok);
 }
 
 /// An entry of its own feed that a node lacks, gossiped by a peer, also
@@ -722,31 +726,32 @@ fn an_own_entry_gossiped_beyond_the_head_held_stops_appending() {
         consent: format!("c-{i:016x}"),
     };
     let r = &w.recipient;
-    r.log(ev(1)).unwrap();
-    r.log(ev(2)).unwrap();
+    r.audit().log(ev(1)).unwrap();
+    r.audit().log(ev(2)).unwrap();
     let own = r.identity().ed25519_public();
     let n = r.store().ledger_heads_of(&own).unwrap().unwrap().0;
-    let feed = r.ledger_range(&own, 1, 100).unwrap();
+    let feed = r.audit().ledger_range(&own, 1, 100).unwrap();
     // Loses its last two entries; a peer relays the last one (a gap here).
     r.store()
         .ledger_tamper(&own, n - 2, &feed[usize::try_from(n - 3).unwrap()])
         .unwrap();
     let last = feed[usize::try_from(n - 1).unwrap()].clone();
-    let got = r.ledger_accept("holder", &[last], None).unwrap();
+    let got = r.audit().ledger_accept("holder", &[last], None).unwrap();
     assert_eq!(got.added, 0, "{got:?}");
-    assert!(r.log(ev(3)).is_err());
+    assert!(r.audit().log(ev(3)).is_err());
     // The one before it, then the last: whole again.
     let got = r
+        .audit()
         .ledger_accept("holder", &feed[usize::try_from(n - 2).unwrap()..], None)
         .unwrap();
     assert_eq!(got.added, 2, "{got:?}");
-    r.log(ev(3)).unwrap();
-    assert!(r.log_verify().unwrap().ok);
+    r.audit().log(ev(3)).unwrap();
+    assert!(r.audit().log_verify().unwrap().ok);
 }
 
 #[test]
 fn gossip_messages_are_judged_before_they_are_passed_on() {
-    use crate::home::ledger::Verdict;
+    use crate::audit::Verdict;
     use crate::ledger::gossip::{GossipMsg, make_witness};
     use crate::ledger::sync::Head;
     use crate::ledger::{self, Event, LEDGER_VERSION};
@@ -774,8 +779,8 @@ fn gossip_messages_are_judged_before_they_are_passed_on() {
     let author = r.identity().ed25519_public();
     let stranger = crate::identity::Identity::from_secrets(&[0x77; 32], &[0x78; 32]).unwrap();
     // Bring the holder up to date with the recipient's feed so far.
-    let so_far = r.ledger_range(&author, 1, 64).unwrap();
-    h.ledger_accept("peer", &so_far, None).unwrap();
+    let so_far = r.audit().ledger_range(&author, 1, 64).unwrap();
+    h.audit().ledger_accept("peer", &so_far, None).unwrap();
     let n = so_far.len() as u64;
     let next = ledger::make_entry(r.identity(), r.store().ledger_heads_of(&author).unwrap(), 10, ev(1)).unwrap();
     let after_gap = ledger::make_entry(r.identity(), Some((n + 1, next.id)), 11, ev(2)).unwrap();
@@ -787,7 +792,11 @@ fn gossip_messages_are_judged_before_they_are_passed_on() {
         ev(3),
     )
     .unwrap();
-    let own = h.ledger_range(&h.identity().ed25519_public(), 1, 1).unwrap().remove(0);
+    let own = h
+        .audit()
+        .ledger_range(&h.identity().ed25519_public(), 1, 1)
+        .unwrap()
+        .remove(0);
     let own_rewritten = ledger::make_entry(h.identity(), None, 13, ev(4)).unwrap();
     let foreign = ledger::make_entry(&stranger, None, 14, ev(5)).unwrap();
     let mut flipped = next.bytes.clone();
@@ -851,10 +860,10 @@ fn gossip_messages_are_judged_before_they_are_passed_on() {
         ),
     ];
     for (name, data, verdict, follow) in cases {
-        let o = h.ledger_gossip("12D3KooWsender", &data).unwrap();
+        let o = h.audit().ledger_gossip("12D3KooWsender", &data).unwrap();
         assert_eq!((o.verdict, &o.follow), (verdict, &follow), "{name}");
     }
-    let report = h.log_verify().unwrap();
+    let report = h.audit().log_verify().unwrap();
     let feed = report
         .feeds
         .iter()
@@ -866,6 +875,7 @@ fn gossip_messages_are_judged_before_they_are_passed_on() {
     assert_eq!(feed.countersigned, 1, "{feed:?}");
     // Alerts name the peer that sent a refused message and the author that equivocated.
     let alerts: Vec<(String, String)> = h
+        .audit()
         .notifications(false)
         .unwrap()
         .into_iter()
@@ -889,7 +899,7 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
     use crate::ledger::Event;
     use crate::trust::{Certificate, Consortium};
     let dir = tempfile::tempdir().unwrap();
-    let t = crate::home::trust::now();
+    let t = crate::clock::now();
     let admin = [0x42u8; 32];
     let c = Consortium::new(
         "ledger relay",
@@ -910,12 +920,13 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
     let (author, author_cert) = member("author");
     let stranger_node = home(dir.path(), "stranger", "DE");
     author
+        .audit()
         .log(Event::ConsentAdded {
             consent: "c-0000000000000001".into(),
         })
         .unwrap();
     let key = author.identity().ed25519_public();
-    let entries = author.ledger_range(&key, 1, 64).unwrap();
+    let entries = author.audit().ledger_range(&key, 1, 64).unwrap();
     let credentials = crate::trust::hello::Hello::new(record(&author), vec![author_cert.clone()])
         .to_bytes()
         .unwrap();
@@ -924,30 +935,34 @@ fn feeds_of_members_never_met_are_taken_with_relayed_credentials() {
         .unwrap();
     // Never met, no credentials, or another node's: not a trusted author.
     for (name, creds) in [("none", None), ("another node's", Some(wrong.as_slice()))] {
-        let r = reader.ledger_accept("relay", &entries, creds).unwrap();
+        let r = reader.audit().ledger_accept("relay", &entries, creds).unwrap();
         assert_eq!(r.added, 0, "{name}: {r:?}");
         assert!(r.rejected[0].contains("not a trusted author"), "{name}: {r:?}");
     }
     // The author's own hello, relayed: taken, and kept for later batches.
-    let r = reader.ledger_accept("relay", &entries, Some(&credentials)).unwrap();
+    let r = reader
+        .audit()
+        .ledger_accept("relay", &entries, Some(&credentials))
+        .unwrap();
     assert_eq!(r.added, entries.len() as u64, "{r:?}");
     author
+        .audit()
         .log(Event::ConsentAdded {
             consent: "c-0000000000000002".into(),
         })
         .unwrap();
-    let next = author.ledger_range(&key, entries.len() as u64 + 1, 64).unwrap();
-    let r = reader.ledger_accept("relay", &next, None).unwrap();
+    let next = author.audit().ledger_range(&key, entries.len() as u64 + 1, 64).unwrap();
+    let r = reader.audit().ledger_accept("relay", &next, None).unwrap();
     assert_eq!(r.added, 1, "{r:?}");
     // And the reader relays them on in turn.
-    assert_eq!(reader.ledger_credentials(&key).unwrap(), Some(credentials));
-    assert!(reader.log_verify().unwrap().ok);
+    assert_eq!(reader.audit().ledger_credentials(&key).unwrap(), Some(credentials));
+    assert!(reader.audit().log_verify().unwrap().ok);
 }
 
 #[test]
 fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_nothing() {
-    use crate::home::retention::PurgeReason;
     use crate::ledger::Event;
+    use crate::retention::PurgeReason;
     let w = world();
     let h = &w.holder;
     consent_at(h, STUDY, &[&w.recipient], DeidLevel::Pseudonymised);
@@ -969,12 +984,16 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     h.transfers().prepare(&id).unwrap();
     assert!(h.store().outgoing_dir(&id).exists());
     let granted = h
+        .audit()
         .log_tail(100)
         .unwrap()
         .into_iter()
         .find(|e| e.kind == "transfer-granted")
         .unwrap();
-    assert_eq!(h.log_show(&granted.id).unwrap().study_uid.as_deref(), Some(STUDY));
+    assert_eq!(
+        h.audit().log_show(&granted.id).unwrap().study_uid.as_deref(),
+        Some(STUDY)
+    );
     let commitment = granted.event.study().unwrap().to_string();
     let files_before = h.store().check(false).unwrap().blob_files;
     assert!(files_before > 0);
@@ -1010,7 +1029,7 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     );
     // The purge is in the ledger, every feed still verifies, and no entry
     // resolves to the study any more.
-    let purged = h.log_tail(1).unwrap().remove(0);
+    let purged = h.audit().log_tail(1).unwrap().remove(0);
     assert_eq!(
         purged.event,
         Event::StudyPurged {
@@ -1018,20 +1037,20 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
             reason: "erasure".into()
         }
     );
-    assert!(h.log_verify().unwrap().ok);
-    assert_eq!(h.log_show(&granted.id).unwrap().study_uid, None);
-    assert_eq!(h.log_show(&purged.id).unwrap().study_uid, None);
+    assert!(h.audit().log_verify().unwrap().ok);
+    assert_eq!(h.audit().log_show(&granted.id).unwrap().study_uid, None);
+    assert_eq!(h.audit().log_show(&purged.id).unwrap().study_uid, None);
     // A peer that takes the holder's feed verifies it too.
     let author = h.identity().ed25519_public();
-    let feed = h.ledger_range(&author, 1, 1000).unwrap();
-    let r = w.recipient.ledger_accept("holder", &feed, None).unwrap();
+    let feed = h.audit().ledger_range(&author, 1, 1000).unwrap();
+    let r = w.recipient.audit().ledger_accept("holder", &feed, None).unwrap();
     assert!(r.rejected.is_empty(), "{r:?}");
-    assert!(w.recipient.log_verify().unwrap().ok);
+    assert!(w.recipient.audit().log_verify().unwrap().ok);
     // Purged twice: there is nothing left to purge.
     assert!(h.retention().purge_study(STUDY, PurgeReason::Erasure).is_err());
     // Imported again, the study gets a new commitment (the old one stays meaningless).
     h.studies().import(&[corpus(CT)], |_| {}).unwrap();
-    assert_ne!(hex::encode(h.study_commitment(STUDY).unwrap()), commitment);
+    assert_ne!(hex::encode(h.audit().study_commitment(STUDY).unwrap()), commitment);
 }
 
 /// A received copy locked at `locked` (no key, no objects), as a grant's end leaves it.
@@ -1071,8 +1090,8 @@ fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
 
 #[test]
 fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
-    use crate::home::retention::PurgeReason;
     use crate::ledger::Event;
+    use crate::retention::PurgeReason;
     let dir = tempfile::tempdir().unwrap();
     let n = home(dir.path(), "recipient", "DE");
     let day = 86_400;
@@ -1093,6 +1112,7 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
     assert!(n.store().study_row(&a).unwrap().is_none() && n.store().study_row(&b).unwrap().is_none());
     // Each purge names the holder's commitment with reason retention.
     let purges: Vec<Event> = n
+        .audit()
         .log_tail(100)
         .unwrap()
         .into_iter()
@@ -1119,7 +1139,7 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
     let r = n.retention().purge_study(&c.short(), PurgeReason::Erasure).unwrap();
     assert_eq!((r.received, r.instances, r.transfers), (true, 0, 0), "{r:?}");
     assert!(n.store().studies().unwrap().is_empty());
-    assert!(n.log_verify().unwrap().ok);
+    assert!(n.audit().log_verify().unwrap().ok);
 }
 
 /// The holder's transfer to the recipient, granted, prepared and accepted
@@ -1147,7 +1167,8 @@ fn streaming(w: &World) -> (TransferId, Open) {
 }
 
 fn ended_codes(n: &Node, id: &TransferId) -> Vec<String> {
-    n.log_tail(1000)
+    n.audit()
+        .log_tail(1000)
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.event {

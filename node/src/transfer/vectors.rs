@@ -18,8 +18,8 @@ use super::wire::{
     MAX_MESSAGE, Manifest, ManifestObject, Msg, MsgBody, ObjectKind, Open, RECEIPT_DOMAIN, ROOT_CONTEXT, Receipt,
     Refuse, StudyIndex, WIRE_VERSION, chunk_hashes, frame,
 };
+use crate::consent::Reason;
 use crate::dicom::StudyAttributes;
-use crate::home::consent::Reason;
 use crate::identity::Identity;
 use crate::store::{InstanceMeta, SeriesMeta, StudyMeta};
 

@@ -8,7 +8,7 @@ use consent_schema::{DeidLevel, Purpose, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::home::consent::Reason;
+use crate::consent::Reason;
 use crate::identity::SignedEnvelope;
 
 /// Request-response protocol of negotiation.

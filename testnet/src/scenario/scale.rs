@@ -358,7 +358,7 @@ pub fn run(
             "recipient_jurisdictions": ["FR"],
             "level": "identifiable",
         });
-        let wrote = serde_json::from_value::<medmesh_node::home::consent::NewConsent>(body)
+        let wrote = serde_json::from_value::<medmesh_node::consent::NewConsent>(body)
             .ok()
             .map(|c| rt.block_on(clients[w].call::<medmesh_node::api::routes::ConsentsAdd>(c)));
         let write_ms = ms(t0.elapsed());

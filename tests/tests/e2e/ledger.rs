@@ -167,7 +167,7 @@ fn entries_tampered_with_by_peers_are_refused_and_a_forged_fork_is_detected() {
     // The genuine entry, and what each server will hold instead.
     let author = open_home(&homes[0]);
     let key = author.identity().ed25519_public();
-    let genuine = author.ledger_range(&key, seq, 1).expect("range").remove(0);
+    let genuine = author.audit().ledger_range(&key, seq, 1).expect("range").remove(0);
     let opened = ledger::open_entry(&genuine).expect("genuine entry opens");
     let prev: [u8; 32] = opened.entry.prev.clone().try_into().expect("32-byte prev");
     let mut flipped = genuine.clone();

@@ -26,12 +26,12 @@ use consent_schema::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::Effects;
-use super::trust::{TrustOpError, TrustService};
 use crate::config::PolicyConfig;
+use crate::effects::Effects;
 use crate::identity::VerifiedNodeRecord;
 use crate::store::{Store, StoreError, StudyMeta};
 use crate::trust::hello;
+use crate::trust::service::{TrustOpError, TrustService};
 use crate::trust::{self, TrustDecision, Via};
 
 /// Errors of consent operations. Messages name the file, field or consent at fault.
@@ -1026,9 +1026,9 @@ impl ConsentService<'_> {
     /// # Errors
     /// Store errors.
     pub fn peer_facts(&self, peer: &str, purpose: Purpose) -> Result<(Option<PeerFacts>, Vec<Reason>), ConsentOpError> {
-        let t = super::trust::now();
+        let t = crate::clock::now();
         let state = self.trust.state()?;
-        let Some(h) = self.effects.peer_hello(&state, peer)? else {
+        let Some(h) = hello::peer_hello(self.store, &state, peer)? else {
             return Ok((
                 None,
                 vec![reason(

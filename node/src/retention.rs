@@ -15,8 +15,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effects, HomeError};
 use crate::config::RetentionConfig;
+use crate::effects::{Effects, HookError};
 use crate::ledger::Event;
 use crate::store::{Origin, Store, StoreError, StudyRef};
 
@@ -29,7 +29,7 @@ pub enum RetentionError {
     Store(#[from] StoreError),
     /// The transfer records that name the study could not be cleared.
     #[error(transparent)]
-    Transfers(Box<HomeError>),
+    Transfers(HookError),
 }
 
 impl RetentionError {
@@ -38,7 +38,9 @@ impl RetentionError {
     pub fn is_unknown_study(&self) -> bool {
         match self {
             RetentionError::Store(e) => matches!(e, StoreError::UnknownStudy(_)),
-            RetentionError::Transfers(e) => matches!(**e, HomeError::Store(StoreError::UnknownStudy(_))),
+            RetentionError::Transfers(e) => e
+                .downcast_ref::<StoreError>()
+                .is_some_and(|s| matches!(s, StoreError::UnknownStudy(_))),
         }
     }
 }
@@ -54,7 +56,7 @@ pub trait TransferRecords {
     ///
     /// # Errors
     /// Store and transfer errors.
-    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HomeError>;
+    fn forget_study(&self, study: &StudyRef, grant_transfer: Option<&str>) -> Result<u64, HookError>;
 }
 
 /// Held while a study is purged: purges (by a person, and by the retention
@@ -262,7 +264,7 @@ impl<'a> RetentionService<'a> {
         let transfers = self
             .transfers
             .forget_study(&study, grant_transfer.as_deref())
-            .map_err(|e| RetentionError::Transfers(Box::new(e)))?;
+            .map_err(RetentionError::Transfers)?;
         let relinks = self.store.relink_forget_study(&study)?;
         // Rows, salt and entry in one transaction.
         let event = Event::StudyPurged {

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effects, HomeError, rfc3339};
+use crate::clock::rfc3339;
 use crate::dicom::StudyAttributes;
 use crate::dicom::export::{self, ExportError, ExportOutcome, ExportSummary};
 use crate::dicom::ingest::{self, ImportEvent, ImportOptions, ImportSummary, IngestError};
+use crate::effects::{Effects, HookError};
 use crate::store::{Origin, Store, StoreError, StudyRef};
 
 /// Errors of the studies service.
@@ -28,7 +29,7 @@ pub enum StudiesError {
     Export(#[from] ExportError),
     /// Ending the grants that expired (run before studies are read) failed.
     #[error(transparent)]
-    Expiry(Box<HomeError>),
+    Expiry(HookError),
 }
 
 /// Ends the grants that expired: received studies are locked, outgoing
@@ -39,7 +40,7 @@ pub trait Expiry {
     ///
     /// # Errors
     /// Store and transfer errors.
-    fn enforce_expiry(&self) -> Result<u64, HomeError>;
+    fn enforce_expiry(&self) -> Result<u64, HookError>;
 }
 
 /// The studies service of a home.
@@ -257,9 +258,7 @@ impl<'a> StudiesService<'a> {
     }
 
     fn expire(&self) -> Result<u64, StudiesError> {
-        self.expiry
-            .enforce_expiry()
-            .map_err(|e| StudiesError::Expiry(Box::new(e)))
+        self.expiry.enforce_expiry().map_err(StudiesError::Expiry)
     }
 
     /// Imports files and folders.
@@ -291,7 +290,7 @@ impl<'a> StudiesService<'a> {
             action: "export".into(),
             study: Some(self.ledger_study(study_uid)?),
             objects: summary.written,
-            role: super::ledger::ADMIN_ROLE.into(),
+            role: crate::ledger::ADMIN_ROLE.into(),
         })?;
         Ok(summary)
     }

@@ -18,8 +18,9 @@
 use consent_schema::Purpose;
 use serde::{Deserialize, Serialize};
 
-use super::{Effects, rfc3339};
 use crate::cbor;
+use crate::clock::rfc3339;
+use crate::effects::Effects;
 use crate::identity::VerifiedNodeRecord;
 use crate::store::{Store, StoreError};
 use crate::trust::{
@@ -704,7 +705,7 @@ mod tests {
         forged.signatures[1].sig[0] ^= 1;
         let good = revocation(&c, &[2, 3], 6).to_bytes().unwrap();
         let mut watch = node.trust().watch();
-        let seq = || *node.ledger_watch().borrow();
+        let seq = || *node.audit().watch().borrow();
         let cases: Vec<(&str, Vec<u8>, &str, bool)> = vec![
             (
                 "under-signed",

@@ -25,12 +25,12 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use tokio::sync::watch;
 
-use super::LEDGER_VERSION;
-use super::gossip::{GossipMsg, make_witness};
-use super::sync::{BATCH, Head, SyncRequest, SyncResponse, decode_request, decode_response};
-use crate::home::ledger::Verdict;
-use crate::home::trust::RevocationTaken;
-use crate::home::{HomeError, Node};
+use super::{Audit, AuditError, Verdict};
+use crate::identity::Identity;
+use crate::ledger::LEDGER_VERSION;
+use crate::ledger::gossip::{GossipMsg, make_witness};
+use crate::ledger::sync::{BATCH, Head, SyncRequest, SyncResponse, decode_request, decode_response};
+use crate::trust::service::{RevocationTaken, TrustService};
 
 /// How often a node compares feed heads with each trusted peer.
 pub const LEDGER_SYNC: Duration = Duration::from_secs(2);
@@ -59,6 +59,17 @@ pub trait Link: Send + Sync + 'static {
     fn publish(&self, message: Vec<u8>) -> BoxFuture<'static, ()>;
 }
 
+/// What the replication needs of the node: the ledger and trust services
+/// and the identity that countersigns (the composition root implements it).
+pub trait Host: Send + Sync + 'static {
+    /// The ledger service.
+    fn audit(&self) -> Audit<'_>;
+    /// The trust service (revocations travel with the ledger).
+    fn trust(&self) -> TrustService<'_>;
+    /// The identity that signs witnesses.
+    fn identity(&self) -> &Identity;
+}
+
 /// What the replication keeps between rounds.
 #[derive(Default)]
 struct State {
@@ -78,7 +89,8 @@ struct State {
 
 /// The ledger's replication service.
 pub struct Replication {
-    node: Arc<Node>,
+    node: Arc<dyn Host>,
+    maintenance: Duration,
     link: OnceLock<Arc<dyn Link>>,
     state: Mutex<State>,
 }
@@ -112,13 +124,15 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Option<Vec<u8>>
 }
 
 impl Replication {
-    /// The replication of `node`'s ledger; it reaches peers once
-    /// [`Self::connect`] gave it a link.
+    /// The replication of the ledger of `node`, with its maintenance
+    /// cadence (`[network] maintenance_secs`: how often shunned peers are
+    /// forgotten); it reaches peers once [`Self::connect`] gave it a link.
     #[must_use]
-    pub fn new(node: Arc<Node>) -> Arc<Self> {
-        let published = *node.ledger_watch().borrow();
+    pub fn new(node: Arc<dyn Host>, maintenance: Duration) -> Arc<Self> {
+        let published = *node.audit().watch().borrow();
         Arc::new(Self {
             node,
+            maintenance,
             link: OnceLock::new(),
             state: Mutex::new(State {
                 published,
@@ -161,20 +175,26 @@ impl Replication {
         let node = &self.node;
         let v = LEDGER_VERSION;
         let answer = match request {
-            SyncRequest::Heads { .. } => node.ledger_heads().map(|heads| SyncResponse::Heads { v, heads }),
+            SyncRequest::Heads { .. } => node
+                .audit()
+                .ledger_heads()
+                .map(|heads| SyncResponse::Heads { v, heads }),
             SyncRequest::Range {
                 author, from, limit, ..
-            } => node.ledger_range(&author, from, limit).and_then(|e| {
+            } => node.audit().ledger_range(&author, from, limit).and_then(|e| {
                 Ok(SyncResponse::Entries {
                     v,
                     entries: e.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-                    credentials: node.ledger_credentials(&author)?.map(serde_bytes::ByteBuf::from),
+                    credentials: node
+                        .audit()
+                        .ledger_credentials(&author)?
+                        .map(serde_bytes::ByteBuf::from),
                 })
             }),
             SyncRequest::Revocations { consortium, digest, .. } => node
                 .trust()
                 .revocations_for_peer(&consortium, &digest)
-                .map_err(HomeError::from)
+                .map_err(AuditError::from)
                 .map(|r| SyncResponse::Revocations {
                     v,
                     consortium,
@@ -194,7 +214,7 @@ impl Replication {
     /// Judges a message of the ledger's gossip topic from `peer` (blocking),
     /// and asks `peer` for the ranges it showed missing.
     pub fn on_gossip(self: &Arc<Self>, peer: PeerId, data: &[u8]) -> Verdict {
-        match self.node.ledger_gossip(&peer.to_string(), data) {
+        match self.node.audit().ledger_gossip(&peer.to_string(), data) {
             Ok(o) => {
                 for r in ranges(o.follow) {
                     self.request(peer, r);
@@ -255,12 +275,13 @@ impl Replication {
         };
         let peer_s = peer.to_string();
         let next = match response {
-            SyncResponse::Heads { heads, .. } => self.node.ledger_wants(&heads).map(ranges),
+            SyncResponse::Heads { heads, .. } => self.node.audit().ledger_wants(&heads).map(ranges),
             SyncResponse::Entries {
                 entries, credentials, ..
             } => {
                 let entries: Vec<Vec<u8>> = entries.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
                 self.node
+                    .audit()
                     .ledger_accept(&peer_s, &entries, credentials.as_deref().map(|c| c.as_slice()))
                     .map(|r| {
                         if r.invalid
@@ -326,14 +347,14 @@ impl Replication {
 
     /// Publishes this node's entries written since the last published.
     async fn publish_own(&self) {
-        let head = *self.node.ledger_watch().borrow();
+        let head = *self.node.audit().watch().borrow();
         let own = self.node.identity().ed25519_public();
         loop {
             let published = self.state().published;
             if published >= head {
                 break;
             }
-            let batch = match self.node.ledger_range(&own, published + 1, BATCH) {
+            let batch = match self.node.audit().ledger_range(&own, published + 1, BATCH) {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => break,
                 Err(e) => {
@@ -357,7 +378,7 @@ impl Replication {
     /// Countersigns the feed heads held here, when they changed (or every
     /// [`WITNESS_AGAIN`]), on the gossip topic.
     async fn publish_witness(&self) {
-        let heads = match self.node.ledger_heads() {
+        let heads = match self.node.audit().ledger_heads() {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(cause = %e, "ledger heads not read for a witness");
@@ -372,7 +393,7 @@ impl Replication {
             }
         }
         let mut mine = heads.clone();
-        mine.truncate(super::gossip::MAX_WITNESS_HEADS);
+        mine.truncate(crate::ledger::gossip::MAX_WITNESS_HEADS);
         match make_witness(self.node.identity(), crate::clock::now(), mine) {
             Ok(w) => {
                 self.publish(&GossipMsg::Witness {
@@ -494,11 +515,11 @@ impl Replication {
 
     /// Runs the replication until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut ledger_watch = self.node.ledger_watch();
+        let mut ledger_watch = self.node.audit().watch();
         let mut trust_watch = self.node.trust().watch();
         let mut witness_tick = tokio::time::interval(WITNESS_EVERY);
         let mut ledger_tick = tokio::time::interval(LEDGER_SYNC);
-        let maintenance = Duration::from_secs(self.node.config().network.maintenance_secs);
+        let maintenance = self.maintenance;
         let mut maintenance = tokio::time::interval(maintenance);
         // The first read publishes nothing: what was applied before is known to the members.
         self.reload_revocations().await;

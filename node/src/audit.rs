@@ -1,16 +1,26 @@
-//! The ledger on a node: writing this node's entries, and `medmesh log
-//! tail|show|verify`.
+//! The ledger service ("audit"): writing this node's entries, reading them
+//! for `medmesh log tail|show|verify`, taking peers' entries (replication
+//! and gossip), and notifying this node of accesses to its data.
+//!
+//! [`Audit`] holds the store, the identity that signs, the watch the network
+//! publishes from, and a view of trust (whose entries are kept). The
+//! network side of replication, which asks and answers peers, is
+//! [`replication`].
+
+pub mod replication;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HomeError, Node, rfc3339};
+use crate::clock::rfc3339;
+use crate::identity::Identity;
 use crate::ledger::{self, Event, SignedEntry};
 use crate::store::Author;
+use crate::store::{Store, StoreError};
+use crate::trust::service::{TrustOpError, TrustService};
 
-/// Who does what at a site, as entries name people: by role and site only.
-pub const ADMIN_ROLE: &str = "site-admin";
+pub use crate::ledger::ADMIN_ROLE;
 
 /// An entry as `log tail` and `log show` print it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,24 +120,90 @@ fn view(e: &SignedEntry) -> EntryView {
     }
 }
 
-impl Node {
+/// Errors of the ledger service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Trust could not be read (to judge an author).
+    #[error(transparent)]
+    Trust(#[from] TrustOpError),
+    /// No single entry of that id.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+}
+
+/// The ledger service of a node.
+#[derive(Clone)]
+pub struct Audit<'a> {
+    store: &'a Store,
+    identity: &'a Identity,
+    seq: &'a tokio::sync::watch::Sender<u64>,
+    trust: TrustService<'a>,
+}
+
+impl std::fmt::Debug for Audit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Audit<'a> {
+    /// The service over its handles: the store, the identity that signs,
+    /// the watch of this node's last seq (the network publishes what
+    /// follows what it sent), and a view of trust.
+    #[must_use]
+    pub fn new(
+        store: &'a Store,
+        identity: &'a Identity,
+        seq: &'a tokio::sync::watch::Sender<u64>,
+        trust: TrustService<'a>,
+    ) -> Self {
+        Audit {
+            store,
+            identity,
+            seq,
+            trust,
+        }
+    }
+
+    /// Watches the seq of this node's last ledger entry.
+    #[must_use]
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+}
+
+impl<'a> Audit<'a> {
     /// Appends `event` to this node's feed.
     ///
     /// # Errors
     /// Store errors: the caller's operation fails rather than go unrecorded.
     ///
     /// An action that changes state writes its entry with the change, in the
-    /// same write transaction (see [`Node::author`]); this is for entries
+    /// same write transaction (see [`Audit::author`]); this is for entries
     /// that record what changes no state here (an export, a request sent).
-    pub fn log(&self, event: Event) -> Result<(), HomeError> {
-        Ok(<Self as super::Effects>::log(self, event)?)
+    pub fn log(&self, event: Event) -> Result<(), StoreError> {
+        let kind = event.kind();
+        let e = self
+            .store
+            .ledger_append(self.identity, crate::clock::now(), event)
+            .inspect_err(|err| {
+                if matches!(err, StoreError::OwnFeedBehind { .. }) {
+                    tracing::error!(kind, "ledger entry not written: {err}");
+                }
+            })?;
+        self.logged(std::slice::from_ref(&e));
+        Ok(())
     }
 
     /// Why this node writes no ledger entry now, if it does not: its own
     /// feed is shorter than what a peer holds (see [`StoreError::OwnFeedBehind`](crate::store::StoreError::OwnFeedBehind)).
     #[must_use]
     pub fn own_feed_problem(&self) -> Option<String> {
-        match self.store().ledger_own_behind(&self.identity().ed25519_public()) {
+        match self.store.ledger_own_behind(&self.identity.ed25519_public()) {
             Ok(Some((held, seen))) => Some(crate::store::StoreError::OwnFeedBehind { held, seen }.to_string()),
             Ok(None) => None,
             Err(e) => Some(format!("cannot read the ledger: {e}")),
@@ -138,10 +214,10 @@ impl Node {
     /// (the store's `…_logged` calls, `land_study`, `lock_study`,
     /// `purge_study`): this node, now.
     #[must_use]
-    pub fn author(&self) -> Author<'_> {
+    pub fn author(&self) -> Author<'a> {
         Author {
-            identity: self.identity(),
-            time: super::trust::now(),
+            identity: self.identity,
+            time: crate::clock::now(),
         }
     }
 
@@ -150,7 +226,7 @@ impl Node {
     pub fn logged(&self, entries: &[SignedEntry]) {
         for e in entries {
             tracing::debug!(seq = e.entry.seq, kind = e.entry.event.kind(), "ledger entry written");
-            self.ledger_seq.send_if_modified(|s| {
+            self.seq.send_if_modified(|s| {
                 let newer = e.entry.seq > *s;
                 *s = (*s).max(e.entry.seq);
                 newer
@@ -162,18 +238,18 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn study_commitment(&self, study_uid: &str) -> Result<[u8; 32], HomeError> {
-        let study = self.store().study_ref(study_uid);
-        Ok(self.store().study_commitment(&study, study_uid)?)
+    pub fn study_commitment(&self, study_uid: &str) -> Result<[u8; 32], AuditError> {
+        let study = self.store.study_ref(study_uid);
+        Ok(self.store.study_commitment(&study, study_uid)?)
     }
 
     /// The last `limit` entries this node holds, oldest first (by time, then author and seq).
     ///
     /// # Errors
     /// Store errors; an entry that does not open is skipped here (see `log verify`).
-    pub fn log_tail(&self, limit: usize) -> Result<Vec<EntryView>, HomeError> {
+    pub fn log_tail(&self, limit: usize) -> Result<Vec<EntryView>, AuditError> {
         let mut all: Vec<SignedEntry> = self
-            .store()
+            .store
             .ledger_entries()?
             .into_iter()
             .filter_map(|(_, _, bytes)| ledger::open_entry(&bytes).ok())
@@ -189,18 +265,18 @@ impl Node {
     /// On the node that made its study commitment, the study is resolved.
     ///
     /// # Errors
-    /// [`HomeError::Ledger`] ([`LookupError`]): no single entry of that id.
-    pub fn log_show(&self, id: &str) -> Result<EntryView, HomeError> {
+    /// [`AuditError::Lookup`]: no single entry of that id.
+    pub fn log_show(&self, id: &str) -> Result<EntryView, AuditError> {
         let id = id.trim().to_lowercase();
         let bytes = if id.len() == 64 {
             let key: [u8; 32] = hex::decode(&id)
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| LookupError::NotAnId { id: id.clone() })?;
-            self.store().ledger_entry(&key)?
+            self.store.ledger_entry(&key)?
         } else if id.len() >= 8 {
             let matches: Vec<Vec<u8>> = self
-                .store()
+                .store
                 .ledger_entries()?
                 .into_iter()
                 .map(|(_, _, b)| b)
@@ -223,7 +299,7 @@ impl Node {
             .and_then(|s| hex::decode(s).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
         {
-            v.study_uid = self.store().resolve_commitment(&c)?;
+            v.study_uid = self.store.resolve_commitment(&c)?;
             if v.study_uid.is_some() {
                 tracing::info!(entry = %v.id, "a ledger entry's study commitment resolved");
             }
@@ -236,9 +312,9 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn log_verify(&self) -> Result<VerifyReport, HomeError> {
+    pub fn log_verify(&self) -> Result<VerifyReport, AuditError> {
         let mut feeds: BTreeMap<[u8; 32], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-        for (author, seq, bytes) in self.store().ledger_entries()? {
+        for (author, seq, bytes) in self.store.ledger_entries()? {
             feeds.entry(author).or_default().push((seq, bytes));
         }
         let mut out = Vec::new();
@@ -283,8 +359,8 @@ impl Node {
             });
         }
         // This node's own feed shorter than what its peers hold.
-        let own = self.identity().ed25519_public();
-        if let Some((held, seen)) = self.store().ledger_own_behind(&own)? {
+        let own = self.identity.ed25519_public();
+        if let Some((held, seen)) = self.store.ledger_own_behind(&own)? {
             let problem = format!(
                 "this node's own feed ends at entry {held} here but its peers hold it up to entry {seen}: entries {} to {seen} were lost here (a crash, a restore from backup); no entry is written until they are taken back from peers",
                 held + 1
@@ -292,7 +368,7 @@ impl Node {
             add_problem(&mut out, peer_text(&own), problem);
         }
         // Equivocations: a second entry of a seq, kept as evidence.
-        for (author, seq, bytes) in self.store().ledger_forks()? {
+        for (author, seq, bytes) in self.store.ledger_forks()? {
             let id = hex::encode(blake3::hash(&bytes).as_bytes());
             let peer = peer_text(&author);
             let problem = format!(
@@ -302,14 +378,14 @@ impl Node {
             add_problem(&mut out, peer, problem);
         }
         // Split views: a peer countersigned another entry than the one held here.
-        for (author, seq, _, bytes) in self.store().ledger_splits()? {
+        for (author, seq, _, bytes) in self.store.ledger_splits()? {
             let peer = peer_text(&author);
             let witness = ledger::gossip::open_witness(&bytes).map_or_else(|_| "(unreadable)".into(), |w| w.peer());
             let problem = format!("split view: {witness} countersigned another entry {seq} than the one held here");
             add_problem(&mut out, peer, problem);
         }
         // Countersignatures that agree with the feeds held here.
-        for bytes in self.store().ledger_witnesses()? {
+        for bytes in self.store.ledger_witnesses()? {
             let Ok(w) = ledger::gossip::open_witness(&bytes) else {
                 continue;
             };
@@ -318,7 +394,7 @@ impl Node {
                     continue;
                 };
                 if self
-                    .store()
+                    .store
                     .ledger_id_at(&author, h.seq)?
                     .is_some_and(|id| id.as_slice() == h.id.as_slice())
                 {
@@ -357,7 +433,7 @@ pub struct NotificationView {
     pub read: bool,
 }
 
-/// What [`Node::ledger_accept`] did with a batch of entries from a peer.
+/// What [`Audit::ledger_accept`] did with a batch of entries from a peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptReport {
     /// Stored.
@@ -388,7 +464,7 @@ pub enum Verdict {
     Reject,
 }
 
-/// What [`Node::ledger_gossip`] made of a gossip message.
+/// What [`Audit::ledger_gossip`] made of a gossip message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GossipOutcome {
     /// The verdict.
@@ -426,19 +502,19 @@ type TrustCache = BTreeMap<[u8; 32], bool>;
 /// The trust-table key of a hello learned through the ledger, for an author never met.
 pub(crate) const LEDGER_AUTHOR_PREFIX: &str = "ledger-author/";
 
-impl Node {
+impl Audit<'_> {
     /// Whether entries by `author` (Ed25519 key) are kept here: a peer this
     /// node trusts now (met, bilateral, or learned from relayed credentials).
-    fn author_trusted(&self, author: &[u8; 32], cache: &mut TrustCache) -> Result<bool, HomeError> {
+    fn author_trusted(&self, author: &[u8; 32], cache: &mut TrustCache) -> Result<bool, AuditError> {
         if let Some(t) = cache.get(author) {
             return Ok(*t);
         }
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
-        let state = self.trust().state()?;
+        let state = self.trust.state()?;
         let trusted = match self.author_hello(&state, &peer)? {
-            Some(h) => crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_ok(),
+            Some(h) => crate::trust::hello::evaluate(&state, &peer, &h, crate::clock::now()).is_ok(),
             None => false,
         };
         cache.insert(*author, trusted);
@@ -446,11 +522,11 @@ impl Node {
     }
 
     /// Whether this node holds a hello or record of `author` (met, bilateral or relayed).
-    fn author_known(&self, author: &[u8; 32]) -> Result<bool, HomeError> {
+    fn author_known(&self, author: &[u8; 32]) -> Result<bool, AuditError> {
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(true);
         };
-        let state = self.trust().state()?;
+        let state = self.trust.state()?;
         Ok(self.author_hello(&state, &peer)?.is_some())
     }
 
@@ -461,12 +537,12 @@ impl Node {
         &self,
         state: &crate::trust::TrustState,
         peer: &str,
-    ) -> Result<Option<crate::trust::hello::Hello>, HomeError> {
-        if let Some(h) = crate::trust::hello::peer_hello(self.store(), state, peer)? {
+    ) -> Result<Option<crate::trust::hello::Hello>, AuditError> {
+        if let Some(h) = crate::trust::hello::peer_hello(self.store, state, peer)? {
             return Ok(Some(h));
         }
         Ok(self
-            .store()
+            .store
             .trust_get(&format!("{LEDGER_AUTHOR_PREFIX}{peer}"))?
             .and_then(|bytes| crate::trust::hello::Hello::from_bytes(&bytes).ok()))
     }
@@ -474,18 +550,18 @@ impl Node {
     /// Takes `credentials` (a hello relayed with entries of an author this
     /// node never met) when they are that author's, valid, and trusted
     /// here; they are kept so that later entries need none.
-    fn learn_author(&self, author: &[u8; 32], credentials: &[u8], cache: &mut TrustCache) -> Result<bool, HomeError> {
+    fn learn_author(&self, author: &[u8; 32], credentials: &[u8], cache: &mut TrustCache) -> Result<bool, AuditError> {
         let Ok(peer) = crate::identity::peer_id_of(author) else {
             return Ok(false);
         };
         let Ok(h) = crate::trust::hello::Hello::from_bytes(credentials) else {
             return Ok(false);
         };
-        let state = self.trust().state()?;
-        if crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+        let state = self.trust.state()?;
+        if crate::trust::hello::evaluate(&state, &peer, &h, crate::clock::now()).is_err() {
             return Ok(false);
         }
-        self.store()
+        self.store
             .trust_put(&format!("{LEDGER_AUTHOR_PREFIX}{peer}"), credentials)?;
         cache.insert(*author, true);
         tracing::info!(author = %peer, "ledger author learned from relayed credentials");
@@ -500,21 +576,21 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_credentials(&self, author: &[u8]) -> Result<Option<Vec<u8>>, HomeError> {
+    pub fn ledger_credentials(&self, author: &[u8]) -> Result<Option<Vec<u8>>, AuditError> {
         let Ok(author) = <[u8; 32]>::try_from(author) else {
             return Ok(None);
         };
-        if author == self.identity().ed25519_public() {
+        if author == self.identity.ed25519_public() {
             return Ok(None);
         }
         let Ok(peer) = crate::identity::peer_id_of(&author) else {
             return Ok(None);
         };
-        let state = self.trust().state()?;
+        let state = self.trust.state()?;
         let Some(h) = self.author_hello(&state, &peer)? else {
             return Ok(None);
         };
-        if h.certificates.is_empty() || crate::trust::hello::evaluate(&state, &peer, &h, super::trust::now()).is_err() {
+        if h.certificates.is_empty() || crate::trust::hello::evaluate(&state, &peer, &h, crate::clock::now()).is_err() {
             return Ok(None);
         }
         Ok(h.to_bytes().ok())
@@ -524,9 +600,9 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_heads(&self) -> Result<Vec<ledger::sync::Head>, HomeError> {
+    pub fn ledger_heads(&self) -> Result<Vec<ledger::sync::Head>, AuditError> {
         Ok(self
-            .store()
+            .store
             .ledger_heads()?
             .into_iter()
             .map(|(a, seq, id)| ledger::sync::Head {
@@ -541,13 +617,11 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_range(&self, author: &[u8], from: u64, limit: u64) -> Result<Vec<Vec<u8>>, HomeError> {
+    pub fn ledger_range(&self, author: &[u8], from: u64, limit: u64) -> Result<Vec<Vec<u8>>, AuditError> {
         let Ok(author) = <[u8; 32]>::try_from(author) else {
             return Ok(Vec::new());
         };
-        Ok(self
-            .store()
-            .ledger_range(&author, from, limit.min(ledger::sync::BATCH))?)
+        Ok(self.store.ledger_range(&author, from, limit.min(ledger::sync::BATCH))?)
     }
 
     /// Which ranges to ask a peer for, given its heads: every trusted
@@ -557,14 +631,9 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_wants(&self, heads: &[ledger::sync::Head]) -> Result<Vec<(Vec<u8>, u64, u64)>, HomeError> {
-        let own = self.identity().ed25519_public();
-        let mine: BTreeMap<[u8; 32], u64> = self
-            .store()
-            .ledger_heads()?
-            .into_iter()
-            .map(|(a, s, _)| (a, s))
-            .collect();
+    pub fn ledger_wants(&self, heads: &[ledger::sync::Head]) -> Result<Vec<(Vec<u8>, u64, u64)>, AuditError> {
+        let own = self.identity.ed25519_public();
+        let mine: BTreeMap<[u8; 32], u64> = self.store.ledger_heads()?.into_iter().map(|(a, s, _)| (a, s)).collect();
         let mut cache = TrustCache::new();
         let mut out = Vec::new();
         for h in heads {
@@ -574,7 +643,7 @@ impl Node {
             let held = mine.get(&author).copied().unwrap_or(0);
             if h.seq <= held {
                 let differs = self
-                    .store()
+                    .store
                     .ledger_id_at(&author, h.seq)?
                     .is_some_and(|id| id.as_slice() != h.id.as_slice());
                 if differs && (author == own || self.author_trusted(&author, &mut cache)?) {
@@ -616,7 +685,7 @@ impl Node {
         from: &str,
         entries: &[Vec<u8>],
         credentials: Option<&[u8]>,
-    ) -> Result<AcceptReport, HomeError> {
+    ) -> Result<AcceptReport, AuditError> {
         let mut r = AcceptReport::default();
         let mut cache = TrustCache::new();
         let mut last: Option<([u8; 32], u64)> = None;
@@ -674,14 +743,14 @@ impl Node {
     }
 
     /// Judges a message of the ledger's gossip topic sent by `from`: a new
-    /// entry is taken as [`Node::ledger_accept`] would; a witness is kept,
+    /// entry is taken as [`Audit::ledger_accept`] would; a witness is kept,
     /// and every head it names that differs from the entry held here is
     /// kept as evidence of a split view and raised as an alert.
     ///
     /// # Errors
     /// Store errors.
-    pub fn ledger_gossip(&self, from: &str, data: &[u8]) -> Result<GossipOutcome, HomeError> {
-        let reject = |node: &Self, why: String| -> Result<GossipOutcome, HomeError> {
+    pub fn ledger_gossip(&self, from: &str, data: &[u8]) -> Result<GossipOutcome, AuditError> {
+        let reject = |node: &Self, why: String| -> Result<GossipOutcome, AuditError> {
             node.refused(from, 0, &why)?;
             Ok(GossipOutcome {
                 verdict: Verdict::Reject,
@@ -719,7 +788,7 @@ impl Node {
                     Ok(w) => w,
                     Err(why) => return reject(self, format!("witness from {from}: {why}")),
                 };
-                let own = self.identity().ed25519_public();
+                let own = self.identity.ed25519_public();
                 if w.key() == own || !self.author_trusted(&w.key(), &mut cache)? {
                     return Ok(GossipOutcome {
                         verdict: Verdict::Ignore,
@@ -734,9 +803,10 @@ impl Node {
             }
             // Judged on its admin signatures, not on the peer that sent it (home/trust.rs).
             ledger::gossip::GossipMsg::Revocation { revocation, .. } => Ok(GossipOutcome {
-                verdict: match self.trust().revocation_from_peer(from, &revocation)? {
-                    super::trust::RevocationTaken::Applied(_) | super::trust::RevocationTaken::Known => Verdict::Accept,
-                    super::trust::RevocationTaken::Refused(_) => Verdict::Reject,
+                verdict: match self.trust.revocation_from_peer(from, &revocation)? {
+                    crate::trust::service::RevocationTaken::Applied(_)
+                    | crate::trust::service::RevocationTaken::Known => Verdict::Accept,
+                    crate::trust::service::RevocationTaken::Refused(_) => Verdict::Reject,
                     _ => Verdict::Ignore,
                 },
                 follow: Vec::new(),
@@ -751,28 +821,23 @@ impl Node {
         &self,
         w: &ledger::gossip::SignedWitness,
         cache: &mut TrustCache,
-    ) -> Result<Vec<(Vec<u8>, u64, u64)>, HomeError> {
-        self.store().ledger_witness_put(w)?;
-        let own = self.identity().ed25519_public();
-        let heads: BTreeMap<[u8; 32], u64> = self
-            .store()
-            .ledger_heads()?
-            .into_iter()
-            .map(|(a, s, _)| (a, s))
-            .collect();
+    ) -> Result<Vec<(Vec<u8>, u64, u64)>, AuditError> {
+        self.store.ledger_witness_put(w)?;
+        let own = self.identity.ed25519_public();
+        let heads: BTreeMap<[u8; 32], u64> = self.store.ledger_heads()?.into_iter().map(|(a, s, _)| (a, s)).collect();
         let mut follow = Vec::new();
         for h in &w.witness.heads {
             let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
                 continue;
             };
             let held = heads.get(&author).copied().unwrap_or(0);
-            match self.store().ledger_id_at(&author, h.seq)? {
+            match self.store.ledger_id_at(&author, h.seq)? {
                 Some(id) if id.as_slice() != h.id.as_slice() => {
                     if author != own && !self.author_trusted(&author, cache)? {
                         continue;
                     }
                     let peer = peer_text(&author);
-                    if self.store().ledger_split_put(&author, h.seq, w)? {
+                    if self.store.ledger_split_put(&author, h.seq, w)? {
                         let what = if author == own {
                             format!(
                                 "{} holds another entry {} of this node's own feed (restored from an old backup?)",
@@ -816,7 +881,7 @@ impl Node {
         bytes: &[u8],
         credentials: Option<&[u8]>,
         cache: &mut TrustCache,
-    ) -> Result<(Taken, Option<SignedEntry>), HomeError> {
+    ) -> Result<(Taken, Option<SignedEntry>), AuditError> {
         let e = match ledger::open_entry(bytes) {
             Ok(e) => e,
             Err(err) => {
@@ -826,9 +891,9 @@ impl Node {
             }
         };
         let author = author_key(&e);
-        let own = self.identity().ed25519_public();
+        let own = self.identity.ed25519_public();
         if author == own {
-            return match self.store().ledger_id_at(&own, e.entry.seq)? {
+            return match self.store.ledger_id_at(&own, e.entry.seq)? {
                 Some(id) if id != e.id => {
                     let what = format!(
                         "{from} sent another entry {} of this node's own feed (restored from an old backup?)",
@@ -853,7 +918,7 @@ impl Node {
                 Some(e),
             ));
         }
-        let taken = match self.store().ledger_insert_foreign(&e)? {
+        let taken = match self.store.ledger_insert_foreign(&e)? {
             crate::store::Inserted::Added => {
                 self.notify_if_ours(&e)?;
                 Taken::Added
@@ -869,7 +934,7 @@ impl Node {
                 Taken::Fork
             }
             crate::store::Inserted::Gap => {
-                let held = self.store().ledger_heads_of(&author)?.map_or(0, |(s, _)| s);
+                let held = self.store.ledger_heads_of(&author)?.map_or(0, |(s, _)| s);
                 Taken::Gap(held)
             }
             crate::store::Inserted::Broken => {
@@ -891,25 +956,21 @@ impl Node {
     /// `from`: lost here (a crash, a restore from backup). Appending stops
     /// until the feed is whole again; the entry is taken back when it is the
     /// next one (it verifies: this node signed it).
-    fn take_own_back(&self, from: &str, e: SignedEntry) -> Result<(Taken, Option<SignedEntry>), HomeError> {
+    fn take_own_back(&self, from: &str, e: SignedEntry) -> Result<(Taken, Option<SignedEntry>), AuditError> {
         self.own_feed_seen(e.entry.seq, from)?;
-        let taken = match self.store().ledger_insert_foreign(&e)? {
+        let taken = match self.store.ledger_insert_foreign(&e)? {
             crate::store::Inserted::Added => {
                 tracing::warn!(
                     seq = e.entry.seq,
                     from,
                     "an entry of this node's own feed, lost here, taken back from a peer"
                 );
-                if self
-                    .store()
-                    .ledger_own_behind(&self.identity().ed25519_public())?
-                    .is_none()
-                {
+                if self.store.ledger_own_behind(&self.identity.ed25519_public())?.is_none() {
                     tracing::info!(
                         seq = e.entry.seq,
                         "this node's own feed is whole again: appending resumes"
                     );
-                    self.ledger_seq.send_if_modified(|s| {
+                    self.seq.send_if_modified(|s| {
                         let newer = e.entry.seq > *s;
                         *s = (*s).max(e.entry.seq);
                         newer
@@ -921,8 +982,8 @@ impl Node {
             crate::store::Inserted::ForkKnown => Taken::ForkKnown,
             crate::store::Inserted::Gap => {
                 let held = self
-                    .store()
-                    .ledger_heads_of(&self.identity().ed25519_public())?
+                    .store
+                    .ledger_heads_of(&self.identity.ed25519_public())?
                     .map_or(0, |(s, _)| s);
                 Taken::Gap(held)
             }
@@ -942,10 +1003,10 @@ impl Node {
     /// Records that a peer (`source`) holds this node's own feed up to
     /// `seq` (it sent an entry of it, signed by this node); says so once in
     /// the log when the feed held here is shorter.
-    fn own_feed_seen(&self, seq: u64, source: &str) -> Result<(), HomeError> {
-        let own = self.identity().ed25519_public();
-        let before = self.store().ledger_own_behind(&own)?;
-        if let Some((held, seen)) = self.store().ledger_own_seen(&own, seq)?
+    fn own_feed_seen(&self, seq: u64, source: &str) -> Result<(), AuditError> {
+        let own = self.identity.ed25519_public();
+        let before = self.store.ledger_own_behind(&own)?;
+        if let Some((held, seen)) = self.store.ledger_own_seen(&own, seq)?
             && before.is_none_or(|(_, s)| s < seen)
         {
             tracing::error!(
@@ -960,7 +1021,7 @@ impl Node {
 
     /// Logs and alerts (at most once an hour per author) the equivocation
     /// `what` of the author of `e`, relayed by `from`.
-    fn equivocation(&self, e: &SignedEntry, from: &str, what: &str, author: &[u8; 32]) -> Result<(), HomeError> {
+    fn equivocation(&self, e: &SignedEntry, from: &str, what: &str, author: &[u8; 32]) -> Result<(), AuditError> {
         tracing::error!(author = %e.author_peer(), seq = e.entry.seq, from, "{what}");
         self.alert(
             "alert-equivocation",
@@ -974,19 +1035,19 @@ impl Node {
     /// Raises `alert-refused-entry` naming `from`, the peer that sent an
     /// invalid entry or message: at most one per peer and hour, so a faulty
     /// peer cannot flood the notifications (every refusal is logged).
-    fn refused(&self, from: &str, seq: u64, why: &str) -> Result<(), HomeError> {
-        let hour = super::trust::now().div_euclid(3600);
+    fn refused(&self, from: &str, seq: u64, why: &str) -> Result<(), AuditError> {
+        let hour = crate::clock::now().div_euclid(3600);
         let evidence = format!("{from}/{hour}");
         self.alert("alert-refused-entry", from, seq, why, evidence.as_bytes())
     }
 
     /// Raises an alert: a notification row of `kind` (`alert-…`) naming
     /// `peer`, recorded once per `evidence` (its BLAKE3 names the row).
-    fn alert(&self, kind: &str, peer: &str, seq: u64, what: &str, evidence: &[u8]) -> Result<(), HomeError> {
+    fn alert(&self, kind: &str, peer: &str, seq: u64, what: &str, evidence: &[u8]) -> Result<(), AuditError> {
         let mut h = blake3::Hasher::new();
         h.update(kind.as_bytes());
         h.update(evidence);
-        let t = super::trust::now();
+        let t = crate::clock::now();
         let row = crate::store::NotificationRow {
             v: 1,
             author: peer.to_string(),
@@ -998,7 +1059,7 @@ impl Node {
             read: false,
         };
         tracing::debug!(kind, peer, detail = %what, "alert recorded");
-        self.store().notification_put(h.finalize().as_bytes(), &row)?;
+        self.store.notification_put(h.finalize().as_bytes(), &row)?;
         Ok(())
     }
 }
@@ -1007,7 +1068,7 @@ impl Node {
 /// (every piece of evidence is logged; notifications are not flooded).
 fn hourly(author: &[u8; 32]) -> Vec<u8> {
     let mut key = author.to_vec();
-    key.extend_from_slice(&super::trust::now().div_euclid(3600).to_be_bytes());
+    key.extend_from_slice(&crate::clock::now().div_euclid(3600).to_be_bytes());
     key
 }
 
@@ -1050,18 +1111,18 @@ fn author_key(e: &SignedEntry) -> [u8; 32] {
     k
 }
 
-impl Node {
+impl Audit<'_> {
     /// Records a notification when an entry of another node names a study
     /// whose commitment this node made (its study was requested, granted,
     /// sent, received or opened elsewhere).
-    fn notify_if_ours(&self, e: &SignedEntry) -> Result<(), HomeError> {
+    fn notify_if_ours(&self, e: &SignedEntry) -> Result<(), AuditError> {
         let Some(study) = e.entry.event.study() else {
             return Ok(());
         };
         let Some(c) = hex::decode(study).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
             return Ok(());
         };
-        if self.store().resolve_commitment(&c)?.is_none() {
+        if self.store.resolve_commitment(&c)?.is_none() {
             return Ok(());
         }
         let row = crate::store::NotificationRow {
@@ -1071,10 +1132,10 @@ impl Node {
             kind: e.entry.event.kind().to_string(),
             time: e.entry.time,
             study: study.to_string(),
-            noted: super::trust::now(),
+            noted: crate::clock::now(),
             read: false,
         };
-        self.store().notification_put(&e.id, &row)?;
+        self.store.notification_put(&e.id, &row)?;
         tracing::info!(author = %row.author, kind = %row.kind, "notification: an entry of another site concerns a study of this one");
         Ok(())
     }
@@ -1084,13 +1145,13 @@ impl Node {
     ///
     /// # Errors
     /// Store errors.
-    pub fn notifications(&self, unread_only: bool) -> Result<Vec<NotificationView>, HomeError> {
+    pub fn notifications(&self, unread_only: bool) -> Result<Vec<NotificationView>, AuditError> {
         let mut out = Vec::new();
-        for (id, r) in self.store().notifications_take(unread_only)? {
+        for (id, r) in self.store.notifications_take(unread_only)? {
             let study_uid = hex::decode(&r.study)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(|c| self.store().resolve_commitment(&c))
+                .map(|c| self.store.resolve_commitment(&c))
                 .transpose()?
                 .flatten()
                 .unwrap_or_else(|| {
