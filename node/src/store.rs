@@ -67,11 +67,13 @@ use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
 
+mod files;
 mod ledger;
 mod notify;
 mod purge;
 mod relink;
 mod transfers;
+pub use files::{FileError, OutgoingStaging, SealedFile};
 pub use ledger::{Author, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
