@@ -67,11 +67,13 @@ use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
 
+mod files;
 mod ledger;
 mod notify;
 mod purge;
 mod relink;
 mod transfers;
+pub use files::{FileError, OutgoingStaging, SealedFile};
 pub use ledger::{Author, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
@@ -734,7 +736,7 @@ impl Store {
 
     /// The path of a blob.
     #[must_use]
-    pub fn blob_path(&self, address: &[u8; 32]) -> PathBuf {
+    pub(crate) fn blob_path(&self, address: &[u8; 32]) -> PathBuf {
         let hex = hex::encode(address);
         self.blobs.join(&hex[..2]).join(&hex)
     }
@@ -743,7 +745,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::BlobIo`] if the OS RNG fails.
-    pub fn tmp_path(&self) -> Result<PathBuf, StoreError> {
+    pub(crate) fn tmp_path(&self) -> Result<PathBuf, StoreError> {
         let mut name = [0u8; 16];
         getrandom::fill(&mut name).map_err(|e| blob_io(&self.blobs, io::Error::other(e.to_string())))?;
         Ok(self.blobs.join("tmp").join(hex::encode(name)))

@@ -498,7 +498,7 @@ fn run_round(
             if result.is_err() {
                 // Drain so the workers finish; discard their staged files.
                 if let Work::Staged { staged, .. } = work {
-                    let _ = std::fs::remove_file(&staged.tmp);
+                    shared.store.discard_tmp(&staged.tmp);
                 }
                 continue;
             }
@@ -618,7 +618,7 @@ fn commit(
     let tmp_files: Vec<PathBuf> = batch.objects.iter().map(|o| o.tmp.clone()).collect();
     if let Err(e) = store.commit_batch(batch.objects, study_updates) {
         for t in tmp_files {
-            let _ = std::fs::remove_file(t);
+            store.discard_tmp(&t);
         }
         return Err(e.into());
     }

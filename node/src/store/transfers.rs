@@ -97,14 +97,14 @@ impl super::Store {
 
     /// The folder receiving the objects of transfer `id`.
     #[must_use]
-    pub fn incoming_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn incoming_dir(&self, id: &[u8; 16]) -> PathBuf {
         self.blobs.join("incoming").join(hex::encode(id))
     }
 
     /// The folder holding the de-identified objects of outgoing transfer
     /// `id`, sealed under its preparation key, until it ends.
     #[must_use]
-    pub fn outgoing_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn outgoing_dir(&self, id: &[u8; 16]) -> PathBuf {
         self.blobs.join("outgoing").join(hex::encode(id))
     }
 

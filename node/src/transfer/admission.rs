@@ -122,8 +122,7 @@ impl Transfers<'_> {
             let Ok(id) = super::parse_id(&r.id) else {
                 continue;
             };
-            let dir = self.store.incoming_dir(&id);
-            let last = r.updated.max(newest_mtime(&dir).unwrap_or(0));
+            let last = r.updated.max(self.store.incoming_modified(&id).unwrap_or(0));
             if now.saturating_sub(last) < timeout {
                 continue;
             }
@@ -131,24 +130,12 @@ impl Transfers<'_> {
             self.fail_transfer(&id, &why)?;
             self.store.clear_chunks(&id)?;
             self.store.transfer_docs_remove(&id)?;
-            if dir.exists()
-                && let Err(e) = std::fs::remove_dir_all(&dir)
-            {
-                tracing::warn!(transfer = %r.id, cause = %e, "cannot remove the parts of a stale transfer");
+            if let Err(e) = self.store.remove_incoming(&id) {
+                tracing::warn!(transfer = %r.id, cause = %e.source, "cannot remove the parts of a stale transfer");
             }
             tracing::warn!(transfer = %r.id, peer = %r.peer, "incoming transfer failed as stale; its parts deleted");
             n += 1;
         }
         Ok(n)
     }
-}
-
-/// The latest modification time (Unix seconds) of a file in `dir` (one level down too).
-fn newest_mtime(dir: &std::path::Path) -> Option<i64> {
-    crate::fsutil::walk(dir, Some(2))
-        .flatten()
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .max()
 }

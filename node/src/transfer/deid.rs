@@ -151,8 +151,10 @@ impl Transfers<'_> {
         let idh = hex::encode(id);
         let profile = self.host.deid().profile(grant.level, &[])?;
         let keys = self.host.deid().keys(grant.level)?;
-        let dir = self.store().outgoing_dir(id);
-        crate::fsutil::create_private_dir(&dir).map_err(|cause| super::io_err(&idh, &dir, cause))?;
+        let staging = self
+            .store()
+            .outgoing_staging(id)
+            .map_err(|e| super::io_err(&idh, &e.path, e.source))?;
         let prep_key = DataKey::try_generate().map_err(|e| TransferError::Deid {
             what: None,
             cause: e.into(),
@@ -180,8 +182,9 @@ impl Transfers<'_> {
             masked_any |= info.masked;
             let parsed = crate::dicom::parse_and_validate(&output).map_err(|e| fail(format!("the output: {e}")))?;
             let after = *blake3::hash(&output).as_bytes();
-            let path = dir.join(object.to_string());
-            let f = std::fs::File::create(&path).map_err(|cause| super::io_err(&idh, &path, cause))?;
+            let f = staging
+                .create(object)
+                .map_err(|e| super::io_err(&idh, &e.path, e.source))?;
             medmesh_seal::seal_stream_unhashed(
                 &prep_key,
                 object,
@@ -239,7 +242,7 @@ impl Transfers<'_> {
                     .insert(info.study_uid.1.clone(), info.study_uid.0.clone());
             }
         }
-        let _ = crate::fsutil::sync_dir(&dir);
+        let _ = staging.sync();
         self.store().relink_merge(&relink)?;
         let study = study.ok_or_else(|| damaged(&idh, "no object to send"))?;
         let attestation = Attestation {

@@ -928,15 +928,11 @@ fn produce_inner(
     let mut sealer = Sealer::new(&plan.key, header);
     let cs = u64::from(plan.manifest.chunk_size);
     let mut reader: Box<dyn Read + Send> = match plan.sources.get(object as usize) {
-        Some(Source::Blob {
-            address,
-            path: file_path,
-            key,
-        }) => {
+        Some(Source::Blob { address, file, key }) => {
             let path = format!("blob {}", hex::encode(&address[..8]));
-            let file = std::fs::File::open(file_path).map_err(|cause| ProduceError::Read {
+            let file = file.open().map_err(|e| ProduceError::Read {
                 what: path.clone(),
-                cause,
+                cause: e.source,
             })?;
             let mut r = OpenReader::new(key, BufReader::with_capacity(512 * 1024, file)).map_err(|cause| {
                 ProduceError::Open {

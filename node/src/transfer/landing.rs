@@ -103,7 +103,6 @@ impl Transfers<'_> {
         landed_uid: &str,
     ) -> Result<(Vec<LandedObject>, StudyRow, Option<[u8; 32]>), TransferError> {
         let idh = &rec.id;
-        let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
         let identifiable = grant.level == DeidLevel::Identifiable;
         if index.instances.len() != last
@@ -128,7 +127,6 @@ impl Transfers<'_> {
             if m.blake3 != o.blake3 || (identifiable && !grant.series.contains(&m.series_uid)) {
                 return Err(damaged(idh, format!("the study index does not describe object {i}")));
             }
-            let path = dir.join(i.to_string());
             // The object itself must say it is of the granted study (and be
             // the instance the index names): a holder cannot slip another
             // study's object in under this grant.
@@ -148,13 +146,13 @@ impl Transfers<'_> {
             let address = self.store().blob_address(&hash);
             if !seen.insert(address) {
                 // The same bytes twice: stored once.
-                let _ = std::fs::remove_file(&path);
+                let _ = self.store().remove_incoming_part(&a.id, i);
                 continue;
             }
             total += o.size;
             objects.push(LandedObject {
                 address,
-                file: path,
+                file: self.store().incoming_part_path(&a.id, i),
                 row: InstanceRow {
                     v: ROW_VERSION,
                     blob: address.to_vec(),
@@ -197,9 +195,8 @@ impl Transfers<'_> {
 
     /// The study index object of a received transfer (the last object).
     pub(super) fn read_index(&self, a: &Accepted, idh: &str) -> Result<StudyIndex, TransferError> {
-        let dir = self.store().incoming_dir(&a.id);
         let last = a.manifest.objects.len() - 1;
-        let index_path = dir.join(last.to_string());
+        let index_path = self.store().incoming_part_path(&a.id, last);
         let file = self.store().read_incoming_part(&a.id, last)?;
         let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
         let mut bytes = Zeroizing::new(Vec::new());

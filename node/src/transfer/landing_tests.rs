@@ -98,8 +98,8 @@ fn plaintexts(plan: &SendPlan) -> Vec<Vec<u8>> {
     plan.sources
         .iter()
         .map(|s| match s {
-            Source::Blob { path, key, .. } => {
-                let mut r = medmesh_seal::OpenReader::new(key, File::open(path).unwrap()).unwrap();
+            Source::Blob { file, key, .. } => {
+                let mut r = medmesh_seal::OpenReader::new(key, file.open().unwrap()).unwrap();
                 let mut v = Vec::new();
                 r.read_to_end(&mut v).unwrap();
                 v

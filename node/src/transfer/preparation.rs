@@ -28,8 +28,8 @@ pub enum Source {
     Blob {
         /// The blob address.
         address: [u8; 32],
-        /// The blob file.
-        path: PathBuf,
+        /// The sealed file: the blob, or its de-identified copy.
+        file: crate::store::SealedFile,
         /// The study's data key.
         key: DataKey,
     },
@@ -278,12 +278,12 @@ impl Transfers<'_> {
             sources.push(match prep {
                 Some(k) => Source::Blob {
                     address,
-                    path: self.store().outgoing_dir(id).join(i.to_string()),
+                    file: self.store().outgoing_file(id, i),
                     key: k.clone(),
                 },
                 None => Source::Blob {
                     address,
-                    path: self.store().blob_path(&address),
+                    file: self.store().blob_file(&address),
                     key: study_key.clone(),
                 },
             });

@@ -279,11 +279,8 @@ impl Transfers<'_> {
     pub(super) fn discard_incoming(&self, id: &TransferId) -> Result<(), TransferError> {
         self.store().transfer_docs_remove(id)?;
         self.store().clear_chunks(id)?;
-        let incoming = self.store().incoming_dir(id);
-        if incoming.exists()
-            && let Err(e) = std::fs::remove_dir_all(&incoming)
-        {
-            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the objects received so far");
+        if let Err(e) = self.store().remove_incoming(id) {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e.source, "cannot remove the objects received so far");
         }
         Ok(())
     }
@@ -356,11 +353,8 @@ impl Transfers<'_> {
         self.store().transfer_docs_remove(id)?;
         self.store().clear_chunks(id)?;
         self.remove_outgoing(id);
-        let incoming = self.store().incoming_dir(id);
-        if incoming.exists()
-            && let Err(e) = std::fs::remove_dir_all(&incoming)
-        {
-            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the objects received so far");
+        if let Err(e) = self.store().remove_incoming(id) {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e.source, "cannot remove the objects received so far");
         }
         Ok(())
     }
@@ -368,11 +362,8 @@ impl Transfers<'_> {
     /// Deletes the de-identified copies of an outgoing transfer that ended
     /// (they are sealed; their key is in the transfer's documents).
     pub(super) fn remove_outgoing(&self, id: &TransferId) {
-        let dir = self.store().outgoing_dir(id);
-        if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!(transfer = %hex::encode(id), cause = %e, "cannot remove the de-identified copies");
+        if let Err(e) = self.store().remove_outgoing(id) {
+            tracing::warn!(transfer = %hex::encode(id), cause = %e.source, "cannot remove the de-identified copies");
         }
     }
 

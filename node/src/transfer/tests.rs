@@ -310,10 +310,10 @@ fn chunks_are_verified_before_they_are_written() {
         plaintext_len: o.size,
         salt: key32(&o.salt).unwrap(),
     };
-    let Source::Blob { path, key, .. } = &plan.sources[0] else {
+    let Source::Blob { file, key, .. } = &plan.sources[0] else {
         panic!("object 0 is a blob")
     };
-    let mut reader = medmesh_seal::OpenReader::new(key, File::open(path).unwrap()).unwrap();
+    let mut reader = medmesh_seal::OpenReader::new(key, file.open().unwrap()).unwrap();
     let mut plain = Vec::new();
     reader.read_to_end(&mut plain).unwrap();
     let seal = |key: &DataKey, index: u64| {
