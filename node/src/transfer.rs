@@ -85,8 +85,7 @@ const MAX_RECORD: usize = 1024 * 1024;
 /// Bytes received between two durable progress records, per object.
 const SYNC_EVERY: u64 = 8 * 1024 * 1024;
 
-/// A transfer id.
-pub type TransferId = [u8; 16];
+pub use crate::ids::{ParseIdError, RequestId, TransferId};
 
 /// Errors of transfers.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +95,8 @@ pub enum TransferError {
     #[error("no transfer {0} at this node")]
     Unknown(String),
     /// The id is not 32 hex digits.
-    #[error("transfer id {0:?}: expected 32 hex digits")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] ParseIdError),
     /// The operation does not fit the transfer's state.
     #[error("transfer {id}: {reason}")]
     State {
@@ -274,14 +273,11 @@ impl<'n> Transfers<'n> {
 /// # Errors
 /// [`TransferError::BadId`].
 pub fn parse_id(s: &str) -> Result<TransferId, TransferError> {
-    let bytes = hex::decode(s.trim()).map_err(|_| TransferError::BadId(s.to_string()))?;
-    <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| TransferError::BadId(s.to_string()))
+    Ok(s.parse()?)
 }
 
 fn new_id() -> Result<TransferId, TransferError> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))?;
-    Ok(id)
+    TransferId::random().map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))
 }
 
 fn reason(code: impl Into<String>, text: impl Into<String>) -> Reason {
@@ -379,7 +375,7 @@ fn damaged(id: &str, reason: impl Into<String>) -> TransferError {
 
 /// The transfer key: BLAKE3 `derive_key` over the X25519 shared secret, both
 /// public keys and the transfer id.
-fn transfer_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], id: &TransferId) -> DataKey {
+fn transfer_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], id: &[u8; 16]) -> DataKey {
     let mut material = Zeroizing::new([0u8; 32 * 3 + 16]);
     material[..32].copy_from_slice(shared);
     material[32..64].copy_from_slice(ephemeral);

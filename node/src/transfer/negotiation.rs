@@ -366,7 +366,7 @@ impl Transfers<'_> {
             AnswerBody::Denied { transfer_id, reasons } => (
                 transfer_id
                     .clone()
-                    .unwrap_or_else(|| hex::encode(new_id().unwrap_or_default())),
+                    .unwrap_or_else(|| hex::encode(new_id().unwrap_or(TransferId::from_bytes([0; 16])))),
                 State::Denied,
                 reasons.clone(),
                 Vec::new(),
