@@ -277,11 +277,11 @@ impl retention::TransferRecords for Node {
         let mut n = 0;
         for rec in self.transfers().transfer_records()? {
             let named = (!rec.study_uid.is_empty() && self.store.study_ref(&rec.study_uid) == *study)
-                || grant_transfer == Some(&rec.id);
+                || grant_transfer == Some(rec.id.to_string().as_str());
             if !named {
                 continue;
             }
-            let id = crate::transfer::parse_id(&rec.id)?;
+            let id = rec.id;
             self.transfers().scrub_transfer(&id)?;
             n += 1;
         }

@@ -93,7 +93,7 @@ pub use crate::ids::{ParseIdError, RequestId, TransferId};
 pub enum TransferError {
     /// No transfer with that id.
     #[error("no transfer {0} at this node")]
-    Unknown(String),
+    Unknown(TransferId),
     /// The id is not 32 hex digits.
     #[error(transparent)]
     BadId(#[from] ParseIdError),
@@ -366,7 +366,7 @@ fn deid_failed(what: String, cause: impl Into<Box<dyn std::error::Error + Send +
     }
 }
 
-fn damaged(id: &str, reason: impl Into<String>) -> TransferError {
+fn damaged(id: &(impl std::fmt::Display + ?Sized), reason: impl Into<String>) -> TransferError {
     TransferError::Damaged {
         id: id.to_string(),
         reason: reason.into(),
@@ -388,7 +388,7 @@ fn key32(v: &[u8]) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(v).ok()
 }
 
-fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferError {
+fn io_err(id: &(impl std::fmt::Display + ?Sized), path: &std::path::Path, cause: std::io::Error) -> TransferError {
     TransferError::Io {
         id: id.to_string(),
         path: path.display().to_string(),
@@ -396,7 +396,7 @@ fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferEr
     }
 }
 
-fn random32(id: &str) -> Result<[u8; 32], TransferError> {
+fn random32(id: &(impl std::fmt::Display + ?Sized)) -> Result<[u8; 32], TransferError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| damaged(id, format!("random: {e}")))?;
     Ok(b)

@@ -121,9 +121,7 @@ impl Node {
             if r.direction != Direction::Incoming || !matches!(r.state, State::Granted | State::Streaming) {
                 continue;
             }
-            let Ok(id) = super::parse_id(&r.id) else {
-                continue;
-            };
+            let id = r.id;
             let dir = self.store().incoming_dir(&id);
             let last = r.updated.max(newest_mtime(&dir).unwrap_or(0));
             if now.saturating_sub(last) < timeout {

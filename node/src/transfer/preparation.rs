@@ -72,7 +72,7 @@ impl Transfers<'_> {
                 return Ok(None);
             }
         };
-        let idh = rec.id.clone();
+        let idh = rec.id.to_string();
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
         let study = self.store().study_ref(&rec.study_uid);
@@ -298,7 +298,7 @@ impl Transfers<'_> {
     /// A damaged record or document, store errors.
     pub fn send_plan(&self, id: &TransferId) -> Result<SendPlan, TransferError> {
         let rec = self.transfer(id)?;
-        let idh = rec.id.clone();
+        let idh = rec.id.to_string();
         let doc = |kind| -> Result<Vec<u8>, TransferError> {
             self.store()
                 .transfer_doc(id, kind)?

@@ -559,7 +559,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
         .into_iter()
         .find(|r| r.study_uid == STUDY && r.state == State::Granted)
         .unwrap();
-    let id = parse_id(&rec.id).unwrap();
+    let id = parse_id(&rec.id.to_string()).unwrap();
     w.holder.transfers().prepare(&id).unwrap();
     let plan = w.holder.transfers().send_plan(&id).unwrap();
     let original = blake3::hash(&std::fs::read(corpus(CT)).unwrap());
