@@ -974,7 +974,10 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
         .into_iter()
         .find(|e| e.kind == "transfer-granted")
         .unwrap();
-    assert_eq!(h.log_show(&granted.id).unwrap().study_uid.as_deref(), Some(STUDY));
+    assert_eq!(
+        h.log_show(&granted.id.to_string()).unwrap().study_uid.as_deref(),
+        Some(STUDY)
+    );
     let commitment = granted.event.study().unwrap().to_string();
     let files_before = h.store().check(false).unwrap().blob_files;
     assert!(files_before > 0);
@@ -1019,8 +1022,8 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
         }
     );
     assert!(h.log_verify().unwrap().ok);
-    assert_eq!(h.log_show(&granted.id).unwrap().study_uid, None);
-    assert_eq!(h.log_show(&purged.id).unwrap().study_uid, None);
+    assert_eq!(h.log_show(&granted.id.to_string()).unwrap().study_uid, None);
+    assert_eq!(h.log_show(&purged.id.to_string()).unwrap().study_uid, None);
     // A peer that takes the holder's feed verifies it too.
     let author = h.identity().ed25519_public();
     let feed = h.ledger_range(&author, 1, 1000).unwrap();
