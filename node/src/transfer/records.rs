@@ -467,7 +467,7 @@ impl Transfers<'_> {
             done_objects = l.done_objects;
         }
         Ok(TransferView {
-            id: rec.id.clone(),
+            id: rec.id,
             direction: rec.direction,
             initiated: rec.initiated,
             state: rec.state,
@@ -520,7 +520,7 @@ mod id_tests {
     /// byte for byte; and such a record decodes.
     #[test]
     fn a_record_encodes_its_transfer_id_as_the_hex_text_it_held() {
-        let bytes: [u8; 16] = core::array::from_fn(|i| 0xf0 ^ i as u8);
+        let bytes: [u8; 16] = *b"a transfer id 16";
         let rec = TransferRecord::new(
             TransferId::from(bytes),
             Direction::Outgoing,
