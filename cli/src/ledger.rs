@@ -72,7 +72,7 @@ fn line(e: &EntryView) -> String {
         e.seq,
         e.kind,
         what,
-        &e.id[..12]
+        &e.id.to_string()[..12]
     )
 }
 
@@ -85,7 +85,7 @@ pub(crate) fn run(cmd: LogCommand) -> Result<ExitCode> {
             loop {
                 let limit = if follow && !seen.is_empty() { 1000 } else { limit };
                 for e in node.call::<LogTail>(LogTailRequest { limit })? {
-                    if seen.insert(e.id.clone()) {
+                    if seen.insert(e.id) {
                         out.emit("entry", &e, || line(&e))?;
                     }
                 }

@@ -151,7 +151,7 @@ fn render_list(items: &[TransferView]) -> String {
     ]);
     for v in items {
         t.row(vec![
-            v.id.clone(),
+            v.id.to_string(),
             direction(v.direction).into(),
             v.state.as_str().into(),
             short_peer(&v.peer),
@@ -333,7 +333,7 @@ pub(crate) fn request(args: AskArgs, share: bool) -> Result<ExitCode> {
     if !session.is_remote() {
         anyhow::bail!("--wait needs this home's node to be running (`medmesh run`): it streams the study");
     }
-    let last = follow(&session, &out, &view.id, Duration::from_secs(args.timeout))?;
+    let last = follow(&session, &out, &view.id.to_string(), Duration::from_secs(args.timeout))?;
     out.emit("transfer", &last, || {
         if arrived(&last) {
             format!(
@@ -369,7 +369,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
                 let mut t = Table::new(&["ID", "PEER", "INSTITUTION", "STUDY", "PURPOSE", "ROLE", "WHY"]);
                 for v in &items {
                     t.row(vec![
-                        v.id.clone(),
+                        v.id.to_string(),
                         short_peer(&v.peer),
                         v.institution.clone(),
                         v.study_uid.clone(),

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339;
 use crate::identity::Identity;
+use crate::ids::EntryId;
 use crate::ledger::{self, Event, SignedEntry};
-use crate::store::Author;
+use crate::store::{Author, FeedHead, SplitRow, StoredEntry};
 use crate::store::{Store, StoreError};
 use crate::trust::service::{TrustOpError, TrustService};
 
@@ -26,7 +27,7 @@ pub use crate::ledger::ADMIN_ROLE;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EntryView {
     /// Entry id (hex BLAKE3 of its envelope).
-    pub id: String,
+    pub id: EntryId,
     /// Author peer id.
     pub author: String,
     /// Position in the author's feed.
@@ -109,7 +110,7 @@ pub enum LookupError {
 
 fn view(e: &SignedEntry) -> EntryView {
     EntryView {
-        id: hex::encode(e.id),
+        id: EntryId::from(e.id),
         author: e.author_peer(),
         seq: e.entry.seq,
         prev: hex::encode(&e.entry.prev),
@@ -252,7 +253,7 @@ impl<'a> Audit<'a> {
             .store
             .ledger_entries()?
             .into_iter()
-            .filter_map(|(_, _, bytes)| ledger::open_entry(&bytes).ok())
+            .filter_map(|s| ledger::open_entry(&s.bytes).ok())
             .collect();
         all.sort_by(|a, b| {
             (a.entry.time, &a.entry.author, a.entry.seq).cmp(&(b.entry.time, &b.entry.author, b.entry.seq))
@@ -269,17 +270,14 @@ impl<'a> Audit<'a> {
     pub fn log_show(&self, id: &str) -> Result<EntryView, AuditError> {
         let id = id.trim().to_lowercase();
         let bytes = if id.len() == 64 {
-            let key: [u8; 32] = hex::decode(&id)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| LookupError::NotAnId { id: id.clone() })?;
+            let key: EntryId = id.parse().map_err(|_| LookupError::NotAnId { id: id.clone() })?;
             self.store.ledger_entry(&key)?
         } else if id.len() >= 8 {
             let matches: Vec<Vec<u8>> = self
                 .store
                 .ledger_entries()?
                 .into_iter()
-                .map(|(_, _, b)| b)
+                .map(|s| s.bytes)
                 .filter(|b| blake3::hash(b).to_hex().starts_with(&id))
                 .collect();
             if matches.len() > 1 {
@@ -314,7 +312,7 @@ impl<'a> Audit<'a> {
     /// Store errors.
     pub fn log_verify(&self) -> Result<VerifyReport, AuditError> {
         let mut feeds: BTreeMap<[u8; 32], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-        for (author, seq, bytes) in self.store.ledger_entries()? {
+        for StoredEntry { author, seq, bytes } in self.store.ledger_entries()? {
             feeds.entry(author).or_default().push((seq, bytes));
         }
         let mut out = Vec::new();
@@ -368,7 +366,7 @@ impl<'a> Audit<'a> {
             add_problem(&mut out, peer_text(&own), problem);
         }
         // Equivocations: a second entry of a seq, kept as evidence.
-        for (author, seq, bytes) in self.store.ledger_forks()? {
+        for StoredEntry { author, seq, bytes } in self.store.ledger_forks()? {
             let id = hex::encode(blake3::hash(&bytes).as_bytes());
             let peer = peer_text(&author);
             let problem = format!(
@@ -378,7 +376,13 @@ impl<'a> Audit<'a> {
             add_problem(&mut out, peer, problem);
         }
         // Split views: a peer countersigned another entry than the one held here.
-        for (author, seq, _, bytes) in self.store.ledger_splits()? {
+        for SplitRow {
+            author,
+            seq,
+            envelope: bytes,
+            ..
+        } in self.store.ledger_splits()?
+        {
             let peer = peer_text(&author);
             let witness = ledger::gossip::open_witness(&bytes).map_or_else(|_| "(unreadable)".into(), |w| w.peer());
             let problem = format!("split view: {witness} countersigned another entry {seq} than the one held here");
@@ -396,7 +400,7 @@ impl<'a> Audit<'a> {
                 if self
                     .store
                     .ledger_id_at(&author, h.seq)?
-                    .is_some_and(|id| id.as_slice() == h.id.as_slice())
+                    .is_some_and(|id| id.as_bytes().as_slice() == h.id.as_slice())
                 {
                     let peer = peer_text(&author);
                     if let Some(f) = out.iter_mut().find(|f| f.author == peer) {
@@ -605,10 +609,10 @@ impl Audit<'_> {
             .store
             .ledger_heads()?
             .into_iter()
-            .map(|(a, seq, id)| ledger::sync::Head {
+            .map(|FeedHead { author: a, seq, id }| ledger::sync::Head {
                 author: a.to_vec(),
                 seq,
-                id: id.to_vec(),
+                id: id.as_bytes().to_vec(),
             })
             .collect())
     }
@@ -633,7 +637,12 @@ impl Audit<'_> {
     /// Store errors.
     pub fn ledger_wants(&self, heads: &[ledger::sync::Head]) -> Result<Vec<(Vec<u8>, u64, u64)>, AuditError> {
         let own = self.identity.ed25519_public();
-        let mine: BTreeMap<[u8; 32], u64> = self.store.ledger_heads()?.into_iter().map(|(a, s, _)| (a, s)).collect();
+        let mine: BTreeMap<[u8; 32], u64> = self
+            .store
+            .ledger_heads()?
+            .into_iter()
+            .map(|h| (h.author, h.seq))
+            .collect();
         let mut cache = TrustCache::new();
         let mut out = Vec::new();
         for h in heads {
@@ -645,7 +654,7 @@ impl Audit<'_> {
                 let differs = self
                     .store
                     .ledger_id_at(&author, h.seq)?
-                    .is_some_and(|id| id.as_slice() != h.id.as_slice());
+                    .is_some_and(|id| id.as_bytes().as_slice() != h.id.as_slice());
                 if differs && (author == own || self.author_trusted(&author, &mut cache)?) {
                     out.push((h.author.clone(), h.seq, 1));
                 }
@@ -824,7 +833,12 @@ impl Audit<'_> {
     ) -> Result<Vec<(Vec<u8>, u64, u64)>, AuditError> {
         self.store.ledger_witness_put(w)?;
         let own = self.identity.ed25519_public();
-        let heads: BTreeMap<[u8; 32], u64> = self.store.ledger_heads()?.into_iter().map(|(a, s, _)| (a, s)).collect();
+        let heads: BTreeMap<[u8; 32], u64> = self
+            .store
+            .ledger_heads()?
+            .into_iter()
+            .map(|h| (h.author, h.seq))
+            .collect();
         let mut follow = Vec::new();
         for h in &w.witness.heads {
             let Ok(author) = <[u8; 32]>::try_from(h.author.as_slice()) else {
@@ -832,7 +846,7 @@ impl Audit<'_> {
             };
             let held = heads.get(&author).copied().unwrap_or(0);
             match self.store.ledger_id_at(&author, h.seq)? {
-                Some(id) if id.as_slice() != h.id.as_slice() => {
+                Some(id) if id.as_bytes().as_slice() != h.id.as_slice() => {
                     if author != own && !self.author_trusted(&author, cache)? {
                         continue;
                     }
@@ -894,7 +908,7 @@ impl Audit<'_> {
         let own = self.identity.ed25519_public();
         if author == own {
             return match self.store.ledger_id_at(&own, e.entry.seq)? {
-                Some(id) if id != e.id => {
+                Some(id) if *id.as_bytes() != e.id => {
                     let what = format!(
                         "{from} sent another entry {} of this node's own feed (restored from an old backup?)",
                         e.entry.seq

@@ -255,11 +255,11 @@ impl retention::TransferRecords for Node {
         let mut n = 0;
         for rec in self.transfers().transfer_records().map_err(hook)? {
             let named = (!rec.study_uid.is_empty() && self.store.study_ref(&rec.study_uid) == *study)
-                || grant_transfer == Some(&rec.id);
+                || grant_transfer == Some(rec.id.to_string().as_str());
             if !named {
                 continue;
             }
-            let id = crate::transfer::parse_id(&rec.id).map_err(hook)?;
+            let id = rec.id;
             self.transfers().scrub_transfer(&id).map_err(hook)?;
             n += 1;
         }

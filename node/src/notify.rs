@@ -373,7 +373,7 @@ pub fn prepare(store: &Store, item: OutboxItem, study_uid: bool) -> Result<Optio
         return Ok(None);
     };
     let event = store
-        .ledger_entry(&item.entry)?
+        .ledger_entry(&crate::ids::EntryId::from(item.entry))?
         .and_then(|bytes| crate::ledger::open_entry(&bytes).ok())
         .map(|e| e.entry.event);
     let uid = if study_uid {

@@ -74,7 +74,7 @@ mod purge;
 mod relink;
 mod transfers;
 pub use files::{FileError, OutgoingStaging, SealedFile};
-pub use ledger::{Author, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow};
+pub use ledger::{Author, FeedHead, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow, SplitRow, StoredEntry};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
 pub use relink::{RELINK_VERSION, RelinkRecord};

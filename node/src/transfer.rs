@@ -85,8 +85,7 @@ const MAX_RECORD: usize = 1024 * 1024;
 /// Bytes received between two durable progress records, per object.
 const SYNC_EVERY: u64 = 8 * 1024 * 1024;
 
-/// A transfer id.
-pub type TransferId = [u8; 16];
+pub use crate::ids::{ParseIdError, RequestId, TransferId};
 
 /// Errors of transfers.
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +93,10 @@ pub type TransferId = [u8; 16];
 pub enum TransferError {
     /// No transfer with that id.
     #[error("no transfer {0} at this node")]
-    Unknown(String),
+    Unknown(TransferId),
     /// The id is not 32 hex digits.
-    #[error("transfer id {0:?}: expected 32 hex digits")]
-    BadId(String),
+    #[error(transparent)]
+    BadId(#[from] ParseIdError),
     /// The operation does not fit the transfer's state.
     #[error("transfer {id}: {reason}")]
     State {
@@ -303,14 +302,11 @@ impl<'n> Transfers<'n> {
 /// # Errors
 /// [`TransferError::BadId`].
 pub fn parse_id(s: &str) -> Result<TransferId, TransferError> {
-    let bytes = hex::decode(s.trim()).map_err(|_| TransferError::BadId(s.to_string()))?;
-    <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| TransferError::BadId(s.to_string()))
+    Ok(s.parse()?)
 }
 
 fn new_id() -> Result<TransferId, TransferError> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))?;
-    Ok(id)
+    TransferId::random().map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))
 }
 
 fn reason(code: impl Into<String>, text: impl Into<String>) -> Reason {
@@ -399,7 +395,7 @@ fn deid_failed(what: String, cause: impl Into<Box<dyn std::error::Error + Send +
     }
 }
 
-fn damaged(id: &str, reason: impl Into<String>) -> TransferError {
+fn damaged(id: &(impl std::fmt::Display + ?Sized), reason: impl Into<String>) -> TransferError {
     TransferError::Damaged {
         id: id.to_string(),
         reason: reason.into(),
@@ -408,7 +404,7 @@ fn damaged(id: &str, reason: impl Into<String>) -> TransferError {
 
 /// The transfer key: BLAKE3 `derive_key` over the X25519 shared secret, both
 /// public keys and the transfer id.
-fn transfer_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], id: &TransferId) -> DataKey {
+fn transfer_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], id: &[u8; 16]) -> DataKey {
     let mut material = Zeroizing::new([0u8; 32 * 3 + 16]);
     material[..32].copy_from_slice(shared);
     material[32..64].copy_from_slice(ephemeral);
@@ -421,7 +417,7 @@ fn key32(v: &[u8]) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(v).ok()
 }
 
-fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferError {
+fn io_err(id: &(impl std::fmt::Display + ?Sized), path: &std::path::Path, cause: std::io::Error) -> TransferError {
     TransferError::Io {
         id: id.to_string(),
         path: path.display().to_string(),
@@ -429,7 +425,7 @@ fn io_err(id: &str, path: &std::path::Path, cause: std::io::Error) -> TransferEr
     }
 }
 
-fn random32(id: &str) -> Result<[u8; 32], TransferError> {
+fn random32(id: &(impl std::fmt::Display + ?Sized)) -> Result<[u8; 32], TransferError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| damaged(id, format!("random: {e}")))?;
     Ok(b)

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 const ROOTS: &[&str] = &["home", "net", "api", "daemon"];
 
 /// Modules that import nothing of the crate but each other's foundation.
-const FOUNDATION: &[&str] = &["cbor", "clock", "text", "fsutil", "identity", "keystore"];
+const FOUNDATION: &[&str] = &["cbor", "clock", "ids", "text", "fsutil", "identity", "keystore"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -567,9 +567,9 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
     if held {
         return Err(ServeError::HeldHere(r.study_uid));
     }
-    let mut rid = [0u8; 16];
-    getrandom::fill(&mut rid).map_err(ServeError::Random)?;
-    let request_id = hex::encode(rid);
+    let request_id = crate::transfer::RequestId::random()
+        .map_err(ServeError::Random)?
+        .to_string();
     let msg = crate::transfer::wire::Msg {
         v: crate::transfer::wire::WIRE_VERSION,
         body: crate::transfer::wire::MsgBody::Request {

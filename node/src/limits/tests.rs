@@ -127,7 +127,7 @@ fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
             None,
         )
         .unwrap();
-    let id = parse_id(&view.id).unwrap();
+    let id = parse_id(&view.id.to_string()).unwrap();
     let rec = holder.transfers().transfer(&id).unwrap();
     assert_eq!(rec.state, State::Granted, "{view:?}");
     holder.transfers().prepare(&id).unwrap();

@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
+use crate::ids::TransferId;
 
 /// A file of the store that could not be opened, created, synced or
 /// deleted: which one, and why. Callers name the file in their own errors
@@ -103,7 +104,7 @@ impl super::Store {
 
     /// De-identified object `object` of outgoing transfer `id`, to read from.
     #[must_use]
-    pub fn outgoing_file(&self, id: &[u8; 16], object: usize) -> SealedFile {
+    pub fn outgoing_file(&self, id: &TransferId, object: usize) -> SealedFile {
         SealedFile {
             path: self.outgoing_dir(id).join(object.to_string()),
         }
@@ -114,7 +115,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`FileError`] naming the folder.
-    pub fn outgoing_staging(&self, id: &[u8; 16]) -> Result<OutgoingStaging, FileError> {
+    pub fn outgoing_staging(&self, id: &TransferId) -> Result<OutgoingStaging, FileError> {
         let dir = self.outgoing_dir(id);
         crate::fsutil::create_private_dir(&dir).map_err(FileError::at(&dir))?;
         Ok(OutgoingStaging { dir })
@@ -124,7 +125,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`FileError`] naming the folder.
-    pub fn remove_outgoing(&self, id: &[u8; 16]) -> Result<(), FileError> {
+    pub fn remove_outgoing(&self, id: &TransferId) -> Result<(), FileError> {
         remove_dir_if_there(&self.outgoing_dir(id))
     }
 
@@ -132,14 +133,14 @@ impl super::Store {
     ///
     /// # Errors
     /// [`FileError`] naming the folder.
-    pub fn remove_incoming(&self, id: &[u8; 16]) -> Result<(), FileError> {
+    pub fn remove_incoming(&self, id: &TransferId) -> Result<(), FileError> {
         remove_dir_if_there(&self.incoming_dir(id))
     }
 
     /// The received part of object `object` of incoming transfer `id` (for
     /// messages, and what a landing moves into the store).
     #[must_use]
-    pub fn incoming_part_path(&self, id: &[u8; 16], object: usize) -> PathBuf {
+    pub fn incoming_part_path(&self, id: &TransferId, object: usize) -> PathBuf {
         self.incoming_dir(id).join(object.to_string())
     }
 
@@ -148,7 +149,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`FileError`] naming the file.
-    pub fn remove_incoming_part(&self, id: &[u8; 16], object: usize) -> Result<(), FileError> {
+    pub fn remove_incoming_part(&self, id: &TransferId, object: usize) -> Result<(), FileError> {
         let path = self.incoming_part_path(id, object);
         fs::remove_file(&path).map_err(FileError::at(&path))
     }
@@ -157,7 +158,7 @@ impl super::Store {
     /// modification time (Unix seconds) of a file in its folder (one level
     /// down too); `None` when it has none.
     #[must_use]
-    pub fn incoming_modified(&self, id: &[u8; 16]) -> Option<i64> {
+    pub fn incoming_modified(&self, id: &TransferId) -> Option<i64> {
         crate::fsutil::walk(&self.incoming_dir(id), Some(2))
             .flatten()
             .filter_map(|e| e.metadata().ok()?.modified().ok())

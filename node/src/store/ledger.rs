@@ -11,6 +11,7 @@ use super::{
     StoreError, StudyRef,
 };
 use crate::identity::Identity;
+use crate::ids::EntryId;
 use crate::ledger::{self, Event, SignedEntry};
 
 /// Who signs the entries a change appends in its own write transaction,
@@ -31,10 +32,27 @@ impl std::fmt::Debug for Author<'_> {
     }
 }
 
-/// A stored entry: author key, seq, envelope bytes.
-pub type StoredEntry = ([u8; 32], u64, Vec<u8>);
-/// A feed head: author key, seq, entry id.
-pub type FeedHead = ([u8; 32], u64, [u8; 32]);
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its author's Ed25519 key.
+    pub author: [u8; 32],
+    /// Its position in the author's feed.
+    pub seq: u64,
+    /// Its signed envelope, as stored.
+    pub bytes: Vec<u8>,
+}
+
+/// The head of a feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedHead {
+    /// The feed's author's Ed25519 key.
+    pub author: [u8; 32],
+    /// The seq of its last entry held here.
+    pub seq: u64,
+    /// That entry's id.
+    pub id: EntryId,
+}
 
 fn entry_key(author: &[u8; 32], seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
@@ -308,10 +326,10 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn ledger_entry(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn ledger_entry(&self, id: &EntryId) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let ids = read.open_table(LEDGER_IDS).map_err(|e| self.err(e))?;
-        let Some(key) = ids.get(id).map_err(|e| self.err(e))?.map(|v| v.value()) else {
+        let Some(key) = ids.get(id.as_bytes()).map_err(|e| self.err(e))?.map(|v| v.value()) else {
             return Ok(None);
         };
         let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
@@ -362,7 +380,11 @@ impl super::Store {
             };
             let author = split_key(&item.map_err(|e| self.err(e))?.0.value()).0;
             if let Some((seq, id)) = feed_head(&t, &author).map_err(|e| self.err(e))? {
-                out.push((author, seq, id));
+                out.push(FeedHead {
+                    author,
+                    seq,
+                    id: EntryId::from(id),
+                });
             }
             // The smallest key of the next author: author + 1 (big-endian), seq 0.
             let mut next = author;
@@ -489,15 +511,28 @@ impl super::Store {
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let (author, seq) = split_key(&k.value());
-            out.push((author, seq, v.value().to_vec()));
+            out.push(StoredEntry {
+                author,
+                seq,
+                bytes: v.value().to_vec(),
+            });
         }
         Ok(out)
     }
 }
 
-/// A witness statement kept as evidence of a split view: the author and seq
-/// it concerns, the witness key, and the witness envelope.
-pub type SplitRow = ([u8; 32], u64, [u8; 32], Vec<u8>);
+/// A witness statement kept as evidence of a split view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitRow {
+    /// The author of the feed it concerns.
+    pub author: [u8; 32],
+    /// The seq it concerns.
+    pub seq: u64,
+    /// The witness's key.
+    pub witness: [u8; 32],
+    /// The witness envelope.
+    pub envelope: Vec<u8>,
+}
 
 /// Most split-view statements kept per witness.
 pub const MAX_SPLITS_PER_WITNESS: usize = 64;
@@ -597,7 +632,12 @@ impl super::Store {
             let (author, seq) = split_key(&k[32..]);
             let mut witness = [0u8; 32];
             witness.copy_from_slice(&k[..32]);
-            out.push((author, seq, witness, v.value().to_vec()));
+            out.push(SplitRow {
+                author,
+                seq,
+                witness,
+                envelope: v.value().to_vec(),
+            });
         }
         Ok(out)
     }
@@ -648,12 +688,12 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn ledger_id_at(&self, author: &[u8; 32], seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    pub fn ledger_id_at(&self, author: &[u8; 32], seq: u64) -> Result<Option<EntryId>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = read.open_table(LEDGER_ENTRIES).map_err(|e| self.err(e))?;
         Ok(t.get(entry_key(author, seq))
             .map_err(|e| self.err(e))?
-            .map(|v| *blake3::hash(v.value()).as_bytes()))
+            .map(|v| EntryId::of(v.value())))
     }
 }
 

@@ -10,6 +10,7 @@ use super::{
     Author, BLOBS, INSTANCES, InstanceRow, PATIENTS, PENDING, STUDIES, StoreError, StudyRef, StudyRow, TRANSFER_CHUNKS,
     TRANSFER_DOCS, TRANSFERS, blob_io, cbor, fsutil, instance_key,
 };
+use crate::ids::TransferId;
 use crate::ledger::{Event, SignedEntry};
 
 /// Kind of a transfer document: the signed manifest.
@@ -28,7 +29,7 @@ pub(crate) const DOC_PREP_KEY: u8 = 5;
 pub(crate) const DOC_ATTESTATION: u8 = 6;
 
 /// A transfer id with its sealed record.
-pub type SealedTransfer = ([u8; 16], Vec<u8>);
+pub type SealedTransfer = (TransferId, Vec<u8>);
 
 /// A received object ready to be moved into the store.
 #[derive(Debug)]
@@ -41,16 +42,16 @@ pub struct LandedObject {
     pub row: InstanceRow,
 }
 
-fn doc_key(id: &[u8; 16], kind: u8) -> [u8; 17] {
+fn doc_key(id: &TransferId, kind: u8) -> [u8; 17] {
     let mut k = [0u8; 17];
-    k[..16].copy_from_slice(id);
+    k[..16].copy_from_slice(id.as_bytes());
     k[16] = kind;
     k
 }
 
-fn chunk_key(id: &[u8; 16], object: u32) -> [u8; 20] {
+fn chunk_key(id: &TransferId, object: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
-    k[..16].copy_from_slice(id);
+    k[..16].copy_from_slice(id.as_bytes());
     k[16..].copy_from_slice(&object.to_be_bytes());
     k
 }
@@ -63,7 +64,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::BlobIo`].
-    pub fn open_incoming_part(&self, id: &[u8; 16], object: u32) -> Result<(PathBuf, fs::File), StoreError> {
+    pub fn open_incoming_part(&self, id: &TransferId, object: u32) -> Result<(PathBuf, fs::File), StoreError> {
         let dir = self.incoming_dir(id);
         let io = |path: &std::path::Path, source| StoreError::BlobIo {
             path: path.display().to_string(),
@@ -87,7 +88,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::BlobIo`].
-    pub fn read_incoming_part(&self, id: &[u8; 16], object: usize) -> Result<fs::File, StoreError> {
+    pub fn read_incoming_part(&self, id: &TransferId, object: usize) -> Result<fs::File, StoreError> {
         let path = self.incoming_dir(id).join(object.to_string());
         fs::File::open(&path).map_err(|source| StoreError::BlobIo {
             path: path.display().to_string(),
@@ -97,14 +98,14 @@ impl super::Store {
 
     /// The folder receiving the objects of transfer `id`.
     #[must_use]
-    pub(crate) fn incoming_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn incoming_dir(&self, id: &TransferId) -> PathBuf {
         self.blobs.join("incoming").join(hex::encode(id))
     }
 
     /// The folder holding the de-identified objects of outgoing transfer
     /// `id`, sealed under its preparation key, until it ends.
     #[must_use]
-    pub(crate) fn outgoing_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn outgoing_dir(&self, id: &TransferId) -> PathBuf {
         self.blobs.join("outgoing").join(hex::encode(id))
     }
 
@@ -118,10 +119,13 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn transfer_get(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn transfer_get(&self, id: &TransferId) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = read.open_table(TRANSFERS).map_err(|e| self.err(e))?;
-        Ok(table.get(id).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+        Ok(table
+            .get(id.as_bytes())
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Every transfer record (still sealed), by id.
@@ -134,7 +138,7 @@ impl super::Store {
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            out.push((k.value(), v.value().to_vec()));
+            out.push((TransferId::from(k.value()), v.value().to_vec()));
         }
         Ok(out)
     }
@@ -147,7 +151,7 @@ impl super::Store {
     /// [`StoreError::Database`], or the error of `change` (nothing is written).
     pub fn transfer_update<E: From<StoreError>>(
         &self,
-        id: &[u8; 16],
+        id: &TransferId,
         change: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Option<Vec<u8>>, E> {
         let (new, _) = self.transfer_update_logged(id, None, |current| Ok::<_, E>((change(current)?, Vec::new())))?;
@@ -164,7 +168,7 @@ impl super::Store {
     /// without an author), or the error of `change` (nothing is written).
     pub fn transfer_update_logged<E: From<StoreError>>(
         &self,
-        id: &[u8; 16],
+        id: &TransferId,
         author: Option<&Author<'_>>,
         change: impl FnOnce(Option<&[u8]>) -> Result<(Option<Vec<u8>>, Vec<Event>), E>,
     ) -> Result<(Option<Vec<u8>>, Vec<SignedEntry>), E> {
@@ -172,10 +176,13 @@ impl super::Store {
         self.durability(&mut txn)?;
         let (new, events) = {
             let mut table = txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
-            let current = table.get(id).map_err(|e| self.err(e))?.map(|v| v.value().to_vec());
+            let current = table
+                .get(id.as_bytes())
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec());
             let (new, events) = change(current.as_deref())?;
             if let Some(bytes) = &new {
-                table.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+                table.insert(id.as_bytes(), bytes.as_slice()).map_err(|e| self.err(e))?;
             }
             (new, events)
         };
@@ -192,7 +199,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub(crate) fn transfer_doc_put(&self, id: &[u8; 16], kind: u8, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn transfer_doc_put(&self, id: &TransferId, kind: u8, bytes: &[u8]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         txn.open_table(TRANSFER_DOCS)
@@ -206,7 +213,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub(crate) fn transfer_doc(&self, id: &[u8; 16], kind: u8) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn transfer_doc(&self, id: &TransferId, kind: u8) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = read.open_table(TRANSFER_DOCS).map_err(|e| self.err(e))?;
         Ok(table
@@ -219,7 +226,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn transfer_docs_remove(&self, id: &[u8; 16]) -> Result<(), StoreError> {
+    pub fn transfer_docs_remove(&self, id: &TransferId) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         txn.open_table(TRANSFER_DOCS)
@@ -234,7 +241,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn chunks_done(&self, id: &[u8; 16]) -> Result<Vec<(u32, u64)>, StoreError> {
+    pub fn chunks_done(&self, id: &TransferId) -> Result<Vec<(u32, u64)>, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = read.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -255,7 +262,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn chunk_done(&self, id: &[u8; 16], object: u32) -> Result<u64, StoreError> {
+    pub fn chunk_done(&self, id: &TransferId, object: u32) -> Result<u64, StoreError> {
         let read = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = read.open_table(TRANSFER_CHUNKS).map_err(|e| self.err(e))?;
         Ok(table
@@ -269,7 +276,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub fn set_chunks_done(&self, id: &[u8; 16], object: u32, count: u64) -> Result<(), StoreError> {
+    pub fn set_chunks_done(&self, id: &TransferId, object: u32, count: u64) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         txn.open_table(TRANSFER_CHUNKS)
@@ -284,7 +291,7 @@ impl super::Store {
     ///
     /// # Errors
     /// [`StoreError::Database`], [`StoreError::BlobIo`].
-    pub fn clear_chunks(&self, id: &[u8; 16]) -> Result<(), StoreError> {
+    pub fn clear_chunks(&self, id: &TransferId) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         {
@@ -474,7 +481,7 @@ impl super::Store {
     #[allow(clippy::too_many_arguments)] // the landing, its record and entries
     fn land_rows<E: From<StoreError>>(
         &self,
-        transfer: &[u8; 16],
+        transfer: &TransferId,
         study: &StudyRef,
         row: &StudyRow,
         patient: Option<[u8; 32]>,
@@ -517,11 +524,13 @@ impl super::Store {
             }
             let mut records = txn.open_table(TRANSFERS).map_err(|e| self.err(e))?;
             let current = records
-                .get(transfer)
+                .get(transfer.as_bytes())
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value().to_vec());
             let (new, events) = record(current.as_deref())?;
-            records.insert(transfer, new.as_slice()).map_err(|e| self.err(e))?;
+            records
+                .insert(transfer.as_bytes(), new.as_slice())
+                .map_err(|e| self.err(e))?;
             txn.open_table(TRANSFER_CHUNKS)
                 .map_err(|e| self.err(e))?
                 .retain_in(chunk_key(transfer, 0)..=chunk_key(transfer, u32::MAX), |_, _| false)
@@ -574,7 +583,7 @@ impl super::Store {
     pub fn lock_study(
         &self,
         study: &StudyRef,
-        transfer: Option<&[u8; 16]>,
+        transfer: Option<&TransferId>,
         author: &Author<'_>,
         event: Event,
         change: impl FnOnce(&mut StudyRow),
@@ -615,7 +624,7 @@ impl super::Store {
 #[derive(Debug)]
 pub struct Landing<'a> {
     /// The transfer it was received by.
-    pub transfer: &'a [u8; 16],
+    pub transfer: &'a TransferId,
     /// Its reference (of the granted UID, or the attested new UID).
     pub study: &'a StudyRef,
     /// Its row.

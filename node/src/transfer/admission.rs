@@ -119,9 +119,7 @@ impl Transfers<'_> {
             if r.direction != Direction::Incoming || !matches!(r.state, State::Granted | State::Streaming) {
                 continue;
             }
-            let Ok(id) = super::parse_id(&r.id) else {
-                continue;
-            };
+            let id = r.id;
             let last = r.updated.max(self.store.incoming_modified(&id).unwrap_or(0));
             if now.saturating_sub(last) < timeout {
                 continue;

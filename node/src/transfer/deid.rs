@@ -16,7 +16,7 @@ use super::wire::{
     WIRE_VERSION,
 };
 use super::{RefuseCode, damaged, deid_failed, refuse};
-use super::{TransferError, Transfers};
+use super::{TransferError, TransferId, Transfers};
 use crate::clock::now;
 use crate::deid::{self, Profile};
 use crate::dicom::StudyAttributes;
@@ -40,10 +40,10 @@ pub(super) struct BeforeKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl BeforeKey {
     /// The key of transfer `id` under the store's master key.
-    pub(super) fn new(store: &crate::store::Store, id: &[u8; 16]) -> Self {
+    pub(super) fn new(store: &crate::store::Store, id: &TransferId) -> Self {
         let k = store.master().derive(BEFORE_KEY_CONTEXT);
         BeforeKey(zeroize::Zeroizing::new(
-            *blake3::keyed_hash(k.expose_secret(), id).as_bytes(),
+            *blake3::keyed_hash(k.expose_secret(), id.as_bytes()).as_bytes(),
         ))
     }
 
@@ -143,7 +143,7 @@ impl Transfers<'_> {
     /// pseudonyms (pseudonymised level) and signs the attestation.
     pub(super) fn prepare_deid(
         &self,
-        id: &[u8; 16],
+        id: &TransferId,
         grant: &Grant,
         study_key: &DataKey,
         items: &[([u8; 32], InstanceRow, InstanceMeta)],
@@ -283,7 +283,7 @@ impl Transfers<'_> {
     }
 
     /// The attestation of an identifiable transfer: no profile, hashes unchanged.
-    pub(super) fn identity_attestation(&self, id: &[u8; 16], hashes: &[[u8; 32]]) -> Result<Vec<u8>, TransferError> {
+    pub(super) fn identity_attestation(&self, id: &TransferId, hashes: &[[u8; 32]]) -> Result<Vec<u8>, TransferError> {
         let idh = hex::encode(id);
         let attestation = Attestation {
             v: WIRE_VERSION,

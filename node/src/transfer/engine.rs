@@ -193,7 +193,7 @@ impl<N: TransferNet> Engine<N> {
             Err(_) => return,
         };
         for rec in records {
-            let Ok(id) = super::parse_id(&rec.id) else { continue };
+            let id = rec.id;
             let Ok(peer) = rec.peer.parse::<PeerId>() else { continue };
             match (rec.direction, rec.state) {
                 (Direction::Outgoing, State::Granted | State::Streaming) => {

@@ -19,7 +19,7 @@ impl Transfers<'_> {
     pub fn land(&self, accepted: &Accepted) -> Result<(), TransferError> {
         let id = &accepted.id;
         let rec = self.transfer(id)?;
-        let idh = rec.id.clone();
+        let idh = rec.id.to_string();
         if matches!(rec.state, State::Landed | State::Complete) {
             // Landed before (a crash before the received copies were removed).
             self.store().clear_chunks(id)?;
@@ -62,7 +62,7 @@ impl Transfers<'_> {
             .land_study(landing, &self.host.audit().author(), |current| {
                 // Inside the landing's transaction: a transfer ended meanwhile
                 // (failed, scrubbed) does not land.
-                let sealed = current.ok_or_else(|| TransferError::Unknown(idh.clone()))?;
+                let sealed = current.ok_or_else(|| TransferError::Unknown(*id))?;
                 let mut r = self.open_record(id, sealed)?;
                 if r.state != State::Streaming {
                     return Err(TransferError::State {
@@ -102,7 +102,7 @@ impl Transfers<'_> {
         index: &StudyIndex,
         landed_uid: &str,
     ) -> Result<(Vec<LandedObject>, StudyRow, Option<[u8; 32]>), TransferError> {
-        let idh = &rec.id;
+        let idh = &rec.id.to_string();
         let last = a.manifest.objects.len() - 1;
         let identifiable = grant.level == DeidLevel::Identifiable;
         if index.instances.len() != last
@@ -224,7 +224,7 @@ impl Transfers<'_> {
             .map_err(|e| damaged(&rec.id, e.to_string()))?;
         let receipt = Receipt {
             v: WIRE_VERSION,
-            transfer_id: rec.id.clone(),
+            transfer_id: rec.id.to_string(),
             manifest_hash: blake3::hash(&manifest_bytes).as_bytes().to_vec(),
             objects_root: wire::objects_root(&manifest.objects).to_vec(),
             holder: rec.peer.clone(),
@@ -314,7 +314,7 @@ impl Transfers<'_> {
         }
         let receipt_bytes = bytes.to_vec();
         let event = Event::TransferSent {
-            transfer: rec.id.clone(),
+            transfer: rec.id.to_string(),
             peer: peer.to_string(),
             study: hex::encode(self.host.audit().study_commitment(&rec.study_uid)?),
             objects: manifest.objects.len() as u64,

@@ -33,7 +33,7 @@ impl Transfers<'_> {
         let shown = self.decide(&mut rec, false)?;
         // The record (with its grant) and its entries in one transaction.
         let mut events = vec![Event::TransferRequested {
-            transfer: rec.id.clone(),
+            transfer: rec.id.to_string(),
             peer: peer.to_string(),
             purpose: purpose.to_string(),
             role: role.to_string(),
@@ -45,15 +45,15 @@ impl Transfers<'_> {
         tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
         Ok(match rec.state {
             State::Granted => AnswerBody::Granted {
-                transfer_id: rec.id.clone(),
+                transfer_id: rec.id.to_string(),
                 grant: rec.grant.clone(),
             },
             State::Pending => AnswerBody::Pending {
-                transfer_id: rec.id.clone(),
+                transfer_id: rec.id.to_string(),
                 reasons: rec.reasons.clone(),
             },
             _ => AnswerBody::Denied {
-                transfer_id: Some(rec.id.clone()),
+                transfer_id: Some(rec.id.to_string()),
                 reasons: shown,
             },
         })
@@ -65,7 +65,7 @@ impl Transfers<'_> {
     pub(super) fn decision_event(&self, rec: &TransferRecord) -> Result<Option<Event>, TransferError> {
         Ok(Some(match rec.state {
             State::Granted => Event::TransferGranted {
-                transfer: rec.id.clone(),
+                transfer: rec.id.to_string(),
                 peer: rec.peer.clone(),
                 purpose: rec.purpose.to_string(),
                 level: rec.level.map_or("", DeidLevel::as_str).to_string(),
@@ -73,12 +73,12 @@ impl Transfers<'_> {
                 expires: rec.expires.unwrap_or(0),
             },
             State::Pending => Event::TransferPending {
-                transfer: rec.id.clone(),
+                transfer: rec.id.to_string(),
                 peer: rec.peer.clone(),
                 purpose: rec.purpose.to_string(),
             },
             State::Denied => Event::TransferDenied {
-                transfer: rec.id.clone(),
+                transfer: rec.id.to_string(),
                 peer: rec.peer.clone(),
                 purpose: rec.purpose.to_string(),
                 codes: rec.reasons.iter().map(|r| r.code.clone()).collect(),
@@ -171,13 +171,13 @@ impl Transfers<'_> {
         let state = self.host.trust().state()?;
         let hello =
             crate::trust::hello::peer_hello(self.store, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
-                id: rec.id.clone(),
+                id: rec.id.to_string(),
                 reason: "the recipient's node record is unknown".into(),
             })?;
         let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record)?;
         let grant = Grant {
             v: WIRE_VERSION,
-            transfer_id: rec.id.clone(),
+            transfer_id: rec.id.to_string(),
             request_id: rec.request_id.clone(),
             holder: self.identity().peer_id(),
             recipient: rec.peer.clone(),
@@ -263,7 +263,7 @@ impl Transfers<'_> {
         let mut draft = self.transfer(&tid)?;
         let not_pending = |rec: &TransferRecord| -> TransferError {
             TransferError::State {
-                id: rec.id.clone(),
+                id: rec.id.to_string(),
                 reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
             }
         };
@@ -275,7 +275,7 @@ impl Transfers<'_> {
         let mut events = Vec::new();
         if draft.state == State::Granted {
             events.push(Event::TransferApproved {
-                transfer: draft.id.clone(),
+                transfer: draft.id.to_string(),
                 peer: draft.peer.clone(),
             });
         }
@@ -297,7 +297,7 @@ impl Transfers<'_> {
         let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
-                transfer_id: rec.id.clone(),
+                transfer_id: rec.id.to_string(),
                 reasons: vec![not_available()],
             },
         });
@@ -321,7 +321,7 @@ impl Transfers<'_> {
         let (rec, ()) = self.update_transfer_logged(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(TransferError::State {
-                    id: rec.id.clone(),
+                    id: rec.id.to_string(),
                     reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
                 });
             }
@@ -334,7 +334,7 @@ impl Transfers<'_> {
         let msg = (rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
-                transfer_id: rec.id.clone(),
+                transfer_id: rec.id.to_string(),
                 reasons: rec.reasons.clone(),
             },
         });
@@ -366,7 +366,7 @@ impl Transfers<'_> {
             AnswerBody::Denied { transfer_id, reasons } => (
                 transfer_id
                     .clone()
-                    .unwrap_or_else(|| hex::encode(new_id().unwrap_or_default())),
+                    .unwrap_or_else(|| hex::encode(new_id().unwrap_or(TransferId::from_bytes([0; 16])))),
                 State::Denied,
                 reasons.clone(),
                 Vec::new(),
@@ -403,7 +403,7 @@ impl Transfers<'_> {
                 Ok(g)
                     if g.study_uid == study_uid
                         && g.request_id.as_deref() == Some(request_id)
-                        && g.transfer_id == rec.id =>
+                        && g.transfer_id == rec.id.to_string() =>
                 {
                     rec.level = Some(g.level);
                     rec.expires = Some(g.expires);
@@ -421,7 +421,7 @@ impl Transfers<'_> {
         // A record under this id already (a replayed answer) is not overwritten.
         if self.store().transfer_get(&tid)?.is_some() {
             return Err(TransferError::State {
-                id: rec.id,
+                id: rec.id.to_string(),
                 reason: "already recorded".into(),
             });
         }
@@ -430,7 +430,7 @@ impl Transfers<'_> {
             .map(|(_, g)| hex::encode(g.study_ref))
             .filter(|s| !s.is_empty());
         let event = Event::TransferRequested {
-            transfer: rec.id.clone(),
+            transfer: rec.id.to_string(),
             peer: peer.to_string(),
             purpose: purpose.to_string(),
             role: role.to_string(),
@@ -466,7 +466,7 @@ impl Transfers<'_> {
         });
         let ended = match self.update_transfer(&id, |r| {
             if r.peer != peer || r.direction != Direction::Incoming {
-                return Err(TransferError::Unknown(r.id.clone()));
+                return Err(TransferError::Unknown(r.id));
             }
             if r.state == State::Pending {
                 r.state = State::Denied;

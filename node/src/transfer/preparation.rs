@@ -72,7 +72,7 @@ impl Transfers<'_> {
                 return Ok(None);
             }
         };
-        let idh = rec.id.clone();
+        let idh = rec.id.to_string();
         let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
             .map_err(|e| damaged(&idh, e.to_string()))?;
         let study = self.store().study_ref(&rec.study_uid);
@@ -200,7 +200,7 @@ impl Transfers<'_> {
         if !shared.was_contributory() {
             return Err(damaged(&idh, "the recipient's X25519 key is a low-order point"));
         }
-        let key = transfer_key(shared.as_bytes(), &eph_pub, &recipient, id);
+        let key = transfer_key(shared.as_bytes(), &eph_pub, &recipient, id.as_bytes());
         drop(eph);
         let manifest = Manifest {
             v: WIRE_VERSION,
@@ -220,17 +220,17 @@ impl Transfers<'_> {
         let count = manifest.objects.len() as u64;
         let payload = wire::encode("manifest", &manifest).map_err(|e| damaged(&idh, e.to_string()))?;
         let env = self.identity().sign(MANIFEST_DOMAIN, payload).to_bytes()?;
-        let wrapped = self.store().master().wrap(&key, id)?;
+        let wrapped = self.store().master().wrap(&key, id.as_bytes())?;
         let mut addresses = Vec::with_capacity(items.len() * 32);
         for (a, _, _) in &items {
             addresses.extend_from_slice(a);
         }
-        let sealed_index = seal_box(&key, id, &index_bytes).map_err(|e| damaged(&idh, e.to_string()))?;
+        let sealed_index = seal_box(&key, id.as_bytes(), &index_bytes).map_err(|e| damaged(&idh, e.to_string()))?;
         self.store().transfer_doc_put(id, DOC_KEY, wrapped.as_bytes())?;
         self.store().transfer_doc_put(id, DOC_OBJECTS, &addresses)?;
         self.store().transfer_doc_put(id, DOC_INDEX, &sealed_index)?;
         if let Some(k) = &prep {
-            let wrapped = self.store().master().wrap(k, id)?;
+            let wrapped = self.store().master().wrap(k, id.as_bytes())?;
             self.store().transfer_doc_put(id, DOC_PREP_KEY, wrapped.as_bytes())?;
         }
         self.store().transfer_doc_put(id, DOC_ATTESTATION, &attestation)?;
@@ -298,7 +298,7 @@ impl Transfers<'_> {
     /// A damaged record or document, store errors.
     pub fn send_plan(&self, id: &TransferId) -> Result<SendPlan, TransferError> {
         let rec = self.transfer(id)?;
-        let idh = rec.id.clone();
+        let idh = rec.id.to_string();
         let doc = |kind| -> Result<Vec<u8>, TransferError> {
             self.store()
                 .transfer_doc(id, kind)?
@@ -308,9 +308,9 @@ impl Transfers<'_> {
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
             .map_err(|e| damaged(&idh, e.to_string()))?;
         let wrapped = medmesh_seal::WrappedKey::from_bytes(&doc(DOC_KEY)?).map_err(|e| damaged(&idh, e.to_string()))?;
-        let key = self.store().master().unwrap(&wrapped, id)?;
+        let key = self.store().master().unwrap(&wrapped, id.as_bytes())?;
         let addresses = doc(DOC_OBJECTS)?;
-        let index = open_box(&key, id, &doc(DOC_INDEX)?).map_err(|e| damaged(&idh, e.to_string()))?;
+        let index = open_box(&key, id.as_bytes(), &doc(DOC_INDEX)?).map_err(|e| damaged(&idh, e.to_string()))?;
         let study = self.store().study_ref(&rec.study_uid);
         let row = self
             .store()
@@ -322,7 +322,7 @@ impl Transfers<'_> {
         let prep = match self.store().transfer_doc(id, DOC_PREP_KEY)? {
             Some(w) => {
                 let w = medmesh_seal::WrappedKey::from_bytes(&w).map_err(|e| damaged(&idh, e.to_string()))?;
-                Some(self.store().master().unwrap(&w, id)?)
+                Some(self.store().master().unwrap(&w, id.as_bytes())?)
             }
             None => None,
         };

@@ -125,7 +125,7 @@ pub fn answer_transfer(node: &dyn Host, peer: &str, msg: Msg) -> Result<AnswerBo
             role,
             level,
         } => {
-            if super::parse_id(&request_id).is_err() || crate::dicom::check_uid(&study_uid).is_err() {
+            if request_id.parse::<super::RequestId>().is_err() || crate::dicom::check_uid(&study_uid).is_err() {
                 return Ok(AnswerBody::Refused {
                     code: "bad-request".into(),
                     text: "request id or Study Instance UID malformed".into(),

@@ -187,7 +187,7 @@ impl Transfers<'_> {
                 true,
             ));
         }
-        let key = transfer_key(shared.as_bytes(), &eph, &self.identity().x25519_public(), &id);
+        let key = transfer_key(shared.as_bytes(), &eph, &self.identity().x25519_public(), id.as_bytes());
         let mut have = vec![0u64; manifest.objects.len()];
         for (obj, count) in self.store().chunks_done(&id).map_err(|e| internal(e.into()))? {
             if let Some(h) = have.get_mut(obj as usize) {

@@ -73,7 +73,7 @@ pub struct TransferRecord {
     /// [`RECORD_VERSION`].
     pub v: u32,
     /// The transfer id (hex).
-    pub id: String,
+    pub id: TransferId,
     /// Which side this node is.
     pub direction: Direction,
     /// How it started.
@@ -159,7 +159,7 @@ impl TransferRecord {
         let t = now();
         TransferRecord {
             v: RECORD_VERSION,
-            id: hex::encode(id),
+            id,
             direction,
             initiated,
             peer: peer.to_string(),
@@ -192,7 +192,7 @@ impl TransferRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {
     /// Transfer id.
-    pub id: String,
+    pub id: TransferId,
     /// `outgoing` (this node sends) or `incoming`.
     pub direction: Direction,
     /// `request` or `share`.
@@ -342,14 +342,14 @@ impl Transfers<'_> {
     }
 
     pub(super) fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, TransferError> {
-        let id = parse_id(&rec.id)?;
+        let id = rec.id;
         let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e.to_string()))?);
-        seal_box(&self.record_key(), &id, &plain).map_err(|e| damaged(&rec.id, e.to_string()))
+        seal_box(&self.record_key(), id.as_bytes(), &plain).map_err(|e| damaged(&rec.id, e.to_string()))
     }
 
     pub(super) fn open_record(&self, id: &TransferId, sealed: &[u8]) -> Result<TransferRecord, TransferError> {
         let idh = hex::encode(id);
-        let plain = open_box(&self.record_key(), id, sealed).map_err(|e| damaged(&idh, e.to_string()))?;
+        let plain = open_box(&self.record_key(), id.as_bytes(), sealed).map_err(|e| damaged(&idh, e.to_string()))?;
         let rec: TransferRecord =
             cbor::decode("transfer record", &plain, MAX_RECORD).map_err(|e| damaged(&idh, e.to_string()))?;
         cbor::check_version("transfer record", rec.v, RECORD_VERSION).map_err(|e| damaged(&idh, e.to_string()))?;
@@ -364,7 +364,7 @@ impl Transfers<'_> {
         let sealed = self
             .store()
             .transfer_get(id)?
-            .ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+            .ok_or_else(|| TransferError::Unknown(*id))?;
         self.open_record(id, &sealed)
     }
 
@@ -375,7 +375,7 @@ impl Transfers<'_> {
     /// Stores `rec` and appends `events` in one write transaction.
     pub(super) fn save_logged(&self, rec: &mut TransferRecord, events: Vec<Event>) -> Result<(), TransferError> {
         rec.updated = now();
-        let id = parse_id(&rec.id)?;
+        let id = rec.id;
         let sealed = self.seal_record(rec)?;
         let (_, entries) =
             self.store()
@@ -408,7 +408,7 @@ impl Transfers<'_> {
         let (_, entries) =
             self.store()
                 .transfer_update_logged::<TransferError>(id, Some(&self.host.audit().author()), |current| {
-                    let sealed = current.ok_or_else(|| TransferError::Unknown(hex::encode(id)))?;
+                    let sealed = current.ok_or_else(|| TransferError::Unknown(*id))?;
                     let mut rec = self.open_record(id, sealed)?;
                     let (t, events) = change(&mut rec)?;
                     rec.updated = now();
@@ -417,7 +417,7 @@ impl Transfers<'_> {
                     Ok((Some(bytes), events))
                 })?;
         self.host.audit().logged(&entries);
-        out.ok_or_else(|| TransferError::Unknown(hex::encode(id)))
+        out.ok_or_else(|| TransferError::Unknown(*id))
     }
 
     /// Every transfer record, newest first.
@@ -438,7 +438,7 @@ impl Transfers<'_> {
     /// # Errors
     /// Store errors.
     pub fn transfer_view(&self, rec: &TransferRecord) -> Result<TransferView, TransferError> {
-        let id = parse_id(&rec.id)?;
+        let id = rec.id;
         let live = self.live().get(&id);
         let (mut done_objects, mut done_bytes) = (0, 0);
         if matches!(rec.state, State::Complete | State::Landed | State::AwaitingReceipt) {
@@ -467,7 +467,7 @@ impl Transfers<'_> {
             done_objects = l.done_objects;
         }
         Ok(TransferView {
-            id: rec.id.clone(),
+            id: rec.id,
             direction: rec.direction,
             initiated: rec.initiated,
             state: rec.state,
@@ -508,5 +508,44 @@ impl Transfers<'_> {
     pub fn transfer_show(&self, id: &str) -> Result<TransferView, TransferError> {
         let rec = self.transfer(&parse_id(id)?)?;
         self.transfer_view(&rec)
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    /// A transfer record holding a [`TransferId`] encodes as the record
+    /// that held the id as a hex `String` did: the same CBOR text string,
+    /// byte for byte; and such a record decodes.
+    #[test]
+    fn a_record_encodes_its_transfer_id_as_the_hex_text_it_held() {
+        let bytes: [u8; 16] = *b"a transfer id 16";
+        let rec = TransferRecord::new(
+            TransferId::from(bytes),
+            Direction::Outgoing,
+            Initiated::Request,
+            "12D3KooWpeer",
+            "1.2.3",
+            Purpose::Treatment,
+            Role::Clinician,
+        );
+        let encoded = cbor::encode("transfer record", &rec).unwrap();
+        let mut value: ciborium::Value = cbor::decode("value", &encoded, MAX_RECORD).unwrap();
+        let ciborium::Value::Map(fields) = &mut value else {
+            panic!("a record is a map")
+        };
+        let id = fields
+            .iter_mut()
+            .find(|(k, _)| k.as_text() == Some("id"))
+            .map(|(_, v)| v)
+            .unwrap();
+        assert_eq!(*id, ciborium::Value::Text(hex::encode(bytes)));
+        // The old form: the same map with the id as the hex String it was.
+        *id = ciborium::Value::Text(hex::encode(bytes));
+        let old = cbor::encode("value", &value).unwrap();
+        assert_eq!(old, encoded);
+        let back: TransferRecord = cbor::decode("transfer record", &old, MAX_RECORD).unwrap();
+        assert_eq!(back.id.as_bytes(), &bytes);
     }
 }

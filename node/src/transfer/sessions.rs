@@ -169,9 +169,9 @@ impl Transfers<'_> {
                 }
             };
             if let Some(why) = why {
-                let id = parse_id(&rec.id)?;
+                let id = rec.id;
                 if self.end_transfer(&id, &why)? {
-                    ended.push((rec.id, why.code));
+                    ended.push((rec.id.to_string(), why.code));
                 }
             }
         }
@@ -262,7 +262,7 @@ impl Transfers<'_> {
         self.live().end(id);
         self.live().remove(id);
         self.host.audit().log(Event::TransferEnded {
-            transfer: rec.id.clone(),
+            transfer: rec.id.to_string(),
             peer: rec.peer.clone(),
             code: why.code.clone(),
         })?;
@@ -309,7 +309,7 @@ impl Transfers<'_> {
         Some(wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {
-                transfer_id: rec.id.clone(),
+                transfer_id: rec.id.to_string(),
                 reasons: vec![why],
             },
         })

@@ -560,7 +560,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
         .into_iter()
         .find(|r| r.study_uid == STUDY && r.state == State::Granted)
         .unwrap();
-    let id = parse_id(&rec.id).unwrap();
+    let id = parse_id(&rec.id.to_string()).unwrap();
     w.holder.transfers().prepare(&id).unwrap();
     let plan = w.holder.transfers().send_plan(&id).unwrap();
     let original = blake3::hash(&std::fs::read(corpus(CT)).unwrap());
@@ -991,7 +991,11 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
         .find(|e| e.kind == "transfer-granted")
         .unwrap();
     assert_eq!(
-        h.audit().log_show(&granted.id).unwrap().study_uid.as_deref(),
+        h.audit()
+            .log_show(&granted.id.to_string())
+            .unwrap()
+            .study_uid
+            .as_deref(),
         Some(STUDY)
     );
     let commitment = granted.event.study().unwrap().to_string();
@@ -1038,8 +1042,8 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
         }
     );
     assert!(h.audit().log_verify().unwrap().ok);
-    assert_eq!(h.audit().log_show(&granted.id).unwrap().study_uid, None);
-    assert_eq!(h.audit().log_show(&purged.id).unwrap().study_uid, None);
+    assert_eq!(h.audit().log_show(&granted.id.to_string()).unwrap().study_uid, None);
+    assert_eq!(h.audit().log_show(&purged.id.to_string()).unwrap().study_uid, None);
     // A peer that takes the holder's feed verifies it too.
     let author = h.identity().ed25519_public();
     let feed = h.audit().ledger_range(&author, 1, 1000).unwrap();
