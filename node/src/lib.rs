@@ -37,7 +37,7 @@
 //! Import direction (checked by `node/tests/architecture.rs`; a module
 //! imports only modules above it in this list, never one below):
 //!
-//! 1. leaves, importing no other module of this crate: `clock`, `cbor`,
+//! 1. leaves, importing no other module of this crate: `clock`, `cbor`, `ids`,
 //!    `fsutil`; then `text` (none), `keystore` (`cbor`, `fsutil`),
 //!    `identity` (`cbor`, `text`);
 //! 2. `config` (no service: the services' settings are its types);
