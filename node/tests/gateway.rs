@@ -1,0 +1,449 @@
+//! The gateway against DICOM software nobody here wrote (dcmtk): our SCP
+//! fed by `echoscu` and `storescu` (plain and TLS), our SCU against
+//! `storescp` and `dcmqrscp`. Everything listens on 127.0.0.1 with ephemeral
+//! ports; every process started is stopped. A missing dcmtk binary skips a
+//! test with a message on stderr (`scripts/system-deps.sh` installs dcmtk).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use medmesh_node::config::gateway::{CallingAe, GatewayConfig};
+use medmesh_node::gateway::scp::Scp;
+use medmesh_node::gateway::{Received, Sink, StoreRefusal, Stored};
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/corpus")
+}
+
+/// The dcmtk binary `name`, or `None` after saying the test is skipped.
+fn dcmtk(name: &str, test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    eprintln!("SKIPPED {test}: dcmtk's `{name}` is not installed (scripts/system-deps.sh installs dcmtk)");
+    None
+}
+
+/// Runs a command to its end (60 s at most) on a blocking thread.
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A sink that validates like `study import` (the `dicom` module) and
+/// keeps the file in a folder, named by SOP Instance UID.
+struct FolderSink {
+    staging: PathBuf,
+    out: PathBuf,
+    calls: Mutex<Vec<Received>>,
+}
+
+impl FolderSink {
+    fn new(dir: &Path) -> Arc<Self> {
+        let staging = dir.join("staging");
+        let out = dir.join("stored");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        Arc::new(Self {
+            staging,
+            out,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn stored(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Sink for FolderSink {
+    fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal> {
+        self.calls.lock().unwrap().push(received.clone());
+        let bytes = std::fs::read(file).map_err(|_| StoreRefusal::Internal)?;
+        medmesh_node::dicom::parse_and_validate(&bytes).map_err(|e| {
+            eprintln!("sink refused {}: {e}", received.sop_class_uid);
+            StoreRefusal::from_dicom(&e)
+        })?;
+        let dest = self.out.join(format!("{}.dcm", received.sop_instance_uid));
+        let duplicate = dest.exists();
+        std::fs::copy(file, &dest).map_err(|_| StoreRefusal::Internal)?;
+        Ok(Stored { duplicate })
+    }
+}
+
+fn config(calling: &[&str]) -> GatewayConfig {
+    GatewayConfig {
+        enabled: true,
+        ae_title: "MEDMESH".into(),
+        listen: "127.0.0.1:0".into(),
+        calling: calling
+            .iter()
+            .map(|ae| CallingAe {
+                ae_title: (*ae).into(),
+                host: "127.0.0.1".into(),
+            })
+            .collect(),
+        ..GatewayConfig::default()
+    }
+}
+
+/// The data set of a Part 10 file: the bytes after its file meta group.
+fn data_set(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[128..132], b"DICM", "{}", path.display());
+    // (0002,0000) UL, explicit VR: tag 4, VR 2, length 2, value 4.
+    assert_eq!(&bytes[132..136], &[2, 0, 0, 0], "{}: no group length", path.display());
+    let len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    bytes[144 + len..].to_vec()
+}
+
+/// The SOP Instance UID (of the data set) and transfer syntax of a Part 10
+/// file.
+fn meta(path: &Path) -> (String, String) {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .unwrap();
+    let uid = obj
+        .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    (uid, obj.meta().transfer_syntax().to_string())
+}
+
+/// The valid Part 10 study objects of the corpus (by its manifest) that
+/// the node imports.
+fn valid_corpus_files() -> Vec<PathBuf> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus().join("manifest.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for f in manifest["files"].as_array().unwrap() {
+        let path = f["path"].as_str().unwrap();
+        let class = f["sop_class"].as_str().unwrap_or("");
+        if f["status"] == "valid"
+            && f["part10"] == true
+            && class.contains("Storage")
+            && !class.contains("Directory")
+            && !path.starts_with("dicomdir/")
+            && !path.starts_with("charset/")
+            // Test files without SOP Class/Instance UID: storescu will not send them.
+            && !path.contains("private-sq")
+        {
+            let file = corpus().join(path);
+            // Only what `study import` takes (one SC file has no Study
+            // Instance UID: refused, as the malformed test shows).
+            // One file per SOP Instance UID (some fixtures are variants of one).
+            if medmesh_node::dicom::parse_and_validate(&std::fs::read(&file).unwrap()).is_ok()
+                && seen.insert(meta(&file).0)
+            {
+                out.push(file);
+            }
+        }
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (for a dcmtk server: they take a port).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on the port (10 s at most).
+async fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A storescu configuration (`-xf FILE Exact`) proposing, for each file's
+/// SOP class, one presentation context per transfer syntax that the files
+/// of that class are in: every file then goes as it is, unconverted (by
+/// default storescu proposes only uncompressed transfer syntaxes and
+/// converts).
+fn storescu_config(dir: &Path, files: &[PathBuf]) -> PathBuf {
+    let mut pairs = std::collections::BTreeSet::new();
+    for f in files {
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(f)
+            .unwrap();
+        pairs.insert((
+            obj.meta().media_storage_sop_class_uid().to_string(),
+            obj.meta().transfer_syntax().to_string(),
+        ));
+    }
+    let syntaxes: std::collections::BTreeSet<&String> = pairs.iter().map(|(_, ts)| ts).collect();
+    let mut cfg = String::from("[[TransferSyntaxes]]\n");
+    let name = |ts: &str| format!("TS{}", ts.replace('.', "_"));
+    for ts in &syntaxes {
+        cfg += &format!("[{}]\nTransferSyntax1 = {ts}\n", name(ts));
+    }
+    cfg += "[[PresentationContexts]]\n[Exact]\n";
+    for (i, (class, ts)) in pairs.iter().enumerate() {
+        cfg += &format!("PresentationContext{} = {class}\\{}\n", i + 1, name(ts));
+    }
+    cfg += "[[Profiles]]\n[Exact]\nPresentationContexts = Exact\n";
+    assert!(pairs.len() <= 128, "too many presentation contexts");
+    let path = dir.join("storescu.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoscu_is_answered() {
+    let Some(echoscu) = dcmtk("echoscu", "echoscu_is_answered") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let scp = Scp::bind(&config(&["ECHOSCU"]), FolderSink::new(dir.path()))
+        .await
+        .unwrap();
+    let mut cmd = Command::new(&echoscu);
+    cmd.args([
+        "-aet", "ECHOSCU", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20",
+    ])
+    .arg("127.0.0.1")
+    .arg(scp.local_addr().port().to_string());
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    scp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storescu_sends_the_corpus_byte_identical() {
+    let Some(storescu) = dcmtk("storescu", "storescu_sends_the_corpus_byte_identical") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FolderSink::new(dir.path());
+    let scp = Scp::bind(&config(&["MODALITY"]), sink.clone()).await.unwrap();
+    let files = valid_corpus_files();
+    assert!(files.len() >= 20, "{} files", files.len());
+    let cfg = storescu_config(dir.path(), &files);
+    let mut cmd = Command::new(&storescu);
+    cmd.args([
+        "-v", "-aet", "MODALITY", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20", "-xf",
+    ])
+    .arg(&cfg)
+    .arg("Exact")
+    .arg("127.0.0.1")
+    .arg(scp.local_addr().port().to_string())
+    .args(&files);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stored = sink.stored();
+    let mut expected = std::collections::BTreeMap::new();
+    for f in &files {
+        expected.insert(meta(f).0, f.clone());
+    }
+    assert_eq!(stored.len(), expected.len(), "{}", text(&out));
+    // storescu re-encodes what it sends (it drops Data Set Trailing Padding
+    // and group lengths, for instance): what it puts on the wire is what
+    // dcmtk's own storescp keeps in bit-preserving mode (+B). Our SCP must
+    // keep exactly that too.
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    let Some(storescp) = dcmtk("storescp", "storescu_sends_the_corpus_byte_identical") else {
+        return;
+    };
+    let port = free_port();
+    let mut child = Command::new(&storescp)
+        .args(["-aet", "MEDMESH", "+xa", "+B", "-od"])
+        .arg(&reference)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    let mut cmd = Command::new(&storescu);
+    cmd.args([
+        "-aet", "MODALITY", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20", "-xf",
+    ])
+    .arg(&cfg)
+    .arg("Exact")
+    .arg("127.0.0.1")
+    .arg(port.to_string())
+    .args(&files);
+    let out = run(cmd).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut wire = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(&reference).unwrap() {
+        let p = e.unwrap().path();
+        wire.insert(meta(&p).0, p);
+    }
+    assert_eq!(wire.len(), expected.len());
+    let mut differ = Vec::new();
+    for s in &stored {
+        let (uid, ts) = meta(s);
+        let sent = &expected[&uid];
+        assert_eq!(ts, meta(sent).1, "{}: transfer syntax changed", sent.display());
+        let (got, want) = (data_set(s), data_set(&wire[&uid]));
+        if got != want {
+            let at = got.iter().zip(&want).position(|(a, b)| a != b);
+            differ.push(format!(
+                "{} ({} vs {} bytes, first difference at {at:?})",
+                sent.display(),
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "data sets received differ from those sent: {differ:#?}"
+    );
+    // Staging files are gone.
+    assert_eq!(std::fs::read_dir(&sink.staging).unwrap().count(), 0);
+    scp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_objects_are_refused_with_a_failure_status() {
+    let (Some(storescu), Some(dcmodify)) = (
+        dcmtk("storescu", "malformed_objects_are_refused_with_a_failure_status"),
+        dcmtk("dcmodify", "malformed_objects_are_refused_with_a_failure_status"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FolderSink::new(&dir.path().join("scp"));
+    let scp = Scp::bind(&config(&["MODALITY"]), sink.clone()).await.unwrap();
+    // Rows no longer match the native pixel data; and one without Study
+    // Instance UID.
+    let source = corpus().join("transfer-syntax/mr_small_explicit-le.dcm");
+    let rows = dir.path().join("rows.dcm");
+    let no_study = dir.path().join("no-study.dcm");
+    for (file, edit) in [(&rows, ["-m", "(0028,0010)=512"]), (&no_study, ["-e", "(0020,000D)"])] {
+        std::fs::copy(&source, file).unwrap();
+        let mut cmd = Command::new(&dcmodify);
+        cmd.args(["-nb", "-imt"]).args(edit).arg(file);
+        let out = run(cmd).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for (file, status) in [
+        (&rows, "Error: CannotUnderstand"),
+        (&no_study, "Error: DataSetDoesNotMatchSOPClass"),
+    ] {
+        let mut cmd = Command::new(&storescu);
+        cmd.args([
+            "-v", "-aet", "MODALITY", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20",
+        ])
+        .arg("127.0.0.1")
+        .arg(scp.local_addr().port().to_string())
+        .arg(file);
+        let out = run(cmd).await;
+        let all = text(&out);
+        assert!(all.contains(status), "{}: no {status}: {all}", file.display());
+    }
+    assert!(sink.stored().is_empty(), "a refused object was stored");
+    assert_eq!(sink.calls.lock().unwrap().len(), 2);
+    assert_eq!(std::fs::read_dir(&sink.staging).unwrap().count(), 0);
+    scp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_calling_ae_is_rejected_at_association() {
+    let Some(storescu) = dcmtk("storescu", "unknown_calling_ae_is_rejected_at_association") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FolderSink::new(dir.path());
+    let scp = Scp::bind(&config(&["MODALITY"]), sink.clone()).await.unwrap();
+    let file = corpus().join("transfer-syntax/mr_small_explicit-le.dcm");
+    for (calling, called, reason) in [
+        ("INTRUDER", "MEDMESH", "Calling AE Title Not Recognized"),
+        ("MODALITY", "SOMEONE", "Called AE Title Not Recognized"),
+    ] {
+        let mut cmd = Command::new(&storescu);
+        cmd.args(["-aet", calling, "-aec", called, "-to", "20", "-ta", "20", "-td", "20"])
+            .arg("127.0.0.1")
+            .arg(scp.local_addr().port().to_string())
+            .arg(&file);
+        let out = run(cmd).await;
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(all.contains("Association Rejected"), "{all}");
+        assert!(all.contains(reason), "{all}");
+    }
+    assert!(sink.stored().is_empty());
+    scp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn associations_over_the_limit_are_refused_for_congestion() {
+    let Some(echoscu) = dcmtk("echoscu", "associations_over_the_limit_are_refused_for_congestion") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&["ECHOSCU"]);
+    cfg.max_associations = 1;
+    let scp = Scp::bind(&cfg, FolderSink::new(dir.path())).await.unwrap();
+    // Hold the one slot with an open TCP connection that says nothing.
+    let hold = std::net::TcpStream::connect(scp.local_addr()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut cmd = Command::new(&echoscu);
+    cmd.args([
+        "-aet", "ECHOSCU", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20",
+    ])
+    .arg("127.0.0.1")
+    .arg(scp.local_addr().port().to_string());
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Transient") || all.contains("Congestion"), "{all}");
+    drop(hold);
+    scp.shutdown().await;
+}
