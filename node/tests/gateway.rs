@@ -14,6 +14,14 @@ use medmesh_node::config::gateway::{CallingAe, GatewayConfig};
 use medmesh_node::gateway::scp::Scp;
 use medmesh_node::gateway::{Received, Sink, StoreRefusal, Stored};
 
+/// The gateway's logs in the test output (shown for a failing test).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("medmesh_node=debug")
+        .try_init();
+}
+
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/corpus")
 }
@@ -445,5 +453,97 @@ async fn associations_over_the_limit_are_refused_for_congestion() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("Transient") || all.contains("Congestion"), "{all}");
     drop(hold);
+    scp.shutdown().await;
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// PEM files in `dir`: (ca, server cert, server key, client cert, client key).
+fn certificates(dir: &Path) -> [PathBuf; 5] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "medmesh gateway test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["modality.example".to_string()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "MODALITY");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_requires_a_trusted_client_certificate() {
+    let Some(storescu) = dcmtk("storescu", "tls_requires_a_trusted_client_certificate") else {
+        return;
+    };
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, server_cert, server_key, client_cert, client_key] = certificates(dir.path());
+    let sink = FolderSink::new(&dir.path().join("scp"));
+    let mut cfg = config(&["MODALITY"]);
+    cfg.tls_cert = Some(server_cert.to_string_lossy().into_owned());
+    cfg.tls_key = Some(server_key.to_string_lossy().into_owned());
+    cfg.tls_client_ca = Some(ca.to_string_lossy().into_owned());
+    let scp = Scp::bind(&cfg, sink.clone()).await.unwrap();
+    assert!(scp.tls());
+    let file = corpus().join("transfer-syntax/mr_small_explicit-le.dcm");
+    let port = scp.local_addr().port().to_string();
+    let base = [
+        "-aet", "MODALITY", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20",
+    ];
+
+    // With a client certificate signed by the CA: stored.
+    let mut cmd = Command::new(&storescu);
+    cmd.args(base)
+        .arg("+tls")
+        .arg(&client_key)
+        .arg(&client_cert)
+        .arg("+cf")
+        .arg(&ca)
+        .args(["127.0.0.1", &port])
+        .arg(&file);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sink.stored().len(), 1);
+
+    // Anonymous TLS (no client certificate): refused in the handshake.
+    let mut cmd = Command::new(&storescu);
+    cmd.args(base)
+        .arg("+tla")
+        .arg("+cf")
+        .arg(&ca)
+        .args(["127.0.0.1", &port])
+        .arg(&file);
+    let out = run(cmd).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Association Request Failed"), "{}", text(&out));
+
+    // Plain TCP to the TLS port: no association.
+    let mut cmd = Command::new(&storescu);
+    cmd.args(base).args(["127.0.0.1", &port]).arg(&file);
+    let out = run(cmd).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(sink.stored().len(), 1);
     scp.shutdown().await;
 }
