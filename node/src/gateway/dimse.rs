@@ -854,7 +854,9 @@ where
     }
 
     /// Sends a data set read from `input` to its end, one PDU's worth at a
-    /// time; returns its length.
+    /// time; returns its length. A data set of odd length (a non-conformant
+    /// deflated stream) gets one trailing NUL byte, which PS3.5 §A.5
+    /// prescribes and without which receivers refuse the odd fragment.
     ///
     /// # Errors
     /// [`DimseError`]: reading or the association failed.
@@ -873,6 +875,9 @@ where
                 read_up_to(input, size).await?
             };
             let last = next.is_empty();
+            if last && current.len() % 2 == 1 {
+                current.push(0);
+            }
             total += current.len() as u64;
             self.send_pdv(context, PDataValueType::Data, last, current).await?;
             if last {

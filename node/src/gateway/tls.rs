@@ -137,3 +137,30 @@ pub fn client_config(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Arc<ru
     };
     Ok(Arc::new(config))
 }
+
+/// A client configuration trusting the Mozilla roots (a destination with
+/// `tls = true` and no `tls_ca`), presenting `client` when given.
+///
+/// # Errors
+/// [`TlsError`] naming the file.
+pub fn client_config_system_roots(client: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::Rustls {
+            file: PathBuf::from("(Mozilla roots)"),
+            source,
+        })?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key_file)) => builder
+            .with_client_auth_cert(certs(cert)?, key(key_file)?)
+            .map_err(|source| TlsError::Rustls {
+                file: cert.to_path_buf(),
+                source,
+            })?,
+    };
+    Ok(Arc::new(config))
+}
