@@ -77,6 +77,8 @@ struct FolderSink {
     staging: PathBuf,
     out: PathBuf,
     calls: Mutex<Vec<Received>>,
+    /// Validate with the `dicom` module (reads the whole file).
+    validate: bool,
 }
 
 impl FolderSink {
@@ -89,6 +91,7 @@ impl FolderSink {
             staging,
             out,
             calls: Mutex::new(Vec::new()),
+            validate: true,
         })
     }
 
@@ -109,11 +112,13 @@ impl Sink for FolderSink {
 
     fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal> {
         self.calls.lock().unwrap().push(received.clone());
-        let bytes = std::fs::read(file).map_err(|_| StoreRefusal::Internal)?;
-        medmesh_node::dicom::parse_and_validate(&bytes).map_err(|e| {
-            eprintln!("sink refused {}: {e}", received.sop_class_uid);
-            StoreRefusal::from_dicom(&e)
-        })?;
+        if self.validate {
+            let bytes = std::fs::read(file).map_err(|_| StoreRefusal::Internal)?;
+            medmesh_node::dicom::parse_and_validate(&bytes).map_err(|e| {
+                eprintln!("sink refused {}: {e}", received.sop_class_uid);
+                StoreRefusal::from_dicom(&e)
+            })?;
+        }
         let dest = self.out.join(format!("{}.dcm", received.sop_instance_uid));
         let duplicate = dest.exists();
         std::fs::copy(file, &dest).map_err(|_| StoreRefusal::Internal)?;
@@ -777,5 +782,118 @@ async fn our_scu_finds_and_moves_a_study_from_dcmqrscp() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    scp.shutdown().await;
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A 64 MiB object (8192 x 4096 16-bit native pixels) written without ever
+/// being in memory: a small data set, then Pixel Data written in chunks.
+fn big_object(path: &Path) -> (String, u64) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use std::io::Write;
+    let (rows, cols) = (8192u16, 4096u16);
+    let uid = "2.25.1234567890123456789012345678901234";
+    let mut obj = dicom_object::InMemDicomObject::new_empty();
+    for (tag, vr, v) in [
+        (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+        (tags::SOP_INSTANCE_UID, VR::UI, uid),
+        (tags::STUDY_INSTANCE_UID, VR::UI, "2.25.11"),
+        (tags::SERIES_INSTANCE_UID, VR::UI, "2.25.12"),
+        (tags::MODALITY, VR::CS, "OT"),
+        (tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+    ] {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    }
+    for (tag, v) in [
+        (tags::SAMPLES_PER_PIXEL, 1u16),
+        (tags::ROWS, rows),
+        (tags::COLUMNS, cols),
+        (tags::BITS_ALLOCATED, 16),
+        (tags::BITS_STORED, 16),
+        (tags::HIGH_BIT, 15),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+    }
+    let file = obj
+        .with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                .media_storage_sop_instance_uid(uid),
+        )
+        .unwrap();
+    file.write_to_file(path).unwrap();
+    let len = u32::from(rows) * u32::from(cols) * 2;
+    let mut out = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    out.write_all(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]).unwrap();
+    out.write_all(&len.to_le_bytes()).unwrap();
+    let chunk = vec![0x5Au8; 1024 * 1024];
+    for _ in 0..len / (1024 * 1024) {
+        out.write_all(&chunk).unwrap();
+    }
+    out.sync_all().unwrap();
+    (uid.to_string(), u64::from(len))
+}
+
+/// A digest of a file's data set, read in chunks.
+fn data_set_digest(path: &Path) -> (u64, blake3::Hash) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut head = [0u8; 144];
+    f.read_exact(&mut head).unwrap();
+    let len = u64::from(u32::from_le_bytes([head[140], head[141], head[142], head[143]]));
+    f.seek(SeekFrom::Start(144 + len)).unwrap();
+    let mut h = blake3::Hasher::new();
+    let n = std::io::copy(&mut f, &mut h).unwrap();
+    (n, h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_streams_through_without_being_held_in_memory() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("big.dcm");
+    let (uid, pixels) = big_object(&source);
+    let sink = {
+        let staging = dir.path().join("scp/staging");
+        let out = dir.path().join("scp/stored");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        Arc::new(FolderSink {
+            staging,
+            out,
+            calls: Mutex::new(Vec::new()),
+            validate: false,
+        })
+    };
+    let scp = Scp::bind(&config(&["MEDMESH-B"]), sink.clone()).await.unwrap();
+    // Forget the peak so far (the kernel resets VmHWM on "5").
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak_rss();
+    let dest = scu::Destination::plain("MEDMESH", "127.0.0.1", scp.local_addr().port());
+    let outcomes = scu::store("MEDMESH-B", &dest, std::slice::from_ref(&source))
+        .await
+        .unwrap();
+    assert!(outcomes[0].result.is_ok(), "{:?}", outcomes[0].result);
+    let grown = peak_rss().saturating_sub(before);
+    eprintln!("peak RSS grew by {} KiB for a {} MiB object", grown >> 10, pixels >> 20);
+    let got = sink.out.join(format!("{uid}.dcm"));
+    assert_eq!(data_set_digest(&got), data_set_digest(&source));
+    assert!(data_set_digest(&got).0 > pixels);
+    // Sender and receiver in this process: both stream one PDU at a time.
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "the peak RSS grew by {} MiB sending and receiving a {} MiB object",
+        grown >> 20,
+        pixels >> 20
+    );
     scp.shutdown().await;
 }
