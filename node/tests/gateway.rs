@@ -897,3 +897,46 @@ async fn a_large_object_streams_through_without_being_held_in_memory() {
     );
     scp.shutdown().await;
 }
+
+/// A sink whose store is full.
+struct FullSink(PathBuf);
+
+impl Sink for FullSink {
+    fn staging_dir(&self) -> &Path {
+        &self.0
+    }
+
+    fn store(&self, file: &Path, _: &Received) -> Result<Stored, StoreRefusal> {
+        use std::os::unix::fs::PermissionsExt;
+        // The staged file is private to the node.
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        Err(StoreRefusal::StorageFull)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_is_answered_out_of_resources() {
+    let Some(storescu) = dcmtk("storescu", "a_full_store_is_answered_out_of_resources") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let scp = Scp::bind(&config(&["MODALITY"]), Arc::new(FullSink(dir.path().to_path_buf())))
+        .await
+        .unwrap();
+    let mut cmd = Command::new(&storescu);
+    cmd.args([
+        "-v", "-aet", "MODALITY", "-aec", "MEDMESH", "-to", "20", "-ta", "20", "-td", "20",
+    ])
+    .arg("127.0.0.1")
+    .arg(scp.local_addr().port().to_string())
+    .arg(corpus().join("transfer-syntax/mr_small_explicit-le.dcm"));
+    let out = run(cmd).await;
+    assert!(text(&out).contains("Refused: OutOfResources"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the staged file is removed"
+    );
+    scp.shutdown().await;
+}

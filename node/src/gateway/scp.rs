@@ -439,7 +439,16 @@ where
         return Ok(Err(StoreRefusal::MissingUid("Affected SOP Class/Instance UID")));
     }
     let path = staging_path(shared.sink.staging_dir());
-    let mut out = match std::fs::File::create(&path) {
+    let created = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Patient data: readable by the node only.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+    };
+    let mut out = match created {
         Ok(file) => Staging::new(file),
         Err(e) => {
             warn!(error = %e, "DICOM SCP: cannot create a staging file");
