@@ -223,9 +223,9 @@ mod tests {
     proptest! {
         #[test]
         fn nothing_off_the_list_is_ever_accepted(
-            called in "[ -~]{0,16}",
-            calling in "[ -~]{0,16}",
-            octets in any::<[u8; 4]>(),
+            called in prop_oneof![Just("MEDMESH".to_string()), Just(" MEDMESH ".to_string()), "[ -~]{0,16}"],
+            calling in prop_oneof![Just("CT01".to_string()), Just("MR01".to_string()), "[ -~]{0,16}"],
+            octets in prop_oneof![Just([10u8, 0, 0, 5]), Just([127u8, 0, 0, 1]), any::<[u8; 4]>()],
             v6 in any::<bool>(),
             active in 0u32..4,
             extra in proptest::collection::vec(("[A-Z0-9]{1,16}", any::<[u8; 4]>()), 0..4),
