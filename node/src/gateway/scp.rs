@@ -3,8 +3,8 @@
 //! answers C-ECHO and C-STORE.
 //!
 //! Presentation contexts accepted: Verification and every Storage SOP class
-//! of [`sop::STORAGE`], each with the first transfer syntax proposed that
-//! dicom-rs can parse (no transcoding: the object is stored in the one it
+//! ([`sop::STORAGE`], [`sop::RETIRED_STORAGE`]), each with the first
+//! transfer syntax proposed that dicom-rs can parse (no transcoding: the object is stored in the one it
 //! arrives in). A C-STORE's data set streams fragment by fragment into a
 //! Part 10 file in the sink's staging folder (file meta: the negotiated
 //! transfer syntax, the command's SOP class and instance); its SOP Class and
@@ -126,7 +126,7 @@ impl Scp {
             .read_timeout(READ_TIMEOUT)
             .write_timeout(READ_TIMEOUT)
             .with_abstract_syntax(sop::VERIFICATION);
-        for uid in sop::STORAGE {
+        for uid in sop::STORAGE.iter().chain(sop::RETIRED_STORAGE) {
             base = base.with_abstract_syntax(*uid);
         }
         let max = config.max_associations.max(1);

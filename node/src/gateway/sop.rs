@@ -1,7 +1,7 @@
 //! The SOP classes the gateway serves: Verification and every Storage SOP
 //! class of the standard (the non-retired ones of dicom-dictionary-std,
-//! PS3.4 Annex B; Storage Commitment and Media Storage Directory are not
-//! storage of objects and are left out).
+//! PS3.4 Annex B, and the retired ones apart; Storage Commitment and Media
+//! Storage Directory are not storage of objects and are left out).
 
 use dicom_dictionary_std::uids;
 
@@ -212,10 +212,34 @@ pub const STORAGE: &[&str] = &[
     uids::IMPLANT_TEMPLATE_GROUP_STORAGE,
 ];
 
-/// Whether `uid` is one of [`STORAGE`].
+/// The retired Storage SOP classes, still sent by old modalities and
+/// archives (Ultrasound and Nuclear Medicine of ACR-NEMA days, the trial SR
+/// classes, ...): accepted as well.
+#[allow(deprecated)]
+pub const RETIRED_STORAGE: &[&str] = &[
+    uids::STANDALONE_MODALITY_LUT_STORAGE,
+    uids::STANDALONE_VOILUT_STORAGE,
+    uids::X_RAY_ANGIOGRAPHIC_BI_PLANE_IMAGE_STORAGE,
+    uids::STANDALONE_PET_CURVE_STORAGE,
+    uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE_RETIRED,
+    uids::NUCLEAR_MEDICINE_IMAGE_STORAGE_RETIRED,
+    uids::ULTRASOUND_IMAGE_STORAGE_RETIRED,
+    uids::VL_IMAGE_STORAGE_TRIAL,
+    uids::VL_MULTI_FRAME_IMAGE_STORAGE_TRIAL,
+    uids::STANDALONE_OVERLAY_STORAGE,
+    uids::TEXT_SR_STORAGE_TRIAL,
+    uids::AUDIO_SR_STORAGE_TRIAL,
+    uids::DETAIL_SR_STORAGE_TRIAL,
+    uids::COMPREHENSIVE_SR_STORAGE_TRIAL,
+    uids::STANDALONE_CURVE_STORAGE,
+    uids::WAVEFORM_STORAGE_TRIAL,
+    uids::RT_BEAMS_DELIVERY_INSTRUCTION_STORAGE_TRIAL,
+];
+
+/// Whether `uid` is one of [`STORAGE`] or [`RETIRED_STORAGE`].
 #[must_use]
 pub fn is_storage(uid: &str) -> bool {
-    STORAGE.contains(&uid)
+    STORAGE.contains(&uid) || RETIRED_STORAGE.contains(&uid)
 }
 
 #[cfg(test)]
@@ -225,14 +249,16 @@ mod tests {
     #[test]
     fn storage_classes_are_those_of_the_storage_service() {
         assert!(STORAGE.len() > 150, "{}", STORAGE.len());
-        for uid in STORAGE {
+        for uid in STORAGE.iter().chain(RETIRED_STORAGE) {
             // PS3.4 Annex B (and the RT, implant template and waveform
             // classes under 1.2.840.10008.5.1.4).
             assert!(uid.starts_with("1.2.840.10008.5.1.4."), "{uid}");
             assert!(crate::dicom::check_uid(uid).is_ok(), "{uid}");
         }
-        let unique: std::collections::BTreeSet<_> = STORAGE.iter().collect();
-        assert_eq!(unique.len(), STORAGE.len());
+        let unique: std::collections::BTreeSet<_> = STORAGE.iter().chain(RETIRED_STORAGE).collect();
+        assert_eq!(unique.len(), STORAGE.len() + RETIRED_STORAGE.len());
+        // Ultrasound Image Storage (Retired), still sent by old scanners.
+        assert!(is_storage("1.2.840.10008.5.1.4.1.1.6"));
         for uid in [
             uids::CT_IMAGE_STORAGE,
             uids::MR_IMAGE_STORAGE,
