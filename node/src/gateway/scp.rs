@@ -4,8 +4,8 @@
 //!
 //! Presentation contexts accepted: Verification and every Storage SOP class
 //! ([`sop::STORAGE`], [`sop::RETIRED_STORAGE`]), each with the first
-//! transfer syntax proposed that dicom-rs can parse (no transcoding: the object is stored in the one it
-//! arrives in). A C-STORE's data set streams fragment by fragment into a
+//! transfer syntax proposed that dicom-rs can parse (no transcoding: the
+//! object is stored in the one it arrives in). A C-STORE's data set streams fragment by fragment into a
 //! Part 10 file in the sink's staging folder (file meta: the negotiated
 //! transfer syntax, the command's SOP class and instance); its SOP Class and
 //! Instance UID are checked against the command, then the [`Sink`] stores
