@@ -17,6 +17,7 @@ use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, SitePolicy};
 use serde::{Deserialize, Serialize};
 
 pub mod endpoint;
+pub mod gateway;
 
 pub use endpoint::{EndpointError, WebhookTarget, redact_url, split_host_port};
 
@@ -302,6 +303,9 @@ pub struct Config {
     /// What a peer can make this node spend.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The DICOM gateway (`[gateway]`, [`gateway::GatewayConfig`]).
+    #[serde(default, skip_serializing_if = "gateway::GatewayConfig::is_default")]
+    pub gateway: gateway::GatewayConfig,
 }
 
 fn default_version() -> u32 {
@@ -320,6 +324,7 @@ impl Default for Config {
             deid: DeidConfig::default(),
             notify: NotifyConfig::default(),
             limits: LimitsConfig::default(),
+            gateway: gateway::GatewayConfig::default(),
         }
     }
 }
@@ -1053,6 +1058,7 @@ impl Config {
         }
         self.notify.check(&value)?;
         self.limits.check(&value)?;
+        self.gateway.check(&value)?;
         if self.limits.streams_per_peer < u32::from(t.streams) {
             return Err(value(
                 "limits.streams_per_peer",

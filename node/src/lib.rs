@@ -20,6 +20,7 @@
 //! | [`store`] | redb index and the encrypted, content-addressed blob store: the only code that opens either |
 //! | [`effects`] | the hooks a change in one service sets off in the others (ledger entries, transfers to end) |
 //! | [`dicom`] | ingest (parse, validate, group), export |
+//! | [`gateway`] | the DICOM gateway: DIMSE over dicom-ul, association policy, the storage SCP, the SCU (echo, store, find, move), DICOM TLS |
 //! | [`deid`] | de-identification: PS3.15 Annex E profile and options, UID remap, date shift, pixel masking; the de-identification service |
 //! | [`notify`] | the notification service: delivery of the outbox to a webhook and a syslog collector (ATNA) |
 //! | [`trust`] | consortia, membership certificates, revocations, bilateral trust, blocks: is this peer trusted; the trust service |
@@ -78,6 +79,7 @@ pub mod deid;
 pub mod dicom;
 pub mod effects;
 pub mod fsutil;
+pub mod gateway;
 pub mod home;
 pub mod identity;
 pub mod ids;

@@ -1,0 +1,176 @@
+//! The gateway: the node as a DICOM Application Entity on the site's
+//! network (issue 18), on dicom-rs's upper layer (`dicom-ul`).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`dimse`] | the DIMSE command set, status codes, message fragmentation and reassembly |
+//! | [`policy`] | who may associate (a pure function) and the A-ASSOCIATE-RJ of a refusal |
+//! | [`scp`] | the storage SCP: C-ECHO, C-STORE into a [`Sink`], over TCP or DICOM TLS |
+//! | [`scu`] | C-ECHO, C-STORE of files, C-FIND and C-MOVE at study level |
+//! | [`tls`] | rustls configurations from PEM files |
+//! | [`sop`] | the SOP classes served |
+//!
+//! The node comes in through one narrow trait: [`Sink`], which imports a
+//! received file exactly as `study import` does. The gateway imports only
+//! `config`, `dicom` and `fsutil` of this crate.
+//!
+//! Nothing the gateway logs or returns as an error holds patient data: AE
+//! titles, SOP class UIDs, status codes and counts only.
+
+pub mod dimse;
+pub mod policy;
+pub mod scp;
+pub mod scu;
+pub mod sop;
+pub mod tls;
+
+use std::path::Path;
+
+use crate::dicom::DicomError;
+use dimse::Status;
+
+/// What the SCP knows of a received object when it hands it to the
+/// [`Sink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The calling AE title of the association.
+    pub calling_ae: String,
+    /// The SOP Class UID of the C-STORE command.
+    pub sop_class_uid: String,
+    /// The SOP Instance UID of the C-STORE command.
+    pub sop_instance_uid: String,
+    /// The transfer syntax it arrived (and is stored) in.
+    pub transfer_syntax: String,
+}
+
+/// The object is durably stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// It was held already (de-duplicated); still a success.
+    pub duplicate: bool,
+}
+
+/// Why the node refused a received object. The SCP answers with the
+/// failure status of [`StoreRefusal::status`] and the refusal's text as
+/// Error Comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreRefusal {
+    /// Not a DICOM data set.
+    #[error("not DICOM")]
+    NotDicom,
+    /// DICOM that cannot be parsed, or whose pixel data does not fit its
+    /// attributes.
+    #[error("malformed DICOM data set")]
+    Malformed,
+    /// A required UID is missing or invalid (the keyword is named).
+    #[error("missing or invalid {0}")]
+    MissingUid(&'static str),
+    /// The data set's SOP Instance or Class UID differs from the command's.
+    #[error("SOP Instance or Class UID of the data set differs from the command")]
+    InstanceMismatch,
+    /// The object is not one the node stores (e.g. a DICOMDIR).
+    #[error("not a study object")]
+    NotStudyObject,
+    /// The store is full.
+    #[error("storage full")]
+    StorageFull,
+    /// The store failed otherwise (the node logs the cause).
+    #[error("the node could not store the object")]
+    Internal,
+}
+
+impl StoreRefusal {
+    /// The C-STORE failure status.
+    #[must_use]
+    pub fn status(self) -> Status {
+        match self {
+            StoreRefusal::NotDicom | StoreRefusal::Malformed => Status::CannotUnderstand,
+            StoreRefusal::MissingUid(_) | StoreRefusal::InstanceMismatch | StoreRefusal::NotStudyObject => {
+                Status::DataSetMismatch
+            }
+            StoreRefusal::StorageFull => Status::OutOfResources,
+            StoreRefusal::Internal => Status::ProcessingFailure,
+        }
+    }
+
+    /// The refusal of an ingest validation error, for the node's sink: a
+    /// file the `dicom` module refuses is refused with this.
+    #[must_use]
+    pub fn from_dicom(e: &DicomError) -> Self {
+        match e {
+            DicomError::NotDicom(_) => StoreRefusal::NotDicom,
+            DicomError::Malformed(_) => StoreRefusal::Malformed,
+            DicomError::Missing(what) => StoreRefusal::MissingUid(what),
+            DicomError::Invalid { attribute, .. } if attribute.contains("UID") => StoreRefusal::MissingUid(attribute),
+            DicomError::Invalid { .. } => StoreRefusal::Malformed,
+            // Pixel data that does not fit the image attributes.
+            DicomError::Inconsistent(_) => StoreRefusal::Malformed,
+            DicomError::Dicomdir => StoreRefusal::NotStudyObject,
+            DicomError::Io(e) if is_storage_full(e) => StoreRefusal::StorageFull,
+            _ => StoreRefusal::Internal,
+        }
+    }
+}
+
+/// Whether an I/O error means the disk or quota is full.
+#[must_use]
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Where the SCP puts what it receives: the node implements it by
+/// importing the file as `study import` does (validation, sealed store,
+/// de-duplication, ledger). Called on a blocking thread
+/// (`spawn_blocking`), once per object; the SCP answers Success only after
+/// it returns `Ok`, and deletes `file` afterwards either way (the sink
+/// copies or moves what it keeps).
+pub trait Sink: Send + Sync + 'static {
+    /// The folder where the SCP writes received objects before handing
+    /// them over (on the store's file system, so that the sink can move
+    /// them; private to the node).
+    fn staging_dir(&self) -> &Path;
+
+    /// Stores the Part 10 file `file` (file meta written by the SCP: the
+    /// transfer syntax negotiated, Media Storage SOP Class/Instance UID of
+    /// the command; the data set byte for byte as received).
+    ///
+    /// # Errors
+    /// [`StoreRefusal`]: why it was not stored.
+    fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_failure_statuses() {
+        for (refusal, code) in [
+            (StoreRefusal::NotDicom, 0xC000),
+            (StoreRefusal::Malformed, 0xC000),
+            (StoreRefusal::MissingUid("StudyInstanceUID"), 0xA900),
+            (StoreRefusal::InstanceMismatch, 0xA900),
+            (StoreRefusal::StorageFull, 0xA700),
+            (StoreRefusal::Internal, 0x0110),
+        ] {
+            assert_eq!(refusal.status().code(), code, "{refusal}");
+            assert_eq!(refusal.status().kind(), dimse::StatusKind::Failure);
+        }
+        assert_eq!(
+            StoreRefusal::from_dicom(&DicomError::Missing("StudyInstanceUID")),
+            StoreRefusal::MissingUid("StudyInstanceUID")
+        );
+        assert_eq!(
+            StoreRefusal::from_dicom(&DicomError::Io(std::io::Error::from(std::io::ErrorKind::StorageFull))),
+            StoreRefusal::StorageFull
+        );
+        assert_eq!(
+            StoreRefusal::from_dicom(&DicomError::Inconsistent("x".into())),
+            StoreRefusal::Malformed
+        );
+    }
+}
