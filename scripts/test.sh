@@ -2,7 +2,8 @@
 # The test command of the README (and of CI, through .ci/run).
 # Formatting, lints with warnings as errors, then every test of the workspace.
 # Beyond a Rust toolchain with rustfmt and clippy, the tests need iproute2's
-# `ip` and root (network namespaces): scripts/system-deps.sh installs `ip` if missing.
+# `ip` and root (network namespaces), dcmtk and Orthanc (the PACS the gateway
+# tests talk to): scripts/system-deps.sh installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh

@@ -49,6 +49,14 @@ const ALLOWED: &[(&str, &str)] = &[
         "the `deid` command reads a user's folder and writes the de-identified copies to another user's folder",
     ),
     (
+        "gateway/scp.rs",
+        "the DICOM SCP spools each received data set into a private staging file in the folder its `Sink` names, then hands it to the `Sink`, which imports it as `study import` imports a user's file; the staging file is removed once answered",
+    ),
+    (
+        "gateway/scu.rs",
+        "the C-STORE SCU reads the plain DICOM files it is given to send (a user's files, or an export the caller made through the store)",
+    ),
+    (
         "net.rs",
         "fault injection (tests only): the gossip trace file named by MEDMESH_GOSSIP_TRACE",
     ),
