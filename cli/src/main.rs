@@ -12,6 +12,7 @@
 
 mod admin;
 mod consent;
+mod gateway;
 mod ledger;
 mod output;
 mod session;
@@ -175,6 +176,9 @@ enum Command {
     /// Requests that wait for a person at this node: list, approve, deny.
     #[command(subcommand)]
     Approvals(transfer::ApprovalsCommand),
+    /// The DICOM gateway: echo, find and fetch with the site's PACS.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// Transfers of this node, both directions: list, show, watch.
     #[command(subcommand)]
     Transfers(transfer::TransfersCommand),
@@ -663,6 +667,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     for a in &status.net.listen {
                         s.push_str(&format!("listening  {a}\n"));
                     }
+                    if let Some(g) = &status.gateway {
+                        s.push_str(&output::gateway_line(g));
+                    }
                     s
                 });
             }));
@@ -683,7 +690,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let info = Node::id_info(&rec);
             let ledger_problem = status.as_ref().and_then(|s| s.ledger_problem.clone());
-            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem });
+            let gateway = status.as_ref().and_then(|s| s.gateway.clone());
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway });
             out.emit("status", &data, || match &status {
                 Some(s) => {
                     let mut t = format!(
@@ -697,6 +705,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     for a in &s.net.listen {
                         t.push_str(&format!("listening  {a}\n"));
+                    }
+                    if let Some(g) = &s.gateway {
+                        t.push_str(&output::gateway_line(g));
                     }
                     if let Some(p) = &s.ledger_problem {
                         t.push_str(&format!("LEDGER     {p}\n"));
@@ -735,6 +746,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Request(args) => transfer::request(args, false),
         Command::Share(args) => transfer::request(args, true),
         Command::Approvals(cmd) => transfer::approvals(cmd),
+        Command::Gateway(cmd) => gateway::run(cmd),
         Command::Log(cmd) => ledger::run(cmd),
         Command::Notifications { home, status: true, .. } => ledger::notify_status(&home),
         Command::Notifications { home, unread, .. } => ledger::notifications(&home, unread),

@@ -240,6 +240,71 @@ pub struct Status {
     /// shorter than what its peers hold), if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_problem: Option<String>,
+    /// The DICOM gateway's SCP, when `[gateway] enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+}
+
+/// The body of [`routes::GatewayEcho`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoRequest {
+    /// The `name` of a `[[gateway.destination]]`; absent: `[gateway.pacs]`.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// The answer of [`routes::GatewayEcho`]: the remote AE answered C-ECHO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EchoReport {
+    /// The name of the remote AE in the configuration.
+    pub name: String,
+    /// Its AE title.
+    pub ae_title: String,
+    /// `host:port`.
+    pub address: String,
+    /// Over DICOM TLS.
+    pub tls: bool,
+    /// Milliseconds from connecting to the C-ECHO response.
+    pub millis: u64,
+}
+
+/// The body of [`routes::GatewayFetch`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// The Study Instance UID to fetch from `[gateway.pacs]`.
+    pub study_uid: String,
+}
+
+/// The answer of [`routes::GatewayFetch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchReport {
+    /// The study.
+    pub study_uid: String,
+    /// The PACS's final C-MOVE status code (0 success, B000 some failed).
+    pub status: u16,
+    /// Its meaning.
+    pub status_text: String,
+    /// Objects the PACS sent (sub-operations completed).
+    pub completed: u16,
+    /// Objects it could not send (or this node refused).
+    pub failed: u16,
+    /// Objects sent with a warning.
+    pub warning: u16,
+    /// Instances of the study this node holds now.
+    pub instances_held: u64,
+}
+
+/// The DICOM gateway's SCP of a running node (in [`Status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// Its AE title.
+    pub ae_title: String,
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
+    /// Whether it requires DICOM TLS.
+    pub tls: bool,
 }
 
 /// Progress of [`routes::StudiesImport`], one JSON Lines record each.

@@ -103,6 +103,12 @@ approval_required = ["research", "teaching"]
 # Longest a grant may last, in days (1 to 3650); a grant ends earlier when a
 # consent it relies on ends or is withdrawn.
 max_grant_days = 30
+# A trusted peer's request for a study this node does not hold yet fetches
+# it from the site's PACS first ([gateway.pacs], by C-MOVE to this node's
+# own SCP; needs [gateway] enabled), then is decided as usual: the requester
+# sees "pending" meanwhile, and a study the PACS does not have either is
+# "not available".
+fetch_from_pacs = false
 
 [transfer]
 # Objects of a study streamed at once to a peer, each on its own stream
@@ -191,6 +197,39 @@ request_burst = 300
 # Requests from one peer waiting for a person here (`medmesh approvals`), at
 # most; a further one is answered retry-later until some are decided.
 pending_approvals_per_peer = 50
+
+[gateway]
+# The DICOM gateway (docs/DICOM-CONFORMANCE.md, docs/OPERATIONS.md
+# "Connecting the PACS"): medmesh as a DICOM Application Entity beside the
+# site's PACS. When enabled, `medmesh run` serves C-ECHO and C-STORE on
+# `listen`; every object received is imported as `study import` imports a
+# file.
+enabled = false
+# This node's AE title (1 to 16 characters, no backslash or control characters).
+ae_title = "MEDMESH"
+# address:port the SCP listens on (104 and 11112 are DICOM's usual ports).
+listen = "127.0.0.1:11112"
+# Associations served at once; more are refused with "temporary congestion".
+max_associations = 8
+# DICOM TLS: PEM certificate chain and key of the SCP; with tls_client_ca,
+# callers must present a certificate signed by one of its CAs. TLS 1.2/1.3.
+# tls_cert = "/etc/medmesh/dicom.crt"
+# tls_key = "/etc/medmesh/dicom.key"
+# tls_client_ca = "/etc/medmesh/dicom-clients-ca.crt"
+#
+# The calling AEs accepted (AE title and the IP address it connects from);
+# any other is rejected at association ("calling AE title not recognised").
+# [[gateway.calling]]
+# ae_title = "MODALITY1"
+# host = "10.1.2.3"
+#
+# The site's PACS, for `medmesh gateway find` and `gateway fetch`.
+# [gateway.pacs]
+# name = "pacs"
+# ae_title = "PACS"
+# host = "10.1.2.10"
+# port = 104
+# tls = false
 
 [notify.webhook]
 # Notifications (an entry of another site concerns a study of this one, and
@@ -304,7 +343,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The DICOM gateway (`[gateway]`, [`gateway::GatewayConfig`]).
-    #[serde(default, skip_serializing_if = "gateway::GatewayConfig::is_default")]
+    #[serde(default)]
     pub gateway: gateway::GatewayConfig,
 }
 
@@ -346,6 +385,8 @@ pub struct PolicyConfig {
     pub approval_required: BTreeSet<Purpose>,
     /// Longest grant, in days.
     pub max_grant_days: GrantDays,
+    /// A peer's request for a study not held yet fetches it from the PACS first.
+    pub fetch_from_pacs: bool,
 }
 
 impl PolicyConfig {
@@ -378,6 +419,7 @@ impl Default for PolicyConfig {
             waiver_level: DeidLevel::Anonymised,
             approval_required: [Purpose::Research, Purpose::Teaching].into(),
             max_grant_days: GrantDays::default(),
+            fetch_from_pacs: false,
         }
     }
 }

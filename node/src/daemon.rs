@@ -2,6 +2,8 @@
 //! the network and notification delivery, and runs until SIGINT or SIGTERM,
 //! then stops them and removes the socket.
 
+mod gateway;
+
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -39,6 +41,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The DICOM gateway's SCP could not start.
+    #[error("DICOM gateway: {0}")]
+    Gateway(#[from] crate::gateway::scp::ScpError),
 }
 
 /// Runs the node until SIGINT or SIGTERM. `ready` is called once, when the
@@ -56,6 +61,12 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let node = Arc::new(node);
     let socket = node.paths().socket();
     let bound = server::bind(&socket)?;
+    // The DICOM gateway's SCP, when enabled: before the network, so that
+    // a port in use or a bad certificate stops the start at once.
+    let (scp, gateway) = match gateway::start(&node).await? {
+        Some((scp, status)) => (Some(scp), Some(status)),
+        None => (None, None),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     // The services register their protocols with the network.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -77,6 +88,21 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         engine.abort();
         replication_task.abort();
     });
+    // [policy] fetch_from_pacs: requests for studies not held yet wait for the PACS.
+    let fetch_task = match (
+        &gateway,
+        node.config().policy.fetch_from_pacs && node.config().gateway.pacs.is_some(),
+    ) {
+        (Some(g), true) => {
+            let ctx = crate::api::route::Ctx::online(Arc::clone(&node), net.clone(), socket.clone(), gateway.clone());
+            Some(tokio::spawn(gateway::fetch_for_requests(
+                ctx,
+                g.ae_title.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
     // Notification delivery (webhook, syslog): returns at once when none is configured.
     let notify_task = {
         let (config, origin) = (node.config().notify.clone(), crate::notify::Origin::of(node.record()));
@@ -84,7 +110,13 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let stop = stop_rx.clone();
         tokio::spawn(async move { crate::notify::run(node, &config, origin, stop).await })
     };
-    let mut api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
+    let mut api_task = tokio::spawn(server::serve(
+        bound,
+        Arc::clone(&node),
+        net.clone(),
+        gateway.clone(),
+        stop_rx,
+    ));
     let mut net_task = net_task;
     // Wait until every listen address is bound before reporting ready.
     let want = node.config().network.listen.len();
@@ -101,6 +133,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         net: status,
         socket: socket.clone(),
         ledger_problem: node.audit().own_feed_problem(),
+        gateway,
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {
@@ -117,6 +150,12 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let _ = net_task.await;
     }
     let _ = notify_task.await;
+    if let Some(task) = fetch_task {
+        let _ = task.await;
+    }
+    if let Some(scp) = scp {
+        scp.shutdown().await;
+    }
     tracing::info!("node stopped");
     match died {
         Some(why) => Err(DaemonError::TaskEnded(why)),

@@ -27,6 +27,7 @@ pub mod tls;
 use std::path::Path;
 
 use crate::dicom::DicomError;
+use crate::dicom::ingest::ObjectError;
 use dimse::Status;
 
 /// What the SCP knows of a received object when it hands it to the
@@ -44,10 +45,13 @@ pub struct Received {
 }
 
 /// The object is durably stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stored {
     /// It was held already (de-duplicated); still a success.
     pub duplicate: bool,
+    /// The study it belongs to, when the sink knows it: the SCP hands the
+    /// studies an association added to back to [`Sink::released`].
+    pub study_uid: Option<String>,
 }
 
 /// Why the node refused a received object. The SCP answers with the
@@ -113,6 +117,19 @@ impl StoreRefusal {
     }
 }
 
+impl StoreRefusal {
+    /// The refusal of a file that import refused: the node's sink refuses
+    /// an object with this.
+    #[must_use]
+    pub fn from_import(e: &ObjectError) -> Self {
+        match e {
+            _ if e.is_storage_full() => StoreRefusal::StorageFull,
+            ObjectError::Dicom(d) => StoreRefusal::from_dicom(d),
+            _ => StoreRefusal::Internal,
+        }
+    }
+}
+
 /// Whether an I/O error means the disk or quota is full.
 #[must_use]
 pub fn is_storage_full(e: &std::io::Error) -> bool {
@@ -141,6 +158,14 @@ pub trait Sink: Send + Sync + 'static {
     /// # Errors
     /// [`StoreRefusal`]: why it was not stored.
     fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal>;
+
+    /// An association that stored objects has ended (released, aborted or
+    /// failed): `studies` are the studies it added objects to (not those
+    /// of duplicates), for the node to forward them. Called on a blocking
+    /// thread. The default does nothing.
+    fn released(&self, calling_ae: &str, studies: Vec<String>) {
+        let _ = (calling_ae, studies);
+    }
 }
 
 #[cfg(test)]

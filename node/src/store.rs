@@ -741,6 +741,15 @@ impl Store {
         self.blobs.join(&hex[..2]).join(&hex)
     }
 
+    /// A private folder on the store's file system where a service spools
+    /// files it receives for import (the gateway's SCP): on the same file
+    /// system as the blobs, and emptied when the store opens, so that
+    /// nothing half-received outlives a crash.
+    #[must_use]
+    pub fn receiving_dir(&self) -> PathBuf {
+        self.blobs.join("tmp")
+    }
+
     /// A fresh temporary path for a blob being written.
     ///
     /// # Errors

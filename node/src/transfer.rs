@@ -42,7 +42,7 @@ mod tests;
 mod vectors;
 pub mod wire;
 
-pub use self::codes::{END_CODES, EndCode, REFUSE_CODES, RefuseCode};
+pub use self::codes::{END_CODES, EndCode, PENDING_CODES, PendingCode, REFUSE_CODES, RefuseCode};
 pub use self::preparation::{SendPlan, Source};
 pub use self::receiving::{Accepted, ChunkError, ObjectWriter};
 pub use self::records::{Asking, Direction, Initiated, LeftOut, Live, Progress, State, TransferRecord, TransferView};

@@ -193,7 +193,8 @@ pub fn configure_loopback(home: &Path, bootstrap: &[String]) -> Result<(), Clust
         .join(", ");
     let mut out = String::new();
     for line in text.lines() {
-        let line = if line.starts_with("listen = ") {
+        // `[network] listen` is a list; `[gateway] listen` one address, left alone.
+        let line = if line.starts_with("listen = [") {
             "listen = [\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/udp/0/quic-v1\"]".to_string()
         } else if line.starts_with("bootstrap = ") {
             format!("bootstrap = [{boot}]")

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::GatewayStatus;
 use crate::home::{HomeError, Node};
 use crate::net::{NetError, NetHandle};
 use crate::transfer::protocol::TransferNet;
@@ -116,6 +117,7 @@ pub struct Ctx {
 struct Online {
     net: NetHandle,
     socket: PathBuf,
+    gateway: Option<GatewayStatus>,
 }
 
 impl Ctx {
@@ -126,13 +128,20 @@ impl Ctx {
         Self { node, online: None }
     }
 
-    /// The running node with its network, serving on `socket`.
+    /// The running node with its network, serving on `socket`, with its
+    /// DICOM gateway's SCP when it listens.
     #[must_use]
-    pub fn online(node: Arc<Node>, net: NetHandle, socket: PathBuf) -> Self {
+    pub fn online(node: Arc<Node>, net: NetHandle, socket: PathBuf, gateway: Option<GatewayStatus>) -> Self {
         Self {
             node,
-            online: Some(Online { net, socket }),
+            online: Some(Online { net, socket, gateway }),
         }
+    }
+
+    /// The gateway's SCP, when the node runs with one.
+    #[must_use]
+    pub fn gateway(&self) -> Option<&GatewayStatus> {
+        self.online.as_ref().and_then(|o| o.gateway.as_ref())
     }
 
     /// The node.
@@ -276,6 +285,38 @@ pub enum ServeError {
     /// The task serving the operation ended abnormally.
     #[error("operation failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The remote DICOM AE named is not in the configuration.
+    #[error("{0}")]
+    NoDicomPeer(NoDicomPeer),
+    /// A DICOM operation with a remote AE failed.
+    #[error("DICOM {op} with {ae}: {source}")]
+    Dicom {
+        /// The operation (`C-FIND`).
+        op: &'static str,
+        /// The remote AE's name in the configuration.
+        ae: String,
+        /// The cause.
+        source: crate::gateway::scu::ScuError,
+    },
+    /// The C-FIND keys are not acceptable.
+    #[error("gateway find: {0}")]
+    Query(#[from] crate::gateway::scu::QueryError),
+    /// Fetching from the PACS needs the running node's SCP.
+    #[error(
+        "fetching from the PACS needs this home's node running (`medmesh run`) with `[gateway] enabled`: the PACS sends the study to its DICOM SCP"
+    )]
+    FetchOffline,
+}
+
+/// Which remote DICOM AE is missing from `[gateway]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoDicomPeer {
+    /// No `[gateway.pacs]`.
+    #[error("no [gateway.pacs] in config.toml: name the site's PACS there (docs/OPERATIONS.md, Connecting the PACS)")]
+    Pacs,
+    /// No destination of that name.
+    #[error("no [[gateway.destination]] named {0:?} in config.toml")]
+    Destination(String),
 }
 
 impl ServeError {
@@ -287,10 +328,18 @@ impl ServeError {
             | Self::RelativePath(_)
             | Self::RelativeOut(_)
             | Self::PeerId { .. }
-            | Self::StudyUid { .. } => 400,
+            | Self::StudyUid { .. }
+            | Self::Query(_) => 400,
             Self::RetryAfter { .. } => 429,
             Self::Random(_) | Self::Task(_) => 500,
-            Self::Home(_) | Self::Net(_) | Self::HeldHere(_) | Self::RequestOffline | Self::StatusOffline => 422,
+            Self::Home(_)
+            | Self::Net(_)
+            | Self::HeldHere(_)
+            | Self::RequestOffline
+            | Self::StatusOffline
+            | Self::NoDicomPeer(_)
+            | Self::Dicom { .. }
+            | Self::FetchOffline => 422,
         }
     }
 }

@@ -11,9 +11,9 @@ use super::route::{Call, Ctx, Route, ServeError, Stream, Verb, unhex};
 use super::server;
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidProgress, DeidRequest,
-    DenyRequest, ExportProgress, ExportRequest, HeadView, IdRequest, ImportProgress, ImportRequest, JoinRequest,
-    ListRequest, LogTailRequest, NotificationsRequest, PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk,
-    Unblocked, WithdrawRequest,
+    DenyRequest, EchoReport, EchoRequest, ExportProgress, ExportRequest, FetchReport, FetchRequest, HeadView,
+    IdRequest, ImportProgress, ImportRequest, JoinRequest, ListRequest, LogTailRequest, NotificationsRequest,
+    PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
 use crate::audit::{EntryView, NotificationView, VerifyReport};
 use crate::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
@@ -95,6 +95,9 @@ pub static TABLE: &[Entry] = &[
     Entry::call::<Approvals>(),
     Entry::call::<ApprovalsApprove>(),
     Entry::call::<ApprovalsDeny>(),
+    Entry::call::<GatewayEcho>(),
+    Entry::call::<GatewayFind>(),
+    Entry::call::<GatewayFetch>(),
 ];
 
 /// The row of `method` and `path`, if any.
@@ -136,6 +139,7 @@ impl Call for GetStatus {
             net,
             socket: socket.to_path_buf(),
             ledger_problem: ctx.node().audit().own_feed_problem(),
+            gateway: ctx.gateway().cloned(),
         })
     }
 }
@@ -738,5 +742,137 @@ mod tests {
             assert!(e.path.starts_with(super::super::PREFIX), "{}", e.path);
             assert!(find(e.method, e.path).is_some());
         }
+    }
+}
+
+/// The remote AE `to` names (a `[[gateway.destination]]`), or the PACS, as
+/// its name and a destination to call.
+fn dicom_peer(
+    node: &Node,
+    to: Option<&str>,
+) -> Result<(String, crate::gateway::scu::Destination, bool, String), ServeError> {
+    use super::route::NoDicomPeer;
+    let gateway = &node.config().gateway;
+    let peer = match to {
+        None => gateway
+            .pacs
+            .as_ref()
+            .ok_or(ServeError::NoDicomPeer(NoDicomPeer::Pacs))?,
+        Some(name) => gateway
+            .destination
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ServeError::NoDicomPeer(NoDicomPeer::Destination(name.to_string())))?,
+    };
+    let dest = crate::gateway::scu::Destination::from_config(peer).map_err(|source| ServeError::Dicom {
+        op: "TLS setup",
+        ae: peer.name.clone(),
+        source,
+    })?;
+    Ok((
+        peer.name.clone(),
+        dest,
+        peer.tls,
+        format!("{}:{}", peer.host, peer.port),
+    ))
+}
+
+route!(
+    /// C-ECHO to the site's PACS or a forwarding destination.
+    GatewayEcho: Post "/v1/gateway/echo", EchoRequest => EchoReport
+);
+
+impl Call for GatewayEcho {
+    async fn serve(ctx: Ctx, r: EchoRequest) -> Result<EchoReport, ServeError> {
+        let (name, dest, tls, address) = dicom_peer(ctx.node(), r.to.as_deref())?;
+        let calling = ctx.node().config().gateway.ae_title.clone();
+        let start = std::time::Instant::now();
+        crate::gateway::scu::echo(&calling, &dest)
+            .await
+            .map_err(|source| ServeError::Dicom {
+                op: "C-ECHO",
+                ae: name.clone(),
+                source,
+            })?;
+        Ok(EchoReport {
+            name,
+            ae_title: dest.ae_title.clone(),
+            address,
+            tls,
+            millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+route!(
+    /// C-FIND at study level on the site's PACS: the matches, stored nowhere.
+    GatewayFind: Post "/v1/gateway/find", crate::gateway::scu::StudyQuery => Vec<crate::gateway::scu::StudyMatch>
+);
+
+impl Call for GatewayFind {
+    async fn serve(
+        ctx: Ctx,
+        query: crate::gateway::scu::StudyQuery,
+    ) -> Result<Vec<crate::gateway::scu::StudyMatch>, ServeError> {
+        query.check()?;
+        if let Some(uid) = &query.study_uid {
+            crate::dicom::check_uid(uid).map_err(|reason| ServeError::StudyUid {
+                uid: uid.clone(),
+                reason,
+            })?;
+        }
+        let (name, dest, _, _) = dicom_peer(ctx.node(), None)?;
+        let calling = ctx.node().config().gateway.ae_title.clone();
+        crate::gateway::scu::find_studies(&calling, &dest, &query)
+            .await
+            .map_err(|source| ServeError::Dicom {
+                op: "C-FIND",
+                ae: name,
+                source,
+            })
+    }
+}
+
+route!(
+    /// C-MOVE of a study from the site's PACS to this node's SCP, which
+    /// imports every object as it arrives (the node must run with
+    /// `[gateway] enabled`).
+    GatewayFetch: Post "/v1/gateway/fetch", FetchRequest => FetchReport
+);
+
+impl Call for GatewayFetch {
+    async fn serve(ctx: Ctx, r: FetchRequest) -> Result<FetchReport, ServeError> {
+        crate::dicom::check_uid(&r.study_uid).map_err(|reason| ServeError::StudyUid {
+            uid: r.study_uid.clone(),
+            reason,
+        })?;
+        let Some(scp) = ctx.gateway() else {
+            return Err(ServeError::FetchOffline);
+        };
+        let (name, dest, _, _) = dicom_peer(ctx.node(), None)?;
+        let outcome = crate::gateway::scu::move_study(&scp.ae_title, &dest, &r.study_uid, &scp.ae_title)
+            .await
+            .map_err(|source| ServeError::Dicom {
+                op: "C-MOVE",
+                ae: name,
+                source,
+            })?;
+        let uid = r.study_uid.clone();
+        let instances_held = ctx
+            .blocking(move |n| match n.studies().show(&uid) {
+                Ok(d) => Ok(d.instances),
+                Err(crate::studies::StudiesError::Store(crate::store::StoreError::UnknownStudy(_))) => Ok(0),
+                Err(e) => Err(e.into()),
+            })
+            .await?;
+        Ok(FetchReport {
+            study_uid: r.study_uid,
+            status: outcome.status.code(),
+            status_text: outcome.status.to_string(),
+            completed: outcome.completed,
+            failed: outcome.failed,
+            warning: outcome.warning,
+            instances_held,
+        })
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::MAX_REQUEST;
 use super::route::{Call, Ctx, Route, ServeError, Stream, Verb};
+use crate::api::GatewayStatus;
 use crate::home::Node;
 use crate::net::NetHandle;
 
@@ -113,8 +114,14 @@ fn home_owner(path: &Path) -> Option<u32> {
 }
 
 /// Serves the API on `bound` until `shutdown` turns true.
-pub async fn serve(bound: Bound, node: Arc<Node>, net: NetHandle, mut shutdown: watch::Receiver<bool>) {
-    let ctx = Ctx::online(node, net, bound.path.clone());
+pub async fn serve(
+    bound: Bound,
+    node: Arc<Node>,
+    net: NetHandle,
+    gateway: Option<GatewayStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ctx = Ctx::online(node, net, bound.path.clone(), gateway);
     // Root when the owner cannot be read: then only root is admitted.
     let owner = home_owner(&bound.path).unwrap_or(0);
     loop {

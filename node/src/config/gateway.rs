@@ -200,13 +200,6 @@ pub fn check_ae_title(ae: &str) -> Result<(), AeTitleError> {
 }
 
 impl GatewayConfig {
-    /// Whether every setting has its default (the section is then left out
-    /// when the configuration is written back).
-    #[must_use]
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// Cross-field checks, run by [`super::Config::parse`].
     pub(super) fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
         check_ae_title(&self.ae_title).map_err(|e| value("gateway.ae_title", e.to_string()))?;

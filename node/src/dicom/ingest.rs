@@ -204,9 +204,99 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Job>, IngestError> {
     Ok(out)
 }
 
+/// Why one file is refused (`FileOutcome::Rejected` carries its text; the
+/// gateway's SCP maps it to a DIMSE status).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectError {
+    /// Not DICOM, malformed, a required attribute missing or invalid, a
+    /// DICOMDIR, or unreadable.
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
+    /// The store failed (full, or the study is a received one).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ObjectError {
+    /// Whether the disk or quota is full.
+    #[must_use]
+    pub fn is_storage_full(&self) -> bool {
+        let io = match self {
+            ObjectError::Dicom(DicomError::Io(e)) | ObjectError::Store(StoreError::BlobIo { source: e, .. }) => e,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+}
+
+/// What [`import_object`] did with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectOutcome {
+    /// The Study Instance UID of the object.
+    pub study_uid: String,
+    /// It was held already, byte for byte: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Imports one file as [`import`] imports each file (the same validation,
+/// sealing, de-duplication) and commits it before returning: what the
+/// gateway's SCP does with each object received. A DICOMDIR is refused
+/// ([`DicomError::Dicomdir`]): it is not a study object.
+///
+/// # Errors
+/// [`ObjectError`]: why the file was not stored; nothing of it is.
+pub fn import_object(store: &Store, path: &Path, opts: &ImportOptions) -> Result<ObjectOutcome, ObjectError> {
+    let shared = Shared {
+        store,
+        opts,
+        keys: Mutex::new(HashMap::new()),
+        claimed: Mutex::new(BTreeSet::new()),
+    };
+    let job = Job {
+        path: path.to_path_buf(),
+        explicit: true,
+    };
+    match shared.process(&job)? {
+        Work::Duplicate { study_uid, .. } => Ok(ObjectOutcome {
+            study_uid,
+            duplicate: true,
+        }),
+        // An explicit file is never skipped as "not DICOM": only a DICOMDIR is done without an object.
+        Work::Done(_) | Work::Follow(..) => Err(DicomError::Dicomdir.into()),
+        Work::Staged {
+            outcome,
+            staged,
+            info,
+            bytes,
+        } => {
+            let study_uid = info.study_uid.clone();
+            let batch = Batch {
+                objects: vec![staged],
+                infos: vec![*info],
+                outcomes: vec![outcome],
+                bytes,
+            };
+            commit(&shared, batch, &mut ImportSummary::default(), &mut |_| {})?;
+            Ok(ObjectOutcome {
+                study_uid,
+                duplicate: false,
+            })
+        }
+    }
+}
+
 /// The outcome of a worker on one file.
 enum Work {
     Done(FileOutcome),
+    /// Already stored, byte for byte.
+    Duplicate {
+        outcome: FileOutcome,
+        study_uid: String,
+    },
     Staged {
         outcome: FileOutcome,
         staged: StagedObject,
@@ -248,18 +338,13 @@ impl Shared<'_> {
         Ok(key)
     }
 
-    fn process(&self, job: &Job) -> Work {
+    /// Parses, validates and seals one file; `Err` is why it is refused.
+    fn process(&self, job: &Job) -> Result<Work, ObjectError> {
         let path = job.path.clone();
-        let reject = |reason: String| {
-            Work::Done(FileOutcome::Rejected {
-                path: path.clone(),
-                reason,
-            })
-        };
         let parsed = match sniff_file(&job.path, self.opts.full_parse_limit) {
             Ok(Sniffed::Object(p)) => p,
             Ok(Sniffed::Dicomdir(refs)) => {
-                return if job.explicit {
+                return Ok(if job.explicit {
                     Work::Follow(
                         refs,
                         FileOutcome::Skipped {
@@ -272,18 +357,18 @@ impl Shared<'_> {
                         path,
                         note: "DICOMDIR (a media directory, not a study object): skipped; the files it lists are imported from the folder".into(),
                     })
-                };
+                });
             }
             // A PACS export folder holds READMEs and licences next to the
             // objects: passed over, unless named like a DICOM file (then it
             // is a damaged one) or named on the command line.
             Err(DicomError::NotDicom(why)) if !job.explicit && !dicom_name(&path) => {
-                return Work::Done(FileOutcome::Skipped {
+                return Ok(Work::Done(FileOutcome::Skipped {
                     path,
                     note: format!("not DICOM ({why}): skipped"),
-                });
+                }));
             }
-            Err(e) => return reject(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let info = parsed.info;
         let study = self.store.study_ref(&info.study_uid);
@@ -291,28 +376,20 @@ impl Shared<'_> {
         // stored"; another encoding of the same SOP instance is a new object.
         let (content_hash, chunks) = match &parsed.bytes {
             Some(b) => (blake3::hash(b), chunk_hashes(b)),
-            None => match hash_file(&job.path) {
-                Ok(h) => h,
-                Err(e) => return reject(DicomError::Io(e).to_string()),
-            },
+            None => hash_file(&job.path).map_err(DicomError::Io)?,
         };
         let address = self.store.blob_address(&content_hash);
         {
             let mut claimed = self.claimed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if claimed.contains(&address) {
-                return Work::Done(FileOutcome::AlreadyStored { path });
-            }
-            match self.store.has_blob(&address) {
-                Ok(true) => return Work::Done(FileOutcome::AlreadyStored { path }),
-                Ok(false) => {}
-                Err(e) => return reject(e.to_string()),
+            if claimed.contains(&address) || self.store.has_blob(&address)? {
+                return Ok(Work::Duplicate {
+                    outcome: FileOutcome::AlreadyStored { path },
+                    study_uid: info.study_uid,
+                });
             }
             claimed.insert(address);
         }
-        let key = match self.study_key(&study) {
-            Ok(k) => k,
-            Err(e) => return reject(e.to_string()),
-        };
+        let key = self.study_key(&study)?;
         let sealed = match &parsed.bytes {
             // The bytes in memory are the bytes just hashed: no second hash.
             Some(b) => self
@@ -334,10 +411,7 @@ impl Shared<'_> {
                     )
                 }),
         };
-        let tmp = match sealed {
-            Ok(t) => t,
-            Err(e) => return reject(e.to_string()),
-        };
+        let tmp = sealed?;
         let hash = content_hash;
         let meta = InstanceMeta {
             sop_class_uid: info.sop_class_uid.clone(),
@@ -352,11 +426,8 @@ impl Shared<'_> {
             chunks,
             modality: Some(info.modality.trim().to_string()).filter(|m| !m.is_empty()),
         };
-        let sealed_meta = match self.store.seal_instance_meta(&study, &address, &key, &meta) {
-            Ok(m) => m,
-            Err(e) => return reject(e.to_string()),
-        };
-        Work::Staged {
+        let sealed_meta = self.store.seal_instance_meta(&study, &address, &key, &meta)?;
+        Ok(Work::Staged {
             outcome: FileOutcome::Imported {
                 path: path.clone(),
                 bytes: parsed.len,
@@ -375,7 +446,7 @@ impl Shared<'_> {
             },
             info: Box::new(info),
             bytes: parsed.len,
-        }
+        })
     }
 }
 
@@ -485,7 +556,13 @@ fn run_round(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    if tx.send((i, shared.process(job))).is_err() {
+                    let work = shared.process(job).unwrap_or_else(|e| {
+                        Work::Done(FileOutcome::Rejected {
+                            path: job.path.clone(),
+                            reason: e.to_string(),
+                        })
+                    });
+                    if tx.send((i, work)).is_err() {
                         break;
                     }
                 }
@@ -504,7 +581,7 @@ fn run_round(
             }
             summary.files += 1;
             match work {
-                Work::Done(outcome) => {
+                Work::Done(outcome) | Work::Duplicate { outcome, .. } => {
                     count(summary, &outcome);
                     progress(ImportEvent::File(&outcome));
                 }
@@ -526,13 +603,14 @@ fn run_round(
                     batch.infos.push(*info);
                     batch.outcomes.push(outcome);
                     if batch.objects.len() >= shared.opts.batch_files || batch.bytes >= shared.opts.batch_bytes {
-                        result = commit(shared, std::mem::take(&mut batch), summary, progress);
+                        result =
+                            commit(shared, std::mem::take(&mut batch), summary, progress).map_err(IngestError::from);
                     }
                 }
             }
         }
         result?;
-        commit(shared, batch, summary, progress)
+        Ok(commit(shared, batch, summary, progress)?)
     })?;
     Ok(follow)
 }
@@ -555,7 +633,7 @@ fn commit(
     batch: Batch,
     summary: &mut ImportSummary,
     progress: &mut impl FnMut(ImportEvent<'_>),
-) -> Result<(), IngestError> {
+) -> Result<(), StoreError> {
     if batch.objects.is_empty() {
         return Ok(());
     }
@@ -620,7 +698,7 @@ fn commit(
         for t in tmp_files {
             store.discard_tmp(&t);
         }
-        return Err(e.into());
+        return Err(e);
     }
     for outcome in &batch.outcomes {
         count(summary, outcome);

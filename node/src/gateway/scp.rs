@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::dimse::{Channel, Command, CommandField, DimseError, Incoming, Status};
 use super::policy::{self, Allowed, Policy, Rejection};
-use super::{Received, Sink, StoreRefusal, sop, tls};
+use super::{Received, Sink, StoreRefusal, Stored, sop, tls};
 use crate::config::gateway::GatewayConfig;
 
 /// The largest PDU the SCP receives (each fragment is written out before
@@ -319,14 +320,36 @@ async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-/// Serves one association until it is released or fails.
-async fn serve<A, S>(mut channel: Channel<A, S>, shared: &Shared) -> Result<(), DimseError>
+/// Serves one association until it is released or fails, then tells the
+/// sink which studies it added to.
+async fn serve<A, S>(channel: Channel<A, S>, shared: &Shared) -> Result<(), DimseError>
 where
     A: AsyncAssociation<S> + Send,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let calling_ae = channel.association().peer_ae_title().trim().to_string();
     info!(calling_ae = %calling_ae, "DICOM SCP: association accepted");
+    let mut studies = BTreeSet::new();
+    let result = serve_commands(channel, shared, &calling_ae, &mut studies).await;
+    if !studies.is_empty() {
+        let sink = shared.sink.clone();
+        let studies = studies.into_iter().collect();
+        let _ = tokio::task::spawn_blocking(move || sink.released(&calling_ae, studies)).await;
+    }
+    result
+}
+
+/// The commands of one association, until it is released or fails.
+async fn serve_commands<A, S>(
+    mut channel: Channel<A, S>,
+    shared: &Shared,
+    calling_ae: &str,
+    studies: &mut BTreeSet<String>,
+) -> Result<(), DimseError>
+where
+    A: AsyncAssociation<S> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut stored = 0u32;
     let mut refused = 0u32;
     loop {
@@ -355,10 +378,13 @@ where
                 channel.send_command(context, &rsp).await?;
             }
             CommandField::CStoreRq => {
-                let status = store(&mut channel, context, &command, &calling_ae, shared).await?;
+                let status = store(&mut channel, context, &command, calling_ae, shared).await?;
                 let (status, comment) = match status {
-                    Ok(()) => {
+                    Ok(done) => {
                         stored += 1;
+                        if let (false, Some(study)) = (done.duplicate, done.study_uid) {
+                            studies.insert(study);
+                        }
                         (Status::Success, None)
                     }
                     Err(refusal) => {
@@ -401,7 +427,7 @@ async fn store<A, S>(
     command: &Command,
     calling_ae: &str,
     shared: &Shared,
-) -> Result<Result<(), StoreRefusal>, DimseError>
+) -> Result<Result<Stored, StoreRefusal>, DimseError>
 where
     A: AsyncAssociation<S> + Send,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -486,7 +512,7 @@ where
     .await
     .unwrap_or(Err(StoreRefusal::Internal));
     let _ = std::fs::remove_file(&path);
-    Ok(outcome.map(|_| ()))
+    Ok(outcome)
 }
 
 /// The staging file being written: a write error is kept and the rest of

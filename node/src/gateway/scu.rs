@@ -432,7 +432,8 @@ impl AsyncRead for SyncFile {
 }
 
 /// The keys of a study-level C-FIND; absent ones match anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StudyQuery {
     /// Patient ID (0010,0020).
     pub patient_id: Option<String>,
@@ -446,8 +447,56 @@ pub struct StudyQuery {
     pub date_to: Option<String>,
 }
 
+/// Why a [`StudyQuery`] is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// A date is not `YYYYMMDD`.
+    #[error("{0}: a date is YYYYMMDD")]
+    Date(&'static str),
+    /// A key holds a character that would make it a wildcard, a range or
+    /// a list, or is longer than its VR allows.
+    #[error("{0}: no wildcards (* ?), backslashes or control characters, at most 64 characters")]
+    Key(&'static str),
+    /// No key at all: the whole PACS would match.
+    #[error("give at least one key: patient id, accession number, study UID or a date")]
+    Empty,
+}
+
+impl StudyQuery {
+    /// Checks the keys: exact values (no wildcard, range or list syntax
+    /// smuggled in), dates `YYYYMMDD`, and at least one key.
+    ///
+    /// # Errors
+    /// [`QueryError`] naming the key.
+    pub fn check(&self) -> Result<(), QueryError> {
+        for (name, v) in [
+            ("patient id", &self.patient_id),
+            ("accession number", &self.accession_number),
+            ("study UID", &self.study_uid),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.len() > 64 || v.chars().any(|c| matches!(c, '*' | '?' | '\\') || c.is_control()))
+            {
+                return Err(QueryError::Key(name));
+            }
+        }
+        for (name, v) in [("date from", &self.date_from), ("date to", &self.date_to)] {
+            if let Some(v) = v
+                && (v.len() != 8 || !v.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(QueryError::Date(name));
+            }
+        }
+        if *self == StudyQuery::default() {
+            return Err(QueryError::Empty);
+        }
+        Ok(())
+    }
+}
+
 /// One study matched by C-FIND.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StudyMatch {
     /// Study Instance UID.
     pub study_uid: String,

@@ -139,6 +139,16 @@ codes! {
     }
 }
 
+codes! {
+    /// Why a request waits at the holder, other than for a person's
+    /// approval (whose reasons are consent-schema's).
+    PendingCode, PENDING_CODES {
+        /// The study is being fetched from the holder site's PACS
+        /// (`[policy] fetch_from_pacs`).
+        FetchingFromPacs = "fetching-from-pacs",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -220,5 +230,7 @@ mod tests {
                 "ended-by-holder",
             ]
         );
+        let pending: Vec<&str> = PENDING_CODES.iter().map(|(_, w)| *w).collect();
+        assert_eq!(pending, ["fetching-from-pacs"]);
     }
 }

@@ -101,9 +101,19 @@ impl Transfers<'_> {
             rec.reasons.clone_from(&trust);
             return Ok(trust);
         }
-        // 2. The study: held here, imported here, not locked.
-        let study = self.store().study_ref(&rec.study_uid);
-        let available = match self.store().study_row(&study)? {
+        // 2. The study: held here, imported here, not locked. One not held
+        // yet is fetched from the site's PACS first when the policy says so
+        // (once: a request decided again after the fetch is not sent back).
+        let study = self.store().study_row(&self.store().study_ref(&rec.study_uid))?;
+        if study.is_none() && self.fetches_from_pacs() && !awaits_pacs(rec) {
+            rec.state = State::Pending;
+            rec.reasons = vec![reason(
+                PendingCode::FetchingFromPacs,
+                "the study is being fetched from this site's PACS",
+            )];
+            return Ok(rec.reasons.clone());
+        }
+        let available = match study {
             None => Err("no such study here"),
             Some(row) if !matches!(row.origin, Origin::Local) => {
                 Err("the study was received from another site; it is not passed on")
@@ -243,7 +253,14 @@ impl Transfers<'_> {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|t| t.direction == Direction::Outgoing && t.state == State::Pending)
+            .filter(|t| {
+                t.direction == Direction::Outgoing
+                    && t.state == State::Pending
+                    && !t
+                        .reasons
+                        .iter()
+                        .any(|r| r.code == PendingCode::FetchingFromPacs.as_str())
+            })
             .collect())
     }
 
@@ -254,6 +271,54 @@ impl Transfers<'_> {
     /// # Errors
     /// [`TransferError::State`] when it is not pending; store errors.
     pub fn approve(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), TransferError> {
+        self.decide_pending(id, true)
+    }
+
+    /// Whether a request for a study not held yet fetches it from the PACS
+    /// first: `[policy] fetch_from_pacs`, with the gateway's SCP enabled
+    /// (the PACS sends the study to it) and a PACS named.
+    fn fetches_from_pacs(&self) -> bool {
+        let config = self.host.config();
+        config.policy.fetch_from_pacs && config.gateway.enabled && config.gateway.pacs.is_some()
+    }
+
+    /// Requests waiting for their study to be fetched from the PACS, as
+    /// (transfer id, Study Instance UID), oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn awaiting_pacs(&self) -> Result<Vec<(TransferId, String)>, TransferError> {
+        let mut out: Vec<(i64, TransferId, String)> = self
+            .transfer_records()?
+            .into_iter()
+            .filter(|r| r.direction == Direction::Outgoing && r.state == State::Pending && awaits_pacs(r))
+            .map(|r| (r.created, r.id, r.study_uid))
+            .collect();
+        out.sort_by_key(|(created, ..)| *created);
+        Ok(out.into_iter().map(|(_, id, uid)| (id, uid)).collect())
+    }
+
+    /// Decides again a request that waited for its study to be fetched from
+    /// the PACS (fetched, or not found there: then it is not available), as
+    /// [`Self::approve`] does without an approval. Returns the view and, for
+    /// a denial, the message that tells the requester.
+    ///
+    /// # Errors
+    /// [`TransferError::State`] when it no longer waits for the PACS.
+    pub fn decide_fetched(&self, id: &str) -> Result<(TransferView, Option<wire::Msg>), TransferError> {
+        let rec = self.transfer(&parse_id(id)?)?;
+        if !awaits_pacs(&rec) {
+            return Err(TransferError::State {
+                id: rec.id.to_string(),
+                reason: "does not wait for a study from the PACS".into(),
+            });
+        }
+        self.decide_pending(id, false)
+    }
+
+    /// Takes the decision on a pending request again (`approved`: a person
+    /// approved it) and stores it if the request is still pending.
+    fn decide_pending(&self, id: &str, approved: bool) -> Result<(TransferView, Option<wire::Msg>), TransferError> {
         let tid = parse_id(id)?;
         // The grant names the study by its commitment: made now, outside the
         // record's write transaction (redb has one writer at a time).
@@ -270,10 +335,10 @@ impl Transfers<'_> {
         if draft.direction != Direction::Outgoing || draft.state != State::Pending {
             return Err(not_pending(&draft));
         }
-        self.decide(&mut draft, true)?;
+        self.decide(&mut draft, approved)?;
         // The decision and its entries in one transaction.
         let mut events = Vec::new();
-        if draft.state == State::Granted {
+        if approved && draft.state == State::Granted {
             events.push(Event::TransferApproved {
                 transfer: draft.id.to_string(),
                 peer: draft.peer.clone(),
@@ -292,7 +357,7 @@ impl Transfers<'_> {
             rec.institution.clone_from(&draft.institution);
             Ok(((), events))
         })?;
-        tracing::info!(transfer = %rec.id, state = rec.state.as_str(), "approval decided");
+        tracing::info!(transfer = %rec.id, state = rec.state.as_str(), approved, "pending request decided again");
         // Checked again and now refused (a consent withdrawn meanwhile): the requester is told.
         let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
@@ -516,4 +581,11 @@ impl Transfers<'_> {
         }
         Ok(grant)
     }
+}
+
+/// Whether a pending request waits for its study from the PACS.
+fn awaits_pacs(rec: &TransferRecord) -> bool {
+    rec.reasons
+        .iter()
+        .any(|r| r.code == PendingCode::FetchingFromPacs.as_str())
 }

@@ -28,6 +28,8 @@
 //!   CT-only consent and named (by reference) in the holder's `transfers show`.
 //! - `limits`: a trusted peer that floods a running node with requests is answered
 //!   retry-later beyond its burst, and nothing of the excess is recorded.
+//! - `gateway`: `medmesh run`'s DICOM SCP fed by dcmtk's storescu, `status --json`, and
+//!   `gateway echo / find / fetch` and `[policy] fetch_from_pacs` against dcmqrscp as the PACS.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ mod corpus;
 mod crash;
 mod deid;
 mod durability;
+mod gateway;
 mod home;
 mod integrity;
 mod ledger;
