@@ -391,6 +391,16 @@ pub fn render_peers(r: &PeersReport) -> String {
     s
 }
 
+/// The line of `run` and `status` that shows the DICOM gateway's SCP.
+pub fn gateway_line(g: &medmesh_node::api::GatewayStatus) -> String {
+    format!(
+        "DICOM      {} on {}{}\n",
+        g.ae_title,
+        g.listen,
+        if g.tls { " (DICOM TLS)" } else { "" }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use medmesh_node::dicom::StudyAttributes;
@@ -494,14 +504,4 @@ mod tests {
         assert_eq!(steady_eta(Duration::from_secs(60), 25, 100), "3m00s");
         assert_eq!(steady_eta(Duration::from_secs(3600), 1, 3), "2h00m");
     }
-}
-
-/// The line of `run` and `status` that shows the DICOM gateway's SCP.
-pub fn gateway_line(g: &medmesh_node::api::GatewayStatus) -> String {
-    format!(
-        "DICOM      {} on {}{}\n",
-        g.ae_title,
-        g.listen,
-        if g.tls { " (DICOM TLS)" } else { "" }
-    )
 }

@@ -296,7 +296,7 @@ pub enum ServeError {
         /// The remote AE's name in the configuration.
         ae: String,
         /// The cause.
-        source: crate::gateway::scu::ScuError,
+        source: Box<crate::gateway::scu::ScuError>,
     },
     /// The C-FIND keys are not acceptable.
     #[error("gateway find: {0}")]

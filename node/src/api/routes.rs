@@ -745,12 +745,16 @@ mod tests {
     }
 }
 
-/// The remote AE `to` names (a `[[gateway.destination]]`), or the PACS, as
-/// its name and a destination to call.
-fn dicom_peer(
-    node: &Node,
-    to: Option<&str>,
-) -> Result<(String, crate::gateway::scu::Destination, bool, String), ServeError> {
+/// A remote DICOM AE of the configuration, ready to call.
+struct DicomPeer {
+    name: String,
+    dest: crate::gateway::scu::Destination,
+    tls: bool,
+    address: String,
+}
+
+/// The remote AE `to` names (a `[[gateway.destination]]`), or the PACS.
+fn dicom_peer(node: &Node, to: Option<&str>) -> Result<DicomPeer, ServeError> {
     use super::route::NoDicomPeer;
     let gateway = &node.config().gateway;
     let peer = match to {
@@ -767,14 +771,14 @@ fn dicom_peer(
     let dest = crate::gateway::scu::Destination::from_config(peer).map_err(|source| ServeError::Dicom {
         op: "TLS setup",
         ae: peer.name.clone(),
-        source,
+        source: Box::new(source),
     })?;
-    Ok((
-        peer.name.clone(),
+    Ok(DicomPeer {
+        name: peer.name.clone(),
         dest,
-        peer.tls,
-        format!("{}:{}", peer.host, peer.port),
-    ))
+        tls: peer.tls,
+        address: format!("{}:{}", peer.host, peer.port),
+    })
 }
 
 route!(
@@ -784,7 +788,12 @@ route!(
 
 impl Call for GatewayEcho {
     async fn serve(ctx: Ctx, r: EchoRequest) -> Result<EchoReport, ServeError> {
-        let (name, dest, tls, address) = dicom_peer(ctx.node(), r.to.as_deref())?;
+        let DicomPeer {
+            name,
+            dest,
+            tls,
+            address,
+        } = dicom_peer(ctx.node(), r.to.as_deref())?;
         let calling = ctx.node().config().gateway.ae_title.clone();
         let start = std::time::Instant::now();
         crate::gateway::scu::echo(&calling, &dest)
@@ -792,7 +801,7 @@ impl Call for GatewayEcho {
             .map_err(|source| ServeError::Dicom {
                 op: "C-ECHO",
                 ae: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(EchoReport {
             name,
@@ -821,14 +830,14 @@ impl Call for GatewayFind {
                 reason,
             })?;
         }
-        let (name, dest, _, _) = dicom_peer(ctx.node(), None)?;
+        let DicomPeer { name, dest, .. } = dicom_peer(ctx.node(), None)?;
         let calling = ctx.node().config().gateway.ae_title.clone();
         crate::gateway::scu::find_studies(&calling, &dest, &query)
             .await
             .map_err(|source| ServeError::Dicom {
                 op: "C-FIND",
                 ae: name,
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -849,13 +858,13 @@ impl Call for GatewayFetch {
         let Some(scp) = ctx.gateway() else {
             return Err(ServeError::FetchOffline);
         };
-        let (name, dest, _, _) = dicom_peer(ctx.node(), None)?;
+        let DicomPeer { name, dest, .. } = dicom_peer(ctx.node(), None)?;
         let outcome = crate::gateway::scu::move_study(&scp.ae_title, &dest, &r.study_uid, &scp.ae_title)
             .await
             .map_err(|source| ServeError::Dicom {
                 op: "C-MOVE",
                 ae: name,
-                source,
+                source: Box::new(source),
             })?;
         let uid = r.study_uid.clone();
         let instances_held = ctx

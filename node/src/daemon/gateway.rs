@@ -160,14 +160,14 @@ async fn fetch(ctx: &crate::api::route::Ctx, scp_ae: &str, study: &str) -> Resul
     let dest = crate::gateway::scu::Destination::from_config(&pacs).map_err(|source| ServeError::Dicom {
         op: "TLS setup",
         ae: pacs.name.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let outcome = crate::gateway::scu::move_study(scp_ae, &dest, study, scp_ae)
         .await
         .map_err(|source| ServeError::Dicom {
             op: "C-MOVE",
             ae: pacs.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     tracing::info!(
         completed = outcome.completed,
