@@ -1,7 +1,9 @@
 //! docs/DICOM-CONFORMANCE.md against the code: its tables of Storage SOP
 //! classes and of transfer syntaxes are exactly those the gateway serves
 //! (`gateway::sop`, dicom-rs's transfer syntax registry), and the
-//! implementation class UID and version name it states are dicom-ul's.
+//! implementation class UID and version name it states are dicom-ul's; and
+//! the worked `config.toml` blocks of OPERATIONS.md "Connecting the PACS"
+//! load.
 //!
 //! `cargo test -p medmesh-node --test conformance_statement -- --ignored
 //! --nocapture` prints the UIDs of the two tables (after a dicom-rs
@@ -121,5 +123,27 @@ fn print_tables() {
     }
     for (uid, name) in accepted_transfer_syntaxes() {
         println!("ts {uid} {name}");
+    }
+}
+
+/// The `config.toml` blocks of OPERATIONS.md "Connecting the PACS" load.
+#[test]
+fn the_worked_configurations_of_operations_load() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/OPERATIONS.md")).unwrap();
+    let start = text.find("## Connecting the PACS").unwrap();
+    let section = &text[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    let section = &section[..end];
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    assert!(blocks.len() >= 3, "{} blocks", blocks.len());
+    for block in blocks {
+        let config = medmesh_node::config::Config::parse(Path::new("config.toml"), block)
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        assert!(config.gateway.enabled, "{block}");
+        assert!(!config.gateway.calling.is_empty(), "{block}");
     }
 }

@@ -151,6 +151,7 @@ impl Orthanc {
             "DicomAet": ORTHANC_AE,
             "DicomPort": dicom_port,
             "DicomCheckCalledAet": true,
+            "DicomCheckModalityHost": true,
             "DicomModalities": {
                 "medmesh": [OUR_AE, "127.0.0.1", scp_port]
             }
