@@ -237,6 +237,16 @@ impl Drop for Orthanc {
     }
 }
 
+/// A child process, killed when dropped (a failing test stops it too).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A sink that keeps each received file in a folder, named by SOP
 /// Instance UID, after validating it as `study import` does.
 struct FolderSink {
@@ -405,14 +415,16 @@ async fn orthanc_stores_into_our_scp_and_an_unknown_ae_is_rejected() {
     let reference = dir.path().join("reference");
     std::fs::create_dir_all(&reference).unwrap();
     let port = free_port();
-    let mut child = Command::new(&storescp)
-        .args(["-aet", "REFERENCE", "+xa", "+B", "-od"])
-        .arg(&reference)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let reference_scp = Killed(
+        Command::new(&storescp)
+            .args(["-aet", "REFERENCE", "+xa", "+B", "-od"])
+            .arg(&reference)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let modality = json!({ "AET": "REFERENCE", "Host": "127.0.0.1", "Port": port }).to_string();
     let (status, v) = orthanc
         .call("PUT", "/modalities/reference", modality.into_bytes())
@@ -428,8 +440,7 @@ async fn orthanc_stores_into_our_scp_and_an_unknown_ae_is_rejected() {
         assert!(start.elapsed() < Duration::from_secs(10), "store to storescp: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(reference_scp);
     assert_eq!(v["FailedInstancesCount"], 0, "{v}");
     let mut wire = std::collections::BTreeMap::new();
     for e in std::fs::read_dir(&reference).unwrap() {
