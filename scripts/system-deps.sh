@@ -6,7 +6,7 @@
 #   namespaces. Creating namespaces needs root.
 # - dcmtk (storescu, storescp, echoscu, findscu, movescu, dcmqrscp, dcmodify)
 #   and Orthanc: the DICOM software the gateway is tested against
-#   (node/tests/gateway.rs). Fetching and installing both with their
+#   (node/tests/gateway.rs, node/tests/gateway_orthanc.rs). Fetching and installing both with their
 #   libraries (dcmtk, libdcmtk17, orthanc, boost, civetweb, ...) took 40 s on
 #   the development machine, after `apt-get update`.
 set -euo pipefail
