@@ -44,7 +44,7 @@ pub enum ConsentOpError {
         /// The field (CLI flag without dashes, or record field).
         field: &'static str,
         /// Why.
-        reason: String,
+        reason: Box<Invalid>,
     },
     /// The record would be impossible.
     #[error("consent {id}: {cause}")]
@@ -124,8 +124,11 @@ pub enum ConsentOpError {
         id: String,
     },
     /// No consent with this id.
-    #[error("no consent {0} on record")]
-    Unknown(String),
+    #[error("no consent {id} on record")]
+    Unknown {
+        /// The consent id.
+        id: String,
+    },
     /// Trust could not be read.
     #[error(transparent)]
     Trust(#[from] TrustOpError),
@@ -134,10 +137,115 @@ pub enum ConsentOpError {
     Store(#[from] StoreError),
 }
 
-fn invalid(field: &'static str, reason: impl fmt::Display) -> ConsentOpError {
+/// Why a value given for a field is not acceptable
+/// ([`ConsentOpError::Invalid`]). Values are quoted as given (an
+/// operator's input: ids, dates, codes; never a patient id).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// An id, code or name does not parse.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// Neither a date nor an RFC 3339 time.
+    #[error("{value:?} is neither a date (2026-03-01) nor an RFC 3339 time (2026-03-01T08:00:00Z)")]
+    Time {
+        /// The value given.
+        value: String,
+    },
+    /// A recipient without its kind.
+    #[error("{value:?}: write peer:ID, institution:NAME, jurisdiction:CC or consortium:ID")]
+    RecipientForm {
+        /// The value given.
+        value: String,
+    },
+    /// A recipient of an unknown kind.
+    #[error("{kind:?} is not a recipient kind (peer, institution, jurisdiction, consortium)")]
+    RecipientKind {
+        /// The kind given.
+        kind: String,
+    },
+    /// Not a libp2p peer id.
+    #[error("{value:?} is not a peer id: {cause}")]
+    PeerId {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        cause: libp2p::identity::ParseError,
+    },
+    /// Not a Study Instance UID.
+    #[error("{value:?} is not a Study Instance UID (numbers separated by dots, at most 64 characters)")]
+    StudyUid {
+        /// The value given.
+        value: String,
+    },
+    /// The OS random generator failed (a new consent id).
+    #[error("the OS random generator failed: {0}")]
+    Random(#[source] getrandom::Error),
+    /// This node's own record names a jurisdiction that does not parse.
+    #[error("of this node's record, {value:?}: {cause}")]
+    OwnJurisdiction {
+        /// The record's jurisdiction.
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        cause: IdError,
+    },
+    /// An empty value.
+    #[error("is empty")]
+    Empty,
+    /// A deny with a level.
+    #[error("a deny has no level")]
+    DenyWithLevel,
+    /// A permit without a level.
+    #[error("a permit needs the weakest level it accepts: identifiable, pseudonymised or anonymised")]
+    PermitWithoutLevel,
+    /// Both studies and an episode.
+    #[error("give either studies or an episode, not both")]
+    StudiesAndEpisode,
+    /// No default legal basis is known for the site's jurisdiction.
+    #[error("no default legal basis for a site in {home}: give its code, e.g. a statute reference")]
+    NoDefaultLegalBasis {
+        /// The site's jurisdiction.
+        home: String,
+    },
+    /// The end of validity is not after its start.
+    #[error("{until} is not after {from}: the consent would never be valid")]
+    NotAfter {
+        /// The end, as given.
+        until: String,
+        /// The start, as given (`now` or `--from …`).
+        from: String,
+    },
+    /// A consent with this id is on record.
+    #[error("consent {id} is already on record")]
+    Recorded {
+        /// The consent id.
+        id: String,
+    },
+    /// Not a UTC offset.
+    #[error("{value:?} is not an offset such as +01:00")]
+    Offset {
+        /// The value given.
+        value: String,
+    },
+    /// A peer's certified institution or jurisdiction does not parse.
+    #[error("{peer}: its certified {certified}: {cause}")]
+    Certified {
+        /// The peer id.
+        peer: String,
+        /// Which certified field.
+        certified: &'static str,
+        /// What is wrong with it.
+        #[source]
+        cause: IdError,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<Invalid>) -> ConsentOpError {
     ConsentOpError::Invalid {
         field,
-        reason: reason.to_string(),
+        reason: Box::new(reason.into()),
     }
 }
 
@@ -520,23 +628,16 @@ fn parse_time(field: &'static str, s: &str, end_of_day: bool) -> Result<DateTime
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-        invalid(
-            field,
-            format!("{s:?} is neither a date (2026-03-01) nor an RFC 3339 time (2026-03-01T08:00:00Z)"),
-        )
-    })?;
+    let d =
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| invalid(field, Invalid::Time { value: s.to_string() }))?;
     let start = d.and_time(NaiveTime::MIN).and_utc();
     Ok(if end_of_day { start + TimeDelta::days(1) } else { start })
 }
 
 fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, ConsentOpError> {
-    let (kind, value) = s.split_once(':').ok_or_else(|| {
-        invalid(
-            field,
-            format!("{s:?}: write peer:ID, institution:NAME, jurisdiction:CC or consortium:ID"),
-        )
-    })?;
+    let (kind, value) = s
+        .split_once(':')
+        .ok_or_else(|| invalid(field, Invalid::RecipientForm { value: s.to_string() }))?;
     Ok(match kind {
         "peer" => Recipient::Peer(peer_id(field, value)?),
         "institution" => Recipient::Institution(parse_id(field, value)?),
@@ -545,15 +646,24 @@ fn parse_recipient(field: &'static str, s: &str) -> Result<Recipient, ConsentOpE
         other => {
             return Err(invalid(
                 field,
-                format!("{other:?} is not a recipient kind (peer, institution, jurisdiction, consortium)"),
+                Invalid::RecipientKind {
+                    kind: other.to_string(),
+                },
             ));
         }
     })
 }
 
 fn peer_id(field: &'static str, s: &str) -> Result<PeerId, ConsentOpError> {
-    s.parse::<libp2p::PeerId>()
-        .map_err(|e| invalid(field, format!("{s:?} is not a peer id: {e}")))?;
+    s.parse::<libp2p::PeerId>().map_err(|cause| {
+        invalid(
+            field,
+            Invalid::PeerId {
+                value: s.to_string(),
+                cause,
+            },
+        )
+    })?;
     parse_id(field, s)
 }
 
@@ -568,10 +678,7 @@ fn study_uid(field: &'static str, s: &str) -> Result<StudyRef, ConsentOpError> {
         && s.split('.')
             .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()));
     if !ok {
-        return Err(invalid(
-            field,
-            format!("{s:?} is not a Study Instance UID (numbers separated by dots, at most 64 characters)"),
-        ));
+        return Err(invalid(field, Invalid::StudyUid { value: s.to_string() }));
     }
     parse_id(field, s)
 }
@@ -610,7 +717,7 @@ fn default_legal_basis(home: &str, by: ConsentedBy) -> Option<(&'static str, &'s
 
 fn fresh_id() -> Result<ConsentId, ConsentOpError> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| invalid("id", format!("the OS random generator failed: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| invalid("id", Invalid::Random(e)))?;
     parse_id("id", &format!("c-{}", hex::encode(b)))
 }
 
@@ -694,9 +801,15 @@ impl ConsentService<'_> {
     /// [`ConsentOpError::Invalid`] if the node record's jurisdiction does not parse.
     pub fn site_policy(&self) -> Result<SitePolicy, ConsentOpError> {
         let own = &self.own.record().jurisdiction;
-        let home = own
-            .parse()
-            .map_err(|e: IdError| invalid("jurisdiction", format!("of this node's record, {own:?}: {e}")))?;
+        let home = own.parse().map_err(|cause: IdError| {
+            invalid(
+                "jurisdiction",
+                Invalid::OwnJurisdiction {
+                    value: own.to_string(),
+                    cause,
+                },
+            )
+        })?;
         Ok(self.policy.site_policy(home))
     }
 
@@ -727,7 +840,7 @@ impl ConsentService<'_> {
     pub fn add(&self, c: NewConsent) -> Result<ConsentEntry, ConsentOpError> {
         let now = utc_now();
         if c.patient_id.trim().is_empty() {
-            return Err(invalid("patient-id", "is empty"));
+            return Err(invalid("patient-id", Invalid::Empty));
         }
         let id = match &c.id {
             Some(id) => parse_id("id", id)?,
@@ -735,13 +848,10 @@ impl ConsentService<'_> {
         };
         let provision = match (c.deny, c.level) {
             (true, None) => Provision::Deny,
-            (true, Some(_)) => return Err(invalid("level", "a deny has no level")),
+            (true, Some(_)) => return Err(invalid("level", Invalid::DenyWithLevel)),
             (false, Some(level)) => Provision::Permit { level },
             (false, None) => {
-                return Err(invalid(
-                    "level",
-                    "a permit needs the weakest level it accepts: identifiable, pseudonymised or anonymised",
-                ));
+                return Err(invalid("level", Invalid::PermitWithoutLevel));
             }
         };
         let mut recipients = BTreeSet::new();
@@ -762,7 +872,7 @@ impl ConsentService<'_> {
             modalities.insert(m.parse::<Modality>().map_err(|e| invalid("modality", e))?);
         }
         let coverage = match (&c.episode, c.studies.is_empty()) {
-            (Some(_), false) => return Err(invalid("episode", "give either studies or an episode, not both")),
+            (Some(_), false) => return Err(invalid("episode", Invalid::StudiesAndEpisode)),
             (Some(e), true) => Coverage::Episode(parse_id("episode", e)?),
             (None, false) => Coverage::Studies(
                 c.studies
@@ -789,7 +899,7 @@ impl ConsentService<'_> {
             (None, None) => {
                 return Err(invalid(
                     "legal-basis",
-                    format!("no default legal basis for a site in {home}: give its code, e.g. a statute reference"),
+                    Invalid::NoDefaultLegalBasis { home: home.to_string() },
                 ));
             }
         };
@@ -811,7 +921,10 @@ impl ConsentService<'_> {
                 .map_or_else(|| "now".to_string(), |f| format!("--from {f}"));
             return Err(invalid(
                 "until",
-                format!("{typed} is not after {from}: the consent would never be valid"),
+                Invalid::NotAfter {
+                    until: typed.to_string(),
+                    from,
+                },
             ));
         }
         let draft = ConsentDraft {
@@ -845,7 +958,7 @@ impl ConsentService<'_> {
             std::slice::from_ref(&id),
             Some(&self.effects.author()),
             |_, stored| match stored {
-                Some(_) => Err(invalid("id", format!("consent {id} is already on record"))),
+                Some(_) => Err(invalid("id", Invalid::Recorded { id: id.to_string() })),
                 None => Ok((Some(record.clone()), vec![self.consent_added(&id)])),
             },
         )?;
@@ -900,8 +1013,8 @@ impl ConsentService<'_> {
             ctx = ctx.purposes_when_unspecified(req.default_purposes.iter().copied());
         }
         if let Some(o) = &req.utc_offset {
-            let offset = FixedOffset::from_str(o)
-                .map_err(|_| invalid("utc-offset", format!("{o:?} is not an offset such as +01:00")))?;
+            let offset =
+                FixedOffset::from_str(o).map_err(|_| invalid("utc-offset", Invalid::Offset { value: o.clone() }))?;
             ctx = ctx.local_offset(offset);
         }
         let mut out: Vec<ImportedConsent> = Vec::new();
@@ -1001,7 +1114,7 @@ impl ConsentService<'_> {
             std::slice::from_ref(&cid),
             Some(&self.effects.author()),
             |_, stored| {
-                let mut record = stored.ok_or_else(|| ConsentOpError::Unknown(id.to_string()))?;
+                let mut record = stored.ok_or_else(|| ConsentOpError::Unknown { id: id.to_string() })?;
                 let change = record.withdrawn_at().is_none_or(|w| w > now);
                 if change {
                     record.withdraw(now);
@@ -1015,7 +1128,7 @@ impl ConsentService<'_> {
             },
         )?;
         self.effects.logged(&entries);
-        let record = result.ok_or_else(|| ConsentOpError::Unknown(id.to_string()))?;
+        let record = result.ok_or_else(|| ConsentOpError::Unknown { id: id.to_string() })?;
         self.effects.end_affected_transfers_after("consent withdrawn");
         self.entry(record, now)
     }
@@ -1139,7 +1252,16 @@ impl ConsentService<'_> {
         let Some(facts) = facts else {
             return Ok(report);
         };
-        let of_peer = |what: &str, e: IdError| invalid("peer", format!("{}: its certified {what}: {e}", q.peer_id));
+        let of_peer = |certified: &'static str, cause: IdError| {
+            invalid(
+                "peer",
+                Invalid::Certified {
+                    peer: q.peer_id.to_string(),
+                    certified,
+                    cause,
+                },
+            )
+        };
         let institution: InstitutionId = facts.institution.parse().map_err(|e| of_peer("institution", e))?;
         let request = TransferRequest {
             peer: requester,

@@ -33,8 +33,13 @@ pub enum DaemonError {
     #[error(transparent)]
     Net(#[from] NetError),
     /// A task of the node ended on its own (a bug): the node stopped.
-    #[error("{0}")]
-    TaskEnded(String),
+    #[error("the {task} task ended on its own{}", if *.panicked { " (it panicked)" } else { "" })]
+    TaskEnded {
+        /// Which task: `network` or `admin API`.
+        task: &'static str,
+        /// It panicked (else it returned).
+        panicked: bool,
+    },
     /// The home, its keys or the socket's folder are open to others.
     #[error(transparent)]
     Home(#[from] crate::home::HomeError),
@@ -139,8 +144,8 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let died = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
         _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
-        r = &mut net_task => Some(format!("the network task ended: {r:?}")),
-        r = &mut api_task => Some(format!("the admin API task ended: {r:?}")),
+        r = &mut net_task => Some(("network", r.is_err())),
+        r = &mut api_task => Some(("admin API", r.is_err())),
     };
     let _ = stop_tx.send(true);
     if !api_task.is_finished() {
@@ -158,7 +163,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     }
     tracing::info!("node stopped");
     match died {
-        Some(why) => Err(DaemonError::TaskEnded(why)),
+        Some((task, panicked)) => Err(DaemonError::TaskEnded { task, panicked }),
         None => Ok(()),
     }
 }

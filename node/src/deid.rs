@@ -70,20 +70,203 @@ pub enum DeidError {
         /// Its line.
         line: usize,
         /// What is wrong.
-        reason: String,
+        reason: Box<TableCause>,
     },
     /// The object cannot be read or written.
     #[error("not a readable DICOM object: {0}")]
-    Dicom(String),
+    Dicom(#[source] DicomCause),
     /// The object may show identifiers in its pixels and no masking rule covers it.
     #[error("may carry burned-in identifiers ({0}) and no masking rule covers it")]
-    BurnedIn(String),
+    BurnedIn(BurnedIn),
     /// A masking rule covers the object but cannot be applied.
     #[error("masking rule cannot be applied: {0}")]
-    Mask(String),
+    Mask(#[from] MaskCause),
     /// A profile that cannot be used.
-    #[error("{0}")]
-    Profile(String),
+    #[error(transparent)]
+    Profile(#[from] ProfileCause),
+}
+
+/// What is wrong with an embedded de-identification table
+/// ([`DeidError::Table`]). Cells are quoted as written: the tables are
+/// medmesh's own data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableCause {
+    /// The CSV does not read.
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+    /// A column is missing.
+    #[error("no column {column}")]
+    NoColumn {
+        /// The column.
+        column: String,
+    },
+    /// A cell is not 4 hex digits.
+    #[error("{cell:?} is not 4 hex digits")]
+    Hex {
+        /// The cell.
+        cell: String,
+    },
+    /// A tag is not (gggg,eeee).
+    #[error("tag {cell:?} is not (gggg,eeee)")]
+    Tag {
+        /// The cell.
+        cell: String,
+    },
+    /// An unknown action.
+    #[error("action {cell:?}")]
+    Action {
+        /// The cell.
+        cell: String,
+    },
+    /// An option column that is not K or C.
+    #[error("{column}: {cell:?} is not K or C")]
+    Flag {
+        /// The column.
+        column: String,
+        /// The cell.
+        cell: String,
+    },
+    /// A tag twice in a table.
+    #[error("tag {tag} twice")]
+    TagTwice {
+        /// The tag.
+        tag: String,
+    },
+    /// An addition that names no or several tags.
+    #[error("an addition names one tag")]
+    AdditionTags,
+    /// An addition of a tag that a table has already.
+    #[error("tag {tag} is already in a table")]
+    Added {
+        /// The tag.
+        tag: String,
+    },
+    /// An unknown attribute type.
+    #[error("type {cell:?}")]
+    Type {
+        /// The cell.
+        cell: String,
+    },
+    /// An element offset that is not 2 hex digits.
+    #[error("element {cell:?} is not a 2-hex-digit offset")]
+    Element {
+        /// The cell.
+        cell: String,
+    },
+    /// The tables failed to load (the error says where).
+    #[error(transparent)]
+    Load(&'static DeidError),
+}
+
+/// Why an object cannot be read or written ([`DeidError::Dicom`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DicomCause {
+    /// It does not parse.
+    #[error(transparent)]
+    Parse(Box<crate::dicom::DicomError>),
+    /// It has no SOP Class UID.
+    #[error("no SOP Class UID (0008,0016): a data set, not a composite object")]
+    NoSopClass,
+    /// A UID of it (named by its attribute) is not valid.
+    #[error("{attribute}: {cause}")]
+    Uid {
+        /// The attribute (keyword and tag).
+        attribute: &'static str,
+        /// What is wrong with it.
+        #[source]
+        cause: crate::dicom::UidError,
+    },
+    /// The file meta group of the output cannot be built.
+    #[error("file meta: {0}")]
+    Meta(#[source] Box<dicom_object::meta::Error>),
+    /// The output cannot be written.
+    #[error("writing: {0}")]
+    Write(#[source] Box<dicom_object::WriteError>),
+}
+
+/// Why an object may show identifiers in its pixels ([`DeidError::BurnedIn`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BurnedIn {
+    /// Burned In Annotation says so.
+    #[error("Burned In Annotation (0028,0301) is YES")]
+    Flagged,
+    /// A modality that often has burned-in text, without the attribute.
+    #[error("modality {modality} without Burned In Annotation (0028,0301)")]
+    Modality {
+        /// The modality.
+        modality: String,
+    },
+    /// A SOP class that often has burned-in text, without the attribute.
+    #[error("SOP class {class} (secondary capture or ultrasound) without Burned In Annotation (0028,0301)")]
+    SopClass {
+        /// The SOP Class UID.
+        class: String,
+    },
+}
+
+/// Why a masking rule cannot be applied ([`DeidError::Mask`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaskCause {
+    /// No Rows.
+    #[error("no Rows (0028,0010)")]
+    NoRows,
+    /// No Columns.
+    #[error("no Columns (0028,0011)")]
+    NoColumns,
+    /// Bits allocated that are not whole bytes.
+    #[error("{bits} bits allocated: only whole bytes can be masked")]
+    Bits {
+        /// Bits Allocated.
+        bits: usize,
+    },
+    /// No Pixel Data.
+    #[error("no Pixel Data")]
+    NoPixelData,
+    /// Compressed pixel data.
+    #[error("compressed pixel data (transfer syntax {transfer_syntax}) cannot be masked; decompress it first")]
+    Compressed {
+        /// The transfer syntax UID.
+        transfer_syntax: String,
+    },
+    /// Pixel data of an unexpected value type.
+    #[error("pixel data of an unexpected type")]
+    PixelType,
+    /// Zero rows or columns.
+    #[error("an image of zero rows or columns")]
+    Empty,
+    /// Dimensions that overflow.
+    #[error("image dimensions too large")]
+    TooLarge,
+    /// Pixel data of another length than the attributes describe.
+    #[error("pixel data has {found} bytes, the image attributes describe {described}")]
+    Length {
+        /// Bytes found.
+        found: usize,
+        /// Bytes described.
+        described: usize,
+    },
+}
+
+/// Why a profile cannot be used ([`DeidError::Profile`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileCause {
+    /// The identifiable level.
+    #[error("the identifiable level is not de-identified")]
+    Identifiable,
+    /// Both longitudinal temporal options.
+    #[error("retain-long-full-dates and retain-long-modified-dates exclude each other")]
+    BothDateOptions,
+    /// Retain UIDs at the anonymised level.
+    #[error("retain-uids keeps the original UIDs, which link back to the source: not at the anonymised level")]
+    RetainUidsAnonymised,
+    /// The system has no randomness to give.
+    #[error("random: {0}")]
+    Random(#[source] getrandom::Error),
 }
 
 /// A coded concept (code value, coding scheme, meaning).
@@ -197,19 +380,14 @@ impl Profile {
     /// anonymised level (original UIDs link back to the source).
     pub fn new(level: DeidLevel, options: &[DeidOption], masks: Vec<MaskRule>) -> Result<Self, DeidError> {
         if level == DeidLevel::Identifiable {
-            return Err(DeidError::Profile("the identifiable level is not de-identified".into()));
+            return Err(ProfileCause::Identifiable.into());
         }
         let set: BTreeSet<DeidOption> = options.iter().copied().collect();
         if set.contains(&DeidOption::RetainLongFullDates) && set.contains(&DeidOption::RetainLongModifiedDates) {
-            return Err(DeidError::Profile(
-                "retain-long-full-dates and retain-long-modified-dates exclude each other".into(),
-            ));
+            return Err(ProfileCause::BothDateOptions.into());
         }
         if level == DeidLevel::Anonymised && set.contains(&DeidOption::RetainUids) {
-            return Err(DeidError::Profile(
-                "retain-uids keeps the original UIDs, which link back to the source: not at the anonymised level"
-                    .into(),
-            ));
+            return Err(ProfileCause::RetainUidsAnonymised.into());
         }
         Ok(Profile {
             level,
@@ -300,7 +478,7 @@ impl DeidKeys {
     /// [`DeidError::Profile`] when the system has no randomness to give.
     pub fn random() -> Result<Self, DeidError> {
         let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut secret[..]).map_err(|e| DeidError::Profile(format!("random: {e}")))?;
+        getrandom::fill(&mut secret[..]).map_err(|e| DeidError::from(ProfileCause::Random(e)))?;
         Ok(Self::from_secret(&secret))
     }
 
@@ -873,7 +1051,7 @@ pub fn deidentify_into(
 ) -> Result<DeidInfo, DeidError> {
     written.clear();
     let tables = tables()?;
-    let bad = |e: crate::dicom::DicomError| DeidError::Dicom(e.to_string());
+    let bad = |e: crate::dicom::DicomError| DeidError::Dicom(DicomCause::Parse(Box::new(e)));
     // When Pixel Data is the last element, only what comes before it is
     // parsed and rewritten; the pixel data element is copied as it is.
     let span = crate::dicom::pixel_span(bytes);
@@ -889,11 +1067,14 @@ pub fn deidentify_into(
     };
     let sop_class = str_at(&obj, tags::SOP_CLASS_UID);
     if sop_class.is_empty() {
-        return Err(DeidError::Dicom(
-            "no SOP Class UID (0008,0016): a data set, not a composite object".into(),
-        ));
+        return Err(DeidError::Dicom(DicomCause::NoSopClass));
     }
-    crate::dicom::check_uid(&sop_class).map_err(|e| DeidError::Dicom(format!("SOP Class UID (0008,0016): {e}")))?;
+    crate::dicom::check_uid(&sop_class).map_err(|cause| {
+        DeidError::Dicom(DicomCause::Uid {
+            attribute: "SOP Class UID (0008,0016)",
+            cause,
+        })
+    })?;
     // Pixels first: refuse what may show identifiers, mask what a rule covers.
     let mut masked = false;
     let has_pixels = tail.is_some() || obj.get(tags::PIXEL_DATA).is_some();
@@ -1010,8 +1191,12 @@ pub fn deidentify_into(
     }
     let new_study = str_at(&out, tags::STUDY_INSTANCE_UID);
     let sop_instance = str_at(&out, tags::SOP_INSTANCE_UID);
-    crate::dicom::check_uid(&sop_instance)
-        .map_err(|e| DeidError::Dicom(format!("SOP Instance UID (0008,0018): {e}")))?;
+    crate::dicom::check_uid(&sop_instance).map_err(|cause| {
+        DeidError::Dicom(DicomCause::Uid {
+            attribute: "SOP Instance UID (0008,0018)",
+            cause,
+        })
+    })?;
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class.as_str())
         .media_storage_sop_instance_uid(sop_instance.as_str())
@@ -1019,11 +1204,11 @@ pub fn deidentify_into(
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION)
         .build()
-        .map_err(|e| DeidError::Dicom(format!("file meta: {e}")))?;
+        .map_err(|e| DeidError::Dicom(DicomCause::Meta(Box::new(e))))?;
     let file = out.with_exact_meta(meta);
     written.reserve(tail.map_or(0, <[u8]>::len) + 64 * 1024);
     file.write_all(&mut *written)
-        .map_err(|e| DeidError::Dicom(format!("writing: {e}")))?;
+        .map_err(|e| DeidError::Dicom(DicomCause::Write(Box::new(e))))?;
     if let Some(pixels) = tail {
         written.extend_from_slice(pixels);
     }

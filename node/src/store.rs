@@ -212,8 +212,8 @@ pub enum StoreError {
     #[error("study {0} is locked: its data key was destroyed")]
     Locked(String),
     /// The change would overwrite something it must not.
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Held(#[from] Conflict),
     /// Nothing is stored under that reference.
     #[error("no study {0} in this store")]
     UnknownStudy(String),
@@ -248,6 +248,75 @@ pub enum StoreError {
     /// A re-link record does not open.
     #[error("re-link record of pseudonym {0} in relink-v1 does not open under this node's master key or is damaged")]
     Relink(String),
+}
+
+/// What a change would overwrite ([`StoreError::Held`]). Objects are
+/// named by their blob's short address, studies by their short reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// A crash injected by a test at a named step.
+    #[error("crash injected at {step}")]
+    CrashInjected {
+        /// The step.
+        step: &'static str,
+    },
+    /// An object of a batch is held or being stored already.
+    #[error("object {object} is held or being stored already; it is not stored again")]
+    ObjectPending {
+        /// The blob's short address.
+        object: String,
+    },
+    /// A landing names the same blob address twice.
+    #[error("the same blob address twice in one landing")]
+    SameAddressTwice,
+    /// The landing's study is held here already.
+    #[error("study {study} {held}; a landing never replaces it")]
+    StudyHeld {
+        /// The study's short reference.
+        study: String,
+        /// How it is held.
+        held: HeldAs,
+    },
+    /// An object of the landing is held here already, in another study.
+    #[error("object {object} is held here already, in another study; a landing never replaces it")]
+    ObjectHeld {
+        /// The blob's short address.
+        object: String,
+    },
+    /// An object of the landing is being stored or deleted by another batch.
+    #[error("object {object} is being stored or deleted by another batch")]
+    ObjectBusy {
+        /// The blob's short address.
+        object: String,
+    },
+    /// Files are imported into a study received from another site.
+    #[error("this study was received from another site under a grant: files are not imported into it")]
+    ReceivedStudy,
+}
+
+/// How a study is held already ([`Conflict::StudyHeld`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeldAs {
+    /// Imported at this site.
+    Imported,
+    /// Received earlier and locked.
+    ReceivedLocked,
+    /// Received from a peer under another transfer.
+    Received,
+}
+
+impl std::fmt::Display for HeldAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeldAs::Imported => "was imported at this site",
+            HeldAs::ReceivedLocked => {
+                "is held here already, received earlier and locked (purge it first to receive it again)"
+            }
+            HeldAs::Received => "is held here already, received from a peer under another transfer",
+        })
+    }
 }
 
 /// Opens the database file, waiting up to `wait` (polling) while another
@@ -681,7 +750,7 @@ impl Store {
             let mut at = self.crash_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if *at == Some(step) {
                 *at = None;
-                return Err(StoreError::Conflict(format!("crash injected at {step}")));
+                return Err(Conflict::CrashInjected { step }.into());
             }
         }
         let _ = step;
@@ -994,10 +1063,10 @@ impl Store {
                 if blobs.get(address).map_err(|e| self.err(e))?.is_some()
                     || pending.get(address).map_err(|e| self.err(e))?.is_some()
                 {
-                    return Err(StoreError::Conflict(format!(
-                        "object {} is held or being stored already; it is not stored again",
-                        hex::encode(&address[..8])
-                    )));
+                    return Err(Conflict::ObjectPending {
+                        object: hex::encode(&address[..8]),
+                    }
+                    .into());
                 }
                 pending.insert(address, ()).map_err(|e| self.err(e))?;
             }

@@ -43,6 +43,7 @@ mod vectors;
 pub mod wire;
 
 pub use self::codes::{END_CODES, EndCode, PENDING_CODES, PendingCode, REFUSE_CODES, RefuseCode};
+pub use self::landing::BadObject;
 pub use self::preparation::{SendPlan, Source};
 pub use self::receiving::{Accepted, ChunkError, ObjectWriter};
 pub use self::records::{Asking, Direction, Initiated, LeftOut, Live, Progress, State, TransferRecord, TransferView};
@@ -103,7 +104,16 @@ pub enum TransferError {
         /// The transfer.
         id: String,
         /// Why.
-        reason: String,
+        reason: StateCause,
+    },
+    /// A study UID given for a request is not a valid DICOM UID.
+    #[error("study UID {uid:?}: {cause}")]
+    BadStudyUid {
+        /// The UID as given (a UID, never patient data).
+        uid: String,
+        /// What is wrong with it.
+        #[source]
+        cause: crate::dicom::UidError,
     },
     /// A stored record or document could not be read.
     #[error("transfer {id}: damaged record: {reason}")]
@@ -111,7 +121,7 @@ pub enum TransferError {
         /// The transfer.
         id: String,
         /// Why.
-        reason: String,
+        reason: Box<Damage>,
     },
     /// A file of the transfer could not be read or written.
     #[error("transfer {id}: {path}: {cause}")]
@@ -131,11 +141,11 @@ pub enum TransferError {
         /// The object (its blob's short address; never a UID, as this is logged).
         object: String,
         /// Why.
-        reason: String,
+        reason: IntegrityCause,
     },
-    /// The network is not running (transfers need `medmesh run`).
-    #[error("{0}")]
-    Network(String),
+    /// The OS random generator failed (a new transfer id).
+    #[error("the OS random generator failed: {0}")]
+    Random(#[source] getrandom::Error),
     /// De-identifying an object for the transfer failed (`what` names it
     /// by transfer and object, never by patient data).
     #[error("{}{cause}", what.as_deref().map(|w| format!("{w}: ")).unwrap_or_default())]
@@ -179,7 +189,137 @@ pub enum TransferError {
         /// The reason code ([`RefuseCode::BadObject`], [`RefuseCode::AlreadyHeld`]).
         code: RefuseCode,
         /// Why (no patient data: objects by index, studies by reference).
-        reason: String,
+        reason: Box<RefuseCause>,
+    },
+}
+
+/// Why an operation does not fit a transfer's state
+/// ([`TransferError::State`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateCause {
+    /// A grant needs the recipient's node record, and none is held.
+    #[error("the recipient's node record is unknown")]
+    RecipientUnknown,
+    /// Approving or denying needs a pending request to this node.
+    #[error("is {}, not a pending request to this node", .0.as_str())]
+    NotPending(State),
+    /// A denial by a person needs their reason.
+    #[error("a denial needs a reason (--reason)")]
+    NoDenialReason,
+    /// A record under this id exists already (a replayed answer).
+    #[error("already recorded")]
+    AlreadyRecorded,
+    /// Landing needs a transfer being received.
+    #[error("is {}, not being received", .0.as_str())]
+    NotReceiving(State),
+    /// The transfer ended (failed, scrubbed) while it was landing.
+    #[error("became {} while it was landing", .0.as_str())]
+    ChangedWhileLanding(State),
+    /// Deciding after a fetch from the PACS needs a request waiting for it.
+    #[error("does not wait for a study from the PACS")]
+    NotAwaitingPacs,
+}
+
+/// What is wrong with a transfer's stored record or documents
+/// ([`TransferError::Damaged`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Damage {
+    /// A signed message or document does not encode, decode or verify.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    /// A record does not encode or decode.
+    #[error(transparent)]
+    Codec(#[from] cbor::CodecError),
+    /// A sealed record, document or key does not open (or could not be sealed).
+    #[error(transparent)]
+    Seal(#[from] medmesh_seal::SealError),
+    /// The store refused to record progress.
+    #[error(transparent)]
+    Store(#[from] Box<StoreError>),
+    /// The OS random generator failed.
+    #[error("random: {0}")]
+    Random(#[from] getrandom::Error),
+    /// The grant's recipient key is not 32 bytes.
+    #[error("recipient key is not 32 bytes")]
+    RecipientKeyLength,
+    /// The grant's recipient key is a low-order point.
+    #[error("the recipient's X25519 key is a low-order point")]
+    LowOrderRecipientKey,
+    /// The stored object list and the manifest disagree.
+    #[error("the object list does not match the manifest")]
+    ObjectList,
+    /// A stored object address is not 32 bytes.
+    #[error("bad object address")]
+    ObjectAddress,
+    /// A document of the transfer is missing (its kind number).
+    #[error("document {0} is missing")]
+    MissingDocument(u8),
+    /// An object of the plan was not hashed.
+    #[error("an object was not hashed")]
+    NotHashed,
+    /// The manifest has no object of that index.
+    #[error("no object {0}")]
+    NoObject(u32),
+    /// An object's salt in the manifest is not 32 bytes.
+    #[error("salt is not 32 bytes")]
+    Salt,
+    /// An object's hash in the manifest is not 32 bytes.
+    #[error("hash is not 32 bytes")]
+    Hash,
+    /// The study index does not describe the objects sent.
+    #[error("the study index does not describe the objects sent")]
+    Index,
+    /// The study index does not describe one object (its index).
+    #[error("the study index does not describe object {0}")]
+    IndexObject(usize),
+    /// The manifest is missing.
+    #[error("manifest missing")]
+    NoManifest,
+    /// More objects than an object index holds.
+    #[error("too many objects")]
+    TooManyObjects,
+    /// No object of the study is to be sent.
+    #[error("no object to send")]
+    NothingToSend,
+}
+
+impl From<StoreError> for Damage {
+    fn from(e: StoreError) -> Self {
+        Damage::Store(Box::new(e))
+    }
+}
+
+/// Why a stored object failed verification ([`TransferError::Integrity`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntegrityCause {
+    /// The sealed blob does not open.
+    #[error(transparent)]
+    Seal(#[from] medmesh_seal::SealError),
+    /// Reading (and opening) the sealed blob failed.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// Its content hash is not the one recorded at import.
+    #[error("its BLAKE3 differs from the one recorded at import")]
+    Hash,
+}
+
+/// Why a received study was refused at landing ([`TransferError::Refused`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefuseCause {
+    /// The study or an object is held here already.
+    #[error(transparent)]
+    Held(crate::store::Conflict),
+    /// An object (by its index) is not as the grant and index say.
+    #[error("object {index} {why}")]
+    BadObject {
+        /// The object's index in the manifest.
+        index: usize,
+        /// What is wrong with it.
+        why: BadObject,
     },
 }
 
@@ -306,7 +446,7 @@ pub fn parse_id(s: &str) -> Result<TransferId, TransferError> {
 }
 
 fn new_id() -> Result<TransferId, TransferError> {
-    TransferId::random().map_err(|e| TransferError::Network(format!("the OS random generator failed: {e}")))
+    TransferId::random().map_err(TransferError::Random)
 }
 
 fn reason(code: impl Into<String>, text: impl Into<String>) -> Reason {
@@ -395,10 +535,10 @@ fn deid_failed(what: String, cause: impl Into<Box<dyn std::error::Error + Send +
     }
 }
 
-fn damaged(id: &(impl std::fmt::Display + ?Sized), reason: impl Into<String>) -> TransferError {
+fn damaged(id: &(impl std::fmt::Display + ?Sized), reason: impl Into<Damage>) -> TransferError {
     TransferError::Damaged {
         id: id.to_string(),
-        reason: reason.into(),
+        reason: Box::new(reason.into()),
     }
 }
 
@@ -427,6 +567,6 @@ fn io_err(id: &(impl std::fmt::Display + ?Sized), path: &std::path::Path, cause:
 
 fn random32(id: &(impl std::fmt::Display + ?Sized)) -> Result<[u8; 32], TransferError> {
     let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| damaged(id, format!("random: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| damaged(id, e))?;
     Ok(b)
 }

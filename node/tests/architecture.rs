@@ -282,3 +282,520 @@ fn the_foundation_imports_no_service() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+// ---------------------------------------------------------------------------
+// Typed error causes (issue 17, item 1): an error enum of the library says
+// its cause with a type (a cause enum, or the underlying error as its
+// `#[source]`), never with free text standing in for it.
+//
+// The scan finds every enum of `node/src` that derives an `Error` (tests
+// are skipped as above) and, in it, every `String` field named like a
+// cause (`reason`, `detail`, `what`, `why`, `message`, `cause`, `msg`) and
+// every `String` tuple payload. Identifiers (ids, paths, peer names) are
+// kept as named fields with other names, or as their own types. A hit not on
+// [`ALLOWED_STRING_CAUSES`] fails; so does an entry there that the scan no
+// longer finds: the list may only shrink.
+
+/// Field names that say "this is the cause".
+const CAUSE_FIELDS: &[&str] = &["reason", "detail", "what", "why", "message", "cause", "msg"];
+
+/// The `String` causes that stay text (`file::Enum::Variant.field`, with
+/// `.0` for a tuple payload), and why they must.
+const ALLOWED_STRING_CAUSES: &[(&str, &str)] = &[
+    (
+        "api/client.rs::ClientError::Remote.message",
+        "the words the node's API server sent back, which the client only relays",
+    ),
+    (
+        "api/route.rs::ServeError::HeldHere.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the study)",
+    ),
+    (
+        "api/server.rs::ServerError::Running.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the socket path)",
+    ),
+    (
+        "cbor.rs::CodecError::Encode.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (ciborium's encode error)",
+    ),
+    (
+        "cbor.rs::CodecError::Malformed.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (ciborium's decode error)",
+    ),
+    (
+        "config.rs::AddrError::NoPeerId.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the address)",
+    ),
+    (
+        "config.rs::ConfigError::Parse.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (toml's error)",
+    ),
+    (
+        "config.rs::ConfigError::Value.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "dicom.rs::DicomError::Inconsistent.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "dicom.rs::DicomError::Invalid.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "dicom.rs::DicomError::Malformed.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (dicom-rs's error)",
+    ),
+    (
+        "dicom.rs::DicomError::NotDicom.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (dicom-rs's error)",
+    ),
+    (
+        "home.rs::HomeError::Exists.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the home's path)",
+    ),
+    (
+        "home.rs::HomeError::NotAHome.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "identity.rs::IdentityError::BadField.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "identity.rs::IdentityError::BadKey.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (ed25519's error)",
+    ),
+    (
+        "identity.rs::IdentityError::Inconsistent.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "keystore.rs::KeystoreError::Kdf.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (argon2's error)",
+    ),
+    (
+        "keystore.rs::KeystoreError::Unsupported.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "ledger.rs::LedgerError::Chain.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "ledger.rs::LedgerError::Invalid.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "ledger.rs::LedgerError::Witness.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "net.rs::NetError::Build.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (libp2p's errors)",
+    ),
+    (
+        "net.rs::NetError::Listen.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (libp2p's transport error)",
+    ),
+    (
+        "net.rs::NetError::NoProtocol.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the protocol name)",
+    ),
+    (
+        "notify.rs::DeliveryError::ConnectTimeout.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the address)",
+    ),
+    (
+        "notify.rs::DeliveryError::NoAddress.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the host name)",
+    ),
+    (
+        "notify.rs::SinkConfigError::Facility.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the facility name as configured)",
+    ),
+    (
+        "notify.rs::SinkConfigError::HeaderName.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the header name as configured)",
+    ),
+    (
+        "notify.rs::SinkConfigError::NoCertificate.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the file)",
+    ),
+    (
+        "store.rs::StoreError::Consent.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the consent id)",
+    ),
+    (
+        "store.rs::StoreError::Database.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error (redb's errors)",
+    ),
+    (
+        "store.rs::StoreError::Ledger.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "store.rs::StoreError::Locked.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the study)",
+    ),
+    (
+        "store.rs::StoreError::Relink.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the pseudonym)",
+    ),
+    (
+        "store.rs::StoreError::UnknownStudy.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the study)",
+    ),
+    (
+        "trust.rs::TrustError::Invalid.reason",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "trust/hello.rs::HelloError::BadRevocations.0",
+        "not typed yet (issue 17 item 1, remaining): to become a cause enum or the #[source] error",
+    ),
+    (
+        "trust/service.rs::TrustOpError::NotAPeerId.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the value given)",
+    ),
+    (
+        "trust/service.rs::TrustOpError::UnknownConsortium.0",
+        "an identifier, not a cause, in a tuple payload: to become a named field or its own type (the consortium id)",
+    ),
+];
+
+/// A file's text with comments removed and the contents of string and
+/// character literals emptied (so their braces do not count), cut at an
+/// inline `#[cfg(test)] mod … {`.
+fn code_without_literals(text: &str) -> String {
+    let s: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        let next = s.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < s.len() && s[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0usize;
+            while i < s.len() {
+                if s[i] == '/' && s.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if s[i] == '*' && s.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    if s[i] == '\n' {
+                        out.push('\n');
+                    }
+                    i += 1;
+                }
+            }
+        } else if c == 'r'
+            && (next == Some('"') || next == Some('#'))
+            && !s[..i].last().is_some_and(|p| p.is_alphanumeric() || *p == '_')
+        {
+            // A raw string r"…", r#"…"#.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while s.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if s.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            loop {
+                if j >= s.len() {
+                    break;
+                }
+                if s[j] == '"' && (0..hashes).all(|k| s.get(j + 1 + k) == Some(&'#')) {
+                    j += 1 + hashes;
+                    break;
+                }
+                j += 1;
+            }
+            out.push_str("\"\"");
+            i = j;
+        } else if c == '"' {
+            i += 1;
+            while i < s.len() && s[i] != '"' {
+                if s[i] == '\\' {
+                    i += 1;
+                } else if s[i] == '\n' {
+                    out.push('\n');
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' && (next == Some('\\') || s.get(i + 2) == Some(&'\'')) {
+            // A character literal ('{', '\n', '\''); a lifetime is left alone.
+            let mut j = i + 2;
+            if next == Some('\\') {
+                j += 1;
+            }
+            while j < s.len() && s[j] != '\'' {
+                j += 1;
+            }
+            out.push_str("' '");
+            i = j + 1;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    // An inline test module runs to the end of its file.
+    let mut cut = out.len();
+    let mut from = 0;
+    while let Some(k) = out[from..].find("#[cfg(test)]") {
+        let at = from + k;
+        let rest = out[at + "#[cfg(test)]".len()..].trim_start();
+        if let Some(after) = rest.strip_prefix("mod ") {
+            let head: String = after.chars().take_while(|c| *c != ';' && *c != '{').collect();
+            if after[head.len()..].starts_with('{') {
+                cut = at;
+                break;
+            }
+        }
+        from = at + 1;
+    }
+    out.truncate(cut);
+    out
+}
+
+/// Splits `s` at the commas outside any bracket.
+fn split_top(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '(' | '[' | '{' | '<' => depth += 1,
+            ')' | ']' | '}' | '>' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// `s` without its leading attributes (`#[…]`) and `pub`/`pub(…)`.
+fn without_attrs(s: &str) -> &str {
+    let mut s = s.trim_start();
+    loop {
+        if let Some(rest) = s.strip_prefix("#[") {
+            let mut depth = 1;
+            let mut end = rest.len();
+            for (k, c) in rest.char_indices() {
+                match c {
+                    '[' => depth += 1,
+                    ']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = k + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            s = rest[end..].trim_start();
+        } else if let Some(rest) = s.strip_prefix("pub") {
+            let rest = rest.trim_start();
+            s = match rest.strip_prefix('(') {
+                Some(r) => r.split_once(')').map_or(r, |(_, r)| r).trim_start(),
+                None => rest,
+            };
+        } else {
+            return s;
+        }
+    }
+}
+
+/// The index just past the bracket that closes the one opened at `open`.
+fn closing(s: &str, open: usize) -> usize {
+    let b = s.as_bytes();
+    let (o, c) = (b[open], if b[open] == b'{' { b'}' } else { b')' });
+    let mut depth = 0;
+    for (k, &x) in b.iter().enumerate().skip(open) {
+        if x == o {
+            depth += 1;
+        } else if x == c {
+            depth -= 1;
+            if depth == 0 {
+                return k + 1;
+            }
+        }
+    }
+    b.len()
+}
+
+/// The `String` causes of the error enums in one file's code, as
+/// `Enum::Variant.field` (`.0`, `.1` for tuple payloads).
+fn string_causes(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(k) = code[from..].find("enum ") {
+        let at = from + k;
+        from = at + 5;
+        if code[..at]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        // The enum's attributes: back to the end of the previous item.
+        let item_start = code[..at].rfind(['}', ';']).map_or(0, |p| p + 1);
+        let attrs = &code[item_start..at];
+        let derives_error = attrs
+            .match_indices("derive(")
+            .any(|(d, _)| attrs[d..].split(')').next().is_some_and(|list| list.contains("Error")));
+        if !derives_error {
+            continue;
+        }
+        let rest = &code[at + 5..];
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let Some(open) = rest.find('{') else { continue };
+        let body_end = closing(rest, open);
+        let body = &rest[open + 1..body_end - 1];
+        // Variants: attributes, a name, then a payload in {…} or (…), or none.
+        let mut i = 0;
+        while i < body.len() {
+            let tail = without_attrs(&body[i..]);
+            i = body.len() - tail.len();
+            let variant: String = tail.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if variant.is_empty() {
+                i += tail.chars().next().map_or(1, char::len_utf8);
+                continue;
+            }
+            i += variant.len();
+            let after = body[i..].trim_start();
+            i = body.len() - after.len();
+            if after.starts_with('{') || after.starts_with('(') {
+                let end = i + closing(&body[i..], 0);
+                let payload = &body[i + 1..end - 1];
+                for (n, field) in split_top(payload).iter().enumerate() {
+                    let field = without_attrs(field).trim();
+                    if after.starts_with('(') {
+                        if field == "String" {
+                            out.push(format!("{name}::{variant}.{n}"));
+                        }
+                    } else if let Some((fname, ty)) = field.split_once(':')
+                        && ty.trim() == "String"
+                        && CAUSE_FIELDS.contains(&fname.trim())
+                    {
+                        out.push(format!("{name}::{variant}.{}", fname.trim()));
+                    }
+                }
+                i = end;
+            }
+            // Past a discriminant (`= 3`) and the comma.
+            match body[i..].find(',') {
+                Some(c) => i += c + 1,
+                None => break,
+            }
+        }
+        from = at + 5 + body_end;
+    }
+    out
+}
+
+/// Every `String` cause of the crate's error enums, as
+/// `file::Enum::Variant.field` with the file under `src`.
+fn all_string_causes() -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, p) in files() {
+        let text = std::fs::read_to_string(&p).expect("read");
+        let rel = p
+            .strip_prefix(src())
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
+        for hit in string_causes(&code_without_literals(&text)) {
+            out.push(format!("{rel}::{hit}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_string_cause_scanner_finds_causes_and_only_causes() {
+    let code = code_without_literals(
+        "/// Errors.\n\
+         #[derive(Debug, thiserror::Error)]\n\
+         #[non_exhaustive]\n\
+         pub enum AError {\n\
+             /// A comment with reason: String\n\
+             #[error(\"{id}: {reason} }}{{ // not a comment\")]\n\
+             State { id: String, reason: String },\n\
+             #[error(\"{0}\")]\n\
+             Text(String),\n\
+             #[error(\"{0}: {1}\")]\n\
+             Pair(u32, String),\n\
+             #[error(\"{path}\")]\n\
+             Io { path: String, #[source] cause: std::io::Error },\n\
+             Typed { reason: Cause },\n\
+             Plain,\n\
+             Listed { what: Vec<String>, why: String },\n\
+         }\n\
+         #[derive(Debug, Clone)]\n\
+         pub enum NotAnError { Text(String), B { reason: String } }\n\
+         #[derive(thiserror::Error, Debug)]\n\
+         enum BError { #[error(\"'{{'\")] M { msg: String } }\n\
+         #[cfg(test)]\n\
+         mod tests {\n\
+             #[derive(Debug, thiserror::Error)]\n\
+             enum TestError { #[error(\"x\")] X(String) }\n\
+         }\n",
+    );
+    assert_eq!(
+        string_causes(&code),
+        [
+            "AError::State.reason",
+            "AError::Text.0",
+            "AError::Pair.1",
+            "AError::Listed.why",
+            "BError::M.msg"
+        ]
+    );
+}
+
+#[test]
+fn error_causes_are_typed_unless_listed_with_why_they_are_text() {
+    let found = all_string_causes();
+    let unlisted: Vec<&String> = found
+        .iter()
+        .filter(|h| !ALLOWED_STRING_CAUSES.iter().any(|(a, _)| a == h))
+        .collect();
+    let stale: Vec<&str> = ALLOWED_STRING_CAUSES
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| !found.iter().any(|h| h == a))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "error enums with a String cause (type it: a cause enum, or #[source] the real error; \
+         or list it with why it must be text): {unlisted:#?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "listed String causes that no longer exist (remove them): {stale:#?}"
+    );
+}

@@ -290,7 +290,10 @@ impl Sink for FolderSink {
         let dest = self.out.join(format!("{}.dcm", received.sop_instance_uid));
         let duplicate = dest.exists();
         std::fs::copy(file, &dest).map_err(|_| StoreRefusal::Internal)?;
-        Ok(Stored { duplicate })
+        Ok(Stored {
+            duplicate,
+            study_uid: None,
+        })
     }
 }
 

@@ -315,8 +315,11 @@ pub enum NoDicomPeer {
     #[error("no [gateway.pacs] in config.toml: name the site's PACS there (docs/OPERATIONS.md, Connecting the PACS)")]
     Pacs,
     /// No destination of that name.
-    #[error("no [[gateway.destination]] named {0:?} in config.toml")]
-    Destination(String),
+    #[error("no [[gateway.destination]] named {name:?} in config.toml")]
+    Destination {
+        /// The name asked for.
+        name: String,
+    },
 }
 
 impl ServeError {

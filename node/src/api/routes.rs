@@ -766,7 +766,7 @@ fn dicom_peer(node: &Node, to: Option<&str>) -> Result<DicomPeer, ServeError> {
             .destination
             .iter()
             .find(|d| d.name == name)
-            .ok_or_else(|| ServeError::NoDicomPeer(NoDicomPeer::Destination(name.to_string())))?,
+            .ok_or_else(|| ServeError::NoDicomPeer(NoDicomPeer::Destination { name: name.to_string() }))?,
     };
     let dest = crate::gateway::scu::Destination::from_config(peer).map_err(|source| ServeError::Dicom {
         op: "TLS setup",

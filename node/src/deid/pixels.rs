@@ -7,7 +7,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 
-use super::{DeidError, MaskRule, str_at};
+use super::{BurnedIn, DeidError, MaskCause, MaskRule, str_at};
 
 /// Modalities whose images commonly carry burned-in text (ultrasound,
 /// external-camera photography, endoscopy, "other" such as screenshots).
@@ -35,26 +35,24 @@ fn u16_at(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 /// object that often has them. Objects without pixel data (`has_pixels`
 /// false) have none.
 #[must_use]
-pub fn burned_in_reason(obj: &InMemDicomObject, has_pixels: bool) -> Option<String> {
+pub fn burned_in_reason(obj: &InMemDicomObject, has_pixels: bool) -> Option<BurnedIn> {
     if !has_pixels {
         return None;
     }
     let flag = str_at(obj, tags::BURNED_IN_ANNOTATION).to_uppercase();
     if flag == "YES" {
-        return Some("Burned In Annotation (0028,0301) is YES".into());
+        return Some(BurnedIn::Flagged);
     }
     if flag == "NO" {
         return None;
     }
     let modality = str_at(obj, tags::MODALITY).to_uppercase();
     if SUSPECT_MODALITIES.contains(&modality.as_str()) {
-        return Some(format!("modality {modality} without Burned In Annotation (0028,0301)"));
+        return Some(BurnedIn::Modality { modality });
     }
     let class = str_at(obj, tags::SOP_CLASS_UID);
     if SUSPECT_SOP_CLASSES.contains(&class.as_str()) {
-        return Some(format!(
-            "SOP class {class} (secondary capture or ultrasound) without Burned In Annotation (0028,0301)"
-        ));
+        return Some(BurnedIn::SopClass { class });
     }
     None
 }
@@ -83,8 +81,8 @@ pub fn find_rule<'a>(rules: &'a [MaskRule], obj: &InMemDicomObject) -> Option<&'
 /// [`DeidError::Mask`] for encapsulated (compressed) pixel data or an image
 /// whose layout attributes are missing or inconsistent with its pixel data.
 pub fn apply(obj: &mut InMemDicomObject, rule: &MaskRule, ts: &str) -> Result<(), DeidError> {
-    let rows = usize::from(u16_at(obj, tags::ROWS).ok_or_else(|| DeidError::Mask("no Rows (0028,0010)".into()))?);
-    let cols = usize::from(u16_at(obj, tags::COLUMNS).ok_or_else(|| DeidError::Mask("no Columns (0028,0011)".into()))?);
+    let rows = usize::from(u16_at(obj, tags::ROWS).ok_or_else(|| DeidError::from(MaskCause::NoRows))?);
+    let cols = usize::from(u16_at(obj, tags::COLUMNS).ok_or_else(|| DeidError::from(MaskCause::NoColumns))?);
     let spp = usize::from(u16_at(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1));
     let bits = usize::from(u16_at(obj, tags::BITS_ALLOCATED).unwrap_or(16));
     let planar = u16_at(obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) == 1;
@@ -93,43 +91,43 @@ pub fn apply(obj: &mut InMemDicomObject, rule: &MaskRule, ts: &str) -> Result<()
         .and_then(|e| e.to_int::<u32>().ok())
         .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(1));
     if bits % 8 != 0 || bits == 0 {
-        return Err(DeidError::Mask(format!(
-            "{bits} bits allocated: only whole bytes can be masked"
-        )));
+        return Err(MaskCause::Bits { bits }.into());
     }
     let elem = obj
         .take(tags::PIXEL_DATA)
-        .ok_or_else(|| DeidError::Mask("no Pixel Data".into()))?;
+        .ok_or_else(|| DeidError::from(MaskCause::NoPixelData))?;
     let vr = elem.vr();
     let mut data: Vec<u8> = match elem.into_value() {
         Value::Primitive(PrimitiveValue::U8(b)) => b.into_iter().collect(),
         Value::Primitive(PrimitiveValue::U16(w)) => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Value::PixelSequence(_) => {
-            return Err(DeidError::Mask(format!(
-                "compressed pixel data (transfer syntax {ts}) cannot be masked; decompress it first"
-            )));
+            return Err(MaskCause::Compressed {
+                transfer_syntax: ts.to_string(),
+            }
+            .into());
         }
-        _ => return Err(DeidError::Mask("pixel data of an unexpected type".into())),
+        _ => return Err(MaskCause::PixelType.into()),
     };
     let bpp = bits / 8;
     if rows == 0 || cols == 0 {
-        return Err(DeidError::Mask("an image of zero rows or columns".into()));
+        return Err(MaskCause::Empty.into());
     }
     let frame_len = rows
         .checked_mul(cols)
         .and_then(|n| n.checked_mul(spp))
         .and_then(|n| n.checked_mul(bpp))
-        .ok_or_else(|| DeidError::Mask("image dimensions too large".into()))?;
+        .ok_or_else(|| DeidError::from(MaskCause::TooLarge))?;
     let need = frame_len
         .checked_mul(frames)
-        .ok_or_else(|| DeidError::Mask("image dimensions too large".into()))?;
+        .ok_or_else(|| DeidError::from(MaskCause::TooLarge))?;
     // Exactly the declared frames (one pad byte allowed): frames beyond
     // Number of Frames would otherwise go out unmasked.
     if data.len() != need && data.len() != need + 1 {
-        return Err(DeidError::Mask(format!(
-            "pixel data has {} bytes, the image attributes describe {need}",
-            data.len()
-        )));
+        return Err(MaskCause::Length {
+            found: data.len(),
+            described: need,
+        }
+        .into());
     }
     for f in 0..frames {
         let frame = &mut data[f * frame_len..(f + 1) * frame_len];

@@ -57,17 +57,20 @@ pub enum DeidServiceError {
     Log(#[source] BoxError),
     /// This node holds no re-link record for the pseudonym.
     #[error(
-        "no re-link record for pseudonym {0} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"
+        "no re-link record for pseudonym {pseudonym} on this node (only the node that pseudonymised the data can re-link it; the anonymised level keeps none)"
     )]
-    NoRelink(String),
+    NoRelink {
+        /// The pseudonym.
+        pseudonym: String,
+    },
     /// No key could be made for the de-identified copies.
     #[error("{0}")]
     Key(#[source] medmesh_seal::SealError),
     /// One object of a transfer cannot be read or de-identified.
-    #[error("{what}: {source}")]
+    #[error("{object}: {source}")]
     Object {
         /// Which object (`object <SOP Instance UID>`, with its transfer).
-        what: String,
+        object: String,
         /// The cause.
         #[source]
         source: BoxError,
@@ -347,7 +350,9 @@ impl<'a> DeidService<'a> {
         let found = self.store.relink_get(pseudonym)?;
         tracing::warn!(pseudonym, found = found.is_some(), "re-link of a pseudonym requested");
         self.accessed("relink", 0)?;
-        let r = found.ok_or_else(|| DeidServiceError::NoRelink(pseudonym.to_string()))?;
+        let r = found.ok_or_else(|| DeidServiceError::NoRelink {
+            pseudonym: pseudonym.to_string(),
+        })?;
         Ok(RelinkView {
             pseudonym: pseudonym.to_string(),
             patient_id: r.patient_id,

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use dicom_core::Tag;
 
-use super::{DeidError, DeidOption};
+use super::{DeidError, DeidOption, TableCause};
 
 const ANNEX_E: &str = include_str!("../../data/deid/annex-e.csv");
 const SOP_CLASSES: &str = include_str!("../../data/deid/sop-classes.csv");
@@ -231,11 +231,11 @@ const OPTION_COLUMNS: [(&str, DeidOption); 10] = [
     ("clean_graphics", DeidOption::CleanGraphics),
 ];
 
-fn table_err(file: &str, line: usize, why: impl Into<String>) -> DeidError {
+fn table_err(file: &str, line: usize, why: impl Into<TableCause>) -> DeidError {
     DeidError::Table {
         file: file.to_string(),
         line,
-        reason: why.into(),
+        reason: Box::new(why.into()),
     }
 }
 
@@ -247,13 +247,13 @@ fn records(file: &'static str, text: &str) -> Result<Vec<Record>, DeidError> {
     let mut reader = csv::ReaderBuilder::new().comment(None).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
-        .map_err(|e| table_err(file, 1, e.to_string()))?
+        .map_err(|e| table_err(file, 1, e))?
         .iter()
         .map(str::to_string)
         .collect();
     let mut out = Vec::new();
     for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| table_err(file, i + 2, e.to_string()))?;
+        let rec = rec.map_err(|e| table_err(file, i + 2, e))?;
         let map = headers
             .iter()
             .cloned()
@@ -265,13 +265,19 @@ fn records(file: &'static str, text: &str) -> Result<Vec<Record>, DeidError> {
 }
 
 fn col<'a>(file: &str, line: usize, m: &'a HashMap<String, String>, name: &str) -> Result<&'a str, DeidError> {
-    m.get(name)
-        .map(String::as_str)
-        .ok_or_else(|| table_err(file, line, format!("no column {name}")))
+    m.get(name).map(String::as_str).ok_or_else(|| {
+        table_err(
+            file,
+            line,
+            TableCause::NoColumn {
+                column: name.to_string(),
+            },
+        )
+    })
 }
 
 fn hex16(file: &str, line: usize, s: &str) -> Result<u16, DeidError> {
-    u16::from_str_radix(s, 16).map_err(|_| table_err(file, line, format!("{s:?} is not 4 hex digits")))
+    u16::from_str_radix(s, 16).map_err(|_| table_err(file, line, TableCause::Hex { cell: s.to_string() }))
 }
 
 fn parse_pattern(file: &str, line: usize, tag: &str) -> Result<Pattern, DeidError> {
@@ -282,10 +288,10 @@ fn parse_pattern(file: &str, line: usize, tag: &str) -> Result<Pattern, DeidErro
         .trim()
         .strip_prefix('(')
         .and_then(|t| t.strip_suffix(')'))
-        .ok_or_else(|| table_err(file, line, format!("tag {tag:?} is not (gggg,eeee)")))?;
+        .ok_or_else(|| table_err(file, line, TableCause::Tag { cell: tag.to_string() }))?;
     let (g, e) = inner
         .split_once(',')
-        .ok_or_else(|| table_err(file, line, format!("tag {tag:?} is not (gggg,eeee)")))?;
+        .ok_or_else(|| table_err(file, line, TableCause::Tag { cell: tag.to_string() }))?;
     if g.eq_ignore_ascii_case("50xx") {
         return Ok(Pattern::Curve);
     }
@@ -299,14 +305,31 @@ fn parse_pattern(file: &str, line: usize, tag: &str) -> Result<Pattern, DeidErro
 fn parse_row(file: &str, line: usize, m: &HashMap<String, String>) -> Result<Row, DeidError> {
     let pattern = parse_pattern(file, line, col(file, line, m, "tag")?)?;
     let basic_s = col(file, line, m, "basic_profile")?;
-    let basic = Basic::parse(basic_s).ok_or_else(|| table_err(file, line, format!("action {basic_s:?}")))?;
+    let basic = Basic::parse(basic_s).ok_or_else(|| {
+        table_err(
+            file,
+            line,
+            TableCause::Action {
+                cell: basic_s.to_string(),
+            },
+        )
+    })?;
     let mut options = Vec::new();
     for (name, opt) in OPTION_COLUMNS {
         match col(file, line, m, name)? {
             "" => {}
             "K" => options.push((opt, Action::Keep)),
             "C" => options.push((opt, Action::Clean)),
-            other => return Err(table_err(file, line, format!("{name}: {other:?} is not K or C"))),
+            other => {
+                return Err(table_err(
+                    file,
+                    line,
+                    TableCause::Flag {
+                        column: name.to_string(),
+                        cell: other.to_string(),
+                    },
+                ));
+            }
         }
     }
     Ok(Row {
@@ -337,7 +360,7 @@ fn load() -> Result<Tables, DeidError> {
         match row.pattern {
             Pattern::Exact(tag) => {
                 if t.exact.insert(tag, row).is_some() {
-                    return Err(table_err(F, line, format!("tag {tag} twice")));
+                    return Err(table_err(F, line, TableCause::TagTwice { tag: tag.to_string() }));
                 }
             }
             Pattern::Curve => t.curve = Some(row),
@@ -351,10 +374,10 @@ fn load() -> Result<Tables, DeidError> {
     for (line, m) in records(A, ADDITIONS)? {
         let row = parse_row(A, line, &m)?;
         let Pattern::Exact(tag) = row.pattern else {
-            return Err(table_err(A, line, "an addition names one tag"));
+            return Err(table_err(A, line, TableCause::AdditionTags));
         };
         if t.exact.contains_key(&tag) || t.additions.insert(tag, row).is_some() {
-            return Err(table_err(A, line, format!("tag {tag} is already in a table")));
+            return Err(table_err(A, line, TableCause::Added { tag: tag.to_string() }));
         }
     }
     const S: &str = "sop-classes.csv";
@@ -367,7 +390,8 @@ fn load() -> Result<Tables, DeidError> {
     const I: &str = "iod-types.csv";
     for (line, m) in records(I, IOD_TYPES)? {
         let ty_s = col(I, line, &m, "type")?;
-        let ty = AttrType::parse(ty_s).ok_or_else(|| table_err(I, line, format!("type {ty_s:?}")))?;
+        let ty =
+            AttrType::parse(ty_s).ok_or_else(|| table_err(I, line, TableCause::Type { cell: ty_s.to_string() }))?;
         let key = (
             col(I, line, &m, "ciod")?.to_string(),
             col(I, line, &m, "path")?.to_uppercase(),
@@ -380,7 +404,7 @@ fn load() -> Result<Tables, DeidError> {
         let group = hex16(P, line, col(P, line, &m, "group")?)?;
         let el = col(P, line, &m, "element")?;
         let offset = u8::from_str_radix(el.trim_start_matches("xx").trim_start_matches("XX"), 16)
-            .map_err(|_| table_err(P, line, format!("element {el:?} is not a 2-hex-digit offset")))?;
+            .map_err(|_| table_err(P, line, TableCause::Element { cell: el.to_string() }))?;
         t.safe_private
             .insert((creator_key(col(P, line, &m, "creator")?), group, offset));
     }
@@ -413,7 +437,7 @@ pub fn tables() -> Result<&'static Tables, DeidError> {
         Err(e) => Err(DeidError::Table {
             file: "node/data/deid".into(),
             line: 0,
-            reason: e.to_string(),
+            reason: Box::new(TableCause::Load(e)),
         }),
     }
 }

@@ -666,7 +666,7 @@ fn burned_in_objects_are_refused_unless_a_masking_rule_covers_them() {
     let plain = profile(DeidLevel::Anonymised, &[]);
     for (burned, why) in [(None, "modality US"), (Some("YES"), "is YES")] {
         match deidentify(&ultrasound(burned), &plain, &keys) {
-            Err(DeidError::BurnedIn(reason)) => assert!(reason.contains(why), "{reason}"),
+            Err(DeidError::BurnedIn(reason)) => assert!(reason.to_string().contains(why), "{reason}"),
             other => panic!("{burned:?}: {other:?}"),
         }
     }

@@ -324,9 +324,7 @@ impl Shared<'_> {
         }
         let key = match self.store.study_row(study)? {
             Some(row) if !matches!(row.origin, crate::store::Origin::Local) => {
-                return Err(StoreError::Conflict(
-                    "this study was received from another site under a grant: files are not imported into it".into(),
-                ));
+                return Err(crate::store::Conflict::ReceivedStudy.into());
             }
             Some(row) => self.store.unwrap_study_key(study, &row)?,
             None => DataKey::try_generate().map_err(|e| StoreError::BlobIo {

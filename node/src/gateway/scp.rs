@@ -59,8 +59,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum ScpError {
     /// `listen` is not `address:port`.
-    #[error("gateway.listen {0:?} is not address:port")]
-    ListenAddress(String),
+    #[error("gateway.listen {address:?} is not address:port")]
+    ListenAddress {
+        /// The value configured.
+        address: String,
+    },
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -101,10 +104,9 @@ impl Scp {
     /// # Errors
     /// [`ScpError`]: the address, binding, the TLS files.
     pub async fn bind(config: &GatewayConfig, sink: Arc<dyn Sink>) -> Result<Scp, ScpError> {
-        let addr: SocketAddr = config
-            .listen
-            .parse()
-            .map_err(|_| ScpError::ListenAddress(config.listen.clone()))?;
+        let addr: SocketAddr = config.listen.parse().map_err(|_| ScpError::ListenAddress {
+            address: config.listen.clone(),
+        })?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(
                 Path::new(cert),

@@ -75,8 +75,11 @@ pub enum ScuError {
     #[error("cannot decode a response identifier: {0}")]
     DecodeIdentifier(#[source] Box<dicom_object::ReadError>),
     /// The negotiated transfer syntax is not known to dicom-rs.
-    #[error("unknown transfer syntax {0}")]
-    UnknownTransferSyntax(String),
+    #[error("unknown transfer syntax {uid}")]
+    UnknownTransferSyntax {
+        /// Its UID.
+        uid: String,
+    },
 }
 
 /// A remote AE to call.
@@ -547,7 +550,9 @@ impl StudyQuery {
 fn encode_identifier(obj: &InMemDicomObject, ts_uid: &str) -> Result<Vec<u8>, ScuError> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
-        .ok_or_else(|| ScuError::UnknownTransferSyntax(ts_uid.to_string()))?;
+        .ok_or_else(|| ScuError::UnknownTransferSyntax {
+            uid: ts_uid.to_string(),
+        })?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
         .map_err(|e| ScuError::EncodeIdentifier(Box::new(e)))?;
@@ -557,7 +562,9 @@ fn encode_identifier(obj: &InMemDicomObject, ts_uid: &str) -> Result<Vec<u8>, Sc
 fn study_match(bytes: &[u8], ts_uid: &str) -> Result<StudyMatch, ScuError> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
-        .ok_or_else(|| ScuError::UnknownTransferSyntax(ts_uid.to_string()))?;
+        .ok_or_else(|| ScuError::UnknownTransferSyntax {
+            uid: ts_uid.to_string(),
+        })?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| ScuError::DecodeIdentifier(Box::new(e)))?;
     let text = |tag| {
         obj.element(tag)

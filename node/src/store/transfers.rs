@@ -336,7 +336,7 @@ impl super::Store {
     /// commits does the same at once.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] naming what is held already; the error of
+    /// [`StoreError::Held`] naming what is held already; the error of
     /// `record`; database and file errors. On error the store holds what it
     /// held before.
     pub fn land_study<E: From<StoreError>>(
@@ -354,7 +354,7 @@ impl super::Store {
         } = landing;
         let addresses: Vec<[u8; 32]> = objects.iter().map(|o| o.address).collect();
         if addresses.iter().collect::<BTreeSet<_>>().len() != addresses.len() {
-            return Err(StoreError::Conflict("the same blob address twice in one landing".into()).into());
+            return Err(StoreError::from(super::Conflict::SameAddressTwice).into());
         }
         // 1. The intent, after checking that nothing held would be touched.
         {
@@ -411,31 +411,30 @@ impl super::Store {
             .map_err(|e| self.err(e))?
         {
             let what = match super::decode_row::<StudyRow>("studies-v1", v.value()).map(|r| r.origin) {
-                Ok(super::Origin::Local) => "was imported at this site",
-                Ok(super::Origin::Received(g)) if g.locked.is_some() => {
-                    "is held here already, received earlier and locked (purge it first to receive it again)"
-                }
-                _ => "is held here already, received from a peer under another transfer",
+                Ok(super::Origin::Local) => super::HeldAs::Imported,
+                Ok(super::Origin::Received(g)) if g.locked.is_some() => super::HeldAs::ReceivedLocked,
+                _ => super::HeldAs::Received,
             };
-            return Err(StoreError::Conflict(format!(
-                "study {} {what}; a landing never replaces it",
-                study.short()
-            )));
+            return Err(super::Conflict::StudyHeld {
+                study: study.short(),
+                held: what,
+            }
+            .into());
         }
         let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
         let pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
         for a in addresses {
             if blobs.get(a).map_err(|e| self.err(e))?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "object {} is held here already, in another study; a landing never replaces it",
-                    hex::encode(&a[..8])
-                )));
+                return Err(super::Conflict::ObjectHeld {
+                    object: hex::encode(&a[..8]),
+                }
+                .into());
             }
             if pending.get(a).map_err(|e| self.err(e))?.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "object {} is being stored or deleted by another batch",
-                    hex::encode(&a[..8])
-                )));
+                return Err(super::Conflict::ObjectBusy {
+                    object: hex::encode(&a[..8]),
+                }
+                .into());
             }
         }
         Ok(())

@@ -168,7 +168,7 @@ impl Transfers<'_> {
         let mut relink: BTreeMap<String, RelinkRecord> = BTreeMap::new();
         let mut masked_any = false;
         for (i, (address, _, meta)) in items.iter().enumerate() {
-            let object = u32::try_from(i).map_err(|_| damaged(&idh, "too many objects"))?;
+            let object = u32::try_from(i).map_err(|_| damaged(&idh, super::Damage::TooManyObjects))?;
             let fail = |why: String| deid_failed(format!("transfer {idh}, object {}", meta.sop_instance_uid), why);
             input.clear();
             let file = self.store().open_blob(address)?;
@@ -244,7 +244,7 @@ impl Transfers<'_> {
         }
         let _ = staging.sync();
         self.store().relink_merge(&relink)?;
-        let study = study.ok_or_else(|| damaged(&idh, "no object to send"))?;
+        let study = study.ok_or_else(|| damaged(&idh, super::Damage::NothingToSend))?;
         let attestation = Attestation {
             v: WIRE_VERSION,
             transfer_id: idh.clone(),
@@ -270,7 +270,7 @@ impl Transfers<'_> {
             objects,
             created: now(),
         };
-        let payload = wire::encode("attestation", &attestation).map_err(|e| damaged(&idh, e.to_string()))?;
+        let payload = wire::encode("attestation", &attestation).map_err(|e| damaged(&idh, e))?;
         let attestation = self.identity().sign(ATTESTATION_DOMAIN, payload).to_bytes()?;
         tracing::info!(transfer = %idh, level = grant.level.as_str(), objects = items.len(), "objects de-identified for a transfer");
         Ok(Prepared {
@@ -302,7 +302,7 @@ impl Transfers<'_> {
                 .collect(),
             created: now(),
         };
-        let payload = wire::encode("attestation", &attestation).map_err(|e| damaged(&idh, e.to_string()))?;
+        let payload = wire::encode("attestation", &attestation).map_err(|e| damaged(&idh, e))?;
         Ok(self.identity().sign(ATTESTATION_DOMAIN, payload).to_bytes()?)
     }
 }

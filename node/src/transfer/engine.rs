@@ -729,11 +729,18 @@ enum ProduceError {
     NoSource(u32),
     #[error("chunk {0} is too large")]
     TooLarge(u64),
-    #[error("{what}: {cause}")]
-    Read { what: String, cause: std::io::Error },
-    #[error("{what}: {cause}")]
+    /// Reading `object` (a blob by its short address, or an object by its
+    /// index: never a UID) failed.
+    #[error("{object}: {cause}")]
+    Read {
+        object: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("{object}: {cause}")]
     Open {
-        what: String,
+        object: String,
+        #[source]
         cause: medmesh_seal::SealError,
     },
     #[error("object {object} chunk {index}: the stored data changed since the manifest was signed")]
@@ -931,17 +938,17 @@ fn produce_inner(
         Some(Source::Blob { address, file, key }) => {
             let path = format!("blob {}", hex::encode(&address[..8]));
             let file = file.open().map_err(|e| ProduceError::Read {
-                what: path.clone(),
+                object: path.clone(),
                 cause: e.source,
             })?;
             let mut r = OpenReader::new(key, BufReader::with_capacity(512 * 1024, file)).map_err(|cause| {
                 ProduceError::Open {
-                    what: path.clone(),
+                    object: path.clone(),
                     cause,
                 }
             })?;
             r.seek_plain(from * cs)
-                .map_err(|cause| ProduceError::Open { what: path, cause })?;
+                .map_err(|cause| ProduceError::Open { object: path, cause })?;
             Box::new(r)
         }
         Some(Source::Memory(bytes)) => {
@@ -955,7 +962,7 @@ fn produce_inner(
         let (mut f, start) = super::codec::chunk_frame(object, index, len).ok_or(ProduceError::TooLarge(index))?;
         let plain = &mut f[start..start + len];
         reader.read_exact(plain).map_err(|cause| ProduceError::Read {
-            what: format!("object {object}"),
+            object: format!("object {object}"),
             cause,
         })?;
         // Sealing again at an index is safe only for the same plaintext: check it.

@@ -28,11 +28,11 @@ impl Transfers<'_> {
         if rec.state != State::Streaming {
             return Err(TransferError::State {
                 id: idh,
-                reason: format!("is {}, not being received", rec.state.as_str()),
+                reason: StateCause::NotReceiving(rec.state),
             });
         }
-        let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
-            .map_err(|e| damaged(&idh, e.to_string()))?;
+        let (_, grant) =
+            wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE).map_err(|e| damaged(&idh, e))?;
         let index = self.read_index(accepted, &idh)?;
         // A de-identified study lands under its new Study Instance UID (the
         // index's: the holder signed its hash in the manifest).
@@ -67,7 +67,7 @@ impl Transfers<'_> {
                 if r.state != State::Streaming {
                     return Err(TransferError::State {
                         id: idh.clone(),
-                        reason: format!("became {} while it was landing", r.state.as_str()),
+                        reason: StateCause::ChangedWhileLanding(r.state),
                     });
                 }
                 r.state = State::Landed;
@@ -76,11 +76,11 @@ impl Transfers<'_> {
             });
         let entries = match result {
             Ok(entries) => entries,
-            Err(TransferError::Store(StoreError::Conflict(why))) => {
+            Err(TransferError::Store(StoreError::Held(why))) => {
                 return Err(TransferError::Refused {
                     id: idh,
                     code: RefuseCode::AlreadyHeld,
-                    reason: why,
+                    reason: Box::new(RefuseCause::Held(why)),
                 });
             }
             Err(e) => return Err(e),
@@ -109,13 +109,13 @@ impl Transfers<'_> {
             || (identifiable && index.study.study_uid != grant.study_uid)
             || crate::dicom::check_uid(&index.study.study_uid).is_err()
         {
-            return Err(damaged(idh, "the study index does not describe the objects sent"));
+            return Err(damaged(idh, Damage::Index));
         }
-        let bad_object = |i: usize, why: &str| -> TransferError {
+        let bad_object = |index: usize, why: BadObject| -> TransferError {
             TransferError::Refused {
                 id: idh.clone(),
                 code: RefuseCode::BadObject,
-                reason: format!("object {i} {why}"),
+                reason: Box::new(RefuseCause::BadObject { index, why }),
             }
         };
         let mut objects = Vec::with_capacity(last);
@@ -125,7 +125,7 @@ impl Transfers<'_> {
             let o = &a.manifest.objects[i];
             // De-identified series have new UIDs; the attestation ties them to the grant.
             if m.blake3 != o.blake3 || (identifiable && !grant.series.contains(&m.series_uid)) {
-                return Err(damaged(idh, format!("the study index does not describe object {i}")));
+                return Err(damaged(idh, Damage::IndexObject(i)));
             }
             // The object itself must say it is of the granted study (and be
             // the instance the index names): a holder cannot slip another
@@ -135,14 +135,14 @@ impl Transfers<'_> {
                 .read_incoming_part(&a.id, i)
                 .map_err(BadObject::Unreadable)
                 .and_then(|file| object_uids(file, &a.key, m.part10, o.size))
-                .map_err(|why| bad_object(i, &why.to_string()))?;
+                .map_err(|why| bad_object(i, why))?;
             if uids.study != landed_uid {
-                return Err(bad_object(i, "is not of the granted study"));
+                return Err(bad_object(i, BadObject::OtherStudy));
             }
             if uids.series != m.series_uid || uids.sop != m.sop_instance_uid {
-                return Err(bad_object(i, "is not the instance the study index names"));
+                return Err(bad_object(i, BadObject::NotIndexed));
             }
-            let hash = blake3::Hash::from_bytes(key32(&o.blake3).ok_or_else(|| damaged(idh, "hash"))?);
+            let hash = blake3::Hash::from_bytes(key32(&o.blake3).ok_or_else(|| damaged(idh, Damage::Hash))?);
             let address = self.store().blob_address(&hash);
             if !seen.insert(address) {
                 // The same bytes twice: stored once.
@@ -198,12 +198,12 @@ impl Transfers<'_> {
         let last = a.manifest.objects.len() - 1;
         let index_path = self.store().incoming_part_path(&a.id, last);
         let file = self.store().read_incoming_part(&a.id, last)?;
-        let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e.to_string()))?;
+        let mut reader = medmesh_seal::OpenReader::new(&a.key, file).map_err(|e| damaged(idh, e))?;
         let mut bytes = Zeroizing::new(Vec::new());
         reader
             .read_to_end(&mut bytes)
             .map_err(|cause| io_err(idh, &index_path, cause))?;
-        wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e.to_string()))
+        wire::decode("study index", &bytes, wire::MAX_INDEX).map_err(|e| damaged(idh, e))
     }
 
     /// The signed delivery receipt of a landed transfer (made once, then
@@ -219,9 +219,9 @@ impl Transfers<'_> {
         let manifest_bytes = self
             .store()
             .transfer_doc(id, DOC_MANIFEST)?
-            .ok_or_else(|| damaged(&rec.id, "manifest missing"))?;
+            .ok_or_else(|| damaged(&rec.id, Damage::NoManifest))?;
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
-            .map_err(|e| damaged(&rec.id, e.to_string()))?;
+            .map_err(|e| damaged(&rec.id, e))?;
         let receipt = Receipt {
             v: WIRE_VERSION,
             transfer_id: rec.id.to_string(),
@@ -231,7 +231,7 @@ impl Transfers<'_> {
             recipient: self.identity().peer_id(),
             received: now(),
         };
-        let payload = wire::encode("receipt", &receipt).map_err(|e| damaged(&rec.id, e.to_string()))?;
+        let payload = wire::encode("receipt", &receipt).map_err(|e| damaged(&rec.id, e))?;
         let bytes = self.identity().sign(RECEIPT_DOMAIN, payload).to_bytes()?;
         let keep = bytes.clone();
         let (rec, ()) = self.update_transfer(id, |r| {
@@ -303,7 +303,7 @@ impl Transfers<'_> {
             ));
         };
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
-            .map_err(|e| damaged(&rec.id, e.to_string()))?;
+            .map_err(|e| damaged(&rec.id, e))?;
         if receipt.manifest_hash != blake3::hash(&manifest_bytes).as_bytes()
             || receipt.objects_root != wire::objects_root(&manifest.objects)
         {
@@ -389,7 +389,7 @@ pub(super) fn object_uids(file: File, key: &DataKey, part10: bool, size: u64) ->
 /// Why a received object cannot be landed (texts without UIDs: they follow
 /// "object N").
 #[derive(Debug, thiserror::Error)]
-pub(super) enum BadObject {
+pub enum BadObject {
     /// The file could not be read.
     #[error("cannot be read: {0}")]
     Unreadable(crate::store::StoreError),
@@ -408,4 +408,10 @@ pub(super) enum BadObject {
     /// A UID is missing.
     #[error("lacks a Study, Series or SOP Instance UID")]
     NoUids,
+    /// It is of another study than the granted one.
+    #[error("is not of the granted study")]
+    OtherStudy,
+    /// It is not the instance the study index names.
+    #[error("is not the instance the study index names")]
+    NotIndexed,
 }

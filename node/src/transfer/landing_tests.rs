@@ -242,7 +242,7 @@ fn a_landing_never_renames_over_an_object_held_here_nor_changes_its_owner() {
         .land_study(landing, &s.recipient.audit().author(), |_| -> Result<_, StoreError> {
             panic!("never reaches the record")
         });
-    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    assert!(matches!(r, Err(StoreError::Held(_))), "{r:?}");
     intact(&s.recipient, &before);
     assert!(s.recipient.store().study_row(&elsewhere).unwrap().is_none());
 }

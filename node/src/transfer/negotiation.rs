@@ -182,7 +182,7 @@ impl Transfers<'_> {
         let hello =
             crate::trust::hello::peer_hello(self.store, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
                 id: rec.id.to_string(),
-                reason: "the recipient's node record is unknown".into(),
+                reason: StateCause::RecipientUnknown,
             })?;
         let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record)?;
         let grant = Grant {
@@ -202,7 +202,7 @@ impl Transfers<'_> {
             expires,
             study_ref: self.host.audit().study_commitment(&rec.study_uid)?.to_vec(),
         };
-        let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e.to_string()))?;
+        let payload = wire::encode("grant", &grant).map_err(|e| damaged(&rec.id, e))?;
         rec.grant = self.identity().sign(GRANT_DOMAIN, payload).to_bytes()?;
         rec.level = Some(level);
         rec.expires = Some(expires);
@@ -224,9 +224,9 @@ impl Transfers<'_> {
         role: Role,
         level: Option<DeidLevel>,
     ) -> Result<TransferView, TransferError> {
-        crate::dicom::check_uid(study_uid).map_err(|e| TransferError::State {
-            id: String::new(),
-            reason: format!("study UID {study_uid:?}: {e}"),
+        crate::dicom::check_uid(study_uid).map_err(|cause| TransferError::BadStudyUid {
+            uid: study_uid.to_string(),
+            cause,
         })?;
         let id = new_id()?;
         let mut rec = TransferRecord::new(
@@ -310,7 +310,7 @@ impl Transfers<'_> {
         if !awaits_pacs(&rec) {
             return Err(TransferError::State {
                 id: rec.id.to_string(),
-                reason: "does not wait for a study from the PACS".into(),
+                reason: StateCause::NotAwaitingPacs,
             });
         }
         self.decide_pending(id, false)
@@ -329,7 +329,7 @@ impl Transfers<'_> {
         let not_pending = |rec: &TransferRecord| -> TransferError {
             TransferError::State {
                 id: rec.id.to_string(),
-                reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
+                reason: StateCause::NotPending(rec.state),
             }
         };
         if draft.direction != Direction::Outgoing || draft.state != State::Pending {
@@ -380,14 +380,14 @@ impl Transfers<'_> {
         if why.is_empty() {
             return Err(TransferError::State {
                 id: id.to_string(),
-                reason: "a denial needs a reason (--reason)".into(),
+                reason: StateCause::NoDenialReason,
             });
         }
         let (rec, ()) = self.update_transfer_logged(&tid, |rec| {
             if rec.direction != Direction::Outgoing || rec.state != State::Pending {
                 return Err(TransferError::State {
                     id: rec.id.to_string(),
-                    reason: format!("is {}, not a pending request to this node", rec.state.as_str()),
+                    reason: StateCause::NotPending(rec.state),
                 });
             }
             rec.state = State::Denied;
@@ -487,7 +487,7 @@ impl Transfers<'_> {
         if self.store().transfer_get(&tid)?.is_some() {
             return Err(TransferError::State {
                 id: rec.id.to_string(),
-                reason: "already recorded".into(),
+                reason: StateCause::AlreadyRecorded,
             });
         }
         let study = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)

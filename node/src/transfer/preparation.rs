@@ -73,8 +73,8 @@ impl Transfers<'_> {
             }
         };
         let idh = rec.id.to_string();
-        let (_, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
-            .map_err(|e| damaged(&idh, e.to_string()))?;
+        let (_, grant) =
+            wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE).map_err(|e| damaged(&idh, e))?;
         let study = self.store().study_ref(&rec.study_uid);
         let row = self
             .store()
@@ -169,8 +169,7 @@ impl Transfers<'_> {
             };
             (p.hashed, index, Some(p.key), p.attestation)
         };
-        let index_bytes =
-            Zeroizing::new(wire::encode("study index", &index).map_err(|e| damaged(&idh, e.to_string()))?);
+        let index_bytes = Zeroizing::new(wire::encode("study index", &index).map_err(|e| damaged(&idh, e))?);
         let mut objects = Vec::with_capacity(items.len() + 1);
         for (chunks, size, whole) in hashed {
             let salt = random32(&idh)?;
@@ -191,14 +190,14 @@ impl Transfers<'_> {
             chunks: index_chunks,
         });
         // The transfer key, from a fresh ephemeral key and the recipient's.
-        let recipient = key32(&grant.recipient_x25519).ok_or_else(|| damaged(&idh, "recipient key is not 32 bytes"))?;
+        let recipient = key32(&grant.recipient_x25519).ok_or_else(|| damaged(&idh, Damage::RecipientKeyLength))?;
         let mut eph_bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut eph_bytes[..]).map_err(|e| damaged(&idh, format!("random: {e}")))?;
+        getrandom::fill(&mut eph_bytes[..]).map_err(|e| damaged(&idh, e))?;
         let eph = x25519_dalek::StaticSecret::from(*eph_bytes);
         let eph_pub = x25519_dalek::PublicKey::from(&eph).to_bytes();
         let shared = eph.diffie_hellman(&x25519_dalek::PublicKey::from(recipient));
         if !shared.was_contributory() {
-            return Err(damaged(&idh, "the recipient's X25519 key is a low-order point"));
+            return Err(damaged(&idh, Damage::LowOrderRecipientKey));
         }
         let key = transfer_key(shared.as_bytes(), &eph_pub, &recipient, id.as_bytes());
         drop(eph);
@@ -215,17 +214,17 @@ impl Transfers<'_> {
             created: now(),
             attestation: attestation.clone(),
         };
-        wire::check_manifest(&manifest).map_err(|e| damaged(&idh, e.to_string()))?;
+        wire::check_manifest(&manifest).map_err(|e| damaged(&idh, e))?;
         let total: u64 = manifest.objects.iter().map(|o| o.size).sum();
         let count = manifest.objects.len() as u64;
-        let payload = wire::encode("manifest", &manifest).map_err(|e| damaged(&idh, e.to_string()))?;
+        let payload = wire::encode("manifest", &manifest).map_err(|e| damaged(&idh, e))?;
         let env = self.identity().sign(MANIFEST_DOMAIN, payload).to_bytes()?;
         let wrapped = self.store().master().wrap(&key, id.as_bytes())?;
         let mut addresses = Vec::with_capacity(items.len() * 32);
         for (a, _, _) in &items {
             addresses.extend_from_slice(a);
         }
-        let sealed_index = seal_box(&key, id.as_bytes(), &index_bytes).map_err(|e| damaged(&idh, e.to_string()))?;
+        let sealed_index = seal_box(&key, id.as_bytes(), &index_bytes).map_err(|e| damaged(&idh, e))?;
         self.store().transfer_doc_put(id, DOC_KEY, wrapped.as_bytes())?;
         self.store().transfer_doc_put(id, DOC_OBJECTS, &addresses)?;
         self.store().transfer_doc_put(id, DOC_INDEX, &sealed_index)?;
@@ -247,7 +246,7 @@ impl Transfers<'_> {
         tracing::info!(transfer = %idh, objects = count, bytes = total, "transfer prepared");
         let sources = self.sources(id, &addresses, prep.as_ref(), &study_key, index_bytes, &idh)?;
         if sources.len() != manifest.objects.len() {
-            return Err(damaged(&idh, "the object list does not match the manifest"));
+            return Err(damaged(&idh, Damage::ObjectList));
         }
         Ok(Some(SendPlan {
             id: *id,
@@ -274,7 +273,7 @@ impl Transfers<'_> {
     ) -> Result<Vec<Source>, TransferError> {
         let mut sources = Vec::with_capacity(addresses.len() / 32 + 1);
         for (i, a) in addresses.chunks_exact(32).enumerate() {
-            let address = key32(a).ok_or_else(|| damaged(idh, "bad object address"))?;
+            let address = key32(a).ok_or_else(|| damaged(idh, Damage::ObjectAddress))?;
             sources.push(match prep {
                 Some(k) => Source::Blob {
                     address,
@@ -302,15 +301,15 @@ impl Transfers<'_> {
         let doc = |kind| -> Result<Vec<u8>, TransferError> {
             self.store()
                 .transfer_doc(id, kind)?
-                .ok_or_else(|| damaged(&idh, format!("document {kind} is missing")))
+                .ok_or_else(|| damaged(&idh, Damage::MissingDocument(kind)))
         };
         let manifest_bytes = doc(DOC_MANIFEST)?;
         let (_, manifest) = wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &manifest_bytes, MAX_MANIFEST)
-            .map_err(|e| damaged(&idh, e.to_string()))?;
-        let wrapped = medmesh_seal::WrappedKey::from_bytes(&doc(DOC_KEY)?).map_err(|e| damaged(&idh, e.to_string()))?;
+            .map_err(|e| damaged(&idh, e))?;
+        let wrapped = medmesh_seal::WrappedKey::from_bytes(&doc(DOC_KEY)?).map_err(|e| damaged(&idh, e))?;
         let key = self.store().master().unwrap(&wrapped, id.as_bytes())?;
         let addresses = doc(DOC_OBJECTS)?;
-        let index = open_box(&key, id.as_bytes(), &doc(DOC_INDEX)?).map_err(|e| damaged(&idh, e.to_string()))?;
+        let index = open_box(&key, id.as_bytes(), &doc(DOC_INDEX)?).map_err(|e| damaged(&idh, e))?;
         let study = self.store().study_ref(&rec.study_uid);
         let row = self
             .store()
@@ -321,14 +320,14 @@ impl Transfers<'_> {
         // the preparation key; identifiable ones are sent from their blobs.
         let prep = match self.store().transfer_doc(id, DOC_PREP_KEY)? {
             Some(w) => {
-                let w = medmesh_seal::WrappedKey::from_bytes(&w).map_err(|e| damaged(&idh, e.to_string()))?;
+                let w = medmesh_seal::WrappedKey::from_bytes(&w).map_err(|e| damaged(&idh, e))?;
                 Some(self.store().master().unwrap(&w, id.as_bytes())?)
             }
             None => None,
         };
         let sources = self.sources(id, &addresses, prep.as_ref(), &study_key, index, &idh)?;
         if sources.len() != manifest.objects.len() {
-            return Err(damaged(&idh, "the object list does not match the manifest"));
+            return Err(damaged(&idh, Damage::ObjectList));
         }
         Ok(SendPlan {
             id: *id,
@@ -382,7 +381,7 @@ pub(super) fn hash_objects(
     });
     let res = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     res.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(damaged(idh, "an object was not hashed"))))
+        .map(|r| r.unwrap_or_else(|| Err(damaged(idh, Damage::NotHashed))))
         .collect()
 }
 
@@ -393,7 +392,7 @@ pub(super) fn hash_one(
     meta: &InstanceMeta,
     idh: &str,
 ) -> Result<(Vec<u8>, u64, [u8; 32]), TransferError> {
-    let integrity = |reason: String| TransferError::Integrity {
+    let integrity = |reason: IntegrityCause| TransferError::Integrity {
         id: idh.to_string(),
         // The blob's short address, not the SOP Instance UID: this error is logged.
         object: format!("blob {}", hex::encode(&address[..8])),
@@ -401,7 +400,7 @@ pub(super) fn hash_one(
     };
     let file = store.open_blob(address)?;
     let mut reader = medmesh_seal::OpenReader::new(key, std::io::BufReader::with_capacity(256 * 1024, file))
-        .map_err(|e| integrity(e.to_string()))?;
+        .map_err(|e| integrity(e.into()))?;
     let size = reader.header().plaintext_len;
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::with_capacity(usize::try_from(size / u64::from(CHUNK_SIZE) + 1).unwrap_or(0) * 32);
@@ -409,9 +408,7 @@ pub(super) fn hash_one(
     let mut left = size;
     loop {
         let want = usize::try_from(left.min(u64::from(CHUNK_SIZE))).unwrap_or(0);
-        reader
-            .read_exact(&mut buf[..want])
-            .map_err(|e| integrity(e.to_string()))?;
+        reader.read_exact(&mut buf[..want]).map_err(|e| integrity(e.into()))?;
         whole.update(&buf[..want]);
         chunks.extend_from_slice(blake3::hash(&buf[..want]).as_bytes());
         left -= want as u64;
@@ -421,7 +418,7 @@ pub(super) fn hash_one(
     }
     let whole = *whole.finalize().as_bytes();
     if whole.as_slice() != meta.blake3.as_slice() {
-        return Err(integrity("its BLAKE3 differs from the one recorded at import".into()));
+        return Err(integrity(IntegrityCause::Hash));
     }
     Ok((chunks, size, whole))
 }

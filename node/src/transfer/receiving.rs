@@ -279,12 +279,12 @@ impl ObjectWriter {
             .manifest
             .objects
             .get(object as usize)
-            .ok_or_else(|| damaged(&idh, format!("no object {object}")))?;
+            .ok_or_else(|| damaged(&idh, Damage::NoObject(object)))?;
         let header = Header {
             chunk_size: a.manifest.chunk_size,
             object_index: object,
             plaintext_len: o.size,
-            salt: key32(&o.salt).ok_or_else(|| damaged(&idh, "salt"))?,
+            salt: key32(&o.salt).ok_or_else(|| damaged(&idh, Damage::Salt))?,
         };
         let (path, file) = store.open_incoming_part(&a.id, object)?;
         let mut w = ObjectWriter {
@@ -303,9 +303,7 @@ impl ObjectWriter {
             // The stored prefix no longer verifies: the object starts over,
             // and the record says so (else every session would resume past it).
             w.resume(0).map_err(|cause| io_err(&idh, &w.path, cause))?;
-            store
-                .set_chunks_done(&a.id, object, 0)
-                .map_err(|e| damaged(&idh, e.to_string()))?;
+            store.set_chunks_done(&a.id, object, 0).map_err(|e| damaged(&idh, e))?;
         }
         Ok(w)
     }

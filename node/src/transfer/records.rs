@@ -343,16 +343,15 @@ impl Transfers<'_> {
 
     pub(super) fn seal_record(&self, rec: &TransferRecord) -> Result<Vec<u8>, TransferError> {
         let id = rec.id;
-        let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e.to_string()))?);
-        seal_box(&self.record_key(), id.as_bytes(), &plain).map_err(|e| damaged(&rec.id, e.to_string()))
+        let plain = Zeroizing::new(cbor::encode("transfer record", rec).map_err(|e| damaged(&rec.id, e))?);
+        seal_box(&self.record_key(), id.as_bytes(), &plain).map_err(|e| damaged(&rec.id, e))
     }
 
     pub(super) fn open_record(&self, id: &TransferId, sealed: &[u8]) -> Result<TransferRecord, TransferError> {
         let idh = hex::encode(id);
-        let plain = open_box(&self.record_key(), id.as_bytes(), sealed).map_err(|e| damaged(&idh, e.to_string()))?;
-        let rec: TransferRecord =
-            cbor::decode("transfer record", &plain, MAX_RECORD).map_err(|e| damaged(&idh, e.to_string()))?;
-        cbor::check_version("transfer record", rec.v, RECORD_VERSION).map_err(|e| damaged(&idh, e.to_string()))?;
+        let plain = open_box(&self.record_key(), id.as_bytes(), sealed).map_err(|e| damaged(&idh, e))?;
+        let rec: TransferRecord = cbor::decode("transfer record", &plain, MAX_RECORD).map_err(|e| damaged(&idh, e))?;
+        cbor::check_version("transfer record", rec.v, RECORD_VERSION).map_err(|e| damaged(&idh, e))?;
         Ok(rec)
     }
 

@@ -103,7 +103,7 @@ impl Transfers<'_> {
         }
         if !rec.grant.is_empty() {
             let (_, granted) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE)
-                .map_err(|e| damaged(&rec.id, e.to_string()))?;
+                .map_err(|e| damaged(&rec.id, e))?;
             let dropped = granted.series.iter().filter(|s| !now_grant.series.contains(s)).count();
             if dropped > 0 {
                 return Ok(Err(reason(
