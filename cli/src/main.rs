@@ -12,6 +12,7 @@
 
 mod admin;
 mod consent;
+mod gateway;
 mod ledger;
 mod output;
 mod session;
@@ -190,6 +191,10 @@ enum Command {
         #[command(flatten)]
         home: HomeArgs,
     },
+    /// The DICOM gateway: the queue of studies forwarded to the site's PACS
+    /// (`[[gateway.destination]]`, `[[gateway.route]]` in config.toml).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// Show whether the home's node is running, its peer id and listen addresses.
     Status {
         #[command(flatten)]
@@ -739,6 +744,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Notifications { home, status: true, .. } => ledger::notify_status(&home),
         Command::Notifications { home, unread, .. } => ledger::notifications(&home, unread),
         Command::Transfers(cmd) => transfer::transfers(cmd),
+        Command::Gateway(cmd) => gateway::gateway(cmd),
         Command::Store(StoreCommand::Check { home, deep }) => {
             let out = Out::new(home.json);
             let node = Session::open(home.dir()?)?;

@@ -238,6 +238,21 @@ ca_file = ""
 cert_file = ""
 # The private key of cert_file (PEM, PKCS#8, PKCS#1 or SEC1).
 key_file = ""
+
+[gateway]
+# Forwarding to the site's PACS ([[gateway.destination]], [[gateway.route]]):
+# a study that could not be forwarded is tried again after retry_min_secs,
+# the wait doubling after each failure up to retry_max_secs.
+retry_min_secs = 30
+retry_max_secs = 3600
+# Failed attempts after which a study is given up (`medmesh gateway retry`
+# tries it again); 0 = never give up.
+give_up_after = 0
+# A study received from a peer is forwarded only if the site keeps studies
+# received for its grant's purpose and at its level (a grant for research or
+# teaching does not make the study part of the patient's record here).
+keep_purposes = ["treatment", "second-opinion"]
+keep_levels = ["identifiable", "pseudonymised", "anonymised"]
 "#;
 
 /// Errors of loading the configuration.

@@ -1,5 +1,5 @@
 //! `medmesh run`: the node as a service. Opens the admin API socket, starts
-//! the network and notification delivery, and runs until SIGINT or SIGTERM,
+//! the network, notification delivery and the gateway's forwarding worker, and runs until SIGINT or SIGTERM,
 //! then stops them and removes the socket.
 
 use std::sync::Arc;
@@ -84,6 +84,11 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let stop = stop_rx.clone();
         tokio::spawn(async move { crate::notify::run(node, &config, origin, stop).await })
     };
+    // The gateway's forwarding queue (sends nothing until a study is queued).
+    let forward_task = tokio::spawn(crate::gateway::forward::run(
+        Arc::clone(&node) as Arc<dyn crate::gateway::forward::ForwardHost>,
+        stop_rx.clone(),
+    ));
     let mut api_task = tokio::spawn(server::serve(bound, Arc::clone(&node), net.clone(), stop_rx));
     let mut net_task = net_task;
     // Wait until every listen address is bound before reporting ready.
@@ -117,6 +122,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let _ = net_task.await;
     }
     let _ = notify_task.await;
+    let _ = forward_task.await;
     tracing::info!("node stopped");
     match died {
         Some(why) => Err(DaemonError::TaskEnded(why)),
