@@ -55,7 +55,16 @@ fn render(items: &[ForwardItem]) -> String {
     if items.is_empty() {
         return "the forwarding queue is empty\n".into();
     }
-    let mut t = Table::new(&["ID", "STATE", "DESTINATION", "STUDY", "FROM", "ATTEMPTS", "NEXT", "LAST ERROR"]);
+    let mut t = Table::new(&[
+        "ID",
+        "STATE",
+        "DESTINATION",
+        "STUDY",
+        "FROM",
+        "ATTEMPTS",
+        "NEXT",
+        "LAST ERROR",
+    ]);
     for i in items {
         t.row(vec![
             i.id.to_string(),

@@ -112,7 +112,10 @@ impl Default for GatewayConfig {
             retry_min_secs: 30,
             retry_max_secs: 3600,
             give_up_after: 0,
-            keep_purposes: vec![consent_schema::Purpose::Treatment, consent_schema::Purpose::SecondOpinion],
+            keep_purposes: vec![
+                consent_schema::Purpose::Treatment,
+                consent_schema::Purpose::SecondOpinion,
+            ],
             keep_levels: vec![
                 consent_schema::DeidLevel::Identifiable,
                 consent_schema::DeidLevel::Pseudonymised,

@@ -627,7 +627,10 @@ impl<'a> Forwarding<'a> {
         job: &Job,
         range: std::ops::Range<usize>,
     ) -> Result<(crate::store::ForwardSpool, Vec<PathBuf>, u64), ForwardError> {
-        let row = self.store.study_row(&job.study)?.ok_or_else(|| StoreError::UnknownStudy(study_short(&job.study)))?;
+        let row = self
+            .store
+            .study_row(&job.study)?
+            .ok_or_else(|| StoreError::UnknownStudy(study_short(&job.study)))?;
         let key = self.store.unwrap_study_key(&job.study, &row)?;
         let spool = self.store.forward_spool(job.id).map_err(StoreError::from)?;
         let mut files = Vec::new();
@@ -852,6 +855,9 @@ pub async fn run(host: Arc<dyn ForwardHost>, mut stop: watch::Receiver<bool>) {
                 (Vec::new(), Some(now() + 30))
             }
         };
+        // Something was sent (or failed): look again, since what failed
+        // is due again later than `next` says.
+        let worked = !due.is_empty();
         for id in due {
             let sending = send(&host, id);
             tokio::select! {
@@ -865,6 +871,9 @@ pub async fn run(host: Arc<dyn ForwardHost>, mut stop: watch::Receiver<bool>) {
             if *stop.borrow() {
                 return;
             }
+        }
+        if worked {
+            continue;
         }
         let wait = next.map_or(Duration::from_secs(3600), |t| {
             Duration::from_secs(u64::try_from(t.saturating_sub(now())).unwrap_or(0).max(1))

@@ -58,8 +58,18 @@ fn routes_match_by_every_condition_they_set() {
         r
     };
     let cases: Vec<(&str, Route, Arrival, bool)> = vec![
-        ("no condition, peer", route("pacs"), arrival(treat_id.clone(), &["CT"]), true),
-        ("no condition, import", route("pacs"), arrival(Source::Import, &[]), true),
+        (
+            "no condition, peer",
+            route("pacs"),
+            arrival(treat_id.clone(), &["CT"]),
+            true,
+        ),
+        (
+            "no condition, import",
+            route("pacs"),
+            arrival(Source::Import, &[]),
+            true,
+        ),
         ("no condition, scp", route("pacs"), arrival(scp.clone(), &["MR"]), true),
         (
             "source peer matches",
@@ -409,7 +419,8 @@ fn arb_condition() -> impl Strategy<Value = Cond> {
         prop::sample::select(vec!["X", "Y"]).prop_map(Cond::Institution),
         prop::sample::select(vec!["treatment", "research"]).prop_map(Cond::Purpose),
         prop::sample::select(vec!["CT", "mr"]).prop_map(Cond::Modality),
-        prop::sample::select(vec![RouteLevel::Identified, RouteLevel::Deidentified, RouteLevel::Any]).prop_map(Cond::Level),
+        prop::sample::select(vec![RouteLevel::Identified, RouteLevel::Deidentified, RouteLevel::Any])
+            .prop_map(Cond::Level),
     ]
 }
 
