@@ -244,9 +244,11 @@ fn received(purpose: Purpose, level: DeidLevel, expires: i64, locked: Option<i64
 fn the_keep_policy_and_the_grant_decide_whether_a_study_may_be_forwarded() {
     let now = 1_000_000;
     let default = GatewayConfig::default();
-    let mut strict = GatewayConfig::default();
-    strict.keep_levels = vec![DeidLevel::Identifiable];
-    strict.keep_purposes = vec![Purpose::Treatment];
+    let strict = GatewayConfig {
+        keep_levels: vec![DeidLevel::Identifiable],
+        keep_purposes: vec![Purpose::Treatment],
+        ..GatewayConfig::default()
+    };
     let cases: Vec<(&str, Origin, &GatewayConfig, Result<(), ForwardCause>)> = vec![
         ("own study", Origin::Local, &default, Ok(())),
         (

@@ -605,5 +605,109 @@ mod tests {
         assert_eq!(hex::encode(&bytes), want);
         let back: ForwardRow = crate::cbor::decode("forward queue row", &bytes, MAX_FORWARD_ROW).unwrap();
         assert_eq!(back, row());
+        // docs/PROTOCOL.md §6 shows the same bytes.
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).unwrap();
+        let at = doc.find("The forwarding queue's row, test vector").unwrap();
+        let block = doc[at..].split("```").nth(1).unwrap();
+        assert_eq!(block.split_whitespace().collect::<String>(), want);
+    }
+
+    fn open(dir: &std::path::Path) -> super::super::Store {
+        use crate::keystore::{MasterKey, Passphrase};
+        let db = dir.join("index.redb");
+        let blobs = dir.join("blobs");
+        let key = dir.join("master.key");
+        let pass = Passphrase::new("correct horse battery forward".into());
+        if db.exists() {
+            super::super::Store::open(&db, &blobs, MasterKey::unlock(&key, &pass).unwrap(), false).unwrap()
+        } else {
+            super::super::Store::create(&db, &blobs, MasterKey::create(&key, &pass).unwrap(), false).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_one_item_per_study_and_destination_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (a, b) = (StudyRef([1; 32]), StudyRef([2; 32]));
+        let src = ForwardSource::Import;
+        assert!(store.forward_items().unwrap().is_empty());
+        assert_eq!(
+            store.forward_enqueue(&a, "pacs", "PACS", &src, 3, 10).unwrap(),
+            Enqueued::New(1)
+        );
+        assert_eq!(
+            store.forward_enqueue(&a, "pacs", "PACS", &src, 3, 11).unwrap(),
+            Enqueued::Exists(1)
+        );
+        assert_eq!(
+            store.forward_enqueue(&a, "archive", "ARCH", &src, 3, 11).unwrap(),
+            Enqueued::New(2)
+        );
+        assert_eq!(
+            store.forward_enqueue(&b, "pacs", "PACS", &src, 1, 12).unwrap(),
+            Enqueued::New(3)
+        );
+        // Item 1 is being sent when the node stops; its spool is left behind.
+        store
+            .forward_update(1, |r| {
+                r.state = ForwardState::Sending;
+                r.attempts = 1;
+                (true, ())
+            })
+            .unwrap()
+            .unwrap();
+        let spool = store.forward_spool(1).unwrap();
+        std::mem::forget(spool);
+        assert!(dir.path().join("blobs/forward/1").is_dir());
+        drop(store);
+        let store = open(dir.path());
+        assert!(
+            !dir.path().join("blobs/forward").exists(),
+            "the spool is emptied at open"
+        );
+        let items = store.forward_items().unwrap();
+        assert_eq!(items.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!((items[0].1.state, items[0].1.attempts), (ForwardState::Sending, 1));
+        assert_eq!(items[0].1.study_ref(), Some(a));
+        // Sent with 3 objects: the same count queues nothing, more objects queue it again.
+        store
+            .forward_update(1, |r| {
+                r.state = ForwardState::Sent;
+                r.sent_objects = 3;
+                (true, ())
+            })
+            .unwrap();
+        assert_eq!(
+            store.forward_enqueue(&a, "pacs", "PACS", &src, 3, 20).unwrap(),
+            Enqueued::Sent(1)
+        );
+        assert_eq!(
+            store.forward_enqueue(&a, "pacs", "PACS", &src, 4, 21).unwrap(),
+            Enqueued::Again(1)
+        );
+        let again = store.forward_item(1).unwrap().unwrap();
+        assert_eq!(
+            (again.state, again.attempts, again.updated),
+            (ForwardState::Queued, 0, 21)
+        );
+        // Cancelled stays cancelled; a missing item is None; ids are not reused.
+        store
+            .forward_update(3, |r| {
+                r.state = ForwardState::Cancelled;
+                r.last_error = Some(ForwardCause::ByAdmin);
+                (true, ())
+            })
+            .unwrap();
+        assert_eq!(
+            store.forward_enqueue(&b, "pacs", "PACS", &src, 2, 30).unwrap(),
+            Enqueued::Exists(3)
+        );
+        assert!(store.forward_update(99, |_| (true, ())).unwrap().is_none());
+        assert_eq!(
+            store.forward_enqueue(&b, "other", "OTHER", &src, 2, 31).unwrap(),
+            Enqueued::New(4)
+        );
+        assert!(store.check(false).unwrap().is_clean());
     }
 }
