@@ -655,7 +655,8 @@ impl<'a> Forwarding<'a> {
     /// Records the end of an attempt: every object stored → `sent` and the
     /// `study-forwarded` entry; otherwise `retrying` after the back-off, or
     /// `given-up` after `give_up_after` attempts. An item cancelled while
-    /// it was being sent stays cancelled.
+    /// it was being sent stays cancelled unless every object was stored
+    /// (then it is sent, with its entry: the study did leave).
     ///
     /// # Errors
     /// Store errors.
@@ -672,10 +673,8 @@ impl<'a> Forwarding<'a> {
                 destination: job.peer.ae_title.clone(),
                 objects,
             };
-            let still = self.store.forward_item(job.id)?;
-            if still.as_ref().is_none_or(|r| r.state != ForwardState::Sending) {
-                return Ok(still.map_or(ForwardState::Cancelled, |r| r.state));
-            }
+            // Every object went out: recorded as sent with its entry even if
+            // the item was cancelled meanwhile (what left is what counts).
             let author = self.effects.author();
             if let Some(entry) = self.store.forward_sent(job.id, objects, now, &author, event)? {
                 self.effects.logged(&[entry]);
