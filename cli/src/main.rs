@@ -176,7 +176,9 @@ enum Command {
     /// Requests that wait for a person at this node: list, approve, deny.
     #[command(subcommand)]
     Approvals(transfer::ApprovalsCommand),
-    /// The DICOM gateway: echo, find and fetch with the site's PACS.
+    /// The DICOM gateway: echo, find and fetch with the site's PACS, and the
+    /// queue of studies forwarded to it (`[[gateway.destination]]`,
+    /// `[[gateway.route]]` in config.toml).
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
     /// Transfers of this node, both directions: list, show, watch.

@@ -211,6 +211,19 @@ ae_title = "MEDMESH"
 listen = "127.0.0.1:11112"
 # Associations served at once; more are refused with "temporary congestion".
 max_associations = 8
+# Forwarding to the site's PACS ([[gateway.destination]], [[gateway.route]]):
+# a study that could not be forwarded is tried again after retry_min_secs,
+# the wait doubling after each failure up to retry_max_secs.
+retry_min_secs = 30
+retry_max_secs = 3600
+# Failed attempts after which a study is given up (`medmesh gateway retry`
+# tries it again); 0 = never give up.
+give_up_after = 0
+# A study received from a peer is forwarded only if the site keeps studies
+# received for its grant's purpose and at its level (a grant for research or
+# teaching does not make the study part of the patient's record here).
+keep_purposes = ["treatment", "second-opinion"]
+keep_levels = ["identifiable", "pseudonymised", "anonymised"]
 # DICOM TLS: PEM certificate chain and key of the SCP; with tls_client_ca,
 # callers must present a certificate signed by one of its CAs. TLS 1.2/1.3.
 # tls_cert = "/etc/medmesh/dicom.crt"
@@ -230,6 +243,18 @@ max_associations = 8
 # host = "10.1.2.10"
 # port = 104
 # tls = false
+#
+# Where studies are forwarded, and the rules that choose them (every
+# condition given must match: source_peer, institution, purpose, modality,
+# level = "identified" | "deidentified" | "any").
+# [[gateway.destination]]
+# name = "pacs"
+# ae_title = "PACS"
+# host = "10.1.2.10"
+# port = 104
+# [[gateway.route]]
+# destination = "pacs"
+# modality = "CT"
 
 [notify.webhook]
 # Notifications (an entry of another site concerns a study of this one, and

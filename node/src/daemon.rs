@@ -1,5 +1,5 @@
 //! `medmesh run`: the node as a service. Opens the admin API socket, starts
-//! the network and notification delivery, and runs until SIGINT or SIGTERM,
+//! the network, notification delivery and the gateway's forwarding worker, and runs until SIGINT or SIGTERM,
 //! then stops them and removes the socket.
 
 mod gateway;
@@ -115,6 +115,11 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let stop = stop_rx.clone();
         tokio::spawn(async move { crate::notify::run(node, &config, origin, stop).await })
     };
+    // The gateway's forwarding queue (sends nothing until a study is queued).
+    let forward_task = tokio::spawn(crate::gateway::forward::run(
+        Arc::clone(&node) as Arc<dyn crate::gateway::forward::ForwardHost>,
+        stop_rx.clone(),
+    ));
     let mut api_task = tokio::spawn(server::serve(
         bound,
         Arc::clone(&node),
@@ -158,6 +163,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     if let Some(task) = fetch_task {
         let _ = task.await;
     }
+    let _ = forward_task.await;
     if let Some(scp) = scp {
         scp.shutdown().await;
     }

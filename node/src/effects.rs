@@ -7,7 +7,7 @@
 //! transfers a change no longer allows).
 
 use crate::ledger::{Event, SignedEntry};
-use crate::store::{Author, StoreError};
+use crate::store::{Author, StoreError, StudyRef};
 
 /// The error a hook into another service returns, boxed so that a service
 /// does not name the other services' error types (the cause stays matchable
@@ -31,4 +31,10 @@ pub trait Effects {
     /// Ends the transfers a change of consent or trust (already stored)
     /// no longer allows; a failure is logged, not returned.
     fn end_affected_transfers_after(&self, change: &str);
+    /// Studies that `study import` stored objects into are whole: the
+    /// gateway queues them for forwarding (a failure is logged, not
+    /// returned: the import is done).
+    fn studies_imported(&self, studies: &[StudyRef]) {
+        let _ = studies;
+    }
 }

@@ -4,6 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`dimse`] | the DIMSE command set, status codes, message fragmentation and reassembly |
+//! | [`forward`] | forwarding to the site's PACS: routes, the keep policy, the queue's service and worker |
 //! | [`policy`] | who may associate (a pure function) and the A-ASSOCIATE-RJ of a refusal |
 //! | [`scp`] | the storage SCP: C-ECHO, C-STORE into a [`Sink`], over TCP or DICOM TLS |
 //! | [`scu`] | C-ECHO, C-STORE of files, C-FIND and C-MOVE at study level |
@@ -12,12 +13,14 @@
 //!
 //! The node comes in through one narrow trait: [`Sink`], which imports a
 //! received file exactly as `study import` does. The gateway imports only
-//! `config`, `dicom` and `fsutil` of this crate.
+//! `config`, `dicom` and `fsutil` of this crate, and [`forward`] also the
+//! `store` (the queue and the spool), `effects` and `ledger` (its entry).
 //!
 //! Nothing the gateway logs or returns as an error holds patient data: AE
 //! titles, SOP class UIDs, status codes and counts only.
 
 pub mod dimse;
+pub mod forward;
 pub mod policy;
 pub mod scp;
 pub mod scu;

@@ -95,6 +95,9 @@ pub enum HomeError {
     /// Transfer failure.
     #[error(transparent)]
     Transfer(#[from] crate::transfer::TransferError),
+    /// The gateway's forwarding queue.
+    #[error(transparent)]
+    Forward(#[from] crate::gateway::forward::ForwardError),
     /// The home, its keys or the socket's folder are open to the group or
     /// others: `medmesh run` refuses to start.
     #[error(
@@ -233,6 +236,8 @@ pub struct Node {
     /// Bumped whenever a revocation is applied (by an admin, or received
     /// from a peer): the network reloads trust, disconnects and passes it on.
     trust_changes: TrustChanges,
+    /// Wakes the gateway's forwarding worker when a study is queued.
+    forward_wake: tokio::sync::Notify,
 }
 
 /// A transfer error as a hook's error: a store error stays itself, so
@@ -280,6 +285,23 @@ impl Effects for Node {
     fn end_affected_transfers_after(&self, change: &str) {
         self.transfers().end_affected_transfers_after(change);
     }
+    fn studies_imported(&self, studies: &[StudyRef]) {
+        if let Err(e) = self
+            .forwarding()
+            .study_arrived(studies, &crate::gateway::forward::Source::Import)
+        {
+            tracing::warn!(cause = %e, "imported studies could not be queued for forwarding");
+        }
+    }
+}
+
+impl crate::gateway::forward::ForwardHost for Node {
+    fn forwarding(&self) -> crate::gateway::forward::Forwarding<'_> {
+        Node::forwarding(self)
+    }
+    fn forward_wake(&self) -> &tokio::sync::Notify {
+        &self.forward_wake
+    }
 }
 
 impl replication::Host for Node {
@@ -315,6 +337,15 @@ impl crate::transfer::Host for Node {
     }
     fn transfers(&self) -> crate::transfer::Transfers<'_> {
         Node::transfers(self)
+    }
+    fn study_landed(&self, study: &StudyRef) {
+        // The source of a received study is its grant (from its row).
+        if let Err(e) = self
+            .forwarding()
+            .study_arrived(&[*study], &crate::gateway::forward::Source::Import)
+        {
+            tracing::warn!(study = %study.short(), cause = %e, "a received study could not be queued for forwarding");
+        }
     }
 }
 
@@ -505,6 +536,7 @@ impl Node {
             purging: retention::Purging::default(),
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
             trust_changes: TrustChanges::default(),
+            forward_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -573,6 +605,12 @@ impl Node {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The gateway's forwarding service (the queue to the site's PACS).
+    #[must_use]
+    pub fn forwarding(&self) -> crate::gateway::forward::Forwarding<'_> {
+        crate::gateway::forward::Forwarding::new(&self.store, &self.config.gateway, self, &self.forward_wake)
     }
 
     /// The transfer service.

@@ -246,6 +246,16 @@ pub enum Event {
         /// `retention` or `erasure`.
         reason: String,
     },
+    /// The gateway forwarded a study to a DICOM destination (every object
+    /// stored there).
+    StudyForwarded {
+        /// The study's commitment: this node's, or the holder's for a received copy.
+        study: String,
+        /// The destination's AE title.
+        destination: String,
+        /// Objects stored by the destination.
+        objects: u64,
+    },
 }
 
 impl Event {
@@ -270,6 +280,7 @@ impl Event {
             Event::PeerBlocked { .. } => "peer-blocked",
             Event::StudyLocked { .. } => "study-locked",
             Event::StudyPurged { .. } => "study-purged",
+            Event::StudyForwarded { .. } => "study-forwarded",
         }
     }
 
@@ -281,7 +292,8 @@ impl Event {
             | Event::TransferSent { study, .. }
             | Event::TransferReceived { study, .. }
             | Event::StudyLocked { study }
-            | Event::StudyPurged { study, .. } => Some(study),
+            | Event::StudyPurged { study, .. }
+            | Event::StudyForwarded { study, .. } => Some(study),
             Event::TransferRequested { study, .. } | Event::Accessed { study, .. } => study.as_deref(),
             _ => None,
         }

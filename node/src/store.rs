@@ -34,6 +34,7 @@
 //! | `transfers-v1` | transfer id `[u8; 16]` | the transfer record (CBOR), sealed |
 //! | `transfer-docs-v1` | transfer id ‖ kind `[u8; 17]` | signed manifest (kind 1), wrapped transfer key (kind 2) |
 //! | `transfer-chunks-v1` | transfer id ‖ object index (BE) `[u8; 20]` | chunks received and verified, in order (`u64`) |
+//! | `forward-queue-v1` | item id `u64` | CBOR [`ForwardRow`] (the gateway's forwarding queue, see `forward`) |
 //!
 //! Objects of a transfer being received are written to
 //! `blobs/incoming/<transfer id>/<object index>` as they arrive, in the
@@ -68,12 +69,16 @@ use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
 
 mod files;
+mod forward;
 mod ledger;
 mod notify;
 mod purge;
 mod relink;
 mod transfers;
 pub use files::{FileError, OutgoingStaging, SealedFile};
+pub use forward::{
+    Enqueued, FORWARD_ROW_VERSION, ForwardCause, ForwardRow, ForwardSource, ForwardSpool, ForwardState, SpoolError,
+};
 pub use ledger::{Author, FeedHead, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow, SplitRow, StoredEntry};
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
@@ -1358,6 +1363,7 @@ impl Store {
         for e in fsutil::walk(&tmp, Some(1)).flatten() {
             let _ = fs::remove_file(e.path());
         }
+        self.forward_spool_clear();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             // Tables added after schema 1 was first written are created here.
@@ -1376,6 +1382,7 @@ impl Store {
             txn.open_table(NOTIFICATIONS).map_err(|e| self.err(e))?;
             txn.open_table(LEDGER_WITNESSES).map_err(|e| self.err(e))?;
             txn.open_table(LEDGER_SPLITS).map_err(|e| self.err(e))?;
+            txn.open_table(forward::FORWARD).map_err(|e| self.err(e))?;
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
             let blobs = txn.open_table(BLOBS).map_err(|e| self.err(e))?;
             let mut addresses = Vec::new();
@@ -1452,9 +1459,9 @@ impl Store {
                 }
             }
         }
-        // Shards (`blobs/<2 hex>/`) and their files; `tmp/` and `incoming/` are not the store's blobs.
+        // Shards (`blobs/<2 hex>/`) and their files; `tmp/`, `incoming/` and the forwarding spool are not the store's blobs.
         let (tmp, incoming) = (self.blobs.join("tmp"), self.blobs.join("incoming"));
-        let not_blobs = |p: &Path| p.starts_with(&tmp) || p.starts_with(&incoming);
+        let not_blobs = |p: &Path| p.starts_with(&tmp) || p.starts_with(&incoming) || self.in_forward_spool(p);
         for f in fsutil::walk(&self.blobs, Some(2)) {
             let f = match f {
                 Ok(f) => f,

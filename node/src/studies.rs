@@ -270,7 +270,28 @@ impl<'a> StudiesService<'a> {
         paths: &[PathBuf],
         progress: impl FnMut(ImportEvent<'_>),
     ) -> Result<ImportSummary, StudiesError> {
-        Ok(ingest::import(self.store, paths, &self.options, progress)?)
+        // The studies the import stored objects into (new, or with more
+        // objects than before) are whole now: the gateway may forward them.
+        let before: std::collections::BTreeMap<StudyRef, u64> = self
+            .store
+            .studies()?
+            .into_iter()
+            .map(|(s, row)| (s, row.instances))
+            .collect();
+        let summary = ingest::import(self.store, paths, &self.options, progress)?;
+        if summary.imported > 0 {
+            let changed: Vec<StudyRef> = self
+                .store
+                .studies()?
+                .into_iter()
+                .filter(|(s, row)| before.get(s) != Some(&row.instances))
+                .map(|(s, _)| s)
+                .collect();
+            if !changed.is_empty() {
+                self.effects.studies_imported(&changed);
+            }
+        }
+        Ok(summary)
     }
 
     /// Exports a study.

@@ -376,6 +376,13 @@ pub trait Host: Send + Sync {
     /// The transfer service itself (the engine and the protocol handler
     /// hold the host, and reach the service through it).
     fn transfers(&self) -> Transfers<'_>;
+    /// A received study is landed and whole (called after its landing is
+    /// committed, and again when a landing is found done at a resume): the
+    /// node queues it for forwarding to the site's PACS. Failures are the
+    /// host's to log.
+    fn study_landed(&self, study: &crate::store::StudyRef) {
+        let _ = study;
+    }
 }
 
 /// The transfer service: records, negotiation, preparation, sessions,

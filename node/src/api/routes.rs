@@ -20,6 +20,7 @@ use crate::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, Importe
 use crate::deid::{DeidEvent, DeidSummary, RelinkView};
 use crate::dicom::export::ExportSummary;
 use crate::dicom::ingest::{ImportEvent, ImportSummary};
+use crate::gateway::forward::{ForwardItem, ItemRequest};
 use crate::home::{HomeError, Node};
 use crate::net::PeersReport;
 use crate::notify::SinkStatus;
@@ -98,6 +99,9 @@ pub static TABLE: &[Entry] = &[
     Entry::call::<GatewayEcho>(),
     Entry::call::<GatewayFind>(),
     Entry::call::<GatewayFetch>(),
+    Entry::call::<GatewayQueue>(),
+    Entry::call::<GatewayRetry>(),
+    Entry::call::<GatewayCancel>(),
 ];
 
 /// The row of `method` and `path`, if any.
@@ -883,5 +887,38 @@ impl Call for GatewayFetch {
             warning: outcome.warning,
             instances_held,
         })
+    }
+}
+
+route!(
+    /// The gateway's forwarding queue, newest first.
+    GatewayQueue: Get "/v1/gateway/queue", () => Vec<ForwardItem>
+);
+
+impl Call for GatewayQueue {
+    async fn serve(ctx: Ctx, (): ()) -> Result<Vec<ForwardItem>, ServeError> {
+        ctx.blocking(|n| Ok(n.forwarding().queue()?)).await
+    }
+}
+
+route!(
+    /// Sends a forwarding item again now.
+    GatewayRetry: Post "/v1/gateway/retry", ItemRequest => ForwardItem
+);
+
+impl Call for GatewayRetry {
+    async fn serve(ctx: Ctx, r: ItemRequest) -> Result<ForwardItem, ServeError> {
+        ctx.blocking(move |n| Ok(n.forwarding().retry(r.id)?)).await
+    }
+}
+
+route!(
+    /// Cancels a forwarding item.
+    GatewayCancel: Post "/v1/gateway/cancel", ItemRequest => ForwardItem
+);
+
+impl Call for GatewayCancel {
+    async fn serve(ctx: Ctx, r: ItemRequest) -> Result<ForwardItem, ServeError> {
+        ctx.blocking(move |n| Ok(n.forwarding().cancel(r.id)?)).await
     }
 }

@@ -32,6 +32,11 @@
 //! destination = "pacs"
 //! level = "identified"
 //! ```
+//!
+//! Forwarding retries with back-off (`retry_min_secs`, doubled up to
+//! `retry_max_secs`; `give_up_after` failed attempts, 0 = never), and
+//! forwards a received study only when the site keeps studies of its
+//! grant's purpose and level (`keep_purposes`, `keep_levels`).
 
 use std::net::SocketAddr;
 
@@ -73,6 +78,21 @@ pub struct GatewayConfig {
     /// Forwarding rules.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<Route>,
+    /// Seconds before the first retry of a study that could not be
+    /// forwarded; doubled after each failure up to `retry_max_secs`.
+    pub retry_min_secs: u64,
+    /// The longest wait between two attempts (seconds).
+    pub retry_max_secs: u64,
+    /// Failed attempts after which an item is given up (`0`: never; a
+    /// given-up item is sent again by `medmesh gateway retry`).
+    pub give_up_after: u32,
+    /// The purposes under which a received study may be kept at this site,
+    /// and so forwarded to its PACS; a study received under another purpose
+    /// is never forwarded.
+    pub keep_purposes: Vec<consent_schema::Purpose>,
+    /// The de-identification levels at which a received study may be kept
+    /// at this site (and forwarded).
+    pub keep_levels: Vec<consent_schema::DeidLevel>,
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +109,18 @@ impl Default for GatewayConfig {
             destination: Vec::new(),
             pacs: None,
             route: Vec::new(),
+            retry_min_secs: 30,
+            retry_max_secs: 3600,
+            give_up_after: 0,
+            keep_purposes: vec![
+                consent_schema::Purpose::Treatment,
+                consent_schema::Purpose::SecondOpinion,
+            ],
+            keep_levels: vec![
+                consent_schema::DeidLevel::Identifiable,
+                consent_schema::DeidLevel::Pseudonymised,
+                consent_schema::DeidLevel::Anonymised,
+            ],
         }
     }
 }
@@ -244,6 +276,15 @@ impl GatewayConfig {
         }
         if let Some(p) = &self.pacs {
             p.check().map_err(|e| value("gateway.pacs", e))?;
+        }
+        if !(1..=86_400).contains(&self.retry_min_secs) {
+            return Err(value("gateway.retry_min_secs", "must be from 1 to 86400".into()));
+        }
+        if self.retry_max_secs < self.retry_min_secs || self.retry_max_secs > 7 * 86_400 {
+            return Err(value(
+                "gateway.retry_max_secs",
+                "must be at least retry_min_secs and at most 604800 (a week)".into(),
+            ));
         }
         for (i, r) in self.route.iter().enumerate() {
             if !names.contains(r.destination.as_str()) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::api::GatewayStatus;
 use crate::dicom::ingest::{self, ImportOptions};
+use crate::gateway::forward::Source;
 use crate::gateway::scp::{Scp, ScpError};
 use crate::gateway::{Received, Sink, StoreRefusal, Stored};
 use crate::home::Node;
@@ -54,8 +55,22 @@ impl Sink for NodeSink {
         }
     }
 
+    /// The studies an association added objects to are whole as far as
+    /// the sender is concerned: the forwarding routes look at them now.
     fn released(&self, calling_ae: &str, studies: Vec<String>) {
         tracing::info!(calling_ae = %calling_ae, studies = studies.len(), "DICOM SCP: association stored new objects");
+        let source = Source::Scp {
+            calling_ae: calling_ae.to_string(),
+        };
+        match self.node.forwarding().study_uids_arrived(&studies, &source) {
+            Ok(queued) if !queued.is_empty() => {
+                tracing::info!(calling_ae = %calling_ae, queued = queued.len(), "DICOM SCP: studies queued for forwarding");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(calling_ae = %calling_ae, error = %e, "DICOM SCP: queueing the studies for forwarding failed")
+            }
+        }
     }
 }
 

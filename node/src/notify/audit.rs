@@ -50,6 +50,7 @@ pub fn audit_event(kind: &str, event: Option<&Event>) -> AuditEvent {
         "transfer-granted" | "transfer-approved" => ev("110102", "Begin Transferring DICOM Instances", "E", "0"),
         "transfer-sent" => ev("110104", "DICOM Instances Transferred", "R", "0"),
         "transfer-received" => ev("110104", "DICOM Instances Transferred", "C", "0"),
+        "study-forwarded" => ev("110104", "DICOM Instances Transferred", "R", "0"),
         "accessed" => match event {
             Some(Event::Accessed { action, .. }) if action == "export" || action == "deid-export" => {
                 ev("110106", "Export", "R", "0")
@@ -98,7 +99,9 @@ fn event_details(event: Option<&Event>) -> (Option<&str>, Option<u64>, Option<&s
             level,
             ..
         }) => (Some(transfer), Some(*objects), Some(level)),
-        Some(Event::Accessed { objects, .. }) => (None, Some(*objects), None),
+        Some(Event::Accessed { objects, .. }) | Some(Event::StudyForwarded { objects, .. }) => {
+            (None, Some(*objects), None)
+        }
         _ => (None, None, None),
     }
 }
@@ -206,12 +209,22 @@ pub fn audit_message(n: &Notice, origin: &Origin) -> std::io::Result<Vec<u8>> {
         own.push_attribute(("NetworkAccessPointID", origin.hostname.as_str()));
         own.push_attribute(("NetworkAccessPointTypeCode", "1"));
     }
-    if transfer_role(&row.kind) {
+    if transfer_role(&row.kind) || row.kind == "study-forwarded" {
         w.write_event(Xml::Start(own))?;
         coded(&mut w, "RoleIDCode", "110153", "DCM", "Source Role ID")?;
         end(&mut w, "ActiveParticipant")?;
     } else {
         w.write_event(Xml::Empty(own))?;
+    }
+
+    // A study forwarded: the DICOM destination, by its AE title.
+    if let Some(Event::StudyForwarded { destination, .. }) = event {
+        let mut dest = BytesStart::new("ActiveParticipant");
+        dest.push_attribute(("UserID", destination.as_str()));
+        dest.push_attribute(("UserIsRequestor", "false"));
+        w.write_event(Xml::Start(dest))?;
+        coded(&mut w, "RoleIDCode", "110152", "DCM", "Destination Role ID")?;
+        end(&mut w, "ActiveParticipant")?;
     }
 
     start(

@@ -283,6 +283,7 @@ fn the_mapping_table() {
         ("accessed", Some(&relink), ("110103", "R", "0")),
         ("study-locked", None, ("110105", "D", "0")),
         ("study-purged", None, ("110105", "D", "0")),
+        ("study-forwarded", None, ("110104", "R", "0")),
         ("alert-equivocation", None, ("110113", "E", "8")),
         ("alert-split-view", None, ("110113", "E", "8")),
         ("alert-refused-entry", None, ("110113", "E", "4")),

@@ -87,6 +87,8 @@ impl Transfers<'_> {
         };
         self.host.audit().logged(&entries);
         tracing::info!(transfer = %idh, "study received, verified and stored");
+        // The study is whole: the gateway's routes may forward it.
+        self.host.study_landed(&study);
         Ok(())
     }
 
