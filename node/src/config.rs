@@ -215,6 +215,7 @@ max_associations = 8
 # a study that could not be forwarded is tried again after retry_min_secs,
 # the wait doubling after each failure up to retry_max_secs.
 retry_min_secs = 30
+# The longest wait between two attempts (at most a week).
 retry_max_secs = 3600
 # Failed attempts after which a study is given up (`medmesh gateway retry`
 # tries it again); 0 = never give up.
@@ -223,6 +224,7 @@ give_up_after = 0
 # received for its grant's purpose and at its level (a grant for research or
 # teaching does not make the study part of the patient's record here).
 keep_purposes = ["treatment", "second-opinion"]
+# The levels at which received studies are kept (and so forwarded).
 keep_levels = ["identifiable", "pseudonymised", "anonymised"]
 # DICOM TLS: PEM certificate chain and key of the SCP; with tls_client_ca,
 # callers must present a certificate signed by one of its CAs. TLS 1.2/1.3.
