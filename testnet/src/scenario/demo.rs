@@ -7,11 +7,14 @@
 //!    Süd in Germany, Hôpital Lumière in France.
 //! 2. The sites start on 127.0.0.1 and see each other as trusted peers.
 //! 3. Klinikum Nord imports real DICOM from the repository's corpus (a CT,
-//!    an MR series, a secondary capture) and a generated CT study, and records
-//!    two consents: treatment by sites in Germany (identifiable), and
-//!    research by the consortium (pseudonymised).
+//!    an MR series, a secondary capture) and a generated CT study; its CT
+//!    modality (dcmtk's `storescu`) sends a new study to Nord's DICOM SCP;
+//!    Nord records two consents: treatment by sites in Germany
+//!    (identifiable), and research by the consortium (pseudonymised).
 //! 4. Süd asks for the generated study for treatment: within Germany, it
-//!    arrives identifiable and byte-identical.
+//!    arrives identifiable and byte-identical, and Süd's gateway route
+//!    forwards it to Süd's PACS (dcmtk's `storescp`, started by the demo).
+//!    The PACS leg runs when dcmtk is installed; the demo says when not.
 //! 5. Lumière asks for the MR series for research: across the border the
 //!    site policy requires the anonymised level, and research needs a
 //!    person's approval at the holder; approved, it arrives anonymised, with
@@ -27,6 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -347,6 +351,7 @@ pub fn run(dir: &Path, on_step: &mut dyn FnMut(&Step)) -> Result<Vec<Step>, Scen
 #[allow(clippy::too_many_lines)] // one story, told in order
 fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &str) -> Result<(), ScenarioError> {
     let start = Instant::now();
+    let pacs = pacs_leg(c, dir)?;
     c.start()?;
     let mesh = c.wait_mesh(Duration::from_secs(60));
     if !r.check(
@@ -376,6 +381,17 @@ fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &s
     let Some(generated) = import(r, c, dir)? else {
         return Ok(());
     };
+    match &pacs {
+        Some(leg) => modality_push(r, leg, &nord, dir)?,
+        None => {
+            r.check(
+                "the PACS leg (a modality's C-STORE into Nord, Süd forwarding to its PACS)",
+                "runs when dcmtk (storescu, storescp) is installed",
+                "skipped: dcmtk is not installed (scripts/system-deps.sh installs it)".into(),
+                true,
+            );
+        }
+    }
 
     // Consents at the holder.
     let (out_t, treatment_consent) = consent_add(
@@ -446,6 +462,9 @@ fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &s
         ),
         code == Some(0) && rec["level"] == "identifiable" && landed && exported.identical(generated.hashes.len()),
     );
+    if let Some(leg) = &pacs {
+        forwarded(r, leg, &sued, &dir.join("generated-study"))?;
+    }
 
     // Cross-border research: anonymised by policy, after a person's approval.
     let t0 = Instant::now();
@@ -709,6 +728,178 @@ fn exchange(r: &mut Recorder<'_>, c: &mut Cluster, dir: &Path, consortium_id: &s
             if agreed.ok { "agree" } else { "disagree" }
         ),
         verified.iter().all(|(_, ok, _)| *ok) && agreed.ok,
+    );
+    Ok(())
+}
+
+/// The PACS leg (issue 18): Klinikum Nord's modality sends a study to its
+/// node by C-STORE (dcmtk's `storescu`), and Süd forwards what it receives
+/// for treatment to its PACS (dcmtk's `storescp`, started here). Only when
+/// dcmtk is installed; the demo says so otherwise.
+struct PacsLeg {
+    /// Süd's PACS.
+    pacs: Child,
+    /// Where it writes what it receives.
+    received: PathBuf,
+    /// `storescu`.
+    storescu: PathBuf,
+}
+
+impl Drop for PacsLeg {
+    fn drop(&mut self) {
+        let _ = self.pacs.kill();
+        let _ = self.pacs.wait();
+    }
+}
+
+/// A program on the PATH.
+fn program(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> Result<u16, ScenarioError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io(Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr().map_err(io(Path::new("127.0.0.1:0")))?.port())
+}
+
+/// Starts Süd's PACS and writes the gateway settings: Nord's SCP (for its
+/// modality), Süd's destination and its route for treatment. `None` when
+/// dcmtk is not installed.
+fn pacs_leg(c: &Cluster, dir: &Path) -> Result<Option<PacsLeg>, ScenarioError> {
+    let (Some(storescu), Some(storescp)) = (program("storescu"), program("storescp")) else {
+        return Ok(None);
+    };
+    let received = dir.join("sued-pacs");
+    std::fs::create_dir_all(&received).map_err(io(&received))?;
+    let port = free_port()?;
+    let pacs = Command::new(storescp)
+        .args(["-aet", "SUED-PACS", "+B", "-od"])
+        .arg(&received)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io(&received))?;
+    let edit = |home: &Path, f: &dyn Fn(String) -> String| -> Result<(), ScenarioError> {
+        let path = home.join("config.toml");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        std::fs::write(&path, f(text)).map_err(io(&path))
+    };
+    edit(home(c, 0), &|t| {
+        t.replacen("enabled = false", "enabled = true", 1)
+            .replacen("listen = \"127.0.0.1:11112\"", "listen = \"127.0.0.1:0\"", 1)
+            + "\n[[gateway.calling]]\nae_title = \"MODALITY\"\nhost = \"127.0.0.1\"\n"
+    })?;
+    edit(home(c, 1), &|t| {
+        t + &format!(
+            "\n[[gateway.destination]]\nname = \"sued-pacs\"\nae_title = \"SUED-PACS\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             \n[[gateway.route]]\ndestination = \"sued-pacs\"\npurpose = \"treatment\"\n"
+        )
+    })?;
+    Ok(Some(PacsLeg {
+        pacs,
+        received,
+        storescu,
+    }))
+}
+
+/// The data set of a Part 10 file: the bytes after its file meta group
+/// (each side writes its own meta).
+fn data_set(path: &Path) -> Result<Vec<u8>, ScenarioError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let len = bytes
+        .get(140..144)
+        .filter(|_| bytes.get(128..132) == Some(b"DICM".as_slice()) && bytes.get(132..136) == Some(&[2, 0, 0, 0]))
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    Ok(len.and_then(|l| bytes.get(144 + l..)).unwrap_or_default().to_vec())
+}
+
+/// The data sets of the files under `dir`, sorted.
+fn data_sets(dir: &Path) -> Result<Vec<Vec<u8>>, ScenarioError> {
+    let mut out = files_under(dir)
+        .iter()
+        .map(|f| data_set(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    Ok(out)
+}
+
+/// Nord's modality sends a generated study to Nord's SCP.
+fn modality_push(r: &mut Recorder<'_>, leg: &PacsLeg, nord: &Path, dir: &Path) -> Result<(), ScenarioError> {
+    let out = process::run(nord, &["status", "--json"])?;
+    let status = last_record(&out);
+    let port = status["gateway"]["listen"]
+        .as_str()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let spec = StudySpec {
+        seed: 2027,
+        slices: 3,
+        rows: 128,
+        cols: 128,
+        ..StudySpec::default()
+    };
+    let g = generate(&spec, &dir.join("modality-study"))?;
+    let sent = match port {
+        Some(port) => Some(
+            Command::new(&leg.storescu)
+                .args(["-aet", "MODALITY", "-aec", "MEDMESH", "127.0.0.1", &port.to_string()])
+                .args(&g.files)
+                .output()
+                .map_err(io(&leg.storescu))?,
+        ),
+        None => None,
+    };
+    let list = process::run(nord, &["study", "list", "--json"])?;
+    let held = json_lines(&list.stdout)
+        .into_iter()
+        .find(|(k, v)| k == "study" && v["study_uid"] == g.study_uid.as_str())
+        .map_or(0, |(_, v)| v["instances"].as_u64().unwrap_or(0));
+    r.check(
+        "Klinikum Nord's CT modality sends a new study to Nord's node by DICOM C-STORE (dcmtk storescu to the node's SCP)",
+        "every object stored (validated, sealed, de-duplicated, as `study import` does)",
+        format!(
+            "SCP {} on port {}; storescu exit {}; Nord holds {held} of {} objects",
+            status["gateway"]["ae_title"].as_str().unwrap_or("?"),
+            port.map_or_else(|| "?".into(), |p| p.to_string()),
+            sent.as_ref().map_or_else(|| "not run".into(), |o| exit_of(o).to_string()),
+            g.files.len()
+        ),
+        sent.as_ref().is_some_and(|o| o.status.success()) && held == g.files.len() as u64,
+    );
+    Ok(())
+}
+
+/// Süd's route forwards the study it received for treatment to its PACS.
+fn forwarded(r: &mut Recorder<'_>, leg: &PacsLeg, sued: &Path, generated_dir: &Path) -> Result<(), ScenarioError> {
+    let want = data_sets(generated_dir)?;
+    let start = Instant::now();
+    let mut queue = Vec::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        let out = process::run(sued, &["gateway", "queue", "--json"])?;
+        queue = json_lines(&out.stdout).into_iter().map(|(_, v)| v).collect();
+        if queue.iter().any(|v| v["state"] == "sent") && files_under(&leg.received).len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got = data_sets(&leg.received)?;
+    let sent = queue.iter().any(|v| v["state"] == "sent");
+    r.check(
+        "Universitätsklinikum Süd's route forwards the study received for treatment to Süd's PACS (dcmtk storescp)",
+        "queued as the transfer completes, sent by C-STORE; the PACS holds every object, data set identical to Nord's",
+        format!(
+            "queue {}; the PACS holds {} of {} objects, {} identical, after {:.1} s",
+            if sent { "sent" } else { "not sent" },
+            got.len(),
+            want.len(),
+            if got == want { "all" } else { "not all" },
+            start.elapsed().as_secs_f64()
+        ),
+        sent && got == want,
     );
     Ok(())
 }
