@@ -127,7 +127,8 @@ mm_home() {
 mm_start() {
   "$MM" run --home "$1" >"$1/run.log" 2>&1 &
   MM_PID=$!; PIDS+=("$MM_PID")
-  wait_for 60 "$MM" status --home "$1" --json || { cat "$1/run.log" >&2; fail "medmesh run does not answer"; }
+  wait_for 60 sh -c "'$MM' status --home '$1' --json | grep -q '\"running\":true'" \
+    || { cat "$1/run.log" >&2; fail "medmesh run does not answer"; }
 }
 mm_stop() { kill -TERM "$MM_PID"; wait "$MM_PID" || true; }
 if want medmesh; then
@@ -213,7 +214,8 @@ row() {
   snd=$(awk -v n="$name" '$1==n && $2=="sender" {print $3}' "$WORK/rss" | sort -n | tail -1)
   rcv=$(awk -v n="$name" '$1==n && $2=="receiver" {print $3}' "$WORK/rss" | sort -n | tail -1)
   csnd=$(awk -v n="$name" '$1==n && $2=="sender" {print $3}' "$WORK/cpu" | median)
-  crcv=$(awk -v n="$name" '$1==n && $2=="receiver" {print $3}' "$WORK/cpu" | median)
+  crcv=""
+  grep -q "^$name receiver " "$WORK/cpu" && crcv=$(awk -v n="$name" '$1==n && $2=="receiver" {print $3}' "$WORK/cpu" | median)
   printf '| %s | %.2f | %.0f | %.2f | %s | %.0f | %s |\n' "$label" "$secs" \
     "$(awk -v b="$BYTES" -v s="$secs" 'BEGIN {print (s>0 ? b/s/1e6 : 0)}')" "${csnd:-0}" \
     "$( [ -n "$crcv" ] && printf '%.2f' "$crcv" || echo -)" \
