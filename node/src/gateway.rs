@@ -79,6 +79,10 @@ pub enum StoreRefusal {
     /// The object is not one the node stores (e.g. a DICOMDIR).
     #[error("not a study object")]
     NotStudyObject,
+    /// The object's study was received from another site under a grant:
+    /// nothing is added to such a study.
+    #[error("the study was received from another site; objects are not added to it")]
+    ReceivedStudy,
     /// The store is full.
     #[error("storage full")]
     StorageFull,
@@ -97,7 +101,7 @@ impl StoreRefusal {
                 Status::DataSetMismatch
             }
             StoreRefusal::StorageFull => Status::OutOfResources,
-            StoreRefusal::Internal => Status::ProcessingFailure,
+            StoreRefusal::ReceivedStudy | StoreRefusal::Internal => Status::ProcessingFailure,
         }
     }
 
@@ -128,6 +132,9 @@ impl StoreRefusal {
         match e {
             _ if e.is_storage_full() => StoreRefusal::StorageFull,
             ObjectError::Dicom(d) => StoreRefusal::from_dicom(d),
+            ObjectError::Store(crate::store::StoreError::Held(crate::store::Conflict::ReceivedStudy)) => {
+                StoreRefusal::ReceivedStudy
+            }
             _ => StoreRefusal::Internal,
         }
     }
@@ -183,6 +190,7 @@ mod tests {
             (StoreRefusal::MissingUid("StudyInstanceUID"), 0xA900),
             (StoreRefusal::InstanceMismatch, 0xA900),
             (StoreRefusal::StorageFull, 0xA700),
+            (StoreRefusal::ReceivedStudy, 0x0110),
             (StoreRefusal::Internal, 0x0110),
         ] {
             assert_eq!(refusal.status().code(), code, "{refusal}");
@@ -199,6 +207,10 @@ mod tests {
         assert_eq!(
             StoreRefusal::from_dicom(&DicomError::Inconsistent("x".into())),
             StoreRefusal::Malformed
+        );
+        assert_eq!(
+            StoreRefusal::from_import(&ObjectError::Store(crate::store::Conflict::ReceivedStudy.into())),
+            StoreRefusal::ReceivedStudy
         );
     }
 }
