@@ -789,9 +789,11 @@ fn pacs_leg(c: &Cluster, dir: &Path) -> Result<Option<PacsLeg>, ScenarioError> {
         std::fs::write(&path, f(text)).map_err(io(&path))
     };
     edit(home(c, 0), &|t| {
-        t.replacen("enabled = false", "enabled = true", 1)
-            .replacen("listen = \"127.0.0.1:11112\"", "listen = \"127.0.0.1:0\"", 1)
-            + "\n[[gateway.calling]]\nae_title = \"MODALITY\"\nhost = \"127.0.0.1\"\n"
+        t.replacen("enabled = false", "enabled = true", 1).replacen(
+            "listen = \"127.0.0.1:11112\"",
+            "listen = \"127.0.0.1:0\"",
+            1,
+        ) + "\n[[gateway.calling]]\nae_title = \"MODALITY\"\nhost = \"127.0.0.1\"\n"
     })?;
     edit(home(c, 1), &|t| {
         t + &format!(

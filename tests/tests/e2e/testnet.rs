@@ -15,7 +15,10 @@ fn the_demo_passes_every_step() {
     // forwarding to Süd's PACS), one saying it was skipped without.
     let dcmtk = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .any(|d| d.join("storescu").is_file() && d.join("storescp").is_file());
-    assert!(dcmtk || std::env::var("CI").is_err(), "dcmtk is missing: run scripts/system-deps.sh");
+    assert!(
+        dcmtk || std::env::var("CI").is_err(),
+        "dcmtk is missing: run scripts/system-deps.sh"
+    );
     assert_eq!(steps.len(), if dcmtk { 19 } else { 18 }, "{steps:#?}");
     assert!(failed(&steps).is_empty(), "failed steps: {:#?}", failed(&steps));
     // It stopped what it started: no node socket answers any more.
