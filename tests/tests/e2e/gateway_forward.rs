@@ -12,7 +12,9 @@
 //!   restarted, the PACS comes up: the item is retried and delivered, every
 //!   instance exactly once;
 //! - `gateway find` (patient id, date range) and `gateway fetch` through
-//!   the running node against Orthanc as the site's PACS.
+//!   the running node against Orthanc as the site's PACS, and with
+//!   `[policy] fetch_from_pacs` a peer's request for a study only Orthanc
+//!   holds fetched first, then granted and streamed.
 //!
 //! Orthanc runs on a generated configuration (its own folders, ports free
 //! on 127.0.0.1, no plugins) and is driven by a minimal HTTP/1.0 client.
@@ -595,29 +597,36 @@ fn a_forward_queued_while_the_pacs_is_down_survives_a_sigkill_and_is_delivered_o
 }
 
 #[test]
-fn gateway_find_and_fetch_through_a_running_node_against_orthanc() {
+fn gateway_find_fetch_and_fetch_on_request_through_a_running_node_against_orthanc() {
     let Some(orthanc_bin) = orthanc_binary() else {
         return;
     };
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let orthanc_port = free_port();
-    let mut net = Cluster::create(dir.path(), 1).expect("create");
-    let home = net.nodes[0].home.clone();
-    let cfg = home.join("config.toml");
-    let text = std::fs::read_to_string(&cfg).expect("config");
-    let more = format!(
-        "[[gateway.calling]]\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\n\
-         [gateway.pacs]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {orthanc_port}\n"
-    );
-    std::fs::write(&cfg, gateway_config(&text, "SUED", true, &more)).expect("config");
-    net.start().expect("start");
+    // Node A (node-1) has Orthanc as its PACS and fetches for requests.
+    let net = gateway_network(dir.path(), |i, cfg| {
+        if i > 0 {
+            return cfg.to_string();
+        }
+        let more = format!(
+            "[[gateway.calling]]\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\n\
+             [gateway.pacs]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {orthanc_port}\n"
+        );
+        let cfg = cfg.replace("fetch_from_pacs = false", "fetch_from_pacs = true");
+        assert!(
+            cfg.contains("fetch_from_pacs = true"),
+            "the template's [policy] changed"
+        );
+        gateway_config(&cfg, "NORD", true, &more)
+    });
+    let (home, b) = (net.nodes[0].home.clone(), &net.nodes[1]);
     let port = scp_port(&home);
     let orthanc = Orthanc::start(
         &orthanc_bin,
         &dir.path().join("orthanc"),
         orthanc_port,
-        serde_json::json!({ "medmesh": ["SUED", "127.0.0.1", port] }),
+        serde_json::json!({ "medmesh": ["NORD", "127.0.0.1", port] }),
     );
     // Two studies only the PACS holds, of different patients and days.
     let (s1, s2) = (study(dir.path(), 194, 3), study(dir.path(), 195, 2));
@@ -673,6 +682,26 @@ fn gateway_find_and_fetch_through_a_running_node_against_orthanc() {
     let got = by_sop_uid(&files_under(&export));
     for (f, uid) in s1.files.iter().zip(&s1.sop_instance_uids) {
         assert!(pixel_data(&got[uid]) == pixel_data(f), "{uid}: pixel data");
+    }
+
+    // fetch_from_pacs: B asks A for s2, which only Orthanc holds; A fetches
+    // it, grants and streams it.
+    consent(&home, &s2, &b.peer_id, "identifiable");
+    let t2 = Instant::now();
+    transfer(&b.home, &net.nodes[0].peer_id, &s2.study_uid);
+    eprintln!("fetched on request and transferred in {:?}", t2.elapsed());
+    let mut held = study_uids(&home);
+    held.sort();
+    let mut want = vec![s1.study_uid.clone(), s2.study_uid.clone()];
+    want.sort();
+    assert_eq!(held, want, "A fetched s2 from Orthanc");
+    let export = dir.path().join("export-b");
+    let o = run(&b.home, &["study", "export", &s2.study_uid, "--out", s(&export)]).expect("run");
+    expect_code(&o, 0, "export at B");
+    let got = by_sop_uid(&files_under(&export));
+    assert_eq!(got.len(), 2);
+    for (f, uid) in s2.files.iter().zip(&s2.sop_instance_uids) {
+        assert!(pixel_data(&got[uid]) == pixel_data(f), "{uid}: pixel data at B");
     }
     drop(orthanc);
     eprintln!("find/fetch test in {:?}", t0.elapsed());

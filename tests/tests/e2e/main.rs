@@ -34,7 +34,7 @@
 //!   forward to storescp and Orthanc (data sets and pixel data identical, `study-forwarded`
 //!   per AE; a pseudonymised grant forwards only de-identified objects); the queue survives
 //!   B's SIGKILL while the PACS is down and delivers every instance once; `gateway find /
-//!   fetch` against Orthanc.
+//!   fetch` and `fetch_from_pacs` against Orthanc.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
