@@ -17,12 +17,12 @@ use crate::util::*;
 
 /// A dcmtk tool, or `None` (the test is skipped) when dcmtk is missing
 /// and this is not CI (`scripts/system-deps.sh` installs it).
-fn dcmtk(tool: &str) -> Option<PathBuf> {
+pub(crate) fn dcmtk(tool: &str) -> Option<PathBuf> {
     let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join(tool))
         .find(|p| p.is_file());
     assert!(
-        found.is_some() || std::env::var("CI").is_err(),
+        found.is_some() || std::env::var("CI").as_deref() != Ok("true"),
         "{tool} (dcmtk) is missing: run scripts/system-deps.sh"
     );
     if found.is_none() {
@@ -31,7 +31,7 @@ fn dcmtk(tool: &str) -> Option<PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -40,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 /// The data set of a Part 10 file: the bytes after its file meta group.
-fn data_set(path: &Path) -> Vec<u8> {
+pub(crate) fn data_set(path: &Path) -> Vec<u8> {
     let bytes = std::fs::read(path).expect("read");
     assert_eq!(&bytes[128..132], b"DICM", "{}", path.display());
     assert_eq!(&bytes[132..136], &[2, 0, 0, 0], "{}: no group length", path.display());
@@ -89,7 +89,7 @@ fn assert_same_data_sets(home: &Path, out: &Path, uid: &str, files: &[PathBuf]) 
     assert!(got == want, "every data set arrives byte for byte as dcmtk sends it");
 }
 
-fn storescu(aet: &str, aec: &str, port: u16, files: &[PathBuf]) -> std::process::Output {
+pub(crate) fn storescu(aet: &str, aec: &str, port: u16, files: &[PathBuf]) -> std::process::Output {
     let tool = dcmtk("storescu").expect("storescu");
     Command::new(tool)
         .args(["-aet", aet, "-aec", aec, "127.0.0.1", &port.to_string()])
@@ -98,7 +98,7 @@ fn storescu(aet: &str, aec: &str, port: u16, files: &[PathBuf]) -> std::process:
         .expect("storescu")
 }
 
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -109,7 +109,7 @@ impl Drop for Kill {
 
 /// Waits until something listens on `port` (by /proc/net/tcp: a probing
 /// connection would be an association attempt dcmqrscp logs as an error).
-fn wait_listening(port: u16) {
+pub(crate) fn wait_listening(port: u16) {
     let needle = format!(":{port:04X}");
     wait_for("a dcmtk server to listen", Duration::from_secs(10), || {
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
@@ -120,7 +120,7 @@ fn wait_listening(port: u16) {
     });
 }
 
-fn study(dir: &Path, seed: u64, slices: u32) -> medmesh_testnet::GeneratedStudy {
+pub(crate) fn study(dir: &Path, seed: u64, slices: u32) -> medmesh_testnet::GeneratedStudy {
     let spec = StudySpec {
         seed,
         slices,
@@ -131,7 +131,7 @@ fn study(dir: &Path, seed: u64, slices: u32) -> medmesh_testnet::GeneratedStudy 
     generate(&spec, &dir.join(format!("gen-{seed}"))).expect("generate")
 }
 
-fn study_uids(home: &Path) -> Vec<String> {
+pub(crate) fn study_uids(home: &Path) -> Vec<String> {
     let out = run(home, &["study", "list", "--json"]).expect("run");
     expect_code(&out, 0, "study list");
     json_lines(&out.stdout)

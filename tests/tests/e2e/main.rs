@@ -30,6 +30,11 @@
 //!   retry-later beyond its burst, and nothing of the excess is recorded.
 //! - `gateway`: `medmesh run`'s DICOM SCP fed by dcmtk's storescu, `status --json`, and
 //!   `gateway echo / find / fetch` and `[policy] fetch_from_pacs` against dcmqrscp as the PACS.
+//! - `gateway_forward`: storescu → node A's SCP → a consented transfer → node B's routes
+//!   forward to storescp and Orthanc (data sets and pixel data identical, `study-forwarded`
+//!   per AE; a pseudonymised grant forwards only de-identified objects); the queue survives
+//!   B's SIGKILL while the PACS is down and delivers every instance once; `gateway find /
+//!   fetch` and `fetch_from_pacs` against Orthanc.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -39,6 +44,7 @@ mod crash;
 mod deid;
 mod durability;
 mod gateway;
+mod gateway_forward;
 mod home;
 mod integrity;
 mod ledger;
