@@ -25,12 +25,13 @@ pub enum CodecError {
         max: usize,
     },
     /// The bytes are not a valid CBOR encoding of the record.
-    #[error("{what} is not valid CBOR of the expected shape: {reason}")]
+    #[error("{what} is not valid CBOR of the expected shape: {source}")]
     Malformed {
         /// Which record.
         what: &'static str,
-        /// Why.
-        reason: String,
+        /// The decoder's error.
+        #[source]
+        source: ciborium::de::Error<std::io::Error>,
     },
     /// Bytes follow the record.
     #[error("{what} has {extra} trailing bytes after the record")]
@@ -51,12 +52,13 @@ pub enum CodecError {
         supported: u32,
     },
     /// Encoding failed (a bug: our types always encode).
-    #[error("could not encode {what}: {reason}")]
+    #[error("could not encode {what}: {source}")]
     Encode {
         /// Which record.
         what: &'static str,
-        /// Why.
-        reason: String,
+        /// The encoder's error.
+        #[source]
+        source: ciborium::ser::Error<std::io::Error>,
     },
 }
 
@@ -66,10 +68,7 @@ pub enum CodecError {
 /// [`CodecError::Encode`] if serialisation fails.
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode {
-        what,
-        reason: e.to_string(),
-    })?;
+    ciborium::into_writer(value, &mut out).map_err(|source| CodecError::Encode { what, source })?;
     Ok(out)
 }
 
@@ -86,10 +85,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], max: usize)
         });
     }
     let mut cursor = Cursor::new(bytes);
-    let value: T = ciborium::from_reader(&mut cursor).map_err(|e| CodecError::Malformed {
-        what,
-        reason: e.to_string(),
-    })?;
+    let value: T = ciborium::from_reader(&mut cursor).map_err(|source| CodecError::Malformed { what, source })?;
     let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     if used != bytes.len() {
         return Err(CodecError::Trailing {

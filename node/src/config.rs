@@ -922,7 +922,7 @@ impl NetworkConfig {
                 })?;
                 match addr.iter().last() {
                     Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
-                    _ => Err(AddrError::NoPeerId(a.clone())),
+                    _ => Err(AddrError::NoPeerId { addr: a.clone() }),
                 }
             })
             .collect()
@@ -942,8 +942,11 @@ pub enum AddrError {
         source: libp2p::multiaddr::Error,
     },
     /// A bootstrap address does not name its peer.
-    #[error("{0:?} does not end in /p2p/<peer id>")]
-    NoPeerId(String),
+    #[error("{addr:?} does not end in /p2p/<peer id>")]
+    NoPeerId {
+        /// The address as configured.
+        addr: String,
+    },
 }
 
 /// Storage settings (`[store]`).

@@ -38,8 +38,11 @@ use crate::trust::service::{TrustChanges, TrustService};
 #[non_exhaustive]
 pub enum HomeError {
     /// The home already exists.
-    #[error("{0} already exists and is not empty: refusing to overwrite a node home")]
-    Exists(String),
+    #[error("{path} already exists and is not empty: refusing to overwrite a node home")]
+    Exists {
+        /// The home's path.
+        path: String,
+    },
     /// The home does not exist or is not a medmesh home.
     #[error("{path} is not a medmesh home ({reason}); create one with `medmesh init`")]
     NotAHome {
@@ -358,7 +361,7 @@ impl Node {
         if root.exists() {
             let empty = fs::read_dir(root).map_err(|e| io(root, e))?.next().is_none();
             if !empty {
-                return Err(HomeError::Exists(root.display().to_string()));
+                return Err(HomeError::Exists { path: root.display().to_string() });
             }
         }
         let institution = institution.trim();

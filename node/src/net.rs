@@ -130,8 +130,11 @@ pub enum NetError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No service registered the protocol.
-    #[error("no service speaks {0}")]
-    NoProtocol(String),
+    #[error("no service speaks {protocol}")]
+    NoProtocol {
+        /// The protocol name.
+        protocol: String,
+    },
     /// The services' protocols could not be registered.
     #[error(transparent)]
     Router(#[from] protocol::RouterError),
@@ -273,7 +276,7 @@ impl NetHandle {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(reason)) => Err(NetError::Peer { peer, reason }),
             // The network task drops the reply of a protocol nobody registered.
-            Err(_) => Err(NetError::NoProtocol(protocol.to_string())),
+            Err(_) => Err(NetError::NoProtocol { protocol: protocol.to_string() }),
         }
     }
 

@@ -380,7 +380,7 @@ impl<'a> StudiesService<'a> {
         let row = self
             .store
             .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study_uid.to_string()))?;
+            .ok_or_else(|| StoreError::UnknownStudy { study: study_uid.to_string() })?;
         let key = self.store.unwrap_study_key(&study, &row)?;
         let meta = self.store.open_study_meta(&study, &key, &row)?;
         let mut series: Vec<SeriesDetail> = meta

@@ -90,7 +90,7 @@ impl Webhook {
             token_header: c
                 .token_header
                 .parse()
-                .map_err(|_| SinkConfigError::HeaderName(c.token_header.clone()))?,
+                .map_err(|_| SinkConfigError::HeaderName { header: c.token_header.clone() })?,
             timeout: Duration::from_secs(c.timeout_secs),
             tls,
         }))
