@@ -493,7 +493,7 @@ impl Node {
         let identity = Identity::from_secrets(&ed, &x)?;
         if identity.ed25519_public().as_slice() != ed_pub.as_slice() || record.record().ed25519 != ed_pub {
             return Err(HomeError::Identity(IdentityError::Inconsistent(
-                "the identity key does not match node-record.cbor".into(),
+                crate::identity::Inconsistency::HomeKey,
             )));
         }
         let store = Store::open_waiting(&paths.db(), &paths.blobs(), master, config.store.fsync, wait, give_up)?;
