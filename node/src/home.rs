@@ -49,7 +49,7 @@ pub enum HomeError {
         /// The path.
         path: String,
         /// Why.
-        reason: String,
+        reason: NotAHome,
     },
     /// A file of the home could not be read or written.
     #[error("{path}: {source}")]
@@ -106,6 +106,23 @@ pub enum HomeError {
         .0.iter().map(|(p, _)| shell_quote(p)).collect::<Vec<_>>().join(" ")
     )]
     Exposed(Vec<(String, u32)>),
+}
+
+/// Why a folder is not a medmesh home ([`HomeError::NotAHome`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAHome {
+    /// It has no master key.
+    #[error("no keys/master.key")]
+    NoMasterKey,
+    /// Its node record cannot be read.
+    #[error("cannot read {file}: {source}")]
+    Record {
+        /// The node record's file.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// Whether a file mode gives the group or others any access.
@@ -447,9 +464,12 @@ impl Node {
     /// [`HomeError::NotAHome`], identity errors for a damaged record.
     pub fn read_record(root: &Path) -> Result<VerifiedNodeRecord, HomeError> {
         let paths = HomePaths::new(root);
-        let bytes = fs::read(paths.record()).map_err(|e| HomeError::NotAHome {
+        let bytes = fs::read(paths.record()).map_err(|source| HomeError::NotAHome {
             path: root.display().to_string(),
-            reason: format!("cannot read {}: {e}", paths.record().display()),
+            reason: NotAHome::Record {
+                file: paths.record().display().to_string(),
+                source,
+            },
         })?;
         Ok(VerifiedNodeRecord::from_bytes(&bytes)?)
     }
@@ -482,7 +502,7 @@ impl Node {
         if !paths.master_key().exists() {
             return Err(HomeError::NotAHome {
                 path: root.display().to_string(),
-                reason: "no keys/master.key".into(),
+                reason: NotAHome::NoMasterKey,
             });
         }
         let config = Config::load(&paths.config())?;
