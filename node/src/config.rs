@@ -292,12 +292,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML of the expected shape.
-    #[error("config {path} is invalid: {reason}")]
+    #[error("config {path} is invalid: {source}")]
     Parse {
         /// The file.
         path: String,
-        /// Why, with the key and line from the TOML parser.
-        reason: String,
+        /// The TOML parser's error, with the key and line.
+        #[source]
+        source: Box<toml::de::Error>,
     },
     /// A setting has an unacceptable value.
     #[error("config {path}: {key} {reason}")]
@@ -1002,7 +1003,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         config.check(path)?;
         Ok(config)
