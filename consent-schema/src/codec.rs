@@ -90,8 +90,8 @@ impl ConsentRecord {
             return Err(CodecError::TooLarge { size: bytes.len() });
         }
         let mut rest = bytes;
-        let value: ciborium::Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING)
-            .map_err(CodecError::Cbor)?;
+        let value: ciborium::Value =
+            ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING).map_err(CodecError::Cbor)?;
         if !rest.is_empty() {
             return Err(CodecError::TrailingBytes { extra: rest.len() });
         }
@@ -102,9 +102,7 @@ impl ConsentRecord {
             .and_then(|i| u64::try_from(i).ok())
             .ok_or(CodecError::MissingVersion)?;
         check_version(version)?;
-        let wire: RecordWire = value
-            .deserialized()
-            .map_err(CodecError::Fields)?;
+        let wire: RecordWire = value.deserialized().map_err(CodecError::Fields)?;
         Ok(ConsentRecord::try_from(wire)?)
     }
 
@@ -225,7 +223,9 @@ mod tests {
     fn unknown_fields_and_invariants_are_refused() {
         let mut v: serde_json::Value = serde_json::from_str(&sample_record().to_json()).unwrap();
         v["extra"] = 1.into();
-        assert!(matches!(ConsentRecord::from_json(&v.to_string()), Err(CodecError::JsonFields(m)) if m.to_string().contains("extra")));
+        assert!(
+            matches!(ConsentRecord::from_json(&v.to_string()), Err(CodecError::JsonFields(m)) if m.to_string().contains("extra"))
+        );
         let mut v: serde_json::Value = serde_json::from_str(&sample_record().to_json()).unwrap();
         v["scope"]["purposes"] = serde_json::json!([]);
         let err = ConsentRecord::from_json(&v.to_string()).unwrap_err();

@@ -54,7 +54,9 @@ pub enum Purpose {
 #[non_exhaustive]
 pub enum PurposeError {
     /// Not one of the purposes the CLI knows.
-    #[error("unknown purpose {given:?} (expected treatment, second-opinion, research, teaching, quality or public-health)")]
+    #[error(
+        "unknown purpose {given:?} (expected treatment, second-opinion, research, teaching, quality or public-health)"
+    )]
     Unknown {
         /// The word given.
         given: String,
@@ -269,8 +271,14 @@ mod tests {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
         }
-        assert!(matches!("Research".parse::<Purpose>(), Err(PurposeError::Unknown { .. })));
-        assert!(matches!("doctor".parse::<Role>(), Err(PurposeError::UnknownRole { .. })));
+        assert!(matches!(
+            "Research".parse::<Purpose>(),
+            Err(PurposeError::Unknown { .. })
+        ));
+        assert!(matches!(
+            "doctor".parse::<Role>(),
+            Err(PurposeError::UnknownRole { .. })
+        ));
     }
 
     #[test]

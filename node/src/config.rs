@@ -381,9 +381,7 @@ pub enum ValueFault {
     #[error(transparent)]
     Endpoint(EndpointError),
     /// `retain-uids` among the site's options.
-    #[error(
-        "retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option"
-    )]
+    #[error("retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option")]
     RetainUids,
     /// Both long date options.
     #[error("retain-long-full-dates and retain-long-modified-dates exclude each other")]
@@ -837,7 +835,8 @@ impl NotifyConfig {
     fn check(&self, value: &dyn Fn(&'static str, ValueFault) -> ConfigError) -> Result<(), ConfigError> {
         let w = &self.webhook;
         if !w.url.is_empty() {
-            let target = WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", ValueFault::Endpoint(e)))?;
+            let target =
+                WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", ValueFault::Endpoint(e)))?;
             if target.check_token(&w.token).is_err() {
                 return Err(value(
                     "notify.webhook.token",
@@ -861,10 +860,7 @@ impl NotifyConfig {
         if hyper::header::HeaderValue::from_str(w.token.expose()).is_err()
             || w.token.expose().trim() != w.token.expose()
         {
-            return Err(value(
-                "notify.webhook.token",
-                ValueFault::TokenChars,
-            ));
+            return Err(value("notify.webhook.token", ValueFault::TokenChars));
         }
         let l = &self.syslog;
         if l.facility_code().is_none() {
@@ -879,16 +875,10 @@ impl NotifyConfig {
             split_host_port(&l.address).map_err(|e| value("notify.syslog.address", ValueFault::Endpoint(e)))?;
         }
         if l.cert_file.is_empty() != l.key_file.is_empty() {
-            return Err(value(
-                "notify.syslog.key_file",
-                ValueFault::CertWithoutKey,
-            ));
+            return Err(value("notify.syslog.key_file", ValueFault::CertWithoutKey));
         }
         if l.transport != SyslogTransport::Tls && !(l.ca_file.is_empty() && l.cert_file.is_empty()) {
-            return Err(value(
-                "notify.syslog.transport",
-                ValueFault::TlsFilesWithoutTls,
-            ));
+            return Err(value("notify.syslog.transport", ValueFault::TlsFilesWithoutTls));
         }
         Ok(())
     }
@@ -954,31 +944,19 @@ impl LimitsConfig {
             }
         }
         if self.shares_from == SharesFrom::Listed && self.share_peers.is_empty() {
-            return Err(value(
-                "limits.share_peers",
-                ValueFault::ListedButEmpty,
-            ));
+            return Err(value("limits.share_peers", ValueFault::ListedButEmpty));
         }
         if self.shares_from != SharesFrom::Listed && !self.share_peers.is_empty() {
-            return Err(value(
-                "limits.share_peers",
-                ValueFault::ListedButIgnored,
-            ));
+            return Err(value("limits.share_peers", ValueFault::ListedButIgnored));
         }
         if !(1..=1000).contains(&self.pending_shares_per_peer) {
             return Err(value("limits.pending_shares_per_peer", range(1, 1000)));
         }
         if self.pending_share_bytes_per_peer < 1024 * 1024 {
-            return Err(value(
-                "limits.pending_share_bytes_per_peer",
-                ValueFault::BelowOneMiB,
-            ));
+            return Err(value("limits.pending_share_bytes_per_peer", ValueFault::BelowOneMiB));
         }
         if !(60..=31_536_000).contains(&self.incoming_stale_secs) {
-            return Err(value(
-                "limits.incoming_stale_secs",
-                ValueFault::StaleSecs,
-            ));
+            return Err(value("limits.incoming_stale_secs", ValueFault::StaleSecs));
         }
         if !(1..=1024).contains(&self.streams_per_peer) {
             return Err(value("limits.streams_per_peer", range(1, 1024)));
@@ -990,10 +968,7 @@ impl LimitsConfig {
             return Err(value("limits.request_burst", range(1, 10_000)));
         }
         if !(1..=100_000).contains(&self.pending_approvals_per_peer) {
-            return Err(value(
-                "limits.pending_approvals_per_peer",
-                range(1, 100_000),
-            ));
+            return Err(value("limits.pending_approvals_per_peer", range(1, 100_000)));
         }
         Ok(())
     }
@@ -1176,10 +1151,7 @@ impl Config {
         }
         let cs = self.store.chunk_size;
         if !(medmesh_seal::MIN_CHUNK_SIZE..=medmesh_seal::MAX_CHUNK_SIZE).contains(&cs) || !cs.is_power_of_two() {
-            return Err(value(
-                "store.chunk_size",
-                ValueFault::ChunkSize { size: cs },
-            ));
+            return Err(value("store.chunk_size", ValueFault::ChunkSize { size: cs }));
         }
         if self.store.batch_files == 0 {
             return Err(value("store.batch_files", ValueFault::AtLeast { min: 1 }));
@@ -1191,7 +1163,8 @@ impl Config {
             return Err(value("store.import_threads", ValueFault::AtMost { max: 256 }));
         }
         let n = &self.network;
-        n.listen_addrs().map_err(|e| value("network.listen", ValueFault::Address(e)))?;
+        n.listen_addrs()
+            .map_err(|e| value("network.listen", ValueFault::Address(e)))?;
         n.bootstrap_peers()
             .map_err(|e| value("network.bootstrap", ValueFault::Address(e)))?;
         if !(1..=3600).contains(&n.hello_timeout_secs) {
@@ -1205,40 +1178,25 @@ impl Config {
         }
         let d = &self.deid;
         if d.options.contains(&DeidOption::RetainUids) {
-            return Err(value(
-                "deid.options",
-                ValueFault::RetainUids,
-            ));
+            return Err(value("deid.options", ValueFault::RetainUids));
         }
         if d.options.contains(&DeidOption::RetainLongFullDates)
             && d.options.contains(&DeidOption::RetainLongModifiedDates)
         {
-            return Err(value(
-                "deid.options",
-                ValueFault::ExclusiveDates,
-            ));
+            return Err(value("deid.options", ValueFault::ExclusiveDates));
         }
         for (i, n) in d.site_names.iter().enumerate() {
             let len = n.trim().chars().count();
             if !(3..=200).contains(&len) {
-                return Err(value(
-                    "deid.site_names",
-                    ValueFault::SiteName { number: i + 1 },
-                ));
+                return Err(value("deid.site_names", ValueFault::SiteName { number: i + 1 }));
             }
         }
         for (i, m) in d.mask.iter().enumerate() {
             if m.modality.trim().is_empty() {
-                return Err(value(
-                    "deid.mask",
-                    ValueFault::MaskModality { number: i + 1 },
-                ));
+                return Err(value("deid.mask", ValueFault::MaskModality { number: i + 1 }));
             }
             if m.rects.iter().any(|r| r[2] == 0 || r[3] == 0) {
-                return Err(value(
-                    "deid.mask",
-                    ValueFault::MaskRect { number: i + 1 },
-                ));
+                return Err(value("deid.mask", ValueFault::MaskRect { number: i + 1 }));
             }
         }
         let t = &self.transfer;

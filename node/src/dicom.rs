@@ -278,7 +278,9 @@ pub enum Inconsistency {
         fragments: usize,
     },
     /// The compressed frame header disagrees with the image attributes.
-    #[error("the compressed frame header says {width}x{height} with {components} components, but Columns x Rows is {columns}x{rows} with {samples} samples per pixel")]
+    #[error(
+        "the compressed frame header says {width}x{height} with {components} components, but Columns x Rows is {columns}x{rows} with {samples} samples per pixel"
+    )]
     FrameHeader {
         /// Width in the frame header.
         width: u32,
@@ -599,15 +601,13 @@ fn parse_part10_reader<R: Read>(reader: R, until: Option<Tag>) -> Result<ParsedD
 }
 
 fn parse_bare(bytes: &[u8], ts_uid: &'static str) -> Result<ParsedDataset, DicomError> {
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| {
-            DicomError::Malformed(Malformed::TransferSyntax {
-                uid: ts_uid.to_string(),
-            })
-        })?;
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| DicomError::Malformed(Malformed::Parse(Box::new(e))))?;
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| {
+        DicomError::Malformed(Malformed::TransferSyntax {
+            uid: ts_uid.to_string(),
+        })
+    })?;
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DicomError::Malformed(Malformed::Parse(Box::new(e))))?;
     Ok(ParsedDataset {
         obj,
         part10: false,
@@ -1264,18 +1264,14 @@ fn after_meta(bytes: &[u8], start: usize) -> Result<(usize, String), DicomError>
             };
         }
         let (len, header) = if has_long_length([s[4], s[5]]) {
-            let l = bytes
-                .get(pos + 8..pos + 12)
-                .ok_or_else(|| bad(MetaFault::EndsInside))?;
+            let l = bytes.get(pos + 8..pos + 12).ok_or_else(|| bad(MetaFault::EndsInside))?;
             (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
         } else {
             (usize::from(u16::from_le_bytes([s[6], s[7]])), 8)
         };
         let value = bytes
             .get(pos + header..(pos + header).saturating_add(len))
-            .ok_or_else(|| {
-                bad(MetaFault::PastEnd { elem, len })
-            })?;
+            .ok_or_else(|| bad(MetaFault::PastEnd { elem, len }))?;
         match elem {
             0x0000 if pos == start && len == 4 => {
                 let v = u32::from_le_bytes([value[0], value[1], value[2], value[3]]) as usize;

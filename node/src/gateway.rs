@@ -194,7 +194,10 @@ mod tests {
             StoreRefusal::StorageFull
         );
         assert_eq!(
-            StoreRefusal::from_dicom(&DicomError::Inconsistent(crate::dicom::Inconsistency::PixelData { have: 0, need: 1 })),
+            StoreRefusal::from_dicom(&DicomError::Inconsistent(crate::dicom::Inconsistency::PixelData {
+                have: 0,
+                need: 1
+            })),
             StoreRefusal::Malformed
         );
     }

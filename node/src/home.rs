@@ -378,7 +378,9 @@ impl Node {
         if root.exists() {
             let empty = fs::read_dir(root).map_err(|e| io(root, e))?.next().is_none();
             if !empty {
-                return Err(HomeError::Exists { path: root.display().to_string() });
+                return Err(HomeError::Exists {
+                    path: root.display().to_string(),
+                });
             }
         }
         let institution = institution.trim();

@@ -367,10 +367,7 @@ pub fn unlock_locked(
     // Refuse parameters that would let a tampered file weaken the KDF or exhaust memory.
     if file.m_kib < 19 * 1024 || file.m_kib > 4 * 1024 * 1024 || file.t < 2 || file.t > 64 || file.p == 0 || file.p > 64
     {
-        return Err(unsupported(
-            path,
-            KeyFileFault::KdfParameters,
-        ));
+        return Err(unsupported(path, KeyFileFault::KdfParameters));
     }
     if file.salt.len() < 16 {
         return Err(unsupported(path, KeyFileFault::ShortSalt));

@@ -326,7 +326,9 @@ impl NetHandle {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(reason)) => Err(NetError::Peer { peer, reason }),
             // The network task drops the reply of a protocol nobody registered.
-            Err(_) => Err(NetError::NoProtocol { protocol: protocol.to_string() }),
+            Err(_) => Err(NetError::NoProtocol {
+                protocol: protocol.to_string(),
+            }),
         }
     }
 
@@ -596,7 +598,14 @@ pub async fn start(
                 .gossip
                 .inner_mut()
                 .subscribe(&topic)
-                .map_err(|e| build_err(BuildStage::Topic { name: t.name.to_string() }, e))?;
+                .map_err(|e| {
+                    build_err(
+                        BuildStage::Topic {
+                            name: t.name.to_string(),
+                        },
+                        e,
+                    )
+                })?;
             Some((topic, t.handler))
         }
         None => None,

@@ -178,14 +178,18 @@ impl<'a> RetentionService<'a> {
             which.len() >= MIN_REF_PREFIX && which.len() <= 64 && which.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_ref {
             if which.is_empty() || which.contains(|c: char| !(c.is_ascii_digit() || c == '.')) {
-                return Err(RetentionError::Store(StoreError::UnknownStudy { study: format!(
-                    "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
-                ) }));
+                return Err(RetentionError::Store(StoreError::UnknownStudy {
+                    study: format!(
+                        "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
+                    ),
+                }));
             }
             let study = self.store.study_ref(which);
             return match self.store.study_row(&study)? {
                 Some(_) => Ok(study),
-                None => Err(RetentionError::Store(StoreError::UnknownStudy { study: which.to_string() })),
+                None => Err(RetentionError::Store(StoreError::UnknownStudy {
+                    study: which.to_string(),
+                })),
             };
         }
         let prefix = which.to_ascii_lowercase();
@@ -198,13 +202,15 @@ impl<'a> RetentionService<'a> {
             .collect();
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(RetentionError::Store(StoreError::UnknownStudy { study: format!(
-                "with reference {prefix}"
-            ) })),
-            _ => Err(RetentionError::Store(StoreError::UnknownStudy { study: format!(
-                "with reference {prefix} alone: {} studies start with it; give more digits",
-                matches.len()
-            ) })),
+            [] => Err(RetentionError::Store(StoreError::UnknownStudy {
+                study: format!("with reference {prefix}"),
+            })),
+            _ => Err(RetentionError::Store(StoreError::UnknownStudy {
+                study: format!(
+                    "with reference {prefix} alone: {} studies start with it; give more digits",
+                    matches.len()
+                ),
+            })),
         }
     }
 

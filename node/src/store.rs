@@ -301,7 +301,9 @@ pub enum StoreError {
         seen: u64,
     },
     /// A re-link record does not open.
-    #[error("re-link record of pseudonym {pseudonym} in relink-v1 does not open under this node's master key or is damaged")]
+    #[error(
+        "re-link record of pseudonym {pseudonym} in relink-v1 does not open under this node's master key or is damaged"
+    )]
     Relink {
         /// The pseudonym.
         pseudonym: String,
@@ -1275,11 +1277,15 @@ impl Store {
 
     fn seal_consent(&self, key: &[u8; 32], record: &ConsentRecord) -> Result<Vec<u8>, StoreError> {
         let plain = Zeroizing::new(record.to_cbor());
-        seal_box(&self.consent_key, key, &plain).map_err(|_| StoreError::Consent { record: hex::encode(&key[..8]) })
+        seal_box(&self.consent_key, key, &plain).map_err(|_| StoreError::Consent {
+            record: hex::encode(&key[..8]),
+        })
     }
 
     fn open_consent(&self, key: &[u8; 32], sealed: &[u8]) -> Result<ConsentRecord, StoreError> {
-        let damaged = || StoreError::Consent { record: hex::encode(&key[..8]) };
+        let damaged = || StoreError::Consent {
+            record: hex::encode(&key[..8]),
+        };
         let plain = open_box(&self.consent_key, key, sealed).map_err(|_| damaged())?;
         ConsentRecord::from_cbor(&plain).map_err(|_| damaged())
     }
@@ -1336,7 +1342,10 @@ impl Store {
                     continue;
                 };
                 if record.id() != id {
-                    return Err(StoreError::Consent { record: hex::encode(&key[..8]) }.into());
+                    return Err(StoreError::Consent {
+                        record: hex::encode(&key[..8]),
+                    }
+                    .into());
                 }
                 let sealed = self.seal_consent(&key, &record)?;
                 table.insert(key, sealed.as_slice()).map_err(|e| self.err(e))?;

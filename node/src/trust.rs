@@ -294,10 +294,7 @@ impl Consortium {
             ));
         }
         if self.compute_id()? != self.id {
-            return Err(invalid(
-                "id",
-                TrustFault::IdMismatch,
-            ));
+            return Err(invalid("id", TrustFault::IdMismatch));
         }
         Ok(())
     }

@@ -609,10 +609,7 @@ fn all_string_causes(root: &Path) -> Vec<String> {
 /// Fails on a cause of `found` not in `allowed`, and on an entry of
 /// `allowed` not found.
 fn check_string_causes(crate_name: &str, found: &[String], allowed: &[(&str, &str)]) {
-    let unlisted: Vec<&String> = found
-        .iter()
-        .filter(|h| !allowed.iter().any(|(a, _)| a == h))
-        .collect();
+    let unlisted: Vec<&String> = found.iter().filter(|h| !allowed.iter().any(|(a, _)| a == h)).collect();
     let stale: Vec<&str> = allowed
         .iter()
         .map(|(a, _)| *a)

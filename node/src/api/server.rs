@@ -71,7 +71,9 @@ impl Drop for Bound {
 pub fn bind(path: &Path) -> Result<Bound, ServerError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::Running { socket: path.display().to_string() });
+            return Err(ServerError::Running {
+                socket: path.display().to_string(),
+            });
         }
         let _ = std::fs::remove_file(path);
     }

@@ -160,11 +160,11 @@ pub fn make_witness(identity: &Identity, time: i64, mut heads: Vec<Head>) -> Res
         time,
         heads,
     };
-    let payload = cbor::encode("ledger witness", &witness).map_err(|e| invalid(e))?;
+    let payload = cbor::encode("ledger witness", &witness).map_err(invalid)?;
     let bytes = identity
         .sign(WITNESS_DOMAIN, payload)
         .to_bytes()
-        .map_err(|e| invalid(e))?;
+        .map_err(invalid)?;
     Ok(SignedWitness { witness, bytes })
 }
 
@@ -180,10 +180,10 @@ pub fn open_witness(bytes: &[u8]) -> Result<SignedWitness, LedgerError> {
             max: MAX_WITNESS,
         }));
     }
-    let env = SignedEnvelope::from_bytes(bytes).map_err(|e| invalid(e))?;
-    let (signer, payload) = env.verify(WITNESS_DOMAIN).map_err(|e| invalid(e))?;
-    let witness: Witness = cbor::decode("ledger witness", payload, MAX_WITNESS).map_err(|e| invalid(e))?;
-    cbor::check_version("ledger witness", witness.v, LEDGER_VERSION).map_err(|e| invalid(e))?;
+    let env = SignedEnvelope::from_bytes(bytes).map_err(invalid)?;
+    let (signer, payload) = env.verify(WITNESS_DOMAIN).map_err(invalid)?;
+    let witness: Witness = cbor::decode("ledger witness", payload, MAX_WITNESS).map_err(invalid)?;
+    cbor::check_version("ledger witness", witness.v, LEDGER_VERSION).map_err(invalid)?;
     if witness.witness != signer {
         return Err(invalid(RecordFault::NotSignedByWitness));
     }

@@ -153,9 +153,9 @@ impl Syslog {
             return Ok(None);
         }
         let (host, port) = super::split_host_port(&c.address)?;
-        let facility = c
-            .facility_code()
-            .ok_or_else(|| SinkConfigError::Facility { facility: c.facility.clone() })?;
+        let facility = c.facility_code().ok_or_else(|| SinkConfigError::Facility {
+            facility: c.facility.clone(),
+        })?;
         let tls = if c.transport == SyslogTransport::Tls {
             let client = (!c.cert_file.is_empty()).then_some((c.cert_file.as_str(), c.key_file.as_str()));
             Some(tokio_rustls::TlsConnector::from(super::tls::client_config(

@@ -216,8 +216,8 @@ impl super::Store {
             commitment: hex::encode(&c[..8]),
             fault,
         };
-        let plain = open_box(&self.commit_key(), c, v.value())
-            .map_err(|_| fault(super::CommitmentFault::DoesNotOpen))?;
+        let plain =
+            open_box(&self.commit_key(), c, v.value()).map_err(|_| fault(super::CommitmentFault::DoesNotOpen))?;
         if plain.len() < 32 {
             return Err(fault(super::CommitmentFault::TooShort));
         }
@@ -295,8 +295,7 @@ impl super::Store {
         let head = feed_head(&entries, &key).map_err(|e| self.err(e))?;
         // Never re-sign a sequence number a peer has seen (a feed lost in a crash).
         self.own_feed_check(txn, head.map_or(0, |(s, _)| s))?;
-        let entry = ledger::make_entry(author.identity, head, author.time, event)
-            .map_err(StoreError::Ledger)?;
+        let entry = ledger::make_entry(author.identity, head, author.time, event).map_err(StoreError::Ledger)?;
         entries
             .insert(entry_key(&key, entry.entry.seq), entry.bytes.as_slice())
             .map_err(|e| self.err(e))?;

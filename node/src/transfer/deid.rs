@@ -183,7 +183,8 @@ impl Transfers<'_> {
             }
             let info = deid::deidentify_into(&input, &profile, &keys, &mut output).map_err(|e| fail(e.into()))?;
             masked_any |= info.masked;
-            let parsed = crate::dicom::parse_and_validate(&output).map_err(|e| fail(super::DeidStepError::Output(e).into()))?;
+            let parsed =
+                crate::dicom::parse_and_validate(&output).map_err(|e| fail(super::DeidStepError::Output(e).into()))?;
             let after = *blake3::hash(&output).as_bytes();
             let f = staging
                 .create(object)

@@ -376,7 +376,9 @@ impl<'a> TrustService<'a> {
             .consortia
             .iter()
             .find(|c| c.id == payload.consortium)
-            .ok_or_else(|| TrustOpError::UnknownConsortium { consortium: payload.consortium.clone() })?;
+            .ok_or_else(|| TrustOpError::UnknownConsortium {
+                consortium: payload.consortium.clone(),
+            })?;
         verify_revocation(&rev, consortium).map_err(TrustOpError::from)?;
         let entry = RevocationEntry {
             consortium: payload.consortium,
@@ -495,7 +497,9 @@ impl<'a> TrustService<'a> {
     pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry, TrustOpError> {
         if !peer_id.starts_with("12D3KooW") || peer_id.len() < 46 || !peer_id.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(TrustOpError::NotAPeerId { given: peer_id.to_string() });
+            return Err(TrustOpError::NotAPeerId {
+                given: peer_id.to_string(),
+            });
         }
         let time = now();
         let row = BlockedRow {
