@@ -29,9 +29,9 @@ pub enum CodecError {
     Malformed {
         /// Which record.
         what: &'static str,
-        /// The decoder's error.
+        /// The decoder's error (boxed: it is large).
         #[source]
-        source: ciborium::de::Error<std::io::Error>,
+        source: Box<ciborium::de::Error<std::io::Error>>,
     },
     /// Bytes follow the record.
     #[error("{what} has {extra} trailing bytes after the record")]
@@ -56,9 +56,9 @@ pub enum CodecError {
     Encode {
         /// Which record.
         what: &'static str,
-        /// The encoder's error.
+        /// The encoder's error (boxed: it is large).
         #[source]
-        source: ciborium::ser::Error<std::io::Error>,
+        source: Box<ciborium::ser::Error<std::io::Error>>,
     },
 }
 
@@ -68,7 +68,10 @@ pub enum CodecError {
 /// [`CodecError::Encode`] if serialisation fails.
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|source| CodecError::Encode { what, source })?;
+    ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode {
+        what,
+        source: Box::new(e),
+    })?;
     Ok(out)
 }
 
@@ -85,7 +88,10 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], max: usize)
         });
     }
     let mut cursor = Cursor::new(bytes);
-    let value: T = ciborium::from_reader(&mut cursor).map_err(|source| CodecError::Malformed { what, source })?;
+    let value: T = ciborium::from_reader(&mut cursor).map_err(|e| CodecError::Malformed {
+        what,
+        source: Box::new(e),
+    })?;
     let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     if used != bytes.len() {
         return Err(CodecError::Trailing {

@@ -307,8 +307,8 @@ pub enum ConfigError {
         path: String,
         /// Which key.
         key: &'static str,
-        /// Why.
-        reason: ValueFault,
+        /// Why (boxed: an address error is large).
+        reason: Box<ValueFault>,
     },
     /// A `[gateway]` setting has an unacceptable value.
     #[error("config {path}: {key} {reason}")]
@@ -1133,7 +1133,7 @@ impl Config {
         let value = |key: &'static str, reason: ValueFault| ConfigError::Value {
             path: path.display().to_string(),
             key,
-            reason,
+            reason: Box::new(reason),
         };
         let gateway_value = |key: &'static str, reason: String| ConfigError::Gateway {
             path: path.display().to_string(),

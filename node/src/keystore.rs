@@ -74,8 +74,8 @@ pub enum KeystoreError {
     Unsupported {
         /// The file.
         path: String,
-        /// Why.
-        reason: KeyFileFault,
+        /// Why (boxed: it names kinds).
+        reason: Box<KeyFileFault>,
     },
     /// A cryptographic operation failed.
     #[error("key operation failed: {0}")]
@@ -401,7 +401,7 @@ fn format_err(path: &Path, source: CodecError) -> KeystoreError {
 fn unsupported(path: &Path, reason: KeyFileFault) -> KeystoreError {
     KeystoreError::Unsupported {
         path: path.display().to_string(),
-        reason,
+        reason: Box::new(reason),
     }
 }
 

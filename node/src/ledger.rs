@@ -78,9 +78,9 @@ pub enum RecordFault {
     /// It does not encode or decode, or has another version.
     #[error(transparent)]
     Codec(#[from] cbor::CodecError),
-    /// Its envelope does not decode or verify.
+    /// Its envelope does not decode or verify (boxed: it is large).
     #[error(transparent)]
-    Envelope(#[from] IdentityError),
+    Envelope(Box<IdentityError>),
     /// The signer is not the entry's author.
     #[error("not signed by its author")]
     NotSignedByAuthor,
@@ -119,6 +119,12 @@ pub enum RecordFault {
         /// The head's index.
         index: usize,
     },
+}
+
+impl From<IdentityError> for RecordFault {
+    fn from(e: IdentityError) -> Self {
+        Self::Envelope(Box::new(e))
+    }
 }
 
 /// How a feed breaks its chain ([`LedgerError::Chain`]).

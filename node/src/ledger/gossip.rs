@@ -161,10 +161,7 @@ pub fn make_witness(identity: &Identity, time: i64, mut heads: Vec<Head>) -> Res
         heads,
     };
     let payload = cbor::encode("ledger witness", &witness).map_err(invalid)?;
-    let bytes = identity
-        .sign(WITNESS_DOMAIN, payload)
-        .to_bytes()
-        .map_err(invalid)?;
+    let bytes = identity.sign(WITNESS_DOMAIN, payload).to_bytes().map_err(invalid)?;
     Ok(SignedWitness { witness, bytes })
 }
 
