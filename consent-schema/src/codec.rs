@@ -41,7 +41,7 @@ pub enum CodecError {
     },
     /// The bytes are not one well-formed CBOR item.
     #[error("consent record is not well-formed CBOR: {0}")]
-    Cbor(String),
+    Cbor(#[source] ciborium::de::Error<std::io::Error>),
     /// The text is not one well-formed JSON value.
     #[error("consent record is not well-formed JSON: {0}")]
     Json(#[source] serde_json::Error),
@@ -56,7 +56,10 @@ pub enum CodecError {
     MissingVersion,
     /// Well-formed, but the fields do not make a record.
     #[error("consent record fields are invalid: {0}")]
-    Fields(String),
+    Fields(#[source] ciborium::value::Error),
+    /// Well-formed JSON, but the fields do not make a record.
+    #[error("consent record fields are invalid: {0}")]
+    JsonFields(#[source] serde_json::Error),
     /// The fields make an impossible record, or a version this build does not read.
     #[error(transparent)]
     Record(#[from] ConsentError),
@@ -87,8 +90,8 @@ impl ConsentRecord {
             return Err(CodecError::TooLarge { size: bytes.len() });
         }
         let mut rest = bytes;
-        let value: ciborium::Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING)
-            .map_err(|e| CodecError::Cbor(e.to_string()))?;
+        let value: ciborium::Value =
+            ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING).map_err(CodecError::Cbor)?;
         if !rest.is_empty() {
             return Err(CodecError::TrailingBytes { extra: rest.len() });
         }
@@ -99,9 +102,7 @@ impl ConsentRecord {
             .and_then(|i| u64::try_from(i).ok())
             .ok_or(CodecError::MissingVersion)?;
         check_version(version)?;
-        let wire: RecordWire = value
-            .deserialized()
-            .map_err(|e: ciborium::value::Error| CodecError::Fields(e.to_string()))?;
+        let wire: RecordWire = value.deserialized().map_err(CodecError::Fields)?;
         Ok(ConsentRecord::try_from(wire)?)
     }
 
@@ -130,7 +131,7 @@ impl ConsentRecord {
     /// # Errors
     ///
     /// As [`ConsentRecord::from_cbor`], with [`CodecError::Json`] for malformed JSON (trailing
-    /// characters included).
+    /// characters included) and [`CodecError::JsonFields`] for missing, unknown or mistyped fields.
     pub fn from_json(text: &str) -> Result<Self, CodecError> {
         if text.len() > MAX_RECORD_SIZE {
             return Err(CodecError::TooLarge { size: text.len() });
@@ -142,7 +143,7 @@ impl ConsentRecord {
             .and_then(serde_json::Value::as_u64)
             .ok_or(CodecError::MissingVersion)?;
         check_version(version)?;
-        let wire: RecordWire = serde_json::from_value(value).map_err(|e| CodecError::Fields(e.to_string()))?;
+        let wire: RecordWire = serde_json::from_value(value).map_err(CodecError::JsonFields)?;
         Ok(ConsentRecord::try_from(wire)?)
     }
 }
@@ -222,7 +223,9 @@ mod tests {
     fn unknown_fields_and_invariants_are_refused() {
         let mut v: serde_json::Value = serde_json::from_str(&sample_record().to_json()).unwrap();
         v["extra"] = 1.into();
-        assert!(matches!(ConsentRecord::from_json(&v.to_string()), Err(CodecError::Fields(m)) if m.contains("extra")));
+        assert!(
+            matches!(ConsentRecord::from_json(&v.to_string()), Err(CodecError::JsonFields(m)) if m.to_string().contains("extra"))
+        );
         let mut v: serde_json::Value = serde_json::from_str(&sample_record().to_json()).unwrap();
         v["scope"]["purposes"] = serde_json::json!([]);
         let err = ConsentRecord::from_json(&v.to_string()).unwrap_err();

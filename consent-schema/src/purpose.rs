@@ -54,13 +54,21 @@ pub enum Purpose {
 #[non_exhaustive]
 pub enum PurposeError {
     /// Not one of the purposes the CLI knows.
-    #[error("unknown purpose {0:?} (expected treatment, second-opinion, research, teaching, quality or public-health)")]
-    Unknown(String),
+    #[error(
+        "unknown purpose {given:?} (expected treatment, second-opinion, research, teaching, quality or public-health)"
+    )]
+    Unknown {
+        /// The word given.
+        given: String,
+    },
     /// Not one of the roles the CLI knows.
     #[error(
-        "unknown role {0:?} (expected clinician, radiologist, researcher, educator, quality-officer, public-health-officer or data-steward)"
+        "unknown role {given:?} (expected clinician, radiologist, researcher, educator, quality-officer, public-health-officer or data-steward)"
     )]
-    UnknownRole(String),
+    UnknownRole {
+        /// The word given.
+        given: String,
+    },
 }
 
 /// Why an ActReason code does not map to a [`Purpose`].
@@ -78,8 +86,11 @@ pub enum ActReasonError {
         nearest_code: &'static str,
     },
     /// A code medmesh does not map at all.
-    #[error("ActReason {0} is not a purpose medmesh knows")]
-    Unknown(String),
+    #[error("ActReason {code} is not a purpose medmesh knows")]
+    Unknown {
+        /// The code given.
+        code: String,
+    },
 }
 
 impl Purpose {
@@ -158,7 +169,7 @@ impl Purpose {
                 relation: "a generalisation of",
                 nearest_code,
             }),
-            None => Err(ActReasonError::Unknown(code.to_owned())),
+            None => Err(ActReasonError::Unknown { code: code.to_owned() }),
         }
     }
 }
@@ -169,7 +180,7 @@ impl FromStr for Purpose {
         Purpose::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| PurposeError::Unknown(s.to_owned()))
+            .ok_or_else(|| PurposeError::Unknown { given: s.to_owned() })
     }
 }
 
@@ -236,7 +247,7 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| PurposeError::UnknownRole(s.to_owned()))
+            .ok_or_else(|| PurposeError::UnknownRole { given: s.to_owned() })
     }
 }
 
@@ -260,8 +271,14 @@ mod tests {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
         }
-        assert!(matches!("Research".parse::<Purpose>(), Err(PurposeError::Unknown(_))));
-        assert!(matches!("doctor".parse::<Role>(), Err(PurposeError::UnknownRole(_))));
+        assert!(matches!(
+            "Research".parse::<Purpose>(),
+            Err(PurposeError::Unknown { .. })
+        ));
+        assert!(matches!(
+            "doctor".parse::<Role>(),
+            Err(PurposeError::UnknownRole { .. })
+        ));
     }
 
     #[test]
@@ -294,7 +311,7 @@ mod tests {
         }
         assert_eq!(
             Purpose::from_act_reason("HMARKT"),
-            Err(ActReasonError::Unknown("HMARKT".into()))
+            Err(ActReasonError::Unknown { code: "HMARKT".into() })
         );
         assert_eq!(
             Purpose::from_act_reason("ETREAT").unwrap_err().to_string(),

@@ -25,12 +25,13 @@ pub enum CodecError {
         max: usize,
     },
     /// The bytes are not a valid CBOR encoding of the record.
-    #[error("{what} is not valid CBOR of the expected shape: {reason}")]
+    #[error("{what} is not valid CBOR of the expected shape: {source}")]
     Malformed {
         /// Which record.
         what: &'static str,
-        /// Why.
-        reason: String,
+        /// The decoder's error (boxed: it is large).
+        #[source]
+        source: Box<ciborium::de::Error<std::io::Error>>,
     },
     /// Bytes follow the record.
     #[error("{what} has {extra} trailing bytes after the record")]
@@ -51,12 +52,13 @@ pub enum CodecError {
         supported: u32,
     },
     /// Encoding failed (a bug: our types always encode).
-    #[error("could not encode {what}: {reason}")]
+    #[error("could not encode {what}: {source}")]
     Encode {
         /// Which record.
         what: &'static str,
-        /// Why.
-        reason: String,
+        /// The encoder's error (boxed: it is large).
+        #[source]
+        source: Box<ciborium::ser::Error<std::io::Error>>,
     },
 }
 
@@ -68,7 +70,7 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Co
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode {
         what,
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     Ok(out)
 }
@@ -88,7 +90,7 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], max: usize)
     let mut cursor = Cursor::new(bytes);
     let value: T = ciborium::from_reader(&mut cursor).map_err(|e| CodecError::Malformed {
         what,
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     if used != bytes.len() {

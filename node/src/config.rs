@@ -319,12 +319,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML of the expected shape.
-    #[error("config {path} is invalid: {reason}")]
+    #[error("config {path} is invalid: {source}")]
     Parse {
         /// The file.
         path: String,
-        /// Why, with the key and line from the TOML parser.
-        reason: String,
+        /// The TOML parser's error, with the key and line.
+        #[source]
+        source: Box<toml::de::Error>,
     },
     /// A setting has an unacceptable value.
     #[error("config {path}: {key} {reason}")]
@@ -333,9 +334,154 @@ pub enum ConfigError {
         path: String,
         /// Which key.
         key: &'static str,
-        /// Why.
+        /// Why (boxed: an address error is large).
+        reason: Box<ValueFault>,
+    },
+    /// A `[gateway]` setting has an unacceptable value.
+    #[error("config {path}: {key} {reason}")]
+    Gateway {
+        /// The file.
+        path: String,
+        /// Which key.
+        key: &'static str,
+        /// Why, as the gateway's checks say it.
         reason: String,
     },
+}
+
+/// A [`ValueFault::Range`].
+fn range(min: u64, max: u64) -> ValueFault {
+    ValueFault::Range { min, max }
+}
+
+/// Why a setting is refused ([`ConfigError::Value`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueFault {
+    /// The file is of another version than this build reads.
+    #[error("is {found}, this build reads version {supported}")]
+    Version {
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The chunk size is not a power of two in range.
+    #[error("is {size}: must be a power of two from 4096 to 16777216")]
+    ChunkSize {
+        /// The size given.
+        size: u32,
+    },
+    /// The value is outside its range.
+    #[error("must be from {min} to {max}")]
+    Range {
+        /// The least value.
+        min: u64,
+        /// The greatest value.
+        max: u64,
+    },
+    /// The value is below its least value.
+    #[error("must be at least {min}")]
+    AtLeast {
+        /// The least value.
+        min: u64,
+    },
+    /// The value is above its greatest value.
+    #[error("must be at most {max}")]
+    AtMost {
+        /// The greatest value.
+        max: u64,
+    },
+    /// A batch is smaller than one chunk.
+    #[error("must be at least one chunk")]
+    BelowOneChunk,
+    /// Pending share bytes below 1 MiB.
+    #[error("must be at least 1048576 (1 MiB)")]
+    BelowOneMiB,
+    /// A stale time outside a minute to a year.
+    #[error("must be from 60 to 31536000 (a year)")]
+    StaleSecs,
+    /// A network address does not parse.
+    #[error(transparent)]
+    Address(AddrError),
+    /// A URL or address of a notification sink is not acceptable.
+    #[error(transparent)]
+    Endpoint(EndpointError),
+    /// `retain-uids` among the site's options.
+    #[error("retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option")]
+    RetainUids,
+    /// Both long date options.
+    #[error("retain-long-full-dates and retain-long-modified-dates exclude each other")]
+    ExclusiveDates,
+    /// A site name is too short or too long.
+    #[error("name {number}: must have 3 to 200 characters (a shorter one would hit common words)")]
+    SiteName {
+        /// Its number (from 1).
+        number: usize,
+    },
+    /// A mask rule has no modality.
+    #[error("rule {number}: modality is empty (\"*\" for any)")]
+    MaskModality {
+        /// Its number (from 1).
+        number: usize,
+    },
+    /// A mask rectangle has no width or height.
+    #[error("rule {number}: a rectangle has no width or height")]
+    MaskRect {
+        /// Its number (from 1).
+        number: usize,
+    },
+    /// Fewer streams per peer than a sender opens.
+    #[error(
+        "is {per_peer}, less than transfer.streams ({streams}): a peer sending with these settings would have streams of every session refused"
+    )]
+    StreamsPerPeer {
+        /// limits.streams_per_peer.
+        per_peer: u32,
+        /// transfer.streams.
+        streams: u8,
+    },
+    /// A token would cross the network in clear text.
+    #[error(
+        "is set but notify.webhook.url ({url}) is plain http://: the token would cross the network in clear text. Use an https:// URL (http:// with a token is accepted only to 127.0.0.1, ::1 or localhost), or remove the token"
+    )]
+    TokenInClear {
+        /// The URL as shown (without user information and query).
+        url: String,
+    },
+    /// Not a header name.
+    #[error("{header:?} is not a header name")]
+    HeaderName {
+        /// The name as configured.
+        header: String,
+    },
+    /// The token holds what a header cannot carry.
+    #[error("holds characters a header cannot carry (control characters, or spaces at either end)")]
+    TokenChars,
+    /// An unknown syslog facility.
+    #[error("is {facility:?}: must be \"authpriv\", \"auth\" or \"local0\" to \"local7\"")]
+    Facility {
+        /// The facility as configured.
+        facility: String,
+    },
+    /// A certificate without its key, or a key without its certificate.
+    #[error("cert_file and key_file go together: give both or neither")]
+    CertWithoutKey,
+    /// TLS files without the TLS transport.
+    #[error("is not \"tls\", but ca_file or cert_file is set")]
+    TlsFilesWithoutTls,
+    /// Not a peer id.
+    #[error("{given:?} is not a peer id")]
+    NotAPeerId {
+        /// The value given.
+        given: String,
+    },
+    /// shares_from = "listed" with no peer listed.
+    #[error("is empty but shares_from is \"listed\": list the peers, or set shares_from = \"none\"")]
+    ListedButEmpty,
+    /// Peers listed while shares_from is not "listed".
+    #[error("is set but shares_from is not \"listed\": the list would be ignored")]
+    ListedButIgnored,
 }
 
 /// The whole configuration.
@@ -713,63 +859,53 @@ impl SyslogConfig {
 }
 
 impl NotifyConfig {
-    fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+    fn check(&self, value: &dyn Fn(&'static str, ValueFault) -> ConfigError) -> Result<(), ConfigError> {
         let w = &self.webhook;
         if !w.url.is_empty() {
-            let target = WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", e.to_string()))?;
+            let target =
+                WebhookTarget::parse(&w.url).map_err(|e| value("notify.webhook.url", ValueFault::Endpoint(e)))?;
             if target.check_token(&w.token).is_err() {
                 return Err(value(
                     "notify.webhook.token",
-                    format!(
-                        "is set but notify.webhook.url ({}) is plain http://: the token would cross the network \
-                         in clear text. Use an https:// URL (http:// with a token is accepted only to 127.0.0.1, \
-                         ::1 or localhost), or remove the token",
-                        target.shown()
-                    ),
+                    ValueFault::TokenInClear {
+                        url: target.shown().to_string(),
+                    },
                 ));
             }
         }
         if !(1..=300).contains(&w.timeout_secs) {
-            return Err(value("notify.webhook.timeout_secs", "must be from 1 to 300".into()));
+            return Err(value("notify.webhook.timeout_secs", range(1, 300)));
         }
         if w.token_header.parse::<hyper::header::HeaderName>().is_err() {
             return Err(value(
                 "notify.webhook.token_header",
-                format!("{:?} is not a header name", w.token_header),
+                ValueFault::HeaderName {
+                    header: w.token_header.clone(),
+                },
             ));
         }
         if hyper::header::HeaderValue::from_str(w.token.expose()).is_err()
             || w.token.expose().trim() != w.token.expose()
         {
-            return Err(value(
-                "notify.webhook.token",
-                "holds characters a header cannot carry (control characters, or spaces at either end)".into(),
-            ));
+            return Err(value("notify.webhook.token", ValueFault::TokenChars));
         }
         let l = &self.syslog;
         if l.facility_code().is_none() {
             return Err(value(
                 "notify.syslog.facility",
-                format!(
-                    "is {:?}: must be \"authpriv\", \"auth\" or \"local0\" to \"local7\"",
-                    l.facility
-                ),
+                ValueFault::Facility {
+                    facility: l.facility.clone(),
+                },
             ));
         }
         if !l.address.is_empty() {
-            split_host_port(&l.address).map_err(|e| value("notify.syslog.address", e.to_string()))?;
+            split_host_port(&l.address).map_err(|e| value("notify.syslog.address", ValueFault::Endpoint(e)))?;
         }
         if l.cert_file.is_empty() != l.key_file.is_empty() {
-            return Err(value(
-                "notify.syslog.key_file",
-                "cert_file and key_file go together: give both or neither".into(),
-            ));
+            return Err(value("notify.syslog.key_file", ValueFault::CertWithoutKey));
         }
         if l.transport != SyslogTransport::Tls && !(l.ca_file.is_empty() && l.cert_file.is_empty()) {
-            return Err(value(
-                "notify.syslog.transport",
-                "is not \"tls\", but ca_file or cert_file is set".into(),
-            ));
+            return Err(value("notify.syslog.transport", ValueFault::TlsFilesWithoutTls));
         }
         Ok(())
     }
@@ -828,53 +964,38 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
-    fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+    fn check(&self, value: &dyn Fn(&'static str, ValueFault) -> ConfigError) -> Result<(), ConfigError> {
         for p in &self.share_peers {
             if p.parse::<libp2p::PeerId>().is_err() {
-                return Err(value("limits.share_peers", format!("{p:?} is not a peer id")));
+                return Err(value("limits.share_peers", ValueFault::NotAPeerId { given: p.clone() }));
             }
         }
         if self.shares_from == SharesFrom::Listed && self.share_peers.is_empty() {
-            return Err(value(
-                "limits.share_peers",
-                "is empty but shares_from is \"listed\": list the peers, or set shares_from = \"none\"".into(),
-            ));
+            return Err(value("limits.share_peers", ValueFault::ListedButEmpty));
         }
         if self.shares_from != SharesFrom::Listed && !self.share_peers.is_empty() {
-            return Err(value(
-                "limits.share_peers",
-                "is set but shares_from is not \"listed\": the list would be ignored".into(),
-            ));
+            return Err(value("limits.share_peers", ValueFault::ListedButIgnored));
         }
         if !(1..=1000).contains(&self.pending_shares_per_peer) {
-            return Err(value("limits.pending_shares_per_peer", "must be from 1 to 1000".into()));
+            return Err(value("limits.pending_shares_per_peer", range(1, 1000)));
         }
         if self.pending_share_bytes_per_peer < 1024 * 1024 {
-            return Err(value(
-                "limits.pending_share_bytes_per_peer",
-                "must be at least 1048576 (1 MiB)".into(),
-            ));
+            return Err(value("limits.pending_share_bytes_per_peer", ValueFault::BelowOneMiB));
         }
         if !(60..=31_536_000).contains(&self.incoming_stale_secs) {
-            return Err(value(
-                "limits.incoming_stale_secs",
-                "must be from 60 to 31536000 (a year)".into(),
-            ));
+            return Err(value("limits.incoming_stale_secs", ValueFault::StaleSecs));
         }
         if !(1..=1024).contains(&self.streams_per_peer) {
-            return Err(value("limits.streams_per_peer", "must be from 1 to 1024".into()));
+            return Err(value("limits.streams_per_peer", range(1, 1024)));
         }
         if !(1..=60_000).contains(&self.requests_per_minute) {
-            return Err(value("limits.requests_per_minute", "must be from 1 to 60000".into()));
+            return Err(value("limits.requests_per_minute", range(1, 60_000)));
         }
         if !(1..=10_000).contains(&self.request_burst) {
-            return Err(value("limits.request_burst", "must be from 1 to 10000".into()));
+            return Err(value("limits.request_burst", range(1, 10_000)));
         }
         if !(1..=100_000).contains(&self.pending_approvals_per_peer) {
-            return Err(value(
-                "limits.pending_approvals_per_peer",
-                "must be from 1 to 100000".into(),
-            ));
+            return Err(value("limits.pending_approvals_per_peer", range(1, 100_000)));
         }
         Ok(())
     }
@@ -949,7 +1070,7 @@ impl NetworkConfig {
                 })?;
                 match addr.iter().last() {
                     Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, addr)),
-                    _ => Err(AddrError::NoPeerId(a.clone())),
+                    _ => Err(AddrError::NoPeerId { addr: a.clone() }),
                 }
             })
             .collect()
@@ -969,8 +1090,11 @@ pub enum AddrError {
         source: libp2p::multiaddr::Error,
     },
     /// A bootstrap address does not name its peer.
-    #[error("{0:?} does not end in /p2p/<peer id>")]
-    NoPeerId(String),
+    #[error("{addr:?} does not end in /p2p/<peer id>")]
+    NoPeerId {
+        /// The address as configured.
+        addr: String,
+    },
 }
 
 /// Storage settings (`[store]`).
@@ -1026,14 +1150,19 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         config.check(path)?;
         Ok(config)
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let value = |key: &'static str, reason: String| ConfigError::Value {
+        let value = |key: &'static str, reason: ValueFault| ConfigError::Value {
+            path: path.display().to_string(),
+            key,
+            reason: Box::new(reason),
+        };
+        let gateway_value = |key: &'static str, reason: String| ConfigError::Gateway {
             path: path.display().to_string(),
             key,
             reason,
@@ -1041,101 +1170,82 @@ impl Config {
         if self.config_version != CONFIG_VERSION {
             return Err(value(
                 "config_version",
-                format!("is {}, this build reads version {CONFIG_VERSION}", self.config_version),
+                ValueFault::Version {
+                    found: self.config_version,
+                    supported: CONFIG_VERSION,
+                },
             ));
         }
         let cs = self.store.chunk_size;
         if !(medmesh_seal::MIN_CHUNK_SIZE..=medmesh_seal::MAX_CHUNK_SIZE).contains(&cs) || !cs.is_power_of_two() {
-            return Err(value(
-                "store.chunk_size",
-                format!("is {cs}: must be a power of two from 4096 to 16777216"),
-            ));
+            return Err(value("store.chunk_size", ValueFault::ChunkSize { size: cs }));
         }
         if self.store.batch_files == 0 {
-            return Err(value("store.batch_files", "must be at least 1".into()));
+            return Err(value("store.batch_files", ValueFault::AtLeast { min: 1 }));
         }
         if self.store.batch_bytes < u64::from(cs) {
-            return Err(value("store.batch_bytes", "must be at least one chunk".into()));
+            return Err(value("store.batch_bytes", ValueFault::BelowOneChunk));
         }
         if self.store.import_threads > 256 {
-            return Err(value("store.import_threads", "must be at most 256".into()));
+            return Err(value("store.import_threads", ValueFault::AtMost { max: 256 }));
         }
         let n = &self.network;
-        n.listen_addrs().map_err(|e| value("network.listen", e.to_string()))?;
+        n.listen_addrs()
+            .map_err(|e| value("network.listen", ValueFault::Address(e)))?;
         n.bootstrap_peers()
-            .map_err(|e| value("network.bootstrap", e.to_string()))?;
+            .map_err(|e| value("network.bootstrap", ValueFault::Address(e)))?;
         if !(1..=3600).contains(&n.hello_timeout_secs) {
-            return Err(value("network.hello_timeout_secs", "must be from 1 to 3600".into()));
+            return Err(value("network.hello_timeout_secs", range(1, 3600)));
         }
         if !(1..=86400).contains(&n.idle_timeout_secs) {
-            return Err(value("network.idle_timeout_secs", "must be from 1 to 86400".into()));
+            return Err(value("network.idle_timeout_secs", range(1, 86400)));
         }
         if !(1..=86400).contains(&n.maintenance_secs) {
-            return Err(value("network.maintenance_secs", "must be from 1 to 86400".into()));
+            return Err(value("network.maintenance_secs", range(1, 86400)));
         }
         let d = &self.deid;
         if d.options.contains(&DeidOption::RetainUids) {
-            return Err(value(
-                "deid.options",
-                "retain-uids keeps original UIDs and is refused at the anonymised level; give it per export with --option"
-                    .into(),
-            ));
+            return Err(value("deid.options", ValueFault::RetainUids));
         }
         if d.options.contains(&DeidOption::RetainLongFullDates)
             && d.options.contains(&DeidOption::RetainLongModifiedDates)
         {
-            return Err(value(
-                "deid.options",
-                "retain-long-full-dates and retain-long-modified-dates exclude each other".into(),
-            ));
+            return Err(value("deid.options", ValueFault::ExclusiveDates));
         }
         for (i, n) in d.site_names.iter().enumerate() {
             let len = n.trim().chars().count();
             if !(3..=200).contains(&len) {
-                return Err(value(
-                    "deid.site_names",
-                    format!(
-                        "name {}: must have 3 to 200 characters (a shorter one would hit common words)",
-                        i + 1
-                    ),
-                ));
+                return Err(value("deid.site_names", ValueFault::SiteName { number: i + 1 }));
             }
         }
         for (i, m) in d.mask.iter().enumerate() {
             if m.modality.trim().is_empty() {
-                return Err(value(
-                    "deid.mask",
-                    format!("rule {}: modality is empty (\"*\" for any)", i + 1),
-                ));
+                return Err(value("deid.mask", ValueFault::MaskModality { number: i + 1 }));
             }
             if m.rects.iter().any(|r| r[2] == 0 || r[3] == 0) {
-                return Err(value(
-                    "deid.mask",
-                    format!("rule {}: a rectangle has no width or height", i + 1),
-                ));
+                return Err(value("deid.mask", ValueFault::MaskRect { number: i + 1 }));
             }
         }
         let t = &self.transfer;
         if !(1..=16).contains(&t.streams) {
-            return Err(value("transfer.streams", "must be from 1 to 16".into()));
+            return Err(value("transfer.streams", range(1, 16)));
         }
         if !(1..=3600).contains(&t.retry_secs) {
-            return Err(value("transfer.retry_secs", "must be from 1 to 3600".into()));
+            return Err(value("transfer.retry_secs", range(1, 3600)));
         }
         if self.retention.locked_days > 36_500 {
-            return Err(value("retention.locked_days", "must be from 0 to 36500".into()));
+            return Err(value("retention.locked_days", range(0, 36_500)));
         }
         self.notify.check(&value)?;
         self.limits.check(&value)?;
-        self.gateway.check(&value)?;
+        self.gateway.check(&gateway_value)?;
         if self.limits.streams_per_peer < u32::from(t.streams) {
             return Err(value(
                 "limits.streams_per_peer",
-                format!(
-                    "is {}, less than transfer.streams ({}): a peer sending with these settings would have \
-                     streams of every session refused",
-                    self.limits.streams_per_peer, t.streams
-                ),
+                ValueFault::StreamsPerPeer {
+                    per_peer: self.limits.streams_per_peer,
+                    streams: t.streams,
+                },
             ));
         }
         Ok(())

@@ -1221,10 +1221,9 @@ impl ConsentService<'_> {
         let now = utc_now();
         let requester = peer_id("peer", &q.peer_id)?;
         let study = self.store.study_ref(&q.study_uid);
-        let row = self
-            .store
-            .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(q.study_uid.clone()))?;
+        let row = self.store.study_row(&study)?.ok_or_else(|| StoreError::UnknownStudy {
+            study: q.study_uid.clone(),
+        })?;
         let key = self.store.unwrap_study_key(&study, &row)?;
         let meta = self.store.open_study_meta(&study, &key, &row)?;
         let patient = self.patient_ref(meta.attrs.patient_id.trim(), meta.attrs.issuer_of_patient_id.trim());

@@ -50,10 +50,10 @@ pub enum DicomError {
     Io(#[from] std::io::Error),
     /// The file is not DICOM at all.
     #[error("not a DICOM file: {0}")]
-    NotDicom(String),
+    NotDicom(NotDicom),
     /// The file is DICOM but cannot be parsed.
     #[error("malformed DICOM: {0}")]
-    Malformed(String),
+    Malformed(Malformed),
     /// A required attribute is missing (an empty one is [`DicomError::Invalid`]).
     #[error("has no {0}")]
     Missing(&'static str),
@@ -63,14 +63,246 @@ pub enum DicomError {
         /// Attribute keyword and tag.
         attribute: &'static str,
         /// Why.
-        reason: String,
+        reason: InvalidValue,
     },
     /// Two places in the file disagree.
     #[error("inconsistent: {0}")]
-    Inconsistent(String),
+    Inconsistent(Inconsistency),
     /// The file is a DICOMDIR and was named where a study object was expected.
     #[error("a DICOMDIR is a media directory, not a study object")]
     Dicomdir,
+}
+
+/// Why a file is not DICOM at all ([`DicomError::NotDicom`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotDicom {
+    /// It is shorter than one data element.
+    #[error("shorter than one data element")]
+    TooShort,
+    /// No DICM marker, and it does not start with a data element.
+    #[error("no DICM marker at byte 128 or 0, and the first bytes are not a DICOM data element")]
+    NoMarker,
+}
+
+/// Why a DICOM file cannot be parsed ([`DicomError::Malformed`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// The parser (dicom-rs) refused it; the message carries the parser's
+    /// chain of causes.
+    #[error("{}", flatten_error(.0.as_ref()))]
+    Parse(#[source] Box<dicom_object::ReadError>),
+    /// A file without a Part 10 header is too large to parse whole.
+    #[error("a file without a Part 10 header must be small enough to parse whole (raise store.full_parse_limit)")]
+    HeaderlessTooLarge,
+    /// A deflated data set is too large to parse whole.
+    #[error("a deflated data set must be small enough to parse whole (raise store.full_parse_limit)")]
+    DeflatedTooLarge,
+    /// The transfer syntax has no codec in this build.
+    #[error("transfer syntax {uid} is not available")]
+    TransferSyntax {
+        /// The transfer syntax UID.
+        uid: String,
+    },
+    /// Encapsulated Pixel Data has no fragments.
+    #[error("encapsulated Pixel Data has no fragments")]
+    NoFragments,
+    /// Pixel Data is a sequence of items.
+    #[error("Pixel Data is a sequence of items")]
+    PixelDataItems,
+    /// The file ends inside a structure.
+    #[error("the file ends inside {inside} (no delimiter)")]
+    EndsInside {
+        /// The structure.
+        inside: &'static str,
+    },
+    /// An element declares more bytes than remain.
+    #[error("element ({:04X},{:04X}) declares {len} bytes, but only {remain} remain in the file", .tag.0, .tag.1)]
+    Overrun {
+        /// The element's tag.
+        tag: (u16, u16),
+        /// Its declared length.
+        len: u32,
+        /// The bytes left in the file.
+        remain: u64,
+    },
+    /// Sequences are nested too deeply.
+    #[error("sequences nested deeper than {max} levels")]
+    TooDeep {
+        /// The deepest nesting read.
+        max: usize,
+    },
+    /// An item tag where a data element was expected.
+    #[error("unexpected item tag (FFFE,{elem:04X}) in a data set")]
+    UnexpectedItem {
+        /// The item tag's element number.
+        elem: u16,
+    },
+    /// A sequence encoded as UN with undefined length.
+    #[error("element ({:04X},{:04X}) is a sequence encoded as UN with undefined length, which the DICOM parser of this build (dicom-rs 0.10) cannot read", .tag.0, .tag.1)]
+    UnSequence {
+        /// The element's tag.
+        tag: (u16, u16),
+    },
+    /// Something else than an item or a sequence delimiter in a sequence.
+    #[error("expected an item or a sequence delimiter, found ({:04X},{:04X})", .found.0, .found.1)]
+    ExpectedItem {
+        /// The tag found.
+        found: (u16, u16),
+    },
+    /// Something else than a fragment or the delimiter in encapsulated Pixel Data.
+    #[error("encapsulated Pixel Data: expected a fragment or the sequence delimiter, found ({:04X},{:04X})", .found.0, .found.1)]
+    ExpectedFragment {
+        /// The tag found.
+        found: (u16, u16),
+    },
+    /// The file meta group cannot be walked.
+    #[error("file meta group: {0}")]
+    Meta(MetaFault),
+    /// A deflated data set does not inflate.
+    #[error("deflated data set does not inflate: {0}")]
+    Inflate(#[source] std::io::Error),
+    /// A deflated data set inflates to too much.
+    #[error("deflated data set inflates to more than {limit} bytes")]
+    Inflated {
+        /// The limit.
+        limit: u64,
+    },
+    /// The first compressed frame's header cannot be read.
+    #[error("compressed pixel data: {0}")]
+    Codestream(CodestreamFault),
+}
+
+/// What is wrong with the file meta group ([`Malformed::Meta`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaFault {
+    /// Its elements overrun its declared length.
+    #[error("elements overrun the group length")]
+    Overrun,
+    /// The file ends inside it.
+    #[error("the file ends inside it")]
+    EndsInside,
+    /// An element of another group lies inside its declared length.
+    #[error("an element of another group lies inside the declared group length")]
+    OtherGroup,
+    /// An element declares bytes past the end of the file.
+    #[error("element (0002,{elem:04X}) declares {len} bytes past the end of the file")]
+    PastEnd {
+        /// The element number.
+        elem: u16,
+        /// Its declared length.
+        len: usize,
+    },
+}
+
+/// What is wrong with a compressed frame's header ([`Malformed::Codestream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodestreamFault {
+    /// A JPEG 2000 frame lacks its SOC and SIZ markers.
+    #[error("a JPEG 2000 frame does not start with the SOC and SIZ markers")]
+    J2kMarkers,
+    /// The JPEG 2000 SIZ segment is truncated.
+    #[error("truncated JPEG 2000 SIZ segment")]
+    J2kSiz,
+    /// The JPEG 2000 image offset lies outside the image.
+    #[error("JPEG 2000 image offset lies outside the image")]
+    J2kOffset,
+    /// A JPEG frame lacks its SOI marker.
+    #[error("a JPEG frame does not start with the SOI marker")]
+    JpegSoi,
+    /// JPEG marker segments are out of sync.
+    #[error("JPEG marker segments are out of sync")]
+    JpegSync,
+    /// A JPEG segment is truncated.
+    #[error("truncated JPEG segment")]
+    JpegSegment,
+    /// The JPEG SOF segment is truncated.
+    #[error("truncated JPEG SOF segment")]
+    JpegSof,
+    /// No SOF before the scan data.
+    #[error("no JPEG frame header (SOF) before the scan data")]
+    NoSof,
+}
+
+/// Why an attribute's value is refused ([`DicomError::Invalid`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidValue {
+    /// It is not a valid UID.
+    #[error(transparent)]
+    Uid(UidError),
+    /// It is not a number.
+    #[error("not a number ({0})")]
+    NotANumber(#[source] dicom_core::value::ConvertValueError),
+    /// The transfer syntax is not one known.
+    #[error("{uid} is not a known transfer syntax")]
+    UnknownTransferSyntax {
+        /// The transfer syntax UID.
+        uid: String,
+    },
+    /// It is negative.
+    #[error("{value} is negative")]
+    Negative {
+        /// The value.
+        value: i64,
+    },
+    /// The number of frames is not plausible.
+    #[error("{frames} frames is not plausible")]
+    Frames {
+        /// The number of frames.
+        frames: u64,
+    },
+}
+
+/// Two places in a DICOM file that disagree ([`DicomError::Inconsistent`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// The image attributes need more pixel data than the file holds.
+    #[error("image attributes need {need} bytes of pixel data, the file has {file_len} bytes")]
+    FileTooShort {
+        /// Bytes needed.
+        need: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// Fewer fragments than frames.
+    #[error("NumberOfFrames is {frames} but encapsulated Pixel Data holds only {fragments} fragments")]
+    Fragments {
+        /// NumberOfFrames.
+        frames: u64,
+        /// Fragments held.
+        fragments: usize,
+    },
+    /// The compressed frame header disagrees with the image attributes.
+    #[error(
+        "the compressed frame header says {width}x{height} with {components} components, but Columns x Rows is {columns}x{rows} with {samples} samples per pixel"
+    )]
+    FrameHeader {
+        /// Width in the frame header.
+        width: u32,
+        /// Height in the frame header.
+        height: u32,
+        /// Components in the frame header.
+        components: u32,
+        /// Columns.
+        columns: u64,
+        /// Rows.
+        rows: u64,
+        /// Samples per pixel.
+        samples: u64,
+    },
+    /// Native Pixel Data is shorter than the image attributes need.
+    #[error("Pixel Data holds {have} bytes, but Rows x Columns x Frames x Samples x BitsAllocated need {need}")]
+    PixelData {
+        /// Bytes held.
+        have: u64,
+        /// Bytes needed.
+        need: u64,
+    },
 }
 
 /// Explicit VR Big Endian (retired in PS3.5, but still met in archives).
@@ -201,7 +433,7 @@ fn layout(head: &[u8]) -> Result<Layout, DicomError> {
         return Ok(Layout::MagicOnly);
     }
     if head.len() < 8 {
-        return Err(DicomError::NotDicom("shorter than one data element".into()));
+        return Err(DicomError::NotDicom(NotDicom::TooShort));
     }
     let group_le = u16::from_le_bytes([head[0], head[1]]);
     let group_be = u16::from_be_bytes([head[0], head[1]]);
@@ -222,9 +454,7 @@ fn layout(head: &[u8]) -> Result<Layout, DicomError> {
     if plausible(group_be) && group_be != 0 && vr_letters {
         return Ok(Layout::Bare(EXPLICIT_VR_BIG_ENDIAN));
     }
-    Err(DicomError::NotDicom(
-        "no DICM marker at byte 128 or 0, and the first bytes are not a DICOM data element".into(),
-    ))
+    Err(DicomError::NotDicom(NotDicom::NoMarker))
 }
 
 /// Parses the part of a Part 10 file before its Pixel Data (see
@@ -287,10 +517,7 @@ fn parse_reader(file: &mut BufReader<File>, len: u64) -> Result<ParsedDataset, D
         Layout::Preamble => 128,
         Layout::MagicOnly => 0,
         Layout::MetaOnly | Layout::Bare(_) => {
-            return Err(DicomError::Malformed(
-                "a file without a Part 10 header must be small enough to parse whole (raise store.full_parse_limit)"
-                    .into(),
-            ));
+            return Err(DicomError::Malformed(Malformed::HeaderlessTooLarge));
         }
     };
     // Check the structure of the first MiB (the header, in practice) against
@@ -351,7 +578,7 @@ fn parse_part10_reader<R: Read>(reader: R, until: Option<Tag>) -> Result<ParsedD
     }
     let obj = opts
         .from_reader(reader)
-        .map_err(|e| DicomError::Malformed(flatten_error(&e)))?;
+        .map_err(|e| DicomError::Malformed(Malformed::Parse(Box::new(e))))?;
     let meta = obj.meta();
     let transfer_syntax = trim_uid(meta.transfer_syntax()).to_string();
     let meta_sop_class = Some(trim_uid(meta.media_storage_sop_class_uid()).to_string()).filter(|s| !s.is_empty());
@@ -374,11 +601,13 @@ fn parse_part10_reader<R: Read>(reader: R, until: Option<Tag>) -> Result<ParsedD
 }
 
 fn parse_bare(bytes: &[u8], ts_uid: &'static str) -> Result<ParsedDataset, DicomError> {
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| DicomError::Malformed(format!("transfer syntax {ts_uid} is not available")))?;
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| DicomError::Malformed(flatten_error(&e)))?;
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| {
+        DicomError::Malformed(Malformed::TransferSyntax {
+            uid: ts_uid.to_string(),
+        })
+    })?;
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DicomError::Malformed(Malformed::Parse(Box::new(e))))?;
     Ok(ParsedDataset {
         obj,
         part10: false,
@@ -437,7 +666,7 @@ fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<
     let value = str_of(obj, tag).ok_or(DicomError::Missing(name))?;
     check_uid(&value).map_err(|reason| DicomError::Invalid {
         attribute: name,
-        reason: reason.to_string(),
+        reason: InvalidValue::Uid(reason),
     })?;
     Ok(value)
 }
@@ -491,7 +720,7 @@ fn optional_int(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<
     }
     elem.to_int::<i64>().map(Some).map_err(|e| DicomError::Invalid {
         attribute: name,
-        reason: format!("not a number ({e})"),
+        reason: InvalidValue::NotANumber(e),
     })
 }
 
@@ -505,7 +734,9 @@ fn validate(p: &ParsedDataset, file_len: u64) -> Result<ObjectInfo, DicomError> 
         if TransferSyntaxRegistry.get(&p.transfer_syntax).is_none() {
             return Err(DicomError::Invalid {
                 attribute: "TransferSyntaxUID (0002,0010)",
-                reason: format!("{} is not a known transfer syntax", p.transfer_syntax),
+                reason: InvalidValue::UnknownTransferSyntax {
+                    uid: p.transfer_syntax.clone(),
+                },
             });
         }
     }
@@ -573,7 +804,7 @@ fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Re
             Some(v) if v >= 0 => Ok(Some(v.unsigned_abs())),
             Some(v) => Err(DicomError::Invalid {
                 attribute: keyword(tag),
-                reason: format!("{v} is negative"),
+                reason: InvalidValue::Negative { value: v },
             }),
         }
     };
@@ -584,7 +815,7 @@ fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Re
     let spp = int(tags::SAMPLES_PER_PIXEL)?.unwrap_or(1);
     let frames32 = u32::try_from(frames).map_err(|_| DicomError::Invalid {
         attribute: "NumberOfFrames",
-        reason: format!("{frames} frames is not plausible"),
+        reason: InvalidValue::Frames { frames },
     })?;
     let Some(pixel) = obj.get(tags::PIXEL_DATA) else {
         // Header-only parse of a large file: Pixel Data was not read. Native
@@ -598,9 +829,7 @@ fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Re
         {
             let need = r * c * frames * spp * b / 8;
             if need > file_len {
-                return Err(DicomError::Inconsistent(format!(
-                    "image attributes need {need} bytes of pixel data, the file has {file_len} bytes"
-                )));
+                return Err(DicomError::Inconsistent(Inconsistency::FileTooShort { need, file_len }));
             }
         }
         return Ok(frames32);
@@ -609,25 +838,29 @@ fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Re
         Value::PixelSequence(seq) => {
             let fragments = seq.fragments();
             let Some(first) = fragments.first() else {
-                return Err(DicomError::Malformed("encapsulated Pixel Data has no fragments".into()));
+                return Err(DicomError::Malformed(Malformed::NoFragments));
             };
             // Every frame is encoded in one or more fragments (PS3.5 A.4), except
             // in the video transfer syntaxes, where one stream holds all frames.
             let video = VIDEO_TRANSFER_SYNTAXES.contains(&p.transfer_syntax.as_str());
             if !video && (fragments.len() as u64) < frames {
-                return Err(DicomError::Inconsistent(format!(
-                    "NumberOfFrames is {frames} but encapsulated Pixel Data holds only {} fragments",
-                    fragments.len()
-                )));
+                return Err(DicomError::Inconsistent(Inconsistency::Fragments {
+                    frames,
+                    fragments: fragments.len(),
+                }));
             }
             if let (Some(r), Some(c)) = (rows, cols)
                 && let Some((h, w, n)) = codestream_dimensions(&p.transfer_syntax, first)?
                 && ((h != 0 && u64::from(h) != r) || u64::from(w) != c || u64::from(n) != spp)
             {
-                return Err(DicomError::Inconsistent(format!(
-                    "the compressed frame header says {w}x{h} with {n} components, \
-                     but Columns x Rows is {c}x{r} with {spp} samples per pixel"
-                )));
+                return Err(DicomError::Inconsistent(Inconsistency::FrameHeader {
+                    width: w,
+                    height: h,
+                    components: n,
+                    columns: c,
+                    rows: r,
+                    samples: spp,
+                }));
             }
         }
         Value::Primitive(v) => {
@@ -642,14 +875,12 @@ fn check_pixels(p: &ParsedDataset, file_len: u64, notes: &mut Vec<String>) -> Re
                         "WARNING: Pixel Data is empty although Rows x Columns x Frames x Samples x BitsAllocated need {need} bytes; stored as it is"
                     ));
                 } else if have < need {
-                    return Err(DicomError::Inconsistent(format!(
-                        "Pixel Data holds {have} bytes, but Rows x Columns x Frames x Samples x BitsAllocated need {need}"
-                    )));
+                    return Err(DicomError::Inconsistent(Inconsistency::PixelData { have, need }));
                 }
             }
         }
         Value::Sequence(_) => {
-            return Err(DicomError::Malformed("Pixel Data is a sequence of items".into()));
+            return Err(DicomError::Malformed(Malformed::PixelDataItems));
         }
     }
     Ok(frames32)
@@ -674,9 +905,7 @@ fn prescan(bytes: &[u8], start: usize, total: u64, ts: &str) -> Result<Option<us
         // Deflated data sets are inflated (bounded) and checked as explicit VR LE.
         uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN | "1.2.840.10008.1.2.8.1" => {
             if (bytes.len() as u64) < total.saturating_add(start as u64) {
-                return Err(DicomError::Malformed(
-                    "a deflated data set must be small enough to parse whole (raise store.full_parse_limit)".into(),
-                ));
+                return Err(DicomError::Malformed(Malformed::DeflatedTooLarge));
             }
             let inflated = inflate(&bytes[start..], MAX_INFLATED)?;
             prescan(&inflated, 0, inflated.len() as u64, uids::EXPLICIT_VR_LITTLE_ENDIAN)?;
@@ -796,11 +1025,9 @@ const MAX_DEPTH: usize = 32;
 impl Walker<'_> {
     /// The bytes ran out inside a structure: an error for a whole file, the
     /// end of what can be checked for a prefix.
-    fn ran_out(&self, inside: &str) -> Result<(), DicomError> {
+    fn ran_out(&self, inside: &'static str) -> Result<(), DicomError> {
         if self.whole {
-            Err(DicomError::Malformed(format!(
-                "the file ends inside {inside} (no delimiter)"
-            )))
+            Err(DicomError::Malformed(Malformed::EndsInside { inside }))
         } else {
             Ok(())
         }
@@ -836,12 +1063,11 @@ impl Walker<'_> {
 
     fn fits(&self, tag: (u16, u16), len: u32) -> Result<(), DicomError> {
         if self.pos as u64 + u64::from(len) > self.total {
-            return Err(DicomError::Malformed(format!(
-                "element ({:04X},{:04X}) declares {len} bytes, but only {} remain in the file",
-                tag.0,
-                tag.1,
-                self.total.saturating_sub(self.pos as u64)
-            )));
+            return Err(DicomError::Malformed(Malformed::Overrun {
+                tag,
+                len,
+                remain: self.total.saturating_sub(self.pos as u64),
+            }));
         }
         Ok(())
     }
@@ -850,9 +1076,7 @@ impl Walker<'_> {
     /// delimiter (undefined-length item), or the end of the data set.
     fn elements(&mut self, end: Option<usize>, depth: usize) -> Result<(), DicomError> {
         if depth > MAX_DEPTH {
-            return Err(DicomError::Malformed(format!(
-                "sequences nested deeper than {MAX_DEPTH} levels"
-            )));
+            return Err(DicomError::Malformed(Malformed::TooDeep { max: MAX_DEPTH }));
         }
         let mode = self.mode;
         loop {
@@ -872,9 +1096,7 @@ impl Walker<'_> {
                 // An item delimiter ends an undefined-length item, and nothing else.
                 let inside_item = depth > 0 && end.is_none();
                 let (Some(_), true) = (self.u32(self.pos + 4, mode.big), elem == 0xE00D && inside_item) else {
-                    return Err(DicomError::Malformed(format!(
-                        "unexpected item tag (FFFE,{elem:04X}) in a data set"
-                    )));
+                    return Err(DicomError::Malformed(Malformed::UnexpectedItem { elem }));
                 };
                 self.pos += 8; // item delimitation item
                 return Ok(());
@@ -915,10 +1137,7 @@ impl Walker<'_> {
                 continue;
             }
             if &vr == b"UN" {
-                return Err(DicomError::Malformed(format!(
-                    "element ({group:04X},{elem:04X}) is a sequence encoded as UN with undefined length, \
-                     which the DICOM parser of this build (dicom-rs 0.10) cannot read"
-                )));
+                return Err(DicomError::Malformed(Malformed::UnSequence { tag: (group, elem) }));
             }
             if tag == (0x7FE0, 0x0010) {
                 self.fragments()?;
@@ -960,9 +1179,7 @@ impl Walker<'_> {
                     self.pos = end;
                 }
                 _ => {
-                    return Err(DicomError::Malformed(format!(
-                        "expected an item or a sequence delimiter, found ({g:04X},{e:04X})"
-                    )));
+                    return Err(DicomError::Malformed(Malformed::ExpectedItem { found: (g, e) }));
                 }
             }
         }
@@ -981,9 +1198,7 @@ impl Walker<'_> {
                     self.pos += len as usize;
                 }
                 _ => {
-                    return Err(DicomError::Malformed(format!(
-                        "encapsulated Pixel Data: expected a fragment or the sequence delimiter, found ({g:04X},{e:04X})"
-                    )));
+                    return Err(DicomError::Malformed(Malformed::ExpectedFragment { found: (g, e) }));
                 }
             }
         }
@@ -1028,7 +1243,7 @@ fn has_long_length(vr: [u8; 2]) -> bool {
 /// # Errors
 /// [`DicomError::Malformed`] when the group cannot be walked.
 fn after_meta(bytes: &[u8], start: usize) -> Result<(usize, String), DicomError> {
-    let bad = |why: &str| DicomError::Malformed(format!("file meta group: {why}"));
+    let bad = |why: MetaFault| DicomError::Malformed(Malformed::Meta(why));
     let mut pos = start;
     let mut ts = String::new();
     let mut end: Option<usize> = None;
@@ -1036,33 +1251,27 @@ fn after_meta(bytes: &[u8], start: usize) -> Result<(usize, String), DicomError>
         if end.is_some_and(|e| pos >= e) {
             return match end {
                 Some(e) if pos == e => Ok((pos, ts)),
-                _ => Err(bad("elements overrun the group length")),
+                _ => Err(bad(MetaFault::Overrun)),
             };
         }
-        let s = bytes.get(pos..pos + 8).ok_or_else(|| bad("the file ends inside it"))?;
+        let s = bytes.get(pos..pos + 8).ok_or_else(|| bad(MetaFault::EndsInside))?;
         let group = u16::from_le_bytes([s[0], s[1]]);
         let elem = u16::from_le_bytes([s[2], s[3]]);
         if group != 0x0002 {
             return match end {
                 None => Ok((pos, ts)),
-                Some(_) => Err(bad("an element of another group lies inside the declared group length")),
+                Some(_) => Err(bad(MetaFault::OtherGroup)),
             };
         }
         let (len, header) = if has_long_length([s[4], s[5]]) {
-            let l = bytes
-                .get(pos + 8..pos + 12)
-                .ok_or_else(|| bad("the file ends inside it"))?;
+            let l = bytes.get(pos + 8..pos + 12).ok_or_else(|| bad(MetaFault::EndsInside))?;
             (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
         } else {
             (usize::from(u16::from_le_bytes([s[6], s[7]])), 8)
         };
         let value = bytes
             .get(pos + header..(pos + header).saturating_add(len))
-            .ok_or_else(|| {
-                bad(&format!(
-                    "element (0002,{elem:04X}) declares {len} bytes past the end of the file"
-                ))
-            })?;
+            .ok_or_else(|| bad(MetaFault::PastEnd { elem, len }))?;
         match elem {
             0x0000 if pos == start && len == 4 => {
                 let v = u32::from_le_bytes([value[0], value[1], value[2], value[3]]) as usize;
@@ -1082,11 +1291,9 @@ fn inflate(compressed: &[u8], limit: u64) -> Result<Vec<u8>, DicomError> {
     flate2::read::DeflateDecoder::new(compressed)
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| DicomError::Malformed(format!("deflated data set does not inflate: {e}")))?;
+        .map_err(|e| DicomError::Malformed(Malformed::Inflate(e)))?;
     if out.len() as u64 > limit {
-        return Err(DicomError::Malformed(format!(
-            "deflated data set inflates to more than {limit} bytes"
-        )));
+        return Err(DicomError::Malformed(Malformed::Inflated { limit }));
     }
     Ok(out)
 }
@@ -1117,7 +1324,7 @@ const VIDEO_TRANSFER_SYNTAXES: &[&str] = &[
 /// the transfer syntax is not one of those or the frame is wrapped in a JP2
 /// file format box.
 fn codestream_dimensions(ts: &str, frame: &[u8]) -> Result<Option<(u32, u32, u32)>, DicomError> {
-    let bad = |why: &str| DicomError::Malformed(format!("compressed pixel data: {why}"));
+    let bad = |why: CodestreamFault| DicomError::Malformed(Malformed::Codestream(why));
     let be16 = |b: &[u8], i: usize| b.get(i..i + 2).map(|s| u32::from(u16::from_be_bytes([s[0], s[1]])));
     let be32 = |b: &[u8], i: usize| b.get(i..i + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
     let jpeg = ts.starts_with("1.2.840.10008.1.2.4.") && {
@@ -1137,39 +1344,39 @@ fn codestream_dimensions(ts: &str, frame: &[u8]) -> Result<Option<(u32, u32, u32
             return Ok(None);
         }
         if !frame.starts_with(&[0xff, 0x4f, 0xff, 0x51]) {
-            return Err(bad("a JPEG 2000 frame does not start with the SOC and SIZ markers"));
+            return Err(bad(CodestreamFault::J2kMarkers));
         }
-        let field = |i| be32(frame, i).ok_or_else(|| bad("truncated JPEG 2000 SIZ segment"));
+        let field = |i| be32(frame, i).ok_or_else(|| bad(CodestreamFault::J2kSiz));
         let (xsiz, ysiz, xo, yo) = (field(8)?, field(12)?, field(16)?, field(20)?);
-        let csiz = be16(frame, 40).ok_or_else(|| bad("truncated JPEG 2000 SIZ segment"))?;
+        let csiz = be16(frame, 40).ok_or_else(|| bad(CodestreamFault::J2kSiz))?;
         if xo > xsiz || yo > ysiz {
-            return Err(bad("JPEG 2000 image offset lies outside the image"));
+            return Err(bad(CodestreamFault::J2kOffset));
         }
         return Ok(Some((ysiz - yo, xsiz - xo, csiz)));
     }
     if jpeg {
         if !frame.starts_with(&[0xff, 0xd8]) {
-            return Err(bad("a JPEG frame does not start with the SOI marker"));
+            return Err(bad(CodestreamFault::JpegSoi));
         }
         let mut i = 2usize;
         while i + 4 <= frame.len() {
             if frame[i] != 0xff {
-                return Err(bad("JPEG marker segments are out of sync"));
+                return Err(bad(CodestreamFault::JpegSync));
             }
             let marker = frame[i + 1];
             if marker == 0xff {
                 i += 1;
                 continue;
             }
-            let len = be16(frame, i + 2).ok_or_else(|| bad("truncated JPEG segment"))? as usize;
+            let len = be16(frame, i + 2).ok_or_else(|| bad(CodestreamFault::JpegSegment))? as usize;
             let is_sof = matches!(marker, 0xc0..=0xcf) && !matches!(marker, 0xc4 | 0xc8 | 0xcc) || marker == 0xf7;
             if is_sof {
-                let h = be16(frame, i + 5).ok_or_else(|| bad("truncated JPEG SOF segment"))?;
-                let w = be16(frame, i + 7).ok_or_else(|| bad("truncated JPEG SOF segment"))?;
+                let h = be16(frame, i + 5).ok_or_else(|| bad(CodestreamFault::JpegSof))?;
+                let w = be16(frame, i + 7).ok_or_else(|| bad(CodestreamFault::JpegSof))?;
                 let n = frame
                     .get(i + 9)
                     .map(|b| u32::from(*b))
-                    .ok_or_else(|| bad("truncated JPEG SOF segment"))?;
+                    .ok_or_else(|| bad(CodestreamFault::JpegSof))?;
                 return Ok(Some((h, w, n)));
             }
             if marker == 0xda {
@@ -1177,7 +1384,7 @@ fn codestream_dimensions(ts: &str, frame: &[u8]) -> Result<Option<(u32, u32, u32
             }
             i += 2 + len;
         }
-        return Err(bad("no JPEG frame header (SOF) before the scan data"));
+        return Err(bad(CodestreamFault::NoSof));
     }
     Ok(None)
 }

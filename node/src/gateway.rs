@@ -205,7 +205,10 @@ mod tests {
             StoreRefusal::StorageFull
         );
         assert_eq!(
-            StoreRefusal::from_dicom(&DicomError::Inconsistent("x".into())),
+            StoreRefusal::from_dicom(&DicomError::Inconsistent(crate::dicom::Inconsistency::PixelData {
+                have: 0,
+                need: 1
+            })),
             StoreRefusal::Malformed
         );
         assert_eq!(

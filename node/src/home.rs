@@ -38,15 +38,18 @@ use crate::trust::service::{TrustChanges, TrustService};
 #[non_exhaustive]
 pub enum HomeError {
     /// The home already exists.
-    #[error("{0} already exists and is not empty: refusing to overwrite a node home")]
-    Exists(String),
+    #[error("{path} already exists and is not empty: refusing to overwrite a node home")]
+    Exists {
+        /// The home's path.
+        path: String,
+    },
     /// The home does not exist or is not a medmesh home.
     #[error("{path} is not a medmesh home ({reason}); create one with `medmesh init`")]
     NotAHome {
         /// The path.
         path: String,
         /// Why.
-        reason: String,
+        reason: NotAHome,
     },
     /// A file of the home could not be read or written.
     #[error("{path}: {source}")]
@@ -106,6 +109,23 @@ pub enum HomeError {
         .0.iter().map(|(p, _)| shell_quote(p)).collect::<Vec<_>>().join(" ")
     )]
     Exposed(Vec<(String, u32)>),
+}
+
+/// Why a folder is not a medmesh home ([`HomeError::NotAHome`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAHome {
+    /// It has no master key.
+    #[error("no keys/master.key")]
+    NoMasterKey,
+    /// Its node record cannot be read.
+    #[error("cannot read {file}: {source}")]
+    Record {
+        /// The node record's file.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// Whether a file mode gives the group or others any access.
@@ -389,7 +409,9 @@ impl Node {
         if root.exists() {
             let empty = fs::read_dir(root).map_err(|e| io(root, e))?.next().is_none();
             if !empty {
-                return Err(HomeError::Exists(root.display().to_string()));
+                return Err(HomeError::Exists {
+                    path: root.display().to_string(),
+                });
             }
         }
         let institution = institution.trim();
@@ -475,9 +497,12 @@ impl Node {
     /// [`HomeError::NotAHome`], identity errors for a damaged record.
     pub fn read_record(root: &Path) -> Result<VerifiedNodeRecord, HomeError> {
         let paths = HomePaths::new(root);
-        let bytes = fs::read(paths.record()).map_err(|e| HomeError::NotAHome {
+        let bytes = fs::read(paths.record()).map_err(|source| HomeError::NotAHome {
             path: root.display().to_string(),
-            reason: format!("cannot read {}: {e}", paths.record().display()),
+            reason: NotAHome::Record {
+                file: paths.record().display().to_string(),
+                source,
+            },
         })?;
         Ok(VerifiedNodeRecord::from_bytes(&bytes)?)
     }
@@ -510,7 +535,7 @@ impl Node {
         if !paths.master_key().exists() {
             return Err(HomeError::NotAHome {
                 path: root.display().to_string(),
-                reason: "no keys/master.key".into(),
+                reason: NotAHome::NoMasterKey,
             });
         }
         let config = Config::load(&paths.config())?;
@@ -521,7 +546,7 @@ impl Node {
         let identity = Identity::from_secrets(&ed, &x)?;
         if identity.ed25519_public().as_slice() != ed_pub.as_slice() || record.record().ed25519 != ed_pub {
             return Err(HomeError::Identity(IdentityError::Inconsistent(
-                "the identity key does not match node-record.cbor".into(),
+                crate::identity::Inconsistency::HomeKey,
             )));
         }
         let store = Store::open_waiting(&paths.db(), &paths.blobs(), master, config.store.fsync, wait, give_up)?;

@@ -37,7 +37,7 @@ pub enum IdentityError {
         /// Which key.
         what: &'static str,
         /// Why.
-        reason: String,
+        reason: KeyFault,
     },
     /// A signature does not verify.
     #[error("signature on {domain} does not verify")]
@@ -55,18 +55,57 @@ pub enum IdentityError {
     },
     /// A node record contradicts its own keys.
     #[error("node record is inconsistent: {0}")]
-    Inconsistent(String),
-    /// A field value is not acceptable.
-    #[error("invalid {field}: {reason}")]
-    BadField {
-        /// Which field.
-        field: &'static str,
-        /// Why.
-        reason: String,
+    Inconsistent(Inconsistency),
+    /// The jurisdiction is not an assigned ISO 3166-1 alpha-2 code.
+    #[error("invalid jurisdiction: {code:?} is not an assigned ISO 3166-1 alpha-2 code such as DE or FR: {source}")]
+    BadJurisdiction {
+        /// The code given.
+        code: String,
+        /// The parser's reason.
+        source: consent_schema::IdError,
     },
     /// Encoding or decoding failed.
     #[error(transparent)]
     Codec(#[from] CodecError),
+}
+
+/// Why a key is refused ([`IdentityError::BadKey`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFault {
+    /// It is not 32 bytes long.
+    #[error("must be 32 bytes")]
+    Length,
+    /// The system's random source failed while making it.
+    #[error(transparent)]
+    Random(getrandom::Error),
+    /// libp2p does not take it.
+    #[error(transparent)]
+    Decoding(libp2p_identity::DecodingError),
+    /// It is not a valid Ed25519 point.
+    #[error(transparent)]
+    Curve(ed25519_dalek::SignatureError),
+}
+
+/// How a node record contradicts its keys ([`IdentityError::Inconsistent`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// The record's key is not the key signing it.
+    #[error("record key is not the signer's key")]
+    NotSignersKey,
+    /// The record is signed by a key other than its own.
+    #[error("signed by a key other than the record's")]
+    SignedByOther,
+    /// The record's peer id does not derive from its key.
+    #[error("peer id {peer_id} does not derive from the record's key")]
+    PeerId {
+        /// The peer id the record names.
+        peer_id: String,
+    },
+    /// The home's identity key does not match its node record.
+    #[error("the identity key does not match node-record.cbor")]
+    HomeKey,
 }
 
 /// The node's secret keys. Zeroized on drop, never printed.
@@ -94,7 +133,7 @@ impl Identity {
         for buf in [&mut ed, &mut x] {
             getrandom::fill(&mut buf[..]).map_err(|e| IdentityError::BadKey {
                 what: "random",
-                reason: e.to_string(),
+                reason: KeyFault::Random(e),
             })?;
         }
         Ok(Self {
@@ -155,7 +194,7 @@ impl Identity {
         let mut secret = self.ed25519_secret();
         libp2p_identity::Keypair::ed25519_from_bytes(&mut secret[..]).map_err(|e| IdentityError::BadKey {
             what: "Ed25519",
-            reason: e.to_string(),
+            reason: KeyFault::Decoding(e),
         })
     }
 
@@ -178,7 +217,7 @@ impl Identity {
 fn bad_len(what: &'static str) -> IdentityError {
     IdentityError::BadKey {
         what,
-        reason: "must be 32 bytes".into(),
+        reason: KeyFault::Length,
     }
 }
 
@@ -190,7 +229,7 @@ pub fn peer_id_of(ed25519_public: &[u8; 32]) -> Result<String, IdentityError> {
     let pk =
         libp2p_identity::ed25519::PublicKey::try_from_bytes(ed25519_public).map_err(|e| IdentityError::BadKey {
             what: "Ed25519 public",
-            reason: e.to_string(),
+            reason: KeyFault::Decoding(e),
         })?;
     Ok(libp2p_identity::PublicKey::from(pk).to_peer_id().to_base58())
 }
@@ -219,7 +258,7 @@ pub fn verify_raw(public: &[u8], domain: &str, payload: &[u8], signature: &[u8])
     let key: [u8; 32] = public.try_into().map_err(|_| bad_len("signer"))?;
     let key = VerifyingKey::from_bytes(&key).map_err(|e| IdentityError::BadKey {
         what: "signer",
-        reason: e.to_string(),
+        reason: KeyFault::Curve(e),
     })?;
     let sig: [u8; 64] = signature
         .try_into()
@@ -289,7 +328,7 @@ impl SignedEnvelope {
         let signer: [u8; 32] = self.signer.as_slice().try_into().map_err(|_| bad_len("signer"))?;
         let key = VerifyingKey::from_bytes(&signer).map_err(|e| IdentityError::BadKey {
             what: "signer",
-            reason: e.to_string(),
+            reason: KeyFault::Curve(e),
         })?;
         let sig: [u8; 64] = self
             .signature
@@ -340,7 +379,7 @@ impl NodeRecord {
     /// [`IdentityError::Inconsistent`] when the record is not this identity's.
     pub fn sign(&self, identity: &Identity) -> Result<SignedEnvelope, IdentityError> {
         if self.ed25519 != identity.ed25519_public() {
-            return Err(IdentityError::Inconsistent("record key is not the signer's key".into()));
+            return Err(IdentityError::Inconsistent(Inconsistency::NotSignersKey));
         }
         let payload = cbor::encode("node record", self)?;
         Ok(identity.sign(NODE_RECORD_DOMAIN, payload))
@@ -366,15 +405,12 @@ impl VerifiedNodeRecord {
         let record: NodeRecord = cbor::decode("node record", payload, MAX_ENVELOPE_LEN)?;
         cbor::check_version("node record", record.v, NODE_RECORD_VERSION)?;
         if record.ed25519 != signer {
-            return Err(IdentityError::Inconsistent(
-                "signed by a key other than the record's".into(),
-            ));
+            return Err(IdentityError::Inconsistent(Inconsistency::SignedByOther));
         }
         if peer_id_of(&signer)? != record.peer_id {
-            return Err(IdentityError::Inconsistent(format!(
-                "peer id {} does not derive from the record's key",
-                record.peer_id
-            )));
+            return Err(IdentityError::Inconsistent(Inconsistency::PeerId {
+                peer_id: record.peer_id.clone(),
+            }));
         }
         if record.x25519.len() != 32 {
             return Err(bad_len("X25519 public"));
@@ -412,9 +448,9 @@ impl VerifiedNodeRecord {
 pub fn check_jurisdiction(code: &str) -> Result<(), IdentityError> {
     code.parse::<consent_schema::Jurisdiction>()
         .map(|_| ())
-        .map_err(|e| IdentityError::BadField {
-            field: "jurisdiction",
-            reason: format!("{code:?} is not an assigned ISO 3166-1 alpha-2 code such as DE or FR: {e}"),
+        .map_err(|source| IdentityError::BadJurisdiction {
+            code: code.to_string(),
+            source,
         })
 }
 

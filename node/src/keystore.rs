@@ -74,15 +74,52 @@ pub enum KeystoreError {
     Unsupported {
         /// The file.
         path: String,
-        /// Why.
-        reason: String,
+        /// Why (boxed: it names kinds).
+        reason: Box<KeyFileFault>,
     },
     /// A cryptographic operation failed.
     #[error("key operation failed: {0}")]
     Crypto(#[from] SealError),
     /// Argon2 rejected its parameters.
     #[error("Argon2id failed: {0}")]
-    Kdf(String),
+    Kdf(#[source] argon2::Error),
+}
+
+/// Why a key file is refused ([`KeystoreError::Unsupported`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileFault {
+    /// A secret key file holds another kind of key than asked for.
+    #[error("holds a {found:?} key, expected {expected:?}")]
+    SecretKind {
+        /// The kind the file holds.
+        found: String,
+        /// The kind asked for.
+        expected: String,
+    },
+    /// A passphrase-locked key file holds another kind of key than asked for.
+    #[error("holds a {found} key, expected a {expected} key")]
+    LockedKind {
+        /// The kind the file holds (`master` for the master key).
+        found: String,
+        /// The kind asked for.
+        expected: String,
+    },
+    /// The secret key does not open under the home's master key.
+    #[error("the secret key does not open under this home's master key")]
+    DoesNotOpen,
+    /// The file names a KDF this build does not know.
+    #[error("unknown KDF {kdf:?}")]
+    UnknownKdf {
+        /// The KDF named.
+        kdf: String,
+    },
+    /// The Argon2id parameters are out of the accepted range.
+    #[error("Argon2id parameters out of the accepted range")]
+    KdfParameters,
+    /// The salt is shorter than 16 bytes.
+    #[error("salt shorter than 16 bytes")]
+    ShortSalt,
 }
 
 /// A passphrase, zeroized on drop, never printed.
@@ -149,12 +186,12 @@ struct SecretKeyFile {
 }
 
 fn kek(passphrase: &Passphrase, salt: &[u8], m_kib: u32, t: u32, p: u32) -> Result<DataKey, KeystoreError> {
-    let params = argon2::Params::new(m_kib, t, p, Some(32)).map_err(|e| KeystoreError::Kdf(e.to_string()))?;
+    let params = argon2::Params::new(m_kib, t, p, Some(32)).map_err(KeystoreError::Kdf)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
     argon
         .hash_password_into(passphrase.as_bytes(), salt, &mut out[..])
-        .map_err(|e| KeystoreError::Kdf(e.to_string()))?;
+        .map_err(KeystoreError::Kdf)?;
     Ok(DataKey::from_bytes(*out))
 }
 
@@ -231,11 +268,14 @@ impl MasterKey {
         if file.kind != kind {
             return Err(unsupported(
                 path,
-                format!("holds a {:?} key, expected {kind:?}", file.kind),
+                KeyFileFault::SecretKind {
+                    found: file.kind,
+                    expected: kind.to_string(),
+                },
             ));
         }
         let secret = open_box(&self.0, secret_context(kind).as_bytes(), &file.sealed)
-            .map_err(|_| unsupported(path, "the secret key does not open under this home's master key".into()))?;
+            .map_err(|_| unsupported(path, KeyFileFault::DoesNotOpen))?;
         Ok((file.public, secret))
     }
 }
@@ -301,7 +341,10 @@ fn read_locked(path: &Path, kind: &str) -> Result<MasterKeyFile, KeystoreError> 
         };
         return Err(unsupported(
             path,
-            format!("holds a {} key, expected a {} key", what(&file.kind), what(kind)),
+            KeyFileFault::LockedKind {
+                found: what(&file.kind),
+                expected: what(kind),
+            },
         ));
     }
     Ok(file)
@@ -319,18 +362,15 @@ pub fn unlock_locked(
 ) -> Result<(Vec<u8>, DataKey), KeystoreError> {
     let file = read_locked(path, kind)?;
     if file.kdf != KDF_NAME {
-        return Err(unsupported(path, format!("unknown KDF {:?}", file.kdf)));
+        return Err(unsupported(path, KeyFileFault::UnknownKdf { kdf: file.kdf }));
     }
     // Refuse parameters that would let a tampered file weaken the KDF or exhaust memory.
     if file.m_kib < 19 * 1024 || file.m_kib > 4 * 1024 * 1024 || file.t < 2 || file.t > 64 || file.p == 0 || file.p > 64
     {
-        return Err(unsupported(
-            path,
-            "Argon2id parameters out of the accepted range".into(),
-        ));
+        return Err(unsupported(path, KeyFileFault::KdfParameters));
     }
     if file.salt.len() < 16 {
-        return Err(unsupported(path, "salt shorter than 16 bytes".into()));
+        return Err(unsupported(path, KeyFileFault::ShortSalt));
     }
     let wrapped = WrappedKey::from_bytes(&file.wrapped).map_err(KeystoreError::Crypto)?;
     let kek = kek(passphrase, &file.salt, file.m_kib, file.t, file.p)?;
@@ -358,10 +398,10 @@ fn format_err(path: &Path, source: CodecError) -> KeystoreError {
     }
 }
 
-fn unsupported(path: &Path, reason: String) -> KeystoreError {
+fn unsupported(path: &Path, reason: KeyFileFault) -> KeystoreError {
     KeystoreError::Unsupported {
         path: path.display().to_string(),
-        reason,
+        reason: Box::new(reason),
     }
 }
 

@@ -21,7 +21,7 @@ mod vectors;
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::identity::{Identity, SignedEnvelope, peer_id_of};
+use crate::identity::{Identity, IdentityError, SignedEnvelope, peer_id_of};
 
 /// Version of the entry format.
 pub const LEDGER_VERSION: u32 = 1;
@@ -44,13 +44,13 @@ pub enum LedgerError {
         /// Which entry (author and seq, or its id).
         entry: String,
         /// Why.
-        reason: String,
+        reason: RecordFault,
     },
     /// A witness does not decode or verify.
     #[error("ledger witness: {reason}")]
     Witness {
         /// Why.
-        reason: String,
+        reason: RecordFault,
     },
     /// A feed breaks its chain.
     #[error("feed of {author}: {reason}")]
@@ -58,7 +58,97 @@ pub enum LedgerError {
         /// The author's peer id.
         author: String,
         /// Where and how.
-        reason: String,
+        reason: ChainBreak,
+    },
+}
+
+/// Why a ledger entry or witness is refused ([`LedgerError::Invalid`],
+/// [`LedgerError::Witness`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordFault {
+    /// It is longer than allowed.
+    #[error("{len} bytes, over {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// It does not encode or decode, or has another version.
+    #[error(transparent)]
+    Codec(#[from] cbor::CodecError),
+    /// Its envelope does not decode or verify (boxed: it is large).
+    #[error(transparent)]
+    Envelope(Box<IdentityError>),
+    /// The signer is not the entry's author.
+    #[error("not signed by its author")]
+    NotSignedByAuthor,
+    /// The signer is not the witness it names.
+    #[error("not signed by its witness")]
+    NotSignedByWitness,
+    /// It is not in the one encoding this crate writes.
+    #[error("not in the canonical encoding")]
+    NotCanonical,
+    /// Seq 0, or a previous id of another length than 32 bytes.
+    #[error("seq 0 or a previous id that is not 32 bytes")]
+    BadLink,
+    /// The first entry of a feed names a previous one.
+    #[error("the first entry names a previous one")]
+    FirstNamesPrevious,
+    /// The feed is at the largest seq: no entry can follow.
+    #[error("the feed is at the largest seq")]
+    FeedFull,
+    /// A witness names more heads than allowed.
+    #[error("{count} heads, at most {max}")]
+    TooManyHeads {
+        /// Heads named.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A head of a witness is malformed.
+    #[error("head {index}: author and id must be 32 bytes, seq at least 1")]
+    MalformedHead {
+        /// The head's index.
+        index: usize,
+    },
+    /// The heads of a witness are not in ascending order of author.
+    #[error("head {index}: authors not in ascending order")]
+    HeadOrder {
+        /// The head's index.
+        index: usize,
+    },
+}
+
+impl From<IdentityError> for RecordFault {
+    fn from(e: IdentityError) -> Self {
+        Self::Envelope(Box::new(e))
+    }
+}
+
+/// How a feed breaks its chain ([`LedgerError::Chain`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainBreak {
+    /// The two entries are of different authors.
+    #[error("entries of two authors")]
+    TwoAuthors,
+    /// A seq is skipped.
+    #[error("seq {next} follows seq {prev} (a gap)")]
+    Gap {
+        /// The earlier entry's seq.
+        prev: u64,
+        /// The later entry's seq.
+        next: u64,
+    },
+    /// The later entry names another entry as its previous one.
+    #[error("entry {next} does not name entry {prev} as its previous one")]
+    WrongPrevious {
+        /// The earlier entry's seq.
+        prev: u64,
+        /// The later entry's seq.
+        next: u64,
     },
 }
 
@@ -356,7 +446,7 @@ pub fn make_entry(
         Some((s, id)) => (
             s.checked_add(1).ok_or_else(|| LedgerError::Invalid {
                 entry: format!("seq {s}"),
-                reason: "the feed is at the largest seq".into(),
+                reason: RecordFault::FeedFull,
             })?,
             id,
         ),
@@ -370,15 +460,15 @@ pub fn make_entry(
         time,
         event,
     };
-    let invalid = |reason: String| LedgerError::Invalid {
+    let invalid = |reason: RecordFault| LedgerError::Invalid {
         entry: format!("seq {seq}"),
         reason,
     };
-    let payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.to_string()))?;
+    let payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.into()))?;
     let bytes = identity
         .sign(ENTRY_DOMAIN, payload)
         .to_bytes()
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| invalid(e.into()))?;
     let id = *blake3::hash(&bytes).as_bytes();
     Ok(SignedEntry { entry, bytes, id })
 }
@@ -391,32 +481,35 @@ pub fn make_entry(
 /// [`LedgerError::Invalid`] saying why.
 pub fn open_entry(bytes: &[u8]) -> Result<SignedEntry, LedgerError> {
     let id = *blake3::hash(bytes).as_bytes();
-    let invalid = |reason: String| LedgerError::Invalid {
+    let invalid = |reason: RecordFault| LedgerError::Invalid {
         entry: hex::encode(&id[..8]),
         reason,
     };
     if bytes.len() > MAX_ENTRY {
-        return Err(invalid(format!("{} bytes, over {MAX_ENTRY}", bytes.len())));
+        return Err(invalid(RecordFault::TooLarge {
+            len: bytes.len(),
+            max: MAX_ENTRY,
+        }));
     }
-    let env = SignedEnvelope::from_bytes(bytes).map_err(|e| invalid(e.to_string()))?;
-    let (signer, payload) = env.verify(ENTRY_DOMAIN).map_err(|e| invalid(e.to_string()))?;
-    let entry: Entry = cbor::decode("ledger entry", payload, MAX_ENTRY).map_err(|e| invalid(e.to_string()))?;
-    cbor::check_version("ledger entry", entry.v, LEDGER_VERSION).map_err(|e| invalid(e.to_string()))?;
+    let env = SignedEnvelope::from_bytes(bytes).map_err(|e| invalid(e.into()))?;
+    let (signer, payload) = env.verify(ENTRY_DOMAIN).map_err(|e| invalid(e.into()))?;
+    let entry: Entry = cbor::decode("ledger entry", payload, MAX_ENTRY).map_err(|e| invalid(e.into()))?;
+    cbor::check_version("ledger entry", entry.v, LEDGER_VERSION).map_err(|e| invalid(e.into()))?;
     if entry.author != signer {
-        return Err(invalid("not signed by its author".into()));
+        return Err(invalid(RecordFault::NotSignedByAuthor));
     }
     // One encoding per entry: the id names the content, so a relayed copy
     // re-encoded differently (CBOR allows it) cannot pass for another entry
     // of the same author and seq (a false equivocation).
-    let canonical_payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.to_string()))?;
-    if canonical_payload != payload || env.to_bytes().map_err(|e| invalid(e.to_string()))? != bytes {
-        return Err(invalid("not in the canonical encoding".into()));
+    let canonical_payload = cbor::encode("ledger entry", &entry).map_err(|e| invalid(e.into()))?;
+    if canonical_payload != payload || env.to_bytes().map_err(|e| invalid(e.into()))? != bytes {
+        return Err(invalid(RecordFault::NotCanonical));
     }
     if entry.seq == 0 || entry.prev.len() != 32 {
-        return Err(invalid("seq 0 or a previous id that is not 32 bytes".into()));
+        return Err(invalid(RecordFault::BadLink));
     }
     if entry.seq == 1 && entry.prev != [0u8; 32] {
-        return Err(invalid("the first entry names a previous one".into()));
+        return Err(invalid(RecordFault::FirstNamesPrevious));
     }
     Ok(SignedEntry {
         entry,
@@ -430,24 +523,24 @@ pub fn open_entry(bytes: &[u8]) -> Result<SignedEntry, LedgerError> {
 /// # Errors
 /// [`LedgerError::Chain`] naming the break.
 pub fn check_link(prev: &SignedEntry, next: &SignedEntry) -> Result<(), LedgerError> {
-    let chain = |reason: String| LedgerError::Chain {
+    let chain = |reason: ChainBreak| LedgerError::Chain {
         author: next.author_peer(),
         reason,
     };
     if next.entry.author != prev.entry.author {
-        return Err(chain("entries of two authors".into()));
+        return Err(chain(ChainBreak::TwoAuthors));
     }
     if prev.entry.seq.checked_add(1) != Some(next.entry.seq) {
-        return Err(chain(format!(
-            "seq {} follows seq {} (a gap)",
-            next.entry.seq, prev.entry.seq
-        )));
+        return Err(chain(ChainBreak::Gap {
+            prev: prev.entry.seq,
+            next: next.entry.seq,
+        }));
     }
     if next.entry.prev != prev.id {
-        return Err(chain(format!(
-            "entry {} does not name entry {} as its previous one",
-            next.entry.seq, prev.entry.seq
-        )));
+        return Err(chain(ChainBreak::WrongPrevious {
+            prev: prev.entry.seq,
+            next: next.entry.seq,
+        }));
     }
     Ok(())
 }

@@ -93,15 +93,21 @@ pub enum NetError {
     #[error(transparent)]
     Home(#[from] HomeError),
     /// The swarm could not be built.
-    #[error("cannot start the network: {0}")]
-    Build(String),
+    #[error("cannot start the network: {stage}: {source}")]
+    Build {
+        /// What was being built.
+        stage: BuildStage,
+        /// The libp2p error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
         /// The address.
         addr: String,
         /// Why.
-        reason: String,
+        reason: ListenFault,
     },
     /// The network task has stopped.
     #[error("the network task has stopped")]
@@ -130,8 +136,11 @@ pub enum NetError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No service registered the protocol.
-    #[error("no service speaks {0}")]
-    NoProtocol(String),
+    #[error("no service speaks {protocol}")]
+    NoProtocol {
+        /// The protocol name.
+        protocol: String,
+    },
     /// The services' protocols could not be registered.
     #[error(transparent)]
     Router(#[from] protocol::RouterError),
@@ -153,6 +162,50 @@ pub enum PeerFailure {
     /// The request went out but no answer came back.
     #[error("no answer: {0}")]
     NoAnswer(#[source] request_response::OutboundFailure),
+}
+
+/// What was being built when the network could not start ([`NetError::Build`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildStage {
+    /// The gossip behaviour.
+    #[error("gossip")]
+    Gossip,
+    /// The TCP transport (with Noise and yamux).
+    #[error("TCP transport")]
+    Tcp,
+    /// The DNS resolver.
+    #[error("DNS resolver")]
+    Dns,
+    /// The swarm's behaviours.
+    #[error("behaviours")]
+    Behaviours,
+    /// The subscription to a gossip topic.
+    #[error("gossip topic {name}")]
+    Topic {
+        /// The topic.
+        name: String,
+    },
+}
+
+/// Why a listen or bootstrap address cannot be used ([`NetError::Listen`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenFault {
+    /// The configured addresses do not parse.
+    #[error(transparent)]
+    Address(crate::config::AddrError),
+    /// The transport refuses the address.
+    #[error(transparent)]
+    Transport(libp2p::TransportError<std::io::Error>),
+}
+
+/// A [`NetError::Build`] at `stage`.
+fn build_err(stage: BuildStage, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> NetError {
+    NetError::Build {
+        stage,
+        source: e.into(),
+    }
 }
 
 /// Commands to the network task.
@@ -273,7 +326,9 @@ impl NetHandle {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(reason)) => Err(NetError::Peer { peer, reason }),
             // The network task drops the reply of a protocol nobody registered.
-            Err(_) => Err(NetError::NoProtocol(protocol.to_string())),
+            Err(_) => Err(NetError::NoProtocol {
+                protocol: protocol.to_string(),
+            }),
         }
     }
 
@@ -371,9 +426,9 @@ fn topic_gossip(max_message: usize) -> Result<gossipsub::Behaviour, NetError> {
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
-        .map_err(|e| NetError::Build(e.to_string()))?;
+        .map_err(|e| build_err(BuildStage::Gossip, e))?;
     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
-        .map_err(|e| NetError::Build(e.to_string()))
+        .map_err(|e| build_err(BuildStage::Gossip, e))
 }
 
 /// A request-response behaviour of a registered protocol.
@@ -416,10 +471,10 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig, router: &Router) -> Result<Swar
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Build(e.to_string()))?
+        .map_err(|e| build_err(BuildStage::Tcp, e))?
         .with_quic()
         .with_dns()
-        .map_err(|e| NetError::Build(format!("DNS resolver: {e}")))?
+        .map_err(|e| build_err(BuildStage::Dns, e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
             let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
@@ -459,7 +514,7 @@ fn build_swarm(node: &Node, cfg: &NetworkConfig, router: &Router) -> Result<Swar
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
-        .map_err(|e| NetError::Build(e.to_string()))?
+        .map_err(|e| build_err(BuildStage::Behaviours, e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(cfg.idle_timeout_secs)))
         .build();
     Ok(swarm)
@@ -518,19 +573,19 @@ pub async fn start(
 ) -> Result<(NetHandle, tokio::task::JoinHandle<()>), NetError> {
     let cfg = node.config().network.clone();
     let mut swarm = build_swarm(&node, &cfg, &router)?;
-    let listen = cfg.listen_addrs().map_err(|reason| NetError::Listen {
+    let listen = cfg.listen_addrs().map_err(|e| NetError::Listen {
         addr: "network.listen".into(),
-        reason: reason.to_string(),
+        reason: ListenFault::Address(e),
     })?;
     for addr in listen {
         swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
             addr: addr.to_string(),
-            reason: e.to_string(),
+            reason: ListenFault::Transport(e),
         })?;
     }
-    let bootstrap = cfg.bootstrap_peers().map_err(|reason| NetError::Listen {
+    let bootstrap = cfg.bootstrap_peers().map_err(|e| NetError::Listen {
         addr: "network.bootstrap".into(),
-        reason: reason.to_string(),
+        reason: ListenFault::Address(e),
     })?;
     let (tx, rx) = mpsc::channel(32);
     let (internal_tx, internal_rx) = mpsc::channel(64);
@@ -543,7 +598,14 @@ pub async fn start(
                 .gossip
                 .inner_mut()
                 .subscribe(&topic)
-                .map_err(|e| NetError::Build(format!("gossip topic {}: {e}", t.name)))?;
+                .map_err(|e| {
+                    build_err(
+                        BuildStage::Topic {
+                            name: t.name.to_string(),
+                        },
+                        e,
+                    )
+                })?;
             Some((topic, t.handler))
         }
         None => None,

@@ -69,11 +69,17 @@ pub enum SinkConfigError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     /// The token header is not a header name.
-    #[error("{0:?} is not a header name")]
-    HeaderName(String),
+    #[error("{header:?} is not a header name")]
+    HeaderName {
+        /// The header name as configured.
+        header: String,
+    },
     /// The syslog facility is not one of those known.
-    #[error("unknown facility {0:?}")]
-    Facility(String),
+    #[error("unknown facility {facility:?}")]
+    Facility {
+        /// The facility as configured.
+        facility: String,
+    },
     /// A PEM file cannot be read or parsed.
     #[error("{file}: {source}")]
     Pem {
@@ -91,8 +97,11 @@ pub enum SinkConfigError {
         source: rustls::Error,
     },
     /// A PEM file holds no certificate.
-    #[error("{0}: no certificate")]
-    NoCertificate(String),
+    #[error("{file}: no certificate")]
+    NoCertificate {
+        /// The PEM file.
+        file: String,
+    },
     /// The TLS library cannot be set up.
     #[error(transparent)]
     Protocols(rustls::Error),
@@ -121,8 +130,11 @@ pub enum DeliveryError {
         source: std::io::Error,
     },
     /// The connection was not made in time.
-    #[error("connect {0}: timed out")]
-    ConnectTimeout(String),
+    #[error("connect {target}: timed out")]
+    ConnectTimeout {
+        /// `host:port` or the sink as shown.
+        target: String,
+    },
     /// The host is not a name TLS can check.
     #[error("{host}: {source}")]
     ServerName {
@@ -158,8 +170,11 @@ pub enum DeliveryError {
         source: std::io::Error,
     },
     /// The collector's name resolves to no address.
-    #[error("{0}: no address")]
-    NoAddress(String),
+    #[error("{target}: no address")]
+    NoAddress {
+        /// The sink as shown.
+        target: String,
+    },
     /// No UDP socket could be made.
     #[error("UDP: {0}")]
     UdpSocket(std::io::Error),

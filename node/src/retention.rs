@@ -37,10 +37,10 @@ impl RetentionError {
     #[must_use]
     pub fn is_unknown_study(&self) -> bool {
         match self {
-            RetentionError::Store(e) => matches!(e, StoreError::UnknownStudy(_)),
+            RetentionError::Store(e) => matches!(e, StoreError::UnknownStudy { .. }),
             RetentionError::Transfers(e) => e
                 .downcast_ref::<StoreError>()
-                .is_some_and(|s| matches!(s, StoreError::UnknownStudy(_))),
+                .is_some_and(|s| matches!(s, StoreError::UnknownStudy { .. })),
         }
     }
 }
@@ -178,14 +178,18 @@ impl<'a> RetentionService<'a> {
             which.len() >= MIN_REF_PREFIX && which.len() <= 64 && which.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_ref {
             if which.is_empty() || which.contains(|c: char| !(c.is_ascii_digit() || c == '.')) {
-                return Err(RetentionError::Store(StoreError::UnknownStudy(format!(
-                    "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
-                ))));
+                return Err(RetentionError::Store(StoreError::UnknownStudy {
+                    study: format!(
+                        "{which:?} (give a Study Instance UID, or 16 or more hex digits of a locked study's reference)"
+                    ),
+                }));
             }
             let study = self.store.study_ref(which);
             return match self.store.study_row(&study)? {
                 Some(_) => Ok(study),
-                None => Err(RetentionError::Store(StoreError::UnknownStudy(which.to_string()))),
+                None => Err(RetentionError::Store(StoreError::UnknownStudy {
+                    study: which.to_string(),
+                })),
             };
         }
         let prefix = which.to_ascii_lowercase();
@@ -198,13 +202,15 @@ impl<'a> RetentionService<'a> {
             .collect();
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(RetentionError::Store(StoreError::UnknownStudy(format!(
-                "with reference {prefix}"
-            )))),
-            _ => Err(RetentionError::Store(StoreError::UnknownStudy(format!(
-                "with reference {prefix} alone: {} studies start with it; give more digits",
-                matches.len()
-            )))),
+            [] => Err(RetentionError::Store(StoreError::UnknownStudy {
+                study: format!("with reference {prefix}"),
+            })),
+            _ => Err(RetentionError::Store(StoreError::UnknownStudy {
+                study: format!(
+                    "with reference {prefix} alone: {} studies start with it; give more digits",
+                    matches.len()
+                ),
+            })),
         }
     }
 
@@ -232,7 +238,7 @@ impl<'a> RetentionService<'a> {
         let row = self
             .store
             .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
+            .ok_or_else(|| StoreError::UnknownStudy { study: study.short() })?;
         // The UID, when the study still opens (a locked copy's went with its
         // key; a damaged row is purged all the same, by its reference).
         let uid = match self
@@ -241,7 +247,7 @@ impl<'a> RetentionService<'a> {
             .and_then(|key| self.store.open_study_meta(&study, &key, &row))
         {
             Ok(meta) => Some(meta.study_uid),
-            Err(StoreError::Locked(_)) => None,
+            Err(StoreError::Locked { .. }) => None,
             Err(e) => {
                 tracing::warn!(study = %study.short(), cause = %e, "purging a study whose metadata does not open");
                 None
@@ -274,7 +280,7 @@ impl<'a> RetentionService<'a> {
         let (purged, entry) = self
             .store
             .purge_study(&study, &self.effects.author(), event)?
-            .ok_or_else(|| StoreError::UnknownStudy(study.short()))?;
+            .ok_or_else(|| StoreError::UnknownStudy { study: study.short() })?;
         self.effects.logged(std::slice::from_ref(&entry));
         let salt_erased = purged.salt_erased;
         tracing::info!(study = %study.short(), %reason, instances = purged.instances, "study purged");

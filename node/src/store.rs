@@ -179,12 +179,13 @@ pub struct StudyAttributes {
 #[non_exhaustive]
 pub enum StoreError {
     /// The database could not be opened or used.
-    #[error("database {path}: {reason}")]
+    #[error("database {path}: {source}")]
     Database {
         /// The database file.
         path: String,
-        /// Why.
-        reason: String,
+        /// The database's error (boxed: it is large).
+        #[source]
+        source: Box<redb::Error>,
     },
     /// A blob file could not be read or written.
     #[error("blob {path}: {source}")]
@@ -214,20 +215,74 @@ pub enum StoreError {
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
     /// A study is locked: its data key was destroyed.
-    #[error("study {0} is locked: its data key was destroyed")]
-    Locked(String),
+    #[error("study {study} is locked: its data key was destroyed")]
+    Locked {
+        /// The study's short reference.
+        study: String,
+    },
     /// The change would overwrite something it must not.
     #[error(transparent)]
     Held(#[from] Conflict),
     /// Nothing is stored under that reference.
-    #[error("no study {0} in this store")]
-    UnknownStudy(String),
+    #[error("no study {study} in this store")]
+    UnknownStudy {
+        /// The study as named (its UID or short reference).
+        study: String,
+    },
     /// A stored consent record does not open or decode.
-    #[error("consent record {0} in consents-v1 does not open under this node's master key or is damaged")]
-    Consent(String),
+    #[error("consent record {record} in consents-v1 does not open under this node's master key or is damaged")]
+    Consent {
+        /// The record's short key (hex).
+        record: String,
+    },
     /// A ledger entry cannot be made.
     #[error("ledger: {0}")]
-    Ledger(String),
+    Ledger(#[source] crate::ledger::LedgerError),
+    /// The database file does not exist.
+    #[error("database {path}: does not exist (is this a medmesh home? run `medmesh init`)")]
+    NoDatabase {
+        /// The database file.
+        path: String,
+    },
+    /// The database has another schema version than this build reads.
+    #[error("database {path}: schema version {found:?}, this build reads {supported}")]
+    Schema {
+        /// The database file.
+        path: String,
+        /// The version found (none when the database has no version).
+        found: Option<u32>,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A row could not be encoded, or a small record decoded.
+    #[error(transparent)]
+    Codec(CodecError),
+    /// The system's random source failed.
+    #[error("random: {0}")]
+    Random(#[source] getrandom::Error),
+    /// A study commitment's row cannot be made or read.
+    #[error("commitment {commitment}: {fault}")]
+    Commitment {
+        /// The commitment's first 8 bytes, in hex (empty while it is made).
+        commitment: String,
+        /// What is wrong.
+        fault: CommitmentFault,
+    },
+    /// A sink's delivery is recorded out of order (deliveries are in
+    /// order, none skipped).
+    #[error("sink {sink}: delivered {seq} out of order (cursor at {cursor})")]
+    SinkOrder {
+        /// The sink.
+        sink: String,
+        /// The seq recorded as delivered.
+        seq: u64,
+        /// The sink's cursor.
+        cursor: u64,
+    },
+    /// Ledger entries were to be appended without an author to sign them
+    /// (a bug of the caller).
+    #[error("ledger: an entry to append has no author")]
+    NoAuthor,
     /// Another process holds the database (a node running or starting on
     /// this home, or another command).
     #[error(
@@ -251,8 +306,31 @@ pub enum StoreError {
         seen: u64,
     },
     /// A re-link record does not open.
-    #[error("re-link record of pseudonym {0} in relink-v1 does not open under this node's master key or is damaged")]
-    Relink(String),
+    #[error(
+        "re-link record of pseudonym {pseudonym} in relink-v1 does not open under this node's master key or is damaged"
+    )]
+    Relink {
+        /// The pseudonym.
+        pseudonym: String,
+    },
+}
+
+/// What is wrong with a study commitment's row ([`StoreError::Commitment`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitmentFault {
+    /// The salt and study could not be sealed.
+    #[error("cannot be sealed: {0}")]
+    Seal(#[source] medmesh_seal::SealError),
+    /// The row does not open under this node's key.
+    #[error("does not open")]
+    DoesNotOpen,
+    /// The row is too short to hold a salt.
+    #[error("a commitment row is too short")]
+    TooShort,
+    /// The row's salt and study do not give the commitment.
+    #[error("a commitment row does not match its commitment")]
+    Mismatch,
 }
 
 /// What a change would overwrite ([`StoreError::Held`]). Objects are
@@ -359,10 +437,10 @@ fn open_db(db_path: &Path, wait: Duration, give_up: &dyn Fn() -> bool) -> Result
     }
 }
 
-fn db_err(path: &Path, e: impl fmt::Display) -> StoreError {
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source: Box::new(e.into()),
     }
 }
 
@@ -696,10 +774,9 @@ impl Store {
         give_up: &dyn Fn() -> bool,
     ) -> Result<Self, StoreError> {
         if !db_path.exists() {
-            return Err(db_err(
-                db_path,
-                "does not exist (is this a medmesh home? run `medmesh init`)",
-            ));
+            return Err(StoreError::NoDatabase {
+                path: db_path.display().to_string(),
+            });
         }
         let db = open_db(db_path, wait, give_up)?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
@@ -711,7 +788,11 @@ impl Store {
             .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
             .map(u32::from_le_bytes);
         if version != Some(SCHEMA_VERSION) {
-            return Err(store.err(format!("schema version {version:?}, this build reads {SCHEMA_VERSION}")));
+            return Err(StoreError::Schema {
+                path: db_path.display().to_string(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
         }
         drop(meta);
         drop(read);
@@ -762,7 +843,7 @@ impl Store {
         Ok(())
     }
 
-    fn err(&self, e: impl fmt::Display) -> StoreError {
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
         db_err(&self.db_path, e)
     }
 
@@ -902,7 +983,7 @@ impl Store {
     /// [`StoreError::Key`], [`StoreError::Locked`].
     pub fn unwrap_study_key(&self, study: &StudyRef, row: &StudyRow) -> Result<DataKey, StoreError> {
         if row.wrapped_key.is_empty() {
-            return Err(StoreError::Locked(study.short()));
+            return Err(StoreError::Locked { study: study.short() });
         }
         let wrapped = WrappedKey::from_bytes(&row.wrapped_key).map_err(|_| key_err("data key", study))?;
         self.master
@@ -1201,11 +1282,15 @@ impl Store {
 
     fn seal_consent(&self, key: &[u8; 32], record: &ConsentRecord) -> Result<Vec<u8>, StoreError> {
         let plain = Zeroizing::new(record.to_cbor());
-        seal_box(&self.consent_key, key, &plain).map_err(|_| StoreError::Consent(hex::encode(&key[..8])))
+        seal_box(&self.consent_key, key, &plain).map_err(|_| StoreError::Consent {
+            record: hex::encode(&key[..8]),
+        })
     }
 
     fn open_consent(&self, key: &[u8; 32], sealed: &[u8]) -> Result<ConsentRecord, StoreError> {
-        let damaged = || StoreError::Consent(hex::encode(&key[..8]));
+        let damaged = || StoreError::Consent {
+            record: hex::encode(&key[..8]),
+        };
         let plain = open_box(&self.consent_key, key, sealed).map_err(|_| damaged())?;
         ConsentRecord::from_cbor(&plain).map_err(|_| damaged())
     }
@@ -1262,7 +1347,10 @@ impl Store {
                     continue;
                 };
                 if record.id() != id {
-                    return Err(StoreError::Consent(hex::encode(&key[..8])).into());
+                    return Err(StoreError::Consent {
+                        record: hex::encode(&key[..8]),
+                    }
+                    .into());
                 }
                 let sealed = self.seal_consent(&key, &record)?;
                 table.insert(key, sealed.as_slice()).map_err(|e| self.err(e))?;
@@ -1277,7 +1365,7 @@ impl Store {
         let entries = match author {
             Some(a) => self.append_all_in(&txn, a, events)?,
             None if events.is_empty() => Vec::new(),
-            None => return Err(StoreError::Ledger("an entry to append has no author".into()).into()),
+            None => return Err(StoreError::NoAuthor.into()),
         };
         txn.commit().map_err(|e| self.err(e))?;
         Ok(entries)

@@ -398,10 +398,9 @@ impl<'a> StudiesService<'a> {
     pub fn show(&self, study_uid: &str) -> Result<StudyDetail, StudiesError> {
         self.expire()?;
         let study: StudyRef = self.store.study_ref(study_uid);
-        let row = self
-            .store
-            .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study_uid.to_string()))?;
+        let row = self.store.study_row(&study)?.ok_or_else(|| StoreError::UnknownStudy {
+            study: study_uid.to_string(),
+        })?;
         let key = self.store.unwrap_study_key(&study, &row)?;
         let meta = self.store.open_study_meta(&study, &key, &row)?;
         let mut series: Vec<SeriesDetail> = meta

@@ -146,12 +146,14 @@ pub enum TransferError {
     /// The OS random generator failed (a new transfer id).
     #[error("the OS random generator failed: {0}")]
     Random(#[source] getrandom::Error),
-    /// De-identifying an object for the transfer failed (`what` names it
-    /// by transfer and object, never by patient data).
-    #[error("{}{cause}", what.as_deref().map(|w| format!("{w}: ")).unwrap_or_default())]
+    /// De-identifying an object for the transfer failed (named by
+    /// transfer and object, never by patient data).
+    #[error("{}{cause}", deid_subject(transfer.as_deref(), object.as_deref()))]
     Deid {
-        /// The transfer and object concerned, if any.
-        what: Option<String>,
+        /// The transfer concerned, if any.
+        transfer: Option<String>,
+        /// The object (SOP Instance UID) concerned, if any.
+        object: Option<String>,
         /// The cause.
         #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
@@ -535,11 +537,39 @@ fn peer_code(code: &str) -> String {
     }
 }
 
-fn deid_failed(what: String, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> TransferError {
+fn deid_failed(
+    transfer: Option<&str>,
+    object: &str,
+    cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> TransferError {
     TransferError::Deid {
-        what: Some(what),
+        transfer: transfer.map(str::to_string),
+        object: Some(object.to_string()),
         cause: cause.into(),
     }
+}
+
+/// The prefix of a [`TransferError::Deid`] message: `transfer T, object O: `.
+fn deid_subject(transfer: Option<&str>, object: Option<&str>) -> String {
+    match (transfer, object) {
+        (Some(t), Some(o)) => format!("transfer {t}, object {o}: "),
+        (Some(t), None) => format!("transfer {t}: "),
+        (None, Some(o)) => format!("object {o}: "),
+        (None, None) => String::new(),
+    }
+}
+
+/// Why an object could not be de-identified for a transfer, when no other
+/// error says it ([`TransferError::Deid`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeidStepError {
+    /// The stored object's BLAKE3 differs from the one recorded at import.
+    #[error("its BLAKE3 differs from the one recorded at import")]
+    HashMismatch,
+    /// The de-identified object does not parse.
+    #[error("the output: {0}")]
+    Output(#[source] crate::dicom::DicomError),
 }
 
 fn damaged(id: &(impl std::fmt::Display + ?Sized), reason: impl Into<Damage>) -> TransferError {

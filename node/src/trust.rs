@@ -69,7 +69,7 @@ pub enum TrustError {
         /// Which field.
         field: &'static str,
         /// Why.
-        reason: String,
+        reason: TrustFault,
     },
     /// Decoding failed.
     #[error(transparent)]
@@ -92,11 +92,71 @@ pub enum TrustError {
     },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> TrustError {
-    TrustError::Invalid {
-        field,
-        reason: reason.into(),
-    }
+/// Why a field of a trust document is refused ([`TrustError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustFault {
+    /// The consortium's name is empty or too long.
+    #[error("must be 1 to 200 characters")]
+    NameLength,
+    /// No admins, or too many.
+    #[error("must be 1 to {max} keys")]
+    AdminCount {
+        /// The most admins a consortium has.
+        max: usize,
+    },
+    /// Two admin keys are the same, or one is not 32 bytes.
+    #[error("must be distinct 32-byte Ed25519 keys")]
+    AdminKeys,
+    /// A threshold is 0 or above the number of admins.
+    #[error("must be from 1 to {admins} (the number of admins)")]
+    Threshold {
+        /// The number of admins.
+        admins: usize,
+    },
+    /// The descriptor's version cannot carry its revocation threshold.
+    #[error("a version {version} descriptor cannot require {threshold} revocation signature(s)")]
+    VersionThreshold {
+        /// The descriptor's version.
+        version: u32,
+        /// Its revocation threshold.
+        threshold: u32,
+    },
+    /// The id does not match the descriptor's contents.
+    #[error("does not match the descriptor's contents (altered descriptor)")]
+    IdMismatch,
+    /// A certificate names no purpose.
+    #[error("at least one purpose")]
+    NoPurpose,
+    /// A certificate's validity ends before it starts.
+    #[error("must end after it starts")]
+    Validity,
+    /// A revocation gives no reason.
+    #[error("a revocation needs a reason")]
+    NoReason,
+    /// The key is not an admin key of the consortium.
+    #[error("is not an admin key of this consortium")]
+    NotAnAdmin,
+    /// The admin has signed the document already.
+    #[error("has already signed this {document}")]
+    AlreadySigned {
+        /// Which document (certificate, revocation).
+        document: &'static str,
+    },
+    /// The document is of another consortium.
+    #[error("the {document} is for consortium {of}, not {expected}")]
+    OtherConsortium {
+        /// Which document (certificate, revocation).
+        document: &'static str,
+        /// The consortium it is for.
+        of: String,
+        /// The consortium it was checked against.
+        expected: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: TrustFault) -> TrustError {
+    TrustError::Invalid { field, reason }
 }
 
 /// A consortium descriptor: who may admit members, and how many must agree.
@@ -198,42 +258,43 @@ impl Consortium {
             cbor::check_version("consortium", self.v, TRUST_VERSION)?;
         }
         if self.name.is_empty() || self.name.chars().count() > 200 {
-            return Err(invalid("name", "must be 1 to 200 characters"));
+            return Err(invalid("name", TrustFault::NameLength));
         }
         if self.admins.is_empty() || self.admins.len() > MAX_ADMINS {
-            return Err(invalid("admins", format!("must be 1 to {MAX_ADMINS} keys")));
+            return Err(invalid("admins", TrustFault::AdminCount { max: MAX_ADMINS }));
         }
         let distinct: BTreeSet<&[u8]> = self.admins.iter().map(|a| a.as_slice()).collect();
         if distinct.len() != self.admins.len() || self.admins.iter().any(|a| a.len() != 32) {
-            return Err(invalid("admins", "must be distinct 32-byte Ed25519 keys"));
+            return Err(invalid("admins", TrustFault::AdminKeys));
         }
         if self.threshold == 0 || self.threshold as usize > self.admins.len() {
             return Err(invalid(
                 "threshold",
-                format!("must be from 1 to {} (the number of admins)", self.admins.len()),
+                TrustFault::Threshold {
+                    admins: self.admins.len(),
+                },
             ));
         }
         if self.revocation_threshold == 0 || self.revocation_threshold as usize > self.admins.len() {
             return Err(invalid(
                 "revocation_threshold",
-                format!("must be from 1 to {} (the number of admins)", self.admins.len()),
+                TrustFault::Threshold {
+                    admins: self.admins.len(),
+                },
             ));
         }
         // Version 1 knows no revocation threshold; version 2 exists only to carry one.
         if (self.v == TRUST_VERSION) != (self.revocation_threshold == 1) {
             return Err(invalid(
                 "revocation_threshold",
-                format!(
-                    "a version {} descriptor cannot require {} revocation signature(s)",
-                    self.v, self.revocation_threshold
-                ),
+                TrustFault::VersionThreshold {
+                    version: self.v,
+                    threshold: self.revocation_threshold,
+                },
             ));
         }
         if self.compute_id()? != self.id {
-            return Err(invalid(
-                "id",
-                "does not match the descriptor's contents (altered descriptor)",
-            ));
+            return Err(invalid("id", TrustFault::IdMismatch));
         }
         Ok(())
     }
@@ -332,10 +393,10 @@ impl Certificate {
         serial: u64,
     ) -> Result<Self, TrustError> {
         if purposes.is_empty() {
-            return Err(invalid("purposes", "at least one purpose"));
+            return Err(invalid("purposes", TrustFault::NoPurpose));
         }
         if not_after <= not_before {
-            return Err(invalid("validity", "must end after it starts"));
+            return Err(invalid("validity", TrustFault::Validity));
         }
         let r = record.record();
         let record_bytes = record.envelope().to_bytes()?;
@@ -467,11 +528,11 @@ impl Revocation {
         time: i64,
     ) -> Result<Self, TrustError> {
         if reason.trim().is_empty() {
-            return Err(invalid("reason", "a revocation needs a reason"));
+            return Err(invalid("reason", TrustFault::NoReason));
         }
         let admin = identity::ed25519_public_of(admin_secret);
         if !consortium.is_admin(&admin) {
-            return Err(invalid("admin key", "is not an admin key of this consortium"));
+            return Err(invalid("admin key", TrustFault::NotAnAdmin));
         }
         let payload = RevocationPayload {
             v: TRUST_VERSION,
@@ -782,10 +843,11 @@ pub fn verify_revocation(rev: &Revocation, consortium: &Consortium) -> Result<Ve
     if payload.consortium != consortium.id {
         return Err(invalid(
             "consortium",
-            format!(
-                "the revocation is for consortium {}, not {}",
-                payload.consortium, consortium.id
-            ),
+            TrustFault::OtherConsortium {
+                document: "revocation",
+                of: payload.consortium.clone(),
+                expected: consortium.id.clone(),
+            },
         ));
     }
     let (valid, invalid) = count_signatures(consortium, REVOCATION_DOMAIN, &rev.payload, &rev.signatures);
@@ -1028,7 +1090,7 @@ pub fn unlock_admin_key(
 /// key one of its admins, not on the document yet.
 fn add_admin_signature(
     signatures: &mut Vec<AdminSignature>,
-    (what, domain, signed): (&str, &str, &[u8]),
+    (what, domain, signed): (&'static str, &str, &[u8]),
     of: &str,
     consortium: &Consortium,
     admin_secret: &[u8; 32],
@@ -1036,15 +1098,19 @@ fn add_admin_signature(
     if of != consortium.id {
         return Err(invalid(
             "consortium",
-            format!("the {what} is for consortium {of}, not {}", consortium.id),
+            TrustFault::OtherConsortium {
+                document: what,
+                of: of.to_string(),
+                expected: consortium.id.clone(),
+            },
         ));
     }
     let admin = identity::ed25519_public_of(admin_secret);
     if !consortium.is_admin(&admin) {
-        return Err(invalid("admin key", "is not an admin key of this consortium"));
+        return Err(invalid("admin key", TrustFault::NotAnAdmin));
     }
     if signatures.iter().any(|s| s.admin == admin) {
-        return Err(invalid("admin key", format!("has already signed this {what}")));
+        return Err(invalid("admin key", TrustFault::AlreadySigned { document: what }));
     }
     let sig = identity::sign_raw(admin_secret, domain, signed);
     signatures.push(AdminSignature {

@@ -263,8 +263,11 @@ pub enum ServeError {
         reason: crate::dicom::UidError,
     },
     /// A study was asked for that this node imported itself.
-    #[error("study {0}: this node holds it already (imported here)")]
-    HeldHere(String),
+    #[error("study {study}: this node holds it already (imported here)")]
+    HeldHere {
+        /// The Study Instance UID.
+        study: String,
+    },
     /// The holder asks to wait before asking again.
     #[error("the holder asks to wait {secs} s before asking again: {text}")]
     RetryAfter {
@@ -337,7 +340,7 @@ impl ServeError {
             Self::Random(_) | Self::Task(_) => 500,
             Self::Home(_)
             | Self::Net(_)
-            | Self::HeldHere(_)
+            | Self::HeldHere { .. }
             | Self::RequestOffline
             | Self::StatusOffline
             | Self::NoDicomPeer(_)

@@ -573,7 +573,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
         })
         .await?;
     if held {
-        return Err(ServeError::HeldHere(r.study_uid));
+        return Err(ServeError::HeldHere { study: r.study_uid });
     }
     let request_id = crate::transfer::RequestId::random()
         .map_err(ServeError::Random)?
@@ -874,7 +874,7 @@ impl Call for GatewayFetch {
         let instances_held = ctx
             .blocking(move |n| match n.studies().show(&uid) {
                 Ok(d) => Ok(d.instances),
-                Err(crate::studies::StudiesError::Store(crate::store::StoreError::UnknownStudy(_))) => Ok(0),
+                Err(crate::studies::StudiesError::Store(crate::store::StoreError::UnknownStudy { .. })) => Ok(0),
                 Err(e) => Err(e.into()),
             })
             .await?;

@@ -31,8 +31,11 @@ type Body = BoxBody<Bytes, Infallible>;
 #[non_exhaustive]
 pub enum ServerError {
     /// Another node answers on the socket.
-    #[error("a node is already running on {0}")]
-    Running(String),
+    #[error("a node is already running on {socket}")]
+    Running {
+        /// The socket's path.
+        socket: String,
+    },
     /// The socket could not be made.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -68,7 +71,9 @@ impl Drop for Bound {
 pub fn bind(path: &Path) -> Result<Bound, ServerError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::Running(path.display().to_string()));
+            return Err(ServerError::Running {
+                socket: path.display().to_string(),
+            });
         }
         let _ = std::fs::remove_file(path);
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::sync::Head;
-use super::{LEDGER_VERSION, LedgerError, MAX_ENTRY};
+use super::{LEDGER_VERSION, LedgerError, MAX_ENTRY, RecordFault};
 use crate::cbor;
 use crate::identity::{Identity, SignedEnvelope, peer_id_of};
 
@@ -63,7 +63,7 @@ impl GossipMsg {
     pub fn to_bytes(&self) -> Result<Vec<u8>, LedgerError> {
         cbor::encode("ledger gossip message", self).map_err(|e| LedgerError::Invalid {
             entry: "(gossip message)".into(),
-            reason: e.to_string(),
+            reason: e.into(),
         })
     }
 
@@ -125,22 +125,23 @@ impl SignedWitness {
     }
 }
 
-fn invalid(reason: impl Into<String>) -> LedgerError {
+fn invalid(reason: impl Into<RecordFault>) -> LedgerError {
     LedgerError::Witness { reason: reason.into() }
 }
 
 fn check_heads(heads: &[Head]) -> Result<(), LedgerError> {
     if heads.len() > MAX_WITNESS_HEADS {
-        return Err(invalid(format!("{} heads, at most {MAX_WITNESS_HEADS}", heads.len())));
+        return Err(invalid(RecordFault::TooManyHeads {
+            count: heads.len(),
+            max: MAX_WITNESS_HEADS,
+        }));
     }
     for (i, h) in heads.iter().enumerate() {
         if h.author.len() != 32 || h.id.len() != 32 || h.seq == 0 {
-            return Err(invalid(format!(
-                "head {i}: author and id must be 32 bytes, seq at least 1"
-            )));
+            return Err(invalid(RecordFault::MalformedHead { index: i }));
         }
         if i > 0 && heads[i - 1].author >= h.author {
-            return Err(invalid(format!("head {i}: authors not in ascending order")));
+            return Err(invalid(RecordFault::HeadOrder { index: i }));
         }
     }
     Ok(())
@@ -159,11 +160,8 @@ pub fn make_witness(identity: &Identity, time: i64, mut heads: Vec<Head>) -> Res
         time,
         heads,
     };
-    let payload = cbor::encode("ledger witness", &witness).map_err(|e| invalid(e.to_string()))?;
-    let bytes = identity
-        .sign(WITNESS_DOMAIN, payload)
-        .to_bytes()
-        .map_err(|e| invalid(e.to_string()))?;
+    let payload = cbor::encode("ledger witness", &witness).map_err(invalid)?;
+    let bytes = identity.sign(WITNESS_DOMAIN, payload).to_bytes().map_err(invalid)?;
     Ok(SignedWitness { witness, bytes })
 }
 
@@ -174,14 +172,17 @@ pub fn make_witness(identity: &Identity, time: i64, mut heads: Vec<Head>) -> Res
 /// [`LedgerError::Witness`] saying why.
 pub fn open_witness(bytes: &[u8]) -> Result<SignedWitness, LedgerError> {
     if bytes.len() > MAX_WITNESS {
-        return Err(invalid(format!("{} bytes, over {MAX_WITNESS}", bytes.len())));
+        return Err(invalid(RecordFault::TooLarge {
+            len: bytes.len(),
+            max: MAX_WITNESS,
+        }));
     }
-    let env = SignedEnvelope::from_bytes(bytes).map_err(|e| invalid(e.to_string()))?;
-    let (signer, payload) = env.verify(WITNESS_DOMAIN).map_err(|e| invalid(e.to_string()))?;
-    let witness: Witness = cbor::decode("ledger witness", payload, MAX_WITNESS).map_err(|e| invalid(e.to_string()))?;
-    cbor::check_version("ledger witness", witness.v, LEDGER_VERSION).map_err(|e| invalid(e.to_string()))?;
+    let env = SignedEnvelope::from_bytes(bytes).map_err(invalid)?;
+    let (signer, payload) = env.verify(WITNESS_DOMAIN).map_err(invalid)?;
+    let witness: Witness = cbor::decode("ledger witness", payload, MAX_WITNESS).map_err(invalid)?;
+    cbor::check_version("ledger witness", witness.v, LEDGER_VERSION).map_err(invalid)?;
     if witness.witness != signer {
-        return Err(invalid("not signed by its witness"));
+        return Err(invalid(RecordFault::NotSignedByWitness));
     }
     check_heads(&witness.heads)?;
     Ok(SignedWitness {

@@ -153,9 +153,9 @@ impl Syslog {
             return Ok(None);
         }
         let (host, port) = super::split_host_port(&c.address)?;
-        let facility = c
-            .facility_code()
-            .ok_or_else(|| SinkConfigError::Facility(c.facility.clone()))?;
+        let facility = c.facility_code().ok_or_else(|| SinkConfigError::Facility {
+            facility: c.facility.clone(),
+        })?;
         let tls = if c.transport == SyslogTransport::Tls {
             let client = (!c.cert_file.is_empty()).then_some((c.cert_file.as_str(), c.key_file.as_str()));
             Some(tokio_rustls::TlsConnector::from(super::tls::client_config(
@@ -198,7 +198,7 @@ impl Syslog {
     async fn connect(&self) -> Result<Conn, DeliveryError> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host.as_str(), self.port)))
             .await
-            .map_err(|_| DeliveryError::ConnectTimeout(self.shown()))?
+            .map_err(|_| DeliveryError::ConnectTimeout { target: self.shown() })?
             .map_err(|source| DeliveryError::Connect {
                 target: self.shown(),
                 source,
@@ -237,7 +237,7 @@ impl Syslog {
                     source,
                 })?
                 .next()
-                .ok_or_else(|| DeliveryError::NoAddress(self.shown()))?;
+                .ok_or_else(|| DeliveryError::NoAddress { target: self.shown() })?;
             let local: std::net::SocketAddr = if addr.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
             } else {

@@ -37,7 +37,9 @@ pub fn client_config(
             roots.add(c).map_err(tls(ca_file))?;
         }
         if roots.is_empty() {
-            return Err(SinkConfigError::NoCertificate(ca_file.to_string()));
+            return Err(SinkConfigError::NoCertificate {
+                file: ca_file.to_string(),
+            });
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -53,7 +55,9 @@ pub fn client_config(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(pem(cert_file))?;
             if chain.is_empty() {
-                return Err(SinkConfigError::NoCertificate(cert_file.to_string()));
+                return Err(SinkConfigError::NoCertificate {
+                    file: cert_file.to_string(),
+                });
             }
             let key = PrivateKeyDer::from_pem_file(key_file).map_err(pem(key_file))?;
             builder.with_client_auth_cert(chain, key).map_err(tls(cert_file))?

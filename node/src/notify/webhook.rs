@@ -87,10 +87,9 @@ impl Webhook {
         Ok(Some(Self {
             target,
             token: c.token.clone(),
-            token_header: c
-                .token_header
-                .parse()
-                .map_err(|_| SinkConfigError::HeaderName(c.token_header.clone()))?,
+            token_header: c.token_header.parse().map_err(|_| SinkConfigError::HeaderName {
+                header: c.token_header.clone(),
+            })?,
             timeout: Duration::from_secs(c.timeout_secs),
             tls,
         }))

@@ -82,7 +82,9 @@ fn the_decision_sees_what_is_stored_and_an_error_stores_nothing() {
     let ids: Vec<ConsentId> = vec!["c-9".parse().unwrap(), "c-1".parse().unwrap()];
     let result = s.update_consents(&ids, |i, stored| match (i, stored) {
         (0, None) => Ok(Some(record("c-9", 3))),
-        (_, Some(old)) if old.withdrawn_at().is_some() => Err(StoreError::Consent("withdrawn".into())),
+        (_, Some(old)) if old.withdrawn_at().is_some() => Err(StoreError::Consent {
+            record: "withdrawn".into(),
+        }),
         _ => Ok(Some(stale.clone())),
     });
     assert!(result.is_err());

@@ -171,11 +171,14 @@ impl super::Store {
             }
         }
         let mut salt = Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut salt[..]).map_err(|e| self.err(format!("random: {e}")))?;
+        getrandom::fill(&mut salt[..]).map_err(StoreError::Random)?;
         let c = ledger::commitment(&salt, study_uid);
         let mut plain = Zeroizing::new(salt.to_vec());
         plain.extend_from_slice(study_uid.as_bytes());
-        let sealed = seal_box(&self.commit_key(), &c, &plain).map_err(|e| self.err(e))?;
+        let sealed = seal_box(&self.commit_key(), &c, &plain).map_err(|e| StoreError::Commitment {
+            commitment: hex::encode(&c[..8]),
+            fault: super::CommitmentFault::Seal(e),
+        })?;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         let c = {
@@ -209,16 +212,20 @@ impl super::Store {
         let Some(v) = t.get(c).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let plain = open_box(&self.commit_key(), c, v.value())
-            .map_err(|_| self.err(format!("commitment {} does not open", hex::encode(&c[..8]))))?;
+        let fault = |fault| StoreError::Commitment {
+            commitment: hex::encode(&c[..8]),
+            fault,
+        };
+        let plain =
+            open_box(&self.commit_key(), c, v.value()).map_err(|_| fault(super::CommitmentFault::DoesNotOpen))?;
         if plain.len() < 32 {
-            return Err(self.err("a commitment row is too short"));
+            return Err(fault(super::CommitmentFault::TooShort));
         }
         let uid = String::from_utf8_lossy(&plain[32..]).to_string();
         let mut salt = [0u8; 32];
         salt.copy_from_slice(&plain[..32]);
         if ledger::commitment(&salt, &uid) != *c {
-            return Err(self.err("a commitment row does not match its commitment"));
+            return Err(fault(super::CommitmentFault::Mismatch));
         }
         Ok(Some(uid))
     }
@@ -288,8 +295,7 @@ impl super::Store {
         let head = feed_head(&entries, &key).map_err(|e| self.err(e))?;
         // Never re-sign a sequence number a peer has seen (a feed lost in a crash).
         self.own_feed_check(txn, head.map_or(0, |(s, _)| s))?;
-        let entry = ledger::make_entry(author.identity, head, author.time, event)
-            .map_err(|e| StoreError::Ledger(e.to_string()))?;
+        let entry = ledger::make_entry(author.identity, head, author.time, event).map_err(StoreError::Ledger)?;
         entries
             .insert(entry_key(&key, entry.entry.seq), entry.bytes.as_slice())
             .map_err(|e| self.err(e))?;
@@ -726,7 +732,7 @@ impl super::Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub fn notification_put(&self, id: &[u8; 32], row: &NotificationRow) -> Result<(), StoreError> {
-        let bytes = super::cbor::encode("notification", row).map_err(|e| self.err(e))?;
+        let bytes = super::cbor::encode("notification", row).map_err(StoreError::Codec)?;
         let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
         self.durability(&mut txn)?;
         let added = {
@@ -763,7 +769,7 @@ impl super::Store {
             for item in t.iter().map_err(|e| self.err(e))? {
                 let (k, v) = item.map_err(|e| self.err(e))?;
                 let row: NotificationRow =
-                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(|e| self.err(e))?;
+                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(StoreError::Codec)?;
                 rows.push((k.value(), row));
             }
             for (id, mut row) in rows {
@@ -773,7 +779,7 @@ impl super::Store {
                 let shown = row.clone();
                 if !row.read {
                     row.read = true;
-                    let bytes = super::cbor::encode("notification", &row).map_err(|e| self.err(e))?;
+                    let bytes = super::cbor::encode("notification", &row).map_err(StoreError::Codec)?;
                     t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
                 }
                 out.push((id, shown));

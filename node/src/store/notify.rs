@@ -122,7 +122,7 @@ impl super::Store {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let entry = v.value();
             let row = match rows.get(entry).map_err(|e| self.err(e))? {
-                Some(r) => Some(super::cbor::decode("notification", r.value(), 64 * 1024).map_err(|e| self.err(e))?),
+                Some(r) => Some(super::cbor::decode("notification", r.value(), 64 * 1024).map_err(StoreError::Codec)?),
                 None => None,
             };
             out.push(OutboxItem {
@@ -172,7 +172,7 @@ impl super::Store {
                     continue;
                 }
                 let row: NotificationRow =
-                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(|e| self.err(e))?;
+                    super::cbor::decode("notification", v.value(), 64 * 1024).map_err(StoreError::Codec)?;
                 missing.push((row.time, row.seq, k.value()));
             }
             missing.sort_unstable();
@@ -209,7 +209,7 @@ impl super::Store {
         };
         t.get(sink)
             .map_err(|e| self.err(e))?
-            .map(|v| super::cbor::decode("sink state", v.value(), MAX_SINK_ROW).map_err(|e| self.err(e)))
+            .map(|v| super::cbor::decode("sink state", v.value(), MAX_SINK_ROW).map_err(StoreError::Codec))
             .transpose()
     }
 
@@ -225,14 +225,14 @@ impl super::Store {
         let out = {
             let mut t = txn.open_table(SINKS).map_err(|e| self.err(e))?;
             let mut state = match t.get(sink).map_err(|e| self.err(e))? {
-                Some(v) => super::cbor::decode("sink state", v.value(), MAX_SINK_ROW).map_err(|e| self.err(e))?,
+                Some(v) => super::cbor::decode("sink state", v.value(), MAX_SINK_ROW).map_err(StoreError::Codec)?,
                 None => SinkState {
                     v: 1,
                     ..SinkState::default()
                 },
             };
             let out = change(&mut state)?;
-            let bytes = super::cbor::encode("sink state", &state).map_err(|e| self.err(e))?;
+            let bytes = super::cbor::encode("sink state", &state).map_err(StoreError::Codec)?;
             t.insert(sink, bytes.as_slice()).map_err(|e| self.err(e))?;
             out
         };
@@ -260,10 +260,11 @@ impl super::Store {
     pub fn sink_delivered(&self, sink: &str, seq: u64, now: i64) -> Result<(), StoreError> {
         self.sink_update(sink, |s| {
             if Some(seq) != s.delivered.checked_add(1) {
-                return Err(self.err(format!(
-                    "sink {sink}: delivered {seq} out of order (cursor at {})",
-                    s.delivered
-                )));
+                return Err(StoreError::SinkOrder {
+                    sink: sink.to_string(),
+                    seq,
+                    cursor: s.delivered,
+                });
             }
             s.delivered = seq;
             s.delivered_at = Some(now);

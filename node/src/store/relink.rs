@@ -74,11 +74,13 @@ impl super::Store {
                 merged
                     .studies
                     .extend(new.studies.iter().map(|(a, b)| (a.clone(), b.clone())));
-                let plain = Zeroizing::new(
-                    cbor::encode("re-link record", &merged).map_err(|_| StoreError::Relink(pseudonym.clone()))?,
-                );
-                let sealed =
-                    seal_box(&key, pseudonym.as_bytes(), &plain).map_err(|_| StoreError::Relink(pseudonym.clone()))?;
+                let plain =
+                    Zeroizing::new(cbor::encode("re-link record", &merged).map_err(|_| StoreError::Relink {
+                        pseudonym: pseudonym.clone(),
+                    })?);
+                let sealed = seal_box(&key, pseudonym.as_bytes(), &plain).map_err(|_| StoreError::Relink {
+                    pseudonym: pseudonym.clone(),
+                })?;
                 table
                     .insert(pseudonym.as_str(), sealed.as_slice())
                     .map_err(|e| self.err(e))?;
@@ -118,11 +120,13 @@ impl super::Store {
                     table.remove(pseudonym.as_str()).map_err(|e| self.err(e))?;
                     continue;
                 }
-                let plain = Zeroizing::new(
-                    cbor::encode("re-link record", &record).map_err(|_| StoreError::Relink(pseudonym.clone()))?,
-                );
-                let sealed =
-                    seal_box(&key, pseudonym.as_bytes(), &plain).map_err(|_| StoreError::Relink(pseudonym.clone()))?;
+                let plain =
+                    Zeroizing::new(cbor::encode("re-link record", &record).map_err(|_| StoreError::Relink {
+                        pseudonym: pseudonym.clone(),
+                    })?);
+                let sealed = seal_box(&key, pseudonym.as_bytes(), &plain).map_err(|_| StoreError::Relink {
+                    pseudonym: pseudonym.clone(),
+                })?;
                 table
                     .insert(pseudonym.as_str(), sealed.as_slice())
                     .map_err(|e| self.err(e))?;
@@ -147,7 +151,9 @@ impl super::Store {
 }
 
 fn open_record(key: &medmesh_seal::DataKey, pseudonym: &str, sealed: &[u8]) -> Result<RelinkRecord, StoreError> {
-    let damaged = || StoreError::Relink(pseudonym.to_string());
+    let damaged = || StoreError::Relink {
+        pseudonym: pseudonym.to_string(),
+    };
     let plain = open_box(key, pseudonym.as_bytes(), sealed).map_err(|_| damaged())?;
     let r: RelinkRecord = cbor::decode("re-link record", &plain, MAX_RELINK).map_err(|_| damaged())?;
     if r.v != RELINK_VERSION {

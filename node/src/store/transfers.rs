@@ -189,7 +189,7 @@ impl super::Store {
         let entries = match author {
             Some(a) => self.append_all_in(&txn, a, events)?,
             None if events.is_empty() => Vec::new(),
-            None => return Err(StoreError::Ledger("an entry to append has no author".into()).into()),
+            None => return Err(StoreError::NoAuthor.into()),
         };
         txn.commit().map_err(|e| self.err(e))?;
         Ok((new, entries))

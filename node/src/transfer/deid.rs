@@ -95,21 +95,21 @@ impl Transfers<'_> {
             }
             let file = store.open_blob(&address)?;
             let mut reader = OpenReader::new(&key, std::io::BufReader::new(file))
-                .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?;
+                .map_err(|e| deid_failed(None, &m.sop_instance_uid, e))?;
             let obj = if m.part10 {
                 dicom_object::OpenFileOptions::new()
                     .read_preamble(ReadPreamble::Auto)
                     .read_until(tags::PIXEL_DATA)
                     .from_reader(&mut reader)
                     .map(dicom_object::FileDicomObject::into_inner)
-                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?
+                    .map_err(|e| deid_failed(None, &m.sop_instance_uid, e))?
             } else {
                 let mut bytes = Vec::new();
                 reader
                     .read_to_end(&mut bytes)
-                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?;
+                    .map_err(|e| deid_failed(None, &m.sop_instance_uid, e))?;
                 crate::dicom::parse_whole(&bytes)
-                    .map_err(|e| deid_failed(format!("object {}", m.sop_instance_uid), e))?
+                    .map_err(|e| deid_failed(None, &m.sop_instance_uid, e))?
                     .0
             };
             let has_pixels = obj.get(tags::ROWS).is_some() || obj.get(tags::PIXEL_DATA).is_some();
@@ -156,7 +156,8 @@ impl Transfers<'_> {
             .outgoing_staging(id)
             .map_err(|e| super::io_err(&idh, &e.path, e.source))?;
         let prep_key = DataKey::try_generate().map_err(|e| TransferError::Deid {
-            what: None,
+            transfer: None,
+            object: None,
             cause: e.into(),
         })?;
         let before_key = BeforeKey::new(self.store(), id);
@@ -169,18 +170,21 @@ impl Transfers<'_> {
         let mut masked_any = false;
         for (i, (address, _, meta)) in items.iter().enumerate() {
             let object = u32::try_from(i).map_err(|_| damaged(&idh, super::Damage::TooManyObjects))?;
-            let fail = |why: String| deid_failed(format!("transfer {idh}, object {}", meta.sop_instance_uid), why);
+            let fail = |why: Box<dyn std::error::Error + Send + Sync>| {
+                deid_failed(Some(&idh.to_string()), &meta.sop_instance_uid, why)
+            };
             input.clear();
             let file = self.store().open_blob(address)?;
             OpenReader::new(study_key, std::io::BufReader::new(file))
                 .and_then(|mut r| r.read_to_end(&mut input).map_err(medmesh_seal::SealError::Io))
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.into()))?;
             if blake3::hash(&input).as_bytes().as_slice() != meta.blake3.as_slice() {
-                return Err(fail("its BLAKE3 differs from the one recorded at import".into()));
+                return Err(fail(super::DeidStepError::HashMismatch.into()));
             }
-            let info = deid::deidentify_into(&input, &profile, &keys, &mut output).map_err(|e| fail(e.to_string()))?;
+            let info = deid::deidentify_into(&input, &profile, &keys, &mut output).map_err(|e| fail(e.into()))?;
             masked_any |= info.masked;
-            let parsed = crate::dicom::parse_and_validate(&output).map_err(|e| fail(format!("the output: {e}")))?;
+            let parsed =
+                crate::dicom::parse_and_validate(&output).map_err(|e| fail(super::DeidStepError::Output(e).into()))?;
             let after = *blake3::hash(&output).as_bytes();
             let f = staging
                 .create(object)
@@ -193,7 +197,7 @@ impl Transfers<'_> {
                 &output[..],
                 std::io::BufWriter::new(f),
             )
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
             hashed.push((wire::chunk_hashes(&output), output.len() as u64, after));
             objects.push(AttestedObject {
                 before: before_key.keyed(&input).to_vec(),
@@ -262,7 +266,8 @@ impl Transfers<'_> {
             options: profile.options().iter().map(|o| o.name().to_string()).collect(),
             table_version: deid::tables()
                 .map_err(|e| TransferError::Deid {
-                    what: None,
+                    transfer: None,
+                    object: None,
                     cause: e.into(),
                 })?
                 .version()

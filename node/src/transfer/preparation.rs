@@ -79,7 +79,9 @@ impl Transfers<'_> {
         let row = self
             .store()
             .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(rec.study_uid.clone()))?;
+            .ok_or_else(|| StoreError::UnknownStudy {
+                study: rec.study_uid.clone(),
+            })?;
         let study_key = self.store().unwrap_study_key(&study, &row)?;
         let mut meta = self.store().open_study_meta(&study, &study_key, &row)?;
         meta.series.retain(|uid, _| grant.series.contains(uid));
@@ -314,7 +316,9 @@ impl Transfers<'_> {
         let row = self
             .store()
             .study_row(&study)?
-            .ok_or_else(|| StoreError::UnknownStudy(rec.study_uid.clone()))?;
+            .ok_or_else(|| StoreError::UnknownStudy {
+                study: rec.study_uid.clone(),
+            })?;
         let study_key = self.store().unwrap_study_key(&study, &row)?;
         // De-identified objects were sealed into blobs/outgoing/<id>/ under
         // the preparation key; identifiable ones are sent from their blobs.

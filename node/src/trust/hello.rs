@@ -54,7 +54,24 @@ pub enum HelloError {
     TooManyCertificates(usize),
     /// More revocation summaries than allowed, or a malformed one.
     #[error("the hello's revocation summaries are not acceptable: {0}")]
-    BadRevocations(String),
+    BadRevocations(RevocationsFault),
+}
+
+/// Why a hello's revocation summaries are refused ([`HelloError::BadRevocations`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationsFault {
+    /// More summaries than allowed.
+    #[error("{count} summaries, at most {max}")]
+    TooMany {
+        /// Summaries carried.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A summary is malformed.
+    #[error("a digest is not 32 bytes or a consortium id is not 1 to 64 characters")]
+    Malformed,
 }
 
 impl Hello {
@@ -108,19 +125,17 @@ impl Hello {
             return Err(HelloError::TooManyCertificates(hello.certificates.len()));
         }
         if hello.revocations.len() > MAX_REVOCATION_SUMMARIES {
-            return Err(HelloError::BadRevocations(format!(
-                "{} summaries, at most {MAX_REVOCATION_SUMMARIES}",
-                hello.revocations.len()
-            )));
+            return Err(HelloError::BadRevocations(RevocationsFault::TooMany {
+                count: hello.revocations.len(),
+                max: MAX_REVOCATION_SUMMARIES,
+            }));
         }
         if hello
             .revocations
             .iter()
             .any(|r| r.digest.len() != 32 || r.consortium.is_empty() || r.consortium.len() > 64)
         {
-            return Err(HelloError::BadRevocations(
-                "a digest is not 32 bytes or a consortium id is not 1 to 64 characters".into(),
-            ));
+            return Err(HelloError::BadRevocations(RevocationsFault::Malformed));
         }
         Ok(hello)
     }

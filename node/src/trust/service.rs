@@ -77,8 +77,11 @@ pub enum TrustOpError {
         own: String,
     },
     /// The revocation's consortium is not joined.
-    #[error("the revocation is for consortium {0}, which this node has not joined")]
-    UnknownConsortium(String),
+    #[error("the revocation is for consortium {consortium}, which this node has not joined")]
+    UnknownConsortium {
+        /// The consortium id.
+        consortium: String,
+    },
     /// A node record does not verify.
     #[error("the node record does not verify: {0}")]
     NodeRecord(#[from] crate::identity::IdentityError),
@@ -86,8 +89,11 @@ pub enum TrustOpError {
     #[error("give at least one purpose")]
     NoPurpose,
     /// The string given is not a medmesh peer id.
-    #[error("{0:?} is not a medmesh peer id (12D3KooW...)")]
-    NotAPeerId(String),
+    #[error("{given:?} is not a medmesh peer id (12D3KooW...)")]
+    NotAPeerId {
+        /// The value given.
+        given: String,
+    },
     /// A joined consortium is missing from the listing right after it was stored.
     #[error("the consortium was not stored")]
     NotStored,
@@ -370,7 +376,9 @@ impl<'a> TrustService<'a> {
             .consortia
             .iter()
             .find(|c| c.id == payload.consortium)
-            .ok_or_else(|| TrustOpError::UnknownConsortium(payload.consortium.clone()))?;
+            .ok_or_else(|| TrustOpError::UnknownConsortium {
+                consortium: payload.consortium.clone(),
+            })?;
         verify_revocation(&rev, consortium).map_err(TrustOpError::from)?;
         let entry = RevocationEntry {
             consortium: payload.consortium,
@@ -489,7 +497,9 @@ impl<'a> TrustService<'a> {
     pub fn block(&self, peer_id: &str, reason: &str) -> Result<BlockedEntry, TrustOpError> {
         if !peer_id.starts_with("12D3KooW") || peer_id.len() < 46 || !peer_id.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(TrustOpError::NotAPeerId(peer_id.to_string()));
+            return Err(TrustOpError::NotAPeerId {
+                given: peer_id.to_string(),
+            });
         }
         let time = now();
         let row = BlockedRow {
