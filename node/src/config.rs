@@ -344,8 +344,8 @@ pub enum ConfigError {
         path: String,
         /// Which key.
         key: &'static str,
-        /// Why, as the gateway's checks say it.
-        reason: String,
+        /// Why.
+        reason: Box<gateway::GatewayFault>,
     },
 }
 
@@ -1162,10 +1162,10 @@ impl Config {
             key,
             reason: Box::new(reason),
         };
-        let gateway_value = |key: &'static str, reason: String| ConfigError::Gateway {
+        let gateway_value = |key: &'static str, reason: gateway::GatewayFault| ConfigError::Gateway {
             path: path.display().to_string(),
             key,
-            reason,
+            reason: Box::new(reason),
         };
         if self.config_version != CONFIG_VERSION {
             return Err(value(

@@ -301,16 +301,10 @@ const CAUSE_FIELDS: &[&str] = &["reason", "detail", "what", "why", "message", "c
 
 /// The `String` causes that stay text (`file::Enum::Variant.field`, with
 /// `.0` for a tuple payload), and why they must.
-const ALLOWED_STRING_CAUSES: &[(&str, &str)] = &[
-    (
-        "api/client.rs::ClientError::Remote.message",
-        "the words the node's API server sent back, which the client only relays",
-    ),
-    (
-        "config.rs::ConfigError::Gateway.reason",
-        "owned by the gateway work (issue 18), typed there: the words of the [gateway] checks of config/gateway.rs",
-    ),
-];
+const ALLOWED_STRING_CAUSES: &[(&str, &str)] = &[(
+    "api/client.rs::ClientError::Remote.message",
+    "the words the node's API server sent back, which the client only relays",
+)];
 
 /// The same for `consent-schema/src` (paths under that crate's `src`).
 const ALLOWED_STRING_CAUSES_CONSENT_SCHEMA: &[(&str, &str)] = &[(

@@ -233,68 +233,78 @@ pub fn check_ae_title(ae: &str) -> Result<(), AeTitleError> {
 
 impl GatewayConfig {
     /// Cross-field checks, run by [`super::Config::parse`].
-    pub(super) fn check(&self, value: &dyn Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
-        check_ae_title(&self.ae_title).map_err(|e| value("gateway.ae_title", e.to_string()))?;
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|_| value("gateway.listen", format!("{:?} is not address:port", self.listen)))?;
+    pub(super) fn check(&self, value: &dyn Fn(&'static str, GatewayFault) -> ConfigError) -> Result<(), ConfigError> {
+        check_ae_title(&self.ae_title).map_err(|e| value("gateway.ae_title", GatewayFault::AeTitle(e)))?;
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(value(
+                "gateway.listen",
+                GatewayFault::NotAddress {
+                    value: self.listen.clone(),
+                },
+            ));
+        }
         if !(1..=1024).contains(&self.max_associations) {
-            return Err(value("gateway.max_associations", "must be from 1 to 1024".into()));
+            return Err(value(
+                "gateway.max_associations",
+                GatewayFault::Range { min: 1, max: 1024 },
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(value(
-                "gateway.tls_key",
-                "tls_cert and tls_key go together: give both or neither".into(),
-            ));
+            return Err(value("gateway.tls_key", GatewayFault::TlsPair));
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return Err(value(
-                "gateway.tls_client_ca",
-                "is set without tls_cert: client certificates are checked only over TLS".into(),
-            ));
+            return Err(value("gateway.tls_client_ca", GatewayFault::ClientCaWithoutTls));
         }
         for (i, c) in self.calling.iter().enumerate() {
+            let entry = i + 1;
             check_ae_title(&c.ae_title)
-                .map_err(|e| value("gateway.calling", format!("entry {}: ae_title {e}", i + 1)))?;
+                .map_err(|cause| value("gateway.calling", GatewayFault::EntryAeTitle { entry, cause }))?;
             if c.host.parse::<std::net::IpAddr>().is_err() {
                 return Err(value(
                     "gateway.calling",
-                    format!("entry {}: host {:?} is not an IP address", i + 1, c.host),
+                    GatewayFault::NotIp {
+                        entry,
+                        host: c.host.clone(),
+                    },
                 ));
             }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, d) in self.destination.iter().enumerate() {
+            let entry = i + 1;
             d.check()
-                .map_err(|e| value("gateway.destination", format!("entry {}: {e}", i + 1)))?;
+                .map_err(|cause| value("gateway.destination", GatewayFault::Peer { entry, cause }))?;
             if !names.insert(d.name.as_str()) {
                 return Err(value(
                     "gateway.destination",
-                    format!("entry {}: name {:?} is used twice", i + 1, d.name),
+                    GatewayFault::NameTwice {
+                        entry,
+                        name: d.name.clone(),
+                    },
                 ));
             }
         }
         if let Some(p) = &self.pacs {
-            p.check().map_err(|e| value("gateway.pacs", e))?;
+            p.check()
+                .map_err(|cause| value("gateway.pacs", GatewayFault::Peer { entry: 1, cause }))?;
         }
         if !(1..=86_400).contains(&self.retry_min_secs) {
-            return Err(value("gateway.retry_min_secs", "must be from 1 to 86400".into()));
+            return Err(value(
+                "gateway.retry_min_secs",
+                GatewayFault::Range { min: 1, max: 86_400 },
+            ));
         }
         if self.retry_max_secs < self.retry_min_secs || self.retry_max_secs > 7 * 86_400 {
-            return Err(value(
-                "gateway.retry_max_secs",
-                "must be at least retry_min_secs and at most 604800 (a week)".into(),
-            ));
+            return Err(value("gateway.retry_max_secs", GatewayFault::RetryMax));
         }
         for (i, r) in self.route.iter().enumerate() {
             if !names.contains(r.destination.as_str()) {
                 return Err(value(
                     "gateway.route",
-                    format!(
-                        "rule {}: destination {:?} is not the name of a [[gateway.destination]]",
-                        i + 1,
-                        r.destination
-                    ),
+                    GatewayFault::UnknownDestination {
+                        rule: i + 1,
+                        name: r.destination.clone(),
+                    },
                 ));
             }
         }
@@ -302,23 +312,124 @@ impl GatewayConfig {
     }
 }
 
+/// What is wrong with a `[gateway]` setting ([`ConfigError::Gateway`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayFault {
+    /// The AE title is not one.
+    #[error("{0}")]
+    AeTitle(AeTitleError),
+    /// Not `address:port`.
+    #[error("{value:?} is not address:port")]
+    NotAddress {
+        /// The value given.
+        value: String,
+    },
+    /// A number out of its range.
+    #[error("must be from {min} to {max}")]
+    Range {
+        /// The least.
+        min: u64,
+        /// The most.
+        max: u64,
+    },
+    /// Only one of `tls_cert` and `tls_key`.
+    #[error("tls_cert and tls_key go together: give both or neither")]
+    TlsPair,
+    /// `tls_client_ca` without TLS.
+    #[error("is set without tls_cert: client certificates are checked only over TLS")]
+    ClientCaWithoutTls,
+    /// A calling AE's title is not one.
+    #[error("entry {entry}: ae_title {cause}")]
+    EntryAeTitle {
+        /// The entry, from 1.
+        entry: usize,
+        /// Why.
+        cause: AeTitleError,
+    },
+    /// A calling AE's host is not an IP address.
+    #[error("entry {entry}: host {host:?} is not an IP address")]
+    NotIp {
+        /// The entry, from 1.
+        entry: usize,
+        /// The value given.
+        host: String,
+    },
+    /// A destination or the PACS is not acceptable.
+    #[error("entry {entry}: {cause}")]
+    Peer {
+        /// The entry, from 1.
+        entry: usize,
+        /// Why.
+        cause: PeerFault,
+    },
+    /// Two destinations of one name.
+    #[error("entry {entry}: name {name:?} is used twice")]
+    NameTwice {
+        /// The entry, from 1.
+        entry: usize,
+        /// The name.
+        name: String,
+    },
+    /// `retry_max_secs` below `retry_min_secs` or above a week.
+    #[error("must be at least retry_min_secs and at most 604800 (a week)")]
+    RetryMax,
+    /// A route names no destination.
+    #[error("rule {rule}: destination {name:?} is not the name of a [[gateway.destination]]")]
+    UnknownDestination {
+        /// The rule, from 1.
+        rule: usize,
+        /// The name given.
+        name: String,
+    },
+}
+
+/// What is wrong with a `[[gateway.destination]]` or `[gateway.pacs]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerFault {
+    /// `name` is empty.
+    #[error("name is empty")]
+    NoName,
+    /// The AE title is not one.
+    #[error("ae_title {0}")]
+    AeTitle(AeTitleError),
+    /// `host` is empty or holds spaces or control characters.
+    #[error("host {host:?} is not a host name or address")]
+    Host {
+        /// The value given.
+        host: String,
+    },
+    /// Port 0.
+    #[error("port must be from 1 to 65535")]
+    Port,
+    /// Only one of `tls_cert` and `tls_key`.
+    #[error("tls_cert and tls_key go together: give both or neither")]
+    TlsPair,
+    /// TLS files without `tls = true`.
+    #[error("tls is false, but tls_ca or tls_cert is set")]
+    TlsOff,
+}
+
 impl DicomPeer {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), PeerFault> {
         if self.name.trim().is_empty() {
-            return Err("name is empty".into());
+            return Err(PeerFault::NoName);
         }
-        check_ae_title(&self.ae_title).map_err(|e| format!("ae_title {e}"))?;
+        check_ae_title(&self.ae_title).map_err(PeerFault::AeTitle)?;
         if self.host.trim().is_empty() || self.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("host {:?} is not a host name or address", self.host));
+            return Err(PeerFault::Host {
+                host: self.host.clone(),
+            });
         }
         if self.port == 0 {
-            return Err("port must be from 1 to 65535".into());
+            return Err(PeerFault::Port);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("tls_cert and tls_key go together: give both or neither".into());
+            return Err(PeerFault::TlsPair);
         }
         if !self.tls && (self.tls_ca.is_some() || self.tls_cert.is_some()) {
-            return Err("tls is false, but tls_ca or tls_cert is set".into());
+            return Err(PeerFault::TlsOff);
         }
         Ok(())
     }

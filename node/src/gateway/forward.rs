@@ -630,7 +630,9 @@ impl<'a> Forwarding<'a> {
         let row = self
             .store
             .study_row(&job.study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study_short(&job.study)))?;
+            .ok_or_else(|| StoreError::UnknownStudy {
+                study: study_short(&job.study),
+            })?;
         let key = self.store.unwrap_study_key(&job.study, &row)?;
         let spool = self.store.forward_spool(job.id).map_err(StoreError::from)?;
         let mut files = Vec::new();
@@ -713,10 +715,9 @@ impl<'a> Forwarding<'a> {
     /// The commitment the ledger names the study by: the holder's for a
     /// received copy, this node's otherwise.
     fn commitment(&self, study: &StudyRef) -> Result<String, ForwardError> {
-        let row = self
-            .store
-            .study_row(study)?
-            .ok_or_else(|| StoreError::UnknownStudy(study_short(study)))?;
+        let row = self.store.study_row(study)?.ok_or_else(|| StoreError::UnknownStudy {
+            study: study_short(study),
+        })?;
         if let Origin::Received(g) = &row.origin
             && !g.study_ref.is_empty()
         {

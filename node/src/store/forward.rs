@@ -376,9 +376,19 @@ impl super::Store {
 
     fn forward_decode(&self, bytes: &[u8]) -> Result<ForwardRow, StoreError> {
         let row: ForwardRow =
-            super::cbor::decode("forward queue row", bytes, MAX_FORWARD_ROW).map_err(|e| self.err(e))?;
+            super::cbor::decode("forward queue row", bytes, MAX_FORWARD_ROW).map_err(|source| StoreError::Row {
+                table: "forward-queue-v1",
+                source,
+            })?;
         if row.v != FORWARD_ROW_VERSION {
-            return Err(self.err(format!("forward queue row version {} is not supported", row.v)));
+            return Err(StoreError::Row {
+                table: "forward-queue-v1",
+                source: super::cbor::CodecError::Version {
+                    what: "forward queue row",
+                    found: row.v,
+                    supported: FORWARD_ROW_VERSION,
+                },
+            });
         }
         Ok(row)
     }
@@ -423,7 +433,7 @@ impl super::Store {
                     row.ae_title = ae_title.to_string();
                     row.source = source.clone();
                     row.updated = now;
-                    let bytes = super::cbor::encode("forward queue row", &row).map_err(|e| self.err(e))?;
+                    let bytes = super::cbor::encode("forward queue row", &row).map_err(StoreError::Codec)?;
                     t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
                     Enqueued::Again(id)
                 }
@@ -447,7 +457,7 @@ impl super::Store {
                         sent_objects: 0,
                         sent_at: None,
                     };
-                    let bytes = super::cbor::encode("forward queue row", &row).map_err(|e| self.err(e))?;
+                    let bytes = super::cbor::encode("forward queue row", &row).map_err(StoreError::Codec)?;
                     t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
                     Enqueued::New(id)
                 }
@@ -513,7 +523,7 @@ impl super::Store {
                 Some(mut row) => {
                     let (write, out) = change(&mut row);
                     if write {
-                        let bytes = super::cbor::encode("forward queue row", &row).map_err(|e| self.err(e))?;
+                        let bytes = super::cbor::encode("forward queue row", &row).map_err(StoreError::Codec)?;
                         t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
                     }
                     Some((row, out))
@@ -556,7 +566,7 @@ impl super::Store {
             row.next_attempt = None;
             row.last_error = None;
             row.updated = now;
-            let bytes = super::cbor::encode("forward queue row", &row).map_err(|e| self.err(e))?;
+            let bytes = super::cbor::encode("forward queue row", &row).map_err(StoreError::Codec)?;
             t.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
             drop(t);
             self.append_in(&txn, author, event)?
