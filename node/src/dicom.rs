@@ -381,6 +381,17 @@ pub fn sniff_file(path: &Path, full_parse_limit: u64) -> Result<Sniffed, DicomEr
     }
 }
 
+/// As [`sniff_file`], for a file's bytes already in memory (parsed whole,
+/// whatever their size); `path` names them in a DICOMDIR's references.
+///
+/// # Errors
+/// As [`sniff_file`].
+pub fn sniff_bytes(bytes: Vec<u8>, path: &Path) -> Result<Sniffed, DicomError> {
+    let obj = parse_bytes(&bytes)?;
+    let len = bytes.len() as u64;
+    sniff(obj, Some(bytes), len, path)
+}
+
 fn sniff(parsed: ParsedDataset, bytes: Option<Vec<u8>>, len: u64, path: &Path) -> Result<Sniffed, DicomError> {
     if parsed.sop_class_hint.as_deref() == Some(DICOMDIR_SOP_CLASS)
         || str_of(&parsed.obj, tags::SOP_CLASS_UID).as_deref() == Some(DICOMDIR_SOP_CLASS)

@@ -30,6 +30,7 @@ pub mod tls;
 use std::path::Path;
 
 use crate::dicom::DicomError;
+pub use crate::dicom::ingest::ObjectBytes;
 use crate::dicom::ingest::ObjectError;
 use dimse::Status;
 
@@ -168,6 +169,30 @@ pub trait Sink: Send + Sync + 'static {
     /// # Errors
     /// [`StoreRefusal`]: why it was not stored.
     fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal>;
+
+    /// The largest object (Part 10 bytes) the SCP keeps in memory and
+    /// hands over by [`Sink::store_bytes`]; a larger one is written to a
+    /// staging file and handed over by [`Sink::store`]. The default, 0,
+    /// stages every object. Each association holds at most one object in
+    /// memory, so the SCP's memory is bounded by `max_associations` times
+    /// this.
+    fn memory_limit(&self) -> u64 {
+        0
+    }
+
+    /// Stores an object received whole in memory (at most
+    /// [`Sink::memory_limit`] bytes), already hashed as it arrived: the
+    /// same contract as [`Sink::store`]. The default writes it to a staging
+    /// file and calls [`Sink::store`].
+    ///
+    /// # Errors
+    /// [`StoreRefusal`]: why it was not stored.
+    fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
+        let path = scp::stage_bytes(self.staging_dir(), &object.bytes)?;
+        let stored = self.store(&path, received);
+        let _ = std::fs::remove_file(&path);
+        stored
+    }
 
     /// An association that stored objects has ended (released, aborted or
     /// failed): `studies` are the studies it added objects to (not those

@@ -140,6 +140,63 @@ pub fn chunk_hashes(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The BLAKE3 hash of an object and its [`chunk_hashes`], computed as its
+/// bytes arrive (the gateway's SCP hashes each fragment as it is received;
+/// import hashes a large file as it reads it): one pass over the bytes.
+#[derive(Debug)]
+pub struct ContentHasher {
+    whole: blake3::Hasher,
+    piece: blake3::Hasher,
+    piece_len: usize,
+    chunks: Vec<u8>,
+}
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ContentHasher {
+    /// Nothing hashed yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            whole: blake3::Hasher::new(),
+            piece: blake3::Hasher::new(),
+            piece_len: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Hashes the next bytes of the object.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.whole.update(data);
+        let chunk = CHUNK_SIZE as usize;
+        while !data.is_empty() {
+            let take = (chunk - self.piece_len).min(data.len());
+            self.piece.update(&data[..take]);
+            self.piece_len += take;
+            data = &data[take..];
+            if self.piece_len == chunk {
+                self.chunks.extend_from_slice(self.piece.finalize().as_bytes());
+                self.piece.reset();
+                self.piece_len = 0;
+            }
+        }
+    }
+
+    /// The object's hash and its chunk hashes (as [`chunk_hashes`] of all
+    /// the bytes given).
+    #[must_use]
+    pub fn finish(mut self) -> (blake3::Hash, Vec<u8>) {
+        if self.piece_len > 0 || self.chunks.is_empty() {
+            self.chunks.extend_from_slice(self.piece.finalize().as_bytes());
+        }
+        (self.whole.finalize(), self.chunks)
+    }
+}
+
 /// Study-level attributes, all identifying: sealed at rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StudyAttributes {

@@ -14,7 +14,7 @@ use medmesh_node::config::gateway::{CallingAe, DicomPeer, GatewayConfig};
 use medmesh_node::gateway::dimse::{Status, StatusKind};
 use medmesh_node::gateway::scp::Scp;
 use medmesh_node::gateway::scu;
-use medmesh_node::gateway::{Received, Sink, StoreRefusal, Stored};
+use medmesh_node::gateway::{ObjectBytes, Received, Sink, StoreRefusal, Stored};
 
 /// The gateway's logs in the test output (shown for a failing test).
 fn logs() {
@@ -79,6 +79,10 @@ struct FolderSink {
     calls: Mutex<Vec<Received>>,
     /// Validate with the `dicom` module (reads the whole file).
     validate: bool,
+    /// [`Sink::memory_limit`]: objects up to this size come in memory.
+    memory: u64,
+    /// Objects stored by [`Sink::store_bytes`].
+    in_memory: std::sync::atomic::AtomicUsize,
 }
 
 impl FolderSink {
@@ -92,6 +96,10 @@ impl FolderSink {
             out,
             calls: Mutex::new(Vec::new()),
             validate: true,
+            // Small objects of the corpus come in memory, larger ones
+            // spill to a staging file mid-object: both paths are taken.
+            memory: 64 * 1024,
+            in_memory: Default::default(),
         })
     }
 
@@ -122,6 +130,36 @@ impl Sink for FolderSink {
         let dest = self.out.join(format!("{}.dcm", received.sop_instance_uid));
         let duplicate = dest.exists();
         std::fs::copy(file, &dest).map_err(|_| StoreRefusal::Internal)?;
+        Ok(Stored {
+            duplicate,
+            study_uid: None,
+        })
+    }
+
+    fn memory_limit(&self) -> u64 {
+        self.memory
+    }
+
+    fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
+        assert!(
+            object.bytes.len() as u64 <= self.memory,
+            "{} bytes in memory",
+            object.bytes.len()
+        );
+        // The hashes computed fragment by fragment are those of the whole.
+        assert_eq!(object.hash, blake3::hash(&object.bytes));
+        assert_eq!(object.chunk_hashes, medmesh_node::store::chunk_hashes(&object.bytes));
+        self.calls.lock().unwrap().push(received.clone());
+        if self.validate {
+            medmesh_node::dicom::parse_and_validate(&object.bytes).map_err(|e| {
+                eprintln!("sink refused {}: {e}", received.sop_class_uid);
+                StoreRefusal::from_dicom(&e)
+            })?;
+        }
+        let dest = self.out.join(format!("{}.dcm", received.sop_instance_uid));
+        let duplicate = dest.exists();
+        std::fs::write(&dest, &object.bytes).map_err(|_| StoreRefusal::Internal)?;
+        self.in_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Stored {
             duplicate,
             study_uid: None,
@@ -325,6 +363,13 @@ async fn storescu_sends_the_corpus_byte_identical() {
         expected.insert(meta(f).0, f.clone());
     }
     assert_eq!(stored.len(), expected.len(), "{}", text(&out));
+    // Both of the SCP's paths were taken: in memory, and spilled to a file.
+    let in_memory = sink.in_memory.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        in_memory > 0 && in_memory < stored.len(),
+        "{in_memory} of {} in memory",
+        stored.len()
+    );
     // storescu re-encodes what it sends (it drops Data Set Trailing Padding
     // and group lengths, for instance): what it puts on the wire is what
     // dcmtk's own storescp keeps in bit-preserving mode (+B). Our SCP must
@@ -875,6 +920,9 @@ async fn a_large_object_streams_through_without_being_held_in_memory() {
             out,
             calls: Mutex::new(Vec::new()),
             validate: false,
+            // Spills to a staging file after its first MiB.
+            memory: 1024 * 1024,
+            in_memory: Default::default(),
         })
     };
     let scp = Scp::bind(&config(&["MEDMESH-B"]), sink.clone()).await.unwrap();
@@ -886,6 +934,11 @@ async fn a_large_object_streams_through_without_being_held_in_memory() {
         .await
         .unwrap();
     assert!(outcomes[0].result.is_ok(), "{:?}", outcomes[0].result);
+    assert_eq!(
+        sink.in_memory.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "spilled to a file"
+    );
     let grown = peak_rss().saturating_sub(before);
     eprintln!("peak RSS grew by {} KiB for a {} MiB object", grown >> 10, pixels >> 20);
     let got = sink.out.join(format!("{uid}.dcm"));

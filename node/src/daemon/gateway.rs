@@ -9,8 +9,13 @@ use crate::api::GatewayStatus;
 use crate::dicom::ingest::{self, ImportOptions};
 use crate::gateway::forward::Source;
 use crate::gateway::scp::{Scp, ScpError};
-use crate::gateway::{Received, Sink, StoreRefusal, Stored};
+use crate::gateway::{ObjectBytes, Received, Sink, StoreRefusal, Stored};
 use crate::home::Node;
+
+/// The largest object an association holds in memory while it arrives
+/// (a CT or MR slice is under 1 MiB, a radiograph tens of MiB): larger
+/// ones are staged to a file.
+const IN_MEMORY_MAX: u64 = 32 * 1024 * 1024;
 
 /// Imports each received object into the node's store.
 pub(super) struct NodeSink {
@@ -34,6 +39,16 @@ impl NodeSink {
     }
 }
 
+impl NodeSink {
+    /// The refusal answered for an object import refused, logged.
+    fn refuse(&self, e: &ingest::ObjectError, received: &Received) -> StoreRefusal {
+        // The cause names the file's attribute or the store's failure,
+        // never patient data.
+        tracing::warn!(calling_ae = %received.calling_ae, sop_class = %received.sop_class_uid, error = %e, "DICOM SCP: object not imported");
+        StoreRefusal::from_import(e)
+    }
+}
+
 impl Sink for NodeSink {
     fn staging_dir(&self) -> &Path {
         &self.staging
@@ -45,13 +60,25 @@ impl Sink for NodeSink {
                 duplicate: done.duplicate,
                 study_uid: Some(done.study_uid),
             }),
-            Err(e) => {
-                let refusal = StoreRefusal::from_import(&e);
-                // The cause names the file's attribute or the store's
-                // failure, never patient data.
-                tracing::warn!(calling_ae = %received.calling_ae, sop_class = %received.sop_class_uid, error = %e, "DICOM SCP: object not imported");
-                Err(refusal)
-            }
+            Err(e) => Err(self.refuse(&e, received)),
+        }
+    }
+
+    /// Objects up to the size that import parses whole (and at most
+    /// [`IN_MEMORY_MAX`]) stay in memory: hashed as they arrive, parsed and
+    /// sealed from there (no staging file written and read back).
+    fn memory_limit(&self) -> u64 {
+        self.options.full_parse_limit.min(IN_MEMORY_MAX)
+    }
+
+    fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
+        let label = Path::new("C-STORE");
+        match ingest::import_bytes(self.node.store(), object, label, &self.options) {
+            Ok(done) => Ok(Stored {
+                duplicate: done.duplicate,
+                study_uid: Some(done.study_uid),
+            }),
+            Err(e) => Err(self.refuse(&e, received)),
         }
     }
 

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
 use crate::store::{
-    CHUNK_SIZE, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store, StoreError, StudyMeta,
-    StudyRef, StudyRow, StudyUpdate, chunk_hashes,
+    CHUNK_SIZE, ContentHasher, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store,
+    StoreError, StudyMeta, StudyRef, StudyRow, StudyUpdate,
 };
 
 /// Errors that stop an import as a whole (a bad file never does).
@@ -250,17 +250,66 @@ pub struct ObjectOutcome {
 /// # Errors
 /// [`ObjectError`]: why the file was not stored; nothing of it is.
 pub fn import_object(store: &Store, path: &Path, opts: &ImportOptions) -> Result<ObjectOutcome, ObjectError> {
-    let shared = Shared {
-        store,
-        opts,
-        keys: Mutex::new(HashMap::new()),
-        claimed: Mutex::new(BTreeSet::new()),
-    };
+    let shared = Shared::new(store, opts);
     let job = Job {
         path: path.to_path_buf(),
         explicit: true,
     };
-    match shared.process(&job)? {
+    let work = shared.process(&job)?;
+    commit_one(&shared, work)
+}
+
+/// Bytes of one object held in memory, with their hashes computed as they
+/// arrived ([`ContentHasher`]): what the gateway's SCP received.
+pub struct ObjectBytes {
+    /// The object as a Part 10 file.
+    pub bytes: Vec<u8>,
+    /// BLAKE3 of `bytes`.
+    pub hash: blake3::Hash,
+    /// [`chunk_hashes`] of `bytes`.
+    pub chunk_hashes: Vec<u8>,
+}
+
+/// Patient data: only the length and the hash are shown.
+impl std::fmt::Debug for ObjectBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBytes")
+            .field("len", &self.bytes.len())
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// As [`import_object`], for an object already in memory and hashed: the
+/// same validation (a full parse), sealing, de-duplication and commit,
+/// without a file written and read back. `label` names the object in
+/// the outcome (no file backs it).
+///
+/// # Errors
+/// As [`import_object`].
+pub fn import_bytes(
+    store: &Store,
+    object: ObjectBytes,
+    label: &Path,
+    opts: &ImportOptions,
+) -> Result<ObjectOutcome, ObjectError> {
+    let shared = Shared::new(store, opts);
+    let ObjectBytes {
+        bytes,
+        hash,
+        chunk_hashes,
+    } = object;
+    let parsed = match super::sniff_bytes(bytes, label)? {
+        Sniffed::Object(p) => p,
+        Sniffed::Dicomdir(_) => return Err(DicomError::Dicomdir.into()),
+    };
+    let work = shared.seal(label.to_path_buf(), *parsed, Some((hash, chunk_hashes)))?;
+    commit_one(&shared, work)
+}
+
+/// Commits the one object a worker staged (or reports it held already).
+fn commit_one(shared: &Shared<'_>, work: Work) -> Result<ObjectOutcome, ObjectError> {
+    match work {
         Work::Duplicate { study_uid, .. } => Ok(ObjectOutcome {
             study_uid,
             duplicate: true,
@@ -280,7 +329,7 @@ pub fn import_object(store: &Store, path: &Path, opts: &ImportOptions) -> Result
                 outcomes: vec![outcome],
                 bytes,
             };
-            commit(&shared, batch, &mut ImportSummary::default(), &mut |_| {})?;
+            commit(shared, batch, &mut ImportSummary::default(), &mut |_| {})?;
             Ok(ObjectOutcome {
                 study_uid,
                 duplicate: false,
@@ -314,7 +363,16 @@ struct Shared<'s> {
     claimed: Mutex<BTreeSet<[u8; 32]>>,
 }
 
-impl Shared<'_> {
+impl<'s> Shared<'s> {
+    fn new(store: &'s Store, opts: &'s ImportOptions) -> Self {
+        Shared {
+            store,
+            opts,
+            keys: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(BTreeSet::new()),
+        }
+    }
+
     /// The data key of a study: unwrapped from its row, or new for a study
     /// not stored yet (wrapped into the row when its first batch commits).
     fn study_key(&self, study: &StudyRef) -> Result<DataKey, StoreError> {
@@ -368,13 +426,29 @@ impl Shared<'_> {
             }
             Err(e) => return Err(e.into()),
         };
+        self.seal(path, *parsed, None)
+    }
+
+    /// Seals one parsed object (`hashes`: its hash and chunk hashes when
+    /// computed already) into a staged object, or finds it held already.
+    fn seal(
+        &self,
+        path: PathBuf,
+        parsed: super::Parsed,
+        hashes: Option<(blake3::Hash, Vec<u8>)>,
+    ) -> Result<Work, ObjectError> {
         let info = parsed.info;
         let study = self.store.study_ref(&info.study_uid);
         // Objects are keyed by content: the same file again is "already
         // stored"; another encoding of the same SOP instance is a new object.
-        let (content_hash, chunks) = match &parsed.bytes {
-            Some(b) => (blake3::hash(b), chunk_hashes(b)),
-            None => hash_file(&job.path).map_err(DicomError::Io)?,
+        let (content_hash, chunks) = match (hashes, &parsed.bytes) {
+            (Some(h), _) => h,
+            (None, Some(b)) => {
+                let mut h = ContentHasher::new();
+                h.update(b);
+                h.finish()
+            }
+            (None, None) => hash_file(&path).map_err(DicomError::Io)?,
         };
         let address = self.store.blob_address(&content_hash);
         {
@@ -394,9 +468,9 @@ impl Shared<'_> {
                 .store
                 .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, b.as_slice(), None),
             // A large file is read again: its hash must not have changed.
-            None => std::fs::File::open(&job.path)
+            None => std::fs::File::open(&path)
                 .map_err(|source| StoreError::BlobIo {
-                    path: job.path.display().to_string(),
+                    path: path.display().to_string(),
                     source,
                 })
                 .and_then(|f| {
@@ -452,28 +526,17 @@ impl Shared<'_> {
 /// (see [`chunk_hashes`]), in one read.
 fn hash_file(path: &Path) -> std::io::Result<(blake3::Hash, Vec<u8>)> {
     let mut file = std::fs::File::open(path)?;
-    let mut whole = blake3::Hasher::new();
-    let mut chunks = Vec::new();
+    let mut hasher = ContentHasher::new();
     let mut buf = vec![0u8; CHUNK_SIZE as usize];
     loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match file.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if n > 0 || chunks.is_empty() {
-            whole.update(&buf[..n]);
-            chunks.extend_from_slice(blake3::hash(&buf[..n]).as_bytes());
-        }
-        if n < buf.len() {
-            break;
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok((whole.finalize(), chunks))
+    Ok(hasher.finish())
 }
 
 /// One batch being gathered by the committer.
@@ -500,12 +563,7 @@ pub fn import(
     let mut summary = ImportSummary::default();
     let mut touched_studies = BTreeSet::new();
     let mut touched_series = BTreeSet::new();
-    let shared = Shared {
-        store,
-        opts,
-        keys: Mutex::new(HashMap::new()),
-        claimed: Mutex::new(BTreeSet::new()),
-    };
+    let shared = Shared::new(store, opts);
     // DICOMDIRs named explicitly add their references; loop until none are added.
     loop {
         let total: u64 = jobs
@@ -709,6 +767,7 @@ fn commit(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::store::chunk_hashes;
 
     /// The per-chunk hashes import records for a file read from disk are
     /// those of the same bytes in memory, at every boundary case.
@@ -724,6 +783,31 @@ mod tests {
             assert_eq!(whole, blake3::hash(&data), "{len}");
             assert_eq!(chunks, chunk_hashes(&data), "{len}");
             assert_eq!(chunks.len(), 32 * len.div_ceil(cs).max(1), "{len}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Hashing an object fragment by fragment, cut anywhere (the SCP
+        /// hashes each P-DATA fragment as it arrives), gives the hash and
+        /// chunk hashes of the whole.
+        #[test]
+        fn hashing_in_fragments_equals_hashing_the_whole(
+            len in 0usize..(3 * CHUNK_SIZE as usize + 100),
+            cuts in proptest::collection::vec(0usize..(3 * CHUNK_SIZE as usize + 100), 0..12),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(len)).collect();
+            cuts.push(len);
+            cuts.sort_unstable();
+            let mut hasher = ContentHasher::new();
+            let mut at = 0;
+            for c in cuts {
+                hasher.update(&data[at..c]);
+                at = c;
+            }
+            let (whole, chunks) = hasher.finish();
+            proptest::prop_assert_eq!(whole, blake3::hash(&data));
+            proptest::prop_assert_eq!(chunks, chunk_hashes(&data));
         }
     }
 }

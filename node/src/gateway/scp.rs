@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 use dicom_ul::association::server::{AcceptAny, AccessControl, DefaultNegotiation};
 use dicom_ul::association::{AsyncAssociation, ServerAssociationOptions};
@@ -41,8 +42,9 @@ use tracing::{debug, info, warn};
 
 use super::dimse::{Channel, Command, CommandField, DimseError, Incoming, Status};
 use super::policy::{self, Allowed, Policy, Rejection};
-use super::{Received, Sink, StoreRefusal, Stored, sop, tls};
+use super::{ObjectBytes, Received, Sink, StoreRefusal, Stored, sop, tls};
 use crate::config::gateway::GatewayConfig;
+use crate::store::ContentHasher;
 
 /// The largest PDU the SCP receives (each fragment is written out before
 /// the next is read, so this bounds the memory of an association).
@@ -354,6 +356,8 @@ where
 {
     let mut stored = 0u32;
     let mut refused = 0u32;
+    // The size of the last object received: the next is most likely alike.
+    let mut size_hint = 0usize;
     loop {
         let incoming = match channel.receive_command().await {
             Ok(i) => i,
@@ -380,7 +384,7 @@ where
                 channel.send_command(context, &rsp).await?;
             }
             CommandField::CStoreRq => {
-                let status = store(&mut channel, context, &command, calling_ae, shared).await?;
+                let status = store(&mut channel, context, &command, calling_ae, shared, &mut size_hint).await?;
                 let (status, comment) = match status {
                     Ok(done) => {
                         stored += 1;
@@ -429,6 +433,7 @@ async fn store<A, S>(
     command: &Command,
     calling_ae: &str,
     shared: &Shared,
+    size_hint: &mut usize,
 ) -> Result<Result<Stored, StoreRefusal>, DimseError>
 where
     A: AsyncAssociation<S> + Send,
@@ -466,39 +471,12 @@ where
         channel.receive_data_to(context, &mut tokio::io::sink()).await?;
         return Ok(Err(StoreRefusal::MissingUid("Affected SOP Class/Instance UID")));
     }
-    let path = staging_path(shared.sink.staging_dir());
-    let created = {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Patient data: readable by the node only.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-    };
-    let mut out = match created {
-        Ok(file) => Staging::new(file),
-        Err(e) => {
-            warn!(error = %e, "DICOM SCP: cannot create a staging file");
-            Staging::failed(e)
-        }
-    };
-    out.write_all(&header).await?;
-    let received_data = channel.receive_data_to(context, &mut out).await;
-    if let Err(e) = received_data {
-        let _ = std::fs::remove_file(&path);
+    let limit = usize::try_from(shared.sink.memory_limit()).unwrap_or(usize::MAX);
+    let mut out = Receiving::new(header, limit, shared.sink.staging_dir(), *size_hint);
+    if let Err(e) = channel.receive_data_to(context, &mut out).await {
+        out.discard();
         return Err(e);
     }
-    if let Some(e) = out.error.take() {
-        let _ = std::fs::remove_file(&path);
-        warn!(error = %e, "DICOM SCP: writing a staging file failed");
-        return Ok(Err(if super::is_storage_full(&e) {
-            StoreRefusal::StorageFull
-        } else {
-            StoreRefusal::Internal
-        }));
-    }
-    drop(out);
     let received = Received {
         calling_ae: calling_ae.to_string(),
         sop_class_uid: sop_class,
@@ -506,15 +484,205 @@ where
         transfer_syntax,
     };
     let sink = shared.sink.clone();
-    let staged = path.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        check_data_set(&staged, &received)?;
-        sink.store(&staged, &received)
-    })
-    .await
-    .unwrap_or(Err(StoreRefusal::Internal));
-    let _ = std::fs::remove_file(&path);
-    Ok(outcome)
+    match out {
+        Receiving::Memory { bytes, hasher, .. } => {
+            *size_hint = bytes.len();
+            let (hash, chunk_hashes) = hasher.finish();
+            let object = ObjectBytes {
+                bytes,
+                hash,
+                chunk_hashes,
+            };
+            let outcome = tokio::task::spawn_blocking(move || {
+                check_data_set(
+                    OpenFileOptions::new()
+                        .read_preamble(ReadPreamble::Never)
+                        .read_until(tags::PIXEL_DATA)
+                        .from_reader(object.bytes.get(PREAMBLE..).unwrap_or_default()),
+                    &received,
+                )?;
+                sink.store_bytes(object, &received)
+            })
+            .await
+            .unwrap_or(Err(StoreRefusal::Internal));
+            Ok(outcome)
+        }
+        Receiving::File { path, mut staging } => {
+            if let Some(e) = staging.error.take() {
+                let _ = std::fs::remove_file(&path);
+                warn!(error = %e, "DICOM SCP: writing a staging file failed");
+                return Ok(Err(if super::is_storage_full(&e) {
+                    StoreRefusal::StorageFull
+                } else {
+                    StoreRefusal::Internal
+                }));
+            }
+            drop(staging);
+            let staged = path.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                check_data_set(
+                    OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&staged),
+                    &received,
+                )?;
+                sink.store(&staged, &received)
+            })
+            .await
+            .unwrap_or(Err(StoreRefusal::Internal));
+            let _ = std::fs::remove_file(&path);
+            Ok(outcome)
+        }
+    }
+}
+
+/// The 128-byte preamble of a Part 10 file.
+const PREAMBLE: usize = 128;
+
+/// Where a C-STORE's data set goes as it arrives: memory (hashed fragment
+/// by fragment) up to the sink's [`Sink::memory_limit`], then a staging
+/// file for the rest of a larger object.
+enum Receiving {
+    Memory {
+        bytes: Vec<u8>,
+        hasher: ContentHasher,
+        limit: usize,
+        dir: PathBuf,
+    },
+    File {
+        path: PathBuf,
+        staging: Staging,
+    },
+}
+
+impl Receiving {
+    /// Starts with the Part 10 `header` (preamble and file meta). `hint`:
+    /// the size of the association's previous object, to allocate once.
+    fn new(header: Vec<u8>, limit: usize, dir: &Path, hint: usize) -> Self {
+        let mut bytes = header;
+        bytes.reserve(hint.min(limit).saturating_sub(bytes.len()));
+        let mut hasher = ContentHasher::new();
+        hasher.update(&bytes);
+        let mut r = Receiving::Memory {
+            bytes: Vec::new(),
+            hasher,
+            limit,
+            dir: dir.to_path_buf(),
+        };
+        if bytes.len() > limit {
+            r.spill(&bytes);
+        } else if let Receiving::Memory { bytes: b, .. } = &mut r {
+            *b = bytes;
+        }
+        r
+    }
+
+    /// Moves to a staging file, beginning with what memory held and `more`.
+    fn spill(&mut self, more: &[u8]) {
+        let Receiving::Memory { bytes, dir, .. } = self else {
+            return;
+        };
+        let path = staging_path(dir);
+        let created = {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Patient data: readable by the node only.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        let mut staging = match created {
+            Ok(file) => Staging::new(file),
+            Err(e) => {
+                warn!(error = %e, "DICOM SCP: cannot create a staging file");
+                Staging::failed(e)
+            }
+        };
+        staging.write(bytes);
+        staging.write(more);
+        *self = Receiving::File { path, staging };
+    }
+
+    /// Drops what was received (the association failed mid-object).
+    fn discard(self) {
+        if let Receiving::File { path, .. } = self {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+impl AsyncWrite for Receiving {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match this {
+            Receiving::Memory {
+                bytes, hasher, limit, ..
+            } => {
+                if bytes.len().saturating_add(buf.len()) > *limit {
+                    this.spill(buf);
+                } else {
+                    hasher.update(buf);
+                    bytes.extend_from_slice(buf);
+                }
+            }
+            Receiving::File { staging, .. } => staging.write(buf),
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Receiving::File { staging, .. } = &mut *self {
+            staging.flush();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// Writes an object held in memory to a new staging file in `dir` (for a
+/// sink that takes files only).
+///
+/// # Errors
+/// [`StoreRefusal::StorageFull`] or [`StoreRefusal::Internal`] when the
+/// file cannot be written.
+pub(crate) fn stage_bytes(dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreRefusal> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = staging_path(dir);
+    let mut staging = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(file) => Staging::new(file),
+        Err(e) => Staging::failed(e),
+    };
+    staging.write(bytes);
+    staging.flush();
+    match staging.error {
+        None => Ok(path),
+        Some(e) => {
+            let _ = std::fs::remove_file(&path);
+            warn!(error = %e, "DICOM SCP: writing a staging file failed");
+            Err(if super::is_storage_full(&e) {
+                StoreRefusal::StorageFull
+            } else {
+                StoreRefusal::Internal
+            })
+        }
+    }
 }
 
 /// The staging file being written: a write error is kept and the rest of
@@ -550,39 +718,21 @@ impl Staging {
     }
 }
 
-impl AsyncWrite for Staging {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+impl Staging {
+    fn write(&mut self, buf: &[u8]) {
         use std::io::Write;
-        let this = &mut *self;
-        if let Some(file) = this.file.as_mut() {
+        if let Some(file) = self.file.as_mut() {
             let r = file.write_all(buf);
-            this.keep(r);
+            self.keep(r);
         }
-        std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn flush(&mut self) {
         use std::io::Write;
-        let this = &mut *self;
-        if let Some(file) = this.file.as_mut() {
+        if let Some(file) = self.file.as_mut() {
             let r = file.flush();
-            this.keep(r);
+            self.keep(r);
         }
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.poll_flush(cx)
     }
 }
 
@@ -596,13 +746,13 @@ fn staging_path(dir: &Path) -> PathBuf {
     dir.join(format!(".dicom-scp-{}-{n}-{nanos}.dcm.part", std::process::id()))
 }
 
-/// Parses the staged file up to its pixel data and checks its SOP Class and
-/// Instance UID against the command.
-fn check_data_set(path: &Path, received: &Received) -> Result<(), StoreRefusal> {
-    let object = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|_| StoreRefusal::Malformed)?;
+/// Checks the SOP Class and Instance UID of a received object, parsed up
+/// to its pixel data, against the command.
+fn check_data_set<E>(
+    parsed: Result<dicom_object::DefaultDicomObject, E>,
+    received: &Received,
+) -> Result<(), StoreRefusal> {
+    let object = parsed.map_err(|_| StoreRefusal::Malformed)?;
     let text = |tag| {
         object
             .element(tag)
