@@ -40,13 +40,13 @@ chunk_size = 65536
 # included). Larger files are parsed up to the pixel data, whose declared
 # length is then checked against the file size; memory stays bounded.
 full_parse_limit = 67108864
-# Make imported blob files durable (fsync) before an import batch is
-# reported as stored. Off, a power loss or OS crash can lose the content of
-# recently imported objects (`medmesh store check --deep` lists them). What
-# the node signs and sends away or shows as done (index rows, received
-# studies, transfers, consents, ledger entries) is durable before it is
-# acknowledged either way, so a killed process loses none of it. Turn off
-# only for throwaway homes.
+# Flush to disk (fsync) imported blob files and every durable database
+# commit before they are acknowledged. Off, a power loss or OS crash can lose
+# recent commits of any kind (imported or received objects, and ledger
+# entries the node signed and sent). What the node signs and sends away or
+# shows as done (index rows, received studies, transfers, consents, ledger
+# entries) is written before it is acknowledged either way, so a killed
+# process loses none of it. Turn off only for throwaway homes and benchmarks.
 fsync = true
 # Files per import batch: each batch is one index transaction.
 batch_files = 256
@@ -1105,8 +1105,9 @@ pub struct StoreConfig {
     pub chunk_size: u32,
     /// Files up to this size are parsed completely on import.
     pub full_parse_limit: u64,
-    /// fsync imported blob files before reporting them stored (what the node
-    /// acknowledges is durable whatever this says).
+    /// fsync imported blob files and every durable database commit before
+    /// acknowledging them (off, what the node acknowledges survives a killed
+    /// process, not an OS crash or a power loss).
     pub fsync: bool,
     /// Files per import batch.
     pub batch_files: u32,

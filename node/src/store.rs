@@ -50,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,7 @@ use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
 
+mod backend;
 mod files;
 mod forward;
 mod ledger;
@@ -461,11 +462,11 @@ impl std::fmt::Display for HeldAs {
 
 /// Opens the database file, waiting up to `wait` (polling) while another
 /// process holds it; says once in the log that it waits.
-fn open_db(db_path: &Path, wait: Duration, give_up: &dyn Fn() -> bool) -> Result<Database, StoreError> {
+fn open_db(db_path: &Path, fsync: bool, wait: Duration, give_up: &dyn Fn() -> bool) -> Result<Database, StoreError> {
     let start = Instant::now();
     let mut said = false;
     loop {
-        match Database::create(db_path) {
+        match backend::create(db_path, fsync) {
             Ok(db) => return Ok(db),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 let waited = start.elapsed();
@@ -768,7 +769,7 @@ impl Store {
     pub fn create(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
         fsutil::create_private_dir(blobs).map_err(|source| blob_io(blobs, source))?;
         fsutil::create_private_dir(&blobs.join("tmp")).map_err(|source| blob_io(blobs, source))?;
-        let db = Database::create(db_path).map_err(|e| db_err(db_path, e))?;
+        let db = backend::create(db_path, fsync).map_err(|e| db_err(db_path, e))?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
         let txn = store.db.begin_write().map_err(|e| db_err(db_path, e))?;
         {
@@ -835,7 +836,7 @@ impl Store {
                 path: db_path.display().to_string(),
             });
         }
-        let db = open_db(db_path, wait, give_up)?;
+        let db = open_db(db_path, fsync, wait, give_up)?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
         let read = store.db.begin_read().map_err(|e| store.err(e))?;
         let meta = read.open_table(META).map_err(|e| store.err(e))?;
@@ -990,13 +991,13 @@ impl Store {
     ) -> Result<PathBuf, StoreError> {
         let tmp = self.tmp_path()?;
         let result = (|| {
-            let file = File::create_new(&tmp)?;
-            let mut w = BufWriter::with_capacity(256 * 1024, file);
+            // Unbuffered: the sealer writes each chunk with its tag in one call.
+            let mut file = File::create_new(&tmp)?;
             let invalid = |e: medmesh_seal::SealError| io::Error::new(io::ErrorKind::InvalidData, e);
             match expect {
                 Some(expected) => {
                     let (_, hash) =
-                        medmesh_seal::seal_stream(key, 0, chunk_size, len, reader, &mut w).map_err(invalid)?;
+                        medmesh_seal::seal_stream(key, 0, chunk_size, len, reader, &mut file).map_err(invalid)?;
                     if hash != *expected {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -1005,10 +1006,9 @@ impl Store {
                     }
                 }
                 None => {
-                    medmesh_seal::seal_stream_unhashed(key, 0, chunk_size, len, reader, &mut w).map_err(invalid)?;
+                    medmesh_seal::seal_stream_unhashed(key, 0, chunk_size, len, reader, &mut file).map_err(invalid)?;
                 }
             }
-            let file = w.into_inner().map_err(|e| e.into_error())?;
             if self.fsync {
                 file.sync_data()?;
             }
@@ -1480,8 +1480,9 @@ impl Store {
     /// The durability of a commit that records what this node signs and
     /// sends away (a receipt, a grant, a ledger entry, a HAVE), shows as
     /// done (an import, a landing, a consent, a transfer's state) or must
-    /// not forget (an intent, a key destroyed): durable when `commit`
-    /// returns, whatever `store.fsync` says. A node killed right after
+    /// not forget (an intent, a key destroyed): written to the database
+    /// file when `commit` returns, whatever `store.fsync` says, and flushed
+    /// to disk too when it is on ([`backend`]). A node killed right after
     /// must not come back without it (and sign its seqs again).
     fn durability(&self, txn: &mut redb::WriteTransaction) -> Result<(), StoreError> {
         txn.set_durability(Durability::Immediate).map_err(|e| self.err(e))?;

@@ -566,7 +566,9 @@ fn seal_inner<R: Read, W: Write>(
     let header = Header::new(chunk_size, object_index, plaintext_len)?;
     let mut sealer = Sealer::new(key, header);
     writer.write_all(&header.encode())?;
-    let mut buf = Zeroizing::new(vec![0u8; chunk_size as usize]);
+    // One chunk and its tag, written with one call (callers may write
+    // straight to a file, unbuffered).
+    let mut buf = Zeroizing::new(vec![0u8; chunk_size as usize + TAG_LEN]);
     for index in 0..header.chunk_count() {
         let len = usize_of(header.chunk_plain_len(index))?;
         let chunk = &mut buf[..len];
@@ -575,8 +577,8 @@ fn seal_inner<R: Read, W: Write>(
             h.update(chunk);
         }
         let tag = sealer.seal_chunk(chunk)?;
-        writer.write_all(chunk)?;
-        writer.write_all(&tag)?;
+        buf[len..len + TAG_LEN].copy_from_slice(&tag);
+        writer.write_all(&buf[..len + TAG_LEN])?;
     }
     let mut probe = [0u8; 1];
     if reader.read(&mut probe)? != 0 {

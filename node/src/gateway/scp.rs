@@ -5,11 +5,13 @@
 //! Presentation contexts accepted: Verification and every Storage SOP class
 //! ([`sop::STORAGE`], [`sop::RETIRED_STORAGE`]), each with the first
 //! transfer syntax proposed that dicom-rs can parse (no transcoding: the
-//! object is stored in the one it arrives in). A C-STORE's data set streams fragment by fragment into a
-//! Part 10 file in the sink's staging folder (file meta: the negotiated
-//! transfer syntax, the command's SOP class and instance); its SOP Class and
-//! Instance UID are checked against the command, then the [`Sink`] stores
-//! it, and only then is Success answered.
+//! object is stored in the one it arrives in). A C-STORE's data set arrives
+//! fragment by fragment behind a Part 10 file meta (the negotiated transfer
+//! syntax, the command's SOP class and instance): into memory, hashed as it
+//! comes, up to the sink's [`Sink::memory_limit`], and into a file in the
+//! sink's staging folder past it; its SOP Class and Instance UID are checked
+//! against the command, then the [`Sink`] stores it, and only then is
+//! Success answered.
 //!
 //! ```no_run
 //! # async fn f(sink: std::sync::Arc<dyn medmesh_node::gateway::Sink>) -> Result<(), Box<dyn std::error::Error>> {
@@ -46,8 +48,9 @@ use super::{ObjectBytes, Received, Sink, StoreRefusal, Stored, sop, tls};
 use crate::config::gateway::GatewayConfig;
 use crate::store::ContentHasher;
 
-/// The largest PDU the SCP receives (each fragment is written out before
-/// the next is read, so this bounds the memory of an association).
+/// The largest PDU the SCP receives: with the sink's memory limit, this
+/// bounds the memory of an association (one object in memory at a time,
+/// one PDU being read).
 const MAX_PDU: u32 = 1024 * 1024;
 
 /// How long the SCP waits for the peer's next PDU.
