@@ -6,7 +6,11 @@
 #   storescp  dcmtk's storage SCP (`storescp +B`: writes each file, nothing else),
 #   medmesh   `medmesh run`'s DICOM SCP (each object validated, hashed, sealed
 #             under its study key, committed to the store before the answer),
-#             a fresh home per run (fsync off, as the testnet homes),
+#             a fresh home per run with `store.fsync = false` (like storescp:
+#             written before the answer, not flushed to disk),
+#   medmesh-fsync  the same with `store.fsync = true`, the production setting
+#             (every object's blob, folder and commits flushed to disk before
+#             the answer: safe against an OS crash or power loss),
 #   orthanc   Debian's Orthanc (SQLite index, files on disk, no plugins, no
 #             compression), a fresh storage per run;
 # and forwarding (FORWARD=1, the default when medmesh's forwarding queue
@@ -29,13 +33,13 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 RUNS="${RUNS:-3}"
 SLICES="${SLICES:-2000}"
-TOOLS="${TOOLS:-storescp medmesh orthanc forward}"
+TOOLS="${TOOLS:-storescp medmesh medmesh-fsync orthanc forward}"
 OUT="${BENCH_OUT:-bench/out}"
 WORK="${BENCH_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/medmesh-gateway.XXXXXX")}"
 WORK=$(cd "$WORK" && pwd)
 want() { [[ " $TOOLS " == *" $1 "* ]]; }
 for t in $TOOLS; do
-  case $t in storescp|medmesh|orthanc|forward) ;; *) fail "TOOLS: unknown part $t (storescp medmesh orthanc forward)";; esac
+  case $t in storescp|medmesh|medmesh-fsync|orthanc|forward) ;; *) fail "TOOLS: unknown part $t (storescp medmesh medmesh-fsync orthanc forward)";; esac
 done
 HINT="apt-get install dcmtk orthanc time"
 need=(/usr/bin/time perl storescu storescp echoscu)
@@ -109,12 +113,14 @@ if want storescp; then
 fi
 
 # --- medmesh ----------------------------------------------------------------------
-# mm_home DIR: a new home whose SCP accepts BENCH (and forwards to storescp with FWD=1).
+# mm_home DIR: a new home whose SCP accepts BENCH (and forwards to storescp
+# with FWD=1), fsync off unless FSYNC=1.
 mm_home() {
-  local home=$1 port=$2
+  local home=$1 port=$2 fsync=false
+  [ "${FSYNC:-}" = 1 ] && fsync=true
   quiet_init=$("$MM" init --home "$home" --institution "Bench Hospital" --jurisdiction DE 2>&1) \
     || fail "medmesh init: $quiet_init"
-  perl -0pi -e 's/^fsync = true/fsync = false/m; s/^enabled = false/enabled = true/m;
+  perl -0pi -e 's/^fsync = true/fsync = '"$fsync"'/m; s/^enabled = false/enabled = true/m;
     s/^listen = "127\.0\.0\.1:11112"/listen = "127.0.0.1:'"$port"'"/m;
     s/^listen = \[.*\]/listen = ["\/ip4\/127.0.0.1\/tcp\/0"]/m' "$home/config.toml"
   printf '\n[[gateway.calling]]\nae_title = "BENCH"\nhost = "127.0.0.1"\n' >> "$home/config.toml"
@@ -131,24 +137,27 @@ mm_start() {
     || { cat "$1/run.log" >&2; fail "medmesh run does not answer"; }
 }
 mm_stop() { kill -TERM "$MM_PID"; wait "$MM_PID" || true; }
-if want medmesh; then
+mm_scp() {
+  local name=$1 fsync=$2
   for r in $(seq "$RUNS"); do
     home="$WORK/mm-$r"; port=$(free_port)
-    mm_home "$home" "$port"; mm_start "$home"
-    send medmesh "$MM_PID" MEDMESH "$port"
+    FSYNC=$fsync mm_home "$home" "$port"; mm_start "$home"
+    send "$name" "$MM_PID" MEDMESH "$port"
     got=$("$MM" study list --home "$home" --json | perl -MJSON::PP -sne '
       my $j = eval { decode_json($_) } or next;
       print "$j->{data}{instances}\n" if $j->{type} eq "study" && $j->{data}{study_uid} eq $uid' -- -uid="$STUDY_UID")
-    [ "$got" = "$NFILES" ] || fail "medmesh run $r: the node holds '$got' instances, expected $NFILES"
+    [ "$got" = "$NFILES" ] || fail "$name run $r: the node holds '$got' instances, expected $NFILES"
     if [ "$r" -eq "$RUNS" ]; then
       "$MM" study export --home "$home" "$STUDY_UID" --out "$WORK/mm-export" >/dev/null
       got=$(pixel_stats $(find "$WORK/mm-export" -type f))
-      [ "$got" = "$NFILES $SRC_PIX $SRC_MD5" ] || fail "medmesh: exported Pixel Data $got, expected $NFILES $SRC_PIX $SRC_MD5"
+      [ "$got" = "$NFILES $SRC_PIX $SRC_MD5" ] || fail "$name: exported Pixel Data $got, expected $NFILES $SRC_PIX $SRC_MD5"
       rm -rf "$WORK/mm-export"
     fi
     mm_stop; rm -rf "$home"
   done
-fi
+}
+if want medmesh; then mm_scp medmesh 0; fi
+if want medmesh-fsync; then mm_scp medmesh-fsync 1; fi
 
 # --- orthanc ----------------------------------------------------------------------
 if want orthanc; then
@@ -227,13 +236,14 @@ row() {
   echo "Study: $NFILES CT files, $(awk -v b="$BYTES" 'BEGIN {printf "%.0f", b/1e6}') MB, over 127.0.0.1."
   echo "Load average: $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end (anything else running skews the figures)."
   echo "Runs: $RUNS per row, median; warm page cache; sender = storescu (GNU time) or, for forwarding, the medmesh node; receiver = the SCP process over the run; peak RSS the largest VmHWM of the runs${HWM_RESET:+ (reset before each run)}."
-  echo "dcmtk: $(storescu --version | awk 'NR==1 {print $2, $3}'), storescu -R -xe +sd +r, TCP_NODELAY=1; storescp +B. medmesh: $("$MM" --version), fsync off. Orthanc: $(/usr/sbin/Orthanc --version 2>/dev/null | head -1 || echo Orthanc), no plugins, no compression."
+  echo "dcmtk: $(storescu --version | awk 'NR==1 {print $2, $3}'), storescu -R -xe +sd +r, TCP_NODELAY=1; storescp +B. medmesh: $("$MM" --version), store.fsync off unless said. Orthanc: $(/usr/sbin/Orthanc --version 2>/dev/null | head -1 || echo Orthanc), no plugins, no compression."
   [ -n "$FORWARD_NOTE" ] && echo "$FORWARD_NOTE"
   echo
   echo "| into / by | median s | MB/s | sender CPU s | receiver CPU s | sender peak RSS MiB | receiver peak RSS MiB |"
   echo "|---|---|---|---|---|---|---|"
   row storescp 'storescu → **dcmtk storescp** (writes files)'
-  row medmesh 'storescu → **medmesh SCP** (validate, hash, seal, commit)'
+  row medmesh 'storescu → **medmesh SCP**, fsync off (validate, hash, seal, commit)'
+  row medmesh-fsync 'storescu → medmesh SCP, fsync on (the same, flushed to disk per object)'
   row orthanc 'storescu → **Orthanc** (SQLite index, files)'
   row storescu-forward 'storescu → storescp (the forwarding baseline)'
   row medmesh-forward '**medmesh forwarding queue** → storescp'

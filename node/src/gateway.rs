@@ -141,14 +141,7 @@ impl StoreRefusal {
     }
 }
 
-/// Whether an I/O error means the disk or quota is full.
-#[must_use]
-pub fn is_storage_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
-}
+pub use crate::fsutil::is_storage_full;
 
 /// Where the SCP puts what it receives: the node implements it by
 /// importing the file as `study import` does (validation, sealed store,

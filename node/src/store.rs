@@ -769,6 +769,12 @@ impl Store {
     pub fn create(db_path: &Path, blobs: &Path, master: MasterKey, fsync: bool) -> Result<Self, StoreError> {
         fsutil::create_private_dir(blobs).map_err(|source| blob_io(blobs, source))?;
         fsutil::create_private_dir(&blobs.join("tmp")).map_err(|source| blob_io(blobs, source))?;
+        // The 256 fan-out folders of the blob paths, made once here rather
+        // than on the import path.
+        for prefix in 0..=255u8 {
+            let dir = blobs.join(hex::encode([prefix]));
+            fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+        }
         let db = backend::create(db_path, fsync).map_err(|e| db_err(db_path, e))?;
         let store = Self::with_db(db, db_path, blobs, master, fsync);
         let txn = store.db.begin_write().map_err(|e| db_err(db_path, e))?;
@@ -1219,10 +1225,16 @@ impl Store {
         for (address, file) in files {
             let dest = self.blob_path(&address);
             let dir = dest.parent().map_or_else(|| self.blobs.clone(), Path::to_path_buf);
-            if dirs.insert(dir.clone()) {
-                fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+            // The fan-out folders exist from `Store::create` on; one missing
+            // (a store made before, or removed by hand) is made here.
+            match fs::rename(file, &dest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && file.exists() => {
+                    fsutil::create_private_dir(&dir).map_err(|source| blob_io(&dir, source))?;
+                    fs::rename(file, &dest).map_err(|source| blob_io(&dest, source))?;
+                }
+                r => r.map_err(|source| blob_io(&dest, source))?,
             }
-            fs::rename(file, &dest).map_err(|source| blob_io(&dest, source))?;
+            dirs.insert(dir);
         }
         if sync_dirs {
             for dir in &dirs {

@@ -226,10 +226,7 @@ impl ObjectError {
             ObjectError::Dicom(DicomError::Io(e)) | ObjectError::Store(StoreError::BlobIo { source: e, .. }) => e,
             _ => return false,
         };
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
+        crate::fsutil::is_storage_full(io)
     }
 }
 
