@@ -480,7 +480,8 @@ pub struct ReceivedGrant {
     /// The transfer id (hex).
     pub transfer_id: String,
     /// The holder that sent it (peer id).
-    pub peer: String,
+    #[serde(with = "crate::ids::peer_text::peer")]
+    pub peer: crate::ids::PeerId,
     /// Its institution, as certified.
     pub institution: String,
     /// Purpose of the grant.
