@@ -154,7 +154,7 @@ fn render_list(items: &[TransferView]) -> String {
             v.id.to_string(),
             direction(v.direction).into(),
             v.state.as_str().into(),
-            short_peer(&v.peer),
+            short_peer(&v.peer.to_base58()),
             v.institution.clone(),
             v.study_uid.clone(),
             v.purpose.as_str().into(),
@@ -370,7 +370,7 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Result<ExitCode> {
                 for v in &items {
                     t.row(vec![
                         v.id.to_string(),
-                        short_peer(&v.peer),
+                        short_peer(&v.peer.to_base58()),
                         v.institution.clone(),
                         v.study_uid.clone(),
                         v.purpose.as_str().into(),

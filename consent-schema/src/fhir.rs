@@ -3,9 +3,9 @@
 //! Hospitals already hold privacy consent as FHIR `Consent` resources
 //! (<https://hl7.org/fhir/R4/consent.html>). [`import_consent`] turns one into one or more
 //! [`ConsentRecord`]s, or refuses it with a [`FhirError::Refused`] naming the element path
-//! (`Consent.provision.provision[1].data[0]`) and the reason. Nothing is silently widened: what
-//! cannot be mapped faithfully is refused, and the only narrowing the importer applies on its
-//! own is to imaging data (medmesh holds nothing else).
+//! (`Consent.provision.provision[1].data[0]`) and the cause, a [`Refusal`]. Nothing is silently
+//! widened: what cannot be mapped faithfully is refused, and the only narrowing the importer
+//! applies on its own is to imaging data (medmesh holds nothing else).
 //!
 //! # Mapping
 //!
@@ -43,8 +43,8 @@ use std::fmt;
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, TimeZone, Utc};
 use serde_json::Value;
 
-use crate::ids::{ConsentId, EpisodeId, InstitutionId, Modality, PatientRef, StudyRef};
-use crate::purpose::{ACT_REASON_SYSTEM, Purpose};
+use crate::ids::{ConsentId, EpisodeId, IdError, InstitutionId, Modality, PatientRef, StudyRef};
+use crate::purpose::{ACT_REASON_SYSTEM, ActReasonError, Purpose};
 use crate::record::{
     ConsentDraft, ConsentError, ConsentRecord, ConsentedBy, Coverage, DataPeriod, DeidLevel, LegalBasis, ModalityScope,
     Provision, Recipient, RecipientScope, Scope,
@@ -79,8 +79,8 @@ pub enum FhirError {
     Refused {
         /// The element, as a FHIRPath-like path (`Consent.provision.actor[1].reference`).
         path: String,
-        /// Why, for people.
-        reason: String,
+        /// Why.
+        reason: Refusal,
     },
     /// The mapped fields make an impossible record.
     #[error("{path}: the mapped record is impossible: {source}")]
@@ -91,6 +91,275 @@ pub enum FhirError {
         #[source]
         source: ConsentError,
     },
+}
+
+/// Why an element of a Consent cannot be mapped ([`FhirError::Refused`]). The variants carry
+/// element kinds, codes and resource types as found in the resource, never the patient's
+/// reference or identifier, and never a date.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    // The JSON shape, any element.
+    /// The element must be a JSON object.
+    #[error("expected an object")]
+    ExpectedObject,
+    /// The element must be a JSON array.
+    #[error("expected an array")]
+    ExpectedArray,
+    /// The element must be a JSON string.
+    #[error("expected a string")]
+    ExpectedString,
+    /// An element R4 does not define at this place (e.g. the STU3 `except`).
+    #[error("not an element of an R4 Consent at this place")]
+    UnknownElement,
+    /// A `modifierExtension`.
+    #[error("a modifier extension may change the meaning; not supported")]
+    ModifierExtension,
+    /// `implicitRules`.
+    #[error("implicit rules may change the meaning of the resource; not supported")]
+    ImplicitRules,
+    /// A required element is absent (the path names it).
+    #[error("missing")]
+    Missing,
+    /// A list that must name something is empty.
+    #[error("empty list")]
+    EmptyList,
+    /// A date that is not a FHIR `dateTime` (the value is not repeated: it may date a visit).
+    #[error("is not a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or a date-time with its offset)")]
+    NotADateTime,
+    /// A Period whose end is not after its start.
+    #[error("is before the start")]
+    EndBeforeStart,
+    /// A Period with neither start nor end.
+    #[error("neither start nor end")]
+    PeriodWithoutBounds,
+    /// A value that is not a valid medmesh identifier (consent id, study, episode, institution).
+    #[error(transparent)]
+    Id(IdError),
+
+    // The resource.
+    /// `resourceType` is not `Consent`.
+    #[error("a {resource_type} is not a Consent")]
+    NotAConsent {
+        /// The `resourceType` found.
+        resource_type: String,
+    },
+    /// No `id`.
+    #[error("missing; medmesh needs a stable id to update or withdraw the record later")]
+    NoId,
+    /// `status` `draft` or `proposed`.
+    #[error("the consent is not agreed yet; import it once it is active")]
+    NotAgreedYet,
+    /// `status` `rejected`.
+    #[error("the consent was refused; there is nothing to import")]
+    RejectedConsent,
+    /// `status` `inactive`.
+    #[error("the consent has ended; withdraw the record imported earlier instead of importing this one")]
+    Ended,
+    /// `status` `entered-in-error`.
+    #[error("the resource was entered in error")]
+    EnteredInError,
+    /// A `status` R4 does not define.
+    #[error("{status:?} is not an R4 Consent status")]
+    UnknownStatus {
+        /// The status found.
+        status: String,
+    },
+    /// No `scope`.
+    #[error("missing (required in R4)")]
+    NoScope,
+    /// A consentscope code other than `patient-privacy` and `research`.
+    #[error("scope {code} is not about sharing data (medmesh imports patient-privacy and research consents)")]
+    NotSharingScope {
+        /// The consentscope code found.
+        code: String,
+    },
+    /// A `scope` without a consentscope code.
+    #[error("no consentscope code (patient-privacy or research)")]
+    NoScopeCode,
+    /// No `patient`.
+    #[error("missing; a consent must be about one patient")]
+    NoPatient,
+    /// The pseudonymiser does not know the patient.
+    #[error(
+        "the site cannot match this patient: give an identifier (identifier.value) it knows, or map the reference to a patient ID"
+    )]
+    UnknownPatient,
+
+    // Who consented (`performer`).
+    /// A `Patient` performer that is not the consent's patient.
+    #[error("a Patient other than the consent's patient cannot consent for them")]
+    OtherPatient,
+    /// A performer of a kind medmesh does not record as a grantor.
+    #[error(
+        "a {resource_type} as grantor cannot be mapped (medmesh records consent by the patient, a legal guardian or an ethics-board waiver; record waivers through the node)"
+    )]
+    GrantorKind {
+        /// The performer's resource type.
+        resource_type: String,
+    },
+    /// A performer whose resource type cannot be told.
+    #[error("cannot tell what kind of resource the grantor is")]
+    UnknownGrantorKind,
+    /// Performers of different kinds.
+    #[error("grantors of different kinds in one consent cannot be mapped")]
+    MixedGrantors,
+    /// No performer, and no grantor to assume.
+    #[error(
+        "missing: cannot tell who consented (configure whom to assume if the site's forms are always signed by the patient)"
+    )]
+    NoPerformer,
+
+    // The legal basis (`policyRule`, `policy`).
+    /// A `policyRule` without a coding.
+    #[error("no coding; medmesh needs a code for the legal basis")]
+    NoPolicyRuleCoding,
+    /// Neither `policyRule` nor `policy`.
+    #[error("neither policyRule nor policy is present (R4 invariant ppc-1): no legal basis")]
+    NoLegalBasis,
+    /// The legal basis does not make a valid [`LegalBasis`].
+    #[error(transparent)]
+    LegalBasis(ConsentError),
+
+    // The provisions.
+    /// No `provision`.
+    #[error("missing; a Consent without provision has no computable scope for medmesh")]
+    NoProvision,
+    /// A `provision.type` other than `permit` and `deny`.
+    #[error("{given:?} is neither permit nor deny")]
+    NotPermitOrDeny {
+        /// The type found.
+        given: String,
+    },
+    /// A root provision without `type` whose `policyRule` is neither `OPTIN` nor `OPTOUT`.
+    #[error(
+        "missing, and the policyRule is neither OPTIN nor OPTOUT, so it does not say whether the rule permits or denies"
+    )]
+    NoProvisionType,
+    /// A nested provision without `type`.
+    #[error("missing; a nested provision must say permit or deny")]
+    NestedWithoutType,
+    /// A nested provision of its parent's type.
+    #[error(
+        "a nested provision of the same type as its parent has no agreed meaning (a further restriction or an addition); not imported"
+    )]
+    NestedSameType,
+    /// A permit nested in a deny.
+    #[error("a permit exception inside a deny cannot be represented: in medmesh a deny always beats a permit")]
+    PermitInsideDeny,
+    /// Provisions nested two levels deep.
+    #[error("provisions nested more than one level deep are not supported")]
+    NestedTooDeep,
+    /// A nested provision whose period does not overlap its parent's.
+    #[error("does not overlap the period of its parent provision, so it never applies")]
+    NestedOutsideParent,
+    /// No `provision.period.start` and no `dateTime`.
+    #[error("no start, and Consent.dateTime is absent: cannot tell from when the consent applies")]
+    NoStart,
+    /// An `action` concept without a consentaction code.
+    #[error("no consentaction code (collect, access, use, disclose, correct)")]
+    NoConsentAction,
+    /// A permit whose actions do not include `disclose`.
+    #[error("permits {} but not disclose; a transfer to another site is a disclosure", .actions.join(", "))]
+    PermitWithoutDisclose {
+        /// The consentaction codes found.
+        actions: Vec<String>,
+    },
+    /// A deny of none of `access`, `use`, `disclose`.
+    #[error("denies {}, which does not concern transfers", .actions.join(", "))]
+    DenyNotAboutTransfers {
+        /// The consentaction codes found.
+        actions: Vec<String>,
+    },
+    /// A `securityLabel`.
+    #[error("medmesh cannot select data by security label; the rule would apply to more or less data than intended")]
+    SecurityLabel,
+    /// A permit without `purpose`, and no purposes to assume.
+    #[error(
+        "missing: FHIR reads a permit without purpose as every purpose, which medmesh does not import; name the purposes or configure the purposes to assume"
+    )]
+    NoPurpose,
+    /// A v3 ActReason code that maps to no medmesh purpose exactly.
+    #[error(transparent)]
+    Purpose(ActReasonError),
+    /// A purpose coding of another code system.
+    #[error("{} is not a v3 ActReason purpose ({ACT_REASON_SYSTEM})", show_coding(.system.as_deref(), .code.as_deref()))]
+    NotActReason {
+        /// The coding's system.
+        system: Option<String>,
+        /// The coding's code.
+        code: Option<String>,
+    },
+    /// A `class` that is a DICOM SOP class.
+    #[error("scoping by DICOM SOP class is not supported; scope by modality with provision.code (DICOM CID 33)")]
+    SopClass,
+    /// `class` codings none of which is imaging.
+    #[error("{} is not imaging data; the rule does not concern what medmesh holds", show_coding(.system.as_deref(), .code.as_deref()))]
+    NotImaging {
+        /// The first class's system.
+        system: Option<String>,
+        /// The first class's code.
+        code: Option<String>,
+    },
+    /// A `code` concept without a DICOM modality.
+    #[error("not a DICOM modality (a DCM code of CID 33); medmesh can scope data by modality only")]
+    NotAModality,
+
+    // The actors.
+    /// A custodian actor that is not this site.
+    #[error(
+        "the custodian is not this site (configure the site's own references), so the rule is not about data held here"
+    )]
+    CustodianNotThisSite,
+    /// An actor role that is neither a recipient nor the custodian.
+    #[error(
+        "role {} is neither a recipient (PRCP, IRCP) nor the custodian (CST); medmesh cannot scope by it",
+        .role.as_deref().unwrap_or("(none of v3-ParticipationType)")
+    )]
+    UnsupportedRole {
+        /// The first v3-ParticipationType code, if any.
+        role: Option<String>,
+    },
+    /// A recipient Organization without identifier value or display.
+    #[error(
+        "cannot tell which institution {} is (no identifier or display; map it in the import context)",
+        .reference.as_deref().unwrap_or("the Organization")
+    )]
+    UnnamedInstitution {
+        /// The Organization's reference (`Organization/o7`), if any.
+        reference: Option<String>,
+    },
+    /// A recipient of a kind medmesh cannot scope to.
+    #[error(
+        "a {resource_type} cannot be a recipient: medmesh scopes consent to nodes, institutions, jurisdictions and consortia"
+    )]
+    RecipientKind {
+        /// The recipient's resource type.
+        resource_type: String,
+    },
+    /// A recipient whose resource type cannot be told.
+    #[error("cannot tell what kind of resource the recipient is")]
+    UnknownRecipientKind,
+
+    // The data (`provision.data`).
+    /// Two `EpisodeOfCare` items.
+    #[error("more than one episode of care in one provision")]
+    TwoEpisodes,
+    /// A data item that is neither an ImagingStudy instance/dependents nor an EpisodeOfCare related.
+    #[error(
+        "{} with meaning {} cannot be mapped (medmesh scopes data to ImagingStudy instance/dependents or one EpisodeOfCare related)",
+        .resource_type.as_deref().unwrap_or("an unknown resource"),
+        .meaning.as_deref().unwrap_or("(none)")
+    )]
+    UnmappableData {
+        /// The item's resource type, if it can be told.
+        resource_type: Option<String>,
+        /// The item's meaning, if any.
+        meaning: Option<String>,
+    },
+    /// Studies and an episode in one provision.
+    #[error("mixes studies and an episode of care; medmesh scopes a record to one or the other")]
+    StudiesAndEpisode,
 }
 
 impl FhirError {
@@ -259,21 +528,19 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
     match root.string("resourceType")? {
         Some("Consent") => {}
         Some(other) => {
-            return Err(root.child("resourceType").refuse(format!("a {other} is not a Consent")));
+            return Err(root.child("resourceType").refuse(Refusal::NotAConsent {
+                resource_type: other.to_owned(),
+            }));
         }
-        None => return Err(root.child("resourceType").refuse("missing")),
+        None => return Err(root.child("resourceType").refuse(Refusal::Missing)),
     }
     if root.field("implicitRules").is_some() {
-        return Err(root
-            .child("implicitRules")
-            .refuse("implicit rules may change the meaning of the resource; not supported"));
+        return Err(root.child("implicitRules").refuse(Refusal::ImplicitRules));
     }
     let id = match root.string("id")? {
-        Some(id) => ConsentId::new(id).map_err(|e| root.child("id").refuse(e.to_string()))?,
+        Some(id) => ConsentId::new(id).map_err(|e| root.child("id").refuse(Refusal::Id(e)))?,
         None => {
-            return Err(root
-                .child("id")
-                .refuse("missing; medmesh needs a stable id to update or withdraw the record later"));
+            return Err(root.child("id").refuse(Refusal::NoId));
         }
     };
     check_status(&root)?;
@@ -282,7 +549,7 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
     let date_time = match root.string("dateTime")? {
         Some(s) => Some(
             parse_date(s, Bound::Start, ctx.local_offset)
-                .ok_or_else(|| root.child("dateTime").refuse(format!("{s:?} is not a FHIR dateTime")))?,
+                .ok_or_else(|| root.child("dateTime").refuse(Refusal::NotADateTime))?,
         ),
         None => None,
     };
@@ -290,24 +557,19 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
     let (legal_basis, default_kind) = map_legal_basis(&root)?;
 
     let Some(provision) = root.field("provision") else {
-        return Err(root
-            .child("provision")
-            .refuse("missing; a Consent without provision has no computable scope for medmesh"));
+        return Err(root.child("provision").refuse(Refusal::NoProvision));
     };
     let top = map_provision(&provision, ctx, None)?;
     let kind = match (top.kind, default_kind) {
         (Some(k), _) | (None, Some(k)) => k,
         (None, None) => {
-            return Err(provision.child("type").refuse(
-                "missing, and the policyRule is neither OPTIN nor OPTOUT, so it does not say whether the rule permits or denies",
-            ));
+            return Err(provision.child("type").refuse(Refusal::NoProvisionType));
         }
     };
-    let valid_from = top.period_from.or(date_time).ok_or_else(|| {
-        provision
-            .child("period")
-            .refuse("no start, and Consent.dateTime is absent: cannot tell from when the consent applies")
-    })?;
+    let valid_from = top
+        .period_from
+        .or(date_time)
+        .ok_or_else(|| provision.child("period").refuse(Refusal::NoStart))?;
 
     let mut records = Vec::new();
     let purposes = match (&top.purposes, kind) {
@@ -315,9 +577,7 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
         (None, Kind::Deny) => Purpose::ALL.into(),
         (None, Kind::Permit) if !ctx.purposes_when_unspecified.is_empty() => ctx.purposes_when_unspecified.clone(),
         (None, Kind::Permit) => {
-            return Err(provision.child("purpose").refuse(
-                "missing: FHIR reads a permit without purpose as every purpose, which medmesh does not import; name the purposes or configure the purposes to assume",
-            ));
+            return Err(provision.child("purpose").refuse(Refusal::NoPurpose));
         }
     };
     check_action(&provision, &top.actions, kind)?;
@@ -349,9 +609,7 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
     for (i, nested) in provision.items("provision")?.into_iter().enumerate() {
         let sub = map_provision(&nested, ctx, Some(kind))?;
         if sub.nested_count > 0 {
-            return Err(nested
-                .child("provision")
-                .refuse("provisions nested more than one level deep are not supported"));
+            return Err(nested.child("provision").refuse(Refusal::NestedTooDeep));
         }
         // `map_provision` refused anything but a deny nested in a permit.
         check_action(&nested, &sub.actions, Kind::Deny)?;
@@ -364,12 +622,10 @@ pub fn import_consent(resource: &Value, ctx: &ImportContext<'_>) -> Result<Vec<C
             (a, b) => a.or(b),
         };
         if until.is_some_and(|u| u <= from) {
-            return Err(nested
-                .child("period")
-                .refuse("does not overlap the period of its parent provision, so it never applies"));
+            return Err(nested.child("period").refuse(Refusal::NestedOutsideParent));
         }
         let nested_id =
-            ConsentId::new(format!("{id}/provision[{i}]")).map_err(|e| root.child("id").refuse(e.to_string()))?;
+            ConsentId::new(format!("{id}/provision[{i}]")).map_err(|e| root.child("id").refuse(Refusal::Id(e)))?;
         let nested_scope = Scope {
             purposes: sub
                 .purposes
@@ -446,26 +702,22 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
         Some("permit") => Some(Kind::Permit),
         Some("deny") => Some(Kind::Deny),
         Some(other) => {
-            return Err(p.child("type").refuse(format!("{other:?} is neither permit nor deny")));
+            return Err(p.child("type").refuse(Refusal::NotPermitOrDeny {
+                given: other.to_owned(),
+            }));
         }
         None => None,
     };
     if let Some(parent) = parent {
         match (parent, kind) {
             (_, None) => {
-                return Err(p
-                    .child("type")
-                    .refuse("missing; a nested provision must say permit or deny"));
+                return Err(p.child("type").refuse(Refusal::NestedWithoutType));
             }
             (Kind::Permit, Some(Kind::Permit)) | (Kind::Deny, Some(Kind::Deny)) => {
-                return Err(p.child("type").refuse(
-                    "a nested provision of the same type as its parent has no agreed meaning (a further restriction or an addition); not imported",
-                ));
+                return Err(p.child("type").refuse(Refusal::NestedSameType));
             }
             (Kind::Deny, Some(Kind::Permit)) => {
-                return Err(p.child("type").refuse(
-                    "a permit exception inside a deny cannot be represented: in medmesh a deny always beats a permit",
-                ));
+                return Err(p.child("type").refuse(Refusal::PermitInsideDeny));
             }
             (Kind::Permit, Some(Kind::Deny)) => {}
         }
@@ -481,9 +733,7 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
             for (i, concept) in p.items("action")?.into_iter().enumerate() {
                 let codes = codes_of(&concept, CONSENT_ACTION_SYSTEM)?;
                 if codes.is_empty() {
-                    return Err(p
-                        .child(&format!("action[{i}]"))
-                        .refuse("no consentaction code (collect, access, use, disclose, correct)"));
+                    return Err(p.child(&format!("action[{i}]")).refuse(Refusal::NoConsentAction));
                 }
                 set.extend(codes.into_iter().map(str::to_owned));
             }
@@ -492,9 +742,7 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
         None => None,
     };
     if p.field("securityLabel").is_some() {
-        return Err(p.child("securityLabel").refuse(
-            "medmesh cannot select data by security label; the rule would apply to more or less data than intended",
-        ));
+        return Err(p.child("securityLabel").refuse(Refusal::SecurityLabel));
     }
     let purposes = match p.field("purpose") {
         Some(_) => {
@@ -504,19 +752,19 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
                 let code = coding.string("code")?;
                 match (system, code) {
                     (Some(ACT_REASON_SYSTEM), Some(code)) => {
-                        let purpose = Purpose::from_act_reason(code).map_err(|e| coding.refuse(e.to_string()))?;
+                        let purpose = Purpose::from_act_reason(code).map_err(|e| coding.refuse(Refusal::Purpose(e)))?;
                         set.insert(purpose);
                     }
                     (system, code) => {
-                        return Err(coding.refuse(format!(
-                            "{} is not a v3 ActReason purpose ({ACT_REASON_SYSTEM})",
-                            show_coding(system, code)
-                        )));
+                        return Err(coding.refuse(Refusal::NotActReason {
+                            system: system.map(str::to_owned),
+                            code: code.map(str::to_owned),
+                        }));
                     }
                 }
             }
             if set.is_empty() {
-                return Err(p.child("purpose").refuse("empty list"));
+                return Err(p.child("purpose").refuse(Refusal::EmptyList));
             }
             Some(set)
         }
@@ -541,14 +789,12 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
                         set.insert(m);
                     }
                     None => {
-                        return Err(concept.refuse(
-                            "not a DICOM modality (a DCM code of CID 33); medmesh can scope data by modality only",
-                        ));
+                        return Err(concept.refuse(Refusal::NotAModality));
                     }
                 }
             }
             if set.is_empty() {
-                return Err(p.child("code").refuse("empty list"));
+                return Err(p.child("code").refuse(Refusal::EmptyList));
             }
             Some(ModalityScope::Only(set))
         }
@@ -558,7 +804,7 @@ fn map_provision(p: &At<'_>, ctx: &ImportContext<'_>, parent: Option<Kind>) -> R
         Some(dp) => {
             let (from, until) = map_period(&dp, ctx)?;
             if from.is_none() && until.is_none() {
-                return Err(dp.refuse("neither start nor end"));
+                return Err(dp.refuse(Refusal::PeriodWithoutBounds));
             }
             Some(DataPeriod { from, until })
         }
@@ -584,38 +830,36 @@ fn check_status(root: &At<'_>) -> Result<(), FhirError> {
     let at = root.child("status");
     match root.string("status")? {
         Some("active") => Ok(()),
-        Some("draft" | "proposed") => Err(at.refuse("the consent is not agreed yet; import it once it is active")),
-        Some("rejected") => Err(at.refuse("the consent was refused; there is nothing to import")),
-        Some("inactive") => {
-            Err(at.refuse("the consent has ended; withdraw the record imported earlier instead of importing this one"))
-        }
-        Some("entered-in-error") => Err(at.refuse("the resource was entered in error")),
-        Some(other) => Err(at.refuse(format!("{other:?} is not an R4 Consent status"))),
-        None => Err(at.refuse("missing")),
+        Some("draft" | "proposed") => Err(at.refuse(Refusal::NotAgreedYet)),
+        Some("rejected") => Err(at.refuse(Refusal::RejectedConsent)),
+        Some("inactive") => Err(at.refuse(Refusal::Ended)),
+        Some("entered-in-error") => Err(at.refuse(Refusal::EnteredInError)),
+        Some(other) => Err(at.refuse(Refusal::UnknownStatus {
+            status: other.to_owned(),
+        })),
+        None => Err(at.refuse(Refusal::Missing)),
     }
 }
 
 fn check_scope(root: &At<'_>) -> Result<(), FhirError> {
     let Some(scope) = root.field("scope") else {
-        return Err(root.child("scope").refuse("missing (required in R4)"));
+        return Err(root.child("scope").refuse(Refusal::NoScope));
     };
     let codes = codes_of(&scope, CONSENT_SCOPE_SYSTEM)?;
     if codes.iter().any(|c| matches!(*c, "patient-privacy" | "research")) {
         return Ok(());
     }
     Err(scope.refuse(match codes.first() {
-        Some(code) => {
-            format!("scope {code} is not about sharing data (medmesh imports patient-privacy and research consents)")
-        }
-        None => "no consentscope code (patient-privacy or research)".to_owned(),
+        Some(code) => Refusal::NotSharingScope {
+            code: (*code).to_owned(),
+        },
+        None => Refusal::NoScopeCode,
     }))
 }
 
 fn map_patient(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<PatientRef, FhirError> {
     let Some(patient) = root.field("patient") else {
-        return Err(root
-            .child("patient")
-            .refuse("missing; a consent must be about one patient"));
+        return Err(root.child("patient").refuse(Refusal::NoPatient));
     };
     let identifier = patient.field("identifier");
     let handle = FhirPatient {
@@ -629,9 +873,7 @@ fn map_patient(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<PatientRef, Fhi
             None => None,
         },
     };
-    (ctx.pseudonymise)(&handle).ok_or_else(|| patient.refuse(
-        "the site cannot match this patient: give an identifier (identifier.value) it knows, or map the reference to a patient ID",
-    ))
+    (ctx.pseudonymise)(&handle).ok_or_else(|| patient.refuse(Refusal::UnknownPatient))
 }
 
 fn map_performer(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<ConsentedBy, FhirError> {
@@ -648,28 +890,26 @@ fn map_performer(root: &At<'_>, ctx: &ImportContext<'_>) -> Result<ConsentedBy, 
         let by = match kind.as_deref() {
             Some("Patient") if patient_ref.is_none() || reference == patient_ref => ConsentedBy::Patient,
             Some("Patient") => {
-                return Err(performer.refuse("a Patient other than the consent's patient cannot consent for them"));
+                return Err(performer.refuse(Refusal::OtherPatient));
             }
             Some("RelatedPerson") => ConsentedBy::LegalGuardian,
             Some(other) => {
-                return Err(performer.refuse(format!(
-                    "a {other} as grantor cannot be mapped (medmesh records consent by the patient, a legal guardian or an ethics-board waiver; record waivers through the node)"
-                )));
+                return Err(performer.refuse(Refusal::GrantorKind {
+                    resource_type: other.to_owned(),
+                }));
             }
             None => {
-                return Err(performer.refuse("cannot tell what kind of resource the grantor is"));
+                return Err(performer.refuse(Refusal::UnknownGrantorKind));
             }
         };
         if found.is_some_and(|f| f != by) {
-            return Err(performer.refuse("grantors of different kinds in one consent cannot be mapped"));
+            return Err(performer.refuse(Refusal::MixedGrantors));
         }
         found = Some(by);
     }
     match (found, ctx.assume_consented_by) {
         (Some(by), _) | (None, Some(by)) => Ok(by),
-        (None, None) => Err(root.child("performer").refuse(
-            "missing: cannot tell who consented (configure whom to assume if the site's forms are always signed by the patient)",
-        )),
+        (None, None) => Err(root.child("performer").refuse(Refusal::NoPerformer)),
     }
 }
 
@@ -686,11 +926,11 @@ fn map_legal_basis(root: &At<'_>) -> Result<(LegalBasis, Option<Kind>), FhirErro
         Some(rule) => {
             let codings = rule.items("coding")?;
             let Some(first) = codings.first() else {
-                return Err(rule.refuse("no coding; medmesh needs a code for the legal basis"));
+                return Err(rule.refuse(Refusal::NoPolicyRuleCoding));
             };
             let system = first.string("system")?;
             let Some(code) = first.string("code")? else {
-                return Err(first.child("code").refuse("missing"));
+                return Err(first.child("code").refuse(Refusal::Missing));
             };
             let kind = match (system, code) {
                 (Some(ACT_CODE_SYSTEM), "OPTIN") => Some(Kind::Permit),
@@ -705,9 +945,7 @@ fn map_legal_basis(root: &At<'_>) -> Result<(LegalBasis, Option<Kind>), FhirErro
         }
         None if !uris.is_empty() => ("policy".to_owned(), String::new(), None),
         None => {
-            return Err(root
-                .child("policyRule")
-                .refuse("neither policyRule nor policy is present (R4 invariant ppc-1): no legal basis"));
+            return Err(root.child("policyRule").refuse(Refusal::NoLegalBasis));
         }
     };
     for uri in uris {
@@ -717,7 +955,7 @@ fn map_legal_basis(root: &At<'_>) -> Result<(LegalBasis, Option<Kind>), FhirErro
         text.push_str("policy ");
         text.push_str(&uri);
     }
-    let basis = LegalBasis::new(code, text).map_err(|e| root.child("policyRule").refuse(e.to_string()))?;
+    let basis = LegalBasis::new(code, text).map_err(|e| root.child("policyRule").refuse(Refusal::LegalBasis(e)))?;
     Ok((basis, kind))
 }
 
@@ -730,7 +968,7 @@ fn map_period(period: &At<'_>, ctx: &ImportContext<'_>) -> Result<Bounds, FhirEr
         match period.string(key)? {
             Some(s) => parse_date(s, bound, ctx.local_offset)
                 .map(Some)
-                .ok_or_else(|| period.child(key).refuse(format!("{s:?} is not a FHIR dateTime"))),
+                .ok_or_else(|| period.child(key).refuse(Refusal::NotADateTime)),
             None => Ok(None),
         }
     };
@@ -739,7 +977,7 @@ fn map_period(period: &At<'_>, ctx: &ImportContext<'_>) -> Result<Bounds, FhirEr
     if let (Some(s), Some(e)) = (start, end)
         && e <= s
     {
-        return Err(period.child("end").refuse("is before the start"));
+        return Err(period.child("end").refuse(Refusal::EndBeforeStart));
     }
     Ok((start, end))
 }
@@ -749,26 +987,23 @@ fn map_actors(p: &At<'_>, ctx: &ImportContext<'_>) -> Result<Option<RecipientSco
     for actor in p.items("actor")? {
         actor.check_keys(&["id", "extension", "modifierExtension", "role", "reference"])?;
         let Some(role) = actor.field("role") else {
-            return Err(actor.child("role").refuse("missing"));
+            return Err(actor.child("role").refuse(Refusal::Missing));
         };
         let roles = codes_of(&role, PARTICIPATION_SYSTEM)?;
         let Some(reference) = actor.field("reference") else {
-            return Err(actor.child("reference").refuse("missing"));
+            return Err(actor.child("reference").refuse(Refusal::Missing));
         };
         let keys = reference_keys(&reference)?;
         if roles.contains(&"CST") {
             if keys.iter().any(|k| ctx.custodians.contains(k)) {
                 continue;
             }
-            return Err(reference.refuse(
-                "the custodian is not this site (configure the site's own references), so the rule is not about data held here",
-            ));
+            return Err(reference.refuse(Refusal::CustodianNotThisSite));
         }
         if !roles.iter().any(|r| matches!(*r, "PRCP" | "IRCP")) {
-            return Err(role.refuse(format!(
-                "role {} is neither a recipient (PRCP, IRCP) nor the custodian (CST); medmesh cannot scope by it",
-                roles.first().copied().unwrap_or("(none of v3-ParticipationType)")
-            )));
+            return Err(role.refuse(Refusal::UnsupportedRole {
+                role: roles.first().map(|r| (*r).to_owned()),
+            }));
         }
         if let Some(r) = keys.iter().find_map(|k| ctx.organizations.get(k)) {
             recipients.insert(r.clone());
@@ -783,21 +1018,20 @@ fn map_actors(p: &At<'_>, ctx: &ImportContext<'_>) -> Result<Option<RecipientSco
                 }
                 .or(reference.string("display")?);
                 let Some(name) = name else {
-                    return Err(reference.refuse(format!(
-                        "cannot tell which institution {} is (no identifier or display; map it in the import context)",
-                        keys.first().map_or("the Organization", String::as_str)
-                    )));
+                    return Err(reference.refuse(Refusal::UnnamedInstitution {
+                        reference: keys.first().cloned(),
+                    }));
                 };
-                let institution = InstitutionId::new(name).map_err(|e| reference.refuse(e.to_string()))?;
+                let institution = InstitutionId::new(name).map_err(|e| reference.refuse(Refusal::Id(e)))?;
                 recipients.insert(Recipient::Institution(institution));
             }
             Some(other) => {
-                return Err(reference.refuse(format!(
-                    "a {other} cannot be a recipient: medmesh scopes consent to nodes, institutions, jurisdictions and consortia"
-                )));
+                return Err(reference.refuse(Refusal::RecipientKind {
+                    resource_type: other.to_owned(),
+                }));
             }
             None => {
-                return Err(reference.refuse("cannot tell what kind of resource the recipient is"));
+                return Err(reference.refuse(Refusal::UnknownRecipientKind));
             }
         }
     }
@@ -815,12 +1049,10 @@ fn check_action(p: &At<'_>, actions: &Option<BTreeSet<String>>, kind: Kind) -> R
     if ok {
         return Ok(());
     }
-    let list = actions.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+    let actions = actions.iter().cloned().collect();
     Err(p.child("action").refuse(match kind {
-        Kind::Permit => {
-            format!("permits {list} but not disclose; a transfer to another site is a disclosure")
-        }
-        Kind::Deny => format!("denies {list}, which does not concern transfers"),
+        Kind::Permit => Refusal::PermitWithoutDisclose { actions },
+        Kind::Deny => Refusal::DenyNotAboutTransfers { actions },
     }))
 }
 
@@ -838,9 +1070,7 @@ fn map_class(p: &At<'_>) -> Result<(), FhirError> {
                 imaging = true
             }
             (_, Some(code)) if code.starts_with("urn:oid:1.2.840.10008.5.1.4.") => {
-                return Err(class.refuse(
-                    "scoping by DICOM SOP class is not supported; scope by modality with provision.code (DICOM CID 33)",
-                ));
+                return Err(class.refuse(Refusal::SopClass));
             }
             _ => {}
         }
@@ -849,10 +1079,10 @@ fn map_class(p: &At<'_>) -> Result<(), FhirError> {
         return Ok(());
     }
     let c = &classes[0];
-    Err(c.refuse(format!(
-        "{} is not imaging data; the rule does not concern what medmesh holds",
-        show_coding(c.string("system")?, c.string("code")?)
-    )))
+    Err(c.refuse(Refusal::NotImaging {
+        system: c.string("system")?.map(str::to_owned),
+        code: c.string("code")?.map(str::to_owned),
+    }))
 }
 
 fn map_data(p: &At<'_>) -> Result<Option<Coverage>, FhirError> {
@@ -862,7 +1092,7 @@ fn map_data(p: &At<'_>) -> Result<Option<Coverage>, FhirError> {
         item.check_keys(&["id", "extension", "modifierExtension", "meaning", "reference"])?;
         let meaning = item.string("meaning")?;
         let Some(reference) = item.field("reference") else {
-            return Err(item.child("reference").refuse("missing"));
+            return Err(item.child("reference").refuse(Refusal::Missing));
         };
         let kind = reference_type(&reference)?;
         let identifier = match reference.field("identifier") {
@@ -872,20 +1102,19 @@ fn map_data(p: &At<'_>) -> Result<Option<Coverage>, FhirError> {
         let key = identifier.or(reference.string("reference")?);
         match (kind.as_deref(), meaning, key) {
             (Some("ImagingStudy"), Some("instance" | "dependents"), Some(key)) => {
-                studies.insert(StudyRef::new(key).map_err(|e| reference.refuse(e.to_string()))?);
+                studies.insert(StudyRef::new(key).map_err(|e| reference.refuse(Refusal::Id(e)))?);
             }
             (Some("EpisodeOfCare"), Some("related"), Some(key)) => {
                 if episode.is_some() {
-                    return Err(item.refuse("more than one episode of care in one provision"));
+                    return Err(item.refuse(Refusal::TwoEpisodes));
                 }
-                episode = Some(EpisodeId::new(key).map_err(|e| reference.refuse(e.to_string()))?);
+                episode = Some(EpisodeId::new(key).map_err(|e| reference.refuse(Refusal::Id(e)))?);
             }
             (kind, meaning, _) => {
-                return Err(item.refuse(format!(
-                    "{} with meaning {} cannot be mapped (medmesh scopes data to ImagingStudy instance/dependents or one EpisodeOfCare related)",
-                    kind.unwrap_or("an unknown resource"),
-                    meaning.unwrap_or("(none)")
-                )));
+                return Err(item.refuse(Refusal::UnmappableData {
+                    resource_type: kind.map(str::to_owned),
+                    meaning: meaning.map(str::to_owned),
+                }));
             }
         }
     }
@@ -893,9 +1122,7 @@ fn map_data(p: &At<'_>) -> Result<Option<Coverage>, FhirError> {
         (true, None) => Ok(None),
         (false, None) => Ok(Some(Coverage::Studies(studies))),
         (true, Some(e)) => Ok(Some(Coverage::Episode(e))),
-        (false, Some(_)) => Err(p
-            .child("data")
-            .refuse("mixes studies and an episode of care; medmesh scopes a record to one or the other")),
+        (false, Some(_)) => Err(p.child("data").refuse(Refusal::StudiesAndEpisode)),
     }
 }
 
@@ -1017,7 +1244,7 @@ impl<'v> At<'v> {
         if value.is_object() {
             Ok(at)
         } else {
-            Err(at.refuse("not a JSON object"))
+            Err(at.refuse(Refusal::ExpectedObject))
         }
     }
 
@@ -1028,10 +1255,10 @@ impl<'v> At<'v> {
         }
     }
 
-    fn refuse(&self, reason: impl Into<String>) -> FhirError {
+    fn refuse(&self, reason: Refusal) -> FhirError {
         FhirError::Refused {
             path: self.path.clone(),
-            reason: reason.into(),
+            reason,
         }
     }
 
@@ -1052,7 +1279,7 @@ impl<'v> At<'v> {
             return Ok(Vec::new());
         };
         let Some(array) = field.value.as_array() else {
-            return Err(field.refuse("expected an array"));
+            return Err(field.refuse(Refusal::ExpectedArray));
         };
         array
             .iter()
@@ -1065,7 +1292,7 @@ impl<'v> At<'v> {
                 if value.is_object() {
                     Ok(at)
                 } else {
-                    Err(at.refuse("expected an object"))
+                    Err(at.refuse(Refusal::ExpectedObject))
                 }
             })
             .collect()
@@ -1077,7 +1304,7 @@ impl<'v> At<'v> {
             None => Ok(None),
             Some(at) => match at.value.as_str() {
                 Some(s) => Ok(Some(s)),
-                None => Err(at.refuse("expected a string")),
+                None => Err(at.refuse(Refusal::ExpectedString)),
             },
         }
     }
@@ -1086,20 +1313,18 @@ impl<'v> At<'v> {
     /// extensions of primitive elements and are ignored.
     fn check_keys(&self, known: &[&str]) -> Result<(), FhirError> {
         let Some(object) = self.value.as_object() else {
-            return Err(self.refuse("expected an object"));
+            return Err(self.refuse(Refusal::ExpectedObject));
         };
         for key in object.keys() {
             if key.starts_with('_') {
                 continue;
             }
             if !known.contains(&key.as_str()) {
-                return Err(self.child(key).refuse("not an element of an R4 Consent at this place"));
+                return Err(self.child(key).refuse(Refusal::UnknownElement));
             }
         }
         if self.field("modifierExtension").is_some() {
-            return Err(self
-                .child("modifierExtension")
-                .refuse("a modifier extension may change the meaning; not supported"));
+            return Err(self.child("modifierExtension").refuse(Refusal::ModifierExtension));
         }
         Ok(())
     }

@@ -7,9 +7,10 @@
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use consent_schema::fhir::{FhirError, FhirPatient, ImportContext, import_consent, import_consent_str};
+use consent_schema::fhir::{FhirError, FhirPatient, ImportContext, Refusal, import_consent, import_consent_str};
 use consent_schema::{ConsentRecord, ConsentedBy, PatientRef, Purpose, Recipient};
 use serde_json::{Value, json};
 
@@ -61,7 +62,7 @@ fn records(name: &str, ctx: &ImportContext<'_>) -> Vec<Value> {
 
 fn refusal(name: &str, ctx: &ImportContext<'_>) -> (String, String) {
     match import_consent_str(&data(name), ctx) {
-        Err(FhirError::Refused { path, reason }) => (path, reason),
+        Err(FhirError::Refused { path, reason }) => (path, reason.to_string()),
         other => panic!("{name}: expected a refusal, got {other:?}"),
     }
 }
@@ -361,11 +362,38 @@ fn synthetic_treatment_with_nested_deny() {
     );
 }
 
-/// Variations of the research permit, each refused at one element.
+/// The variants of [`Refusal`], read from its declaration, so that a new cause fails
+/// [`synthetic_refusals`] until a case produces it.
+fn refusal_variants() -> BTreeSet<String> {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fhir.rs")).unwrap();
+    let start = src.find("pub enum Refusal {").unwrap();
+    let body = &src[start..start + src[start..].find("\n}\n").unwrap()];
+    let variants: BTreeSet<String> = body
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix("    "))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
+        .map(|l| l.chars().take_while(char::is_ascii_alphanumeric).collect())
+        .collect();
+    assert!(variants.len() > 40, "{variants:?}");
+    variants
+}
+
+/// The variant's name (`NotAConsent`), from its `Debug` form.
+fn variant(r: &Refusal) -> String {
+    format!("{r:?}")
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// Variations of the research permit, each refused at one element; together they produce
+/// every [`Refusal`].
 #[test]
 fn synthetic_refusals() {
     let base: Value = serde_json::from_str(&data("synthetic/imaging-research-permit.json")).unwrap();
     type Edit = fn(&mut Value);
+    let site = site();
     let cases: Vec<(&str, Edit, &str, &str)> = vec![
         (
             "inactive",
@@ -505,7 +533,7 @@ fn synthetic_refusals() {
             "bad date",
             |v| v["provision"]["period"]["start"] = json!("01/01/2026"),
             "Consent.provision.period.start",
-            "\"01/01/2026\" is not a FHIR dateTime",
+            "is not a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or a date-time with its offset)",
         ),
         (
             "author role",
@@ -554,22 +582,250 @@ fn synthetic_refusals() {
             "mixes studies and an episode of care; medmesh scopes a record to one or the other",
         ),
         (
+            "rejected",
+            |v| v["status"] = json!("rejected"),
+            "Consent.status",
+            "the consent was refused; there is nothing to import",
+        ),
+        (
+            "entered in error",
+            |v| v["status"] = json!("entered-in-error"),
+            "Consent.status",
+            "the resource was entered in error",
+        ),
+        (
+            "STU3 status",
+            |v| v["status"] = json!("final"),
+            "Consent.status",
+            "\"final\" is not an R4 Consent status",
+        ),
+        (
+            "no status",
+            |v| {
+                v.as_object_mut().unwrap().remove("status");
+            },
+            "Consent.status",
+            "missing",
+        ),
+        (
+            "id not a string",
+            |v| v["id"] = json!(7),
+            "Consent.id",
+            "expected a string",
+        ),
+        (
+            "id with a space",
+            |v| v["id"] = json!("mm research 7"),
+            "Consent.id",
+            "consent id contains the character ' ', which is not allowed (printable ASCII without spaces)",
+        ),
+        (
+            "no scope",
+            |v| {
+                v.as_object_mut().unwrap().remove("scope");
+            },
+            "Consent.scope",
+            "missing (required in R4)",
+        ),
+        (
+            "scope of another system",
+            |v| v["scope"]["coding"][0]["system"] = json!("http://snomed.info/sct"),
+            "Consent.scope",
+            "no consentscope code (patient-privacy or research)",
+        ),
+        (
+            "no patient",
+            |v| {
+                v.as_object_mut().unwrap().remove("patient");
+            },
+            "Consent.patient",
+            "missing; a consent must be about one patient",
+        ),
+        (
+            "another patient as grantor",
+            |v| v["performer"] = json!([{"reference": "Patient/p-2002"}]),
+            "Consent.performer[0]",
+            "a Patient other than the consent's patient cannot consent for them",
+        ),
+        (
+            "grantor of unknown kind",
+            |v| v["performer"] = json!([{"display": "a relative"}]),
+            "Consent.performer[0]",
+            "cannot tell what kind of resource the grantor is",
+        ),
+        (
+            "patient and guardian",
+            |v| v["performer"] = json!([{"reference": "Patient/p-1001"}, {"reference": "RelatedPerson/r-1"}]),
+            "Consent.performer[1]",
+            "grantors of different kinds in one consent cannot be mapped",
+        ),
+        (
+            "policy rule without coding",
+            |v| v["policyRule"] = json!({"text": "GDPR"}),
+            "Consent.policyRule",
+            "no coding; medmesh needs a code for the legal basis",
+        ),
+        (
+            "policy rule without code",
+            |v| v["policyRule"] = json!({"coding": [{"system": "https://medmesh.example/legal"}]}),
+            "Consent.policyRule.coding[0].code",
+            "missing",
+        ),
+        (
+            "policy rule code with a space",
+            |v| v["policyRule"]["coding"][0]["code"] = json!("GDPR 9"),
+            "Consent.policyRule",
+            "legal_basis.code: \"GDPR 9\" is not a legal basis code (1 to 64 characters of A-Z a-z 0-9 . _ ( ) / : -, e.g. GDPR-9.2.j)",
+        ),
+        (
+            "no provision",
+            |v| {
+                v.as_object_mut().unwrap().remove("provision");
+            },
+            "Consent.provision",
+            "missing; a Consent without provision has no computable scope for medmesh",
+        ),
+        (
+            "type neither permit nor deny",
+            |v| v["provision"]["type"] = json!("allow"),
+            "Consent.provision.type",
+            "\"allow\" is neither permit nor deny",
+        ),
+        (
+            "permit inside deny",
+            |v| {
+                v["provision"]["type"] = json!("deny");
+                v["provision"]["provision"] = json!([{"type": "permit"}]);
+            },
+            "Consent.provision.provision[0].type",
+            "a permit exception inside a deny cannot be represented: in medmesh a deny always beats a permit",
+        ),
+        (
+            "no start",
+            |v| {
+                v.as_object_mut().unwrap().remove("dateTime");
+                v["provision"]["period"].as_object_mut().unwrap().remove("start");
+            },
+            "Consent.provision.period",
+            "no start, and Consent.dateTime is absent: cannot tell from when the consent applies",
+        ),
+        (
+            "no purpose",
+            |v| {
+                v["provision"].as_object_mut().unwrap().remove("purpose");
+            },
+            "Consent.provision.purpose",
+            "missing: FHIR reads a permit without purpose as every purpose, which medmesh does not import; name the purposes or configure the purposes to assume",
+        ),
+        (
+            "empty purpose list",
+            |v| v["provision"]["purpose"] = json!([]),
+            "Consent.provision.purpose",
+            "empty list",
+        ),
+        (
+            "action of another system",
+            |v| v["provision"]["action"][0]["coding"][0]["system"] = json!("http://snomed.info/sct"),
+            "Consent.provision.action[0]",
+            "no consentaction code (collect, access, use, disclose, correct)",
+        ),
+        (
+            "empty data period",
+            |v| v["provision"]["dataPeriod"] = json!({}),
+            "Consent.provision.dataPeriod",
+            "neither start nor end",
+        ),
+        (
+            "actor not an object",
+            |v| v["provision"]["actor"] = json!(["Organization/site"]),
+            "Consent.provision.actor[0]",
+            "expected an object",
+        ),
+        (
+            "actor without role",
+            |v| {
+                v["provision"]["actor"][1].as_object_mut().unwrap().remove("role");
+            },
+            "Consent.provision.actor[1].role",
+            "missing",
+        ),
+        (
+            "another custodian",
+            |v| v["provision"]["actor"][0]["reference"] = json!({"reference": "Organization/elsewhere"}),
+            "Consent.provision.actor[0].reference",
+            "the custodian is not this site (configure the site's own references), so the rule is not about data held here",
+        ),
+        (
+            "unnamed institution",
+            |v| v["provision"]["actor"][1]["reference"] = json!({"reference": "Organization/o7"}),
+            "Consent.provision.actor[1].reference",
+            "cannot tell which institution Organization/o7 is (no identifier or display; map it in the import context)",
+        ),
+        (
+            "practitioner recipient",
+            |v| v["provision"]["actor"][1]["reference"] = json!({"reference": "Practitioner/dr-x"}),
+            "Consent.provision.actor[1].reference",
+            "a Practitioner cannot be a recipient: medmesh scopes consent to nodes, institutions, jurisdictions and consortia",
+        ),
+        (
+            "recipient of unknown kind",
+            |v| v["provision"]["actor"][1]["reference"] = json!({"reference": "#contained"}),
+            "Consent.provision.actor[1].reference",
+            "cannot tell what kind of resource the recipient is",
+        ),
+        (
+            "two episodes",
+            |v| {
+                v["provision"]["data"] = json!([
+                {"meaning": "related", "reference": {"reference": "EpisodeOfCare/e-1"}},
+                {"meaning": "related", "reference": {"reference": "EpisodeOfCare/e-2"}}])
+            },
+            "Consent.provision.data[1]",
+            "more than one episode of care in one provision",
+        ),
+        (
+            "observation data",
+            |v| {
+                v["provision"]["data"] = json!([{"meaning": "instance", "reference": {"reference": "Observation/o-1"}}])
+            },
+            "Consent.provision.data[0]",
+            "Observation with meaning instance cannot be mapped (medmesh scopes data to ImagingStudy instance/dependents or one EpisodeOfCare related)",
+        ),
+        (
             "wrong JSON type",
             |v| v["provision"]["purpose"] = json!("HRESCH"),
             "Consent.provision.purpose",
             "expected an array",
         ),
     ];
-    for (name, edit, path, reason) in cases {
+    // Without the site's assumptions: nobody to assume as grantor.
+    let bare_cases: Vec<(&str, Edit, &str, &str)> = vec![(
+        "no performer",
+        |v| {
+            v.as_object_mut().unwrap().remove("performer");
+        },
+        "Consent.performer",
+        "missing: cannot tell who consented (configure whom to assume if the site's forms are always signed by the patient)",
+    )];
+    let bare = ImportContext::new(&pseudonymise).custodian("Organization/site");
+    let mut produced = BTreeSet::new();
+    let runs = cases
+        .into_iter()
+        .map(|c| (c, &site))
+        .chain(bare_cases.into_iter().map(|c| (c, &bare)));
+    for ((name, edit, path, reason), ctx) in runs {
         let mut v = base.clone();
         edit(&mut v);
-        match import_consent(&v, &site()) {
+        match import_consent(&v, ctx) {
             Err(FhirError::Refused { path: p, reason: r }) => {
-                assert_eq!((p.as_str(), r.as_str()), (path, reason), "{name}");
+                assert_eq!((p.as_str(), r.to_string().as_str()), (path, reason), "{name}");
+                produced.insert(variant(&r));
             }
             other => panic!("{name}: expected a refusal, got {other:?}"),
         }
     }
+    let missing: Vec<_> = refusal_variants().difference(&produced).cloned().collect();
+    assert!(missing.is_empty(), "causes no case produces: {missing:?}");
 }
 
 #[test]

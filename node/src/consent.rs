@@ -67,8 +67,8 @@ pub enum ConsentOpError {
     Fhir {
         /// The file.
         path: String,
-        /// The cause, naming the element.
-        cause: FhirError,
+        /// The cause, naming the element (boxed: a typed refusal is large).
+        cause: Box<FhirError>,
     },
     /// A FHIR resource names a study that medmesh cannot match.
     #[error(
@@ -1026,7 +1026,7 @@ impl ConsentService<'_> {
             })?;
             let records = fhir::import_consent_str(&text, &ctx).map_err(|cause| ConsentOpError::Fhir {
                 path: path.clone(),
-                cause,
+                cause: Box::new(cause),
             })?;
             for r in records {
                 let r = match_scope(&path, r, &req.episodes)?;

@@ -112,6 +112,8 @@ pub enum Inconsistency {
 pub struct Identity {
     signing: SigningKey,
     x25519: StaticSecret,
+    /// The libp2p PeerId of `signing`'s public key.
+    peer: libp2p_identity::PeerId,
 }
 
 impl fmt::Debug for Identity {
@@ -136,10 +138,12 @@ impl Identity {
                 reason: KeyFault::Random(e),
             })?;
         }
-        Ok(Self {
-            signing: SigningKey::from_bytes(&ed),
-            x25519: StaticSecret::from(*x),
-        })
+        Self::from_keys(SigningKey::from_bytes(&ed), StaticSecret::from(*x))
+    }
+
+    fn from_keys(signing: SigningKey, x25519: StaticSecret) -> Result<Self, IdentityError> {
+        let peer = peer_of(&signing.verifying_key().to_bytes())?;
+        Ok(Self { signing, x25519, peer })
     }
 
     /// Rebuilds an identity from its secret key bytes.
@@ -149,10 +153,7 @@ impl Identity {
     pub fn from_secrets(ed25519: &[u8], x25519: &[u8]) -> Result<Self, IdentityError> {
         let ed: Zeroizing<[u8; 32]> = Zeroizing::new(ed25519.try_into().map_err(|_| bad_len("Ed25519 secret"))?);
         let x: Zeroizing<[u8; 32]> = Zeroizing::new(x25519.try_into().map_err(|_| bad_len("X25519 secret"))?);
-        Ok(Self {
-            signing: SigningKey::from_bytes(&ed),
-            x25519: StaticSecret::from(*x),
-        })
+        Self::from_keys(SigningKey::from_bytes(&ed), StaticSecret::from(*x))
     }
 
     /// The Ed25519 secret key bytes, for sealing into the key file only.
@@ -179,11 +180,16 @@ impl Identity {
         X25519Public::from(&self.x25519).to_bytes()
     }
 
-    /// The libp2p PeerId of this node.
+    /// The libp2p PeerId of this node, as base58 text.
     #[must_use]
     pub fn peer_id(&self) -> String {
-        // The verifying key of a SigningKey is always a valid point.
-        peer_id_of(&self.ed25519_public()).unwrap_or_default()
+        self.peer().to_base58()
+    }
+
+    /// The libp2p PeerId of this node.
+    #[must_use]
+    pub fn peer(&self) -> libp2p_identity::PeerId {
+        self.peer
     }
 
     /// The libp2p keypair of this identity (same Ed25519 key).
@@ -226,12 +232,20 @@ fn bad_len(what: &'static str) -> IdentityError {
 /// # Errors
 /// [`IdentityError::BadKey`] when the bytes are not an Ed25519 public key.
 pub fn peer_id_of(ed25519_public: &[u8; 32]) -> Result<String, IdentityError> {
+    peer_of(ed25519_public).map(|p| p.to_base58())
+}
+
+/// The libp2p PeerId of an Ed25519 public key.
+///
+/// # Errors
+/// [`IdentityError::BadKey`] when the bytes are not an Ed25519 public key.
+pub fn peer_of(ed25519_public: &[u8; 32]) -> Result<libp2p_identity::PeerId, IdentityError> {
     let pk =
         libp2p_identity::ed25519::PublicKey::try_from_bytes(ed25519_public).map_err(|e| IdentityError::BadKey {
             what: "Ed25519 public",
             reason: KeyFault::Decoding(e),
         })?;
-    Ok(libp2p_identity::PublicKey::from(pk).to_peer_id().to_base58())
+    Ok(libp2p_identity::PublicKey::from(pk).to_peer_id())
 }
 
 /// The Ed25519 public key of a 32-byte secret key.

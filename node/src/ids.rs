@@ -5,7 +5,9 @@
 //! as the node always has, and serde encodes the id as that same hex text,
 //! so a record that held the id as a hex `String` encodes byte for byte as
 //! before. Stores and hashes take the bytes ([`TransferId::as_bytes`]).
-//! Peers are libp2p's `PeerId`; consent ids are `consent_schema`'s.
+//! Peers are libp2p's [`PeerId`]: records and messages hold it as its base58
+//! text, as they did when it was a `String` ([`peer_text`]); consent ids are
+//! `consent_schema`'s.
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +114,79 @@ macro_rules! hex_id {
             }
         }
     };
+}
+
+/// A peer: libp2p's id of a node's Ed25519 key.
+pub use libp2p::PeerId;
+
+/// A text read from a record or a message that is not a peer id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {text:?}: not a libp2p peer id (base58)")]
+pub struct ParsePeerError {
+    /// The field that held it (`peer`, `holder`, `recipient`).
+    pub field: &'static str,
+    /// The text found.
+    pub text: String,
+}
+
+/// Parses the peer id `text`, read from `field`.
+///
+/// # Errors
+///
+/// [`ParsePeerError`] naming the field when `text` is not a peer id.
+pub fn parse_peer(field: &'static str, text: &str) -> Result<PeerId, ParsePeerError> {
+    text.parse().map_err(|_| ParsePeerError {
+        field,
+        text: text.to_owned(),
+    })
+}
+
+/// Serde for a [`PeerId`] field as its base58 text, exactly what the field
+/// held when it was a `String`: `#[serde(with = "crate::ids::peer_text::holder")]`.
+/// One module per field name, so that a value that is not a peer id fails
+/// decoding with a [`ParsePeerError`] naming the field.
+pub mod peer_text {
+    use super::{PeerId, parse_peer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn serialize<S: Serializer>(peer: &PeerId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(peer)
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>>(field: &'static str, deserializer: D) -> Result<PeerId, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_peer(field, &text).map_err(serde::de::Error::custom)
+    }
+
+    macro_rules! field {
+        ($($name:ident),*) => {$(
+            /// Serde of a [`PeerId`] field of this name as its base58 text.
+            pub mod $name {
+                use super::PeerId;
+                use serde::{Deserializer, Serializer};
+
+                /// As its base58 text.
+                ///
+                /// # Errors
+                ///
+                /// As the serializer's.
+                pub fn serialize<S: Serializer>(peer: &PeerId, serializer: S) -> Result<S::Ok, S::Error> {
+                    super::serialize(peer, serializer)
+                }
+
+                /// From its base58 text.
+                ///
+                /// # Errors
+                ///
+                /// A [`super::super::ParsePeerError`] naming the field, or the deserializer's.
+                pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PeerId, D::Error> {
+                    super::deserialize(stringify!($name), deserializer)
+                }
+            }
+        )*};
+    }
+
+    field!(peer, holder, recipient, from_peer);
 }
 
 hex_id!(
@@ -247,6 +322,54 @@ mod tests {
         assert_eq!(id.to_string(), text);
         assert_eq!(id.as_bytes(), blake3::hash(envelope).as_bytes());
         same_bytes(id, &text);
+    }
+
+    /// A record as it was: the peer as a base58 `String`.
+    #[derive(Serialize, Deserialize)]
+    struct OldPeer {
+        holder: String,
+    }
+
+    /// The same record with a [`super::PeerId`].
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct NewPeer {
+        #[serde(with = "super::peer_text::holder")]
+        holder: super::PeerId,
+    }
+
+    #[test]
+    fn a_peer_encodes_as_the_base58_string_it_replaces_and_a_bad_one_names_its_field() {
+        let peer = crate::identity::Identity::from_secrets(&[0x11; 32], &[0x12; 32])
+            .unwrap()
+            .peer();
+        let old = OldPeer {
+            holder: peer.to_base58(),
+        };
+        let new = NewPeer { holder: peer };
+        let old_cbor = crate::cbor::encode("old", &old).unwrap();
+        assert_eq!(crate::cbor::encode("new", &new).unwrap(), old_cbor);
+        assert_eq!(crate::cbor::decode::<NewPeer>("new", &old_cbor, 1 << 16).unwrap(), new);
+        assert_eq!(serde_json::to_vec(&new).unwrap(), serde_json::to_vec(&old).unwrap());
+        // Not a peer id: an error naming the field, not a panic.
+        let bad = crate::cbor::encode(
+            "old",
+            &OldPeer {
+                holder: "12D3KooWExamplePeer".into(),
+            },
+        )
+        .unwrap();
+        let e = crate::cbor::decode::<NewPeer>("record", &bad, 1 << 16)
+            .unwrap_err()
+            .to_string();
+        // (The CBOR decoder's message quotes the text again, escaped.)
+        assert!(
+            e.contains("holder") && e.contains("12D3KooWExamplePeer") && e.contains("not a libp2p peer id"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<NewPeer>(r#"{"holder": ""}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holder \"\": not a libp2p peer id"), "{e}");
     }
 
     #[test]

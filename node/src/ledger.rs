@@ -179,6 +179,11 @@ pub enum MessageError {
 
 /// What an entry records. Studies are [`commitment`]s (hex), transfers their
 /// id (hex), peers their peer id; no patient data.
+///
+/// Peers stay base58 text here, not [`crate::ids::PeerId`]: an entry is
+/// signed and hashed as the bytes its author wrote, and replicated entries
+/// (and the test vectors, whose example peers are not real peer ids) must
+/// decode whatever text they hold so that the chain still verifies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Event {

@@ -12,7 +12,7 @@
 //! | [`text`] | text from peers and files made safe to store and print (control characters escaped, length capped) |
 //! | [`fsutil`] | private files and folders, atomic writes, the one walker of folders |
 //! | [`identity`] | Ed25519 identity (= libp2p PeerId), X25519 key, signed `NodeRecord`, signed envelopes |
-//! | [`ids`] | the ids of transfers, requests and ledger entries: newtypes over their bytes, hex as text |
+//! | [`ids`] | the ids of transfers, requests and ledger entries (newtypes over their bytes, hex as text); peers as libp2p's `PeerId`, base58 as text |
 //! | [`keystore`] | master key from the passphrase (Argon2id), key wrapping, secret key files |
 //! | [`seal`] | the chunked AEAD sealed-object format (re-export of `medmesh-seal`) |
 //! | [`config`] | the TOML configuration: the types of every setting, services' included |

@@ -524,6 +524,9 @@ impl fmt::Debug for StudyRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 #[non_exhaustive]
+// A study row's origin is decoded one row at a time; the grant's PeerId
+// (a fixed 64-byte multihash) makes it large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 pub enum Origin {
     /// Imported at this site.
     Local,
@@ -538,7 +541,8 @@ pub struct ReceivedGrant {
     /// The transfer id (hex).
     pub transfer_id: String,
     /// The holder that sent it (peer id).
-    pub peer: String,
+    #[serde(with = "crate::ids::peer_text::peer")]
+    pub peer: crate::ids::PeerId,
     /// Its institution, as certified.
     pub institution: String,
     /// Purpose of the grant.

@@ -12,6 +12,7 @@ use crate::dicom::StudyAttributes;
 use crate::dicom::export::{self, ExportError, ExportOutcome, ExportSummary};
 use crate::dicom::ingest::{self, ImportEvent, ImportOptions, ImportSummary, IngestError};
 use crate::effects::{Effects, HookError};
+use crate::ids::PeerId;
 use crate::store::{Origin, Store, StoreError, StudyRef};
 
 /// Errors of the studies service.
@@ -163,7 +164,8 @@ pub struct ReceivedInfo {
     /// Transfer id.
     pub transfer_id: String,
     /// The holder that sent it.
-    pub from_peer: String,
+    #[serde(with = "crate::ids::peer_text::from_peer")]
+    pub from_peer: PeerId,
     /// Its institution.
     pub from_institution: String,
     /// Purpose of the grant.
@@ -196,7 +198,8 @@ pub struct AttestationInfo {
     /// BLAKE3 of each object before and after (hex).
     pub hashes: Vec<(String, String)>,
     /// Signed by (peer id).
-    pub holder: String,
+    #[serde(with = "crate::ids::peer_text::holder")]
+    pub holder: PeerId,
     /// When (RFC 3339).
     pub created: String,
 }
@@ -204,7 +207,7 @@ pub struct AttestationInfo {
 fn attestation_info(bytes: &[u8]) -> Option<AttestationInfo> {
     use crate::transfer::wire::{ATTESTATION_DOMAIN, Attestation, MAX_MANIFEST, open_signed};
     let (signer, a) = open_signed::<Attestation>("attestation", ATTESTATION_DOMAIN, bytes, MAX_MANIFEST).ok()?;
-    if crate::identity::peer_id_of(&signer).ok()? != a.holder {
+    if crate::identity::peer_of(&signer).ok()? != a.holder {
         return None;
     }
     Some(AttestationInfo {
@@ -232,7 +235,7 @@ fn received_info(o: &Origin) -> Option<ReceivedInfo> {
         Origin::Local => None,
         Origin::Received(g) => Some(ReceivedInfo {
             transfer_id: g.transfer_id.clone(),
-            from_peer: g.peer.clone(),
+            from_peer: g.peer,
             from_institution: g.institution.clone(),
             purpose: g.purpose,
             level: g.level,

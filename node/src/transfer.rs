@@ -67,7 +67,8 @@ use crate::cbor;
 use crate::clock::now;
 use crate::clock::rfc3339;
 use crate::consent::{CheckQuery, Reason, Verdict};
-use crate::identity::peer_id_of;
+use crate::identity::peer_of;
+use crate::ids::{PeerId, peer_text};
 use crate::ledger::Event;
 use crate::store::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
 use crate::store::{
@@ -478,7 +479,7 @@ fn not_available() -> Reason {
 fn consent_query(rec: &TransferRecord) -> CheckQuery {
     CheckQuery {
         study_uid: rec.study_uid.clone(),
-        peer_id: rec.peer.clone(),
+        peer_id: rec.peer.to_string(),
         purpose: rec.purpose,
         role: Some(rec.role),
         level: rec.requested_level,

@@ -307,10 +307,7 @@ const ALLOWED_STRING_CAUSES: &[(&str, &str)] = &[(
 )];
 
 /// The same for `consent-schema/src` (paths under that crate's `src`).
-const ALLOWED_STRING_CAUSES_CONSENT_SCHEMA: &[(&str, &str)] = &[(
-    "fhir.rs::FhirError::Refused.reason",
-    "not typed yet (issue 17 item 1, remaining): 74 refusals of the FHIR mapping; to become a cause enum per element",
-)];
+const ALLOWED_STRING_CAUSES_CONSENT_SCHEMA: &[(&str, &str)] = &[];
 
 /// A file's text with comments removed and the contents of string and
 /// character literals emptied (so their braces do not count), cut at an

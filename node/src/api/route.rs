@@ -210,7 +210,8 @@ impl Ctx {
     /// either way.
     pub fn tell_requester(&self, view: &crate::transfer::TransferView, msg: Option<crate::transfer::wire::Msg>) {
         let Some(net) = self.net() else { return };
-        if let (Some(msg), Ok(peer)) = (msg, view.peer.parse::<libp2p::PeerId>()) {
+        if let Some(msg) = msg {
+            let peer = view.peer;
             let net = net.clone();
             tokio::spawn(async move {
                 if let Err(e) = net.transfer_message(peer, msg).await {

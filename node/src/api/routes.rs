@@ -599,7 +599,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
     let view = ctx
         .blocking(move |n| {
             Ok(n.transfers().note_answer(
-                &r.peer_id,
+                peer,
                 &request_id,
                 &r.study_uid,
                 r.purpose,
@@ -620,11 +620,12 @@ route!(
 
 impl Call for TransfersShare {
     async fn serve(ctx: Ctx, r: TransferAsk) -> Result<TransferView, ServeError> {
+        let peer: libp2p::PeerId = r.peer_id.parse().map_err(|source| ServeError::PeerId {
+            peer: r.peer_id.clone(),
+            source,
+        })?;
         let view = ctx
-            .blocking(move |n| {
-                Ok(n.transfers()
-                    .share(&r.peer_id, &r.study_uid, r.purpose, r.role, r.level)?)
-            })
+            .blocking(move |n| Ok(n.transfers().share(peer, &r.study_uid, r.purpose, r.role, r.level)?))
             .await?;
         ctx.wake_transfers();
         Ok(view)

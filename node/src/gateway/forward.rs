@@ -100,7 +100,7 @@ impl Source {
     pub fn of_origin(origin: &Origin) -> Option<Self> {
         match origin {
             Origin::Received(g) => Some(Source::Peer {
-                peer: g.peer.clone(),
+                peer: g.peer.to_string(),
                 institution: g.institution.clone(),
                 purpose: g.purpose,
                 level: g.level,

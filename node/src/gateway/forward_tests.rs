@@ -227,7 +227,7 @@ fn destinations_are_listed_once_in_route_order_and_never_back_to_the_sender() {
 fn received(purpose: Purpose, level: DeidLevel, expires: i64, locked: Option<i64>) -> Origin {
     Origin::Received(ReceivedGrant {
         transfer_id: "00".repeat(16),
-        peer: "12D3KooWNord".into(),
+        peer: "12D3KooWPqT2nMDSiXUSx5D7fasaxhxKigVhcqfkKqrLghCq9jxz".parse().unwrap(),
         institution: "Klinikum Nord".into(),
         purpose,
         level,

@@ -13,6 +13,7 @@ use consent_schema::{ConsentedBy, DeidLevel, Purpose, Role};
 use super::*;
 use crate::consent::NewConsent;
 use crate::home::Node;
+use crate::ids::PeerId;
 use crate::keystore::Passphrase;
 use crate::transfer::admission::{admit_message, retry_later};
 use crate::transfer::wire::{self, Answer, AnswerBody, Manifest, Msg, MsgBody, Open, Refuse, WIRE_VERSION};
@@ -119,13 +120,7 @@ fn world(holder_edit: &[(&str, &str)], recipient_edit: &[(&str, &str)]) -> World
 fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
     let view = holder
         .transfers()
-        .share(
-            &to.identity().peer_id(),
-            STUDY,
-            Purpose::Treatment,
-            Role::Clinician,
-            None,
-        )
+        .share(to.identity().peer(), STUDY, Purpose::Treatment, Role::Clinician, None)
         .unwrap();
     let id = parse_id(&view.id.to_string()).unwrap();
     let rec = holder.transfers().transfer(&id).unwrap();
@@ -141,7 +136,7 @@ fn share_open(holder: &Node, to: &Node) -> (TransferId, Open) {
     (id, open)
 }
 
-fn incoming_from(n: &Node, peer: &str) -> usize {
+fn incoming_from(n: &Node, peer: PeerId) -> usize {
     n.transfers()
         .transfer_records()
         .unwrap()
@@ -243,7 +238,7 @@ fn a_request_flood_records_at_most_the_burst_and_the_holder_serves_others() {
     // The path of the network service: the limiter, then the answer.
     let serve = |peer: &str, m: Msg| match admit_message(&limiter, peer, &m.body, t0) {
         Some(busy) => busy,
-        None => crate::transfer::protocol::answer_transfer(&w.holder, peer, m).unwrap(),
+        None => crate::transfer::protocol::answer_transfer(&w.holder, peer.parse().unwrap(), m).unwrap(),
     };
     let mut later = 0;
     for i in 0..300 {
@@ -276,7 +271,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
         ],
         &[],
     );
-    let flooder = w.recipient.identity().peer_id();
+    let flooder = w.recipient.identity().peer();
     let msg = |i: u32| Msg {
         v: WIRE_VERSION,
         body: MsgBody::Request {
@@ -289,7 +284,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
     };
     let answers: Vec<String> = (0..20)
         .map(
-            |i| match crate::transfer::protocol::answer_transfer(&w.holder, &flooder, msg(i)).unwrap() {
+            |i| match crate::transfer::protocol::answer_transfer(&w.holder, flooder, msg(i)).unwrap() {
                 AnswerBody::Pending { .. } => "pending".into(),
                 AnswerBody::RetryLater {
                     code, retry_after_secs, ..
@@ -305,7 +300,7 @@ fn requests_waiting_for_a_person_are_capped_per_peer() {
     assert!(answers[2..].iter().all(|a| a == "approvals-full"));
     assert_eq!(w.holder.transfers().approvals().unwrap().len(), 2);
     // Another peer has its own queue.
-    let answer = crate::transfer::protocol::answer_transfer(&w.holder, &w.other.identity().peer_id(), msg(99)).unwrap();
+    let answer = crate::transfer::protocol::answer_transfer(&w.holder, w.other.identity().peer(), msg(99)).unwrap();
     assert!(matches!(answer, AnswerBody::Pending { .. }), "{answer:?}");
 }
 
@@ -354,12 +349,12 @@ fn the_approvals_and_share_decisions() {
 #[test]
 fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded() {
     let w = world(&[], &[]);
-    let holder_peer = w.holder.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
     let mut accepted = 0;
     let mut refused = 0;
     for _ in 0..12 {
         let (_, open) = share_open(&w.holder, &w.recipient);
-        match w.recipient.transfers().accept_stream(&holder_peer, &open) {
+        match w.recipient.transfers().accept_stream(holder_peer, &open) {
             Ok(_) => accepted += 1,
             Err(r) => {
                 assert_eq!((r.code.as_str(), r.permanent), ("share-quota", false), "{}", r.text);
@@ -369,7 +364,7 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
     }
     assert_eq!((accepted, refused), (4, 8));
     assert_eq!(
-        incoming_from(&w.recipient, &holder_peer),
+        incoming_from(&w.recipient, holder_peer),
         4,
         "no record of a refused share"
     );
@@ -380,23 +375,18 @@ fn unsolicited_shares_beyond_the_quota_are_refused_before_anything_is_recorded()
     assert!(
         w.recipient
             .transfers()
-            .accept_stream(&w.other.identity().peer_id(), &open)
+            .accept_stream(w.other.identity().peer(), &open)
             .is_ok()
     );
     // The holder's shares stay refused while four are pending.
     let (id, open) = share_open(&w.holder, &w.recipient);
-    let refusal = w
-        .recipient
-        .transfers()
-        .accept_stream(&holder_peer, &open)
-        .err()
-        .unwrap();
+    let refusal = w.recipient.transfers().accept_stream(holder_peer, &open).err().unwrap();
     assert_eq!(refusal.code, "share-quota");
     // The stale ones go after the timeout, and the quota frees.
     let later = crate::clock::now() + 7 * 86400 + 60;
     assert_eq!(w.recipient.transfers().sweep_stale_incoming(later).unwrap(), 5);
     assert!(
-        w.recipient.transfers().accept_stream(&holder_peer, &open).is_ok(),
+        w.recipient.transfers().accept_stream(holder_peer, &open).is_ok(),
         "{id:?}"
     );
 }
@@ -408,19 +398,19 @@ fn a_site_that_takes_no_shares_refuses_them_for_good() {
     let r = w
         .recipient
         .transfers()
-        .accept_stream(&w.holder.identity().peer_id(), &open)
+        .accept_stream(w.holder.identity().peer(), &open)
         .err()
         .unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("shares-refused", true));
-    assert_eq!(incoming_from(&w.recipient, &w.holder.identity().peer_id()), 0);
+    assert_eq!(incoming_from(&w.recipient, w.holder.identity().peer()), 0);
 }
 
 #[test]
 fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
     let w = world(&[], &[("incoming_stale_secs = 604800", "incoming_stale_secs = 60")]);
-    let holder_peer = w.holder.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
     let (id, open) = share_open(&w.holder, &w.recipient);
-    let accepted = w.recipient.transfers().accept_stream(&holder_peer, &open).unwrap();
+    let accepted = w.recipient.transfers().accept_stream(holder_peer, &open).unwrap();
     // A part received (as the stream writer leaves it).
     let dir = w.recipient.store().incoming_dir(&id);
     std::fs::create_dir_all(&dir).unwrap();
@@ -445,12 +435,7 @@ fn stale_incoming_transfers_are_failed_and_their_parts_deleted() {
             .is_none()
     );
     // The holder, back, is refused for good.
-    let r = w
-        .recipient
-        .transfers()
-        .accept_stream(&holder_peer, &open)
-        .err()
-        .unwrap();
+    let r = w.recipient.transfers().accept_stream(holder_peer, &open).err().unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("closed", true));
     // Done once.
     assert_eq!(w.recipient.transfers().sweep_stale_incoming(now + 1000).unwrap(), 0);

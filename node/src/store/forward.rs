@@ -85,7 +85,8 @@ impl ForwardState {
 pub enum ForwardSource {
     /// Received from a peer.
     Peer {
-        /// Its peer id.
+        /// Its peer id, as text (the row's documented test vector holds an
+        /// example that is not a real peer id).
         peer: String,
         /// Its institution, as certified.
         institution: String,

@@ -9,6 +9,7 @@ use super::wire::{Answer, AnswerBody, Manifest, MsgBody, Refuse, WIRE_VERSION};
 use super::{Direction, Initiated, State};
 use super::{TransferError, Transfers};
 use crate::config::SharesFrom;
+use crate::ids::PeerId;
 use crate::limits::{Limited, RequestLimiter, STALE_REASON, approvals_decision, share_decision};
 
 impl From<Limited> for AnswerBody {
@@ -65,7 +66,7 @@ impl Transfers<'_> {
     ///
     /// # Errors
     /// The [`Refuse`] to send back.
-    pub fn admit_share(&self, peer: &str, manifest: &Manifest) -> Result<(), Refuse> {
+    pub fn admit_share(&self, peer: PeerId, manifest: &Manifest) -> Result<(), Refuse> {
         let cfg = &self.config().limits;
         let (mut pending, mut bytes) = (0u32, 0u64);
         if cfg.shares_from != SharesFrom::None {
@@ -83,7 +84,7 @@ impl Transfers<'_> {
             }
         }
         let size = manifest.objects.iter().map(|o| o.size).fold(0u64, u64::saturating_add);
-        share_decision(cfg, peer, pending, bytes, size).map_err(Refuse::from)
+        share_decision(cfg, &peer.to_base58(), pending, bytes, size).map_err(Refuse::from)
     }
 
     /// The answer to a new request of `peer` when too many of its requests
@@ -91,7 +92,7 @@ impl Transfers<'_> {
     ///
     /// # Errors
     /// Store errors.
-    pub fn admit_request(&self, peer: &str) -> Result<Option<AnswerBody>, TransferError> {
+    pub fn admit_request(&self, peer: PeerId) -> Result<Option<AnswerBody>, TransferError> {
         let pending = self
             .transfer_records()?
             .iter()

@@ -20,7 +20,8 @@ use super::{TransferError, TransferId, Transfers};
 use crate::clock::now;
 use crate::deid::{self, Profile};
 use crate::dicom::StudyAttributes;
-use crate::identity::peer_id_of;
+use crate::identity::peer_of;
+use crate::ids::PeerId;
 use crate::store::{InstanceMeta, InstanceRow, RELINK_VERSION, RelinkRecord, SeriesMeta, StudyMeta};
 
 /// Native (not encapsulated) transfer syntaxes: only their pixels can be masked.
@@ -252,7 +253,7 @@ impl Transfers<'_> {
         let attestation = Attestation {
             v: WIRE_VERSION,
             transfer_id: idh.clone(),
-            holder: self.identity().peer_id(),
+            holder: self.identity().peer(),
             level: grant.level,
             profile: profile
                 .codes(masked_any)
@@ -293,7 +294,7 @@ impl Transfers<'_> {
         let attestation = Attestation {
             v: WIRE_VERSION,
             transfer_id: idh.clone(),
-            holder: self.identity().peer_id(),
+            holder: self.identity().peer(),
             level: DeidLevel::Identifiable,
             profile: Vec::new(),
             options: Vec::new(),
@@ -315,7 +316,7 @@ impl Transfers<'_> {
 /// The recipient's check of a manifest's attestation: signed by the holder,
 /// for this transfer, at the granted level, naming every DICOM object of the
 /// manifest with the hash it is sent with.
-pub(super) fn check_attestation(peer: &str, grant: &Grant, manifest: &Manifest) -> Result<Attestation, Refuse> {
+pub(super) fn check_attestation(peer: PeerId, grant: &Grant, manifest: &Manifest) -> Result<Attestation, Refuse> {
     let bad = |why: &str| refuse(RefuseCode::BadAttestation, why, true);
     let (signer, a) = wire::open_signed::<Attestation>(
         "attestation",
@@ -324,7 +325,7 @@ pub(super) fn check_attestation(peer: &str, grant: &Grant, manifest: &Manifest) 
         super::MAX_MANIFEST_ATTESTATION,
     )
     .map_err(|e| refuse(RefuseCode::BadAttestation, e.to_string(), true))?;
-    if peer_id_of(&signer).ok().as_deref() != Some(peer) || a.holder != peer {
+    if peer_of(&signer).ok() != Some(peer) || a.holder != peer {
         return Err(bad("the attestation is not signed by the holder"));
     }
     if a.transfer_id != manifest.transfer_id {

@@ -194,7 +194,7 @@ impl<N: TransferNet> Engine<N> {
         };
         for rec in records {
             let id = rec.id;
-            let Ok(peer) = rec.peer.parse::<PeerId>() else { continue };
+            let peer = rec.peer;
             match (rec.direction, rec.state) {
                 (Direction::Outgoing, State::Granted | State::Streaming) => {
                     if lock(&self.sending).contains(&id) {
@@ -495,8 +495,7 @@ impl<N: TransferNet> Engine<N> {
             }
         };
         let node = Arc::clone(&self.node);
-        let peer_s = peer.to_string();
-        let accepted = tokio::task::spawn_blocking(move || node.transfers().accept_stream(&peer_s, &open))
+        let accepted = tokio::task::spawn_blocking(move || node.transfers().accept_stream(peer, &open))
             .await
             .map_err(|e| SessionError::Io(io_other(e)))?;
         let accepted = match accepted {

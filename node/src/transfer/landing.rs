@@ -45,7 +45,7 @@ impl Transfers<'_> {
         let (objects, row, patient) = self.land_objects(accepted, &rec, &grant, &study, &index, &landed_uid)?;
         let event = Event::TransferReceived {
             transfer: idh.clone(),
-            peer: rec.peer.clone(),
+            peer: rec.peer.to_string(),
             study: hex::encode(&grant.study_ref),
             objects: (accepted.manifest.objects.len() - 1) as u64,
             level: grant.level.as_str().to_string(),
@@ -171,7 +171,7 @@ impl Transfers<'_> {
             meta: self.store().seal_study_meta(study, &a.key, &index.study)?,
             origin: Origin::Received(ReceivedGrant {
                 transfer_id: idh.clone(),
-                peer: rec.peer.clone(),
+                peer: rec.peer,
                 institution: rec.institution.clone(),
                 purpose: grant.purpose,
                 level: grant.level,
@@ -229,8 +229,8 @@ impl Transfers<'_> {
             transfer_id: rec.id.to_string(),
             manifest_hash: blake3::hash(&manifest_bytes).as_bytes().to_vec(),
             objects_root: wire::objects_root(&manifest.objects).to_vec(),
-            holder: rec.peer.clone(),
-            recipient: self.identity().peer_id(),
+            holder: rec.peer,
+            recipient: self.identity().peer(),
             received: now(),
         };
         let payload = wire::encode("receipt", &receipt).map_err(|e| damaged(&rec.id, e))?;
@@ -264,7 +264,7 @@ impl Transfers<'_> {
     ///
     /// # Errors
     /// Store errors; a bad receipt is an answer, not an error.
-    pub fn accept_receipt(&self, peer: &str, bytes: &[u8]) -> Result<AnswerBody, TransferError> {
+    pub fn accept_receipt(&self, peer: PeerId, bytes: &[u8]) -> Result<AnswerBody, TransferError> {
         let refused = |code: RefuseCode, text: String| AnswerBody::Refused {
             code: code.into(),
             text,
@@ -273,9 +273,7 @@ impl Transfers<'_> {
             Ok(r) => r,
             Err(e) => return Ok(refused(RefuseCode::BadReceipt, e.to_string())),
         };
-        if peer_id_of(&signer).ok().as_deref() != Some(peer)
-            || receipt.recipient != peer
-            || receipt.holder != self.identity().peer_id()
+        if peer_of(&signer).ok() != Some(peer) || receipt.recipient != peer || receipt.holder != self.identity().peer()
         {
             return Ok(refused(
                 RefuseCode::BadReceipt,

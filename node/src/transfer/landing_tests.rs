@@ -72,14 +72,14 @@ fn requested(holder: &Node, recipient: &Node, request: u8) -> (TransferId, Open,
     let (t, c) = (Purpose::Treatment, Role::Clinician);
     let answer = holder
         .transfers()
-        .answer_request(&recipient.identity().peer_id(), &rid, STUDY, t, c, None)
+        .answer_request(recipient.identity().peer(), &rid, STUDY, t, c, None)
         .unwrap();
     let AnswerBody::Granted { transfer_id, grant } = answer.clone() else {
         panic!("not granted: {answer:?}");
     };
     recipient
         .transfers()
-        .note_answer(&holder.identity().peer_id(), &rid, STUDY, t, c, None, &answer)
+        .note_answer(holder.identity().peer(), &rid, STUDY, t, c, None, &answer)
         .unwrap();
     let id = parse_id(&transfer_id).unwrap();
     holder.transfers().prepare(&id).unwrap();
@@ -142,7 +142,7 @@ fn delivered(holder: &Node, recipient: &Node, request: u8) -> (TransferId, Accep
     let (id, open, plan) = requested(holder, recipient, request);
     let a = recipient
         .transfers()
-        .accept_stream(&holder.identity().peer_id(), &open)
+        .accept_stream(holder.identity().peer(), &open)
         .unwrap();
     stream_all(recipient, &a, &plaintexts(&plan), &plan.key);
     (id, a)
@@ -324,7 +324,7 @@ fn an_object_of_another_study_in_the_stream_is_refused_as_bad_object() {
     let a = s
         .recipient
         .transfers()
-        .accept_stream(&s.holder.identity().peer_id(), &open)
+        .accept_stream(s.holder.identity().peer(), &open)
         .unwrap();
     stream_all(&s.recipient, &a, &plain, &plan.key);
     let before = snapshot(&s.recipient);
@@ -391,10 +391,10 @@ const APPEND: &str = "ledger: append";
 #[test]
 fn a_grant_and_its_entries_are_committed_together() {
     let s = sites();
-    let peer = s.recipient.identity().peer_id();
+    let peer = s.recipient.identity().peer();
     let ask = || {
         s.holder.transfers().answer_request(
-            &peer,
+            peer,
             &hex::encode([1u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -432,14 +432,14 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
 
     // Completion at the holder.
     let receipt = s.recipient.transfers().receipt(&id).unwrap();
-    let peer = s.recipient.identity().peer_id();
+    let peer = s.recipient.identity().peer();
     s.holder.store().crash_at(APPEND);
-    assert!(s.holder.transfers().accept_receipt(&peer, &receipt).is_err());
+    assert!(s.holder.transfers().accept_receipt(peer, &receipt).is_err());
     assert_ne!(s.holder.transfers().transfer(&id).unwrap().state, State::Complete);
     assert_eq!(entries(&s.holder, "transfer-sent"), 0);
     for _ in 0..2 {
         assert_eq!(
-            s.holder.transfers().accept_receipt(&peer, &receipt).unwrap(),
+            s.holder.transfers().accept_receipt(peer, &receipt).unwrap(),
             AnswerBody::Ack
         );
     }

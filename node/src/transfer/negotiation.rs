@@ -11,7 +11,7 @@ impl Transfers<'_> {
     /// Store errors (the requester then gets no answer).
     pub fn answer_request(
         &self,
-        peer: &str,
+        peer: PeerId,
         request_id: &str,
         study_uid: &str,
         purpose: Purpose,
@@ -66,7 +66,7 @@ impl Transfers<'_> {
         Ok(Some(match rec.state {
             State::Granted => Event::TransferGranted {
                 transfer: rec.id.to_string(),
-                peer: rec.peer.clone(),
+                peer: rec.peer.to_string(),
                 purpose: rec.purpose.to_string(),
                 level: rec.level.map_or("", DeidLevel::as_str).to_string(),
                 study: hex::encode(self.host.audit().study_commitment(&rec.study_uid)?),
@@ -74,12 +74,12 @@ impl Transfers<'_> {
             },
             State::Pending => Event::TransferPending {
                 transfer: rec.id.to_string(),
-                peer: rec.peer.clone(),
+                peer: rec.peer.to_string(),
                 purpose: rec.purpose.to_string(),
             },
             State::Denied => Event::TransferDenied {
                 transfer: rec.id.to_string(),
-                peer: rec.peer.clone(),
+                peer: rec.peer.to_string(),
                 purpose: rec.purpose.to_string(),
                 codes: rec.reasons.iter().map(|r| r.code.clone()).collect(),
             },
@@ -92,7 +92,7 @@ impl Transfers<'_> {
     /// outcome is then a grant). Returns the reasons the requester may see.
     pub(super) fn decide(&self, rec: &mut TransferRecord, approved: bool) -> Result<Vec<Reason>, TransferError> {
         // 1. Trust (checked again on every request: zero trust).
-        let (facts, trust) = self.host.consents().peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.host.consents().peer_facts(&rec.peer.to_base58(), rec.purpose)?;
         if let Some(f) = &facts {
             rec.institution.clone_from(&f.institution);
         }
@@ -179,18 +179,19 @@ impl Transfers<'_> {
         expires: i64,
     ) -> Result<(), TransferError> {
         let state = self.host.trust().state()?;
-        let hello =
-            crate::trust::hello::peer_hello(self.store, &state, &rec.peer)?.ok_or_else(|| TransferError::State {
+        let hello = crate::trust::hello::peer_hello(self.store, &state, &rec.peer.to_base58())?.ok_or_else(|| {
+            TransferError::State {
                 id: rec.id.to_string(),
                 reason: StateCause::RecipientUnknown,
-            })?;
+            }
+        })?;
         let record = crate::identity::VerifiedNodeRecord::from_bytes(&hello.record)?;
         let grant = Grant {
             v: WIRE_VERSION,
             transfer_id: rec.id.to_string(),
             request_id: rec.request_id.clone(),
-            holder: self.identity().peer_id(),
-            recipient: rec.peer.clone(),
+            holder: self.identity().peer(),
+            recipient: rec.peer,
             recipient_x25519: record.record().x25519.clone(),
             study_uid: rec.study_uid.clone(),
             purpose: rec.purpose,
@@ -218,7 +219,7 @@ impl Transfers<'_> {
     /// Store errors.
     pub fn share(
         &self,
-        peer: &str,
+        peer: PeerId,
         study_uid: &str,
         purpose: Purpose,
         role: Role,
@@ -341,7 +342,7 @@ impl Transfers<'_> {
         if approved && draft.state == State::Granted {
             events.push(Event::TransferApproved {
                 transfer: draft.id.to_string(),
-                peer: draft.peer.clone(),
+                peer: draft.peer.to_string(),
             });
         }
         events.extend(self.decision_event(&draft)?);
@@ -413,7 +414,7 @@ impl Transfers<'_> {
     #[allow(clippy::too_many_arguments)] // the request, as sent
     pub fn note_answer(
         &self,
-        peer: &str,
+        peer: PeerId,
         request_id: &str,
         study_uid: &str,
         purpose: Purpose,
@@ -458,7 +459,7 @@ impl Transfers<'_> {
         rec.reasons = reasons;
         rec.request_id = Some(request_id.to_string());
         rec.grant = grant;
-        if let Ok((facts, _)) = self.host.consents().peer_facts(peer, purpose)
+        if let Ok((facts, _)) = self.host.consents().peer_facts(&peer.to_base58(), purpose)
             && let Some(f) = facts
         {
             rec.institution = f.institution;
@@ -515,7 +516,7 @@ impl Transfers<'_> {
     /// Store errors.
     pub fn note_decided(
         &self,
-        peer: &str,
+        peer: PeerId,
         transfer_id: &str,
         reasons: Vec<Reason>,
     ) -> Result<AnswerBody, TransferError> {
@@ -559,17 +560,17 @@ impl Transfers<'_> {
     }
 
     /// Verifies a grant from `peer` for this node.
-    pub(super) fn check_grant(&self, peer: &str, grant_bytes: &[u8]) -> Result<Grant, Refuse> {
+    pub(super) fn check_grant(&self, peer: PeerId, grant_bytes: &[u8]) -> Result<Grant, Refuse> {
         let (signer, grant) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, grant_bytes, MAX_MESSAGE)
             .map_err(|e| refuse(RefuseCode::BadGrant, e.to_string(), true))?;
-        if peer_id_of(&signer).ok().as_deref() != Some(peer) || grant.holder != peer {
+        if peer_of(&signer).ok() != Some(peer) || grant.holder != peer {
             return Err(refuse(
                 RefuseCode::BadGrant,
                 "the grant is not signed by the peer that sent it",
                 true,
             ));
         }
-        if grant.recipient != self.identity().peer_id() || grant.recipient_x25519 != self.identity().x25519_public() {
+        if grant.recipient != self.identity().peer() || grant.recipient_x25519 != self.identity().x25519_public() {
             return Err(refuse(
                 RefuseCode::WrongRecipient,
                 "the grant is for another recipient or key",

@@ -9,7 +9,7 @@ pub struct SendPlan {
     /// The transfer.
     pub id: TransferId,
     /// The recipient.
-    pub peer: String,
+    pub peer: PeerId,
     /// Signed grant bytes.
     pub grant: Vec<u8>,
     /// Signed manifest bytes.
@@ -207,8 +207,8 @@ impl Transfers<'_> {
             v: WIRE_VERSION,
             transfer_id: idh.clone(),
             grant_hash: blake3::hash(&rec.grant).as_bytes().to_vec(),
-            holder: self.identity().peer_id(),
-            recipient: rec.peer.clone(),
+            holder: self.identity().peer(),
+            recipient: rec.peer,
             recipient_x25519: recipient.to_vec(),
             ephemeral_x25519: eph_pub.to_vec(),
             chunk_size: CHUNK_SIZE,

@@ -86,7 +86,7 @@ impl TransferProtocol {
         }
         let this = Arc::clone(self);
         Taken::Later(Box::new(move || {
-            let body = match answer_transfer(&*this.node, &peer.to_string(), msg) {
+            let body = match answer_transfer(&*this.node, peer, msg) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(peer = %peer, cause = %e, "cannot answer a transfer message");
@@ -110,7 +110,7 @@ impl TransferProtocol {
 ///
 /// # Errors
 /// The transfer functions' errors.
-pub fn answer_transfer(node: &dyn Host, peer: &str, msg: Msg) -> Result<AnswerBody, TransferError> {
+pub fn answer_transfer(node: &dyn Host, peer: PeerId, msg: Msg) -> Result<AnswerBody, TransferError> {
     if msg.v != WIRE_VERSION {
         return Ok(AnswerBody::Refused {
             code: "version".into(),

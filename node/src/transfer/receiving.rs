@@ -22,10 +22,10 @@ impl Transfers<'_> {
     ///
     /// # Errors
     /// The [`Refuse`] to send back.
-    pub fn accept_stream(&self, peer: &str, open: &Open) -> Result<Accepted, Refuse> {
+    pub fn accept_stream(&self, peer: PeerId, open: &Open) -> Result<Accepted, Refuse> {
         let internal = |e: TransferError| {
             // The cause stays here: a peer gets a code and a fixed sentence.
-            tracing::error!(peer, cause = %e, "cannot check an incoming transfer stream");
+            tracing::error!(peer = %peer, cause = %e, "cannot check an incoming transfer stream");
             refuse(
                 RefuseCode::Internal,
                 "the recipient could not check the stream; it will be tried again",
@@ -38,7 +38,7 @@ impl Transfers<'_> {
         let (_, trust) = self
             .host
             .consents()
-            .peer_facts(peer, unchecked.purpose)
+            .peer_facts(&peer.to_base58(), unchecked.purpose)
             .map_err(|e| internal(e.into()))?;
         if let Some(r) = trust.first() {
             return Err(refuse(RefuseCode::Untrusted, format!("{} [{}]", r.text, r.code), true));
@@ -47,15 +47,14 @@ impl Transfers<'_> {
         let (msigner, manifest) =
             wire::open_signed::<Manifest>("manifest", MANIFEST_DOMAIN, &open.manifest, MAX_MANIFEST)
                 .map_err(|e| refuse(RefuseCode::BadManifest, e.to_string(), true))?;
-        if peer_id_of(&msigner).ok().as_deref() != Some(peer) || manifest.holder != peer {
+        if peer_of(&msigner).ok() != Some(peer) || manifest.holder != peer {
             return Err(refuse(
                 RefuseCode::BadManifest,
                 "the manifest is not signed by the peer that sent it",
                 true,
             ));
         }
-        if manifest.recipient != self.identity().peer_id()
-            || manifest.recipient_x25519 != self.identity().x25519_public()
+        if manifest.recipient != self.identity().peer() || manifest.recipient_x25519 != self.identity().x25519_public()
         {
             return Err(refuse(
                 RefuseCode::WrongRecipient,
@@ -162,7 +161,7 @@ impl Transfers<'_> {
                 rec.institution = self
                     .host
                     .consents()
-                    .peer_facts(peer, grant.purpose)
+                    .peer_facts(&peer.to_base58(), grant.purpose)
                     .ok()
                     .and_then(|(f, _)| f)
                     .map(|f| f.institution)

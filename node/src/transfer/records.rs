@@ -79,7 +79,8 @@ pub struct TransferRecord {
     /// How it started.
     pub initiated: Initiated,
     /// The other node (peer id).
-    pub peer: String,
+    #[serde(with = "peer_text::peer")]
+    pub peer: PeerId,
     /// Its institution, as certified.
     pub institution: String,
     /// Study Instance UID.
@@ -151,7 +152,7 @@ impl TransferRecord {
         id: TransferId,
         direction: Direction,
         initiated: Initiated,
-        peer: &str,
+        peer: PeerId,
         study_uid: &str,
         purpose: Purpose,
         role: Role,
@@ -162,7 +163,7 @@ impl TransferRecord {
             id,
             direction,
             initiated,
-            peer: peer.to_string(),
+            peer,
             institution: String::new(),
             study_uid: study_uid.to_string(),
             purpose,
@@ -200,7 +201,8 @@ pub struct TransferView {
     /// State.
     pub state: State,
     /// The other node.
-    pub peer: String,
+    #[serde(with = "peer_text::peer")]
+    pub peer: PeerId,
     /// Its institution.
     pub institution: String,
     /// Study Instance UID.
@@ -470,7 +472,7 @@ impl Transfers<'_> {
             direction: rec.direction,
             initiated: rec.initiated,
             state: rec.state,
-            peer: rec.peer.clone(),
+            peer: rec.peer,
             institution: rec.institution.clone(),
             study_uid: rec.study_uid.clone(),
             purpose: rec.purpose,
@@ -524,7 +526,7 @@ mod id_tests {
             TransferId::from(bytes),
             Direction::Outgoing,
             Initiated::Request,
-            "12D3KooWpeer",
+            "12D3KooWPqT2nMDSiXUSx5D7fasaxhxKigVhcqfkKqrLghCq9jxz".parse().unwrap(),
             "1.2.3",
             Purpose::Treatment,
             Role::Clinician,

@@ -65,7 +65,7 @@ impl Transfers<'_> {
         if rec.expires.is_some_and(|e| e <= now()) {
             return Ok(Err(reason(EndCode::GrantExpired, "the grant has expired")));
         }
-        let (facts, trust) = self.host.consents().peer_facts(&rec.peer, rec.purpose)?;
+        let (facts, trust) = self.host.consents().peer_facts(&rec.peer.to_base58(), rec.purpose)?;
         if let Some(r) = trust.first() {
             return Ok(Err(reason(ended_trust_code(&r.code), r.text.clone())));
         }
@@ -192,7 +192,7 @@ impl Transfers<'_> {
         if let Some(r) = own_revoked {
             return Ok(Some(r));
         }
-        let (_, trust) = self.host.consents().peer_facts(&rec.peer, rec.purpose)?;
+        let (_, trust) = self.host.consents().peer_facts(&rec.peer.to_base58(), rec.purpose)?;
         Ok(trust
             .into_iter()
             .find(|r| matches!(r.code.as_str(), "revoked" | "blocked"))
@@ -263,7 +263,7 @@ impl Transfers<'_> {
         self.live().remove(id);
         self.host.audit().log(Event::TransferEnded {
             transfer: rec.id.to_string(),
-            peer: rec.peer.clone(),
+            peer: rec.peer.to_string(),
             code: why.code.clone(),
         })?;
         match rec.direction {

@@ -45,7 +45,7 @@ fn granted(holder: &Node, recipient: &Node) -> (TransferId, Open) {
     let answer = holder
         .transfers()
         .answer_request(
-            &recipient.identity().peer_id(),
+            recipient.identity().peer(),
             &hex::encode([7u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -106,7 +106,7 @@ fn world() -> World {
 }
 
 /// The recipient's answer to a stream as a refusal code, or "accepted".
-fn verdict(n: &Node, peer: &str, open: &Open) -> String {
+fn verdict(n: &Node, peer: PeerId, open: &Open) -> String {
     match n.transfers().accept_stream(peer, open) {
         Ok(_) => "accepted".into(),
         Err(r) => r.code,
@@ -116,26 +116,16 @@ fn verdict(n: &Node, peer: &str, open: &Open) -> String {
 #[test]
 fn a_stream_that_beats_the_answer_is_refused_for_now_not_for_good() {
     let w = world();
-    let holder_peer = w.holder.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
     let (_, open) = granted(&w.holder, &w.recipient);
     // The request (id [7; 16]) is on its way: its answer is not recorded yet.
     let asking = w.recipient.live().asking(&hex::encode([7u8; 16]));
-    let r = w
-        .recipient
-        .transfers()
-        .accept_stream(&holder_peer, &open)
-        .err()
-        .unwrap();
+    let r = w.recipient.transfers().accept_stream(holder_peer, &open).err().unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("not-yet", false));
     // Another request in flight does not make this one known.
     let other = w.recipient.live().asking(&hex::encode([9u8; 16]));
     drop(asking);
-    let r = w
-        .recipient
-        .transfers()
-        .accept_stream(&holder_peer, &open)
-        .err()
-        .unwrap();
+    let r = w.recipient.transfers().accept_stream(holder_peer, &open).err().unwrap();
     assert_eq!((r.code.as_str(), r.permanent), ("unknown-transfer", true));
     drop(other);
     assert!(!w.recipient.live().is_asking(&hex::encode([9u8; 16])));
@@ -144,17 +134,17 @@ fn a_stream_that_beats_the_answer_is_refused_for_now_not_for_good() {
 #[test]
 fn the_recipient_refuses_streams_it_must_not_take() {
     let w = world();
-    let holder_peer = w.holder.identity().peer_id();
-    let recipient_peer = w.recipient.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
+    let recipient_peer = w.recipient.identity().peer();
     let (id, open) = granted(&w.holder, &w.recipient);
     // A stream for a request the recipient never made is refused.
-    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "unknown-transfer");
+    assert_eq!(verdict(&w.recipient, holder_peer, &open), "unknown-transfer");
     // Recorded as requested (as `medmesh request` does when the grant comes back).
     let AnswerBody::Granted { .. } = w
         .holder
         .transfers()
         .answer_request(
-            &recipient_peer,
+            recipient_peer,
             &hex::encode([8u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -168,7 +158,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
     w.recipient
         .transfers()
         .note_answer(
-            &holder_peer,
+            holder_peer,
             &hex::encode([7u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -182,21 +172,21 @@ fn the_recipient_refuses_streams_it_must_not_take() {
         .unwrap();
 
     // The same opening sent to another node: sealed to another recipient.
-    assert_eq!(verdict(&w.other, &holder_peer, &open), "wrong-recipient");
+    assert_eq!(verdict(&w.other, holder_peer, &open), "wrong-recipient");
     // From a peer that did not sign it.
-    assert_eq!(verdict(&w.recipient, &w.other.identity().peer_id(), &open), "bad-grant");
+    assert_eq!(verdict(&w.recipient, w.other.identity().peer(), &open), "bad-grant");
     // A manifest not made for this grant (another transfer's manifest).
     let (_, other_open) = granted(&w.holder, &w.recipient);
     let mixed = Open {
         manifest: other_open.manifest.clone(),
         ..open.clone()
     };
-    assert_eq!(verdict(&w.recipient, &holder_peer, &mixed), "grant-mismatch");
+    assert_eq!(verdict(&w.recipient, holder_peer, &mixed), "grant-mismatch");
     // A manifest whose signature does not hold.
     let mut forged = open.clone();
     let n = forged.manifest.len();
     forged.manifest[n - 3] ^= 1;
-    assert_eq!(verdict(&w.recipient, &holder_peer, &forged), "bad-manifest");
+    assert_eq!(verdict(&w.recipient, holder_peer, &forged), "bad-manifest");
     // Attestations that do not hold: missing, signed by another node, at
     // another level than the grant's, or naming other objects.
     let (_, m) =
@@ -243,14 +233,14 @@ fn the_recipient_refuses_streams_it_must_not_take() {
     ];
     for (what, bytes) in cases {
         assert_eq!(
-            verdict(&w.recipient, &holder_peer, &with(bytes)),
+            verdict(&w.recipient, holder_peer, &with(bytes)),
             "bad-attestation",
             "{what}"
         );
     }
     // The real one is accepted, and again (resume) as long as it is the same.
-    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
-    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
+    assert_eq!(verdict(&w.recipient, holder_peer, &open), "accepted");
+    assert_eq!(verdict(&w.recipient, holder_peer, &open), "accepted");
     // Another manifest for the same transfer, validly signed: refused.
     let mut m2 = m.clone();
     m2.created += 1;
@@ -264,7 +254,7 @@ fn the_recipient_refuses_streams_it_must_not_take() {
         manifest: resigned,
         ..open.clone()
     };
-    assert_eq!(verdict(&w.recipient, &holder_peer, &replay), "manifest-mismatch");
+    assert_eq!(verdict(&w.recipient, holder_peer, &replay), "manifest-mismatch");
     // Once complete, the manifest sent again (a replay) is refused.
     w.recipient
         .transfers()
@@ -273,21 +263,21 @@ fn the_recipient_refuses_streams_it_must_not_take() {
             Ok(())
         })
         .unwrap();
-    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "replayed");
+    assert_eq!(verdict(&w.recipient, holder_peer, &open), "replayed");
     // A holder no longer trusted: refused whatever it sends.
-    w.other.trust().block(&holder_peer, "test").unwrap();
-    assert_eq!(verdict(&w.other, &holder_peer, &open), "untrusted");
+    w.other.trust().block(&holder_peer.to_base58(), "test").unwrap();
+    assert_eq!(verdict(&w.other, holder_peer, &open), "untrusted");
 }
 
 #[test]
 fn chunks_are_verified_before_they_are_written() {
     let w = world();
-    let holder_peer = w.holder.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
     let (id, open) = granted(&w.holder, &w.recipient);
     w.recipient
         .transfers()
         .note_answer(
-            &holder_peer,
+            holder_peer,
             &hex::encode([7u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -299,7 +289,7 @@ fn chunks_are_verified_before_they_are_written() {
             },
         )
         .unwrap();
-    let accepted = w.recipient.transfers().accept_stream(&holder_peer, &open).unwrap();
+    let accepted = w.recipient.transfers().accept_stream(holder_peer, &open).unwrap();
     let plan = w.holder.transfers().send_plan(&id).unwrap();
     let m = &accepted.manifest;
     // Seal chunk `index` of object 0 under `key`.
@@ -370,12 +360,12 @@ fn chunks_are_verified_before_they_are_written() {
 #[test]
 fn the_holder_decides_trust_first_and_hides_what_the_requester_may_not_know() {
     let w = world();
-    let recipient_peer = w.recipient.identity().peer_id();
+    let recipient_peer = w.recipient.identity().peer();
     let ask = |uid: &str, purpose: Purpose| {
         w.holder
             .transfers()
             .answer_request(
-                &recipient_peer,
+                recipient_peer,
                 &hex::encode([1u8; 16]),
                 uid,
                 purpose,
@@ -518,7 +508,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
         w.holder
             .transfers()
             .answer_request(
-                &w.recipient.identity().peer_id(),
+                w.recipient.identity().peer(),
                 &hex::encode([9u8; 16]),
                 uid,
                 Purpose::Treatment,
@@ -566,7 +556,7 @@ fn de_identified_grants_leave_out_series_that_may_show_identifiers_in_their_pixe
     let original = blake3::hash(&std::fs::read(corpus(CT)).unwrap());
     assert_ne!(plan.manifest.objects[0].blake3, original.as_bytes().to_vec());
     let a = super::deid::check_attestation(
-        &w.holder.identity().peer_id(),
+        w.holder.identity().peer(),
         &{
             let (_, g) = wire::open_signed::<Grant>("grant", GRANT_DOMAIN, &rec.grant, MAX_MESSAGE).unwrap();
             g
@@ -969,7 +959,7 @@ fn a_purged_study_is_gone_and_every_entry_naming_it_still_verifies_but_names_not
     let answer = h
         .transfers()
         .answer_request(
-            &w.recipient.identity().peer_id(),
+            w.recipient.identity().peer(),
             &hex::encode([5u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -1067,7 +1057,7 @@ fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
         meta: Vec::new(),
         origin: Origin::Received(ReceivedGrant {
             transfer_id: hex::encode([3u8; 16]),
-            peer: "12D3KooWholder".into(),
+            peer: "12D3KooWPqT2nMDSiXUSx5D7fasaxhxKigVhcqfkKqrLghCq9jxz".parse().unwrap(),
             institution: "Hospital holder".into(),
             purpose: Purpose::Treatment,
             level: DeidLevel::Identifiable,
@@ -1149,12 +1139,12 @@ fn retention_purges_locked_copies_after_locked_days_and_never_when_zero() {
 /// The holder's transfer to the recipient, granted, prepared and accepted
 /// by the recipient (which holds a `streaming` record of it).
 fn streaming(w: &World) -> (TransferId, Open) {
-    let holder_peer = w.holder.identity().peer_id();
+    let holder_peer = w.holder.identity().peer();
     let (id, open) = granted(&w.holder, &w.recipient);
     w.recipient
         .transfers()
         .note_answer(
-            &holder_peer,
+            holder_peer,
             &hex::encode([7u8; 16]),
             STUDY,
             Purpose::Treatment,
@@ -1166,7 +1156,7 @@ fn streaming(w: &World) -> (TransferId, Open) {
             },
         )
         .unwrap();
-    assert_eq!(verdict(&w.recipient, &holder_peer, &open), "accepted");
+    assert_eq!(verdict(&w.recipient, holder_peer, &open), "accepted");
     (id, open)
 }
 
@@ -1251,7 +1241,7 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
     ];
     for (name, change, code) in cases {
         let w = world();
-        let holder_peer = w.holder.identity().peer_id();
+        let holder_peer = w.holder.identity().peer();
         let (id, open) = streaming(&w);
         // Not affected yet: the step ends nothing.
         assert!(
@@ -1281,7 +1271,7 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         assert_eq!(
             w.recipient
                 .transfers()
-                .note_decided(&holder_peer, &transfer_id, reasons)
+                .note_decided(holder_peer, &transfer_id, reasons)
                 .unwrap(),
             AnswerBody::Ack
         );
@@ -1298,7 +1288,7 @@ fn a_change_of_consent_or_trust_ends_the_affected_transfers_with_their_reason() 
         );
         assert!(w.recipient.store().chunks_done(&id).unwrap().is_empty(), "{name}");
         assert!(!w.recipient.store().incoming_dir(&id).exists(), "{name}");
-        assert_eq!(verdict(&w.recipient, &holder_peer, &open), "closed", "{name}");
+        assert_eq!(verdict(&w.recipient, holder_peer, &open), "closed", "{name}");
         w.holder.transfers().ended_told(&id).unwrap();
         assert!(
             w.holder

@@ -159,8 +159,8 @@ fn grant_doc(holder: &Identity, recipient: &Identity) -> Grant {
         v: WIRE_VERSION,
         transfer_id: hex::encode(TRANSFER_ID),
         request_id: Some(REQUEST_ID.into()),
-        holder: holder.peer_id(),
-        recipient: recipient.peer_id(),
+        holder: holder.peer(),
+        recipient: recipient.peer(),
         recipient_x25519: recipient.x25519_public().to_vec(),
         study_uid: STUDY_UID.into(),
         purpose: Purpose::Treatment,
@@ -226,7 +226,7 @@ fn generate() -> Value {
     let attestation = wire::Attestation {
         v: WIRE_VERSION,
         transfer_id: hex::encode(id),
-        holder: holder.peer_id(),
+        holder: holder.peer(),
         level: DeidLevel::Identifiable,
         profile: Vec::new(),
         options: Vec::new(),
@@ -248,8 +248,8 @@ fn generate() -> Value {
         v: WIRE_VERSION,
         transfer_id: hex::encode(id),
         grant_hash: blake3::hash(&grant_env).as_bytes().to_vec(),
-        holder: holder.peer_id(),
-        recipient: recipient.peer_id(),
+        holder: holder.peer(),
+        recipient: recipient.peer(),
         recipient_x25519: recipient.x25519_public().to_vec(),
         ephemeral_x25519: eph_pub.to_vec(),
         chunk_size: CHUNK_SIZE,
@@ -266,8 +266,8 @@ fn generate() -> Value {
         transfer_id: hex::encode(id),
         manifest_hash: blake3::hash(&manifest_env).as_bytes().to_vec(),
         objects_root: root.to_vec(),
-        holder: holder.peer_id(),
-        recipient: recipient.peer_id(),
+        holder: holder.peer(),
+        recipient: recipient.peer(),
         received: RECEIVED,
     };
     let receipt_payload = enc(&receipt);
@@ -737,8 +737,8 @@ fn transfer_vectors() {
     assert_eq!(manifest.transfer_id, hex::encode(id));
     assert_eq!(manifest.transfer_id, grant.transfer_id);
     assert_eq!(manifest.grant_hash, blake3::hash(&grant_env).as_bytes());
-    assert_eq!(manifest.holder, holder.peer_id());
-    assert_eq!(manifest.recipient, recipient.peer_id());
+    assert_eq!(manifest.holder, holder.peer());
+    assert_eq!(manifest.recipient, recipient.peer());
     assert_eq!(manifest.recipient_x25519, recipient.x25519_public());
     assert_eq!(manifest.ephemeral_x25519, eph_pub);
     assert_eq!(manifest.chunk_size, 256 * 1024);
@@ -841,8 +841,8 @@ fn transfer_vectors() {
     assert_eq!(receipt.manifest_hash, blake3::hash(&manifest_env).as_bytes());
     assert_eq!(receipt.objects_root, unhex(&root["root"]));
     assert_eq!(
-        (receipt.holder.as_str(), receipt.recipient.as_str()),
-        (manifest.holder.as_str(), manifest.recipient.as_str())
+        (receipt.holder, receipt.recipient),
+        (manifest.holder, manifest.recipient)
     );
     assert_eq!(receipt.received, RECEIVED);
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cbor;
 use crate::consent::Reason;
 use crate::identity::SignedEnvelope;
+use crate::ids::{PeerId, peer_text};
 
 /// Request-response protocol of negotiation.
 pub const PROTOCOL: &str = "/medmesh/transfer/1";
@@ -151,9 +152,11 @@ pub struct Grant {
     /// The request it answers; `None` when the holder shared on its own.
     pub request_id: Option<String>,
     /// Holder peer id (the signer).
-    pub holder: String,
+    #[serde(with = "peer_text::holder")]
+    pub holder: PeerId,
     /// Recipient peer id.
-    pub recipient: String,
+    #[serde(with = "peer_text::recipient")]
+    pub recipient: PeerId,
     /// Recipient's certified X25519 key, to which the data is sealed.
     #[serde(with = "serde_bytes")]
     pub recipient_x25519: Vec<u8>,
@@ -218,9 +221,11 @@ pub struct Manifest {
     #[serde(with = "serde_bytes")]
     pub grant_hash: Vec<u8>,
     /// Holder peer id.
-    pub holder: String,
+    #[serde(with = "peer_text::holder")]
+    pub holder: PeerId,
     /// Recipient peer id.
-    pub recipient: String,
+    #[serde(with = "peer_text::recipient")]
+    pub recipient: PeerId,
     /// Recipient's X25519 key.
     #[serde(with = "serde_bytes")]
     pub recipient_x25519: Vec<u8>,
@@ -272,7 +277,8 @@ pub struct Attestation {
     /// The transfer.
     pub transfer_id: String,
     /// Holder peer id.
-    pub holder: String,
+    #[serde(with = "peer_text::holder")]
+    pub holder: PeerId,
     /// The granted level applied.
     pub level: DeidLevel,
     /// CID 7050 codes of the profile and options applied (empty at the identifiable level).
@@ -301,9 +307,11 @@ pub struct Receipt {
     #[serde(with = "serde_bytes")]
     pub objects_root: Vec<u8>,
     /// Holder peer id.
-    pub holder: String,
+    #[serde(with = "peer_text::holder")]
+    pub holder: PeerId,
     /// Recipient peer id (the signer).
-    pub recipient: String,
+    #[serde(with = "peer_text::recipient")]
+    pub recipient: PeerId,
     /// Every object verified and stored at (Unix seconds).
     pub received: i64,
 }

@@ -265,7 +265,7 @@ async fn load(
             let mut s = lock(&slots);
             for (r, list) in [a, b].into_iter().enumerate() {
                 for v in list.into_iter().flatten() {
-                    if v.direction != Direction::Incoming || v.peer != holder {
+                    if v.direction != Direction::Incoming || v.peer.to_base58() != holder {
                         continue;
                     }
                     let Some(k) = index.get(v.study_uid.as_str()) else {
