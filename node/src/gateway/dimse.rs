@@ -1221,7 +1221,11 @@ mod tests {
         let mut rest = data;
         let mut k = 0;
         while !rest.is_empty() {
-            let n = splits.get(k % splits.len().max(1)).copied().unwrap_or(1).clamp(1, rest.len());
+            let n = splits
+                .get(k % splits.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .clamp(1, rest.len());
             k += 1;
             let mut part = &rest[..n];
             rest = &rest[n..];
@@ -1313,5 +1317,4 @@ mod tests {
             proptest::prop_assert!(back == data);
         }
     }
-
 }

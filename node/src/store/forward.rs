@@ -828,7 +828,15 @@ mod tests {
         let path = store.blob_path(&address);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         let file = fs::File::create(&path).unwrap();
-        medmesh_seal::seal_stream(key, 0, medmesh_seal::DEFAULT_CHUNK_SIZE, plain.len() as u64, plain, file).unwrap();
+        medmesh_seal::seal_stream(
+            key,
+            0,
+            medmesh_seal::DEFAULT_CHUNK_SIZE,
+            plain.len() as u64,
+            plain,
+            file,
+        )
+        .unwrap();
         let row = InstanceRow {
             v: 1,
             blob: address.to_vec(),
@@ -837,7 +845,11 @@ mod tests {
         };
         let meta = InstanceMeta {
             blake3: blake3::hash(plain).as_bytes().to_vec(),
-            chunks: if by_piece { super::super::chunk_hashes(plain) } else { Vec::new() },
+            chunks: if by_piece {
+                super::super::chunk_hashes(plain)
+            } else {
+                Vec::new()
+            },
             part10,
             ..InstanceMeta::default()
         };
@@ -867,14 +879,35 @@ mod tests {
         let p10 = part10(60, &data);
         let tamper_piece = |m: &mut InstanceMeta| m.chunks[32] ^= 1;
         let tamper_whole = |m: &mut InstanceMeta| m.blake3[0] ^= 1;
-        type Case<'a> = (&'a str, Vec<u8>, bool, bool, Option<&'a dyn Fn(&mut InstanceMeta)>, Result<Vec<u8>, (usize, &'a str)>);
+        type Case<'a> = (
+            &'a str,
+            Vec<u8>,
+            bool,
+            bool,
+            Option<&'a dyn Fn(&mut InstanceMeta)>,
+            Result<Vec<u8>, (usize, &'a str)>,
+        );
         // (name, stored bytes, part10, piece hashes, change to the metadata,
         //  Ok(data set) or Err(bytes returned before the failure, error))
         let cases: Vec<Case<'_>> = vec![
             ("part 10, by piece", p10.clone(), true, true, None, Ok(data.clone())),
             ("part 10, whole hash", p10.clone(), true, false, None, Ok(data.clone())),
-            ("bare data set, by piece", data.clone(), false, true, None, Ok(data.clone())),
-            ("bare data set, whole hash", data.clone(), false, false, None, Ok(data.clone())),
+            (
+                "bare data set, by piece",
+                data.clone(),
+                false,
+                true,
+                None,
+                Ok(data.clone()),
+            ),
+            (
+                "bare data set, whole hash",
+                data.clone(),
+                false,
+                false,
+                None,
+                Ok(data.clone()),
+            ),
             ("empty data set", Vec::new(), false, true, None, Ok(Vec::new())),
             (
                 "a piece's hash differs: nothing of it is returned",
@@ -915,10 +948,16 @@ mod tests {
 
         // Refused at open: not Part 10 after all, another length, another key.
         let (row, meta) = blob(&store, &key, 100, &data, true, true);
-        assert!(matches!(store.open_data_set(&key, &row, &meta), Err(SpoolError::FileMeta)));
+        assert!(matches!(
+            store.open_data_set(&key, &row, &meta),
+            Err(SpoolError::FileMeta)
+        ));
         let (mut row, meta) = blob(&store, &key, 101, &data, false, true);
         row.size += 1;
-        assert!(matches!(store.open_data_set(&key, &row, &meta), Err(SpoolError::Length)));
+        assert!(matches!(
+            store.open_data_set(&key, &row, &meta),
+            Err(SpoolError::Length)
+        ));
         let (row, meta) = blob(&store, &key, 102, &data, false, true);
         let other = medmesh_seal::DataKey::generate();
         let err = store.open_data_set(&other, &row, &meta).map(|mut r| drain(&mut r));
@@ -927,5 +966,4 @@ mod tests {
             "{err:?}"
         );
     }
-
 }
