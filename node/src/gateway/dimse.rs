@@ -996,13 +996,11 @@ impl Gather {
     /// Closes the last PDU (padded to an even length) as the last
     /// fragment; returns the data set's length.
     fn finish(&mut self, context: u8, size: usize) -> u64 {
-        if self.sent % 2 == 1 {
-            if !self.write(context, &[0], size).is_empty() {
-                // A full PDU was closed first: the pad byte alone in the last.
-                self.open_pdu();
-                self.out.push(0);
-                self.sent += 1;
-            }
+        if self.sent % 2 == 1 && !self.write(context, &[0], size).is_empty() {
+            // A full PDU was closed first: the pad byte alone in the last.
+            self.open_pdu();
+            self.out.push(0);
+            self.sent += 1;
         }
         let start = match self.open {
             Some(start) => start,
@@ -1277,7 +1275,7 @@ mod tests {
             ("three PDUs", 3 * size, &[size, size, size]),
         ];
         for (name, len, want) in cases {
-            let data: Vec<u8> = (0..*len).map(|i| (i % 253) as u8 + 1).collect();
+            let data: Vec<u8> = (0..*len).map(|i| u8::try_from(i % 253).unwrap() + 1).collect();
             for splits in [vec![usize::MAX], vec![1000], vec![7, 70_000]] {
                 let p = pdus(&gathered(&data, &splits, size), size);
                 let lens: Vec<usize> = p.iter().map(|(d, _)| d.len()).collect();
@@ -1301,7 +1299,7 @@ mod tests {
             splits in proptest::collection::vec(1usize..300_000, 1..5),
             size in proptest::sample::select(vec![250usize, 16_372, 65_530, 1_048_570]),
         ) {
-            let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 241).unwrap()).collect();
             let p = pdus(&gathered(&data, &splits, size), size);
             let n = p.len();
             for (i, (d, last)) in p.iter().enumerate() {

@@ -875,7 +875,9 @@ mod tests {
         let store = open(dir.path());
         let key = medmesh_seal::DataKey::generate();
         let piece = super::super::CHUNK_SIZE as usize;
-        let data: Vec<u8> = (0..(2 * piece + 1000)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(2 * piece + 1000))
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let p10 = part10(60, &data);
         let tamper_piece = |m: &mut InstanceMeta| m.chunks[32] ^= 1;
         let tamper_whole = |m: &mut InstanceMeta| m.blake3[0] ^= 1;
@@ -927,7 +929,7 @@ mod tests {
             ),
         ];
         for (n, (name, plain, p10, by_piece, change, want)) in cases.into_iter().enumerate() {
-            let (row, mut meta) = blob(&store, &key, n as u8 + 1, &plain, p10, by_piece);
+            let (row, mut meta) = blob(&store, &key, u8::try_from(n).unwrap() + 1, &plain, p10, by_piece);
             if let Some(f) = change {
                 f(&mut meta);
             }
