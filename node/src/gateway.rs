@@ -14,7 +14,7 @@
 //! The node comes in through one narrow trait: [`Sink`], which imports a
 //! received file exactly as `study import` does. The gateway imports only
 //! `config`, `dicom` and `fsutil` of this crate, and [`forward`] also the
-//! `store` (the queue and the spool), `effects` and `ledger` (its entry).
+//! `store` (the queue, and the reader that streams an object's verified data set), `effects` and `ledger` (its entry).
 //!
 //! Nothing the gateway logs or returns as an error holds patient data: AE
 //! titles, SOP class UIDs, status codes and counts only.

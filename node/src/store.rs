@@ -78,7 +78,7 @@ mod relink;
 mod transfers;
 pub use files::{FileError, OutgoingStaging, SealedFile};
 pub use forward::{
-    Enqueued, FORWARD_ROW_VERSION, ForwardCause, ForwardRow, ForwardSource, ForwardSpool, ForwardState, SpoolError,
+    DataSetReader, Enqueued, FORWARD_ROW_VERSION, ForwardCause, ForwardRow, ForwardSource, ForwardState, SpoolError,
 };
 pub use ledger::{Author, FeedHead, Inserted, MAX_FORKS_PER_AUTHOR, NotificationRow, SplitRow, StoredEntry};
 pub use notify::{OutboxItem, SinkState};

@@ -269,3 +269,85 @@ async fn a_study_is_forwarded_byte_identical_after_the_destination_comes_up_and_
         .unwrap();
     assert!(none.is_empty());
 }
+
+/// The blob files of the store under `root` whose sealed length is that of
+/// `plain_len` plaintext bytes (64 KiB seal chunks).
+fn blobs_of_len(root: &Path, plain_len: u64) -> Vec<PathBuf> {
+    let chunks = plain_len.div_ceil(64 * 1024).max(1);
+    let sealed = 56 + plain_len + 16 * chunks;
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(root.join("blobs")).unwrap() {
+        let shard = shard.unwrap().path();
+        let name = shard.file_name().unwrap().to_string_lossy().to_string();
+        if name.len() != 2 || !shard.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            let f = f.unwrap().path();
+            if std::fs::metadata(&f).unwrap().len() == sealed {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_failing_verification_is_never_completed_at_the_destination_and_the_others_are() {
+    logs();
+    let Some(bin) = which("storescp") else {
+        eprintln!("SKIPPED: dcmtk's `storescp` is not installed (scripts/system-deps.sh installs dcmtk)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pacs");
+    std::fs::create_dir(&out).unwrap();
+    let port = free_port();
+    let root = dir.path().join("sued");
+    let n = node(&root, port);
+    let series = corpus().join("series/mr_siemens_deidentified_dcm_qa_deident");
+    // Two 256 KiB pieces: the damage is in the second, after the first went out.
+    let big = corpus().join("multiframe/mr_enhanced_agfa-renamed-private-blocks_25frames.dcm");
+    let big_len = std::fs::metadata(&big).unwrap().len();
+    assert!(big_len > 256 * 1024);
+    let summary = n.studies().import(&[series.clone(), big.clone()], |_| {}).unwrap();
+    assert_eq!(summary.imported, 4, "{summary:?}");
+
+    // One series object damaged in its first seal chunk (it does not open),
+    // the multiframe object in its fifth (in its second piece).
+    let small = blobs_of_len(&root, std::fs::metadata(series.join("00002.dcm")).unwrap().len());
+    assert_eq!(small.len(), 3);
+    flip_byte(&small[0], 56 + 100);
+    let large = blobs_of_len(&root, big_len);
+    assert_eq!(large.len(), 1);
+    flip_byte(&large[0], 56 + 4 * (64 * 1024 + 16) + 100);
+
+    let _scp = storescp(&bin, port, &out);
+    wait_listening(port).await;
+    let worker = start_worker(&n);
+    let q = wait_until(&n, "both retrying", |i| {
+        i.state == ForwardState::Retrying && i.last_error == Some(ForwardCause::StoreRead { failed: 1 })
+    })
+    .await;
+    stop_worker(worker).await;
+    assert_eq!(q.len(), 2, "{q:#?}");
+
+    // The destination holds the two intact series objects and nothing else:
+    // the multiframe object's data set was aborted before its last fragment.
+    let mut got = received(&out);
+    got.dedup();
+    let mut want: Vec<(usize, String)> = std::fs::read_dir(&series)
+        .unwrap()
+        .map(|e| digest(&data_set(&e.unwrap().path())))
+        .collect();
+    want.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|g| want.contains(g)), "{got:?}");
+    assert!(!got.iter().any(|g| *g == digest(&data_set(&big))));
+}

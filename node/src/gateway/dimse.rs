@@ -5,7 +5,8 @@
 //!
 //! A data set is never held whole: [`Channel::receive_data_to`] writes each
 //! fragment to its writer as it arrives (one PDU in memory at a time), and
-//! [`Channel::send_data_from`] reads a file one PDU's worth at a time.
+//! [`Channel::write_data`] sends a data set as its bytes come, in PDUs as
+//! large as the peer takes, gathered into large writes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
@@ -22,6 +23,18 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// The largest data fragment sent in one PDU (the peer's maximum permitting).
 const MAX_SEND_FRAGMENT: u32 = 1024 * 1024;
+
+/// P-DATA-TF PDUs of a data set are gathered up to this many bytes into one
+/// write to the socket (fewer system calls than one write per PDU).
+const SEND_GATHER: usize = 256 * 1024;
+
+/// The time one write to the peer may take (as the association's own
+/// write timeout).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// PDU header (type, reserved, length) and PDV item header (length,
+/// context, message control header) of a P-DATA-TF with one PDV.
+const PDATA_HEADERS: usize = 6 + 6;
 
 /// Errors of the DIMSE layer.
 #[derive(Debug, thiserror::Error)]
@@ -642,6 +655,8 @@ pub enum Incoming {
 pub struct Channel<A, S> {
     assoc: A,
     pending: VecDeque<PDataValue>,
+    /// The data set being sent: PDUs gathered for one write.
+    gather: Gather,
     _stream: PhantomData<fn() -> S>,
 }
 
@@ -655,6 +670,7 @@ where
         Self {
             assoc,
             pending: VecDeque::new(),
+            gather: Gather::default(),
             _stream: PhantomData,
         }
     }
@@ -853,10 +869,8 @@ where
         self.send_fragments(context, PDataValueType::Data, bytes).await
     }
 
-    /// Sends a data set read from `input` to its end, one PDU's worth at a
-    /// time; returns its length. A data set of odd length (a non-conformant
-    /// deflated stream) gets one trailing NUL byte, which PS3.5 §A.5
-    /// prescribes and without which receivers refuse the odd fragment.
+    /// Sends a data set read from `input` to its end; returns its length.
+    /// As [`Channel::write_data`] and [`Channel::finish_data`].
     ///
     /// # Errors
     /// [`DimseError`]: reading or the association failed.
@@ -865,26 +879,70 @@ where
         context: u8,
         input: &mut R,
     ) -> Result<u64, DimseError> {
-        let size = self.fragment_size();
-        let mut current = read_up_to(input, size).await?;
-        let mut total = 0u64;
+        let mut buf = vec![0u8; SEND_GATHER];
         loop {
-            let next = if current.len() < size {
-                Vec::new()
-            } else {
-                read_up_to(input, size).await?
-            };
-            let last = next.is_empty();
-            if last && current.len() % 2 == 1 {
-                current.push(0);
+            let n = input.read(&mut buf).await?;
+            if n == 0 {
+                return self.finish_data(context).await;
             }
-            total += current.len() as u64;
-            self.send_pdv(context, PDataValueType::Data, last, current).await?;
-            if last {
-                return Ok(total);
-            }
-            current = next;
+            self.write_data(context, &buf[..n]).await?;
         }
+    }
+
+    /// Sends the next bytes of the data set of the current message on
+    /// `context`, in P-DATA-TF PDUs as large as the peer takes (one PDV
+    /// each), gathered into writes of about [`SEND_GATHER`] bytes. The last
+    /// PDU is held until [`Channel::finish_data`] marks it last: a data set
+    /// given up midway (the association then aborted) never reaches the
+    /// peer whole. No allocation per PDU: one buffer is reused.
+    ///
+    /// # Errors
+    /// [`DimseError::Io`]: writing to the peer failed or timed out.
+    pub async fn write_data(&mut self, context: u8, mut bytes: &[u8]) -> Result<(), DimseError> {
+        let size = self.fragment_size();
+        while !bytes.is_empty() {
+            bytes = self.gather.write(context, bytes, size);
+            if self.gather.ready() >= SEND_GATHER {
+                self.flush_data().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the data set of the current message on `context`: its last
+    /// PDU goes out marked last. A data set of odd length (a
+    /// non-conformant deflated stream) gets one trailing NUL byte, which
+    /// PS3.5 §A.5 prescribes and without which receivers refuse the odd
+    /// fragment. Returns the data set's length as sent.
+    ///
+    /// # Errors
+    /// [`DimseError::Io`]: writing to the peer failed or timed out.
+    pub async fn finish_data(&mut self, context: u8) -> Result<u64, DimseError> {
+        let sent = self.gather.finish(context, self.fragment_size());
+        self.flush_data().await?;
+        Ok(sent)
+    }
+
+    /// Forgets a data set given up midway (what was gathered is not sent).
+    pub fn discard_data(&mut self) {
+        self.gather = Gather::default();
+    }
+
+    /// Writes the closed PDUs gathered to the peer.
+    async fn flush_data(&mut self) -> Result<(), DimseError> {
+        let stream = self.assoc.inner_stream();
+        let ready = self.gather.ready();
+        // (A TLS stream may hold the end of a record until flushed.)
+        let write = async {
+            stream.write_all(&self.gather.out[..ready]).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(DimseError::Io(std::io::ErrorKind::TimedOut.into())),
+        }
+        self.gather.consumed();
+        Ok(())
     }
 
     /// Answers the peer's release request (A-RELEASE-RP).
@@ -897,19 +955,98 @@ where
     }
 }
 
-/// Reads until `size` bytes or the end.
-async fn read_up_to<R: AsyncRead + Unpin>(input: &mut R, size: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size];
-    let mut filled = 0;
-    while filled < size {
-        let n = input.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
+/// The P-DATA-TF PDUs of a data set being sent, gathered for one write:
+/// complete PDUs, then the one being filled (its headers written when it
+/// is closed). The buffer is reused from write to write.
+#[derive(Debug, Default)]
+struct Gather {
+    out: Vec<u8>,
+    /// Where the PDU being filled starts in `out`.
+    open: Option<usize>,
+    /// Bytes of the data set so far.
+    sent: u64,
+}
+
+impl Gather {
+    /// Adds bytes of the data set in PDVs of at most `size` bytes; returns
+    /// what is left when enough complete PDUs are gathered for a write.
+    fn write<'b>(&mut self, context: u8, mut bytes: &'b [u8], size: usize) -> &'b [u8] {
+        while !bytes.is_empty() {
+            let start = match self.open {
+                Some(start) if self.out.len() - start - PDATA_HEADERS >= size => {
+                    // Full, and more follows: not the last fragment.
+                    self.close(start, context, false);
+                    if self.ready() >= SEND_GATHER {
+                        return bytes;
+                    }
+                    self.open_pdu()
+                }
+                Some(start) => start,
+                None => self.open_pdu(),
+            };
+            let room = size - (self.out.len() - start - PDATA_HEADERS);
+            let n = room.min(bytes.len());
+            self.out.extend_from_slice(&bytes[..n]);
+            self.sent += n as u64;
+            bytes = &bytes[n..];
         }
-        filled += n;
+        bytes
     }
-    buf.truncate(filled);
-    Ok(buf)
+
+    /// Closes the last PDU (padded to an even length) as the last
+    /// fragment; returns the data set's length.
+    fn finish(&mut self, context: u8, size: usize) -> u64 {
+        if self.sent % 2 == 1 && !self.write(context, &[0], size).is_empty() {
+            // A full PDU was closed first: the pad byte alone in the last.
+            self.open_pdu();
+            self.out.push(0);
+            self.sent += 1;
+        }
+        let start = match self.open {
+            Some(start) => start,
+            None => self.open_pdu(),
+        };
+        self.close(start, context, true);
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Bytes of complete PDUs at the front of `out`.
+    fn ready(&self) -> usize {
+        self.open.unwrap_or(self.out.len())
+    }
+
+    /// The complete PDUs were written.
+    fn consumed(&mut self) {
+        let ready = self.ready();
+        self.out.drain(..ready);
+        if self.open.is_some() {
+            self.open = Some(0);
+        }
+    }
+
+    fn open_pdu(&mut self) -> usize {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0u8; PDATA_HEADERS]);
+        self.open = Some(start);
+        start
+    }
+
+    /// Writes the headers of the PDU at `start` (one PDV, its fragment the
+    /// rest of `out`).
+    fn close(&mut self, start: usize, context: u8, last: bool) {
+        let data = self.out.len() - start - PDATA_HEADERS;
+        // Fragments are at most MAX_SEND_FRAGMENT bytes: the lengths fit.
+        let pdv_len = u32::try_from(data + 2).unwrap_or(u32::MAX);
+        let header = &mut self.out[start..start + PDATA_HEADERS];
+        header[0] = 0x04;
+        header[1] = 0;
+        header[2..6].copy_from_slice(&pdv_len.saturating_add(4).to_be_bytes());
+        header[6..10].copy_from_slice(&pdv_len.to_be_bytes());
+        header[10] = context;
+        // Message control header: bit 0 clear (data), bit 1 last fragment.
+        header[11] = if last { 0x02 } else { 0x00 };
+        self.open = None;
+    }
 }
 
 /// An in-memory writer with a cap.
@@ -1071,5 +1208,111 @@ mod tests {
         let comment = back.error_comment.unwrap();
         assert_eq!(comment.len(), 64);
         assert!(comment.starts_with("abx"));
+    }
+
+    /// Sends `data` through a [`Gather`] in writes of `splits` bytes (as
+    /// [`Channel::write_data`] does, writing out whenever a write is due);
+    /// returns the bytes written to the peer.
+    fn gathered(data: &[u8], splits: &[usize], size: usize) -> Vec<u8> {
+        let mut g = Gather::default();
+        let mut wire = Vec::new();
+        let mut rest = data;
+        let mut k = 0;
+        while !rest.is_empty() {
+            let n = splits
+                .get(k % splits.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .clamp(1, rest.len());
+            k += 1;
+            let mut part = &rest[..n];
+            rest = &rest[n..];
+            while !part.is_empty() {
+                part = g.write(5, part, size);
+                if g.ready() >= SEND_GATHER {
+                    wire.extend_from_slice(&g.out[..g.ready()]);
+                    g.consumed();
+                }
+            }
+        }
+        assert_eq!(g.finish(5, size), data.len() as u64 + (data.len() as u64 % 2));
+        wire.extend_from_slice(&g.out[..g.ready()]);
+        g.consumed();
+        assert!(g.out.is_empty() && g.open.is_none() && g.sent == 0);
+        wire
+    }
+
+    /// The PDUs of `wire`: (fragment, last) of each, checking the headers.
+    fn pdus(wire: &[u8], size: usize) -> Vec<(Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            assert_eq!(wire[at..at + 2], [0x04, 0x00], "P-DATA-TF");
+            let pdu_len = u32::from_be_bytes(wire[at + 2..at + 6].try_into().unwrap()) as usize;
+            let pdv_len = u32::from_be_bytes(wire[at + 6..at + 10].try_into().unwrap()) as usize;
+            assert_eq!(pdu_len, pdv_len + 4, "one PDV per PDU");
+            assert_eq!(wire[at + 10], 5, "context");
+            assert_eq!(wire[at + 11] & !0x02, 0, "a data fragment");
+            let data = &wire[at + 12..at + 6 + pdu_len];
+            assert!(data.len() <= size, "{} > {size}", data.len());
+            out.push((data.to_vec(), wire[at + 11] & 0x02 != 0));
+            at += 6 + pdu_len;
+        }
+        assert_eq!(at, wire.len());
+        out
+    }
+
+    #[test]
+    fn data_sets_go_out_in_pdus_the_peer_takes_the_last_marked_and_padded() {
+        let size = 16_372;
+        // (name, data set length, expected fragment lengths)
+        let cases: &[(&str, usize, &[usize])] = &[
+            ("empty: one empty last fragment", 0, &[0]),
+            ("one byte: padded", 1, &[2]),
+            ("odd, one byte short of a PDU: the pad fills it", size - 1, &[size]),
+            ("exactly one PDU", size, &[size]),
+            ("one byte more", size + 1, &[size, 2]),
+            ("three PDUs", 3 * size, &[size, size, size]),
+        ];
+        for (name, len, want) in cases {
+            let data: Vec<u8> = (0..*len).map(|i| u8::try_from(i % 253).unwrap() + 1).collect();
+            for splits in [vec![usize::MAX], vec![1000], vec![7, 70_000]] {
+                let p = pdus(&gathered(&data, &splits, size), size);
+                let lens: Vec<usize> = p.iter().map(|(d, _)| d.len()).collect();
+                assert_eq!(&lens, want, "{name} {splits:?}");
+                let lasts: Vec<bool> = p.iter().map(|(_, l)| *l).collect();
+                assert_eq!(lasts.iter().filter(|l| **l).count(), 1, "{name}");
+                assert!(lasts.last().copied().unwrap_or(false), "{name}");
+                let mut back: Vec<u8> = p.into_iter().flat_map(|(d, _)| d).collect();
+                if len % 2 == 1 {
+                    assert_eq!(back.pop(), Some(0), "{name}: padded with NUL");
+                }
+                assert_eq!(back, data, "{name}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn gathered_pdus_carry_the_data_set_whole_and_in_order(
+            len in 0usize..600_000,
+            splits in proptest::collection::vec(1usize..300_000, 1..5),
+            size in proptest::sample::select(vec![250usize, 16_372, 65_530, 1_048_570]),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 241).unwrap()).collect();
+            let p = pdus(&gathered(&data, &splits, size), size);
+            let n = p.len();
+            for (i, (d, last)) in p.iter().enumerate() {
+                proptest::prop_assert_eq!(*last, i + 1 == n);
+                if i + 1 < n {
+                    proptest::prop_assert_eq!(d.len(), size, "only the last fragment is short");
+                }
+            }
+            let mut back: Vec<u8> = p.into_iter().flat_map(|(d, _)| d).collect();
+            if len % 2 == 1 {
+                proptest::prop_assert_eq!(back.pop(), Some(0));
+            }
+            proptest::prop_assert!(back == data);
+        }
     }
 }

@@ -14,14 +14,15 @@
 //! - [`run`] is the worker task.
 //!
 //! The queue lives in the store (`forward-queue-v1`, one item per study and
-//! destination, see `store::ForwardRow`); a study never leaves the store
-//! but through [`crate::store::ForwardSpool`]: the plaintext of one batch
-//! of objects in a private folder of the store, deleted once sent.
+//! destination, see `store::ForwardRow`); an object leaves the store only
+//! through [`crate::store::DataSetReader`], streamed into the SCU's P-DATA
+//! PDUs as it is opened (each piece authenticated and its BLAKE3 checked
+//! before it goes out; no plaintext on disk, memory bounded by a few
+//! pieces whatever the study's size).
 //! Nothing logged or recorded names a patient: study refs, AE titles,
 //! codes and counts.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,15 +34,16 @@ use super::scu::{self, Destination, ScuError, StoreFailure};
 use crate::config::gateway::{DicomPeer, GatewayConfig, Route, RouteLevel};
 use crate::effects::Effects;
 use crate::ledger::Event;
+use medmesh_seal::DataKey;
+
 use crate::store::{
-    Enqueued, ForwardCause, ForwardRow, ForwardSource, ForwardState, InstanceRow, Origin, Store, StoreError, StudyRef,
+    DataSetReader, Enqueued, ForwardCause, ForwardRow, ForwardSource, ForwardState, InstanceMeta, InstanceRow, Origin,
+    SpoolError, Store, StoreError, StudyRef,
 };
 
-/// Objects opened into the spool and sent on one association at most.
-const BATCH_OBJECTS: usize = 256;
-/// Plaintext bytes opened into the spool at once at most (one object larger
-/// than this goes alone).
-const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+/// Objects sent on one association at most (their metadata is held
+/// meanwhile).
+const BATCH_OBJECTS: usize = 1024;
 
 /// Errors of the forwarding service.
 #[derive(Debug, thiserror::Error)]
@@ -616,17 +618,14 @@ impl<'a> Forwarding<'a> {
         }))
     }
 
-    /// Opens the objects `range` of `job` into a fresh spool, for one
-    /// association; returns the spool (deleted when dropped), the files
-    /// opened and how many objects could not be opened.
+    /// The objects `range` of `job`, for one association: the C-STORE
+    /// items and what their data sets are opened from (the study key, each
+    /// object's row and metadata), and how many objects could not be
+    /// opened (their metadata).
     ///
     /// # Errors
-    /// Store errors (the study key, the spool folder).
-    pub fn spool(
-        &self,
-        job: &Job,
-        range: std::ops::Range<usize>,
-    ) -> Result<(crate::store::ForwardSpool, Vec<PathBuf>, u64), ForwardError> {
+    /// Store errors (the study, its key).
+    pub fn prepare(&self, job: &Job, range: std::ops::Range<usize>) -> Result<Prepared, ForwardError> {
         let row = self
             .store
             .study_row(&job.study)?
@@ -634,24 +633,45 @@ impl<'a> Forwarding<'a> {
                 study: study_short(&job.study),
             })?;
         let key = self.store.unwrap_study_key(&job.study, &row)?;
-        let spool = self.store.forward_spool(job.id).map_err(StoreError::from)?;
-        let mut files = Vec::new();
+        let mut items = Vec::new();
+        let mut objects = Vec::new();
         let mut unreadable = 0;
         for (n, (address, irow)) in job.objects.iter().enumerate().skip(range.start).take(range.len()) {
-            let written = self
-                .store
-                .open_instance_meta(&job.study, address, &key, irow)
-                .map_err(crate::store::SpoolError::from)
-                .and_then(|meta| spool.write(self.store, n, &key, irow, &meta));
-            match written {
-                Ok(path) => files.push(path),
+            match self.store.open_instance_meta(&job.study, address, &key, irow) {
+                Ok(meta) => {
+                    items.push(scu::StoreItem {
+                        sop_class: meta.sop_class_uid.clone(),
+                        sop_instance: meta.sop_instance_uid.clone(),
+                        transfer_syntax: meta.transfer_syntax.clone(),
+                    });
+                    objects.push((n, irow.clone(), meta));
+                }
                 Err(e) => {
                     tracing::warn!(item = job.id, object = n, cause = %e, "an object could not be opened for forwarding");
                     unreadable += 1;
                 }
             }
         }
-        Ok((spool, files, unreadable))
+        Ok(Prepared {
+            items,
+            key,
+            objects,
+            unreadable,
+        })
+    }
+
+    /// Opens the data set of one object (see [`crate::store::DataSetReader`]).
+    ///
+    /// # Errors
+    /// [`SpoolError`]: the blob cannot be opened, fails verification, or
+    /// its file meta group cannot be skipped.
+    pub fn open_data_set(
+        &self,
+        key: &DataKey,
+        row: &InstanceRow,
+        meta: &InstanceMeta,
+    ) -> Result<DataSetReader, SpoolError> {
+        self.store.open_data_set(key, row, meta)
     }
 
     /// Records the end of an attempt: every object stored → `sent` and the
@@ -739,12 +759,12 @@ pub fn cause_of(e: &ScuError) -> ForwardCause {
     }
 }
 
-/// Tallies the outcomes of one `scu::store`.
+/// Tallies the outcomes of one `scu::store_items`.
 #[must_use]
-pub fn tally(outcomes: &[scu::StoreOutcome]) -> Tally {
+pub fn tally(outcomes: &[Result<super::dimse::Status, StoreFailure>]) -> Tally {
     let mut t = Tally::default();
     for o in outcomes {
-        match &o.result {
+        match o {
             Ok(_) => t.stored += 1,
             Err(StoreFailure::Status { status, .. }) => {
                 t.refused += 1;
@@ -755,6 +775,44 @@ pub fn tally(outcomes: &[scu::StoreOutcome]) -> Tally {
         }
     }
     t
+}
+
+/// What [`Forwarding::prepare`] gives for one association.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The C-STORE items, in order.
+    pub items: Vec<scu::StoreItem>,
+    /// The study key.
+    pub key: DataKey,
+    /// For each item: its position in the job, its row and metadata.
+    pub objects: Vec<(usize, InstanceRow, InstanceMeta)>,
+    /// Objects whose metadata could not be opened (not sent).
+    pub unreadable: u64,
+}
+
+/// The data sets of one association's objects, opened from the store as
+/// the SCU sends them.
+struct StudyDataSets {
+    host: Arc<dyn ForwardHost>,
+    id: u64,
+    key: DataKey,
+    objects: Vec<(usize, InstanceRow, InstanceMeta)>,
+}
+
+impl scu::DataSets for StudyDataSets {
+    fn open(&self, n: usize) -> Result<Box<dyn std::io::Read + Send>, StoreFailure> {
+        let (at, row, meta) = self
+            .objects
+            .get(n)
+            .ok_or_else(|| StoreFailure::Io(std::io::ErrorKind::NotFound.into()))?;
+        match self.host.forwarding().open_data_set(&self.key, row, meta) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(e) => {
+                tracing::warn!(item = self.id, object = at, cause = %e, "an object could not be opened for forwarding");
+                Err(StoreFailure::Io(e.into()))
+            }
+        }
+    }
 }
 
 /// What the worker needs of the node.
@@ -806,18 +864,10 @@ async fn send_batches(
     let mut total = Tally::default();
     let mut start = 0;
     while start < job.objects.len() {
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < job.objects.len()
-            && end - start < BATCH_OBJECTS
-            && (end == start || bytes.saturating_add(job.objects[end].1.size) <= BATCH_BYTES)
-        {
-            bytes = bytes.saturating_add(job.objects[end].1.size);
-            end += 1;
-        }
+        let end = job.objects.len().min(start + BATCH_OBJECTS);
         let j = Arc::clone(job);
-        let (spool, files, unreadable) = match blocking(host, move |f| f.spool(&j, start..end)).await {
-            Ok(s) => s,
+        let prepared = match blocking(host, move |f| f.prepare(&j, start..end)).await {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!(item = job.id, cause = %e, "the objects could not be opened for forwarding");
                 return Err(ForwardCause::StoreRead {
@@ -825,14 +875,20 @@ async fn send_batches(
                 });
             }
         };
-        let outcomes = scu::store(calling_ae, dest, &files).await;
-        drop(spool);
-        let outcomes = outcomes.map_err(|e| {
-            tracing::warn!(item = job.id, destination = %dest.ae_title, cause = %e, "C-STORE association failed");
-            cause_of(&e)
-        })?;
+        let sets = StudyDataSets {
+            host: Arc::clone(host),
+            id: job.id,
+            key: prepared.key,
+            objects: prepared.objects,
+        };
+        let outcomes = scu::store_items(calling_ae, dest, &prepared.items, Arc::new(sets))
+            .await
+            .map_err(|e| {
+                tracing::warn!(item = job.id, destination = %dest.ae_title, cause = %e, "C-STORE association failed");
+                cause_of(&e)
+            })?;
         let mut t = tally(&outcomes);
-        t.unreadable += unreadable;
+        t.unreadable += prepared.unreadable;
         total.add(&t);
         start = end;
     }

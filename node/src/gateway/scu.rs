@@ -3,8 +3,9 @@
 //! and transfer syntaxes, one transfer syntax per context, so nothing is
 //! transcoded); C-FIND at study level (Study Root); C-MOVE of one study.
 //!
-//! A file is sent from disk one PDU's worth at a time: the data set bytes
-//! after the file meta group, unchanged. Nothing logged or returned holds
+//! A data set is sent as it is read ([`store_items`] over [`DataSets`]: a
+//! file's bytes after its file meta group, or a stored object's opened
+//! pieces), unchanged, a few pieces read ahead of the network. Nothing logged or returned holds
 //! patient data (query keys and matches are the caller's).
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -20,6 +21,7 @@ use dicom_ul::association::{AsyncAssociation, ClientAssociationOptions};
 use dicom_ul::pdu::PresentationContextResultReason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
+use zeroize::Zeroizing;
 
 use super::dimse::{Channel, Command, CommandField, DimseError, Status, StatusKind};
 use super::{sop, tls};
@@ -147,18 +149,24 @@ macro_rules! with_channel {
         };
         match &dest.tls {
             None => {
-                let assoc = $options.establish_async(addr).await.map_err(assoc_err)?;
+                #[allow(unused_mut)]
+                let mut assoc = $options.establish_async(addr).await.map_err(assoc_err)?;
+                // Data sets go out in large gathered writes; the last PDU of
+                // each is small and must not wait for an ACK (Nagle).
+                let _ = assoc.inner_stream().set_nodelay(true);
                 #[allow(unused_mut)]
                 let mut $ch = Channel::new(assoc);
                 $body
             }
             Some(config) => {
-                let assoc = $options
+                #[allow(unused_mut)]
+                let mut assoc = $options
                     .tls_config(config.clone())
                     .server_name(&dest.host)
                     .establish_tls_async(addr)
                     .await
                     .map_err(assoc_err)?;
+                let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
                 #[allow(unused_mut)]
                 let mut $ch = Channel::new(assoc);
                 $body
@@ -231,17 +239,46 @@ pub async fn echo(calling_ae: &str, dest: &Destination) -> Result<(), ScuError> 
     })
 }
 
+/// One object of a C-STORE: what its request names and the presentation
+/// context it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreItem {
+    /// Its SOP Class UID (the data set's own).
+    pub sop_class: String,
+    /// Its SOP Instance UID (the data set's own).
+    pub sop_instance: String,
+    /// The transfer syntax its data set is encoded in (sent as it is).
+    pub transfer_syntax: String,
+}
+
+/// Where the data sets of a C-STORE's objects come from. [`DataSets::open`]
+/// runs on a blocking thread, in the order the objects are sent, ahead of
+/// the network by a few pieces (the next object is opened while the
+/// previous one is answered).
+pub trait DataSets: Send + Sync + 'static {
+    /// Opens the data set of object `n` (the bytes a C-STORE carries: after
+    /// any preamble and file meta group). A read error midway makes the SCU
+    /// abort the association before the data set's last fragment.
+    ///
+    /// # Errors
+    /// [`StoreFailure`]: the object cannot be opened (it is not sent).
+    fn open(&self, n: usize) -> Result<Box<dyn Read + Send>, StoreFailure>;
+}
+
+/// Bytes read from a data set at a time, and pieces read ahead of the
+/// network at most (memory: about `READ_AHEAD + 2` pieces per association).
+const PIECE: usize = 256 * 1024;
+const READ_AHEAD: usize = 6;
+
 /// What a file holds, from its file meta group.
 #[derive(Debug, Clone)]
 struct FileObject {
     path: PathBuf,
-    sop_class: String,
-    sop_instance: String,
-    transfer_syntax: String,
+    item: StoreItem,
     data_set_offset: u64,
 }
 
-/// Why one file was not stored.
+/// Why one object was not stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreFailure {
@@ -256,8 +293,9 @@ pub enum StoreFailure {
         /// The transfer syntax.
         transfer_syntax: String,
     },
-    /// Reading the file failed while sending.
-    #[error("reading the file: {0}")]
+    /// Opening or reading the data set failed (before or while sending:
+    /// then the association was aborted before its last fragment).
+    #[error("reading the data set: {0}")]
     Io(#[from] std::io::Error),
     /// The peer answered with a failure status.
     #[error("the peer answered {status}{}", comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
@@ -302,74 +340,252 @@ fn read_file_object(path: &Path) -> Result<FileObject, StoreFailure> {
     };
     Ok(FileObject {
         path: path.to_path_buf(),
-        sop_class: uid(tags::SOP_CLASS_UID, meta.media_storage_sop_class_uid()),
-        sop_instance: uid(tags::SOP_INSTANCE_UID, meta.media_storage_sop_instance_uid()),
-        transfer_syntax: meta.transfer_syntax().to_string(),
+        item: StoreItem {
+            sop_class: uid(tags::SOP_CLASS_UID, meta.media_storage_sop_class_uid()),
+            sop_instance: uid(tags::SOP_INSTANCE_UID, meta.media_storage_sop_instance_uid()),
+            transfer_syntax: meta.transfer_syntax().to_string(),
+        },
         data_set_offset,
     })
 }
 
+/// The data sets of Part 10 files (after their file meta groups).
+struct FileDataSets(Vec<FileObject>);
+
+impl DataSets for FileDataSets {
+    fn open(&self, n: usize) -> Result<Box<dyn Read + Send>, StoreFailure> {
+        let obj = self.0.get(n).ok_or(StoreFailure::NotPart10)?;
+        let mut file = std::fs::File::open(&obj.path)?;
+        file.seek(SeekFrom::Start(obj.data_set_offset))?;
+        Ok(Box::new(file))
+    }
+}
+
 /// C-STORE of `files` (Part 10) to `dest`, each in its own transfer
-/// syntax; one association per 127 distinct (SOP class, transfer syntax)
-/// pairs. Returns one outcome per file, in order.
+/// syntax: as [`store_items`]. Returns one outcome per file, in order.
 ///
 /// # Errors
 /// [`ScuError`]: an association could not be made or broke (the files
 /// not yet sent have no outcome then).
 pub async fn store(calling_ae: &str, dest: &Destination, files: &[PathBuf]) -> Result<Vec<StoreOutcome>, ScuError> {
-    let mut outcomes: Vec<StoreOutcome> = Vec::with_capacity(files.len());
-    let mut batch: Vec<FileObject> = Vec::new();
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut message_id = 0u16;
-    for path in files {
+    let mut results: Vec<Option<Result<Status, StoreFailure>>> = Vec::with_capacity(files.len());
+    let mut objects = Vec::new();
+    let mut at = Vec::new();
+    for (i, path) in files.iter().enumerate() {
         match read_file_object(path) {
-            Err(e) => outcomes.push(StoreOutcome {
-                file: path.clone(),
-                result: Err(e),
-            }),
+            Err(e) => results.push(Some(Err(e))),
             Ok(obj) => {
-                let pair = (obj.sop_class.clone(), obj.transfer_syntax.clone());
-                if !pairs.contains(&pair) {
-                    if pairs.len() == MAX_CONTEXTS {
-                        store_batch(calling_ae, dest, &pairs, &batch, &mut message_id, &mut outcomes).await?;
-                        batch.clear();
-                        pairs.clear();
-                    }
-                    pairs.push(pair);
-                }
-                batch.push(obj);
+                results.push(None);
+                at.push(i);
+                objects.push(obj);
             }
         }
     }
-    if !batch.is_empty() {
-        store_batch(calling_ae, dest, &pairs, &batch, &mut message_id, &mut outcomes).await?;
+    let items: Vec<StoreItem> = objects.iter().map(|o| o.item.clone()).collect();
+    let sent = store_items(calling_ae, dest, &items, Arc::new(FileDataSets(objects))).await?;
+    for (i, r) in at.into_iter().zip(sent) {
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Some(r);
+        }
     }
-    // In the order of `files`.
-    outcomes.sort_by_key(|o| files.iter().position(|f| *f == o.file));
-    let stored = outcomes.iter().filter(|o| o.result.is_ok()).count();
-    info!(called_ae = %dest.ae_title, files = files.len(), stored, "DICOM SCU: C-STORE done");
+    Ok(files
+        .iter()
+        .zip(results)
+        .map(|(file, r)| StoreOutcome {
+            file: file.clone(),
+            result: r.unwrap_or(Err(StoreFailure::NotPart10)),
+        })
+        .collect())
+}
+
+/// C-STORE of `items` to `dest`, each data set (from `sets`) sent as it
+/// is read, in its own transfer syntax: presentation contexts negotiated
+/// from the items' SOP classes and transfer syntaxes (one transfer syntax
+/// per context, so nothing is transcoded), one association per 127
+/// distinct pairs. An object whose data set fails midway is answered
+/// [`StoreFailure::Io`]: the association is aborted before the data set's
+/// last fragment (the peer never gets it whole), and the objects after it
+/// go on a new association. Returns one outcome per item, in order.
+///
+/// # Errors
+/// [`ScuError`]: an association could not be made or broke (the items not
+/// yet sent have no outcome then).
+pub async fn store_items(
+    calling_ae: &str,
+    dest: &Destination,
+    items: &[StoreItem],
+    sets: Arc<dyn DataSets>,
+) -> Result<Vec<Result<Status, StoreFailure>>, ScuError> {
+    let mut outcomes: Vec<Option<Result<Status, StoreFailure>>> = (0..items.len()).map(|_| None).collect();
+    let mut message_id = 0u16;
+    let mut start = 0;
+    while start < items.len() {
+        // The next group: at most MAX_CONTEXTS distinct pairs.
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        let mut end = start;
+        while let Some(item) = items.get(end) {
+            let pair = (item.sop_class.as_str(), item.transfer_syntax.as_str());
+            if !pairs.contains(&pair) {
+                if pairs.len() == MAX_CONTEXTS {
+                    break;
+                }
+                pairs.push(pair);
+            }
+            end += 1;
+        }
+        loop {
+            let todo: Vec<usize> = (start..end).filter(|&n| outcomes[n].is_none()).collect();
+            if todo.is_empty() {
+                break;
+            }
+            store_batch(
+                calling_ae,
+                dest,
+                &pairs,
+                items,
+                &todo,
+                &sets,
+                &mut message_id,
+                &mut outcomes,
+            )
+            .await?;
+            if todo.iter().all(|&n| outcomes[n].is_none()) {
+                // No progress: cannot happen (a batch decides at least one).
+                break;
+            }
+        }
+        start = end;
+    }
+    let outcomes: Vec<Result<Status, StoreFailure>> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreFailure::Io(std::io::ErrorKind::Interrupted.into()))))
+        .collect();
+    let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+    info!(called_ae = %dest.ae_title, objects = items.len(), stored, "DICOM SCU: C-STORE done");
     Ok(outcomes)
 }
 
+/// A piece of a data set read ahead of the network.
+enum Piece {
+    Data(Zeroizing<Vec<u8>>),
+    End,
+    Failed(StoreFailure),
+}
+
+/// Reads the data sets of `order` into pieces, in order, until the
+/// receiver is gone; buffers come back through `recycle`.
+fn read_ahead(
+    sets: &Arc<dyn DataSets>,
+    order: &[usize],
+    tx: &tokio::sync::mpsc::Sender<(usize, Piece)>,
+    recycle: &std::sync::mpsc::Receiver<Zeroizing<Vec<u8>>>,
+) {
+    for &n in order {
+        let mut input = match sets.open(n) {
+            Ok(r) => r,
+            Err(e) => {
+                if tx.blocking_send((n, Piece::Failed(e))).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let mut buf = recycle
+                .try_recv()
+                .unwrap_or_else(|_| Zeroizing::new(Vec::with_capacity(PIECE)));
+            buf.resize(PIECE, 0);
+            let mut filled = 0;
+            let mut failed = None;
+            while filled < PIECE {
+                match input.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            buf.truncate(filled);
+            let at_end = filled < PIECE;
+            let send = |p| tx.blocking_send((n, p)).is_ok();
+            if let Some(e) = failed {
+                if !send(Piece::Failed(StoreFailure::Io(e))) {
+                    return;
+                }
+                break;
+            }
+            if filled > 0 && !send(Piece::Data(buf)) {
+                return;
+            }
+            if at_end {
+                if !send(Piece::End) {
+                    return;
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// How one object of a batch went.
+enum Sent {
+    /// Sent and answered (or refused): its outcome.
+    Answered(Result<Status, StoreFailure>),
+    /// Could not be opened: nothing of it was sent.
+    Unopened(StoreFailure),
+    /// Failed midway: the association must be aborted.
+    Broken(StoreFailure),
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn store_batch(
     calling_ae: &str,
     dest: &Destination,
-    pairs: &[(String, String)],
-    batch: &[FileObject],
+    pairs: &[(&str, &str)],
+    items: &[StoreItem],
+    todo: &[usize],
+    sets: &Arc<dyn DataSets>,
     message_id: &mut u16,
-    outcomes: &mut Vec<StoreOutcome>,
+    outcomes: &mut [Option<Result<Status, StoreFailure>>],
 ) -> Result<(), ScuError> {
     let mut opts = options(calling_ae, dest);
     for (class, ts) in pairs {
-        opts = opts.with_presentation_context(class.as_str(), vec![ts.as_str()]);
+        opts = opts.with_presentation_context(*class, vec![*ts]);
     }
     with_channel!(opts, dest, |ch| {
-        for obj in batch {
-            let result = store_one(&mut ch, obj, message_id).await?;
-            outcomes.push(StoreOutcome {
-                file: obj.path.clone(),
-                result,
-            });
+        let mut order = Vec::with_capacity(todo.len());
+        for &n in todo {
+            let item = &items[n];
+            match context(ch.association(), &item.sop_class, Some(&item.transfer_syntax)) {
+                Some((ctx, _)) => order.push((n, ctx)),
+                None => {
+                    outcomes[n] = Some(Err(StoreFailure::NoContext {
+                        sop_class: item.sop_class.clone(),
+                        transfer_syntax: item.transfer_syntax.clone(),
+                    }));
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let (back, recycle) = std::sync::mpsc::channel();
+        let reader_order: Vec<usize> = order.iter().map(|(n, _)| *n).collect();
+        let reader_sets = Arc::clone(sets);
+        // Ends when `rx` is dropped (this batch ends or fails).
+        tokio::task::spawn_blocking(move || read_ahead(&reader_sets, &reader_order, &tx, &recycle));
+        for &(n, ctx) in &order {
+            match store_one(&mut ch, &mut rx, &back, n, ctx, &items[n], message_id).await? {
+                Sent::Answered(r) => outcomes[n] = Some(r),
+                Sent::Unopened(e) => outcomes[n] = Some(Err(e)),
+                Sent::Broken(e) => {
+                    tracing::warn!(called_ae = %dest.ae_title, cause = %e, "DICOM SCU: a data set failed midway; association aborted");
+                    outcomes[n] = Some(Err(e));
+                    let _ = AsyncAssociation::abort(ch.into_association()).await;
+                    return Ok(());
+                }
+            }
         }
         release(ch).await;
         Ok(())
@@ -378,36 +594,57 @@ async fn store_batch(
 
 async fn store_one<A, S>(
     ch: &mut Channel<A, S>,
-    obj: &FileObject,
+    rx: &mut tokio::sync::mpsc::Receiver<(usize, Piece)>,
+    back: &std::sync::mpsc::Sender<Zeroizing<Vec<u8>>>,
+    n: usize,
+    ctx: u8,
+    item: &StoreItem,
     message_id: &mut u16,
-) -> Result<Result<Status, StoreFailure>, ScuError>
+) -> Result<Sent, ScuError>
 where
     A: AsyncAssociation<S> + Send,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Some((ctx, _)) = context(ch.association(), &obj.sop_class, Some(&obj.transfer_syntax)) else {
-        return Ok(Err(StoreFailure::NoContext {
-            sop_class: obj.sop_class.clone(),
-            transfer_syntax: obj.transfer_syntax.clone(),
-        }));
+    let mut next = async || match rx.recv().await {
+        Some((m, piece)) if m == n => Ok(piece),
+        // The reader stopped (it panicked) or is out of step: give up the association.
+        _ => Err(ScuError::Dimse(DimseError::Io(std::io::Error::other(
+            "the data set reader stopped",
+        )))),
     };
-    let mut file = match std::fs::File::open(&obj.path).and_then(|mut f| {
-        f.seek(SeekFrom::Start(obj.data_set_offset))?;
-        Ok(f)
-    }) {
-        Ok(f) => SyncFile(f),
-        Err(e) => return Ok(Err(StoreFailure::Io(e))),
-    };
+    let mut piece = next().await?;
+    if let Piece::Failed(e) = piece {
+        return Ok(Sent::Unopened(e));
+    }
     *message_id = message_id.wrapping_add(1);
-    ch.send_command(ctx, &Command::store_rq(*message_id, &obj.sop_class, &obj.sop_instance))
-        .await?;
-    ch.send_data_from(ctx, &mut file).await?;
+    ch.send_command(
+        ctx,
+        &Command::store_rq(*message_id, &item.sop_class, &item.sop_instance),
+    )
+    .await?;
+    loop {
+        match piece {
+            Piece::Data(buf) => {
+                ch.write_data(ctx, &buf).await?;
+                let _ = back.send(buf);
+            }
+            Piece::End => {
+                ch.finish_data(ctx).await?;
+                break;
+            }
+            Piece::Failed(e) => {
+                ch.discard_data();
+                return Ok(Sent::Broken(e));
+            }
+        }
+        piece = next().await?;
+    }
     let (_, rsp) = ch.expect_command().await?;
     if rsp.field != CommandField::CStoreRsp {
         return Err(ScuError::UnexpectedResponse(rsp.field));
     }
     let status = rsp.status_or_failure();
-    Ok(match status.kind() {
+    Ok(Sent::Answered(match status.kind() {
         StatusKind::Success | StatusKind::Warning => Ok(status),
         _ => Err(StoreFailure::Status {
             status,
@@ -416,22 +653,7 @@ where
                 .as_deref()
                 .map(|c| crate::text::clean(c, 64).into_owned()),
         }),
-    })
-}
-
-/// A file read with plain blocking reads of one PDU's worth (page cache:
-/// short enough for a runtime thread; no `tokio/fs` in the tree).
-struct SyncFile(std::fs::File);
-
-impl AsyncRead for SyncFile {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let n = self.0.read(buf.initialize_unfilled());
-        std::task::Poll::Ready(n.map(|n| buf.advance(n)))
-    }
+    }))
 }
 
 /// The keys of a study-level C-FIND; absent ones match anything.

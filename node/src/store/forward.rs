@@ -13,14 +13,14 @@
 //! idempotent for the receiver); the `study-forwarded` ledger entry is
 //! written in the transaction that marks it `sent`.
 //!
-//! The spool (`blobs/forward/<id>/`, private) holds the plaintext of at
-//! most one batch of objects of the item being sent; it is deleted when the
-//! batch was sent ([`ForwardSpool`] deletes it when dropped), and emptied
-//! when the store opens (a crash while sending).
+//! An object leaves the store for the SCU through [`DataSetReader`]
+//! ([`super::Store::open_data_set`]): its data set streamed, each piece
+//! authenticated and hashed before it is returned; no plaintext is written
+//! to disk. The spool folder of older versions (`blobs/forward/`, the
+//! plaintext of one batch) is emptied when the store opens.
 
-use std::fs::{self, OpenOptions};
-use std::io::{BufReader, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use consent_schema::{DeidLevel, Purpose};
@@ -233,7 +233,8 @@ pub enum Enqueued {
     Sent(u64),
 }
 
-/// Why an object was not opened into the spool.
+/// Why an object could not be opened for forwarding, or failed
+/// verification while it was read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpoolError {
@@ -243,92 +244,148 @@ pub enum SpoolError {
     /// The object's metadata could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A file of the spool or the blob could not be opened or written.
+    /// The blob could not be opened.
     #[error(transparent)]
     File(#[from] FileError),
     /// The sealed object did not open (damaged, or another key).
     #[error("the stored object failed verification: {0}")]
     Verify(medmesh_seal::SealError),
-    /// The object's BLAKE3 differs from the one recorded at import.
+    /// The object's BLAKE3 (of a piece, or of the whole) differs from the
+    /// one recorded at import.
     #[error("the stored object failed verification: its BLAKE3 differs from the one recorded at import")]
     Hash,
-    /// The file meta group of an object stored without one could not be
-    /// made or written.
-    #[error("cannot write a file meta group: {0}")]
-    Meta(#[source] Box<dicom_object::meta::Error>),
-    /// Writing the spool file failed.
-    #[error("writing the spool file: {0}")]
-    Write(#[source] std::io::Error),
+    /// The object's length differs from the one recorded at import.
+    #[error("the stored object failed verification: its length differs from the one recorded at import")]
+    Length,
+    /// A Part 10 object's preamble and file meta group cannot be skipped
+    /// (no `DICM`, no File Meta Information Group Length).
+    #[error("the stored Part 10 object has no readable file meta group")]
+    FileMeta,
 }
 
-/// The private folder (`blobs/forward/<id>/`) where the objects of a batch
-/// being forwarded are opened; deleted with what it holds when dropped.
-#[derive(Debug)]
-pub struct ForwardSpool {
-    dir: PathBuf,
-}
-
-impl ForwardSpool {
-    /// Opens object `n` of the batch (its blob, under the study key `key`)
-    /// into a Part 10 file of the spool, checking its BLAKE3; an object
-    /// stored without a file meta group gets one made from its metadata.
-    /// Returns the file's path.
-    ///
-    /// # Errors
-    /// [`SpoolError`].
-    pub fn write(
-        &self,
-        store: &super::Store,
-        n: usize,
-        key: &medmesh_seal::DataKey,
-        row: &InstanceRow,
-        meta: &InstanceMeta,
-    ) -> Result<PathBuf, SpoolError> {
-        let address: [u8; 32] = row.blob.as_slice().try_into().map_err(|_| SpoolError::BadAddress)?;
-        let path = self.dir.join(format!("{n}.dcm"));
-        let at = |source| FileError {
-            path: path.clone(),
-            source,
-        };
-        let blob = store.blob_file(&address).open()?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(at)?;
-        let mut w = BufWriter::with_capacity(256 * 1024, file);
-        if !meta.part10 {
-            write_file_meta(&mut w, meta)?;
+impl From<SpoolError> for std::io::Error {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::File(f) => f.source,
+            e => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         }
-        let (_, hash) = medmesh_seal::open_stream(key, BufReader::with_capacity(256 * 1024, blob), &mut w)
-            .map_err(SpoolError::Verify)?;
-        if hash.as_bytes().as_slice() != meta.blake3 {
-            return Err(SpoolError::Hash);
-        }
-        w.flush().map_err(at)?;
-        Ok(path)
     }
 }
 
-/// Writes the preamble and a file meta group for a data set stored
-/// without one (its transfer syntax, SOP class and instance).
-fn write_file_meta(w: &mut impl Write, meta: &InstanceMeta) -> Result<(), SpoolError> {
-    let table = dicom_object::meta::FileMetaTableBuilder::new()
-        .transfer_syntax(meta.transfer_syntax.as_str())
-        .media_storage_sop_class_uid(meta.sop_class_uid.as_str())
-        .media_storage_sop_instance_uid(meta.sop_instance_uid.as_str())
-        .build()
-        .map_err(|e| SpoolError::Meta(Box::new(e)))?;
-    w.write_all(&[0u8; 128])
-        .and_then(|()| w.write_all(b"DICM"))
-        .map_err(SpoolError::Write)?;
-    table.write(w).map_err(|e| SpoolError::Meta(Box::new(e)))
+/// The data set of one stored object, opened for the C-STORE SCU without
+/// a copy on disk: its plaintext is read one transfer chunk
+/// ([`super::CHUNK_SIZE`]) at a time, and a piece's bytes are returned
+/// only once its seal chunks authenticated (ChaCha20-Poly1305 under the
+/// study key) and its BLAKE3 equals the one recorded at import. An object
+/// imported before per-piece hashes were recorded is checked against its
+/// whole BLAKE3 instead, before the bytes of its last piece are returned
+/// (so a receiver never gets the end of a data set that fails). A Part 10
+/// object's preamble and file meta group are read and checked, not
+/// returned: what [`std::io::Read`] gives is the data set a C-STORE
+/// carries. Memory: one piece and one seal chunk.
+pub struct DataSetReader {
+    inner: medmesh_seal::OpenReader<BufReader<std::fs::File>>,
+    /// The piece hashes recorded at import (empty: check `whole` instead).
+    pieces: Vec<u8>,
+    whole: Vec<u8>,
+    hasher: Option<blake3::Hasher>,
+    buf: zeroize::Zeroizing<Vec<u8>>,
+    pos: usize,
+    len: usize,
+    piece: usize,
+    left: u64,
 }
 
-impl Drop for ForwardSpool {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+impl std::fmt::Debug for DataSetReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSetReader")
+            .field("piece", &self.piece)
+            .field("left", &self.left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataSetReader {
+    fn fill(&mut self) -> Result<bool, SpoolError> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let n = usize::try_from(self.left.min(u64::from(super::CHUNK_SIZE))).map_err(|_| SpoolError::Length)?;
+        let piece = &mut self.buf[..n];
+        self.inner.read_exact(piece).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SpoolError::Length,
+            std::io::ErrorKind::InvalidData => match e.into_inner().map(|b| b.downcast::<medmesh_seal::SealError>()) {
+                Some(Ok(seal)) => SpoolError::Verify(*seal),
+                _ => SpoolError::Hash,
+            },
+            _ => SpoolError::Verify(medmesh_seal::SealError::Io(e)),
+        })?;
+        self.left -= n as u64;
+        match &mut self.hasher {
+            None => {
+                let at = self.piece * 32;
+                if self.pieces.get(at..at + 32) != Some(blake3::hash(piece).as_bytes().as_slice()) {
+                    return Err(SpoolError::Hash);
+                }
+            }
+            Some(h) => {
+                h.update(piece);
+                if self.left == 0 && h.finalize().as_bytes().as_slice() != self.whole {
+                    return Err(SpoolError::Hash);
+                }
+            }
+        }
+        self.piece += 1;
+        self.pos = 0;
+        self.len = n;
+        Ok(true)
+    }
+
+    /// Reads exactly `out.len()` bytes (the file meta group).
+    fn read_meta(&mut self, out: &mut [u8]) -> Result<(), SpoolError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.pos == self.len && !self.fill()? {
+                return Err(SpoolError::FileMeta);
+            }
+            let n = (out.len() - filled).min(self.len - self.pos);
+            out[filled..filled + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
+        }
+        Ok(())
+    }
+
+    /// Skips the 128-byte preamble, `DICM` and the file meta group (its
+    /// length from (0002,0000), as dicom-rs reads it).
+    fn skip_file_meta(&mut self) -> Result<(), SpoolError> {
+        let mut head = [0u8; 144];
+        self.read_meta(&mut head)?;
+        if &head[128..132] != b"DICM" || head[132..140] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
+            return Err(SpoolError::FileMeta);
+        }
+        let mut skip = u64::from(u32::from_le_bytes([head[140], head[141], head[142], head[143]]));
+        while skip > 0 {
+            if self.pos == self.len && !self.fill()? {
+                return Err(SpoolError::FileMeta);
+            }
+            let n = usize::try_from(skip).unwrap_or(usize::MAX).min(self.len - self.pos);
+            self.pos += n;
+            skip -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Read for DataSetReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.len && !self.fill()? {
+            return Ok(0);
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -337,7 +394,55 @@ impl super::Store {
         self.blobs.join("forward")
     }
 
-    /// Empties the spool (at open: a crash while sending left it).
+    /// Opens the data set of the object `row` of `study` (metadata `meta`,
+    /// under the study key `key`) for the C-STORE SCU: see
+    /// [`DataSetReader`]. Opening reads the object's header and, for a
+    /// Part 10 object, its file meta group.
+    ///
+    /// # Errors
+    /// [`SpoolError`].
+    pub fn open_data_set(
+        &self,
+        key: &medmesh_seal::DataKey,
+        row: &InstanceRow,
+        meta: &InstanceMeta,
+    ) -> Result<DataSetReader, SpoolError> {
+        let address: [u8; 32] = row.blob.as_slice().try_into().map_err(|_| SpoolError::BadAddress)?;
+        let blob = self.blob_file(&address).open()?;
+        let inner = medmesh_seal::OpenReader::new(key, BufReader::with_capacity(256 * 1024, blob))
+            .map_err(SpoolError::Verify)?;
+        let size = inner.header().plaintext_len;
+        if size != row.size {
+            return Err(SpoolError::Length);
+        }
+        let pieces = size.div_ceil(u64::from(super::CHUNK_SIZE)).max(1);
+        let by_piece = meta.chunks.len() as u64 == pieces * 32;
+        let mut reader = DataSetReader {
+            inner,
+            pieces: if by_piece { meta.chunks.clone() } else { Vec::new() },
+            whole: meta.blake3.clone(),
+            hasher: (!by_piece).then(blake3::Hasher::new),
+            buf: zeroize::Zeroizing::new(vec![0u8; super::CHUNK_SIZE as usize]),
+            pos: 0,
+            len: 0,
+            piece: 0,
+            left: size,
+        };
+        if size == 0 {
+            // One piece: the hash of the empty input.
+            let empty = blake3::hash(&[]);
+            if (by_piece && meta.chunks != empty.as_bytes()) || (!by_piece && meta.blake3 != empty.as_bytes()) {
+                return Err(SpoolError::Hash);
+            }
+        }
+        if meta.part10 {
+            reader.skip_file_meta()?;
+        }
+        Ok(reader)
+    }
+
+    /// Empties the spool of older versions (at open: a crash while
+    /// sending left it).
     pub(super) fn forward_spool_clear(&self) {
         let dir = self.forward_dir();
         if dir.exists() {
@@ -348,31 +453,6 @@ impl super::Store {
     /// Whether `path` is in the spool (not a blob, for `store check`).
     pub(super) fn in_forward_spool(&self, path: &Path) -> bool {
         path.starts_with(self.forward_dir())
-    }
-
-    /// A fresh, private spool folder for a batch of item `id` (what an
-    /// earlier batch left is removed first).
-    ///
-    /// # Errors
-    /// [`FileError`] naming the folder.
-    pub fn forward_spool(&self, id: u64) -> Result<ForwardSpool, FileError> {
-        let root = self.forward_dir();
-        crate::fsutil::create_private_dir(&root).map_err(|source| FileError {
-            path: root.clone(),
-            source,
-        })?;
-        let dir = root.join(id.to_string());
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|source| FileError {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        crate::fsutil::create_private_dir(&dir).map_err(|source| FileError {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(ForwardSpool { dir })
     }
 
     fn forward_decode(&self, bytes: &[u8]) -> Result<ForwardRow, StoreError> {
@@ -668,8 +748,9 @@ mod tests {
             })
             .unwrap()
             .unwrap();
-        let spool = store.forward_spool(1).unwrap();
-        std::mem::forget(spool);
+        // (What an older version left: the plaintext of a batch.)
+        fs::create_dir_all(dir.path().join("blobs/forward/1")).unwrap();
+        fs::write(dir.path().join("blobs/forward/1/0.dcm"), b"plaintext").unwrap();
         assert!(dir.path().join("blobs/forward/1").is_dir());
         drop(store);
         let store = open(dir.path());
@@ -720,5 +801,172 @@ mod tests {
             Enqueued::New(4)
         );
         assert!(store.check(false).unwrap().is_clean());
+    }
+
+    /// A Part 10 object's bytes: preamble, `DICM`, a file meta group of
+    /// `meta_len` bytes after its group length, then `data`.
+    fn part10(meta_len: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 128];
+        v.extend_from_slice(b"DICM");
+        v.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
+        v.extend_from_slice(&meta_len.to_le_bytes());
+        v.extend(std::iter::repeat_n(0x02, meta_len as usize));
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// Seals `plain` into the store as a blob; its row and metadata (with
+    /// piece hashes when `by_piece`).
+    fn blob(
+        store: &super::super::Store,
+        key: &medmesh_seal::DataKey,
+        n: u8,
+        plain: &[u8],
+        part10: bool,
+        by_piece: bool,
+    ) -> (InstanceRow, InstanceMeta) {
+        let address = [n; 32];
+        let path = store.blob_path(&address);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = fs::File::create(&path).unwrap();
+        medmesh_seal::seal_stream(
+            key,
+            0,
+            medmesh_seal::DEFAULT_CHUNK_SIZE,
+            plain.len() as u64,
+            plain,
+            file,
+        )
+        .unwrap();
+        let row = InstanceRow {
+            v: 1,
+            blob: address.to_vec(),
+            size: plain.len() as u64,
+            meta: Vec::new(),
+        };
+        let meta = InstanceMeta {
+            blake3: blake3::hash(plain).as_bytes().to_vec(),
+            chunks: if by_piece {
+                super::super::chunk_hashes(plain)
+            } else {
+                Vec::new()
+            },
+            part10,
+            ..InstanceMeta::default()
+        };
+        (row, meta)
+    }
+
+    /// Reads what the reader gives before it fails (or to its end).
+    fn drain(r: &mut DataSetReader) -> (Vec<u8>, Option<String>) {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 100_000];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return (out, None),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_set_is_streamed_only_as_far_as_it_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let key = medmesh_seal::DataKey::generate();
+        let piece = super::super::CHUNK_SIZE as usize;
+        let data: Vec<u8> = (0..(2 * piece + 1000))
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let p10 = part10(60, &data);
+        let tamper_piece = |m: &mut InstanceMeta| m.chunks[32] ^= 1;
+        let tamper_whole = |m: &mut InstanceMeta| m.blake3[0] ^= 1;
+        type Case<'a> = (
+            &'a str,
+            Vec<u8>,
+            bool,
+            bool,
+            Option<&'a dyn Fn(&mut InstanceMeta)>,
+            Result<Vec<u8>, (usize, &'a str)>,
+        );
+        // (name, stored bytes, part10, piece hashes, change to the metadata,
+        //  Ok(data set) or Err(bytes returned before the failure, error))
+        let cases: Vec<Case<'_>> = vec![
+            ("part 10, by piece", p10.clone(), true, true, None, Ok(data.clone())),
+            ("part 10, whole hash", p10.clone(), true, false, None, Ok(data.clone())),
+            (
+                "bare data set, by piece",
+                data.clone(),
+                false,
+                true,
+                None,
+                Ok(data.clone()),
+            ),
+            (
+                "bare data set, whole hash",
+                data.clone(),
+                false,
+                false,
+                None,
+                Ok(data.clone()),
+            ),
+            ("empty data set", Vec::new(), false, true, None, Ok(Vec::new())),
+            (
+                "a piece's hash differs: nothing of it is returned",
+                data.clone(),
+                false,
+                true,
+                Some(&tamper_piece),
+                Err((piece, "BLAKE3")),
+            ),
+            (
+                "the whole hash differs: the last piece is withheld",
+                data.clone(),
+                false,
+                false,
+                Some(&tamper_whole),
+                Err((2 * piece, "BLAKE3")),
+            ),
+        ];
+        for (n, (name, plain, p10, by_piece, change, want)) in cases.into_iter().enumerate() {
+            let (row, mut meta) = blob(&store, &key, u8::try_from(n).unwrap() + 1, &plain, p10, by_piece);
+            if let Some(f) = change {
+                f(&mut meta);
+            }
+            let mut r = store.open_data_set(&key, &row, &meta).unwrap();
+            let (got, err) = drain(&mut r);
+            match want {
+                Ok(want) => {
+                    assert_eq!(err, None, "{name}");
+                    assert!(got == want, "{name}: {} bytes, expected {}", got.len(), want.len());
+                }
+                Err((len, text)) => {
+                    assert_eq!(got.len(), len, "{name}");
+                    assert!(got == data[..len], "{name}");
+                    assert!(err.as_deref().is_some_and(|e| e.contains(text)), "{name}: {err:?}");
+                }
+            }
+        }
+
+        // Refused at open: not Part 10 after all, another length, another key.
+        let (row, meta) = blob(&store, &key, 100, &data, true, true);
+        assert!(matches!(
+            store.open_data_set(&key, &row, &meta),
+            Err(SpoolError::FileMeta)
+        ));
+        let (mut row, meta) = blob(&store, &key, 101, &data, false, true);
+        row.size += 1;
+        assert!(matches!(
+            store.open_data_set(&key, &row, &meta),
+            Err(SpoolError::Length)
+        ));
+        let (row, meta) = blob(&store, &key, 102, &data, false, true);
+        let other = medmesh_seal::DataKey::generate();
+        let err = store.open_data_set(&other, &row, &meta).map(|mut r| drain(&mut r));
+        assert!(
+            matches!(&err, Err(SpoolError::Verify(_))) || matches!(&err, Ok((got, Some(_))) if got.is_empty()),
+            "{err:?}"
+        );
     }
 }
