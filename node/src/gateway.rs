@@ -181,10 +181,7 @@ pub trait Sink: Send + Sync + 'static {
     /// # Errors
     /// [`StoreRefusal`]: why it was not stored.
     fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
-        let path = scp::stage_bytes(self.staging_dir(), &object.bytes)?;
-        let stored = self.store(&path, received);
-        let _ = std::fs::remove_file(&path);
-        stored
+        scp::store_staged(self.staging_dir(), &object.bytes, |path| self.store(path, received))
     }
 
     /// An association that stored objects has ended (released, aborted or

@@ -996,3 +996,51 @@ async fn a_full_store_is_answered_out_of_resources() {
     );
     scp.shutdown().await;
 }
+
+/// A sink that takes files only but asks for objects in memory: the SCP's
+/// default [`Sink::store_bytes`] stages each to a file for it.
+struct FilesOnly(Arc<FolderSink>);
+
+impl Sink for FilesOnly {
+    fn staging_dir(&self) -> &Path {
+        self.0.staging_dir()
+    }
+
+    fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal> {
+        self.0.store(file, received)
+    }
+
+    fn memory_limit(&self) -> u64 {
+        1024 * 1024
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_only_sink_gets_objects_received_in_memory_as_files() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = FolderSink::new(dir.path());
+    let scp = Scp::bind(&config(&["MEDMESH-B"]), Arc::new(FilesOnly(folder.clone())))
+        .await
+        .unwrap();
+    // Small ones (the tests of this binary share one peak RSS), not
+    // deflated (the SCU pads an odd deflated data set to even length).
+    let files: Vec<PathBuf> = valid_corpus_files()
+        .into_iter()
+        .filter(|f| std::fs::metadata(f).unwrap().len() < 512 * 1024 && !f.to_string_lossy().contains("deflate"))
+        .take(5)
+        .collect();
+    assert_eq!(files.len(), 5);
+    let dest = scu::Destination::plain("MEDMESH", "127.0.0.1", scp.local_addr().port());
+    let outcomes = scu::store("MEDMESH-B", &dest, &files).await.unwrap();
+    assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+    let stored = folder.stored();
+    assert_eq!(stored.len(), files.len());
+    for f in &files {
+        let got = folder.out.join(format!("{}.dcm", meta(f).0));
+        assert_eq!(data_set_digest(&got), data_set_digest(f), "{}", f.display());
+    }
+    // Every staging file was deleted.
+    assert_eq!(std::fs::read_dir(&folder.staging).unwrap().count(), 0);
+    scp.shutdown().await;
+}

@@ -654,13 +654,25 @@ impl AsyncWrite for Receiving {
     }
 }
 
-/// Writes an object held in memory to a new staging file in `dir` (for a
-/// sink that takes files only).
+/// Writes an object held in memory to a new staging file in `dir`, hands
+/// it to `store` and deletes it (for a sink that takes files only).
 ///
 /// # Errors
 /// [`StoreRefusal::StorageFull`] or [`StoreRefusal::Internal`] when the
-/// file cannot be written.
-pub(crate) fn stage_bytes(dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreRefusal> {
+/// file cannot be written; `store`'s refusal.
+pub(crate) fn store_staged(
+    dir: &Path,
+    bytes: &[u8],
+    store: impl FnOnce(&Path) -> Result<Stored, StoreRefusal>,
+) -> Result<Stored, StoreRefusal> {
+    let path = stage_bytes(dir, bytes)?;
+    let stored = store(&path);
+    let _ = std::fs::remove_file(&path);
+    stored
+}
+
+/// Writes an object held in memory to a new staging file in `dir`.
+fn stage_bytes(dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreRefusal> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = staging_path(dir);
     let mut staging = match std::fs::OpenOptions::new()
