@@ -546,7 +546,8 @@ const PREAMBLE: usize = 128;
 enum Receiving {
     Memory {
         bytes: Vec<u8>,
-        hasher: ContentHasher,
+        /// Two BLAKE3 states (about 4 KB): boxed.
+        hasher: Box<ContentHasher>,
         limit: usize,
         dir: PathBuf,
     },
@@ -562,7 +563,7 @@ impl Receiving {
     fn new(header: Vec<u8>, limit: usize, dir: &Path, hint: usize) -> Self {
         let mut bytes = header;
         bytes.reserve(hint.min(limit).saturating_sub(bytes.len()));
-        let mut hasher = ContentHasher::new();
+        let mut hasher = Box::new(ContentHasher::new());
         hasher.update(&bytes);
         let mut r = Receiving::Memory {
             bytes: Vec::new(),
