@@ -560,23 +560,21 @@ enum Receiving {
 impl Receiving {
     /// Starts with the Part 10 `header` (preamble and file meta). `hint`:
     /// the size of the association's previous object, to allocate once.
-    fn new(header: Vec<u8>, limit: usize, dir: &Path, hint: usize) -> Self {
-        let mut bytes = header;
-        bytes.reserve(hint.min(limit).saturating_sub(bytes.len()));
+    fn new(mut header: Vec<u8>, limit: usize, dir: &Path, hint: usize) -> Self {
         let mut hasher = Box::new(ContentHasher::new());
-        hasher.update(&bytes);
-        let mut r = Receiving::Memory {
-            bytes: Vec::new(),
+        hasher.update(&header);
+        if header.len() > limit {
+            let (path, mut staging) = Staging::create(dir);
+            staging.write(&header);
+            return Receiving::File { path, staging };
+        }
+        header.reserve(hint.min(limit).saturating_sub(header.len()));
+        Receiving::Memory {
+            bytes: header,
             hasher,
             limit,
             dir: dir.to_path_buf(),
-        };
-        if bytes.len() > limit {
-            r.spill(&bytes);
-        } else if let Receiving::Memory { bytes: b, .. } = &mut r {
-            *b = bytes;
         }
-        r
     }
 
     /// Moves to a staging file, beginning with what memory held and `more`.
@@ -584,23 +582,7 @@ impl Receiving {
         let Receiving::Memory { bytes, dir, .. } = self else {
             return;
         };
-        let path = staging_path(dir);
-        let created = {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Patient data: readable by the node only.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-        };
-        let mut staging = match created {
-            Ok(file) => Staging::new(file),
-            Err(e) => {
-                warn!(error = %e, "DICOM SCP: cannot create a staging file");
-                Staging::failed(e)
-            }
-        };
+        let (path, mut staging) = Staging::create(dir);
         staging.write(bytes);
         staging.write(more);
         *self = Receiving::File { path, staging };
@@ -674,17 +656,7 @@ pub(crate) fn store_staged(
 
 /// Writes an object held in memory to a new staging file in `dir`.
 fn stage_bytes(dir: &Path, bytes: &[u8]) -> Result<PathBuf, StoreRefusal> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = staging_path(dir);
-    let mut staging = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(file) => Staging::new(file),
-        Err(e) => Staging::failed(e),
-    };
+    let (path, mut staging) = Staging::create(dir);
     staging.write(bytes);
     staging.flush();
     match staging.error {
@@ -712,6 +684,26 @@ struct Staging {
 }
 
 impl Staging {
+    /// A new staging file in `dir`, readable by the node only (patient
+    /// data); one that cannot be created keeps the error for the answer.
+    fn create(dir: &Path) -> (PathBuf, Self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = staging_path(dir);
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        let staging = match created {
+            Ok(file) => Staging::new(file),
+            Err(e) => {
+                warn!(error = %e, "DICOM SCP: cannot create a staging file");
+                Staging::failed(e)
+            }
+        };
+        (path, staging)
+    }
+
     fn new(file: std::fs::File) -> Self {
         Self {
             file: Some(std::io::BufWriter::with_capacity(256 * 1024, file)),
