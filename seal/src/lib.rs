@@ -52,8 +52,14 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Magic bytes that open every sealed object.
 pub const MAGIC: [u8; 6] = *b"MMSEAL";
-/// The version of the sealed-object format this crate writes and reads.
+/// The version of a sealed object whose length was known when sealing
+/// began: every chunk authenticates the whole header, length included.
 pub const VERSION: u8 = 1;
+/// The version of a sealed object sealed as its bytes arrived
+/// ([`StreamSealer`]): the header, with the length, is written last, and the
+/// chunks authenticate the header with the length field zeroed (the last-chunk
+/// flag of the nonce fixes where the object ends).
+pub const STREAMED_VERSION: u8 = 2;
 /// Length of the sealed-object header in bytes.
 pub const HEADER_LEN: usize = 56;
 /// Length of the Poly1305 tag appended to each chunk.
@@ -91,7 +97,7 @@ pub enum SealError {
     #[error("not a medmesh sealed object (bad magic or too short)")]
     NotSealed,
     /// The header names a version this code does not read.
-    #[error("sealed object version {0} is not supported (this build reads version {VERSION})")]
+    #[error("sealed object version {0} is not supported (this build reads versions {VERSION} and {STREAMED_VERSION})")]
     UnsupportedVersion(u8),
     /// A header field is out of range.
     #[error("sealed object header is invalid: {0}")]
@@ -208,6 +214,9 @@ pub struct Header {
     pub plaintext_len: u64,
     /// Random salt from which the object key is derived.
     pub salt: [u8; 32],
+    /// Version 2 ([`STREAMED_VERSION`]): sealed by a [`StreamSealer`], the
+    /// length not authenticated as a header field (see [`Header::aad`]).
+    pub streamed: bool,
 }
 
 impl Header {
@@ -223,6 +232,7 @@ impl Header {
             object_index,
             plaintext_len,
             salt: random_array()?,
+            streamed: false,
         };
         header.check()?;
         Ok(header)
@@ -278,12 +288,24 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[..6].copy_from_slice(&MAGIC);
-        out[6] = VERSION;
+        out[6] = if self.streamed { STREAMED_VERSION } else { VERSION };
         out[7] = 0;
         out[8..12].copy_from_slice(&self.chunk_size.to_le_bytes());
         out[12..16].copy_from_slice(&self.object_index.to_le_bytes());
         out[16..24].copy_from_slice(&self.plaintext_len.to_le_bytes());
         out[24..56].copy_from_slice(&self.salt);
+        out
+    }
+
+    /// The associated data of every chunk: the header bytes, with the
+    /// length field zeroed in a streamed (version 2) object, whose length is
+    /// not known when its first chunk is sealed.
+    #[must_use]
+    pub fn aad(&self) -> [u8; HEADER_LEN] {
+        let mut out = self.encode();
+        if self.streamed {
+            out[16..24].fill(0);
+        }
         out
     }
 
@@ -296,9 +318,11 @@ impl Header {
         if bytes[..6] != MAGIC {
             return Err(SealError::NotSealed);
         }
-        if bytes[6] != VERSION {
-            return Err(SealError::UnsupportedVersion(bytes[6]));
-        }
+        let streamed = match bytes[6] {
+            VERSION => false,
+            STREAMED_VERSION => true,
+            other => return Err(SealError::UnsupportedVersion(other)),
+        };
         if bytes[7] != 0 {
             return Err(SealError::BadHeader("reserved flags are not zero"));
         }
@@ -307,6 +331,7 @@ impl Header {
             object_index: u32::from_le_bytes(le_array(&bytes[12..16])),
             plaintext_len: u64::from_le_bytes(le_array(&bytes[16..24])),
             salt: le_array(&bytes[24..56]),
+            streamed,
         };
         header.check()?;
         Ok(header)
@@ -401,7 +426,7 @@ impl Sealer {
         Sealer {
             cipher,
             header,
-            header_bytes: header.encode(),
+            header_bytes: header.aad(),
             next: 0,
         }
     }
@@ -476,7 +501,7 @@ impl Opener {
         Opener {
             cipher: ChunkCipher::new(key.object_key(&header.salt)),
             header,
-            header_bytes: header.encode(),
+            header_bytes: header.aad(),
         }
     }
 
@@ -588,6 +613,140 @@ fn seal_inner<R: Read, W: Write>(
         )));
     }
     Ok(header)
+}
+
+/// Seals an object whose length is not known when sealing begins (a DICOM
+/// object arriving in network fragments): version 2 ([`STREAMED_VERSION`]).
+/// Bytes go in with [`StreamSealer::update`] as they arrive; each chunk is
+/// sealed and written as soon as a byte beyond it has arrived (so the last
+/// chunk is the one [`StreamSealer::finish`] seals, with the last flag), and
+/// `finish` writes the header, length included, over the placeholder at the
+/// start. Memory use is one chunk.
+///
+/// The chunks authenticate the header with its length field zeroed
+/// ([`Header::aad`]); the length is still fixed by the chunks, because only
+/// the chunk at index `ceil(len / chunk_size) - 1` carries the last flag in
+/// its nonce and every chunk's length follows from `len`: a changed length
+/// fails authentication or the length check of the reader.
+pub struct StreamSealer<W> {
+    cipher: ChunkCipher,
+    header: Header,
+    aad: [u8; HEADER_LEN],
+    writer: W,
+    /// Plaintext not sealed yet (at most one chunk), then room for its tag.
+    buf: Zeroizing<Vec<u8>>,
+    filled: usize,
+    next: u64,
+}
+
+impl<W> fmt::Debug for StreamSealer<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSealer")
+            .field("header", &self.header)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write + io::Seek> StreamSealer<W> {
+    /// Starts sealing into `writer` (at its current position, which must be
+    /// the start of the object) under a fresh random salt; writes a
+    /// placeholder header.
+    ///
+    /// # Errors
+    /// [`SealError::BadHeader`] for a chunk size out of range,
+    /// [`SealError::Random`], [`SealError::Io`].
+    pub fn new(key: &DataKey, chunk_size: u32, object_index: u32, writer: W) -> Result<Self, SealError> {
+        Self::with_salt(key, chunk_size, object_index, random_array()?, writer)
+    }
+
+    fn with_salt(key: &DataKey, chunk_size: u32, object_index: u32, salt: [u8; 32], mut writer: W) -> Result<Self, SealError> {
+        let header = Header {
+            chunk_size,
+            object_index,
+            plaintext_len: 0,
+            salt,
+            streamed: true,
+        };
+        header.check()?;
+        writer.write_all(&[0u8; HEADER_LEN])?;
+        Ok(StreamSealer {
+            cipher: ChunkCipher::new(key.object_key(&salt)),
+            aad: header.aad(),
+            header,
+            writer,
+            buf: Zeroizing::new(vec![0u8; usize_of(u64::from(chunk_size))? + TAG_LEN]),
+            filled: 0,
+            next: 0,
+        })
+    }
+
+    /// Plaintext bytes taken so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.header.plaintext_len
+    }
+
+    /// True before any plaintext byte was taken.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.header.plaintext_len == 0
+    }
+
+    /// Takes the next plaintext bytes.
+    ///
+    /// # Errors
+    /// [`SealError::Io`] when writing fails; [`SealError::BadHeader`] when
+    /// the object outgrows the chunk counter.
+    pub fn update(&mut self, mut data: &[u8]) -> Result<(), SealError> {
+        let size = self.buf.len() - TAG_LEN;
+        while !data.is_empty() {
+            if self.filled == size {
+                // More bytes follow: the full chunk held is not the last one.
+                self.seal_held(false)?;
+            }
+            let take = (size - self.filled).min(data.len());
+            self.buf[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            self.header.plaintext_len += take as u64;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    fn seal_held(&mut self, last: bool) -> Result<(), SealError> {
+        if self.next > MAX_CHUNK_INDEX {
+            return Err(SealError::BadHeader("object too large for the 56-bit chunk counter"));
+        }
+        let len = self.filled;
+        let nonce = stream_nonce(self.header.object_index, self.next, last);
+        let tag = self.cipher.seal(nonce, &self.aad, &mut self.buf[..len])?;
+        self.buf[len..len + TAG_LEN].copy_from_slice(&tag);
+        self.writer.write_all(&self.buf[..len + TAG_LEN])?;
+        self.next += 1;
+        self.filled = 0;
+        Ok(())
+    }
+
+    /// Seals the last chunk, writes the header over the placeholder, and
+    /// hands back the header and the writer (positioned at the end).
+    ///
+    /// # Errors
+    /// [`SealError::Io`]; [`SealError::BadHeader`] as [`StreamSealer::update`].
+    pub fn finish(mut self) -> Result<(Header, W), SealError> {
+        self.seal_held(true)?;
+        let header = self.header;
+        header.check()?;
+        let end = self.writer.stream_position()?;
+        let start = end
+            .checked_sub(header.sealed_len())
+            .ok_or(SealError::Misuse("the writer moved while sealing"))?;
+        self.writer.seek(io::SeekFrom::Start(start))?;
+        self.writer.write_all(&header.encode())?;
+        self.writer.seek(io::SeekFrom::Start(end))?;
+        self.writer.flush()?;
+        Ok((header, self.writer))
+    }
 }
 
 /// Opens a sealed object from `reader`, checks every chunk, and writes the
@@ -960,6 +1119,22 @@ pub mod fuzzing {
         if let Ok(w) = WrappedKey::from_bytes(data) {
             let _ = unwrap_key(&key, &w, b"fuzz");
         }
+    }
+
+    /// Seals as a [`StreamSealer`] would (version 2), with a fixed salt and
+    /// the plaintext given in `pieces`, for test vectors.
+    pub fn stream_with_salt(
+        key: &DataKey,
+        chunk_size: u32,
+        object_index: u32,
+        salt: [u8; 32],
+        pieces: &[&[u8]],
+    ) -> Result<Vec<u8>, SealError> {
+        let mut sealer = StreamSealer::with_salt(key, chunk_size, object_index, salt, io::Cursor::new(Vec::new()))?;
+        for p in pieces {
+            sealer.update(p)?;
+        }
+        Ok(sealer.finish()?.1.into_inner())
     }
 
     /// Seals with a fixed header salt, for test vectors.

@@ -148,8 +148,12 @@ fn wrong_key_is_detected() {
 fn unknown_version_and_flags_are_refused() {
     let (k, _, sealed) = three_chunks();
     let mut bad = sealed.clone();
-    bad[6] = 2;
-    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::UnsupportedVersion(2))));
+    bad[6] = 3;
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::UnsupportedVersion(3))));
+    // A version 1 object relabelled as streamed (version 2) fails its first chunk.
+    let mut bad = sealed.clone();
+    bad[6] = STREAMED_VERSION;
+    assert!(matches!(open_to_vec(&k, &bad), Err(SealError::Tampered { chunk: 0 })));
     let mut bad = sealed.clone();
     bad[7] = 1;
     assert!(matches!(open_to_vec(&k, &bad), Err(SealError::BadHeader(_))));
@@ -165,6 +169,7 @@ fn a_length_whose_sealed_size_overflows_is_refused() {
             object_index: 0,
             plaintext_len: 0,
             salt: [0; 32],
+            streamed: false,
         }
         .encode()
         .to_vec();
@@ -288,6 +293,7 @@ mod vectors {
             object_index: 3,
             plaintext_len: len as u64,
             salt: std::array::from_fn(|i| 0x20 + i as u8),
+            streamed: false,
         }
     }
 
@@ -325,7 +331,8 @@ mod vectors {
         swapped.extend_from_slice(&two[HEADER_LEN..HEADER_LEN + c]);
         negatives.push(("chunks-swapped", swapped, "chunk 0 authentication failure"));
         let mut version = two.clone();
-        version[6] = 2;
+        // Version 2 exists (streamed objects): a version no build knows.
+        version[6] = 9;
         negatives.push(("unknown-version", version, "unsupported version"));
         let negatives: Vec<Value> = negatives
             .into_iter()
@@ -442,4 +449,166 @@ fn sealing_a_chunk_again_by_index_gives_the_same_bytes() {
         assert_eq!(c, sealed[usize::try_from(i).unwrap()]);
     }
     assert!(again.seal_chunk_at(5, &mut [0u8; 10]).is_err(), "past the last chunk");
+}
+
+/// The published vectors of version 2 (streamed): docs/vectors/seal-v2.json,
+/// shown in docs/PROTOCOL.md.
+mod streamed_vectors {
+    use super::*;
+    use serde_json::Value;
+
+    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/seal-v2.json");
+    const PROTOCOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    const SALT: [u8; 32] = [0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f];
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Seals `plain` in pieces of 1000 bytes, as fragments arrive.
+    fn streamed(plain: &[u8]) -> Vec<u8> {
+        let k = DataKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let pieces: Vec<&[u8]> = plain.chunks(1000).collect();
+        fuzzing::stream_with_salt(&k, MIN_CHUNK_SIZE, 3, SALT, &pieces).unwrap()
+    }
+
+    fn set_len(sealed: &mut [u8], len: u64) {
+        sealed[16..24].copy_from_slice(&len.to_le_bytes());
+    }
+
+    fn build() -> Value {
+        let k = DataKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let mut positives = Vec::new();
+        for (name, plain) in [
+            ("empty", Vec::new()),
+            ("short", b"medmesh".to_vec()),
+            ("one-full-chunk", sample(4096)),
+            ("two-chunks", sample(4096 + 100)),
+        ] {
+            let sealed = streamed(&plain);
+            positives.push(serde_json::json!({
+                "name": name,
+                "plaintext": hex::encode(&plain),
+                "plaintext_blake3": blake3::hash(&plain).to_hex().to_string(),
+                "sealed": hex::encode(&sealed),
+                "sealed_blake3": blake3::hash(&sealed).to_hex().to_string(),
+                "expect": "ok",
+            }));
+        }
+        let two = streamed(&sample(4196));
+        let c = 4096 + TAG_LEN;
+        let mut negatives = Vec::new();
+        let mut longer = two.clone();
+        set_len(&mut longer, 4197);
+        negatives.push(("length-one-more", longer, "length failure"));
+        let mut three = two.clone();
+        set_len(&mut three, 8193);
+        negatives.push(("length-one-more-chunk", three, "length failure"));
+        // Truncation with the length made to match: the first chunk was not sealed as the last.
+        let mut cut = two[..HEADER_LEN + c].to_vec();
+        set_len(&mut cut, 4096);
+        negatives.push(("last-chunk-dropped-length-fixed", cut, "chunk 0 authentication failure"));
+        negatives.push(("last-chunk-dropped", two[..HEADER_LEN + c].to_vec(), "length failure"));
+        let mut v1 = two.clone();
+        v1[6] = VERSION;
+        negatives.push(("read-as-version-1", v1, "chunk 0 authentication failure"));
+        let negatives: Vec<Value> = negatives
+            .into_iter()
+            .map(|(name, bytes, expect)| serde_json::json!({"name": name, "sealed": hex::encode(bytes), "expect": expect}))
+            .collect();
+        serde_json::json!({
+            "format": "medmesh sealed object v2 (streamed)",
+            "key": hex::encode(k.expose_secret()),
+            "chunk_size": MIN_CHUNK_SIZE,
+            "object_index": 3,
+            "salt": hex::encode(SALT),
+            "pieces": 1000,
+            "vectors": positives,
+            "negative": negatives,
+        })
+    }
+
+    fn classify(err: &SealError) -> String {
+        match err {
+            SealError::Length { .. } => "length failure".into(),
+            SealError::Tampered { chunk } => format!("chunk {chunk} authentication failure"),
+            SealError::UnsupportedVersion(_) => "unsupported version".into(),
+            other => format!("{other}"),
+        }
+    }
+
+    #[test]
+    fn vectors_match_the_published_file() {
+        let built = build();
+        if std::env::var_os("UPDATE_VECTORS").is_some() {
+            std::fs::write(PATH, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+        }
+        let text = std::fs::read_to_string(PATH).expect("docs/vectors/seal-v2.json (regenerate with UPDATE_VECTORS=1)");
+        let file: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            file, built,
+            "streamed seal vectors changed: the format is frozen; regenerate only with a new version"
+        );
+        let k = DataKey::from_bytes(hex::decode(file["key"].as_str().unwrap()).unwrap().try_into().unwrap());
+        for v in file["vectors"].as_array().unwrap() {
+            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
+            assert_eq!(sealed[6], STREAMED_VERSION);
+            let (plain, hash) = open_to_vec(&k, &sealed).unwrap();
+            assert_eq!(hex::encode(plain), v["plaintext"].as_str().unwrap());
+            assert_eq!(hash.to_hex().as_str(), v["plaintext_blake3"].as_str().unwrap());
+        }
+        for v in file["negative"].as_array().unwrap() {
+            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
+            let err = open_to_vec(&k, &sealed).unwrap_err();
+            assert_eq!(classify(&err), v["expect"].as_str().unwrap(), "vector {}", v["name"]);
+        }
+        let protocol = std::fs::read_to_string(PROTOCOL).unwrap();
+        for v in file["vectors"].as_array().unwrap() {
+            let shown = if v["name"] == "short" { &v["sealed"] } else { &v["sealed_blake3"] };
+            assert!(
+                protocol.contains(shown.as_str().unwrap()),
+                "docs/PROTOCOL.md lacks streamed vector {}",
+                v["name"]
+            );
+        }
+    }
+}
+
+proptest! {
+    /// A streamed object opens to exactly its plaintext however the bytes
+    /// arrived, reads by chunk like a version 1 object, and refuses a flipped
+    /// byte anywhere.
+    #[test]
+    fn streamed_objects_open_whatever_the_pieces(
+        plain in proptest::collection::vec(any::<u8>(), 0..20_000),
+        cuts in proptest::collection::vec(0usize..20_000, 0..8),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let key = DataKey::generate();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(plain.len())).collect();
+        cuts.sort_unstable();
+        let mut sealer = StreamSealer::new(&key, MIN_CHUNK_SIZE, 5, std::io::Cursor::new(Vec::new())).unwrap();
+        let mut at = 0;
+        for c in cuts.into_iter().chain([plain.len()]) {
+            sealer.update(&plain[at..c]).unwrap();
+            at = c;
+        }
+        prop_assert_eq!(sealer.len(), plain.len() as u64);
+        let (header, out) = sealer.finish().unwrap();
+        let sealed = out.into_inner();
+        prop_assert!(header.streamed);
+        prop_assert_eq!(header.sealed_len(), sealed.len() as u64);
+        prop_assert_eq!(Header::decode(&sealed).unwrap(), header);
+        let (opened, hash) = open_to_vec(&key, &sealed).unwrap();
+        prop_assert_eq!(&opened, &plain);
+        prop_assert_eq!(hash, blake3::hash(&plain));
+        let mut reader = OpenReader::new(&key, std::io::Cursor::new(&sealed)).unwrap();
+        let mut again = Vec::new();
+        reader.read_to_end(&mut again).unwrap();
+        prop_assert_eq!(&again, &plain);
+        let mut bad = sealed.clone();
+        let i = flip.index(bad.len());
+        bad[i] ^= 0x01;
+        prop_assert!(open_to_vec(&key, &bad).is_err(), "flipped byte {} opened", i);
+    }
 }

@@ -930,6 +930,7 @@ fn produce_inner(
         object_index: object,
         plaintext_len: o.size,
         salt,
+        streamed: false,
     };
     let mut sealer = Sealer::new(&plan.key, header);
     let cs = u64::from(plan.manifest.chunk_size);
@@ -1047,6 +1048,7 @@ mod fault {
             object_index: object,
             plaintext_len: o.size,
             salt,
+            streamed: false,
         };
         let len = sealed.len() - medmesh_seal::TAG_LEN;
         let (body, tag) = sealed.split_at_mut(len);

@@ -121,6 +121,7 @@ fn stream_all(recipient: &Node, a: &Accepted, plain: &[Vec<u8>], key: &DataKey) 
             object_index: u32::try_from(i).unwrap(),
             plaintext_len: o.size,
             salt: key32(&o.salt).unwrap(),
+            streamed: false,
         };
         let mut w = ObjectWriter::open(recipient.store(), a, header.object_index, 0).unwrap();
         for c in 0..header.chunk_count() {

@@ -284,6 +284,7 @@ impl ObjectWriter {
             object_index: object,
             plaintext_len: o.size,
             salt: key32(&o.salt).ok_or_else(|| damaged(&idh, Damage::Salt))?,
+            streamed: false,
         };
         let (path, file) = store.open_incoming_part(&a.id, object)?;
         let mut w = ObjectWriter {

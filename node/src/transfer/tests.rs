@@ -299,6 +299,7 @@ fn chunks_are_verified_before_they_are_written() {
         object_index: 0,
         plaintext_len: o.size,
         salt: key32(&o.salt).unwrap(),
+        streamed: false,
     };
     let Source::Blob { file, key, .. } = &plan.sources[0] else {
         panic!("object 0 is a blob")

@@ -126,6 +126,7 @@ fn header(i: usize, plain: &[u8]) -> Header {
         object_index: u32::try_from(i).unwrap(),
         plaintext_len: plain.len() as u64,
         salt: salt(i),
+        streamed: false,
     }
 }
 

@@ -447,6 +447,7 @@ pub fn check_manifest(m: &Manifest) -> Result<(), WireError> {
             object_index: u32::try_from(i).map_err(|_| werr(W, "too many objects"))?,
             plaintext_len: o.size,
             salt: [0; 32],
+            streamed: false,
         };
         let encoded = header.encode();
         medmesh_seal::Header::decode(&encoded).map_err(|e| werr(W, format!("object {i}: {e}")))?;
