@@ -33,6 +33,7 @@ fn check(m: &Manifest) {
                 .as_slice()
                 .try_into()
                 .expect("check_manifest checks the salt length"),
+            streamed: false,
         };
         let decoded = Header::decode(&header.encode()).expect("check_manifest accepted this header");
         assert_eq!(decoded, header);

@@ -30,8 +30,8 @@ pub mod tls;
 use std::path::Path;
 
 use crate::dicom::DicomError;
-pub use crate::dicom::ingest::ObjectBytes;
 use crate::dicom::ingest::ObjectError;
+pub use crate::dicom::ingest::{ObjectBytes, PreSealed};
 use dimse::Status;
 
 /// What the SCP knows of a received object when it hands it to the
@@ -182,6 +182,16 @@ pub trait Sink: Send + Sync + 'static {
     /// [`StoreRefusal`]: why it was not stored.
     fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
         scp::store_staged(self.staging_dir(), &object.bytes, |path| self.store(path, received))
+    }
+
+    /// Starts sealing an object of study `study_uid` (read from the
+    /// object's first bytes) while the rest of it arrives, for
+    /// [`Sink::store_bytes`] to use if the whole object, once checked, names
+    /// that study ([`ObjectBytes::sealed`]). `None`, the default: the object
+    /// is sealed after its last fragment.
+    fn begin_sealing(&self, study_uid: &str) -> Option<PreSealed> {
+        let _ = study_uid;
+        None
     }
 
     /// An association that stored objects has ended (released, aborted or

@@ -75,6 +75,7 @@ mod ledger;
 mod notify;
 mod purge;
 mod relink;
+mod sealing;
 mod transfers;
 pub use files::{FileError, OutgoingStaging, SealedFile};
 pub use forward::{
@@ -84,6 +85,7 @@ pub use ledger::{Author, FeedHead, Inserted, MAX_FORKS_PER_AUTHOR, NotificationR
 pub use notify::{OutboxItem, SinkState};
 pub use purge::Purged;
 pub use relink::{RELINK_VERSION, RelinkRecord};
+pub use sealing::{ImportLock, StreamingBlob};
 pub(crate) use transfers::{DOC_ATTESTATION, DOC_INDEX, DOC_KEY, DOC_MANIFEST, DOC_OBJECTS, DOC_PREP_KEY};
 pub use transfers::{LandedObject, Landing};
 
@@ -711,6 +713,8 @@ pub struct Store {
     fsync: bool,
     /// The outbox's last sequence, sent whenever a notification is added (wakes delivery).
     outbox_tx: tokio::sync::watch::Sender<u64>,
+    /// Keys of new studies being imported, and the import lock ([`ImportLock`]).
+    new_study_keys: sealing::NewStudyKeys,
     /// Tests: the step of a multi-step change at which to stop as a crash would.
     #[cfg(test)]
     crash_at: std::sync::Mutex<Option<&'static str>>,
@@ -884,6 +888,7 @@ impl Store {
             consent_key,
             fsync,
             outbox_tx: tokio::sync::watch::Sender::new(0),
+            new_study_keys: sealing::NewStudyKeys::default(),
             #[cfg(test)]
             crash_at: std::sync::Mutex::new(None),
         }

@@ -206,6 +206,7 @@ fn check_transfer_manifest(m: &Manifest) -> bool {
                 .as_slice()
                 .try_into()
                 .expect("check_manifest checks the salt length"),
+            streamed: false,
         };
         let decoded = medmesh_seal::Header::decode(&header.encode()).expect("check_manifest accepted this header");
         assert_eq!(decoded, header);

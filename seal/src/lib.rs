@@ -660,7 +660,13 @@ impl<W: Write + io::Seek> StreamSealer<W> {
         Self::with_salt(key, chunk_size, object_index, random_array()?, writer)
     }
 
-    fn with_salt(key: &DataKey, chunk_size: u32, object_index: u32, salt: [u8; 32], mut writer: W) -> Result<Self, SealError> {
+    fn with_salt(
+        key: &DataKey,
+        chunk_size: u32,
+        object_index: u32,
+        salt: [u8; 32],
+        mut writer: W,
+    ) -> Result<Self, SealError> {
         let header = Header {
             chunk_size,
             object_index,

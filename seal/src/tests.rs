@@ -459,7 +459,10 @@ mod streamed_vectors {
 
     const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/seal-v2.json");
     const PROTOCOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
-    const SALT: [u8; 32] = [0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f];
+    const SALT: [u8; 32] = [
+        0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30, 0x31,
+        0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f,
+    ];
 
     fn sample(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
@@ -564,7 +567,11 @@ mod streamed_vectors {
         }
         let protocol = std::fs::read_to_string(PROTOCOL).unwrap();
         for v in file["vectors"].as_array().unwrap() {
-            let shown = if v["name"] == "short" { &v["sealed"] } else { &v["sealed_blake3"] };
+            let shown = if v["name"] == "short" {
+                &v["sealed"]
+            } else {
+                &v["sealed_blake3"]
+            };
             assert!(
                 protocol.contains(shown.as_str().unwrap()),
                 "docs/PROTOCOL.md lacks streamed vector {}",

@@ -9,8 +9,10 @@ use crate::api::GatewayStatus;
 use crate::dicom::ingest::{self, ImportOptions};
 use crate::gateway::forward::Source;
 use crate::gateway::scp::{Scp, ScpError};
-use crate::gateway::{ObjectBytes, Received, Sink, StoreRefusal, Stored};
+use crate::gateway::{ObjectBytes, PreSealed, Received, Sink, StoreRefusal, Stored};
 use crate::home::Node;
+use crate::store::Origin;
+use medmesh_seal::DataKey;
 
 /// The largest object an association holds in memory while it arrives
 /// (a CT or MR slice is under 1 MiB, a radiograph tens of MiB): larger
@@ -79,6 +81,31 @@ impl Sink for NodeSink {
                 study_uid: Some(done.study_uid),
             }),
             Err(e) => Err(self.refuse(&e, received)),
+        }
+    }
+
+    /// Seals under the study's key (a fresh key for a study not stored
+    /// yet, which import adopts unless another import of the same new
+    /// study came first) into a temporary blob of the store.
+    fn begin_sealing(&self, study_uid: &str) -> Option<PreSealed> {
+        let store = self.node.store();
+        let study = store.study_ref(study_uid);
+        let key = match store.study_row(&study) {
+            Ok(Some(row)) if matches!(row.origin, Origin::Local) => store.unwrap_study_key(&study, &row).ok()?,
+            // A received study: import refuses the object; nothing to seal.
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => DataKey::try_generate().ok()?,
+        };
+        match store.stream_to_tmp(&key, self.options.chunk_size) {
+            Ok(blob) => Some(PreSealed {
+                study_uid: study_uid.to_string(),
+                key,
+                blob,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "DICOM SCP: cannot seal as the object arrives; sealing it after");
+                None
+            }
         }
     }
 

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{DicomError, ObjectInfo, Sniffed, sniff_file};
 use crate::store::{
-    CHUNK_SIZE, ContentHasher, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject, Store,
-    StoreError, StudyMeta, StudyRef, StudyRow, StudyUpdate,
+    CHUNK_SIZE, ContentHasher, ImportLock, InstanceMeta, InstanceRow, Origin, ROW_VERSION, SeriesMeta, StagedObject,
+    Store, StoreError, StudyMeta, StudyRef, StudyRow, StudyUpdate,
 };
 
 /// Errors that stop an import as a whole (a bad file never does).
@@ -265,6 +265,31 @@ pub struct ObjectBytes {
     pub hash: blake3::Hash,
     /// [`chunk_hashes`] of `bytes`.
     pub chunk_hashes: Vec<u8>,
+    /// `bytes` sealed already as they arrived, when the receiver could
+    /// (see [`PreSealed`]); used when the object is stored, else discarded.
+    pub sealed: Option<PreSealed>,
+}
+
+/// An object sealed as its bytes arrived ([`crate::store::StreamingBlob`]),
+/// under the key of the study the receiver read from the object's first
+/// bytes. Import uses it only when the whole object, once checked, names
+/// that study and the study's key is this key; otherwise the object is
+/// sealed again from memory and this blob is discarded.
+pub struct PreSealed {
+    /// The Study Instance UID read from the object's first bytes.
+    pub study_uid: String,
+    /// The key the blob is sealed under.
+    pub key: DataKey,
+    /// The blob, every byte of the object fed to it.
+    pub blob: crate::store::StreamingBlob,
+}
+
+impl std::fmt::Debug for PreSealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreSealed")
+            .field("blob", &self.blob)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Patient data: only the length and the hash are shown.
@@ -295,12 +320,13 @@ pub fn import_bytes(
         bytes,
         hash,
         chunk_hashes,
+        sealed,
     } = object;
     let parsed = match super::sniff_bytes(bytes, label)? {
         Sniffed::Object(p) => p,
         Sniffed::Dicomdir(_) => return Err(DicomError::Dicomdir.into()),
     };
-    let work = shared.seal(label.to_path_buf(), *parsed, Some((hash, chunk_hashes)))?;
+    let work = shared.seal(label.to_path_buf(), *parsed, Some((hash, chunk_hashes)), sealed)?;
     commit_one(&shared, work)
 }
 
@@ -372,22 +398,46 @@ impl<'s> Shared<'s> {
 
     /// The data key of a study: unwrapped from its row, or new for a study
     /// not stored yet (wrapped into the row when its first batch commits).
-    fn study_key(&self, study: &StudyRef) -> Result<DataKey, StoreError> {
-        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(k) = keys.get(study) {
-            return Ok(k.clone());
+    /// The key objects of `study` are sealed under. `proposed`: the key an
+    /// object was sealed under as it arrived, taken for a new study unless
+    /// another import holds a key for it already.
+    fn study_key(&self, study: &StudyRef, proposed: Option<&DataKey>) -> Result<DataKey, StoreError> {
+        if let Some(k) = self.cached_key(study) {
+            return Ok(k);
+        }
+        let mut lock = self.store.import_lock();
+        self.study_key_locked(&mut lock, study, proposed)
+    }
+
+    fn cached_key(&self, study: &StudyRef) -> Option<DataKey> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(study)
+            .cloned()
+    }
+
+    /// As [`Shared::study_key`], under the import lock the caller holds.
+    fn study_key_locked(
+        &self,
+        lock: &mut ImportLock<'_>,
+        study: &StudyRef,
+        proposed: Option<&DataKey>,
+    ) -> Result<DataKey, StoreError> {
+        if let Some(k) = self.cached_key(study) {
+            return Ok(k);
         }
         let key = match self.store.study_row(study)? {
             Some(row) if !matches!(row.origin, crate::store::Origin::Local) => {
                 return Err(crate::store::Conflict::ReceivedStudy.into());
             }
             Some(row) => self.store.unwrap_study_key(study, &row)?,
-            None => DataKey::try_generate().map_err(|e| StoreError::BlobIo {
-                path: "random".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?,
+            None => lock.new_study_key(study, proposed)?,
         };
-        keys.insert(*study, key.clone());
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(*study, key.clone());
         Ok(key)
     }
 
@@ -423,7 +473,7 @@ impl<'s> Shared<'s> {
             }
             Err(e) => return Err(e.into()),
         };
-        self.seal(path, *parsed, None)
+        self.seal(path, *parsed, None, None)
     }
 
     /// Seals one parsed object (`hashes`: its hash and chunk hashes when
@@ -433,6 +483,7 @@ impl<'s> Shared<'s> {
         path: PathBuf,
         parsed: super::Parsed,
         hashes: Option<(blake3::Hash, Vec<u8>)>,
+        presealed: Option<PreSealed>,
     ) -> Result<Work, ObjectError> {
         let info = parsed.info;
         let study = self.store.study_ref(&info.study_uid);
@@ -458,14 +509,19 @@ impl<'s> Shared<'s> {
             }
             claimed.insert(address);
         }
-        let key = self.study_key(&study)?;
-        let sealed = match &parsed.bytes {
+        // A blob sealed as the object arrived serves when it is under the
+        // key of the study the whole object names.
+        let presealed = presealed.filter(|p| p.study_uid == info.study_uid);
+        let key = self.study_key(&study, presealed.as_ref().map(|p| &p.key))?;
+        let presealed = presealed.filter(|p| p.key == key);
+        let sealed = match (&parsed.bytes, presealed) {
+            (Some(b), Some(p)) if p.blob.len() == b.len() as u64 => p.blob.finish(),
             // The bytes in memory are the bytes just hashed: no second hash.
-            Some(b) => self
+            (Some(b), _) => self
                 .store
                 .seal_to_tmp(&key, self.opts.chunk_size, parsed.len, b.as_slice(), None),
             // A large file is read again: its hash must not have changed.
-            None => std::fs::File::open(&path)
+            (None, _) => std::fs::File::open(&path)
                 .map_err(|source| StoreError::BlobIo {
                     path: path.display().to_string(),
                     source,
@@ -692,9 +748,12 @@ fn commit(
     }
     let store = shared.store;
     let now = crate::clock::now();
+    // Reading the study rows and writing them back is one step for
+    // concurrent imports (the SCP's associations, an import beside them).
+    let mut lock = store.import_lock();
     let mut updates: HashMap<StudyRef, (StudyRow, StudyMeta, Option<[u8; 32]>)> = HashMap::new();
     for (obj, info) in batch.objects.iter().zip(&batch.infos) {
-        let key = shared.study_key(&obj.study)?;
+        let key = shared.study_key_locked(&mut lock, &obj.study, None)?;
         let (row, meta, _) = match updates.entry(obj.study) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -742,17 +801,20 @@ fn commit(
     }
     let mut study_updates = Vec::with_capacity(updates.len());
     for (study, (mut row, meta, patient)) in updates {
-        let key = shared.study_key(&study)?;
+        let key = shared.study_key_locked(&mut lock, &study, None)?;
         row.meta = store.seal_study_meta(&study, &key, &meta)?;
         study_updates.push(StudyUpdate { study, row, patient });
     }
     let tmp_files: Vec<PathBuf> = batch.objects.iter().map(|o| o.tmp.clone()).collect();
+    let committed: Vec<StudyRef> = study_updates.iter().map(|u| u.study).collect();
     if let Err(e) = store.commit_batch(batch.objects, study_updates) {
         for t in tmp_files {
             store.discard_tmp(&t);
         }
         return Err(e);
     }
+    lock.committed(&committed);
+    drop(lock);
     for outcome in &batch.outcomes {
         count(summary, outcome);
         progress(ImportEvent::File(outcome));

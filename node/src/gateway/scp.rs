@@ -476,6 +476,12 @@ where
     }
     let limit = usize::try_from(shared.sink.memory_limit()).unwrap_or(usize::MAX);
     let mut out = Receiving::new(header, limit, shared.sink.staging_dir(), *size_hint);
+    if let Receiving::Memory { sealing, .. } = &mut out {
+        *sealing = Sealing::Looking {
+            sink: Arc::clone(&shared.sink),
+            attempts: 0,
+        };
+    }
     if let Err(e) = channel.receive_data_to(context, &mut out).await {
         out.discard();
         return Err(e);
@@ -488,13 +494,19 @@ where
     };
     let sink = shared.sink.clone();
     match out {
-        Receiving::Memory { bytes, hasher, .. } => {
+        Receiving::Memory {
+            bytes, hasher, sealing, ..
+        } => {
             *size_hint = bytes.len();
             let (hash, chunk_hashes) = hasher.finish();
             let object = ObjectBytes {
                 bytes,
                 hash,
                 chunk_hashes,
+                sealed: match sealing {
+                    Sealing::On(p) => Some(p),
+                    Sealing::Looking { .. } | Sealing::Off => None,
+                },
             };
             let outcome = tokio::task::spawn_blocking(move || {
                 check_data_set(
@@ -550,6 +562,8 @@ enum Receiving {
         hasher: Box<ContentHasher>,
         limit: usize,
         dir: PathBuf,
+        /// Sealing as the bytes arrive.
+        sealing: Sealing,
     },
     File {
         path: PathBuf,
@@ -574,6 +588,7 @@ impl Receiving {
             hasher,
             limit,
             dir: dir.to_path_buf(),
+            sealing: Sealing::Off,
         }
     }
 
@@ -605,13 +620,18 @@ impl AsyncWrite for Receiving {
         let this = &mut *self;
         match this {
             Receiving::Memory {
-                bytes, hasher, limit, ..
+                bytes,
+                hasher,
+                limit,
+                sealing,
+                ..
             } => {
                 if bytes.len().saturating_add(buf.len()) > *limit {
                     this.spill(buf);
                 } else {
                     hasher.update(buf);
                     bytes.extend_from_slice(buf);
+                    sealing.take(bytes, buf);
                 }
             }
             Receiving::File { staging, .. } => staging.write(buf),
@@ -635,6 +655,72 @@ impl AsyncWrite for Receiving {
     ) -> std::task::Poll<std::io::Result<()>> {
         self.poll_flush(cx)
     }
+}
+
+/// Sealing an object held in memory while the rest of it arrives (see
+/// [`Sink::begin_sealing`]): once its first bytes hold the Study Instance
+/// UID, every byte goes to the sink's sealer as it comes.
+enum Sealing {
+    /// Reading the Study Instance UID from the first bytes.
+    Looking {
+        sink: Arc<dyn Sink>,
+        attempts: u8,
+    },
+    On(super::PreSealed),
+    /// Not sealing as it arrives: the object is sealed after its last fragment.
+    Off,
+}
+
+/// Attempts at reading the Study Instance UID, one per fragment, before
+/// the object is left to be sealed after its last fragment (the UID comes
+/// in the first few KiB of any object seen).
+const STUDY_UID_ATTEMPTS: u8 = 4;
+
+impl Sealing {
+    /// `buf`, just appended to `bytes` (everything so far).
+    fn take(&mut self, bytes: &[u8], buf: &[u8]) {
+        match self {
+            Sealing::Off => {}
+            Sealing::On(p) => {
+                if let Err(e) = p.blob.update(buf) {
+                    warn!(error = %e, "DICOM SCP: sealing as the object arrives failed; sealing it after");
+                    *self = Sealing::Off;
+                }
+            }
+            Sealing::Looking { sink, attempts } => {
+                let Some(uid) = study_uid_in(bytes) else {
+                    *attempts += 1;
+                    if *attempts >= STUDY_UID_ATTEMPTS {
+                        *self = Sealing::Off;
+                    }
+                    return;
+                };
+                *self = match sink.begin_sealing(&uid) {
+                    Some(mut p) => match p.blob.update(bytes) {
+                        Ok(()) => Sealing::On(p),
+                        Err(e) => {
+                            warn!(error = %e, "DICOM SCP: sealing as the object arrives failed; sealing it after");
+                            Sealing::Off
+                        }
+                    },
+                    None => Sealing::Off,
+                };
+            }
+        }
+    }
+}
+
+/// The Study Instance UID in the first bytes of a Part 10 object (from the
+/// preamble on), if they hold it; `None` also for bytes cut inside an
+/// element (more will come).
+fn study_uid_in(prefix: &[u8]) -> Option<String> {
+    let object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .read_until(tags::SERIES_INSTANCE_UID)
+        .from_reader(prefix.get(PREAMBLE..)?)
+        .ok()?;
+    // Read as import reads it (the same text or the blob is not used).
+    crate::dicom::str_of(&object, tags::STUDY_INSTANCE_UID).filter(|uid| !uid.is_empty())
 }
 
 /// Writes an object held in memory to a new staging file in `dir`, hands

@@ -78,6 +78,24 @@ fn as_dcmtk_sends(dir: &Path, files: &[PathBuf]) -> Vec<Vec<u8>> {
 /// Exports `uid` from `home` and checks that every object's data set is
 /// the one dcmtk sent of `files` (the SCP writes its own file meta: the
 /// transfer syntax negotiated, the calling AE).
+/// Blobs in `home` that are streamed sealed objects (version 2).
+fn streamed_blobs(home: &Path) -> usize {
+    let mut n = 0;
+    for fan in std::fs::read_dir(home.join("blobs")).expect("blobs").flatten() {
+        if fan.file_name().len() != 2 {
+            continue;
+        }
+        for blob in std::fs::read_dir(fan.path()).expect("fan-out folder").flatten() {
+            let mut head = [0u8; 8];
+            let read = std::fs::File::open(blob.path()).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+            if read.is_ok() && &head[..6] == b"MMSEAL" && head[6] == 2 {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 fn assert_same_data_sets(home: &Path, out: &Path, uid: &str, files: &[PathBuf]) {
     let o = run(home, &["study", "export", uid, "--out", s(out)]).expect("run");
     expect_code(&o, 0, "export");
@@ -177,6 +195,27 @@ fn a_modality_stores_into_a_running_node_which_finds_and_fetches_from_its_pacs()
     assert!(o.status.success(), "storescu: {}", String::from_utf8_lossy(&o.stderr));
     assert!(study_uids(&a.home).contains(&s1.study_uid));
     assert_same_data_sets(&a.home, &dir.path().join("export-1"), &s1.study_uid, &s1.files);
+    // Each object was sealed as it arrived: its blob is a streamed sealed
+    // object (version 2, docs/PROTOCOL.md §1), not sealed after the fact.
+    assert!(
+        streamed_blobs(&a.home) >= s1.files.len(),
+        "{} streamed blobs for {} objects",
+        streamed_blobs(&a.home),
+        s1.files.len()
+    );
+    // Two associations at once bring the objects of one new study: they
+    // are sealed under one key (the study's), every object opens.
+    let s4 = study(dir.path(), 184, 6);
+    let (left, right) = s4.files.split_at(3);
+    let (o1, o2) = std::thread::scope(|t| {
+        let h1 = t.spawn(|| storescu("MODALITY", "MEDMESH", scp_port, left));
+        let h2 = t.spawn(|| storescu("MODALITY", "MEDMESH", scp_port, right));
+        (h1.join().expect("storescu thread"), h2.join().expect("storescu thread"))
+    });
+    for o in [&o1, &o2] {
+        assert!(o.status.success(), "storescu: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_same_data_sets(&a.home, &dir.path().join("export-4"), &s4.study_uid, &s4.files);
     // The same objects again: de-duplicated, still a success.
     let o = storescu("MODALITY", "MEDMESH", scp_port, &s1.files);
     assert!(
