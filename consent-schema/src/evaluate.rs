@@ -36,14 +36,14 @@
 //! 9. Purposes in `policy.approval_required` turn an allow into [`Decision::NeedsApproval`]
 //!    carrying the grant; a deny stays a deny.
 //! 10. Role rules (`[[policy.role_rule]]`, see [`crate::RoleRule`] and the `policy` module
-//!    docs), applied after rules 1 to 6 on the series consent would send: each series is decided
-//!    by the first rule matching the request's role, purpose and the series' modality. A `deny`
-//!    withholds the series; when none remains the request is denied (`denied-by-role-rule`). An
-//!    `allow` adds its `min_level` to the requirements of rule 7 (`LevelRule::RoleRule`) and,
-//!    with `approval`, a reason to ask a human (`role-requires-approval`, alongside rule 9's).
-//!    Each object of the grant is decided again by the same rules on its own modalities.
-//!    Invariant (property-tested): adding role rules never turns a deny into an allow or a
-//!    needs-approval, an approval into an allow, never adds a series or lowers the level.
+//!     docs), applied after rules 1 to 6 on the series consent would send: each series is decided
+//!     by the first rule matching the request's role, purpose and the series' modality. A `deny`
+//!     withholds the series; when none remains the request is denied (`denied-by-role-rule`). An
+//!     `allow` adds its `min_level` to the requirements of rule 7 (`LevelRule::RoleRule`) and,
+//!     with `approval`, a reason to ask a human (`role-requires-approval`, alongside rule 9's).
+//!     Each object of the grant is decided again by the same rules on its own modalities.
+//!     Invariant (property-tested): adding role rules never turns a deny into an allow or a
+//!     needs-approval, an approval into an allow, never adds a series or lowers the level.
 //!
 //! # Reasons
 //!

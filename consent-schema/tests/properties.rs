@@ -340,10 +340,8 @@ proptest! {
                 }
             }
         }
-        if let Decision::NeedsApproval { why, .. } = &before {
-            if let Decision::NeedsApproval { why: after_why, .. } = &after {
-                prop_assert!(why.iter().all(|w| after_why.contains(w)), "an approval reason was removed");
-            }
+        if let (Decision::NeedsApproval { why, .. }, Decision::NeedsApproval { why: after_why, .. }) = (&before, &after) {
+            prop_assert!(why.iter().all(|w| after_why.contains(w)), "an approval reason was removed");
         }
         // Rules that match nothing leave the decision as it was.
         let other: Vec<RoleRule> = strict
