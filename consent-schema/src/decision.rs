@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConsentId, InstitutionId, Jurisdiction, Modality, PeerId, SeriesRef, StudyRef};
-use crate::purpose::Purpose;
+use crate::purpose::{Purpose, Role};
 use crate::record::DeidLevel;
 
 /// The decision on a [`crate::TransferRequest`].
@@ -112,6 +112,15 @@ pub enum ApprovalReason {
         /// The purpose.
         purpose: Purpose,
     },
+    /// A `[[policy.role_rule]]` with `approval = true` decided a series of the grant.
+    RoleRequiresApproval {
+        /// The rule's position in `policy.role_rule`, from 1.
+        rule: u32,
+        /// The requesting role.
+        role: Role,
+        /// The purpose asked for.
+        purpose: Purpose,
+    },
 }
 
 impl ApprovalReason {
@@ -120,6 +129,7 @@ impl ApprovalReason {
     pub fn code(&self) -> &'static str {
         match self {
             ApprovalReason::PurposeRequiresApproval { .. } => "purpose-requires-approval",
+            ApprovalReason::RoleRequiresApproval { .. } => "role-requires-approval",
         }
     }
 }
@@ -130,6 +140,10 @@ impl fmt::Display for ApprovalReason {
             ApprovalReason::PurposeRequiresApproval { purpose } => write!(
                 f,
                 "site policy sends every {purpose} request to a human (policy.approval_required)"
+            ),
+            ApprovalReason::RoleRequiresApproval { rule, role, purpose } => write!(
+                f,
+                "site policy sends {purpose} requests by role {role} to a human (policy.role_rule #{rule})"
             ),
         }
     }
@@ -188,6 +202,15 @@ pub enum LevelRule {
     CrossBorder(Jurisdiction),
     /// The policy's level when an ethics-board waiver is relied on (`policy.waiver_level`).
     Waiver(ConsentId),
+    /// The `min_level` of a `[[policy.role_rule]]` that decided a series of the grant.
+    RoleRule {
+        /// The rule's position in `policy.role_rule`, from 1.
+        rule: u32,
+        /// The requesting role.
+        role: Role,
+        /// The purpose asked for.
+        purpose: Purpose,
+    },
 }
 
 impl fmt::Display for LevelRule {
@@ -201,6 +224,12 @@ impl fmt::Display for LevelRule {
             ),
             LevelRule::Waiver(c) => {
                 write!(f, "site policy for ethics-board waiver {c} (policy.waiver_level)")
+            }
+            LevelRule::RoleRule { rule, role, purpose } => {
+                write!(
+                    f,
+                    "site policy for {purpose} requests by role {role} (policy.role_rule #{rule})"
+                )
             }
         }
     }
@@ -296,6 +325,17 @@ pub enum DenyReason {
         /// The rule.
         rule: LevelRule,
     },
+    /// A `[[policy.role_rule]]` with `effect = "deny"` withheld every series consent and
+    /// policy would allow (or every series of the study). Names the rule, the requesting role
+    /// and the purpose, nothing of the patient.
+    DeniedByRoleRule {
+        /// The rule's position in `policy.role_rule`, from 1.
+        rule: u32,
+        /// The requesting role.
+        role: Role,
+        /// The purpose asked for.
+        purpose: Purpose,
+    },
 }
 
 impl DenyReason {
@@ -317,6 +357,7 @@ impl DenyReason {
             DenyReason::ConsentScope { .. } => "consent-scope",
             DenyReason::DeniedByConsent { .. } => "denied-by-consent",
             DenyReason::LevelBelowRequired { .. } => "level-below-required",
+            DenyReason::DeniedByRoleRule { .. } => "denied-by-role-rule",
         }
     }
 }
@@ -388,6 +429,10 @@ impl fmt::Display for DenyReason {
             } => write!(
                 f,
                 "{requested} data was requested, but {rule} requires at least {required}"
+            ),
+            DenyReason::DeniedByRoleRule { rule, role, purpose } => write!(
+                f,
+                "site policy does not let role {role} receive this study for {purpose} (policy.role_rule #{rule})"
             ),
         }
     }

@@ -35,6 +35,15 @@
 //!    series granted.
 //! 9. Purposes in `policy.approval_required` turn an allow into [`Decision::NeedsApproval`]
 //!    carrying the grant; a deny stays a deny.
+//! 10. Role rules (`[[policy.role_rule]]`, see [`crate::RoleRule`] and the `policy` module
+//!     docs), applied after rules 1 to 6 on the series consent would send: each series is decided
+//!     by the first rule matching the request's role, purpose and the series' modality. A `deny`
+//!     withholds the series; when none remains the request is denied (`denied-by-role-rule`). An
+//!     `allow` adds its `min_level` to the requirements of rule 7 (`LevelRule::RoleRule`) and,
+//!     with `approval`, a reason to ask a human (`role-requires-approval`, alongside rule 9's).
+//!     Each object of the grant is decided again by the same rules on its own modalities.
+//!     Invariant (property-tested): adding role rules never turns a deny into an allow or a
+//!     needs-approval, an approval into an allow, never adds a series or lowers the level.
 //!
 //! # Reasons
 //!
@@ -43,15 +52,18 @@
 //! patient covers, one time reason (`consent-withdrawn`, `consent-expired`,
 //! `consent-not-yet-valid`) or `waiver-purpose` for each permit that covers the request but does
 //! not apply, and, only if none of those explain it, one `consent-scope` per permit naming what
-//! it lacks. Applying deny consents add `denied-by-consent`.
+//! it lacks. Applying deny consents add `denied-by-consent`. Role rules add `denied-by-role-rule`
+//! (one per deny rule that decides a withheld series) when they withhold every series consent
+//! would send, or every series of the study when consent sends none.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
 use crate::decision::{ApprovalReason, Decision, DenyReason, Grant, LevelRule, ScopePart};
-use crate::object::ObjectScope;
-use crate::policy::SitePolicy;
+use crate::ids::Modality;
+use crate::object::{ObjectRoleRule, ObjectScope};
+use crate::policy::{RoleRule, RuleEffect, SitePolicy};
 use crate::record::{
     ConsentRecord, ConsentedBy, Coverage, DeidLevel, Provision, Recipient, RecipientScope, TimeStatus,
 };
@@ -85,6 +97,23 @@ pub fn evaluate(
     let permitted: BTreeSet<usize> = permits.iter().flat_map(|a| a.series.iter().copied()).collect();
     let granted: BTreeSet<usize> = permitted.difference(&withheld).copied().collect();
 
+    // Role rules (rule 10): the first rule matching each series.
+    let rules = RoleRules::new(request, policy);
+    let decided: Vec<Option<(u32, &RoleRule)>> = request
+        .study
+        .series
+        .iter()
+        .map(|s| rules.first(Some(&s.modality)))
+        .collect();
+    let role_denied = |series: &mut dyn Iterator<Item = usize>| -> BTreeSet<DenyReason> {
+        series
+            .filter_map(|i| match decided[i] {
+                Some((rule, r)) if r.effect() == RuleEffect::Deny => Some(rules.denied(rule)),
+                _ => None,
+            })
+            .collect()
+    };
+
     if granted.is_empty() {
         for d in &denies {
             if permits.is_empty() || d.series.iter().any(|s| permitted.contains(s)) {
@@ -96,10 +125,29 @@ pub fn evaluate(
         if permits.is_empty() {
             explain_no_permit(request, &assessed, &mut reasons);
         }
+        let all = 0..request.study.series.len();
+        let by_rules = role_denied(&mut all.clone());
+        if all
+            .clone()
+            .all(|i| matches!(decided[i], Some((_, r)) if r.effect() == RuleEffect::Deny))
+        {
+            reasons.extend(by_rules);
+        }
         return Decision::Deny {
             reasons: reasons.into_iter().collect(),
         };
     }
+    let kept: BTreeSet<usize> = granted
+        .iter()
+        .copied()
+        .filter(|&i| !matches!(decided[i], Some((_, r)) if r.effect() == RuleEffect::Deny))
+        .collect();
+    if kept.is_empty() {
+        return Decision::Deny {
+            reasons: role_denied(&mut granted.iter().copied()).into_iter().collect(),
+        };
+    }
+    let granted = kept;
 
     // Every applying permit is relied on, also one whose series a deny withheld: its level and
     // end still bind, so that adding a deny never makes a decision more permissive.
@@ -120,6 +168,24 @@ pub fn evaluate(
     }
     if request.jurisdiction != policy.home_jurisdiction && !relied.iter().any(|a| names_recipient(a.record, request)) {
         requirements.push((policy.cross_border_level, LevelRule::CrossBorder(request.jurisdiction)));
+    }
+    let mut why = BTreeSet::new();
+    if policy.approval_required.contains(&request.purpose) {
+        why.insert(ApprovalReason::PurposeRequiresApproval {
+            purpose: request.purpose,
+        });
+    }
+    for &i in &granted {
+        if let Some((rule, r)) = decided[i]
+            && let RuleEffect::Allow { min_level, approval } = r.effect()
+        {
+            if let Some(level) = min_level {
+                requirements.push((level, rules.level_rule(rule)));
+            }
+            if approval {
+                why.insert(rules.approval(rule));
+            }
+        }
     }
     if let Some(requested) = request.requested_level {
         for (required, rule) in &requirements {
@@ -184,6 +250,7 @@ pub fn evaluate(
     let objects = ObjectScope {
         permits,
         denies: object_denies,
+        role_rules: rules.for_objects(level, !why.is_empty()),
     };
     let grant = Grant {
         objects,
@@ -200,15 +267,82 @@ pub fn evaluate(
             .into_iter()
             .collect(),
     };
-    if policy.approval_required.contains(&request.purpose) {
+    if why.is_empty() {
+        Decision::Allow(grant)
+    } else {
         Decision::NeedsApproval {
-            why: vec![ApprovalReason::PurposeRequiresApproval {
-                purpose: request.purpose,
-            }],
+            why: why.into_iter().collect(),
             grant,
         }
-    } else {
-        Decision::Allow(grant)
+    }
+}
+
+/// The role rules that match the request's role and purpose, with their positions (from 1) in
+/// `policy.role_rule`, in order.
+struct RoleRules<'a> {
+    request: &'a TransferRequest,
+    rules: Vec<(u32, &'a RoleRule)>,
+}
+
+impl<'a> RoleRules<'a> {
+    fn new(request: &'a TransferRequest, policy: &'a SitePolicy) -> Self {
+        let rules = policy
+            .role_rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.matches_request(request.role, request.purpose))
+            .map(|(i, r)| (u32::try_from(i).map_or(u32::MAX, |i| i.saturating_add(1)), r))
+            .collect();
+        Self { request, rules }
+    }
+
+    /// The first rule matching a series or object of `modality`.
+    fn first(&self, modality: Option<&Modality>) -> Option<(u32, &'a RoleRule)> {
+        self.rules.iter().find(|(_, r)| r.matches_modality(modality)).copied()
+    }
+
+    fn denied(&self, rule: u32) -> DenyReason {
+        DenyReason::DeniedByRoleRule {
+            rule,
+            role: self.request.role,
+            purpose: self.request.purpose,
+        }
+    }
+
+    fn level_rule(&self, rule: u32) -> LevelRule {
+        LevelRule::RoleRule {
+            rule,
+            role: self.request.role,
+            purpose: self.request.purpose,
+        }
+    }
+
+    fn approval(&self, rule: u32) -> ApprovalReason {
+        ApprovalReason::RoleRequiresApproval {
+            rule,
+            role: self.request.role,
+            purpose: self.request.purpose,
+        }
+    }
+
+    /// The rules as they apply to each object of a grant at `level`, decided with or without a
+    /// person's approval.
+    fn for_objects(&self, level: DeidLevel, approved: bool) -> Vec<ObjectRoleRule> {
+        self.rules
+            .iter()
+            .map(|&(rule, r)| ObjectRoleRule {
+                rule,
+                role: self.request.role,
+                purpose: self.request.purpose,
+                modality: r.modality().cloned(),
+                refuses: match r.effect() {
+                    RuleEffect::Deny => true,
+                    RuleEffect::Allow { min_level, approval } => {
+                        min_level.is_some_and(|l| l > level) || (approval && !approved)
+                    }
+                },
+            })
+            .collect()
     }
 }
 

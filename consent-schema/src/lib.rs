@@ -98,7 +98,7 @@ pub use ids::{
     StudyRef,
 };
 pub use object::{ObjectExclusion, ObjectFacts, ObjectScope, implied_modality};
-pub use policy::{GrantDays, PolicyError, SitePolicy};
+pub use policy::{GrantDays, OrAny, PolicyError, RoleRule, RoleRuleCause, RuleEffect, SitePolicy};
 pub use purpose::{ActReasonError, Purpose, PurposeError, Role};
 pub use record::{
     ConsentDraft, ConsentError, ConsentRecord, ConsentedBy, Coverage, DataPeriod, DeidLevel, FORMAT_VERSION,

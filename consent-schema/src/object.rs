@@ -15,12 +15,21 @@
 //! 4. A deny consent that applies to the transfer but for the modality, and whose modality scope
 //!    covers one of the object's modalities, withholds it (`denied-by-consent`): deny beats
 //!    permit, per object as per series.
+//! 5. The site's role rules (`[[policy.role_rule]]`, [`crate::RoleRule`]) are applied per object
+//!    as per series: for each of the object's modalities (or, with none, the unknown modality,
+//!    which only a rule without a modality list matches), the first rule that matches the
+//!    request's role, purpose and that modality must not deny, must not require a stronger
+//!    level than the grant's, and must not require an approval the decision did not ask for
+//!    (`denied-by-role-rule` otherwise).
 
 use std::fmt;
 
 use serde::Serialize;
 
+use std::collections::BTreeSet;
+
 use crate::ids::{ConsentId, Modality};
+use crate::purpose::{Purpose, Role};
 use crate::record::ModalityScope;
 
 /// What the holder knows of one object (from its own store).
@@ -40,6 +49,28 @@ pub struct ObjectScope {
     pub(crate) permits: Vec<(ConsentId, ModalityScope)>,
     /// The denies in force that apply but for the modality, by consent id.
     pub(crate) denies: Vec<(ConsentId, ModalityScope)>,
+    /// The role rules that match the request's role and purpose, in order (empty without rules).
+    pub(crate) role_rules: Vec<ObjectRoleRule>,
+}
+
+/// A role rule as it applies to the objects of one grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ObjectRoleRule {
+    /// The rule's position in `policy.role_rule`, from 1.
+    pub(crate) rule: u32,
+    pub(crate) role: Role,
+    pub(crate) purpose: Purpose,
+    /// The modalities it matches; `None`: every modality, the unknown one included.
+    pub(crate) modality: Option<BTreeSet<Modality>>,
+    /// Whether an object it decides is left out: it denies, or it requires a stronger level
+    /// than the grant's or an approval the decision did not ask for.
+    pub(crate) refuses: bool,
+}
+
+impl ObjectRoleRule {
+    fn matches(&self, modality: Option<&Modality>) -> bool {
+        crate::policy::modality_matches(self.modality.as_ref(), modality)
+    }
 }
 
 /// Why an object of a granted series is left out.
@@ -69,6 +100,17 @@ pub enum ObjectExclusion {
         /// The modality it covers.
         modality: Modality,
     },
+    /// The site's role rule that decides one of the object's modalities leaves it out.
+    DeniedByRoleRule {
+        /// The rule's position in `policy.role_rule`, from 1.
+        rule: u32,
+        /// The requesting role.
+        role: Role,
+        /// The purpose asked for.
+        purpose: Purpose,
+        /// The modality it decides (`None`: the object has none).
+        modality: Option<Modality>,
+    },
 }
 
 impl ObjectExclusion {
@@ -80,6 +122,7 @@ impl ObjectExclusion {
             ObjectExclusion::SopClassNotCovered { .. } => "sop-class-not-covered",
             ObjectExclusion::ModalityUnknown => "modality-unknown",
             ObjectExclusion::DeniedByConsent { .. } => "denied-by-consent",
+            ObjectExclusion::DeniedByRoleRule { .. } => "denied-by-role-rule",
         }
     }
 }
@@ -99,6 +142,20 @@ impl fmt::Display for ObjectExclusion {
             ),
             ObjectExclusion::DeniedByConsent { consent, modality } => {
                 write!(f, "consent {consent} objects to modality {modality}")
+            }
+            ObjectExclusion::DeniedByRoleRule {
+                rule,
+                role,
+                purpose,
+                modality,
+            } => {
+                let what = modality
+                    .as_ref()
+                    .map_or_else(|| "objects without a modality".to_string(), |m| format!("{m} objects"));
+                write!(
+                    f,
+                    "site policy does not let role {role} receive {what} for {purpose} under this grant (policy.role_rule #{rule})"
+                )
             }
         }
     }
@@ -122,7 +179,7 @@ impl ObjectScope {
         }
         if modalities.is_empty() {
             if self.permits.iter().all(|(_, p)| *p == ModalityScope::All) {
-                return Ok(());
+                return self.role_check(None);
             }
             return Err(ObjectExclusion::ModalityUnknown);
         }
@@ -146,7 +203,23 @@ impl ObjectScope {
                 });
             }
         }
+        for (m, _) in &modalities {
+            self.role_check(Some(m))?;
+        }
         Ok(())
+    }
+
+    /// The first role rule matching `modality` must not leave the object out.
+    fn role_check(&self, modality: Option<&Modality>) -> Result<(), ObjectExclusion> {
+        match self.role_rules.iter().find(|r| r.matches(modality)) {
+            Some(r) if r.refuses => Err(ObjectExclusion::DeniedByRoleRule {
+                rule: r.rule,
+                role: r.role,
+                purpose: r.purpose,
+                modality: modality.cloned(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -221,6 +294,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| (format!("deny-{i}").parse().unwrap(), s))
                 .collect(),
+            role_rules: Vec::new(),
         }
     }
 

@@ -192,8 +192,9 @@ impl fmt::Display for Purpose {
 
 /// The role of the person on whose behalf a peer requests a study, as the CLI spells it.
 ///
-/// The role does not change the decision of [`crate::evaluate`]; it is recorded in the ledger
-/// and shown to the human who approves a request.
+/// The role is recorded in the ledger and shown to the human who approves a request; it changes
+/// the decision of [`crate::evaluate`] only through the site's role rules
+/// (`[[policy.role_rule]]`, [`crate::RoleRule`]), which can only make it stricter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]

@@ -31,7 +31,7 @@ pub struct TransferRequest {
     pub consortia: BTreeSet<ConsortiumId>,
     /// Why the study is wanted.
     pub purpose: Purpose,
-    /// On whose behalf (recorded, not decided on).
+    /// On whose behalf: recorded, and decided on by the site's role rules only.
     pub role: Role,
     /// The level the requester asked for; none lets the holder pick the weakest level allowed.
     pub requested_level: Option<DeidLevel>,

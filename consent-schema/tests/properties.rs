@@ -167,6 +167,39 @@ prop_compose! {
     }
 }
 
+fn role_rule() -> impl Strategy<Value = RoleRule> {
+    (
+        prop_oneof![1 => Just(OrAny::Any), 3 => prop::sample::select(Role::ALL.to_vec()).prop_map(OrAny::Only)],
+        prop_oneof![1 => Just(OrAny::Any), 2 => purpose().prop_map(OrAny::Only)],
+        prop::option::of(btree_set(modality(), 1..=2)),
+        prop_oneof![
+            1 => Just(RuleEffect::Deny),
+            3 => (prop::option::of(level()), any::<bool>())
+                .prop_map(|(min_level, approval)| RuleEffect::Allow { min_level, approval }),
+        ],
+    )
+        .prop_map(|(role, purpose, modality, effect)| {
+            RoleRule::new(role, purpose, modality, effect).expect("defined modalities, never empty")
+        })
+}
+
+/// An object of a granted series, as preparation sees it.
+fn object() -> impl Strategy<Value = ObjectFacts> {
+    (
+        prop::option::of(prop::sample::select(vec!["CT", "MR", "US", "SR", "OT"])),
+        prop::sample::select(vec![
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.5.1.4.1.1.4",
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.840.10008.5.1.4.1.1.88.22",
+        ]),
+    )
+        .prop_map(|(m, class)| ObjectFacts {
+            modality: m.map(|m| m.parse().expect("modality")),
+            sop_class: class.into(),
+        })
+}
+
 /// Random consents with unique ids (ids are unique per node; the ledger names consents by id).
 fn consents(max: usize) -> impl Strategy<Value = Vec<ConsentRecord>> {
     vec(record(), 0..max).prop_map(|records| {
@@ -271,6 +304,54 @@ proptest! {
         more.push(extra);
         let after = evaluate(&request, &more, &policy, now());
         no_more_permissive(&after, &before)?;
+    }
+
+    /// The role rules' invariant: adding any rules never turns a deny into an allow or a
+    /// needs-approval, never removes a need for approval, never adds a series, never lowers the
+    /// level, never lengthens the grant, and never admits an object the decision without rules
+    /// would leave out.
+    #[test]
+    fn role_rules_only_make_decisions_stricter(
+        consents in consents(6),
+        request in request(),
+        role in prop::sample::select(Role::ALL.to_vec()),
+        policy in policy(),
+        rules in vec(role_rule(), 1..5),
+        objects in vec(object(), 0..6),
+    ) {
+        let request = TransferRequest { role, ..request };
+        let before = evaluate(&request, &consents, &policy, now());
+        let strict = SitePolicy { role_rules: rules, ..policy.clone() };
+        let after = evaluate(&request, &consents, &strict, now());
+        let rank = |d: &Decision| match d {
+            Decision::Deny { .. } => 0,
+            Decision::NeedsApproval { .. } => 1,
+            _ => 2,
+        };
+        prop_assert!(rank(&after) <= rank(&before), "{after:?} is looser than {before:?}");
+        if let (Some(a), Some(b)) = (grant_of(&after), grant_of(&before)) {
+            let bs: BTreeSet<_> = b.series().iter().collect();
+            prop_assert!(a.series().iter().all(|s| bs.contains(s)), "more series: {a:?} vs {b:?}");
+            prop_assert!(a.level() >= b.level(), "weaker level: {a:?} vs {b:?}");
+            prop_assert!(a.expires_at() <= b.expires_at());
+            for o in &objects {
+                if a.objects().admit(o).is_ok() {
+                    prop_assert!(b.objects().admit(o).is_ok(), "{o:?} admitted only with rules");
+                }
+            }
+        }
+        if let (Decision::NeedsApproval { why, .. }, Decision::NeedsApproval { why: after_why, .. }) = (&before, &after) {
+            prop_assert!(why.iter().all(|w| after_why.contains(w)), "an approval reason was removed");
+        }
+        // Rules that match nothing leave the decision as it was.
+        let other: Vec<RoleRule> = strict
+            .role_rules
+            .iter()
+            .filter(|r| !r.matches_request(request.role, request.purpose))
+            .cloned()
+            .collect();
+        let unmatched = SitePolicy { role_rules: other, ..policy };
+        prop_assert_eq!(evaluate(&request, &consents, &unmatched, now()), before);
     }
 
     #[test]

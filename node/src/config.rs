@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, SitePolicy};
+use consent_schema::{DeidLevel, GrantDays, Jurisdiction, Purpose, RoleRule, SitePolicy};
 use serde::{Deserialize, Serialize};
 
 pub mod endpoint;
@@ -109,6 +109,31 @@ max_grant_days = 30
 # sees "pending" meanwhile, and a study the PACS does not have either is
 # "not available".
 fetch_from_pacs = false
+#
+# Role rules: the requesting role (clinician, radiologist, researcher,
+# educator, quality-officer, public-health-officer, data-steward) x purpose
+# x modality -> allow or deny. None by default: the role is recorded but
+# decides nothing. Each series of a study is decided by the FIRST rule, in
+# the order written, whose role, purpose and modality match it ("*" = any;
+# no modality = every modality); a series no rule matches is decided by
+# consent and the rules above alone. Rules only ever make a decision
+# stricter: "deny" withholds the series (denied-by-role-rule when none is
+# left), "allow" lets consent and policy decide, raised to min_level (the
+# stronger level wins) and, with approval = true, sent to a person. A deny
+# takes neither min_level nor approval. Example, researchers get no
+# mammograms, and everything else only anonymised and approved:
+#
+# [[policy.role_rule]]
+# role = "researcher"
+# purpose = "*"
+# modality = ["MG"]
+# effect = "deny"
+#
+# [[policy.role_rule]]
+# role = "researcher"
+# effect = "allow"
+# min_level = "anonymised"
+# approval = true
 
 [transfer]
 # Objects of a study streamed at once to a peer, each on its own stream
@@ -560,6 +585,9 @@ pub struct PolicyConfig {
     pub max_grant_days: GrantDays,
     /// A peer's request for a study not held yet fetches it from the PACS first.
     pub fetch_from_pacs: bool,
+    /// Rules on the requesting role (`[[policy.role_rule]]`), in order; none by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub role_rule: Vec<RoleRule>,
 }
 
 impl PolicyConfig {
@@ -574,6 +602,7 @@ impl PolicyConfig {
             waiver_level: self.waiver_level,
             approval_required: self.approval_required.clone(),
             max_grant_days: self.max_grant_days,
+            role_rules: self.role_rule.clone(),
         }
     }
 }
@@ -593,6 +622,7 @@ impl Default for PolicyConfig {
             approval_required: [Purpose::Research, Purpose::Teaching].into(),
             max_grant_days: GrantDays::default(),
             fetch_from_pacs: false,
+            role_rule: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | [`cbor`] | CBOR encoding of every record, on disk and on the wire, with size caps |
 //! | [`text`] | text from peers and files made safe to store and print (control characters escaped, length capped) |
 //! | [`fsutil`] | private files and folders, atomic writes, the one walker of folders |
+//! | [`access`] | the people at the site: their roles and the one permission table of the console and API |
 //! | [`identity`] | Ed25519 identity (= libp2p PeerId), X25519 key, signed `NodeRecord`, signed envelopes |
 //! | [`ids`] | the ids of transfers, requests and ledger entries (newtypes over their bytes, hex as text); peers as libp2p's `PeerId`, base58 as text |
 //! | [`keystore`] | master key from the passphrase (Argon2id), key wrapping, secret key files |
@@ -39,7 +40,7 @@
 //! imports only modules above it in this list, never one below):
 //!
 //! 1. leaves, importing no other module of this crate: `clock`, `cbor`, `ids`,
-//!    `fsutil`; then `text` (none), `keystore` (`cbor`, `fsutil`),
+//!    `fsutil`, `access`; then `text` (none), `keystore` (`cbor`, `fsutil`),
 //!    `identity` (`cbor`, `text`);
 //! 2. `config` (no service: the services' settings are its types);
 //! 3. `ledger` (the model: `cbor`, `identity`, `text`);
@@ -68,6 +69,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod cbor;

@@ -13,7 +13,7 @@ use super::evaluate;
 use crate::decision::{ApprovalReason, Decision, DenyReason, Grant, LevelRule, ScopePart};
 use crate::ids::{Modality, SeriesRef};
 use crate::object::{ObjectFacts, ObjectScope};
-use crate::policy::{GrantDays, SitePolicy};
+use crate::policy::{GrantDays, RoleRule, RuleEffect, SitePolicy};
 use crate::purpose::{Purpose, Role};
 use crate::record::{
     ConsentDraft, ConsentRecord, ConsentedBy, Coverage, DataPeriod, DeidLevel, LegalBasis, ModalityScope, Provision,
@@ -1024,4 +1024,461 @@ fn objects_of_the_grant_are_decided_on_their_own_modality() {
         reversed.reverse();
         assert_eq!(evaluate(&request(), &reversed, &policy(), now()), d, "{name}: order");
     }
+}
+
+/// A role rule as the TOML form would give it.
+fn rule(role: &str, purpose: &str, modality: Option<&[&str]>, effect: RuleEffect) -> RoleRule {
+    RoleRule::new(
+        role.parse().unwrap(),
+        purpose.parse().unwrap(),
+        modality.map(|ms| ms.iter().map(|s| m(s)).collect()),
+        effect,
+    )
+    .unwrap()
+}
+
+const ALLOW: RuleEffect = RuleEffect::Allow {
+    min_level: None,
+    approval: false,
+};
+
+fn allow_at(level: DeidLevel) -> RuleEffect {
+    RuleEffect::Allow {
+        min_level: Some(level),
+        approval: false,
+    }
+}
+
+const NEEDS_PERSON: RuleEffect = RuleEffect::Allow {
+    min_level: None,
+    approval: true,
+};
+
+fn by_rule(rule: u32, role: Role, purpose: Purpose) -> DenyReason {
+    DenyReason::DeniedByRoleRule { rule, role, purpose }
+}
+
+fn role_level(rule: u32, role: Role, purpose: Purpose) -> LevelRule {
+    LevelRule::RoleRule { rule, role, purpose }
+}
+
+#[test]
+fn role_rules() {
+    use Role::{Clinician, Radiologist, Researcher};
+    let research_permit = || with(permit("c-1"), |d| d.scope.purposes = [Purpose::Research].into());
+    let research = |r: &mut TransferRequest| {
+        r.purpose = Purpose::Research;
+        r.role = Researcher;
+    };
+    let no_approval = |p: &mut SitePolicy| p.approval_required.clear();
+    let us = |r: &mut TransferRequest| r.jurisdiction = "US".parse().unwrap();
+    run(vec![
+        // No rules, or none matching: unchanged.
+        case("no rules: unchanged", vec![rec(permit("c-1"))], allow_all(&["c-1"])),
+        case(
+            "a rule for another role does not match",
+            vec![rec(permit("c-1"))],
+            allow_all(&["c-1"]),
+        )
+        .policy(|p| p.role_rules = vec![rule("researcher", "*", None, RuleEffect::Deny)]),
+        case(
+            "a rule for another purpose does not match",
+            vec![rec(permit("c-1"))],
+            allow_all(&["c-1"]),
+        )
+        .policy(|p| p.role_rules = vec![rule("clinician", "research", None, RuleEffect::Deny)]),
+        // Each effect.
+        case(
+            "deny: every series withheld",
+            vec![rec(permit("c-1"))],
+            denied(vec![by_rule(1, Clinician, Purpose::Treatment)]),
+        )
+        .policy(|p| p.role_rules = vec![rule("clinician", "treatment", None, RuleEffect::Deny)]),
+        case(
+            "allow without level or approval: as consent and policy decide",
+            vec![rec(permit("c-1"))],
+            allow_all(&["c-1"]),
+        )
+        .policy(|p| p.role_rules = vec![rule("clinician", "treatment", None, ALLOW)]),
+        case(
+            "allow with min_level raises the level",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .policy(|p| p.role_rules = vec![rule("clinician", "*", None, allow_at(Pseudonymised))]),
+        case(
+            "allow with min_level: a weaker requested level is denied, naming the rule",
+            vec![rec(permit("c-1"))],
+            denied(vec![DenyReason::LevelBelowRequired {
+                requested: Identifiable,
+                required: Pseudonymised,
+                rule: role_level(1, Clinician, Purpose::Treatment),
+            }]),
+        )
+        .request(|r| r.requested_level = Some(Identifiable))
+        .policy(|p| p.role_rules = vec![rule("clinician", "*", None, allow_at(Pseudonymised))]),
+        case(
+            "allow with approval: a person must approve",
+            vec![rec(permit("c-1"))],
+            Decision::NeedsApproval {
+                why: vec![ApprovalReason::RoleRequiresApproval {
+                    rule: 1,
+                    role: Clinician,
+                    purpose: Purpose::Treatment,
+                }],
+                grant: grant(Identifiable, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            },
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", None, NEEDS_PERSON)]),
+        case(
+            "approval by rule and by purpose: both reasons",
+            vec![research_permit()],
+            Decision::NeedsApproval {
+                why: vec![
+                    ApprovalReason::PurposeRequiresApproval {
+                        purpose: Purpose::Research,
+                    },
+                    ApprovalReason::RoleRequiresApproval {
+                        rule: 1,
+                        role: Researcher,
+                        purpose: Purpose::Research,
+                    },
+                ],
+                grant: grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            },
+        )
+        .request(research)
+        .policy(|p| p.role_rules = vec![rule("researcher", "research", None, NEEDS_PERSON)]),
+        case(
+            "an allow rule never lifts approval_required",
+            vec![research_permit()],
+            approval(
+                Purpose::Research,
+                grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"]),
+            ),
+        )
+        .request(research)
+        .policy(|p| p.role_rules = vec![rule("researcher", "research", None, ALLOW)]),
+        case(
+            "an allow rule never allows what consent denies",
+            vec![],
+            denied(vec![DenyReason::NoConsent]),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", None, ALLOW)]),
+        // First match wins.
+        case(
+            "first match: allow before deny",
+            vec![rec(permit("c-1"))],
+            allow_all(&["c-1"]),
+        )
+        .policy(|p| {
+            p.role_rules = vec![
+                rule("clinician", "treatment", None, ALLOW),
+                rule("*", "*", None, RuleEffect::Deny),
+            ]
+        }),
+        case(
+            "first match: deny before allow",
+            vec![rec(permit("c-1"))],
+            denied(vec![by_rule(1, Clinician, Purpose::Treatment)]),
+        )
+        .policy(|p| {
+            p.role_rules = vec![
+                rule("*", "*", None, RuleEffect::Deny),
+                rule("clinician", "treatment", None, ALLOW),
+            ]
+        }),
+        case(
+            "first match: a non-matching rule is skipped, the position counts all rules",
+            vec![rec(permit("c-1"))],
+            denied(vec![by_rule(2, Clinician, Purpose::Treatment)]),
+        )
+        .policy(|p| {
+            p.role_rules = vec![
+                rule("radiologist", "*", None, ALLOW),
+                rule("*", "treatment", None, RuleEffect::Deny),
+                rule("clinician", "*", None, ALLOW),
+            ]
+        }),
+        case(
+            "first match: the earlier level, not the strongest, decides",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .policy(|p| {
+            p.role_rules = vec![
+                rule("clinician", "*", None, allow_at(Pseudonymised)),
+                rule("*", "*", None, allow_at(Anonymised)),
+            ]
+        }),
+        // Wildcards.
+        case(
+            "wildcard role",
+            vec![rec(permit("c-1"))],
+            denied(vec![by_rule(1, Radiologist, Purpose::Treatment)]),
+        )
+        .request(|r| r.role = Radiologist)
+        .policy(|p| p.role_rules = vec![rule("*", "treatment", None, RuleEffect::Deny)]),
+        case(
+            "wildcard purpose",
+            vec![with(permit("c-1"), |d| d.scope.purposes = [Purpose::Quality].into())],
+            denied(vec![by_rule(1, Clinician, Purpose::Quality)]),
+        )
+        .request(|r| r.purpose = Purpose::Quality)
+        .policy(|p| p.role_rules = vec![rule("clinician", "*", None, RuleEffect::Deny)]),
+        // Modality, per series.
+        case(
+            "modality match: only that series is withheld",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct"], &["c-1"])),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["MR"]), RuleEffect::Deny)]),
+        case(
+            "modality no match: unchanged",
+            vec![rec(permit("c-1"))],
+            allow_all(&["c-1"]),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["MG", "US"]), RuleEffect::Deny)]),
+        case(
+            "allow-list: allow CT, then deny the rest",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct"], &["c-1"])),
+        )
+        .policy(|p| {
+            p.role_rules = vec![
+                rule("clinician", "*", Some(&["CT"]), ALLOW),
+                rule("clinician", "*", None, RuleEffect::Deny),
+            ]
+        }),
+        case(
+            "a level rule for one modality binds the grant when that series is sent",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["MR"]), allow_at(Anonymised))]),
+        case(
+            "a level rule for a series consent withholds does not bind",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| {
+                    d.scope.modalities = ModalityScope::Only([m("MR")].into())
+                }),
+            ],
+            Decision::Allow(grant(Identifiable, IN_30_DAYS, &["se-ct"], &["c-1"])),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["MR"]), allow_at(Anonymised))]),
+        case(
+            "consent withholds CT, a rule withholds MR: denied by the rule",
+            vec![
+                rec(permit("c-1")),
+                with(deny("c-2"), |d| {
+                    d.scope.modalities = ModalityScope::Only([m("CT")].into())
+                }),
+            ],
+            denied(vec![by_rule(1, Clinician, Purpose::Treatment)]),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["MR"]), RuleEffect::Deny)]),
+        case(
+            "consent denies and the rules withhold every series: both reasons",
+            vec![],
+            denied(vec![DenyReason::NoConsent, by_rule(1, Clinician, Purpose::Treatment)]),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", None, RuleEffect::Deny)]),
+        case(
+            "consent denies and the rules withhold some series: consent's reasons only",
+            vec![],
+            denied(vec![DenyReason::NoConsent]),
+        )
+        .policy(|p| p.role_rules = vec![rule("*", "*", Some(&["CT"]), RuleEffect::Deny)]),
+        // With the cross-border level and policy.min_level: the stronger wins.
+        case(
+            "cross-border anonymised beats a pseudonymised rule",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(us)
+        .policy(|p| p.role_rules = vec![rule("*", "*", None, allow_at(Pseudonymised))]),
+        case(
+            "an anonymised rule beats the cross-border pseudonymised level",
+            vec![rec(permit("c-1"))],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(us)
+        .policy(|p| {
+            p.cross_border_level = Pseudonymised;
+            p.role_rules = vec![rule("*", "*", None, allow_at(Anonymised))];
+        }),
+        case(
+            "an identifiable rule never lowers policy.min_level",
+            vec![research_permit()],
+            Decision::Allow(grant(Pseudonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(research)
+        .policy(no_approval)
+        .policy(|p| p.role_rules = vec![rule("researcher", "research", None, allow_at(Identifiable))]),
+        case(
+            "an anonymised rule beats policy.min_level",
+            vec![research_permit()],
+            Decision::Allow(grant(Anonymised, IN_30_DAYS, &["se-ct", "se-mr"], &["c-1"])),
+        )
+        .request(research)
+        .policy(no_approval)
+        .policy(|p| p.role_rules = vec![rule("researcher", "research", None, allow_at(Anonymised))]),
+        case(
+            "pseudonymised asked: every rule it falls short of is named",
+            vec![research_permit()],
+            denied(vec![
+                DenyReason::LevelBelowRequired {
+                    requested: Pseudonymised,
+                    required: Anonymised,
+                    rule: LevelRule::CrossBorder("US".parse().unwrap()),
+                },
+                DenyReason::LevelBelowRequired {
+                    requested: Pseudonymised,
+                    required: Anonymised,
+                    rule: role_level(1, Researcher, Purpose::Research),
+                },
+            ]),
+        )
+        .request(research)
+        .request(us)
+        .request(|r| r.requested_level = Some(Pseudonymised))
+        .policy(|p| p.role_rules = vec![rule("researcher", "research", None, allow_at(Anonymised))]),
+    ]);
+}
+
+/// Objects of a granted series are decided again by the role rules on their own modalities.
+#[test]
+fn role_rules_decide_each_object() {
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    const SR: &str = "1.2.840.10008.5.1.4.1.1.88.22";
+    let obj = |modality: Option<&str>, class: &str| ObjectFacts {
+        modality: modality.map(m),
+        sop_class: class.into(),
+    };
+    let with_rules = |rules: Vec<RoleRule>| {
+        let mut p = policy();
+        p.role_rules = rules;
+        p
+    };
+    // (name, rules, object, expected: "admit" or the exclusion code)
+    let cases: Vec<(&str, Vec<RoleRule>, ObjectFacts, &str)> = vec![
+        ("no rules, SR object", vec![], obj(Some("SR"), SR), "admit"),
+        (
+            "SR denied, SR object in the CT series",
+            vec![rule("*", "*", Some(&["SR"]), RuleEffect::Deny)],
+            obj(Some("SR"), SR),
+            "denied-by-role-rule",
+        ),
+        (
+            "SR denied, a report whose Modality says CT",
+            vec![rule("*", "*", Some(&["SR"]), RuleEffect::Deny)],
+            obj(Some("CT"), SR),
+            "denied-by-role-rule",
+        ),
+        (
+            "SR denied, a CT object",
+            vec![rule("*", "*", Some(&["SR"]), RuleEffect::Deny)],
+            obj(Some("CT"), CT),
+            "admit",
+        ),
+        (
+            "allow-list CT and MR: an OT object is left out",
+            vec![
+                rule("*", "*", Some(&["CT", "MR"]), ALLOW),
+                rule("*", "*", None, RuleEffect::Deny),
+            ],
+            obj(Some("OT"), SC),
+            "denied-by-role-rule",
+        ),
+        (
+            "allow-list CT and MR: an object without a modality is left out",
+            vec![
+                rule("*", "*", Some(&["CT", "MR"]), ALLOW),
+                rule("*", "*", None, RuleEffect::Deny),
+            ],
+            obj(None, SC),
+            "denied-by-role-rule",
+        ),
+        (
+            "a modality rule does not decide an object without a modality",
+            vec![rule("*", "*", Some(&["SR"]), RuleEffect::Deny)],
+            obj(None, SC),
+            "admit",
+        ),
+        (
+            "SR needs anonymised, the grant is identifiable: left out",
+            vec![rule("*", "*", Some(&["SR"]), allow_at(Anonymised))],
+            obj(Some("SR"), SR),
+            "denied-by-role-rule",
+        ),
+        (
+            "SR needs approval, the decision did not ask: left out",
+            vec![rule("*", "*", Some(&["SR"]), NEEDS_PERSON)],
+            obj(Some("SR"), SR),
+            "denied-by-role-rule",
+        ),
+    ];
+    for (name, rules, object, want) in cases {
+        let p = with_rules(rules);
+        let d = evaluate(&request(), &[rec(permit("c-1"))], &p, now());
+        let g = d.allowed().unwrap_or_else(|| panic!("{name}: {d:?}"));
+        let got = match g.objects().admit(&object) {
+            Ok(()) => "admit",
+            Err(e) => e.code(),
+        };
+        assert_eq!(got, want, "{name}");
+    }
+    // With approval asked for by a rule on the series' own modality, an SR object that needs
+    // approval too is admitted.
+    let p = with_rules(vec![rule("*", "*", None, NEEDS_PERSON)]);
+    let d = evaluate(&request(), &[rec(permit("c-1"))], &p, now());
+    let Decision::NeedsApproval { grant, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(grant.objects().admit(&obj(Some("SR"), SR)), Ok(()));
+    // The words of the exclusion name the rule, the role, the purpose and the modality.
+    let p = with_rules(vec![rule("*", "*", Some(&["SR"]), RuleEffect::Deny)]);
+    let d = evaluate(&request(), &[rec(permit("c-1"))], &p, now());
+    let e = d.allowed().unwrap().objects().admit(&obj(Some("SR"), SR)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "site policy does not let role clinician receive SR objects for treatment under this grant (policy.role_rule #1)"
+    );
+}
+
+#[test]
+fn role_rule_reasons_have_stable_codes_and_words() {
+    let reason = by_rule(3, Role::Researcher, Purpose::Research);
+    assert_eq!(reason.code(), "denied-by-role-rule");
+    assert_eq!(
+        reason.to_string(),
+        "site policy does not let role researcher receive this study for research (policy.role_rule #3)"
+    );
+    let json = serde_json::to_value(&reason).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"code": "denied-by-role-rule", "rule": 3, "role": "researcher", "purpose": "research"})
+    );
+    assert_eq!(serde_json::from_value::<DenyReason>(json).unwrap(), reason);
+    let why = ApprovalReason::RoleRequiresApproval {
+        rule: 1,
+        role: Role::DataSteward,
+        purpose: Purpose::Research,
+    };
+    assert_eq!(why.code(), "role-requires-approval");
+    assert_eq!(
+        why.to_string(),
+        "site policy sends research requests by role data-steward to a human (policy.role_rule #1)"
+    );
+    let level = DenyReason::LevelBelowRequired {
+        requested: Pseudonymised,
+        required: Anonymised,
+        rule: role_level(2, Role::Researcher, Purpose::Research),
+    };
+    assert_eq!(
+        level.to_string(),
+        "pseudonymised data was requested, but site policy for research requests by role researcher (policy.role_rule #2) requires at least anonymised"
+    );
 }

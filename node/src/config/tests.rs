@@ -62,6 +62,52 @@ fn policy_defaults_are_those_of_consent_schema() {
 }
 
 #[test]
+fn role_rules_are_read_in_order_into_the_site_policy() {
+    // The template's commented example, uncommented, is a valid policy.
+    let example: String = TEMPLATE
+        .lines()
+        .skip_while(|l| !l.starts_with("# [[policy.role_rule]]"))
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(Path::new("c.toml"), &format!("[policy]\n{example}\n")).unwrap();
+    let home: Jurisdiction = "DE".parse().unwrap();
+    let p = c.policy.site_policy(home);
+    assert_eq!(p.role_rules.len(), 2);
+    assert_eq!(p.role_rules[0].effect(), consent_schema::RuleEffect::Deny);
+    assert_eq!(
+        p.role_rules[1].effect(),
+        consent_schema::RuleEffect::Allow {
+            min_level: Some(DeidLevel::Anonymised),
+            approval: true
+        }
+    );
+    // Everything else keeps its default; no rules is the default.
+    assert_eq!(
+        SitePolicy {
+            role_rules: Vec::new(),
+            ..p
+        },
+        SitePolicy::new(home)
+    );
+    for (text, needle) in [
+        (
+            "[[policy.role_rule]]\nrole = \"*\"\neffect = \"deny\"\nwhy = 1\n",
+            "why",
+        ),
+        (
+            "[[policy.role_rule]]\nrole = \"*\"\neffect = \"deny\"\nmodality = []\n",
+            "empty",
+        ),
+        ("[[policy.role_rule]]\nrole = \"nurse\"\neffect = \"deny\"\n", "nurse"),
+    ] {
+        let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+}
+
+#[test]
 fn limits_are_checked() {
     let c = Config::parse(
             Path::new("c.toml"),

@@ -247,6 +247,79 @@ fn consent_decides_what_may_leave_and_withdrawal_takes_effect() {
     assert!(err.contains("no stored study is covered by this consent"), "{err}");
 }
 
+/// `[[policy.role_rule]]` in config.toml: the requesting role decides, only
+/// ever more strictly, and the reasons read well in `consent check`.
+#[test]
+fn role_rules_of_the_policy_decide_on_the_requesting_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (holder, _recipient, peer) = holder_and_recipient(dir.path());
+    add(
+        &holder,
+        &[
+            "--purpose",
+            "treatment,research",
+            "--recipient-jurisdiction",
+            "FR",
+            "--level",
+            "identifiable",
+        ],
+    );
+    // No rules: the role decides nothing.
+    for role in ["clinician", "researcher"] {
+        let (code, _) = check(&holder, &peer, "treatment", &["--role", role]);
+        assert_eq!(code, 0, "{role}");
+    }
+    let config = holder.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(
+        "\n[[policy.role_rule]]\nrole = \"researcher\"\npurpose = \"treatment\"\neffect = \"deny\"\n\
+         \n[[policy.role_rule]]\nrole = \"clinician\"\nmodality = [\"CT\"]\neffect = \"allow\"\n\
+         min_level = \"pseudonymised\"\napproval = true\n",
+    );
+    std::fs::write(&config, text).expect("write config");
+
+    let (code, r) = check(&holder, &peer, "treatment", &["--role", "researcher"]);
+    assert_eq!((code, r["decision"].as_str()), (1, Some("deny")), "{r}");
+    assert_eq!(codes(&r, "reasons"), ["denied-by-role-rule"]);
+    assert_eq!(
+        r["reasons"][0]["text"],
+        "site policy does not let role researcher receive this study for treatment (policy.role_rule #1)"
+    );
+    let (code, r) = check(&holder, &peer, "treatment", &["--role", "clinician"]);
+    assert_eq!((code, r["decision"].as_str()), (1, Some("needs-approval")), "{r}");
+    assert_eq!(codes(&r, "approval"), ["role-requires-approval"]);
+    assert_eq!(r["grant"]["level"], "pseudonymised", "{r}");
+    // A rule never lifts what consent and policy require: research still
+    // goes to a person by approval_required, and no rule matches it.
+    let (code, r) = check(&holder, &peer, "research", &["--role", "researcher"]);
+    assert_eq!((code, r["decision"].as_str()), (1, Some("needs-approval")), "{r}");
+    assert_eq!(codes(&r, "approval"), ["purpose-requires-approval"]);
+    // Other roles are unchanged.
+    let (code, r) = check(&holder, &peer, "treatment", &["--role", "radiologist"]);
+    assert_eq!((code, r["grant"]["level"].as_str()), (0, Some("identifiable")), "{r}");
+
+    // A misspelt rule is an error that names it.
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("\n[[policy.role_rule]]\nrole = \"*\"\nmodality = []\neffect = \"deny\"\n");
+    std::fs::write(&config, text).expect("write config");
+    let out = run(
+        &holder,
+        &[
+            "consent",
+            "check",
+            "--study",
+            STUDY,
+            "--peer",
+            &peer,
+            "--purpose",
+            "treatment",
+        ],
+    )
+    .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("empty list"), "{}", stderr(&out));
+}
+
 #[test]
 fn bad_input_is_named_and_unknown_peers_and_studies_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
