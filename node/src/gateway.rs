@@ -195,10 +195,11 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// An association that stored objects has ended (released, aborted or
-    /// failed): `studies` are the studies it added objects to (not those
-    /// of duplicates), for the node to forward them. Called on a blocking
-    /// thread. The default does nothing.
-    fn released(&self, calling_ae: &str, studies: Vec<String>) {
+    /// failed): `studies` are the studies it added objects to, with the
+    /// number of new objects (duplicates not counted), for the node to log
+    /// and forward them. Called on a blocking thread. The default does
+    /// nothing.
+    fn released(&self, calling_ae: &str, studies: Vec<(String, u64)>) {
         let _ = (calling_ae, studies);
     }
 }

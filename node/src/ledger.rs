@@ -341,6 +341,21 @@ pub enum Event {
         /// `retention` or `erasure`.
         reason: String,
     },
+    /// Objects came into a study of this node from outside the consortium:
+    /// `study import` of files, or the gateway's SCP (a modality, or the
+    /// site's PACS answering `gateway fetch`). One entry per study and
+    /// import run or association; duplicates are not counted.
+    StudyImported {
+        /// The study's commitment.
+        study: String,
+        /// New objects stored.
+        objects: u64,
+        /// `files` (`study import`) or `dicom` (C-STORE to the gateway's SCP).
+        source: String,
+        /// The calling AE title, for `dicom`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calling_ae: Option<String>,
+    },
     /// The gateway forwarded a study to a DICOM destination (every object
     /// stored there).
     StudyForwarded {
@@ -376,6 +391,7 @@ impl Event {
             Event::StudyLocked { .. } => "study-locked",
             Event::StudyPurged { .. } => "study-purged",
             Event::StudyForwarded { .. } => "study-forwarded",
+            Event::StudyImported { .. } => "study-imported",
         }
     }
 
@@ -388,7 +404,8 @@ impl Event {
             | Event::TransferReceived { study, .. }
             | Event::StudyLocked { study }
             | Event::StudyPurged { study, .. }
-            | Event::StudyForwarded { study, .. } => Some(study),
+            | Event::StudyForwarded { study, .. }
+            | Event::StudyImported { study, .. } => Some(study),
             Event::TransferRequested { study, .. } | Event::Accessed { study, .. } => study.as_deref(),
             _ => None,
         }

@@ -283,13 +283,22 @@ impl<'a> StudiesService<'a> {
             .collect();
         let summary = ingest::import(self.store, paths, &self.options, progress)?;
         if summary.imported > 0 {
-            let changed: Vec<StudyRef> = self
-                .store
-                .studies()?
-                .into_iter()
-                .filter(|(s, row)| before.get(s) != Some(&row.instances))
-                .map(|(s, _)| s)
-                .collect();
+            let mut changed: Vec<StudyRef> = Vec::new();
+            for (s, row) in self.store.studies()? {
+                let added = row.instances.saturating_sub(before.get(&s).copied().unwrap_or(0));
+                if added == 0 {
+                    continue;
+                }
+                let key = self.store.unwrap_study_key(&s, &row)?;
+                let meta = self.store.open_study_meta(&s, &key, &row)?;
+                self.effects.log(crate::ledger::Event::StudyImported {
+                    study: self.ledger_study(&meta.study_uid)?,
+                    objects: added,
+                    source: "files".into(),
+                    calling_ae: None,
+                })?;
+                changed.push(s);
+            }
             if !changed.is_empty() {
                 self.effects.studies_imported(&changed);
             }

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::GatewayStatus;
+use crate::audit::AuditError;
 use crate::dicom::ingest::{self, ImportOptions};
 use crate::gateway::forward::Source;
 use crate::gateway::scp::{Scp, ScpError};
 use crate::gateway::{ObjectBytes, PreSealed, Received, Sink, StoreRefusal, Stored};
 use crate::home::Node;
+use crate::ledger::Event;
 use crate::store::Origin;
 use medmesh_seal::DataKey;
 
@@ -110,9 +112,27 @@ impl Sink for NodeSink {
     }
 
     /// The studies an association added objects to are whole as far as
-    /// the sender is concerned: the forwarding routes look at them now.
-    fn released(&self, calling_ae: &str, studies: Vec<String>) {
+    /// the sender is concerned: a `study-imported` entry for each, then the
+    /// forwarding routes look at them.
+    fn released(&self, calling_ae: &str, studies: Vec<(String, u64)>) {
         tracing::info!(calling_ae = %calling_ae, studies = studies.len(), "DICOM SCP: association stored new objects");
+        for (uid, objects) in &studies {
+            let audit = self.node.audit();
+            let logged = audit.study_commitment(uid).and_then(|c| {
+                audit
+                    .log(Event::StudyImported {
+                        study: hex::encode(c),
+                        objects: *objects,
+                        source: "dicom".into(),
+                        calling_ae: Some(calling_ae.to_string()),
+                    })
+                    .map_err(AuditError::from)
+            });
+            if let Err(error) = logged {
+                tracing::warn!(calling_ae = %calling_ae, error = %error, "DICOM SCP: the study-imported ledger entry could not be written");
+            }
+        }
+        let studies: Vec<String> = studies.into_iter().map(|(uid, _)| uid).collect();
         let source = Source::Scp {
             calling_ae: calling_ae.to_string(),
         };

@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -336,7 +336,7 @@ where
 {
     let calling_ae = channel.association().peer_ae_title().trim().to_string();
     info!(calling_ae = %calling_ae, "DICOM SCP: association accepted");
-    let mut studies = BTreeSet::new();
+    let mut studies = BTreeMap::new();
     let result = serve_commands(channel, shared, &calling_ae, &mut studies).await;
     if !studies.is_empty() {
         let sink = shared.sink.clone();
@@ -351,7 +351,7 @@ async fn serve_commands<A, S>(
     mut channel: Channel<A, S>,
     shared: &Shared,
     calling_ae: &str,
-    studies: &mut BTreeSet<String>,
+    studies: &mut BTreeMap<String, u64>,
 ) -> Result<(), DimseError>
 where
     A: AsyncAssociation<S> + Send,
@@ -392,7 +392,7 @@ where
                     Ok(done) => {
                         stored += 1;
                         if let (false, Some(study)) = (done.duplicate, done.study_uid) {
-                            studies.insert(study);
+                            *studies.entry(study).or_insert(0) += 1;
                         }
                         (Status::Success, None)
                     }
@@ -504,7 +504,7 @@ where
                 hash,
                 chunk_hashes,
                 sealed: match sealing {
-                    Sealing::On(p) => Some(p),
+                    Sealing::On(p) => Some(*p),
                     Sealing::Looking { .. } | Sealing::Off => None,
                 },
             };
@@ -666,7 +666,8 @@ enum Sealing {
         sink: Arc<dyn Sink>,
         attempts: u8,
     },
-    On(super::PreSealed),
+    /// Sealing (boxed: the sealer holds its chunk buffer's header and keys).
+    On(Box<super::PreSealed>),
     /// Not sealing as it arrives: the object is sealed after its last fragment.
     Off,
 }
@@ -697,7 +698,7 @@ impl Sealing {
                 };
                 *self = match sink.begin_sealing(&uid) {
                     Some(mut p) => match p.blob.update(bytes) {
-                        Ok(()) => Sealing::On(p),
+                        Ok(()) => Sealing::On(Box::new(p)),
                         Err(e) => {
                             warn!(error = %e, "DICOM SCP: sealing as the object arrives failed; sealing it after");
                             Sealing::Off

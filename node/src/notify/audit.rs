@@ -51,6 +51,7 @@ pub fn audit_event(kind: &str, event: Option<&Event>) -> AuditEvent {
         "transfer-sent" => ev("110104", "DICOM Instances Transferred", "R", "0"),
         "transfer-received" => ev("110104", "DICOM Instances Transferred", "C", "0"),
         "study-forwarded" => ev("110104", "DICOM Instances Transferred", "R", "0"),
+        "study-imported" => ev("110107", "Import", "C", "0"),
         "accessed" => match event {
             Some(Event::Accessed { action, .. }) if action == "export" || action == "deid-export" => {
                 ev("110106", "Export", "R", "0")
@@ -99,9 +100,9 @@ fn event_details(event: Option<&Event>) -> (Option<&str>, Option<u64>, Option<&s
             level,
             ..
         }) => (Some(transfer), Some(*objects), Some(level)),
-        Some(Event::Accessed { objects, .. }) | Some(Event::StudyForwarded { objects, .. }) => {
-            (None, Some(*objects), None)
-        }
+        Some(Event::Accessed { objects, .. })
+        | Some(Event::StudyForwarded { objects, .. })
+        | Some(Event::StudyImported { objects, .. }) => (None, Some(*objects), None),
         _ => (None, None, None),
     }
 }

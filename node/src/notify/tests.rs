@@ -284,6 +284,7 @@ fn the_mapping_table() {
         ("study-locked", None, ("110105", "D", "0")),
         ("study-purged", None, ("110105", "D", "0")),
         ("study-forwarded", None, ("110104", "R", "0")),
+        ("study-imported", None, ("110107", "C", "0")),
         ("alert-equivocation", None, ("110113", "E", "8")),
         ("alert-split-view", None, ("110113", "E", "8")),
         ("alert-refused-entry", None, ("110113", "E", "4")),

@@ -130,6 +130,24 @@ fn reimport_stores_nothing_new_and_the_store_stays_consistent() {
     assert_eq!(files_under(&home.join("blobs")).len(), blobs_before);
     let check = run(&home, &["store", "check", "--deep", "--json"]).expect("run");
     expect_code(&check, 0, "store check");
+    // The first import is in the ledger, one study-imported entry per
+    // study; the second, which stored nothing new, added none.
+    let out = run(&home, &["log", "tail", "--limit", "1000", "--json"]).expect("run");
+    expect_code(&out, 0, "log tail");
+    let imported: Vec<serde_json::Value> = json_lines(&out.stdout)
+        .into_iter()
+        .filter(|(_, e)| e["kind"] == "study-imported")
+        .map(|(_, e)| e["event"].clone())
+        .collect();
+    let studies = run(&home, &["study", "list", "--json"]).expect("run");
+    assert_eq!(imported.len(), json_lines(&studies.stdout).len(), "{imported:?}");
+    assert!(
+        imported
+            .iter()
+            .all(|e| e["source"] == "files" && e.get("calling_ae").is_none())
+    );
+    let objects: u64 = imported.iter().map(|e| e["objects"].as_u64().expect("objects")).sum();
+    assert!(objects >= 80, "{objects} objects");
 }
 
 #[test]
