@@ -68,6 +68,7 @@ use crate::fsutil;
 use crate::keystore::{KeystoreError, MasterKey};
 use crate::ledger::{Event, SignedEntry};
 
+mod arrivals;
 mod backend;
 mod files;
 mod forward;
@@ -77,6 +78,7 @@ mod purge;
 mod relink;
 mod sealing;
 mod transfers;
+pub use arrivals::Arrival;
 pub use files::{FileError, OutgoingStaging, SealedFile};
 pub use forward::{
     DataSetReader, Enqueued, FORWARD_ROW_VERSION, ForwardCause, ForwardRow, ForwardSource, ForwardState, SpoolError,
@@ -699,6 +701,9 @@ pub struct StudyUpdate {
     pub row: StudyRow,
     /// Blind reference of its patient, for look-up by patient ID.
     pub patient: Option<[u8; 32]>,
+    /// Objects of this update stored by the gateway's SCP from a calling
+    /// AE: counted in `arrivals-v1` until the node announces them.
+    pub arrived: Option<(String, u64)>,
 }
 
 /// The store: index and blobs, with the keys derived for them.
@@ -1289,6 +1294,21 @@ impl Store {
                 table.insert(s.study.0, row.as_slice()).map_err(|e| self.err(e))?;
                 if let Some(p) = &s.patient {
                     patients.insert(p, s.study.0).map_err(|e| self.err(e))?;
+                }
+            }
+            if studies.iter().any(|s| s.arrived.is_some()) {
+                let mut arrivals = txn.open_table(arrivals::ARRIVALS).map_err(|e| self.err(e))?;
+                for s in &studies {
+                    if let Some((ae, n)) = &s.arrived {
+                        let key = arrivals::arrival_key(&s.study, ae);
+                        let before = arrivals
+                            .get(key.as_slice())
+                            .map_err(|e| self.err(e))?
+                            .map_or(0, |v| v.value());
+                        arrivals
+                            .insert(key.as_slice(), before.saturating_add(*n))
+                            .map_err(|e| self.err(e))?;
+                    }
                 }
             }
         }

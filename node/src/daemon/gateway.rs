@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::GatewayStatus;
-use crate::audit::AuditError;
 use crate::dicom::ingest::{self, ImportOptions};
 use crate::gateway::forward::Source;
 use crate::gateway::scp::{Scp, ScpError};
@@ -59,7 +58,7 @@ impl Sink for NodeSink {
     }
 
     fn store(&self, file: &Path, received: &Received) -> Result<Stored, StoreRefusal> {
-        match ingest::import_object(self.node.store(), file, &self.options) {
+        match ingest::import_object(self.node.store(), file, &self.options, Some(&received.calling_ae)) {
             Ok(done) => Ok(Stored {
                 duplicate: done.duplicate,
                 study_uid: Some(done.study_uid),
@@ -77,7 +76,13 @@ impl Sink for NodeSink {
 
     fn store_bytes(&self, object: ObjectBytes, received: &Received) -> Result<Stored, StoreRefusal> {
         let label = Path::new("C-STORE");
-        match ingest::import_bytes(self.node.store(), object, label, &self.options) {
+        match ingest::import_bytes(
+            self.node.store(),
+            object,
+            label,
+            &self.options,
+            Some(&received.calling_ae),
+        ) {
             Ok(done) => Ok(Stored {
                 duplicate: done.duplicate,
                 study_uid: Some(done.study_uid),
@@ -112,40 +117,93 @@ impl Sink for NodeSink {
     }
 
     /// The studies an association added objects to are whole as far as
-    /// the sender is concerned: a `study-imported` entry for each, then the
-    /// forwarding routes look at them.
+    /// the sender is concerned: what it stored is announced (see
+    /// [`announce_arrivals`]); `studies` is the same, as the SCP counted it.
     fn released(&self, calling_ae: &str, studies: Vec<(String, u64)>) {
         tracing::info!(calling_ae = %calling_ae, studies = studies.len(), "DICOM SCP: association stored new objects");
-        for (uid, objects) in &studies {
-            let audit = self.node.audit();
-            let logged = audit.study_commitment(uid).and_then(|c| {
-                audit
-                    .log(Event::StudyImported {
-                        study: hex::encode(c),
-                        objects: *objects,
-                        source: "dicom".into(),
-                        calling_ae: Some(calling_ae.to_string()),
-                    })
-                    .map_err(AuditError::from)
-            });
-            if let Err(error) = logged {
-                tracing::warn!(calling_ae = %calling_ae, error = %error, "DICOM SCP: the study-imported ledger entry could not be written");
-            }
+        announce_arrivals(&self.node, Some(calling_ae));
+    }
+}
+
+/// Announces the objects the SCP stored and the node has not announced
+/// yet (`store::Arrival`, counted in the commit of each object), of the
+/// calling AE `only` or of every AE: a `study-imported` ledger entry per
+/// study and AE, then the study queued for the forwarding routes, then the
+/// counts taken off. At the end of each association, and at each start for
+/// what a stopped or killed node left. A failure is logged and the count
+/// kept for the next time. Returns the arrivals announced.
+pub(super) fn announce_arrivals(node: &Node, only: Option<&str>) -> usize {
+    let store = node.store();
+    let arrivals = match store.arrivals() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "DICOM SCP: the objects to announce could not be read");
+            return 0;
         }
-        let studies: Vec<String> = studies.into_iter().map(|(uid, _)| uid).collect();
-        let source = Source::Scp {
-            calling_ae: calling_ae.to_string(),
-        };
-        match self.node.forwarding().study_uids_arrived(&studies, &source) {
-            Ok(queued) if !queued.is_empty() => {
-                tracing::info!(calling_ae = %calling_ae, queued = queued.len(), "DICOM SCP: studies queued for forwarding");
+    };
+    let mut done = Vec::new();
+    for a in arrivals
+        .into_iter()
+        .filter(|a| only.is_none_or(|ae| ae == a.calling_ae))
+    {
+        let announced = study_uid(store, &a.study).and_then(|uid| {
+            let audit = node.audit();
+            let commitment = audit.study_commitment(&uid)?;
+            audit.log(Event::StudyImported {
+                study: hex::encode(commitment),
+                objects: a.objects,
+                source: "dicom".into(),
+                calling_ae: Some(a.calling_ae.clone()),
+            })?;
+            let source = Source::Scp {
+                calling_ae: a.calling_ae.clone(),
+            };
+            match node.forwarding().study_arrived(&[a.study], &source) {
+                Ok(queued) if !queued.is_empty() => {
+                    tracing::info!(calling_ae = %a.calling_ae, queued = queued.len(), "DICOM SCP: study queued for forwarding");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(calling_ae = %a.calling_ae, error = %e, "DICOM SCP: queueing the study for forwarding failed");
+                }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(calling_ae = %calling_ae, error = %e, "DICOM SCP: queueing the studies for forwarding failed")
+            Ok(())
+        });
+        match announced {
+            Ok(()) => done.push(a),
+            // Purged before it was announced: its purge is in the ledger.
+            Err(AnnounceError::Gone { .. }) => done.push(a),
+            Err(error) => {
+                tracing::warn!(calling_ae = %a.calling_ae, study = %a.study.short(), error = %error, "DICOM SCP: the study-imported ledger entry could not be written; kept for the next time");
             }
         }
     }
+    let n = done.len();
+    if let Err(e) = store.arrivals_announced(&done) {
+        tracing::warn!(error = %e, "DICOM SCP: the announced objects could not be taken off (announced again at the next start)");
+    }
+    n
+}
+
+/// Why objects the SCP stored could not be announced.
+#[derive(Debug, thiserror::Error)]
+enum AnnounceError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The study went (purged) before it was announced.
+    #[error("study {study} is not stored any more")]
+    Gone { study: String },
+}
+
+/// The Study Instance UID of a study of this node (from its sealed metadata).
+fn study_uid(store: &crate::store::Store, study: &crate::store::StudyRef) -> Result<String, AnnounceError> {
+    let row = store
+        .study_row(study)?
+        .ok_or_else(|| AnnounceError::Gone { study: study.short() })?;
+    let key = store.unwrap_study_key(study, &row)?;
+    Ok(store.open_study_meta(study, &key, &row)?.study_uid)
 }
 
 /// Starts the SCP when `[gateway] enabled`.
@@ -153,6 +211,14 @@ impl Sink for NodeSink {
 /// # Errors
 /// [`ScpError`] when it cannot listen or its TLS files do not load.
 pub(super) async fn start(node: &Arc<Node>) -> Result<Option<(Scp, GatewayStatus)>, ScpError> {
+    // What the SCP stored before a stop or a crash and did not announce.
+    let pending = Arc::clone(node);
+    let announced = tokio::task::spawn_blocking(move || announce_arrivals(&pending, None))
+        .await
+        .unwrap_or(0);
+    if announced > 0 {
+        tracing::info!(announced, "DICOM SCP: objects stored before the last stop announced");
+    }
     let config = &node.config().gateway;
     if !config.enabled {
         return Ok(None);
@@ -264,4 +330,77 @@ async fn fetch(ctx: &crate::api::route::Ctx, scp_ae: &str, study: &str) -> Resul
         "fetch from the PACS done"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    use super::*;
+    use crate::keystore::Passphrase;
+    use crate::store::Arrival;
+
+    const CT: &str = "ct/ct_ge_small_explicit-le.dcm";
+
+    /// Objects the SCP stored are counted in their own commit, survive
+    /// the node (a new `Node` on the same home stands for a restart), and
+    /// are announced once: one `study-imported` entry naming the AE, and
+    /// the count gone.
+    #[test]
+    fn stored_objects_are_announced_once_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let pass = Passphrase::new("correct horse battery staple gateway".into());
+        let node = Node::init(&root, "Hospital Gw", "DE", &pass).unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/corpus")
+            .join(CT);
+        let options = node.import_options();
+        let done = ingest::import_object(node.store(), &file, &options, Some("MODALITY")).unwrap();
+        assert!(!done.duplicate);
+        let study = node.store().study_ref(&done.study_uid);
+        let counted = vec![Arrival {
+            study,
+            calling_ae: "MODALITY".into(),
+            objects: 1,
+        }];
+        assert_eq!(node.store().arrivals().unwrap(), counted);
+        // The same object again stores nothing new and counts nothing.
+        let again = ingest::import_object(node.store(), &file, &options, Some("MODALITY")).unwrap();
+        assert!(again.duplicate);
+        // `study import` (no calling AE) counts nothing either.
+        assert_eq!(node.store().arrivals().unwrap(), counted);
+        drop(node);
+
+        let node = Node::open(&root, &pass).unwrap();
+        assert_eq!(node.store().arrivals().unwrap(), counted, "the count survives the node");
+        assert_eq!(announce_arrivals(&node, Some("OTHER")), 0);
+        assert_eq!(node.store().arrivals().unwrap(), counted);
+        assert_eq!(announce_arrivals(&node, None), 1);
+        assert!(node.store().arrivals().unwrap().is_empty());
+        assert_eq!(announce_arrivals(&node, None), 0);
+        let entries: Vec<_> = node
+            .audit()
+            .log_tail(100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "study-imported")
+            .collect();
+        assert_eq!(entries.len(), 1);
+        match &entries[0].event {
+            Event::StudyImported {
+                objects,
+                source,
+                calling_ae,
+                ..
+            } => {
+                assert_eq!(
+                    (*objects, source.as_str(), calling_ae.as_deref()),
+                    (1, "dicom", Some("MODALITY"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

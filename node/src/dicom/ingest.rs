@@ -242,12 +242,20 @@ pub struct ObjectOutcome {
 /// Imports one file as [`import`] imports each file (the same validation,
 /// sealing, de-duplication) and commits it before returning: what the
 /// gateway's SCP does with each object received. A DICOMDIR is refused
-/// ([`DicomError::Dicomdir`]): it is not a study object.
+/// ([`DicomError::Dicomdir`]): it is not a study object. `calling_ae`: the
+/// AE that sent it, whose new objects are counted in the same commit until
+/// the node announces them ([`Store::arrivals`]).
 ///
 /// # Errors
 /// [`ObjectError`]: why the file was not stored; nothing of it is.
-pub fn import_object(store: &Store, path: &Path, opts: &ImportOptions) -> Result<ObjectOutcome, ObjectError> {
-    let shared = Shared::new(store, opts);
+pub fn import_object(
+    store: &Store,
+    path: &Path,
+    opts: &ImportOptions,
+    calling_ae: Option<&str>,
+) -> Result<ObjectOutcome, ObjectError> {
+    let mut shared = Shared::new(store, opts);
+    shared.calling_ae = calling_ae;
     let job = Job {
         path: path.to_path_buf(),
         explicit: true,
@@ -314,8 +322,10 @@ pub fn import_bytes(
     object: ObjectBytes,
     label: &Path,
     opts: &ImportOptions,
+    calling_ae: Option<&str>,
 ) -> Result<ObjectOutcome, ObjectError> {
-    let shared = Shared::new(store, opts);
+    let mut shared = Shared::new(store, opts);
+    shared.calling_ae = calling_ae;
     let ObjectBytes {
         bytes,
         hash,
@@ -384,6 +394,8 @@ struct Shared<'s> {
     opts: &'s ImportOptions,
     keys: Mutex<HashMap<StudyRef, DataKey>>,
     claimed: Mutex<BTreeSet<[u8; 32]>>,
+    /// The calling AE of objects the gateway's SCP received.
+    calling_ae: Option<&'s str>,
 }
 
 impl<'s> Shared<'s> {
@@ -393,6 +405,7 @@ impl<'s> Shared<'s> {
             opts,
             keys: Mutex::new(HashMap::new()),
             claimed: Mutex::new(BTreeSet::new()),
+            calling_ae: None,
         }
     }
 
@@ -803,7 +816,16 @@ fn commit(
     for (study, (mut row, meta, patient)) in updates {
         let key = shared.study_key_locked(&mut lock, &study, None)?;
         row.meta = store.seal_study_meta(&study, &key, &meta)?;
-        study_updates.push(StudyUpdate { study, row, patient });
+        let arrived = shared.calling_ae.map(|ae| {
+            let n = batch.objects.iter().filter(|o| o.study == study).count() as u64;
+            (ae.to_string(), n)
+        });
+        study_updates.push(StudyUpdate {
+            study,
+            row,
+            patient,
+            arrived,
+        });
     }
     let tmp_files: Vec<PathBuf> = batch.objects.iter().map(|o| o.tmp.clone()).collect();
     let committed: Vec<StudyRef> = study_updates.iter().map(|u| u.study).collect();

@@ -662,10 +662,7 @@ impl AsyncWrite for Receiving {
 /// UID, every byte goes to the sink's sealer as it comes.
 enum Sealing {
     /// Reading the Study Instance UID from the first bytes.
-    Looking {
-        sink: Arc<dyn Sink>,
-        attempts: u8,
-    },
+    Looking { sink: Arc<dyn Sink>, attempts: u8 },
     /// Sealing (boxed: the sealer holds its chunk buffer's header and keys).
     On(Box<super::PreSealed>),
     /// Not sealing as it arrives: the object is sealed after its last fragment.

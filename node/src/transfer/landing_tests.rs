@@ -457,6 +457,7 @@ fn a_landing_a_completion_and_a_lock_at_expiry_commit_their_entries_with_them() 
         study,
         row,
         patient: None,
+        arrived: None,
     };
     s.recipient.store().commit_batch(Vec::new(), vec![update]).unwrap();
     s.recipient.store().crash_at(APPEND);

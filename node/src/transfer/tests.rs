@@ -1078,6 +1078,7 @@ fn locked_copy(n: &Node, uid: &str, locked: i64) -> crate::store::StudyRef {
         study,
         row,
         patient: None,
+        arrived: None,
     };
     n.store().commit_batch(Vec::new(), vec![update]).unwrap();
     study
