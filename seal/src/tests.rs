@@ -358,20 +358,21 @@ mod vectors {
         }
     }
 
-    #[test]
-    fn vectors_match_the_published_file() {
-        let built = build();
+    /// Compares the published vector file at `path` with `built` (rewritten
+    /// first with `UPDATE_VECTORS=1`), then checks the file independently of
+    /// how it was built: every positive opens to its plaintext, every
+    /// negative fails as it says, and docs/PROTOCOL.md shows each vector
+    /// (`shown` picks the field it shows: the sealed bytes or their hash).
+    pub(super) fn check_published(path: &str, built: &Value, shown: impl Fn(&Value) -> &Value) -> Value {
         if std::env::var_os("UPDATE_VECTORS").is_some() {
-            std::fs::write(PATH, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+            std::fs::write(path, serde_json::to_string_pretty(built).unwrap() + "\n").unwrap();
         }
-        let text = std::fs::read_to_string(PATH).expect("docs/vectors/seal-v1.json (regenerate with UPDATE_VECTORS=1)");
+        let text = std::fs::read_to_string(path).expect("vector file (regenerate with UPDATE_VECTORS=1)");
         let file: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            file, built,
-            "seal vectors changed: the format is frozen; regenerate only with a new version"
+            &file, built,
+            "seal vectors changed ({path}): the format is frozen; regenerate only with a new version"
         );
-
-        // Check the file independently of how it was built: open every positive, refuse every negative.
         let k = DataKey::from_bytes(hex::decode(file["key"].as_str().unwrap()).unwrap().try_into().unwrap());
         for v in file["vectors"].as_array().unwrap() {
             let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
@@ -384,21 +385,27 @@ mod vectors {
             let err = open_to_vec(&k, &sealed).unwrap_err();
             assert_eq!(classify(&err), v["expect"].as_str().unwrap(), "vector {}", v["name"]);
         }
-
-        // docs/PROTOCOL.md shows the short vector in full and the hash of the others.
         let protocol = std::fs::read_to_string(PROTOCOL).unwrap();
         for v in file["vectors"].as_array().unwrap() {
-            let shown = if v["name"] == "two-chunks" {
-                &v["sealed_blake3"]
-            } else {
-                &v["sealed"]
-            };
             assert!(
-                protocol.contains(shown.as_str().unwrap()),
-                "docs/PROTOCOL.md lacks vector {}",
+                protocol.contains(shown(v).as_str().unwrap()),
+                "docs/PROTOCOL.md lacks vector {} of {path}",
                 v["name"]
             );
         }
+        file
+    }
+
+    #[test]
+    fn vectors_match_the_published_file() {
+        // docs/PROTOCOL.md shows the two-chunk vector by its hash, the others in full.
+        check_published(PATH, &build(), |v| {
+            if v["name"] == "two-chunks" {
+                &v["sealed_blake3"]
+            } else {
+                &v["sealed"]
+            }
+        });
     }
 }
 
@@ -458,7 +465,6 @@ mod streamed_vectors {
     use serde_json::Value;
 
     const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/seal-v2.json");
-    const PROTOCOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
     const SALT: [u8; 32] = [
         0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29, 0x2a, 0x2b, 0x2c, 0x2d, 0x2e, 0x2f, 0x30, 0x31,
         0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f,
@@ -531,52 +537,18 @@ mod streamed_vectors {
         })
     }
 
-    fn classify(err: &SealError) -> String {
-        match err {
-            SealError::Length { .. } => "length failure".into(),
-            SealError::Tampered { chunk } => format!("chunk {chunk} authentication failure"),
-            SealError::UnsupportedVersion(_) => "unsupported version".into(),
-            other => format!("{other}"),
-        }
-    }
-
     #[test]
     fn vectors_match_the_published_file() {
-        let built = build();
-        if std::env::var_os("UPDATE_VECTORS").is_some() {
-            std::fs::write(PATH, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
-        }
-        let text = std::fs::read_to_string(PATH).expect("docs/vectors/seal-v2.json (regenerate with UPDATE_VECTORS=1)");
-        let file: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            file, built,
-            "streamed seal vectors changed: the format is frozen; regenerate only with a new version"
-        );
-        let k = DataKey::from_bytes(hex::decode(file["key"].as_str().unwrap()).unwrap().try_into().unwrap());
-        for v in file["vectors"].as_array().unwrap() {
-            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
-            assert_eq!(sealed[6], STREAMED_VERSION);
-            let (plain, hash) = open_to_vec(&k, &sealed).unwrap();
-            assert_eq!(hex::encode(plain), v["plaintext"].as_str().unwrap());
-            assert_eq!(hash.to_hex().as_str(), v["plaintext_blake3"].as_str().unwrap());
-        }
-        for v in file["negative"].as_array().unwrap() {
-            let sealed = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
-            let err = open_to_vec(&k, &sealed).unwrap_err();
-            assert_eq!(classify(&err), v["expect"].as_str().unwrap(), "vector {}", v["name"]);
-        }
-        let protocol = std::fs::read_to_string(PROTOCOL).unwrap();
-        for v in file["vectors"].as_array().unwrap() {
-            let shown = if v["name"] == "short" {
+        // docs/PROTOCOL.md shows the short vector in full, the others by their hash.
+        let file = super::vectors::check_published(PATH, &build(), |v| {
+            if v["name"] == "short" {
                 &v["sealed"]
             } else {
                 &v["sealed_blake3"]
-            };
-            assert!(
-                protocol.contains(shown.as_str().unwrap()),
-                "docs/PROTOCOL.md lacks streamed vector {}",
-                v["name"]
-            );
+            }
+        });
+        for v in file["vectors"].as_array().unwrap() {
+            assert_eq!(hex::decode(v["sealed"].as_str().unwrap()).unwrap()[6], STREAMED_VERSION);
         }
     }
 }

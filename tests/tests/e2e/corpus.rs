@@ -132,12 +132,10 @@ fn reimport_stores_nothing_new_and_the_store_stays_consistent() {
     expect_code(&check, 0, "store check");
     // The first import is in the ledger, one study-imported entry per
     // study; the second, which stored nothing new, added none.
-    let out = run(&home, &["log", "tail", "--limit", "1000", "--json"]).expect("run");
-    expect_code(&out, 0, "log tail");
-    let imported: Vec<serde_json::Value> = json_lines(&out.stdout)
+    let imported: Vec<serde_json::Value> = ledger_events(&home, "study-imported")
+        .0
         .into_iter()
-        .filter(|(_, e)| e["kind"] == "study-imported")
-        .map(|(_, e)| e["event"].clone())
+        .map(|(_, e)| e)
         .collect();
     let studies = run(&home, &["study", "list", "--json"]).expect("run");
     assert_eq!(imported.len(), json_lines(&studies.stdout).len(), "{imported:?}");

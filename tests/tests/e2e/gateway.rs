@@ -197,20 +197,14 @@ fn a_modality_stores_into_a_running_node_which_finds_and_fetches_from_its_pacs()
     assert_same_data_sets(&a.home, &dir.path().join("export-1"), &s1.study_uid, &s1.files);
     // The association's objects are in the ledger: one study-imported
     // entry naming the modality's AE, no patient data.
-    let out = run(&a.home, &["log", "tail", "--limit", "500", "--json"]).expect("run");
-    expect_code(&out, 0, "log tail");
-    let imported: Vec<serde_json::Value> = json_lines(&out.stdout)
-        .into_iter()
-        .filter(|(_, e)| e["kind"] == "study-imported")
-        .map(|(_, e)| e["event"].clone())
-        .collect();
+    let (imported, text) = ledger_events(&a.home, "study-imported");
+    let imported: Vec<serde_json::Value> = imported.into_iter().map(|(_, e)| e).collect();
     assert!(
         imported
             .iter()
             .any(|e| e["source"] == "dicom" && e["calling_ae"] == "MODALITY" && e["objects"] == 3),
         "{imported:?}"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         !text.contains(&s1.study_uid) && !text.contains(&s1.phi.patient_id),
         "patient data in the ledger"

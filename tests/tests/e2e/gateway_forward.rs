@@ -302,12 +302,11 @@ fn wait_sent(home: &Path, n: usize, timeout: Duration) -> Vec<serde_json::Value>
 
 /// The `study-forwarded` events `author` wrote, as `home` holds them.
 fn forwarded(home: &Path, author: &str) -> Vec<serde_json::Value> {
-    let out = run(home, &["log", "tail", "--limit", "500", "--json"]).expect("run");
-    expect_code(&out, 0, "log tail");
-    json_lines(&out.stdout)
+    ledger_events(home, "study-forwarded")
+        .0
         .into_iter()
-        .filter(|(_, e)| e["author"] == author && e["kind"] == "study-forwarded")
-        .map(|(_, e)| e["event"].clone())
+        .filter(|(a, _)| a == author)
+        .map(|(_, e)| e)
         .collect()
 }
 

@@ -84,3 +84,17 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
     }
     start.elapsed()
 }
+
+/// The ledger entries of kind `kind` that `home` holds (the last 1000 of
+/// every feed, `log tail --json`): (author, event), with the raw output
+/// for checks on what it must not contain.
+pub fn ledger_events(home: &Path, kind: &str) -> (Vec<(String, serde_json::Value)>, String) {
+    let out = run(home, &["log", "tail", "--limit", "1000", "--json"]).expect("run");
+    expect_code(&out, 0, "log tail");
+    let events = json_lines(&out.stdout)
+        .into_iter()
+        .filter(|(_, e)| e["kind"] == kind)
+        .map(|(_, e)| (e["author"].as_str().unwrap_or_default().to_string(), e["event"].clone()))
+        .collect();
+    (events, String::from_utf8_lossy(&out.stdout).into_owned())
+}
