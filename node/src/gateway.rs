@@ -195,11 +195,10 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// An association that stored objects has ended (released, aborted or
-    /// failed): `studies` are the studies it added objects to, with the
-    /// number of new objects (duplicates not counted), for the node to log
-    /// and forward them. Called on a blocking thread. The default does
+    /// failed): `studies` are the studies it added objects to (not those
+    /// of duplicates). Called on a blocking thread. The default does
     /// nothing.
-    fn released(&self, calling_ae: &str, studies: Vec<(String, u64)>) {
+    fn released(&self, calling_ae: &str, studies: Vec<String>) {
         let _ = (calling_ae, studies);
     }
 }

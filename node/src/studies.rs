@@ -289,10 +289,8 @@ impl<'a> StudiesService<'a> {
                 if added == 0 {
                     continue;
                 }
-                let key = self.store.unwrap_study_key(&s, &row)?;
-                let meta = self.store.open_study_meta(&s, &key, &row)?;
                 self.effects.log(crate::ledger::Event::StudyImported {
-                    study: self.ledger_study(&meta.study_uid)?,
+                    study: self.store.ledger_study(&s)?,
                     objects: added,
                     source: "files".into(),
                     calling_ae: None,
@@ -321,24 +319,11 @@ impl<'a> StudiesService<'a> {
         let summary = export::export(self.store, study_uid, out, overwrite, progress)?;
         self.effects.log(crate::ledger::Event::Accessed {
             action: "export".into(),
-            study: Some(self.ledger_study(study_uid)?),
+            study: Some(self.store.ledger_study(&self.store.study_ref(study_uid))?),
             objects: summary.written,
             role: crate::ledger::ADMIN_ROLE.into(),
         })?;
         Ok(summary)
-    }
-
-    /// The commitment entries name a study of this node by: the holder's,
-    /// from the grant, for a received study; this node's own otherwise.
-    fn ledger_study(&self, study_uid: &str) -> Result<String, StudiesError> {
-        let study = self.store.study_ref(study_uid);
-        if let Some(row) = self.store.study_row(&study)?
-            && let Origin::Received(g) = &row.origin
-            && !g.study_ref.is_empty()
-        {
-            return Ok(hex::encode(&g.study_ref));
-        }
-        Ok(hex::encode(self.store.study_commitment(&study, study_uid)?))
     }
 
     /// All studies, decrypted, sorted by study date then UID. With

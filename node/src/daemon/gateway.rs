@@ -12,7 +12,7 @@ use crate::gateway::scp::{Scp, ScpError};
 use crate::gateway::{ObjectBytes, PreSealed, Received, Sink, StoreRefusal, Stored};
 use crate::home::Node;
 use crate::ledger::Event;
-use crate::store::Origin;
+use crate::store::{Origin, StoreError};
 use medmesh_seal::DataKey;
 
 /// The largest object an association holds in memory while it arrives
@@ -117,9 +117,9 @@ impl Sink for NodeSink {
     }
 
     /// The studies an association added objects to are whole as far as
-    /// the sender is concerned: what it stored is announced (see
-    /// [`announce_arrivals`]); `studies` is the same, as the SCP counted it.
-    fn released(&self, calling_ae: &str, studies: Vec<(String, u64)>) {
+    /// the sender is concerned: what it stored is announced from the counts
+    /// committed with the objects (see [`announce_arrivals`]).
+    fn released(&self, calling_ae: &str, studies: Vec<String>) {
         tracing::info!(calling_ae = %calling_ae, studies = studies.len(), "DICOM SCP: association stored new objects");
         announce_arrivals(&self.node, Some(calling_ae));
     }
@@ -146,11 +146,9 @@ pub(super) fn announce_arrivals(node: &Node, only: Option<&str>) -> usize {
         .into_iter()
         .filter(|a| only.is_none_or(|ae| ae == a.calling_ae))
     {
-        let announced = study_uid(store, &a.study).and_then(|uid| {
-            let audit = node.audit();
-            let commitment = audit.study_commitment(&uid)?;
-            audit.log(Event::StudyImported {
-                study: hex::encode(commitment),
+        let announced = store.ledger_study(&a.study).and_then(|study| {
+            node.audit().log(Event::StudyImported {
+                study,
                 objects: a.objects,
                 source: "dicom".into(),
                 calling_ae: Some(a.calling_ae.clone()),
@@ -172,7 +170,7 @@ pub(super) fn announce_arrivals(node: &Node, only: Option<&str>) -> usize {
         match announced {
             Ok(()) => done.push(a),
             // Purged before it was announced: its purge is in the ledger.
-            Err(AnnounceError::Gone { .. }) => done.push(a),
+            Err(StoreError::UnknownStudy { .. }) => done.push(a),
             Err(error) => {
                 tracing::warn!(calling_ae = %a.calling_ae, study = %a.study.short(), error = %error, "DICOM SCP: the study-imported ledger entry could not be written; kept for the next time");
             }
@@ -183,27 +181,6 @@ pub(super) fn announce_arrivals(node: &Node, only: Option<&str>) -> usize {
         tracing::warn!(error = %e, "DICOM SCP: the announced objects could not be taken off (announced again at the next start)");
     }
     n
-}
-
-/// Why objects the SCP stored could not be announced.
-#[derive(Debug, thiserror::Error)]
-enum AnnounceError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
-    /// The study went (purged) before it was announced.
-    #[error("study {study} is not stored any more")]
-    Gone { study: String },
-}
-
-/// The Study Instance UID of a study of this node (from its sealed metadata).
-fn study_uid(store: &crate::store::Store, study: &crate::store::StudyRef) -> Result<String, AnnounceError> {
-    let row = store
-        .study_row(study)?
-        .ok_or_else(|| AnnounceError::Gone { study: study.short() })?;
-    let key = store.unwrap_study_key(study, &row)?;
-    Ok(store.open_study_meta(study, &key, &row)?.study_uid)
 }
 
 /// Starts the SCP when `[gateway] enabled`.

@@ -254,8 +254,7 @@ pub fn import_object(
     opts: &ImportOptions,
     calling_ae: Option<&str>,
 ) -> Result<ObjectOutcome, ObjectError> {
-    let mut shared = Shared::new(store, opts);
-    shared.calling_ae = calling_ae;
+    let shared = Shared::new(store, opts, calling_ae);
     let job = Job {
         path: path.to_path_buf(),
         explicit: true,
@@ -324,8 +323,7 @@ pub fn import_bytes(
     opts: &ImportOptions,
     calling_ae: Option<&str>,
 ) -> Result<ObjectOutcome, ObjectError> {
-    let mut shared = Shared::new(store, opts);
-    shared.calling_ae = calling_ae;
+    let shared = Shared::new(store, opts, calling_ae);
     let ObjectBytes {
         bytes,
         hash,
@@ -399,13 +397,13 @@ struct Shared<'s> {
 }
 
 impl<'s> Shared<'s> {
-    fn new(store: &'s Store, opts: &'s ImportOptions) -> Self {
+    fn new(store: &'s Store, opts: &'s ImportOptions, calling_ae: Option<&'s str>) -> Self {
         Shared {
             store,
             opts,
             keys: Mutex::new(HashMap::new()),
             claimed: Mutex::new(BTreeSet::new()),
-            calling_ae: None,
+            calling_ae,
         }
     }
 
@@ -629,7 +627,7 @@ pub fn import(
     let mut summary = ImportSummary::default();
     let mut touched_studies = BTreeSet::new();
     let mut touched_series = BTreeSet::new();
-    let shared = Shared::new(store, opts);
+    let shared = Shared::new(store, opts, None);
     // DICOMDIRs named explicitly add their references; loop until none are added.
     loop {
         let total: u64 = jobs

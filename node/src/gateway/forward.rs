@@ -735,17 +735,7 @@ impl<'a> Forwarding<'a> {
     /// The commitment the ledger names the study by: the holder's for a
     /// received copy, this node's otherwise.
     fn commitment(&self, study: &StudyRef) -> Result<String, ForwardError> {
-        let row = self.store.study_row(study)?.ok_or_else(|| StoreError::UnknownStudy {
-            study: study_short(study),
-        })?;
-        if let Origin::Received(g) = &row.origin
-            && !g.study_ref.is_empty()
-        {
-            return Ok(hex::encode(&g.study_ref));
-        }
-        let key = self.store.unwrap_study_key(study, &row)?;
-        let meta = self.store.open_study_meta(study, &key, &row)?;
-        Ok(hex::encode(self.store.study_commitment(study, &meta.study_uid)?))
+        Ok(self.store.ledger_study(study)?)
     }
 }
 

@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -336,7 +336,7 @@ where
 {
     let calling_ae = channel.association().peer_ae_title().trim().to_string();
     info!(calling_ae = %calling_ae, "DICOM SCP: association accepted");
-    let mut studies = BTreeMap::new();
+    let mut studies = BTreeSet::new();
     let result = serve_commands(channel, shared, &calling_ae, &mut studies).await;
     if !studies.is_empty() {
         let sink = shared.sink.clone();
@@ -351,7 +351,7 @@ async fn serve_commands<A, S>(
     mut channel: Channel<A, S>,
     shared: &Shared,
     calling_ae: &str,
-    studies: &mut BTreeMap<String, u64>,
+    studies: &mut BTreeSet<String>,
 ) -> Result<(), DimseError>
 where
     A: AsyncAssociation<S> + Send,
@@ -392,7 +392,7 @@ where
                     Ok(done) => {
                         stored += 1;
                         if let (false, Some(study)) = (done.duplicate, done.study_uid) {
-                            *studies.entry(study).or_insert(0) += 1;
+                            studies.insert(study);
                         }
                         (Status::Success, None)
                     }

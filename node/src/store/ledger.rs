@@ -201,6 +201,27 @@ impl super::Store {
         Ok(c)
     }
 
+    /// The commitment the ledger names a stored study by, hex: the holder's
+    /// (from the grant) for a received copy, this node's own otherwise
+    /// ([`Store::study_commitment`], its UID read from the sealed metadata).
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownStudy`] when the study is not stored; database
+    /// and key errors.
+    pub fn ledger_study(&self, study: &StudyRef) -> Result<String, StoreError> {
+        let row = self.study_row(study)?.ok_or_else(|| StoreError::UnknownStudy {
+            study: format!("study {}", study.short()),
+        })?;
+        if let super::Origin::Received(g) = &row.origin
+            && !g.study_ref.is_empty()
+        {
+            return Ok(hex::encode(&g.study_ref));
+        }
+        let key = self.unwrap_study_key(study, &row)?;
+        let meta = self.open_study_meta(study, &key, &row)?;
+        Ok(hex::encode(self.study_commitment(study, &meta.study_uid)?))
+    }
+
     /// The Study Instance UID a commitment of this node names, if this node
     /// made it and its salt is not erased.
     ///
