@@ -336,6 +336,7 @@ pub(crate) fn consent(cmd: ConsentCommand) -> Result<ExitCode> {
             let imported = session
                 .call::<ConsentsImportFhir>(FhirImport {
                     files,
+                    resources: Vec::new(),
                     issuer,
                     issuers: issuer_for,
                     patients: patient,

@@ -63,7 +63,7 @@ impl AskArgs {
             peer_id: self.peer.clone(),
             study_uid: self.study.clone(),
             purpose: self.purpose,
-            role: self.role,
+            role: Some(self.role),
             level: self.level.map(Into::into),
         }
     }

@@ -243,6 +243,9 @@ pub struct Status {
     /// The DICOM gateway's SCP, when `[gateway] enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatus>,
+    /// The web console's address, when `[web] listen` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<std::net::SocketAddr>,
 }
 
 /// The body of [`routes::GatewayEcho`].
@@ -364,8 +367,10 @@ pub struct TransferAsk {
     pub study_uid: String,
     /// Purpose.
     pub purpose: Purpose,
-    /// Role.
-    pub role: consent_schema::Role,
+    /// Role. Required on the admin socket; through the web it is the
+    /// person's own (any role sent is replaced).
+    #[serde(default)]
+    pub role: Option<consent_schema::Role>,
     /// Level asked for; the weakest allowed when absent.
     pub level: Option<consent_schema::DeidLevel>,
 }

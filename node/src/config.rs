@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod endpoint;
 pub mod gateway;
+pub mod web;
 
 pub use endpoint::{EndpointError, WebhookTarget, redact_url, split_host_port};
 
@@ -329,6 +330,50 @@ ca_file = ""
 cert_file = ""
 # The private key of cert_file (PEM, PKCS#8, PKCS#1 or SEC1).
 key_file = ""
+
+[web]
+# The web console and its JSON API (/api/v1) over HTTPS, for the people of
+# the site (docs/OPERATIONS.md "The web console"). Off while listen is unset.
+# listen = "0.0.0.0:8443"
+# tls_cert = "/etc/medmesh/web.crt"
+# tls_key = "/etc/medmesh/web.key"
+# A login must show a second factor: the ID token's amr holds one of
+# mfa_amr (RFC 8176 values), or its acr is one of mfa_acr.
+require_mfa = true
+mfa_amr = ["mfa", "otp", "hwk", "swk", "sms", "tel", "fpt", "face", "iris", "retina", "vbm", "sc"]
+# acr values that count as multi-factor; when set they are asked for
+# (acr_values) at login.
+mfa_acr = []
+# A console session ends after session_idle_secs unused, and after
+# session_max_secs in any case (and at logout, at the provider too).
+session_idle_secs = 1800
+session_max_secs = 43200
+#
+# The site's OpenID provider (authorization code flow with PKCE). Register
+# redirect_url (this listener's /auth/callback) and, for logout, this
+# listener's /logged-out as a post-logout redirect URI.
+# [web.oidc]
+# issuer = "https://idp.example.org/realms/hospital"
+# client_id = "medmesh"
+# client_secret_file = "/etc/medmesh/oidc-secret"
+# redirect_url = "https://medmesh.example.org:8443/auth/callback"
+# ca_file = "/etc/medmesh/idp-ca.pem"   # the provider's CA, if not a public one
+# scopes = ["profile"]
+
+[web.roles]
+# The claim (of ID tokens and access tokens) holding a person's roles, and
+# its values mapped to site roles: site-admin, data-steward, clinician,
+# radiologist, researcher, privacy-officer, auditor. With no map, a value
+# that spells a site role is taken as it is.
+claim = "roles"
+# [web.roles.map]
+# "imaging-stewards" = "data-steward"
+
+[web.api]
+# Machine clients call /api/v1 with an OAuth 2 bearer token of the provider:
+# a JWT whose aud names audience and whose scope holds scope.
+audience = "medmesh-api"
+scope = "medmesh.api"
 "#;
 
 /// Errors of loading the configuration.
@@ -371,6 +416,16 @@ pub enum ConfigError {
         key: &'static str,
         /// Why.
         reason: Box<gateway::GatewayFault>,
+    },
+    /// A `[web]` setting has an unacceptable value.
+    #[error("config {path}: {key} {reason}")]
+    Web {
+        /// The file.
+        path: String,
+        /// Which key.
+        key: &'static str,
+        /// Why.
+        reason: Box<web::WebFault>,
     },
 }
 
@@ -543,6 +598,9 @@ pub struct Config {
     /// The DICOM gateway (`[gateway]`, [`gateway::GatewayConfig`]).
     #[serde(default)]
     pub gateway: gateway::GatewayConfig,
+    /// The web console and API (`[web]`, [`web::WebConfig`]).
+    #[serde(default)]
+    pub web: web::WebConfig,
 }
 
 fn default_version() -> u32 {
@@ -562,6 +620,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             limits: LimitsConfig::default(),
             gateway: gateway::GatewayConfig::default(),
+            web: web::WebConfig::default(),
         }
     }
 }
@@ -1270,6 +1329,11 @@ impl Config {
         self.notify.check(&value)?;
         self.limits.check(&value)?;
         self.gateway.check(&gateway_value)?;
+        self.web.check(&|key: &'static str, reason: web::WebFault| ConfigError::Web {
+            path: path.display().to_string(),
+            key,
+            reason: Box::new(reason),
+        })?;
         if self.limits.streams_per_peer < u32::from(t.streams) {
             return Err(value(
                 "limits.streams_per_peer",

@@ -338,6 +338,10 @@ impl fmt::Debug for NewConsent {
 pub struct FhirImport {
     /// Files, each holding one FHIR R4 Consent resource (JSON).
     pub files: Vec<PathBuf>,
+    /// FHIR R4 Consent resources (JSON text) given inline, as the web
+    /// console's form sends them; named `(resource N)` in answers, from 1.
+    #[serde(default)]
+    pub resources: Vec<String>,
     /// Issuer of Patient ID (0010,0021) that the PACS uses for the patient
     /// identifiers (`Consent.patient.identifier.value`) of these resources,
     /// whatever their system, when `issuers` is empty; also the issuer of
@@ -1018,13 +1022,20 @@ impl ConsentService<'_> {
             ctx = ctx.local_offset(offset);
         }
         let mut out: Vec<ImportedConsent> = Vec::new();
+        let mut sources: Vec<(PathBuf, String)> = Vec::new();
         for file in &req.files {
-            let path = file.display().to_string();
             let text = std::fs::read_to_string(file).map_err(|cause| ConsentOpError::Io {
-                path: path.clone(),
+                path: file.display().to_string(),
                 cause,
             })?;
-            let records = fhir::import_consent_str(&text, &ctx).map_err(|cause| ConsentOpError::Fhir {
+            sources.push((file.clone(), text));
+        }
+        for (i, text) in req.resources.iter().enumerate() {
+            sources.push((PathBuf::from(format!("(resource {})", i + 1)), text.clone()));
+        }
+        for (file, text) in &sources {
+            let path = file.display().to_string();
+            let records = fhir::import_consent_str(text, &ctx).map_err(|cause| ConsentOpError::Fhir {
                 path: path.clone(),
                 cause: Box::new(cause),
             })?;

@@ -49,6 +49,9 @@ pub enum DaemonError {
     /// The DICOM gateway's SCP could not start.
     #[error("DICOM gateway: {0}")]
     Gateway(#[from] crate::gateway::scp::ScpError),
+    /// The web console could not start.
+    #[error("web console: {0}")]
+    Web(#[from] crate::web::WebError),
 }
 
 /// Runs the node until SIGINT or SIGTERM. `ready` is called once, when the
@@ -72,6 +75,9 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         Some((scp, status)) => (Some(scp), Some(status)),
         None => (None, None),
     };
+    // The web console's listener, bound before the network for the same reason.
+    let web = crate::web::bind(node.config()).await?;
+    let web_addr = web.as_ref().map(|w| w.addr);
     let (stop_tx, stop_rx) = watch::channel(false);
     // The services register their protocols with the network.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -120,11 +126,17 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         Arc::clone(&node) as Arc<dyn crate::gateway::forward::ForwardHost>,
         stop_rx.clone(),
     ));
+    let web_task = web.map(|bound| {
+        let ctx = crate::api::route::Ctx::online(Arc::clone(&node), net.clone(), socket.clone(), gateway.clone())
+            .with_web(web_addr);
+        tokio::spawn(crate::web::serve(bound, ctx, stop_rx.clone()))
+    });
     let mut api_task = tokio::spawn(server::serve(
         bound,
         Arc::clone(&node),
         net.clone(),
         gateway.clone(),
+        web_addr,
         stop_rx,
     ));
     let mut net_task = net_task;
@@ -144,6 +156,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         socket: socket.clone(),
         ledger_problem: node.audit().own_feed_problem(),
         gateway,
+        web: web_addr,
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {
@@ -164,6 +177,9 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let _ = task.await;
     }
     let _ = forward_task.await;
+    if let Some(task) = web_task {
+        let _ = task.await;
+    }
     if let Some(scp) = scp {
         scp.shutdown().await;
     }

@@ -366,6 +366,24 @@ pub enum Event {
         /// Objects stored by the destination.
         objects: u64,
     },
+    /// A person (or machine client) of this site acted through the web
+    /// console or API: who, as a keyed reference of their identity
+    /// provider's subject that only this site can resolve, and in which role.
+    PersonActed {
+        /// Keyed reference of the provider's issuer and subject (32 hex digits).
+        user: String,
+        /// The site role the action was allowed by (`data-steward`).
+        role: String,
+        /// The permission-table operation (`decide-approval`).
+        operation: String,
+        /// The API route (`/v1/approvals/approve`).
+        route: String,
+        /// `console` (a login session) or `api` (a bearer token).
+        via: String,
+        /// What it concerned: a transfer id, a consent's keyed reference.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
 }
 
 impl Event {
@@ -392,6 +410,7 @@ impl Event {
             Event::StudyPurged { .. } => "study-purged",
             Event::StudyForwarded { .. } => "study-forwarded",
             Event::StudyImported { .. } => "study-imported",
+            Event::PersonActed { .. } => "person-acted",
         }
     }
 

@@ -96,6 +96,7 @@ pub mod studies;
 pub mod text;
 pub mod transfer;
 pub mod trust;
+pub mod web;
 
 pub use consent_schema;
 pub use medmesh_seal as seal;

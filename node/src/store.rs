@@ -961,6 +961,15 @@ impl Store {
         self.blind("patient-id", &format!("{issuer}\u{1f}{patient_id}"))
     }
 
+    /// The keyed reference of a person who logs in to the web console or
+    /// API: their identity provider's issuer and subject, blinded with the
+    /// store's index key (16 bytes, hex). Only this site can compute it
+    /// again from a subject, so the ledger names people without naming them.
+    #[must_use]
+    pub fn user_ref(&self, issuer: &str, subject: &str) -> String {
+        hex::encode(&self.blind("web-user", &format!("{issuer}\u{1f}{subject}"))[..16])
+    }
+
     /// The blob address of content with the given BLAKE3 hash.
     #[must_use]
     pub fn blob_address(&self, content: &blake3::Hash) -> [u8; 32] {

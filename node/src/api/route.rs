@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::{Operation, SiteRole};
 use crate::api::GatewayStatus;
 use crate::home::{HomeError, Node};
 use crate::net::{NetError, NetHandle};
@@ -46,6 +47,77 @@ impl std::fmt::Display for Verb {
     }
 }
 
+/// Who may call a route through the web API (`/api/v1`, the `web` module),
+/// besides the admin socket, which serves every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebAccess {
+    /// Only on the admin socket: the route names files of the node's host
+    /// (import, export, de-identify), or is the host operator's (purge,
+    /// store check).
+    Socket,
+    /// A person or machine client holding a role that the permission table
+    /// ([`crate::access::TABLE`]) grants one of these operations.
+    AnyOf(&'static [Operation]),
+}
+
+/// A person (or machine client) calling through the web, as the identity
+/// provider asserted them: their pseudonymous reference at this site and
+/// their site roles (never empty for a caller that got this far).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Person {
+    /// The keyed reference of the provider's subject (32 hex digits; the
+    /// ledger's `user`).
+    pub user: String,
+    /// Their roles, in table order.
+    pub roles: Vec<SiteRole>,
+    /// How they called: `console` (a session) or `api` (a bearer token).
+    pub via: &'static str,
+}
+
+impl std::fmt::Debug for Person {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Person")
+            .field("user", &self.user)
+            .field("roles", &self.roles)
+            .field("via", &self.via)
+            .finish()
+    }
+}
+
+impl Person {
+    /// Whether one of their roles may perform `op`.
+    #[must_use]
+    pub fn may(&self, op: Operation) -> bool {
+        self.roles.iter().any(|r| crate::access::permits(*r, op))
+    }
+
+    /// Whether one of their roles may call a route of `access`.
+    #[must_use]
+    pub fn may_call(&self, access: WebAccess) -> bool {
+        match access {
+            WebAccess::Socket => false,
+            WebAccess::AnyOf(ops) => ops.iter().any(|op| self.may(*op)),
+        }
+    }
+
+    /// The role the ledger names for their action: the first of theirs that
+    /// the table grants `op` (the first role when none does).
+    #[must_use]
+    pub fn role_for(&self, op: Option<Operation>) -> Option<SiteRole> {
+        op.and_then(|op| self.roles.iter().copied().find(|r| crate::access::permits(*r, op)))
+            .or_else(|| self.roles.first().copied())
+    }
+}
+
+/// Who sent a request to a route.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The admin socket: the home's owner on the node's host.
+    Socket,
+    /// A person or machine client through the web API.
+    Person(Person),
+}
+
 /// A route of the admin API: what travels on the wire.
 pub trait Route: Send + Sync + 'static {
     /// Its method.
@@ -62,6 +134,35 @@ pub trait Route: Send + Sync + 'static {
     /// server refuses a relative one ([`Route::check`]).
     fn paths(_request: &mut Self::Request) -> Vec<&mut PathBuf> {
         Vec::new()
+    }
+
+    /// Who may call it through the web API.
+    const WEB: WebAccess;
+
+    /// What the web layer checks and fixes of a request of `person` (who
+    /// may call the route, [`Person::may_call`]) before serving it: e.g. a
+    /// study request carries the person's own role, never one they typed.
+    ///
+    /// # Errors
+    /// [`ServeError::Forbidden`] naming what their roles do not allow.
+    fn admit(_request: &mut Self::Request, _person: &Person) -> Result<(), ServeError> {
+        Ok(())
+    }
+
+    /// What of the answer `person` may see: by default all of it (their
+    /// roles allow the route); a route whose answer mixes what some roles
+    /// may see with what they may not filters it here.
+    ///
+    /// # Errors
+    /// [`ServeError::Forbidden`] when nothing of it may be shown.
+    fn shape(answer: Self::Answer, _person: &Person) -> Result<Self::Answer, ServeError> {
+        Ok(answer)
+    }
+
+    /// What the person's action concerned, for the ledger's `person-acted`
+    /// entry: a transfer id, a consent's keyed reference, never patient data.
+    fn target(_node: &Node, _answer: &Self::Answer) -> Option<String> {
+        None
     }
 
     /// What the server checks of a request from its socket before serving
@@ -118,6 +219,7 @@ struct Online {
     net: NetHandle,
     socket: PathBuf,
     gateway: Option<GatewayStatus>,
+    web: Option<std::net::SocketAddr>,
 }
 
 impl Ctx {
@@ -134,8 +236,22 @@ impl Ctx {
     pub fn online(node: Arc<Node>, net: NetHandle, socket: PathBuf, gateway: Option<GatewayStatus>) -> Self {
         Self {
             node,
-            online: Some(Online { net, socket, gateway }),
+            online: Some(Online {
+                net,
+                socket,
+                gateway,
+                web: None,
+            }),
         }
+    }
+
+    /// The same context, telling that the web console listens on `addr`.
+    #[must_use]
+    pub fn with_web(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        if let Some(o) = self.online.as_mut() {
+            o.web = addr;
+        }
+        self
     }
 
     /// The gateway's SCP, when the node runs with one.
@@ -154,6 +270,12 @@ impl Ctx {
     #[must_use]
     pub fn net(&self) -> Option<&NetHandle> {
         self.online.as_ref().map(|o| &o.net)
+    }
+
+    /// The web console's address, when the node runs with one.
+    #[must_use]
+    pub fn web(&self) -> Option<std::net::SocketAddr> {
+        self.online.as_ref().and_then(|o| o.web)
     }
 
     /// The admin API socket, when the node runs.
@@ -305,6 +427,12 @@ pub enum ServeError {
     /// The C-FIND keys are not acceptable.
     #[error("gateway find: {0}")]
     Query(#[from] crate::gateway::scu::QueryError),
+    /// A study request over the admin socket names no requesting role.
+    #[error("the request names no requesting role")]
+    NoRole,
+    /// The caller's roles do not allow this (web API).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// Fetching from the PACS needs the running node's SCP.
     #[error(
         "fetching from the PACS needs this home's node running (`medmesh run`) with `[gateway] enabled`: the PACS sends the study to its DICOM SCP"
@@ -336,8 +464,10 @@ impl ServeError {
             | Self::RelativeOut(_)
             | Self::PeerId { .. }
             | Self::StudyUid { .. }
-            | Self::Query(_) => 400,
+            | Self::Query(_)
+            | Self::NoRole => 400,
             Self::RetryAfter { .. } => 429,
+            Self::Forbidden(_) => 403,
             Self::Random(_) | Self::Task(_) => 500,
             Self::Home(_)
             | Self::Net(_)

@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use super::route::{Call, Ctx, Route, ServeError, Stream, Verb, unhex};
+use super::route::{Call, Ctx, Person, Route, ServeError, Stream, Verb, WebAccess, unhex};
+use crate::access::Operation;
 use super::server;
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidProgress, DeidRequest,
@@ -39,7 +40,9 @@ pub struct Entry {
     pub method: Verb,
     /// Its whole path.
     pub path: &'static str,
-    pub(super) serve: server::Serve,
+    /// Who may call it through the web API.
+    pub web: WebAccess,
+    pub(crate) serve: server::Serve,
 }
 
 impl Entry {
@@ -47,6 +50,7 @@ impl Entry {
         Self {
             method: R::METHOD,
             path: R::PATH,
+            web: R::WEB,
             serve: server::call::<R>,
         }
     }
@@ -55,6 +59,7 @@ impl Entry {
         Self {
             method: R::METHOD,
             path: R::PATH,
+            web: R::WEB,
             serve: server::stream::<R>,
         }
     }
@@ -110,9 +115,29 @@ pub fn find(method: Verb, path: &str) -> Option<&'static Entry> {
     TABLE.iter().find(|e| e.method == method && e.path == path)
 }
 
-/// Declares a route: its type, method, path, request and answer.
+/// Who may call the routes through the web API (see [`WebAccess`] and the
+/// permission table [`crate::access::TABLE`]).
+const SOCKET: WebAccess = WebAccess::Socket;
+const SEE_STATUS: WebAccess = WebAccess::AnyOf(&[Operation::SeeStatus]);
+const TRUST: WebAccess = WebAccess::AnyOf(&[Operation::ManageTrust]);
+/// A researcher sees the studies received de-identified only (filtered by the web layer).
+const STUDIES: WebAccess = WebAccess::AnyOf(&[Operation::ViewStudy, Operation::ViewDeidentified]);
+const RELINK: WebAccess = WebAccess::AnyOf(&[Operation::RelinkPseudonym]);
+const LEDGER: WebAccess = WebAccess::AnyOf(&[Operation::ReadLedger]);
+const VERIFY: WebAccess = WebAccess::AnyOf(&[Operation::VerifyLedger]);
+const NOTIFICATIONS: WebAccess = WebAccess::AnyOf(&[Operation::ReadNotifications]);
+const CONSENTS: WebAccess = WebAccess::AnyOf(&[Operation::ManageConsents]);
+const TRANSFERS: WebAccess = WebAccess::AnyOf(&[Operation::RequestStudy, Operation::DecideApproval]);
+const REQUEST: WebAccess = WebAccess::AnyOf(&[Operation::RequestStudy]);
+const DECIDE: WebAccess = WebAccess::AnyOf(&[Operation::DecideApproval]);
+const GATEWAY: WebAccess = WebAccess::AnyOf(&[Operation::ManageGateway]);
+/// Querying and fetching from the PACS shows patients: the roles that view studies.
+const PACS: WebAccess = WebAccess::AnyOf(&[Operation::ViewStudy]);
+
+/// Declares a route: its type, method, path, request and answer, and who
+/// may call it through the web API.
 macro_rules! route {
-    ($(#[$doc:meta])* $name:ident: $verb:ident $path:literal, $req:ty => $answer:ty $(, { $($extra:item)* })?) => {
+    ($(#[$doc:meta])* $name:ident: $verb:ident $path:literal, $req:ty => $answer:ty, web $web:ident $(, { $($extra:item)* })?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
         pub struct $name;
@@ -122,6 +147,7 @@ macro_rules! route {
             const PATH: &'static str = $path;
             type Request = $req;
             type Answer = $answer;
+            const WEB: WebAccess = $web;
             $($($extra)*)?
         }
     };
@@ -129,7 +155,7 @@ macro_rules! route {
 
 route!(
     /// The node's identity, network and socket (only while it runs).
-    GetStatus: Get "/v1/status", () => Status
+    GetStatus: Get "/v1/status", () => Status, web SEE_STATUS
 );
 
 impl Call for GetStatus {
@@ -144,6 +170,7 @@ impl Call for GetStatus {
             socket: socket.to_path_buf(),
             ledger_problem: ctx.node().audit().own_feed_problem(),
             gateway: ctx.gateway().cloned(),
+            web: ctx.web(),
         })
     }
 }
@@ -151,7 +178,7 @@ impl Call for GetStatus {
 route!(
     /// The trusted peers and their connections (from the trust records
     /// alone when the node does not run).
-    Peers: Get "/v1/peers", () => PeersReport
+    Peers: Get "/v1/peers", () => PeersReport, web SEE_STATUS
 );
 
 impl Call for Peers {
@@ -165,7 +192,7 @@ impl Call for Peers {
 
 route!(
     /// Consortia, bilateral trust, revocations and blocks.
-    TrustList: Get "/v1/trust", () => TrustListing
+    TrustList: Get "/v1/trust", () => TrustListing, web TRUST
 );
 
 impl Call for TrustList {
@@ -176,7 +203,7 @@ impl Call for TrustList {
 
 route!(
     /// Joins a consortium.
-    TrustJoin: Post "/v1/trust/join", JoinRequest => ConsortiumEntry
+    TrustJoin: Post "/v1/trust/join", JoinRequest => ConsortiumEntry, web TRUST
 );
 
 impl Call for TrustJoin {
@@ -191,7 +218,7 @@ impl Call for TrustJoin {
 
 route!(
     /// Trusts a peer bilaterally.
-    TrustAddPeer: Post "/v1/trust/add-peer", AddPeerRequest => BilateralEntry
+    TrustAddPeer: Post "/v1/trust/add-peer", AddPeerRequest => BilateralEntry, web TRUST
 );
 
 impl Call for TrustAddPeer {
@@ -204,7 +231,7 @@ impl Call for TrustAddPeer {
 
 route!(
     /// Applies a revocation.
-    TrustApply: Post "/v1/trust/apply", ApplyRequest => RevocationEntry
+    TrustApply: Post "/v1/trust/apply", ApplyRequest => RevocationEntry, web TRUST
 );
 
 impl Call for TrustApply {
@@ -216,7 +243,7 @@ impl Call for TrustApply {
 
 route!(
     /// Blocks a peer.
-    TrustBlock: Post "/v1/trust/block", BlockRequest => BlockedEntry
+    TrustBlock: Post "/v1/trust/block", BlockRequest => BlockedEntry, web TRUST
 );
 
 impl Call for TrustBlock {
@@ -228,7 +255,7 @@ impl Call for TrustBlock {
 
 route!(
     /// Unblocks a peer.
-    TrustUnblock: Post "/v1/trust/unblock", BlockRequest => Unblocked
+    TrustUnblock: Post "/v1/trust/unblock", BlockRequest => Unblocked, web TRUST
 );
 
 impl Call for TrustUnblock {
@@ -245,8 +272,21 @@ impl Call for TrustUnblock {
 
 route!(
     /// The studies held, or those of one patient.
-    StudiesList: Post "/v1/studies/list", ListRequest => Vec<StudySummary>
+    StudiesList: Post "/v1/studies/list", ListRequest => Vec<StudySummary>, web STUDIES, {
+        /// Without `view-study`, only the studies received de-identified.
+        fn shape(list: Vec<StudySummary>, person: &Person) -> Result<Vec<StudySummary>, ServeError> {
+            if person.may(Operation::ViewStudy) {
+                return Ok(list);
+            }
+            Ok(list.into_iter().filter(|s| deidentified(s.received.as_ref())).collect())
+        }
+    }
 );
+
+/// Whether a study was received de-identified (pseudonymised or anonymised).
+fn deidentified(received: Option<&crate::studies::ReceivedInfo>) -> bool {
+    received.is_some_and(|r| r.level != consent_schema::DeidLevel::Identifiable)
+}
 
 impl Call for StudiesList {
     async fn serve(ctx: Ctx, r: ListRequest) -> Result<Vec<StudySummary>, ServeError> {
@@ -260,7 +300,15 @@ impl Call for StudiesList {
 
 route!(
     /// One study.
-    StudiesShow: Post "/v1/studies/show", ShowRequest => StudyDetail
+    StudiesShow: Post "/v1/studies/show", ShowRequest => StudyDetail, web STUDIES, {
+        /// Without `view-study`, only a study received de-identified.
+        fn shape(detail: StudyDetail, person: &Person) -> Result<StudyDetail, ServeError> {
+            if person.may(Operation::ViewStudy) || deidentified(detail.received.as_ref()) {
+                return Ok(detail);
+            }
+            Err(ServeError::Forbidden("your roles may view studies received de-identified only".into()))
+        }
+    }
 );
 
 impl Call for StudiesShow {
@@ -271,7 +319,7 @@ impl Call for StudiesShow {
 
 route!(
     /// Purges a study.
-    StudiesPurge: Post "/v1/studies/purge", PurgeRequest => PurgeReport
+    StudiesPurge: Post "/v1/studies/purge", PurgeRequest => PurgeReport, web SOCKET
 );
 
 impl Call for StudiesPurge {
@@ -283,7 +331,7 @@ impl Call for StudiesPurge {
 
 route!(
     /// Imports files and folders.
-    StudiesImport: Post "/v1/studies/import", ImportRequest => ImportSummary, {
+    StudiesImport: Post "/v1/studies/import", ImportRequest => ImportSummary, web SOCKET, {
         fn paths(r: &mut ImportRequest) -> Vec<&mut PathBuf> {
             r.paths.iter_mut().collect()
         }
@@ -311,7 +359,7 @@ impl Stream for StudiesImport {
 
 route!(
     /// Exports a study to a folder.
-    StudiesExport: Post "/v1/studies/export", ExportRequest => ExportSummary, {
+    StudiesExport: Post "/v1/studies/export", ExportRequest => ExportSummary, web SOCKET, {
         fn paths(r: &mut ExportRequest) -> Vec<&mut PathBuf> {
             vec![&mut r.out]
         }
@@ -344,7 +392,7 @@ impl Stream for StudiesExport {
 
 route!(
     /// De-identifies files and folders into a folder.
-    StudiesDeid: Post "/v1/studies/deid", DeidRequest => DeidSummary, {
+    StudiesDeid: Post "/v1/studies/deid", DeidRequest => DeidSummary, web SOCKET, {
         fn paths(r: &mut DeidRequest) -> Vec<&mut PathBuf> {
             r.paths.iter_mut().chain([&mut r.out]).collect()
         }
@@ -368,7 +416,7 @@ impl Stream for StudiesDeid {
 
 route!(
     /// Resolves a pseudonym.
-    StudiesRelink: Post "/v1/studies/relink", RelinkRequest => RelinkView
+    StudiesRelink: Post "/v1/studies/relink", RelinkRequest => RelinkView, web RELINK
 );
 
 impl Call for StudiesRelink {
@@ -379,7 +427,7 @@ impl Call for StudiesRelink {
 
 route!(
     /// The last ledger entries.
-    LogTail: Post "/v1/log/tail", LogTailRequest => Vec<EntryView>
+    LogTail: Post "/v1/log/tail", LogTailRequest => Vec<EntryView>, web LEDGER
 );
 
 impl Call for LogTail {
@@ -390,7 +438,7 @@ impl Call for LogTail {
 
 route!(
     /// One ledger entry.
-    LogShow: Post "/v1/log/show", IdRequest => EntryView
+    LogShow: Post "/v1/log/show", IdRequest => EntryView, web LEDGER
 );
 
 impl Call for LogShow {
@@ -401,7 +449,7 @@ impl Call for LogShow {
 
 route!(
     /// Verifies every feed held.
-    LogVerify: Get "/v1/log/verify", () => VerifyReport
+    LogVerify: Get "/v1/log/verify", () => VerifyReport, web VERIFY
 );
 
 impl Call for LogVerify {
@@ -412,7 +460,7 @@ impl Call for LogVerify {
 
 route!(
     /// Each feed's head.
-    LogHeads: Get "/v1/log/heads", () => Vec<HeadView>
+    LogHeads: Get "/v1/log/heads", () => Vec<HeadView>, web LEDGER
 );
 
 impl Call for LogHeads {
@@ -423,7 +471,7 @@ impl Call for LogHeads {
 
 route!(
     /// Notifications (marked read).
-    Notifications: Post "/v1/notifications", NotificationsRequest => Vec<NotificationView>
+    Notifications: Post "/v1/notifications", NotificationsRequest => Vec<NotificationView>, web NOTIFICATIONS
 );
 
 impl Call for Notifications {
@@ -434,7 +482,7 @@ impl Call for Notifications {
 
 route!(
     /// Delivery state of the notification sinks.
-    NotificationsStatus: Get "/v1/notifications/status", () => Vec<SinkStatus>
+    NotificationsStatus: Get "/v1/notifications/status", () => Vec<SinkStatus>, web NOTIFICATIONS
 );
 
 impl Call for NotificationsStatus {
@@ -445,7 +493,7 @@ impl Call for NotificationsStatus {
 
 route!(
     /// Checks the store.
-    StoreCheck: Post "/v1/store/check", CheckRequest => CheckReport
+    StoreCheck: Post "/v1/store/check", CheckRequest => CheckReport, web SOCKET
 );
 
 impl Call for StoreCheck {
@@ -456,7 +504,7 @@ impl Call for StoreCheck {
 
 route!(
     /// Consents, of one patient or all.
-    ConsentsList: Post "/v1/consents/list", ConsentListRequest => Vec<ConsentEntry>
+    ConsentsList: Post "/v1/consents/list", ConsentListRequest => Vec<ConsentEntry>, web CONSENTS
 );
 
 impl Call for ConsentsList {
@@ -471,7 +519,7 @@ impl Call for ConsentsList {
 
 route!(
     /// Records a consent.
-    ConsentsAdd: Post "/v1/consents/add", NewConsent => ConsentEntry
+    ConsentsAdd: Post "/v1/consents/add", NewConsent => ConsentEntry, web CONSENTS
 );
 
 impl Call for ConsentsAdd {
@@ -482,9 +530,17 @@ impl Call for ConsentsAdd {
 
 route!(
     /// Imports FHIR Consent resources.
-    ConsentsImportFhir: Post "/v1/consents/import-fhir", FhirImport => Vec<ImportedConsent>, {
+    ConsentsImportFhir: Post "/v1/consents/import-fhir", FhirImport => Vec<ImportedConsent>, web CONSENTS, {
         fn paths(r: &mut FhirImport) -> Vec<&mut PathBuf> {
             r.files.iter_mut().collect()
+        }
+        /// Through the web, resources come inline: no file of the node's host.
+        fn admit(r: &mut FhirImport, _person: &Person) -> Result<(), ServeError> {
+            if r.files.is_empty() {
+                Ok(())
+            } else {
+                Err(ServeError::Forbidden("files of the node's host cannot be named through the web: send the resources inline (resources)".into()))
+            }
         }
     }
 );
@@ -497,7 +553,7 @@ impl Call for ConsentsImportFhir {
 
 route!(
     /// Withdraws a consent.
-    ConsentsWithdraw: Post "/v1/consents/withdraw", WithdrawRequest => ConsentEntry
+    ConsentsWithdraw: Post "/v1/consents/withdraw", WithdrawRequest => ConsentEntry, web CONSENTS
 );
 
 impl Call for ConsentsWithdraw {
@@ -508,7 +564,7 @@ impl Call for ConsentsWithdraw {
 
 route!(
     /// What a request for a study would be answered.
-    ConsentsCheck: Post "/v1/consents/check", CheckQuery => ConsentCheck
+    ConsentsCheck: Post "/v1/consents/check", CheckQuery => ConsentCheck, web CONSENTS
 );
 
 impl Call for ConsentsCheck {
@@ -519,7 +575,7 @@ impl Call for ConsentsCheck {
 
 route!(
     /// Every transfer, newest first.
-    Transfers: Get "/v1/transfers", () => Vec<TransferView>
+    Transfers: Get "/v1/transfers", () => Vec<TransferView>, web TRANSFERS
 );
 
 impl Call for Transfers {
@@ -530,7 +586,11 @@ impl Call for Transfers {
 
 route!(
     /// One transfer.
-    TransfersShow: Post "/v1/transfers/show", IdRequest => TransferView
+    TransfersShow: Post "/v1/transfers/show", IdRequest => TransferView, web TRANSFERS, {
+        fn target(_node: &Node, answer: &TransferView) -> Option<String> {
+            Some(answer.id.to_string())
+        }
+    }
 );
 
 impl Call for TransfersShow {
@@ -541,7 +601,26 @@ impl Call for TransfersShow {
 
 route!(
     /// Asks the holder for a study (needs the running node).
-    TransfersRequest: Post "/v1/transfers/request", TransferAsk => TransferView
+    TransfersRequest: Post "/v1/transfers/request", TransferAsk => TransferView, web REQUEST, {
+        /// The request carries the role of the person's that may request
+        /// for its purpose, whatever role was sent.
+        fn admit(r: &mut TransferAsk, person: &Person) -> Result<(), ServeError> {
+            let role = person
+                .roles
+                .iter()
+                .filter(|role| crate::access::may_request(**role, r.purpose))
+                .find_map(|role| role.wire_role())
+                .ok_or_else(|| ServeError::Forbidden(format!(
+                    "your roles may not request studies for {}",
+                    r.purpose.as_str()
+                )))?;
+            r.role = Some(role);
+            Ok(())
+        }
+        fn target(_node: &Node, answer: &TransferView) -> Option<String> {
+            Some(answer.id.to_string())
+        }
+    }
 );
 
 impl Call for TransfersRequest {
@@ -563,6 +642,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
         uid: r.study_uid.clone(),
         reason,
     })?;
+    let role = r.role.ok_or(ServeError::NoRole)?;
     let uid = r.study_uid.clone();
     let held = ctx
         .blocking(move |n| {
@@ -584,7 +664,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
             request_id: request_id.clone(),
             study_uid: r.study_uid.clone(),
             purpose: r.purpose,
-            role: r.role,
+            role,
             level: r.level,
         },
     };
@@ -603,7 +683,7 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
                 &request_id,
                 &r.study_uid,
                 r.purpose,
-                r.role,
+                role,
                 r.level,
                 &answer.body,
             )?)
@@ -615,7 +695,16 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
 
 route!(
     /// Shares a study with a peer.
-    TransfersShare: Post "/v1/transfers/share", TransferAsk => TransferView
+    TransfersShare: Post "/v1/transfers/share", TransferAsk => TransferView, web DECIDE, {
+        /// Shared in the person's own role (a data steward's).
+        fn admit(r: &mut TransferAsk, person: &Person) -> Result<(), ServeError> {
+            r.role = person.roles.iter().find_map(|role| role.wire_role());
+            r.role.map(|_| ()).ok_or(ServeError::NoRole)
+        }
+        fn target(_node: &Node, answer: &TransferView) -> Option<String> {
+            Some(answer.id.to_string())
+        }
+    }
 );
 
 impl Call for TransfersShare {
@@ -624,8 +713,9 @@ impl Call for TransfersShare {
             peer: r.peer_id.clone(),
             source,
         })?;
+        let role = r.role.ok_or(ServeError::NoRole)?;
         let view = ctx
-            .blocking(move |n| Ok(n.transfers().share(peer, &r.study_uid, r.purpose, r.role, r.level)?))
+            .blocking(move |n| Ok(n.transfers().share(peer, &r.study_uid, r.purpose, role, r.level)?))
             .await?;
         ctx.wake_transfers();
         Ok(view)
@@ -634,7 +724,7 @@ impl Call for TransfersShare {
 
 route!(
     /// Outgoing transfers waiting for an approval.
-    Approvals: Get "/v1/approvals", () => Vec<TransferView>
+    Approvals: Get "/v1/approvals", () => Vec<TransferView>, web DECIDE
 );
 
 impl Call for Approvals {
@@ -645,7 +735,11 @@ impl Call for Approvals {
 
 route!(
     /// Approves a pending request.
-    ApprovalsApprove: Post "/v1/approvals/approve", IdRequest => TransferView
+    ApprovalsApprove: Post "/v1/approvals/approve", IdRequest => TransferView, web DECIDE, {
+        fn target(_node: &Node, answer: &TransferView) -> Option<String> {
+            Some(answer.id.to_string())
+        }
+    }
 );
 
 impl Call for ApprovalsApprove {
@@ -659,7 +753,11 @@ impl Call for ApprovalsApprove {
 
 route!(
     /// Denies a pending request.
-    ApprovalsDeny: Post "/v1/approvals/deny", DenyRequest => TransferView
+    ApprovalsDeny: Post "/v1/approvals/deny", DenyRequest => TransferView, web DECIDE, {
+        fn target(_node: &Node, answer: &TransferView) -> Option<String> {
+            Some(answer.id.to_string())
+        }
+    }
 );
 
 impl Call for ApprovalsDeny {
@@ -788,7 +886,7 @@ fn dicom_peer(node: &Node, to: Option<&str>) -> Result<DicomPeer, ServeError> {
 
 route!(
     /// C-ECHO to the site's PACS or a forwarding destination.
-    GatewayEcho: Post "/v1/gateway/echo", EchoRequest => EchoReport
+    GatewayEcho: Post "/v1/gateway/echo", EchoRequest => EchoReport, web GATEWAY
 );
 
 impl Call for GatewayEcho {
@@ -820,7 +918,7 @@ impl Call for GatewayEcho {
 
 route!(
     /// C-FIND at study level on the site's PACS: the matches, stored nowhere.
-    GatewayFind: Post "/v1/gateway/find", crate::gateway::scu::StudyQuery => Vec<crate::gateway::scu::StudyMatch>
+    GatewayFind: Post "/v1/gateway/find", crate::gateway::scu::StudyQuery => Vec<crate::gateway::scu::StudyMatch>, web PACS
 );
 
 impl Call for GatewayFind {
@@ -851,7 +949,7 @@ route!(
     /// C-MOVE of a study from the site's PACS to this node's SCP, which
     /// imports every object as it arrives (the node must run with
     /// `[gateway] enabled`).
-    GatewayFetch: Post "/v1/gateway/fetch", FetchRequest => FetchReport
+    GatewayFetch: Post "/v1/gateway/fetch", FetchRequest => FetchReport, web PACS
 );
 
 impl Call for GatewayFetch {
@@ -893,7 +991,7 @@ impl Call for GatewayFetch {
 
 route!(
     /// The gateway's forwarding queue, newest first.
-    GatewayQueue: Get "/v1/gateway/queue", () => Vec<ForwardItem>
+    GatewayQueue: Get "/v1/gateway/queue", () => Vec<ForwardItem>, web GATEWAY
 );
 
 impl Call for GatewayQueue {
@@ -904,7 +1002,7 @@ impl Call for GatewayQueue {
 
 route!(
     /// Sends a forwarding item again now.
-    GatewayRetry: Post "/v1/gateway/retry", ItemRequest => ForwardItem
+    GatewayRetry: Post "/v1/gateway/retry", ItemRequest => ForwardItem, web GATEWAY
 );
 
 impl Call for GatewayRetry {
@@ -915,7 +1013,7 @@ impl Call for GatewayRetry {
 
 route!(
     /// Cancels a forwarding item.
-    GatewayCancel: Post "/v1/gateway/cancel", ItemRequest => ForwardItem
+    GatewayCancel: Post "/v1/gateway/cancel", ItemRequest => ForwardItem, web GATEWAY
 );
 
 impl Call for GatewayCancel {

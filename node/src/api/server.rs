@@ -19,12 +19,13 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
 use super::MAX_REQUEST;
-use super::route::{Call, Ctx, Route, ServeError, Stream, Verb};
+use super::route::{Call, Caller, Ctx, Route, ServeError, Stream, Verb, WebAccess};
 use crate::api::GatewayStatus;
 use crate::home::Node;
 use crate::net::NetHandle;
 
-type Body = BoxBody<Bytes, Infallible>;
+/// The body of the API's answers.
+pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Errors of starting the API.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +125,10 @@ pub async fn serve(
     node: Arc<Node>,
     net: NetHandle,
     gateway: Option<GatewayStatus>,
+    web: Option<std::net::SocketAddr>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Ctx::online(node, net, bound.path.clone(), gateway);
+    let ctx = Ctx::online(node, net, bound.path.clone(), gateway).with_web(web);
     // Root when the owner cannot be read: then only root is admitted.
     let owner = home_owner(&bound.path).unwrap_or(0);
     loop {
@@ -188,10 +190,10 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
 
 /// A failed request: HTTP status and the message for `{"error": ...}`.
 #[derive(Debug)]
-struct Fail(StatusCode, String);
+pub(crate) struct Fail(StatusCode, String);
 
 impl Fail {
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         full(
             self.0,
             serde_json::to_vec(&serde_json::json!({ "error": self.1 })).unwrap_or_default(),
@@ -207,34 +209,77 @@ impl From<ServeError> for Fail {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Fail {
+pub(crate) fn error(status: StatusCode, message: &str) -> Fail {
     Fail(status, message.to_string())
 }
 
 /// The request of route `R`: its JSON body, or `()` for a `GET`.
-async fn request<R: Route>(req: Request<Incoming>) -> Result<R::Request, Fail> {
+fn request<R: Route>(body: &[u8]) -> Result<R::Request, Fail> {
     if R::METHOD == Verb::Get {
         return serde_json::from_value(serde_json::Value::Null)
             .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")));
     }
-    let bytes = Limited::new(req.into_body(), MAX_REQUEST)
-        .collect()
-        .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading the request: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("request body: {e}")))
 }
 
-/// How the server serves one row of the [route table](super::routes::TABLE).
-pub(super) type Serve = fn(Ctx, Request<Incoming>) -> BoxFuture<'static, Response<Body>>;
+/// Reads a request's body, at most [`MAX_REQUEST`] bytes.
+///
+/// # Errors
+/// The HTTP answer for a body too long or cut short.
+pub(crate) async fn body<B>(body: B) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_REQUEST).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("reading the request: {e}")).into_response()),
+    }
+}
 
-/// Serves a [`Call`] route: its request checked, its answer as JSON.
-pub(super) fn call<R: Call>(ctx: Ctx, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+/// How the server serves one row of the [route table](super::routes::TABLE):
+/// the context, who calls (the socket, or a person through the web layer,
+/// which checked that their roles may call the route) and the request body.
+pub(crate) type Serve = fn(Ctx, Caller, Bytes) -> BoxFuture<'static, Response<Body>>;
+
+/// Serves a [`Call`] route: its request checked, its answer as JSON. For a
+/// person, the request is admitted ([`Route::admit`]) instead of checked
+/// for local paths, and the action is in the ledger (`person-acted`, with
+/// their keyed reference and role) before the answer leaves.
+pub(super) fn call<R: Call>(ctx: Ctx, caller: Caller, body: Bytes) -> BoxFuture<'static, Response<Body>> {
     Box::pin(async move {
         let result = async {
-            let mut r = request::<R>(req).await?;
-            R::check(&mut r)?;
-            Ok::<_, Fail>(json(&R::serve(ctx, r).await?))
+            let mut r = request::<R>(&body)?;
+            match &caller {
+                Caller::Socket => R::check(&mut r)?,
+                Caller::Person(p) => R::admit(&mut r, p)?,
+            }
+            let answer = R::serve(ctx.clone(), r).await?;
+            let answer = match &caller {
+                Caller::Socket => answer,
+                Caller::Person(p) => R::shape(answer, p)?,
+            };
+            if let Caller::Person(p) = caller {
+                let target = R::target(ctx.node(), &answer);
+                let op = match R::WEB {
+                    WebAccess::AnyOf(ops) => ops.iter().copied().find(|op| p.may(*op)),
+                    WebAccess::Socket => None,
+                };
+                // Seeing the dashboard (no patient data) is not an action.
+                if op == Some(crate::access::Operation::SeeStatus) {
+                    return Ok(json(&answer));
+                }
+                let event = crate::ledger::Event::PersonActed {
+                    user: p.user.clone(),
+                    role: p.role_for(op).map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                    operation: op.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+                    route: R::PATH.to_owned(),
+                    via: p.via.to_owned(),
+                    target,
+                };
+                ctx.blocking(move |node| node.audit().log(event).map_err(Into::into)).await?;
+            }
+            Ok::<_, Fail>(json(&answer))
         }
         .await;
         result.unwrap_or_else(Fail::into_response)
@@ -250,9 +295,13 @@ fn line(value: &serde_json::Value) -> Bytes {
 
 /// Serves a [`Stream`] route: its request checked, then a JSON Lines answer
 /// fed by the blocking operation, record by record.
-pub(super) fn stream<R: Stream>(ctx: Ctx, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+pub(super) fn stream<R: Stream>(ctx: Ctx, caller: Caller, body: Bytes) -> BoxFuture<'static, Response<Body>> {
     Box::pin(async move {
-        let mut r = match request::<R>(req).await {
+        if let Caller::Person(_) = caller {
+            // Streamed routes name files of the node's host: socket only.
+            return error(StatusCode::FORBIDDEN, &format!("{} is served on the admin socket only", R::PATH)).into_response();
+        }
+        let mut r = match request::<R>(&body) {
             Ok(r) => r,
             Err(f) => return f.into_response(),
         };
@@ -301,7 +350,10 @@ async fn handle(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
         _ => None,
     };
     match verb.and_then(|v| super::routes::find(v, &path)) {
-        Some(entry) => (entry.serve)(ctx, req).await,
+        Some(entry) => match body(req.into_body()).await {
+            Ok(bytes) => (entry.serve)(ctx, Caller::Socket, bytes).await,
+            Err(r) => r,
+        },
         None => error(StatusCode::NOT_FOUND, &format!("no route {method} {path}")).into_response(),
     }
 }

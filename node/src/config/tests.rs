@@ -9,13 +9,16 @@ fn template_is_the_default_and_documents_every_key() {
     let mut keys = Vec::new();
     for (k, v) in &table {
         match v.as_table() {
-            // A section of sections ([notify.webhook], [notify.syslog]).
-            Some(t) if !t.is_empty() && t.values().all(toml::Value::is_table) => {
-                for sub in t.values().filter_map(toml::Value::as_table) {
-                    keys.extend(sub.keys().cloned());
+            // A section's keys, and those of its sub-sections ([notify.webhook],
+            // [web.roles]).
+            Some(t) => {
+                for (sk, sv) in t {
+                    match sv.as_table() {
+                        Some(sub) => keys.extend(sub.keys().filter(|k| !sub[k.as_str()].is_table()).cloned()),
+                        None => keys.push(sk.clone()),
+                    }
                 }
             }
-            Some(t) => keys.extend(t.keys().cloned()),
             None => keys.push(k.clone()),
         }
     }

@@ -229,7 +229,7 @@ async fn load(
                 peer_id: holder.to_string(),
                 study_uid: uid.clone(),
                 purpose: Purpose::Treatment,
-                role: Role::Clinician,
+                role: Some(Role::Clinician),
                 level: None,
             };
             set.spawn(async move {
