@@ -183,12 +183,10 @@ async function main() {
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
     scopes: ['openid', 'profile', 'offline_access', API_SCOPE],
     claims: {
-      acr: null,
-      amr: null,
-      auth_time: null,
       sid: null,
       iss: null,
-      openid: ['sub', ROLES_CLAIM],
+      // acr, amr and auth_time go with `openid` so every ID token has them.
+      openid: ['sub', 'acr', 'amr', 'auth_time', ROLES_CLAIM],
       profile: ['name'],
     },
     acrValues: [ACR_MFA, ACR_PWD],
@@ -196,6 +194,16 @@ async function main() {
     // access token is issued too.
     conformIdTokenClaims: false,
     pkce: { required: () => true },
+    ttl: {
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
+      ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
+      AuthorizationCode: 60,
+      IdToken: 3600,
+      Interaction: 600,
+      Grant: 3600,
+      Session: 3600,
+      RefreshToken: 3600,
+    },
     async findAccount(_ctx, sub) {
       const user = BY_SUB.get(sub);
       if (!user) return undefined;
