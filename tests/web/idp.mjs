@@ -180,7 +180,12 @@ async function main() {
   provider = new Provider(issuer, {
     clients: REDIRECT_URIS.length ? [webClient, machineClient, machinePost] : [machineClient, machinePost],
     jwks: { keys: [jwk] },
-    cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+    // SameSite=Lax: a browser drops SameSite=None cookies that are not Secure (http).
+    cookies: {
+      keys: [crypto.randomBytes(32).toString('hex')],
+      long: { httpOnly: true, sameSite: 'lax' },
+      short: { httpOnly: true, sameSite: 'lax' },
+    },
     scopes: ['openid', 'profile', 'offline_access', API_SCOPE],
     claims: {
       sid: null,
