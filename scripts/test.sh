@@ -3,7 +3,9 @@
 # Formatting, lints with warnings as errors, then every test of the workspace.
 # Beyond a Rust toolchain with rustfmt and clippy, the tests need iproute2's
 # `ip` and root (network namespaces), dcmtk and Orthanc (the PACS the gateway
-# tests talk to): scripts/system-deps.sh installs what is missing.
+# tests talk to), Chromium, promtool and tests/web's npm packages (the web tests'
+# browser, metrics check and OpenID provider; Node.js and npm are on the machine):
+# scripts/system-deps.sh installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh

@@ -35,9 +35,13 @@
 //!   per AE; a pseudonymised grant forwards only de-identified objects); the queue survives
 //!   B's SIGKILL while the PACS is down and delivers every instance once; `gateway find /
 //!   fetch` and `fetch_from_pacs` against Orthanc.
+//! - `idp` (with `browser`): the web tests' real parts, a real OpenID provider
+//!   (tests/web/idp.mjs, `oidc-provider`) and headless Chromium (tests/web/browser.mjs,
+//!   `playwright-core`): discovery, keys, machine tokens, a browser login with and without MFA.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
+mod browser;
 mod consent;
 mod corpus;
 mod crash;
@@ -46,6 +50,7 @@ mod durability;
 mod gateway;
 mod gateway_forward;
 mod home;
+mod idp;
 mod integrity;
 mod ledger;
 mod limits;
