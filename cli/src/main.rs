@@ -693,7 +693,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let info = Node::id_info(&rec);
             let ledger_problem = status.as_ref().and_then(|s| s.ledger_problem.clone());
             let gateway = status.as_ref().and_then(|s| s.gateway.clone());
-            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway });
+            let web = status.as_ref().and_then(|s| s.web);
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway, "web": web });
             out.emit("status", &data, || match &status {
                 Some(s) => {
                     let mut t = format!(
@@ -710,6 +711,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     if let Some(g) = &s.gateway {
                         t.push_str(&output::gateway_line(g));
+                    }
+                    if let Some(w) = &s.web {
+                        t.push_str(&format!("web        console and API on https://{w}/\n"));
                     }
                     if let Some(p) = &s.ledger_problem {
                         t.push_str(&format!("LEDGER     {p}\n"));

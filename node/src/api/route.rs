@@ -139,6 +139,13 @@ pub trait Route: Send + Sync + 'static {
     /// Who may call it through the web API.
     const WEB: WebAccess;
 
+    /// Whether a person's call is in the ledger (`person-acted`): every
+    /// action, and every view of patient data or of the ledger; not the
+    /// listings without either that a console page polls (the transfer
+    /// queue, approvals, sink status, feed heads), which would fill the
+    /// shared ledger with page views.
+    const LOGGED: bool = true;
+
     /// What the web layer checks and fixes of a request of `person` (who
     /// may call the route, [`Person::may_call`]) before serving it: e.g. a
     /// study request carries the person's own role, never one they typed.

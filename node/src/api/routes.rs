@@ -460,7 +460,9 @@ impl Call for LogVerify {
 
 route!(
     /// Each feed's head.
-    LogHeads: Get "/v1/log/heads", () => Vec<HeadView>, web LEDGER
+    LogHeads: Get "/v1/log/heads", () => Vec<HeadView>, web LEDGER, {
+        const LOGGED: bool = false;
+    }
 );
 
 impl Call for LogHeads {
@@ -482,7 +484,9 @@ impl Call for Notifications {
 
 route!(
     /// Delivery state of the notification sinks.
-    NotificationsStatus: Get "/v1/notifications/status", () => Vec<SinkStatus>, web NOTIFICATIONS
+    NotificationsStatus: Get "/v1/notifications/status", () => Vec<SinkStatus>, web NOTIFICATIONS, {
+        const LOGGED: bool = false;
+    }
 );
 
 impl Call for NotificationsStatus {
@@ -575,7 +579,9 @@ impl Call for ConsentsCheck {
 
 route!(
     /// Every transfer, newest first.
-    Transfers: Get "/v1/transfers", () => Vec<TransferView>, web TRANSFERS
+    Transfers: Get "/v1/transfers", () => Vec<TransferView>, web TRANSFERS, {
+        const LOGGED: bool = false;
+    }
 );
 
 impl Call for Transfers {
@@ -724,7 +730,9 @@ impl Call for TransfersShare {
 
 route!(
     /// Outgoing transfers waiting for an approval.
-    Approvals: Get "/v1/approvals", () => Vec<TransferView>, web DECIDE
+    Approvals: Get "/v1/approvals", () => Vec<TransferView>, web DECIDE, {
+        const LOGGED: bool = false;
+    }
 );
 
 impl Call for Approvals {

@@ -265,8 +265,8 @@ pub(super) fn call<R: Call>(ctx: Ctx, caller: Caller, body: Bytes) -> BoxFuture<
                     WebAccess::AnyOf(ops) => ops.iter().copied().find(|op| p.may(*op)),
                     WebAccess::Socket => None,
                 };
-                // Seeing the dashboard (no patient data) is not an action.
-                if op == Some(crate::access::Operation::SeeStatus) {
+                // Seeing the dashboard or a polled listing (no patient data) is not an action.
+                if !R::LOGGED || op == Some(crate::access::Operation::SeeStatus) {
                     return Ok(json(&answer));
                 }
                 let event = crate::ledger::Event::PersonActed {

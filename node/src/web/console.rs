@@ -212,10 +212,9 @@ pub async fn dashboard(State(app): State<Shared>, headers: HeaderMap, Query(flas
                         dt { "Peer id" } dd #peer-id { (text(&st["node"], "peer_id")) }
                         dt { "Institution" } dd { (text(&st["node"], "institution")) }
                         dt { "Jurisdiction" } dd { (text(&st["node"], "jurisdiction")) }
-                        dt { "Connected peers" } dd #connected { (st["net"]["connected"].as_array().map_or(0, Vec::len)) }
-                    }
-                    @if let Some(p) = st.get("ledger_problem").and_then(Value::as_str) {
-                        p.error role="alert" { "Ledger: " (p) }
+                        dt { "Trusted peers connected" } dd #connected { (text(&st["net"], "trusted_connected")) }
+                        dt { "Running since" } dd { (text(&st["net"], "started")) }
+                        @if let Some(w) = st.get("web").and_then(Value::as_str) { dt { "Console" } dd { "https://" (w) "/" } }
                     }
                 }
                 Err(e) => (failed(e)),
@@ -226,15 +225,34 @@ pub async fn dashboard(State(app): State<Shared>, headers: HeaderMap, Query(flas
             @match &peers {
                 Ok(p) => {
                     table {
-                        thead { tr { th { "Peer" } th { "Institution" } th { "Connected" } } }
+                        thead { tr { th { "Peer" } th { "Institution" } th { "Connected" } th { "Trust" } } }
                         tbody {
                             @for peer in rows(&p["peers"]) {
-                                tr { td { code { (text(&peer, "peer_id")) } } td { (text(&peer, "institution")) } td { (text(&peer, "connected")) } }
+                                tr {
+                                    td { code { (text(&peer, "peer_id")) } }
+                                    td { (text(&peer, "institution")) }
+                                    td { (if peer["connected"] == true { "yes" } else { "no" }) }
+                                    td { (text(&peer, "status")) }
+                                }
                             }
                         }
                     }
                 }
                 Err(e) => (failed(e)),
+            }
+        }
+        section aria-labelledby="alerts-h" {
+            h2 #alerts-h { "Alerts" }
+            @let ledger = status.as_ref().ok().and_then(|st| st.get("ledger_problem")).and_then(Value::as_str).map(str::to_owned);
+            @let (refused, unanswered) = match &peers { Ok(p) => (rows(&p["refused"]), rows(&p["unanswered"])), Err(_) => (Vec::new(), Vec::new()) };
+            @if ledger.is_none() && refused.is_empty() && unanswered.is_empty() {
+                p #alerts { "None." }
+            } @else {
+                ul #alerts {
+                    @if let Some(l) = &ledger { li.error { "Ledger: " (l) } }
+                    @for r in &refused { li.error { "Refused peer " code { (text(r, "peer_id")) } ": " (text(r, "reason")) " (" (text(r, "count")) " times, last " (text(r, "time")) ")" } }
+                    @for u in &unanswered { li { "No answer from " code { (text(u, "peer_id")) } ": " (text(u, "detail")) } }
+                }
             }
         }
     };

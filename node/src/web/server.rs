@@ -122,6 +122,7 @@ pub async fn serve(
                             }
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
                             .header_read_timeout(Duration::from_secs(30))
                             .serve_connection(TokioIo::new(tls), service);
                         if let Err(e) = conn.await {

@@ -38,6 +38,9 @@
 //! - `idp` (with `browser`): the web tests' real parts, a real OpenID provider
 //!   (tests/web/idp.mjs, `oidc-provider`) and headless Chromium (tests/web/browser.mjs,
 //!   `playwright-core`): discovery, keys, machine tokens, a browser login with and without MFA.
+//! - `web`: the web console and API of a running node with a real OpenID provider and
+//!   headless Chromium: MFA required, roles, a steward's approval in the console completing
+//!   a cross-border transfer, CSRF, logout, session expiry, bearer tokens refused for each fault.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -64,3 +67,4 @@ mod testnet;
 mod transfer;
 mod trust;
 mod util;
+mod web;
