@@ -672,6 +672,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if let Some(g) = &status.gateway {
                         s.push_str(&output::gateway_line(g));
                     }
+                    if let Some(m) = &status.metrics {
+                        s.push_str(&output::metrics_line(m));
+                    }
                     s
                 });
             }));
@@ -693,7 +696,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let info = Node::id_info(&rec);
             let ledger_problem = status.as_ref().and_then(|s| s.ledger_problem.clone());
             let gateway = status.as_ref().and_then(|s| s.gateway.clone());
-            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway });
+            let metrics = status.as_ref().and_then(|s| s.metrics);
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway, "metrics": metrics });
             out.emit("status", &data, || match &status {
                 Some(s) => {
                     let mut t = format!(
@@ -710,6 +714,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     if let Some(g) = &s.gateway {
                         t.push_str(&output::gateway_line(g));
+                    }
+                    if let Some(m) = &s.metrics {
+                        t.push_str(&output::metrics_line(m));
                     }
                     if let Some(p) = &s.ledger_problem {
                         t.push_str(&format!("LEDGER     {p}\n"));

@@ -243,6 +243,10 @@ pub struct Status {
     /// The DICOM gateway's SCP, when `[gateway] enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatus>,
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, when
+    /// `[metrics] listen` is set (the port bound when it asked for 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The body of [`routes::GatewayEcho`].

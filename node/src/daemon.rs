@@ -3,6 +3,7 @@
 //! then stops them and removes the socket.
 
 mod gateway;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -49,6 +50,9 @@ pub enum DaemonError {
     /// The DICOM gateway's SCP could not start.
     #[error("DICOM gateway: {0}")]
     Gateway(#[from] crate::gateway::scp::ScpError),
+    /// The metrics listener (`[metrics] listen`) could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Runs the node until SIGINT or SIGTERM. `ready` is called once, when the
@@ -71,6 +75,15 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     let (scp, gateway) = match gateway::start(&node).await? {
         Some((scp, status)) => (Some(scp), Some(status)),
         None => (None, None),
+    };
+    // [metrics] listen: bound before the network too (a port in use stops the start).
+    let metrics_listener = match node.config().metrics.listen {
+        Some(addr) => {
+            let (listener, bound) = crate::metrics::bind(addr).await?;
+            node.set_metrics_listen(bound);
+            Some(listener)
+        }
+        None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     // The services register their protocols with the network.
@@ -120,6 +133,13 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         Arc::clone(&node) as Arc<dyn crate::gateway::forward::ForwardHost>,
         stop_rx.clone(),
     ));
+    let metrics_task = metrics_listener.map(|listener| {
+        let source = metrics::NodeSource {
+            node: Arc::clone(&node),
+            net: net.clone(),
+        };
+        tokio::spawn(crate::metrics::serve(listener, Arc::new(source), stop_rx.clone()))
+    });
     let mut api_task = tokio::spawn(server::serve(
         bound,
         Arc::clone(&node),
@@ -144,6 +164,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         socket: socket.clone(),
         ledger_problem: node.audit().own_feed_problem(),
         gateway,
+        metrics: node.metrics_listen(),
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {
@@ -164,6 +185,9 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         let _ = task.await;
     }
     let _ = forward_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     if let Some(scp) = scp {
         scp.shutdown().await;
     }

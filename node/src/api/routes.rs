@@ -144,6 +144,7 @@ impl Call for GetStatus {
             socket: socket.to_path_buf(),
             ledger_problem: ctx.node().audit().own_feed_problem(),
             gateway: ctx.gateway().cloned(),
+            metrics: ctx.node().metrics_listen(),
         })
     }
 }
