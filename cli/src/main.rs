@@ -185,8 +185,9 @@ enum Command {
     #[command(subcommand)]
     Transfers(transfer::TransfersCommand),
     /// Run the node: listen on the configured addresses (TCP and QUIC), talk
-    /// to trusted peers only, serve the admin API on HOME/node.sock. Runs
-    /// until SIGINT (Ctrl-C) or SIGTERM.
+    /// to trusted peers only, serve the admin API on HOME/node.sock, and,
+    /// with `[metrics] listen`, /metrics, /healthz and /readyz over plain
+    /// HTTP. Runs until SIGINT (Ctrl-C) or SIGTERM.
     ///
     /// While it runs, every other command on this home goes through it (no
     /// passphrase needed). Logs go to stderr (MEDMESH_LOG sets the filter,

@@ -44,10 +44,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -294,36 +294,91 @@ fn gauge_family<L: EncodeLabelSet>(
 impl Collector for State {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let version = [("version", env!("CARGO_PKG_VERSION"))];
-        gauge_family(&mut e, "build_info", "The medmesh version this node runs (always 1).", &[(version, 1)])?;
-        gauge(&mut e, "start_time", "When this node process started (Unix time).", Some(&Unit::Seconds), self.started_unix)?;
-        gauge(&mut e, "uptime", "Seconds since this node process started.", Some(&Unit::Seconds), self.uptime)?;
+        gauge_family(
+            &mut e,
+            "build_info",
+            "The medmesh version this node runs (always 1).",
+            &[(version, 1)],
+        )?;
+        gauge(
+            &mut e,
+            "start_time",
+            "When this node process started (Unix time).",
+            Some(&Unit::Seconds),
+            self.started_unix,
+        )?;
+        gauge(
+            &mut e,
+            "uptime",
+            "Seconds since this node process started.",
+            Some(&Unit::Seconds),
+            self.uptime,
+        )?;
         let s = &self.sample;
         if let Some(t) = &s.transfers {
             let series: Vec<_> = t
                 .iter()
                 .map(|(direction, state, n)| ([("direction", *direction), ("state", *state)], *n))
                 .collect();
-            gauge_family(&mut e, "transfers", "Transfer records held, by direction and state.", &series)?;
+            gauge_family(
+                &mut e,
+                "transfers",
+                "Transfer records held, by direction and state.",
+                &series,
+            )?;
         }
         if let Some(n) = s.approvals_pending {
-            gauge(&mut e, "approvals_pending", "Requests of peers waiting for a person here.", None, n)?;
+            gauge(
+                &mut e,
+                "approvals_pending",
+                "Requests of peers waiting for a person here.",
+                None,
+                n,
+            )?;
         }
         if let Some(l) = &s.ledger {
             let series = [([("feed", "own")], l.own), ([("feed", "peers")], l.peers)];
-            gauge_family(&mut e, "ledger_entries", "Ledger entries held: this node's feed and its peers' feeds.", &series)?;
+            gauge_family(
+                &mut e,
+                "ledger_entries",
+                "Ledger entries held: this node's feed and its peers' feeds.",
+                &series,
+            )?;
             gauge(&mut e, "ledger_feeds", "Ledger feeds (authors) held.", None, l.feeds)?;
         }
         if let Some(p) = &s.peers {
-            gauge(&mut e, "peers_connected", "Peers connected and trusted.", None, p.trusted)?;
-            gauge(&mut e, "connections", "Network connections, all peers.", None, p.connections)?;
+            gauge(
+                &mut e,
+                "peers_connected",
+                "Peers connected and trusted.",
+                None,
+                p.trusted,
+            )?;
+            gauge(
+                &mut e,
+                "connections",
+                "Network connections, all peers.",
+                None,
+                p.connections,
+            )?;
         }
         if let Some(q) = &s.forward_queue {
             let series: Vec<_> = q.iter().map(|(state, n)| ([("state", *state)], *n)).collect();
-            gauge_family(&mut e, "gateway_forward_queue", "Items of the forwarding queue to the PACS, by state.", &series)?;
+            gauge_family(
+                &mut e,
+                "gateway_forward_queue",
+                "Items of the forwarding queue to the PACS, by state.",
+                &series,
+            )?;
         }
         if let Some(o) = &s.outbox {
             let series: Vec<_> = o.iter().map(|(sink, n)| ([("sink", *sink)], *n)).collect();
-            gauge_family(&mut e, "notifications_pending", "Notifications not yet delivered, by configured sink.", &series)?;
+            gauge_family(
+                &mut e,
+                "notifications_pending",
+                "Notifications not yet delivered, by configured sink.",
+                &series,
+            )?;
         }
         Ok(())
     }
@@ -416,7 +471,9 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Metrics
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
     if bound.ip().is_loopback() {
         tracing::info!(address = %bound, "metrics: serving /metrics, /healthz and /readyz");
     } else {
@@ -463,8 +520,10 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, mut shutdown:
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -474,12 +533,18 @@ const PLAIN: &str = "text/plain; charset=utf-8";
 async fn handle(source: &dyn Source, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return text(StatusCode::NOT_FOUND, PLAIN, "not found: this listener serves /metrics, /healthz and /readyz\n".into());
+        return text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found: this listener serves /metrics, /healthz and /readyz\n".into(),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n".into());
-        r.headers_mut()
-            .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
         return r;
     }
     match path {
@@ -489,10 +554,7 @@ async fn handle(source: &dyn Source, req: &Request<Incoming>) -> Response<Full<B
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {e}\n")),
         },
         _ => {
-            let accept = req
-                .headers()
-                .get(hyper::header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
+            let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
             let sample = source.sample().await;
             match render_openmetrics(source.counters(), sample) {
                 Ok(om) if wants_openmetrics(accept) => text(StatusCode::OK, OPENMETRICS_TEXT, om),

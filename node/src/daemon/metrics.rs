@@ -100,7 +100,8 @@ impl Source for NodeSource {
 /// What the store says now; a part that cannot be read is left out (and logged).
 fn stored(node: &Node) -> Sample {
     fn part<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> {
-        r.map_err(|e| tracing::warn!(cause = %e, "metrics: cannot read {what}")).ok()
+        r.map_err(|e| tracing::warn!(cause = %e, "metrics: cannot read {what}"))
+            .ok()
     }
     let mut sample = Sample::default();
     if let Some(records) = part("the transfers", node.transfers().transfer_records()) {
@@ -115,7 +116,10 @@ fn stored(node: &Node) -> Sample {
         let approvals = records.iter().filter(|r| {
             r.direction == Direction::Outgoing
                 && r.state == State::Pending
-                && !r.reasons.iter().any(|x| x.code == PendingCode::FetchingFromPacs.as_str())
+                && !r
+                    .reasons
+                    .iter()
+                    .any(|x| x.code == PendingCode::FetchingFromPacs.as_str())
         });
         sample.approvals_pending = Some(approvals.count() as u64);
     }

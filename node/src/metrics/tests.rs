@@ -73,7 +73,12 @@ fn counters_and_the_sample_are_rendered_with_their_values() {
 #[test]
 fn a_part_not_read_is_left_out_and_the_rest_is_rendered() {
     let om = render_openmetrics(&Counters::default(), Sample::default()).unwrap();
-    for absent in ["medmesh_transfers", "medmesh_ledger_entries", "medmesh_peers_connected", "medmesh_gateway_forward_queue"] {
+    for absent in [
+        "medmesh_transfers",
+        "medmesh_ledger_entries",
+        "medmesh_peers_connected",
+        "medmesh_gateway_forward_queue",
+    ] {
         assert!(!om.contains(&format!("# TYPE {absent} ")), "{absent} in\n{om}");
     }
     assert_eq!(value(&om, "medmesh_transfer_sent_bytes_total"), Some(0.0));
@@ -140,7 +145,9 @@ fn accept_headers_choose_the_format() {
         (Some("*/*"), false),
         (Some("text/plain;version=0.0.4"), false),
         (
-            Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+            Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            ),
             true,
         ),
     ] {
@@ -243,9 +250,19 @@ async fn the_listener_serves_metrics_health_and_readiness_and_nothing_else() {
     let (status, head, body) = get(addr, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    assert_eq!(value(&body, "medmesh_refusals_total{reason=\"no-consent\"}"), Some(1.0), "{body}");
+    assert_eq!(
+        value(&body, "medmesh_refusals_total{reason=\"no-consent\"}"),
+        Some(1.0),
+        "{body}"
+    );
     assert!(!body.contains("# EOF"));
-    let (status, head, body) = get(addr, "GET", "/metrics", Some("application/openmetrics-text; version=1.0.0")).await;
+    let (status, head, body) = get(
+        addr,
+        "GET",
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0"),
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(body.ends_with("# EOF\n"));
@@ -255,7 +272,10 @@ async fn the_listener_serves_metrics_health_and_readiness_and_nothing_else() {
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     fake.not_listening.store(true, std::sync::atomic::Ordering::Relaxed);
     let (status, _, body) = get(addr, "GET", "/readyz", None).await;
-    assert_eq!((status, body.as_str()), (503, "not ready: the network is not listening\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: the network is not listening\n")
+    );
     assert_eq!(get(addr, "GET", "/healthz", None).await.0, 200, "alive while not ready");
 
     for path in ["/", "/metrics/", "/v1/status", "/metricsx", "/../metrics"] {

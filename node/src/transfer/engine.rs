@@ -131,7 +131,12 @@ pub fn start<N: TransferNet>(
                     // At most `streams_per_peer` at once: another is reset unread.
                     let Some(slot) = slots.acquire(&peer.to_string()) else {
                         tracing::warn!(peer = %peer, "too many transfer streams open from this peer: one reset unread");
-                        engine.node.transfers().live().counters().refused(crate::limits::STREAMS_FULL);
+                        engine
+                            .node
+                            .transfers()
+                            .live()
+                            .counters()
+                            .refused(crate::limits::STREAMS_FULL);
                         drop(stream);
                         continue;
                     };

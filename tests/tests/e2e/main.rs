@@ -35,6 +35,9 @@
 //!   per AE; a pseudonymised grant forwards only de-identified objects); the queue survives
 //!   B's SIGKILL while the PACS is down and delivers every instance once; `gateway find /
 //!   fetch` and `fetch_from_pacs` against Orthanc.
+//! - `metrics`: `[metrics] listen` on two running nodes: `/metrics` scraped over TCP moves
+//!   with a denial (refusals by reason) and a transfer (bytes, states, ledger, peers) and
+//!   passes `promtool check metrics`; `/healthz`, `/readyz`, 404 for anything else.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -49,6 +52,7 @@ mod home;
 mod integrity;
 mod ledger;
 mod limits;
+mod metrics;
 mod net;
 mod notify;
 mod privacy;
