@@ -185,8 +185,9 @@ enum Command {
     #[command(subcommand)]
     Transfers(transfer::TransfersCommand),
     /// Run the node: listen on the configured addresses (TCP and QUIC), talk
-    /// to trusted peers only, serve the admin API on HOME/node.sock. Runs
-    /// until SIGINT (Ctrl-C) or SIGTERM.
+    /// to trusted peers only, serve the admin API on HOME/node.sock, and,
+    /// with `[metrics] listen`, /metrics, /healthz and /readyz over plain
+    /// HTTP. Runs until SIGINT (Ctrl-C) or SIGTERM.
     ///
     /// While it runs, every other command on this home goes through it (no
     /// passphrase needed). Logs go to stderr (MEDMESH_LOG sets the filter,
@@ -672,6 +673,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if let Some(g) = &status.gateway {
                         s.push_str(&output::gateway_line(g));
                     }
+                    if let Some(w) = &status.web {
+                        s.push_str(&format!("web        console and API on https://{w}/\n"));
+                    }
+                    if let Some(m) = &status.metrics {
+                        s.push_str(&output::metrics_line(m));
+                    }
                     s
                 });
             }));
@@ -694,7 +701,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ledger_problem = status.as_ref().and_then(|s| s.ledger_problem.clone());
             let gateway = status.as_ref().and_then(|s| s.gateway.clone());
             let web = status.as_ref().and_then(|s| s.web);
-            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway, "web": web });
+            let metrics = status.as_ref().and_then(|s| s.metrics);
+            let data = serde_json::json!({ "running": status.is_some(), "node": info, "net": status.as_ref().map(|s| &s.net), "ledger_problem": ledger_problem, "gateway": gateway, "web": web, "metrics": metrics });
             out.emit("status", &data, || match &status {
                 Some(s) => {
                     let mut t = format!(
@@ -714,6 +722,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     if let Some(w) = &s.web {
                         t.push_str(&format!("web        console and API on https://{w}/\n"));
+                    }
+                    if let Some(m) = &s.metrics {
+                        t.push_str(&output::metrics_line(m));
                     }
                     if let Some(p) = &s.ledger_problem {
                         t.push_str(&format!("LEDGER     {p}\n"));

@@ -391,6 +391,11 @@ pub fn render_peers(r: &PeersReport) -> String {
     s
 }
 
+/// The line of `run` and `status` that shows where `/metrics` is served.
+pub fn metrics_line(addr: &std::net::SocketAddr) -> String {
+    format!("metrics    http://{addr}/metrics (and /healthz, /readyz)\n")
+}
+
 /// The line of `run` and `status` that shows the DICOM gateway's SCP.
 pub fn gateway_line(g: &medmesh_node::api::GatewayStatus) -> String {
     format!(

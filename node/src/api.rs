@@ -246,6 +246,10 @@ pub struct Status {
     /// The web console's address, when `[web] listen` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<std::net::SocketAddr>,
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, when
+    /// `[metrics] listen` is set (the port bound when it asked for 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The body of [`routes::GatewayEcho`].

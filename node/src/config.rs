@@ -224,6 +224,15 @@ request_burst = 300
 # most; a further one is answered retry-later until some are decided.
 pending_approvals_per_peer = 50
 
+[metrics]
+# Operators' endpoints on a plain-HTTP listener of their own (docs/OPERATIONS.md
+# "Metrics and health checks"): GET /metrics (Prometheus text format, no
+# patient data), /healthz and /readyz. Absent = off. They have no
+# authentication: keep them on loopback (or a management network) and let the
+# Prometheus server scrape there; another address is logged as a warning.
+# Port 0 picks a free port (`medmesh status` shows the one bound).
+# listen = "127.0.0.1:9464"
+
 [gateway]
 # The DICOM gateway (docs/DICOM-CONFORMANCE.md, docs/OPERATIONS.md
 # "Connecting the PACS"): medmesh as a DICOM Application Entity beside the
@@ -601,6 +610,9 @@ pub struct Config {
     /// The web console and API (`[web]`, [`web::WebConfig`]).
     #[serde(default)]
     pub web: web::WebConfig,
+    /// Operators' `/metrics`, `/healthz` and `/readyz` (`[metrics]`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 fn default_version() -> u32 {
@@ -621,6 +633,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             gateway: gateway::GatewayConfig::default(),
             web: web::WebConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1010,6 +1023,17 @@ pub enum SharesFrom {
     Listed,
     /// Nobody.
     None,
+}
+
+/// Operators' endpoints (`[metrics]`, docs/OPERATIONS.md "Metrics and
+/// health checks"): `/metrics`, `/healthz` and `/readyz` on a plain-HTTP
+/// listener of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to listen (`127.0.0.1:9464`, say; port 0 picks one); `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// What a peer can make this node spend (`[limits]`, docs/OPERATIONS.md).

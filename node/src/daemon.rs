@@ -3,6 +3,7 @@
 //! then stops them and removes the socket.
 
 mod gateway;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -52,6 +53,9 @@ pub enum DaemonError {
     /// The web console could not start.
     #[error("web console: {0}")]
     Web(#[from] crate::web::WebError),
+    /// The metrics listener (`[metrics] listen`) could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Runs the node until SIGINT or SIGTERM. `ready` is called once, when the
@@ -78,6 +82,15 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     // The web console's listener, bound before the network for the same reason.
     let web = crate::web::bind(node.config()).await?;
     let web_addr = web.as_ref().map(|w| w.addr);
+    // [metrics] listen: bound before the network too (a port in use stops the start).
+    let metrics_listener = match node.config().metrics.listen {
+        Some(addr) => {
+            let (listener, bound) = crate::metrics::bind(addr).await?;
+            node.set_metrics_listen(bound);
+            Some(listener)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     // The services register their protocols with the network.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -131,6 +144,13 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
             .with_web(web_addr);
         tokio::spawn(crate::web::serve(bound, ctx, stop_rx.clone()))
     });
+    let metrics_task = metrics_listener.map(|listener| {
+        let source = metrics::NodeSource {
+            node: Arc::clone(&node),
+            net: net.clone(),
+        };
+        tokio::spawn(crate::metrics::serve(listener, Arc::new(source), stop_rx.clone()))
+    });
     let mut api_task = tokio::spawn(server::serve(
         bound,
         Arc::clone(&node),
@@ -157,6 +177,7 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
         ledger_problem: node.audit().own_feed_problem(),
         gateway,
         web: web_addr,
+        metrics: node.metrics_listen(),
     });
     tracing::info!(socket = %socket.display(), "node running");
     let died = tokio::select! {
@@ -178,6 +199,9 @@ pub async fn run(node: Node, ready: impl FnOnce(&Status)) -> Result<(), DaemonEr
     }
     let _ = forward_task.await;
     if let Some(task) = web_task {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     if let Some(scp) = scp {

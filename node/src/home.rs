@@ -258,6 +258,8 @@ pub struct Node {
     trust_changes: TrustChanges,
     /// Wakes the gateway's forwarding worker when a study is queued.
     forward_wake: tokio::sync::Notify,
+    /// Where `medmesh run` serves `/metrics` (`[metrics] listen`, as bound).
+    metrics_listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// A transfer error as a hook's error: a store error stays itself, so
@@ -562,6 +564,7 @@ impl Node {
             ledger_seq: tokio::sync::watch::Sender::new(own_seq),
             trust_changes: TrustChanges::default(),
             forward_wake: tokio::sync::Notify::new(),
+            metrics_listen: std::sync::OnceLock::new(),
         })
     }
 
@@ -600,6 +603,18 @@ impl Node {
     #[must_use]
     pub fn live(&self) -> &crate::transfer::Live {
         &self.live
+    }
+
+    /// Where this process serves `/metrics`, `/healthz` and `/readyz`
+    /// (`[metrics] listen` as bound), once `medmesh run` listens there.
+    #[must_use]
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.get().copied()
+    }
+
+    /// Notes the address the metrics listener bound (`daemon`; once).
+    pub fn set_metrics_listen(&self, addr: std::net::SocketAddr) {
+        let _ = self.metrics_listen.set(addr);
     }
 
     /// The home's paths.

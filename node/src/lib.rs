@@ -33,6 +33,7 @@
 //! | [`transfer`] | the transfer service: consent-scoped transfers of studies between nodes |
 //! | [`net`] | the libp2p swarm: transports, peer gating, a router of protocols the services register |
 //! | [`home`] | the node home directory and the [`home::Node`] that opens it and builds the services (the composition root) |
+//! | [`metrics`] | operators' `/metrics` (Prometheus text), `/healthz` and `/readyz` on a listener of their own; the counters services increment |
 //! | [`api`] | the local admin API on the home's Unix socket: one typed route table shared with the client |
 //! | [`daemon`] | `medmesh run`: the node as a service until SIGINT or SIGTERM |
 //!
@@ -40,7 +41,7 @@
 //! imports only modules above it in this list, never one below):
 //!
 //! 1. leaves, importing no other module of this crate: `clock`, `cbor`, `ids`,
-//!    `fsutil`, `access`; then `text` (none), `keystore` (`cbor`, `fsutil`),
+//!    `fsutil`, `access`, `metrics`; then `text` (none), `keystore` (`cbor`, `fsutil`),
 //!    `identity` (`cbor`, `text`);
 //! 2. `config` (no service: the services' settings are its types);
 //! 3. `ledger` (the model: `cbor`, `identity`, `text`);
@@ -88,6 +89,7 @@ pub mod ids;
 pub mod keystore;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod retention;

@@ -397,5 +397,9 @@ where
 /// Why a stale transfer failed.
 pub const STALE_REASON: &str = "stale";
 
+/// The refusal counted (`/metrics`) when a peer opens more streams at once
+/// than `streams_per_peer` and one is reset unread.
+pub const STREAMS_FULL: &str = "streams-full";
+
 #[cfg(test)]
 mod tests;

@@ -171,6 +171,7 @@ impl Call for GetStatus {
             ledger_problem: ctx.node().audit().own_feed_problem(),
             gateway: ctx.gateway().cloned(),
             web: ctx.web(),
+            metrics: ctx.node().metrics_listen(),
         })
     }
 }

@@ -251,3 +251,34 @@ fn a_token_goes_over_plain_http_only_to_this_machine() {
     // The same rule when the sink is built from a configuration made in
     // code: notify's test `a_sink_built_in_code_refuses_a_token_over_http`.
 }
+
+#[test]
+fn metrics_listen_is_off_by_default_and_takes_an_address() {
+    assert_eq!(Config::default().metrics.listen, None);
+    // The template's commented example, uncommented, is valid.
+    let example = TEMPLATE
+        .lines()
+        .find(|l| l.starts_with("# listen = \"127.0.0.1:9464\""))
+        .expect("the [metrics] example")
+        .trim_start_matches("# ");
+    let c = Config::parse(Path::new("c.toml"), &format!("[metrics]\n{example}\n")).unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    for (text, want) in [
+        ("[metrics]\nlisten = \"127.0.0.1:0\"\n", Some("127.0.0.1:0")),
+        ("[metrics]\nlisten = \"[::1]:9464\"\n", Some("[::1]:9464")),
+        ("[metrics]\nlisten = \"0.0.0.0:9464\"\n", Some("0.0.0.0:9464")),
+        ("[metrics]\n", None),
+    ] {
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.metrics.listen, want.map(|a| a.parse().unwrap()), "{text}");
+    }
+    for (text, needle) in [
+        ("[metrics]\nlisten = \"localhost:9464\"\n", "listen"),
+        ("[metrics]\nlisten = \"127.0.0.1\"\n", "listen"),
+        ("[metrics]\nlisten = 9464\n", "listen"),
+        ("[metrics]\nport = 9464\n", "port"),
+    ] {
+        let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+}

@@ -131,6 +131,12 @@ pub fn start<N: TransferNet>(
                     // At most `streams_per_peer` at once: another is reset unread.
                     let Some(slot) = slots.acquire(&peer.to_string()) else {
                         tracing::warn!(peer = %peer, "too many transfer streams open from this peer: one reset unread");
+                        engine
+                            .node
+                            .transfers()
+                            .live()
+                            .counters()
+                            .refused(crate::limits::STREAMS_FULL);
                         drop(stream);
                         continue;
                     };
@@ -490,6 +496,7 @@ impl<N: TransferNet> Engine<N> {
             Ok(o) => o,
             Err(e) => {
                 let r = super::refuse(RefuseCode::BadOpen, e.to_string(), true);
+                self.node.transfers().live().counters().refused(&r.code);
                 send_refuse(s, &r).await;
                 return Err(SessionError::Refused(r));
             }
@@ -502,6 +509,7 @@ impl<N: TransferNet> Engine<N> {
             Ok(a) => Arc::new(a),
             Err(r) => {
                 tracing::warn!(peer = %peer, code = %r.code, "refused a transfer stream: {}", r.text);
+                self.node.transfers().live().counters().refused(&r.code);
                 send_refuse(s, &r).await;
                 return Err(SessionError::Refused(r));
             }
@@ -527,6 +535,7 @@ impl<N: TransferNet> Engine<N> {
                         "a chunk failed verification and was not written; send it again",
                         false,
                     );
+                    self.node.transfers().live().counters().refused(&r.code);
                     send_refuse(s, &r).await;
                     return Err(SessionError::Io(io_other(
                         "a chunk was refused; the holder sends it again",
@@ -694,6 +703,7 @@ impl<N: TransferNet> Engine<N> {
                 p.done_objects += 1;
             }
         });
+        self.node.transfers().live().counters().received(added, complete);
         Ok(())
     }
 }
@@ -867,6 +877,7 @@ async fn send_stream(
                 let n = f.len() as u64;
                 sent.fetch_add(n, Ordering::Relaxed);
                 node.transfers().live().update(&plan.id, |p| p.bytes_sent += n);
+                node.transfers().live().counters().sent(n);
                 rate.pace(n).await;
             }
             let _ = producer.await;

@@ -43,6 +43,7 @@ impl Transfers<'_> {
         events.extend(self.decision_event(&rec)?);
         self.save_logged(&mut rec, events)?;
         tracing::info!(transfer = %rec.id, peer = %peer, purpose = %purpose, state = rec.state.as_str(), "transfer request decided");
+        self.count_denial(&rec);
         Ok(match rec.state {
             State::Granted => AnswerBody::Granted {
                 transfer_id: rec.id.to_string(),
@@ -57,6 +58,16 @@ impl Transfers<'_> {
                 reasons: shown,
             },
         })
+    }
+
+    /// Counts a denial by the holder (`/metrics`), once per reason code
+    /// recorded (the full reasons, not the `not-available` the requester sees).
+    fn count_denial(&self, rec: &TransferRecord) {
+        if rec.state == State::Denied {
+            for r in &rec.reasons {
+                self.live.counters().refused(&r.code);
+            }
+        }
     }
 
     /// The entry of the holder's decision on `rec`, written with the record
@@ -359,6 +370,7 @@ impl Transfers<'_> {
             Ok(((), events))
         })?;
         tracing::info!(transfer = %rec.id, state = rec.state.as_str(), approved, "pending request decided again");
+        self.count_denial(&rec);
         // Checked again and now refused (a consent withdrawn meanwhile): the requester is told.
         let msg = (rec.state == State::Denied && rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
@@ -397,6 +409,7 @@ impl Transfers<'_> {
             let event = self.decision_event(rec)?;
             Ok(((), event.into_iter().collect()))
         })?;
+        self.count_denial(&rec);
         let msg = (rec.initiated == Initiated::Request).then(|| wire::Msg {
             v: WIRE_VERSION,
             body: wire::MsgBody::Decided {

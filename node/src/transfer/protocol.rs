@@ -82,6 +82,7 @@ impl TransferProtocol {
             crate::transfer::admission::admit_message(&self.requests, &peer.to_string(), &msg.body, Instant::now())
         {
             tracing::warn!(peer = %peer, "transfer request over the peer's rate: answered retry-later");
+            count_refusal(&*self.node, &body);
             return encode(&Answer { v: WIRE_VERSION, body }).map_or(Taken::Drop, Taken::Now);
         }
         let this = Arc::clone(self);
@@ -96,6 +97,7 @@ impl TransferProtocol {
                     }
                 }
             };
+            count_refusal(&*this.node, &body);
             let granted = matches!(body, AnswerBody::Granted { .. });
             let answer = encode(&Answer { v: WIRE_VERSION, body });
             if granted {
@@ -103,6 +105,18 @@ impl TransferProtocol {
             }
             answer
         }))
+    }
+}
+
+/// Counts an answer that refuses a message (`/metrics`): a retry-later of
+/// `[limits]` or a refusal, by its code. A denial's reasons are counted
+/// where the holder decides ([`super::Transfers::answer_request`]).
+fn count_refusal(node: &dyn Host, body: &AnswerBody) {
+    match body {
+        AnswerBody::RetryLater { code, .. } | AnswerBody::Refused { code, .. } => {
+            node.transfers().live().counters().refused(code);
+        }
+        _ => {}
     }
 }
 

@@ -252,6 +252,8 @@ pub struct Live {
     /// Transfers ended while a session may be streaming them: the session
     /// stops before its next frame.
     ended: Mutex<HashSet<TransferId>>,
+    /// What this process counts for `/metrics` (bytes, chunks, refusals).
+    counters: crate::metrics::Counters,
 }
 
 /// A request sent to a holder whose answer is not recorded yet ([`Live::asking`]);
@@ -335,6 +337,12 @@ impl Live {
     pub fn remove(&self, id: &TransferId) {
         let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.remove(id);
+    }
+
+    /// The counters of this process for `/metrics` ([`crate::metrics`]).
+    #[must_use]
+    pub fn counters(&self) -> &crate::metrics::Counters {
+        &self.counters
     }
 }
 

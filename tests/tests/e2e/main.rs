@@ -41,6 +41,9 @@
 //! - `web`: the web console and API of a running node with a real OpenID provider and
 //!   headless Chromium: MFA required, roles, a steward's approval in the console completing
 //!   a cross-border transfer, CSRF, logout, session expiry, bearer tokens refused for each fault.
+//! - `metrics`: `[metrics] listen` on two running nodes: `/metrics` scraped over TCP moves
+//!   with a denial (refusals by reason) and a transfer (bytes, states, ledger, peers) and
+//!   passes `promtool check metrics`; `/healthz`, `/readyz`, 404 for anything else.
 //! - `testnet`: the README's main command (`medmesh-testnet demo`) and `scenario all`.
 #![forbid(unsafe_code)]
 
@@ -57,6 +60,7 @@ mod idp;
 mod integrity;
 mod ledger;
 mod limits;
+mod metrics;
 mod net;
 mod notify;
 mod privacy;

@@ -22,7 +22,7 @@ pub(crate) fn network(dir: &Path, edit: impl Fn(&str) -> String) -> Cluster {
 }
 
 /// As [`network`], with `prepare` applied to the cluster before start.
-fn network_with(dir: &Path, edit: impl Fn(&str) -> String, prepare: impl FnOnce(&mut Cluster)) -> Cluster {
+pub(crate) fn network_with(dir: &Path, edit: impl Fn(&str) -> String, prepare: impl FnOnce(&mut Cluster)) -> Cluster {
     let mut net = Cluster::create(dir, 2).expect("create");
     let cfg = net.nodes[0].home.join("config.toml");
     let text = std::fs::read_to_string(&cfg).expect("config");
@@ -69,7 +69,7 @@ pub(crate) fn import_study(home: &Path, dir: &Path, seed: u64, slices: u32, size
     }
 }
 
-fn consent(holder: &Path, study: &Study, recipient: &str, extra: &[&str]) {
+pub(crate) fn consent(holder: &Path, study: &Study, recipient: &str, extra: &[&str]) {
     consent_at(holder, study, recipient, "identifiable", extra);
 }
 
