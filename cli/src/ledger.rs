@@ -187,11 +187,12 @@ pub(crate) fn notifications(home: &HomeArgs, unread: bool) -> Result<ExitCode> {
     for n in &list {
         out.emit("notification", n, || {
             format!(
-                "{}  {:<18} study {}  by {} (entry {} #{}){}\n",
+                "{}  {:<18} study {}  by {}{} (entry {} #{}){}\n",
                 n.time,
                 n.kind,
                 n.study_uid,
                 n.author,
+                n.role.as_deref().map(|r| format!(" as {r}")).unwrap_or_default(),
                 &n.entry[..12],
                 n.seq,
                 if n.read { "" } else { "  NEW" }

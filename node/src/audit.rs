@@ -435,6 +435,15 @@ pub struct NotificationView {
     pub noted: String,
     /// Shown before.
     pub read: bool,
+    /// The role behind the access (the requesting role of a request, the
+    /// role that opened data), when the entry names one and this node holds
+    /// it, or when it is about a transfer this node recorded (the role the
+    /// request carried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The transfer the entry is about, if any (hex id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
 }
 
 /// What [`Audit::ledger_accept`] did with a batch of entries from a peer.
@@ -1175,7 +1184,14 @@ impl Audit<'_> {
                         "(erased)".into()
                     }
                 });
+            let event = self
+                .store
+                .ledger_entry(&EntryId::from(id))?
+                .and_then(|bytes| crate::ledger::open_entry(&bytes).ok())
+                .map(|e| e.entry.event);
             out.push(NotificationView {
+                role: event.as_ref().and_then(|e| e.role().map(str::to_owned)),
+                transfer: event.as_ref().and_then(|e| e.transfer().map(str::to_owned)),
                 entry: hex::encode(id),
                 author: r.author,
                 seq: r.seq,

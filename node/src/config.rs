@@ -349,6 +349,7 @@ key_file = ""
 # A login must show a second factor: the ID token's amr holds one of
 # mfa_amr (RFC 8176 values), or its acr is one of mfa_acr.
 require_mfa = true
+# The amr values that count as a second factor.
 mfa_amr = ["mfa", "otp", "hwk", "swk", "sms", "tel", "fpt", "face", "iris", "retina", "vbm", "sc"]
 # acr values that count as multi-factor; when set they are asked for
 # (acr_values) at login.
@@ -356,6 +357,7 @@ mfa_acr = []
 # A console session ends after session_idle_secs unused, and after
 # session_max_secs in any case (and at logout, at the provider too).
 session_idle_secs = 1800
+# The absolute end of a session, in seconds.
 session_max_secs = 43200
 #
 # The site's OpenID provider (authorization code flow with PKCE). Register
@@ -382,6 +384,7 @@ claim = "roles"
 # Machine clients call /api/v1 with an OAuth 2 bearer token of the provider:
 # a JWT whose aud names audience and whose scope holds scope.
 audience = "medmesh-api"
+# The scope a token must carry (space-separated `scope`, or an `scp` array).
 scope = "medmesh.api"
 "#;
 
@@ -1353,11 +1356,12 @@ impl Config {
         self.notify.check(&value)?;
         self.limits.check(&value)?;
         self.gateway.check(&gateway_value)?;
-        self.web.check(&|key: &'static str, reason: web::WebFault| ConfigError::Web {
-            path: path.display().to_string(),
-            key,
-            reason: Box::new(reason),
-        })?;
+        self.web
+            .check(&|key: &'static str, reason: web::WebFault| ConfigError::Web {
+                path: path.display().to_string(),
+                key,
+                reason: Box::new(reason),
+            })?;
         if self.limits.streams_per_peer < u32::from(t.streams) {
             return Err(value(
                 "limits.streams_per_peer",

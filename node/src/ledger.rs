@@ -414,6 +414,35 @@ impl Event {
         }
     }
 
+    /// The role behind the access the event records, when it names one
+    /// (a request's requesting role, the role that opened data here, the
+    /// site role of a person's action).
+    #[must_use]
+    pub fn role(&self) -> Option<&str> {
+        match self {
+            Event::TransferRequested { role, .. } | Event::Accessed { role, .. } | Event::PersonActed { role, .. } => {
+                Some(role)
+            }
+            _ => None,
+        }
+    }
+
+    /// The transfer the event is about, if any (hex id).
+    #[must_use]
+    pub fn transfer(&self) -> Option<&str> {
+        match self {
+            Event::TransferRequested { transfer, .. }
+            | Event::TransferGranted { transfer, .. }
+            | Event::TransferDenied { transfer, .. }
+            | Event::TransferPending { transfer, .. }
+            | Event::TransferApproved { transfer, .. }
+            | Event::TransferSent { transfer, .. }
+            | Event::TransferReceived { transfer, .. }
+            | Event::TransferEnded { transfer, .. } => Some(transfer),
+            _ => None,
+        }
+    }
+
     /// The study commitment the event names, if any.
     #[must_use]
     pub fn study(&self) -> Option<&str> {

@@ -71,7 +71,9 @@ pub async fn bind(config: &crate::config::Config) -> Result<Option<Bound>, WebEr
     let tls = crate::gateway::tls::server_config(cert, key, None)?;
     let provider = oidc::Provider::new(web, oidc)?;
     let listener = server::bind(listen).await?;
-    let addr = listener.local_addr().map_err(|source| WebError::Bind { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| WebError::Bind { addr: listen, source })?;
     if !addr.ip().is_loopback() {
         tracing::info!(%addr, "web console listening on the network");
     }

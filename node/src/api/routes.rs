@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use super::route::{Call, Ctx, Person, Route, ServeError, Stream, Verb, WebAccess, unhex};
-use crate::access::Operation;
 use super::server;
 use super::{
     AddPeerRequest, ApplyRequest, BlockRequest, CheckRequest, ConsentListRequest, DeidProgress, DeidRequest,
@@ -16,6 +15,7 @@ use super::{
     IdRequest, ImportProgress, ImportRequest, JoinRequest, ListRequest, LogTailRequest, NotificationsRequest,
     PurgeRequest, RelinkRequest, ShowRequest, Status, TransferAsk, Unblocked, WithdrawRequest,
 };
+use crate::access::Operation;
 use crate::audit::{EntryView, NotificationView, VerifyReport};
 use crate::consent::{CheckQuery, ConsentCheck, ConsentEntry, FhirImport, ImportedConsent, NewConsent};
 use crate::deid::{DeidEvent, DeidSummary, RelinkView};
@@ -479,7 +479,21 @@ route!(
 
 impl Call for Notifications {
     async fn serve(ctx: Ctx, r: NotificationsRequest) -> Result<Vec<NotificationView>, ServeError> {
-        ctx.blocking(move |n| Ok(n.audit().notifications(r.unread)?)).await
+        ctx.blocking(move |n| {
+            let mut list = n.audit().notifications(r.unread)?;
+            // The role behind an access to a transfer of this node: the one its request carried.
+            for v in list.iter_mut().filter(|v| v.role.is_none()) {
+                let id = v
+                    .transfer
+                    .as_deref()
+                    .and_then(|t| t.parse::<crate::ids::TransferId>().ok());
+                if let Some(rec) = id.and_then(|id| n.transfers().transfer(&id).ok()) {
+                    v.role = Some(rec.role.as_str().to_owned());
+                }
+            }
+            Ok(list)
+        })
+        .await
     }
 }
 
@@ -685,15 +699,8 @@ async fn request_transfer(ctx: Ctx, r: TransferAsk) -> Result<TransferView, Serv
     .map_err(|(secs, text)| ServeError::RetryAfter { secs, text })?;
     let view = ctx
         .blocking(move |n| {
-            Ok(n.transfers().note_answer(
-                peer,
-                &request_id,
-                &r.study_uid,
-                r.purpose,
-                role,
-                r.level,
-                &answer.body,
-            )?)
+            Ok(n.transfers()
+                .note_answer(peer, &request_id, &r.study_uid, r.purpose, role, r.level, &answer.body)?)
         })
         .await?;
     ctx.wake_transfers();
@@ -846,6 +853,127 @@ mod tests {
             serde_json::to_value(&deid).unwrap(),
             serde_json::json!({ "type": "started", "data": { "files": 1, "bytes": 2 } })
         );
+    }
+
+    /// Who may call which route through the web: one row per route checked,
+    /// every role tried (what the permission table grants, through each
+    /// route's `WEB`).
+    #[test]
+    fn who_may_call_which_route_through_the_web() {
+        use crate::access::SiteRole::{self, *};
+        let table: &[(&str, &[SiteRole])] = &[
+            ("/v1/status", &SiteRole::ALL),
+            ("/v1/approvals", &[DataSteward]),
+            ("/v1/approvals/approve", &[DataSteward]),
+            ("/v1/approvals/deny", &[DataSteward]),
+            (
+                "/v1/transfers/request",
+                &[DataSteward, Clinician, Radiologist, Researcher],
+            ),
+            ("/v1/transfers", &[DataSteward, Clinician, Radiologist, Researcher]),
+            ("/v1/studies/list", &[Clinician, Radiologist, Researcher]),
+            ("/v1/studies/relink", &[PrivacyOfficer]),
+            ("/v1/log/tail", &[DataSteward, PrivacyOfficer, Auditor]),
+            ("/v1/log/verify", &[SiteAdmin, PrivacyOfficer, Auditor]),
+            ("/v1/notifications", &[PrivacyOfficer, Auditor]),
+            ("/v1/consents/add", &[DataSteward]),
+            ("/v1/consents/import-fhir", &[DataSteward]),
+            ("/v1/trust/block", &[SiteAdmin]),
+            ("/v1/gateway/retry", &[SiteAdmin]),
+            ("/v1/gateway/find", &[Clinician, Radiologist]),
+            ("/v1/studies/import", &[]),
+            ("/v1/studies/export", &[]),
+            ("/v1/studies/purge", &[]),
+            ("/v1/store/check", &[]),
+        ];
+        for (path, allowed) in table {
+            let entry = TABLE.iter().find(|e| e.path == *path).expect(path);
+            for role in SiteRole::ALL {
+                let person = Person {
+                    user: String::new(),
+                    roles: vec![role],
+                    via: "api",
+                };
+                assert_eq!(person.may_call(entry.web), allowed.contains(&role), "{role} on {path}");
+            }
+        }
+        // Every route that names host files is socket-only.
+        for e in TABLE {
+            if ["/v1/studies/import", "/v1/studies/export", "/v1/studies/deid"].contains(&e.path) {
+                assert_eq!(e.web, WebAccess::Socket, "{}", e.path);
+            }
+        }
+    }
+
+    /// A study request through the web carries the person's own role for its
+    /// purpose, whatever they sent; a purpose their roles may not request for
+    /// is refused.
+    #[test]
+    fn a_web_request_carries_the_persons_role() {
+        use crate::access::SiteRole;
+        use consent_schema::{Purpose, Role};
+        let ask = |purpose, role| TransferAsk {
+            peer_id: String::new(),
+            study_uid: String::new(),
+            purpose,
+            role,
+            level: None,
+        };
+        let person = |roles: Vec<SiteRole>| Person {
+            user: String::new(),
+            roles,
+            via: "console",
+        };
+        type Row = (Vec<SiteRole>, Purpose, Option<Role>, Result<Role, ()>);
+        let rows: &[Row] = &[
+            (
+                vec![SiteRole::Clinician],
+                Purpose::Treatment,
+                Some(Role::Researcher),
+                Ok(Role::Clinician),
+            ),
+            (vec![SiteRole::Clinician], Purpose::Treatment, None, Ok(Role::Clinician)),
+            (
+                vec![SiteRole::Clinician],
+                Purpose::Research,
+                Some(Role::Clinician),
+                Err(()),
+            ),
+            (
+                vec![SiteRole::Researcher],
+                Purpose::Research,
+                Some(Role::Clinician),
+                Ok(Role::Researcher),
+            ),
+            (vec![SiteRole::Researcher], Purpose::Treatment, None, Err(())),
+            (
+                vec![SiteRole::Radiologist],
+                Purpose::Teaching,
+                None,
+                Ok(Role::Radiologist),
+            ),
+            (
+                vec![SiteRole::Auditor],
+                Purpose::Treatment,
+                Some(Role::Clinician),
+                Err(()),
+            ),
+            (
+                vec![SiteRole::Clinician, SiteRole::Researcher],
+                Purpose::Research,
+                None,
+                Ok(Role::Researcher),
+            ),
+        ];
+        for (roles, purpose, sent, want) in rows {
+            let mut r = ask(*purpose, *sent);
+            let got = TransfersRequest::admit(&mut r, &person(roles.clone())).map(|()| r.role.unwrap());
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, *w, "{roles:?} {purpose:?}"),
+                (Err(ServeError::Forbidden(_)), Err(())) => {}
+                (g, w) => panic!("{roles:?} {purpose:?}: got {g:?}, want {w:?}"),
+            }
+        }
     }
 
     #[test]

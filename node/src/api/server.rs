@@ -277,7 +277,8 @@ pub(super) fn call<R: Call>(ctx: Ctx, caller: Caller, body: Bytes) -> BoxFuture<
                     via: p.via.to_owned(),
                     target,
                 };
-                ctx.blocking(move |node| node.audit().log(event).map_err(Into::into)).await?;
+                ctx.blocking(move |node| node.audit().log(event).map_err(Into::into))
+                    .await?;
             }
             Ok::<_, Fail>(json(&answer))
         }
@@ -299,7 +300,11 @@ pub(super) fn stream<R: Stream>(ctx: Ctx, caller: Caller, body: Bytes) -> BoxFut
     Box::pin(async move {
         if let Caller::Person(_) = caller {
             // Streamed routes name files of the node's host: socket only.
-            return error(StatusCode::FORBIDDEN, &format!("{} is served on the admin socket only", R::PATH)).into_response();
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!("{} is served on the admin socket only", R::PATH),
+            )
+            .into_response();
         }
         let mut r = match request::<R>(&body) {
             Ok(r) => r,

@@ -13,9 +13,10 @@ fn template_is_the_default_and_documents_every_key() {
             // [web.roles]).
             Some(t) => {
                 for (sk, sv) in t {
+                    let header = format!("[{k}.{sk}]");
                     match sv.as_table() {
-                        Some(sub) => keys.extend(sub.keys().filter(|k| !sub[k.as_str()].is_table()).cloned()),
-                        None => keys.push(sk.clone()),
+                        Some(sub) if TEMPLATE.lines().any(|l| l == header) => keys.extend(sub.keys().cloned()),
+                        _ => keys.push(sk.clone()),
                     }
                 }
             }

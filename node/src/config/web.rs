@@ -124,6 +124,7 @@ pub struct RolesConfig {
     pub claim: String,
     /// Claim value → site role. Empty: a value is taken when it spells a
     /// site role (`data-steward`); values that map to nothing are ignored.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub map: BTreeMap<String, SiteRole>,
 }
 

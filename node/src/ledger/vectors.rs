@@ -1,5 +1,5 @@
 //! Test vectors of the ledger (docs/vectors/ledger-v1.json, docs/PROTOCOL.md
-//! §14): a feed of six entries from a fixed key (Ed25519 signatures are
+//! §14): a feed of seven entries from a fixed key (Ed25519 signatures are
 //! deterministic), a study commitment, and entries that must be refused. The
 //! test checks every value independently where it can, then compares the
 //! whole file with what this build generates (rewrite with
@@ -57,6 +57,14 @@ fn events() -> Vec<Event> {
             source: "dicom".into(),
             calling_ae: Some("CT_SCANNER".into()),
         },
+        Event::PersonActed {
+            user: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+            role: "data-steward".into(),
+            operation: "decide-approval".into(),
+            route: "/v1/approvals/approve".into(),
+            via: "console".into(),
+            target: Some("000102030405060708090a0b0c0d0e0f".into()),
+        },
     ]
 }
 
@@ -93,7 +101,7 @@ fn generate() -> Value {
     )
     .unwrap();
     json!({
-        "description": "medmesh ledger, version 1 (docs/PROTOCOL.md section 14): a feed of six entries by the author with Ed25519 secret 32 x 0x61 (X25519 32 x 0x62), times from 2026-01-01T00:00:00Z, a study commitment from salt 32 x 0x5a, and two entries that must be refused as the successor of entry 1 or 2. Checked by node/src/ledger/vectors.rs; rewrite with MEDMESH_WRITE_VECTORS=1 after a deliberate format change.",
+        "description": "medmesh ledger, version 1 (docs/PROTOCOL.md section 14): a feed of seven entries by the author with Ed25519 secret 32 x 0x61 (X25519 32 x 0x62), times from 2026-01-01T00:00:00Z, a study commitment from salt 32 x 0x5a, and two entries that must be refused as the successor of entry 1 or 2. Checked by node/src/ledger/vectors.rs; rewrite with MEDMESH_WRITE_VECTORS=1 after a deliberate format change.",
         "author": { "ed25519_secret": hex::encode(AUTHOR_ED25519), "ed25519": hex::encode(a.ed25519_public()), "peer_id": a.peer_id() },
         "commitment": { "context": COMMITMENT_CONTEXT, "salt": hex::encode(SALT), "study_uid": STUDY_UID, "commitment": hex::encode(commitment(&SALT, STUDY_UID)) },
         "entries": f.iter().map(|e| json!({

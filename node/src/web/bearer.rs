@@ -131,8 +131,8 @@ fn decode(token: &str) -> Result<Jws, BearerError> {
 
 /// The asymmetric algorithm `alg` names.
 fn algorithm(alg: &str) -> Result<CoreJwsSigningAlgorithm, BearerError> {
-    let parsed: CoreJwsSigningAlgorithm =
-        serde_json::from_value(serde_json::Value::String(alg.to_owned())).map_err(|_| BearerError::Algorithm(alg.to_owned()))?;
+    let parsed: CoreJwsSigningAlgorithm = serde_json::from_value(serde_json::Value::String(alg.to_owned()))
+        .map_err(|_| BearerError::Algorithm(alg.to_owned()))?;
     match parsed {
         CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256
         | CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384
@@ -170,10 +170,16 @@ pub async fn check(provider: &Provider, token: &str, now: i64) -> Result<Bearer,
             expected: provider.issuer().to_owned(),
         });
     }
-    let keys = provider.keys(false).await.map_err(|e| BearerError::Keys(e.to_string()))?;
+    let keys = provider
+        .keys(false)
+        .await
+        .map_err(|e| BearerError::Keys(e.to_string()))?;
     if !verifies(&keys, &jws, &alg) {
         // The provider may have rotated its keys since they were read.
-        let keys = provider.keys(true).await.map_err(|e| BearerError::Keys(e.to_string()))?;
+        let keys = provider
+            .keys(true)
+            .await
+            .map_err(|e| BearerError::Keys(e.to_string()))?;
         if !verifies(&keys, &jws, &alg) {
             return Err(BearerError::Signature);
         }
@@ -191,20 +197,23 @@ pub fn check_claims(
     now: i64,
 ) -> Result<Bearer, BearerError> {
     let audiences = claim_values(claims, "aud");
-    if !audiences.iter().any(|a| *a == web.api.audience) {
+    if !audiences.contains(&web.api.audience) {
         return Err(BearerError::Audience {
             found: audiences,
             expected: web.api.audience.clone(),
         });
     }
-    let exp = claims.get("exp").and_then(serde_json::Value::as_i64).ok_or(BearerError::Time)?;
+    let exp = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or(BearerError::Time)?;
     if now > exp + LEEWAY_SECS {
         return Err(BearerError::Expired(now - exp));
     }
-    if let Some(nbf) = claims.get("nbf").and_then(serde_json::Value::as_i64) {
-        if now + LEEWAY_SECS < nbf {
-            return Err(BearerError::Time);
-        }
+    if let Some(nbf) = claims.get("nbf").and_then(serde_json::Value::as_i64)
+        && now + LEEWAY_SECS < nbf
+    {
+        return Err(BearerError::Time);
     }
     let subject = claims
         .get("sub")
@@ -215,7 +224,7 @@ pub fn check_claims(
     // `scope` (RFC 9068: space-separated) or `scp` (an array, some providers).
     let mut scopes = claim_values(claims, "scope");
     scopes.extend(claim_values(claims, "scp"));
-    if !scopes.iter().any(|s| *s == web.api.scope) {
+    if !scopes.contains(&web.api.scope) {
         return Err(BearerError::Scope(web.api.scope.clone()));
     }
     let roles = web
@@ -256,25 +265,54 @@ mod tests {
             c.remove(k);
             c
         };
-        let rows: Vec<(&str, BTreeMap<String, serde_json::Value>, Result<Vec<SiteRole>, u16>)> = vec![
+        type Row = (
+            &'static str,
+            BTreeMap<String, serde_json::Value>,
+            Result<Vec<SiteRole>, u16>,
+        );
+        let rows: Vec<Row> = vec![
             ("valid", claims(good.clone()), Ok(vec![SiteRole::Auditor])),
-            ("audience array", with("aud", serde_json::json!(["x", "medmesh-api"])), Ok(vec![SiteRole::Auditor])),
+            (
+                "audience array",
+                with("aud", serde_json::json!(["x", "medmesh-api"])),
+                Ok(vec![SiteRole::Auditor]),
+            ),
             ("wrong audience", with("aud", serde_json::json!("other-api")), Err(401)),
             ("no audience", without("aud"), Err(401)),
             ("expired", with("exp", serde_json::json!(now - 10)), Err(401)),
-            ("expired within leeway", with("exp", serde_json::json!(now - 1)), Ok(vec![SiteRole::Auditor])),
+            (
+                "expired within leeway",
+                with("exp", serde_json::json!(now - 1)),
+                Ok(vec![SiteRole::Auditor]),
+            ),
             ("no exp", without("exp"), Err(401)),
-            ("not before the future", with("nbf", serde_json::json!(now + 100)), Err(401)),
+            (
+                "not before the future",
+                with("nbf", serde_json::json!(now + 100)),
+                Err(401),
+            ),
             ("no subject", without("sub"), Err(401)),
             ("no scope", with("scope", serde_json::json!("openid")), Err(403)),
-            ("scp array", {
-                let mut c = without("scope");
-                c.insert("scp".into(), serde_json::json!(["medmesh.api"]));
-                c
-            }, Ok(vec![SiteRole::Auditor])),
+            (
+                "scp array",
+                {
+                    let mut c = without("scope");
+                    c.insert("scp".into(), serde_json::json!(["medmesh.api"]));
+                    c
+                },
+                Ok(vec![SiteRole::Auditor]),
+            ),
             ("no role", without("roles"), Err(403)),
-            ("unknown role only", with("roles", serde_json::json!(["janitor"])), Err(403)),
-            ("two roles", with("roles", serde_json::json!(["clinician", "auditor"])), Ok(vec![SiteRole::Clinician, SiteRole::Auditor])),
+            (
+                "unknown role only",
+                with("roles", serde_json::json!(["janitor"])),
+                Err(403),
+            ),
+            (
+                "two roles",
+                with("roles", serde_json::json!(["clinician", "auditor"])),
+                Ok(vec![SiteRole::Clinician, SiteRole::Auditor]),
+            ),
         ];
         for (name, c, want) in rows {
             let got = check_claims(&web, &c, now).map(|b| b.roles).map_err(|e| e.status());

@@ -34,7 +34,12 @@ pub async fn js() -> Response {
 }
 
 fn html_response(status: StatusCode, m: Markup) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], m.into_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
 }
 
 /// A page with a title and a message, for errors and refusals.
@@ -59,7 +64,11 @@ pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response 
 
 /// `/logged-out`.
 pub async fn logged_out() -> Response {
-    message_page(StatusCode::OK, "Logged out", "You are logged out of medmesh and of the identity provider.")
+    message_page(
+        StatusCode::OK,
+        "Logged out",
+        "You are logged out of medmesh and of the identity provider.",
+    )
 }
 
 /// The nav entries and the operation that shows each.
@@ -143,15 +152,17 @@ pub struct Flash {
 }
 
 /// The session of a page request, or where to send the browser.
-fn page_session(app: &App, headers: &HeaderMap, path: &str) -> Result<Session, Response> {
+fn page_session(app: &App, headers: &HeaderMap, path: &str) -> Result<Session, Box<Response>> {
     match session_of(app, headers) {
         Ok((_, s)) => Ok(s),
-        Err(Lookup::None) => Err(Redirect::to(&format!("/login?return_to={}", urlencode(path))).into_response()),
-        Err(Lookup::Idle | Lookup::Expired) => Err(message_page(
+        Err(Lookup::None) => Err(Box::new(
+            Redirect::to(&format!("/login?return_to={}", urlencode(path))).into_response(),
+        )),
+        Err(Lookup::Idle | Lookup::Expired) => Err(Box::new(message_page(
             StatusCode::UNAUTHORIZED,
             "Session ended",
             "Your session has ended. Log in again to go on.",
-        )),
+        ))),
     }
 }
 
@@ -199,7 +210,7 @@ fn failed(m: &str) -> Markup {
 pub async fn dashboard(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let status = data(&app, &s, Method::GET, "/v1/status", Value::Null).await;
     let peers = data(&app, &s, Method::GET, "/v1/peers", Value::Null).await;
@@ -263,7 +274,7 @@ pub async fn dashboard(State(app): State<Shared>, headers: HeaderMap, Query(flas
 pub async fn studies(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/studies") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::ViewDeidentified) && !may(&s.person, Operation::RequestStudy) {
         return forbidden_page(&s, "Studies");
@@ -398,7 +409,7 @@ fn transfers_table(id: &str, list: &[Value], decide: Option<&Session>) -> Markup
 pub async fn transfers(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/transfers") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::RequestStudy) && !may(&s.person, Operation::DecideApproval) {
         return forbidden_page(&s, "Transfers");
@@ -415,7 +426,7 @@ pub async fn transfers(State(app): State<Shared>, headers: HeaderMap, Query(flas
 pub async fn approvals(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/approvals") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::DecideApproval) {
         return forbidden_page(&s, "Approvals");
@@ -432,7 +443,7 @@ pub async fn approvals(State(app): State<Shared>, headers: HeaderMap, Query(flas
 pub async fn consents(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/consents") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::ManageConsents) {
         return forbidden_page(&s, "Consents");
@@ -506,7 +517,7 @@ pub async fn consents(State(app): State<Shared>, headers: HeaderMap, Query(flash
 pub async fn notifications(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/notifications") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::ReadNotifications) {
         return forbidden_page(&s, "Notifications");
@@ -531,7 +542,7 @@ pub async fn notifications(State(app): State<Shared>, headers: HeaderMap, Query(
 pub async fn ledger(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/ledger") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::ReadLedger) && !may(&s.person, Operation::VerifyLedger) {
         return forbidden_page(&s, "Ledger");
@@ -592,7 +603,7 @@ pub async fn ledger(State(app): State<Shared>, headers: HeaderMap, Query(flash):
 pub async fn trust(State(app): State<Shared>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let s = match page_session(&app, &headers, "/trust") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !may(&s.person, Operation::ManageTrust) {
         return forbidden_page(&s, "Trust");
@@ -689,7 +700,7 @@ fn form_request(route: &str, f: &BTreeMap<String, String>) -> Option<Value> {
 pub async fn act(State(app): State<Shared>, headers: HeaderMap, RawForm(form): RawForm) -> Response {
     let s = match page_session(&app, &headers, "/") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = form_fields(&form);
     if !super::session::csrf_ok(&s, f.get("csrf").map_or("", String::as_str)) {
@@ -710,7 +721,8 @@ pub async fn act(State(app): State<Shared>, headers: HeaderMap, RawForm(form): R
     };
     let sep = if back.contains('?') { '&' } else { '?' };
     let mut r = Redirect::to(&format!("{back}{sep}{key}={}", urlencode(&message))).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

@@ -88,7 +88,10 @@ impl Client {
     ///
     /// # Errors
     /// [`HttpError`].
-    pub async fn exchange(&self, request: hyper::http::Request<Vec<u8>>) -> Result<hyper::http::Response<Vec<u8>>, HttpError> {
+    pub async fn exchange(
+        &self,
+        request: hyper::http::Request<Vec<u8>>,
+    ) -> Result<hyper::http::Response<Vec<u8>>, HttpError> {
         match tokio::time::timeout(TIMEOUT, self.exchange_inner(request)).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout),
@@ -119,20 +122,25 @@ impl Client {
                 target: format!("{host}:{port}"),
                 source,
             })?;
-        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| host.clone());
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|| host.clone());
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let (mut parts, body) = request.into_parts();
         parts.uri = path.parse().map_err(hyper::http::Error::from)?;
-        parts
-            .headers
-            .insert(hyper::header::HOST, hyper::header::HeaderValue::from_str(&authority).map_err(hyper::http::Error::from)?);
+        parts.headers.insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_str(&authority).map_err(hyper::http::Error::from)?,
+        );
         parts.headers.insert(
             hyper::header::USER_AGENT,
             hyper::header::HeaderValue::from_static(concat!("medmesh/", env!("CARGO_PKG_VERSION"))),
         );
         let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
         if https {
-            let name = rustls::pki_types::ServerName::try_from(bare.clone()).map_err(|_| HttpError::ServerName(bare.clone()))?;
+            let name = rustls::pki_types::ServerName::try_from(bare.clone())
+                .map_err(|_| HttpError::ServerName(bare.clone()))?;
             let stream = self
                 .tls
                 .connect(name, tcp)

@@ -16,10 +16,9 @@ use openidconnect::core::{
     CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet,
-    IdTokenFields, IssuerUrl, LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier,
-    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, Scope, StandardErrorResponse,
-    StandardTokenResponse, TokenResponse,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields,
+    IssuerUrl, LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadataWithLogout, RedirectUrl, Scope, StandardErrorResponse, StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -48,7 +47,8 @@ type Fields = IdTokenFields<
 >;
 type Tokens = StandardTokenResponse<Fields, CoreTokenType>;
 /// The ID token as this module reads it.
-pub type IdToken = openidconnect::IdToken<Extra, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+pub type IdToken =
+    openidconnect::IdToken<Extra, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
 type OidcClient = openidconnect::Client<
     Extra,
     CoreAuthDisplay,
@@ -149,7 +149,9 @@ pub struct Login {
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login").field("roles", &self.roles).finish_non_exhaustive()
+        f.debug_struct("Login")
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,7 +171,9 @@ pub struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("return_to", &self.return_to).finish_non_exhaustive()
+        f.debug_struct("Pending")
+            .field("return_to", &self.return_to)
+            .finish_non_exhaustive()
     }
 }
 
@@ -192,7 +196,9 @@ pub struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider").field("issuer", &self.oidc.issuer).finish_non_exhaustive()
+        f.debug_struct("Provider")
+            .field("issuer", &self.oidc.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,7 +286,11 @@ impl Provider {
         let client = self.client(&d);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut req = client
-            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
             .set_pkce_challenge(challenge);
         for s in &self.oidc.scopes {
             req = req.add_scope(Scope::new(s.clone()));
@@ -320,7 +330,7 @@ impl Provider {
         let verify = |client: &OidcClient| {
             id_token
                 .claims(&client.id_token_verifier(), &pending.nonce)
-                .map(Clone::clone)
+                .cloned()
                 .map_err(|e| e.to_string())
         };
         let claims = match verify(&client) {
@@ -339,10 +349,11 @@ impl Provider {
         if self.web.require_mfa && !mfa_shown(&self.web, &amr, acr.as_deref()) {
             return Err(OidcError::NoMfa { amr, acr });
         }
-        let roles = self
-            .web
-            .roles
-            .roles_of(claim_values(&claims.additional_claims().claims, &self.web.roles.claim).iter().map(String::as_str));
+        let roles = self.web.roles.roles_of(
+            claim_values(&claims.additional_claims().claims, &self.web.roles.claim)
+                .iter()
+                .map(String::as_str),
+        );
         if roles.is_empty() {
             return Err(OidcError::NoRole {
                 claim: self.web.roles.claim.clone(),

@@ -35,7 +35,9 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("origin", &self.origin).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,13 +164,21 @@ pub(super) fn session_of(app: &App, headers: &HeaderMap) -> Result<(String, Sess
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ");
-    let token = session::cookie(&cookies, SESSION_COOKIE).ok_or(Lookup::None)?.to_owned();
+    let token = session::cookie(&cookies, SESSION_COOKIE)
+        .ok_or(Lookup::None)?
+        .to_owned();
     let s = app.sessions.get(&token)?;
     Ok((token, s))
 }
 
 /// A person of a verified login or token.
-pub(super) fn person(app: &App, issuer: &str, subject: &str, roles: Vec<crate::access::SiteRole>, via: &'static str) -> Person {
+pub(super) fn person(
+    app: &App,
+    issuer: &str,
+    subject: &str,
+    roles: Vec<crate::access::SiteRole>,
+    via: &'static str,
+) -> Person {
     Person {
         user: app.ctx.node().store().user_ref(issuer, subject),
         roles,
@@ -183,7 +193,13 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 /// `/api/v1/...`: a bearer token, or a session (with its CSRF token in
 /// `X-CSRF-Token` on a POST); the route's access checked against the
 /// caller's roles; then the route served as on the admin socket.
-async fn api(State(app): State<Shared>, Path(rest): Path<String>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+async fn api(
+    State(app): State<Shared>,
+    Path(rest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = match authenticate_api(&app, &method, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
@@ -195,14 +211,23 @@ async fn api(State(app): State<Shared>, Path(rest): Path<String>, method: Method
 }
 
 /// Serves route `path` to `person` (whose roles are checked here).
-pub(super) async fn dispatch(app: &App, person: Person, method: &Method, path: &str, body: Bytes) -> Result<Response, Response> {
+pub(super) async fn dispatch(
+    app: &App,
+    person: Person,
+    method: &Method,
+    path: &str,
+    body: Bytes,
+) -> Result<Response, Response> {
     let verb = match *method {
         Method::GET => crate::api::route::Verb::Get,
         Method::POST => crate::api::route::Verb::Post,
         _ => return Err(json_error(StatusCode::METHOD_NOT_ALLOWED, "GET or POST")),
     };
     let Some(entry) = routes::find(verb, path) else {
-        return Err(json_error(StatusCode::NOT_FOUND, &format!("no route {method} /api{path}")));
+        return Err(json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no route {method} /api{path}"),
+        ));
     };
     if entry.web == WebAccess::Socket {
         return Err(json_error(
@@ -263,8 +288,10 @@ async fn authenticate_api(app: &App, method: &Method, headers: &HeaderMap) -> Re
                 Lookup::Expired => "the session reached its end: log in again",
             };
             let mut r = json_error(StatusCode::UNAUTHORIZED, why);
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"medmesh\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"medmesh\""),
+            );
             Err(r)
         }
     }
@@ -356,7 +383,10 @@ async fn callback(State(app): State<Shared>, Query(q): Query<CallbackQuery>, hea
     let (Some(code), Some(state)) = (q.code, q.state) else {
         return refused("The identity provider's answer has no code.");
     };
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(state.as_bytes(), pending.state.as_bytes())) {
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        state.as_bytes(),
+        pending.state.as_bytes(),
+    )) {
         return refused("The login's state does not match: start again from the console.");
     }
     let return_to = pending.return_to.clone();
@@ -431,12 +461,7 @@ pub(super) async fn call_json(
         Ok(r) | Err(r) => r,
     };
     let status = r.status();
-    let body = r
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = r.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     if status.is_success() {
         Ok(value)

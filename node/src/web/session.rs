@@ -44,7 +44,9 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("person", &self.person).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("person", &self.person)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,10 +109,10 @@ impl Sessions {
     pub fn begin(&self, cookie: &str, pending: Pending) {
         let mut p = lock(&self.pending);
         p.retain(|_, v| v.started.elapsed() < LOGIN_TTL);
-        if p.len() >= MAX_PENDING {
-            if let Some(oldest) = p.iter().min_by_key(|(_, v)| v.started).map(|(k, _)| *k) {
-                p.remove(&oldest);
-            }
+        if p.len() >= MAX_PENDING
+            && let Some(oldest) = p.iter().min_by_key(|(_, v)| v.started).map(|(k, _)| *k)
+        {
+            p.remove(&oldest);
         }
         p.insert(key(cookie), pending);
     }
@@ -126,7 +128,12 @@ impl Sessions {
     ///
     /// # Errors
     /// No randomness.
-    pub fn open(&self, person: Person, name: Option<String>, id_token: Zeroizing<String>) -> Result<String, getrandom::Error> {
+    pub fn open(
+        &self,
+        person: Person,
+        name: Option<String>,
+        id_token: Zeroizing<String>,
+    ) -> Result<String, getrandom::Error> {
         let t = token()?;
         let now = Instant::now();
         let s = Session {
@@ -140,10 +147,10 @@ impl Sessions {
         let mut m = lock(&self.sessions);
         let (idle, max) = (self.idle, self.max);
         m.retain(|_, v| v.last.elapsed() < idle && v.created.elapsed() < max);
-        if m.len() >= MAX_SESSIONS {
-            if let Some(oldest) = m.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| *k) {
-                m.remove(&oldest);
-            }
+        if m.len() >= MAX_SESSIONS
+            && let Some(oldest) = m.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| *k)
+        {
+            m.remove(&oldest);
         }
         m.insert(key(&t), s);
         Ok(t)

@@ -275,6 +275,7 @@ fn granted_transfer_arrives_byte_identical_and_a_denied_one_sends_nothing() {
         if let Some(n) = seen.iter().find(|n| n["kind"] == "transfer-received") {
             assert_eq!(n["study_uid"], study.uid.as_str());
             assert_eq!(n["author"], recipient_peer.as_str());
+            assert_eq!(n["role"], "clinician", "the role behind the access: {n}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "no notification: {seen:?}");

@@ -202,15 +202,29 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     let (holder_peer, recipient_peer) = (net.nodes[0].peer_id.clone(), net.nodes[1].peer_id.clone());
     let out = run(&holder, &["status", "--json"]).expect("run");
     let status = json_lines(&out.stdout).remove(0).1;
-    assert_eq!(status["web"], format!("127.0.0.1:{port}"), "status names the console: {status}");
+    assert_eq!(
+        status["web"],
+        format!("127.0.0.1:{port}"),
+        "status names the console: {status}"
+    );
 
     // A cross-border request (FR asks DE) for treatment waits for a person.
     let study = import_study(&holder, dir.path(), 31, 4, 64);
     let out = run(
         &holder,
         &[
-            "consent", "add", "--patient-id", &study.patient, "--issuer", &study.issuer, "--purpose", "treatment",
-            "--recipient-peer", &recipient_peer, "--level", "identifiable",
+            "consent",
+            "add",
+            "--patient-id",
+            &study.patient,
+            "--issuer",
+            &study.issuer,
+            "--purpose",
+            "treatment",
+            "--recipient-peer",
+            &recipient_peer,
+            "--level",
+            "identifiable",
         ],
     )
     .expect("run");
@@ -222,7 +236,11 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     // An anonymous visit goes to the provider; a login without MFA is refused, saying why.
     let browser = Browser::start();
     log_in(&browser, port, "/approvals", "nomfa", false);
-    assert!(browser.url().contains(&format!("127.0.0.1:{port}/auth/callback")), "{}", browser.url());
+    assert!(
+        browser.url().contains(&format!("127.0.0.1:{port}/auth/callback")),
+        "{}",
+        browser.url()
+    );
     assert_eq!(browser.text("h1"), "Login refused");
     let why = browser.text("#message");
     assert!(why.contains("second factor"), "{why}");
@@ -234,7 +252,11 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     log_in(&browser, port, "/", "researcher", true);
     assert_eq!(browser.text("h1"), "Dashboard");
     assert!(browser.text("#who").contains("researcher"));
-    assert_eq!(browser.count("nav a[href='/approvals']"), 0, "no approvals in a researcher's menu");
+    assert_eq!(
+        browser.count("nav a[href='/approvals']"),
+        0,
+        "no approvals in a researcher's menu"
+    );
     assert_eq!(browser.count("nav a[href='/studies']"), 1);
     assert_eq!(browser.goto(&format!("https://127.0.0.1:{port}/approvals")), Some(403));
     assert!(browser.text("#message").contains("do not allow"));
@@ -245,7 +267,10 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     );
     let refused = browser.evaluate(&approve);
     assert_eq!(refused[0], 403, "a researcher cannot approve: {refused}");
-    assert!(refused[1].as_str().unwrap_or("").contains("decide-approval"), "{refused}");
+    assert!(
+        refused[1].as_str().unwrap_or("").contains("decide-approval"),
+        "{refused}"
+    );
     drop(browser);
 
     // The data steward approves in the console; the transfer completes at the requester.
@@ -267,7 +292,11 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     assert_eq!(show_state(&holder, &id), "pending");
     browser.goto(&format!("https://127.0.0.1:{port}/approvals"));
     browser.click_nav(&format!("{row} button[name=approve]"));
-    assert!(browser.text("#message").contains("Approved"), "{}", browser.text("#message"));
+    assert!(
+        browser.text("#message").contains("Approved"),
+        "{}",
+        browser.text("#message")
+    );
     wait_state(&recipient, &id, &["complete"], Duration::from_secs(90));
     wait_state(&holder, &id, &["complete"], Duration::from_secs(30));
     browser.goto(&format!("https://127.0.0.1:{port}/transfers"));
@@ -287,7 +316,9 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
         .collect();
     assert_eq!(decided.len(), 1, "one decision: {acted:?}");
     assert!(
-        !acted.iter().any(|(_, e)| e["route"] == "/v1/approvals" || e["route"] == "/v1/transfers"),
+        !acted
+            .iter()
+            .any(|(_, e)| e["route"] == "/v1/approvals" || e["route"] == "/v1/transfers"),
         "polled listings are not in the ledger: {acted:?}"
     );
     let d = decided[0];
@@ -315,7 +346,11 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     let browser = Browser::start();
     log_in(&browser, port, "/ledger", "auditor", true);
     browser.click_nav("#verify");
-    assert!(browser.text("#verified").contains("verifies"), "{}", browser.text("#verified"));
+    assert!(
+        browser.text("#verified").contains("verifies"),
+        "{}",
+        browser.text("#verified")
+    );
     screenshot(&browser, "ledger");
     std::thread::sleep(Duration::from_secs(17));
     assert_eq!(browser.goto(&format!("https://127.0.0.1:{port}/ledger")), Some(401));
@@ -328,28 +363,49 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     let ok = call(&auditor, "GET", "/api/v1/log/verify", "");
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["ok"], true);
-    let no = call(&auditor, "POST", "/api/v1/approvals/deny", "{\"id\":\"00\",\"reason\":\"x\"}");
+    let no = call(
+        &auditor,
+        "POST",
+        "/api/v1/approvals/deny",
+        "{\"id\":\"00\",\"reason\":\"x\"}",
+    );
     assert_eq!(no.status, 403, "an auditor decides nothing: {}", no.body);
     let wrong_aud = idp.machine_token(Some("auditor"), API_SCOPE, Some(OTHER_RESOURCE));
     let r = call(&wrong_aud, "GET", "/api/v1/log/verify", "");
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap_or("").contains("audience"), "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap_or("").contains("audience"),
+        "{}",
+        r.body
+    );
     assert!(r.www_authenticate.contains("invalid_token"), "{}", r.www_authenticate);
     let no_scope = idp.machine_token(Some("auditor"), "", Some(API_RESOURCE));
     let r = call(&no_scope, "GET", "/api/v1/log/verify", "");
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.json()["error"].as_str().unwrap_or("").contains("scope"), "{}", r.body);
-    assert!(r.www_authenticate.contains("insufficient_scope"), "{}", r.www_authenticate);
+    assert!(
+        r.www_authenticate.contains("insufficient_scope"),
+        "{}",
+        r.www_authenticate
+    );
     let other_idp = Idp::start(IdpOptions::default());
     let foreign = other_idp.machine_token(Some("auditor"), API_SCOPE, Some(API_RESOURCE));
     let r = call(&foreign, "GET", "/api/v1/log/verify", "");
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap_or("").contains("issued by"), "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap_or("").contains("issued by"),
+        "{}",
+        r.body
+    );
     let short = idp.machine_token(Some("auditor"), &format!("{API_SCOPE} ttl:1"), Some(API_RESOURCE));
     std::thread::sleep(Duration::from_secs(5));
     let r = call(&short, "GET", "/api/v1/log/verify", "");
     assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.json()["error"].as_str().unwrap_or("").contains("expired"), "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap_or("").contains("expired"),
+        "{}",
+        r.body
+    );
     let r = https(&ca, port, "GET", "/api/v1/log/verify", None, "");
     assert_eq!(r.status, 401, "no token, no session: {}", r.body);
 
@@ -369,12 +425,17 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     // Each API action is in the ledger too, with the token's role.
     let (acted, _) = ledger_events(&holder, "person-acted");
     assert!(
-        acted.iter().any(|(_, e)| e["operation"] == "verify-ledger" && e["via"] == "api" && e["role"] == "auditor"),
+        acted
+            .iter()
+            .any(|(_, e)| e["operation"] == "verify-ledger" && e["via"] == "api" && e["role"] == "auditor"),
         "{acted:?}"
     );
     net.stop();
 }
 
 fn show_state(home: &Path, id: &str) -> String {
-    crate::transfer::show(home, id)["state"].as_str().unwrap_or_default().to_string()
+    crate::transfer::show(home, id)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
