@@ -156,6 +156,17 @@ fn verifies(keys: &[CoreJsonWebKey], jws: &Jws, alg: &CoreJwsSigningAlgorithm) -
         .any(|k| k.verify_signature(alg, &jws.signed, &jws.signature).is_ok())
 }
 
+/// The claims of a token whose form and algorithm are acceptable, before
+/// any signature check (what [`check`] reads first; the fuzz target's entry).
+///
+/// # Errors
+/// [`BearerError::Malformed`], [`BearerError::Algorithm`].
+pub fn unverified_claims(token: &str) -> Result<BTreeMap<String, serde_json::Value>, BearerError> {
+    let jws = decode(token)?;
+    algorithm(&jws.alg)?;
+    Ok(jws.claims)
+}
+
 /// Checks `token` against `provider` at Unix time `now`.
 ///
 /// # Errors
