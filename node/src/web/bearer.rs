@@ -20,15 +20,18 @@ pub const LEEWAY_SECS: i64 = 2;
 
 /// Why a bearer token was refused. [`BearerError::status`] is 401 for a
 /// token that is not valid, 403 for a valid one that does not allow the API.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BearerError {
     /// Not a compact JWS.
     #[error("the token is not a JWT")]
     Malformed,
     /// Its header names no usable algorithm.
-    #[error("the token's algorithm {0:?} is not accepted (asymmetric signatures only)")]
-    Algorithm(String),
+    #[error("the token's algorithm {alg:?} is not accepted (asymmetric signatures only)")]
+    Algorithm {
+        /// The `alg` of its header.
+        alg: String,
+    },
     /// Another issuer.
     #[error("the token was issued by {found:?}, not by this site's provider {expected:?}")]
     Issuer {
@@ -42,7 +45,7 @@ pub enum BearerError {
     Signature,
     /// The provider's keys could not be read.
     #[error("the provider's keys cannot be read now: {0}")]
-    Keys(String),
+    Keys(#[source] Box<super::oidc::OidcError>),
     /// Another audience.
     #[error("the token is for audience {found:?}, not {expected:?}")]
     Audience {
@@ -61,11 +64,17 @@ pub enum BearerError {
     #[error("the token has no subject")]
     NoSubject,
     /// The scope is missing.
-    #[error("the token lacks the scope {0:?}")]
-    Scope(String),
+    #[error("the token lacks the scope {scope:?}")]
+    Scope {
+        /// The scope required.
+        scope: String,
+    },
     /// No role of this site.
-    #[error("the token carries no medmesh role of this site (claim {0:?})")]
-    NoRole(String),
+    #[error("the token carries no medmesh role of this site (claim {claim:?})")]
+    NoRole {
+        /// The roles claim read.
+        claim: String,
+    },
 }
 
 impl BearerError {
@@ -73,7 +82,7 @@ impl BearerError {
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
-            Self::Scope(_) | Self::NoRole(_) => 403,
+            Self::Scope { .. } | Self::NoRole { .. } => 403,
             _ => 401,
         }
     }
@@ -82,7 +91,7 @@ impl BearerError {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Scope(_) | Self::NoRole(_) => "insufficient_scope",
+            Self::Scope { .. } | Self::NoRole { .. } => "insufficient_scope",
             _ => "invalid_token",
         }
     }
@@ -132,7 +141,7 @@ fn decode(token: &str) -> Result<Jws, BearerError> {
 /// The asymmetric algorithm `alg` names.
 fn algorithm(alg: &str) -> Result<CoreJwsSigningAlgorithm, BearerError> {
     let parsed: CoreJwsSigningAlgorithm = serde_json::from_value(serde_json::Value::String(alg.to_owned()))
-        .map_err(|_| BearerError::Algorithm(alg.to_owned()))?;
+        .map_err(|_| BearerError::Algorithm { alg: alg.to_owned() })?;
     match parsed {
         CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256
         | CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384
@@ -143,7 +152,7 @@ fn algorithm(alg: &str) -> Result<CoreJwsSigningAlgorithm, BearerError> {
         | CoreJwsSigningAlgorithm::EcdsaP256Sha256
         | CoreJwsSigningAlgorithm::EcdsaP384Sha384
         | CoreJwsSigningAlgorithm::EdDsa => Ok(parsed),
-        _ => Err(BearerError::Algorithm(alg.to_owned())),
+        _ => Err(BearerError::Algorithm { alg: alg.to_owned() }),
     }
 }
 
@@ -181,16 +190,10 @@ pub async fn check(provider: &Provider, token: &str, now: i64) -> Result<Bearer,
             expected: provider.issuer().to_owned(),
         });
     }
-    let keys = provider
-        .keys(false)
-        .await
-        .map_err(|e| BearerError::Keys(e.to_string()))?;
+    let keys = provider.keys(false).await.map_err(|e| BearerError::Keys(Box::new(e)))?;
     if !verifies(&keys, &jws, &alg) {
         // The provider may have rotated its keys since they were read.
-        let keys = provider
-            .keys(true)
-            .await
-            .map_err(|e| BearerError::Keys(e.to_string()))?;
+        let keys = provider.keys(true).await.map_err(|e| BearerError::Keys(Box::new(e)))?;
         if !verifies(&keys, &jws, &alg) {
             return Err(BearerError::Signature);
         }
@@ -236,13 +239,17 @@ pub fn check_claims(
     let mut scopes = claim_values(claims, "scope");
     scopes.extend(claim_values(claims, "scp"));
     if !scopes.contains(&web.api.scope) {
-        return Err(BearerError::Scope(web.api.scope.clone()));
+        return Err(BearerError::Scope {
+            scope: web.api.scope.clone(),
+        });
     }
     let roles = web
         .roles
         .roles_of(claim_values(claims, &web.roles.claim).iter().map(String::as_str));
     if roles.is_empty() {
-        return Err(BearerError::NoRole(web.roles.claim.clone()));
+        return Err(BearerError::NoRole {
+            claim: web.roles.claim.clone(),
+        });
     }
     Ok(Bearer { subject, roles })
 }
@@ -337,7 +344,10 @@ mod tests {
             assert!(algorithm(ok).is_ok(), "{ok}");
         }
         for bad in ["none", "HS256", "HS512", "XX1"] {
-            assert_eq!(algorithm(bad), Err(BearerError::Algorithm(bad.into())), "{bad}");
+            assert!(
+                matches!(algorithm(bad), Err(BearerError::Algorithm { alg }) if alg == bad),
+                "{bad}"
+            );
         }
     }
 

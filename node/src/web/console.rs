@@ -461,10 +461,10 @@ pub async fn consents(State(app): State<Shared>, headers: HeaderMap, Query(flash
                                 @let id = text(&c, "id");
                                 tr {
                                     td { code { (id) } }
-                                    td { (c["purposes"].as_array().map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
-                                    td { (text(&c, "level")) }
-                                    td { (text(&c, "until")) }
-                                    td { (if c.get("withdrawn").is_some_and(|w| !w.is_null()) { "withdrawn" } else { "active" }) }
+                                    td { (c["record"]["scope"]["purposes"].as_array().map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                                    td { (provision(&c["record"]["provision"])) }
+                                    td { (text(&c["record"], "valid_until")) }
+                                    td { (text(&c, "status")) }
                                     td {
                                         form method="post" action="/act" {
                                             (csrf_field(&s))
@@ -493,6 +493,12 @@ pub async fn consents(State(app): State<Shared>, headers: HeaderMap, Query(flash
                 label for="by" { "Consented by" }
                 select #by name="by" { option value="patient" { "patient" } option value="representative" { "representative" } }
                 label for="purposes" { "Purposes (comma-separated)" } input #purposes name="purposes" value="treatment";
+                label for="consent-level" { "Weakest level allowed" }
+                select #consent-level name="level" {
+                    option value="pseudonymised" { "pseudonymised" }
+                    option value="anonymised" { "anonymised" }
+                    option value="identifiable" { "identifiable" }
+                }
                 label for="recipient_institutions" { "Recipient institutions (comma-separated)" } input #recipient_institutions name="recipient_institutions";
                 label for="until" { "Until (YYYY-MM-DD, optional)" } input #until name="until";
                 button type="submit" { "Add" }
@@ -511,6 +517,22 @@ pub async fn consents(State(app): State<Shared>, headers: HeaderMap, Query(flash
         }
     };
     html_response(StatusCode::OK, layout(&s, "Consents", &flash, body))
+}
+
+/// A consent's provision in words: `permit (pseudonymised)`, `deny`.
+fn provision(p: &Value) -> String {
+    match p {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v.get("level").and_then(Value::as_str) {
+                Some(level) => format!("{k} ({level})"),
+                None => k.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
+    }
 }
 
 /// `/notifications`.
@@ -583,7 +605,7 @@ pub async fn ledger(State(app): State<Shared>, headers: HeaderMap, Query(flash):
                                 tr {
                                     td { (text(&e, "seq")) }
                                     td { (text(&e, "time")) }
-                                    td { (text(&e, "kind")) }
+                                    td { (text(&e, "kind")) @if let Some(op) = e["event"].get("operation").and_then(Value::as_str) { ": " (op) } }
                                     td { (text(&e["event"], "role")) }
                                     td { code { (text(&e["event"], "user")) } }
                                     td { code { (text(&e, "author")) } }
@@ -685,7 +707,8 @@ fn form_request(route: &str, f: &BTreeMap<String, String>) -> Option<Value> {
         }),
         "/v1/consents/add" => json!({
             "patient_id": s("patient_id"), "issuer": s("issuer"), "by": s("by"),
-            "purposes": list(f.get("purposes")), "recipient_institutions": list(f.get("recipient_institutions")),
+            "purposes": list(f.get("purposes")), "level": opt(f.get("level")),
+            "recipient_institutions": list(f.get("recipient_institutions")),
             "until": opt(f.get("until")),
         }),
         "/v1/consents/import-fhir" => json!({ "files": [], "resources": [s("resource")], "issuer": s("issuer") }),

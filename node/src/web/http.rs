@@ -25,11 +25,17 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum HttpError {
     /// The URL has no host, or a scheme other than http and https.
-    #[error("{0}: not an http(s) URL with a host")]
-    Url(String),
+    #[error("{url}: not an http(s) URL with a host")]
+    Url {
+        /// The URL.
+        url: String,
+    },
     /// Plain http to a host that is not a loopback address.
-    #[error("{0}: plain http is used only to a loopback address")]
-    Insecure(String),
+    #[error("{url}: plain http is used only to a loopback address")]
+    Insecure {
+        /// The URL.
+        url: String,
+    },
     /// The TCP connection failed.
     #[error("connecting to {target}: {source}")]
     Connect {
@@ -47,8 +53,11 @@ pub enum HttpError {
         source: std::io::Error,
     },
     /// The host is not a valid TLS server name.
-    #[error("{0}: not a TLS server name")]
-    ServerName(String),
+    #[error("{host}: not a TLS server name")]
+    ServerName {
+        /// The host.
+        host: String,
+    },
     /// HTTP failed.
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
@@ -57,7 +66,7 @@ pub enum HttpError {
     Request(#[from] hyper::http::Error),
     /// The answer is longer than [`MAX_ANSWER`] or was cut.
     #[error("reading the answer: {0}")]
-    Body(String),
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No answer within [`TIMEOUT`].
     #[error("no answer within {} s", TIMEOUT.as_secs())]
     Timeout,
@@ -104,14 +113,17 @@ impl Client {
     ) -> Result<hyper::http::Response<Vec<u8>>, HttpError> {
         let uri = request.uri().clone();
         let shown = uri.to_string();
-        let host = uri.host().ok_or_else(|| HttpError::Url(shown.clone()))?.to_owned();
+        let host = uri
+            .host()
+            .ok_or_else(|| HttpError::Url { url: shown.clone() })?
+            .to_owned();
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(HttpError::Url(shown)),
+            _ => return Err(HttpError::Url { url: shown }),
         };
         if !https && !crate::config::web::secure_or_loopback(&shown) {
-            return Err(HttpError::Insecure(shown));
+            return Err(HttpError::Insecure { url: shown });
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         // An IPv6 literal comes bracketed in the URI.
@@ -140,7 +152,7 @@ impl Client {
         let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
         if https {
             let name = rustls::pki_types::ServerName::try_from(bare.clone())
-                .map_err(|_| HttpError::ServerName(bare.clone()))?;
+                .map_err(|_| HttpError::ServerName { host: bare.clone() })?;
             let stream = self
                 .tls
                 .connect(name, tcp)
@@ -165,7 +177,7 @@ where
         let body = Limited::new(body, MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| HttpError::Body(e.to_string()))?
+            .map_err(HttpError::Body)?
             .to_bytes();
         Ok(hyper::http::Response::from_parts(parts, body.to_vec()))
     }

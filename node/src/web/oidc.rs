@@ -23,7 +23,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::http::Client as Http;
+use super::http::{Client as Http, HttpError};
 use crate::access::SiteRole;
 use crate::config::web::{OidcConfig, WebConfig};
 
@@ -95,25 +95,28 @@ pub enum OidcError {
         value: String,
     },
     /// Discovery or the key set failed.
-    #[error("reading the OpenID provider {issuer}: {cause}")]
+    #[error("reading the OpenID provider {issuer}: {}", error_chain(source))]
     Discovery {
         /// The issuer.
         issuer: String,
         /// The cause.
-        cause: String,
+        source: Box<openidconnect::DiscoveryError<HttpError>>,
     },
     /// The provider's TLS roots cannot be loaded.
     #[error("web.oidc.ca_file: {0}")]
     Tls(#[from] crate::gateway::tls::TlsError),
+    /// The provider's metadata names no token endpoint.
+    #[error("the OpenID provider names no token endpoint: {0}")]
+    NoTokenEndpoint(#[source] openidconnect::ConfigurationError),
     /// The code could not be exchanged.
-    #[error("the OpenID provider refused the code exchange: {0}")]
-    Exchange(String),
+    #[error("the OpenID provider refused the code exchange: {}", error_chain(.0))]
+    Exchange(#[source] Box<openidconnect::RequestTokenError<HttpError, StandardErrorResponse<CoreErrorResponseType>>>),
     /// The token answer has no ID token.
     #[error("the OpenID provider sent no ID token")]
     NoIdToken,
     /// The ID token is not valid.
     #[error("the ID token is not valid: {0}")]
-    IdToken(String),
+    IdToken(#[source] openidconnect::ClaimsVerificationError),
     /// The login showed no second factor.
     #[error(
         "this login used no second factor (amr {amr:?}, acr {acr:?}); the site requires multi-factor authentication: log in again with your second factor"
@@ -257,7 +260,7 @@ impl Provider {
             .await
             .map_err(|e| OidcError::Discovery {
                 issuer: self.oidc.issuer.clone(),
-                cause: error_chain(&e),
+                source: Box::new(e),
             })?;
         let d = Arc::new(Discovered {
             meta,
@@ -321,18 +324,13 @@ impl Provider {
         let client = self.client(&d);
         let tokens = client
             .exchange_code(AuthorizationCode::new(code))
-            .map_err(|e| OidcError::Exchange(e.to_string()))?
+            .map_err(OidcError::NoTokenEndpoint)?
             .set_pkce_verifier(pending.verifier)
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::Exchange(error_chain(&e)))?;
+            .map_err(|e| OidcError::Exchange(Box::new(e)))?;
         let id_token = tokens.id_token().ok_or(OidcError::NoIdToken)?.clone();
-        let verify = |client: &OidcClient| {
-            id_token
-                .claims(&client.id_token_verifier(), &pending.nonce)
-                .cloned()
-                .map_err(|e| e.to_string())
-        };
+        let verify = |client: &OidcClient| id_token.claims(&client.id_token_verifier(), &pending.nonce).cloned();
         let claims = match verify(&client) {
             Ok(c) => c,
             // Keys rotated since they were read: read them again once.
@@ -423,7 +421,7 @@ pub fn claim_values(claims: &BTreeMap<String, serde_json::Value>, name: &str) ->
 }
 
 /// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -304,8 +304,25 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     screenshot(&browser, "transfers");
     browser.goto(&format!("https://127.0.0.1:{port}/"));
     screenshot(&browser, "dashboard");
+    // The steward records a consent in the console; it is on record, and withdrawn again.
     browser.goto(&format!("https://127.0.0.1:{port}/consents"));
+    browser.fill("#patient_id", "WEB-PATIENT-7");
+    browser.fill("#issuer", "KLINIKUM");
+    browser.fill("#purposes", "treatment, second-opinion");
+    browser.fill("#recipient_institutions", "Testnet Hospital 2 (FR)");
+    browser.click_nav("#consent-form button");
+    let done = browser.text("#message");
+    assert!(done.contains("recorded"), "{done}");
+    let out = run(&holder, &["consent", "list", "--json"]).expect("run");
+    let listed = json_lines(&out.stdout);
+    assert_eq!(listed.len(), 2, "the CLI's and the console's: {listed:?}");
     screenshot(&browser, "consents");
+    let (added, _) = ledger_events(&holder, "person-acted");
+    assert!(
+        added
+            .iter()
+            .any(|(_, e)| e["route"] == "/v1/consents/add" && e["role"] == "data-steward")
+    );
 
     // The ledger names the steward by a keyed reference and the role, never the subject.
     let (acted, _) = ledger_events(&holder, "person-acted");
