@@ -634,7 +634,7 @@ pub async fn trust(State(app): State<Shared>, headers: HeaderMap, Query(flash): 
         Ok(t) => html! {
             section aria-labelledby="cons-h" {
                 h2 #cons-h { "Consortia" }
-                ul { @for c in rows(&t["consortia"]) { li { code { (text(&c, "consortium")) } " " (text(&c, "name")) } } }
+                ul #consortia { @for c in rows(&t["consortia"]) { li { (text(&c, "name")) " " code { (text(&c, "id")) } " · threshold " (text(&c, "threshold")) " of " (c["admins"].as_array().map_or(0, Vec::len)) " · expires " (text(&c, "expires")) } } }
             }
             section aria-labelledby="bil-h" {
                 h2 #bil-h { "Peers trusted bilaterally" }
@@ -642,7 +642,7 @@ pub async fn trust(State(app): State<Shared>, headers: HeaderMap, Query(flash): 
             }
             section aria-labelledby="rev-h" {
                 h2 #rev-h { "Revocations" }
-                ul { @for r in rows(&t["revocations"]) { li { code { (text(&r, "peer_id")) } " " (text(&r, "reason")) } } }
+                ul #revocations { @for r in rows(&t["revocations"]) { li { code { (text(&r, "target")) } " " (text(&r, "reason")) " (" (text(&r, "time")) ")" } } }
                 form method="post" action="/act" {
                     (csrf_field(&s))
                     input type="hidden" name="_route" value="/v1/trust/apply";
@@ -653,7 +653,7 @@ pub async fn trust(State(app): State<Shared>, headers: HeaderMap, Query(flash): 
             }
             section aria-labelledby="blk-h" {
                 h2 #blk-h { "Blocked peers" }
-                ul { @for b in rows(&t["blocked"]) { li { code { (text(&b, "peer_id")) } " " (text(&b, "reason")) } } }
+                ul #blocked { @for b in rows(&t["blocked"]) { li { code { (text(&b, "peer_id")) } " " (text(&b, "reason")) " (since " (text(&b, "since")) ")" } } }
                 form method="post" action="/act" {
                     (csrf_field(&s))
                     input type="hidden" name="_route" value="/v1/trust/block";

@@ -156,14 +156,19 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, WebError>
         .map_err(|source| WebError::Bind { addr, source })
 }
 
-/// The session of the request's cookie.
-pub(super) fn session_of(app: &App, headers: &HeaderMap) -> Result<(String, Session), Lookup> {
-    let cookies = headers
+/// Every `Cookie` header of a request, as one.
+fn cookie_header(headers: &HeaderMap) -> String {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
-        .join("; ");
+        .join("; ")
+}
+
+/// The session of the request's cookie.
+pub(super) fn session_of(app: &App, headers: &HeaderMap) -> Result<(String, Session), Lookup> {
+    let cookies = cookie_header(headers);
     let token = session::cookie(&cookies, SESSION_COOKIE)
         .ok_or(Lookup::None)?
         .to_owned();
@@ -364,12 +369,7 @@ struct CallbackQuery {
 /// `/auth/callback`: the code exchanged, the ID token checked (MFA, role),
 /// a session opened.
 async fn callback(State(app): State<Shared>, Query(q): Query<CallbackQuery>, headers: HeaderMap) -> Response {
-    let cookies = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookies = cookie_header(&headers);
     let refused = |why: &str| console::message_page(StatusCode::FORBIDDEN, "Login refused", why);
     let Some(pending) = session::cookie(&cookies, LOGIN_COOKIE).and_then(|b| app.sessions.take_pending(b)) else {
         return refused("This login was not started here, or took too long: start again from the console.");

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::browser::Browser;
 use crate::idp::{API_RESOURCE, API_SCOPE, Idp, IdpOptions, OTHER_RESOURCE};
-use crate::transfer::{import_study, network, request, s, wait_state};
+use crate::transfer::{consent, import_study, network, request, s, wait_state};
 use crate::util::*;
 
 /// A CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
@@ -210,25 +210,7 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
 
     // A cross-border request (FR asks DE) for treatment waits for a person.
     let study = import_study(&holder, dir.path(), 31, 4, 64);
-    let out = run(
-        &holder,
-        &[
-            "consent",
-            "add",
-            "--patient-id",
-            &study.patient,
-            "--issuer",
-            &study.issuer,
-            "--purpose",
-            "treatment",
-            "--recipient-peer",
-            &recipient_peer,
-            "--level",
-            "identifiable",
-        ],
-    )
-    .expect("run");
-    expect_code(&out, 0, "consent add");
+    consent(&holder, &study, &recipient_peer, &[]);
     let (_, pending) = request(&recipient, &holder_peer, &study.uid, false);
     assert_eq!(pending["state"], "pending", "{pending}");
     let id = pending["id"].as_str().expect("id").to_string();
@@ -270,6 +252,17 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     assert!(
         refused[1].as_str().unwrap_or("").contains("decide-approval"),
         "{refused}"
+    );
+    // The holder's own study is identifiable: a researcher's studies page lists none of it.
+    browser.goto(&format!("https://127.0.0.1:{port}/studies"));
+    assert_eq!(
+        browser.count("#studies tbody tr"),
+        0,
+        "a researcher sees de-identified studies only"
+    );
+    assert!(
+        browser.html("#purpose").contains("research"),
+        "the request form offers research"
     );
     drop(browser);
 
@@ -372,6 +365,19 @@ fn console_login_roles_approval_csrf_logout_and_api_tokens() {
     std::thread::sleep(Duration::from_secs(17));
     assert_eq!(browser.goto(&format!("https://127.0.0.1:{port}/ledger")), Some(401));
     assert_eq!(browser.text("h1"), "Session ended");
+    drop(browser);
+
+    // The site admin manages trust: the consortium is listed.
+    let browser = Browser::start();
+    log_in(&browser, port, "/trust", "admin", true);
+    assert_eq!(browser.text("h1"), "Trust");
+    assert_eq!(browser.count("#consortia li"), 1);
+    assert_eq!(
+        browser.count("nav a[href='/studies']"),
+        0,
+        "the site admin sees no studies"
+    );
+    screenshot(&browser, "trust");
     drop(browser);
 
     // Bearer tokens: refused for each fault with 401/403 and the reason.
