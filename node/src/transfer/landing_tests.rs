@@ -606,3 +606,29 @@ fn a_purge_and_its_entry_are_committed_together_and_its_files_go_after_a_crash()
     assert_eq!(entries(&n, "study-purged"), 1);
     assert!(n.audit().log_verify().unwrap().ok);
 }
+
+/// A FHIR Consent given inline (the web console's form) imports as it does from its file,
+/// named `(resource N)` in the answer.
+#[test]
+fn a_fhir_consent_given_inline_imports_as_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = home(dir.path(), "site", "DE");
+    let text = std::fs::read_to_string(fhir("synthetic/imaging-research-permit.json")).unwrap();
+    let import = FhirImport {
+        resources: vec![text],
+        issuer: "KLINIKUM".into(),
+        custodians: vec!["Organization/site".into()],
+        patients: vec![("Patient/p-1001".into(), "MRN-0042".into())],
+        ..FhirImport::default()
+    };
+    assert!(
+        !format!("{import:?}").contains("Patient/p-1001"),
+        "Debug shows no resource"
+    );
+    let got = n.consents().import_fhir(&import).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].outcome, "added");
+    assert_eq!(got[0].file, PathBuf::from("(resource 1)"));
+    assert_eq!(n.consents().list(None).unwrap().len(), 1);
+    assert_eq!(entries(&n, "consent-added"), 1);
+}
